@@ -1,0 +1,133 @@
+"""Bundle: open, validate and read a bundle directory (the read side of :mod:`edgespool.exporters.bundle_writer`).
+
+Validation on open: the manifest parses, has the magic and a known schema version, the weights file exists and is
+long enough for every tensor. Tensor payloads are checked against their CRC32 when read (``verify=True``).
+Every error names the bundle file and, where there is one, the tensor.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import BundleError
+from ..kernels.quant import QTensor
+from .bundle_format import MAGIC, MANIFEST, PART_DTYPES, SCHEMA_VERSION
+from .config import ModelConfig
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """One contiguous streaming group in the weights file."""
+
+    name: str
+    offset: int
+    nbytes: int
+    tensors: tuple[str, ...]
+
+
+class Bundle:
+    """A validated bundle directory. Cheap to open: reads only manifest.json and stats the weights file."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        mpath = self.path / MANIFEST
+        if not self.path.exists():
+            raise BundleError(f"{self.path}: no such bundle directory")
+        if not mpath.exists():
+            raise BundleError(f"{self.path}: not a bundle (no {MANIFEST}); create one with `edgespool export`")
+        try:
+            m = json.loads(mpath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{mpath}: manifest is not valid JSON ({e})") from None
+        if not isinstance(m, dict) or m.get("magic") != MAGIC:
+            raise BundleError(f"{mpath}: wrong magic (expected {MAGIC!r}); not an edgespool bundle")
+        ver = m.get("schema_version")
+        if not isinstance(ver, int) or ver > SCHEMA_VERSION or ver < 1:
+            raise BundleError(f"{mpath}: bundle schema version {ver!r} is not supported (this edgespool reads "
+                              f"versions 1..{SCHEMA_VERSION}); upgrade edgespool or re-export the bundle")
+        self.manifest: dict[str, Any] = m
+        self.kind: str = m.get("kind", "decoder")
+        self.config: ModelConfig | None = (
+            ModelConfig.from_dict(m["model"], str(mpath)) if self.kind == "decoder" else None
+        )
+        try:
+            self.tensors: dict[str, dict[str, Any]] = m["tensors"]
+            self.groups: dict[str, GroupInfo] = {
+                g["name"]: GroupInfo(g["name"], int(g["offset"]), int(g["nbytes"]), tuple(g["tensors"]))
+                for g in m["groups"]
+            }
+            self.weights_path = self.path / m["weights"]["file"]
+        except (KeyError, TypeError) as e:
+            raise BundleError(f"{mpath}: manifest is missing field {e}") from None
+        self._check_weights_file()
+
+    # -- validation ------------------------------------------------------------------------------------------
+    def _check_weights_file(self) -> None:
+        if not self.weights_path.exists():
+            raise BundleError(f"{self.weights_path}: weights file is missing")
+        size = self.weights_path.stat().st_size
+        for name, rec in self.tensors.items():
+            end = int(rec["offset"]) + int(rec["nbytes"])
+            if end > size:
+                raise BundleError(f"{self.weights_path}: truncated ({size} bytes) — tensor {name!r} needs bytes "
+                                  f"up to {end}; re-export the bundle")
+            for pname, p in rec["parts"].items():
+                if p["dtype"] not in PART_DTYPES:
+                    raise BundleError(f"{self.path / MANIFEST}: tensor {name!r} part {pname!r} has unknown dtype "
+                                      f"{p['dtype']!r}")
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def tensor_from_buffer(self, name: str, buf: memoryview | bytes | np.ndarray, base: int,
+                           verify: bool = True) -> QTensor:
+        """Build the QTensor ``name`` from a buffer holding weights-file bytes starting at file offset ``base``.
+        The arrays are views into ``buf`` (no copy)."""
+        rec = self.tensors[name]
+        off = int(rec["offset"]) - base
+        mv = memoryview(buf).cast("B") if not isinstance(buf, np.ndarray) else memoryview(buf.view(np.uint8))
+        raw = mv[off: off + int(rec["nbytes"])]
+        if len(raw) != int(rec["nbytes"]):
+            raise BundleError(f"{self.weights_path}: short read for tensor {name!r}")
+        arrays: dict[str, np.ndarray] = {}
+        crc = 0
+        for pname, p in rec["parts"].items():
+            seg = raw[int(p["offset"]): int(p["offset"]) + int(p["nbytes"])]
+            if verify:
+                crc = zlib.crc32(seg, crc)
+            arrays[pname] = np.frombuffer(seg, dtype=np.dtype(p["dtype"])).reshape(p["shape"])
+        if verify and crc != int(rec["crc32"]):
+            raise BundleError(f"{self.weights_path}: checksum mismatch in tensor {name!r} (file corrupt or modified; "
+                              "re-export the bundle)")
+        return QTensor(rec["scheme"], tuple(rec["shape"]), arrays["data"], arrays.get("scale"),
+                       int(rec.get("group_size", 0)))
+
+    def read_group(self, group: str, verify: bool = True) -> dict[str, QTensor]:
+        """Read one streaming group with a single positional read; returns its tensors (views into one buffer)."""
+        g = self.groups[group]
+        buf = np.empty(g.nbytes, dtype=np.uint8)
+        fd = os.open(self.weights_path, os.O_RDONLY)
+        try:
+            got = os.preadv(fd, [memoryview(buf)], g.offset)
+        finally:
+            os.close(fd)
+        if got != g.nbytes:
+            raise BundleError(f"{self.weights_path}: truncated while reading group {group!r} "
+                              f"({got} of {g.nbytes} bytes)")
+        return {name: self.tensor_from_buffer(name, buf, g.offset, verify) for name in g.tensors}
+
+    def iter_groups(self) -> Iterator[str]:
+        return iter(self.groups)
+
+    def verify(self) -> None:
+        """Check every tensor's CRC32 (reads the whole weights file once)."""
+        for g in self.groups:
+            self.read_group(g, verify=True)
+
+    @property
+    def weights_nbytes(self) -> int:
+        return int(self.manifest["weights"]["nbytes"])

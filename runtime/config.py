@@ -1,0 +1,175 @@
+"""The canonical decoder model config and the canonical tensor names shared by exporters and runtime.
+
+Every source format (HF safetensors, GGUF) is mapped onto this one config and one naming scheme; the runtime only
+ever sees these. Linear weights are stored PyTorch-style ``[out_features, in_features]`` (y = x @ W.T).
+
+Canonical tensor names (shapes with H=hidden, D=head_dim, nh/nkv=heads, I=intermediate, E=experts, V=vocab)::
+
+    embed                               [V, H]        token embeddings
+    layers.{i}.attn_norm                [H]           RMSNorm weight before attention
+    layers.{i}.wq / wk / wv             [nh*D | nkv*D, H]
+    layers.{i}.bq / bk / bv             [nh*D | nkv*D]  (only when attention_bias)
+    layers.{i}.q_norm / k_norm          [nh*D] / [nkv*D] (OLMoE: RMSNorm over the whole projection)
+    layers.{i}.wo                       [H, nh*D]
+    layers.{i}.ffn_norm                 [H]           RMSNorm weight before the FFN / MoE block
+    layers.{i}.ffn.gate / ffn.up        [I, H]        dense SwiGLU FFN (non-MoE layers)
+    layers.{i}.ffn.down                 [H, I]
+    layers.{i}.router                   [E, H]        MoE router (gate) weight
+    layers.{i}.experts.{e}.gate / up    [I_moe, H]
+    layers.{i}.experts.{e}.down         [H, I_moe]
+    layers.{i}.shared.gate / up / down  [I_sh, H] / [H, I_sh]  Qwen2-MoE shared expert
+    layers.{i}.shared_gate              [1, H]        Qwen2-MoE sigmoid gate of the shared expert
+    norm                                [H]           final RMSNorm
+    lm_head                             [V, H]        absent when tie_word_embeddings
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..errors import BundleError
+
+# Architecture registry: plain data (MLC-LLM habit). The value says what the architecture has.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "llama": {"hf": ["LlamaForCausalLM"], "moe": False},
+    "mistral": {"hf": ["MistralForCausalLM"], "moe": False},
+    "qwen2": {"hf": ["Qwen2ForCausalLM"], "moe": False},
+    "mixtral": {"hf": ["MixtralForCausalLM"], "moe": True},
+    "qwen2_moe": {"hf": ["Qwen2MoeForCausalLM"], "moe": True},
+    "olmoe": {"hf": ["OlmoeForCausalLM"], "moe": True},
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Decoder-only transformer hyper-parameters, normalised across source formats."""
+
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int  # dense FFN width (non-MoE layers)
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # HF rope_scaling dict ("llama3", "linear", ...) or None
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v projections have biases (Qwen2, Qwen2-MoE)
+    qk_norm: bool = False  # OLMoE RMSNorm on q and k projections
+    clip_qkv: float | None = None  # OLMoE optional clamp of q/k/v
+    sliding_window: int | None = None  # Mistral/Qwen2 sliding-window attention (None = full)
+    # MoE
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False  # renormalise the top-k routing weights to sum to 1 (Mixtral: True)
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE shared expert (0 = none)
+    moe_layers: tuple[int, ...] = ()  # indices of MoE layers; others use the dense FFN
+    # tokens
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    hidden_act: str = "silu"
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.num_experts > 0 and i in self.moe_layers
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["moe_layers"] = list(self.moe_layers)
+        d["eos_token_ids"] = list(self.eos_token_ids)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise BundleError(f"{source}: unknown model config keys {sorted(unknown)}")
+        kw = dict(d)
+        kw["moe_layers"] = tuple(kw.get("moe_layers", ()))
+        kw["eos_token_ids"] = tuple(kw.get("eos_token_ids", ()))
+        try:
+            return cls(**kw)
+        except TypeError as e:
+            raise BundleError(f"{source}: bad model config ({e})") from None
+
+    # -- canonical tensor inventory -------------------------------------------------------------------------
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every canonical tensor this config needs, with its shape, in streaming layout order."""
+        H, D, V = self.hidden_size, self.head_dim, self.vocab_size
+        q, kv = self.num_heads * D, self.num_kv_heads * D
+        out: dict[str, tuple[int, ...]] = {"embed": (V, H)}
+        for i in range(self.num_layers):
+            p = f"layers.{i}."
+            out[p + "attn_norm"] = (H,)
+            out[p + "wq"], out[p + "wk"], out[p + "wv"] = (q, H), (kv, H), (kv, H)
+            if self.attention_bias:
+                out[p + "bq"], out[p + "bk"], out[p + "bv"] = (q,), (kv,), (kv,)
+            if self.qk_norm:
+                out[p + "q_norm"], out[p + "k_norm"] = (q,), (kv,)
+            out[p + "wo"] = (H, q)
+            out[p + "ffn_norm"] = (H,)
+            if self.is_moe_layer(i):
+                out[p + "router"] = (self.num_experts, H)
+                if self.shared_expert_intermediate_size:
+                    S = self.shared_expert_intermediate_size
+                    out[p + "shared.gate"], out[p + "shared.up"], out[p + "shared.down"] = (S, H), (S, H), (H, S)
+                    out[p + "shared_gate"] = (1, H)
+                M = self.moe_intermediate_size
+                for e in range(self.num_experts):
+                    pe = f"{p}experts.{e}."
+                    out[pe + "gate"], out[pe + "up"], out[pe + "down"] = (M, H), (M, H), (H, M)
+            else:
+                I = self.intermediate_size
+                out[p + "ffn.gate"], out[p + "ffn.up"], out[p + "ffn.down"] = (I, H), (I, H), (H, I)
+        out["norm"] = (H,)
+        if not self.tie_word_embeddings:
+            out["lm_head"] = (V, H)
+        return out
+
+
+def group_of(name: str) -> str:
+    """The streaming group a canonical tensor belongs to: ``embed``, ``layers.{i}``, ``layers.{i}.experts.{e}``,
+    or ``head`` (final norm + lm_head). A group is the unit the runtime fetches and is contiguous in the bundle."""
+    if name == "embed":
+        return "embed"
+    if name in ("norm", "lm_head"):
+        return "head"
+    parts = name.split(".")
+    if parts[0] == "layers":
+        if len(parts) > 3 and parts[2] == "experts":
+            return ".".join(parts[:4])
+        return ".".join(parts[:2])
+    raise BundleError(f"tensor {name!r} has no streaming group")
+
+
+def tensor_class(name: str) -> str:
+    """Coarse class of a tensor for reports and quantisation policy: embed, attn, ffn, expert, shared_expert,
+    router, norm, bias, lm_head."""
+    last = name.split(".")[-1]
+    if name == "embed":
+        return "embed"
+    if name == "lm_head":
+        return "lm_head"
+    if last.endswith("norm"):
+        return "norm"
+    if last in ("bq", "bk", "bv"):
+        return "bias"
+    if last in ("router", "shared_gate"):
+        return "router"
+    if ".experts." in name:
+        return "expert"
+    if ".shared." in name:
+        return "shared_expert"
+    if ".ffn." in name:
+        return "ffn"
+    return "attn"
+
+
