@@ -31,6 +31,11 @@ class WeightSource(Protocol):
         """Groups the engine expects to need soon (prefetch hint; may be ignored)."""
         ...
 
+    def on_hidden(self, layer: int, hidden) -> None:
+        """Called by the engine with the hidden state (``[T, H]`` float32, post-attention residual) just before the
+        FFN/MoE block of ``layer``; a streaming source may apply layer+1's router to it to prefetch experts."""
+        ...
+
     def close(self) -> None:
         """Release files, threads and buffers."""
         ...
@@ -61,6 +66,9 @@ class ResidentWeights:
         return None
 
     def hint(self, groups: list[str]) -> None:
+        return None
+
+    def on_hidden(self, layer: int, hidden) -> None:
         return None
 
     def close(self) -> None:

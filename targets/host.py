@@ -53,7 +53,10 @@ def detect_host() -> TargetProfile:
     if machine in ("x86_64", "amd64"):
         feats = tuple(f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni") if f in flags)
         model = _cpu_model()
-        mcpu = next((m for key, m in _X86_MCPU if key in model), "x86-64-v3" if "avx2" in flags else "x86-64")
+        mcpu = next((m for key, m in _X86_MCPU if key in model), "")
+        if not mcpu and "EPYC" in model:  # model string without a generation number (VMs): infer from features
+            mcpu = "znver4" if "avx512f" in flags else "znver3"
+        mcpu = mcpu or ("x86-64-v3" if "avx2" in flags else "x86-64")
         tvm = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
         return TargetProfile(
             name="host", description=f"this machine: {model}", triple="x86_64-linux-gnu", isa="x86_64",
