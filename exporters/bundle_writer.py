@@ -134,6 +134,20 @@ class BundleWriter:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
+    def read_back(self, name: str) -> QTensor:
+        """Read a written tensor back from the staged weights file (for lowerings that run after the weights,
+        e.g. ONNX). Only valid once every tensor has been added."""
+        self._close_tensors()
+        rec = self.tensors[name]
+        if not hasattr(self, "_mm"):
+            self._mm = np.memmap(self.stage / WEIGHTS, dtype=np.uint8, mode="r")
+        base = int(rec["offset"])
+        raw = self._mm[base: base + int(rec["nbytes"])]
+        arrays = {p: np.asarray(raw[int(m["offset"]): int(m["offset"]) + int(m["nbytes"])]).view(m["dtype"])
+                  .reshape(m["shape"]) for p, m in rec["parts"].items()}
+        return QTensor(rec["scheme"], tuple(rec["shape"]), arrays["data"], arrays.get("scale"),
+                       int(rec.get("group_size", 0)))
+
     def add_section(self, key: str, value: Any) -> None:
         """Add a manifest section (e.g. ``onnx``, ``kernels``, ``report``)."""
         if key in ("magic", "schema_version", "tensors", "groups", "model", "tokenizer", "weights"):
@@ -169,6 +183,8 @@ class BundleWriter:
             **self._extras,
         }
         (self.stage / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        if hasattr(self, "_mm"):
+            del self._mm
         if self.out_dir.exists():
             shutil.rmtree(self.out_dir)
         os.replace(self.stage, self.out_dir)

@@ -1,0 +1,77 @@
+"""`edgespool export SOURCE --target T --quant Q -o BUNDLE`: compress and lower a model into a bundle."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..exporters.compress import QuantPolicy
+from ..targets import get_target
+from .fmt import fmt_bytes, parse_bytes
+
+CNN_SUFFIXES = (".onnx", ".pth", ".pt")
+
+
+@click.command("export")
+@click.argument("source", type=click.Path())
+@click.option("--target", "-t", default="host", show_default=True, help="Target profile (see `edgespool targets`).")
+@click.option("--quant", "-q", default="f16", show_default=True,
+              type=click.Choice(["f32", "f16", "int8", "int4"]), help="Default scheme for weight matrices.")
+@click.option("--group-size", default=32, show_default=True, type=int, help="int4 group size.")
+@click.option("--expert-bits", type=click.Choice(["32", "16", "8", "4"]), help="Bits for MoE expert matrices.")
+@click.option("--dense-bits", type=click.Choice(["32", "16", "8", "4"]),
+              help="Bits for every other matrix (attention, dense FFN, embeddings, lm_head).")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Bundle directory to write.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --output.")
+@click.option("--no-onnx", is_flag=True, help="Skip the ONNX lowering.")
+@click.option("--no-kernels", is_flag=True, help="Skip compiling target kernels.")
+@click.option("--activation-budget", help="CNNs: activation memory budget, e.g. 256KiB (patch-based plan).")
+@click.option("--input-shape", help="CNNs: fix a dynamic input shape, e.g. 1,3,224,224.")
+@click.option("--cnn-quant", type=click.Choice(["f32", "int8"]), default=None,
+              help="CNNs: f32 or int8 (default int8 for MCU targets, f32 otherwise).")
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bits: str | None,
+               dense_bits: str | None, output: str, force: bool, no_onnx: bool, no_kernels: bool,
+               activation_budget: str | None, input_shape: str | None, cnn_quant: str | None, as_json: bool) -> None:
+    """Read a model (HF safetensors dir, GGUF file, or an ONNX/PyTorch CNN), compress it and write a bundle."""
+    profile = get_target(target)
+    progress = sys.stderr.isatty() and not as_json
+    if Path(source).suffix.lower() in CNN_SUFFIXES:
+        from ..exporters.cnn_export import export_cnn
+
+        shape = tuple(int(x) for x in input_shape.split(",")) if input_shape else None
+        budget = parse_bytes(activation_budget, "--activation-budget") if activation_budget else None
+        q = cnn_quant or ("int8" if profile.kind == "mcu" else "f32")
+        path = export_cnn(source, profile, output, activation_budget=budget, quant=q, input_shape=shape,
+                          overwrite=force)
+        click.echo(json.dumps({"bundle": str(path)}) if as_json else f"wrote CNN bundle {path}")
+        return
+    from ..exporters.export import export_model, open_source
+
+    policy = QuantPolicy(quant=quant, group_size=group_size,
+                         expert_bits=int(expert_bits) if expert_bits else None,
+                         dense_bits=int(dense_bits) if dense_bits else None)
+    src = open_source(source)
+    try:
+        res = export_model(src, output, target=profile, policy=policy, overwrite=force, onnx=not no_onnx,
+                           kernels=not no_kernels, progress=progress)
+    finally:
+        src.close()
+    if as_json:
+        click.echo(json.dumps({"bundle": str(res.path), "seconds": res.seconds, "bundle_bytes": res.bundle_bytes,
+                               "report": res.report}, indent=1))
+        return
+    r = res.report
+    click.echo(f"wrote {res.path} for {profile.name} in {res.seconds:.1f} s: weights {fmt_bytes(r['bytes_before'])}"
+               f" -> {fmt_bytes(r['bytes_after'])} ({r['ratio']:.2f}x), bundle {fmt_bytes(res.bundle_bytes)}")
+    for k, v in r["classes"].items():
+        click.echo(f"  {k:14s} {','.join(v['schemes']):10s} {fmt_bytes(v['bytes_before']):>11s} -> "
+                   f"{fmt_bytes(v['bytes_after']):>11s}  rel-RMSE {v['rel_rmse']:.4f}  max|err| {v['max_abs_err']:.4g}")
+    if r["int4_fallbacks_to_int8"]:
+        click.echo(f"  note: {len(r['int4_fallbacks_to_int8'])} matrices kept int8 (input width not a multiple of "
+                   f"the int4 group size {group_size})")
+
+
+COMMANDS = [export_cmd]

@@ -1,0 +1,120 @@
+"""The export pipeline: open a model, compress it, lay it out for streaming, lower it, write a bundle.
+
+    source (HF dir | GGUF file) -> canonical float32 tensors -> QuantPolicy -> BundleWriter (weights.bin, 4 KiB
+    aligned, groups contiguous) -> tokenizer.json -> ONNX lowering -> compiled kernels for the target -> manifest
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelFormatError
+from ..targets import TargetProfile, get_target
+from .bundle_writer import BundleWriter
+from .compress import CompressionReport, QuantPolicy, compress_tensor
+from .source import SourceModel
+
+GGUF_MAGIC = b"GGUF"
+
+
+def open_source(path: str | os.PathLike) -> SourceModel:
+    """Open a decoder model: a Hugging Face checkpoint directory (config.json + *.safetensors) or a GGUF file."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelFormatError(f"{p}: no such file or directory")
+    if p.is_dir():
+        from .hf import open_hf_model
+
+        return open_hf_model(p)
+    with open(p, "rb") as f:
+        magic = f.read(4)
+    if magic == GGUF_MAGIC:
+        from .gguf_source import open_gguf_model
+
+        return open_gguf_model(p)
+    raise ModelFormatError(f"{p}: not a Hugging Face checkpoint directory or a GGUF file (expected a directory with "
+                           "config.json, or a file starting with the GGUF magic)")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export produced and measured."""
+
+    path: Path
+    seconds: float
+    bundle_bytes: int
+    report: dict[str, Any]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tensor", disable=not enabled, leave=False)
+
+
+def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: TargetProfile | str = "host",
+                 policy: QuantPolicy | None = None, overwrite: bool = False, onnx: bool = True,
+                 kernels: bool = True, progress: bool = True) -> ExportResult:
+    """Compress ``source`` by ``policy`` into a bundle at ``out_dir`` for ``target``."""
+    t0 = time.perf_counter()
+    profile = get_target(target) if isinstance(target, str) else target
+    policy = policy or QuantPolicy()
+    cfg = source.config
+    meta = {
+        "source": {"format": source.format, "path": str(Path(source.path).resolve())},
+        "target": profile.to_dict(),
+        "quant": policy.to_dict(),
+    }
+    writer = BundleWriter(out_dir, cfg, overwrite=overwrite, meta=meta)
+    report = CompressionReport()
+    timings: dict[str, float] = {}
+    try:
+        shapes = cfg.tensor_shapes()
+        with _progress(len(shapes), "compress", progress) as bar:
+            for name, shape in shapes.items():
+                w = source.tensor(name)
+                if tuple(w.shape) != tuple(shape):
+                    raise ModelFormatError(f"{source.path}: tensor {name!r} has shape {tuple(w.shape)}, the config "
+                                           f"implies {tuple(shape)}")
+                src_bytes = getattr(source, "source_nbytes", lambda n: None)(name)
+                writer.add_tensor(name, compress_tensor(name, w, policy, report, src_bytes))
+                bar.update(1)
+        timings["compress_s"] = time.perf_counter() - t0
+        tok = source.tokenizer()
+        writer.set_tokenizer(tok.json, bos_token_id=tok.bos_token_id, eos_token_ids=list(tok.eos_token_ids),
+                             add_bos=tok.add_bos)
+        if onnx:
+            t1 = time.perf_counter()
+            from .onnx_decoder import export_onnx
+
+            section = export_onnx(cfg, writer.read_back, writer.stage_path("."))
+            writer.add_section("onnx", section)
+            timings["onnx_s"] = time.perf_counter() - t1
+        if kernels:
+            t1 = time.perf_counter()
+            section = _build_kernels(cfg, writer, profile)
+            if section is not None:
+                writer.add_section("kernels", section)
+            timings["kernels_s"] = time.perf_counter() - t1
+        rep = report.to_dict()
+        rep["timings"] = timings
+        writer.add_section("report", rep)
+        path = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    rep["timings"]["total_s"] = time.perf_counter() - t0
+    return ExportResult(path, time.perf_counter() - t0, total, rep)
+
+
+def _build_kernels(cfg, writer: BundleWriter, profile: TargetProfile) -> dict[str, Any] | None:
+    """Compile the target's kernels into the bundle when the TVM toolchain is available; None otherwise."""
+    try:
+        from .kernels_export import build_kernels_for_bundle
+    except ImportError:
+        return None
+    return build_kernels_for_bundle(cfg, writer.tensors, profile, writer.stage_path("kernels"))

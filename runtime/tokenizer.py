@@ -1,0 +1,63 @@
+"""Tokenizer glue: the bundle's tokenizer.json (HF `tokenizers`) plus BOS/EOS settings, and incremental decoding
+for streaming text out token by token."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..errors import BundleError
+
+
+class BundleTokenizer:
+    """Encode prompts and decode generated ids the way the source model's tokenizer does."""
+
+    def __init__(self, path: Path, bos_token_id: int | None, eos_token_ids: Iterable[int], add_bos: bool) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            self.tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a generic Exception on bad JSON
+            raise BundleError(f"{path}: cannot load tokenizer ({e})") from None
+        self.bos_token_id = bos_token_id
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.add_bos = add_bos
+
+    @classmethod
+    def from_manifest(cls, bundle_dir: Path, section: dict) -> "BundleTokenizer":
+        return cls(bundle_dir / section["file"], section.get("bos_token_id"), section.get("eos_token_ids", ()),
+                   bool(section.get("add_bos", False)))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of ``text``; the bundle's BOS is prepended when the model expects it."""
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_token_id is not None:
+            ids = [self.bos_token_id, *ids]
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def stream(self, ids: Iterable[int]) -> Iterator[str]:
+        """Turn a stream of ids into a stream of text pieces; a piece is held back while it ends in an incomplete
+        UTF-8 sequence, so multi-byte characters split over tokens come out whole."""
+        seen: list[int] = []
+        emitted = ""
+        for i in ids:
+            seen.append(i)
+            text = self.decode(seen)
+            if text.endswith("\ufffd"):
+                continue
+            if text.startswith(emitted):
+                piece = text[len(emitted):]
+            else:  # the decoder rewrote earlier text (rare: normalisers); emit from the divergence point
+                k = 0
+                while k < min(len(text), len(emitted)) and text[k] == emitted[k]:
+                    k += 1
+                piece = text[k:]
+            emitted = text
+            if piece:
+                yield piece
