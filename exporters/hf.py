@@ -1,0 +1,605 @@
+"""Hugging Face checkpoints (config.json + *.safetensors) as a :class:`~edgespool.exporters.source.SourceModel`.
+
+Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM,
+OlmoeForCausalLM, as written by transformers 4.x or 5.x (``rope_parameters`` or ``rope_theta``/``rope_scaling``;
+per-expert tensors or fused 3-D ``experts.gate_up_proj``/``experts.down_proj``). One ``model.safetensors``, several
+``*.safetensors`` files, or a sharded checkpoint with ``model.safetensors.index.json``.
+
+``config.json`` is mapped onto :class:`~edgespool.runtime.config.ModelConfig` by :func:`config_from_hf`; tensor names
+are mapped onto the canonical names by the data tables :data:`TENSOR_NAMES` and :data:`FUSED_EXPERT_NAMES`.
+Opening checks every tensor's presence and shape from the safetensors headers (no data is read); :meth:`HFModel.tensor`
+then reads one tensor lazily (``safetensors.safe_open`` with numpy; bfloat16, which numpy lacks, is read as raw
+bytes and widened to float32 exactly).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..kernels.rope import ROPE_TYPES
+from ..runtime.config import ARCHITECTURES, ModelConfig
+from .source import TokenizerSpec
+
+# HF class name -> canonical architecture
+HF_ARCHS: dict[str, str] = {hf: arch for arch, spec in ARCHITECTURES.items() for hf in spec["hf"]}
+SUPPORTED = ", ".join(HF_ARCHS)
+
+# Defaults transformers uses when config.json omits a key (from each architecture's configuration class).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 2048},
+    "mistral": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 4096 * 32},
+    "qwen2": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768},
+    "mixtral": {"rms_norm_eps": 1e-5, "rope_theta": 1e6, "max_position_embeddings": 4096 * 32},
+    "qwen2_moe": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768},
+    "olmoe": {"rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 4096},
+}
+
+# Canonical tensor name pattern -> HF tensor names (first one present wins). {i} = layer, {e} = expert.
+TENSOR_NAMES: dict[str, tuple[str, ...]] = {
+    "embed": ("model.embed_tokens.weight",),
+    "layers.{i}.attn_norm": ("model.layers.{i}.input_layernorm.weight",),
+    "layers.{i}.wq": ("model.layers.{i}.self_attn.q_proj.weight",),
+    "layers.{i}.wk": ("model.layers.{i}.self_attn.k_proj.weight",),
+    "layers.{i}.wv": ("model.layers.{i}.self_attn.v_proj.weight",),
+    "layers.{i}.bq": ("model.layers.{i}.self_attn.q_proj.bias",),
+    "layers.{i}.bk": ("model.layers.{i}.self_attn.k_proj.bias",),
+    "layers.{i}.bv": ("model.layers.{i}.self_attn.v_proj.bias",),
+    "layers.{i}.q_norm": ("model.layers.{i}.self_attn.q_norm.weight",),
+    "layers.{i}.k_norm": ("model.layers.{i}.self_attn.k_norm.weight",),
+    "layers.{i}.wo": ("model.layers.{i}.self_attn.o_proj.weight",),
+    "layers.{i}.ffn_norm": ("model.layers.{i}.post_attention_layernorm.weight",),
+    "layers.{i}.ffn.gate": ("model.layers.{i}.mlp.gate_proj.weight",),
+    "layers.{i}.ffn.up": ("model.layers.{i}.mlp.up_proj.weight",),
+    "layers.{i}.ffn.down": ("model.layers.{i}.mlp.down_proj.weight",),
+    "layers.{i}.router": ("model.layers.{i}.block_sparse_moe.gate.weight", "model.layers.{i}.mlp.gate.weight",
+                          "model.layers.{i}.mlp.router.weight"),
+    "layers.{i}.experts.{e}.gate": ("model.layers.{i}.block_sparse_moe.experts.{e}.w1.weight",
+                                    "model.layers.{i}.mlp.experts.{e}.gate_proj.weight"),
+    "layers.{i}.experts.{e}.down": ("model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight",
+                                    "model.layers.{i}.mlp.experts.{e}.down_proj.weight"),
+    "layers.{i}.experts.{e}.up": ("model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight",
+                                  "model.layers.{i}.mlp.experts.{e}.up_proj.weight"),
+    "layers.{i}.shared.gate": ("model.layers.{i}.mlp.shared_expert.gate_proj.weight",),
+    "layers.{i}.shared.up": ("model.layers.{i}.mlp.shared_expert.up_proj.weight",),
+    "layers.{i}.shared.down": ("model.layers.{i}.mlp.shared_expert.down_proj.weight",),
+    "layers.{i}.shared_gate": ("model.layers.{i}.mlp.shared_expert_gate.weight",),
+    "norm": ("model.norm.weight",),
+    "lm_head": ("lm_head.weight",),
+}
+
+# Fused 3-D expert tensors (transformers 5 in-memory layout): canonical pattern -> (HF name, part). gate_up_proj is
+# [E, 2*I, H] with the gate rows first (``.chunk(2)``), down_proj is [E, H, I].
+FUSED_EXPERT_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "layers.{i}.experts.{e}.gate": (("model.layers.{i}.mlp.experts.gate_up_proj", "gate"),
+                                    ("model.layers.{i}.block_sparse_moe.experts.gate_up_proj", "gate")),
+    "layers.{i}.experts.{e}.up": (("model.layers.{i}.mlp.experts.gate_up_proj", "up"),
+                                  ("model.layers.{i}.block_sparse_moe.experts.gate_up_proj", "up")),
+    "layers.{i}.experts.{e}.down": (("model.layers.{i}.mlp.experts.down_proj", "down"),
+                                    ("model.layers.{i}.block_sparse_moe.experts.down_proj", "down")),
+}
+
+# safetensors dtype -> numpy dtype (BF16 handled separately)
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
+
+
+def _pattern(name: str) -> tuple[str, dict[str, int]]:
+    """``layers.3.experts.5.gate`` -> (``layers.{i}.experts.{e}.gate``, {"i": 3, "e": 5})."""
+    parts = name.split(".")
+    idx: dict[str, int] = {}
+    if parts[0] == "layers":
+        idx["i"] = int(parts[1])
+        parts[1] = "{i}"
+        if len(parts) > 3 and parts[2] == "experts":
+            idx["e"] = int(parts[3])
+            parts[3] = "{e}"
+    return ".".join(parts), idx
+
+
+# -- config.json -----------------------------------------------------------------------------------------------
+_MISSING = object()
+
+
+def _key(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = _MISSING,
+         nullable: bool = False) -> Any:
+    """``d[key]`` checked against ``kind`` (bools are not ints); ModelFormatError naming the key otherwise."""
+    if key not in d or (d[key] is None and not nullable and default is not _MISSING):
+        if default is _MISSING:
+            raise ModelFormatError(f"{where}: required key {key!r} is missing")
+        return default
+    v = d[key]
+    if v is None and nullable:
+        return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    ok = isinstance(v, kinds) and not (isinstance(v, bool) and bool not in kinds)
+    if float in kinds and isinstance(v, int) and not isinstance(v, bool):
+        ok = True
+    if not ok:
+        names = "/".join(k.__name__ for k in kinds)
+        raise ModelFormatError(f"{where}: key {key!r} should be {names}, found {v!r}")
+    return v
+
+
+def _positive(d: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> int:
+    v = _key(d, key, int, where, default)
+    if v <= 0:
+        raise ModelFormatError(f"{where}: key {key!r} must be a positive integer, found {v!r}")
+    return v
+
+
+def _token_ids(v: Any, key: str, where: str) -> tuple[int, ...]:
+    if v is None:
+        return ()
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v,)
+    if isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return tuple(v)
+    raise ModelFormatError(f"{where}: key {key!r} should be an int or a list of ints, found {v!r}")
+
+
+def _rope(d: dict[str, Any], arch: str, max_pos: int, where: str) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, canonical rope_scaling) from transformers-5 ``rope_parameters`` or 4.x ``rope_theta`` +
+    ``rope_scaling``."""
+    key = "rope_parameters" if d.get("rope_parameters") else "rope_scaling"
+    params = d.get(key) or {}
+    if not isinstance(params, dict):
+        raise ModelFormatError(f"{where}: key {key!r} should be an object, found {params!r}")
+    if params and all(isinstance(v, dict) for v in params.values()):  # per-layer-type nesting
+        distinct = {json.dumps(v, sort_keys=True) for v in params.values()}
+        if len(distinct) != 1:
+            raise UnsupportedModelError(f"{where}: different RoPE parameters per layer type ({key}) are not supported")
+        params = next(iter(params.values()))
+    params = dict(params)
+    theta = params.pop("rope_theta", None)
+    if theta is None:
+        theta = _key(d, "rope_theta", float, where, ARCH_DEFAULTS[arch]["rope_theta"])
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
+        raise ModelFormatError(f"{where}: key '{key}.rope_theta' should be a positive number, found {theta!r}")
+    kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    if kind not in ROPE_TYPES:
+        raise UnsupportedModelError(f"{where}: rope type {kind!r} is not supported; supported: "
+                                    f"{', '.join(ROPE_TYPES)}")
+    prf = params.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))
+    if prf not in (None, 1, 1.0):
+        raise UnsupportedModelError(f"{where}: partial_rotary_factor={prf} is not supported (only full rotary)")
+    params.pop("partial_rotary_factor", None)
+    if kind == "default":
+        return float(theta), None
+    required = {"linear": ("factor",), "dynamic": ("factor",),
+                "llama3": ("factor", "low_freq_factor", "high_freq_factor"), "yarn": ()}[kind]
+    for r in required:
+        if not isinstance(params.get(r), (int, float)) or isinstance(params.get(r), bool):
+            raise ModelFormatError(f"{where}: key '{key}.{r}' (a number) is required for rope type {kind!r}")
+    if kind in ("llama3", "yarn"):
+        params.setdefault("original_max_position_embeddings", d.get("original_max_position_embeddings", max_pos))
+    return float(theta), {"rope_type": kind, **params}
+
+
+def _sliding_window(d: dict[str, Any], arch: str, n_layers: int, where: str) -> int | None:
+    """The one sliding window of all layers (None = full attention); mixed per-layer windows are unsupported."""
+    if arch in ("llama", "olmoe"):
+        return None
+    window = _key(d, "sliding_window", int, where, None, nullable=True)
+    if arch in ("mistral", "mixtral"):
+        return window or None
+    # Qwen2 / Qwen2-MoE: window only where use_sliding_window, per layer (layer_types or the legacy rule)
+    use = _key(d, "use_sliding_window", bool, where, False)
+    types = d.get("layer_types")
+    if types is None:
+        mwl = _key(d, "max_window_layers", int, where, 28)
+        if not (use and window):
+            types = ["full_attention"] * n_layers
+        elif arch == "qwen2":
+            types = ["sliding_attention" if i >= mwl else "full_attention" for i in range(n_layers)]
+        else:
+            types = ["sliding_attention" if (i + 1) % 2 and i < mwl else "full_attention" for i in range(n_layers)]
+    if not isinstance(types, list) or len(types) != n_layers:
+        raise ModelFormatError(f"{where}: key 'layer_types' should be a list of {n_layers} strings, found {types!r}")
+    kinds = set(types)
+    if kinds == {"full_attention"} or not (use and window):
+        return None
+    if kinds == {"sliding_attention"}:
+        return window
+    raise UnsupportedModelError(f"{where}: sliding-window attention on only some layers (layer_types {types}) "
+                                "is not supported; only all-full or all-sliding")
+
+
+def config_from_hf(d: dict[str, Any], where: str = "config.json",
+                   generation: dict[str, Any] | None = None) -> ModelConfig:
+    """Map a parsed HF ``config.json`` (and optional ``generation_config.json``) onto :class:`ModelConfig`.
+
+    Raises :class:`UnsupportedModelError` for an architecture or feature outside what edgespool runs, and
+    :class:`ModelFormatError` naming the key for a missing or mistyped value."""
+    if not isinstance(d, dict):
+        raise ModelFormatError(f"{where}: expected a JSON object, found {type(d).__name__}")
+    archs = d.get("architectures")
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+        raise ModelFormatError(f"{where}: key 'architectures' should be a list of class names, found {archs!r}")
+    hf_name = archs[0] if archs else None
+    if hf_name in HF_ARCHS:
+        arch = HF_ARCHS[hf_name]
+    elif hf_name is None and d.get("model_type") in ARCHITECTURES:
+        arch = d["model_type"]
+    else:
+        found = hf_name or f"model_type {d.get('model_type')!r}"
+        raise UnsupportedModelError(f"{where}: architecture {found!r} is not supported; supported: {SUPPORTED}")
+    defaults = ARCH_DEFAULTS[arch]
+
+    H = _positive(d, "hidden_size", where)
+    nh = _positive(d, "num_attention_heads", where)
+    nkv = _positive(d, "num_key_value_heads", where, nh)
+    if nh % nkv:
+        raise ModelFormatError(f"{where}: num_attention_heads {nh} is not a multiple of num_key_value_heads {nkv}")
+    head_dim = _key(d, "head_dim", int, where, None, nullable=True) or H // nh
+    L = _positive(d, "num_hidden_layers", where)
+    V = _positive(d, "vocab_size", where)
+    inter = _positive(d, "intermediate_size", where)
+    max_pos = _positive(d, "max_position_embeddings", where, defaults["max_position_embeddings"])
+    eps = float(_key(d, "rms_norm_eps", float, where, defaults["rms_norm_eps"]))
+    act = _key(d, "hidden_act", str, where, "silu")
+    if act != "silu":
+        raise UnsupportedModelError(f"{where}: hidden_act {act!r} is not supported (only 'silu')")
+    theta, scaling = _rope(d, arch, max_pos, where)
+
+    attention_bias = False
+    if arch == "qwen2":
+        attention_bias = True
+    elif arch == "qwen2_moe":
+        attention_bias = _key(d, "qkv_bias", bool, where, True)
+    elif arch in ("llama", "olmoe"):
+        if _key(d, "attention_bias", bool, where, False):
+            raise UnsupportedModelError(f"{where}: attention_bias=true ({hf_name or arch} then also has an o_proj "
+                                        "bias) is not supported")
+    if arch == "llama" and _key(d, "mlp_bias", bool, where, False):
+        raise UnsupportedModelError(f"{where}: mlp_bias=true is not supported")
+
+    kw: dict[str, Any] = {}
+    if arch == "mixtral":
+        kw = dict(num_experts=_positive(d, "num_local_experts", where),
+                  num_experts_per_tok=_positive(d, "num_experts_per_tok", where),
+                  moe_intermediate_size=inter, norm_topk_prob=True, moe_layers=tuple(range(L)))
+    elif arch == "olmoe":
+        kw = dict(num_experts=_positive(d, "num_experts", where),
+                  num_experts_per_tok=_positive(d, "num_experts_per_tok", where),
+                  moe_intermediate_size=inter, norm_topk_prob=_key(d, "norm_topk_prob", bool, where, False),
+                  moe_layers=tuple(range(L)))
+    elif arch == "qwen2_moe":
+        E = _key(d, "num_experts", int, where)
+        step = _positive(d, "decoder_sparse_step", where, 1)
+        mlp_only = _key(d, "mlp_only_layers", list, where, [])
+        layers = tuple(i for i in range(L) if i not in mlp_only and E > 0 and (i + 1) % step == 0)
+        if E > 0 and layers:
+            kw = dict(num_experts=E, num_experts_per_tok=_positive(d, "num_experts_per_tok", where),
+                      moe_intermediate_size=_positive(d, "moe_intermediate_size", where),
+                      shared_expert_intermediate_size=_positive(d, "shared_expert_intermediate_size", where),
+                      norm_topk_prob=_key(d, "norm_topk_prob", bool, where, False), moe_layers=layers)
+    if kw and kw["num_experts_per_tok"] > kw["num_experts"]:
+        raise ModelFormatError(f"{where}: num_experts_per_tok {kw['num_experts_per_tok']} > number of experts "
+                               f"{kw['num_experts']}")
+
+    gen = generation or {}
+    bos = gen.get("bos_token_id", d.get("bos_token_id"))
+    if bos is not None and (not isinstance(bos, int) or isinstance(bos, bool)):
+        raise ModelFormatError(f"{where}: key 'bos_token_id' should be an int, found {bos!r}")
+    eos = _token_ids(gen.get("eos_token_id", d.get("eos_token_id")), "eos_token_id", where)
+
+    return ModelConfig(
+        arch=arch, vocab_size=V, hidden_size=H, intermediate_size=inter, num_layers=L, num_heads=nh,
+        num_kv_heads=nkv, head_dim=head_dim, rms_norm_eps=eps, rope_theta=theta, rope_scaling=scaling,
+        max_position_embeddings=max_pos, tie_word_embeddings=_key(d, "tie_word_embeddings", bool, where, False),
+        attention_bias=attention_bias, qk_norm=arch == "olmoe",
+        clip_qkv=(float(c) if (c := _key(d, "clip_qkv", float, where, None, nullable=True)) is not None
+                  and arch == "olmoe" else None),
+        sliding_window=_sliding_window(d, arch, L, where), bos_token_id=bos, eos_token_ids=eos, hidden_act=act,
+        **kw,
+    )
+
+
+def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
+    if not path.exists():
+        if required:
+            raise ModelFormatError(f"{path}: missing (a Hugging Face checkpoint directory needs it)")
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ModelFormatError(f"{path}: expected a JSON object, found {type(d).__name__}")
+    return d
+
+
+# -- safetensors -----------------------------------------------------------------------------------------------
+def _st_header(path: Path) -> tuple[dict[str, Any], int]:
+    """Parse a safetensors header: ({name: {dtype, shape, data_offsets}}, byte offset of the data section)."""
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > os.path.getsize(path):
+                raise ValueError("header length exceeds the file size")
+            header = json.loads(f.read(n))
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise ModelFormatError(f"{path}: not a valid safetensors file ({e})") from None
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32, exactly (bf16 is the top half of an f32)."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+class HFModel:
+    """An opened HF checkpoint directory exposing canonical tensors (see module docstring)."""
+
+    format = "hf"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ModelFormatError(f"{self.path}: no such model directory")
+        if not self.path.is_dir():
+            raise ModelFormatError(f"{self.path}: not a directory (expected a Hugging Face checkpoint directory "
+                                   "with config.json and *.safetensors)")
+        cfg = _read_json(self.path / "config.json", required=True)
+        gen = _read_json(self.path / "generation_config.json", required=False)
+        assert cfg is not None
+        self.hf_config = cfg
+        self.config: ModelConfig = config_from_hf(cfg, str(self.path / "config.json"), gen)
+        self._headers: dict[Path, tuple[dict[str, Any], int]] = {}
+        self._where: dict[str, Path] = self._index()
+        self._handles: dict[Path, Any] = {}
+        self._resolved: dict[str, tuple[str, str | None]] = {}
+        for name, shape in self.config.tensor_shapes().items():
+            self._resolve(name, shape)
+
+    # -- file index ---------------------------------------------------------------------------------------------
+    def _index(self) -> dict[str, Path]:
+        """HF tensor name -> the safetensors file holding it."""
+        idx_path = self.path / "model.safetensors.index.json"
+        where: dict[str, Path] = {}
+        if idx_path.exists():
+            idx = _read_json(idx_path, required=True)
+            assert idx is not None
+            wm = idx.get("weight_map")
+            if not isinstance(wm, dict):
+                raise ModelFormatError(f"{idx_path}: key 'weight_map' is missing or not an object")
+            for name, fname in wm.items():
+                f = self.path / str(fname)
+                if not f.exists():
+                    raise ModelFormatError(f"{f}: shard listed in {idx_path.name} (tensor {name!r}) is missing")
+                where[name] = f
+            for f in sorted(set(where.values())):
+                self._header(f)
+            return where
+        files = sorted(self.path.glob("*.safetensors"))
+        if not files:
+            raise ModelFormatError(f"{self.path}: no *.safetensors files (only safetensors checkpoints are read; "
+                                   "re-save with save_pretrained(..., safe_serialization=True))")
+        for f in files:
+            for name in self._header(f)[0]:
+                where[name] = f
+        return where
+
+    def _header(self, f: Path) -> tuple[dict[str, Any], int]:
+        if f not in self._headers:
+            self._headers[f] = _st_header(f)
+        return self._headers[f]
+
+    def _info(self, hf_name: str) -> dict[str, Any] | None:
+        f = self._where.get(hf_name)
+        if f is None:
+            return None
+        info = self._header(f)[0].get(hf_name)
+        if info is None:
+            raise ModelFormatError(f"{f}: tensor {hf_name!r} is missing (the index says it is in this file)")
+        return info
+
+    def _files_desc(self) -> str:
+        files = sorted({p.name for p in self._where.values()} or {"*.safetensors"})
+        return files[0] if len(files) == 1 else f"{len(files)} files ({files[0]} .. {files[-1]})"
+
+    # -- name mapping -------------------------------------------------------------------------------------------
+    def _resolve(self, name: str, shape: tuple[int, ...]) -> tuple[str, str | None]:
+        """Find the HF tensor for canonical ``name`` and check its shape: (hf_name, fused part or None)."""
+        pat, idx = _pattern(name)
+        for cand in TENSOR_NAMES.get(pat, ()):
+            hf = cand.format(**idx)
+            info = self._info(hf)
+            if info is not None:
+                self._check_shape(name, hf, tuple(info["shape"]), shape)
+                self._resolved[name] = (hf, None)
+                return hf, None
+        for cand, part in FUSED_EXPERT_NAMES.get(pat, ()):
+            hf = cand.format(**idx)
+            info = self._info(hf)
+            if info is not None:
+                E, (a, b) = self.config.num_experts, shape
+                want = (E, 2 * a, b) if part in ("gate", "up") else (E, a, b)
+                self._check_shape(name, hf, tuple(info["shape"]), want)
+                self._resolved[name] = (hf, part)
+                return hf, part
+        names = [c.format(**idx) for c in TENSOR_NAMES.get(pat, ())]
+        raise ModelFormatError(f"{self.path / self._files_desc()}: tensor {names[0] if names else name!r} "
+                               f"(canonical {name!r}) is missing")
+
+    def _check_shape(self, name: str, hf: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
+        if got != tuple(want):
+            raise ModelFormatError(f"{self._where[hf]}: tensor {hf!r} has shape {list(got)}, config.json implies "
+                                   f"{list(want)} (canonical {name!r})")
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def _read(self, hf: str) -> np.ndarray:
+        f = self._where[hf]
+        info = self._header(f)[0][hf]
+        dtype = info["dtype"]
+        if dtype == "BF16":
+            header, base = self._header(f)
+            start, end = (int(x) for x in info["data_offsets"])
+            raw = np.fromfile(f, dtype="<u2", count=(end - start) // 2, offset=base + start)
+            if raw.size * 2 != end - start:
+                raise ModelFormatError(f"{f}: truncated while reading tensor {hf!r}")
+            return bf16_to_f32(raw).reshape(info["shape"])
+        if dtype not in _ST_DTYPES:
+            raise UnsupportedModelError(f"{f}: tensor {hf!r} has dtype {dtype}; supported: F32, F16, BF16, F64")
+        h = self._handles.get(f)
+        if h is None:
+            from safetensors import safe_open
+
+            try:
+                h = self._handles[f] = safe_open(str(f), framework="np")
+            except Exception as e:  # safetensors raises its own error types
+                raise ModelFormatError(f"{f}: not a valid safetensors file ({e})") from None
+        try:
+            return h.get_tensor(hf)
+        except Exception as e:
+            raise ModelFormatError(f"{f}: cannot read tensor {hf!r} ({e})") from None
+
+    def tensor(self, name: str) -> np.ndarray:
+        """Canonical tensor ``name`` as float32 (see :class:`SourceModel`)."""
+        if name not in self._resolved:
+            shapes = self.config.tensor_shapes()
+            if name not in shapes:
+                raise ModelFormatError(f"{self.path}: the model has no tensor {name!r}")
+            self._resolve(name, shapes[name])
+        hf, part = self._resolved[name]
+        if part is None:
+            return np.asarray(self._read(hf), dtype=np.float32)
+        e = _pattern(name)[1]["e"]
+        full = self._read(hf)[e]
+        if part == "gate":
+            full = full[: full.shape[0] // 2]
+        elif part == "up":
+            full = full[full.shape[0] // 2:]
+        return np.ascontiguousarray(full, dtype=np.float32)
+
+    def source_nbytes(self, name: str) -> int:
+        """Bytes the canonical tensor occupies in the checkpoint (its share of a fused expert tensor)."""
+        if name not in self._resolved:
+            self.tensor(name)  # resolves (or raises naming the tensor)
+        hf, part = self._resolved[name]
+        start, end = self._header(self._where[hf])[0][hf]["data_offsets"]
+        n = int(end) - int(start)
+        if part is not None:
+            n //= self.config.num_experts * (2 if part in ("gate", "up") else 1)
+        return n
+
+    def source_name(self, name: str) -> str:
+        """The HF tensor a canonical name comes from (for reports)."""
+        hf, part = self._resolved[name]
+        return hf if part is None else f"{hf}[{part}]"
+
+    # -- tokenizer ----------------------------------------------------------------------------------------------
+    def tokenizer(self) -> TokenizerSpec:
+        """tokenizer.json as is, or tokenizer.model (SentencePiece) converted; bos/eos/add_bos from
+        tokenizer_config.json, generation_config.json and config.json.
+
+        ``add_bos`` says the model expects prompts to start with ``bos_token_id``; the runtime should encode with
+        ``add_special_tokens=False`` and prepend it itself."""
+        tj, tm = self.path / "tokenizer.json", self.path / "tokenizer.model"
+        if tj.exists():
+            text = tj.read_text(encoding="utf-8")
+        elif tm.exists():
+            try:
+                from .tokenizers_convert import spm_to_tokenizer_json
+            except ImportError:
+                raise UnsupportedModelError(f"{tm}: converting a SentencePiece tokenizer needs "
+                                            "edgespool.exporters.tokenizers_convert, which is not installed") from None
+            text = spm_to_tokenizer_json(tm)
+        else:
+            raise ModelFormatError(f"{self.path}: no tokenizer (expected tokenizer.json or tokenizer.model)")
+        try:
+            tok = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ModelFormatError(f"{tj}: not valid JSON ({e})") from None
+        tc = _read_json(self.path / "tokenizer_config.json", required=False) or {}
+        bos = self.config.bos_token_id
+        if bos is None:
+            bos = _token_id(tok, _token_content(tc.get("bos_token")))
+        eos = self.config.eos_token_ids
+        if not eos:
+            e = _token_id(tok, _token_content(tc.get("eos_token")))
+            eos = (e,) if e is not None else ()
+        bos_text = _token_content(tc.get("bos_token")) or _token_text(tok, bos)
+        add_bos = bos is not None and (tc.get("add_bos_token") is True or
+                                       (bos_text is not None and _post_processor_adds(tok.get("post_processor"),
+                                                                                     bos_text)))
+        return TokenizerSpec(json=text, bos_token_id=bos, eos_token_ids=tuple(eos), add_bos=bool(add_bos))
+
+    def close(self) -> None:
+        """Drop open file handles."""
+        self._handles.clear()
+
+    def __enter__(self) -> "HFModel":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _token_content(v: Any) -> str | None:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict) and isinstance(v.get("content"), str):
+        return v["content"]
+    return None
+
+
+def _token_id(tok: dict[str, Any], content: str | None) -> int | None:
+    """Id of token text ``content`` in a tokenizers JSON (added tokens, then the model vocabulary)."""
+    if content is None:
+        return None
+    for t in tok.get("added_tokens") or []:
+        if t.get("content") == content:
+            return int(t["id"])
+    vocab = (tok.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict):
+        return vocab.get(content)
+    if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+        for i, entry in enumerate(vocab):
+            if entry and entry[0] == content:
+                return i
+    return None
+
+
+def _token_text(tok: dict[str, Any], tid: int | None) -> str | None:
+    if tid is None:
+        return None
+    for t in tok.get("added_tokens") or []:
+        if t.get("id") == tid:
+            return t.get("content")
+    vocab = (tok.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict):
+        for k, v in vocab.items():
+            if v == tid:
+                return k
+    if isinstance(vocab, list) and 0 <= tid < len(vocab):
+        return vocab[tid][0]
+    return None
+
+
+def _post_processor_adds(pp: Any, bos_text: str) -> bool:
+    """Whether a tokenizers post-processor (TemplateProcessing, possibly inside a Sequence) inserts ``bos_text``
+    at the start of a single sequence."""
+    if not isinstance(pp, dict):
+        return False
+    if pp.get("type") == "Sequence":
+        return any(_post_processor_adds(p, bos_text) for p in pp.get("processors") or [])
+    if pp.get("type") == "TemplateProcessing":
+        single = pp.get("single") or []
+        return bool(single) and (single[0].get("SpecialToken") or {}).get("id") == bos_text
+    return False
+
+
+def open_hf(path: str | os.PathLike) -> HFModel:
+    """Open a Hugging Face checkpoint directory (validates config and every tensor's presence and shape)."""
+    return HFModel(path)
+
+
+open_hf_model = open_hf  # the name exporters/export.py imports

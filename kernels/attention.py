@@ -1,0 +1,46 @@
+"""Grouped-query attention (GQA), numpy reference for prefill and decode.
+
+Shapes: ``q`` ``[T, n_heads, D]`` for the T new tokens at positions ``q_pos``; ``k``/``v`` ``[n_kv, S, D]`` for
+the S keys/values at positions ``k_pos`` (the KV-cache layout: head-major so each head's keys are contiguous). Query
+head ``h`` reads KV head ``h // (n_heads // n_kv)`` (HF's ``repeat_kv``). A key is visible to a query when
+``k_pos <= q_pos`` (causal) and, with a sliding window ``W``, ``k_pos > q_pos - W`` (HF's sliding-window mask).
+Softmax is computed in float32 with the row maximum subtracted. All heads go through one batched matmul.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, sliding_window: int | None = None) -> np.ndarray:
+    """Boolean visibility ``[T, S]``: True where query ``t`` may attend to key ``s``."""
+    qp = np.asarray(q_pos)[:, None]
+    kp = np.asarray(k_pos)[None, :]
+    mask = kp <= qp
+    if sliding_window:
+        mask &= kp > qp - sliding_window
+    return mask
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
+              sliding_window: int | None = None, scale: float | None = None) -> np.ndarray:
+    """Causal GQA: ``q`` ``[T, nh, D]``, ``k``/``v`` ``[nkv, S, D]`` -> ``[T, nh, D]`` float32.
+
+    ``scale`` defaults to ``D ** -0.5``. Every query must see at least one key (true for causal self-attention
+    when the new tokens' own keys are included)."""
+    T, nh, D = q.shape
+    nkv, S, _ = k.shape
+    g = nh // nkv
+    if scale is None:
+        scale = D ** -0.5
+    # [T, nkv, g, D] -> [nkv, g*T, D]: each KV head's query group as one matrix (rows ordered (g, t))
+    qg = q.reshape(T, nkv, g, D).transpose(1, 2, 0, 3).reshape(nkv, g * T, D)
+    scores = np.matmul(qg, k.transpose(0, 2, 1))  # [nkv, g*T, S]
+    scores *= np.float32(scale)
+    mask = attention_mask(q_pos, k_pos, sliding_window)  # [T, S]
+    scores = scores.reshape(nkv, g, T, S)
+    scores = np.where(mask[None, None], scores, np.float32(-np.inf))
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = np.matmul(scores.reshape(nkv, g * T, S), v)  # [nkv, g*T, D]
+    return out.reshape(nkv, g, T, D).transpose(2, 0, 1, 3).reshape(T, nh, D)

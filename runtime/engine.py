@@ -1,0 +1,216 @@
+"""The decoder loop (llama2.c style: read it top to bottom).
+
+``Engine(source)`` runs any model of :data:`edgespool.runtime.config.ARCHITECTURES` whose weights come from a
+:class:`~edgespool.runtime.weights.WeightSource`. Weights are fetched ONLY through ``source.get(group)`` /
+``source.release(group)``, one streaming group at a time, in compute order:
+
+    embed -> layers.0 [-> layers.0.experts.e for each routed e] -> layers.1 ... -> head (-> embed if tied)
+
+Before each group the engine calls ``source.hint([...])`` with the group(s) it will need next, and before each
+FFN/MoE block ``source.on_hidden(i, h)`` with the post-attention residual, so a streaming source can prefetch.
+
+One :meth:`Engine.forward` call processes all T new tokens of a step in one batched pass through each layer
+(prompt processing is batched; decode is T = 1). Per-step timings are kept in :attr:`Engine.stats`.
+
+Run state per layer (T new tokens, H hidden, nh/nkv heads of D, I FFN width)::
+
+    x      [T, H]        residual stream
+    h      [T, H]        normalised input of the attention / FFN block
+    q      [T, nh, D]    queries after RoPE;  k, v [T, nkv, D] go into the KV cache
+    logits [T, V]        (or [1, V] with last_only)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ..errors import OptionError
+from ..kernels.attention import attention
+from ..kernels.linear import linear
+from ..kernels.moe import combine_experts, route, shared_expert
+from ..kernels.quant import QTensor
+from ..kernels.rmsnorm import rmsnorm
+from ..kernels.rope import Rope, apply_rope
+from ..kernels.swiglu import swiglu
+from .kvcache import KVCache
+from .sampling import Sampler
+from .weights import WeightSource, expert_group, layer_group
+
+
+@dataclass
+class EngineStats:
+    """Wall-clock time spent in :meth:`Engine.forward`, split into prefill (prompt) and decode steps."""
+
+    prefill_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_tokens: int = 0
+    decode_s: float = 0.0
+    expert_fetches: int = 0  # expert groups fetched (MoE), summed over steps
+
+    @property
+    def prefill_tok_s(self) -> float:
+        """Prompt tokens per second (0 when nothing was measured)."""
+        return self.prefill_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        """Generated tokens per second over the decode steps (0 when nothing was measured)."""
+        return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+    def reset(self) -> None:
+        self.prefill_tokens, self.prefill_s, self.decode_tokens, self.decode_s, self.expert_fetches = 0, 0.0, 0, 0.0, 0
+
+
+def _vec(t: QTensor | None) -> np.ndarray | None:
+    """A 1-D weight (norm, bias) as float32."""
+    return None if t is None else t.dequantize()
+
+
+class Engine:
+    """Decoder-only transformer inference over a :class:`WeightSource` (resident or streaming)."""
+
+    def __init__(self, source: WeightSource) -> None:
+        self.source = source
+        self.config = c = source.config
+        self.rope = Rope(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings)
+        self.stats = EngineStats()
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def new_cache(self, max_len: int | None = None) -> KVCache:
+        """A fresh KV cache for ``max_len`` positions (default: the model's max_position_embeddings, capped at
+        4096)."""
+        if max_len is None:
+            max_len = min(self.config.max_position_embeddings, 4096)
+        return KVCache(self.config, max_len)
+
+    # -- one step ---------------------------------------------------------------------------------------------
+    def forward(self, tokens: Iterable[int] | np.ndarray, cache: KVCache, last_only: bool = False) -> np.ndarray:
+        """Run the T new ``tokens`` (positions ``cache.length ..``) through the model in one batched pass,
+        append their keys/values to ``cache``, and return float32 logits ``[T, V]`` (``[1, V]`` for the last
+        token only when ``last_only``)."""
+        c, src = self.config, self.source
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        T = tokens.size
+        if T == 0:
+            raise OptionError("forward() needs at least one token")
+        if tokens.min() < 0 or tokens.max() >= c.vocab_size:
+            raise OptionError(f"token id out of range [0, {c.vocab_size}): {int(tokens.max())}")
+        cache.check_room(T)
+        pos = np.arange(cache.length, cache.length + T)
+        cos, sin = self.rope.cos_sin(pos)
+
+        src.hint(["embed", layer_group(0)])
+        x = src.get("embed")["embed"].rows(tokens)  # [T, H]
+        src.release("embed")
+
+        for i in range(c.num_layers):
+            g = layer_group(i)
+            w = src.get(g)
+            src.hint([layer_group(i + 1)] if i + 1 < c.num_layers else ["head"])
+            p = f"layers.{i}."
+            # attention block
+            h = rmsnorm(x, _vec(w[p + "attn_norm"]), c.rms_norm_eps)
+            x = x + self._attention(i, w, p, h, pos, cos, sin, cache)
+            # FFN / MoE block
+            src.on_hidden(i, x)
+            h = rmsnorm(x, _vec(w[p + "ffn_norm"]), c.rms_norm_eps)
+            if c.is_moe_layer(i):
+                x = x + self._moe(i, w, p, h)
+            else:
+                x = x + swiglu(h, w[p + "ffn.gate"], w[p + "ffn.up"], w[p + "ffn.down"])
+            src.release(g)
+        cache.advance(T)
+
+        if last_only:
+            x = x[-1:]
+        head = src.get("head")
+        h = rmsnorm(x, _vec(head["norm"]), c.rms_norm_eps)
+        if c.tie_word_embeddings:
+            logits = linear(h, src.get("embed")["embed"])
+            src.release("embed")
+        else:
+            logits = linear(h, head["lm_head"])
+        src.release("head")
+        return logits.astype(np.float32, copy=False)
+
+    def _attention(self, i: int, w: dict[str, QTensor], p: str, h: np.ndarray, pos: np.ndarray,
+                   cos: np.ndarray, sin: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Self-attention of layer ``i`` for the new tokens ``h`` ``[T, H]``; writes K/V into ``cache``."""
+        c = self.config
+        T, D = h.shape[0], c.head_dim
+        q = linear(h, w[p + "wq"], _vec(w.get(p + "bq")))
+        k = linear(h, w[p + "wk"], _vec(w.get(p + "bk")))
+        v = linear(h, w[p + "wv"], _vec(w.get(p + "bv")))
+        if c.qk_norm:  # OLMoE: RMSNorm over the whole q / k projection
+            q = rmsnorm(q, _vec(w[p + "q_norm"]), c.rms_norm_eps)
+            k = rmsnorm(k, _vec(w[p + "k_norm"]), c.rms_norm_eps)
+        if c.clip_qkv is not None:
+            q, k, v = (np.clip(a, -c.clip_qkv, c.clip_qkv) for a in (q, k, v))
+        q = apply_rope(q.reshape(T, c.num_heads, D), cos, sin)
+        k = apply_rope(k.reshape(T, c.num_kv_heads, D), cos, sin)
+        cache.write(i, k, v.reshape(T, c.num_kv_heads, D))
+        end = int(pos[-1]) + 1
+        start = 0 if not c.sliding_window else max(0, int(pos[0]) - c.sliding_window + 1)
+        K, V = cache.view(i, start, end)
+        o = attention(q, K, V, pos, np.arange(start, end), c.sliding_window)
+        return linear(o.reshape(T, c.num_heads * D), w[p + "wo"])
+
+    def _moe(self, i: int, w: dict[str, QTensor], p: str, h: np.ndarray) -> np.ndarray:
+        """Sparse MoE block of layer ``i``: route, then fetch and run only the experts some token chose."""
+        c, src = self.config, self.source
+        weights, idx = route(linear(h, w[p + "router"]), c.num_experts_per_tok, c.norm_topk_prob)
+        routed = [int(e) for e in np.unique(idx)]
+        src.hint([expert_group(i, e) for e in routed])
+
+        def run_expert(e: int, xs: np.ndarray) -> np.ndarray:
+            g = expert_group(i, e)
+            ew = src.get(g)
+            pe = f"{g}."
+            y = swiglu(xs, ew[pe + "gate"], ew[pe + "up"], ew[pe + "down"])
+            src.release(g)
+            self.stats.expert_fetches += 1
+            return y
+
+        out = combine_experts(h, weights, idx, run_expert)
+        if c.shared_expert_intermediate_size:
+            out += shared_expert(h, w[p + "shared.gate"], w[p + "shared.up"], w[p + "shared.down"],
+                                 w[p + "shared_gate"])
+        return out
+
+    # -- generation -------------------------------------------------------------------------------------------
+    def generate(self, prompt_ids: Iterable[int], max_tokens: int, sampler: Sampler | None = None,
+                 stop_ids: Iterable[int] = (), cache: KVCache | None = None) -> Iterator[int]:
+        """Yield up to ``max_tokens`` new token ids after ``prompt_ids``. The prompt is processed in one batched
+        step (timed as prefill), then one token per step (decode). Generation ends early, without yielding it,
+        at the first token in ``stop_ids``. ``sampler`` defaults to greedy. A fresh cache sized
+        ``len(prompt) + max_tokens`` is used unless ``cache`` is given (it then continues that sequence)."""
+        prompt = np.asarray(list(prompt_ids), dtype=np.int64)
+        if prompt.size == 0:
+            raise OptionError("the prompt is empty: give at least one token (e.g. the BOS token)")
+        if max_tokens < 0:
+            raise OptionError(f"max_tokens must be >= 0, got {max_tokens}")
+        if max_tokens == 0:
+            return
+        sampler = sampler or Sampler()
+        stops = set(int(s) for s in stop_ids)
+        if cache is None:
+            cache = self.new_cache(prompt.size + max_tokens)
+
+        t0 = time.perf_counter()
+        logits = self.forward(prompt, cache, last_only=True)
+        self.stats.prefill_s += time.perf_counter() - t0
+        self.stats.prefill_tokens += int(prompt.size)
+        for n in range(max_tokens):
+            tok = sampler.sample(logits[-1])
+            if tok in stops:
+                return
+            yield tok
+            if n + 1 == max_tokens:
+                return
+            t0 = time.perf_counter()
+            logits = self.forward([tok], cache, last_only=True)
+            self.stats.decode_s += time.perf_counter() - t0
+            self.stats.decode_tokens += 1
