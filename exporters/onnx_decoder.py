@@ -1,0 +1,564 @@
+"""Lower a canonical decoder model (runtime/config.py) to one ONNX graph that plain onnxruntime can run.
+
+The graph is built with ``onnx.helper`` (no torch). One call runs a prompt or a decode step with a KV cache::
+
+    inputs   input_ids            int64   [batch, seq]
+             past_key.{i}         float32 [batch, n_kv_heads, past_len, head_dim]   (past_len may be 0)
+             past_value.{i}       float32 [batch, n_kv_heads, past_len, head_dim]
+    outputs  logits               float32 [batch, seq, vocab]
+             present_key.{i}      float32 [batch, n_kv_heads, past_len + seq, head_dim]
+             present_value.{i}    float32 [batch, n_kv_heads, past_len + seq, head_dim]
+
+Positions are ``past_len .. past_len + seq - 1`` for every row (no padding inside a batch). RoPE cos/sin tables are
+precomputed up to ``max_position_embeddings`` and gathered by position. Weights are initializers in one external data
+file ``model.onnx.data`` written tensor by tensor (never the whole model in memory twice), so ORT pre-packs them.
+
+Quantised weights are lowered per scheme (see :data:`QUANT_LOWERING` and docs/ONNX.md): f16 as float16 initializers
+plus ``Cast``, int8 as standard QDQ (per-axis ``DequantizeLinear`` -> ``MatMul``), int4 as ``com.microsoft``
+``MatMulNBits`` (default) or standard opset-21 blocked int4 QDQ. MoE layers are a *reference lowering*: every expert
+is computed densely and weighted by a routing weight that is 0 for the experts not in the token's top-k.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..errors import ModelFormatError, OptionError, UnsupportedModelError
+from ..kernels import rope
+from ..kernels.quant import QTensor, unpack_int4
+from ..runtime.config import ARCHITECTURES, ModelConfig
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+DEFAULT_OPSET = 21
+MIN_OPSET = 18  # ReduceMean with axes as an input, Shape with start/end
+INT4_LOWERINGS = ("matmulnbits", "qdq")
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+
+QUANT_LOWERING: dict[str, str] = {
+    "f32": "float32 initializer [in, out] -> MatMul",
+    "f16": "float16 initializer [in, out] -> Cast(to=float) -> MatMul (ORT folds the Cast at load: f32 in RAM)",
+    "int8": "int8 initializer [in, out] + float32 scale [out] + int8 zero point 0 -> DequantizeLinear(axis=1) -> MatMul",
+    "int4/matmulnbits": "com.microsoft MatMulNBits(bits=4, block_size=group, no zero point = 8, accuracy_level=0); "
+                        "B uint8 [out, in/group, group/2] consecutive-pair nibbles (repacked from Q4_0 order), "
+                        "scales float32 [out * in/group]",
+    "int4/qdq": "INT4 initializer [in, out] (code - 8) + float32 scale [in/group, out] -> "
+                "DequantizeLinear(axis=0, block_size=group) -> MatMul (opset >= 21)",
+    "embedding": "Gather of the stored rows, then per-row dequantisation (int8: * scale; int4: nibble unpack, -8, "
+                 "* group scale; f16: Cast)",
+    "moe": "reference lowering: all experts computed densely, weighted by a [batch, seq, experts] routing weight "
+           "that is 0 outside the top-k (ScatterElements of the TopK values)",
+}
+
+_NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
+               np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
+               np.dtype(np.int64): TensorProto.INT64, np.dtype(np.bool_): TensorProto.BOOL}
+_EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inside model.onnx
+_ALIGN_BIG, _BIG = 4096, 1 << 16  # big tensors start on a page boundary in the data file (mmap friendly)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The graph builder: one helper per op kind, weights streamed to the external data file as they are added.
+# ---------------------------------------------------------------------------------------------------------------
+class GraphBuilder:
+    """Accumulates nodes, inputs, outputs and initializers of one ONNX graph.
+
+    ``weight()`` writes large arrays straight to the external data file and keeps only a reference, so a model is
+    never held in memory twice. Every op helper returns the name of its output.
+    """
+
+    def __init__(self, data_path: Path, opset: int) -> None:
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self.initializers: list[TensorProto] = []
+        self.uses_ms_domain = False
+        self._data_path = data_path
+        self._data = open(data_path, "wb")
+        self._counts: dict[str, int] = {}
+        self._consts: dict[tuple, str] = {}
+
+    # -- names, inputs, outputs --------------------------------------------------------------------------------
+    def fresh(self, hint: str) -> str:
+        n = self._counts.get(hint, 0)
+        self._counts[hint] = n + 1
+        return hint if n == 0 else f"{hint}_{n}"
+
+    def input(self, name: str, elem_type: int, shape: Sequence[int | str]) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
+        return name
+
+    def output(self, name: str, elem_type: int, shape: Sequence[int | str]) -> None:
+        self.outputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
+
+    # -- initializers --------------------------------------------------------------------------------------------
+    def weight(self, name: str, array: np.ndarray, elem_type: int | None = None,
+               dims: Sequence[int] | None = None) -> str:
+        """Add an initializer. ``elem_type``/``dims`` override for packed types (INT4 bytes)."""
+        array = np.ascontiguousarray(array)
+        et = _NP_TO_ONNX[array.dtype] if elem_type is None else elem_type
+        dims = list(array.shape if dims is None else dims)
+        raw = array.tobytes()
+        t = TensorProto()
+        t.name, t.data_type = name, et
+        t.dims.extend(dims)
+        if len(raw) < _EXTERNAL_MIN_BYTES:
+            t.raw_data = raw
+        else:
+            align = _ALIGN_BIG if len(raw) >= _BIG else 64
+            off = self._data.tell()
+            pad = (-off) % align
+            if pad:
+                self._data.write(b"\0" * pad)
+            off += pad
+            self._data.write(raw)
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in (("location", self._data_path.name), ("offset", str(off)), ("length", str(len(raw)))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+        self.initializers.append(t)
+        return name
+
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        """A small constant (deduplicated by value)."""
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.weight(self.fresh("const"), arr)
+        return self._consts[key]
+
+    # -- nodes ---------------------------------------------------------------------------------------------------
+    def op(self, op_type: str, inputs: Sequence[str], *, out: str | None = None, n_out: int = 1,
+           domain: str = "", **attrs: Any) -> Any:
+        """Append one node; returns its output name (or the list of names when ``n_out > 1``)."""
+        base = out or self.fresh(op_type.lower())
+        outs = [base] if n_out == 1 else [f"{base}:{k}" for k in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.fresh("n_" + base),
+                                           domain=domain, **attrs))
+        if domain == "com.microsoft":
+            self.uses_ms_domain = True
+        return outs[0] if n_out == 1 else outs
+
+    def matmul(self, a: str, b: str, out: str | None = None) -> str:
+        return self.op("MatMul", [a, b], out=out)
+
+    def add(self, a: str, b: str, out: str | None = None) -> str:
+        return self.op("Add", [a, b], out=out)
+
+    def mul(self, a: str, b: str, out: str | None = None) -> str:
+        return self.op("Mul", [a, b], out=out)
+
+    def cast(self, x: str, to: int) -> str:
+        return self.op("Cast", [x], to=to)
+
+    def reshape(self, x: str, shape: Sequence[int]) -> str:
+        return self.op("Reshape", [x, self.const(list(shape))])
+
+    def transpose(self, x: str, perm: Sequence[int]) -> str:
+        return self.op("Transpose", [x], perm=list(perm))
+
+    def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
+        return self.op("Unsqueeze", [x, self.const(list(axes))])
+
+    def squeeze(self, x: str, axes: Sequence[int]) -> str:
+        return self.op("Squeeze", [x, self.const(list(axes))])
+
+    def gather(self, data: str, idx: str, axis: int = 0) -> str:
+        return self.op("Gather", [data, idx], axis=axis)
+
+    def concat(self, xs: Sequence[str], axis: int, out: str | None = None) -> str:
+        return self.op("Concat", list(xs), axis=axis, out=out)
+
+    def silu(self, x: str) -> str:
+        return self.mul(x, self.op("Sigmoid", [x]))
+
+    def dim(self, x: str, axis: int) -> str:
+        """Scalar int64: ``x.shape[axis]``."""
+        return self.squeeze(self.op("Shape", [x], start=axis, end=axis + 1), [0])
+
+    # -- finish --------------------------------------------------------------------------------------------------
+    def model(self, name: str) -> onnx.ModelProto:
+        self._data.close()
+        graph = helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.initializers)
+        opsets = [helper.make_opsetid("", self.opset)]
+        if self.uses_ms_domain:
+            opsets.append(helper.make_opsetid("com.microsoft", 1))
+        ir = helper.find_min_ir_version_for([opsets[0]], ignore_unknown=True)
+        return helper.make_model(graph, opset_imports=opsets, ir_version=ir, producer_name="edgespool")
+
+    def abort(self) -> None:
+        self._data.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lowering of weights: linear layers and embeddings per quantisation scheme.
+# ---------------------------------------------------------------------------------------------------------------
+class _Lowering:
+    """Shared state of one export: builder, config, options, tensor getter."""
+
+    def __init__(self, g: GraphBuilder, cfg: ModelConfig, get_tensor: Callable[[str], QTensor], int4: str,
+                 accuracy_level: int) -> None:
+        self.g, self.cfg, self._get, self.int4, self.accuracy_level = g, cfg, get_tensor, int4, accuracy_level
+        self.expected = cfg.tensor_shapes()
+        self.schemes: dict[str, int] = {}
+        self.int4_qdq_fallback: list[str] = []  # int4 tensors lowered as QDQ because MatMulNBits cannot take them
+
+    def tensor(self, name: str, shape_name: str | None = None) -> QTensor:
+        """Fetch canonical tensor ``name`` and check its shape against the config."""
+        try:
+            t = self._get(name)
+        except KeyError:
+            raise ModelFormatError(f"tensor {name!r} is missing from the model") from None
+        want = self.expected[shape_name or name]
+        if tuple(t.shape) != tuple(want):
+            raise ModelFormatError(f"tensor {name!r} has shape {tuple(t.shape)}, the config needs {tuple(want)}")
+        self.schemes[t.scheme] = self.schemes.get(t.scheme, 0) + 1
+        return t
+
+    def vector(self, name: str) -> str:
+        """A 1-D float32 parameter (norm weight, bias) as an initializer."""
+        t = self.tensor(name)
+        if t.scheme not in ("f32", "f16"):
+            raise UnsupportedModelError(f"tensor {name!r}: 1-D tensors must be f32/f16, found {t.scheme}")
+        return self.g.weight(name, t.data.astype(np.float32))
+
+    def linear(self, x: str, name: str, bias: str | None = None, out: str | None = None,
+               qt: QTensor | None = None) -> str:
+        """``x @ W.T (+ bias)`` for canonical weight ``name`` (``[out, in]``) in any scheme."""
+        g = self.g
+        t = qt if qt is not None else self.tensor(name)
+        n_out, n_in = t.shape
+        if t.scheme in ("f32", "f16"):
+            w = g.weight(name, np.ascontiguousarray(t.data.T))
+            if t.scheme == "f16":
+                w = g.cast(w, TensorProto.FLOAT)
+            y = g.matmul(x, w)
+        elif t.scheme == "int8":
+            q = g.weight(name + ".q", np.ascontiguousarray(t.data.T))
+            s = g.weight(name + ".scale", t.scale.astype(np.float32))
+            z = g.weight(name + ".zero_point", np.zeros(n_out, np.int8))
+            y = g.matmul(x, g.op("DequantizeLinear", [q, s, z], axis=1))
+        elif t.scheme == "int4":
+            y = self._int4_linear(x, name, t)
+        else:
+            raise UnsupportedModelError(f"tensor {name!r}: unknown quantisation scheme {t.scheme!r}")
+        if bias is not None:
+            return g.add(y, bias, out=out)
+        return g.op("Identity", [y], out=out) if out else y
+
+    def _int4_linear(self, x: str, name: str, t: QTensor) -> str:
+        g = self.g
+        n_out, n_in = t.shape
+        gs = t.group_size
+        codes = unpack_int4(t.data, gs)  # [out, in] signed -8..7, logical order
+        scale = t.scale.astype(np.float32)  # [out, in/gs]
+        nbits_ok = gs >= 16 and not gs & (gs - 1)  # MatMulNBits needs a power-of-two block >= 16
+        if self.int4 == "matmulnbits" and nbits_ok:
+            u = (codes + 8).astype(np.uint8)
+            packed = (u[:, 0::2] | (u[:, 1::2] << 4)).reshape(n_out, n_in // gs, gs // 2)
+            b = g.weight(name + ".q4", packed)
+            s = g.weight(name + ".scale", scale.reshape(-1))
+            return g.op("MatMulNBits", [x, b, s], domain="com.microsoft", K=n_in, N=n_out, bits=4,
+                        block_size=gs, accuracy_level=self.accuracy_level)
+        if self.int4 == "matmulnbits":
+            self.int4_qdq_fallback.append(name)
+        if g.opset < 21:
+            raise OptionError(f"tensor {name!r}: int4 group size {gs} needs the blocked INT4 DequantizeLinear of "
+                              f"opset >= 21 (MatMulNBits takes only power-of-two groups >= 16); got opset {g.opset}")
+        b = g.weight(name + ".q4", _pack_int4_pairs(codes.T), elem_type=TensorProto.INT4, dims=[n_in, n_out])
+        s = g.weight(name + ".scale", np.ascontiguousarray(scale.T))  # [in/gs, out]
+        return g.matmul(x, g.op("DequantizeLinear", [b, s], axis=0, block_size=gs))
+
+    def embedding(self, ids: str, t: QTensor) -> str:
+        """Rows ``ids`` of the embedding table ``t`` as float32 ``[batch, seq, hidden]``."""
+        g = self.g
+        if t.scheme in ("f32", "f16"):
+            rows = g.gather(g.weight("embed", t.data), ids)
+            return rows if t.scheme == "f32" else g.cast(rows, TensorProto.FLOAT)
+        if t.scheme == "int8":
+            q = g.cast(g.gather(g.weight("embed.q", t.data), ids), TensorProto.FLOAT)
+            s = g.unsqueeze(g.gather(g.weight("embed.scale", t.scale.astype(np.float32)), ids), [-1])
+            return g.mul(q, s)
+        if t.scheme == "int4":
+            gs, H = t.group_size, t.shape[1]
+            b = g.reshape(g.gather(g.weight("embed.q4", t.data), ids), [0, 0, H // gs, gs // 2])  # [B,S,G,g/2]
+            lo = g.op("BitwiseAnd", [b, g.const(15, np.uint8)])
+            hi = g.op("BitShift", [b, g.const(4, np.uint8)], direction="RIGHT")
+            q = g.op("Sub", [g.cast(g.concat([lo, hi], axis=-1), TensorProto.FLOAT), g.const(8.0, np.float32)])
+            s = g.unsqueeze(g.gather(g.weight("embed.scale", t.scale.astype(np.float32)), ids), [-1])  # [B,S,G,1]
+            return g.reshape(g.mul(q, s), [0, 0, H])
+        raise UnsupportedModelError(f"tensor 'embed': unknown quantisation scheme {t.scheme!r}")
+
+
+def _pack_int4_pairs(codes: np.ndarray) -> np.ndarray:
+    """Signed int4 values (row-major) packed as ONNX INT4: element 2i in the low nibble, 2i+1 in the high one."""
+    flat = (codes.reshape(-1).astype(np.int16) & 0xF).astype(np.uint8)
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    return flat[0::2] | (flat[1::2] << 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RoPE tables: kernels/rope.py's float32 frequencies (transformers' math), tabulated over every position.
+# ---------------------------------------------------------------------------------------------------------------
+def rope_tables(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin ``[max_position_embeddings, head_dim]`` (HF rotate_half layout, attention factor applied).
+
+    ``dynamic`` NTK scaling only changes the frequencies beyond ``max_position_embeddings``, which the table does
+    not reach, so inside it the default frequencies are exact."""
+    kind = rope.rope_type(cfg.rope_scaling)
+    if kind not in ROPE_TYPES:
+        raise UnsupportedModelError(f"rope_scaling type {kind!r} is not supported by the ONNX export; "
+                                    f"supported: {', '.join(ROPE_TYPES)}")
+    try:
+        inv, att = rope.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings)
+    except (KeyError, ValueError) as e:
+        raise UnsupportedModelError(f"rope_scaling {cfg.rope_scaling!r} cannot be lowered ({e!r})") from None
+    return rope.rope_cos_sin(np.arange(cfg.max_position_embeddings), inv, att)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Blocks: one function each.
+# ---------------------------------------------------------------------------------------------------------------
+def _rms_norm(L: _Lowering, x: str, weight_name: str) -> str:
+    """``x / sqrt(mean(x^2) + eps) * w`` over the last axis (float32, as transformers' RMSNorm)."""
+    g = L.g
+    var = g.op("ReduceMean", [g.mul(x, x), g.const([-1])], keepdims=1)
+    inv = g.op("Reciprocal", [g.op("Sqrt", [g.add(var, g.const(L.cfg.rms_norm_eps, np.float32))])])
+    return g.mul(g.mul(x, inv), L.vector(weight_name))
+
+
+def _rotary(g: GraphBuilder, x: str, cos: str, sin: str, half: int) -> str:
+    """``x * cos + rotate_half(x) * sin`` for x ``[B, heads, S, D]`` and cos/sin ``[S, D]``."""
+    x1, x2 = g.op("Split", [x, g.const([half, half])], axis=-1, n_out=2)
+    rot = g.concat([g.op("Neg", [x2]), x1], axis=-1)
+    return g.add(g.mul(x, cos), g.mul(rot, sin))
+
+
+def _attention(L: _Lowering, i: int, x: str, ctx: dict[str, str]) -> str:
+    """Self-attention of layer ``i`` on normalised ``x`` [B, S, H]: GQA with RoPE, KV cache concat, causal (+window)
+    mask. Writes ``present_key.{i}`` / ``present_value.{i}`` graph outputs."""
+    g, cfg = L.g, L.cfg
+    p = f"layers.{i}."
+    nh, nkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    bias = {k: L.vector(p + k) if cfg.attention_bias else None for k in ("bq", "bk", "bv")}
+    q = L.linear(x, p + "wq", bias["bq"])
+    k = L.linear(x, p + "wk", bias["bk"])
+    v = L.linear(x, p + "wv", bias["bv"])
+    if cfg.qk_norm:  # OLMoE: RMSNorm over the whole projection
+        q, k = _rms_norm(L, q, p + "q_norm"), _rms_norm(L, k, p + "k_norm")
+    if cfg.clip_qkv is not None:
+        lo, hi = g.const(-cfg.clip_qkv, np.float32), g.const(cfg.clip_qkv, np.float32)
+        q, k, v = (g.op("Clip", [t, lo, hi]) for t in (q, k, v))
+    q = g.transpose(g.reshape(q, [0, 0, nh, D]), [0, 2, 1, 3])  # [B, nh, S, D]
+    k = g.transpose(g.reshape(k, [0, 0, nkv, D]), [0, 2, 1, 3])  # [B, nkv, S, D]
+    v = g.transpose(g.reshape(v, [0, 0, nkv, D]), [0, 2, 1, 3])
+    q = _rotary(g, q, ctx["cos"], ctx["sin"], D // 2)
+    k = _rotary(g, k, ctx["cos"], ctx["sin"], D // 2)
+    k_all = g.concat([f"past_key.{i}", k], axis=2, out=f"present_key.{i}")  # [B, nkv, T, D]
+    v_all = g.concat([f"past_value.{i}", v], axis=2, out=f"present_value.{i}")
+    # GQA without copying K/V: group the query heads by KV head and let MatMul broadcast over the group axis.
+    qg = g.reshape(q, [0, nkv, nh // nkv, -1, D])  # [B, nkv, rep, S, D]
+    kt = g.unsqueeze(g.transpose(k_all, [0, 1, 3, 2]), [2])  # [B, nkv, 1, D, T]
+    scores = g.mul(g.matmul(qg, kt), g.const(D ** -0.5, np.float32))  # [B, nkv, rep, S, T]
+    scores = g.op("Where", [ctx["allowed"], scores, g.const(np.finfo(np.float32).min, np.float32)])
+    probs = g.op("Softmax", [scores], axis=-1)
+    o = g.matmul(probs, g.unsqueeze(v_all, [2]))  # [B, nkv, rep, S, D]
+    o = g.reshape(g.transpose(g.reshape(o, [0, nh, -1, D]), [0, 2, 1, 3]), [0, 0, nh * D])
+    return L.linear(o, p + "wo")
+
+
+def _swiglu(L: _Lowering, x: str, prefix: str) -> str:
+    """``down(silu(gate(x)) * up(x))`` for canonical weights ``{prefix}gate/up/down``."""
+    g = L.g
+    h = g.mul(g.silu(L.linear(x, prefix + "gate")), L.linear(x, prefix + "up"))
+    return L.linear(h, prefix + "down")
+
+
+def _moe(L: _Lowering, i: int, x: str) -> str:
+    """Top-k MoE block (reference lowering: all experts dense, unselected ones weighted by 0) plus the Qwen2-MoE
+    shared expert with its sigmoid gate. Routing: softmax over experts -> top-k -> renormalise when the arch
+    renormalises (Mixtral always; Qwen2-MoE/OLMoE iff norm_topk_prob)."""
+    g, cfg = L.g, L.cfg
+    p = f"layers.{i}."
+    probs = g.op("Softmax", [L.linear(x, p + "router")], axis=-1)  # [B, S, E]
+    top_v, top_i = g.op("TopK", [probs, g.const([cfg.num_experts_per_tok])], axis=-1, largest=1, sorted=1, n_out=2)
+    if cfg.arch == "mixtral" or cfg.norm_topk_prob:
+        top_v = g.op("Div", [top_v, g.op("ReduceSum", [top_v, g.const([-1])], keepdims=1)])
+    zeros = g.op("ConstantOfShape", [g.op("Shape", [probs])], value=helper.make_tensor("z", TensorProto.FLOAT, [1], [0.0]))
+    route = g.op("ScatterElements", [zeros, top_i, top_v], axis=-1)  # [B, S, E], 0 outside the top-k
+    out = None
+    for e in range(cfg.num_experts):
+        y = g.mul(_swiglu(L, x, f"{p}experts.{e}."), g.gather(route, g.const([e]), axis=-1))
+        out = y if out is None else g.add(out, y)
+    if cfg.shared_expert_intermediate_size:
+        gate = g.op("Sigmoid", [L.linear(x, p + "shared_gate")])  # [B, S, 1]
+        out = g.add(out, g.mul(gate, _swiglu(L, x, p + "shared.")))
+    return out
+
+
+def _decoder_layer(L: _Lowering, i: int, h: str, ctx: dict[str, str]) -> str:
+    g = L.g
+    h = g.add(h, _attention(L, i, _rms_norm(L, h, f"layers.{i}.attn_norm"), ctx))
+    xn = _rms_norm(L, h, f"layers.{i}.ffn_norm")
+    ffn = _moe(L, i, xn) if L.cfg.is_moe_layer(i) else _swiglu(L, xn, f"layers.{i}.ffn.")
+    return g.add(h, ffn, out=f"hidden.{i}")
+
+
+def _positions_and_mask(L: _Lowering) -> dict[str, str]:
+    """Positions ``past_len + arange(seq)``, the gathered RoPE cos/sin ``[S, D]`` and the boolean ``[S, T]``
+    attention mask (causal, plus the sliding window when the config has one)."""
+    g, cfg = L.g, L.cfg
+    past = g.dim("past_key.0", 2)
+    seq = g.dim("input_ids", 1)
+    total = g.add(past, seq)
+    pos = g.op("Range", [past, total, g.const(1)])  # [S]
+    kpos = g.op("Range", [g.const(0), total, g.const(1)])  # [T]
+    qcol = g.unsqueeze(pos, [1])  # [S, 1]
+    allowed = g.op("LessOrEqual", [kpos, qcol])
+    if cfg.sliding_window:
+        recent = g.op("Greater", [kpos, g.op("Sub", [qcol, g.const(cfg.sliding_window)])])
+        allowed = g.op("And", [allowed, recent])
+    cos_t, sin_t = rope_tables(cfg)
+    return {"allowed": allowed, "cos": g.gather(g.weight("rope.cos", cos_t), pos),
+            "sin": g.gather(g.weight("rope.sin", sin_t), pos)}
+
+
+def _lm_head(L: _Lowering, h: str) -> str:
+    cfg, g = L.cfg, L.g
+    if not cfg.tie_word_embeddings:
+        return L.linear(h, "lm_head", out="logits")
+    t = L.tensor("embed")
+    if t.scheme in ("f32", "f16"):  # share the Gather table: flatten, Gemm(transB=1), restore [B, S, V]
+        w = "embed" if t.scheme == "f32" else g.cast("embed", TensorProto.FLOAT)
+        flat = g.reshape(h, [-1, cfg.hidden_size])
+        y = g.op("Gemm", [flat, w], transB=1)
+        lead = g.op("Shape", [h], start=0, end=2)
+        return g.op("Reshape", [y, g.concat([lead, g.const([cfg.vocab_size])], axis=0)], out="logits")
+    return L.linear(h, "lm_head", out="logits", qt=t)  # quantised tie: a second copy in the MatMul layout
+
+
+def _check_config(cfg: ModelConfig, opset: int, int4: str) -> None:
+    if cfg.arch not in ARCHITECTURES:
+        raise UnsupportedModelError(f"architecture {cfg.arch!r} is not supported by the ONNX export; "
+                                    f"supported: {', '.join(ARCHITECTURES)}")
+    if cfg.hidden_act != "silu":
+        raise UnsupportedModelError(f"hidden_act {cfg.hidden_act!r} is not supported by the ONNX export; supported: silu")
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise OptionError(f"opset {opset} is out of range; use {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
+    if int4 not in INT4_LOWERINGS:
+        raise OptionError(f"int4_lowering {int4!r} is unknown; valid: {', '.join(INT4_LOWERINGS)}")
+    if cfg.num_layers < 1 or cfg.num_heads % cfg.num_kv_heads or cfg.head_dim % 2:
+        raise UnsupportedModelError(f"config cannot be lowered: num_layers={cfg.num_layers}, heads "
+                                    f"{cfg.num_heads}/{cfg.num_kv_heads}, head_dim={cfg.head_dim}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public entry points.
+# ---------------------------------------------------------------------------------------------------------------
+def export_onnx(config: ModelConfig, get_tensor: Callable[[str], QTensor], out_dir: Path, *,
+                opset: int = DEFAULT_OPSET, int4_lowering: str = "matmulnbits", int4_accuracy_level: int = 0,
+                check: bool = True) -> dict[str, Any]:
+    """Write ``out_dir/model.onnx`` + ``out_dir/model.onnx.data`` for ``config`` with weights from ``get_tensor``
+    (canonical name -> :class:`QTensor`, any scheme) and return the bundle-manifest section describing them.
+
+    ``int4_lowering``: "matmulnbits" (com.microsoft, fast in ORT, needs a power-of-two group >= 16) or "qdq"
+    (standard ONNX INT4 blocked DequantizeLinear, opset >= 21). ``int4_accuracy_level`` is MatMulNBits'
+    ``accuracy_level`` (0 = float32 activations, exact; 4 = int8 activations, faster, less exact).
+    ``check`` runs ``onnx.checker`` on the written file.
+    """
+    _check_config(config, opset, int4_lowering)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path, data_path = out_dir / MODEL_FILE, out_dir / DATA_FILE
+    data_path.unlink(missing_ok=True)  # never append to a stale data file
+    g = GraphBuilder(data_path, opset)
+    L = _Lowering(g, config, get_tensor, int4_lowering, int4_accuracy_level)
+    try:
+        _build(L)
+        model = g.model(f"edgespool_{config.arch}")
+    except BaseException:
+        g.abort()
+        data_path.unlink(missing_ok=True)
+        raise
+    onnx.save_model(model, str(model_path))
+    if check:
+        onnx.checker.check_model(str(model_path))
+    return _manifest(config, model, L, data_path)
+
+
+def _build(L: _Lowering) -> None:
+    g, cfg = L.g, L.cfg
+    kv_shape = ["batch", cfg.num_kv_heads, "past_len", cfg.head_dim]
+    present_shape = ["batch", cfg.num_kv_heads, "total_len", cfg.head_dim]
+    ids = g.input("input_ids", TensorProto.INT64, ["batch", "seq"])
+    for i in range(cfg.num_layers):
+        g.input(f"past_key.{i}", TensorProto.FLOAT, kv_shape)
+        g.input(f"past_value.{i}", TensorProto.FLOAT, kv_shape)
+    g.output("logits", TensorProto.FLOAT, ["batch", "seq", cfg.vocab_size])
+    for i in range(cfg.num_layers):
+        g.output(f"present_key.{i}", TensorProto.FLOAT, present_shape)
+        g.output(f"present_value.{i}", TensorProto.FLOAT, present_shape)
+    ctx = _positions_and_mask(L)
+    h = L.embedding(ids, L.tensor("embed"))
+    for i in range(cfg.num_layers):
+        h = _decoder_layer(L, i, h, ctx)
+    _lm_head(L, _rms_norm(L, h, "norm"))
+
+
+def _manifest(cfg: ModelConfig, model: onnx.ModelProto, L: _Lowering, data_path: Path) -> dict[str, Any]:
+    def io(vis: Sequence[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
+        return [{"name": v.name, "dtype": helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in vis]
+
+    lowering = {s: QUANT_LOWERING[s if s != "int4" else f"int4/{L.int4}"] for s in sorted(L.schemes)}
+    if L.int4_qdq_fallback:
+        lowering["int4/qdq"] = QUANT_LOWERING["int4/qdq"]
+    lowering["embedding"] = QUANT_LOWERING["embedding"]
+    if cfg.is_moe:
+        lowering["moe"] = QUANT_LOWERING["moe"]
+    return {
+        "file": MODEL_FILE,
+        "data_file": DATA_FILE,
+        "data_nbytes": os.path.getsize(data_path),
+        "ir_version": int(model.ir_version),
+        "opsets": {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import},
+        "inputs": io(model.graph.input),
+        "outputs": io(model.graph.output),
+        "positions": "past_len + arange(seq) (no padding inside a batch); max_position_embeddings="
+                     f"{cfg.max_position_embeddings}",
+        "kv_cache": {"layers": cfg.num_layers, "n_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
+                     "dtype": "float32", "sliding_window": cfg.sliding_window},
+        "tensor_schemes": dict(sorted(L.schemes.items())),
+        "int4_lowering": L.int4 if "int4" in L.schemes else None,
+        "int4_qdq_fallback": L.int4_qdq_fallback,
+        "quant_lowering": lowering,
+        # ORT fuses int4 DequantizeLinear+MatMul into MatMulNBits with int8 activations unless told otherwise
+        "session_options": ({"session.qdq_matmulnbits_accuracy_level": str(L.accuracy_level)}
+                            if "int4" in L.schemes and (L.int4 == "qdq" or L.int4_qdq_fallback) else {}),
+    }
+
+
+def empty_kv_cache(config: ModelConfig, batch: int = 1) -> dict[str, np.ndarray]:
+    """The ``past_key.{i}`` / ``past_value.{i}`` feeds of a first (prompt) call: zero-length float32 caches."""
+    z = np.zeros((batch, config.num_kv_heads, 0, config.head_dim), np.float32)
+    feeds = {}
+    for i in range(config.num_layers):
+        feeds[f"past_key.{i}"] = z
+        feeds[f"past_value.{i}"] = z
+    return feeds
+
+
+def next_kv_cache(config: ModelConfig, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Turn a call's ``present_*`` outputs into the next call's ``past_*`` feeds."""
+    feeds = {}
+    for i in range(config.num_layers):
+        feeds[f"past_key.{i}"] = outputs[f"present_key.{i}"]
+        feeds[f"past_value.{i}"] = outputs[f"present_value.{i}"]
+    return feeds
