@@ -463,23 +463,27 @@ def _check_config(cfg: ModelConfig, opset: int, int4: str) -> None:
 # Public entry points.
 # ---------------------------------------------------------------------------------------------------------------
 def export_onnx(config: ModelConfig, get_tensor: Callable[[str], QTensor], out_dir: Path, *,
-                opset: int = DEFAULT_OPSET, int4_lowering: str = "matmulnbits", int4_accuracy_level: int = 0,
+                opset: int = DEFAULT_OPSET, int4_lowering: str = "matmulnbits", accuracy_level: int = 0,
                 check: bool = True) -> dict[str, Any]:
     """Write ``out_dir/model.onnx`` + ``out_dir/model.onnx.data`` for ``config`` with weights from ``get_tensor``
     (canonical name -> :class:`QTensor`, any scheme) and return the bundle-manifest section describing them.
 
     ``int4_lowering``: "matmulnbits" (com.microsoft, fast in ORT, needs a power-of-two group >= 16) or "qdq"
-    (standard ONNX INT4 blocked DequantizeLinear, opset >= 21). ``int4_accuracy_level`` is MatMulNBits'
-    ``accuracy_level`` (0 = float32 activations, exact; 4 = int8 activations, faster, less exact).
+    (standard ONNX INT4 blocked DequantizeLinear, opset >= 21). ``accuracy_level`` is MatMulNBits'
+    ``accuracy_level`` (0 = float32 activations, exact; 4 = int8 activations, faster, less exact), written into
+    the MatMulNBits nodes and into the returned ``session_options`` (the ORT option that governs the MatMulNBits
+    nodes ORT itself makes from int8/int4 QDQ; ORT's own default there is 4).
     ``check`` runs ``onnx.checker`` on the written file.
     """
     _check_config(config, opset, int4_lowering)
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise OptionError(f"accuracy_level must be 0..4 (MatMulNBits' attribute), got {accuracy_level!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path, data_path = out_dir / MODEL_FILE, out_dir / DATA_FILE
     data_path.unlink(missing_ok=True)  # never append to a stale data file
     g = GraphBuilder(data_path, opset)
-    L = _Lowering(g, config, get_tensor, int4_lowering, int4_accuracy_level)
+    L = _Lowering(g, config, get_tensor, int4_lowering, accuracy_level)
     try:
         _build(L)
         model = g.model(f"edgespool_{config.arch}")
@@ -539,9 +543,11 @@ def _manifest(cfg: ModelConfig, model: onnx.ModelProto, L: _Lowering, data_path:
         "int4_lowering": L.int4 if "int4" in L.schemes else None,
         "int4_qdq_fallback": L.int4_qdq_fallback,
         "quant_lowering": lowering,
-        # ORT fuses int4 DequantizeLinear+MatMul into MatMulNBits with int8 activations unless told otherwise
+        # ORT (>= 1.2x, ENABLE_EXTENDED) fuses int8/int4 DequantizeLinear + MatMul into MatMulNBits with
+        # accuracy_level=4 (int8 activations) unless this session option says otherwise: pass it on.
         "session_options": ({"session.qdq_matmulnbits_accuracy_level": str(L.accuracy_level)}
-                            if "int4" in L.schemes and (L.int4 == "qdq" or L.int4_qdq_fallback) else {}),
+                            if "int8" in L.schemes or ("int4" in L.schemes and (L.int4 == "qdq"
+                                                                                 or L.int4_qdq_fallback)) else {}),
     }
 
 
