@@ -1,0 +1,189 @@
+"""LayerWindow: TPI-LLM-style sliding window over the streamed layers of a model.
+
+While layer ``i`` computes, the next ``k`` streamed layers (cyclically: after the last layer come the first ones
+of the next token) are read into the window's slots. ``k`` adapts to the measured times: with ``r`` the mean read
+time of a layer and ``c`` the mean time between two streamed layers' requests (the compute that can hide a read),
+``k = clamp(ceil(r / c), 1, slots - 1)``: one read ahead when compute hides it, deeper when reads are slower so the
+device always has queued work. Replacement is Belady's for a cyclic order: the slot freed is the one whose next use
+is farthest away, and a prefetch never evicts a layer needed sooner than the one it reads.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from ..kernels.quant import QTensor
+from .buffer_pool import BufferPool, PoolExhausted
+from .slot_entry import SlotEntry
+from .weight_store import WeightStore
+
+_EMA = 0.3
+
+
+class LayerWindow:
+    """Streams ``layers.{i}`` groups for the indices in ``layers`` (in compute order) through ``pool`` slots."""
+
+    def __init__(self, store: WeightStore, pool: BufferPool, layers: tuple[int, ...], num_layers: int, *,
+                 cls: str = "layer", adaptive: bool = True, clock=None) -> None:
+        self.store = store
+        self.pool = pool
+        self.cls = cls
+        self.order = sorted(layers)
+        self.streamed = set(self.order)
+        self.num_layers = num_layers
+        self.n_slots = pool.n_slots(cls)
+        self.max_depth = max(0, min(self.n_slots - 1, len(self.order) - 1))
+        self.adaptive = adaptive
+        self.depth = min(1, self.max_depth) if adaptive else self.max_depth
+        self.entries: dict[int, SlotEntry] = {}
+        self.cur: int | None = None
+        self._clock = clock  # callable -> float "need time" used as I/O priority
+        self._last_get_t: float | None = None
+        self.read_s_ema: float | None = None
+        self.interval_s_ema: float | None = None
+        # stats
+        self.requests = 0
+        self.ready_hits = 0  # the layer was already in memory
+        self.inflight_hits = 0  # its read had been started ahead but was not finished
+        self.misses = 0  # not even started: a demand read
+        self.stall_s = 0.0  # time get() spent waiting for reads
+        self.depth_hist: dict[int, int] = {}
+
+    @staticmethod
+    def group(i: int) -> str:
+        return f"layers.{i}"
+
+    def _dist(self, layer: int) -> int:
+        """Layers until ``layer`` is next needed, counted from the current layer (the current one itself: L)."""
+        cur = -1 if self.cur is None else self.cur
+        return (layer - cur - 1) % self.num_layers + 1
+
+    def _priority(self, layer: int) -> float:
+        base = self._clock() if self._clock else 0.0
+        return base + self._dist(layer)
+
+    # -- slot management --------------------------------------------------------------------------------------
+    def _evict(self, layer: int) -> None:
+        e = self.entries.pop(layer)
+        self.pool.free(e.slot)
+
+    def _slot_for(self, layer: int, demand: bool):
+        if self.pool.free_slots(self.cls):
+            return self.pool.alloc(self.cls)
+        d = self._dist(layer)
+        cands = [l for l, e in self.entries.items() if e.evictable and (demand or self._dist(l) > d)]
+        if cands:
+            self._evict(max(cands, key=self._dist))
+            return self.pool.alloc(self.cls)
+        if not demand:
+            return None
+        # demand read with every slot busy: wait for the farthest read-ahead to land, then reuse its slot
+        busy = [l for l, e in self.entries.items() if e.refs == 0]
+        if not busy:
+            raise PoolExhausted(f"layer window: all {self.n_slots} slots are in use by the engine; it holds more "
+                                "layers than the memory plan allows (release each layer after computing it)")
+        victim = max(busy, key=self._dist)
+        try:
+            self.entries[victim].wait(self.store)
+        except Exception:  # noqa: BLE001 - a failed read-ahead: its slot is free all the same
+            pass
+        self._evict(victim)
+        return self.pool.alloc(self.cls)
+
+    def _load(self, layer: int, demand: bool) -> SlotEntry | None:
+        slot = self._slot_for(layer, demand)
+        if slot is None:
+            return None
+        g = self.group(layer)
+        pri = float("-inf") if demand else self._priority(layer)
+        e = SlotEntry(g, slot, self.store.submit(g, slot.buf, pri), prefetched=not demand)
+        self.entries[layer] = e
+        return e
+
+    def upcoming(self) -> list[int]:
+        """The next ``depth`` streamed layers after the current layer, in the order they will be needed."""
+        if not self.order or self.depth == 0:
+            return []
+        return sorted((l for l in self.order if l != self.cur), key=self._dist)[: self.depth]
+
+    def advance(self, layer: int) -> None:
+        """The engine is now at ``layer`` (a pinned one): move the read-ahead along."""
+        self.cur = layer
+        self.prefetch()
+
+    def prefetch(self) -> None:
+        """Start reads for the next ``depth`` streamed layers after the current one (no-op when they are loaded)."""
+        for layer in self.upcoming():
+            if layer in self.entries:
+                continue
+            if self._load(layer, demand=False) is None:
+                break
+
+    # -- the engine's calls -----------------------------------------------------------------------------------
+    def get(self, layer: int) -> dict[str, QTensor]:
+        """Tensors of ``layers.{layer}``, blocking until read; starts the read-ahead of the following layers."""
+        now = time.perf_counter()
+        if self._last_get_t is not None:
+            iv = now - self._last_get_t
+            self.interval_s_ema = iv if self.interval_s_ema is None else (1 - _EMA) * self.interval_s_ema + _EMA * iv
+        self.requests += 1
+        e = self.entries.get(layer)
+        if e is None:
+            self.misses += 1
+            e = self._load(layer, demand=True)
+        elif e.ready:
+            self.ready_hits += 1
+        else:
+            self.inflight_hits += 1
+        assert e is not None
+        t0 = time.perf_counter()
+        try:
+            tensors = e.wait(self.store)
+        except BaseException:
+            if layer in self.entries:
+                self._evict(layer)
+            raise
+        t1 = time.perf_counter()
+        self.stall_s += t1 - t0
+        self._last_get_t = t1
+        e.refs += 1
+        e.prefetched = False
+        self.cur = layer
+        self._adapt(e.read_s)
+        self.prefetch()
+        return tensors
+
+    def release(self, layer: int) -> None:
+        """The engine is done with ``layers.{layer}`` for this step: its slot may be reused for read-ahead."""
+        e = self.entries.get(layer)
+        if e is None or e.refs == 0:
+            return
+        e.refs -= 1
+        if e.refs == 0:
+            self.prefetch()
+
+    def _adapt(self, read_s: float) -> None:
+        if read_s > 0:
+            self.read_s_ema = read_s if self.read_s_ema is None else (1 - _EMA) * self.read_s_ema + _EMA * read_s
+        if self.adaptive and self.read_s_ema and self.interval_s_ema:
+            want = math.ceil(self.read_s_ema / max(self.interval_s_ema, 1e-6))
+            self.depth = max(min(1, self.max_depth), min(self.max_depth, want))
+        elif not self.adaptive:
+            self.depth = self.max_depth
+        self.depth_hist[self.depth] = self.depth_hist.get(self.depth, 0) + 1
+
+    def stats(self) -> dict:
+        return {
+            "streamed_layers": len(self.order), "slots": self.n_slots, "depth": self.depth,
+            "max_depth": self.max_depth, "depth_histogram": dict(sorted(self.depth_hist.items())),
+            "requests": self.requests, "ready_hits": self.ready_hits, "inflight_hits": self.inflight_hits,
+            "misses": self.misses, "stall_s": round(self.stall_s, 4),
+            "read_s_mean": self.read_s_ema, "interval_s_mean": self.interval_s_ema,
+        }
+
+    def close(self) -> None:
+        for layer in list(self.entries):
+            e = self.entries[layer]
+            if e.future.done():
+                self._evict(layer)
+        self.entries.clear()

@@ -1,0 +1,233 @@
+"""StreamingWeights: the :class:`~edgespool.runtime.weights.WeightSource` that runs a model in a memory budget.
+
+It combines the pieces of :mod:`edgespool.offload` under one :class:`~edgespool.schedulers.memory_plan.MemoryPlan`:
+
+* one :class:`BufferPool` sized by the plan (pinned region + ``layer`` slots + ``expert`` slots); no weight byte
+  lives anywhere else;
+* a :class:`WeightStore` doing the reads (O_DIRECT, background threads, priority by when a group is needed);
+* the plan's pinned groups, read once at load;
+* a :class:`LayerWindow` for the streamed ``layers.{i}`` groups;
+* for MoE models an :class:`ExpertCache` plus an :class:`ExpertPredictor` driven by ``on_hidden``: the current
+  layer's exact experts are read at once, in parallel (*lookahead*), and the next MoE layer's likely experts are
+  read one layer ahead (*prediction*).
+
+Exactness: every tensor handed out holds exactly the bytes of the weights file (the same bytes
+:class:`~edgespool.runtime.weights.ResidentWeights` holds), and an unfinished or failed read is never handed out;
+a cache miss or a wrong prediction only costs time.
+
+The engine's contract: ``get(g)`` returns tensors valid until ``release(g)``; at most one layer group and the
+plan's expert slots may be held at once (holding more raises :class:`PoolExhausted`, a bug).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import BudgetError, BundleError
+from ..kernels.quant import QTensor
+from ..runtime.bundle import Bundle
+from ..runtime.bundle_format import align_up
+from ..runtime.config import ModelConfig
+from ..schedulers.memory_plan import MemoryPlan
+from .buffer_pool import BufferPool
+from .expert_cache import ExpertCache
+from .expert_predictor import ExpertPredictor
+from .layer_window import LayerWindow
+from .weight_store import WeightStore
+
+
+class StreamingWeights:
+    """Weights of ``bundle`` streamed under ``plan`` (see the module docstring).
+
+    Options: ``io_threads`` (I/O threads, default 2), ``direct`` (None: O_DIRECT when the filesystem allows it;
+    True: require it; False: buffered + DONTNEED), ``verify`` (CRC-check every read), ``rate_limiter`` (an object
+    with ``acquire(nbytes)``, for emulated bandwidth), ``predict`` (next-layer expert prediction), ``lookahead``
+    (read the current layer's routed experts in parallel as soon as ``on_hidden`` gives the hidden state),
+    ``cache_policy`` (``lrfu`` or ``lru``), ``adaptive_window`` (TPI-LLM depth adaptation; False = always the
+    plan's depth), ``read_timeout_s``, ``fault`` (a read fault hook for tests).
+    """
+
+    def __init__(self, bundle: Bundle, plan: MemoryPlan, *, io_threads: int = 2, direct: bool | None = None,
+                 verify: bool = False, rate_limiter: Any = None, predict: bool = True, lookahead: bool = True,
+                 cache_policy: str = "lrfu", adaptive_window: bool = True, read_timeout_s: float | None = None,
+                 fault=None, predict_extra: int = 0) -> None:
+        if bundle.config is None:
+            raise BundleError(f"{bundle.path}: streaming needs a decoder bundle")
+        self.config: ModelConfig = bundle.config
+        self.bundle = bundle
+        self.plan = plan
+        self._check_plan()
+        slots = {"layer": (plan.layer_slot_bytes, plan.layer_slots),
+                 "expert": (plan.expert_slot_bytes, plan.expert_cache_slots)}
+        self.pool = BufferPool(plan.pinned_group_bytes + plan.pinned_tensor_bytes + plan.io_staging_bytes, slots)
+        kw = {} if read_timeout_s is None else {"read_timeout_s": read_timeout_s}
+        self.store = WeightStore(bundle, io_threads=io_threads, direct=direct, verify=verify,
+                                 rate_limiter=rate_limiter, fault=fault, **kw)
+        self._step = 0
+        self._layer = 0
+        self._last_layer_get = -1
+        self.lookahead = lookahead
+        try:
+            t0 = time.perf_counter()
+            self._pinned = self._read_pinned()
+            self.load_s = time.perf_counter() - t0
+            self.window = LayerWindow(self.store, self.pool, plan.streamed_layers, self.config.num_layers,
+                                      adaptive=adaptive_window, clock=self.clock)
+            self.cache: ExpertCache | None = None
+            self.predictor: ExpertPredictor | None = None
+            if self.config.is_moe:
+                hot = {g: self._pinned[g] for g in self._pinned if ".experts." in g}
+                self.cache = ExpertCache(self.store, self.pool, hot, policy=cache_policy, clock=self.clock)
+                routers = self._read_routers()
+                if routers:
+                    self.predictor = ExpertPredictor(self.config, routers, extra=predict_extra)
+            self.predict = predict and self.predictor is not None
+            self.window.prefetch()  # the first streamed layers start reading while the prompt is prepared
+        except BaseException:
+            self.store.close()
+            raise
+
+    # -- load ---------------------------------------------------------------------------------------------------
+    def _check_plan(self) -> None:
+        b, p = self.bundle, self.plan
+        for g in p.pinned_groups:
+            if g not in b.groups:
+                raise BudgetError(f"memory plan pins group {g!r} that {b.path} does not have (plan made for another "
+                                  "bundle?)")
+        for i in p.streamed_layers:
+            g = f"layers.{i}"
+            if g not in b.groups or align_up(b.groups[g].nbytes) > p.layer_slot_bytes:
+                raise BudgetError(f"memory plan does not fit group {g!r} of {b.path} (plan made for another bundle?)")
+        if b.config is not None and b.config.is_moe:
+            biggest = max(align_up(gi.nbytes) for g, gi in b.groups.items() if ".experts." in g)
+            pinned = set(p.pinned_groups)
+            all_pinned = all(g in pinned for g in b.groups if ".experts." in g)
+            if not all_pinned and (biggest > p.expert_slot_bytes or p.expert_cache_slots < 1):
+                raise BudgetError(f"memory plan has no expert slots fitting {b.path} (plan made for another bundle?)")
+        covered = set(p.pinned_groups) | {f"layers.{i}" for i in p.streamed_layers}
+        missing = [g for g in b.groups if ".experts." not in g and g not in covered]
+        if missing:
+            raise BudgetError(f"memory plan covers neither pinning nor streaming of {missing[:3]} in {b.path}")
+
+    def _read_pinned(self) -> dict[str, dict[str, QTensor]]:
+        futs = []
+        for g in self.plan.pinned_groups:
+            buf = self.pool.alloc_pinned(self.store.read_nbytes(g))
+            futs.append((g, self.store.submit(g, buf, float("-inf"))))
+        return {g: self.store.wait(g, f).tensors for g, f in futs}
+
+    def _read_routers(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        names = list(self.plan.pinned_tensors)
+        if not names:
+            return {}
+        staging = self.pool.alloc_pinned(self.plan.io_staging_bytes)
+        out: dict[int, list[np.ndarray]] = {}
+        for name in names:
+            qt = self.store.read_tensor(name, staging)
+            f32 = qt.dequantize()
+            dest = self.pool.alloc_pinned(f32.nbytes, 64).view(np.float32).reshape(f32.shape)
+            dest[...] = f32
+            out.setdefault(int(name.split(".")[1]), []).append(dest)
+        return {i: (v[0], v[1]) for i, v in out.items()}
+
+    # -- clock ----------------------------------------------------------------------------------------------------
+    def clock(self) -> float:
+        """Model time in forward passes (step + layer fraction): recency for the cache, need time for I/O."""
+        return self._step + self._layer / max(1, self.config.num_layers)
+
+    # -- WeightSource ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _parse(group: str) -> tuple[int | None, bool]:
+        if not group.startswith("layers."):
+            return None, False
+        parts = group.split(".")
+        return int(parts[1]), len(parts) > 2
+
+    def get(self, group: str) -> dict[str, QTensor]:
+        """Tensors of ``group`` (blocking until they are in memory); valid until :meth:`release`."""
+        layer, is_expert = self._parse(group)
+        if layer is not None and not is_expert:
+            if layer < self._last_layer_get or self._last_layer_get < 0 or self.config.num_layers == 1:
+                self._step += 1
+            self._last_layer_get = self._layer = layer
+        t = self._pinned.get(group)
+        if t is not None:
+            if layer is not None and not is_expert:
+                self.window.advance(layer)
+            return t
+        if layer is None or group not in self.bundle.groups:
+            raise BundleError(f"{self.bundle.path}: no weight group {group!r}")
+        if is_expert:
+            assert self.cache is not None
+            return self.cache.get(group)
+        return self.window.get(layer)
+
+    def release(self, group: str) -> None:
+        """The engine is done with ``group`` for this step; its slot may be reused."""
+        if group in self._pinned:
+            return
+        layer, is_expert = self._parse(group)
+        if layer is None:
+            return
+        if is_expert:
+            if self.cache is not None:
+                self.cache.release(group)
+        else:
+            self.window.release(layer)
+
+    def hint(self, groups: list[str]) -> None:
+        """Expert groups the engine is about to request: read them now, in parallel."""
+        if self.cache is None:
+            return
+        ex = [g for g in groups if ".experts." in g and g not in self._pinned]
+        if ex:
+            self.cache.protected |= set(ex)
+            self.cache.prefetch(ex, self.clock())
+
+    def on_hidden(self, layer: int, hidden) -> None:
+        """Before the MoE block of ``layer``: read its routed experts now; predict and prefetch the next layer's."""
+        if self.predictor is None or self.cache is None or layer not in self.predictor.w:
+            return
+        self._layer = layer
+        h = np.asarray(hidden, dtype=np.float32)
+        used = [f"layers.{layer}.experts.{e}" for e in self.predictor.route(layer, h)]
+        self.cache.protected = set(used)
+        self.cache.upcoming = set()
+        if self.lookahead:
+            self.cache.prefetch(used, self.clock())
+        if self.predict:
+            j = self.predictor.next_layer(layer)
+            if j is not None:
+                room = self.cache.capacity - len(used)
+                pred = [f"layers.{j}.experts.{e}" for e in self.predictor.predict(j, h, room)]
+                self.cache.upcoming = set(pred)
+                self.cache.prefetch(pred, self.clock() + 1.0 / max(1, self.config.num_layers), predicted=True)
+
+    def close(self) -> None:
+        """Stop I/O and drop the buffers."""
+        self.store.close()
+        self.window.close()
+        if self.cache is not None:
+            self.cache.close()
+        self._pinned.clear()
+
+    # -- reporting ------------------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``edgespool bench``: bytes read, reads, window and cache behaviour, prediction accuracy."""
+        recs = list(self.store.records)
+        return {
+            "io_mode": self.store.mode,
+            "io_threads": self.store.io_threads,
+            "bytes_read": self.store.bytes_read,
+            "group_reads": len(recs),
+            "read_busy_s": round(sum(r.t1 - r.t0 for r in recs), 4),
+            "load_s": round(self.load_s, 4),
+            "pool_bytes": self.pool.capacity,
+            "pinned_bytes_used": self.pool.pinned_used,
+            "peak_slots_in_use": dict(self.pool.peak_slots_in_use),
+            "window": self.window.stats(),
+            "expert_cache": self.cache.stats() if self.cache else None,
+            "predictor": self.predictor.stats() if self.predictor and self.predict else None,
+        }

@@ -1,0 +1,375 @@
+"""WeightStore: explicit, large, aligned reads of whole streaming groups on background I/O threads.
+
+Every group of a bundle is one contiguous, 4 KiB-aligned byte range (see :mod:`edgespool.runtime.bundle_format`),
+so fetching a layer or an expert is a few large ``preadv`` calls (``chunk_bytes`` each, default 4 MiB) straight
+into a page-aligned pool buffer. The file is opened with ``O_DIRECT`` where the filesystem allows it, so reads
+bypass the page cache and a cgroup limit that counts page cache sees only the pool; where it does not (tmpfs,
+some FUSE/overlay filesystems) the store reads buffered and drops the pages after each read with
+``posix_fadvise(DONTNEED)`` — :attr:`WeightStore.mode` says which.
+
+``preadv`` releases the GIL, so reads overlap with numpy compute. The I/O threads are daemon threads: a read stuck
+in the kernel cannot hang interpreter exit, and every wait has a timeout. Faults never produce wrong bytes: a read
+error, a short read (truncated file) or a removed/replaced weights file raises :class:`StorageError` naming the
+file and the group; a CRC mismatch (``verify=True``) raises :class:`BundleError` naming the tensor.
+
+Bandwidth emulation: when a rate limiter is given (or ``EDGESPOOL_IO_BANDWIDTH`` is set), each chunk waits for
+its bytes first (see :mod:`edgespool.offload.ratelimit`).
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import mmap
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import StorageError
+from ..kernels.quant import QTensor
+from ..runtime.bundle import Bundle
+from ..runtime.bundle_format import ALIGNMENT, align_up
+
+MiB = 1 << 20
+DEFAULT_CHUNK = 4 * MiB
+DEFAULT_TIMEOUT_S = float(os.environ.get("EDGESPOOL_READ_TIMEOUT", "120"))
+
+FaultHook = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class ReadRecord:
+    """One finished group read: wall-clock start/end (``time.perf_counter``), bytes, group name."""
+
+    group: str
+    t0: float
+    t1: float
+    nbytes: int
+
+
+def fault_from_env(spec: str | None = None) -> FaultHook | None:
+    """Fault injection for tests and drills: ``EDGESPOOL_FAULT_READ=KIND:GROUP[:N]`` makes the N-th read (1-based,
+    default 1) of GROUP fail. KIND: ``eio`` (an I/O error), ``hang`` (the read never returns), ``short`` (the
+    file looks truncated)."""
+    spec = spec if spec is not None else os.environ.get("EDGESPOOL_FAULT_READ")
+    if not spec:
+        return None
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in ("eio", "hang", "short"):
+        raise StorageError(f"EDGESPOOL_FAULT_READ={spec!r}: expected KIND:GROUP[:N] with KIND eio|hang|short")
+    kind, group, nth = parts[0], parts[1], int(parts[2]) if len(parts) == 3 else 1
+    seen = {"n": 0}
+    lock = threading.Lock()
+
+    def hook(g: str, offset: int) -> None:
+        if g != group or offset != 0:
+            return
+        with lock:
+            seen["n"] += 1
+            hit = seen["n"] == nth
+        if not hit:
+            return
+        if kind == "eio":
+            raise OSError(errno.EIO, "injected I/O error")
+        if kind == "hang":
+            threading.Event().wait()
+        raise _ShortRead()
+
+    return hook
+
+
+class _ShortRead(Exception):
+    pass
+
+
+def _limiter_from_env() -> Any:
+    bw = os.environ.get("EDGESPOOL_IO_BANDWIDTH")
+    if not bw:
+        return None
+    try:
+        from .ratelimit import RateLimiter  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    from ..schedulers.memory_plan import parse_size
+
+    return RateLimiter(parse_size(bw.removesuffix("/s"), "EDGESPOOL_IO_BANDWIDTH"))
+
+
+def _limiter_wait(limiter: Any, nbytes: int) -> None:
+    for name in ("acquire", "consume", "wait"):
+        fn = getattr(limiter, name, None)
+        if fn is not None:
+            fn(nbytes)
+            return
+    raise TypeError(f"rate limiter {limiter!r} has no acquire(nbytes) method")
+
+
+class _IOThreads:
+    """A few daemon threads draining a priority queue of jobs (lowest priority value first, FIFO among equals).
+    Daemon threads: a read stuck in the kernel cannot block interpreter exit."""
+
+    def __init__(self, n: int) -> None:
+        self._q: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._threads = [threading.Thread(target=self._run, name=f"edgespool-io-{i}", daemon=True)
+                         for i in range(max(1, n))]
+        for t in self._threads:
+            t.start()
+
+    def _run(self) -> None:
+        while True:
+            _, _, job = self._q.get()
+            if job is None:
+                return
+            job()
+
+    def put(self, priority: float, job: Callable[[], None]) -> None:
+        self._q.put((priority, next(self._seq), job))
+
+    def shutdown(self) -> list[Callable[[], None]]:
+        """Stop the threads after the jobs now running; returns the jobs that never started."""
+        dropped = []
+        while True:
+            try:
+                _, _, job = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                dropped.append(job)
+        for _ in self._threads:
+            self._q.put((float("-inf"), next(self._seq), None))
+        return dropped
+
+
+@dataclass
+class GroupRead:
+    """The result of a finished group read: its tensors (views into the destination buffer) and timing."""
+
+    tensors: dict[str, QTensor]
+    record: ReadRecord
+
+
+class _PendingGroup:
+    """Chunk bookkeeping of one group read: the future completes only when every chunk has finished (so a failed
+    read never leaves a chunk still writing into a buffer that is then reused)."""
+
+    def __init__(self, group: str, dest: np.ndarray, n_chunks: int) -> None:
+        self.group = group
+        self.dest = dest
+        self.left = n_chunks
+        self.error: BaseException | None = None
+        self.t0 = float("inf")
+        self.t1 = 0.0
+        self.lock = threading.Lock()
+        self.future: Future = Future()
+        self.future.set_running_or_notify_cancel()
+
+
+class WeightStore:
+    """Reads whole groups of ``bundle``'s weights file into caller-provided, page-aligned buffers."""
+
+    def __init__(self, bundle: Bundle, *, io_threads: int = 2, direct: bool | None = None, verify: bool = False,
+                 rate_limiter: Any = None, read_timeout_s: float = DEFAULT_TIMEOUT_S,
+                 chunk_bytes: int = DEFAULT_CHUNK, fault: FaultHook | None = None) -> None:
+        self.bundle = bundle
+        self.path = bundle.weights_path
+        self.verify = verify
+        self.read_timeout_s = read_timeout_s
+        self.chunk_bytes = align_up(max(ALIGNMENT, chunk_bytes))
+        self.rate_limiter = rate_limiter if rate_limiter is not None else _limiter_from_env()
+        self.fault = fault if fault is not None else fault_from_env()
+        try:
+            st = os.stat(self.path)
+        except OSError as e:
+            raise StorageError(f"{self.path}: cannot open weights file ({e.strerror})") from None
+        self._ino = (st.st_dev, st.st_ino)
+        self._fd, self.direct = self._open(direct)
+        self.mode = "O_DIRECT" if self.direct else "buffered+fadvise(DONTNEED)"
+        self._lock = threading.Lock()
+        self.records: list[ReadRecord] = []
+        self.bytes_read = 0
+        self._pending: set[_PendingGroup] = set()
+        self._io = _IOThreads(io_threads)
+        self.io_threads = max(1, io_threads)
+        self._closed = False
+
+    # -- opening -----------------------------------------------------------------------------------------------
+    def _open(self, direct: bool | None) -> tuple[int, bool]:
+        """Open with O_DIRECT unless ``direct is False``; fall back to buffered reads when the filesystem refuses
+        (``direct is True`` makes that an error)."""
+        if direct is not False and hasattr(os, "O_DIRECT"):
+            fd = -1
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+                probe = mmap.mmap(-1, ALIGNMENT)  # page-aligned
+                try:
+                    os.preadv(fd, [probe], 0)
+                finally:
+                    probe.close()
+                return fd, True
+            except OSError as e:
+                if fd >= 0:
+                    os.close(fd)
+                if direct is True:
+                    raise StorageError(f"{self.path}: O_DIRECT reads are not possible here ({e.strerror})") from None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise StorageError(f"{self.path}: cannot open weights file ({e.strerror})") from None
+        return fd, False
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def read_nbytes(self, group: str) -> int:
+        """Bytes a read of ``group`` transfers (its size rounded up to the 4 KiB alignment)."""
+        return align_up(self.bundle.groups[group].nbytes)
+
+    def _check_file(self, group: str, end: int) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise StorageError(f"{self.path}: weights file was removed while running (reading group "
+                               f"{group!r}); restore the bundle and restart") from None
+        if (st.st_dev, st.st_ino) != self._ino:
+            raise StorageError(f"{self.path}: weights file was replaced while running (reading group {group!r}); "
+                               "restart to load the new bundle")
+        if st.st_size < end:
+            raise StorageError(f"{self.path}: weights file truncated to {st.st_size} bytes while running; group "
+                               f"{group!r} needs bytes up to {end}; re-export or restore the bundle")
+
+    def _chunk(self, pg: _PendingGroup, start: int, ln: int) -> None:
+        """Read bytes ``[start, start+ln)`` of the group into its buffer (runs on an I/O thread)."""
+        g = self.bundle.groups[pg.group]
+        t0 = time.perf_counter()
+        err: BaseException | None = None
+        try:
+            if pg.error is None:  # a sibling chunk already failed: skip the read, still account for the chunk
+                if start == 0:
+                    self._check_file(pg.group, g.offset + g.nbytes)
+                if self.rate_limiter is not None:
+                    _limiter_wait(self.rate_limiter, ln)
+                if self.fault is not None:
+                    self.fault(pg.group, start)
+                got = os.preadv(self._fd, [memoryview(pg.dest)[start: start + ln]], g.offset + start)
+                if got < ln and start + max(got, 0) < g.nbytes:
+                    raise _ShortRead()
+                if not self.direct:
+                    os.posix_fadvise(self._fd, g.offset + start, ln, os.POSIX_FADV_DONTNEED)
+        except _ShortRead:
+            err = StorageError(f"{self.path}: truncated while reading group {pg.group!r} (short read at offset "
+                               f"{g.offset + start}); re-export or restore the bundle")
+        except OSError as e:
+            err = StorageError(f"{self.path}: read error in group {pg.group!r} at offset {g.offset + start} "
+                               f"({e.strerror or e})")
+        except BaseException as e:  # noqa: BLE001 - StorageError from _check_file, or a bug: deliver it
+            err = e
+        t1 = time.perf_counter()
+        with pg.lock:
+            if err is not None and pg.error is None:
+                pg.error = err
+            pg.t0, pg.t1 = min(pg.t0, t0), max(pg.t1, t1)
+            pg.left -= 1
+            last = pg.left == 0
+        if not last:
+            return
+        if pg.error is not None:
+            pg.future.set_exception(pg.error)
+            return
+        n = align_up(g.nbytes)
+        rec = ReadRecord(pg.group, pg.t0, pg.t1, n)
+        with self._lock:
+            self.records.append(rec)
+            self.bytes_read += n
+        try:
+            tensors = {name: self.bundle.tensor_from_buffer(name, pg.dest, g.offset, self.verify)
+                       for name in g.tensors}
+        except BaseException as e:  # noqa: BLE001 - CRC mismatch (BundleError) goes to the waiter
+            pg.future.set_exception(e)
+            return
+        pg.future.set_result(GroupRead(tensors, rec))
+
+    def submit(self, group: str, dest: np.ndarray, priority: float = 0.0) -> Future:
+        """Start reading ``group`` into ``dest`` (page-aligned, >= :meth:`read_nbytes`) on the I/O threads, in
+        ``chunk_bytes`` pieces; lower ``priority`` values are read first. The future's result is a
+        :class:`GroupRead` and is set only after every chunk has finished."""
+        if self._closed:
+            raise StorageError(f"{self.path}: weight store is closed")
+        if group not in self.bundle.groups:
+            raise StorageError(f"{self.path}: no group {group!r} in the bundle")
+        n = self.read_nbytes(group)
+        if dest.nbytes < n:
+            raise StorageError(f"internal: buffer of {dest.nbytes} bytes for group {group!r} of {n} bytes")
+        starts = list(range(0, n, self.chunk_bytes))
+        pg = _PendingGroup(group, dest, len(starts))
+        with self._lock:
+            self._pending.add(pg)
+        pg.future.add_done_callback(lambda _f, pg=pg: self._forget(pg))
+        for st in starts:
+            ln = min(self.chunk_bytes, n - st)
+            self._io.put(priority, lambda pg=pg, st=st, ln=ln: self._chunk(pg, st, ln))
+        return pg.future
+
+    def _forget(self, pg: _PendingGroup) -> None:
+        with self._lock:
+            self._pending.discard(pg)
+
+    def wait(self, group: str, fut: Future, timeout_s: float | None = None) -> GroupRead:
+        """The result of :meth:`submit`; raises StorageError if the read failed or takes longer than the timeout."""
+        t = self.read_timeout_s if timeout_s is None else timeout_s
+        try:
+            return fut.result(timeout=t)
+        except FutureTimeout:
+            raise StorageError(f"{self.path}: read of group {group!r} did not finish in {t:.0f} s (storage stalled "
+                               "or removed?); set EDGESPOOL_READ_TIMEOUT to wait longer") from None
+
+    def read(self, group: str, dest: np.ndarray) -> dict[str, QTensor]:
+        """Blocking read of ``group`` into ``dest`` (on the I/O threads, with the timeout)."""
+        return self.wait(group, self.submit(group, dest, float("-inf"))).tensors
+
+    def read_tensor(self, name: str, staging: np.ndarray) -> QTensor:
+        """Read one tensor (e.g. a router) into the page-aligned ``staging`` buffer (>= its aligned size) with one
+        read; the result is a view into ``staging``, valid until the next use of that buffer."""
+        rec = self.bundle.tensors[name]
+        off, nb = int(rec["offset"]), int(rec["nbytes"])
+        span = align_up(nb)
+        if staging.nbytes < span:
+            raise StorageError(f"internal: staging buffer of {staging.nbytes} bytes for tensor {name!r} of {span}")
+        try:
+            got = os.preadv(self._fd, [memoryview(staging)[:span]], off)
+        except OSError as e:
+            raise StorageError(f"{self.path}: read error in tensor {name!r} ({e.strerror or e})") from None
+        if got < nb:
+            raise StorageError(f"{self.path}: truncated while reading tensor {name!r}; re-export the bundle")
+        if not self.direct:
+            os.posix_fadvise(self._fd, off, span, os.POSIX_FADV_DONTNEED)
+        with self._lock:
+            self.bytes_read += span
+        return self.bundle.tensor_from_buffer(name, staging[:nb], off, self.verify)
+
+    # -- stats / teardown -------------------------------------------------------------------------------------
+    def busy_seconds(self) -> float:
+        """Sum of group read durations (overlapping reads counted once each)."""
+        with self._lock:
+            return sum(r.t1 - r.t0 for r in self.records)
+
+    def close(self) -> None:
+        """Stop the I/O threads (reads that never started fail with StorageError) and close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._io.shutdown()
+        with self._lock:
+            pending = list(self._pending)
+        for pg in pending:
+            if not pg.future.done():
+                pg.future.set_exception(StorageError(f"{self.path}: weight store closed before group "
+                                                     f"{pg.group!r} was read"))
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass

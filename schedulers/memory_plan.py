@@ -1,0 +1,332 @@
+"""Memory planning for streamed decoding: ``plan_memory(bundle, target, budget) -> MemoryPlan``.
+
+A pure function (ExecuTorch habit): from the bundle's group table, the model config and a byte budget it decides
+where every byte goes, and the runtime is held to it (:class:`edgespool.offload.buffer_pool.BufferPool` is sized
+from the plan and never grows):
+
+* **pinned** weights, read once at load and never evicted: the embeddings and the head always; for MoE models a
+  copy of every router (+ the FFN norm it is applied after, for expert prediction); then, by priority, whole layer
+  groups (for MoE these are attention + norms + router + shared expert, so "attention where it fits"), hot experts
+  (only when routing statistics are given) and, for dense models, whole layers spread over the depth;
+* the **layer window**: ``window_depth + 1`` slots of the largest streamed layer group (the layer being computed and
+  up to ``window_depth`` layers read ahead, TPI-LLM style);
+* the **expert cache**: ``expert_cache_slots`` slots of the largest expert group (at least ``top-k``);
+* the **KV cache** for ``max_context`` positions, the **activation workspace** (engine temporaries for a prefill
+  chunk of ``max_batch_tokens`` tokens plus one dequantised weight matrix, an estimate that ``edgespool bench``
+  checks against the measured peak), and a small **I/O staging** area for unaligned reads.
+
+The minimum working set is embed + head (+ routers) + one layer slot (+ top-k expert slots) + KV + workspace +
+staging; a smaller budget raises :class:`BudgetError` naming that minimum.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import BudgetError, OptionError
+from ..runtime.bundle import Bundle
+from ..runtime.bundle_format import align_up
+from ..runtime.config import ModelConfig
+from ..targets.profiles import TargetProfile
+
+MiB = 1 << 20
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "tb": 1000**4}
+
+IO_STAGING_BYTES = 1 * MiB  # aligned bounce buffer for the few unaligned reads (router copies)
+DEFAULT_MAX_WINDOW_DEPTH = 4
+
+
+def parse_size(text: str | int, option: str = "--memory-budget") -> int:
+    """Parse ``512MiB``, ``1.5GB``, ``300M`` or a plain byte count; bad input raises OptionError naming ``option``."""
+    if isinstance(text, int):
+        if text <= 0:
+            raise OptionError(f"{option}: size must be positive, got {text}")
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise OptionError(f"{option}: cannot parse size {text!r}; use e.g. 512MiB, 2GiB, 300MB or a byte count")
+    n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if n <= 0:
+        raise OptionError(f"{option}: size must be positive, got {text!r}")
+    return n
+
+
+def fmt_bytes(n: int | float) -> str:
+    """Human-readable binary size (``512.0 MiB``)."""
+    n = float(n)
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where every byte of a streamed run goes. All sizes in bytes; ``total_bytes <= budget_bytes``."""
+
+    budget_bytes: int
+    target: str
+    arch: str
+    model_bytes: int  # the whole weights file (what resident mode keeps in memory)
+    # pinned weights
+    pinned_groups: tuple[str, ...]  # groups read once at load and kept (embed, head, layers.i, experts)
+    pinned_group_bytes: int  # their 4 KiB-aligned sizes, summed
+    pinned_tensors: tuple[str, ...]  # extra tensor copies (MoE routers + FFN norms for expert prediction)
+    pinned_tensor_bytes: int
+    hot_experts: tuple[str, ...]  # expert groups pinned because routing statistics say they are hot
+    # streaming
+    streamed_layers: tuple[int, ...]  # layer indices whose layers.{i} group goes through the window
+    window_depth: int  # max layers read ahead while one computes (slots = depth + 1); 0 = no window
+    layer_slot_bytes: int
+    expert_cache_slots: int  # expert groups the cache holds besides the pinned ones
+    expert_slot_bytes: int
+    # runtime state
+    max_context: int
+    kv_cache_bytes: int
+    max_batch_tokens: int
+    workspace_bytes: int
+    io_staging_bytes: int
+    streamed_bytes_per_token: int  # bytes of non-pinned dense layer groups (read once per token)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def layer_slots(self) -> int:
+        return self.window_depth + 1 if self.streamed_layers else 0
+
+    @property
+    def window_bytes(self) -> int:
+        return self.layer_slots * self.layer_slot_bytes
+
+    @property
+    def expert_cache_bytes(self) -> int:
+        return self.expert_cache_slots * self.expert_slot_bytes
+
+    @property
+    def pool_bytes(self) -> int:
+        """Bytes of the one weight buffer pool: pinned groups + pinned tensors + window + expert cache + staging."""
+        return (self.pinned_group_bytes + self.pinned_tensor_bytes + self.window_bytes + self.expert_cache_bytes
+                + self.io_staging_bytes)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.pool_bytes + self.kv_cache_bytes + self.workspace_bytes
+
+    @property
+    def is_resident(self) -> bool:
+        """True when every weight group is pinned (nothing streams)."""
+        return not self.streamed_layers and self.expert_cache_slots == 0 and self.expert_slot_bytes == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        d.update(layer_slots=self.layer_slots, window_bytes=self.window_bytes,
+                 expert_cache_bytes=self.expert_cache_bytes, pool_bytes=self.pool_bytes,
+                 total_bytes=self.total_bytes, is_resident=self.is_resident)
+        return d
+
+    def summary(self) -> str:
+        """A printable table of the plan (``edgespool run --plan`` / ``bench``)."""
+        n_layers_pinned = sum(1 for g in self.pinned_groups if g.startswith("layers.") and ".experts." not in g)
+        n_exp_pinned = sum(1 for g in self.pinned_groups if ".experts." in g)
+        rows = [
+            ("pinned weights", self.pinned_group_bytes,
+             f"{len(self.pinned_groups)} groups: embed/head, {n_layers_pinned} layers, {n_exp_pinned} experts"),
+            ("pinned router copies", self.pinned_tensor_bytes, f"{len(self.pinned_tensors)} tensors"),
+            ("layer window", self.window_bytes,
+             f"{self.layer_slots} slots x {fmt_bytes(self.layer_slot_bytes)} (read-ahead depth <= {self.window_depth},"
+             f" {len(self.streamed_layers)} streamed layers)"),
+            ("expert cache", self.expert_cache_bytes,
+             f"{self.expert_cache_slots} slots x {fmt_bytes(self.expert_slot_bytes)}"),
+            ("I/O staging", self.io_staging_bytes, "aligned bounce buffer"),
+            ("KV cache", self.kv_cache_bytes, f"{self.max_context} positions, float32"),
+            ("activation workspace", self.workspace_bytes, f"estimate for {self.max_batch_tokens}-token chunks"),
+        ]
+        lines = [f"memory plan for {self.arch} ({fmt_bytes(self.model_bytes)} of weights) on {self.target}, "
+                 f"budget {fmt_bytes(self.budget_bytes)}:"]
+        for name, n, what in rows:
+            lines.append(f"  {name:22s} {fmt_bytes(n):>11s}  {what}")
+        lines.append(f"  {'total':22s} {fmt_bytes(self.total_bytes):>11s}  "
+                     f"({100.0 * self.total_bytes / self.budget_bytes:.0f}% of budget)")
+        lines.append(f"  streamed per token: {fmt_bytes(self.streamed_bytes_per_token)} of dense layers"
+                     + (" + expert misses" if self.expert_slot_bytes else ""))
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def _is_expert(g: str) -> bool:
+    return ".experts." in g
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _layer_index(g: str) -> int:
+    return int(g.split(".")[1])
+
+
+def kv_cache_bytes(cfg: ModelConfig, max_context: int, dtype_bytes: int = 4) -> int:
+    """K and V for every layer and position: ``2 * L * ctx * n_kv * head_dim * dtype_bytes``."""
+    return 2 * cfg.num_layers * max_context * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
+
+
+def workspace_bytes(cfg: ModelConfig, bundle: Bundle, max_batch_tokens: int, max_context: int) -> int:
+    """Estimate of the engine's float32 temporaries for one chunk of ``T`` tokens: hidden-state copies, q/k/v,
+    one head's attention scores over the context, the FFN intermediates, the logits of the chunk, and one
+    dequantised weight matrix (the numpy reference kernels dequantise a whole matrix before the matmul)."""
+    T, H = max_batch_tokens, cfg.hidden_size
+    inter = max(cfg.intermediate_size, cfg.moe_intermediate_size * max(1, cfg.num_experts_per_tok),
+                cfg.shared_expert_intermediate_size)
+    q = cfg.num_heads * cfg.head_dim
+    kv = cfg.num_kv_heads * cfg.head_dim
+    per_tok = 8 * H + q + 2 * kv + 3 * inter + cfg.vocab_size + 2 * cfg.num_heads * max_context // max(1, T)
+    largest = 0
+    for name, rec in bundle.tensors.items():
+        shape = rec["shape"]
+        if len(shape) == 2 and name not in ("embed",):
+            largest = max(largest, int(shape[0]) * int(shape[1]))
+    dequant = 2 * largest * 4  # the f32 matrix and its transpose/product temporary
+    return align_up(4 * T * per_tok + dequant + 4 * MiB)
+
+
+def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_bytes: int | str, *,
+                max_context: int | None = None, max_batch_tokens: int = 256,
+                max_window_depth: int = DEFAULT_MAX_WINDOW_DEPTH, hot_experts: list[str] | None = None,
+                workspace: int | None = None) -> MemoryPlan:
+    """Plan a streamed run of ``bundle`` in ``budget_bytes`` (an int or a size string such as ``"512MiB"``).
+
+    ``hot_experts``: expert groups to pin first (e.g. from routing statistics); without them all expert memory
+    is an adaptive cache. ``workspace`` overrides the activation-workspace estimate. Raises BudgetError naming the
+    minimum when the budget is below the minimum working set.
+    """
+    cfg = bundle.config
+    if cfg is None:
+        raise BudgetError(f"{bundle.path}: memory planning needs a decoder bundle (kind={bundle.kind!r})")
+    budget = parse_size(budget_bytes)
+    ctx = int(max_context or min(cfg.max_position_embeddings, 4096))
+    T = max(1, min(max_batch_tokens, ctx))
+    groups = bundle.groups
+    gsize = {g: align_up(info.nbytes) for g, info in groups.items()}
+    layer_groups = [g for g in groups if g.startswith("layers.") and not _is_expert(g)]
+    expert_groups = [g for g in groups if _is_expert(g)]
+    edge_groups = [g for g in ("embed", "head") if g in groups]
+    notes: list[str] = []
+
+    kv = kv_cache_bytes(cfg, ctx)
+    ws = align_up(workspace) if workspace is not None else workspace_bytes(cfg, bundle, T, ctx)
+    # float32 copies of every MoE layer's router + FFN norm: the predictor applies layer i+1's router to layer i's
+    # hidden state (read once at load through the staging buffer)
+    router_tensors: list[str] = []
+    if expert_groups:
+        for g in layer_groups:
+            if f"{g}.router" in bundle.tensors:
+                router_tensors += [f"{g}.router", f"{g}.ffn_norm"]
+    router_bytes = align_up(sum(align_up(4 * _numel(bundle.tensors[t]["shape"]), 64) for t in router_tensors))
+    staging = max(IO_STAGING_BYTES, max((align_up(int(bundle.tensors[t]["nbytes"])) for t in router_tensors),
+                                        default=0))
+    edge_bytes = sum(gsize[g] for g in edge_groups)
+    layer_slot = max((gsize[g] for g in layer_groups), default=0)
+    expert_slot = max((gsize[g] for g in expert_groups), default=0)
+    topk = max(1, cfg.num_experts_per_tok) if expert_groups else 0
+    fixed = kv + ws + staging + edge_bytes + router_bytes
+    minimum = fixed + layer_slot + topk * expert_slot
+    if budget < minimum:
+        raise BudgetError(
+            f"memory budget {fmt_bytes(budget)} is below the minimum working set of {bundle.path.name} "
+            f"({fmt_bytes(minimum)} = {minimum} bytes: embed+head {fmt_bytes(edge_bytes)}, one layer "
+            f"{fmt_bytes(layer_slot)}" + (f", {topk} experts {fmt_bytes(topk * expert_slot)}" if topk else "")
+            + f", KV cache {fmt_bytes(kv)} for {ctx} tokens, workspace {fmt_bytes(ws)}); raise the budget to at "
+            f"least {fmt_bytes(minimum)} or lower --max-context")
+
+    # Whole model fits: pin everything.
+    all_bytes = sum(gsize.values())
+    if fixed + all_bytes - edge_bytes <= budget:
+        return MemoryPlan(
+            budget_bytes=budget, target=target_profile.name if target_profile else "host", arch=cfg.arch,
+            model_bytes=bundle.weights_nbytes, pinned_groups=tuple(groups), pinned_group_bytes=all_bytes,
+            pinned_tensors=tuple(router_tensors), pinned_tensor_bytes=router_bytes, hot_experts=(),
+            streamed_layers=(), window_depth=0,
+            layer_slot_bytes=0, expert_cache_slots=0, expert_slot_bytes=0, max_context=ctx, kv_cache_bytes=kv,
+            max_batch_tokens=T, workspace_bytes=ws, io_staging_bytes=staging, streamed_bytes_per_token=0,
+            notes=("the whole model fits in the budget: every group is pinned, nothing streams",))
+
+    free = budget - fixed
+    pinned: list[str] = list(edge_groups)
+    streamed = list(layer_groups)
+    hot: list[str] = []
+
+    if expert_groups:
+        # 1. top-k expert slots and one layer slot are mandatory (checked above); 2. pin layer groups (attention,
+        # norms, router, shared expert: needed every token) while a depth-1 window for the rest still fits;
+        # 3. hot experts; 4. the rest is expert cache.
+        free -= topk * expert_slot
+
+        def window_cost(rest: list[str]) -> int:
+            return min(2, len(rest)) * max((gsize[s] for s in rest), default=0)
+
+        for g in sorted(layer_groups, key=lambda g: gsize[g]):
+            rest = [s for s in streamed if s != g]
+            if free - gsize[g] - window_cost(rest) >= 0:
+                free -= gsize[g]
+                pinned.append(g)
+                streamed.remove(g)
+        layer_slot = max((gsize[s] for s in streamed), default=0)
+        slots = min(2, len(streamed))
+        if free < slots * layer_slot:  # only the mandatory single slot fits
+            slots = min(1, len(streamed))
+        free -= slots * layer_slot
+        for g in (hot_experts or []):
+            if g not in expert_groups:
+                raise BudgetError(f"hot expert {g!r} is not an expert group of {bundle.path.name}")
+            if gsize[g] <= free:
+                free -= gsize[g]
+                pinned.append(g)
+                hot.append(g)
+        n_cache = min(topk + max(0, free // expert_slot), len(expert_groups) - len(hot))
+        if n_cache + len(hot) >= len(expert_groups):
+            notes.append("every expert fits: the expert cache holds all experts after first use")
+        if not hot:
+            notes.append("no routing statistics given: all expert memory is an adaptive (recency+frequency) cache")
+        depth = max(0, slots - 1)
+    else:
+        # Dense: a window of up to 3 slots (depth 2: the disk always has the next read queued), then pin whole
+        # layers spread over the depth (each pinned layer is bytes not read per token), then more depth.
+        slots = 1 + min(2, max(0, free // layer_slot - 1), max_window_depth)
+        rest = free - slots * layer_slot
+        n_pin = max(0, min(len(layer_groups) - slots, rest // layer_slot))
+        if n_pin:
+            step = len(layer_groups) / n_pin
+            for i in sorted({min(len(layer_groups) - 1, int(k * step + step / 2)) for k in range(n_pin)}):
+                g = layer_groups[i]
+                pinned.append(g)
+                streamed.remove(g)
+                rest -= gsize[g]
+        while rest >= layer_slot and slots - 1 < max_window_depth and slots < len(streamed):
+            slots += 1
+            rest -= layer_slot
+        layer_slot = max((gsize[s] for s in streamed), default=0)
+        slots = min(slots, len(streamed))
+        depth = max(0, slots - 1)
+        n_cache = 0
+        expert_slot = 0
+        router_tensors = []
+        router_bytes = 0
+    if streamed and depth == 0:
+        notes.append("window depth 0: no read-ahead fits, every layer read waits (raise the budget for overlap)")
+    pinned_bytes = sum(gsize[g] for g in pinned)
+    stream_bytes = sum(groups[g].nbytes for g in streamed)
+    return MemoryPlan(
+        budget_bytes=budget, target=target_profile.name if target_profile else "host", arch=cfg.arch,
+        model_bytes=bundle.weights_nbytes, pinned_groups=tuple(pinned), pinned_group_bytes=pinned_bytes,
+        pinned_tensors=tuple(router_tensors), pinned_tensor_bytes=router_bytes, hot_experts=tuple(hot),
+        streamed_layers=tuple(_layer_index(g) for g in streamed), window_depth=depth,
+        layer_slot_bytes=layer_slot if streamed else 0, expert_cache_slots=n_cache, expert_slot_bytes=expert_slot,
+        max_context=ctx, kv_cache_bytes=kv, max_batch_tokens=T, workspace_bytes=ws, io_staging_bytes=staging,
+        streamed_bytes_per_token=stream_bytes, notes=tuple(notes))
