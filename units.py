@@ -1,9 +1,9 @@
-"""Human formatting helpers shared by CLI commands."""
+"""Byte sizes: parse "512MiB"-style options and format byte counts for people (shared by API and CLI)."""
 from __future__ import annotations
 
 import re
 
-from ..errors import OptionError
+from .errors import OptionError
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "tb": 10**12}

@@ -9,7 +9,7 @@ import click
 
 from ..exporters.compress import QuantPolicy
 from ..targets import get_target
-from .fmt import fmt_bytes, parse_bytes
+from ..units import fmt_bytes, parse_bytes
 
 CNN_SUFFIXES = (".onnx", ".pth", ".pt")
 

@@ -7,7 +7,7 @@ import click
 
 from ..runtime.bundle import Bundle
 from ..runtime.inspect import summarize
-from .fmt import fmt_bytes
+from ..units import fmt_bytes
 
 
 @click.command("inspect")

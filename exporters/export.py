@@ -26,9 +26,9 @@ def open_source(path: str | os.PathLike) -> SourceModel:
     if not p.exists():
         raise ModelFormatError(f"{p}: no such file or directory")
     if p.is_dir():
-        from .hf import open_hf_model
+        from .hf import open_hf
 
-        return open_hf_model(p)
+        return open_hf(p)
     with open(p, "rb") as f:
         magic = f.read(4)
     if magic == GGUF_MAGIC:
@@ -64,7 +64,8 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
     policy = policy or QuantPolicy()
     cfg = source.config
     meta = {
-        "source": {"format": source.format, "path": str(Path(source.path).resolve())},
+        "source": {"format": source.format,
+                   "path": str(Path(source.path).resolve()) if Path(source.path).exists() else str(source.path)},
         "target": profile.to_dict(),
         "quant": policy.to_dict(),
     }

@@ -1,0 +1,80 @@
+"""`edgespool run BUNDLE --prompt TEXT -n 32`: generate text (decoder bundles) or classify an image (CNN bundles)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..units import fmt_bytes
+
+
+def print_generation(model, prompt: str, n: int, as_json: bool, stream: bool = True, **sampling) -> dict:
+    """Generate from ``model`` and print it (streamed text, or JSON); returns the JSON-ready result."""
+    ids: list[int] = []
+    pieces: list[str] = []
+
+    def tracked():
+        for t in model.generate_ids(prompt, n, **sampling):
+            ids.append(t)
+            yield t
+
+    for piece in model.tokenizer.stream(tracked()):
+        pieces.append(piece)
+        if stream and not as_json:
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+    st = model.stats
+    res = {"prompt": prompt, "text": "".join(pieces), "tokens": ids, "stats": st.to_dict()}
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+    else:
+        if not stream:
+            click.echo(res["text"], nl=False)
+        click.echo("")
+        click.echo(f"[prefill {st.prompt_tokens} tok {st.prefill_tok_s:.1f} tok/s | decode {st.generated_tokens} tok "
+                   f"{st.decode_tok_s:.1f} tok/s | peak RSS {fmt_bytes(st.peak_rss_bytes)}]", err=True)
+    return res
+
+
+@click.command("run")
+@click.argument("bundle", type=click.Path())
+@click.option("--prompt", "-p", default="Once upon a time", show_default=True, help="Prompt text.")
+@click.option("-n", "--max-tokens", "n", default=32, show_default=True, type=int, help="Tokens to generate.")
+@click.option("--temperature", "-t", default=0.0, show_default=True, type=float, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True, type=int, help="Keep the k most likely tokens (0 = off).")
+@click.option("--top-p", default=1.0, show_default=True, type=float, help="Nucleus sampling mass (1 = off).")
+@click.option("--seed", default=None, type=int, help="Sampling seed (same seed, same text).")
+@click.option("--memory-budget", default=None, help="Stream weights under this budget, e.g. 512MiB.")
+@click.option("--plan", "show_plan", is_flag=True, help="Print the memory plan (with --memory-budget).")
+@click.option("--image", default=None, type=click.Path(), help="CNN bundles: the image to classify.")
+@click.option("--top", default=5, show_default=True, type=int, help="CNN bundles: classes to print.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, top_p: float, seed: int | None,
+            memory_budget: str | None, show_plan: bool, image: str | None, top: int, as_json: bool) -> None:
+    """Run a bundle: generate text from a decoder bundle, or classify --image with a CNN bundle."""
+    from ..runtime.bundle import Bundle
+
+    b = Bundle(bundle)
+    if b.kind != "decoder":
+        from ..runtime.cnn_api import print_classification
+
+        print_classification(b, image, top, as_json)
+        return
+    from ..runtime.api import load
+
+    model = load(bundle, memory_budget=memory_budget)
+    try:
+        if show_plan:
+            plan = getattr(model.source, "plan", None)
+            if plan is None:
+                click.echo("resident mode: every weight is loaded once "
+                           f"({fmt_bytes(b.weights_nbytes)}); pass --memory-budget to stream", err=True)
+            else:
+                click.echo(plan.to_text() if hasattr(plan, "to_text") else str(plan), err=True)
+        print_generation(model, prompt, n, as_json, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    finally:
+        model.close()
+
+
+COMMANDS = [run_cmd]
