@@ -1,0 +1,434 @@
+"""GGUF files (as written by llama.cpp's ``convert_hf_to_gguf.py``) as a :class:`~edgespool.exporters.source.SourceModel`.
+
+The file is opened with ``gguf.GGUFReader`` (memory-mapped: only the tensors asked for are read). GGUF metadata of the
+supported GGUF architectures is mapped onto :class:`~edgespool.runtime.config.ModelConfig`:
+
+    GGUF arch   canonical arch                           notes
+    llama       llama (Llama, Mistral), mixtral          mixtral when ``llama.expert_count`` > 0
+    qwen2       qwen2                                    q/k/v biases
+    qwen2moe    qwen2_moe                                shared expert + its sigmoid gate
+    olmoe       olmoe                                    RMSNorm on the whole q and k projections
+
+GGUF tensor names are mapped onto the canonical names by the data tables :data:`GLOBAL_TENSORS`,
+:data:`LAYER_TENSORS` and :data:`EXPERT_TENSORS`. GGUF stores a ``[out, in]`` matrix with ggml dims ``(in, out)``;
+the reader's numpy view is already ``[out, in]``, and merged experts (``ffn_*_exps``) are ``[E, out, in]``.
+
+Two conversions undo what the converter did:
+
+* llama.cpp runs the ``llama`` architecture with interleaved ("normal") RoPE, so the converter permutes the rows of
+  ``attn_q``/``attn_k`` (and their biases) within each head (``LlamaModel.permute``). :func:`unpermute_qk` inverts
+  that, so canonical tensors follow the Hugging Face ``rotate_half`` convention the engine uses. ``qwen2``,
+  ``qwen2moe`` and ``olmoe`` use NEOX RoPE in llama.cpp and are written unpermuted.
+* Quantised tensors are dequantised to float32 (:func:`dequantize`), one expert at a time for merged experts.
+
+Tensor types read: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (each checked against
+llama.cpp's own ``dequantize_row_*`` in the tests). Anything else raises :class:`UnsupportedModelError` naming the
+tensor and its type.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..runtime.config import ModelConfig
+from .source import TokenizerSpec
+
+# GGUF general.architecture -> canonical arch (llama becomes mixtral when it has experts)
+GGUF_ARCHS: dict[str, str] = {"llama": "llama", "qwen2": "qwen2", "qwen2moe": "qwen2_moe", "olmoe": "olmoe"}
+SUPPORTED_ARCHS = ", ".join(GGUF_ARCHS)
+# Architectures whose q/k rows the converter permuted for llama.cpp's interleaved RoPE.
+PERMUTED_QK_ARCHS = ("llama",)
+# Top-k routing weights renormalised to sum 1, per GGUF arch (llama.cpp's build graphs; HF Mixtral renormalises,
+# Qwen2-MoE and OLMoE by default do not). ``{arch}.expert_weights_norm`` overrides when present.
+NORM_TOPK: dict[str, bool] = {"llama": True, "qwen2moe": False, "olmoe": False}
+
+# Canonical name -> GGUF tensor name. {i} = layer (``blk.{i}``).
+GLOBAL_TENSORS: dict[str, str] = {"embed": "token_embd.weight", "norm": "output_norm.weight",
+                                  "lm_head": "output.weight"}
+LAYER_TENSORS: dict[str, str] = {
+    "attn_norm": "attn_norm.weight",
+    "wq": "attn_q.weight", "wk": "attn_k.weight", "wv": "attn_v.weight",
+    "bq": "attn_q.bias", "bk": "attn_k.bias", "bv": "attn_v.bias",
+    "q_norm": "attn_q_norm.weight", "k_norm": "attn_k_norm.weight",
+    "wo": "attn_output.weight",
+    "ffn_norm": "ffn_norm.weight",
+    "ffn.gate": "ffn_gate.weight", "ffn.up": "ffn_up.weight", "ffn.down": "ffn_down.weight",
+    "router": "ffn_gate_inp.weight",
+    "shared.gate": "ffn_gate_shexp.weight", "shared.up": "ffn_up_shexp.weight", "shared.down": "ffn_down_shexp.weight",
+    "shared_gate": "ffn_gate_inp_shexp.weight",
+}
+# Canonical expert part -> (merged 3-D tensor [E, out, in], legacy per-expert 2-D tensor name with {e})
+EXPERT_TENSORS: dict[str, tuple[str, str]] = {
+    "gate": ("ffn_gate_exps.weight", "ffn_gate.{e}.weight"),
+    "up": ("ffn_up_exps.weight", "ffn_up.{e}.weight"),
+    "down": ("ffn_down_exps.weight", "ffn_down.{e}.weight"),
+}
+
+FLOAT_TYPES = ("F32", "F16", "BF16")
+QUANT_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+SUPPORTED_TYPES = FLOAT_TYPES + QUANT_TYPES
+
+
+# -- tensor data ------------------------------------------------------------------------------------------------
+def dequantize(data: np.ndarray, type_name: str, where: str = "tensor") -> np.ndarray:
+    """Float32 values of raw GGUF tensor ``data`` (the reader's numpy view: float arrays for F32/F16, bytes
+    ``[..., row_bytes]`` for BF16 and block-quantised types) of ggml type ``type_name``."""
+    if type_name == "F32":
+        return np.array(data, dtype=np.float32)
+    if type_name == "F16":
+        return np.asarray(data).astype(np.float32)
+    if type_name == "BF16":
+        raw = np.ascontiguousarray(data).view(np.uint16)
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if type_name in QUANT_TYPES:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize as gguf_dequantize
+
+        return np.asarray(gguf_dequantize(np.asarray(data), GGMLQuantizationType[type_name]), dtype=np.float32)
+    raise UnsupportedModelError(f"{where}: tensor type {type_name} is not supported; supported: "
+                                f"{', '.join(SUPPORTED_TYPES)}")
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Invert llama.cpp's ``LlamaModel.permute`` on ``w`` (``[n_head*D, ...]`` q/k weight or bias rows): GGUF row
+    ``h*D + 2j + t`` holds HF row ``h*D + t*D/2 + j``."""
+    rows = w.shape[0]
+    if rows % (2 * n_head):
+        raise ModelFormatError(f"cannot undo the RoPE row permutation: {rows} rows for {n_head} heads")
+    d2 = rows // n_head // 2
+    return np.ascontiguousarray(w.reshape(n_head, d2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
+
+
+# -- metadata ---------------------------------------------------------------------------------------------------
+def _scalar(v: Any) -> Any:
+    """Shortest round-trip value of a float32 metadata value (9.999999747e-06 -> 1e-05); other values as is."""
+    if isinstance(v, (np.floating, float)):
+        return float(str(np.float32(v)))
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+class GGUFModel:
+    """A GGUF decoder model opened memory-mapped, exposed with canonical names and float32 tensors."""
+
+    format = "gguf"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.reader = _open_reader(self.path)
+        self._tensors = {t.name: t for t in self.reader.tensors}
+        self.gguf_arch = self._meta_str("general.architecture")
+        if self.gguf_arch not in GGUF_ARCHS:
+            raise UnsupportedModelError(f"{self.path}: GGUF architecture {self.gguf_arch!r} is not supported; "
+                                        f"supported: {SUPPORTED_ARCHS}")
+        self._check_types()
+        self.config = self._config()
+        self._check_shapes()
+
+    # metadata access
+    def meta(self, key: str, default: Any = None) -> Any:
+        """Metadata value ``key`` (scalar, string or list), or ``default`` when absent."""
+        f = self.reader.fields.get(key)
+        if f is None:
+            return default
+        try:
+            return _scalar(f.contents())
+        except Exception as e:  # malformed field parts
+            raise ModelFormatError(f"{self.path}: metadata key {key!r} is unreadable ({e})") from None
+
+    def _meta_str(self, key: str) -> str:
+        v = self.meta(key)
+        if not isinstance(v, str):
+            raise ModelFormatError(f"{self.path}: metadata key {key!r} (a string) is missing")
+        return v
+
+    def _meta_int(self, key: str, default: Any = ...) -> int:
+        v = self.meta(key)
+        if v is None:
+            if default is ...:
+                raise ModelFormatError(f"{self.path}: metadata key {key!r} (an integer) is missing")
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ModelFormatError(f"{self.path}: metadata key {key!r} should be an integer, found {v!r}")
+        return int(v)
+
+    def _meta_float(self, key: str, default: Any = ...) -> float:
+        v = self.meta(key)
+        if v is None:
+            if default is ...:
+                raise ModelFormatError(f"{self.path}: metadata key {key!r} (a number) is missing")
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ModelFormatError(f"{self.path}: metadata key {key!r} should be a number, found {v!r}")
+        return float(v)
+
+    def _has(self, name: str) -> bool:
+        return name in self._tensors
+
+    def _check_types(self) -> None:
+        for t in self.reader.tensors:
+            if t.tensor_type.name not in SUPPORTED_TYPES and t.name != "rope_freqs.weight":
+                raise UnsupportedModelError(f"{self.path}: tensor {t.name!r} has type {t.tensor_type.name}, which is "
+                                            f"not supported; supported: {', '.join(SUPPORTED_TYPES)}")
+
+    def _config(self) -> ModelConfig:
+        a = self.gguf_arch
+        p = f"{a}."
+        L = self._meta_int(p + "block_count")
+        H = self._meta_int(p + "embedding_length")
+        nh = self._meta_int(p + "attention.head_count")
+        nkv = self._meta_int(p + "attention.head_count_kv", nh)
+        if min(L, H, nh, nkv) <= 0 or nh % nkv:
+            raise ModelFormatError(f"{self.path}: bad attention metadata (block_count {L}, embedding_length {H}, "
+                                   f"head_count {nh}, head_count_kv {nkv})")
+        D = self._meta_int(p + "attention.key_length", H // nh)
+        if self._meta_int(p + "attention.value_length", D) != D:
+            raise UnsupportedModelError(f"{self.path}: attention.value_length != key_length is not supported")
+        rot = self._meta_int(p + "rope.dimension_count", D)
+        if rot != D:
+            raise UnsupportedModelError(f"{self.path}: partial rotary embeddings (rope.dimension_count {rot} < head "
+                                        f"dim {D}) are not supported")
+        emb = self._tensors.get("token_embd.weight")
+        if emb is None:
+            raise ModelFormatError(f"{self.path}: tensor 'token_embd.weight' is missing")
+        V = int(emb.shape[1])
+        inter = self._meta_int(p + "feed_forward_length", 0)
+        E = self._meta_int(p + "expert_count", 0)
+        k = self._meta_int(p + "expert_used_count", 0)
+        arch = GGUF_ARCHS[a]
+        kw: dict[str, Any] = {}
+        if E > 0:
+            if a == "llama":
+                arch = "mixtral"
+            elif a == "qwen2":
+                raise UnsupportedModelError(f"{self.path}: qwen2 with experts is not a known GGUF layout")
+            if not 0 < k <= E:
+                raise ModelFormatError(f"{self.path}: expert_used_count {k} is not in 1..expert_count {E}")
+            moe_layers = tuple(i for i in range(L) if self._has(f"blk.{i}.ffn_gate_inp.weight"))
+            if not moe_layers:
+                raise ModelFormatError(f"{self.path}: expert_count {E} but no 'blk.N.ffn_gate_inp.weight' router")
+            i0 = moe_layers[0]
+            M = self._meta_int(p + "expert_feed_forward_length", 0) or self._expert_rows(i0)
+            S = 0
+            if self._has(f"blk.{i0}.ffn_gate_shexp.weight"):
+                S = self._meta_int(p + "expert_shared_feed_forward_length", 0) or int(
+                    self._tensors[f"blk.{i0}.ffn_gate_shexp.weight"].shape[1])
+            norm = self.meta(p + "expert_weights_norm")
+            kw = dict(num_experts=E, num_experts_per_tok=k, moe_intermediate_size=M,
+                      shared_expert_intermediate_size=S, moe_layers=moe_layers,
+                      norm_topk_prob=bool(norm) if norm is not None else NORM_TOPK[a])
+            if a == "llama" and not inter:
+                inter = M
+        if not inter:
+            dense = [i for i in range(L) if i not in kw.get("moe_layers", ())]
+            if dense:
+                raise ModelFormatError(f"{self.path}: metadata key {p + 'feed_forward_length'!r} is missing")
+            inter = kw.get("moe_intermediate_size", 0)
+        clip = self.meta(p + "attention.clamp_kqv")
+        if clip is not None and a != "olmoe":
+            raise UnsupportedModelError(f"{self.path}: attention.clamp_kqv is only supported for olmoe")
+        window = self._meta_int(p + "attention.sliding_window", 0) or None
+        bos = self._meta_int("tokenizer.ggml.bos_token_id", None)
+        eos = [self._meta_int(key, None) for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")]
+        eos_ids = tuple(dict.fromkeys(e for e in eos if e is not None))
+        return ModelConfig(
+            arch=arch, vocab_size=V, hidden_size=H, intermediate_size=inter, num_layers=L, num_heads=nh,
+            num_kv_heads=nkv, head_dim=D,
+            rms_norm_eps=self._meta_float(p + "attention.layer_norm_rms_epsilon"),
+            rope_theta=self._meta_float(p + "rope.freq_base", 10000.0),
+            rope_scaling=self._rope_scaling(D),
+            max_position_embeddings=self._meta_int(p + "context_length", 4096),
+            tie_word_embeddings=not self._has("output.weight"),
+            attention_bias=self._has("blk.0.attn_q.bias"),
+            qk_norm=self._has("blk.0.attn_q_norm.weight"),
+            clip_qkv=float(clip) if clip is not None else None,
+            sliding_window=window, bos_token_id=bos, eos_token_ids=eos_ids, **kw)
+
+    def _expert_rows(self, i: int) -> int:
+        t = self._tensors.get(f"blk.{i}.ffn_gate_exps.weight") or self._tensors.get(f"blk.{i}.ffn_gate.0.weight")
+        if t is None:
+            raise ModelFormatError(f"{self.path}: layer {i} has a router but no 'blk.{i}.ffn_gate_exps.weight'")
+        return int(t.shape[1])
+
+    def _rope_scaling(self, head_dim: int) -> dict[str, Any] | None:
+        p = f"{self.gguf_arch}."
+        kind = self.meta(p + "rope.scaling.type")
+        factor = self.meta(p + "rope.scaling.factor")
+        freqs = self._tensors.get("rope_freqs.weight")
+        if freqs is not None:
+            if kind not in (None, "none"):
+                raise UnsupportedModelError(f"{self.path}: rope_freqs together with rope.scaling.type {kind!r} is "
+                                            "not supported")
+            return _llama3_from_freq_factors(self.path, dequantize(freqs.data, freqs.tensor_type.name).ravel(),
+                                             head_dim, self._meta_float(p + "rope.freq_base", 10000.0))
+        if kind in (None, "none") or (kind == "linear" and factor in (None, 1.0)):
+            return None
+        if kind == "linear":
+            return {"rope_type": "linear", "factor": float(factor)}
+        raise UnsupportedModelError(f"{self.path}: rope.scaling.type {kind!r} is not supported; supported: none, "
+                                    "linear, llama3 (rope_freqs)")
+
+    # tensor access
+    def _gguf_name(self, name: str) -> tuple[str, int | None]:
+        """(GGUF tensor name, expert index into a merged tensor or None) of canonical ``name``."""
+        if name in GLOBAL_TENSORS:
+            return GLOBAL_TENSORS[name], None
+        parts = name.split(".")
+        if parts[0] == "layers" and len(parts) >= 3 and parts[1].isdigit():
+            i = int(parts[1])
+            if parts[2] == "experts" and len(parts) == 5 and parts[3].isdigit() and parts[4] in EXPERT_TENSORS:
+                e = int(parts[3])
+                merged, single = EXPERT_TENSORS[parts[4]]
+                if self._has(f"blk.{i}.{merged}"):
+                    return f"blk.{i}.{merged}", e
+                return f"blk.{i}.{single.format(e=e)}", None
+            rest = ".".join(parts[2:])
+            if rest in LAYER_TENSORS:
+                return f"blk.{i}.{LAYER_TENSORS[rest]}", None
+        raise ModelFormatError(f"{self.path}: {name!r} is not a canonical tensor name")
+
+    def tensor(self, name: str) -> np.ndarray:
+        """Canonical tensor ``name`` as float32 ``[out, in]`` (dequantised; llama q/k rows un-permuted)."""
+        gname, expert = self._gguf_name(name)
+        t = self._tensors.get(gname)
+        if t is None:
+            raise ModelFormatError(f"{self.path}: tensor {gname!r} (for {name!r}) is missing")
+        data = t.data
+        if expert is not None:
+            if data.ndim != 3 or not 0 <= expert < data.shape[0]:
+                raise ModelFormatError(f"{self.path}: tensor {gname!r} has shape {list(t.shape)}, no expert {expert}")
+            data = data[expert]
+        try:
+            w = dequantize(data, t.tensor_type.name, f"{self.path}: tensor {gname!r}")
+        except (ValueError, IndexError) as e:
+            raise ModelFormatError(f"{self.path}: tensor {gname!r} is corrupt ({e})") from None
+        last = name.split(".")[-1]
+        if self.gguf_arch in PERMUTED_QK_ARCHS and last in ("wq", "bq", "wk", "bk"):
+            heads = self.config.num_heads if last in ("wq", "bq") else self.config.num_kv_heads
+            w = unpermute_qk(w, heads)
+        if last == "shared_gate":
+            w = w.reshape(1, -1)
+        return w
+
+    def _check_shapes(self) -> None:
+        """Every canonical tensor the config needs exists with the right shape (from headers; no data read)."""
+        for name, shape in self.config.tensor_shapes().items():
+            gname, expert = self._gguf_name(name)
+            t = self._tensors.get(gname)
+            if t is None:
+                raise ModelFormatError(f"{self.path}: tensor {gname!r} (for {name!r}) is missing")
+            got = tuple(int(x) for x in reversed(t.shape.tolist()))  # ggml dims are (in, out[, E])
+            if expert is not None:
+                if len(got) != 3 or expert >= got[0]:
+                    raise ModelFormatError(f"{self.path}: tensor {gname!r} has shape {list(got)}, expected "
+                                           f"[{self.config.num_experts}, {shape[0]}, {shape[1]}]")
+                got = got[1:]
+            if name.endswith("shared_gate") and got == (shape[1],):
+                got = (1, shape[1])
+            if got != tuple(shape):
+                raise ModelFormatError(f"{self.path}: tensor {gname!r} has shape {list(got)}, expected "
+                                       f"{list(shape)} for {name!r}")
+
+    # tokenizer
+    def tokenizer(self) -> TokenizerSpec:
+        """The embedded vocabulary (``tokenizer.ggml.*``) converted to `tokenizers` JSON; BOS is added by the
+        runtime when ``tokenizer.ggml.add_bos_token`` (default true for SentencePiece vocabularies)."""
+        from .tokenizers_convert import gguf_vocab_to_tokenizer_json
+
+        model = self.meta("tokenizer.ggml.model")
+        text = gguf_vocab_to_tokenizer_json(self.reader, where=str(self.path))
+        add_bos = self.meta("tokenizer.ggml.add_bos_token")
+        if add_bos is None:
+            add_bos = model == "llama"
+        bos = self.config.bos_token_id
+        return TokenizerSpec(json=text, bos_token_id=bos, eos_token_ids=self.config.eos_token_ids,
+                             add_bos=bool(add_bos) and bos is not None)
+
+    def close(self) -> None:
+        """Drop the memory map."""
+        self._tensors = {}
+        self.reader = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "GGUFModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_reader(path: Path):
+    """``gguf.GGUFReader`` on ``path`` with every failure turned into a one-line ModelFormatError."""
+    if not path.exists():
+        raise ModelFormatError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: not a file (expected a .gguf file)")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelFormatError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path, "r")
+    except ValueError as e:
+        msg = str(e)
+        if "GGMLQuantizationType" in msg:
+            raise UnsupportedModelError(f"{path}: a tensor has an unknown ggml type ({msg}); supported: "
+                                        f"{', '.join(SUPPORTED_TYPES)}") from None
+        raise ModelFormatError(f"{path}: truncated or corrupt GGUF file ({msg})") from None
+    except (IndexError, OverflowError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ModelFormatError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})") from None
+    size = path.stat().st_size
+    for t in reader.tensors:
+        if t.data_offset + int(t.n_bytes) > size or t.data.nbytes != int(t.n_bytes):
+            raise ModelFormatError(f"{path}: truncated GGUF file: tensor {t.name!r} needs bytes up to "
+                                   f"{t.data_offset + int(t.n_bytes)}, the file has {size}")
+    return reader
+
+
+def _llama3_from_freq_factors(path: Path, factors: np.ndarray, head_dim: int, theta: float) -> dict[str, Any]:
+    """Recover HF ``llama3`` rope parameters from the ``rope_freqs`` tensor the converter computed from them.
+
+    The converter writes, per frequency, 1 (high frequencies), ``factor`` (low) or a smooth blend. ``factor`` is
+    the largest value; ``low_freq_factor``, ``high_freq_factor`` and ``original_max_position_embeddings`` are searched
+    among the values Llama 3.x checkpoints use and accepted only when they reproduce every factor."""
+    factors = np.asarray(factors, dtype=np.float64)
+    if factors.shape != (head_dim // 2,):
+        raise ModelFormatError(f"{path}: tensor 'rope_freqs.weight' has {factors.size} values, expected "
+                               f"{head_dim // 2}")
+    factor = float(np.float32(factors.max()))
+    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    wavelen = 2 * math.pi / freqs
+    for old in (8192, 4096, 16384, 32768, 131072, 2048):
+        for lo in (1.0, 2.0, 0.5):
+            for hi in (4.0, 8.0, 2.0, 1.0):
+                if hi <= lo:
+                    continue
+                low_wl, high_wl = old / lo, old / hi
+                exp = np.empty_like(factors)
+                for j, wl in enumerate(wavelen):
+                    if wl < high_wl:
+                        exp[j] = 1.0
+                    elif wl > low_wl:
+                        exp[j] = factor
+                    else:
+                        smooth = (old / wl - lo) / (hi - lo)
+                        exp[j] = 1 / ((1 - smooth) / factor + smooth)
+                if np.allclose(exp.astype(np.float32), factors, rtol=1e-6, atol=0):
+                    return {"rope_type": "llama3", "factor": factor, "low_freq_factor": lo,
+                            "high_freq_factor": hi, "original_max_position_embeddings": old}
+    raise UnsupportedModelError(f"{path}: tensor 'rope_freqs.weight' (per-frequency RoPE factors) does not match "
+                                "any llama3 rope scaling edgespool recognises; such files are not supported")
+
+
+def open_gguf_model(path: str | os.PathLike) -> GGUFModel:
+    """Open a GGUF file as a SourceModel (config and tensor shapes are validated on open)."""
+    return GGUFModel(path)
