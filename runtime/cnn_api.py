@@ -1,0 +1,81 @@
+"""Public CNN API: image preprocessing and ``run_image(bundle_dir, image) -> top-k classes``.
+
+Preprocessing is torchvision's ImageNet evaluation transform: resize the shorter side to ``resolution / 0.875``
+(bilinear, PIL), centre-crop ``resolution`` x ``resolution``, scale to [0, 1], normalise with the ImageNet
+mean/std, CHW float32. ImageNet class names are not shipped with edgespool (no offline source with a compatible
+licence): results carry class ids, and a label only when the bundle or the caller provides a label list.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ModelFormatError, OptionError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_CAT_CLASSES = {281: "tabby cat", 282: "tiger cat", 283: "Persian cat", 284: "Siamese cat",
+                        285: "Egyptian cat"}  # the ids the tests check against (ImageNet-1k order)
+
+
+def preprocess(image: str | os.PathLike | np.ndarray, resolution: int = 224, *,
+               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """An image file or an HxWx3 uint8 array -> float32 [3, resolution, resolution] (see module docstring)."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        if arr.ndim == 2:
+            arr = np.stack([arr] * 3, axis=-1)
+        img = Image.fromarray(arr[..., :3])
+    else:
+        p = Path(image)
+        if not p.exists():
+            raise OptionError(f"--image {p}: no such file")
+        try:
+            img = Image.open(p).convert("RGB")
+        except Exception as e:
+            raise ModelFormatError(f"{p}: not a readable image ({type(e).__name__}: {e})") from None
+    short = int(resolution / 0.875)
+    w, h = img.size
+    if w <= h:
+        nw, nh = short, int(short * h / w)
+    else:
+        nw, nh = int(short * w / h), short
+    img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = int(round((nw - resolution) / 2.0)), int(round((nh - resolution) / 2.0))
+    img = img.crop((left, top, left + resolution, top + resolution))
+    x = np.asarray(img, dtype=np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, np.float64).reshape(-1)
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def top_k(logits: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -> list[tuple[int, str | None, float]]:
+    """(class id, label or None, probability) of the ``k`` most likely classes."""
+    p = softmax(logits)
+    idx = np.argsort(-p, kind="stable")[:k]
+    return [(int(i), (labels[i] if labels is not None and i < len(labels) else None), float(p[i])) for i in idx]
+
+
+def run_image(bundle_dir: str | os.PathLike, image_path: str | os.PathLike | np.ndarray, top: int = 5, *,
+              patched: bool = True, labels: Sequence[str] | None = None) -> list[tuple[int, str | None, float]]:
+    """Classify one image with a CNN bundle; patch-based when the bundle has a patch plan and ``patched``.
+
+    Returns ``[(class_id, label or None, probability), ...]`` best first."""
+    from .cnn_bundle import CnnBundle
+
+    b = CnnBundle(bundle_dir)
+    x = preprocess(image_path, b.resolution)
+    res = b.run(x, patched=patched)
+    return top_k(res.output, top, labels if labels is not None else b.labels)
