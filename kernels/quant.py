@@ -8,7 +8,8 @@ Schemes (symmetric; weights are ``[out, in]``):
   ``data`` uint8 ``[out, in // 2]``; ``scale`` float16 ``[out, in // g]``. Inside each group of ``g`` values the
   byte ``j`` (0 <= j < g/2) holds value ``j`` in its low nibble and value ``j + g/2`` in its high nibble (exactly
   Q4_0's nibble order for g = 32). Nibble q in 0..15 means w = (q - 8) * scale. The scale is the group's value of
-  largest magnitude divided by -8 (Q4_0's choice), so that value is represented exactly.
+  largest magnitude divided by -8; codes are computed exactly as ggml's reference Q4_0 quantiser, so for g = 32
+  the bytes equal llama.cpp's Q4_0 blocks (scale and nibbles), just stored in two arrays instead of interleaved.
 """
 from __future__ import annotations
 
@@ -72,10 +73,11 @@ def quantize(w: np.ndarray, scheme: str, group_size: int = 32) -> QTensor:
         blocks = w.reshape(out, inn // g, g)
         idx = np.abs(blocks).argmax(axis=2)
         vmax = np.take_along_axis(blocks, idx[..., None], axis=2)[..., 0]
-        d = (vmax / -8.0).astype(np.float16)  # stored precision decides the codes
-        d32 = d.astype(np.float32)
-        inv = np.where(d32 != 0, 1.0 / np.where(d32 != 0, d32, 1.0), 0.0)
-        q = np.clip(np.rint(blocks * inv[..., None]) + 8, 0, 15).astype(np.uint8)
+        d32 = (vmax / np.float32(-8.0)).astype(np.float32)
+        inv = np.where(d32 != 0, 1.0 / np.where(d32 != 0, d32, 1.0), 0.0).astype(np.float32)
+        # exactly ggml's quantize_row_q4_0_ref: codes from the f32 scale, trunc(x/d + 8.5), stored scale f16
+        q = np.clip(np.trunc(blocks * inv[..., None] + np.float32(8.5)), 0, 15).astype(np.uint8)
+        d = d32.astype(np.float16)
         lo, hi = q[..., : g // 2], q[..., g // 2:]
         packed = (lo | (hi << 4)).reshape(out, inn // 2)
         return QTensor("int4", shape, np.ascontiguousarray(packed), d, g)
