@@ -30,7 +30,8 @@ from ..kernels.quant import QTensor
 from ..runtime.bundle import Bundle
 from ..runtime.bundle_format import align_up
 from ..runtime.config import ModelConfig
-from ..schedulers.memory_plan import MemoryPlan
+from ..schedulers.memory_plan import MemoryPlan, plan_memory
+from ..targets.profiles import get_target
 from .buffer_pool import BufferPool
 from .expert_cache import ExpertCache
 from .expert_predictor import ExpertPredictor
@@ -42,7 +43,8 @@ class StreamingWeights:
     """Weights of ``bundle`` streamed under ``plan`` (see the module docstring).
 
     Options: ``io_threads`` (I/O threads, default 2), ``direct`` (None: O_DIRECT when the filesystem allows it;
-    True: require it; False: buffered + DONTNEED), ``verify`` (CRC-check every read), ``rate_limiter`` (an object
+    True: require it; False: buffered + DONTNEED), ``verify`` (``"first"``: CRC-check each group's first read;
+    True: every read; False: none), ``rate_limiter`` (an object
     with ``acquire(nbytes)``, for emulated bandwidth), ``predict`` (next-layer expert prediction), ``lookahead``
     (read the current layer's routed experts in parallel as soon as ``on_hidden`` gives the hidden state),
     ``cache_policy`` (``lrfu`` or ``lru``), ``adaptive_window`` (TPI-LLM depth adaptation; False = always the
@@ -50,7 +52,7 @@ class StreamingWeights:
     """
 
     def __init__(self, bundle: Bundle, plan: MemoryPlan, *, io_threads: int = 2, direct: bool | None = None,
-                 verify: bool = False, rate_limiter: Any = None, predict: bool = True, lookahead: bool = True,
+                 verify: bool | str = "first", rate_limiter: Any = None, predict: bool = True, lookahead: bool = True,
                  cache_policy: str = "lrfu", adaptive_window: bool = True, read_timeout_s: float | None = None,
                  fault=None, predict_extra: int = 0) -> None:
         if bundle.config is None:
@@ -231,3 +233,20 @@ class StreamingWeights:
             "expert_cache": self.cache.stats() if self.cache else None,
             "predictor": self.predictor.stats() if self.predictor and self.predict else None,
         }
+
+
+_PLAN_KEYS = ("max_context", "max_batch_tokens", "max_window_depth", "hot_experts", "workspace")
+
+
+def open_streaming(bundle: Bundle, budget: int | str, *, target: str | None = None, verify: bool | str = True,
+                   plan: MemoryPlan | None = None, **options: Any) -> StreamingWeights:
+    """Plan ``bundle`` into ``budget`` for ``target`` (default host) and open a :class:`StreamingWeights`.
+
+    ``verify=True`` means CRC-check each group's first read (``"always"``: every read). Options named like
+    :func:`plan_memory`'s keywords (max_context, max_batch_tokens, max_window_depth, hot_experts, workspace) go to
+    the planner, the rest to :class:`StreamingWeights`. Raises BudgetError naming the minimum when it does not fit.
+    """
+    plan_kw = {k: options.pop(k) for k in _PLAN_KEYS if k in options}
+    if plan is None:
+        plan = plan_memory(bundle, get_target(target or "host"), budget, **plan_kw)
+    return StreamingWeights(bundle, plan, verify="first" if verify is True else verify, **options)

@@ -10,7 +10,8 @@ some FUSE/overlay filesystems) the store reads buffered and drops the pages afte
 ``preadv`` releases the GIL, so reads overlap with numpy compute. The I/O threads are daemon threads: a read stuck
 in the kernel cannot hang interpreter exit, and every wait has a timeout. Faults never produce wrong bytes: a read
 error, a short read (truncated file) or a removed/replaced weights file raises :class:`StorageError` naming the
-file and the group; a CRC mismatch (``verify=True``) raises :class:`BundleError` naming the tensor.
+file and the group; a CRC mismatch raises :class:`BundleError` naming the tensor (``verify="first"`` checks each
+group's first read, ``True``/``"always"`` every read; CRC32 runs on the I/O thread and releases the GIL).
 
 Bandwidth emulation: when a rate limiter is given (or ``EDGESPOOL_IO_BANDWIDTH`` is set), each chunk waits for
 its bytes first (see :mod:`edgespool.offload.ratelimit`).
@@ -174,12 +175,17 @@ class _PendingGroup:
 class WeightStore:
     """Reads whole groups of ``bundle``'s weights file into caller-provided, page-aligned buffers."""
 
-    def __init__(self, bundle: Bundle, *, io_threads: int = 2, direct: bool | None = None, verify: bool = False,
+    def __init__(self, bundle: Bundle, *, io_threads: int = 2, direct: bool | None = None,
+                 verify: bool | str = False,
                  rate_limiter: Any = None, read_timeout_s: float = DEFAULT_TIMEOUT_S,
                  chunk_bytes: int = DEFAULT_CHUNK, fault: FaultHook | None = None) -> None:
         self.bundle = bundle
         self.path = bundle.weights_path
-        self.verify = verify
+        if verify not in (False, True, "first", "always"):
+            raise StorageError(f"verify={verify!r}: expected False, 'first' (CRC of each group's first read) or "
+                               "True/'always' (every read)")
+        self.verify = "always" if verify is True else verify
+        self._verified: set[str] = set()
         self.read_timeout_s = read_timeout_s
         self.chunk_bytes = align_up(max(ALIGNMENT, chunk_bytes))
         self.rate_limiter = rate_limiter if rate_limiter is not None else _limiter_from_env()
@@ -285,9 +291,12 @@ class WeightStore:
         with self._lock:
             self.records.append(rec)
             self.bytes_read += n
+        check = self.verify == "always" or (self.verify == "first" and pg.group not in self._verified)
         try:
-            tensors = {name: self.bundle.tensor_from_buffer(name, pg.dest, g.offset, self.verify)
+            tensors = {name: self.bundle.tensor_from_buffer(name, pg.dest, g.offset, check)
                        for name in g.tensors}
+            if check:
+                self._verified.add(pg.group)
         except BaseException as e:  # noqa: BLE001 - CRC mismatch (BundleError) goes to the waiter
             pg.future.set_exception(e)
             return
@@ -349,7 +358,7 @@ class WeightStore:
             os.posix_fadvise(self._fd, off, span, os.POSIX_FADV_DONTNEED)
         with self._lock:
             self.bytes_read += span
-        return self.bundle.tensor_from_buffer(name, staging[:nb], off, self.verify)
+        return self.bundle.tensor_from_buffer(name, staging[:nb], off, bool(self.verify))
 
     # -- stats / teardown -------------------------------------------------------------------------------------
     def busy_seconds(self) -> float:

@@ -196,6 +196,17 @@ def workspace_bytes(cfg: ModelConfig, bundle: Bundle, max_batch_tokens: int, max
     return align_up(4 * T * per_tok + dequant + 4 * MiB)
 
 
+def minimum_budget(bundle: Bundle, target_profile: TargetProfile | None = None, **plan_options: Any) -> int:
+    """The smallest budget :func:`plan_memory` accepts for ``bundle`` with these options (bytes)."""
+    try:
+        plan_memory(bundle, target_profile, 1, **plan_options)
+    except BudgetError as e:
+        if hasattr(e, "minimum"):
+            return int(e.minimum)  # type: ignore[attr-defined]
+        raise
+    return 1
+
+
 def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_bytes: int | str, *,
                 max_context: int | None = None, max_batch_tokens: int = 256,
                 max_window_depth: int = DEFAULT_MAX_WINDOW_DEPTH, hot_experts: list[str] | None = None,
@@ -238,12 +249,15 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     fixed = kv + ws + staging + edge_bytes + router_bytes
     minimum = fixed + layer_slot + topk * expert_slot
     if budget < minimum:
-        raise BudgetError(
+        err = BudgetError(
             f"memory budget {fmt_bytes(budget)} is below the minimum working set of {bundle.path.name} "
             f"({fmt_bytes(minimum)} = {minimum} bytes: embed+head {fmt_bytes(edge_bytes)}, one layer "
-            f"{fmt_bytes(layer_slot)}" + (f", {topk} experts {fmt_bytes(topk * expert_slot)}" if topk else "")
-            + f", KV cache {fmt_bytes(kv)} for {ctx} tokens, workspace {fmt_bytes(ws)}); raise the budget to at "
-            f"least {fmt_bytes(minimum)} or lower --max-context")
+            f"{fmt_bytes(layer_slot)}" + (f", {topk} experts {fmt_bytes(topk * expert_slot)}, router copies "
+                                          f"{fmt_bytes(router_bytes)}" if topk else "")
+            + f", KV cache {fmt_bytes(kv)} for {ctx} tokens, workspace {fmt_bytes(ws)}, I/O staging "
+            f"{fmt_bytes(staging)}); raise the budget to at least {fmt_bytes(minimum)} or lower --max-context")
+        err.minimum = minimum  # type: ignore[attr-defined]
+        raise err
 
     # Whole model fits: pin everything.
     all_bytes = sum(gsize.values())
