@@ -1,0 +1,139 @@
+"""Parse rig limits ("1GiB", "90MB/s", "3") and resolve a target profile + flags into one :class:`RigLimits`.
+
+Units: SI (kB, MB, GB = 10^3, 10^6, 10^9) and binary (KiB, MiB, GiB = 2^10, 2^20, 2^30); a bare number is bytes.
+Bandwidths take the same units with ``/s`` (``90MB/s``, ``1.3GB/s``, ``440M/s``).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from ...errors import OptionError, TargetError
+from ...targets import TargetProfile
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+    "ki": 1 << 10, "kib": 1 << 10, "mi": 1 << 20, "mib": 1 << 20, "gi": 1 << 30, "gib": 1 << 30,
+    "ti": 1 << 40, "tib": 1 << 40,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str, option: str = "size") -> int:
+    """``"1GiB"`` -> 1073741824, ``"512MB"`` -> 512000000, ``"4096"`` -> 4096. Raises OptionError naming ``option``."""
+    m = _SIZE_RE.match(str(text))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise OptionError(f"{option}: cannot parse {text!r} as a size; expected e.g. 1GiB, 512MB, 65536")
+    value = int(float(m.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise OptionError(f"{option}: {text!r} must be positive")
+    return value
+
+
+def parse_rate(text: str, option: str = "bandwidth") -> int:
+    """``"90MB/s"`` -> 90000000 bytes/s (``/s`` optional). Raises OptionError naming ``option``."""
+    s = str(text).strip()
+    if s.lower().endswith("/s"):
+        s = s[:-2]
+    elif s.lower().endswith("ps") and len(s) > 2 and s[-3].isalpha():  # "MBps"
+        s = s[:-2]
+    return parse_size(s, option)
+
+
+def parse_count(text: str | int, option: str) -> int:
+    """A positive integer option (``--cores 2``, ``--read-iops 2500``)."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise OptionError(f"{option}: expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise OptionError(f"{option}: expected a positive integer, got {text!r}")
+    return value
+
+
+def format_bytes(n: int | None) -> str:
+    """Human-readable binary size (``1.5 GiB``); ``-`` for None."""
+    if n is None:
+        return "-"
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= div:
+            return f"{n / div:.3g} {unit}"
+    return f"{n} B"
+
+
+def format_rate(n: int | float | None) -> str:
+    """Human-readable SI bandwidth (``90 MB/s``), the unit storage vendors quote."""
+    if n is None:
+        return "-"
+    for unit, div in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g} {unit}"
+    return f"{n:.0f} B/s"
+
+
+@dataclass(frozen=True)
+class RigLimits:
+    """The limits one rig run applies (None = not limited), and where each value came from."""
+
+    memory: int | None  # bytes, includes page cache when applied through a memory cgroup
+    read_bandwidth: int | None  # bytes/s on the block device(s) backing the command's files
+    read_iops: int | None  # read operations/s on the same device(s)
+    cores: int | None  # CPUs the command may run on
+    profile: str | None = None  # target profile name the defaults came from
+    storage: str | None = None  # storage medium of the profile (e.g. "microsd")
+    sources: tuple[tuple[str, str], ...] = ()  # (limit name, "profile rpi5" | "--memory" | ...)
+    notes: tuple[str, ...] = ()  # e.g. cores capped by the host
+
+    def source(self, name: str) -> str:
+        """Where the value of limit ``name`` came from (``""`` when unlimited)."""
+        return dict(self.sources).get(name, "")
+
+
+def resolve_limits(profile: TargetProfile | None, storage: str | None = None, memory: str | None = None,
+                   read_bandwidth: str | None = None, read_iops: str | int | None = None,
+                   cores: str | int | None = None, host_cores: int | None = None) -> RigLimits:
+    """Combine a target profile (RAM, cores, storage medium speed) with explicit flags; flags win.
+
+    ``storage`` picks the profile's medium (default: its first). ``host_cores`` (default: this process's affinity)
+    caps ``cores``: the rig cannot give more CPUs than the host has, and says so in ``notes``.
+    """
+    if profile is not None and profile.kind != "linux":
+        raise TargetError(f"target {profile.name!r} is an MCU ({profile.ram} bytes of SRAM): the rig emulates Linux "
+                          "boards; use rpi4, rpi5, jetson-nano or jetson-orin-nano")
+    if storage is not None and profile is None:
+        raise OptionError("--storage needs --profile (the medium's speed comes from the target profile)")
+    sources: dict[str, str] = {}
+    notes: list[str] = []
+    mem = bw = iops = ncores = None
+    medium = None
+    if profile is not None:
+        tag = f"profile {profile.name}"
+        mem, ncores = profile.ram, profile.cores
+        sources.update(memory=tag, cores=tag)
+        spec = profile.storage_medium(storage)
+        medium = spec.medium
+        if spec.read_bandwidth:
+            bw = spec.read_bandwidth
+            sources["read_bandwidth"] = f"{tag} {spec.medium}"
+        if spec.read_iops:
+            iops = spec.read_iops
+            sources["read_iops"] = f"{tag} {spec.medium}"
+    if memory is not None:
+        mem, sources["memory"] = parse_size(memory, "--memory"), "--memory"
+    if read_bandwidth is not None:
+        bw, sources["read_bandwidth"] = parse_rate(read_bandwidth, "--read-bandwidth"), "--read-bandwidth"
+    if read_iops is not None:
+        iops, sources["read_iops"] = parse_count(read_iops, "--read-iops"), "--read-iops"
+    if cores is not None:
+        ncores, sources["cores"] = parse_count(cores, "--cores"), "--cores"
+    if ncores is not None:
+        have = host_cores if host_cores is not None else len(os.sched_getaffinity(0))
+        if ncores > have:
+            notes.append(f"cores: {ncores} wanted ({sources['cores']}) but this host has {have}; using {have}")
+            ncores = have
+    return RigLimits(memory=mem, read_bandwidth=bw, read_iops=iops, cores=ncores,
+                     profile=profile.name if profile else None, storage=medium,
+                     sources=tuple(sorted(sources.items())), notes=tuple(notes))
