@@ -21,12 +21,30 @@ def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, sliding_window: int | N
     return mask
 
 
+SCORE_BYTES = 32 << 20  # long prompts are processed in query blocks whose score matrix stays under this size
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
               sliding_window: int | None = None, scale: float | None = None) -> np.ndarray:
     """Causal GQA: ``q`` ``[T, nh, D]``, ``k``/``v`` ``[nkv, S, D]`` -> ``[T, nh, D]`` float32.
 
     ``scale`` defaults to ``D ** -0.5``. Every query must see at least one key (true for causal self-attention
-    when the new tokens' own keys are included)."""
+    when the new tokens' own keys are included). Long prompts run in blocks of queries so the ``[nh, T, S]`` score
+    matrix never exceeds :data:`SCORE_BYTES`."""
+    T, nh, _ = q.shape
+    S = k.shape[1]
+    block = max(1, SCORE_BYTES // (4 * nh * max(S, 1)))
+    if T <= block:
+        return _attention_block(q, k, v, q_pos, k_pos, sliding_window, scale)
+    out = np.empty(q.shape, dtype=np.float32)
+    for t0 in range(0, T, block):
+        out[t0:t0 + block] = _attention_block(q[t0:t0 + block], k, v, q_pos[t0:t0 + block], k_pos,
+                                              sliding_window, scale)
+    return out
+
+
+def _attention_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
+                     sliding_window: int | None, scale: float | None) -> np.ndarray:
     T, nh, D = q.shape
     nkv, S, _ = k.shape
     g = nh // nkv

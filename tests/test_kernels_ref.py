@@ -11,8 +11,13 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 from transformers.models.llama import modeling_llama as ml  # noqa: E402
 
 from edgespool.kernels import (  # noqa: E402
-    Rope, apply_rope, attention, linear, quantize, rmsnorm, rope_cos_sin, rope_inv_freq, route, sparse_moe, swiglu,
+    Rope, apply_rope, quantize, rope_cos_sin, rope_inv_freq, route, sparse_moe,
 )
+from edgespool.kernels import attention as attention_mod  # noqa: E402
+from edgespool.kernels.attention import attention  # noqa: E402
+from edgespool.kernels.linear import linear  # noqa: E402
+from edgespool.kernels.rmsnorm import rmsnorm  # noqa: E402
+from edgespool.kernels.swiglu import swiglu  # noqa: E402
 from edgespool.kernels.quant import QTensor  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -119,6 +124,18 @@ def test_attention_prefill_matches_eager_attention(nh, nkv, window):
     pos = np.arange(T)
     np.testing.assert_allclose(attention(q, k, v, pos, pos, window), _torch_attention(q, k, v, pos, pos, window),
                                atol=2e-6)
+
+
+def test_attention_in_query_blocks_equals_one_block(monkeypatch):
+    T, nh, nkv, D = 50, 4, 2, 16
+    q = RNG.standard_normal((T, nh, D)).astype(np.float32)
+    k = RNG.standard_normal((nkv, T, D)).astype(np.float32)
+    v = RNG.standard_normal((nkv, T, D)).astype(np.float32)
+    pos = np.arange(T)
+    whole = attention(q, k, v, pos, pos, 9)
+    monkeypatch.setattr(attention_mod, "SCORE_BYTES", 4 * nh * T * 7)  # blocks of 7 queries
+    np.testing.assert_allclose(attention(q, k, v, pos, pos, 9), whole, atol=1e-6)
+    np.testing.assert_allclose(whole, _torch_attention(q, k, v, pos, pos, 9), atol=2e-6)
 
 
 @pytest.mark.parametrize("window", [None, 5])
