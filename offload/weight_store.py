@@ -25,7 +25,7 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -90,16 +90,12 @@ class _ShortRead(Exception):
 
 
 def _limiter_from_env() -> Any:
-    bw = os.environ.get("EDGESPOOL_IO_BANDWIDTH")
-    if not bw:
-        return None
+    """The rig's emulated storage speed (``EDGESPOOL_IO_BANDWIDTH`` / ``EDGESPOOL_IO_IOPS``), or None."""
     try:
-        from .ratelimit import RateLimiter  # type: ignore[import-not-found]
-    except ImportError:
+        from .ratelimit import from_env
+    except ImportError:  # the rate limiter module is optional
         return None
-    from ..schedulers.memory_plan import parse_size
-
-    return RateLimiter(parse_size(bw.removesuffix("/s"), "EDGESPOOL_IO_BANDWIDTH"))
+    return from_env()
 
 
 def _limiter_wait(limiter: Any, nbytes: int) -> None:
@@ -154,6 +150,17 @@ class GroupRead:
 
     tensors: dict[str, QTensor]
     record: ReadRecord
+
+
+def _settle(fut: Future, result: Any = None, exc: BaseException | None = None) -> None:
+    """Complete ``fut`` unless :meth:`WeightStore.close` already failed it."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 class _PendingGroup:
@@ -284,7 +291,7 @@ class WeightStore:
         if not last:
             return
         if pg.error is not None:
-            pg.future.set_exception(pg.error)
+            _settle(pg.future, exc=pg.error)
             return
         n = align_up(g.nbytes)
         rec = ReadRecord(pg.group, pg.t0, pg.t1, n)
@@ -298,9 +305,9 @@ class WeightStore:
             if check:
                 self._verified.add(pg.group)
         except BaseException as e:  # noqa: BLE001 - CRC mismatch (BundleError) goes to the waiter
-            pg.future.set_exception(e)
+            _settle(pg.future, exc=e)
             return
-        pg.future.set_result(GroupRead(tensors, rec))
+        _settle(pg.future, result=GroupRead(tensors, rec))
 
     def submit(self, group: str, dest: np.ndarray, priority: float = 0.0) -> Future:
         """Start reading ``group`` into ``dest`` (page-aligned, >= :meth:`read_nbytes`) on the I/O threads, in
@@ -376,7 +383,7 @@ class WeightStore:
             pending = list(self._pending)
         for pg in pending:
             if not pg.future.done():
-                pg.future.set_exception(StorageError(f"{self.path}: weight store closed before group "
+                _settle(pg.future, exc=StorageError(f"{self.path}: weight store closed before group "
                                                      f"{pg.group!r} was read"))
         try:
             os.close(self._fd)
