@@ -213,6 +213,9 @@ def test_batch_rows_are_independent(ckpts, tmp_path):
                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                    "original_max_position_embeddings": 32}}),
     ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 500.0, "factor": 4.0}}),
+    ("llama", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                   "original_max_position_embeddings": 64}}),
+    ("qwen2", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}}),
     ("llama", {"tie_word_embeddings": True}),
     ("olmoe", {"clip_qkv": 0.05}),
     ("mixtral", {"sliding_window": 5}),
@@ -362,22 +365,53 @@ def test_opset_18_f32(ckpts, tmp_path):
     np.testing.assert_allclose(logits[0], hf_logits(d, PROMPT), atol=1e-3, rtol=0)
 
 
+@pytest.mark.slow
+def test_bundle_export_pipeline_onnx(tmp_path):
+    """End to end through the bundle exporter: HF checkpoint -> int4 bundle (policy: experts/dense int4, routers and
+    norms f32) -> the bundle's model.onnx in ORT == transformers on the bundle's dequantised weights."""
+    hf = pytest.importorskip("edgespool.exporters.hf")
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model
+    from edgespool.runtime.bundle import Bundle
+    from tiny_models import make_hf_model
+
+    d = make_hf_model("qwen2_moe", tmp_path / "hf")
+    res = export_model(hf.open_hf(d), tmp_path / "bundle", policy=QuantPolicy(quant="int4"), kernels=False,
+                       progress=False)
+    b = Bundle(res.path)
+    section = b.manifest["onnx"]
+    assert section["int4_lowering"] == "matmulnbits" and section["tensor_schemes"]["int4"] > 0
+    cfg = b.config
+    q = {}
+    for grp in b.groups:
+        q.update(b.read_group(grp))
+    _, _, names = read_checkpoint(d)
+    ref = hf_logits(dequantised_checkpoint(d, tmp_path / "ref", q, names), PROMPT)
+    logits, _ = run(session(res.path, section["session_options"]), cfg, np.array([PROMPT]))
+    np.testing.assert_allclose(logits[0], ref, atol=1e-3, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Benchmark: python tests/test_onnx_decoder.py --bench [arch] [scheme]
 # ---------------------------------------------------------------------------------------------------------------
-def bench(arch: str = "mixtral", scheme: str = "int4", steps: int = 200, **overrides) -> dict:
+def bench(arch: str = "mixtral", scheme: str = "int4", steps: int = 200, accuracy_level: int = 0,
+          **overrides) -> dict:
+    """Export ``arch`` in ``scheme`` (all 2-D tensors), then time ORT session creation (median of 5) and single-token
+    decode steps (median over ``steps``, one ORT thread, the manifest's session options)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         d = make_checkpoint(arch, Path(tmp) / "hf", **overrides)
         cfg, tensors, _ = read_checkpoint(d)
+        q = quantise_all(tensors, scheme)
         t0 = time.perf_counter()
-        export_qtensors(cfg, quantise_all(tensors, scheme), Path(tmp) / "onnx")
+        manifest = export_qtensors(cfg, q, Path(tmp) / "onnx", accuracy_level=accuracy_level)
         export_s = time.perf_counter() - t0
+        opts = manifest["session_options"]
         creates = []
         for _ in range(5):
             t0 = time.perf_counter()
-            sess = session(Path(tmp) / "onnx")
+            sess = session(Path(tmp) / "onnx", opts)
             creates.append(time.perf_counter() - t0)
         _, past = run(sess, cfg, np.array([PROMPT]))
         lat = []
@@ -385,15 +419,22 @@ def bench(arch: str = "mixtral", scheme: str = "int4", steps: int = 200, **overr
             t0 = time.perf_counter()
             _, past = run(sess, cfg, np.array([[PROMPT[k % len(PROMPT)]]]), past)
             lat.append(time.perf_counter() - t0)
-        return {"arch": arch, "scheme": scheme, "layers": cfg.num_layers, "hidden": cfg.hidden_size,
+        return {"arch": arch, "scheme": scheme, "accuracy_level": accuracy_level, "layers": cfg.num_layers,
+                "hidden": cfg.hidden_size, "onnx_data_MB": round(manifest["data_nbytes"] / 1e6, 2),
                 "export_s": round(export_s, 3), "session_create_ms_median": round(1e3 * float(np.median(creates)), 2),
                 "decode_step_ms_median": round(1e3 * float(np.median(lat)), 3),
                 "decode_step_ms_p90": round(1e3 * float(np.percentile(lat, 90)), 3),
                 "context_at_end": int(past["past_key.0"].shape[2]), "ort_threads": 1}
 
 
+MEDIUM = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,
+              num_key_value_heads=4, max_position_embeddings=1024)
+
 if __name__ == "__main__" and "--bench" in sys.argv:
-    args = [a for a in sys.argv[1:] if a != "--bench"]
+    # python tests/test_onnx_decoder.py --bench [--medium] [arch] [scheme] [accuracy_level]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    ov = MEDIUM if "--medium" in sys.argv else {}
     for a in (args[:1] or ["llama", "mixtral"]):
         for s in (args[1:2] or ["f32", "int8", "int4"]):
-            print(json.dumps(bench(a, s)))
+            for lvl in ([int(args[2])] if len(args) > 2 else [0]):
+                print(json.dumps(bench(a, s, steps=50 if ov else 200, accuracy_level=lvl, **ov)), flush=True)
