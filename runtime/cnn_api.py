@@ -79,3 +79,30 @@ def run_image(bundle_dir: str | os.PathLike, image_path: str | os.PathLike | np.
     x = preprocess(image_path, b.resolution)
     res = b.run(x, patched=patched)
     return top_k(res.output, top, labels if labels is not None else b.labels)
+
+
+def print_classification(bundle: "str | os.PathLike | object", image: str | os.PathLike | None, top: int = 5,
+                         as_json: bool = False, *, patched: bool = True) -> list[tuple[int, str | None, float]]:
+    """What ``edgespool run <cnn bundle> --image X --top K [--json]`` prints: one line per class
+    (``rank  class_id  probability  label``) and the peak activation memory held, or a JSON object."""
+    import json
+
+    from .cnn_bundle import CnnBundle
+
+    if image is None:
+        raise OptionError("--image is required to run a CNN bundle")
+    b = CnnBundle(bundle)  # accepts a path or an opened Bundle
+    x = preprocess(image, b.resolution)
+    res = b.run(x, patched=patched)
+    rows = top_k(res.output, top, b.labels)
+    mode = (f"patch-based {b.plan.grid[0]}x{b.plan.grid[1]} after {b.plan.chosen.split_node!r}"
+            if patched and b.plan.is_patched else "layer-by-layer")
+    if as_json:
+        print(json.dumps({"image": str(image), "quant": b.quant_mode, "mode": mode,
+                          "peak_activation_bytes": res.peak_bytes,
+                          "top": [{"class_id": c, "label": lab, "prob": p} for c, lab, p in rows]}, indent=1))
+    else:
+        for i, (c, lab, p) in enumerate(rows, 1):
+            print(f"{i}. class {c:4d}  p={p:.4f}" + (f"  {lab}" if lab else ""))
+        print(f"({b.quant_mode}, {mode}; activation memory held: {res.peak_bytes / 1024:.1f} KiB)")
+    return rows

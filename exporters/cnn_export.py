@@ -1,0 +1,252 @@
+"""``export_cnn``: ONNX / .pth CNN -> CNN bundle (graph, f32 or int8 weights, patch plan; C project for MCUs).
+
+The bundle is a normal edgespool bundle directory (magic, schema version, ``weights.bin`` with CRC-checked tensor
+records, so :class:`~edgespool.runtime.bundle.Bundle` opens it) with ``"kind": "cnn"`` and a ``cnn`` manifest
+section described in :mod:`edgespool.runtime.cnn_bundle`. For ``mcu-*`` targets the self-contained C project is
+written to ``<bundle>/mcu/`` (see :mod:`.mcu_c`) and its flash/SRAM figures are checked and recorded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..errors import BudgetError, OptionError
+from ..runtime.bundle_format import MAGIC, MANIFEST, PART_ALIGNMENT, SCHEMA_VERSION, WEIGHTS, align_up
+from ..runtime.cnn_api import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from ..runtime.cnn_bundle import attrs_to_json
+from ..runtime.cnn_graph import CnnGraph
+from ..runtime.cnn_quant import QuantCnn, calibrate_and_quantize
+from ..schedulers.patch_plan import PatchPlan, plan_patches
+from ..targets.profiles import TargetProfile, get_target
+from .bundle_writer import prepare_output_dir
+
+CNN_SUFFIXES = (".onnx", ".pth", ".pt")
+
+
+def load_cnn(model_path: str | os.PathLike, *, input_shape: Sequence[int] | None = None, width: float = 1.0,
+             resolution: int = 224) -> CnnGraph:
+    """An ONNX file or a MobileNetV2 ``.pth`` state dict -> CnnGraph (``width``/``resolution`` for .pth only)."""
+    p = Path(model_path)
+    suffix = p.suffix.lower()
+    if suffix == ".onnx":
+        from .cnn_onnx import load_onnx_cnn
+
+        return load_onnx_cnn(p, input_shape)
+    if suffix in (".pth", ".pt"):
+        from .cnn_torch import load_torch_cnn
+
+        if input_shape is not None:
+            shp = [int(v) for v in input_shape]
+            if shp[-1] != shp[-2] or shp[-3] != 3:
+                raise OptionError(f"--input-shape {shp}: MobileNetV2 takes a square 3-channel image")
+            resolution = shp[-1]
+        return load_torch_cnn(p, width=width, resolution=resolution)
+    raise OptionError(f"{p}: unknown CNN model format {suffix!r}; expected one of {', '.join(CNN_SUFFIXES)}")
+
+
+def synthetic_calibration(shape: Sequence[int], n: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """``n`` smooth random 'photos' (low-frequency colour fields + mild texture) normalised like ImageNet input.
+    Used for int8 calibration when no calibration images are given (real images calibrate better)."""
+    c, h, w = (int(v) for v in shape)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        base = rng.uniform(0, 1, (c, 6, 6))
+        ys = np.linspace(0, 5, h)
+        xs = np.linspace(0, 5, w)
+        y0 = np.minimum(ys.astype(int), 4)
+        x0 = np.minimum(xs.astype(int), 4)
+        fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+        img = (base[:, y0][:, :, x0] * (1 - fy) * (1 - fx) + base[:, y0 + 1][:, :, x0] * fy * (1 - fx)
+               + base[:, y0][:, :, x0 + 1] * (1 - fy) * fx + base[:, y0 + 1][:, :, x0 + 1] * fy * fx)
+        img = np.clip(img + rng.normal(0, 0.08, (c, h, w)), 0, 1)
+        if c == 3:
+            img = (img - np.asarray(IMAGENET_MEAN)[:, None, None]) / np.asarray(IMAGENET_STD)[:, None, None]
+        out.append(img.astype(np.float32))
+    return out
+
+
+SAMPLE_PHOTOS = ("astronaut", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
+
+
+def sample_photos() -> list[np.ndarray]:
+    """scikit-image's sample colour photos (not the cat photos, which tests classify); [] without skimage."""
+    try:
+        from skimage import data
+    except ImportError:
+        return []
+    out = []
+    for name in SAMPLE_PHOTOS:
+        try:
+            img = getattr(data, name)()
+        except Exception:  # some samples need a download (pooch); skip those
+            continue
+        if img.ndim == 3 and img.shape[2] >= 3:
+            out.append(np.ascontiguousarray(img[..., :3]))
+    return out
+
+
+def _calibration_inputs(graph: CnnGraph, calibration: Sequence[Any] | None) -> tuple[list[np.ndarray], str]:
+    if not calibration:
+        photos = sample_photos() if graph.input_shape[0] == 3 else []
+        if photos:
+            return ([preprocess(p, graph.input_shape[1]) for p in photos],
+                    f"{len(photos)} scikit-image sample photos ({', '.join(SAMPLE_PHOTOS)})")
+        return synthetic_calibration(graph.input_shape), "synthetic (8 smooth random images; pass calibration " \
+                                                         "images for better int8 accuracy)"
+    xs = []
+    for item in calibration:
+        if isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[0] == graph.input_shape[0] \
+                and item.dtype == np.float32:
+            xs.append(item)
+        else:
+            xs.append(preprocess(item, graph.input_shape[1]))
+    return xs, f"{len(xs)} calibration images"
+
+
+class _CnnWriter:
+    """Writes weights.bin tensor records (Bundle-compatible) and the manifest into a staging directory."""
+
+    def __init__(self, out_dir: Path, overwrite: bool) -> None:
+        prepare_output_dir(out_dir, overwrite)
+        self.out_dir = out_dir
+        self.stage = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+        if self.stage.exists():
+            shutil.rmtree(self.stage)
+        self.stage.mkdir(parents=True)
+        self.f = open(self.stage / WEIGHTS, "wb")
+        self.pos = 0
+        self.tensors: dict[str, Any] = {}
+        self.arrays: dict[str, Any] = {}
+
+    def add(self, name: str, arr: np.ndarray) -> str:
+        arr = np.ascontiguousarray(arr)
+        stored = arr if arr.dtype.name in ("float32", "int8", "uint8") else arr.view(np.uint8)
+        start = align_up(self.pos, PART_ALIGNMENT)
+        self.f.write(b"\0" * (start - self.pos))
+        buf = stored.tobytes()
+        self.f.write(buf)
+        self.pos = start + len(buf)
+        scheme = "int8" if stored.dtype == np.int8 else "f32"
+        self.tensors[name] = {"group": "cnn", "scheme": scheme, "shape": list(arr.shape), "offset": start,
+                              "nbytes": len(buf), "crc32": zlib.crc32(buf),
+                              "parts": {"data": {"offset": 0, "nbytes": len(buf), "dtype": stored.dtype.name,
+                                                 "shape": list(stored.shape)}}}
+        self.arrays[name] = {"dtype": arr.dtype.name, "shape": list(arr.shape)}
+        return name
+
+    def finish(self, cnn: dict[str, Any], extra: dict[str, Any]) -> Path:
+        self.f.close()
+        first = min((r["offset"] for r in self.tensors.values()), default=0)
+        manifest = {"magic": MAGIC, "schema_version": SCHEMA_VERSION, "created_by": f"edgespool {__version__}",
+                    "kind": "cnn", **extra,
+                    "weights": {"file": WEIGHTS, "nbytes": self.pos, "alignment": PART_ALIGNMENT},
+                    "groups": [{"name": "cnn", "offset": first, "nbytes": self.pos - first,
+                                "tensors": list(self.tensors)}] if self.tensors else [],
+                    "tensors": self.tensors, "cnn": {**cnn, "arrays": self.arrays}}
+        (self.stage / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        if self.out_dir.exists():
+            shutil.rmtree(self.out_dir)
+        os.replace(self.stage, self.out_dir)
+        return self.out_dir
+
+    def abort(self) -> None:
+        try:
+            self.f.close()
+        except Exception:
+            pass
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+
+def export_cnn(model_path: str | os.PathLike, target: str | TargetProfile, out_dir: str | os.PathLike, *,
+               activation_budget: int | None = None, quant: str = "f32", input_shape: Sequence[int] | None = None,
+               overwrite: bool = False, width: float = 1.0, resolution: int = 224,
+               max_overhead: float | None = None, calibration: Sequence[Any] | None = None,
+               labels: Sequence[str] | None = None, compile_c: bool = True) -> Path:
+    """Export a CNN (``.onnx``, or a MobileNetV2 ``.pth`` with ``width``/``resolution``) into a bundle.
+
+    ``activation_budget`` (bytes of activations: int8 = 1 byte/value, f32 = 4) picks the patch plan with the
+    fewest extra MACs that fits (BudgetError with the smallest reachable peak otherwise); without it the plan with
+    the smallest peak under ``max_overhead`` (default 15% extra MACs). MCU targets default the budget to the
+    target's SRAM, force int8, and also emit the C project (BudgetError when weights exceed flash or the arena
+    exceeds SRAM). ``calibration``: images (paths / HxWx3 uint8 arrays / preprocessed CHW float32) for int8;
+    default: synthetic images (recorded in the manifest). Returns the bundle path.
+    """
+    profile = get_target(target) if isinstance(target, str) else target
+    if quant not in ("f32", "int8"):
+        raise OptionError(f"--quant {quant!r}: CNN bundles are 'f32' or 'int8'")
+    if profile.kind == "mcu":
+        quant = "int8"
+    graph = load_cnn(model_path, input_shape=input_shape, width=width, resolution=resolution)
+    itemsize = 1 if quant == "int8" else 4
+    budget = activation_budget
+    if budget is None and profile.kind == "mcu":
+        budget = profile.ram
+    plan = plan_patches(graph, activation_budget=budget, max_overhead=max_overhead, itemsize=itemsize)
+    q: QuantCnn | None = None
+    calib_note = None
+    if quant == "int8":
+        xs, calib_note = _calibration_inputs(graph, calibration)
+        q = calibrate_and_quantize(graph, xs)
+    mcu_info: dict[str, Any] | None = None
+    if profile.kind == "mcu":
+        from .mcu_c import check_flash
+
+        check_flash(graph, q, profile)  # fail before writing anything
+    w = _CnnWriter(Path(out_dir), overwrite)
+    try:
+        nodes_json = []
+        qmeta, qarrays = q.to_parts() if q is not None else (None, {})
+        for n in graph.nodes:
+            ws: dict[str, str] = {}
+            if q is None:
+                for k, arr in n.weights.items():
+                    ws[k] = w.add(f"{n.name}/{k}", arr.astype(np.float32))
+            nodes_json.append({"name": n.name, "op": n.op, "inputs": n.inputs, "output": n.output,
+                               "attrs": attrs_to_json(n.attrs), "weights": ws})
+        for key, arr in qarrays.items():
+            w.add(f"q/{key}", arr)
+        cnn: dict[str, Any] = {
+            "graph": {"name": graph.name, "input": graph.input, "input_shape": list(graph.input_shape),
+                      "output": graph.output, "nodes": nodes_json},
+            "quant": quant,
+            "quant_scheme": None if q is None else ("int8: per-output-channel symmetric weights, per-tensor "
+                                                     "asymmetric activations, int32 bias, float32 requant"),
+            "calibration": calib_note,
+            "qparams": qmeta,
+            "plan": plan.to_dict(with_regions=False),
+            "preprocess": {"resolution": int(graph.input_shape[1]), "mean": list(IMAGENET_MEAN),
+                           "std": list(IMAGENET_STD), "resize": "shorter side to resolution/0.875, centre crop"},
+            "labels": list(labels) if labels is not None else None,
+            "source": str(model_path),
+            "macs": graph.total_macs(), "params": graph.param_count(),
+        }
+        if profile.kind == "mcu":
+            from .mcu_c import export_c_project
+
+            assert q is not None
+            proj = export_c_project(graph, q, plan, profile, w.stage / "mcu", compile_arm=compile_c)
+            mcu_info = proj.to_dict()
+            cnn["mcu"] = mcu_info
+        return w.finish(cnn, {"target": profile.to_dict()})
+    except BaseException:
+        w.abort()
+        raise
+
+
+def plan_for(model_path: str | os.PathLike, *, activation_budget: int | None = None,
+             max_overhead: float | None = None, input_shape: Sequence[int] | None = None, width: float = 1.0,
+             resolution: int = 224, itemsize: int = 1) -> PatchPlan:
+    """Load a model and plan it (what ``edgespool plan`` prints)."""
+    graph = load_cnn(model_path, input_shape=input_shape, width=width, resolution=resolution)
+    return plan_patches(graph, activation_budget=activation_budget, max_overhead=max_overhead, itemsize=itemsize)
+
+
+__all__ = ["export_cnn", "load_cnn", "plan_for", "synthetic_calibration", "BudgetError"]
