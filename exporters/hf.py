@@ -435,17 +435,21 @@ class HFModel:
                                    f"{list(want)} (canonical {name!r})")
 
     # -- reading ------------------------------------------------------------------------------------------------
-    def _read(self, hf: str) -> np.ndarray:
+    def _read(self, hf: str, index: int | None = None) -> np.ndarray:
+        """HF tensor ``hf`` (or only its slice ``[index]`` along the first axis) as a numpy array."""
         f = self._where[hf]
         info = self._header(f)[0][hf]
-        dtype = info["dtype"]
+        dtype, shape = info["dtype"], list(info["shape"])
         if dtype == "BF16":
-            header, base = self._header(f)
+            base = self._header(f)[1]
             start, end = (int(x) for x in info["data_offsets"])
+            if index is not None:
+                row = (end - start) // shape[0]
+                start, end, shape = start + index * row, start + (index + 1) * row, shape[1:]
             raw = np.fromfile(f, dtype="<u2", count=(end - start) // 2, offset=base + start)
             if raw.size * 2 != end - start:
                 raise ModelFormatError(f"{f}: truncated while reading tensor {hf!r}")
-            return bf16_to_f32(raw).reshape(info["shape"])
+            return bf16_to_f32(raw).reshape(shape)
         if dtype not in _ST_DTYPES:
             raise UnsupportedModelError(f"{f}: tensor {hf!r} has dtype {dtype}; supported: F32, F16, BF16, F64")
         h = self._handles.get(f)
@@ -457,7 +461,7 @@ class HFModel:
             except Exception as e:  # safetensors raises its own error types
                 raise ModelFormatError(f"{f}: not a valid safetensors file ({e})") from None
         try:
-            return h.get_tensor(hf)
+            return h.get_tensor(hf) if index is None else h.get_slice(hf)[index]
         except Exception as e:
             raise ModelFormatError(f"{f}: cannot read tensor {hf!r} ({e})") from None
 
@@ -472,7 +476,7 @@ class HFModel:
         if part is None:
             return np.asarray(self._read(hf), dtype=np.float32)
         e = _pattern(name)[1]["e"]
-        full = self._read(hf)[e]
+        full = self._read(hf, e)  # only expert e's slice of the fused [E, ...] tensor
         if part == "gate":
             full = full[: full.shape[0] // 2]
         elif part == "up":

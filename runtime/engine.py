@@ -77,6 +77,7 @@ class Engine:
         self.config = c = source.config
         self.rope = Rope(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings)
         self.stats = EngineStats()
+        self._head_groups = ["head", "embed"] if c.tie_word_embeddings else ["head"]
 
     # -- state ----------------------------------------------------------------------------------------------
     def new_cache(self, max_len: int | None = None) -> KVCache:
@@ -109,7 +110,7 @@ class Engine:
         for i in range(c.num_layers):
             g = layer_group(i)
             w = src.get(g)
-            src.hint([layer_group(i + 1)] if i + 1 < c.num_layers else ["head"])
+            src.hint([layer_group(i + 1)] if i + 1 < c.num_layers else self._head_groups)
             p = f"layers.{i}."
             # attention block
             h = rmsnorm(x, _vec(w[p + "attn_norm"]), c.rms_norm_eps)

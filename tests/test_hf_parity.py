@@ -197,12 +197,15 @@ def test_sharded_checkpoint(ref_of, tmp_path):
     assert float(np.abs(eng.forward(PROMPT, eng.new_cache(64)) - ref.logits).max()) <= TOL
 
 
-@pytest.mark.parametrize("arch,prefix", [("mixtral", "block_sparse_moe"), ("olmoe", "mlp")])
-def test_fused_3d_expert_tensors(arch, prefix, ref_of, tmp_path):
-    """transformers 5's in-memory fused layout (experts.gate_up_proj [E, 2I, H], experts.down_proj [E, H, I])."""
-    from safetensors.numpy import load_file, save_file
+@pytest.mark.parametrize("arch,prefix,dtype", [("mixtral", "block_sparse_moe", "float32"), ("olmoe", "mlp", "float32"),
+                                               ("mixtral", "block_sparse_moe", "bfloat16")])
+def test_fused_3d_expert_tensors(arch, prefix, dtype, ref_of, tmp_path):
+    """transformers 5's in-memory fused layout (experts.gate_up_proj [E, 2I, H], experts.down_proj [E, H, I]);
+    each expert's slice is read on its own (bf16 included)."""
+    import torch
+    from safetensors.torch import load_file, save_file
 
-    ref = ref_of(arch)
+    ref = ref_of(arch, dtype, greedy=dtype == "float32")
     out = tmp_path / "fused"
     shutil.copytree(ref.path, out)
     t = load_file(str(ref.path / "model.safetensors"))
@@ -211,8 +214,8 @@ def test_fused_3d_expert_tensors(arch, prefix, ref_of, tmp_path):
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}.{prefix}.experts"
         g, u, d = ([t.pop(f"{p}.{e}.{n}.weight") for e in range(cfg.num_experts)] for n in names)
-        t[f"{p}.gate_up_proj"] = np.stack([np.concatenate([a, b]) for a, b in zip(g, u)])
-        t[f"{p}.down_proj"] = np.stack(d)
+        t[f"{p}.gate_up_proj"] = torch.stack([torch.cat([a, b]) for a, b in zip(g, u)])
+        t[f"{p}.down_proj"] = torch.stack(d)
     save_file(t, str(out / "model.safetensors"))
     src = open_hf(out)
     assert src.source_name("layers.0.experts.1.up").endswith("gate_up_proj[up]")
