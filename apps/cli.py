@@ -20,7 +20,6 @@ COMMAND_MODULES = [
     "cmd_inspect",
     "cmd_run",
     "cmd_demo",
-    "cmd_rig",
     "cmd_bench",
 ]
 

@@ -1,0 +1,160 @@
+"""`edgespool bench`: measure a decoder bundle streamed under a memory budget (or resident), optionally inside the
+emulated board rig (memory cgroup incl. page cache, blkio throttle, cores)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from ..errors import OptionError
+
+
+def _fmt(n, unit="", scale=1.0, digits=2):
+    return "-" if n is None else f"{n / scale:.{digits}f}{unit}"
+
+
+def _print_human(res: dict) -> None:
+    from ..schedulers.memory_plan import fmt_bytes
+
+    if res.get("plan_text"):
+        click.echo(res["plan_text"])
+    click.echo(f"{res['arch']} {res['mode']} ({fmt_bytes(res['model_bytes'])} of weights)"
+               + (f", budget {fmt_bytes(res['memory_budget'])}" if res.get("memory_budget") else ""))
+    rows = [
+        ("load", _fmt(res["load_s"], " s")),
+        ("time to first token", _fmt(res["ttft_s"], " s", digits=3) + f" ({res['prompt_tokens']} prompt tokens)"),
+        ("prefill", _fmt(res["prefill_tok_s"], " tok/s")),
+        ("decode", _fmt(res["decode_tok_s"], " tok/s")),
+        ("bytes read / token", fmt_bytes(res["bytes_read_per_token"]) if res["bytes_read_per_token"] is not None
+         else "-"),
+        ("achieved read bandwidth", _fmt(res["achieved_read_bandwidth"], " MB/s", 1e6, 1)),
+    ]
+    if res.get("storage"):
+        rows.append(("cold read bandwidth", _fmt(res["storage"]["bandwidth"], " MB/s", 1e6, 1)))
+    sb = res.get("storage_bound")
+    if sb:
+        rows.append(("storage bound", f"{_fmt(sb['tok_s'], ' tok/s')} ({fmt_bytes(sb['bytes_per_token'])}/token);"
+                                      f" reached {_fmt(sb['fraction_reached'], '', 0.01, 0)}%"))
+    if res.get("cache_hit_rate") is not None:
+        rows.append(("expert cache hit rate", f"{100 * res['cache_hit_rate']:.1f}%"))
+    if res.get("prediction_accuracy") is not None:
+        rows.append(("expert prediction accuracy", f"{100 * res['prediction_accuracy']:.1f}% (top-k recall)"))
+    pm, base = res["peak_memory"], res["baseline"]
+    rows.append(("peak process RSS", f"{fmt_bytes(pm['process_rss'])} (baseline {fmt_bytes(base['process_rss'])})"))
+    if pm.get("cgroup") is not None:
+        rows.append(("peak cgroup memory", fmt_bytes(pm["cgroup"])))
+    rig = res.get("rig")
+    if rig:
+        rows.append(("rig", f"{rig.get('profile')} {rig.get('storage') or ''}: peak {fmt_bytes(rig['peak_memory'] or 0)}"
+                            f" ({rig['peak_memory_source']}), OOM kills {rig['oom_kills']}, "
+                            f"device reads {fmt_bytes(rig['device_read_bytes'] or 0)}"))
+        for lim in rig["limits"]:
+            rows.append((f"  {lim['name']}", f"{lim['display']} [{lim['mode']}: {lim['mechanism']}]"))
+    for k, v in rows:
+        click.echo(f"  {k:28s} {v}")
+
+
+def _in_rig(argv: list[str], rig: str, storage: str | None, rig_memory: str | None, budget: str | None,
+            bundle: str) -> dict:
+    """Re-run this bench inside the rig; returns the child's result with the rig report under ``rig``."""
+    from ..targets import get_target
+    from ..runtime.streaming import process_rss
+    from ..schedulers.memory_plan import parse_size
+    from .rig.limits import resolve_limits
+    from .rig.runner import run_in_rig
+
+    profile = get_target(rig)
+    baseline = process_rss()
+    mem = rig_memory
+    if mem is None and budget is not None:
+        mem = str(parse_size(budget) + baseline)  # the budget + this process's baseline (imports, interpreter)
+    limits = resolve_limits(profile, storage, memory=mem)
+    with tempfile.TemporaryDirectory() as td:
+        out = Path(td) / "bench.json"
+        cmd = [sys.executable, "-m", "edgespool", "bench", *argv, "--json-out", str(out), "--quiet"]
+        report = run_in_rig(cmd, limits, evict_paths=[bundle])
+        if not out.exists():
+            raise OptionError(f"the benchmark inside the rig produced no result (exit code {report.exit_code}"
+                              f"{', OOM-killed' if report.oom_kills else ''}); rerun without --rig to debug")
+        res = json.loads(out.read_text())
+    res["rig"] = report.to_dict()
+    res["rig"]["baseline_rss_parent"] = baseline
+    return res
+
+
+@click.command("bench")
+@click.argument("bundle", type=click.Path())
+@click.option("--memory-budget", default=None, help="Stream weights under this budget (e.g. 512MiB); none = resident.")
+@click.option("--target", default=None, help="Target profile the plan is made for (default host).")
+@click.option("--rig", "rig", default=None, help="Run inside the emulated board rig of this profile (e.g. rpi5).")
+@click.option("--storage", default=None, help="With --rig: the profile's storage medium (e.g. microsd).")
+@click.option("--rig-memory", default=None, help="With --rig: memory cgroup limit (default budget + baseline).")
+@click.option("--prompt-tokens", default=32, show_default=True, type=int, help="Prompt length (random ids).")
+@click.option("-n", "--max-tokens", "n", default=32, show_default=True, type=int, help="Tokens to generate.")
+@click.option("--io-threads", default=2, show_default=True, type=int, help="Background read threads.")
+@click.option("--cache-policy", type=click.Choice(["lrfu", "lru"]), default="lrfu", show_default=True)
+@click.option("--no-predict", is_flag=True, help="Disable next-layer expert prediction.")
+@click.option("--no-lookahead", is_flag=True, help="Do not read a layer's routed experts before the engine asks.")
+@click.option("--io-bandwidth", default=None, help="Emulated read bandwidth (rate limiter), e.g. 440MB/s.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--json-out", default=None, type=click.Path(), help="Also write the JSON result to this file.")
+@click.option("--plot", default=None, type=click.Path(), help="Draw memory and I/O over time (PNG).")
+@click.option("--quiet", is_flag=True, hidden=True)
+def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: str | None, storage: str | None,
+              rig_memory: str | None, prompt_tokens: int, n: int, io_threads: int, cache_policy: str,
+              no_predict: bool, no_lookahead: bool, io_bandwidth: str | None, seed: int, as_json: bool,
+              json_out: str | None, plot: str | None, quiet: bool) -> None:
+    """Measure decode/prefill tokens/s, TTFT, bytes read per token, read bandwidth vs the storage bound, cache
+    hit rate, prediction accuracy and peak memory of BUNDLE."""
+    if io_bandwidth:
+        os.environ["EDGESPOOL_IO_BANDWIDTH"] = io_bandwidth
+    if rig:
+        argv = [bundle, "--prompt-tokens", str(prompt_tokens), "-n", str(n), "--io-threads", str(io_threads),
+                "--cache-policy", cache_policy, "--seed", str(seed)]
+        for flag, val in (("--memory-budget", memory_budget), ("--target", target or rig),
+                          ("--io-bandwidth", io_bandwidth)):
+            if val:
+                argv += [flag, val]
+        argv += ["--no-predict"] if no_predict else []
+        argv += ["--no-lookahead"] if no_lookahead else []
+        res = _in_rig(argv, rig, storage, rig_memory, memory_budget, bundle)
+    else:
+        from ..runtime.streaming import bench_bundle
+
+        opts = {}
+        if memory_budget is not None:
+            opts = dict(io_threads=io_threads, cache_policy=cache_policy, predict=not no_predict,
+                        lookahead=not no_lookahead)
+        res = bench_bundle(bundle, memory_budget=memory_budget, target=target, prompt_tokens=prompt_tokens,
+                           max_tokens=n, seed=seed, **opts)
+        if res.get("plan"):
+            from ..schedulers.memory_plan import MemoryPlan
+
+            d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in res["plan"].items()
+                 if k in MemoryPlan.__dataclass_fields__}
+            res["plan_text"] = MemoryPlan(**d).summary()
+    if plot:
+        if "_timeline" not in res:
+            raise OptionError("--plot: no timeline recorded")
+        from ..runtime.streaming import plot_timeline
+
+        plot_timeline(res, plot)
+    out = {k: v for k, v in res.items() if k != "_timeline" or json_out}
+    if json_out:
+        Path(json_out).write_text(json.dumps(out, default=str))
+    if quiet:
+        return
+    out.pop("_timeline", None)
+    if as_json:
+        click.echo(json.dumps(out, indent=1, default=str))
+    else:
+        _print_human(out)
+
+
+COMMANDS = [bench_cmd]

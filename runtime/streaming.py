@@ -1,0 +1,305 @@
+"""Measuring a streamed (or resident) run of a decoder bundle: what ``edgespool bench`` reports.
+
+``bench_bundle`` measures, in this order: the process baseline (RSS and cgroup usage before any weight is
+loaded), the storage's cold read bandwidth on the weights file itself (page cache dropped, O_DIRECT where possible,
+through the same rate limiter the run uses), the load, a prefill of ``prompt_tokens`` random token ids (time to
+first token) and ``max_tokens`` greedy decode steps, while a sampler thread records process RSS and cgroup memory
+every 20 ms. Every figure says how it was measured (see the ``how`` entries of the result).
+
+The storage bound of a dense model is ``bandwidth / bytes that must be read per token`` (the plan's streamed layer
+bytes): no streaming runtime can decode faster from that storage with that much memory pinned. For MoE models the
+bytes per token depend on routing and caching; the result reports the measured bytes per decode token and the
+achieved read bandwidth against the cold bandwidth instead.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import OptionError
+from .bundle import Bundle
+from .engine import Engine
+from .weights import ResidentWeights
+
+MiB = 1 << 20
+
+
+# -- memory ------------------------------------------------------------------------------------------------------
+def _cgroup_memory_dir() -> Path | None:
+    """This process's memory cgroup directory (v1 ``memory`` controller or the v2 unified group), if readable."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, ctrls, path = line.split(":", 2)
+        if "memory" in ctrls.split(","):
+            d = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            if (d / "memory.usage_in_bytes").exists():
+                return d
+    for line in lines:
+        if line.startswith("0::"):
+            d = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+            if (d / "memory.current").exists():
+                return d
+    return None
+
+
+def cgroup_memory() -> tuple[int | None, int | None]:
+    """(current usage, peak usage) of this process's memory cgroup, page cache included; None when unreadable."""
+    d = _cgroup_memory_dir()
+    if d is None:
+        return None, None
+
+    def rd(name: str) -> int | None:
+        try:
+            return int((d / name).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    if (d / "memory.usage_in_bytes").exists():
+        return rd("memory.usage_in_bytes"), rd("memory.max_usage_in_bytes")
+    return rd("memory.current"), rd("memory.peak")
+
+
+def process_rss() -> int:
+    """Resident set size of this process now (bytes, /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_process_rss() -> int:
+    """Largest resident set of this process so far (getrusage ru_maxrss)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class MemorySampler:
+    """A thread sampling (t, process RSS, cgroup usage) every ``period_s`` until stopped."""
+
+    def __init__(self, period_s: float = 0.02) -> None:
+        self.period_s = period_s
+        self.samples: list[tuple[float, int, int | None]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name="edgespool-memsampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), process_rss(), cgroup_memory()[0]))
+            self._stop.wait(self.period_s)
+
+    def __enter__(self) -> "MemorySampler":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+# -- storage -----------------------------------------------------------------------------------------------------
+def cold_read_bandwidth(path: str | os.PathLike, *, max_bytes: int = 256 * MiB, max_s: float = 3.0,
+                        chunk: int = 4 * MiB, rate_limiter: Any = None) -> dict[str, Any]:
+    """Sequential read bandwidth of ``path`` from storage: page cache dropped first, O_DIRECT where allowed,
+    ``chunk``-sized reads, at most ``max_bytes`` or ``max_s`` seconds."""
+    fd0 = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd0, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd0)
+    direct = True
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+    except OSError:
+        fd, direct = os.open(path, os.O_RDONLY), False
+    buf = mmap.mmap(-1, chunk)
+    n = 0
+    t0 = time.perf_counter()
+    try:
+        size = os.fstat(fd).st_size
+        while n < min(size, max_bytes) and time.perf_counter() - t0 < max_s:
+            if rate_limiter is not None:
+                rate_limiter.acquire(chunk)
+            try:
+                got = os.preadv(fd, [buf], n)
+            except OSError:
+                if not direct:
+                    raise
+                os.close(fd)
+                fd, direct = os.open(path, os.O_RDONLY), False
+                continue
+            if got <= 0:
+                break
+            n += got
+        dt = time.perf_counter() - t0
+    finally:
+        if not direct:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        buf.close()
+    return {"bytes": n, "seconds": dt, "bandwidth": n / dt if dt > 0 else None,
+            "how": f"sequential {chunk // MiB} MiB {'O_DIRECT' if direct else 'buffered'} reads of the weights file "
+                   "after dropping it from the page cache" + (" through the rate limiter" if rate_limiter else "")}
+
+
+# -- the benchmark -------------------------------------------------------------------------------------------------
+def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = None, target: str | None = None,
+                 prompt_tokens: int = 32, max_tokens: int = 32, seed: int = 0, measure_storage: bool = True,
+                 **stream_options: Any) -> dict[str, Any]:
+    """Load ``path`` (streaming under ``memory_budget``, or resident without one), run a prefill of
+    ``prompt_tokens`` random ids and ``max_tokens`` greedy decode steps, and return every measured figure
+    (JSON-ready, plus ``_timeline`` with raw samples for plotting)."""
+    if prompt_tokens < 1 or max_tokens < 1:
+        raise OptionError("--prompt-tokens and -n must be >= 1")
+    bundle = Bundle(Path(path))
+    if bundle.config is None:
+        raise OptionError(f"{path}: bench needs a decoder bundle")
+    cfg = bundle.config
+    t_start = time.perf_counter()
+    base_rss = process_rss()
+    base_cg, _ = cgroup_memory()
+    limiter = stream_options.get("rate_limiter")
+    if limiter is None:
+        from ..offload.ratelimit import from_env
+
+        limiter = from_env()
+        if limiter is not None and memory_budget is not None:
+            stream_options["rate_limiter"] = limiter
+    storage = cold_read_bandwidth(bundle.weights_path, rate_limiter=limiter) if measure_storage else None
+    ctx = prompt_tokens + max_tokens
+    with MemorySampler() as mem:
+        t_load = time.perf_counter()
+        if memory_budget is None:
+            source: Any = ResidentWeights(bundle, verify=False)
+            plan = None
+        else:
+            from ..offload.streaming_source import open_streaming
+
+            source = open_streaming(bundle, memory_budget, target=target, verify=stream_options.pop("verify", True),
+                                    max_context=stream_options.pop("max_context", ctx),
+                                    max_batch_tokens=stream_options.pop("max_batch_tokens", prompt_tokens),
+                                    **stream_options)
+            plan = source.plan
+        load_s = time.perf_counter() - t_load
+
+        def read_so_far() -> int:
+            return source.store.bytes_read if plan is not None else 0
+
+        eng = Engine(source)
+        cache = eng.new_cache(ctx)
+        ids = np.random.default_rng(seed).integers(3, cfg.vocab_size, size=prompt_tokens)
+        b0 = read_so_far()
+        t0 = time.perf_counter()
+        logits = eng.forward(ids, cache, last_only=True)
+        tok = int(np.argmax(logits[-1]))
+        ttft = time.perf_counter() - t0
+        b1 = read_so_far()
+        marks = [t0, time.perf_counter()]
+        tokens = [tok]
+        for _ in range(max_tokens - 1):
+            logits = eng.forward([tok], cache, last_only=True)
+            tok = int(np.argmax(logits[-1]))
+            tokens.append(tok)
+            marks.append(time.perf_counter())
+        b2 = read_so_far()
+        decode_s = marks[-1] - marks[1]
+        st = source.stats() if plan is not None else None
+        records = list(source.store.records) if plan is not None else []
+        source.close()
+    n_dec = max_tokens - 1
+    decode_tok_s = n_dec / decode_s if decode_s > 0 and n_dec else None
+    bytes_per_tok = (b2 - b1) / n_dec if n_dec else None
+    cold_bw = storage["bandwidth"] if storage else None
+    res: dict[str, Any] = {
+        "bundle": str(bundle.path), "arch": cfg.arch, "model_bytes": bundle.weights_nbytes,
+        "memory_budget": plan.budget_bytes if plan else None, "target": target or "host",
+        "mode": "streaming" if plan else "resident",
+        "prompt_tokens": prompt_tokens, "generated_tokens": max_tokens,
+        "load_s": load_s, "ttft_s": ttft, "prefill_tok_s": prompt_tokens / ttft,
+        "decode_tok_s": decode_tok_s, "decode_s": decode_s,
+        "prefill_bytes_read": b1 - b0, "bytes_read_per_token": bytes_per_tok,
+        "achieved_read_bandwidth": (b2 - b1) / decode_s if decode_s > 0 else None,
+        "storage": storage,
+        "baseline": {"process_rss": base_rss, "cgroup": base_cg,
+                     "how": "RSS (/proc/self/statm) and cgroup usage after imports, before loading weights"},
+        "peak_memory": {
+            "process_rss": peak_process_rss(), "process_rss_sampled": max((s[1] for s in mem.samples), default=None),
+            "cgroup": cgroup_memory()[1],
+            "cgroup_sampled": max((s[2] for s in mem.samples if s[2] is not None), default=None),
+            "how": "ru_maxrss of this process; cgroup max_usage_in_bytes / memory.peak (page cache included, "
+                   "the whole cgroup); *_sampled every 20 ms"},
+        "tokens": tokens,
+    }
+    if plan is not None:
+        res["plan"] = plan.to_dict()
+        res["stream_stats"] = st
+        c = (st or {}).get("expert_cache") or {}
+        res["cache_hit_rate"] = c.get("hit_rate")
+        res["prediction_accuracy"] = ((st or {}).get("predictor") or {}).get("accuracy")
+        if not cfg.is_moe and cold_bw:
+            must = plan.streamed_bytes_per_token
+            bound = cold_bw / must if must else None
+            res["storage_bound"] = {
+                "bytes_per_token": must, "bandwidth": cold_bw, "tok_s": bound,
+                "fraction_reached": (decode_tok_s / bound) if bound and decode_tok_s else None,
+                "how": "plan's streamed dense-layer bytes per token / cold read bandwidth"}
+        elif cold_bw and bytes_per_tok:
+            res["storage_bound"] = {
+                "bytes_per_token": bytes_per_tok, "bandwidth": cold_bw, "tok_s": cold_bw / bytes_per_tok,
+                "fraction_reached": (decode_tok_s * bytes_per_tok / cold_bw) if decode_tok_s else None,
+                "how": "MoE: measured bytes per decode token (misses) / cold read bandwidth"}
+    res["_timeline"] = {"t0": t_start, "memory": mem.samples, "reads": [(r.t0, r.t1, r.nbytes) for r in records],
+                        "marks": marks}
+    return res
+
+
+def plot_timeline(res: dict[str, Any], out: str | os.PathLike) -> Path:
+    """Memory (process RSS, cgroup) and read throughput over time against the budget, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tl = res["_timeline"]
+    t0 = tl["t0"]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    ts = [s[0] - t0 for s in tl["memory"]]
+    ax1.plot(ts, [s[1] / MiB for s in tl["memory"]], label="process RSS")
+    if any(s[2] is not None for s in tl["memory"]):
+        ax1.plot(ts, [(s[2] or 0) / MiB for s in tl["memory"]], label="cgroup usage (incl. page cache)")
+    if res.get("memory_budget"):
+        base = res["baseline"]["process_rss"]
+        ax1.axhline(res["memory_budget"] / MiB, color="r", ls="--", label="budget")
+        ax1.axhline((res["memory_budget"] + base) / MiB, color="r", ls=":", label="budget + process baseline")
+    ax1.set_ylabel("MiB")
+    ax1.legend(loc="lower right", fontsize=8)
+    ax1.set_title(f"{res['arch']} {res['mode']}: {res['decode_tok_s'] or 0:.2f} tok/s decode")
+    if tl["reads"]:
+        end = max(r[1] for r in tl["reads"]) - t0
+        bins = np.arange(0, end + 0.05, 0.05)
+        mb = np.zeros(len(bins))
+        for a, b, n in tl["reads"]:
+            a, b = a - t0, b - t0
+            lo, hi = int(a / 0.05), int(b / 0.05)
+            for k in range(lo, min(hi, len(bins) - 1) + 1):
+                seg = min(b, (k + 1) * 0.05) - max(a, k * 0.05)
+                if seg > 0:
+                    mb[k] += n * seg / max(b - a, 1e-9)
+        ax2.step(bins, mb / 0.05 / 1e6, where="post", label="weight reads")
+    if res.get("storage") and res["storage"].get("bandwidth"):
+        ax2.axhline(res["storage"]["bandwidth"] / 1e6, color="g", ls="--", label="cold read bandwidth")
+    for m in tl["marks"]:
+        ax2.axvline(m - t0, color="0.85", lw=0.5)
+    ax2.set_ylabel("MB/s")
+    ax2.set_xlabel("seconds (grey lines: tokens)")
+    ax2.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
