@@ -1,0 +1,549 @@
+"""MCU lowering: an int8 CNN + patch plan -> a self-contained C project (own C kernels, no TVM needed).
+
+Project (``out_dir``)::
+
+    es_kernels.h / es_kernels.c   int8 kernels on *views* (a buffer holding a box of a full tensor); positions
+                                  outside the full tensor are the layer's padding, so one kernel serves whole
+                                  maps and patches. Arithmetic = edgespool.runtime.cnn_exec's int8 path exactly
+                                  (int32 accumulators, float32 requant multipliers, round-half-even, no FMA
+                                  contraction: build with -ffp-contract=off).
+    model_weights.c               int8 weights, int32 biases, float32 multipliers, int8 LUTs as const arrays
+    model.h / model.c             ONE static arena (offsets from schedulers.patch_plan.arena_layout), the patch
+                                  region table, model_invoke(): stage 1 patch by patch into the stage-1 buffer,
+                                  then the rest layer by layer
+    main_host.c                   host harness: input.bin (int8) -> output.bin (int8)
+    main_mcu.c                    Cortex-M harness: runs on an embedded test input, keeps the result
+    Makefile
+
+Flash = the const arrays (checked against TargetProfile.flash before anything is written); SRAM = the arena
+(checked against TargetProfile.ram). Both failures raise BudgetError with the numbers.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BudgetError, DeployError, UnsupportedModelError
+from ..runtime.cnn_graph import CnnGraph
+from ..runtime.cnn_quant import QuantCnn
+from ..schedulers.patch_plan import PatchPlan, arena_layout
+
+KERNELS_H = r"""/* edgespool int8 CNN kernels (generated; see edgespool/exporters/mcu_c.py). */
+#ifndef ES_KERNELS_H
+#define ES_KERNELS_H
+#include <stdint.h>
+
+/* A view: buffer `data` [c][h][w] holding rows y0..y0+h-1, cols x0..x0+w-1 of a full [c][H][W] tensor. */
+typedef struct { int8_t *data; int32_t c, h, w, y0, x0, H, W; } es_view;
+typedef struct { int32_t y0, y1, x0, x1; } es_box;
+
+void es_conv2d(const es_view *in, const es_view *out, es_box ob, const int8_t *w, const int32_t *bias,
+               const float *mult, int32_t zin, int32_t zout, int32_t lo, int32_t hi, int32_t cout, int32_t kh,
+               int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t groups);
+void es_maxpool(const es_view *in, const es_view *out, es_box ob, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                int32_t pt, int32_t pl, int32_t dh, int32_t dw);
+void es_avgpool(const es_view *in, const es_view *out, es_box ob, float mult, int32_t zin, int32_t zout,
+                int32_t lo, int32_t hi, int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl,
+                int32_t include_pad);
+void es_add(const es_view *a, const es_view *b, const es_view *out, es_box ob, int32_t za, int32_t zb, float m1,
+            float m2, int32_t zout, int32_t lo, int32_t hi);
+void es_mul(const es_view *a, const es_view *b, const es_view *out, es_box ob, int32_t za, int32_t zb, float m,
+            int32_t zout, int32_t lo, int32_t hi);
+void es_requant_copy(const es_view *in, const es_view *out, es_box ob, int32_t c_off, int32_t zin, float m,
+                     int32_t zout);
+void es_lut(const es_view *in, const es_view *out, es_box ob, const int8_t *lut);
+void es_gemm(const int8_t *x, int8_t *y, int32_t k, int32_t n, const int8_t *w, const int32_t *bias,
+             const float *mult, int32_t zin, int32_t zout, int32_t lo, int32_t hi);
+#endif
+"""
+
+KERNELS_C = r"""/* edgespool int8 CNN kernels (generated). Same arithmetic as edgespool.runtime.cnn_exec (int8 mode). */
+#include "es_kernels.h"
+
+/* round half to even without libm (|v| < 2^30 after the clamp) */
+static int32_t es_rint(float v) {
+    if (v > 1073741824.0f) v = 1073741824.0f;
+    if (v < -1073741824.0f) v = -1073741824.0f;
+    int32_t i = (int32_t)v;
+    if (v < 0.0f && (float)i != v) i--;          /* floor */
+    float d = v - (float)i;                       /* exact */
+    if (d > 0.5f || (d == 0.5f && (i & 1))) i++;
+    return i;
+}
+static int8_t es_sat(int32_t q, int32_t lo, int32_t hi) { return (int8_t)(q < lo ? lo : (q > hi ? hi : q)); }
+#define AT(v, ch, y, x) ((v)->data[((ch) * (v)->h + ((y) - (v)->y0)) * (v)->w + ((x) - (v)->x0)])
+
+void es_conv2d(const es_view *in, const es_view *out, es_box ob, const int8_t *w, const int32_t *bias,
+               const float *mult, int32_t zin, int32_t zout, int32_t lo, int32_t hi, int32_t cout, int32_t kh,
+               int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t groups) {
+    int32_t ig = in->c / groups, og = cout / groups;
+    for (int32_t o = 0; o < cout; o++) {
+        int32_t g = o / og;
+        const int8_t *wo = w + o * ig * kh * kw;
+        for (int32_t oy = ob.y0; oy < ob.y1; oy++) {
+            for (int32_t ox = ob.x0; ox < ob.x1; ox++) {
+                int32_t acc = bias[o];
+                for (int32_t ic = 0; ic < ig; ic++) {
+                    int32_t c = g * ig + ic;
+                    for (int32_t ky = 0; ky < kh; ky++) {
+                        int32_t iy = oy * sh - pt + ky * dh;
+                        if (iy < 0 || iy >= in->H) continue;
+                        for (int32_t kx = 0; kx < kw; kx++) {
+                            int32_t ix = ox * sw - pl + kx * dw;
+                            if (ix < 0 || ix >= in->W) continue;
+                            acc += ((int32_t)AT(in, c, iy, ix) - zin) * (int32_t)wo[(ic * kh + ky) * kw + kx];
+                        }
+                    }
+                }
+                float v = (float)acc * mult[o];
+                AT(out, o, oy, ox) = es_sat(es_rint(v) + zout, lo, hi);
+            }
+        }
+    }
+}
+
+void es_maxpool(const es_view *in, const es_view *out, es_box ob, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                int32_t pt, int32_t pl, int32_t dh, int32_t dw) {
+    for (int32_t c = 0; c < in->c; c++)
+        for (int32_t oy = ob.y0; oy < ob.y1; oy++)
+            for (int32_t ox = ob.x0; ox < ob.x1; ox++) {
+                int32_t m = -128;
+                for (int32_t ky = 0; ky < kh; ky++) {
+                    int32_t iy = oy * sh - pt + ky * dh;
+                    if (iy < 0 || iy >= in->H) continue;
+                    for (int32_t kx = 0; kx < kw; kx++) {
+                        int32_t ix = ox * sw - pl + kx * dw;
+                        if (ix < 0 || ix >= in->W) continue;
+                        int32_t v = AT(in, c, iy, ix);
+                        if (v > m) m = v;
+                    }
+                }
+                AT(out, c, oy, ox) = (int8_t)m;
+            }
+}
+
+void es_avgpool(const es_view *in, const es_view *out, es_box ob, float mult, int32_t zin, int32_t zout,
+                int32_t lo, int32_t hi, int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl,
+                int32_t include_pad) {
+    for (int32_t c = 0; c < in->c; c++)
+        for (int32_t oy = ob.y0; oy < ob.y1; oy++)
+            for (int32_t ox = ob.x0; ox < ob.x1; ox++) {
+                int32_t s = 0, n = 0;
+                for (int32_t ky = 0; ky < kh; ky++) {
+                    int32_t iy = oy * sh - pt + ky;
+                    if (iy < 0 || iy >= in->H) continue;
+                    for (int32_t kx = 0; kx < kw; kx++) {
+                        int32_t ix = ox * sw - pl + kx;
+                        if (ix < 0 || ix >= in->W) continue;
+                        s += (int32_t)AT(in, c, iy, ix) - zin;
+                        n++;
+                    }
+                }
+                if (include_pad) n = kh * kw;
+                float v = ((float)s * mult) / (float)n;
+                AT(out, c, oy, ox) = es_sat(es_rint(v) + zout, lo, hi);
+            }
+}
+
+void es_add(const es_view *a, const es_view *b, const es_view *out, es_box ob, int32_t za, int32_t zb, float m1,
+            float m2, int32_t zout, int32_t lo, int32_t hi) {
+    for (int32_t c = 0; c < out->c; c++)
+        for (int32_t y = ob.y0; y < ob.y1; y++)
+            for (int32_t x = ob.x0; x < ob.x1; x++) {
+                float v = (float)((int32_t)AT(a, c, y, x) - za) * m1 + (float)((int32_t)AT(b, c, y, x) - zb) * m2;
+                AT(out, c, y, x) = es_sat(es_rint(v) + zout, lo, hi);
+            }
+}
+
+void es_mul(const es_view *a, const es_view *b, const es_view *out, es_box ob, int32_t za, int32_t zb, float m,
+            int32_t zout, int32_t lo, int32_t hi) {
+    int32_t bcast = (b->H == 1 && b->W == 1 && a->H * a->W > 1);
+    for (int32_t c = 0; c < out->c; c++)
+        for (int32_t y = ob.y0; y < ob.y1; y++)
+            for (int32_t x = ob.x0; x < ob.x1; x++) {
+                int32_t bv = bcast ? b->data[c] : AT(b, c, y, x);
+                float v = (float)(((int32_t)AT(a, c, y, x) - za) * (bv - zb)) * m;
+                AT(out, c, y, x) = es_sat(es_rint(v) + zout, lo, hi);
+            }
+}
+
+void es_requant_copy(const es_view *in, const es_view *out, es_box ob, int32_t c_off, int32_t zin, float m,
+                     int32_t zout) {
+    for (int32_t c = 0; c < in->c; c++)
+        for (int32_t y = ob.y0; y < ob.y1; y++)
+            for (int32_t x = ob.x0; x < ob.x1; x++) {
+                float v = (float)((int32_t)AT(in, c, y, x) - zin) * m;
+                AT(out, c + c_off, y, x) = es_sat(es_rint(v) + zout, -128, 127);
+            }
+}
+
+void es_lut(const es_view *in, const es_view *out, es_box ob, const int8_t *lut) {
+    for (int32_t c = 0; c < in->c; c++)
+        for (int32_t y = ob.y0; y < ob.y1; y++)
+            for (int32_t x = ob.x0; x < ob.x1; x++) AT(out, c, y, x) = lut[(int32_t)AT(in, c, y, x) + 128];
+}
+
+void es_gemm(const int8_t *x, int8_t *y, int32_t k, int32_t n, const int8_t *w, const int32_t *bias,
+             const float *mult, int32_t zin, int32_t zout, int32_t lo, int32_t hi) {
+    for (int32_t o = 0; o < n; o++) {
+        int32_t acc = bias[o];
+        const int8_t *wo = w + o * k;
+        for (int32_t i = 0; i < k; i++) acc += ((int32_t)x[i] - zin) * (int32_t)wo[i];
+        y[o] = es_sat(es_rint((float)acc * mult[o]) + zout, lo, hi);
+    }
+}
+"""
+
+MAIN_HOST = r"""/* Host harness: model_host input.bin output.bin (int8 input [C*H*W], int8 output). */
+#include <stdio.h>
+#include "model.h"
+
+int main(int argc, char **argv) {
+    if (argc != 3) { fprintf(stderr, "usage: %s input.bin output.bin\n", argv[0]); return 2; }
+    FILE *f = fopen(argv[1], "rb");
+    if (!f) { perror(argv[1]); return 1; }
+    if (fread(model_input(), 1, MODEL_INPUT_BYTES, f) != MODEL_INPUT_BYTES) { fprintf(stderr, "short input\n"); return 1; }
+    fclose(f);
+    model_invoke();
+    f = fopen(argv[2], "wb");
+    if (!f) { perror(argv[2]); return 1; }
+    fwrite(model_output(), 1, MODEL_OUTPUT_BYTES, f);
+    fclose(f);
+    printf("arena %d bytes\n", (int)MODEL_ARENA_BYTES);
+    return 0;
+}
+"""
+
+MAIN_MCU = r"""/* Cortex-M harness: runs the model on an embedded test input; the top class is left in es_result. */
+#include <string.h>
+#include "model.h"
+
+extern const int8_t es_test_input[MODEL_INPUT_BYTES];
+volatile int32_t es_result = -1;
+
+int main(void) {
+    memcpy(model_input(), es_test_input, MODEL_INPUT_BYTES);
+    model_invoke();
+    const int8_t *y = model_output();
+    int32_t best = 0;
+    for (int32_t i = 1; i < MODEL_OUTPUT_BYTES; i++) if (y[i] > y[best]) best = i;
+    es_result = best;
+    for (;;) { }
+}
+"""
+
+ARM_FLAGS = {
+    "cortex-m4": ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"],
+    "cortex-m7": ["-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"],
+}
+COMMON_CFLAGS = ["-O2", "-std=c99", "-ffp-contract=off", "-Wall"]
+
+
+@dataclass
+class CProject:
+    """The written C project and its measured sizes."""
+
+    path: Path
+    flash_weights_bytes: int
+    arena_bytes: int
+    plan_peak_bytes: int
+    target: str
+    arm_sizes: dict[str, int] | None = None  # .text/.data/.bss of the linked Cortex-M ELF (arm-none-eabi-size -A)
+    arm_elf: str | None = None
+    buffers: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def weight_bytes(q: QuantCnn) -> int:
+    """Bytes of every const array the C project stores (int8 weights, int32 bias, float32 mult, LUTs)."""
+    total = 0
+    for qn in q.nodes.values():
+        for k in ("w", "bias", "mult", "lut"):
+            v = qn.get(k)
+            if isinstance(v, np.ndarray) and v.ndim > 0:
+                total += v.nbytes
+    return total
+
+
+def check_flash(graph: CnnGraph, q: QuantCnn | None, profile: Any) -> int:
+    """BudgetError when the int8 weights cannot fit the target's flash; returns the weight bytes."""
+    if q is None:
+        raise UnsupportedModelError("MCU export needs int8 quantisation")
+    need = weight_bytes(q)
+    if profile.flash and need > profile.flash:
+        raise BudgetError(f"{graph.name}: int8 weights need {need} B ({need / 1024:.0f} KiB) of flash, target "
+                          f"{profile.name} has {profile.flash} B ({profile.flash / 1024:.0f} KiB); use a smaller "
+                          "model (e.g. a lower MobileNetV2 --width) or a target with more flash")
+    return need
+
+
+def _carr(ctype: str, name: str, arr: np.ndarray) -> str:
+    flat = np.asarray(arr).reshape(-1)
+    if ctype == "float":
+        vals = [float(np.float32(v)).hex() + "f" for v in flat]
+    else:
+        vals = [str(int(v)) for v in flat]
+    lines = [", ".join(vals[i: i + 24]) for i in range(0, len(vals), 24)]
+    return f"const {ctype} {name}[{len(vals)}] = {{\n  " + ",\n  ".join(lines) + "\n};\n"
+
+
+def _f(v: Any) -> str:
+    return float(np.float32(v)).hex() + "f"
+
+
+def generate(graph: CnnGraph, q: QuantCnn, plan: PatchPlan, out_dir: Path,
+             test_input: np.ndarray | None = None) -> tuple[int, list[Any]]:
+    """Write the C sources; returns (arena bytes, arena buffers)."""
+    alias = {}
+    for n in graph.nodes:
+        if n.op == "reshape":
+            alias[n.output] = alias.get(n.inputs[0], n.inputs[0])
+    if not plan.input_resident:
+        raise UnsupportedModelError("MCU export keeps the input image resident in SRAM (input_resident=True plans)")
+    arena, bufs = arena_layout(graph, plan, itemsize=1, alias=alias)
+    offs = {b.name: b.offset for b in bufs}
+    tensors = [graph.input] + [n.output for n in graph.nodes]
+    tid = {t: i for i, t in enumerate(tensors)}
+    split = plan.split_index
+    stage1 = graph.nodes[: split + 1] if split >= 0 else []
+    t_cut = stage1[-1].output if stage1 else None
+    regions = plan.patch_regions()
+    s1_tensors = [graph.input] + [n.output for n in stage1]
+
+    w: list[str] = ['#include "model.h"\n']
+    body: list[str] = []
+    for i, n in enumerate(graph.nodes):
+        qn = q.nodes.get(n.name, {})
+        if "w" in qn:
+            w.append(_carr("int8_t", f"W{i}", qn["w"]))
+            w.append(_carr("int32_t", f"B{i}", qn["bias"]))
+            w.append(_carr("float", f"M{i}", qn["mult"]))
+        if "lut" in qn:
+            w.append(_carr("int8_t", f"L{i}", qn["lut"]))
+    if test_input is not None:
+        w.append(_carr("int8_t", "es_test_input", test_input))
+    decl = [f"extern const int8_t W{i}[]; extern const int32_t B{i}[]; extern const float M{i}[];"
+            for i, n in enumerate(graph.nodes) if "w" in q.nodes.get(n.name, {})]
+    decl += [f"extern const int8_t L{i}[];" for i, n in enumerate(graph.nodes) if "lut" in q.nodes.get(n.name, {})]
+
+    def call(i: int, in_patch: bool) -> str:
+        n = graph.nodes[i]
+        qn = q.nodes.get(n.name, {})
+        zo = q.tensors[n.output][1]
+        zi = [q.tensors[t][1] for t in n.inputs]
+        lo, hi = qn.get("clamp", (-128, 127))
+        vi = [f"&V[{tid[t]}]" for t in n.inputs]
+        vo = f"&V[{tid[n.output]}]"
+        ob = f"box_of({vo})" if not (in_patch and n.output == t_cut) else f"reg(p, {s1_tensors.index(t_cut)})"
+        a = n.attrs
+        if n.op == "conv":
+            (kh, kw), (sh, sw), (pt, pl, _, _), (dh, dw) = a["kernel"], a["stride"], a["pads"], a["dilation"]
+            return (f"es_conv2d({vi[0]}, {vo}, {ob}, W{i}, B{i}, M{i}, {zi[0]}, {zo}, {lo}, {hi}, "
+                    f"{graph.shapes[n.output][0]}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, {a['group']});")
+        if n.op == "maxpool":
+            (kh, kw), (sh, sw), (pt, pl, _, _), (dh, dw) = a["kernel"], a["stride"], a["pads"], a["dilation"]
+            return f"es_maxpool({vi[0]}, {vo}, {ob}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw});"
+        if n.op == "avgpool":
+            (kh, kw), (sh, sw), (pt, pl, _, _) = a["kernel"], a["stride"], a["pads"]
+            return (f"es_avgpool({vi[0]}, {vo}, {ob}, {_f(qn['mult'])}, {zi[0]}, {zo}, {lo}, {hi}, {kh}, {kw}, "
+                    f"{sh}, {sw}, {pt}, {pl}, {int(a.get('count_include_pad', 0))});")
+        if n.op == "gap":
+            _, h, ww = graph.shapes[n.inputs[0]]
+            return (f"es_avgpool({vi[0]}, {vo}, {ob}, {_f(qn['mult'])}, {zi[0]}, {zo}, {lo}, {hi}, {h}, {ww}, "
+                    f"1, 1, 0, 0, 0);")
+        if n.op == "add":
+            return (f"es_add({vi[0]}, {vi[1]}, {vo}, {ob}, {zi[0]}, {zi[1]}, {_f(qn['m1'])}, {_f(qn['m2'])}, "
+                    f"{zo}, {lo}, {hi});")
+        if n.op == "mul":
+            return f"es_mul({vi[0]}, {vi[1]}, {vo}, {ob}, {zi[0]}, {zi[1]}, {_f(qn['mult'])}, {zo}, {lo}, {hi});"
+        if n.op == "concat":
+            out, off = [], 0
+            for k, t in enumerate(n.inputs):
+                out.append(f"es_requant_copy({vi[k]}, {vo}, {ob}, {off}, {zi[k]}, {_f(qn['mults'][k])}, {zo});")
+                off += graph.shapes[t][0]
+            return " ".join(out)
+        if n.op == "act":
+            return f"es_lut({vi[0]}, {vo}, {ob}, L{i});"
+        if n.op == "gemm":
+            k = int(np.prod(graph.shapes[n.inputs[0]]))
+            return (f"es_gemm(V[{tid[n.inputs[0]]}].data, V[{tid[n.output]}].data, {k}, "
+                    f"{graph.shapes[n.output][0]}, W{i}, B{i}, M{i}, {zi[0]}, {zo}, {lo}, {hi});")
+        if n.op == "reshape":
+            return "/* reshape: shares its input's buffer */"
+        raise UnsupportedModelError(f"MCU export: op {n.op!r} (node {n.name!r}) has no C kernel")
+
+    def full_view(t: str) -> str:
+        shp = graph.shapes[t]
+        c, h, ww = shp if len(shp) == 3 else (int(np.prod(shp)), 1, 1)
+        return (f"  V[{tid[t]}] = (es_view){{es_arena + {offs[alias.get(t, t)]}, {c}, {h}, {ww}, 0, 0, {h}, "
+                f"{ww}}};")
+
+    body.append("void model_invoke(void) {")
+    for t in tensors:
+        if t not in s1_tensors or t == t_cut or (t == graph.input and plan.input_resident):
+            body.append(full_view(t))
+    if stage1:
+        body.append(f"  for (int32_t p = 0; p < {len(regions)}; p++) {{")
+        for k, t in enumerate(s1_tensors):
+            if t == t_cut or (t == graph.input and plan.input_resident):
+                continue
+            c, h, ww = graph.shapes[t]
+            body.append(f"    set_view(&V[{tid[t]}], es_arena + {offs[t]}, {c}, {h}, {ww}, reg(p, {k}));")
+        for i in range(len(stage1)):
+            body.append("    " + call(i, True))
+        body.append("  }")
+    for i in range(split + 1, len(graph.nodes)):
+        body.append("  " + call(i, False))
+    body.append("}")
+
+    reg_rows = []
+    for r in regions:
+        reg_rows.append("{" + ", ".join("{%d, %d, %d, %d}" % r[t] for t in s1_tensors) + "}")
+    c_in = int(np.prod(graph.shapes[graph.input]))
+    c_out = int(np.prod(graph.shapes[graph.output]))
+    model_h = f"""/* {graph.name}: generated by edgespool. Arena {arena} B (plan peak {plan.peak_bytes} B). */
+#ifndef MODEL_H
+#define MODEL_H
+#include <stdint.h>
+#include "es_kernels.h"
+#define MODEL_ARENA_BYTES {arena}
+#define MODEL_INPUT_BYTES {c_in}
+#define MODEL_OUTPUT_BYTES {c_out}
+/* input: int8, scale {q.tensors[graph.input][0]!r}, zero point {q.tensors[graph.input][1]};
+   output: int8, scale {q.tensors[graph.output][0]!r}, zero point {q.tensors[graph.output][1]} */
+int8_t *model_input(void);
+const int8_t *model_output(void);
+void model_invoke(void);
+#endif
+"""
+    model_c = [f'#include "model.h"\n',
+               f"static int8_t es_arena[MODEL_ARENA_BYTES] __attribute__((aligned(16)));",
+               f"static es_view V[{len(tensors)}];",
+               *decl]
+    if regions:
+        model_c.append(f"static const int16_t REG[{len(regions)}][{len(s1_tensors)}][4] = {{\n  "
+                       + ",\n  ".join(reg_rows) + "\n};")
+        model_c.append("static es_box reg(int32_t p, int32_t k) { es_box b = {REG[p][k][0], REG[p][k][1], "
+                       "REG[p][k][2], REG[p][k][3]}; return b; }")
+        model_c.append("static void set_view(es_view *v, int8_t *d, int32_t c, int32_t H, int32_t W, es_box b) {\n"
+                       "  v->data = d; v->c = c; v->H = H; v->W = W; v->y0 = b.y0; v->x0 = b.x0;\n"
+                       "  v->h = b.y1 - b.y0; v->w = b.x1 - b.x0;\n}")
+    model_c.append("static es_box box_of(const es_view *v) { es_box b = {v->y0, v->y0 + v->h, v->x0, "
+                   "v->x0 + v->w}; return b; }")
+    model_c.append(f"int8_t *model_input(void) {{ return es_arena + {offs[graph.input]}; }}")
+    model_c.append(f"const int8_t *model_output(void) {{ return es_arena + {offs[alias.get(graph.output, graph.output)]}; }}")
+    model_c += body
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "es_kernels.h").write_text(KERNELS_H)
+    (out_dir / "es_kernels.c").write_text(KERNELS_C)
+    (out_dir / "model.h").write_text(model_h)
+    (out_dir / "model.c").write_text("\n".join(model_c) + "\n")
+    (out_dir / "model_weights.c").write_text("".join(w))
+    (out_dir / "main_host.c").write_text(MAIN_HOST)
+    (out_dir / "main_mcu.c").write_text(MAIN_MCU)
+    return arena, bufs
+
+
+def _makefile(cpu: str) -> str:
+    flags = " ".join(ARM_FLAGS.get(cpu, ARM_FLAGS["cortex-m7"]))
+    return f"""# generated by edgespool
+SRC = model.c model_weights.c es_kernels.c
+CFLAGS = {' '.join(COMMON_CFLAGS)}
+host: $(SRC) main_host.c
+\tgcc $(CFLAGS) -o model_host main_host.c $(SRC)
+mcu: $(SRC) main_mcu.c
+\tarm-none-eabi-gcc $(CFLAGS) {flags} -ffunction-sections -fdata-sections -Wl,--gc-sections \\
+\t  --specs=nano.specs --specs=nosys.specs -o model.elf main_mcu.c $(SRC)
+\tarm-none-eabi-size -A model.elf
+"""
+
+
+def compile_host(proj: Path) -> Path:
+    """Build the host harness with gcc; returns the executable."""
+    exe = proj / "model_host"
+    cmd = ["gcc", *COMMON_CFLAGS, "-o", str(exe), "main_host.c", "model.c", "model_weights.c", "es_kernels.c"]
+    r = subprocess.run(cmd, cwd=proj, capture_output=True, text=True)
+    if r.returncode:
+        raise DeployError(f"host gcc failed in {proj}: {r.stderr.strip()[:2000]}")
+    return exe
+
+
+def run_host(exe: Path, x_int8: np.ndarray, workdir: Path) -> np.ndarray:
+    """Run the host harness on an int8 input; returns the int8 output."""
+    inp, out = workdir / "input.bin", workdir / "output.bin"
+    np.ascontiguousarray(x_int8, dtype=np.int8).tofile(inp)
+    r = subprocess.run([str(exe), str(inp), str(out)], capture_output=True, text=True)
+    if r.returncode:
+        raise DeployError(f"{exe} failed: {r.stderr.strip()}")
+    return np.fromfile(out, dtype=np.int8)
+
+
+def compile_arm(proj: Path, cpu: str) -> tuple[Path, dict[str, int]]:
+    """Build the Cortex-M ELF with arm-none-eabi-gcc; returns (elf, {section: bytes}) from arm-none-eabi-size."""
+    if shutil.which("arm-none-eabi-gcc") is None:
+        raise DeployError("arm-none-eabi-gcc not found; install it (Debian: apt-get install -y gcc-arm-none-eabi)")
+    elf = proj / "model.elf"
+    cmd = ["arm-none-eabi-gcc", *COMMON_CFLAGS, *ARM_FLAGS.get(cpu, ARM_FLAGS["cortex-m7"]), "-ffunction-sections",
+           "-fdata-sections", "-Wl,--gc-sections", "--specs=nano.specs", "--specs=nosys.specs", "-o", str(elf),
+           "main_mcu.c", "model.c", "model_weights.c", "es_kernels.c"]
+    r = subprocess.run(cmd, cwd=proj, capture_output=True, text=True)
+    if r.returncode:
+        raise DeployError(f"arm-none-eabi-gcc failed in {proj}: {r.stderr.strip()[:2000]}")
+    s = subprocess.run(["arm-none-eabi-size", "-A", str(elf)], capture_output=True, text=True, check=True).stdout
+    sizes: dict[str, int] = {}
+    for line in s.splitlines():
+        parts = line.split()
+        if (len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit()
+                and not parts[0].startswith((".debug", ".comment", ".ARM.attributes"))):
+            sizes[parts[0]] = int(parts[1])
+    return elf, sizes
+
+
+def export_c_project(graph: CnnGraph, q: QuantCnn, plan: PatchPlan, profile: Any, out_dir: str | Path, *,
+                     test_input: np.ndarray | None = None, compile_arm: bool = True) -> CProject:
+    """Write (and, when arm-none-eabi-gcc exists and ``compile_arm``, cross-compile) the C project.
+
+    Raises BudgetError when the weights exceed ``profile.flash`` or the arena exceeds ``profile.ram``."""
+    out = Path(out_dir)
+    wbytes = check_flash(graph, q, profile)
+    if plan.itemsize != 1:
+        raise BudgetError("MCU export needs an int8 (itemsize 1) patch plan")
+    if test_input is None:
+        test_input = np.zeros(int(np.prod(graph.shapes[graph.input])), np.int8)
+    arena, bufs = generate(graph, q, plan, out, test_input)
+    if profile.ram and arena > profile.ram:
+        shutil.rmtree(out, ignore_errors=True)
+        raise BudgetError(f"{graph.name}: the activation arena needs {arena} B ({arena / 1024:.1f} KiB; plan peak "
+                          f"{plan.peak_bytes} B) but target {profile.name} has {profile.ram} B "
+                          f"({profile.ram / 1024:.0f} KiB) of SRAM; lower --activation-budget or the resolution")
+    (out / "Makefile").write_text(_makefile(profile.cpu))
+    proj = CProject(out, wbytes, arena, plan.peak_bytes, profile.name,
+                    buffers=[{"name": b.name, "offset": b.offset, "size": b.size} for b in bufs])
+    if compile_arm and shutil.which("arm-none-eabi-gcc") and profile.kind == "mcu":
+        elf, sizes = compile_arm_fn(out, profile.cpu)
+        proj.arm_sizes = sizes
+        proj.arm_elf = str(elf.name)
+        flash_used = sizes.get(".text", 0) + sizes.get(".rodata", 0) + sizes.get(".data", 0) + \
+            sizes.get(".ARM.exidx", 0)
+        ram_used = sizes.get(".data", 0) + sizes.get(".bss", 0)
+        if profile.flash and flash_used > profile.flash:
+            raise BudgetError(f"{graph.name}: linked image needs {flash_used} B of flash (.text+.rodata+.data), "
+                              f"target {profile.name} has {profile.flash} B")
+        if profile.ram and ram_used > profile.ram:
+            raise BudgetError(f"{graph.name}: linked image needs {ram_used} B of SRAM (.data+.bss), target "
+                              f"{profile.name} has {profile.ram} B")
+    (out / "model_info.json").write_text(json.dumps(proj.to_dict(), indent=1))
+    return proj
+
+
+compile_arm_fn = compile_arm
