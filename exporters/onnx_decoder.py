@@ -43,12 +43,15 @@ ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 QUANT_LOWERING: dict[str, str] = {
     "f32": "float32 initializer [in, out] -> MatMul",
     "f16": "float16 initializer [in, out] -> Cast(to=float) -> MatMul (ORT folds the Cast at load: f32 in RAM)",
-    "int8": "int8 initializer [in, out] + float32 scale [out] + int8 zero point 0 -> DequantizeLinear(axis=1) -> MatMul",
-    "int4/matmulnbits": "com.microsoft MatMulNBits(bits=4, block_size=group, no zero point = 8, accuracy_level=0); "
+    "int8": "int8 initializer [in, out] + float32 scale [out] + int8 zero point 0 -> DequantizeLinear(axis=1) -> "
+            "MatMul (ORT fuses it into MatMulNBits(bits=8): see session_options)",
+    "int4/matmulnbits": "com.microsoft MatMulNBits(bits=4, block_size=group, no zero point = 8, "
+                        "accuracy_level=export option, default 0); "
                         "B uint8 [out, in/group, group/2] consecutive-pair nibbles (repacked from Q4_0 order), "
                         "scales float32 [out * in/group]",
     "int4/qdq": "INT4 initializer [in, out] (code - 8) + float32 scale [in/group, out] -> "
-                "DequantizeLinear(axis=0, block_size=group) -> MatMul (opset >= 21)",
+                "DequantizeLinear(axis=0, block_size=group) -> MatMul (opset >= 21; ORT fuses it into MatMulNBits: "
+                "see session_options)",
     "embedding": "Gather of the stored rows, then per-row dequantisation (int8: * scale; int4: nibble unpack, -8, "
                  "* group scale; f16: Cast)",
     "moe": "reference lowering: all experts computed densely, weighted by a [batch, seq, experts] routing weight "
@@ -209,13 +212,13 @@ class _Lowering:
         self.schemes: dict[str, int] = {}
         self.int4_qdq_fallback: list[str] = []  # int4 tensors lowered as QDQ because MatMulNBits cannot take them
 
-    def tensor(self, name: str, shape_name: str | None = None) -> QTensor:
+    def tensor(self, name: str) -> QTensor:
         """Fetch canonical tensor ``name`` and check its shape against the config."""
         try:
             t = self._get(name)
         except KeyError:
             raise ModelFormatError(f"tensor {name!r} is missing from the model") from None
-        want = self.expected[shape_name or name]
+        want = self.expected[name]
         if tuple(t.shape) != tuple(want):
             raise ModelFormatError(f"tensor {name!r} has shape {tuple(t.shape)}, the config needs {tuple(want)}")
         self.schemes[t.scheme] = self.schemes.get(t.scheme, 0) + 1

@@ -195,6 +195,24 @@ def test_f32_matches_transformers_and_cache(arch, ckpts, tmp_path):
     assert past["past_key.0"].shape == (1, cfg.num_kv_heads, len(PROMPT), cfg.head_dim)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_decode_matches_transformers(arch, ckpts, tmp_path):
+    """A user's loop: prompt in one call, then 24 greedy tokens one call each through the KV cache."""
+    from tiny_models import hf_greedy
+
+    d = ckpts(arch)
+    cfg, tensors, _ = read_checkpoint(d)
+    export_qtensors(cfg, quantise_all(tensors, "f32"), tmp_path)
+    sess = session(tmp_path)
+    logits, past = run(sess, cfg, np.array([PROMPT[:4]]))
+    got = []
+    for _ in range(24):
+        got.append(int(logits[0, -1].argmax()))
+        logits, past = run(sess, cfg, np.array([[got[-1]]]), past)
+    assert got == hf_greedy(d, PROMPT[:4], 24)
+
+
 def test_batch_rows_are_independent(ckpts, tmp_path):
     cfg, tensors, _ = read_checkpoint(ckpts("qwen2"))
     export_qtensors(cfg, quantise_all(tensors, "f32"), tmp_path)
