@@ -394,39 +394,73 @@ def _open_reader(path: Path):
     return reader
 
 
+def llama3_freq_factors(head_dim: int, theta: float, factor: float, low_freq_factor: float,
+                        high_freq_factor: float, original_max_position_embeddings: float) -> np.ndarray:
+    """The per-frequency RoPE divisors llama.cpp's converter writes as ``rope_freqs`` for HF ``llama3`` scaling."""
+    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+    old, lo, hi = original_max_position_embeddings, low_freq_factor, high_freq_factor
+    out = []
+    for f in freqs.astype(np.float64):
+        wl = 2 * math.pi / f
+        if wl < old / hi:
+            out.append(1.0)
+        elif wl > old / lo:
+            out.append(factor)
+        else:
+            smooth = (old / wl - lo) / (hi - lo)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
 def _llama3_from_freq_factors(path: Path, factors: np.ndarray, head_dim: int, theta: float) -> dict[str, Any]:
     """Recover HF ``llama3`` rope parameters from the ``rope_freqs`` tensor the converter computed from them.
 
-    The converter writes, per frequency, 1 (high frequencies), ``factor`` (low) or a smooth blend. ``factor`` is
-    the largest value; ``low_freq_factor``, ``high_freq_factor`` and ``original_max_position_embeddings`` are searched
-    among the values Llama 3.x checkpoints use and accepted only when they reproduce every factor."""
-    factors = np.asarray(factors, dtype=np.float64)
+    The converter writes, per frequency, 1 (short wavelengths ``< old/hi``), ``factor`` (long ``> old/lo``) or the
+    blend ``1/((1-s)/factor + s)`` with ``s = (old/wavelen - lo)/(hi - lo)``. Only the two wavelength thresholds
+    ``old/lo`` and ``old/hi`` matter (scaling old, lo, hi together changes nothing), so ``low_freq_factor`` is fixed
+    to 1 and ``s`` is fitted linearly in ``1/wavelen`` on the blended entries. The result is accepted only if it
+    reproduces every factor."""
+    factors = np.asarray(factors, dtype=np.float64).ravel()
     if factors.shape != (head_dim // 2,):
         raise ModelFormatError(f"{path}: tensor 'rope_freqs.weight' has {factors.size} values, expected "
                                f"{head_dim // 2}")
     factor = float(np.float32(factors.max()))
-    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
-    wavelen = 2 * math.pi / freqs
-    for old in (8192, 4096, 16384, 32768, 131072, 2048):
-        for lo in (1.0, 2.0, 0.5):
-            for hi in (4.0, 8.0, 2.0, 1.0):
-                if hi <= lo:
-                    continue
-                low_wl, high_wl = old / lo, old / hi
-                exp = np.empty_like(factors)
-                for j, wl in enumerate(wavelen):
-                    if wl < high_wl:
-                        exp[j] = 1.0
-                    elif wl > low_wl:
-                        exp[j] = factor
-                    else:
-                        smooth = (old / wl - lo) / (hi - lo)
-                        exp[j] = 1 / ((1 - smooth) / factor + smooth)
-                if np.allclose(exp.astype(np.float32), factors, rtol=1e-6, atol=0):
-                    return {"rope_type": "llama3", "factor": factor, "low_freq_factor": lo,
-                            "high_freq_factor": hi, "original_max_position_embeddings": old}
-    raise UnsupportedModelError(f"{path}: tensor 'rope_freqs.weight' (per-frequency RoPE factors) does not match "
-                                "any llama3 rope scaling edgespool recognises; such files are not supported")
+    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+    inv_wl = freqs.astype(np.float64) / (2 * math.pi)
+    unsupported = UnsupportedModelError(f"{path}: tensor 'rope_freqs.weight' (per-frequency RoPE factors) is not a "
+                                        "llama3 rope scaling; such files are not supported")
+    if factor <= 1.0:
+        raise unsupported
+    ones = np.isclose(factors, 1.0, rtol=1e-6)
+    full = np.isclose(factors, factor, rtol=1e-6)
+    mid = ~ones & ~full
+    s = (1 / factors[mid] - 1 / factor) / (1 - 1 / factor)
+    if mid.sum() >= 2:  # s = a * inv_wl - b, a = old/(hi-lo), b = lo/(hi-lo)
+        a, nb = np.polyfit(inv_wl[mid], s, 1)
+        b = -nb
+    elif mid.sum() == 1:  # assume Llama 3's high/low ratio of 4
+        b = 1 / 3
+        a = (s[0] + b) / inv_wl[mid][0]
+    else:  # thresholds anywhere between the last 1 and the first `factor`: put both there
+        if not ones.any() or not full.any():
+            raise unsupported
+        edge = math.sqrt(inv_wl[ones].min() * inv_wl[full].max())  # geometric middle of the gap, in 1/wavelen
+        b = 1000.0
+        a = (1 + b) / edge  # s reaches 1 (the short-wavelength end) at the edge
+    if not (a > 0 and b > 0):
+        raise unsupported
+    lo = 1.0
+    hi = 1.0 + 1.0 / b
+    old = a / b
+    tidy_hi, tidy_old = round(hi, 3), float(round(old))  # the round values checkpoints use, if they fit as well
+    if tidy_old > 0 and np.allclose(llama3_freq_factors(head_dim, theta, factor, lo, tidy_hi, tidy_old), factors,
+                                    rtol=1e-5, atol=0):
+        hi, old = tidy_hi, tidy_old
+    got = llama3_freq_factors(head_dim, theta, factor, lo, hi, old)
+    if not np.allclose(got, factors, rtol=1e-4, atol=0):
+        raise unsupported
+    return {"rope_type": "llama3", "factor": factor, "low_freq_factor": lo, "high_freq_factor": float(hi),
+            "original_max_position_embeddings": int(old) if float(old).is_integer() else float(old)}
 
 
 def open_gguf_model(path: str | os.PathLike) -> GGUFModel:

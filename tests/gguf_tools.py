@@ -157,3 +157,33 @@ def llama_vocab(gguf_path: str | Path):
     import llama_cpp
 
     return llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+
+
+# -- llama.cpp's own dequantisation (libggml-base, the library llama-cpp-python ships) ---------------------------
+_GGML_ROW_FUNCS = {"F16": "ggml_fp16_to_fp32_row", "BF16": "ggml_bf16_to_fp32_row",
+                   **{t: f"dequantize_row_{t.lower() if not t.endswith('_K') else t[:-2].lower() + '_K'}"
+                      for t in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")}}
+
+
+def ggml_lib() -> ctypes.CDLL:
+    """``libggml-base.so`` from the installed llama-cpp-python."""
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).resolve().parent / "lib"
+    cands = sorted(lib_dir.glob("libggml-base.so*")) or sorted(lib_dir.glob("libggml-base*.dylib"))
+    if not cands:
+        raise RuntimeError(f"no libggml-base in {lib_dir}")
+    return ctypes.CDLL(str(cands[0]))
+
+
+def ggml_dequantize(raw: np.ndarray, type_name: str, n_values: int) -> np.ndarray:
+    """llama.cpp's C dequantisation (``dequantize_row_*`` / ``ggml_*_to_fp32_row``) of ``raw`` tensor bytes
+    holding ``n_values`` values of ggml type ``type_name``, as a flat float32 array."""
+    lib = ggml_lib()
+    fn = getattr(lib, _GGML_ROW_FUNCS[type_name])
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    src = np.ascontiguousarray(raw).view(np.uint8)
+    out = np.empty(n_values, dtype=np.float32)
+    fn(src.ctypes.data, out.ctypes.data, n_values)
+    return out
