@@ -61,15 +61,16 @@ def main() -> None:
         prompt = np.random.default_rng(1).integers(0, cfg.vocab_size, a.prompt)
         list(eng.generate(prompt[:4], 2))  # warm-up
         eng.stats.reset()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         n = len(list(eng.generate(prompt, a.tokens)))
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         s = eng.stats
         print(f"{a.arch} hidden={a.hidden} layers={a.layers} vocab={a.vocab} quant={a.quant} "
               f"weights={src.resident_bytes / 2**20:.0f} MiB")
         print(f"prefill: {s.prefill_tokens} tokens in {s.prefill_s:.3f} s = {s.prefill_tok_s:.1f} tok/s")
         print(f"decode:  {s.decode_tokens} tokens in {s.decode_s:.3f} s = {s.decode_tok_s:.1f} tok/s "
-              f"({n} generated, wall {wall:.2f} s)")
+              f"({n} generated, wall {wall:.2f} s, process CPU {cpu:.2f} s; on a busy machine CPU/wall > 1 "
+              "means BLAS threads ran in parallel, wall >> CPU means waiting for a core)")
 
 
 if __name__ == "__main__":
