@@ -374,9 +374,23 @@ def arena_layout(graph: CnnGraph, plan: PatchPlan, itemsize: int = 1,
         end[name] = e
     if split >= 0:  # the T buffer is written by every patch: live from the first stage-1 step
         first[t] = 0
-    bufs = sorted(sizes, key=lambda n: (-sizes[n], first[n]))
+    orders = [sorted(sizes, key=lambda n: (-sizes[n], first[n])),  # greedy by size (TFLite Micro)
+              sorted(sizes, key=lambda n: (first[n], -sizes[n])),  # by first use
+              sorted(sizes, key=lambda n: (-(end[n] - first[n]) * sizes[n], first[n]))]  # by size x lifetime
+    best: tuple[int, list[ArenaBuffer]] | None = None
+    for order in orders:
+        placed = _place(order, sizes, first, end)
+        total = max((b.offset + b.size for b in placed), default=0)
+        if best is None or total < best[0]:
+            best = (total, sorted(placed, key=lambda b: b.offset))
+    assert best is not None
+    return best
+
+
+def _place(order: list[str], sizes: dict[str, int], first: dict[str, int], end: dict[str, int]) -> list[ArenaBuffer]:
+    """Lowest 16-byte aligned offset for each buffer (in ``order``) not overlapping lifetime-overlapping ones."""
     placed: list[ArenaBuffer] = []
-    for name in bufs:
+    for name in order:
         lo, hi, size = first[name], end[name], sizes[name]
         clashes = sorted((b.offset, b.offset + b.size) for b in placed if not (b.last < lo or b.first > hi))
         off = 0
@@ -389,5 +403,4 @@ def arena_layout(graph: CnnGraph, plan: PatchPlan, itemsize: int = 1,
         while any(not (off + size <= a or off >= b) for a, b in clashes):
             off = (max(b for a, b in clashes if not (off + size <= a or off >= b)) + 15) // 16 * 16
         placed.append(ArenaBuffer(name, size, lo, hi, off))
-    total = max((b.offset + b.size for b in placed), default=0)
-    return total, sorted(placed, key=lambda b: b.offset)
+    return placed
