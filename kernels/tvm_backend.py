@@ -1,0 +1,194 @@
+"""Run TVM-compiled linear kernels on a QTensor's numpy buffers, zero-copy; ``None`` means "use numpy".
+
+Loading needs only a TVM *runtime*: either the full ``apache-tvm`` package, or the small ``apache-tvm-ffi``
+package plus ``libtvm_runtime.so`` (3.3 MB; the compiled kernels call its thread pool and workspace allocator).
+:func:`load_kernel_library` tries them in that order; ``$EDGESPOOL_TVM_RUNTIME`` may name the runtime library.
+
+Arrays are handed to the kernels through DLPack without copies: numpy arrays go straight into the TVM FFI call
+(the kernels are compiled for 4-byte alignment, so any numpy address works). DLPack 0.x cannot export read-only
+arrays (a weights file memory-mapped read-only), so those are passed through a writable alias of the same memory
+(the kernels never write weights). Only activations are ever copied: ``x`` when it is not float32 C-contiguous, and
+row padding when a batch is not a multiple of the gemm row tile.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BundleError, TargetError
+from .quant import QTensor
+from .tvm_build import LinearSpec
+
+log = logging.getLogger("edgespool.kernels")
+
+KERNELS_MANIFEST = "kernels.json"
+
+
+def _runtime_library_candidates() -> list[Path]:
+    out = []
+    env = os.environ.get("EDGESPOOL_TVM_RUNTIME")
+    if env:
+        out.append(Path(env))
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("tvm")
+        if spec and spec.submodule_search_locations:
+            out.append(Path(list(spec.submodule_search_locations)[0]) / "lib" / "libtvm_runtime.so")
+    except (ImportError, ValueError):  # pragma: no cover
+        pass
+    return out
+
+
+_RUNTIME_READY: str | None = None
+
+
+def runtime_kind() -> str:
+    """Make a TVM runtime available and say which: ``"tvm"`` (full package) or ``"tvm_ffi+libtvm_runtime"``."""
+    global _RUNTIME_READY
+    if _RUNTIME_READY:
+        return _RUNTIME_READY
+    try:
+        import tvm  # noqa: F401
+
+        _RUNTIME_READY = "tvm"
+        return _RUNTIME_READY
+    except ImportError:
+        pass
+    try:
+        import tvm_ffi  # noqa: F401
+    except ImportError as e:
+        raise TargetError("running TVM kernels needs apache-tvm-ffi (pip install apache-tvm-ffi) or apache-tvm") from e
+    for lib in _runtime_library_candidates():
+        if lib.exists():
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+            _RUNTIME_READY = "tvm_ffi+libtvm_runtime"
+            return _RUNTIME_READY
+    raise TargetError("apache-tvm-ffi is installed but libtvm_runtime.so was not found; set EDGESPOOL_TVM_RUNTIME "
+                      "to its path (it ships in the apache-tvm wheel under tvm/lib)")
+
+
+def load_kernel_library(path: str | Path):
+    """Load a compiled kernel library (``.so``) with whichever TVM runtime is available."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"kernel library {path} does not exist")
+    kind = runtime_kind()
+    if kind == "tvm":
+        import tvm
+
+        return tvm.runtime.load_module(str(path))
+    import tvm_ffi
+
+    return tvm_ffi.load_module(str(path))
+
+
+def _writable_alias(a: np.ndarray) -> np.ndarray:
+    """``a`` itself when writable, else a writable array over the same memory (no copy)."""
+    if a.flags.writeable:
+        return a
+    buf = (ctypes.c_char * a.nbytes).from_address(a.ctypes.data)
+    alias = np.frombuffer(buf, dtype=a.dtype).reshape(a.shape)
+    return alias
+
+
+def _key(scheme: str, out_f: int, in_f: int, group: int, batch: str) -> tuple:
+    return (scheme, out_f, in_f, group if scheme == "int4" else 0, batch)
+
+
+class TvmKernels:
+    """A set of loaded linear kernels; :meth:`linear` picks the one that fits or returns None (and logs why)."""
+
+    def __init__(self, libraries: Iterable[tuple[LinearSpec, str | Path]]):
+        self._fns: dict[tuple, tuple[LinearSpec, Any]] = {}
+        self._mods: list[Any] = []
+        for spec, path in libraries:
+            mod = load_kernel_library(path)
+            self._mods.append(mod)
+            self._fns[_key(spec.scheme, spec.out_features, spec.in_features, spec.group_size, spec.batch)] = (
+                spec, mod[spec.name])
+        self.fallbacks: dict[str, int] = {}  # reason -> count
+        self.calls = 0
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def for_host(cls, specs: Iterable[LinearSpec], cache_dir: Path | None = None) -> TvmKernels:
+        """Compile (or take from the cache) ``specs`` for this machine and load them."""
+        from ..targets import get_target
+        from .tvm_cache import compile_kernel
+
+        target = get_target("host").tvm_target
+        return cls((s, compile_kernel(s, target, cache_dir=cache_dir).path) for s in specs)
+
+    @classmethod
+    def from_dir(cls, kernels_dir: str | Path) -> TvmKernels:
+        """Load the kernels a bundle carries (``kernels_dir/kernels.json`` written by the kernels exporter)."""
+        d = Path(kernels_dir)
+        mf = d / KERNELS_MANIFEST
+        if not mf.exists():
+            raise BundleError(f"{mf} is missing: the bundle has no compiled kernels")
+        meta = json.loads(mf.read_text())
+        libs = [(LinearSpec.from_dict(k["spec"]), d / k["file"]) for k in meta.get("kernels", [])
+                if k.get("kind", "so") == "so"]
+        return cls(libs)
+
+    @property
+    def specs(self) -> list[LinearSpec]:
+        return [s for s, _ in self._fns.values()]
+
+    # -- dispatch -----------------------------------------------------------------------------------------------
+    def _fallback(self, reason: str) -> None:
+        if reason not in self.fallbacks:
+            log.info("TVM kernel fallback to numpy: %s", reason)
+        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+
+    def linear(self, x: np.ndarray, w: QTensor, bias: np.ndarray | None = None) -> np.ndarray | None:
+        """y = x @ W.T (+ bias) with a compiled kernel; ``x`` is ``[..., in]``. None when no kernel fits (the
+        reason is logged once and counted in :attr:`fallbacks`); the caller then uses the numpy reference."""
+        if w.scheme not in ("int8", "int4", "f16") or len(w.shape) != 2:
+            self._fallback(f"no kernel for scheme {w.scheme} shape {w.shape}")
+            return None
+        out_f, in_f = w.shape
+        if x.shape[-1] != in_f:
+            self._fallback(f"x width {x.shape[-1]} != weight in_features {in_f}")
+            return None
+        lead = x.shape[:-1]
+        m = int(np.prod(lead)) if lead else 1
+        batch = "gemv" if m == 1 else "gemm"
+        hit = self._fns.get(_key(w.scheme, out_f, in_f, w.group_size, batch))
+        if hit is None and batch == "gemm" and m <= 4:  # a few rows: gemv per row beats the numpy fallback
+            hit = self._fns.get(_key(w.scheme, out_f, in_f, w.group_size, "gemv"))
+        if hit is None:
+            self._fallback(f"no {batch} kernel for {w.scheme}{'g%d' % w.group_size if w.scheme == 'int4' else ''} "
+                           f"[{out_f}, {in_f}]")
+            return None
+        spec, fn = hit
+        x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(m, in_f)
+        wd = _writable_alias(w.data)
+        args = [wd] + ([_writable_alias(w.scale)] if w.scheme != "f16" else [])
+        y = np.empty((m, out_f), np.float32)
+        if spec.batch == "gemv":
+            for r in range(m):
+                fn(x2[r:r + 1], *args, y[r:r + 1])
+        else:
+            rt = spec.row_tile
+            mp = -(-m // rt) * rt
+            if mp != m:
+                xp = np.zeros((mp, in_f), np.float32)
+                xp[:m] = x2
+                yp = np.empty((mp, out_f), np.float32)
+                fn(xp.reshape(mp // rt, rt, in_f), *args, yp.reshape(mp // rt, rt, out_f))
+                y = yp[:m]
+            else:
+                fn(x2.reshape(m // rt, rt, in_f), *args, y.reshape(m // rt, rt, out_f))
+        self.calls += 1
+        if bias is not None:
+            y += bias
+        return y.reshape(*lead, out_f) if lead else y.reshape(out_f)

@@ -1,0 +1,399 @@
+"""TVM definitions and schedules of the quantised linear kernels (y = x @ W.T), per target.
+
+The kernels read the exact stored layout of :mod:`edgespool.kernels.quant` (no repacking at load time):
+
+* ``int8``: ``w`` int8 ``[out, in]``, ``scale`` float32 ``[out]``.
+* ``int4``: ``w`` uint8 ``[out, in // 2]`` (Q4_0 nibble order inside each group of ``g``: byte ``j`` holds value ``j``
+  in its low nibble and value ``j + g/2`` in its high nibble), ``scale`` float16 ``[out, in // g]``.
+* ``f16``: ``w`` float16 ``[out, in]`` (no scale).
+
+Activations ``x`` are float32. Two batch forms per weight shape:
+
+* ``gemv``: ``x [1, in] -> y [1, out]`` (decode).
+* ``gemm``: ``x [mb, rt, in] -> y [mb, rt, out]`` with ``mb`` symbolic and ``rt`` (the row tile) fixed, so that the
+  caller views ``M = mb * rt`` rows without a copy (it pads only when ``M`` is not a multiple of ``rt``). Every
+  weight row is read once per call and reused for all ``M`` rows (prefill chunks of ~1..16 rows).
+
+Every buffer is declared with 4-byte alignment so that numpy activations at any address can be passed zero-copy
+(TVM's default assumes 64-byte alignment and emits aligned vector loads that fault otherwise).
+
+Targets: ``kind: llvm`` (x86-64 AVX2/AVX-512 via ``mcpu``, aarch64 NEON/dotprod) gets a hand schedule: rows split
+over threads, the reduction split into ``lanes`` vector accumulators (``rfactor``), a few output rows interleaved to
+hide FMA latency; ``kind: cuda`` gets a warp-per-row schedule with a cross-thread (shuffle) reduction.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import OptionError, TargetError
+
+LINEAR_SCHEMES = ("int8", "int4", "f16")
+BATCH_FORMS = ("gemv", "gemm")
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """One compiled linear kernel: scheme, weight shape ``[out, in]``, group size (int4) and batch form."""
+
+    scheme: str
+    out_features: int
+    in_features: int
+    group_size: int = 0  # int4 only
+    batch: str = "gemv"  # "gemv" (x [1, in]) or "gemm" (x [mb, row_tile, in], mb symbolic)
+    row_tile: int = 4  # gemm only: rows of x per tile
+
+    def __post_init__(self) -> None:
+        if self.scheme not in LINEAR_SCHEMES:
+            raise OptionError(f"kernel scheme {self.scheme!r} has no TVM kernel; valid: {', '.join(LINEAR_SCHEMES)}")
+        if self.batch not in BATCH_FORMS:
+            raise OptionError(f"kernel batch form {self.batch!r} is unknown; valid: {', '.join(BATCH_FORMS)}")
+        if self.out_features <= 0 or self.in_features <= 0:
+            raise OptionError(f"kernel shape [{self.out_features}, {self.in_features}] must be positive")
+        if self.scheme == "int4":
+            g = self.group_size
+            if g <= 0 or g % 2 or self.in_features % g:
+                raise OptionError(f"int4 group size {g} must be even and divide in_features {self.in_features}")
+        elif self.group_size:
+            raise OptionError(f"{self.scheme} kernels take no group size (got {self.group_size})")
+        if self.batch == "gemm" and self.row_tile < 1:
+            raise OptionError(f"gemm row tile must be >= 1, got {self.row_tile}")
+
+    @property
+    def name(self) -> str:
+        """Function name inside the compiled module, e.g. ``linear_int4g32_o4096_i4096_gemv``."""
+        q = f"int4g{self.group_size}" if self.scheme == "int4" else self.scheme
+        b = "gemv" if self.batch == "gemv" else f"gemm{self.row_tile}"
+        return f"linear_{q}_o{self.out_features}_i{self.in_features}_{b}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": "linear", "scheme": self.scheme, "out_features": self.out_features,
+                "in_features": self.in_features, "group_size": self.group_size, "batch": self.batch,
+                "row_tile": self.row_tile}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> LinearSpec:
+        return LinearSpec(d["scheme"], int(d["out_features"]), int(d["in_features"]), int(d.get("group_size", 0)),
+                          d.get("batch", "gemv"), int(d.get("row_tile", 4)))
+
+
+@dataclass(frozen=True)
+class CpuSchedule:
+    """Knobs of the CPU schedule. ``lanes``: f32 accumulator lanes per row for int8/f16 (int4 uses 2 x 16: low and
+    high nibbles); ``rows``: output rows interleaved per inner loop (gemv). Measured on znver4: 32 x 2 is best;
+    128 or more accumulator lanes in total (lanes x rows, or x row_tile) fall off registers and run ~5x slower."""
+
+    lanes: int = 32
+    rows: int = 2
+    vector: int = 0  # f32 lanes of one SIMD register; 0 = from the target (AVX-512 16, AVX2 8, NEON 4)
+    parallel: bool = True
+
+
+@dataclass(frozen=True)
+class CudaSchedule:
+    """Knobs of the CUDA schedule: ``threads`` per row (warp multiple), rows per block, elements per thread step."""
+
+    threads: int = 32
+    rows_per_block: int = 4
+    vec: int = 4
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    cpu: CpuSchedule = field(default_factory=CpuSchedule)
+    cuda: CudaSchedule = field(default_factory=CudaSchedule)
+
+
+def _tvm():
+    try:
+        import tvm  # noqa: F401
+        from tvm import te  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise TargetError("compiling kernels needs apache-tvm (pip install apache-tvm==0.27.0.post1)") from e
+    return tvm
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# compute definitions
+
+
+def linear_te(spec: LinearSpec) -> list:
+    """TE placeholders and output of ``spec``: ``[x, w, (scale,) y]`` in argument order."""
+    tvm = _tvm()
+    te = tvm.te
+    O, I = spec.out_features, spec.in_features
+    if spec.batch == "gemv":
+        xshape: tuple = (1, I)
+        yshape: tuple = (1, O)
+    else:
+        mb = tvm.tirx.Var("mb", "int32")
+        xshape = (mb, spec.row_tile, I)
+        yshape = (mb, spec.row_tile, O)
+    nb = len(xshape) - 1  # batch dims before `in`
+    x = te.placeholder(xshape, "float32", name="x")
+
+    def xat(b, k):
+        return x[(*b, k)]
+
+    if spec.scheme in ("int8", "f16"):
+        w = te.placeholder((O, I), spec.scheme if spec.scheme == "f16" else "int8", name="w")
+        k = te.reduce_axis((0, I), name="k")
+        acc = te.compute(yshape, lambda *i: te.sum(xat(i[:nb], k) * w[i[nb], k].astype("float32"), axis=k),
+                         name="acc")
+        if spec.scheme == "f16":
+            return [x, w, acc]
+        s = te.placeholder((O,), "float32", name="scale")
+        y = te.compute(yshape, lambda *i: acc[i] * s[i[nb]], name="y")
+        return [x, w, s, y]
+    g = spec.group_size
+    h2 = g // 2
+    w = te.placeholder((O, I // 2), "uint8", name="w")
+    s = te.placeholder((O, I // g), "float16", name="scale")
+    kg = te.reduce_axis((0, I // g), name="kg")
+    hh = te.reduce_axis((0, 2), name="h")
+    j = te.reduce_axis((0, h2), name="j")
+
+    def body(*i):
+        o = i[nb]
+        byte = w[o, kg * h2 + j]
+        q = ((byte >> (hh * 4).astype("uint8")) & tvm.tirx.const(15, "uint8")).astype("int32") - 8
+        return te.sum(xat(i[:nb], kg * g + hh * h2 + j) * (q.astype("float32") * s[o, kg].astype("float32")),
+                      axis=[kg, hh, j])
+
+    y = te.compute(yshape, body, name="y")
+    return [x, w, s, y]
+
+
+_BUF_RE = re.compile(r'(\w+): T\.Buffer\(((?:\([^)]*\))|\w+), ("\w+")\)')
+
+
+def linear_primfunc(spec: LinearSpec):
+    """The PrimFunc of ``spec`` with every argument buffer declared 4-byte aligned (any numpy address works)."""
+    tvm = _tvm()
+    args = linear_te(spec)
+    f = tvm.te.create_prim_func(args)
+    src = f.script()
+    head, sep, rest = src.partition("):\n")  # the signature ends at the first "):\n"
+    new_head, n = _BUF_RE.subn(r'\1: T.Buffer(\2, \3, align=4)', head)
+    if n != len(args):  # pragma: no cover - guards a TVMScript printer change
+        raise TargetError(f"could not relax the alignment of {spec.name}: {n} of {len(args)} buffers matched")
+    return tvm.script.from_source(new_head + sep + rest)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# schedules
+
+
+def vector_lanes(target: dict[str, Any]) -> int:
+    """float32 lanes of one SIMD register of an llvm ``target`` dict (AVX-512: 16, AVX2: 8, NEON: 4)."""
+    triple = str(target.get("mtriple", ""))
+    mcpu = str(target.get("mcpu", ""))
+    mattr = " ".join(target.get("mattr", []) or [])
+    if triple.startswith("x86_64") or not triple:
+        if "avx512" in mattr or mcpu in ("znver4", "znver5", "skylake-avx512", "icelake-server", "sapphirerapids",
+                                         "cascadelake", "cooperlake", "tigerlake", "icelake-client"):
+            return 16
+        return 8
+    return 4
+
+
+def _cpu_schedule(func, spec: LinearSpec, opt: CpuSchedule, vec: int):
+    """Rows of ``out`` split over threads; per row, ``lanes`` f32 accumulators (``rfactor`` of the reduction),
+    unrolled in registers of ``vec`` lanes; several rows (gemv) or all rows of a tile (gemm) interleaved."""
+    tvm = _tvm()
+    sch = tvm.s_tir.Schedule(func)
+    main = sch.get_sblock("acc" if spec.scheme in ("int8", "f16") else "y")
+    loops = sch.get_loops(main)
+    nsp = len(loops) - (3 if spec.scheme == "int4" else 1)
+    red = loops[nsp:]
+    if spec.scheme == "int4":
+        kg, hh, j = red
+        h2 = spec.group_size // 2
+        ji_n = min(16, h2)
+        while h2 % ji_n:
+            ji_n //= 2
+        jo, ji = sch.split(j, [None, ji_n])
+        sch.reorder(kg, jo, hh, ji)
+        lane = sch.fuse(hh, ji)  # 2 * ji_n accumulators: low and high nibbles accumulate independently
+        vec = min(vec, ji_n)
+        while ji_n % vec:
+            vec //= 2
+    else:
+        (k,) = red
+        lanes = opt.lanes
+        while spec.in_features % lanes:
+            lanes //= 2
+        ko, lane = sch.split(k, [None, lanes])
+        vec = min(vec, lanes)
+    rf = sch.rfactor(lane, 0)
+    # main block loops now: spatial..., lane; rf block vars: lane, spatial..., reductions...
+    o = sch.get_loops(main)[nsp - 1]
+    rows = 1
+    if spec.batch == "gemv":
+        rows = opt.rows
+        while spec.out_features % rows:
+            rows //= 2
+    oo, _ = sch.split(o, [None, rows])
+    if spec.batch == "gemm":
+        # per o-block, walk all row tiles: the block's weights stay in L1 while every row of x uses them
+        mb, rt = sch.get_loops(main)[:2]
+        sch.reorder(oo, mb, rt)
+        anchor = mb
+    else:
+        anchor = oo
+    sch.compute_at(rf, anchor, preserve_unit_loops=True)
+    sch.set_scope(rf, 0, "local")
+    # rf loops: the two anchor loops, then one loop per rf block var: lane, spatial..., reductions (block order)
+    own = sch.get_loops(rf)[2:]
+    lane_loop, sp, red_loops = own[0], own[1:1 + nsp], own[1 + nsp:]
+    lu, lv = sch.split(lane_loop, [None, vec])
+    sch.reorder(*red_loops, *sp, lu, lv)
+    for lp in (*sp, lu):
+        sch.unroll(lp)
+    sch.vectorize(lv)
+    if spec.scheme == "int8":  # epilogue y = acc * scale next to its producer; acc stays in registers
+        sch.reverse_compute_at(sch.get_sblock("y"), anchor)
+        sch.set_scope(main, 0, "local")
+    if opt.parallel:
+        sch.parallel(oo)
+    sch.decompose_reduction(rf, red_loops[0])
+    return sch.mod
+
+
+def _cuda_schedule(func, spec: LinearSpec, opt: CudaSchedule):
+    """``rows_per_block`` output rows per block (threadIdx.y), ``threads`` lanes per row (threadIdx.x) each
+    accumulating a strided slice of the reduction, then a cross-thread (warp shuffle) reduction."""
+    tvm = _tvm()
+    sch = tvm.s_tir.Schedule(func)
+    main = sch.get_sblock("acc" if spec.scheme in ("int8", "f16") else "y")
+    loops = sch.get_loops(main)
+    nred = 3 if spec.scheme == "int4" else 1
+    nsp = len(loops) - nred
+    red = loops[nsp:]
+    if spec.scheme == "int4":
+        # thread t handles whole bytes: `vec` consecutive bytes (2*vec values) of a group per step
+        kg, hh, j = red
+        h2 = spec.group_size // 2
+        vec = min(opt.vec, h2)
+        while h2 % vec:
+            vec //= 2
+        jo, jv = sch.split(j, [None, vec])
+        sch.reorder(kg, jo, hh, jv)
+        r = sch.fuse(kg, jo)
+        ro, tx = sch.split(r, [None, opt.threads])
+        sch.reorder(tx, ro, hh, jv)
+    else:
+        (k,) = red
+        vec = opt.vec
+        while spec.in_features % (vec * opt.threads) and vec > 1:
+            vec //= 2
+        ro, tx, kv = sch.split(k, [None, opt.threads, vec])
+        sch.reorder(tx, ro, kv)
+    rf = sch.rfactor(tx, 0)
+    # main: spatial..., tx (cross-thread reduce); rf block vars: tx, spatial..., reductions
+    lp = sch.get_loops(main)
+    rows = opt.rows_per_block
+    while spec.out_features % rows:
+        rows //= 2
+    ob, oy = sch.split(lp[nsp - 1], [None, rows])
+    sch.reorder(ob, oy, *lp[: nsp - 1])
+    sch.bind(ob, "blockIdx.x")
+    sch.bind(oy, "threadIdx.y")
+    sch.bind(sch.get_loops(main)[-1], "threadIdx.x")
+    # gemv: accumulate under the row loop; gemm: under the (symbolic) row-tile loop, so every local buffer has a
+    # constant size and each thread streams its slice of the weights once per tile, reusing it for the tile's rows
+    anchor = oy if spec.batch == "gemv" else sch.get_loops(main)[2]
+    depth = 2 if spec.batch == "gemv" else 3
+    sch.compute_at(rf, anchor, preserve_unit_loops=True)
+    sch.set_scope(rf, 0, "local")
+    own = sch.get_loops(rf)[depth:]  # tx, spatial (batch..., o), reductions
+    tx_l, sp, rl = own[0], own[1:1 + nsp], own[1 + nsp:]
+    sch.bind(tx_l, "threadIdx.x")
+    if spec.batch == "gemm":
+        rt = sp[1]
+        sch.reorder(rl[0], rt, *rl[1:])
+        sch.unroll(rt)
+    for x in rl[1:]:
+        sch.unroll(x)
+    if spec.scheme == "int8":
+        sch.reverse_compute_at(sch.get_sblock("y"), anchor)
+        sch.set_scope(main, 0, "local")
+    sch.decompose_reduction(rf, rl[0])
+    return sch.mod
+
+
+def schedule(spec: LinearSpec, target: dict[str, Any], options: BuildOptions | None = None):
+    """IRModule of ``spec`` scheduled for ``target`` (a TVM target dict), function named ``spec.name``."""
+    tvm = _tvm()
+    options = options or BuildOptions()
+    func = linear_primfunc(spec)
+    kind = target.get("kind")
+    if kind == "llvm":
+        mod = _cpu_schedule(func, spec, options.cpu, options.cpu.vector or vector_lanes(target))
+    elif kind == "cuda":
+        mod = _cuda_schedule(func, spec, options.cuda)
+    else:
+        raise TargetError(f"no kernel schedule for TVM target kind {kind!r}; supported: llvm, cuda")
+    f = mod["main"].with_attr("global_symbol", spec.name)
+    return tvm.IRModule({spec.name: f})
+
+
+def build(specs: list[LinearSpec], target: dict[str, Any], options: BuildOptions | None = None):
+    """Compile ``specs`` for ``target`` into one TVM executable (one function per spec, named ``spec.name``)."""
+    tvm = _tvm()
+    if not specs:
+        raise OptionError("build() needs at least one kernel spec")
+    funcs = {}
+    for spec in specs:
+        funcs.update(schedule(spec, target, options).functions_items())
+    mod = tvm.IRModule({gv.name_hint if hasattr(gv, "name_hint") else str(gv): f for gv, f in funcs.items()})
+    return tvm.compile(mod, target=tvm.target.Target(target))
+
+
+_SIG_RE = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\((\d+)\) )?(\w+)\(([^)]*)\)\s*\{')
+
+
+def cuda_artifacts(spec: LinearSpec, target: dict[str, Any], options: BuildOptions | None = None,
+                   fatbin: bool = True) -> tuple[str, bytes, dict[str, Any]]:
+    """CUDA C source TVM generates for ``spec`` on ``target`` (``{"kind": "cuda", "arch": "sm_XX"}``), its fatbin
+    compiled by nvcc (empty when ``fatbin`` is False or nvcc cannot target ``arch``: CUDA 13 dropped sm_53, so a
+    Jetson Nano compiles the source itself), and the launch record :mod:`.cuda_launch`
+    needs: kernel name, parameter names/types in order, grid and block dimensions."""
+    tvm = _tvm()
+    options = options or BuildOptions()
+    if target.get("kind") != "cuda":
+        raise TargetError(f"cuda_artifacts needs a cuda target, got {target}")
+    arch = str(target.get("arch", ""))
+    if not arch.startswith("sm_"):
+        raise TargetError(f"cuda target needs an 'arch' like 'sm_87', got {target}")
+    ex = tvm.compile(schedule(spec, target, options), target=tvm.target.Target(target))
+    dev = [m for m in ex.mod.imports if m.kind == "cuda"]
+    if not dev:  # pragma: no cover - depends on the TVM build
+        raise TargetError("TVM produced no CUDA device module")
+    src = dev[0].inspect_source()
+    kernels = _SIG_RE.findall(src)
+    if len(kernels) != 1:
+        raise TargetError(f"expected one CUDA kernel for {spec.name}, found {len(kernels)}")
+    _, kname, params = kernels[0]
+    plist = []
+    for p in params.split(","):
+        toks = p.replace("__restrict__", "").replace("*", " * ").split()
+        name = toks[-1]
+        plist.append({"name": name[:-4] if name.endswith("_ptr") else name, "pointer": "*" in toks,
+                      "ctype": " ".join(t for t in toks[:-1] if t != "*")})
+    rows = options.cuda.rows_per_block
+    while spec.out_features % rows:
+        rows //= 2
+    launch = {"kernel": kname, "params": plist, "grid": [spec.out_features // rows, 1, 1],
+              "block": [options.cuda.threads, rows, 1], "arch": arch}
+    binary = b""
+    if fatbin:
+        from tvm.support import nvcc
+
+        try:
+            with tvm.target.Target(target):  # nvcc.compile_cuda reads the current target's arch
+                binary = bytes(nvcc.compile_cuda(src, target_format="fatbin", arch=arch, compiler="nvcc"))
+        except Exception as e:  # noqa: BLE001 - e.g. nvcc 13 dropped sm_53 (Maxwell): ship the source only
+            launch["fatbin_error"] = " ".join(str(e).split())[-300:]
+    return src, binary, launch

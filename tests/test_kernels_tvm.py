@@ -1,0 +1,180 @@
+"""One shared suite for every linear-kernel implementation: the numpy reference (kernels.quant.linear) and the
+TVM host kernels (kernels.tvm_backend.TvmKernels), checked against an independent float64 decode of the stored
+layout written here (not kernels.quant's own dequantiser)."""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from edgespool.kernels import quant
+
+SHAPES = [(64, 128), (96, 256), (33, 96)]  # 33 rows: odd; 96 inputs: not a multiple of the 32/64 lanes
+SCHEMES = [("int8", 0), ("int4", 32), ("int4", 64), ("int4", 16), ("f16", 0)]
+BATCHES = [1, 3, 4, 7, 16]
+
+
+def decode_ref(t: quant.QTensor) -> np.ndarray:
+    """float64 weights decoded straight from the documented layout, element by element per group."""
+    out, inn = t.shape
+    if t.scheme == "f16":
+        return t.data.astype(np.float64)
+    if t.scheme == "int8":
+        return t.data.astype(np.float64) * t.scale.astype(np.float64)[:, None]
+    g = t.group_size
+    w = np.empty((out, inn))
+    for kg in range(inn // g):
+        byts = t.data[:, kg * g // 2:(kg + 1) * g // 2].astype(np.int64)
+        d = t.scale[:, kg].astype(np.float64)[:, None]
+        w[:, kg * g: kg * g + g // 2] = ((byts & 15) - 8) * d
+        w[:, kg * g + g // 2: (kg + 1) * g] = ((byts >> 4) - 8) * d
+    return w
+
+
+def make(scheme: str, g: int, out: int, inn: int, seed: int = 0) -> quant.QTensor:
+    rng = np.random.default_rng(seed)
+    return quant.quantize(rng.standard_normal((out, inn)).astype(np.float32), scheme, g or 32)
+
+
+def _specs():
+    from edgespool.kernels.tvm_build import LinearSpec
+
+    out = []
+    for o, i in SHAPES:
+        for scheme, g in SCHEMES:
+            if scheme == "int4" and i % g:
+                continue
+            out.append(LinearSpec(scheme, o, i, g))
+            out.append(LinearSpec(scheme, o, i, g, "gemm", 4))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tvm_kernels(tmp_path_factory):
+    pytest.importorskip("tvm", reason="apache-tvm not installed")
+    from edgespool.kernels.tvm_backend import TvmKernels
+
+    return TvmKernels.for_host(_specs(), cache_dir=tmp_path_factory.mktemp("kcache"))
+
+
+@pytest.fixture(params=["numpy", pytest.param("tvm", marks=pytest.mark.tvm)])
+def impl(request):
+    """Each implementation as a callable linear(x, w, bias) -> y."""
+    if request.param == "numpy":
+        return quant.linear
+    kern = request.getfixturevalue("tvm_kernels")
+
+    def run(x, w, bias=None):
+        y = kern.linear(x, w, bias)
+        assert y is not None, f"TVM kernel missing for {w.scheme} {w.shape}"
+        return y
+    return run
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scheme,g", SCHEMES)
+@pytest.mark.parametrize("m", BATCHES)
+def test_linear_matches_reference(impl, shape, scheme, g, m):
+    out, inn = shape
+    if scheme == "int4" and inn % g:
+        pytest.skip("group does not divide the width")
+    w = make(scheme, g, out, inn)
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((m, inn)).astype(np.float32)
+    bias = rng.standard_normal(out).astype(np.float32)
+    want = x.astype(np.float64) @ decode_ref(w).T + bias
+    got = impl(x, w, bias)
+    assert got.shape == (m, out) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_vector_input_and_leading_dims(impl):
+    w = make("int4", 32, 64, 128)
+    rng = np.random.default_rng(1)
+    x1 = rng.standard_normal(128).astype(np.float32)
+    assert impl(x1, w).shape == (64,)
+    x3 = rng.standard_normal((2, 3, 128)).astype(np.float32)
+    got = impl(x3, w)
+    np.testing.assert_allclose(got, (x3.astype(np.float64) @ decode_ref(w).T), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.tvm
+def test_tvm_zero_copy_readonly_and_misaligned(tvm_kernels, tmp_path):
+    """Weights memory-mapped read-only (as from a bundle) and activations at an odd address work in place."""
+    w = make("int8", 0, 96, 256)
+    p = tmp_path / "w.bin"
+    w.data.tofile(p)
+    mm = np.memmap(p, dtype=np.int8, mode="r", shape=w.data.shape)
+    assert not mm.flags.writeable
+    wq = quant.QTensor("int8", w.shape, mm, w.scale)
+    raw = np.empty(256 + 1, np.float32)
+    x = raw[1:].reshape(1, 256)  # 4-byte but not 64-byte aligned
+    x[:] = np.random.default_rng(2).standard_normal((1, 256))
+    got = tvm_kernels.linear(x, wq)
+    np.testing.assert_allclose(got, x.astype(np.float64) @ decode_ref(w).T, rtol=1e-4, atol=1e-4)
+    assert not mm.flags.writeable  # untouched
+
+
+@pytest.mark.tvm
+def test_tvm_falls_back_and_says_so(tvm_kernels, caplog):
+    x = np.ones((1, 128), np.float32)
+    with caplog.at_level(logging.INFO, logger="edgespool.kernels"):
+        assert tvm_kernels.linear(x, make("f32", 0, 64, 128)) is None  # no f32 kernel
+        assert tvm_kernels.linear(np.ones((1, 512), np.float32), make("int8", 0, 80, 512)) is None  # no shape
+    assert any("fallback" in r.message for r in caplog.records)
+    assert len(tvm_kernels.fallbacks) == 2
+
+
+@pytest.mark.tvm
+def test_cache_compiles_once(tmp_path):
+    pytest.importorskip("tvm")
+    from edgespool.kernels.tvm_build import LinearSpec
+    from edgespool.kernels.tvm_cache import compile_kernel
+    from edgespool.targets import get_target
+
+    spec = LinearSpec("int4", 64, 128, 32)
+    tgt = get_target("host").tvm_target
+    a = compile_kernel(spec, tgt, cache_dir=tmp_path)
+    b = compile_kernel(spec, tgt, cache_dir=tmp_path)
+    assert not a.cached and b.cached and a.path == b.path and a.nbytes == b.path.stat().st_size
+    assert b.compile_seconds == pytest.approx(a.compile_seconds)
+    c = compile_kernel(LinearSpec("int4", 64, 128, 64), tgt, cache_dir=tmp_path)
+    assert c.path != a.path and len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.tvm
+def test_cuda_source_and_fatbin_for_jetson(tmp_path):
+    """sm_87 (Orin) compiles to a fatbin here; the launch record names the kernel's parameters in order."""
+    pytest.importorskip("tvm")
+    import shutil
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed")
+    from edgespool.kernels.tvm_build import LinearSpec
+    from edgespool.kernels.tvm_cache import compile_kernel
+
+    k = compile_kernel(LinearSpec("int4", 64, 128, 32), {"kind": "cuda", "arch": "sm_87"}, cache_dir=tmp_path)
+    assert k.files[0] == "kernel.fatbin" and k.path.stat().st_size > 0
+    meta = json.loads((k.directory / "meta.json").read_text())
+    assert {p["name"] for p in meta["launch"]["params"]} == {"x", "w", "scale", "y"}
+    assert meta["launch"]["grid"][0] * meta["launch"]["block"][1] == 64
+    assert "__global__" in (k.directory / "kernel.cu").read_text()
+
+
+@pytest.mark.tvm
+def test_aarch64_cross_compile(tmp_path):
+    pytest.importorskip("tvm")
+    import shutil
+
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("aarch64-linux-gnu-gcc not installed")
+    from edgespool.kernels.tvm_build import LinearSpec
+    from edgespool.kernels.tvm_cache import compile_kernel
+    from edgespool.targets import get_target
+
+    rpi5 = get_target("rpi5")
+    k = compile_kernel(LinearSpec("int8", 64, 128), rpi5.tvm_target, cc=rpi5.cross_cc, cache_dir=tmp_path)
+    head = k.path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
