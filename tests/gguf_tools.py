@@ -108,11 +108,14 @@ def converter_dir(version: str | None = None) -> Path:
     return dest
 
 
-def convert(hf_dir: str | Path, outfile: str | Path, outtype: str = "f32") -> Path:
-    """Run llama.cpp's ``convert_hf_to_gguf.py`` on an HF checkpoint directory (``outtype`` f32/f16/bf16/q8_0)."""
+def convert(hf_dir: str | Path, outfile: str | Path, outtype: str = "f32", vocab_only: bool = False) -> Path:
+    """Run llama.cpp's ``convert_hf_to_gguf.py`` on an HF checkpoint directory (``outtype`` f32/f16/bf16/q8_0;
+    ``vocab_only`` writes only the metadata and vocabulary)."""
     script = converter_dir() / "convert_hf_to_gguf.py"
     outfile = Path(outfile)
     cmd = [sys.executable, str(script), str(hf_dir), "--outfile", str(outfile), "--outtype", outtype]
+    if vocab_only:
+        cmd.append("--vocab-only")
     env = dict(os.environ)
     env.pop("NO_LOCAL_GGUF", None)  # use the converter's own vendored gguf-py
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -187,3 +190,24 @@ def ggml_dequantize(raw: np.ndarray, type_name: str, n_values: int) -> np.ndarra
     out = np.empty(n_values, dtype=np.float32)
     fn(src.ctypes.data, out.ctypes.data, n_values)
     return out
+
+
+def rewrite_gguf(src: str | Path, dst: str | Path, changes: dict | None = None, drop: tuple[str, ...] = ()) -> Path:
+    """Copy a GGUF's metadata, without tensors, with ``changes`` (key -> new value of the same type) and the keys in
+    ``drop`` removed. The copy still loads in llama.cpp with ``vocab_only=True``."""
+    import gguf
+
+    changes = changes or {}
+    r = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(dst), str(r.fields["general.architecture"].contents()))
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture" or key in drop:
+            continue
+        val = changes.get(key, f.contents())
+        sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, val, f.types[0], sub_type=sub)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(dst)
