@@ -1,0 +1,223 @@
+"""Mapping a Hugging Face ``config.json`` (transformers 4.x or 5.x spelling) onto the canonical
+:class:`~edgespool.runtime.config.ModelConfig` (see :func:`config_from_hf`)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..kernels.rope import ROPE_TYPES
+from ..runtime.config import ARCHITECTURES, ModelConfig
+
+# HF class name -> canonical architecture
+HF_ARCHS: dict[str, str] = {hf: arch for arch, spec in ARCHITECTURES.items() for hf in spec["hf"]}
+SUPPORTED = ", ".join(HF_ARCHS)
+
+# Defaults transformers uses when config.json omits a key (from each architecture's configuration class).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 2048},
+    "mistral": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 4096 * 32},
+    "qwen2": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768},
+    "mixtral": {"rms_norm_eps": 1e-5, "rope_theta": 1e6, "max_position_embeddings": 4096 * 32},
+    "qwen2_moe": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768},
+    "olmoe": {"rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 4096},
+}
+
+# -- config.json -----------------------------------------------------------------------------------------------
+_MISSING = object()
+
+
+def _key(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = _MISSING,
+         nullable: bool = False) -> Any:
+    """``d[key]`` checked against ``kind`` (bools are not ints); ModelFormatError naming the key otherwise."""
+    if key not in d or (d[key] is None and not nullable and default is not _MISSING):
+        if default is _MISSING:
+            raise ModelFormatError(f"{where}: required key {key!r} is missing")
+        return default
+    v = d[key]
+    if v is None and nullable:
+        return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    ok = isinstance(v, kinds) and not (isinstance(v, bool) and bool not in kinds)
+    if float in kinds and isinstance(v, int) and not isinstance(v, bool):
+        ok = True
+    if not ok:
+        names = "/".join(k.__name__ for k in kinds)
+        raise ModelFormatError(f"{where}: key {key!r} should be {names}, found {v!r}")
+    return v
+
+
+def _positive(d: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> int:
+    v = _key(d, key, int, where, default)
+    if v <= 0:
+        raise ModelFormatError(f"{where}: key {key!r} must be a positive integer, found {v!r}")
+    return v
+
+
+def _token_ids(v: Any, key: str, where: str) -> tuple[int, ...]:
+    if v is None:
+        return ()
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v,)
+    if isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return tuple(v)
+    raise ModelFormatError(f"{where}: key {key!r} should be an int or a list of ints, found {v!r}")
+
+
+def _rope(d: dict[str, Any], arch: str, max_pos: int, where: str) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, canonical rope_scaling) from transformers-5 ``rope_parameters`` or 4.x ``rope_theta`` +
+    ``rope_scaling``."""
+    key = "rope_parameters" if d.get("rope_parameters") else "rope_scaling"
+    params = d.get(key) or {}
+    if not isinstance(params, dict):
+        raise ModelFormatError(f"{where}: key {key!r} should be an object, found {params!r}")
+    if params and all(isinstance(v, dict) for v in params.values()):  # per-layer-type nesting
+        distinct = {json.dumps(v, sort_keys=True) for v in params.values()}
+        if len(distinct) != 1:
+            raise UnsupportedModelError(f"{where}: different RoPE parameters per layer type ({key}) are not supported")
+        params = next(iter(params.values()))
+    params = dict(params)
+    theta = params.pop("rope_theta", None)
+    if theta is None:
+        theta = _key(d, "rope_theta", float, where, ARCH_DEFAULTS[arch]["rope_theta"])
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
+        raise ModelFormatError(f"{where}: key '{key}.rope_theta' should be a positive number, found {theta!r}")
+    kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    if kind not in ROPE_TYPES:
+        raise UnsupportedModelError(f"{where}: rope type {kind!r} is not supported; supported: "
+                                    f"{', '.join(ROPE_TYPES)}")
+    prf = params.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))
+    if prf not in (None, 1, 1.0):
+        raise UnsupportedModelError(f"{where}: partial_rotary_factor={prf} is not supported (only full rotary)")
+    params.pop("partial_rotary_factor", None)
+    if kind == "default":
+        return float(theta), None
+    required = {"linear": ("factor",), "dynamic": ("factor",),
+                "llama3": ("factor", "low_freq_factor", "high_freq_factor"), "yarn": ()}[kind]
+    for r in required:
+        if not isinstance(params.get(r), (int, float)) or isinstance(params.get(r), bool):
+            raise ModelFormatError(f"{where}: key '{key}.{r}' (a number) is required for rope type {kind!r}")
+    if kind in ("llama3", "yarn"):
+        params.setdefault("original_max_position_embeddings", d.get("original_max_position_embeddings", max_pos))
+    return float(theta), {"rope_type": kind, **params}
+
+
+def _sliding_window(d: dict[str, Any], arch: str, n_layers: int, where: str) -> int | None:
+    """The one sliding window of all layers (None = full attention); mixed per-layer windows are unsupported."""
+    if arch in ("llama", "olmoe"):
+        return None
+    window = _key(d, "sliding_window", int, where, None, nullable=True)
+    if arch in ("mistral", "mixtral"):
+        return window or None
+    # Qwen2 / Qwen2-MoE: window only where use_sliding_window, per layer (layer_types or the legacy rule)
+    use = _key(d, "use_sliding_window", bool, where, False)
+    types = d.get("layer_types")
+    if types is None:
+        mwl = _key(d, "max_window_layers", int, where, 28)
+        if not (use and window):
+            types = ["full_attention"] * n_layers
+        elif arch == "qwen2":
+            types = ["sliding_attention" if i >= mwl else "full_attention" for i in range(n_layers)]
+        else:
+            types = ["sliding_attention" if (i + 1) % 2 and i < mwl else "full_attention" for i in range(n_layers)]
+    if not isinstance(types, list) or len(types) != n_layers:
+        raise ModelFormatError(f"{where}: key 'layer_types' should be a list of {n_layers} strings, found {types!r}")
+    kinds = set(types)
+    if kinds == {"full_attention"} or not (use and window):
+        return None
+    if kinds == {"sliding_attention"}:
+        return window
+    raise UnsupportedModelError(f"{where}: sliding-window attention on only some layers (layer_types {types}) "
+                                "is not supported; only all-full or all-sliding")
+
+
+def config_from_hf(d: dict[str, Any], where: str = "config.json",
+                   generation: dict[str, Any] | None = None) -> ModelConfig:
+    """Map a parsed HF ``config.json`` (and optional ``generation_config.json``) onto :class:`ModelConfig`.
+
+    Raises :class:`UnsupportedModelError` for an architecture or feature outside what edgespool runs, and
+    :class:`ModelFormatError` naming the key for a missing or mistyped value."""
+    if not isinstance(d, dict):
+        raise ModelFormatError(f"{where}: expected a JSON object, found {type(d).__name__}")
+    archs = d.get("architectures")
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+        raise ModelFormatError(f"{where}: key 'architectures' should be a list of class names, found {archs!r}")
+    hf_name = archs[0] if archs else None
+    if hf_name in HF_ARCHS:
+        arch = HF_ARCHS[hf_name]
+    elif hf_name is None and d.get("model_type") in ARCHITECTURES:
+        arch = d["model_type"]
+    else:
+        found = hf_name or f"model_type {d.get('model_type')!r}"
+        raise UnsupportedModelError(f"{where}: architecture {found!r} is not supported; supported: {SUPPORTED}")
+    defaults = ARCH_DEFAULTS[arch]
+
+    H = _positive(d, "hidden_size", where)
+    nh = _positive(d, "num_attention_heads", where)
+    nkv = _positive(d, "num_key_value_heads", where, nh)
+    if nh % nkv:
+        raise ModelFormatError(f"{where}: num_attention_heads {nh} is not a multiple of num_key_value_heads {nkv}")
+    head_dim = _key(d, "head_dim", int, where, None, nullable=True) or H // nh
+    L = _positive(d, "num_hidden_layers", where)
+    V = _positive(d, "vocab_size", where)
+    inter = _positive(d, "intermediate_size", where)
+    max_pos = _positive(d, "max_position_embeddings", where, defaults["max_position_embeddings"])
+    eps = float(_key(d, "rms_norm_eps", float, where, defaults["rms_norm_eps"]))
+    act = _key(d, "hidden_act", str, where, "silu")
+    if act != "silu":
+        raise UnsupportedModelError(f"{where}: hidden_act {act!r} is not supported (only 'silu')")
+    theta, scaling = _rope(d, arch, max_pos, where)
+
+    attention_bias = False
+    if arch == "qwen2":
+        attention_bias = True
+    elif arch == "qwen2_moe":
+        attention_bias = _key(d, "qkv_bias", bool, where, True)
+    elif arch in ("llama", "olmoe"):
+        if _key(d, "attention_bias", bool, where, False):
+            raise UnsupportedModelError(f"{where}: attention_bias=true ({hf_name or arch} then also has an o_proj "
+                                        "bias) is not supported")
+    if arch == "llama" and _key(d, "mlp_bias", bool, where, False):
+        raise UnsupportedModelError(f"{where}: mlp_bias=true is not supported")
+
+    kw: dict[str, Any] = {}
+    if arch == "mixtral":
+        kw = dict(num_experts=_positive(d, "num_local_experts", where),
+                  num_experts_per_tok=_positive(d, "num_experts_per_tok", where),
+                  moe_intermediate_size=inter, norm_topk_prob=True, moe_layers=tuple(range(L)))
+    elif arch == "olmoe":
+        kw = dict(num_experts=_positive(d, "num_experts", where),
+                  num_experts_per_tok=_positive(d, "num_experts_per_tok", where),
+                  moe_intermediate_size=inter, norm_topk_prob=_key(d, "norm_topk_prob", bool, where, False),
+                  moe_layers=tuple(range(L)))
+    elif arch == "qwen2_moe":
+        E = _key(d, "num_experts", int, where)
+        step = _positive(d, "decoder_sparse_step", where, 1)
+        mlp_only = _key(d, "mlp_only_layers", list, where, [])
+        layers = tuple(i for i in range(L) if i not in mlp_only and E > 0 and (i + 1) % step == 0)
+        if E > 0 and layers:
+            kw = dict(num_experts=E, num_experts_per_tok=_positive(d, "num_experts_per_tok", where),
+                      moe_intermediate_size=_positive(d, "moe_intermediate_size", where),
+                      shared_expert_intermediate_size=_positive(d, "shared_expert_intermediate_size", where),
+                      norm_topk_prob=_key(d, "norm_topk_prob", bool, where, False), moe_layers=layers)
+    if kw and kw["num_experts_per_tok"] > kw["num_experts"]:
+        raise ModelFormatError(f"{where}: num_experts_per_tok {kw['num_experts_per_tok']} > number of experts "
+                               f"{kw['num_experts']}")
+
+    gen = generation or {}
+    bos = gen.get("bos_token_id", d.get("bos_token_id"))
+    if bos is not None and (not isinstance(bos, int) or isinstance(bos, bool)):
+        raise ModelFormatError(f"{where}: key 'bos_token_id' should be an int, found {bos!r}")
+    eos = _token_ids(gen.get("eos_token_id", d.get("eos_token_id")), "eos_token_id", where)
+
+    return ModelConfig(
+        arch=arch, vocab_size=V, hidden_size=H, intermediate_size=inter, num_layers=L, num_heads=nh,
+        num_kv_heads=nkv, head_dim=head_dim, rms_norm_eps=eps, rope_theta=theta, rope_scaling=scaling,
+        max_position_embeddings=max_pos, tie_word_embeddings=_key(d, "tie_word_embeddings", bool, where, False),
+        attention_bias=attention_bias, qk_norm=arch == "olmoe",
+        clip_qkv=(float(c) if (c := _key(d, "clip_qkv", float, where, None, nullable=True)) is not None
+                  and arch == "olmoe" else None),
+        sliding_window=_sliding_window(d, arch, L, where), bos_token_id=bos, eos_token_ids=eos, hidden_act=act,
+        **kw,
+    )
