@@ -345,3 +345,26 @@ def test_arm64_targets_inside(arm64_root, tmp_path):
     assert host["isa"] == "aarch64" and host["triple"] == "aarch64-linux-gnu"
     assert "cortex-a72" in report["arch"] and report["limits"][0]["mode"] == "real"
     assert not rig_groups_present(owner=p.pid)
+
+
+@pytest.mark.arm64
+@pytest.mark.slow
+def test_arm64_tiny_bundle_matches_host(arm64_root, tmp_path):
+    """A tiny random Mixtral-style bundle exported for rpi5 generates the same greedy tokens in the arm64 rig
+    (numpy on aarch64 under qemu) as on the host."""
+    synth = pytest.importorskip("edgespool.exporters.synth")
+    export = pytest.importorskip("edgespool.exporters.export")
+    from edgespool.exporters.compress import QuantPolicy
+
+    src = synth.synth_demo_model(seed=0, hidden=64, layers=2, experts=4, moe_intermediate=128, heads=4, kv_heads=2)
+    bundle = export.export_model(src, tmp_path / "b", target="rpi5", policy=QuantPolicy(quant="int8", expert_bits=4,
+                                 dense_bits=8), overwrite=True, onnx=False, kernels=False, progress=False).path
+    gen = ["-m", "edgespool", "run", str(bundle), "-n", "8", "--json", "--prompt", "Once upon"]
+    host = json.loads(subprocess.run([PY, *gen], capture_output=True, text=True, check=True, timeout=120).stdout)
+    p = subprocess.run([PY, "-m", "edgespool", "rig", "run", "--json", "--profile", "rpi5", "--memory", "512MiB",
+                        "--arch", "arm64", "--", "python3", *gen], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    inside, end = json.JSONDecoder().raw_decode(p.stdout)
+    report = json.loads(p.stdout[end:])
+    assert len(host["tokens"]) == 8 and inside["tokens"] == host["tokens"]
+    assert "cortex-a76" in report["arch"] and report["oom_kills"] == 0
