@@ -185,6 +185,10 @@ def export_cnn(model_path: str | os.PathLike, target: str | TargetProfile, out_d
     if profile.kind == "mcu":
         quant = "int8"
     graph = load_cnn(model_path, input_shape=input_shape, width=width, resolution=resolution)
+    if profile.kind == "mcu":
+        from .mcu_c import check_flash
+
+        check_flash(graph, None, profile)  # fail before planning, calibrating or writing anything
     itemsize = 1 if quant == "int8" else 4
     budget = activation_budget
     if budget is None and profile.kind == "mcu":
@@ -196,10 +200,6 @@ def export_cnn(model_path: str | os.PathLike, target: str | TargetProfile, out_d
         xs, calib_note = _calibration_inputs(graph, calibration)
         q = calibrate_and_quantize(graph, xs)
     mcu_info: dict[str, Any] | None = None
-    if profile.kind == "mcu":
-        from .mcu_c import check_flash
-
-        check_flash(graph, q, profile)  # fail before writing anything
     w = _CnnWriter(Path(out_dir), overwrite)
     try:
         nodes_json = []

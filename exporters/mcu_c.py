@@ -275,11 +275,20 @@ def weight_bytes(q: QuantCnn) -> int:
     return total
 
 
+def graph_weight_bytes(graph: CnnGraph) -> int:
+    """Flash bytes the int8 C project needs for ``graph`` (same as :func:`weight_bytes` after quantisation)."""
+    total = 0
+    for n in graph.nodes:
+        if n.op in ("conv", "gemm"):
+            total += n.weights["w"].size + 8 * n.weights["w"].shape[0]  # int8 w, int32 bias, float32 mult
+        elif n.op == "act":
+            total += 256
+    return total
+
+
 def check_flash(graph: CnnGraph, q: QuantCnn | None, profile: Any) -> int:
     """BudgetError when the int8 weights cannot fit the target's flash; returns the weight bytes."""
-    if q is None:
-        raise UnsupportedModelError("MCU export needs int8 quantisation")
-    need = weight_bytes(q)
+    need = weight_bytes(q) if q is not None else graph_weight_bytes(graph)
     if profile.flash and need > profile.flash:
         raise BudgetError(f"{graph.name}: int8 weights need {need} B ({need / 1024:.0f} KiB) of flash, target "
                           f"{profile.name} has {profile.flash} B ({profile.flash / 1024:.0f} KiB); use a smaller "
