@@ -273,8 +273,26 @@ class GGUFModel:
             return None
         if kind == "linear":
             return {"rope_type": "linear", "factor": float(factor)}
+        if kind == "yarn" and factor is not None:
+            out: dict[str, Any] = {"rope_type": "yarn", "factor": float(factor)}
+            orig = self.meta(p + "rope.scaling.original_context_length")
+            if orig is not None:
+                out["original_max_position_embeddings"] = int(orig)
+            for gkey, hkey in (("rope.scaling.yarn_beta_fast", "beta_fast"), ("rope.scaling.yarn_beta_slow",
+                                                                               "beta_slow")):
+                v = self.meta(p + gkey)
+                if v is not None:
+                    out[hkey] = float(v)
+            ext = self.meta(p + "rope.scaling.yarn_ext_factor")
+            if ext is not None and float(ext) not in (1.0, -1.0):
+                raise UnsupportedModelError(f"{self.path}: YaRN ext_factor {ext} is not supported (only 1)")
+            if self.meta(p + "rope.scaling.yarn_attn_factor") is not None:
+                # llama.cpp multiplies its mscale by this value, transformers replaces the mscale by its
+                # attention_factor: the file does not say which one the model was trained with.
+                raise UnsupportedModelError(f"{self.path}: YaRN with rope.scaling.yarn_attn_factor is not supported")
+            return out
         raise UnsupportedModelError(f"{self.path}: rope.scaling.type {kind!r} is not supported; supported: none, "
-                                    "linear, llama3 (rope_freqs)")
+                                    "linear, yarn, llama3 (rope_freqs)")
 
     # tensor access
     def _gguf_name(self, name: str) -> tuple[str, int | None]:

@@ -141,11 +141,14 @@ def quantize(src: str | Path, dst: str | Path, ftype: str = "q4_0") -> Path:
     return Path(dst)
 
 
-def llama_logits(gguf_path: str | Path, ids: list[int], *, f32_kv: bool = True) -> np.ndarray:
-    """llama.cpp's float32 logits ``[T, V]`` for one sequence (``f32_kv``: f32 KV cache, else llama.cpp's f16)."""
+def llama_logits(gguf_path: str | Path, ids: list[int], *, f32_kv: bool = True, **llama_kw) -> np.ndarray:
+    """llama.cpp's float32 logits ``[T, V]`` for one sequence (``f32_kv``: f32 KV cache, else llama.cpp's f16).
+    ``llama_kw`` go to ``llama_cpp.Llama`` (note: llama-cpp-python passes its own YaRN beta defaults 32/1, which
+    override the GGUF's ``rope.scaling.yarn_beta_*``; pass ``yarn_beta_fast``/``yarn_beta_slow`` explicitly)."""
     import llama_cpp
 
     kw = dict(type_k=0, type_v=0) if f32_kv else {}
+    kw.update(llama_kw)
     llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids)),
                           logits_all=True, verbose=False, n_threads=1, seed=0, **kw)
     try:
