@@ -62,7 +62,8 @@ def run_cmd(ctx: click.Context, profile_name, storage, memory, read_bandwidth, r
         qcpu, note = arm64.qemu_cpu(cpu or (profile.cpu if profile and profile.isa == "aarch64" else "cortex-a76"))
         arm64.sync_package(arm64.root_dir())
         env = {k: v for k, v in os.environ.items() if k.startswith("EDGESPOOL_")}
-        extra = [a for a in cmd[1:] if os.path.isabs(a) and os.path.exists(a)] + list(binds) + list(device_paths)
+        extra = [os.path.abspath(a) for a in cmd[1:] if a and not a.startswith("-") and os.path.exists(a)]
+        extra += [os.path.abspath(b) for b in (*binds, *device_paths)]
         launcher = arm64.launcher_argv(qcpu, extra, env)
         arch_label = f"arm64 under qemu-user ({qcpu})" + (f"; {note}" if note else "")
     elif cpu:

@@ -335,6 +335,8 @@ def _rig_json(args: list[str], timeout: float = 600) -> tuple[subprocess.Complet
 @pytest.mark.arm64
 @pytest.mark.slow
 def test_arm64_targets_inside(arm64_root, tmp_path):
+    binfmt = Path("/proc/sys/fs/binfmt_misc")
+    before = sorted(os.listdir(binfmt)) if binfmt.is_dir() else None
     p = subprocess.Popen([PY, "-m", "edgespool", "rig", "run", "--json", "--profile", "rpi4", "--arch", "arm64", "--",
                           "python3", "-m", "edgespool", "targets", "host", "--json"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, cwd=tmp_path)
@@ -345,6 +347,8 @@ def test_arm64_targets_inside(arm64_root, tmp_path):
     assert host["isa"] == "aarch64" and host["triple"] == "aarch64-linux-gnu"
     assert "cortex-a72" in report["arch"] and report["limits"][0]["mode"] == "real"
     assert not rig_groups_present(owner=p.pid)
+    after = sorted(os.listdir(binfmt)) if binfmt.is_dir() else None
+    assert before == after and "edgespool-aarch64" not in (after or [])  # the host's binfmt_misc is untouched
 
 
 @pytest.mark.arm64

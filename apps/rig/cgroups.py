@@ -168,6 +168,7 @@ class RigCgroups:
         self.unavailable = {c: why[c] for c in controllers if c in why}
         self.dirs: dict[str, Path] = {}
         self._enabled_v2: list[tuple[Path, str]] = []
+        self._self_leaf: tuple[Path, Path] | None = None  # (our original v2 cgroup, the leaf we moved into)
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def create(self) -> "RigCgroups":
@@ -199,10 +200,25 @@ class RigCgroups:
             with open(sub, "w") as f:
                 f.write(f"+{ctrl}")
         except OSError as e:
-            hint = (" (our own cgroup has processes; run the rig from a delegated leaf cgroup, e.g. "
-                    "`systemd-run --scope -p Delegate=yes`)") if e.errno == errno.EBUSY else ""
+            # v2 "no internal processes": a cgroup that hands controllers to children may hold no process. When
+            # we are alone in our cgroup (e.g. `systemd-run --scope -p Delegate=yes`), step into a leaf and retry.
+            if e.errno == errno.EBUSY and self._self_leaf is None and self._alone_in(base):
+                leaf = base / f"{self.name}-self"
+                leaf.mkdir(exist_ok=True)
+                _write(leaf / "cgroup.procs", str(os.getpid()))
+                self._self_leaf = (base, leaf)
+                return self._enable_v2(base, ctrl)
+            hint = (" (other processes share our cgroup; run the rig alone in a delegated cgroup, e.g. "
+                    "`systemd-run --scope -p Delegate=yes edgespool rig run ...`)") if e.errno == errno.EBUSY else ""
             raise RigError(f"cannot enable +{ctrl} in {sub}: {e.strerror}{hint}") from None
         self._enabled_v2.append((base, ctrl))
+
+    @staticmethod
+    def _alone_in(base: Path) -> bool:
+        try:
+            return _read(base / "cgroup.procs").split() == [str(os.getpid())]
+        except OSError:
+            return False
 
     def __enter__(self) -> "RigCgroups":
         return self.create()
@@ -267,13 +283,23 @@ class RigCgroups:
                         break
                     time.sleep(0.02)
             self.dirs.pop(c, None)
+        leaf = self._self_leaf[1] if self._self_leaf else None
         for base, ctrl in self._enabled_v2:
             try:
-                if not any(p.is_dir() for p in base.iterdir()):
+                if not any(p.is_dir() and p != leaf for p in base.iterdir()):
                     _write(base / "cgroup.subtree_control", f"-{ctrl}")
-            except (OSError, RigError):
-                pass
+            except (OSError, RigError) as e:
+                if leaf is not None:
+                    errors.append(f"cannot disable {ctrl} in {base}: {e}")
         self._enabled_v2.clear()
+        if self._self_leaf is not None:  # step back into our own cgroup and remove the leaf
+            base, leaf = self._self_leaf
+            try:
+                _write(base / "cgroup.procs", str(os.getpid()))
+                leaf.rmdir()
+            except (OSError, RigError) as e:
+                errors.append(f"cannot leave {leaf}: {e}")
+            self._self_leaf = None
         if errors:
             raise RigError("; ".join(errors))
 
