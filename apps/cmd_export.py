@@ -31,10 +31,15 @@ CNN_SUFFIXES = (".onnx", ".pth", ".pt")
 @click.option("--input-shape", help="CNNs: fix a dynamic input shape, e.g. 1,3,224,224.")
 @click.option("--cnn-quant", type=click.Choice(["f32", "int8"]), default=None,
               help="CNNs: f32 or int8 (default int8 for MCU targets, f32 otherwise).")
+@click.option("--width", default=1.0, show_default=True, type=float, help="CNNs from .pth: MobileNetV2 width.")
+@click.option("--resolution", default=224, show_default=True, type=int, help="CNNs from .pth: input resolution.")
+@click.option("--max-overhead", default=None, help="CNNs: cap on extra MACs of the patch plan, e.g. 15%.")
+@click.option("--calib", multiple=True, type=click.Path(), help="CNNs int8: calibration image (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bits: str | None,
                dense_bits: str | None, output: str, force: bool, no_onnx: bool, no_kernels: bool,
-               activation_budget: str | None, input_shape: str | None, cnn_quant: str | None, as_json: bool) -> None:
+               activation_budget: str | None, input_shape: str | None, cnn_quant: str | None, width: float,
+               resolution: int, max_overhead: str | None, calib: tuple[str, ...], as_json: bool) -> None:
     """Read a model (HF safetensors dir, GGUF file, or an ONNX/PyTorch CNN), compress it and write a bundle."""
     profile = get_target(target)
     progress = sys.stderr.isatty() and not as_json
@@ -44,8 +49,12 @@ def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bit
         shape = tuple(int(x) for x in input_shape.split(",")) if input_shape else None
         budget = parse_bytes(activation_budget, "--activation-budget") if activation_budget else None
         q = cnn_quant or ("int8" if profile.kind == "mcu" else "f32")
+        from .cmd_plan import parse_percent
+
+        overhead = parse_percent(max_overhead)
         path = export_cnn(source, profile, output, activation_budget=budget, quant=q, input_shape=shape,
-                          overwrite=force)
+                          overwrite=force, width=width, resolution=resolution, max_overhead=overhead,
+                          calibration=list(calib) or None)
         click.echo(json.dumps({"bundle": str(path)}) if as_json else f"wrote CNN bundle {path}")
         return
     from ..exporters.export import export_model, open_source
