@@ -326,12 +326,6 @@ def arm64_root():
     return res.root
 
 
-def _rig_json(args: list[str], timeout: float = 600) -> tuple[subprocess.CompletedProcess, dict]:
-    p = subprocess.run([PY, "-m", "edgespool", "rig", "run", "--report", "/dev/stderr", *args], capture_output=True,
-                       text=True, timeout=timeout)
-    return p, json.loads(p.stderr[p.stderr.index("{"):p.stderr.rindex("}") + 1])
-
-
 @pytest.mark.arm64
 @pytest.mark.slow
 def test_arm64_targets_inside(arm64_root, tmp_path):
