@@ -1,4 +1,5 @@
-"""GGUF files (as written by llama.cpp's ``convert_hf_to_gguf.py``) as a :class:`~edgespool.exporters.source.SourceModel`.
+"""GGUF files (as llama.cpp's ``convert_hf_to_gguf.py`` writes them) as a
+:class:`~edgespool.exporters.source.SourceModel`.
 
 The file is opened with ``gguf.GGUFReader`` (memory-mapped: only the tensors asked for are read). GGUF metadata of the
 supported GGUF architectures is mapped onto :class:`~edgespool.runtime.config.ModelConfig`:

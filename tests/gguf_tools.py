@@ -95,7 +95,10 @@ def converter_dir(version: str | None = None) -> Path:
             if not any(m.name == "convert_hf_to_gguf.py" for m in members):
                 raise RuntimeError(f"{tar}: no vendor/llama.cpp/convert_hf_to_gguf.py inside")
             dest.mkdir(parents=True, exist_ok=True)
-            tf.extractall(dest, members=members, filter="data")
+            try:
+                tf.extractall(dest, members=members, filter="data")
+            except TypeError:  # Python without extraction filters (< 3.10.12 / 3.11.4)
+                tf.extractall(dest, members=members)
         base = dest / "conversion" / "base.py"
         text = base.read_text()
         if _PATCH_MARK not in text:
