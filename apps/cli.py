@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "cmd_inspect",
     "cmd_run",
     "cmd_demo",
+    "cmd_plan",
     "cmd_rig",
     "cmd_bench",
 ]

@@ -7,13 +7,15 @@ licence): results carry class ids, and a label only when the bundle or the calle
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import ModelFormatError, OptionError
+from .bundle import Bundle
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -106,3 +108,41 @@ def print_classification(bundle: "str | os.PathLike | object", image: str | os.P
             print(f"{i}. class {c:4d}  p={p:.4f}" + (f"  {lab}" if lab else ""))
         print(f"({b.quant_mode}, {mode}; activation memory held: {res.peak_bytes / 1024:.1f} KiB)")
     return rows
+
+
+def summarize_cnn(bundle: Bundle) -> dict[str, Any]:
+    """A JSON-ready summary of a CNN bundle for `edgespool inspect`, with a human ``text`` rendering."""
+    c = bundle.manifest["cnn"]
+    plan = c.get("plan") or {}
+    nodes = c["graph"]["nodes"]
+    ops: dict[str, int] = {}
+    for n in nodes:
+        ops[n["op"]] = ops.get(n["op"], 0) + 1
+    files = {p.name: p.stat().st_size for p in sorted(bundle.path.rglob("*")) if p.is_file()}
+    s: dict[str, Any] = {
+        "path": str(bundle.path), "kind": "cnn", "model": c["graph"]["name"],
+        "input_shape": c["graph"]["input_shape"], "nodes": len(nodes), "ops": ops,
+        "quant": c.get("quant"), "params": c.get("params"), "macs": c.get("macs"),
+        "target": (bundle.manifest.get("target") or {}).get("name"), "weights_bytes": bundle.weights_nbytes,
+        "plan": {k: plan.get(k) for k in ("split_node", "grid", "peak_bytes", "layer_peak_bytes", "reduction",
+                                          "extra_macs_pct", "input_resident")},
+        "mcu": c.get("mcu"), "files": files, "total_bytes": sum(files.values()),
+    }
+    p = s["plan"]
+    grid = "x".join(map(str, p["grid"])) if p.get("grid") else "-"
+    lines = [
+        f"bundle   {s['path']}  (CNN, schema v{bundle.manifest['schema_version']})",
+        f"model    {s['model']}  input {s['input_shape']}  {s['nodes']} nodes  "
+        f"{(s['params'] or 0) / 1e6:.2f} M params  {(s['macs'] or 0) / 1e6:.0f} M MACs",
+        f"ops      " + ", ".join(f"{k}: {v}" for k, v in sorted(ops.items())),
+        f"target   {s['target']}   quant {s['quant']}   weights {s['weights_bytes'] / 2**20:.2f} MiB",
+    ]
+    if p.get("peak_bytes"):
+        lines.append(f"plan     patch-based {grid} up to '{p['split_node']}': peak activations "
+                     f"{p['peak_bytes'] / 1024:.1f} KiB vs {(p['layer_peak_bytes'] or 0) / 1024:.1f} KiB layer by "
+                     f"layer ({p['reduction']}x), +{p['extra_macs_pct']}% MACs")
+    if s["mcu"]:
+        lines.append(f"mcu      {json.dumps(s['mcu'])}")
+    lines.append("files    " + ", ".join(f"{k} {v / 1024:.1f} KiB" for k, v in files.items()))
+    s["text"] = "\n".join(lines)
+    return s

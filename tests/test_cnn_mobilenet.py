@@ -102,3 +102,28 @@ def test_bundle_run_image(mbv2, tmp_path, quant):
     top = run_image(b, img, top=5)
     assert top[0][0] == int(np.argmax(mbv2["ort"]))
     assert len(top) == 5 and abs(sum(p for *_, p in top) - 1) < 0.2
+
+
+def test_cli_export_inspect_run_image(mbv2, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    def es(*a):
+        return subprocess.run([sys.executable, "-m", "edgespool", *a], capture_output=True, text=True, timeout=600)
+
+    img = tmp_path / "cat.jpg"
+    Image.fromarray(skdata.chelsea()).save(img)
+    out = tmp_path / "mbv2-rpi"
+    r = es("export", str(ref.MBV2_PTH), "--target", "rpi5", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    s = json.loads(es("inspect", str(out), "--json").stdout)
+    assert s["kind"] == "cnn" and s["plan"]["reduction"] >= 4 and s["plan"]["extra_macs_pct"] <= 15
+    assert "patch-based" in es("inspect", str(out)).stdout
+    r = es("run", str(out), "--image", str(img), "--top", "5")
+    assert r.returncode == 0, r.stderr
+    assert f"class  {int(np.argmax(mbv2['ort']))}" in r.stdout.splitlines()[0]
+    r = es("export", str(ref.MBV2_PTH), "--target", "mcu-m7", "-o", str(tmp_path / "mcu"))
+    assert r.returncode == 1 and "of flash, target mcu-m7 has 1048576 B" in r.stderr
