@@ -34,11 +34,15 @@ MiB = 1 << 20
 
 
 def _rig_available() -> str | None:
+    """None when this process can create rig cgroups with all three controllers, else why not."""
     if os.geteuid() != 0:
         return "needs root"
-    usable, why = discover()
-    missing = [f"{c}: {why.get(c)}" for c in ("memory", "blkio", "cpuset") if c not in usable]
-    return "cgroups not writable: " + "; ".join(missing) if missing else None
+    try:
+        with RigCgroups() as cg:
+            missing = [f"{c}: {cg.unavailable.get(c)}" for c in ("memory", "blkio", "cpuset") if c not in cg.dirs]
+    except RigError as e:
+        return f"cannot create rig cgroups: {e}"
+    return "cgroups not usable: " + "; ".join(missing) if missing else None
 
 
 _RIG_SKIP = _rig_available()
