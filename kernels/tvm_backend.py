@@ -16,6 +16,7 @@ import ctypes
 import json
 import logging
 import os
+import platform
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,14 @@ class TvmKernels:
         if not mf.exists():
             raise BundleError(f"{mf} is missing: the bundle has no compiled kernels")
         meta = json.loads(mf.read_text())
+        triple = str(meta.get("triple", ""))
+        machine = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+        if triple and not triple.startswith(machine):
+            log.warning("bundle kernels are for %s, this machine is %s: every linear falls back to numpy",
+                        triple, machine)
+            kern = cls([])
+            kern.fallbacks[f"kernels built for {triple}, running on {machine}"] = 0
+            return kern
         libs = [(LinearSpec.from_dict(k["spec"]), d / k["file"]) for k in meta.get("kernels", [])
                 if k.get("kind", "so") == "so"]
         return cls(libs)

@@ -118,7 +118,8 @@ def compile_kernel(spec: LinearSpec, target: dict[str, Any], *, cc: str | None =
         secs = time.perf_counter() - t0
         nbytes = sum((tmp / f).stat().st_size for f in files)
         meta = {"spec": spec.to_dict(), "target": target, "cc": cc, "files": list(files), "compile_seconds": secs,
-                "nbytes": nbytes, "launch": launch, "tvm": _tvm_version()}
+                "nbytes": nbytes, "launch": launch, "tvm": _tvm_version(),
+                "options": asdict(options or BuildOptions())}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.replace(tmp, d)  # atomic publish; a concurrent writer may have won

@@ -1,0 +1,100 @@
+"""Compile the kernels a bundle needs for its target into the bundle's ``kernels/`` directory.
+
+One kernel per distinct (scheme, shape, group) of the bundle's linear weights, in two batch forms (gemv for
+decode, gemm for prefill chunks). CPU kernels are shared libraries compiled by TVM for the target's LLVM
+target and linked by its (cross) C compiler; a target with a GPU also gets the CUDA kernels (source + fatbin +
+launch record) for its arch. Everything goes through the compile cache (:mod:`edgespool.kernels.tvm_cache`), so
+a second export of the same shapes for the same target compiles nothing.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import TargetError
+from ..kernels.tvm_backend import KERNELS_MANIFEST
+from ..kernels.tvm_build import LINEAR_SCHEMES, BuildOptions, LinearSpec
+from ..kernels.tvm_cache import compile_kernel
+from ..runtime.config import ModelConfig
+from ..targets.profiles import TargetProfile
+
+GEMM_ROW_TILE = 4
+
+
+def linear_specs(config: ModelConfig, tensors_meta: dict[str, dict[str, Any]],
+                 row_tile: int = GEMM_ROW_TILE) -> list[LinearSpec]:
+    """The distinct linear kernels the bundle's tensors need (records as written by BundleWriter: ``scheme``,
+    ``shape``, ``group_size``). The embedding counts only when it doubles as the LM head (tied)."""
+    seen: dict[tuple, None] = {}
+    for name, rec in tensors_meta.items():
+        shape = rec.get("shape", [])
+        if rec.get("scheme") not in LINEAR_SCHEMES or len(shape) != 2:
+            continue
+        if name == "embed" and not config.tie_word_embeddings:
+            continue
+        g = int(rec.get("group_size", 0)) if rec["scheme"] == "int4" else 0
+        seen[(rec["scheme"], int(shape[0]), int(shape[1]), g)] = None
+    specs = []
+    for scheme, o, i, g in seen:
+        specs.append(LinearSpec(scheme, o, i, g, "gemv"))
+        specs.append(LinearSpec(scheme, o, i, g, "gemm", row_tile))
+    return specs
+
+
+def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[str, Any]],
+                             target_profile: TargetProfile, out_dir: str | Path, *,
+                             cache_dir: Path | None = None, options: BuildOptions | None = None,
+                             gpu: bool = True) -> dict[str, Any]:
+    """Compile (or fetch from the cache) every kernel the bundle needs for ``target_profile`` into ``out_dir``
+    (the bundle's ``kernels/`` directory), write ``kernels.json`` there and return the manifest section:
+    target, triple, kernel list (spec, file, bytes), total bytes, compile seconds and cache hits."""
+    if target_profile.kind != "linux":
+        raise TargetError(f"target {target_profile.name!r} is an MCU: its kernels come from the C exporter, "
+                          "not TVM shared libraries")
+    cc = target_profile.cross_cc
+    if cc and platform.machine().lower() in ("aarch64", "arm64") and target_profile.isa == "aarch64":
+        cc = None  # native build on an ARM host
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = linear_specs(config, tensors_meta)
+    t0 = time.perf_counter()
+    entries: list[dict[str, Any]] = []
+    compile_s = 0.0
+    hits = 0
+    for spec in specs:
+        k = compile_kernel(spec, target_profile.tvm_target, cc=cc, options=options, cache_dir=cache_dir)
+        fname = f"{spec.name}.so"
+        shutil.copyfile(k.path, out / fname)
+        entries.append({"kind": "so", "spec": spec.to_dict(), "file": fname, "nbytes": k.nbytes,
+                        "compile_seconds": round(k.compile_seconds, 3), "cached": k.cached})
+        compile_s += 0.0 if k.cached else k.compile_seconds
+        hits += k.cached
+        if gpu and target_profile.gpu is not None and spec.batch == "gemv":
+            g = compile_kernel(spec, target_profile.gpu.tvm_target, options=options, cache_dir=cache_dir)
+            files = {}
+            for f in g.files:
+                dst = f"{spec.name}.{target_profile.gpu.arch}.{f.split('.')[-1]}"
+                shutil.copyfile(g.directory / f, out / dst)
+                files[f.split(".")[-1]] = dst
+            entries.append({"kind": "cuda", "spec": spec.to_dict(), "files": files, "launch": g.launch,
+                            "nbytes": g.nbytes, "compile_seconds": round(g.compile_seconds, 3),
+                            "cached": g.cached})
+            compile_s += 0.0 if g.cached else g.compile_seconds
+            hits += g.cached
+    section = {
+        "target": target_profile.name,
+        "triple": target_profile.triple,
+        "tvm_target": target_profile.tvm_target,
+        "runtime": "apache-tvm-ffi + libtvm_runtime.so (or apache-tvm)",
+        "kernels": entries,
+        "nbytes": sum(e["nbytes"] for e in entries),
+        "compile_seconds": round(compile_s, 3),
+        "cache_hits": hits,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    (out / KERNELS_MANIFEST).write_text(json.dumps(section, indent=1))
+    return section
