@@ -61,10 +61,9 @@ def run_cmd(ctx: click.Context, profile_name, storage, memory, read_bandwidth, r
             raise OptionError("--arch arm64: the arm64 root is not set up; run `edgespool rig arm64 setup`")
         qcpu, note = arm64.qemu_cpu(cpu or (profile.cpu if profile and profile.isa == "aarch64" else "cortex-a76"))
         arm64.sync_package(arm64.root_dir())
-        env = {k: v for k, v in os.environ.items() if k.startswith("EDGESPOOL_")}
         extra = [os.path.abspath(a) for a in cmd[1:] if a and not a.startswith("-") and os.path.exists(a)]
         extra += [os.path.abspath(b) for b in (*binds, *device_paths)]
-        launcher = arm64.launcher_argv(qcpu, extra, env)
+        launcher = arm64.launcher_argv(qcpu, extra, {})
         arch_label = f"arm64 under qemu-user ({qcpu})" + (f"; {note}" if note else "")
     elif cpu:
         raise OptionError("--cpu only applies with --arch arm64")

@@ -231,6 +231,52 @@ def test_cold_read_throttled(tmp_path, capfd):
     assert rep.limits[0].mode == "real" and not rep.warnings
 
 
+_RANDOM_4K = """
+import json, mmap, os, random, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
+blocks = os.fstat(fd).st_size // 4096
+buf = mmap.mmap(-1, 4096)
+rng = random.Random(0)
+t = time.monotonic()
+for _ in range(300):
+    os.preadv(fd, [buf], rng.randrange(blocks) * 4096)
+print(json.dumps({"iops": 300 / (time.monotonic() - t)}))
+"""
+
+
+@pytest.mark.rig
+@pytest.mark.skipif(_RIG_SKIP is not None, reason=str(_RIG_SKIP))
+def test_read_iops_throttled(tmp_path, capfd):
+    if device_for_path(tmp_path) is None:
+        pytest.skip(f"{tmp_path} is not on a block device")
+    f = _big_file(tmp_path / "random.bin", 16 * MiB)
+    try:
+        os.close(os.open(f, os.O_RDONLY | os.O_DIRECT))
+    except OSError:
+        pytest.skip("the filesystem does not support O_DIRECT")
+    rep = run_in_rig([PY, "-c", _RANDOM_4K, str(f)], resolve_limits(None, read_iops=200), device_paths=[str(f)])
+    iops = json.loads(capfd.readouterr().out.strip().splitlines()[-1])["iops"]
+    assert iops == pytest.approx(200, rel=0.15) and rep.limits[0].mode == "real"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_not_root_falls_back_with_reasons():
+    """An unprivileged user gets emulated limits, each with the reason, and the command still runs."""
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run([*nobody, PY, "-c", "import edgespool.apps.rig.runner"], capture_output=True, cwd="/")
+    if probe.returncode != 0:
+        pytest.skip(f"user nobody cannot run {PY} with edgespool (a venv under /root?)")
+    p = subprocess.run([*nobody, PY, "-m", "edgespool", "rig", "run", "--json", "--memory", "256MiB",
+                        "--read-bandwidth", "50MB/s", "--cores", "1", "--", "sh", "-c",
+                        'echo "$(nproc) $EDGESPOOL_IO_BANDWIDTH"'], capture_output=True, text=True, timeout=60, cwd="/")
+    assert p.returncode == 0, p.stderr
+    first, end = p.stdout.split("\n", 1)
+    assert first == f"1 {50 * MB}"
+    limits = {lim["name"]: lim for lim in json.loads(end)["limits"]}
+    assert limits["memory"]["mode"] == limits["read_bandwidth"]["mode"] == "emulated"
+    assert "not writable" in limits["memory"]["mechanism"] and "sched_setaffinity" in limits["cores"]["mechanism"]
+
+
 @pytest.mark.rig
 @pytest.mark.skipif(_RIG_SKIP is not None, reason=str(_RIG_SKIP))
 def test_warm_read_recognised(tmp_path, capfd):

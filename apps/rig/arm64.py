@@ -351,7 +351,9 @@ def _main(args: list[str] | None = None) -> int:
     argv = ns.argv[1:] if ns.argv[:1] == ["--"] else ns.argv
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
-    env = dict(kv.split("=", 1) for kv in ns.env)
+    # EDGESPOOL_* settings (including the rig's emulated EDGESPOOL_IO_BANDWIDTH) pass through to the command
+    env = {k: v for k, v in os.environ.items() if k.startswith("EDGESPOOL_")}
+    env.update(kv.split("=", 1) for kv in ns.env)
     p = spawn(Path(ns.root), argv, cpu=ns.cpu, binds=ns.bind, env=env)
     code = p.wait()
     return code if code >= 0 else 128 - code
