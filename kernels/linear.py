@@ -2,34 +2,115 @@
 
 Every matrix product of the engine goes through :func:`linear`, so a faster kernel (TVM-compiled per target, CuPy,
 a fused int4 GEMV) plugs in by registering itself for a scheme in :data:`KERNELS` and nothing else changes. The
-default for every scheme is the numpy reference: f32 weights are used as they are, the other schemes are dequantised
-to float32 (:func:`edgespool.kernels.quant.dequantize`) and multiplied with BLAS.
+default for every scheme is the numpy reference: f32 weights are used as they are; the other schemes are
+dequantised to float32 **in row blocks** of at most :data:`BLOCK_BYTES` (a per-thread scratch buffer reused from
+call to call) and each block is multiplied with BLAS straight into its columns of a preallocated result. The
+float32 temporary of a matmul is therefore bounded by ``BLOCK_BYTES`` (+ the int4 nibble scratch, a quarter of
+it) per calling thread, whatever the matrix size: :func:`reference_workspace_bytes` is the figure the memory plan
+reserves. Each output element is still one dot product over the whole input width, computed from exactly the
+values :func:`edgespool.kernels.quant.dequantize` gives, so results equal the whole-matrix computation up to the
+BLAS kernel's summation order (float rounding).
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import numpy as np
 
-from .quant import QTensor, dequantize
+from .quant import QTensor
 
 LinearKernel = Callable[[np.ndarray, QTensor], np.ndarray]
+
+BLOCK_BYTES = 2 << 20  # float32 bytes of one dequantised row block (2 MiB: fits the L2/L3 of edge CPUs)
+
+_tls = threading.local()
+
+
+def reference_workspace_bytes() -> int:
+    """Largest temporary memory one thread's reference linear kernel holds besides its inputs and output: the
+    float32 row block plus the uint8 nibble scratch of an int4 block (bytes)."""
+    return BLOCK_BYTES + BLOCK_BYTES // 4
+
+
+def kernel_workspace_bytes() -> int:
+    """Workspace the memory plan reserves for linear kernels: the largest of the registered kernels' declared
+    ``workspace_bytes`` attribute (a plugged-in kernel without one is assumed to need no more than the reference)."""
+    return max([reference_workspace_bytes()]
+               + [int(getattr(k, "workspace_bytes", 0) or 0) for k in KERNELS.values()])
+
+
+def _scratch() -> tuple[np.ndarray, np.ndarray]:
+    """This thread's (float32 row block, uint8 nibble scratch), allocated on first use and reused."""
+    s = getattr(_tls, "s", None)
+    if s is None:
+        s = _tls.s = (np.empty(BLOCK_BYTES // 4, dtype=np.float32), np.empty(BLOCK_BYTES // 4, dtype=np.uint8))
+    return s
+
+
+def _rows_per_block(w: QTensor) -> int:
+    inn = int(w.shape[1])
+    return max(1, BLOCK_BYTES // (4 * inn))
+
+
+def dequantize_rows_into(w: QTensor, r0: int, r1: int, out: np.ndarray, nib: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``[r0, r1)`` of the 2-D weight ``w`` as float32 into ``out`` (a C-contiguous float32 array of at least
+    ``(r1 - r0) * in`` elements); returns the ``[r1 - r0, in]`` view. ``nib``: uint8 scratch of ``(r1 - r0) * in``
+    bytes for int4 (allocated when not given). Values equal :func:`edgespool.kernels.quant.dequantize` exactly."""
+    inn = int(w.shape[1])
+    n = r1 - r0
+    dst = out[: n * inn].reshape(n, inn)
+    if w.scheme == "f32":
+        dst[...] = w.data[r0:r1]
+    elif w.scheme == "f16":
+        dst[...] = w.data[r0:r1]
+    elif w.scheme == "int8":
+        np.multiply(w.data[r0:r1], w.scale[r0:r1, None].astype(np.float32), out=dst)
+    elif w.scheme == "int4":
+        g = w.group_size
+        shp = (n, inn // g, g // 2)
+        packed = w.data[r0:r1].reshape(shp)
+        if nib is None:
+            nib = np.empty(n * inn, dtype=np.uint8)
+        lo, hi = nib[: n * inn // 2].reshape(shp), nib[n * inn // 2: n * inn].reshape(shp)
+        np.bitwise_and(packed, 0x0F, out=lo)
+        np.right_shift(packed, 4, out=hi)
+        v = dst.reshape(n, inn // g, g)
+        v[..., : g // 2] = lo
+        v[..., g // 2:] = hi
+        v -= np.float32(8.0)
+        v *= w.scale[r0:r1, :, None].astype(np.float32)
+    else:
+        raise ValueError(f"unknown quantisation scheme {w.scheme!r}")
+    return dst
 
 
 def _f32(x: np.ndarray, w: QTensor) -> np.ndarray:
     return x @ w.data.T
 
 
-def _dequant(x: np.ndarray, w: QTensor) -> np.ndarray:
-    return x @ dequantize(w).T
+def _blocked(x: np.ndarray, w: QTensor) -> np.ndarray:
+    """``x @ dequantize(w).T`` dequantising :data:`BLOCK_BYTES` of rows at a time into the thread's scratch."""
+    out_f, inn = int(w.shape[0]), int(w.shape[1])
+    x = np.asarray(x, dtype=np.float32)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, inn)
+    y = np.empty((x2.shape[0], out_f), dtype=np.float32)
+    buf, nib = _scratch()
+    step = _rows_per_block(w)
+    for r0 in range(0, out_f, step):
+        r1 = min(out_f, r0 + step)
+        wb = dequantize_rows_into(w, r0, r1, buf, nib)
+        np.matmul(x2, wb.T, out=y[:, r0:r1])
+    return y.reshape(*lead, out_f)
 
 
 # scheme -> kernel computing x @ W.T for a 2-D weight; replace an entry to plug in a faster implementation.
 KERNELS: dict[str, LinearKernel] = {
     "f32": _f32,
-    "f16": _dequant,
-    "int8": _dequant,
-    "int4": _dequant,
+    "f16": _blocked,
+    "int8": _blocked,
+    "int4": _blocked,
 }
 
 

@@ -12,8 +12,8 @@ from the plan and never grows):
   up to ``window_depth`` layers read ahead, TPI-LLM style);
 * the **expert cache**: ``expert_cache_slots`` slots of the largest expert group (at least ``top-k``);
 * the **KV cache** for ``max_context`` positions, the **activation workspace** (engine temporaries for a prefill
-  chunk of ``max_batch_tokens`` tokens plus one dequantised weight matrix, an estimate that ``edgespool bench``
-  checks against the measured peak), and a small **I/O staging** area for unaligned reads.
+  chunk of ``max_batch_tokens`` tokens plus the linear kernels' bounded row-block scratch, an estimate that
+  ``edgespool bench`` checks against the measured peak), and a small **I/O staging** area for unaligned reads.
 
 The minimum working set is embed + head (+ routers) + one layer slot (+ top-k expert slots) + KV + workspace +
 staging; a smaller budget raises :class:`BudgetError` naming that minimum.
@@ -179,21 +179,19 @@ def kv_cache_bytes(cfg: ModelConfig, max_context: int, dtype_bytes: int = 4) -> 
 
 def workspace_bytes(cfg: ModelConfig, bundle: Bundle, max_batch_tokens: int, max_context: int) -> int:
     """Estimate of the engine's float32 temporaries for one chunk of ``T`` tokens: hidden-state copies, q/k/v,
-    one head's attention scores over the context, the FFN intermediates, the logits of the chunk, and one
-    dequantised weight matrix (the numpy reference kernels dequantise a whole matrix before the matmul)."""
+    one head's attention scores over the context, the FFN intermediates, the logits of the chunk, plus the linear
+    kernels' bounded scratch (the reference kernels dequantise :data:`~edgespool.kernels.linear.BLOCK_BYTES` of
+    rows at a time, :func:`~edgespool.kernels.linear.kernel_workspace_bytes`) and 4 MiB of slack for numpy's
+    small temporaries."""
+    from ..kernels.linear import kernel_workspace_bytes
+
     T, H = max_batch_tokens, cfg.hidden_size
     inter = max(cfg.intermediate_size, cfg.moe_intermediate_size * max(1, cfg.num_experts_per_tok),
                 cfg.shared_expert_intermediate_size)
     q = cfg.num_heads * cfg.head_dim
     kv = cfg.num_kv_heads * cfg.head_dim
     per_tok = 8 * H + q + 2 * kv + 3 * inter + cfg.vocab_size + 2 * cfg.num_heads * max_context // max(1, T)
-    largest = 0
-    for name, rec in bundle.tensors.items():
-        shape = rec["shape"]
-        if len(shape) == 2 and name not in ("embed",):
-            largest = max(largest, int(shape[0]) * int(shape[1]))
-    dequant = 2 * largest * 4  # the f32 matrix and its transpose/product temporary
-    return align_up(4 * T * per_tok + dequant + 4 * MiB)
+    return align_up(4 * T * per_tok + kernel_workspace_bytes() + 4 * MiB)
 
 
 def minimum_budget(bundle: Bundle, target_profile: TargetProfile | None = None, **plan_options: Any) -> int:
