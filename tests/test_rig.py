@@ -112,6 +112,16 @@ def test_resolve_profile_limits():
         resolve_limits(None, storage="nvme")
 
 
+def test_qemu_cpu_names():
+    from edgespool.apps.rig.arm64 import qemu_cpu
+
+    assert qemu_cpu("cortex-a72") == ("cortex-a72", "")
+    sub, note = qemu_cpu(get_target("jetson-orin-nano").cpu)
+    assert sub == "cortex-a76" and "cortex-a78" in note
+    with pytest.raises(RigError, match="cortex-m4"):
+        qemu_cpu("cortex-m4")
+
+
 def test_block_device_matches_lsblk(tmp_path):
     if not (shutil.which("findmnt") and shutil.which("lsblk")):
         pytest.skip("findmnt/lsblk not installed")

@@ -129,6 +129,14 @@ def resolve_limits(profile: TargetProfile | None, storage: str | None = None, me
         iops, sources["read_iops"] = parse_count(read_iops, "--read-iops"), "--read-iops"
     if cores is not None:
         ncores, sources["cores"] = parse_count(cores, "--cores"), "--cores"
+    if mem is not None:
+        try:
+            host_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            host_ram = 0
+        if host_ram and mem > host_ram:
+            notes.append(f"memory: {mem} bytes wanted ({sources['memory']}) but this host has {host_ram}: "
+                         "the limit cannot bind")
     if ncores is not None:
         have = host_cores if host_cores is not None else len(os.sched_getaffinity(0))
         if ncores > have:
