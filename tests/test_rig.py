@@ -426,3 +426,8 @@ def test_arm64_tiny_bundle_matches_host(arm64_root, tmp_path):
     report = json.loads(p.stdout[end:])
     assert len(host["tokens"]) == 8 and inside["tokens"] == host["tokens"]
     assert "cortex-a76" in report["arch"] and report["oom_kills"] == 0
+
+
+def test_timeout_terminates_command():
+    rep = run_in_rig(["sleep", "30"], resolve_limits(None, cores=1), emulate=True, timeout=0.3)
+    assert rep.exit_code == 128 + signal.SIGTERM and rep.wall_s < 5 and "timed out" in rep.warnings[0]

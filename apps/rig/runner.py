@@ -296,16 +296,17 @@ def _wait(child: subprocess.Popen, timeout: float | None, cg: RigCgroups | None,
         if pid:
             return status, rusage
         now = time.monotonic()
-        if now > deadline and stage == 0:
-            warnings.append(f"timed out after {timeout:g} s: sent SIGTERM")
-            os.killpg(child.pid, signal.SIGTERM)
-            stage, deadline = 1, now + 5
-        elif now > deadline and stage == 1:
-            warnings.append("still running 5 s after SIGTERM: killed")
-            os.killpg(child.pid, signal.SIGKILL)
-            if cg is not None:
+        if now > deadline and stage < 2:
+            sig = signal.SIGTERM if stage == 0 else signal.SIGKILL
+            warnings.append(f"timed out after {timeout:g} s: sent SIGTERM" if stage == 0
+                            else "still running 5 s after SIGTERM: killed")
+            try:
+                os.killpg(child.pid, sig)
+            except ProcessLookupError:
+                pass
+            if stage == 1 and cg is not None:
                 cg.kill_all()
-            stage = 2
+            stage, deadline = stage + 1, now + 5
         time.sleep(0.01)
 
 
