@@ -327,17 +327,19 @@ def test_core_limit(capfd):
 @pytest.mark.skipif(_RIG_SKIP is not None, reason=str(_RIG_SKIP))
 @pytest.mark.parametrize("case", ["success", "failure", "crash", "SIGINT", "SIGTERM"])
 def test_no_cgroup_left_behind(case):
-    body = {"success": "print('ready', flush=True)",
-            "failure": "print('ready', flush=True); raise SystemExit(3)",
-            "crash": "import os, signal; print('ready', flush=True); os.kill(os.getpid(), signal.SIGSEGV)",
-            "SIGINT": "import time; print('ready', flush=True); time.sleep(30)",
-            "SIGTERM": "import time; print('ready', flush=True); time.sleep(30)"}[case]
+    action = {"success": "pass", "failure": "raise SystemExit(3)",
+              "crash": "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
+              "SIGINT": "import time; time.sleep(30)", "SIGTERM": "import time; time.sleep(30)"}[case]
+    body = f"import sys\nprint('ready', flush=True)\nsys.stdin.readline()\n{action}"
     p = subprocess.Popen([PY, "-m", "edgespool", "rig", "run", "--memory", "256MiB", "--cores", "1",
                           "--read-bandwidth", "200MB/s", "--", PY, "-c", body],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
     assert rig_groups_present(owner=p.pid), "the rig's cgroups should exist while the command runs"
+    p.stdin.write("go\n")
+    p.stdin.flush()
     if case in ("SIGINT", "SIGTERM"):
+        time.sleep(0.2)
         p.send_signal(getattr(signal, case))
     rc = p.wait(timeout=30)
     err = p.stderr.read()
