@@ -111,13 +111,18 @@ def arm64_group() -> None:
 @arm64_group.command("setup")
 @click.option("--force", is_flag=True, help="Rebuild even when the cached root is current.")
 @click.option("--mirror", default=None, help="Debian mirror for debootstrap (default: deb.debian.org).")
-def arm64_setup_cmd(force: bool, mirror: str | None) -> None:
+@click.option("--extra", "extras", multiple=True, help="Also install this package's aarch64 wheel (pinned to the "
+              "host's version), e.g. --extra apache-tvm to load compiled kernels. Repeatable.")
+def arm64_setup_cmd(force: bool, mirror: str | None, extras: tuple[str, ...]) -> None:
     """Build (once; cached in ~/.cache/edgespool/arm64) an arm64 Debian root with Python and edgespool's runtime."""
     from .rig import arm64
 
-    res = arm64.setup(force=force, mirror=mirror or arm64.MIRROR, log=lambda m: click.echo(f"  {m}", err=True))
+    res = arm64.setup(force=force, mirror=mirror or arm64.MIRROR, log=lambda m: click.echo(f"  {m}", err=True),
+                      extras=extras)
     if res.cached:
         click.echo(f"arm64 root is current: {res.root} (checked in {res.seconds:.2f} s)")
+    elif set(res.steps) == {"extras"}:
+        click.echo(f"added {', '.join(extras)} to the arm64 root in {res.seconds:.0f} s: {res.root}")
     else:
         steps = ", ".join(f"{k} {v:.0f}s" for k, v in res.steps.items())
         click.echo(f"arm64 root built in {res.seconds:.0f} s ({steps}), {res.size_bytes / 1e6:.0f} MB: {res.root}")

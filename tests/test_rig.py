@@ -433,3 +433,63 @@ def test_arm64_tiny_bundle_matches_host(arm64_root, tmp_path):
 def test_timeout_terminates_command():
     rep = run_in_rig(["sleep", "30"], resolve_limits(None, cores=1), emulate=True, timeout=0.3)
     assert rep.exit_code == 128 + signal.SIGTERM and rep.wall_s < 5 and "timed out" in rep.warnings[0]
+
+
+_KERNEL_CHECK = """
+import json, platform, sys
+import numpy as np
+from edgespool.kernels.quant import linear, quantize
+from edgespool.kernels.tvm_build import LinearSpec
+kdir, out = sys.argv[1], sys.argv[2]
+meta = json.load(open(kdir + "/kernels.json"))
+kern = None
+if platform.machine() == "aarch64":
+    from edgespool.kernels.tvm_backend import TvmKernels
+    kern = TvmKernels.from_dir(kdir)
+res = {}
+for k in meta["kernels"]:
+    s = LinearSpec.from_dict(k["spec"])
+    rng = np.random.default_rng([s.out_features, s.in_features])
+    w = quantize(rng.standard_normal((s.out_features, s.in_features)).astype(np.float32), s.scheme, s.group_size or 32)
+    x = rng.standard_normal((1 if s.batch == "gemv" else 4, s.in_features)).astype(np.float32)
+    res[k["file"]] = kern.linear(x, w) if kern is not None else linear(x, w)  # numpy reference on the host
+np.savez(out, **res)
+print(json.dumps({"machine": platform.machine(), "calls": kern.calls if kern else 0,
+                  "fallbacks": kern.fallbacks if kern else {}}))
+"""
+
+
+@pytest.mark.arm64
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_arm64_tvm_kernels_match_host(arm64_root, tmp_path):
+    """The aarch64 kernels an rpi5 export cross-compiles (TVM, NEON + dotprod) run in the rig, under qemu's
+    cortex-a76, and agree with the host's numpy reference."""
+    pytest.importorskip("tvm")
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("aarch64-linux-gnu-gcc not installed (apt-get install gcc-aarch64-linux-gnu)")
+    from edgespool.apps.rig import arm64
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model
+    from edgespool.exporters.synth import synth_demo_model
+
+    arm64.setup(extras=("apache-tvm",))  # ~25 s the first time, then cached
+    src = synth_demo_model(seed=0, hidden=64, layers=2, experts=4, moe_intermediate=128, heads=4, kv_heads=2)
+    bundle = export_model(src, tmp_path / "b", target="rpi5", policy=QuantPolicy(quant="int8", expert_bits=4,
+                          dense_bits=8), overwrite=True, onnx=False, kernels=True, progress=False).path
+    kdir = Path(bundle) / "kernels"
+    if not (kdir / "kernels.json").exists():
+        pytest.skip("the export wrote no kernels")
+    (tmp_path / "check.py").write_text(_KERNEL_CHECK)
+    subprocess.run([PY, "check.py", str(kdir), "host.npz"], cwd=tmp_path, check=True, capture_output=True)
+    p = subprocess.run([PY, "-m", "edgespool", "rig", "run", "--profile", "rpi5", "--arch", "arm64", "--",
+                        "python3", "check.py", str(kdir), "arm.npz"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout.strip().splitlines()[0])
+    import numpy as np
+
+    host, arm = np.load(tmp_path / "host.npz"), np.load(tmp_path / "arm.npz")
+    assert got["machine"] == "aarch64" and got["calls"] == len(host.files) > 0 and not got["fallbacks"]
+    for name in host.files:
+        np.testing.assert_allclose(arm[name], host[name], rtol=1e-5, atol=1e-4, err_msg=name)

@@ -49,7 +49,7 @@ _MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\x
 QEMU_CPUS = ("cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1", "max")
 # Profile CPUs qemu 7.2 lacks -> the closest core it has (same ISA level and extensions).
 _QEMU_SUBSTITUTE = {"cortex-a78": "cortex-a76", "cortex-a78ae": "cortex-a76"}
-_IMPORT_NAME = {"pyyaml": "yaml", "protobuf": "google.protobuf"}
+_IMPORT_NAME = {"pyyaml": "yaml", "protobuf": "google.protobuf", "apache-tvm": "tvm", "apache-tvm-ffi": "tvm_ffi"}
 _SYNC_SKIP_DIRS = {".git", "tests", "docs", "__pycache__", ".ci", "build", "dist", ".pytest_cache"}
 _SYNC_EXT = {".py", ".txt", ".json", ".typed"}
 
@@ -62,18 +62,46 @@ def cache_dir() -> Path:
     return base / "edgespool" / "arm64"
 
 
+def pin(req: str) -> str:
+    """``numpy>=1.26`` -> ``numpy==<version installed on this host>`` (unchanged when not installed here)."""
+    name = re.split(r"[<>=!~\[ ;]", req.strip(), maxsplit=1)[0]
+    try:
+        return f"{name}=={md.version(name)}"
+    except md.PackageNotFoundError:
+        return req.strip()
+
+
 def runtime_requirements() -> list[str]:
     """edgespool's runtime dependencies (no extras) pinned to the versions installed on this host."""
-    out = []
-    for req in md.requires("edgespool") or []:
-        if ";" in req:  # extras / markers: test-only
-            continue
-        name = re.split(r"[<>=!~\[ ]", req, maxsplit=1)[0]
-        try:
-            out.append(f"{name}=={md.version(name)}")
-        except md.PackageNotFoundError:
-            out.append(req)
-    return out
+    return [pin(req) for req in md.requires("edgespool") or [] if ";" not in req]  # ";": extras/test-only
+
+
+def _import_name(req: str) -> str:
+    name = re.split(r"[<>=!~\[ ;]", req, maxsplit=1)[0].lower()
+    return _IMPORT_NAME.get(name, name.replace("-", "_"))
+
+
+def installed_extras() -> list[str]:
+    """Extra packages (``rig arm64 setup --extra``) installed in the cached root."""
+    try:
+        return json.loads((cache_dir() / "extras.json").read_text())
+    except (OSError, ValueError):
+        return []
+
+
+def _pip_target(root: Path, reqs: list[str]) -> None:
+    plats = [f"--platform=manylinux_2_{v}_aarch64" for v in range(17, 37)] + ["--platform=manylinux2014_aarch64"]
+    _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-conflicts",
+          "--upgrade", "--target", str(root / "opt" / "py"), *plats, f"--python-version={PY_VERSION}",
+          "--implementation=cp", "--only-binary=:all:", *reqs], "pip install of aarch64 wheels")
+
+
+def _check_imports(root: Path, reqs: list[str]) -> None:
+    mods = [_import_name(r) for r in reqs]
+    code = "import importlib,platform;[importlib.import_module(m) for m in %r];print(platform.machine())" % mods
+    out = run_captured(root, ["python3", "-c", code], cpu="cortex-a72", timeout=900)
+    if out.returncode != 0 or out.stdout.strip().splitlines()[-1:] != ["aarch64"]:
+        raise RigError(f"the arm64 root cannot import {' '.join(mods)}: {(out.stderr or out.stdout).strip()[-400:]}")
 
 
 def stamp_data(requirements: list[str] | None = None) -> dict:
@@ -178,13 +206,22 @@ def sync_package(root: Path) -> int:
     return copied
 
 
-def setup(force: bool = False, mirror: str = MIRROR, log=lambda msg: None) -> SetupResult:
-    """Build (or find cached) the arm64 root. ``log`` receives one line per step."""
+def setup(force: bool = False, mirror: str = MIRROR, log=lambda msg: None, extras: tuple[str, ...] = ()) -> SetupResult:
+    """Build (or find cached) the arm64 root, plus ``extras`` (e.g. ``apache-tvm`` for compiled kernels; pinned to
+    the host's version) added into a cached root without rebuilding it. ``log`` receives one line per step."""
     t0 = time.monotonic()
     root = root_dir()
+    extras = tuple(pin(e) for e in extras)
     if not force and is_ready(root):
         sync_package(root)
-        return SetupResult(root, time.monotonic() - t0, True, {}, 0)
+        missing = [e for e in extras if e not in installed_extras()]
+        if not missing:
+            return SetupResult(root, time.monotonic() - t0, True, {}, 0)
+        log(f"pip: aarch64 wheels of {' '.join(missing)}")
+        _pip_target(root, runtime_requirements() + list(extras))  # all together: extras must not move the pins
+        _check_imports(root, missing)
+        (cache_dir() / "extras.json").write_text(json.dumps(sorted({*installed_extras(), *missing})))
+        return SetupResult(root, time.monotonic() - t0, False, {"extras": round(time.monotonic() - t0, 1)}, 0)
     _need_tools()
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
@@ -214,11 +251,8 @@ def setup(force: bool = False, mirror: str = MIRROR, log=lambda msg: None) -> Se
 
         t = time.monotonic()
         reqs = runtime_requirements()
-        log(f"pip: aarch64 wheels of {' '.join(reqs)}")
-        plats = [f"--platform=manylinux_2_{v}_aarch64" for v in range(17, 37)] + ["--platform=manylinux2014_aarch64"]
-        _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-conflicts",
-              "--target", str(tmp / "opt" / "py"), *plats, f"--python-version={PY_VERSION}", "--implementation=cp",
-              "--only-binary=:all:", *reqs], "pip install of aarch64 wheels")
+        log(f"pip: aarch64 wheels of {' '.join(reqs + list(extras))}")
+        _pip_target(tmp, reqs + list(extras))
         steps["wheels"] = time.monotonic() - t
 
         t = time.monotonic()
@@ -227,17 +261,14 @@ def setup(force: bool = False, mirror: str = MIRROR, log=lambda msg: None) -> Se
         launcher.parent.mkdir(parents=True, exist_ok=True)
         launcher.write_text("#!/usr/bin/python3\nfrom edgespool.apps.cli import main\nmain()\n")
         launcher.chmod(0o755)
-        mods = [_IMPORT_NAME.get(r.split("==")[0].lower(), r.split("==")[0].lower().replace("-", "_")) for r in reqs]
-        log(f"checking imports inside the rig: {' '.join(mods)}")
-        code = "import importlib,platform;[importlib.import_module(m) for m in %r];print(platform.machine())" % mods
-        out = run_captured(tmp, ["python3", "-c", code], cpu="cortex-a72", timeout=600)
-        if out.returncode != 0 or out.stdout.strip().splitlines()[-1:] != ["aarch64"]:
-            raise RigError(f"the arm64 root does not import its runtime: {(out.stderr or out.stdout).strip()[-400:]}")
+        log("checking imports inside the rig")
+        _check_imports(tmp, reqs + list(extras))
         steps["verify"] = time.monotonic() - t
 
         shutil.rmtree(root, ignore_errors=True)
         os.rename(tmp, root)
         (cache / "stamp.json").write_text(json.dumps(stamp_data(reqs), indent=1))
+        (cache / "extras.json").write_text(json.dumps(sorted(extras)))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
