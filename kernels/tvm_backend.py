@@ -100,8 +100,23 @@ def _writable_alias(a: np.ndarray) -> np.ndarray:
     return alias
 
 
-def _key(scheme: str, out_f: int, in_f: int, group: int, batch: str) -> tuple:
-    return (scheme, out_f, in_f, group if scheme == "int4" else 0, batch)
+def _key(scheme: str, out_f: int, in_f: int, group: int, batch: str, act: str = "f32") -> tuple:
+    return (scheme, out_f, in_f, group if scheme == "int4" else 0, batch, act)
+
+
+def quantize_activations_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The q8 int4 kernel's view of a float32 vector ``x`` (length a multiple of 128): Q8_0 blocks of 32
+    (d = max|x|/127, q = round(x/d)); returns ``xlo``/``xhi`` (codes 0..15 / 16..31 of each block), ``off``
+    (8 x the sum of the 8 codes each int32 lane of the kernel sees) and ``dxl`` (each lane's block scale)."""
+    b = x.reshape(-1, 32)
+    d = np.abs(b).max(axis=1) / np.float32(127)
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+    q = np.rint(b * inv[:, None]).astype(np.int8)
+    xlo = np.ascontiguousarray(q[:, :16]).reshape(-1)
+    xhi = np.ascontiguousarray(q[:, 16:]).reshape(-1)
+    off = (xlo.reshape(-1, 4).astype(np.int32).sum(1) + xhi.reshape(-1, 4).astype(np.int32).sum(1)) * 8
+    dxl = np.repeat(d.astype(np.float32), 4)
+    return xlo, xhi, off.astype(np.int32), dxl
 
 
 class TvmKernels:
@@ -113,8 +128,8 @@ class TvmKernels:
         for spec, path in libraries:
             mod = load_kernel_library(path)
             self._mods.append(mod)
-            self._fns[_key(spec.scheme, spec.out_features, spec.in_features, spec.group_size, spec.batch)] = (
-                spec, mod[spec.name])
+            self._fns[_key(spec.scheme, spec.out_features, spec.in_features, spec.group_size, spec.batch,
+                           spec.act)] = (spec, mod[spec.name])
         self.fallbacks: dict[str, int] = {}  # reason -> count
         self.calls = 0
 
@@ -160,7 +175,9 @@ class TvmKernels:
 
     def linear(self, x: np.ndarray, w: QTensor, bias: np.ndarray | None = None) -> np.ndarray | None:
         """y = x @ W.T (+ bias) with a compiled kernel; ``x`` is ``[..., in]``. None when no kernel fits (the
-        reason is logged once and counted in :attr:`fallbacks`); the caller then uses the numpy reference."""
+        reason is logged once and counted in :attr:`fallbacks`); the caller then uses the numpy reference.
+        A loaded q8-activation kernel (int4 g32, AVX-512 VNNI) is preferred for 1..4 rows: its result is that of
+        x rounded to Q8_0 blocks (llama.cpp's numerics), not of float x."""
         if w.scheme not in ("int8", "int4", "f16") or len(w.shape) != 2:
             self._fallback(f"no kernel for scheme {w.scheme} shape {w.shape}")
             return None
@@ -171,7 +188,9 @@ class TvmKernels:
         lead = x.shape[:-1]
         m = int(np.prod(lead)) if lead else 1
         batch = "gemv" if m == 1 else "gemm"
-        hit = self._fns.get(_key(w.scheme, out_f, in_f, w.group_size, batch))
+        hit = self._fns.get(_key(w.scheme, out_f, in_f, w.group_size, "gemv", "q8")) if m <= 4 else None
+        if hit is None:
+            hit = self._fns.get(_key(w.scheme, out_f, in_f, w.group_size, batch))
         if hit is None and batch == "gemm" and m <= 4:  # a few rows: gemv per row beats the numpy fallback
             hit = self._fns.get(_key(w.scheme, out_f, in_f, w.group_size, "gemv"))
         if hit is None:
@@ -183,7 +202,10 @@ class TvmKernels:
         wd = _writable_alias(w.data)
         args = [wd] + ([_writable_alias(w.scale)] if w.scheme != "f16" else [])
         y = np.empty((m, out_f), np.float32)
-        if spec.batch == "gemv":
+        if spec.act == "q8":
+            for r in range(m):
+                fn(*quantize_activations_q8(x2[r]), *args, y[r:r + 1])
+        elif spec.batch == "gemv":
             for r in range(m):
                 fn(x2[r:r + 1], *args, y[r:r + 1])
         else:

@@ -31,6 +31,10 @@ from ..errors import OptionError, TargetError
 
 LINEAR_SCHEMES = ("int8", "int4", "f16")
 BATCH_FORMS = ("gemv", "gemm")
+ACTIVATIONS = ("f32", "q8")
+# x86 CPUs (LLVM mcpu) with AVX-512 VNNI (vpdpbusd), used by the q8-activation int4 kernel
+_VNNI_MCPUS = ("znver4", "znver5", "sapphirerapids", "icelake-server", "icelake-client", "tigerlake", "cascadelake",
+               "cooperlake", "graniterapids", "emeraldrapids")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class LinearSpec:
     group_size: int = 0  # int4 only
     batch: str = "gemv"  # "gemv" (x [1, in]) or "gemm" (x [mb, row_tile, in], mb symbolic)
     row_tile: int = 4  # gemm only: rows of x per tile
+    act: str = "f32"  # "f32": exact float activations; "q8": x quantised per call to Q8_0 blocks (int4 g32 gemv)
 
     def __post_init__(self) -> None:
         if self.scheme not in LINEAR_SCHEMES:
@@ -59,23 +64,30 @@ class LinearSpec:
             raise OptionError(f"{self.scheme} kernels take no group size (got {self.group_size})")
         if self.batch == "gemm" and self.row_tile < 1:
             raise OptionError(f"gemm row tile must be >= 1, got {self.row_tile}")
+        if self.act not in ACTIVATIONS:
+            raise OptionError(f"kernel activations {self.act!r} unknown; valid: {', '.join(ACTIVATIONS)}")
+        if self.act == "q8" and not (self.scheme == "int4" and self.group_size == 32 and self.batch == "gemv"
+                                     and self.in_features % 128 == 0):
+            raise OptionError(f"q8 activations exist only for int4 g32 gemv with in_features % 128 == 0, got "
+                              f"{self.scheme} g{self.group_size} {self.batch} in={self.in_features}")
 
     @property
     def name(self) -> str:
         """Function name inside the compiled module, e.g. ``linear_int4g32_o4096_i4096_gemv``."""
         q = f"int4g{self.group_size}" if self.scheme == "int4" else self.scheme
         b = "gemv" if self.batch == "gemv" else f"gemm{self.row_tile}"
-        return f"linear_{q}_o{self.out_features}_i{self.in_features}_{b}"
+        a = "" if self.act == "f32" else f"_{self.act}"
+        return f"linear_{q}_o{self.out_features}_i{self.in_features}_{b}{a}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"op": "linear", "scheme": self.scheme, "out_features": self.out_features,
                 "in_features": self.in_features, "group_size": self.group_size, "batch": self.batch,
-                "row_tile": self.row_tile}
+                "row_tile": self.row_tile, "act": self.act}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> LinearSpec:
         return LinearSpec(d["scheme"], int(d["out_features"]), int(d["in_features"]), int(d.get("group_size", 0)),
-                          d.get("batch", "gemv"), int(d.get("row_tile", 4)))
+                          d.get("batch", "gemv"), int(d.get("row_tile", 4)), d.get("act", "f32"))
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,7 @@ class CpuSchedule:
     lanes: int = 32
     rows: int = 2
     vector: int = 0  # f32 lanes of one SIMD register; 0 = from the target (AVX-512 16, AVX2 8, NEON 4)
+    q8_rows: int = 4  # rows per step of the q8 int4 kernel (znver4: 4 beats 1, 2 and 8)
     parallel: bool = True
 
 
@@ -261,6 +274,63 @@ def _cpu_schedule(func, spec: LinearSpec, opt: CpuSchedule, vec: int):
     return sch.mod
 
 
+def has_vnni(target: dict[str, Any]) -> bool:
+    """True for an x86-64 llvm target whose CPU has AVX-512 VNNI (vpdpbusd)."""
+    mattr = " ".join(target.get("mattr", []) or [])
+    return (target.get("kind") == "llvm" and str(target.get("mtriple", "x86_64")).startswith("x86_64")
+            and (str(target.get("mcpu", "")) in _VNNI_MCPUS or "+avx512vnni" in mattr))
+
+
+def _int4_q8_gemv(spec: LinearSpec, rows: int):
+    """int4 (g=32) GEMV on Q8_0-quantised activations with AVX-512 VNNI, llama.cpp's Q4_0 x Q8_0 numerics.
+
+    Per call the caller quantises x in blocks of 32 (d = max|x|/127, q = round(x/d)) and passes ``xlo``/``xhi``
+    (the first/second 16 codes of every block, matching the low/high nibbles of the stored bytes), ``off`` (8 x
+    the sum of the 8 codes each int32 lane sees: the nibble bias) and ``dxl`` (the block scale of each lane). Per
+    64 weight bytes (4 groups): two ``vpdpbusd`` (nibbles as u8 x codes as s8), minus ``off``, to f32, times
+    block scale x weight scale, accumulated in 16 lanes. The stored weights are read as they are.
+    """
+    from tvm.script import tirx as T
+
+    O, I = spec.out_features, spec.in_features
+    R = _largest_divisor(O, rows)
+    NB = I // 128
+
+    @T.prim_func
+    def gemv(xlo: T.Buffer((I // 2,), "int8", align=4), xhi: T.Buffer((I // 2,), "int8", align=4),
+             off: T.Buffer((I // 8,), "int32", align=4), dxl: T.Buffer((I // 8,), "float32", align=4),
+             w: T.Buffer((O, I // 2), "uint8", align=4), scale: T.Buffer((O, I // 32), "float16", align=4),
+             y: T.Buffer((1, O), "float32", align=4)):
+        T.func_attr({"tirx.noalias": True})
+        for ob in T.parallel(O // R):
+            acc = T.alloc_buffer((R, 16), "float32", scope="local")
+            for r in T.unroll(R):
+                acc[r, T.Ramp(0, 1, 16)] = T.Broadcast(T.float32(0), 16)
+            for kb in range(NB):
+                for r in T.unroll(R):
+                    wv = w[ob * R + r, T.Ramp(kb * 64, 1, 64)]
+                    lo = wv & T.Broadcast(T.uint8(15), 64)
+                    hi = wv >> T.Broadcast(T.uint8(4), 64)
+                    d = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512",
+                                                T.Broadcast(T.int32(0), 16), T.reinterpret("int8x64", lo),
+                                                xlo[T.Ramp(kb * 64, 1, 64)])
+                    d2 = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512",
+                                                 d, T.reinterpret("int8x64", hi), xhi[T.Ramp(kb * 64, 1, 64)])
+                    s16 = T.Shuffle([T.Broadcast(T.Cast("float32", scale[ob * R + r, kb * 4 + 0]), 4),
+                                     T.Broadcast(T.Cast("float32", scale[ob * R + r, kb * 4 + 1]), 4),
+                                     T.Broadcast(T.Cast("float32", scale[ob * R + r, kb * 4 + 2]), 4),
+                                     T.Broadcast(T.Cast("float32", scale[ob * R + r, kb * 4 + 3]), 4)],
+                                    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15])
+                    acc[r, T.Ramp(0, 1, 16)] = acc[r, T.Ramp(0, 1, 16)] + T.Cast(
+                        "float32x16", d2 - off[T.Ramp(kb * 16, 1, 16)]) * (dxl[T.Ramp(kb * 16, 1, 16)] * s16)
+            for r in T.unroll(R):
+                y[0, ob * R + r] = T.float32(0)
+                for lane in range(16):
+                    y[0, ob * R + r] = y[0, ob * R + r] + acc[r, lane]
+
+    return gemv
+
+
 def _largest_divisor(n: int, at_most: int) -> int:
     """The largest d <= at_most dividing n."""
     return next(d for d in range(min(n, at_most), 0, -1) if n % d == 0)
@@ -341,8 +411,13 @@ def schedule(spec: LinearSpec, target: dict[str, Any], options: BuildOptions | N
     """IRModule of ``spec`` scheduled for ``target`` (a TVM target dict), function named ``spec.name``."""
     tvm = _tvm()
     options = options or BuildOptions()
-    func = linear_primfunc(spec)
     kind = target.get("kind")
+    if spec.act == "q8":
+        if not has_vnni(target):
+            raise TargetError(f"{spec.name} needs AVX-512 VNNI; target {target} has none")
+        f = _int4_q8_gemv(spec, options.cpu.q8_rows).with_attr("global_symbol", spec.name)
+        return tvm.IRModule({spec.name: f})
+    func = linear_primfunc(spec)
     if kind == "llvm":
         mod = _cpu_schedule(func, spec, options.cpu, options.cpu.vector or vector_lanes(target))
     elif kind == "cuda":

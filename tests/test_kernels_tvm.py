@@ -178,3 +178,46 @@ def test_aarch64_cross_compile(tmp_path):
     k = compile_kernel(LinearSpec("int8", 64, 128), rpi5.tvm_target, cc=rpi5.cross_cc, cache_dir=tmp_path)
     head = k.path.read_bytes()[:20]
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+
+
+def _host_has_vnni() -> bool:
+    try:
+        return "avx512_vnni" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+def q8_ref_x(x: np.ndarray) -> np.ndarray:
+    """x rounded to Q8_0 blocks of 32 (d = max|x|/127, codes round(x/d)), as float64: written here from the rule."""
+    out = np.empty(x.shape, np.float64)
+    for b in range(0, x.shape[-1], 32):
+        blk = x[..., b:b + 32].astype(np.float32)
+        d = (np.abs(blk).max(axis=-1, keepdims=True) / np.float32(127)).astype(np.float32)
+        codes = np.where(d > 0, np.rint(blk / np.where(d > 0, d, 1)), 0)
+        out[..., b:b + 32] = codes * d
+    return out
+
+
+@pytest.mark.tvm
+@pytest.mark.skipif(not _host_has_vnni(), reason="host CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("shape", [(64, 128), (36, 384)])
+def test_int4_q8_vnni_kernel(shape, tmp_path):
+    """The VNNI kernel equals the exact product of Q8_0-rounded x with the stored int4 weights, and stays within
+    Q8_0's error of the float result."""
+    pytest.importorskip("tvm")
+    from edgespool.kernels.tvm_backend import TvmKernels
+    from edgespool.kernels.tvm_build import LinearSpec
+
+    out, inn = shape
+    kern = TvmKernels.for_host([LinearSpec("int4", out, inn, 32, act="q8")], cache_dir=tmp_path)
+    w = make("int4", 32, out, inn, seed=3)
+    rng = np.random.default_rng(4)
+    for m in (1, 3):
+        x = rng.standard_normal((m, inn)).astype(np.float32)
+        x[:, 5] = 0.0
+        x[:, 32:64] = 0.0  # an all-zero block (scale 0)
+        got = kern.linear(x, w)
+        want = q8_ref_x(x) @ decode_ref(w).T
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        exact = x.astype(np.float64) @ decode_ref(w).T
+        assert np.abs(got - exact).max() < 2e-2 * np.abs(exact).max()
