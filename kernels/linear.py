@@ -13,6 +13,7 @@ BLAS kernel's summation order (float rounding).
 """
 from __future__ import annotations
 
+import ctypes
 import threading
 from typing import Callable
 
@@ -24,7 +25,30 @@ LinearKernel = Callable[[np.ndarray, QTensor], np.ndarray]
 
 BLOCK_BYTES = 2 << 20  # float32 bytes of one dequantised row block (2 MiB: fits the L2/L3 of edge CPUs)
 
+SINGLE_THREAD_ROWS = 4  # products with at most this many rows of x (decode) run on one BLAS thread
+
 _tls = threading.local()
+_blas_local: Callable[[int], int] | None | bool = False  # False: not looked up yet; None: not available
+
+
+def _blas_threads_fn() -> Callable[[int], int] | None:
+    """OpenBLAS's ``openblas_set_num_threads_local`` (per calling thread, returns the previous value) from the
+    BLAS numpy loaded, or None (another BLAS, or an OpenBLAS older than 0.3.27)."""
+    global _blas_local
+    if _blas_local is False:
+        _blas_local = None
+        try:
+            with open("/proc/self/maps") as f:
+                paths = dict.fromkeys(ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln)
+            for p in paths:
+                fn = getattr(ctypes.CDLL(p), "openblas_set_num_threads_local", None)
+                if fn is not None:
+                    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+                    _blas_local = fn
+                    break
+        except OSError:
+            pass
+    return _blas_local  # type: ignore[return-value]
 
 
 def reference_workspace_bytes() -> int:
@@ -98,10 +122,19 @@ def _blocked(x: np.ndarray, w: QTensor) -> np.ndarray:
     y = np.empty((x2.shape[0], out_f), dtype=np.float32)
     buf, nib = _scratch()
     step = _rows_per_block(w)
-    for r0 in range(0, out_f, step):
-        r1 = min(out_f, r0 + step)
-        wb = dequantize_rows_into(w, r0, r1, buf, nib)
-        np.matmul(x2, wb.T, out=y[:, r0:r1])
+    # Decode-sized products (a GEMV per 2 MiB block, dominated by the dequantisation) run on one BLAS thread:
+    # waking BLAS worker threads costs more than the multiply, and on a loaded or oversubscribed board their
+    # spin-waits slow the whole step down many times over. Prefill-sized products keep BLAS's threads.
+    single = x2.shape[0] <= SINGLE_THREAD_ROWS and _blas_threads_fn()
+    old = single(1) if single else 0
+    try:
+        for r0 in range(0, out_f, step):
+            r1 = min(out_f, r0 + step)
+            wb = dequantize_rows_into(w, r0, r1, buf, nib)
+            np.matmul(x2, wb.T, out=y[:, r0:r1])
+    finally:
+        if single:
+            single(old)
     return y.reshape(*lead, out_f)
 
 

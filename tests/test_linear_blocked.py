@@ -79,3 +79,28 @@ def test_plan_workspace_uses_the_kernel_bound_not_the_largest_matrix(tmp_path):
     ws = workspace_bytes(b.config, b, 1, 64)
     assert ws >= L.kernel_workspace_bytes()
     assert ws < L.kernel_workspace_bytes() + 6 * (1 << 20)
+
+
+def test_decode_products_run_single_threaded_and_restore_the_callers_blas_threads(monkeypatch):
+    fn = L._blas_threads_fn()
+    if fn is None:
+        pytest.skip("numpy's BLAS is not an OpenBLAS with openblas_set_num_threads_local")
+    seen = []
+    real_matmul = np.matmul
+
+    def spy(*a, **k):
+        cur = fn(1)  # read this thread's setting (and put it back)
+        fn(cur)
+        seen.append(cur)
+        return real_matmul(*a, **k)
+
+    w = quantize(RNG.standard_normal((64, 128)).astype(np.float32), "int8")
+    old = fn(2)
+    try:
+        monkeypatch.setattr(L.np, "matmul", spy)
+        L.linear(RNG.standard_normal((1, 128)).astype(np.float32), w)
+        L.linear(RNG.standard_normal((32, 128)).astype(np.float32), w)
+        monkeypatch.undo()
+        assert seen == [1, 2]
+    finally:
+        assert fn(old) == 2
