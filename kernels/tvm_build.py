@@ -101,6 +101,9 @@ class CpuSchedule:
     vector: int = 0  # f32 lanes of one SIMD register; 0 = from the target (AVX-512 16, AVX2 8, NEON 4)
     q8_rows: int = 4  # rows per step of the q8 int4 kernel (znver4: 4 beats 1, 2 and 8)
     parallel: bool = True
+    # below this many weight bytes, one thread: waking the pool costs 7-30 us here (1024x1024 int8: 24 us on one
+    # thread vs 52 us on two), more than it saves
+    parallel_min_bytes: int = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,16 @@ def linear_primfunc(spec: LinearSpec):
 # schedules
 
 
+def weight_bytes(spec: LinearSpec) -> int:
+    """Bytes of the stored weight (data + scales) ``spec`` reads per call."""
+    o, i = spec.out_features, spec.in_features
+    if spec.scheme == "int8":
+        return o * i + 4 * o
+    if spec.scheme == "int4":
+        return o * i // 2 + 2 * o * (i // spec.group_size)
+    return 2 * o * i
+
+
 def vector_lanes(target: dict[str, Any]) -> int:
     """float32 lanes of one SIMD register of an llvm ``target`` dict (AVX-512: 16, AVX2: 8, NEON: 4)."""
     triple = str(target.get("mtriple", ""))
@@ -268,7 +281,7 @@ def _cpu_schedule(func, spec: LinearSpec, opt: CpuSchedule, vec: int):
     if spec.scheme == "int8":  # epilogue y = acc * scale next to its producer; acc stays in registers
         sch.reverse_compute_at(sch.get_sblock("y"), anchor)
         sch.set_scope(main, 0, "local")
-    if opt.parallel:
+    if opt.parallel and weight_bytes(spec) >= opt.parallel_min_bytes:
         sch.parallel(oo)
     sch.decompose_reduction(rf, red_loops[0])
     return sch.mod
@@ -281,7 +294,7 @@ def has_vnni(target: dict[str, Any]) -> bool:
             and (str(target.get("mcpu", "")) in _VNNI_MCPUS or "+avx512vnni" in mattr))
 
 
-def _int4_q8_gemv(spec: LinearSpec, rows: int):
+def _int4_q8_gemv(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20):
     """int4 (g=32) GEMV on Q8_0-quantised activations with AVX-512 VNNI, llama.cpp's Q4_0 x Q8_0 numerics.
 
     Per call the caller quantises x in blocks of 32 (d = max|x|/127, q = round(x/d)) and passes ``xlo``/``xhi``
@@ -295,6 +308,7 @@ def _int4_q8_gemv(spec: LinearSpec, rows: int):
     O, I = spec.out_features, spec.in_features
     R = _largest_divisor(O, rows)
     NB = I // 128
+    par = weight_bytes(spec) >= parallel_min_bytes
 
     @T.prim_func
     def gemv(xlo: T.Buffer((I // 2,), "int8", align=4), xhi: T.Buffer((I // 2,), "int8", align=4),
@@ -302,7 +316,7 @@ def _int4_q8_gemv(spec: LinearSpec, rows: int):
              w: T.Buffer((O, I // 2), "uint8", align=4), scale: T.Buffer((O, I // 32), "float16", align=4),
              y: T.Buffer((1, O), "float32", align=4)):
         T.func_attr({"tirx.noalias": True})
-        for ob in T.parallel(O // R):
+        for ob in T.parallel(O // R) if par else T.serial(O // R):
             acc = T.alloc_buffer((R, 16), "float32", scope="local")
             for r in T.unroll(R):
                 acc[r, T.Ramp(0, 1, 16)] = T.Broadcast(T.float32(0), 16)
@@ -415,7 +429,9 @@ def schedule(spec: LinearSpec, target: dict[str, Any], options: BuildOptions | N
     if spec.act == "q8":
         if not has_vnni(target):
             raise TargetError(f"{spec.name} needs AVX-512 VNNI; target {target} has none")
-        f = _int4_q8_gemv(spec, options.cpu.q8_rows).with_attr("global_symbol", spec.name)
+        f = _int4_q8_gemv(spec, options.cpu.q8_rows,
+                          options.cpu.parallel_min_bytes if options.cpu.parallel else 1 << 62)
+        f = f.with_attr("global_symbol", spec.name)
         return tvm.IRModule({spec.name: f})
     func = linear_primfunc(spec)
     if kind == "llvm":

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import TargetError
 from .tvm_build import BuildOptions, LinearSpec
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: shared libraries stripped
 
 
 def default_cache_dir() -> Path:
@@ -111,7 +111,8 @@ def compile_kernel(spec: LinearSpec, target: dict[str, Any], *, cc: str | None =
             if cc and shutil.which(cc) is None:
                 raise TargetError(f"C compiler {cc!r} for target {target.get('mtriple')} is not installed "
                                   f"(apt-get install gcc-aarch64-linux-gnu for aarch64)")
-            ex.export_library(str(tmp / "kernel.so"), **({"cc": cc} if cc else {}))
+            # stripped (-s): 18 KB instead of 27 KB per x86 kernel, 67 KB instead of 79 KB per aarch64 kernel
+            ex.export_library(str(tmp / "kernel.so"), options=["-s"], **({"cc": cc} if cc else {}))
             files = ("kernel.so",)
         else:
             raise TargetError(f"no kernels for TVM target kind {target.get('kind')!r}; supported: llvm, cuda")
