@@ -4,8 +4,9 @@ Systems, each in its own process inside the rig (memory cgroup limit = budget + 
 baseline, page cache included; blkio read throttle + IOPS limit of the profile's storage; the profile's cores as
 far as the host has them):
 
-  (a) edgespool streaming under the budget (O_DIRECT, layer window, expert cache + prediction); for MoE also
-      with plain LRU and no prediction (the baseline prediction is measured against)
+  (a) edgespool streaming under the budget (O_DIRECT, layer window, LRFU expert cache + prediction); for MoE
+      also "-lru" (LRU, no prediction, the routed experts of a layer still read in parallel once known) and
+      "-plainlru" (LRU, no prediction, demand reads: the baseline prediction is measured against)
   (b) llama.cpp (llama-cpp-python) on the GGUF of the same weights, default mmap; and --no-mmap (use_mmap=False)
   (c) a naive layer-by-layer loader without prefetch (AirLLM-style: read each group when asked, drop it after)
   (d) edgespool with no budget (resident, no memory limit)
@@ -239,7 +240,8 @@ def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) ->
         if kind.startswith("edgespool-stream"):
             from edgespool.offload.streaming_source import open_streaming
 
-            opts = dict(cache_policy="lru", predict=False) if kind == "edgespool-stream-lru" else {}
+            opts = {"edgespool-stream-lru": dict(cache_policy="lru", predict=False),
+                    "edgespool-stream-plainlru": dict(cache_policy="lru", predict=False, lookahead=False)}.get(kind, {})
             src = open_streaming(b, budget, max_context=P + N, max_batch_tokens=P, **opts)
         elif kind == "naive":
             class Naive:  # AirLLM-style: read a group when asked (buffered), drop it when released; no prefetch
@@ -346,8 +348,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=12)
     ap.add_argument("--models", default="dense,moe")
     ap.add_argument("--quants", default="int8,int4")
-    ap.add_argument("--systems", default="edgespool-stream,edgespool-stream-lru,llama-mmap,llama-nommap,naive,"
-                                         "edgespool-resident")
+    ap.add_argument("--systems", default="edgespool-stream,edgespool-stream-lru,edgespool-stream-plainlru,llama-mmap,"
+                                         "llama-nommap,naive,edgespool-resident")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -393,7 +395,7 @@ def main() -> None:
             print(f"== {bundle.name}: {size / MiB:.0f} MiB weights (GGUF {gsize / MiB:.0f} MiB), budget "
                   f"{budget / MiB:.0f} MiB", flush=True)
             for kind in systems:
-                if kind == "edgespool-stream-lru" and mname != "moe":
+                if kind in ("edgespool-stream-lru", "edgespool-stream-plainlru") and mname != "moe":
                     continue
                 fam = "llama" if kind.startswith("llama") else "edgespool"
                 path = gguf if fam == "llama" else bundle

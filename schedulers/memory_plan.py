@@ -9,7 +9,8 @@ from the plan and never grows):
   groups (for MoE these are attention + norms + router + shared expert, so "attention where it fits"), hot experts
   (only when routing statistics are given) and, for dense models, whole layers spread over the depth;
 * the **layer window**: ``window_depth + 1`` slots of the largest streamed layer group (the layer being computed and
-  up to ``window_depth`` layers read ahead, TPI-LLM style);
+  up to ``window_depth`` layers read ahead, TPI-LLM style; dense models get depth 1 before any layer is pinned and
+  more depth only from memory left after pinning);
 * the **expert cache**: ``expert_cache_slots`` slots of the largest expert group (at least ``top-k``);
 * the **KV cache** for ``max_context`` positions, the **activation workspace** (engine temporaries for a prefill
   chunk of ``max_batch_tokens`` tokens plus the linear kernels' bounded row-block scratch, an estimate that
@@ -308,9 +309,11 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
             notes.append("no routing statistics given: all expert memory is an adaptive (recency+frequency) cache")
         depth = max(0, slots - 1)
     else:
-        # Dense: a window of up to 3 slots (depth 2: the disk always has the next read queued), then pin whole
-        # layers spread over the depth (each pinned layer is bytes not read per token), then more depth.
-        slots = 1 + min(2, max(0, free // layer_slot - 1), max_window_depth)
+        # Dense: a window of 2 slots (depth 1: while layer i computes, i+1 is read, and i+2 is queued as soon as
+        # i is released, so a storage-bound run keeps the device busy), then pin whole layers spread over the
+        # depth (each pinned layer is bytes not read per token: measured, a pinned layer is worth more than a
+        # third slot, which only absorbs compute jitter), then more depth from what is left.
+        slots = 1 + min(1, max(0, free // layer_slot - 1), max_window_depth)
         rest = free - slots * layer_slot
         n_pin = max(0, min(len(layer_groups) - slots, rest // layer_slot))
         if n_pin:

@@ -72,8 +72,8 @@ def test_dense_pins_layers_spread_over_the_depth(dense):
     layer = align_up(dense.groups["layers.0"].nbytes)
     p = plan_memory(dense, None, lo + 4 * layer, **KW)  # 1 slot + 4 more layers of memory
     pinned = sorted(int(g.split(".")[1]) for g in p.pinned_groups if g.startswith("layers."))
-    assert p.window_depth == 2 and len(pinned) == 2
-    assert pinned[1] - pinned[0] >= 3  # not bunched together
+    assert p.window_depth == 1 and len(pinned) == 3  # a second slot first, then pinned layers
+    assert min(b - a for a, b in zip(pinned, pinned[1:])) >= 2  # not bunched together
     assert p.streamed_bytes_per_token == sum(dense.groups[f"layers.{i}"].nbytes for i in p.streamed_layers)
 
 
