@@ -189,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         cold_pct = 100 * r["tvm_cold_GBps"] / peak
         print(f"| {r['scheme']} | {r['shape'][0]}x{r['shape'][1]} | {r['weight_bytes'] / 1e6:.1f} | "
               f"{r['tvm_hot_ms']:.3f} ({r['tvm_hot_GBps']}) | {r['tvm_cold_ms']:.3f} ({r['tvm_cold_GBps']}, "
-              f"{cold_pct:.0f}%) | " + (f"{r['tvm_q8_hot_ms']:.3f} / {r['tvm_q8_cold_ms']:.3f} ({r['tvm_q8_cold_GBps']})"
-                                       if "tvm_q8_hot_ms" in r else "-") +
+              f"{cold_pct:.0f}%) | " +
+              (f"{r['tvm_q8_hot_ms']:.3f} / {r['tvm_q8_cold_ms']:.3f} ({r['tvm_q8_cold_GBps']})"
+               if "tvm_q8_hot_ms" in r else "-") +
               f" | {r.get('numpy_ms', float('nan')):.2f} | {r.get('ort_const_ms', float('nan')):.3f} "
               f"({r.get('ort_const_GBps', '-')}) |")
     print(rows[-1])

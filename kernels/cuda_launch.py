@@ -104,7 +104,8 @@ def check_entry(entry_dir: Path, iters: int = 50) -> dict[str, Any]:
     end.synchronize()
     ms = cp.cuda.get_elapsed_time(start, end) / iters
     opts = json.loads((Path(entry_dir) / "meta.json").read_text()).get("options", {}).get("cuda")
-    return {"kernel": s.name, "cuda_schedule": opts, "loaded_from": k.loaded_from, "rows": m, "max_abs_err": err, "rel_err": rel,
+    return {"kernel": s.name, "cuda_schedule": opts, "loaded_from": k.loaded_from, "rows": m,
+            "max_abs_err": err, "rel_err": rel,
             "ms": ms, "weight_GBps": q.nbytes / (ms * 1e-3) / 1e9}
 
 

@@ -221,3 +221,70 @@ def test_int4_q8_vnni_kernel(shape, tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
         exact = x.astype(np.float64) @ decode_ref(w).T
         assert np.abs(got - exact).max() < 2e-2 * np.abs(exact).max()
+
+
+_RIG_SCRIPT = r'''
+import json, sys
+import numpy as np
+from pathlib import Path
+from edgespool.kernels.quant import QTensor
+from edgespool.kernels.tvm_backend import TvmKernels, runtime_kind
+d = Path(sys.argv[1])
+kern = TvmKernels.from_dir(d / "kernels")
+worst = 0.0
+for f in sorted(d.glob("case_*.npz")):
+    z = np.load(f)
+    scheme = str(z["scheme"])
+    w = QTensor(scheme, tuple(int(v) for v in z["shape"]), z["data"], z["scale"], int(z["g"]))
+    y = kern.linear(z["x"], w)
+    worst = max(worst, float(np.abs(y - z["host"]).max() / np.abs(z["host"]).max()))
+print(json.dumps({"runtime": runtime_kind(), "worst": worst, "fallbacks": kern.fallbacks}))
+'''
+
+
+@pytest.mark.tvm
+@pytest.mark.arm64
+@pytest.mark.slow
+def test_rpi5_kernels_match_host_in_arm64_rig(tmp_path):
+    """An rpi5 bundle's cross-compiled kernels run under qemu (cortex-a76) and match the host kernels."""
+    pytest.importorskip("tvm")
+    import shutil
+    import subprocess
+    import sys
+
+    from edgespool.apps.rig import arm64
+    from edgespool.exporters.kernels_export import build_kernels_for_bundle
+    from edgespool.kernels.tvm_backend import TvmKernels
+    from edgespool.runtime.config import ModelConfig
+    from edgespool.targets import get_target
+
+    if shutil.which("aarch64-linux-gnu-gcc") is None or not arm64.is_ready():
+        pytest.skip("needs aarch64-linux-gnu-gcc and a ready arm64 rig (edgespool rig arm64 setup)")
+    cfg = ModelConfig(arch="llama", vocab_size=64, hidden_size=128, intermediate_size=256, num_layers=1,
+                      num_heads=4, num_kv_heads=2, head_dim=32)
+    rng = np.random.default_rng(5)
+    host_dir = tmp_path / "host"
+    for scheme in ("int8", "int4"):
+        meta = {n: {"scheme": scheme, "shape": list(s), "group_size": 32}
+                for n, s in cfg.tensor_shapes().items() if len(s) == 2 and n != "embed"}
+        case_dir = tmp_path / scheme
+        build_kernels_for_bundle(cfg, meta, get_target("rpi5"), case_dir / "kernels", cache_dir=tmp_path / "c")
+        build_kernels_for_bundle(cfg, meta, get_target("host"), host_dir / scheme, cache_dir=tmp_path / "c")
+        host = TvmKernels.from_dir(host_dir / scheme)
+        for o, i in {tuple(m["shape"]) for m in meta.values()}:
+            w = make(scheme, 32, o, i, seed=o)
+            for m in (1, 5):
+                x = rng.standard_normal((m, i)).astype(np.float32)
+                np.savez(case_dir / f"case_{o}x{i}_{m}.npz", data=w.data, scale=w.scale, x=x, host=host.linear(x, w),
+                         scheme=scheme, shape=np.array([o, i]), g=w.group_size)
+        script = tmp_path / "rig_check.py"
+        script.write_text(_RIG_SCRIPT)
+        # through the CLI in a fresh process (the rig's launcher expects its sync pipe on fd 3)
+        r = subprocess.run([sys.executable, "-m", "edgespool", "rig", "run", "--profile", "rpi5", "--arch", "arm64",
+                            "--", "python3", str(script), str(case_dir)], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+        if "No module named 'tvm_ffi'" in r.stderr:
+            pytest.skip("the arm64 rig has no TVM runtime (edgespool rig arm64 setup with apache-tvm)")
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["fallbacks"] == {} and res["worst"] <= 1e-3, res
