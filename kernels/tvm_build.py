@@ -345,6 +345,39 @@ def _int4_q8_gemv(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20
     return gemv
 
 
+def _q8_prep(n: int):
+    """``x f32 [n] -> xlo, xhi int8 [n/2], off int32 [n/8], dxl f32 [n/8]``: the activation side of the q8 int4
+    kernel (see :func:`_int4_q8_gemv`): Q8_0 blocks of 32, d = max|x|/127, codes round-half-even(x / d)."""
+    from tvm.script import tirx as T
+
+    G = n // 32
+
+    @T.prim_func
+    def prep(x: T.Buffer((n,), "float32", align=4), xlo: T.Buffer((n // 2,), "int8", align=4),
+             xhi: T.Buffer((n // 2,), "int8", align=4), off: T.Buffer((n // 8,), "int32", align=4),
+             dxl: T.Buffer((n // 8,), "float32", align=4)):
+        T.func_attr({"tirx.noalias": True})
+        for g in range(G):
+            amax = T.alloc_buffer((1,), "float32", scope="local")
+            amax[0] = T.float32(0)
+            for j in range(32):
+                amax[0] = T.max(amax[0], T.fabs(x[g * 32 + j]))
+            d = amax[0] / T.float32(127)
+            for j in range(16):
+                xlo[g * 16 + j] = T.Cast("int8", T.if_then_else(d > T.float32(0), T.nearbyint(x[g * 32 + j] / d),
+                                                                 T.float32(0)))
+                xhi[g * 16 + j] = T.Cast("int8", T.if_then_else(d > T.float32(0),
+                                                                 T.nearbyint(x[g * 32 + 16 + j] / d), T.float32(0)))
+            for lane in range(4):
+                off[g * 4 + lane] = T.int32(0)
+                for t in range(4):
+                    off[g * 4 + lane] = off[g * 4 + lane] + T.Cast("int32", xlo[g * 16 + lane * 4 + t]) * 8 \
+                        + T.Cast("int32", xhi[g * 16 + lane * 4 + t]) * 8
+                dxl[g * 4 + lane] = d
+
+    return prep
+
+
 def _largest_divisor(n: int, at_most: int) -> int:
     """The largest d <= at_most dividing n."""
     return next(d for d in range(min(n, at_most), 0, -1) if n % d == 0)
@@ -432,7 +465,8 @@ def schedule(spec: LinearSpec, target: dict[str, Any], options: BuildOptions | N
         f = _int4_q8_gemv(spec, options.cpu.q8_rows,
                           options.cpu.parallel_min_bytes if options.cpu.parallel else 1 << 62)
         f = f.with_attr("global_symbol", spec.name)
-        return tvm.IRModule({spec.name: f})
+        prep = _q8_prep(spec.in_features).with_attr("global_symbol", spec.name + "_prep")
+        return tvm.IRModule({spec.name: f, spec.name + "_prep": prep})
     func = linear_primfunc(spec)
     if kind == "llvm":
         mod = _cpu_schedule(func, spec, options.cpu, options.cpu.vector or vector_lanes(target))

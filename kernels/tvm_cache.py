@@ -3,7 +3,8 @@
 Cache layout: ``<cache_dir>/<key>/`` holding ``kernel.so`` (CPU targets: a shared library loadable by the TVM
 runtime) or ``kernel.cu`` + ``kernel.fatbin`` (CUDA targets: launched with CuPy by :mod:`.cuda_launch`), plus
 ``meta.json`` (spec, target, compile seconds, sizes). The key hashes the spec, the TVM target dict, the schedule
-options, the C compiler and the TVM version, so a change of any of them recompiles.
+options, the C compiler, the TVM version and the source of ``tvm_build.py``, so a change of any of them
+recompiles.
 
 Default directory: ``$EDGESPOOL_KERNEL_CACHE`` or ``~/.cache/edgespool/kernels``.
 """
@@ -59,10 +60,18 @@ def _tvm_version() -> str:
         return "none"
 
 
+def _schedule_source_digest() -> str:
+    """Digest of the kernel definitions/schedules (tvm_build.py): editing them invalidates the cache."""
+    from . import tvm_build
+
+    return hashlib.sha256(Path(tvm_build.__file__).read_bytes()).hexdigest()[:16]
+
+
 def cache_key(spec: LinearSpec, target: dict[str, Any], cc: str | None, options: BuildOptions | None) -> str:
-    """Hex digest naming the cache entry of ``spec`` compiled for ``target`` with ``cc`` and ``options``."""
+    """Hex digest naming the cache entry of ``spec`` compiled for ``target`` with ``cc`` and ``options`` by this
+    version of the kernel definitions and of TVM."""
     payload = {"v": CACHE_VERSION, "spec": spec.to_dict(), "target": target, "cc": cc or "",
-               "options": asdict(options or BuildOptions()), "tvm": _tvm_version()}
+               "options": asdict(options or BuildOptions()), "tvm": _tvm_version(), "src": _schedule_source_digest()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -288,3 +288,22 @@ def test_rpi5_kernels_match_host_in_arm64_rig(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         res = json.loads(r.stdout.strip().splitlines()[-1])
         assert res["fallbacks"] == {} and res["worst"] <= 1e-3, res
+
+
+@pytest.mark.tvm
+@pytest.mark.skipif(not _host_has_vnni(), reason="host CPU has no AVX-512 VNNI")
+def test_q8_prep_kernel_matches_numpy(tmp_path):
+    """The compiled activation rounding equals the numpy one (codes, offsets, scales), zeros included."""
+    pytest.importorskip("tvm")
+    from edgespool.kernels.tvm_backend import TvmKernels, quantize_activations_q8
+    from edgespool.kernels.tvm_build import LinearSpec
+
+    spec = LinearSpec("int4", 32, 256, 32, act="q8")
+    kern = TvmKernels.for_host([spec], cache_dir=tmp_path)
+    _, (_, prep) = kern._fns[("int4", 32, 256, 32, "gemv", "q8")]
+    x = np.random.default_rng(6).standard_normal(256).astype(np.float32) * 3
+    x[64:96] = 0.0
+    outs = [np.empty(128, np.int8), np.empty(128, np.int8), np.empty(32, np.int32), np.empty(32, np.float32)]
+    prep(x, *outs)
+    for got, want in zip(outs, quantize_activations_q8(x)):
+        np.testing.assert_array_equal(got, want)
