@@ -117,12 +117,13 @@ def bench(shapes: list[tuple[int, int]], schemes: list[str], iters: int, with_or
 
     rows = []
     rng = np.random.default_rng(0)
-    from edgespool.kernels.tvm_build import has_vnni
+    from edgespool.kernels.tvm_build import has_vnni, q8_supported
     from edgespool.targets import get_target
 
     specs = [LinearSpec(s, o, i, 32 if s == "int4" else 0) for s in schemes for o, i in shapes]
-    q8 = has_vnni(get_target("host").tvm_target) and "int4" in schemes
-    q8_specs = [LinearSpec("int4", o, i, 32, act="q8") for o, i in shapes if i % 128 == 0] if q8 else []
+    q8 = has_vnni(get_target("host").tvm_target)
+    q8_specs = [LinearSpec(s.scheme, s.out_features, s.in_features, s.group_size, act="q8") for s in specs
+                if q8 and q8_supported(s.scheme, s.in_features, s.group_size)]
     t0 = time.perf_counter()
     kern = TvmKernels.for_host(specs)
     kern_q8 = TvmKernels.for_host(q8_specs) if q8_specs else None
@@ -140,7 +141,7 @@ def bench(shapes: list[tuple[int, int]], schemes: list[str], iters: int, with_or
         row = {"scheme": spec.scheme, "shape": [o, i], "weight_bytes": w.nbytes, "tvm_rel_err": err}
         row["tvm_hot_ms"] = _time(lambda k: kern.linear(x, w), iters) * 1e3
         row["tvm_cold_ms"] = _time(lambda k: kern.linear(x, copies[k % ncopy]), iters) * 1e3
-        if kern_q8 is not None and spec.scheme == "int4" and i % 128 == 0:
+        if kern_q8 is not None and q8_supported(spec.scheme, i, spec.group_size):
             yq = kern_q8.linear(x, w)
             row["tvm_q8_rel_err"] = float(np.abs(yq - ref).max() / np.abs(ref).max())
             row["tvm_q8_hot_ms"] = _time(lambda k: kern_q8.linear(x, w), iters) * 1e3

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import OptionError, TargetError
 from ..kernels.tvm_backend import KERNELS_MANIFEST
-from ..kernels.tvm_build import LINEAR_SCHEMES, BuildOptions, LinearSpec, has_vnni
+from ..kernels.tvm_build import LINEAR_SCHEMES, BuildOptions, LinearSpec, has_vnni, q8_supported
 from ..kernels.tvm_cache import compile_kernel
 from ..runtime.config import ModelConfig
 from ..targets.profiles import TargetProfile
@@ -29,7 +29,7 @@ def linear_specs(config: ModelConfig, tensors_meta: dict[str, dict[str, Any]],
                  row_tile: int = GEMM_ROW_TILE, q8: bool = False) -> list[LinearSpec]:
     """The distinct linear kernels the bundle's tensors need (records as written by BundleWriter: ``scheme``,
     ``shape``, ``group_size``). The embedding counts only when it doubles as the LM head (tied). ``q8`` adds the
-    Q8_0-activation VNNI GEMV for every int4 g32 shape it supports."""
+    Q8_0-activation VNNI GEMV for every int8 / int4 g32 shape it supports."""
     seen: dict[tuple, None] = {}
     for name, rec in tensors_meta.items():
         shape = rec.get("shape", [])
@@ -43,7 +43,7 @@ def linear_specs(config: ModelConfig, tensors_meta: dict[str, dict[str, Any]],
     for scheme, o, i, g in seen:
         specs.append(LinearSpec(scheme, o, i, g, "gemv"))
         specs.append(LinearSpec(scheme, o, i, g, "gemm", row_tile))
-        if q8 and scheme == "int4" and g == 32 and i % 128 == 0:
+        if q8 and q8_supported(scheme, i, g):
             specs.append(LinearSpec(scheme, o, i, g, "gemv", act="q8"))
     return specs
 

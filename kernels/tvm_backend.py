@@ -179,8 +179,8 @@ class TvmKernels:
     def linear(self, x: np.ndarray, w: QTensor, bias: np.ndarray | None = None) -> np.ndarray | None:
         """y = x @ W.T (+ bias) with a compiled kernel; ``x`` is ``[..., in]``. None when no kernel fits (the
         reason is logged once and counted in :attr:`fallbacks`); the caller then uses the numpy reference.
-        A loaded q8-activation kernel (int4 g32, AVX-512 VNNI) is preferred for 1..4 rows: its result is that of
-        x rounded to Q8_0 blocks (llama.cpp's numerics), not of float x."""
+        A loaded q8-activation kernel (int8, int4 g32; AVX-512 VNNI) is preferred for 1..4 rows: its result is
+        that of x rounded to Q8_0 blocks (llama.cpp's numerics), not of float x."""
         if w.scheme not in ("int8", "int4", "f16") or len(w.shape) != 2:
             self._fallback(f"no kernel for scheme {w.scheme} shape {w.shape}")
             return None
@@ -207,11 +207,14 @@ class TvmKernels:
         y = np.empty((m, out_f), np.float32)
         if spec.act == "q8":
             gemv, prep = fn
-            xlo, xhi = np.empty(in_f // 2, np.int8), np.empty(in_f // 2, np.int8)
-            off, dxl = np.empty(in_f // 8, np.int32), np.empty(in_f // 8, np.float32)
+            if spec.scheme == "int4":
+                act = [np.empty(in_f // 2, np.int8), np.empty(in_f // 2, np.int8), np.empty(in_f // 8, np.int32),
+                       np.empty(in_f // 8, np.float32)]
+            else:
+                act = [np.empty(in_f, np.int8), np.empty(in_f // 4, np.float32), np.empty(1, np.float32)]
             for r in range(m):
-                prep(x2[r], xlo, xhi, off, dxl)
-                gemv(xlo, xhi, off, dxl, *args, y[r:r + 1])
+                prep(x2[r], *act)
+                gemv(*act, *args, y[r:r + 1])
         elif spec.batch == "gemv":
             for r in range(m):
                 fn(x2[r:r + 1], *args, y[r:r + 1])

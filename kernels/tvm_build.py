@@ -37,6 +37,15 @@ _VNNI_MCPUS = ("znver4", "znver5", "sapphirerapids", "icelake-server", "icelake-
                "cooperlake", "graniterapids", "emeraldrapids")
 
 
+def q8_supported(scheme: str, in_features: int, group_size: int = 0, batch: str = "gemv") -> bool:
+    """Whether a q8-activation (AVX-512 VNNI) kernel exists for this weight."""
+    if batch != "gemv":
+        return False
+    if scheme == "int4":
+        return group_size == 32 and in_features % 128 == 0
+    return scheme == "int8" and in_features % 64 == 0
+
+
 @dataclass(frozen=True)
 class LinearSpec:
     """One compiled linear kernel: scheme, weight shape ``[out, in]``, group size (int4) and batch form."""
@@ -66,10 +75,10 @@ class LinearSpec:
             raise OptionError(f"gemm row tile must be >= 1, got {self.row_tile}")
         if self.act not in ACTIVATIONS:
             raise OptionError(f"kernel activations {self.act!r} unknown; valid: {', '.join(ACTIVATIONS)}")
-        if self.act == "q8" and not (self.scheme == "int4" and self.group_size == 32 and self.batch == "gemv"
-                                     and self.in_features % 128 == 0):
-            raise OptionError(f"q8 activations exist only for int4 g32 gemv with in_features % 128 == 0, got "
-                              f"{self.scheme} g{self.group_size} {self.batch} in={self.in_features}")
+        if self.act == "q8" and not q8_supported(self.scheme, self.in_features, self.group_size, self.batch):
+            raise OptionError(f"q8 activations exist only for gemv of int4 g32 (in_features % 128 == 0) and int8 "
+                              f"(in_features % 64 == 0), got {self.scheme} g{self.group_size} {self.batch} "
+                              f"in={self.in_features}")
 
     @property
     def name(self) -> str:
@@ -345,6 +354,77 @@ def _int4_q8_gemv(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20
     return gemv
 
 
+def _int8_q8_gemv(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20):
+    """int8 GEMV on Q8_0-rounded activations with AVX-512 VNNI (llama.cpp's Q8_0 x Q8_0 numerics).
+
+    ``vpdpbusd`` needs one unsigned operand: the stored weights are read as ``w ^ 0x80 = w + 128`` (u8), so each
+    product carries ``128 * x`` extra; per call the prep kernel gives ``xq`` (codes), ``dxl`` (each int32 lane's
+    block scale) and ``c`` = sum over blocks of 128 * d * sum(codes), subtracted once per row. Per 64 weight
+    bytes: load, xor, vpdpbusd, convert, fma.
+    """
+    from tvm.script import tirx as T
+
+    O, I = spec.out_features, spec.in_features
+    R = _largest_divisor(O, rows)
+    NB = I // 64
+    par = weight_bytes(spec) >= parallel_min_bytes
+
+    @T.prim_func
+    def gemv(xq: T.Buffer((I,), "int8", align=4), dxl: T.Buffer((I // 4,), "float32", align=4),
+             c: T.Buffer((1,), "float32", align=4), w: T.Buffer((O, I), "int8", align=4),
+             scale: T.Buffer((O,), "float32", align=4), y: T.Buffer((1, O), "float32", align=4)):
+        T.func_attr({"tirx.noalias": True})
+        for ob in T.parallel(O // R) if par else T.serial(O // R):
+            acc = T.alloc_buffer((R, 16), "float32", scope="local")
+            for r in T.unroll(R):
+                acc[r, T.Ramp(0, 1, 16)] = T.Broadcast(T.float32(0), 16)
+            for kb in range(NB):
+                for r in T.unroll(R):
+                    wu = T.reinterpret("int8x64", T.reinterpret("uint8x64", w[ob * R + r, T.Ramp(kb * 64, 1, 64)])
+                                       ^ T.Broadcast(T.uint8(128), 64))
+                    d = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512",
+                                                T.Broadcast(T.int32(0), 16), wu, xq[T.Ramp(kb * 64, 1, 64)])
+                    acc[r, T.Ramp(0, 1, 16)] = acc[r, T.Ramp(0, 1, 16)] + T.Cast("float32x16", d) * dxl[
+                        T.Ramp(kb * 16, 1, 16)]
+            for r in T.unroll(R):
+                y[0, ob * R + r] = T.float32(0) - c[0]
+                for lane in range(16):
+                    y[0, ob * R + r] = y[0, ob * R + r] + acc[r, lane]
+                y[0, ob * R + r] = y[0, ob * R + r] * scale[ob * R + r]
+
+    return gemv
+
+
+def _q8_prep_int8(n: int):
+    """``x f32 [n] -> xq int8 [n], dxl f32 [n/4], c f32 [1]`` for :func:`_int8_q8_gemv` (Q8_0 blocks of 32)."""
+    from tvm.script import tirx as T
+
+    G = n // 32
+
+    @T.prim_func
+    def prep(x: T.Buffer((n,), "float32", align=4), xq: T.Buffer((n,), "int8", align=4),
+             dxl: T.Buffer((n // 4,), "float32", align=4), c: T.Buffer((1,), "float32", align=4)):
+        T.func_attr({"tirx.noalias": True})
+        c[0] = T.float32(0)
+        for g in range(G):
+            amax = T.alloc_buffer((1,), "float32", scope="local")
+            qs = T.alloc_buffer((1,), "int32", scope="local")
+            amax[0] = T.float32(0)
+            for j in range(32):
+                amax[0] = T.max(amax[0], T.fabs(x[g * 32 + j]))
+            d = amax[0] / T.float32(127)
+            qs[0] = 0
+            for j in range(32):
+                xq[g * 32 + j] = T.Cast("int8", T.if_then_else(d > T.float32(0), T.nearbyint(x[g * 32 + j] / d),
+                                                                T.float32(0)))
+                qs[0] = qs[0] + T.Cast("int32", xq[g * 32 + j])
+            for lane in range(8):
+                dxl[g * 8 + lane] = d
+            c[0] = c[0] + T.Cast("float32", qs[0] * 128) * d
+
+    return prep
+
+
 def _q8_prep(n: int):
     """``x f32 [n] -> xlo, xhi int8 [n/2], off int32 [n/8], dxl f32 [n/8]``: the activation side of the q8 int4
     kernel (see :func:`_int4_q8_gemv`): Q8_0 blocks of 32, d = max|x|/127, codes round-half-even(x / d)."""
@@ -462,10 +542,15 @@ def schedule(spec: LinearSpec, target: dict[str, Any], options: BuildOptions | N
     if spec.act == "q8":
         if not has_vnni(target):
             raise TargetError(f"{spec.name} needs AVX-512 VNNI; target {target} has none")
-        f = _int4_q8_gemv(spec, options.cpu.q8_rows,
-                          options.cpu.parallel_min_bytes if options.cpu.parallel else 1 << 62)
+        pmin = options.cpu.parallel_min_bytes if options.cpu.parallel else 1 << 62
+        if spec.scheme == "int4":
+            f = _int4_q8_gemv(spec, options.cpu.q8_rows, pmin)
+            prep = _q8_prep(spec.in_features)
+        else:
+            f = _int8_q8_gemv(spec, options.cpu.q8_rows, pmin)
+            prep = _q8_prep_int8(spec.in_features)
         f = f.with_attr("global_symbol", spec.name)
-        prep = _q8_prep(spec.in_features).with_attr("global_symbol", spec.name + "_prep")
+        prep = prep.with_attr("global_symbol", spec.name + "_prep")
         return tvm.IRModule({spec.name: f, spec.name + "_prep": prep})
     func = linear_primfunc(spec)
     if kind == "llvm":

@@ -200,8 +200,9 @@ def q8_ref_x(x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.tvm
 @pytest.mark.skipif(not _host_has_vnni(), reason="host CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("scheme", ["int4", "int8"])
 @pytest.mark.parametrize("shape", [(64, 128), (36, 384)])
-def test_int4_q8_vnni_kernel(shape, tmp_path):
+def test_q8_vnni_kernels(scheme, shape, tmp_path):
     """The VNNI kernel equals the exact product of Q8_0-rounded x with the stored int4 weights, and stays within
     Q8_0's error of the float result."""
     pytest.importorskip("tvm")
@@ -209,8 +210,9 @@ def test_int4_q8_vnni_kernel(shape, tmp_path):
     from edgespool.kernels.tvm_build import LinearSpec
 
     out, inn = shape
-    kern = TvmKernels.for_host([LinearSpec("int4", out, inn, 32, act="q8")], cache_dir=tmp_path)
-    w = make("int4", 32, out, inn, seed=3)
+    g = 32 if scheme == "int4" else 0
+    kern = TvmKernels.for_host([LinearSpec(scheme, out, inn, g, act="q8")], cache_dir=tmp_path)
+    w = make(scheme, g, out, inn, seed=3)
     rng = np.random.default_rng(4)
     for m in (1, 3):
         x = rng.standard_normal((m, inn)).astype(np.float32)
@@ -221,6 +223,7 @@ def test_int4_q8_vnni_kernel(shape, tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
         exact = x.astype(np.float64) @ decode_ref(w).T
         assert np.abs(got - exact).max() < 2e-2 * np.abs(exact).max()
+        assert kern.calls == (1 if m == 1 else 2)  # the q8 kernel ran (no fallback)
 
 
 _RIG_SCRIPT = r'''
