@@ -5,9 +5,11 @@ baseline, page cache included; blkio read throttle + IOPS limit of the profile's
 far as the host has them):
 
   (a) edgespool streaming under the budget (O_DIRECT, layer window, LRFU expert cache + prediction); for MoE
-      also "-lru" (LRU, no prediction, the routed experts of a layer still read in parallel once known) and
-      "-plainlru" (LRU, no prediction, demand reads: the baseline prediction is measured against)
-  (b) llama.cpp (llama-cpp-python) on the GGUF of the same weights, default mmap; and --no-mmap (use_mmap=False)
+      also "-lru": plain LRU, no prediction (the baseline prediction is measured against; the engine's own
+      ``hint`` still reads a layer's routed experts in parallel once the router has run, as in every mode)
+  (b) llama.cpp (llama-cpp-python) on the GGUF of the same weights, default mmap; and --no-mmap (use_mmap=False);
+      and mmap with ``use_extra_bufts=False`` (``--no-repack``: on x86 llama.cpp by default copies Q4_0 weights
+      into repacked anonymous buffers, i.e. the whole model in RAM, which is OOM-killed under a small limit)
   (c) a naive layer-by-layer loader without prefetch (AirLLM-style: read each group when asked, drop it after)
   (d) edgespool with no budget (resident, no memory limit)
 
@@ -210,8 +212,19 @@ def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) ->
     if kind.startswith("llama"):
         import llama_cpp
 
+        if kind == "llama-mmap-norepack":  # keep Q4_0/Q8_0 weights in the mmap instead of repacked copies
+            import llama_cpp.llama_cpp as lc
+
+            default_params = lc.llama_model_default_params
+
+            def no_repack():
+                p = default_params()
+                p.use_extra_bufts = False
+                return p
+
+            lc.llama_model_default_params = no_repack
         t = time.perf_counter()
-        llm = llama_cpp.Llama(model_path=path, n_ctx=P + N + 8, use_mmap=(kind == "llama-mmap"), verbose=False,
+        llm = llama_cpp.Llama(model_path=path, n_ctx=P + N + 8, use_mmap=kind.startswith("llama-mmap"), verbose=False,
                               n_threads=len(os.sched_getaffinity(0)), n_batch=P)
         res["load_s"] = time.perf_counter() - t
         V = llm.n_vocab()
@@ -240,8 +253,7 @@ def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) ->
         if kind.startswith("edgespool-stream"):
             from edgespool.offload.streaming_source import open_streaming
 
-            opts = {"edgespool-stream-lru": dict(cache_policy="lru", predict=False),
-                    "edgespool-stream-plainlru": dict(cache_policy="lru", predict=False, lookahead=False)}.get(kind, {})
+            opts = dict(cache_policy="lru", predict=False) if kind == "edgespool-stream-lru" else {}
             src = open_streaming(b, budget, max_context=P + N, max_batch_tokens=P, **opts)
         elif kind == "naive":
             class Naive:  # AirLLM-style: read a group when asked (buffered), drop it when released; no prefetch
@@ -348,8 +360,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=12)
     ap.add_argument("--models", default="dense,moe")
     ap.add_argument("--quants", default="int8,int4")
-    ap.add_argument("--systems", default="edgespool-stream,edgespool-stream-lru,edgespool-stream-plainlru,llama-mmap,"
-                                         "llama-nommap,naive,edgespool-resident")
+    ap.add_argument("--systems", default="edgespool-stream,edgespool-stream-lru,llama-mmap,"
+                                         "llama-mmap-norepack,llama-nommap,naive,edgespool-resident")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -395,7 +407,7 @@ def main() -> None:
             print(f"== {bundle.name}: {size / MiB:.0f} MiB weights (GGUF {gsize / MiB:.0f} MiB), budget "
                   f"{budget / MiB:.0f} MiB", flush=True)
             for kind in systems:
-                if kind in ("edgespool-stream-lru", "edgespool-stream-plainlru") and mname != "moe":
+                if kind == "edgespool-stream-lru" and mname != "moe":
                     continue
                 fam = "llama" if kind.startswith("llama") else "edgespool"
                 path = gguf if fam == "llama" else bundle

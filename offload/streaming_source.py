@@ -195,6 +195,7 @@ class StreamingWeights:
         self._layer = layer
         h = np.asarray(hidden, dtype=np.float32)
         used = [f"layers.{layer}.experts.{e}" for e in self.predictor.route(layer, h)]
+        self.cache.visit(layer)
         self.cache.protected = set(used)
         self.cache.upcoming = set()
         if self.lookahead:

@@ -176,3 +176,25 @@ def test_rate_limiter_from_env_throttles_reads(dense, monkeypatch):
         store.close()
     expect = store.bytes_read / 2e6
     assert 0.8 * expect < dt < 1.5 * expect + 0.1
+
+
+def test_lrfu_evicts_experts_passed_over_at_their_layer_first_and_predictions_evict_only_those(moe):
+    # two layers visited cyclically; capacity 3. Token 1: layer0 uses e0, layer1 uses e1. Token 2: layer0 uses
+    # e2 -> e0 was passed over at layer 0 (stale) while e1 (layer 1 not yet revisited) is hot.
+    cache, t, store = _cache(moe, 3, "lrfu", lam=0.1)
+    try:
+        for now, g in ((0.0, "layers.0.experts.0"), (0.5, "layers.1.experts.1"), (1.0, "layers.0.experts.2")):
+            t["now"] = now
+            cache.get(g)
+            cache.release(g)
+        # a predicted read may only evict the stale e0, never the hot e1 or e2 ...
+        assert cache.prefetch(["layers.1.experts.3"], 1.0, predicted=True) == 1
+        assert "layers.0.experts.0" not in cache.entries and "layers.1.experts.1" in cache.entries
+        # ... and with nothing stale left it is skipped instead of evicting a hot expert
+        assert cache.prefetch(["layers.1.experts.4"], 1.0, predicted=True) == 0 and cache.prefetch_skipped == 1
+        # a demand miss still gets a slot (from the hot ones, lowest CRF)
+        t["now"] = 1.5
+        cache.get("layers.1.experts.5")
+        assert len(cache.entries) == 3
+    finally:
+        store.close()
