@@ -233,3 +233,37 @@ class TvmKernels:
         if bias is not None:
             y += bias
         return y.reshape(*lead, out_f) if lead else y.reshape(out_f)
+
+    # -- plugging into the engine ---------------------------------------------------------------------------------
+    def install(self, registry: dict | None = None) -> dict:
+        """Route ``registry`` (default :data:`edgespool.kernels.linear.KERNELS`, the engine's one linear entry
+        point) through these kernels for int8 / int4 / f16, each falling back to the entry it replaces when no
+        kernel fits. Returns the replaced entries (pass them to :meth:`uninstall`)."""
+        from . import linear as linear_mod
+
+        reg = linear_mod.KERNELS if registry is None else registry
+        old = {s: reg[s] for s in ("int8", "int4", "f16") if s in reg}
+        for scheme, prev in old.items():
+            reg[scheme] = _Routed(self, prev)
+        return old
+
+    @staticmethod
+    def uninstall(old: dict, registry: dict | None = None) -> None:
+        """Put back the entries :meth:`install` replaced."""
+        from . import linear as linear_mod
+
+        (linear_mod.KERNELS if registry is None else registry).update(old)
+
+
+class _Routed:
+    """A ``kernels.linear.KERNELS`` entry: the TVM kernel when one fits, else the previous entry."""
+
+    def __init__(self, kernels: TvmKernels, fallback: Any):
+        self.kernels = kernels
+        self.fallback = fallback
+        # the fallback may still run: reserve what it needs (kernels.linear.kernel_workspace_bytes reads this)
+        self.workspace_bytes = int(getattr(fallback, "workspace_bytes", 0) or 0)
+
+    def __call__(self, x: np.ndarray, w: QTensor) -> np.ndarray:
+        y = self.kernels.linear(x, w)
+        return self.fallback(x, w) if y is None else y

@@ -59,12 +59,29 @@ def tvm_kernels(tmp_path_factory):
     return TvmKernels.for_host(_specs(), cache_dir=tmp_path_factory.mktemp("kcache"))
 
 
-@pytest.fixture(params=["numpy", pytest.param("tvm", marks=pytest.mark.tvm)])
+@pytest.fixture(params=["numpy", "numpy_blocked", pytest.param("tvm", marks=pytest.mark.tvm),
+                        pytest.param("tvm_installed", marks=pytest.mark.tvm)])
 def impl(request):
-    """Each implementation as a callable linear(x, w, bias) -> y."""
+    """Each implementation as a callable linear(x, w, bias) -> y: the whole-matrix numpy reference, the engine's
+    row-blocked numpy kernel (kernels.linear), the TVM kernels directly, and the TVM kernels plugged into the
+    engine's kernels.linear registry."""
+    from edgespool.kernels import linear as linear_mod
+
     if request.param == "numpy":
         return quant.linear
+    if request.param == "numpy_blocked":
+        return linear_mod.linear
     kern = request.getfixturevalue("tvm_kernels")
+    if request.param == "tvm_installed":
+        old = kern.install()
+        request.addfinalizer(lambda: kern.uninstall(old))
+        calls0 = kern.calls
+
+        def run_installed(x, w, bias=None):
+            y = linear_mod.linear(x, w, bias)
+            assert kern.calls > calls0, "the installed TVM kernel did not run"
+            return y
+        return run_installed
 
     def run(x, w, bias=None):
         y = kern.linear(x, w, bias)
@@ -310,3 +327,19 @@ def test_q8_prep_kernel_matches_numpy(tmp_path):
     prep(x, *outs)
     for got, want in zip(outs, quantize_activations_q8(x)):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.tvm
+def test_installed_kernels_fall_back_to_the_replaced_entry(tvm_kernels):
+    from edgespool.kernels import linear as linear_mod
+
+    w = make("int8", 0, 80, 512)  # no compiled kernel has this shape
+    x = np.random.default_rng(7).standard_normal((2, 512)).astype(np.float32)
+    old = tvm_kernels.install()
+    try:
+        assert isinstance(linear_mod.KERNELS["int8"], object) and linear_mod.KERNELS["int8"] is not old["int8"]
+        y = linear_mod.linear(x, w)
+    finally:
+        tvm_kernels.uninstall(old)
+    assert linear_mod.KERNELS["int8"] is old["int8"]
+    np.testing.assert_allclose(y, x.astype(np.float64) @ decode_ref(w).T, rtol=1e-4, atol=1e-4)
