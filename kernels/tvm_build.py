@@ -246,6 +246,8 @@ def _cpu_schedule(func, spec: LinearSpec, opt: CpuSchedule, vec: int):
         kg, hh, j = red
         h2 = spec.group_size // 2
         ji_n = min(16, h2)
+        if spec.batch == "gemm":  # 2 x ji_n lanes per row x row_tile rows within registers (<= 64 lanes)
+            ji_n = min(ji_n, max(4, 32 // spec.row_tile))
         while h2 % ji_n:
             ji_n //= 2
         jo, ji = sch.split(j, [None, ji_n])
@@ -257,6 +259,8 @@ def _cpu_schedule(func, spec: LinearSpec, opt: CpuSchedule, vec: int):
     else:
         (k,) = red
         lanes = opt.lanes
+        if spec.batch == "gemm":  # keep lanes x row_tile accumulators within registers (<= 64 lanes)
+            lanes = max(vec, min(lanes, 64 // spec.row_tile))
         while spec.in_features % lanes:
             lanes //= 2
         ko, lane = sch.split(k, [None, lanes])

@@ -13,7 +13,7 @@ from edgespool.kernels import quant
 
 SHAPES = [(64, 128), (96, 256), (33, 96)]  # 33 rows: odd; 96 inputs: not a multiple of the 32/64 lanes
 SCHEMES = [("int8", 0), ("int4", 32), ("int4", 64), ("int4", 16), ("f16", 0)]
-BATCHES = [1, 3, 4, 7, 16]
+BATCHES = [1, 3, 4, 7, 16]  # up to TvmKernels.max_gemm_rows
 
 
 def decode_ref(t: quant.QTensor) -> np.ndarray:
@@ -140,8 +140,9 @@ def test_tvm_falls_back_and_says_so(tvm_kernels, caplog):
     with caplog.at_level(logging.INFO, logger="edgespool.kernels"):
         assert tvm_kernels.linear(x, make("f32", 0, 64, 128)) is None  # no f32 kernel
         assert tvm_kernels.linear(np.ones((1, 512), np.float32), make("int8", 0, 80, 512)) is None  # no shape
+        assert tvm_kernels.linear(np.ones((17, 128), np.float32), make("int8", 0, 64, 128)) is None  # prefill
     assert any("fallback" in r.message for r in caplog.records)
-    assert len(tvm_kernels.fallbacks) == 2
+    assert len(tvm_kernels.fallbacks) == 3
 
 
 @pytest.mark.tvm
