@@ -99,7 +99,7 @@ def test_decode_products_run_single_threaded_and_restore_the_callers_blas_thread
     try:
         monkeypatch.setattr(L.np, "matmul", spy)
         L.linear(RNG.standard_normal((1, 128)).astype(np.float32), w)
-        L.linear(RNG.standard_normal((32, 128)).astype(np.float32), w)
+        L.linear(RNG.standard_normal((L.SINGLE_THREAD_ROWS + 1, 128)).astype(np.float32), w)
         monkeypatch.undo()
         assert seen == [1, 2]
     finally:
