@@ -10,7 +10,8 @@ profile's storage (max of bytes/bandwidth and reads/IOPS: a model, not a measure
 of the output against the dense FFN computed with numpy from the same bundled weights.
 
 * ReGLU with a negative pre-activation bias (about 10 % of neurons active, like ReLU LLMs after ReLU-fication):
-  the exact predictor (gate pinned in float32) and low-rank SVD predictors of the gate.
+  the exact predictor (gate pinned in float32) with row-column bundles and with the split (matrix) layout, and
+  low-rank SVD predictors of the gate whose margin is calibrated on 8 separate inputs for a target recall.
 * SwiGLU (the same weights, SiLU, no bias): no neuron is exactly zero; keeping the top fraction of neurons by the
   low-rank predicted |silu(gate x)| is an approximation, and its error is reported next to the oracle's (true
   top |silu(g) * u|, the best any predictor could do).
@@ -59,6 +60,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         path = Path(td) / "ffn.bin"
         spec = write_neuron_file(path, "reglu", layers, "int8")
+        split_path = Path(td) / "ffn-split.bin"
+        write_neuron_file(split_path, "reglu", layers, "int8", layout="split")
         # the weights exactly as bundled (int8 per vector), for the dense references and the exact predictor
         deq = []
         for li in range(L):
@@ -68,8 +71,8 @@ def main() -> None:
             deq.append(v)
         dense_bytes = I * spec.bundle_bytes  # a dense streamed FFN layer reads every neuron (same int8 bytes)
 
-        def run(name, pred_fn, act, pinned_bytes):
-            nw = NeuronWindow(path, capacity=I, window=a.window, bias=bias if act == "relu" else None)
+        def run(name, pred_fn, act, pinned_bytes, file=path):
+            nw = NeuronWindow(file, capacity=I, window=a.window, bias=bias if act == "relu" else None)
             err, rec, prec, frac, t_c = [], [], [], [], 0.0
             try:
                 for x in xs:
@@ -114,9 +117,16 @@ def main() -> None:
         gates = [v["gate"] for v in deq]
         exact = ExactPredictor(gates, bias)
         run("ReGLU, exact predictor (gate pinned f32)", exact.active, "relu", exact.nbytes)
-        for rank, margin in ((128, 0.3), (64, 0.5)):
-            lr = LowRankPredictor(gates, rank, margin, bias)
-            run(f"ReGLU, rank-{rank} predictor, margin {margin}", lr.active, "relu", lr.nbytes)
+        run("ReGLU, exact predictor, split layout (no bundling)", exact.active, "relu", exact.nbytes, split_path)
+        calib = []
+        for _ in range(8):  # calibration inputs, distinct from the measured sequence
+            calib.append(rng.standard_normal(H).astype(np.float32))
+        for rank in (128, 256):
+            for target in (0.9, 0.99):
+                lr = LowRankPredictor(gates, rank, 0.0, bias)
+                m = lr.calibrate(calib, exact, target)
+                run(f"ReGLU, rank-{rank} predictor, margin {m:.2f} (calibrated recall {target})", lr.active, "relu",
+                    lr.nbytes)
         lr = LowRankPredictor(gates, 128, 0.0)
         for keep in (0.1, 0.25, 0.5):
             k = int(keep * I)

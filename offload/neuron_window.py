@@ -43,13 +43,17 @@ FILE_HEADER = 4096
 
 @dataclass(frozen=True)
 class NeuronFileSpec:
-    """Geometry of a neuron-bundle file: ``layers`` x ``neurons`` bundles of ``bundle_bytes`` each."""
+    """Geometry of a neuron file: ``layers`` x ``neurons`` neurons. ``layout="bundled"``: one record per neuron
+    (row-column bundle of ``bundle_bytes``); ``"split"``: the usual matrix layout, one region per vector type
+    (gate rows, up rows, down columns), records of ``vector_record_bytes`` (scale + vector): a neuron is then
+    ``len(vectors)`` separate reads. In memory a neuron is always a bundle (``bundle_bytes``)."""
 
     kind: str
     scheme: str  # "int8" | "f32"
     layers: int
     neurons: int
     hidden: int
+    layout: str = "bundled"
 
     @property
     def vectors(self) -> tuple[str, ...]:
@@ -63,8 +67,25 @@ class NeuronFileSpec:
     def bundle_bytes(self) -> int:
         return -(-self.payload_bytes // BUNDLE_ALIGN) * BUNDLE_ALIGN
 
-    def offset(self, layer: int, neuron: int) -> int:
-        return FILE_HEADER + (layer * self.neurons + neuron) * self.bundle_bytes
+    @property
+    def vector_bytes(self) -> int:
+        return self.hidden * (1 if self.scheme == "int8" else 4)
+
+    @property
+    def vector_record_bytes(self) -> int:
+        return -(-(HEADER_BYTES + self.vector_bytes) // BUNDLE_ALIGN) * BUNDLE_ALIGN
+
+    @property
+    def layer_bytes(self) -> int:
+        per = self.bundle_bytes if self.layout == "bundled" else len(self.vectors) * self.vector_record_bytes
+        return self.neurons * per
+
+    def offset(self, layer: int, neuron: int, vector: int = 0) -> int:
+        """File offset of ``neuron``'s bundle (bundled) or of its ``vector``-th record (split)."""
+        if self.layout == "bundled":
+            return FILE_HEADER + (layer * self.neurons + neuron) * self.bundle_bytes
+        return (FILE_HEADER + layer * self.layer_bytes
+                + (vector * self.neurons + neuron) * self.vector_record_bytes)
 
 
 def _q8(v: np.ndarray) -> tuple[np.ndarray, np.float32]:
@@ -75,28 +96,45 @@ def _q8(v: np.ndarray) -> tuple[np.ndarray, np.float32]:
 
 
 def write_neuron_file(path: str | os.PathLike, kind: str, layers: list[dict[str, np.ndarray]],
-                      scheme: str = "int8") -> NeuronFileSpec:
-    """Write FFN weights in the row-column bundled layout. ``layers[i]`` maps ``gate``/``up`` (``[I, H]``) and
-    ``down`` (``[H, I]``) to float arrays. Returns the file's spec (also stored in its 4 KiB header)."""
+                      scheme: str = "int8", layout: str = "bundled") -> NeuronFileSpec:
+    """Write FFN weights in the row-column ``bundled`` layout (or ``split``, the plain matrix layout, to measure
+    what bundling gains). ``layers[i]`` maps ``gate``/``up`` (``[I, H]``) and ``down`` (``[H, I]``) to float
+    arrays. Returns the file's spec (also stored in its 4 KiB header)."""
+    if layout not in ("bundled", "split"):
+        raise OptionError(f"neuron file layout {layout!r}; valid: bundled, split")
     if kind not in KINDS:
         raise OptionError(f"neuron FFN kind {kind!r}; valid: {', '.join(KINDS)}")
     if scheme not in ("int8", "f32"):
         raise OptionError(f"neuron bundle scheme {scheme!r}; valid: int8, f32")
     names = KINDS[kind]
     I, H = layers[0][names[0]].shape
-    spec = NeuronFileSpec(kind, scheme, len(layers), int(I), int(H))
+    spec = NeuronFileSpec(kind, scheme, len(layers), int(I), int(H), layout)
     for i, lw in enumerate(layers):
         for n in names:
             want = (H, I) if n == "down" else (I, H)
             if lw[n].shape != want:
                 raise OptionError(f"layer {i} tensor {n!r}: shape {lw[n].shape}, expected {want}")
     with open(path, "wb") as f:
-        head = MAGIC + np.array([list(KINDS).index(kind), 0 if scheme == "int8" else 1, spec.layers, I, H],
-                                dtype=np.int64).tobytes()
+        head = MAGIC + np.array([list(KINDS).index(kind), 0 if scheme == "int8" else 1, spec.layers, I, H,
+                                 0 if layout == "bundled" else 1], dtype=np.int64).tobytes()
         f.write(head.ljust(FILE_HEADER, b"\0"))
         row = np.zeros(spec.bundle_bytes, dtype=np.uint8)
+        rec = np.zeros(spec.vector_record_bytes, dtype=np.uint8)
         for lw in layers:
             vecs = [np.asarray(lw[n], np.float32) for n in names]
+            if layout == "split":
+                for n, w in zip(names, vecs):
+                    for j in range(I):
+                        v = w[:, j] if n == "down" else w[j]
+                        rec[:] = 0
+                        if scheme == "int8":
+                            q, sc = _q8(v)
+                            rec[:4] = np.array([sc], np.float32).view(np.uint8)
+                            rec[HEADER_BYTES: HEADER_BYTES + H] = q.view(np.uint8)
+                        else:
+                            rec[HEADER_BYTES: HEADER_BYTES + 4 * H] = v.astype(np.float32).view(np.uint8)
+                        f.write(rec.tobytes())
+                continue
             for j in range(I):
                 row[:] = 0
                 pos = HEADER_BYTES
@@ -118,12 +156,12 @@ def write_neuron_file(path: str | os.PathLike, kind: str, layers: list[dict[str,
 def read_spec(path: str | os.PathLike) -> NeuronFileSpec:
     """The spec stored in a neuron file's header (StorageError when it is not one)."""
     with open(path, "rb") as f:
-        head = f.read(len(MAGIC) + 40)
-    if head[: len(MAGIC)] != MAGIC or len(head) < len(MAGIC) + 40:
+        head = f.read(len(MAGIC) + 48)
+    if head[: len(MAGIC)] != MAGIC or len(head) < len(MAGIC) + 48:
         raise StorageError(f"{path}: not an edgespool neuron-bundle file (bad magic)")
-    k, s, L, I, H = (int(v) for v in np.frombuffer(head[len(MAGIC):], dtype=np.int64))
-    spec = NeuronFileSpec(list(KINDS)[k], "int8" if s == 0 else "f32", L, I, H)
-    need = spec.offset(L, 0)
+    k, s, L, I, H, lay = (int(v) for v in np.frombuffer(head[len(MAGIC):], dtype=np.int64))
+    spec = NeuronFileSpec(list(KINDS)[k], "int8" if s == 0 else "f32", L, I, H, "bundled" if lay == 0 else "split")
+    need = FILE_HEADER + L * spec.layer_bytes
     if os.path.getsize(path) < need:
         raise StorageError(f"{path}: truncated ({os.path.getsize(path)} bytes, the header says {need})")
     return spec
@@ -179,6 +217,18 @@ class LowRankPredictor(ExactPredictor):
         self.margin = margin
         self.bias = bias or [None] * len(pre)
 
+    def calibrate(self, xs: list[np.ndarray], exact: ExactPredictor, recall: float) -> float:
+        """Set ``margin`` to the smallest value reaching top-level ``recall`` of the exact active sets on the
+        calibration inputs ``xs`` (all layers); returns it."""
+        gaps = []  # -(predicted score) of every truly active neuron: active when margin > gap
+        for x in xs:
+            for li in range(len(self.U)):
+                act = exact.active(li, x)
+                gaps.append(-self.scores(li, x)[act])
+        g = np.sort(np.concatenate(gaps))
+        self.margin = float(g[min(len(g) - 1, int(np.ceil(recall * len(g))) - 1)]) + 1e-6 if g.size else 0.0
+        return self.margin
+
     def scores(self, layer: int, x: np.ndarray) -> np.ndarray:
         s = self.U[layer] @ (self.V[layer] @ x)
         return s if self.bias[layer] is None else s + self.bias[layer]
@@ -213,6 +263,7 @@ class NeuronWindow:
         self.slots = np.frombuffer(self._buf, np.uint8).reshape(spec.layers, self.capacity, B)
         self._stage_map = mmap.mmap(-1, max(B, staging_bytes // B * B))
         self._stage = np.frombuffer(self._stage_map, np.uint8)
+        self._rows = np.empty((max(1, len(self._stage) // B), B), np.uint8)  # bundles assembled from a run
         self.where = [dict() for _ in range(spec.layers)]  # neuron -> slot
         self.last = [dict() for _ in range(spec.layers)]  # neuron -> token of last use
         self.free = [list(range(self.capacity - 1, -1, -1)) for _ in range(spec.layers)]
@@ -234,23 +285,34 @@ class NeuronWindow:
                     raise StorageError(f"{self.path}: O_DIRECT reads are not possible here") from None
         return os.open(self.path, os.O_RDONLY), False
 
-    def _read_run(self, layer: int, first: int, count: int) -> np.ndarray:
-        B = self.spec.bundle_bytes
-        n = count * B
-        mv = memoryview(self._stage)[:n]
-        off = self.spec.offset(layer, first)
+    def _pread(self, start: int, n: int, off: int, what: str) -> np.ndarray:
+        mv = memoryview(self._stage)[start: start + n]
         try:
             got = os.preadv(self.fd, [mv], off)
         except OSError as e:
-            raise StorageError(f"{self.path}: read error at layer {layer} neurons {first}..{first + count - 1} "
-                               f"({e.strerror or e})") from None
+            raise StorageError(f"{self.path}: read error at {what} ({e.strerror or e})") from None
         if got < n:
-            raise StorageError(f"{self.path}: truncated at layer {layer} neuron {first} (short read)")
+            raise StorageError(f"{self.path}: truncated at {what} (short read)")
         if not self.direct:
             os.posix_fadvise(self.fd, off, n, os.POSIX_FADV_DONTNEED)
         self.bytes_read += n
         self.reads += 1
-        return self._stage[:n].reshape(count, B)
+        return self._stage[start: start + n]
+
+    def _read_run(self, layer: int, first: int, count: int, out: np.ndarray) -> None:
+        """Read neurons ``first .. first+count-1`` of ``layer`` into the bundle rows ``out`` ``[count, B]``:
+        one read (bundled) or one per vector type (split, reassembled into bundles)."""
+        sp, B = self.spec, self.spec.bundle_bytes
+        what = f"layer {layer} neurons {first}..{first + count - 1}"
+        if sp.layout == "bundled":
+            out[...] = self._pread(0, count * B, sp.offset(layer, first), what).reshape(count, B)
+            return
+        R, vb = sp.vector_record_bytes, sp.vector_bytes
+        out[:, :HEADER_BYTES] = 0
+        for k in range(len(sp.vectors)):
+            recs = self._pread(0, count * R, sp.offset(layer, first, k), what).reshape(count, R)
+            out[:, 4 * k: 4 * k + 4] = recs[:, :4]
+            out[:, HEADER_BYTES + k * vb: HEADER_BYTES + (k + 1) * vb] = recs[:, HEADER_BYTES: HEADER_BYTES + vb]
 
     def _make_room(self, layer: int, need: int, keep: set[int]) -> None:
         free, where, last = self.free[layer], self.where[layer], self.last[layer]
@@ -271,13 +333,14 @@ class NeuronWindow:
         missing = [int(j) for j in active if int(j) not in where]
         self.requested += len(active)
         self._make_room(layer, len(missing), set(int(j) for j in active))
-        per_read = len(self._stage) // self.spec.bundle_bytes
+        per_read = len(self._stage) // max(self.spec.bundle_bytes, self.spec.vector_record_bytes)
         i = 0
         while i < len(missing):  # runs of consecutive neuron ids, at most one staging buffer each
             k = i + 1
             while k < len(missing) and missing[k] == missing[k - 1] + 1 and k - i < per_read:
                 k += 1
-            rows = self._read_run(layer, missing[i], k - i)
+            rows = self._rows[: k - i]
+            self._read_run(layer, missing[i], k - i, rows)
             for r, j in enumerate(missing[i:k]):
                 s = self.free[layer].pop()
                 self.slots[layer, s] = rows[r]

@@ -50,9 +50,10 @@ def _tokens(n, seed=1):
 
 @pytest.mark.parametrize("kind", ["relu", "reglu"])
 @pytest.mark.parametrize("scheme", ["f32", "int8"])
-def test_windowed_ffn_equals_the_dense_ffn_with_the_exact_active_set(tmp_path, kind, scheme):
+@pytest.mark.parametrize("layout", ["bundled", "split"])
+def test_windowed_ffn_equals_the_dense_ffn_with_the_exact_active_set(tmp_path, kind, scheme, layout):
     layers, bias = _weights(kind)
-    spec = write_neuron_file(tmp_path / "n.bin", kind, layers, scheme)
+    spec = write_neuron_file(tmp_path / "n.bin", kind, layers, scheme, layout)
     assert read_spec(tmp_path / "n.bin") == spec and spec.bundle_bytes % 512 == 0
     ref_w = layers
     if scheme == "int8":
@@ -69,7 +70,7 @@ def test_windowed_ffn_equals_the_dense_ffn_with_the_exact_active_set(tmp_path, k
                                            rtol=1e-4, atol=1e-5)
             nw.end_token()
         st = nw.stats()
-        full = 12 * L * I * spec.bundle_bytes
+        full = 12 * L * spec.layer_bytes
         assert st["bytes_read"] < full / 4  # sparse + reused: far less than reading every neuron every token
         assert st["reuse"] > 0.5
     finally:
@@ -98,6 +99,21 @@ def test_only_missing_neurons_are_read_and_the_window_drops_stale_ones(tmp_path)
         nw.close()
 
 
+def test_row_column_bundles_need_one_read_per_run_where_the_split_layout_needs_one_per_vector(tmp_path):
+    layers, bias = _weights("reglu")
+    n = {}
+    for layout in ("bundled", "split"):
+        write_neuron_file(tmp_path / f"{layout}.bin", "reglu", layers, "int8", layout)
+        nw = NeuronWindow(tmp_path / f"{layout}.bin", capacity=I, window=2, bias=bias)
+        try:
+            y = nw.ffn(1, np.ones(H, np.float32), [7, 8, 9, 40, 100])
+            n[layout] = (nw.reads, y)
+        finally:
+            nw.close()
+    assert n["bundled"][0] == 3 and n["split"][0] == 9
+    np.testing.assert_array_equal(n["bundled"][1], n["split"][1])
+
+
 def test_full_rank_predictor_is_exact_and_low_rank_recall_is_measurable(tmp_path):
     layers, bias = _weights("reglu")
     pre = [w["gate"] for w in layers]
@@ -110,6 +126,10 @@ def test_full_rank_predictor_is_exact_and_low_rank_recall_is_measurable(tmp_path
         rec.append(len(t & p) / len(t))
     assert 0.0 < np.mean(rec) <= 1.0
     assert low.nbytes < exact.nbytes
+    xs = _tokens(8)
+    low.calibrate(xs[:4], exact, 0.95)
+    got = [len(set(exact.active(0, x)) & set(low.active(0, x))) / len(exact.active(0, x)) for x in xs[:4]]
+    assert np.mean(got) >= 0.9
 
 
 def test_errors(tmp_path):
