@@ -9,6 +9,7 @@ a second export of the same shapes for the same target compiles nothing.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import time
@@ -17,12 +18,20 @@ from typing import Any
 
 from ..errors import OptionError, TargetError
 from ..kernels.tvm_backend import KERNELS_MANIFEST
-from ..kernels.tvm_build import LINEAR_SCHEMES, BuildOptions, LinearSpec, has_vnni, q8_supported
+from ..kernels.tvm_build import LINEAR_SCHEMES, BuildOptions, LinearSpec, has_dotprod, has_vnni, q8_supported
 from ..kernels.tvm_cache import compile_kernel
 from ..runtime.config import ModelConfig
 from ..targets.profiles import TargetProfile
 
 GEMM_ROW_TILE = 4
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a temporary name and an atomic rename: a process that has the old ``dst``
+    loaded keeps its inode (overwriting a dlopen'ed library in place crashes that process)."""
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def linear_specs(config: ModelConfig, tensors_meta: dict[str, dict[str, Any]],
@@ -56,8 +65,9 @@ def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[s
     (the bundle's ``kernels/`` directory), write ``kernels.json`` there and return the manifest section:
     target, triple, kernel list (spec, file, bytes), total bytes, compile seconds and cache hits.
 
-    ``activations="q8"`` also builds, where the target CPU has AVX-512 VNNI, int4 kernels that round x to Q8_0
-    blocks per call (llama.cpp's numerics, ~2x faster on znver4); the runtime prefers them for decode."""
+    ``activations="q8"`` also builds, where the target CPU has AVX-512 VNNI (x86) or dotprod (aarch64: rpi5,
+    Orin), int8 / int4 g32 GEMVs that round x to Q8_0 blocks per call (llama.cpp's numerics; on znver4 int4 ~2x
+    and int8 ~1.3x the float-activation kernels); the runtime prefers them for decode."""
     if activations not in ("f32", "q8"):
         raise OptionError(f"--kernel-activations {activations!r}: valid are f32, q8")
     if target_profile.kind != "linux":
@@ -68,7 +78,8 @@ def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[s
         cc = None  # native build on an ARM host
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specs = linear_specs(config, tensors_meta, q8=activations == "q8" and has_vnni(target_profile.tvm_target))
+    tt = target_profile.tvm_target
+    specs = linear_specs(config, tensors_meta, q8=activations == "q8" and (has_vnni(tt) or has_dotprod(tt)))
     t0 = time.perf_counter()
     entries: list[dict[str, Any]] = []
     compile_s = 0.0
@@ -76,7 +87,7 @@ def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[s
     for spec in specs:
         k = compile_kernel(spec, target_profile.tvm_target, cc=cc, options=options, cache_dir=cache_dir)
         fname = f"{spec.name}.so"
-        shutil.copyfile(k.path, out / fname)
+        _publish(k.path, out / fname)
         entries.append({"kind": "so", "spec": spec.to_dict(), "file": fname, "nbytes": k.nbytes,
                         "compile_seconds": round(k.compile_seconds, 3), "cached": k.cached})
         compile_s += 0.0 if k.cached else k.compile_seconds
@@ -86,7 +97,7 @@ def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[s
             files = {}
             for f in g.files:
                 dst = f"{spec.name}.{target_profile.gpu.arch}.{f.split('.')[-1]}"
-                shutil.copyfile(g.directory / f, out / dst)
+                _publish(g.directory / f, out / dst)
                 files[f.split(".")[-1]] = dst
             entries.append({"kind": "cuda", "spec": spec.to_dict(), "files": files, "launch": g.launch,
                             "nbytes": g.nbytes, "compile_seconds": round(g.compile_seconds, 3),

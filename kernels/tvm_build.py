@@ -358,6 +358,90 @@ def _int4_q8_gemv(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20
     return gemv
 
 
+def has_dotprod(target: dict[str, Any]) -> bool:
+    """True for an aarch64 llvm target with the dot-product extension (sdot; Cortex-A76 / Pi 5, A78)."""
+    mattr = " ".join(target.get("mattr", []) or [])
+    return (target.get("kind") == "llvm" and str(target.get("mtriple", "")).startswith("aarch64")
+            and "+dotprod" in mattr)
+
+
+_SDOT = "llvm.aarch64.neon.sdot.v4i32.v16i8"
+
+
+def _int8_q8_gemv_sdot(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20):
+    """aarch64 dotprod twin of :func:`_int8_q8_gemv` (same prep, same arguments): per 16 weight bytes one
+    ``sdot`` (s8 x s8, no bias to undo, so ``c`` is unused), convert, fma with the lanes' block scales."""
+    from tvm.script import tirx as T
+
+    O, I = spec.out_features, spec.in_features
+    R = _largest_divisor(O, rows)
+    NC = I // 16
+    par = weight_bytes(spec) >= parallel_min_bytes
+
+    @T.prim_func
+    def gemv(xq: T.Buffer((I,), "int8", align=4), dxl: T.Buffer((I // 4,), "float32", align=4),
+             c: T.Buffer((1,), "float32", align=4), w: T.Buffer((O, I), "int8", align=4),
+             scale: T.Buffer((O,), "float32", align=4), y: T.Buffer((1, O), "float32", align=4)):
+        T.func_attr({"tirx.noalias": True})
+        for ob in T.parallel(O // R) if par else T.serial(O // R):
+            acc = T.alloc_buffer((R, 4), "float32", scope="local")
+            for r in T.unroll(R):
+                acc[r, T.Ramp(0, 1, 4)] = T.Broadcast(T.float32(0), 4)
+            for kc in range(NC):
+                for r in T.unroll(R):
+                    d = T.call_llvm_pure_intrin("int32x4", _SDOT, T.Broadcast(T.int32(0), 4),
+                                                w[ob * R + r, T.Ramp(kc * 16, 1, 16)], xq[T.Ramp(kc * 16, 1, 16)])
+                    acc[r, T.Ramp(0, 1, 4)] = acc[r, T.Ramp(0, 1, 4)] + T.Cast("float32x4", d) * dxl[
+                        T.Ramp(kc * 4, 1, 4)]
+            for r in T.unroll(R):
+                y[0, ob * R + r] = T.float32(0)
+                for lane in range(4):
+                    y[0, ob * R + r] = y[0, ob * R + r] + acc[r, lane]
+                y[0, ob * R + r] = y[0, ob * R + r] * scale[ob * R + r]
+
+    return gemv
+
+
+def _int4_q8_gemv_sdot(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20):
+    """aarch64 dotprod twin of :func:`_int4_q8_gemv` (same prep and arguments): per group (16 weight bytes) two
+    ``sdot`` of the nibbles (0..15, valid s8) with the block's codes, minus the per-lane bias, convert, times
+    block scale x the group's weight scale."""
+    from tvm.script import tirx as T
+
+    O, I = spec.out_features, spec.in_features
+    R = _largest_divisor(O, rows)
+    G = I // 32
+    par = weight_bytes(spec) >= parallel_min_bytes
+
+    @T.prim_func
+    def gemv(xlo: T.Buffer((I // 2,), "int8", align=4), xhi: T.Buffer((I // 2,), "int8", align=4),
+             off: T.Buffer((I // 8,), "int32", align=4), dxl: T.Buffer((I // 8,), "float32", align=4),
+             w: T.Buffer((O, I // 2), "uint8", align=4), scale: T.Buffer((O, I // 32), "float16", align=4),
+             y: T.Buffer((1, O), "float32", align=4)):
+        T.func_attr({"tirx.noalias": True})
+        for ob in T.parallel(O // R) if par else T.serial(O // R):
+            acc = T.alloc_buffer((R, 4), "float32", scope="local")
+            for r in T.unroll(R):
+                acc[r, T.Ramp(0, 1, 4)] = T.Broadcast(T.float32(0), 4)
+            for kg in range(G):
+                for r in T.unroll(R):
+                    wv = w[ob * R + r, T.Ramp(kg * 16, 1, 16)]
+                    lo = T.reinterpret("int8x16", wv & T.Broadcast(T.uint8(15), 16))
+                    hi = T.reinterpret("int8x16", wv >> T.Broadcast(T.uint8(4), 16))
+                    d = T.call_llvm_pure_intrin("int32x4", _SDOT, T.Broadcast(T.int32(0), 4), lo,
+                                                xlo[T.Ramp(kg * 16, 1, 16)])
+                    d2 = T.call_llvm_pure_intrin("int32x4", _SDOT, d, hi, xhi[T.Ramp(kg * 16, 1, 16)])
+                    acc[r, T.Ramp(0, 1, 4)] = acc[r, T.Ramp(0, 1, 4)] + T.Cast(
+                        "float32x4", d2 - off[T.Ramp(kg * 4, 1, 4)]) * (dxl[T.Ramp(kg * 4, 1, 4)] * T.Broadcast(
+                            T.Cast("float32", scale[ob * R + r, kg]), 4))
+            for r in T.unroll(R):
+                y[0, ob * R + r] = T.float32(0)
+                for lane in range(4):
+                    y[0, ob * R + r] = y[0, ob * R + r] + acc[r, lane]
+
+    return gemv
+
+
 def _int8_q8_gemv(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20):
     """int8 GEMV on Q8_0-rounded activations with AVX-512 VNNI (llama.cpp's Q8_0 x Q8_0 numerics).
 
@@ -544,15 +628,16 @@ def schedule(spec: LinearSpec, target: dict[str, Any], options: BuildOptions | N
     options = options or BuildOptions()
     kind = target.get("kind")
     if spec.act == "q8":
-        if not has_vnni(target):
-            raise TargetError(f"{spec.name} needs AVX-512 VNNI; target {target} has none")
         pmin = options.cpu.parallel_min_bytes if options.cpu.parallel else 1 << 62
-        if spec.scheme == "int4":
-            f = _int4_q8_gemv(spec, options.cpu.q8_rows, pmin)
-            prep = _q8_prep(spec.in_features)
+        if has_vnni(target):
+            gemv = _int4_q8_gemv if spec.scheme == "int4" else _int8_q8_gemv
+        elif has_dotprod(target):
+            gemv = _int4_q8_gemv_sdot if spec.scheme == "int4" else _int8_q8_gemv_sdot
         else:
-            f = _int8_q8_gemv(spec, options.cpu.q8_rows, pmin)
-            prep = _q8_prep_int8(spec.in_features)
+            raise TargetError(f"{spec.name} needs AVX-512 VNNI (x86) or dotprod (aarch64); target {target} has "
+                              "neither")
+        f = gemv(spec, options.cpu.q8_rows, pmin)
+        prep = _q8_prep(spec.in_features) if spec.scheme == "int4" else _q8_prep_int8(spec.in_features)
         f = f.with_attr("global_symbol", spec.name)
         prep = prep.with_attr("global_symbol", spec.name + "_prep")
         return tvm.IRModule({spec.name: f, spec.name + "_prep": prep})

@@ -267,7 +267,8 @@ print(json.dumps({"runtime": runtime_kind(), "worst": worst, "fallbacks": kern.f
 @pytest.mark.arm64
 @pytest.mark.slow
 def test_rpi5_kernels_match_host_in_arm64_rig(tmp_path):
-    """An rpi5 bundle's cross-compiled kernels run under qemu (cortex-a76) and match the host kernels."""
+    """An rpi5 bundle's cross-compiled kernels run under qemu (cortex-a76) and match the host kernels (float
+    activations) or the numpy Q8_0 reference (the dotprod sdot kernels)."""
     pytest.importorskip("tvm")
     import shutil
     import subprocess
@@ -285,18 +286,24 @@ def test_rpi5_kernels_match_host_in_arm64_rig(tmp_path):
                       num_heads=4, num_kv_heads=2, head_dim=32)
     rng = np.random.default_rng(5)
     host_dir = tmp_path / "host"
-    for scheme in ("int8", "int4"):
+    for scheme, act in (("int8", "f32"), ("int4", "f32"), ("int8", "q8"), ("int4", "q8")):
         meta = {n: {"scheme": scheme, "shape": list(s), "group_size": 32}
                 for n, s in cfg.tensor_shapes().items() if len(s) == 2 and n != "embed"}
-        case_dir = tmp_path / scheme
-        build_kernels_for_bundle(cfg, meta, get_target("rpi5"), case_dir / "kernels", cache_dir=tmp_path / "c")
+        case_dir = tmp_path / f"{scheme}_{act}"
+        sec = build_kernels_for_bundle(cfg, meta, get_target("rpi5"), case_dir / "kernels", cache_dir=tmp_path / "c",
+                                       activations=act)
+        assert any(k["spec"]["act"] == act for k in sec["kernels"])
+        # re-exported into the same directory on purpose: the first round's libraries are still loaded
         build_kernels_for_bundle(cfg, meta, get_target("host"), host_dir / scheme, cache_dir=tmp_path / "c")
-        host = TvmKernels.from_dir(host_dir / scheme)
+        host = TvmKernels.from_dir(host_dir / scheme)  # float-activation kernels
         for o, i in {tuple(m["shape"]) for m in meta.values()}:
             w = make(scheme, 32, o, i, seed=o)
             for m in (1, 5):
                 x = rng.standard_normal((m, i)).astype(np.float32)
-                np.savez(case_dir / f"case_{o}x{i}_{m}.npz", data=w.data, scale=w.scale, x=x, host=host.linear(x, w),
+                # q8 decode rows (the rig prefers the sdot kernel for <= 4 rows): the numpy Q8_0 reference
+                want = (q8_ref_x(x) @ decode_ref(w).T).astype(np.float32) if act == "q8" and m == 1 else \
+                    host.linear(x, w)
+                np.savez(case_dir / f"case_{o}x{i}_{m}.npz", data=w.data, scale=w.scale, x=x, host=want,
                          scheme=scheme, shape=np.array([o, i]), g=w.group_size)
         script = tmp_path / "rig_check.py"
         script.write_text(_RIG_SCRIPT)
