@@ -25,7 +25,8 @@ def print_generation(model, prompt: str, n: int, as_json: bool, stream: bool = T
             click.echo(piece, nl=False)
             sys.stdout.flush()
     st = model.stats
-    res = {"prompt": prompt, "text": "".join(pieces), "tokens": ids, "stats": st.to_dict()}
+    res = {"prompt": prompt, "text": "".join(pieces), "tokens": ids, "stats": st.to_dict(),
+           "kernels": model.kernels.description}
     if as_json:
         click.echo(json.dumps(res, indent=1))
     else:
@@ -33,7 +34,8 @@ def print_generation(model, prompt: str, n: int, as_json: bool, stream: bool = T
             click.echo(res["text"], nl=False)
         click.echo("")
         click.echo(f"[prefill {st.prompt_tokens} tok {st.prefill_tok_s:.1f} tok/s | decode {st.generated_tokens} tok "
-                   f"{st.decode_tok_s:.1f} tok/s | peak RSS {fmt_bytes(st.peak_rss_bytes)}]", err=True)
+                   f"{st.decode_tok_s:.1f} tok/s | peak RSS {fmt_bytes(st.peak_rss_bytes)} | {model.kernels.description}]",
+                   err=True)
     return res
 
 

@@ -113,9 +113,13 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
 
 
 def _build_kernels(cfg, writer: BundleWriter, profile: TargetProfile) -> dict[str, Any] | None:
-    """Compile the target's kernels into the bundle when the TVM toolchain is available; None otherwise."""
-    try:
-        from .kernels_export import build_kernels_for_bundle
-    except ImportError:
-        return None
+    """Compile the target's kernels into the bundle when apache-tvm is installed; otherwise record why not (the
+    runtime then uses the numpy reference kernels and says so)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tvm") is None:
+        return {"status": "skipped", "reason": "apache-tvm is not installed at export time (pip install "
+                                               "'edgespool[tvm]'); the runtime uses numpy kernels"}
+    from .kernels_export import build_kernels_for_bundle
+
     return build_kernels_for_bundle(cfg, writer.tensors, profile, writer.stage_path("kernels"))

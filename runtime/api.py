@@ -58,8 +58,10 @@ class GenerationStats:
 class Model:
     """A loaded decoder bundle: tokenizer + weight source + engine."""
 
-    def __init__(self, bundle: Bundle, source: WeightSource, tokenizer: BundleTokenizer) -> None:
+    def __init__(self, bundle: Bundle, source: WeightSource, tokenizer: BundleTokenizer,
+                 kernels: "KernelRoute | None" = None) -> None:
         self.bundle = bundle
+        self.kernels = kernels or KernelRoute(None, {}, "numpy reference kernels")
         self.config = bundle.config
         self.source = source
         self.tokenizer = tokenizer
@@ -99,6 +101,7 @@ class Model:
         return self.tokenizer.stream(self.generate_ids(prompt, max_tokens, **kw))
 
     def close(self) -> None:
+        self.kernels.remove()
         self.source.close()
 
     def __enter__(self) -> "Model":
@@ -108,8 +111,67 @@ class Model:
         self.close()
 
 
+@dataclass
+class KernelRoute:
+    """Which linear kernels a loaded model uses: the bundle's compiled TVM kernels (routed into
+    :data:`edgespool.kernels.linear.KERNELS` until :meth:`remove`) or the numpy reference, and why."""
+
+    backend: Any
+    replaced: dict
+    description: str
+
+    def remove(self) -> None:
+        if self.backend is not None and self.replaced:
+            self.backend.uninstall(self.replaced)
+            self.replaced = {}
+
+
+def install_bundle_kernels(bundle: Bundle, enabled: bool = True) -> KernelRoute:
+    """Route the engine's linear layers through the bundle's compiled kernels when they fit this machine; fall back
+    to numpy (saying why in ``description``) when the bundle has none, they are for another CPU, or no TVM runtime
+    is installed."""
+    section = bundle.manifest.get("kernels") or {}
+    if not enabled:
+        return KernelRoute(None, {}, "numpy reference kernels (compiled kernels disabled)")
+    if not section or section.get("status") == "skipped" or not (bundle.path / "kernels").is_dir():
+        why = section.get("reason", "the bundle has no compiled kernels")
+        return KernelRoute(None, {}, f"numpy reference kernels ({why})")
+    misfit = kernels_misfit(section.get("tvm_target") or {})
+    if misfit:
+        return KernelRoute(None, {}, f"numpy reference kernels ({misfit})")
+    from ..errors import EdgespoolError
+
+    try:
+        from ..kernels.tvm_backend import TvmKernels
+
+        tk = TvmKernels.from_dir(bundle.path / "kernels")
+    except (ImportError, EdgespoolError) as e:
+        return KernelRoute(None, {}, f"numpy reference kernels ({e})")
+    if not tk.specs:
+        why = "; ".join(tk.fallbacks) or "none of the bundle's kernels fit this machine"
+        return KernelRoute(None, {}, f"numpy reference kernels ({why})")
+    return KernelRoute(tk, tk.install(),
+                       f"TVM kernels from the bundle ({len(tk.specs)} compiled for {section.get('target', '?')})")
+
+
+def kernels_misfit(tvm_target: dict[str, Any]) -> str | None:
+    """Why kernels compiled for ``tvm_target`` must not run here (they could execute illegal instructions), or
+    None when they fit: another ISA; on x86 another LLVM mcpu than this CPU's; on ARM, dotprod on a CPU without it."""
+    from ..targets import get_target
+
+    host = get_target("host")
+    triple = str(tvm_target.get("mtriple", ""))
+    if triple and not triple.startswith(host.isa):
+        return f"kernels are for {triple}, this machine is {host.isa}"
+    if host.isa == "x86_64" and tvm_target.get("mcpu") and tvm_target.get("mcpu") != host.cpu:
+        return f"kernels are for mcpu {tvm_target.get('mcpu')}, this CPU is {host.cpu}; re-export with --target host"
+    if host.isa == "aarch64" and "+dotprod" in tvm_target.get("mattr", []) and "asimddp" not in host.features:
+        return "kernels use the dotprod extension, which this CPU lacks; re-export for this board"
+    return None
+
+
 def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, target: str | None = None,
-         verify: bool = True, **stream_options: Any) -> Model:
+         verify: bool = True, kernels: bool = True, **stream_options: Any) -> Model:
     """Open a decoder bundle. Without ``memory_budget`` every weight is read once and kept resident (CRC-checked
     when ``verify``); with one, weights stream from storage under that budget (see edgespool.offload)."""
     bundle = Bundle(Path(path))
@@ -125,4 +187,4 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
 
         budget = parse_bytes(memory_budget, "memory_budget")
         source = open_streaming(bundle, budget, target=target, verify=verify, **stream_options)
-    return Model(bundle, source, tok)
+    return Model(bundle, source, tok, install_bundle_kernels(bundle, kernels))
