@@ -161,6 +161,8 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
     if bundle.config is None:
         raise OptionError(f"{path}: bench needs a decoder bundle")
     cfg = bundle.config
+    if memory_budget is not None:  # import what the run will use first: imports belong to the baseline
+        from ..offload import streaming_source  # noqa: F401
     t_start = time.perf_counter()
     base_rss = process_rss()
     base_cg, _ = cgroup_memory()
