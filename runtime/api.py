@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import BundleError, OptionError
 from .bundle import Bundle
-from .engine import Engine
+from .engine import Engine, EngineStats
 from .sampling import Sampler
 from .tokenizer import BundleTokenizer
 from .weights import ResidentWeights, WeightSource
@@ -32,27 +32,30 @@ def peak_rss_bytes() -> int:
 
 @dataclass
 class GenerationStats:
-    """Measured figures of the last :meth:`Model.generate` call."""
+    """Measured figures of the last :meth:`Model.generate` call: the engine's own timers (time inside forward
+    passes only) plus what the caller sees (tokens yielded, peak RSS)."""
 
-    prompt_tokens: int = 0
+    engine: EngineStats = field(default_factory=EngineStats)
     generated_tokens: int = 0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
     peak_rss_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        e = self.engine
+        return {"prompt_tokens": e.prefill_tokens, "generated_tokens": self.generated_tokens,
+                "prefill_s": e.prefill_s, "decode_s": e.decode_s, "prefill_tok_s": e.prefill_tok_s,
+                "decode_tok_s": e.decode_tok_s, "peak_rss_bytes": self.peak_rss_bytes}
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.engine.prefill_tokens
 
     @property
     def prefill_tok_s(self) -> float:
-        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+        return self.engine.prefill_tok_s
 
     @property
     def decode_tok_s(self) -> float:
-        n = max(self.generated_tokens - 1, 0)  # the first token comes out of the prefill step
-        return n / self.decode_s if self.decode_s > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
-                "prefill_s": self.prefill_s, "decode_s": self.decode_s, "prefill_tok_s": self.prefill_tok_s,
-                "decode_tok_s": self.decode_tok_s, "peak_rss_bytes": self.peak_rss_bytes}
+        return self.engine.decode_tok_s
 
 
 class Model:
@@ -88,12 +91,10 @@ class Model:
         stops = self.tokenizer.eos_token_ids if stop is None else tuple(stop)
         sampler = Sampler(temperature, top_k, top_p, seed)
         self.engine.stats.reset()
-        st = self.stats = GenerationStats(prompt_tokens=len(ids))
+        st = self.stats = GenerationStats(self.engine.stats)
         for tok in self.engine.generate(ids, max_tokens, sampler, stops):
             st.generated_tokens += 1
-            st.prefill_s, st.decode_s = self.engine.stats.prefill_s, self.engine.stats.decode_s
             yield tok
-        st.prefill_s, st.decode_s = self.engine.stats.prefill_s, self.engine.stats.decode_s
         st.peak_rss_bytes = peak_rss_bytes()
 
     def generate(self, prompt: str | Iterable[int], max_tokens: int = 32, **kw: Any) -> Iterator[str]:
