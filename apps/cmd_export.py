@@ -27,6 +27,9 @@ CNN_SUFFIXES = (".onnx", ".pth", ".pt")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --output.")
 @click.option("--no-onnx", is_flag=True, help="Skip the ONNX lowering.")
 @click.option("--no-kernels", is_flag=True, help="Skip compiling target kernels.")
+@click.option("--kernel-activations", default="f32", show_default=True, type=click.Choice(["f32", "q8"]),
+              help="q8: also compile decode GEMVs that round activations to Q8_0 blocks (llama.cpp's numerics; "
+                   "AVX-512 VNNI / ARM dotprod targets), used for decode at runtime.")
 @click.option("--activation-budget", help="CNNs: activation memory budget, e.g. 256KiB (patch-based plan).")
 @click.option("--input-shape", help="CNNs: fix a dynamic input shape, e.g. 1,3,224,224.")
 @click.option("--cnn-quant", type=click.Choice(["f32", "int8"]), default=None,
@@ -38,6 +41,7 @@ CNN_SUFFIXES = (".onnx", ".pth", ".pt")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bits: str | None,
                dense_bits: str | None, output: str, force: bool, no_onnx: bool, no_kernels: bool,
+               kernel_activations: str,
                activation_budget: str | None, input_shape: str | None, cnn_quant: str | None, width: float,
                resolution: int, max_overhead: str | None, calib: tuple[str, ...], as_json: bool) -> None:
     """Read a model (HF safetensors dir, GGUF file, or an ONNX/PyTorch CNN), compress it and write a bundle."""
@@ -65,7 +69,8 @@ def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bit
     src = open_source(source)
     try:
         res = export_model(src, output, target=profile, policy=policy, overwrite=force, onnx=not no_onnx,
-                           kernels=not no_kernels, progress=progress)
+                           kernels=not no_kernels, progress=progress,
+                           kernel_activations=kernel_activations)
     finally:
         src.close()
     if as_json:

@@ -57,8 +57,10 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: TargetProfile | str = "host",
                  policy: QuantPolicy | None = None, overwrite: bool = False, onnx: bool = True,
-                 kernels: bool = True, progress: bool = True) -> ExportResult:
-    """Compress ``source`` by ``policy`` into a bundle at ``out_dir`` for ``target``."""
+                 kernels: bool = True, progress: bool = True, kernel_activations: str = "f32") -> ExportResult:
+    """Compress ``source`` by ``policy`` into a bundle at ``out_dir`` for ``target``. ``kernel_activations``:
+    ``f32`` (float activations) or ``q8`` (also compile GEMVs that round activations to Q8_0 blocks per call,
+    llama.cpp's numerics, where the target CPU has AVX-512 VNNI / dotprod; the runtime prefers them for decode)."""
     t0 = time.perf_counter()
     profile = get_target(target) if isinstance(target, str) else target
     policy = policy or QuantPolicy()
@@ -96,7 +98,7 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
             timings["onnx_s"] = time.perf_counter() - t1
         if kernels:
             t1 = time.perf_counter()
-            section = _build_kernels(cfg, writer, profile)
+            section = _build_kernels(cfg, writer, profile, kernel_activations)
             if section is not None:
                 writer.add_section("kernels", section)
             timings["kernels_s"] = time.perf_counter() - t1
@@ -112,7 +114,8 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
     return ExportResult(path, time.perf_counter() - t0, total, rep)
 
 
-def _build_kernels(cfg, writer: BundleWriter, profile: TargetProfile) -> dict[str, Any] | None:
+def _build_kernels(cfg, writer: BundleWriter, profile: TargetProfile,
+                   activations: str = "f32") -> dict[str, Any] | None:
     """Compile the target's kernels into the bundle when apache-tvm is installed; otherwise record why not (the
     runtime then uses the numpy reference kernels and says so)."""
     import importlib.util
@@ -122,4 +125,5 @@ def _build_kernels(cfg, writer: BundleWriter, profile: TargetProfile) -> dict[st
                                                "'edgespool[tvm]'); the runtime uses numpy kernels"}
     from .kernels_export import build_kernels_for_bundle
 
-    return build_kernels_for_bundle(cfg, writer.tensors, profile, writer.stage_path("kernels"))
+    return build_kernels_for_bundle(cfg, writer.tensors, profile, writer.stage_path("kernels"),
+                                    activations=activations)
