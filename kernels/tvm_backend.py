@@ -56,24 +56,40 @@ def runtime_kind() -> str:
     global _RUNTIME_READY
     if _RUNTIME_READY:
         return _RUNTIME_READY
+    # Prefer the light runtime (tvm_ffi + libtvm_runtime.so, ~15 MB) over the full compiler package (~450 MB RSS);
+    # fall back to `import tvm` when only the full package can provide the runtime library.
     try:
-        import tvm  # noqa: F401
-
-        _RUNTIME_READY = "tvm"
-        return _RUNTIME_READY
+        _import_without_torch("tvm_ffi")
+        for lib in _runtime_library_candidates():
+            if lib.exists():
+                ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+                _RUNTIME_READY = "tvm_ffi+libtvm_runtime"
+                return _RUNTIME_READY
     except ImportError:
         pass
     try:
-        import tvm_ffi  # noqa: F401
+        _import_without_torch("tvm")
+        _RUNTIME_READY = "tvm"
+        return _RUNTIME_READY
     except ImportError as e:
-        raise TargetError("running TVM kernels needs apache-tvm-ffi (pip install apache-tvm-ffi) or apache-tvm") from e
-    for lib in _runtime_library_candidates():
-        if lib.exists():
-            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-            _RUNTIME_READY = "tvm_ffi+libtvm_runtime"
-            return _RUNTIME_READY
-    raise TargetError("apache-tvm-ffi is installed but libtvm_runtime.so was not found; set EDGESPOOL_TVM_RUNTIME "
-                      "to its path (it ships in the apache-tvm wheel under tvm/lib)")
+        raise TargetError("running TVM kernels needs apache-tvm-ffi (pip install apache-tvm-ffi) plus "
+                          "libtvm_runtime.so (EDGESPOOL_TVM_RUNTIME), or apache-tvm") from e
+
+
+def _import_without_torch(name: str):
+    """Import ``name`` while hiding torch: tvm_ffi imports torch eagerly when it is installed (hundreds of MB of
+    RSS on a device), and the kernels never use it. A torch the application already imported is left alone."""
+    import importlib
+    import sys
+
+    if "torch" in sys.modules:
+        return importlib.import_module(name)
+    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
+    try:
+        return importlib.import_module(name)
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
 
 
 def load_kernel_library(path: str | Path):
@@ -140,6 +156,8 @@ class TvmKernels:
                            spec.act)] = (spec, fn)
         self.fallbacks: dict[str, int] = {}  # reason -> count
         self.calls = 0
+        # use a loaded q8-activation kernel for 1..4 rows (False: the float-activation kernels only)
+        self.prefer_q8 = True
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -199,7 +217,8 @@ class TvmKernels:
             self._fallback(f"more than max_gemm_rows={self.max_gemm_rows} rows: numpy dequantise + BLAS is faster")
             return None
         batch = "gemv" if m == 1 else "gemm"
-        hit = self._fns.get(_key(w.scheme, out_f, in_f, w.group_size, "gemv", "q8")) if m <= 4 else None
+        hit = (self._fns.get(_key(w.scheme, out_f, in_f, w.group_size, "gemv", "q8"))
+               if m <= 4 and self.prefer_q8 else None)
         if hit is None:
             hit = self._fns.get(_key(w.scheme, out_f, in_f, w.group_size, batch))
         if hit is None and batch == "gemm" and m <= 4:  # a few rows: gemv per row beats the numpy fallback
