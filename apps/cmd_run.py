@@ -51,9 +51,11 @@ def print_generation(model, prompt: str, n: int, as_json: bool, stream: bool = T
 @click.option("--plan", "show_plan", is_flag=True, help="Print the memory plan (with --memory-budget).")
 @click.option("--image", default=None, type=click.Path(), help="CNN bundles: the image to classify.")
 @click.option("--top", default=5, show_default=True, type=int, help="CNN bundles: classes to print.")
+@click.option("--ignore-eos", is_flag=True, help="Do not stop at the model's end-of-sequence tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, top_p: float, seed: int | None,
-            memory_budget: str | None, show_plan: bool, image: str | None, top: int, as_json: bool) -> None:
+            memory_budget: str | None, show_plan: bool, image: str | None, top: int, ignore_eos: bool,
+            as_json: bool) -> None:
     """Run a bundle: generate text from a decoder bundle, or classify --image with a CNN bundle."""
     from ..runtime.bundle import Bundle
 
@@ -74,7 +76,8 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
                            f"({fmt_bytes(b.weights_nbytes)}); pass --memory-budget to stream", err=True)
             else:
                 click.echo(plan.to_text() if hasattr(plan, "to_text") else str(plan), err=True)
-        print_generation(model, prompt, n, as_json, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        print_generation(model, prompt, n, as_json, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                         stop=[] if ignore_eos else None)
     finally:
         model.close()
 

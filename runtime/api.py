@@ -26,7 +26,15 @@ from .weights import ResidentWeights, WeightSource
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (getrusage; Linux reports KiB)."""
+    """Peak resident set size of this process so far: VmHWM from /proc/self/status (reset by exec, unlike
+    getrusage's ru_maxrss, which a child started by fork+exec inherits from its parent); getrusage elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
