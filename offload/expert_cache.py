@@ -10,9 +10,12 @@ Experts the current layer needs (``protect``) are never evicted to make room for
 never evicts an expert predicted for the same upcoming layer. Layers are visited cyclically, once per token, so
 with ``lrfu`` a cached expert is *stale* when its layer has been visited since it was last used (it was not
 routed to at its latest chance) and *hot* otherwise (it was used at its layer's latest visit, and that layer has
-not come round again). Victims are taken from stale experts first (lowest CRF), and a *predicted* prefetch may
-only evict a stale expert: measured on the 8-expert benchmark models, letting predictions evict hot experts cost
-more hits than the predictions gained. (Plain LRU evicts the least recent expert, which in a cyclic order is the
+not come round again). Victims are taken from stale experts first (lowest CRF); among hot experts (given
+``num_layers``) the one whose layer comes round last goes (Belady's choice for the cyclic layer order; plain LRU
+takes the least recent, which is the one needed soonest, and thrashes when the cache holds fewer experts than a
+token uses: 0 % hits on the int4 benchmark model). A *predicted* prefetch may evict a hot expert only when the
+cache is smaller than one token's experts (``working_set``; it must evict hot experts anyway): with a cache that
+holds a whole token, letting predictions evict hot experts cost more hits than the predictions gained. (Plain LRU evicts the least recent expert, which in a cyclic order is the
 one needed soonest: it thrashes when the cache holds fewer experts than a token uses.) Stats, per request: a *hit* was in memory (or
 pinned) before the layer routed; a *predicted hit* was being read because the predictor named it a layer
 earlier; a *lookahead miss* was read only once the layer's own routing was known (the reads of all its experts
@@ -35,7 +38,8 @@ class ExpertCache:
     (hot experts of the plan) are served from memory without using a slot."""
 
     def __init__(self, store: WeightStore, pool: BufferPool, pinned: dict[str, dict[str, QTensor]] | None = None,
-                 *, cls: str = "expert", policy: str = "lrfu", lam: float = 0.5, clock=None) -> None:
+                 *, cls: str = "expert", policy: str = "lrfu", lam: float = 0.5, clock=None,
+                 working_set: int = 0, num_layers: int = 0) -> None:
         if policy not in POLICIES:
             raise ValueError(f"expert cache policy {policy!r}; valid: {', '.join(POLICIES)}")
         self.store = store
@@ -45,6 +49,10 @@ class ExpertCache:
         self.pinned = pinned or {}
         self.policy = policy
         self.lam = lam
+        # experts one token routes to (MoE layers x top-k) and the model's layer count (0: unknown)
+        self.working_set = working_set
+        self.num_layers = num_layers
+        self._cur_layer: int | None = None
         self._clock = clock or (lambda: 0.0)
         self.entries: dict[str, SlotEntry] = {}
         self._hist: dict[str, tuple[float, float]] = {}  # group -> (crf at t, t) ; for lru: (t, t)
@@ -78,6 +86,7 @@ class ExpertCache:
     def visit(self, layer: int) -> None:
         """The engine reached ``layer`` (its routing is known): experts of it not used from now on are stale."""
         now = self._clock()
+        self._cur_layer = layer
         if self._visit.get(layer) != now:
             self._visit[layer] = now
 
@@ -85,6 +94,10 @@ class ExpertCache:
         v = self._visit.get(int(g.split(".")[1]))
         lu = self._last_use.get(g)
         return v is not None and (lu is None or lu < v)
+
+    def _layer_dist(self, g: str) -> int:
+        """Layers until expert ``g``'s layer is visited again, counted from the current layer (itself: L)."""
+        return (int(g.split(".")[1]) - self._cur_layer - 1) % self.num_layers + 1
 
     def _touch(self, g: str) -> None:
         now = self._clock()
@@ -109,7 +122,14 @@ class ExpertCache:
         cands = [x for x, e in self.entries.items() if e.evictable and x not in keep]
         if self.policy == "lrfu" and cands:
             stale = [x for x in cands if self._stale(x)]
-            cands = stale if stale else (cands if hot_ok else [])
+            if stale:
+                cands = stale
+            elif not hot_ok and self.capacity >= self.working_set:
+                cands = []
+            elif self.num_layers and self._cur_layer is not None:
+                # only hot experts: Belady for the cyclic layer order, the one whose layer comes round last
+                far = max(self._layer_dist(x) for x in cands)
+                cands = [x for x in cands if self._layer_dist(x) == far]
         if not cands and demand:  # fall back to experts protected for this layer but not in use
             cands = [x for x, e in self.entries.items() if e.evictable and x != g]
         if cands:

@@ -11,7 +11,11 @@ The engine calls ``on_hidden(i, h)`` with the post-attention residual of layer `
   is scored: accuracy = |predicted ∩ used| / |used| (top-k recall).
 
 For a prompt (T > 1 tokens) the sets are the union over tokens; predictions are ranked by their summed routing
-probability and cut at ``limit``.
+probability and cut at ``limit``. For one token, predictions after the first are kept only when their predicted
+routing probability is at least ``min_prob``: measured on the 8-expert top-2 benchmark model, the first prediction
+was right 91 % of the time and the second 67 % (96 % when its probability was >= 0.3), and a wrong prediction costs
+a whole expert read. ``accuracy`` is the top-k recall of what was predicted, ``precision`` the fraction of
+predicted experts that were used.
 """
 from __future__ import annotations
 
@@ -24,10 +28,11 @@ class ExpertPredictor:
     """Routing from pinned float32 copies of each MoE layer's router ``[E, H]`` and FFN norm weight ``[H]``."""
 
     def __init__(self, config: ModelConfig, routers: dict[int, tuple[np.ndarray, np.ndarray]], *,
-                 extra: int = 0) -> None:
+                 extra: int = 0, min_prob: float = 0.0) -> None:
         self.config = config
         self.k = config.num_experts_per_tok
         self.extra = extra
+        self.min_prob = min_prob
         self.eps = config.rms_norm_eps
         self.w: dict[int, np.ndarray] = {}
         self.norm: dict[int, np.ndarray] = {}
@@ -71,6 +76,10 @@ class ExpertPredictor:
         logits = self._logits(j, h)
         top = np.argsort(-logits, axis=-1, kind="stable")[:, : self.k + self.extra]
         pred = _ranked_union(top, logits)[:limit]
+        if self.min_prob > 0 and logits.shape[0] == 1 and len(pred) > 1:
+            z = np.exp(logits[0] - logits[0].max())
+            p = z / z.sum()
+            pred = pred[:1] + [e for e in pred[1:] if p[e] >= self.min_prob]
         self._pending[j] = set(pred)
         return pred
 
@@ -81,7 +90,9 @@ class ExpertPredictor:
 
     def stats(self) -> dict:
         return {"accuracy": self.accuracy, "scored_experts": self.used_total,
-                "predicted": self.predicted_total, "correct": self.predicted_correct, "extra": self.extra}
+                "precision": self.predicted_correct / self.predicted_total if self.predicted_total else None,
+                "predicted": self.predicted_total, "correct": self.predicted_correct, "extra": self.extra,
+                "min_prob": self.min_prob}
 
 
 def _ranked_union(top: np.ndarray, logits: np.ndarray) -> list[int]:

@@ -54,7 +54,7 @@ class StreamingWeights:
     def __init__(self, bundle: Bundle, plan: MemoryPlan, *, io_threads: int = 2, direct: bool | None = None,
                  verify: bool | str = "first", rate_limiter: Any = None, predict: bool = True, lookahead: bool = True,
                  cache_policy: str = "lrfu", adaptive_window: bool = True, read_timeout_s: float | None = None,
-                 fault=None, predict_extra: int = 0) -> None:
+                 fault=None, predict_extra: int = 0, predict_min_prob: float = 0.3) -> None:
         if bundle.config is None:
             raise BundleError(f"{bundle.path}: streaming needs a decoder bundle")
         self.config: ModelConfig = bundle.config
@@ -81,10 +81,14 @@ class StreamingWeights:
             self.predictor: ExpertPredictor | None = None
             if self.config.is_moe:
                 hot = {g: self._pinned[g] for g in self._pinned if ".experts." in g}
-                self.cache = ExpertCache(self.store, self.pool, hot, policy=cache_policy, clock=self.clock)
+                n_moe = sum(1 for i in range(self.config.num_layers) if self.config.is_moe_layer(i))
+                self.cache = ExpertCache(self.store, self.pool, hot, policy=cache_policy, clock=self.clock,
+                                         working_set=n_moe * self.config.num_experts_per_tok,
+                                         num_layers=self.config.num_layers)
                 routers = self._read_routers()
                 if routers:
-                    self.predictor = ExpertPredictor(self.config, routers, extra=predict_extra)
+                    self.predictor = ExpertPredictor(self.config, routers, extra=predict_extra,
+                                                     min_prob=predict_min_prob)
             self.predict = predict and self.predictor is not None
             self.window.prefetch()  # the first streamed layers start reading while the prompt is prepared
         except BaseException:

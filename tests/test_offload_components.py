@@ -198,3 +198,32 @@ def test_lrfu_evicts_experts_passed_over_at_their_layer_first_and_predictions_ev
         assert len(cache.entries) == 3
     finally:
         store.close()
+
+
+def test_lrfu_evicts_the_hot_expert_whose_layer_comes_round_last(moe):
+    # 4 layers, 1 expert each per token, cache of 3 < 4 (a token's working set): at layer 3 of token 1 every cached
+    # expert is hot; LRU would evict layer 0's (needed next), Belady for the cyclic order evicts layer 2's.
+    for policy, gone in (("lrfu", "layers.2.experts.0"), ("lru", "layers.0.experts.0")):
+        cache, t, store = _cache(moe, 3, policy, working_set=4, num_layers=4)
+        try:
+            for layer in range(4):
+                t["now"] = layer / 4
+                g = f"layers.{layer}.experts.0"
+                cache.visit(layer)
+                cache.get(g)
+                cache.release(g)
+            assert gone not in cache.entries and len(cache.entries) == 3
+        finally:
+            store.close()
+
+
+def test_predictor_keeps_only_confident_second_predictions(moe):
+    cfg = moe.config
+    routers = {i: (moe.read_group(f"layers.{i}")[f"layers.{i}.router"].dequantize(),
+                   np.ones(cfg.hidden_size, np.float32)) for i in range(cfg.num_layers)}
+    x = np.random.default_rng(1).standard_normal((1, cfg.hidden_size)).astype(np.float32)
+    assert len(ExpertPredictor(cfg, routers).predict(1, x, limit=8)) == cfg.num_experts_per_tok
+    strict = ExpertPredictor(cfg, routers, min_prob=0.999)
+    assert len(strict.predict(1, x, limit=8)) == 1  # the first prediction is always kept
+    xs = np.repeat(x, 3, axis=0)  # prompts (T > 1) are not filtered
+    assert len(strict.predict(1, xs, limit=8)) == cfg.num_experts_per_tok
