@@ -108,7 +108,11 @@ class CpuSchedule:
     lanes: int = 32
     rows: int = 2
     vector: int = 0  # f32 lanes of one SIMD register; 0 = from the target (AVX-512 16, AVX2 8, NEON 4)
-    q8_rows: int = 4  # rows per step of the q8 int4 kernel (znver4: 4 beats 1, 2 and 8)
+    # rows per step of the q8 kernels. Cold (a decode step streams every weight from DRAM once), znver4, all GEMVs
+    # of a 20-layer hidden-1024 model in order on one thread: int8 2 rows 8.0-8.6 ms vs 4 rows 10.3; int4 1 row
+    # 5.2-5.5 ms vs 2 rows 5.7-6.4, 4 rows 6.9 (4 rows win only when the weights sit in cache)
+    q8_rows: int = 2
+    q8_rows_int4: int = 1
     parallel: bool = True
     # below this many weight bytes, one thread: waking the pool costs 7-30 us here (1024x1024 int8: 24 us on one
     # thread vs 52 us on two), more than it saves
@@ -343,11 +347,11 @@ def _int4_q8_gemv(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20
                                                 xlo[T.Ramp(kb * 64, 1, 64)])
                     d2 = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512",
                                                  d, T.reinterpret("int8x64", hi), xhi[T.Ramp(kb * 64, 1, 64)])
-                    s16 = T.Shuffle([T.Broadcast(T.Cast("float32", scale[ob * R + r, kb * 4 + 0]), 4),
-                                     T.Broadcast(T.Cast("float32", scale[ob * R + r, kb * 4 + 1]), 4),
-                                     T.Broadcast(T.Cast("float32", scale[ob * R + r, kb * 4 + 2]), 4),
-                                     T.Broadcast(T.Cast("float32", scale[ob * R + r, kb * 4 + 3]), 4)],
-                                    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15])
+                    # the 4 groups' f16 scales: one 8-byte load, one vcvtph2ps, one permute to 4 lanes each
+                    # (scalar loads + inserts per scale cost ~12 instructions per 64 weight bytes)
+                    # (TVM's Shuffle wants >= 16 input lanes: the same vector 4 times, which LLVM folds)
+                    s4 = T.Cast("float32x4", scale[ob * R + r, T.Ramp(kb * 4, 1, 4)])
+                    s16 = T.Shuffle([s4, s4, s4, s4], [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])
                     acc[r, T.Ramp(0, 1, 16)] = acc[r, T.Ramp(0, 1, 16)] + T.Cast(
                         "float32x16", d2 - off[T.Ramp(kb * 16, 1, 16)]) * (dxl[T.Ramp(kb * 16, 1, 16)] * s16)
             for r in T.unroll(R):
@@ -636,7 +640,7 @@ def schedule(spec: LinearSpec, target: dict[str, Any], options: BuildOptions | N
         else:
             raise TargetError(f"{spec.name} needs AVX-512 VNNI (x86) or dotprod (aarch64); target {target} has "
                               "neither")
-        f = gemv(spec, options.cpu.q8_rows, pmin)
+        f = gemv(spec, options.cpu.q8_rows_int4 if spec.scheme == "int4" else options.cpu.q8_rows, pmin)
         prep = _q8_prep(spec.in_features) if spec.scheme == "int4" else _q8_prep_int8(spec.in_features)
         f = f.with_attr("global_symbol", spec.name)
         prep = prep.with_attr("global_symbol", spec.name + "_prep")
