@@ -31,8 +31,10 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_
     ``scale`` defaults to ``D ** -0.5``. Every query must see at least one key (true for causal self-attention
     when the new tokens' own keys are included). Long prompts run in blocks of queries so the ``[nh, T, S]`` score
     matrix never exceeds :data:`SCORE_BYTES`."""
-    T, nh, _ = q.shape
+    T, nh, D = q.shape
     S = k.shape[1]
+    if T == 1 and S and k_pos[-1] <= q_pos[0] and (not sliding_window or k_pos[0] > q_pos[0] - sliding_window):
+        return _attention_decode(q, k, v, scale)
     block = max(1, SCORE_BYTES // (4 * nh * max(S, 1)))
     if T <= block:
         return _attention_block(q, k, v, q_pos, k_pos, sliding_window, scale)
@@ -62,3 +64,15 @@ def _attention_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndar
     scores /= scores.sum(axis=-1, keepdims=True)
     out = np.matmul(scores.reshape(nkv, g * T, S), v)  # [nkv, g*T, D]
     return out.reshape(nkv, g, T, D).transpose(2, 0, 1, 3).reshape(T, nh, D)
+
+
+def _attention_decode(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float | None) -> np.ndarray:
+    """One query that sees every given key (decode): the general path without the mask, the same arithmetic."""
+    _, nh, D = q.shape
+    nkv = k.shape[0]
+    scores = np.matmul(q.reshape(nkv, nh // nkv, D), k.transpose(0, 2, 1))  # [nkv, g, S]
+    scores *= np.float32(D ** -0.5 if scale is None else scale)
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return np.matmul(scores, v).reshape(1, nh, D)
