@@ -115,8 +115,11 @@ class CpuSchedule:
     q8_rows_int4: int = 1
     parallel: bool = True
     # below this many weight bytes, one thread: waking the pool costs 7-30 us here (1024x1024 int8: 24 us on one
-    # thread vs 52 us on two), more than it saves
-    parallel_min_bytes: int = 2 << 20
+    # thread vs 52 us on two), more than it saves. Measured on the shared 2-vCPU host, every GEMV of a 20-layer
+    # hidden-1024 int8 model (2.9 MB FFN matrices) in order: 7.6-7.9 ms/token serial vs 9.5 ms split over 2 TVM
+    # threads and 14 ms with the parallel build on a 1-thread pool (TVM pins the caller to a core that another
+    # process may hold): only matrices of 16 MiB and more (4096x4096 int8) are split.
+    parallel_min_bytes: int = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -311,7 +314,7 @@ def has_vnni(target: dict[str, Any]) -> bool:
             and (str(target.get("mcpu", "")) in _VNNI_MCPUS or "+avx512vnni" in mattr))
 
 
-def _int4_q8_gemv(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20):
+def _int4_q8_gemv(spec: LinearSpec, rows: int, parallel_min_bytes: int = 16 << 20):
     """int4 (g=32) GEMV on Q8_0-quantised activations with AVX-512 VNNI, llama.cpp's Q4_0 x Q8_0 numerics.
 
     Per call the caller quantises x in blocks of 32 (d = max|x|/127, q = round(x/d)) and passes ``xlo``/``xhi``
@@ -372,7 +375,7 @@ def has_dotprod(target: dict[str, Any]) -> bool:
 _SDOT = "llvm.aarch64.neon.sdot.v4i32.v16i8"
 
 
-def _int8_q8_gemv_sdot(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20):
+def _int8_q8_gemv_sdot(spec: LinearSpec, rows: int, parallel_min_bytes: int = 16 << 20):
     """aarch64 dotprod twin of :func:`_int8_q8_gemv` (same prep, same arguments): per 16 weight bytes one
     ``sdot`` (s8 x s8, no bias to undo, so ``c`` is unused), convert, fma with the lanes' block scales."""
     from tvm.script import tirx as T
@@ -406,7 +409,7 @@ def _int8_q8_gemv_sdot(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 
     return gemv
 
 
-def _int4_q8_gemv_sdot(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20):
+def _int4_q8_gemv_sdot(spec: LinearSpec, rows: int, parallel_min_bytes: int = 16 << 20):
     """aarch64 dotprod twin of :func:`_int4_q8_gemv` (same prep and arguments): per group (16 weight bytes) two
     ``sdot`` of the nibbles (0..15, valid s8) with the block's codes, minus the per-lane bias, convert, times
     block scale x the group's weight scale."""
@@ -446,7 +449,7 @@ def _int4_q8_gemv_sdot(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 
     return gemv
 
 
-def _int8_q8_gemv(spec: LinearSpec, rows: int, parallel_min_bytes: int = 2 << 20):
+def _int8_q8_gemv(spec: LinearSpec, rows: int, parallel_min_bytes: int = 16 << 20):
     """int8 GEMV on Q8_0-rounded activations with AVX-512 VNNI (llama.cpp's Q8_0 x Q8_0 numerics).
 
     ``vpdpbusd`` needs one unsigned operand: the stored weights are read as ``w ^ 0x80 = w + 128`` (u8), so each
