@@ -355,3 +355,40 @@ def test_installed_kernels_fall_back_to_the_replaced_entry(tvm_kernels):
         tvm_kernels.uninstall(old)
     assert linear_mod.KERNELS["int8"] is old["int8"]
     np.testing.assert_allclose(y, x.astype(np.float64) @ decode_ref(w).T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.tvm
+@pytest.mark.skipif(not _host_has_vnni(), reason="host CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("scheme", ["int4", "int8"])
+def test_q8_decode_fast_path(scheme, tmp_path):
+    """The one-row decode path of TvmKernels.linear (x [in], [1, in], [1, 1, in]; read-only memory-mapped
+    weights; bias) equals Q8_0-rounded x times the stored weights; with prefer_q8 off the float-activation kernel
+    runs instead and matches float x."""
+    pytest.importorskip("tvm")
+    from edgespool.kernels.tvm_backend import TvmKernels
+    from edgespool.kernels.tvm_build import LinearSpec
+
+    out, inn = 48, 256
+    g = 32 if scheme == "int4" else 0
+    kern = TvmKernels.for_host([LinearSpec(scheme, out, inn, g, act="q8"), LinearSpec(scheme, out, inn, g)],
+                               cache_dir=tmp_path)
+    w0 = make(scheme, g, out, inn, seed=5)
+    np.save(tmp_path / "d.npy", w0.data)
+    np.save(tmp_path / "s.npy", w0.scale)
+    w = quant.QTensor(scheme, w0.shape, np.load(tmp_path / "d.npy", mmap_mode="r"),
+                      np.load(tmp_path / "s.npy", mmap_mode="r"), w0.group_size)
+    assert not w.data.flags.writeable
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(inn).astype(np.float32)
+    bias = rng.standard_normal(out).astype(np.float32)
+    want = q8_ref_x(x[None])[0] @ decode_ref(w0).T
+    for xs in (x, x[None], x[None, None]):
+        got = kern.linear(xs, w)
+        assert got.shape == (*xs.shape[:-1], out)
+        np.testing.assert_allclose(got.reshape(-1), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(kern.linear(x[None], w, bias)[0], want + bias, rtol=1e-5,
+                               atol=1e-5 * np.abs(want).max())
+    kern.prefer_q8 = False
+    exact = x.astype(np.float64) @ decode_ref(w0).T
+    np.testing.assert_allclose(kern.linear(x[None], w)[0], exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
+    assert np.abs(want - exact).max() > 1e-4 * np.abs(exact).max()  # the two modes really differ
