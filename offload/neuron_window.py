@@ -192,14 +192,17 @@ class ExactPredictor:
         self.bias = bias or [None] * len(pre)
 
     def scores(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """Pre-activations ``[I]`` of layer ``layer`` for ``x`` ``[H]`` (bias included)."""
         s = self.pre[layer] @ x
         return s if self.bias[layer] is None else s + self.bias[layer]
 
     def active(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """Sorted ids of the neurons whose ReLU is positive for ``x``."""
         return np.nonzero(self.scores(layer, x) > 0)[0]
 
     @property
     def nbytes(self) -> int:
+        """Memory the predictor pins (bytes)."""
         return sum(w.nbytes for w in self.pre)
 
 
@@ -218,8 +221,8 @@ class LowRankPredictor(ExactPredictor):
         self.bias = bias or [None] * len(pre)
 
     def calibrate(self, xs: list[np.ndarray], exact: ExactPredictor, recall: float) -> float:
-        """Set ``margin`` to the smallest value reaching top-level ``recall`` of the exact active sets on the
-        calibration inputs ``xs`` (all layers); returns it."""
+        """Set ``margin`` to the smallest value reaching ``recall`` of the exact active sets over the calibration
+        inputs ``xs`` (all layers pooled); returns it."""
         gaps = []  # -(predicted score) of every truly active neuron: active when margin > gap
         for x in xs:
             for li in range(len(self.U)):
@@ -230,10 +233,12 @@ class LowRankPredictor(ExactPredictor):
         return self.margin
 
     def scores(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """Predicted pre-activations ``[I]`` (rank-``r`` approximation, bias included)."""
         s = self.U[layer] @ (self.V[layer] @ x)
         return s if self.bias[layer] is None else s + self.bias[layer]
 
     def active(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """Sorted ids of the neurons predicted active (predicted pre-activation > -margin)."""
         return np.nonzero(self.scores(layer, x) > -self.margin)[0]
 
     @property
@@ -382,12 +387,14 @@ class NeuronWindow:
         return self.slots.nbytes
 
     def stats(self) -> dict:
+        """Bytes and reads so far, neurons loaded vs requested (reuse = 1 - loaded / requested)."""
         return {"bytes_read": self.bytes_read, "reads": self.reads, "neurons_loaded": self.loaded,
                 "neurons_requested": self.requested, "tokens": self.token,
                 "reuse": 1 - self.loaded / self.requested if self.requested else None,
                 "bundle_bytes": self.spec.bundle_bytes, "io": "O_DIRECT" if self.direct else "buffered"}
 
     def close(self) -> None:
+        """Close the file (the buffers go with the object)."""
         try:
             os.close(self.fd)
         except OSError:
