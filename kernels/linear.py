@@ -122,6 +122,8 @@ def _blocked(x: np.ndarray, w: QTensor) -> np.ndarray:
     y = np.empty((x2.shape[0], out_f), dtype=np.float32)
     buf, nib = _scratch()
     step = _rows_per_block(w)
+    if step * inn > buf.size:  # one row wider than a block (> 512 Ki inputs): a temporary of one row
+        buf, nib = np.empty(inn, dtype=np.float32), np.empty(inn, dtype=np.uint8)
     # Small products (decode GEMVs, short prompt chunks; dominated by the dequantisation) run on one BLAS thread:
     # waking BLAS worker threads costs more than the multiply, and on a loaded or oversubscribed board their
     # spin-waits slow the whole step down many times over (measured, dense 217 MiB int8 model, load ~2 on 2

@@ -37,6 +37,14 @@ def test_blocked_linear_matches_numpy_on_the_dequantised_matrix(monkeypatch, sch
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_rows_wider_than_a_block_still_work(monkeypatch):
+    monkeypatch.setattr(L, "BLOCK_BYTES", 256)  # 64 floats per block, rows of 128
+    monkeypatch.setattr(L, "_tls", threading.local())
+    w = quantize(RNG.standard_normal((10, 128)).astype(np.float32), "int4")
+    x = RNG.standard_normal((2, 128)).astype(np.float32)
+    np.testing.assert_allclose(L.linear(x, w), x @ dequantize(w).T, rtol=1e-5, atol=1e-5)
+
+
 def test_blocked_linear_temporaries_do_not_grow_with_the_matrix():
     w = quantize(RNG.standard_normal((2816, 1024)).astype(np.float32), "int4")  # 11 MiB as float32
     x = RNG.standard_normal((1, 1024)).astype(np.float32)
