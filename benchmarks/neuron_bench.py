@@ -1,13 +1,15 @@
 """Neuron windowing (LLM in a flash) measured on a synthetic FFN: what it reads, how exact it is, what it costs.
 
-    python benchmarks/neuron_bench.py [--hidden 1024 --inter 4096 --layers 4 --tokens 32 --storage rpi5]
+    python benchmarks/neuron_bench.py [--hidden 1024 --inter 4096 --layers 4 --tokens 32 --storage rpi5] [--rig rpi5]
 
 A random-weight FFN of the given size (int8 row-column bundles, O_DIRECT reads) runs a sequence of slowly drifting
 inputs (x_t = 0.95 x_{t-1} + 0.31 noise: consecutive tokens share most active neurons; real ReLU models' token-to-
 token overlap is a property of the model and the text, not of this script). Reported per configuration: active
 fraction, predictor recall / precision, bytes and reads per token (measured), the I/O time those would take on the
-profile's storage (max of bytes/bandwidth and reads/IOPS: a model, not a measurement), and the relative L2 error
-of the output against the dense FFN computed with numpy from the same bundled weights.
+profile's storage (max of bytes/bandwidth and reads/IOPS: a model), the measured wall time per token of the
+windowed FFN (reads + compute; with ``--rig`` the run happens inside the board rig, so the reads go through its
+blkio bandwidth and IOPS throttle), the same for a dense FFN that reads every neuron every token, and the relative
+L2 error of the output against the dense FFN computed with numpy from the same bundled weights.
 
 * ReGLU with a negative pre-activation bias (about 10 % of neurons active, like ReLU LLMs after ReLU-fication):
   the exact predictor (gate pinned in float32) with row-column bundles and with the split (matrix) layout, and
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +46,27 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--storage", default="rpi5")
     ap.add_argument("--out", default=None, help="write the markdown table here")
+    ap.add_argument("--rig", default=None, help="run inside the board rig of this profile (needs root cgroups)")
+    ap.add_argument("--dir", default=None, help="where the neuron files go (default: a temporary directory)")
+    ap.add_argument("--rig-note", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.rig:
+        from edgespool.apps.rig.limits import resolve_limits
+        from edgespool.apps.rig.runner import run_in_rig
+
+        d = Path(a.dir or tempfile.mkdtemp(prefix="es-neuron-"))
+        d.mkdir(parents=True, exist_ok=True)
+        argv = [x for x in sys.argv[1:]]
+        i = argv.index("--rig")
+        del argv[i: i + 2]
+        if "--dir" not in argv:
+            argv += ["--dir", str(d)]
+        argv += ["--rig-note", f"{a.rig} rig"]
+        rep = run_in_rig([sys.executable, str(Path(__file__).resolve()), *argv],
+                         resolve_limits(get_target(a.rig)), device_paths=[str(d)])
+        print(f"rig: exit {rep.exit_code}, limits: "
+              + ", ".join(f"{l.name} {l.display} ({l.mode})" for l in rep.limits))
+        return
     H, I, L = a.hidden, a.inter, a.layers
     st = get_target(a.storage).storage_medium(None)
     bw, iops = st.read_bandwidth, st.read_iops
@@ -57,7 +80,7 @@ def main() -> None:
         x = (0.95 * x + 0.31 * rng.standard_normal(H)).astype(np.float32)
         xs.append(x.copy())
     rows = []
-    with tempfile.TemporaryDirectory() as td:
+    with (tempfile.TemporaryDirectory(dir=a.dir) if a.dir else tempfile.TemporaryDirectory()) as td:
         path = Path(td) / "ffn.bin"
         spec = write_neuron_file(path, "reglu", layers, "int8")
         split_path = Path(td) / "ffn-split.bin"
@@ -70,6 +93,23 @@ def main() -> None:
             nw.close()
             deq.append(v)
         dense_bytes = I * spec.bundle_bytes  # a dense streamed FFN layer reads every neuron (same int8 bytes)
+
+        def dense_ms() -> float:
+            """Measured ms/token of a dense ReGLU FFN streamed from the same file: every neuron read every token."""
+            nw = NeuronWindow(path, capacity=I, window=1, bias=bias)
+            t0 = time.perf_counter()
+            try:
+                for x in xs:
+                    for li in range(L):
+                        nw.where[li].clear()
+                        nw.last[li].clear()
+                        nw.free[li] = list(range(I - 1, -1, -1))
+                        nw.ffn(li, x, np.arange(I))
+            finally:
+                nw.close()
+            return 1e3 * (time.perf_counter() - t0) / len(xs)
+
+        dense_measured = dense_ms()
 
         def run(name, pred_fn, act, pinned_bytes, file=path):
             nw = NeuronWindow(file, capacity=I, window=a.window, bias=bias if act == "relu" else None)
@@ -109,10 +149,12 @@ def main() -> None:
             rows.append(dict(name=name, act=act, frac=np.mean(frac), recall=np.mean(rec) if rec else None,
                              precision=np.mean(prec) if prec else None, bytes=bpt, reads=rpt, io_ms=1e3 * io_s,
                              dense_io_ms=1e3 * L * dense_bytes / bw, err=np.mean(err), max_err=np.max(err),
-                             pinned=pinned_bytes, window_bytes=nw.resident_bytes, compute_ms=1e3 * t_c / n))
+                             pinned=pinned_bytes, window_bytes=nw.resident_bytes, wall_ms=1e3 * t_c / n,
+                             dense_wall_ms=dense_measured))
             r = rows[-1]
             print(f"{name:40s} active {r['frac']:.1%} read {bpt / 2**20:6.2f} MiB/token in {rpt:5.0f} reads "
-                  f"-> {r['io_ms']:6.1f} ms vs dense {r['dense_io_ms']:.1f} ms; err {r['err']:.2e}", flush=True)
+                  f"-> {r['io_ms']:6.1f} ms vs dense {r['dense_io_ms']:.1f} ms (measured {r['wall_ms']:.1f} vs "
+                  f"{dense_measured:.1f} ms); err {r['err']:.2e}", flush=True)
 
         gates = [v["gate"] for v in deq]
         exact = ExactPredictor(gates, bias)
@@ -140,15 +182,18 @@ def main() -> None:
 
             run(f"SwiGLU, top {keep:.0%} by rank-128 |silu(g)|", top_pred, "silu", lr.nbytes)
             run(f"SwiGLU, top {keep:.0%} oracle |silu(g)*u|", top_oracle, "silu", 0)
+    where = a.rig_note or "in-process (no rig: page-cache-free O_DIRECT reads at this machine's disk speed)"
     md = [f"Synthetic FFN H={H}, I={I}, {L} layers, int8 row-column bundles of {spec.bundle_bytes} B, "
           f"window {a.window} tokens, {a.tokens} drifting tokens; I/O time modelled for {a.storage} "
-          f"{st.medium} ({bw / 1e6:.0f} MB/s, {iops} IOPS).", "",
-          "| configuration | active | recall | precision | read/token | reads/token | I/O ms/token (dense) | "
-          "rel. error (max) | predictor memory |", "|---|---|---|---|---|---|---|---|---|"]
+          f"{st.medium} ({bw / 1e6:.0f} MB/s, {iops} IOPS); wall time measured {where}.", "",
+          "| configuration | active | recall | precision | read/token | reads/token | modelled I/O ms/token "
+          "(dense) | measured ms/token (dense) | rel. error (max) | predictor memory |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['name']} | {r['frac']:.1%} | "
                   + (f"{r['recall']:.3f} | {r['precision']:.3f}" if r["recall"] is not None else "- | -")
                   + f" | {r['bytes'] / 2**20:.2f} MiB | {r['reads']:.0f} | {r['io_ms']:.1f} ({r['dense_io_ms']:.1f}) | "
+                  f"{r['wall_ms']:.1f} ({r['dense_wall_ms']:.1f}) | "
                   f"{r['err']:.1e} ({r['max_err']:.1e}) | {r['pinned'] / 2**20:.1f} MiB |")
     text = "\n".join(md) + "\n"
     print(text)
