@@ -236,7 +236,8 @@ def test_q8_vnni_kernels(scheme, shape, tmp_path):
     kern = TvmKernels.for_host([LinearSpec(scheme, out, inn, g, act="q8")], cache_dir=tmp_path)
     w = make(scheme, g, out, inn, seed=3)
     rng = np.random.default_rng(4)
-    for m in (1, 3):
+    for m in (1, 3, 20):  # 20 > max_gemm_rows: prompts use the q8 kernel row after row too
+        calls0 = kern.calls
         x = rng.standard_normal((m, inn)).astype(np.float32)
         x[:, 5] = 0.0
         x[:, 32:64] = 0.0  # an all-zero block (scale 0)
@@ -245,7 +246,7 @@ def test_q8_vnni_kernels(scheme, shape, tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
         exact = x.astype(np.float64) @ decode_ref(w).T
         assert np.abs(got - exact).max() < 2e-2 * np.abs(exact).max()
-        assert kern.calls == (1 if m == 1 else 2)  # the q8 kernel ran (no fallback)
+        assert kern.calls == calls0 + 1 and not kern.fallbacks  # the q8 kernel ran (no fallback)
 
 
 _RIG_SCRIPT = r'''
