@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelFormatError
+from ..errors import ModelFormatError, TargetError
 from ..targets import TargetProfile, get_target
 from .bundle_writer import BundleWriter
 from .compress import CompressionReport, QuantPolicy, compress_tensor
@@ -125,5 +125,8 @@ def _build_kernels(cfg, writer: BundleWriter, profile: TargetProfile,
                                                "'edgespool[tvm]'); the runtime uses numpy kernels"}
     from .kernels_export import build_kernels_for_bundle
 
-    return build_kernels_for_bundle(cfg, writer.tensors, profile, writer.stage_path("kernels"),
-                                    activations=activations)
+    try:
+        return build_kernels_for_bundle(cfg, writer.tensors, profile, writer.stage_path("kernels"),
+                                        activations=activations)
+    except TargetError as e:
+        raise TargetError(f"{e}; or export without compiled kernels (--no-kernels)") from None
