@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -393,3 +395,37 @@ def test_q8_decode_fast_path(scheme, tmp_path):
     exact = x.astype(np.float64) @ decode_ref(w0).T
     np.testing.assert_allclose(kern.linear(x[None], w)[0], exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
     assert np.abs(want - exact).max() > 1e-4 * np.abs(exact).max()  # the two modes really differ
+
+
+@pytest.mark.tvm
+@pytest.mark.skipif(not _host_has_vnni(), reason="host CPU has no AVX-512 VNNI")
+def test_cli_export_kernel_activations_q8(tmp_path):
+    """`edgespool export --kernel-activations q8` puts q8 GEMVs in the bundle; `edgespool.load` runs prompt and
+    decode through them (no fallback), within Q8_0 rounding of transformers' float logits."""
+    pytest.importorskip("tvm")
+    pytest.importorskip("torch")
+    from click.testing import CliRunner
+
+    import edgespool
+    from edgespool.apps.cli import cli
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import tiny_models
+
+    hf = tiny_models.make_hf_model("llama", tmp_path / "hf", hidden_size=128, intermediate_size=256)
+    out = tmp_path / "b"
+    r = CliRunner().invoke(cli, ["export", str(hf), "--quant", "int8", "--kernel-activations", "q8", "--no-onnx",
+                                 "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    section = json.loads((out / "manifest.json").read_text())["kernels"]
+    assert section["activations"] == "q8"
+    assert any(k["spec"]["act"] == "q8" for k in section["kernels"])
+    ids = list(range(3, 23))
+    want = tiny_models.hf_logits(hf, ids)
+    with edgespool.load(out) as m:
+        tk = m.kernels.backend
+        assert tk is not None and any(s.act == "q8" for s in tk.specs)
+        got = m.logits(ids)
+        assert not tk.fallbacks and tk.calls > 0
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert 1e-4 < err < 5e-2, err  # int8 weights + Q8_0 activations, not the float path
