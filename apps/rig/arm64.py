@@ -291,10 +291,12 @@ def _fix_root(root: Path) -> None:
 
 # -- running inside ------------------------------------------------------------------------------------------------
 
-def _script(root: Path, argv: list[str], cpu: str, binds: list[str], cwd: str, env: dict[str, str]) -> str:
+def _script(root: Path, argv: list[str], cpu: str, binds: list[str], cwd: str, env: dict[str, str],
+            sync_fd: int) -> str:
     q = shlex.quote
     r = str(root)
-    lines = ["set -e", "read _ <&3", "exec 3<&-",
+    # wait until the parent has written our uid/gid maps (it writes one line to the pipe on fd ``sync_fd``)
+    lines = ["set -e", f"read _ <&{sync_fd}", f"exec {sync_fd}<&-",
              "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc",
              f"printf '%s' {q(f':edgespool-aarch64:M::{_MAGIC}:{_MASK}:{QEMU}:FP')} "
              "> /proc/sys/fs/binfmt_misc/register",
@@ -320,8 +322,8 @@ def spawn(root: Path, argv: list[str], cpu: str = "cortex-a76", binds: list[str]
     cwd = os.path.abspath(cwd or os.getcwd())
     binds = list(dict.fromkeys(os.path.abspath(b) for b in [cwd, *(binds or [])] if os.path.exists(b)))
     binds = [b for b in binds if b != "/" and not b.startswith(str(root))]
-    script = _script(root, argv, cpu, binds, cwd, env or {})
-    r, w = os.pipe()
+    r, w = os.pipe()  # r keeps its number in the child (pass_fds): it need not be 3 (pytest holds fds too)
+    script = _script(root, argv, cpu, binds, cwd, env or {}, r)
     try:
         p = subprocess.Popen(["unshare", "--user", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", script],
                              pass_fds=(r,), **popen_kw)
