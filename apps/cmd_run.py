@@ -49,12 +49,14 @@ def print_generation(model, prompt: str, n: int, as_json: bool, stream: bool = T
 @click.option("--seed", default=None, type=int, help="Sampling seed (same seed, same text).")
 @click.option("--memory-budget", default=None, help="Stream weights under this budget, e.g. 512MiB.")
 @click.option("--plan", "show_plan", is_flag=True, help="Print the memory plan (with --memory-budget).")
+@click.option("--max-context", default=None, type=int,
+              help="With --memory-budget: tokens of KV cache to plan for (default: the model's context, <= 4096).")
 @click.option("--image", default=None, type=click.Path(), help="CNN bundles: the image to classify.")
 @click.option("--top", default=5, show_default=True, type=int, help="CNN bundles: classes to print.")
 @click.option("--ignore-eos", is_flag=True, help="Do not stop at the model's end-of-sequence tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, top_p: float, seed: int | None,
-            memory_budget: str | None, show_plan: bool, image: str | None, top: int, ignore_eos: bool,
+            memory_budget: str | None, show_plan: bool, max_context: int | None, image: str | None, top: int, ignore_eos: bool,
             as_json: bool) -> None:
     """Run a bundle: generate text from a decoder bundle, or classify --image with a CNN bundle."""
     from ..runtime.bundle import Bundle
@@ -67,7 +69,13 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
         return
     from ..runtime.api import load
 
-    model = load(bundle, memory_budget=memory_budget)
+    if max_context is not None and memory_budget is None:
+        from ..errors import OptionError
+
+        raise OptionError("--max-context only applies with --memory-budget (resident mode sizes the KV cache "
+                          "per generation)")
+    model = load(bundle, memory_budget=memory_budget,
+                 **({"max_context": max_context} if max_context is not None else {}))
     try:
         if show_plan:
             plan = getattr(model.source, "plan", None)
@@ -75,7 +83,7 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
                 click.echo("resident mode: every weight is loaded once "
                            f"({fmt_bytes(b.weights_nbytes)}); pass --memory-budget to stream", err=True)
             else:
-                click.echo(plan.to_text() if hasattr(plan, "to_text") else str(plan), err=True)
+                click.echo(plan.summary(), err=True)
         print_generation(model, prompt, n, as_json, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          stop=[] if ignore_eos else None)
     finally:
