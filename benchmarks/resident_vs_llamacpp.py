@@ -196,6 +196,14 @@ def _load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def wait_for_quiet(max_load: float, wait_s: float) -> None:
+    """Wait (up to ``wait_s``) until the 1-minute load average is below ``max_load``: other jobs on a shared
+    machine distort timings, multi-threaded ones most."""
+    t0 = time.monotonic()
+    while max_load > 0 and os.getloadavg()[0] >= max_load and time.monotonic() - t0 < wait_s:
+        time.sleep(5)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/rvl"))
@@ -207,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--kernel-iters", type=int, default=30, help="0 skips the per-kernel table")
     ap.add_argument("--profile", help="directory for py-spy speedscope profiles of each child")
+    ap.add_argument("--max-load", type=float, default=0.0,
+                    help="before each system, wait until the 1-min load average is below this (0: don't wait)")
+    ap.add_argument("--wait-s", type=float, default=300.0, help="longest wait for --max-load")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
@@ -231,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in [int(v) for v in a.threads.split(",")]:
         for system in a.systems.split(","):
             fam, art, _ = SYSTEMS[system]
+            wait_for_quiet(a.max_load, a.wait_s)
             load = _load()
             r = run_child(system, arts[art], t, a)
             r["load_before"] = load
@@ -249,21 +261,26 @@ def main(argv: list[str] | None = None) -> int:
 def report(meta: dict, results: list[dict], bw: dict, krows: list[dict]) -> str:
     """Markdown tables: end-to-end decode/prefill with ratios to llama.cpp, then per-kernel GB/s."""
     out = [f"model: dense Llama {meta['model']}, edgespool weights int8 {meta['weights_bytes']['int8'] / 1e6:.0f} MB"
-           f" / int4 {meta['weights_bytes']['int4'] / 1e6:.0f} MB; GGUF Q8_0 {meta['gguf_bytes']['q8_0.gguf'] / 1e6:.0f}"
-           f" MB {meta['gguf_types']['q8_0.gguf']} / Q4_0 {meta['gguf_bytes']['q4_0.gguf'] / 1e6:.0f} MB "
-           f"{meta['gguf_types']['q4_0.gguf']}",
+           f" / int4 {meta['weights_bytes']['int4'] / 1e6:.0f} MB; GGUF Q8_0 "
+           f"{meta['gguf_bytes']['q8_0.gguf'] / 1e6:.0f} MB {meta['gguf_types']['q8_0.gguf']} / Q4_0 "
+           f"{meta['gguf_bytes']['q4_0.gguf'] / 1e6:.0f} MB {meta['gguf_types']['q4_0.gguf']}",
            f"date {meta['date']}, {meta['machine']}, {meta['cpus']} CPUs, load {meta['load_before']} -> "
            f"{meta['load_after']}", "",
            "| threads | system | activations | decode tok/s (median) | vs llama.cpp | prefill tok/s (median) | "
-           "vs llama.cpp | load |", "|---|---|---|---|---|---|---|---|"]
+           "vs llama.cpp | greedy tokens equal to llama.cpp's (same model check) | load |",
+           "|---|---|---|---|---|---|---|---|---|"]
     ref = {(r["threads"], r["system"].split()[-1]): r for r in results if r["system"].startswith("llama")}
     for r in results:
         q = {"int8": "Q8_0", "int4": "Q4_0"}.get(r["system"].split()[1], r["system"].split()[-1])
         base = ref.get((r["threads"], q))
         rd = f"{r['decode_med'] / base['decode_med']:.2f}x" if base and base is not r else "-"
         rp = f"{r['prefill_med'] / base['prefill_med']:.2f}x" if base and base is not r else "-"
+        same = "-"
+        if base and base is not r:  # random weights: near-tied logits diverge after a while, the start must agree
+            n = next((i for i, (u, v) in enumerate(zip(r["tokens"], base["tokens"])) if u != v), len(r["tokens"]))
+            same = f"first {n} of {len(r['tokens'])}"
         out.append(f"| {r['threads']} | {r['system']} | {r['act']} | {r['decode_med']:.1f} | {rd} | "
-                   f"{r['prefill_med']:.1f} | {rp} | {r['load_before']} |")
+                   f"{r['prefill_med']:.1f} | {rp} | {same} | {r['load_before']} |")
     if krows:
         peak = max(v for k, v in bw.items() if k.startswith("read_"))
         out += ["", f"read bandwidth: {bw}", "",
