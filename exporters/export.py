@@ -57,7 +57,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: TargetProfile | str = "host",
                  policy: QuantPolicy | None = None, overwrite: bool = False, onnx: bool = True,
-                 kernels: bool = True, progress: bool = True, kernel_activations: str = "f32") -> ExportResult:
+                 kernels: bool = True, progress: bool = True, kernel_activations: str = "q8") -> ExportResult:
     """Compress ``source`` by ``policy`` into a bundle at ``out_dir`` for ``target``. ``kernel_activations``:
     ``f32`` (float activations) or ``q8`` (also compile GEMVs that round activations to Q8_0 blocks per call,
     llama.cpp's numerics, where the target CPU has AVX-512 VNNI / dotprod; the runtime prefers them for decode)."""
