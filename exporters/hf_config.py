@@ -165,8 +165,9 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
     max_pos = _positive(d, "max_position_embeddings", where, defaults["max_position_embeddings"])
     eps = float(_key(d, "rms_norm_eps", float, where, defaults["rms_norm_eps"]))
     act = _key(d, "hidden_act", str, where, "silu")
-    if act != "silu":
-        raise UnsupportedModelError(f"{where}: hidden_act {act!r} is not supported (only 'silu')")
+    if act not in ("silu", "relu") or (act == "relu" and ARCHITECTURES[arch]["moe"]):
+        raise UnsupportedModelError(f"{where}: hidden_act {act!r} is not supported for {hf_name or arch} (supported: "
+                                    "'silu'; 'relu' for dense Llama/Mistral/Qwen2 FFNs, e.g. ReluLLaMA / ProSparse)")
     theta, scaling = _rope(d, arch, max_pos, where)
 
     attention_bias = False

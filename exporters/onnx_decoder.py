@@ -378,9 +378,11 @@ def _attention(L: _Lowering, i: int, x: str, ctx: dict[str, str]) -> str:
 
 
 def _swiglu(L: _Lowering, x: str, prefix: str) -> str:
-    """``down(silu(gate(x)) * up(x))`` for canonical weights ``{prefix}gate/up/down``."""
+    """``down(act(gate(x)) * up(x))`` (act: silu, or relu for ReGLU) for canonical weights
+    ``{prefix}gate/up/down``."""
     g = L.g
-    h = g.mul(g.silu(L.linear(x, prefix + "gate")), L.linear(x, prefix + "up"))
+    pre = L.linear(x, prefix + "gate")
+    h = g.mul(g.op("Relu", [pre]) if L.cfg.hidden_act == "relu" else g.silu(pre), L.linear(x, prefix + "up"))
     return L.linear(h, prefix + "down")
 
 
@@ -451,8 +453,9 @@ def _check_config(cfg: ModelConfig, opset: int, int4: str) -> None:
     if cfg.arch not in ARCHITECTURES:
         raise UnsupportedModelError(f"architecture {cfg.arch!r} is not supported by the ONNX export; "
                                     f"supported: {', '.join(ARCHITECTURES)}")
-    if cfg.hidden_act != "silu":
-        raise UnsupportedModelError(f"hidden_act {cfg.hidden_act!r} is not supported by the ONNX export; supported: silu")
+    if cfg.hidden_act not in ("silu", "relu"):
+        raise UnsupportedModelError(f"hidden_act {cfg.hidden_act!r} is not supported by the ONNX export; supported: "
+                                    "silu, relu")
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise OptionError(f"opset {opset} is out of range; use {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
     if int4 not in INT4_LOWERINGS:

@@ -1,5 +1,7 @@
-"""SwiGLU feed-forward block (Llama/Mistral/Qwen2 MLP, each MoE expert, the Qwen2-MoE shared expert), numpy
-reference: ``down(silu(gate(x)) * up(x))`` with every product through :func:`edgespool.kernels.linear.linear`."""
+"""Gated feed-forward block (Llama/Mistral/Qwen2 MLP, each MoE expert, the Qwen2-MoE shared expert), numpy
+reference: ``down(act(gate(x)) * up(x))`` with every product through :func:`edgespool.kernels.linear.linear`.
+``act`` is ``silu`` (SwiGLU, the default) or ``relu`` (ReGLU: ReluLLaMA / ProSparse-style Llama checkpoints with
+``hidden_act: "relu"``, whose FFN activations are exactly sparse)."""
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +25,26 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.float32(0.5) * (np.float32(1.0) + np.tanh(np.float32(0.5) * x))
 
 
-def swiglu(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor) -> np.ndarray:
-    """SwiGLU FFN of ``x`` ``[T, H]`` with weights gate/up ``[I, H]`` and down ``[H, I]`` -> ``[T, H]``."""
-    h = silu(linear(x, gate))
+def relu(x: np.ndarray) -> np.ndarray:
+    """``max(x, 0)`` as a new float32 array (a kernel's output buffer may be reused by its next call)."""
+    return np.maximum(x, np.float32(0.0))
+
+
+ACTIVATIONS = {"silu": silu, "relu": relu}  # HF ``hidden_act`` -> gate activation
+
+
+def swiglu(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor, act: str = "silu") -> np.ndarray:
+    """Gated FFN of ``x`` ``[T, H]`` with weights gate/up ``[I, H]`` and down ``[H, I]`` -> ``[T, H]``:
+    ``down(act(gate x) * up x)``; ``act`` ``silu`` (SwiGLU) or ``relu`` (ReGLU)."""
+    try:
+        fn = ACTIVATIONS[act]
+    except KeyError:
+        raise ValueError(f"unknown FFN activation {act!r}; known: {', '.join(ACTIVATIONS)}") from None
+    h = fn(linear(x, gate))
     h *= linear(x, up)
     return linear(h, down)
+
+
+def reglu(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor) -> np.ndarray:
+    """ReGLU FFN ``down(relu(gate x) * up x)`` (see :func:`swiglu`)."""
+    return swiglu(x, gate, up, down, "relu")

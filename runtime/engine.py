@@ -121,7 +121,7 @@ class Engine:
             if c.is_moe_layer(i):
                 x = x + self._moe(i, w, p, h)
             else:
-                x = x + swiglu(h, w[p + "ffn.gate"], w[p + "ffn.up"], w[p + "ffn.down"])
+                x = x + swiglu(h, w[p + "ffn.gate"], w[p + "ffn.up"], w[p + "ffn.down"], c.hidden_act)
             src.release(g)
         cache.advance(T)
 
