@@ -337,6 +337,13 @@ class GGUFModel:
             w = w.reshape(1, -1)
         return w
 
+    def source_nbytes(self, name: str) -> int:
+        """Bytes canonical tensor ``name`` occupies in the GGUF file (its share of a merged expert tensor)."""
+        gname, expert = self._gguf_name(name)
+        t = self._tensors[gname]
+        n = int(t.n_bytes)
+        return n // int(t.data.shape[0]) if expert is not None else n
+
     def _check_shapes(self) -> None:
         """Every canonical tensor the config needs exists with the right shape (from headers; no data read)."""
         for name, shape in self.config.tensor_shapes().items():
