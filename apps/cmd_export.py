@@ -31,6 +31,9 @@ CNN_SUFFIXES = (".onnx", ".pth", ".pt")
               help="q8 (default): also compile GEMVs that round activations to Q8_0 blocks (llama.cpp's numerics; "
                    "AVX-512 VNNI / ARM dotprod targets), used at runtime for int8/int4 weights; f32: float "
                    "activations only (exact dequantised arithmetic, 0.3-0.6x the speed).")
+@click.option("--ffn-layout", default="matrix", show_default=True, type=click.Choice(["matrix", "bundled"]),
+              help="bundled: store each dense ReLU-family FFN as row-column neuron bundles in its own streaming group "
+                   "(neuron windowing when streamed under --memory-budget; needs hidden_act relu).")
 @click.option("--activation-budget", help="CNNs: activation memory budget, e.g. 256KiB (patch-based plan).")
 @click.option("--input-shape", help="CNNs: fix a dynamic input shape, e.g. 1,3,224,224.")
 @click.option("--cnn-quant", type=click.Choice(["f32", "int8"]), default=None,
@@ -42,7 +45,7 @@ CNN_SUFFIXES = (".onnx", ".pth", ".pt")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bits: str | None,
                dense_bits: str | None, output: str, force: bool, no_onnx: bool, no_kernels: bool,
-               kernel_activations: str,
+               kernel_activations: str, ffn_layout: str,
                activation_budget: str | None, input_shape: str | None, cnn_quant: str | None, width: float,
                resolution: int, max_overhead: str | None, calib: tuple[str, ...], as_json: bool) -> None:
     """Read a model (HF safetensors dir, GGUF file, or an ONNX/PyTorch CNN), compress it and write a bundle."""
@@ -71,7 +74,7 @@ def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bit
     try:
         res = export_model(src, output, target=profile, policy=policy, overwrite=force, onnx=not no_onnx,
                            kernels=not no_kernels, progress=progress,
-                           kernel_activations=kernel_activations)
+                           kernel_activations=kernel_activations, ffn_layout=ffn_layout)
     finally:
         src.close()
     if as_json:

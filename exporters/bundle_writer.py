@@ -1,6 +1,8 @@
 """BundleWriter: a state machine that writes a bundle directory and refuses out-of-order calls.
 
-Order: ``BundleWriter(out_dir, ...)`` -> ``add_tensor`` for every tensor in the config's layout order ->
+Order: ``BundleWriter(out_dir, ...)`` -> ``add_tensor`` for every tensor in the config's layout order
+(:func:`expected_tensors`; ``ffn_layout="bundled"`` stores dense FFNs as row-column neuron bundles, see
+:mod:`edgespool.runtime.ffn_bundles`) ->
 ``set_tokenizer`` -> ``add_file`` (optional extras, e.g. ONNX) -> ``finish`` (writes manifest.json last and moves the
 finished directory into place). Nothing is written into ``out_dir`` until ``finish``; an existing directory is only
 replaced when it is itself a bundle and ``overwrite`` is set, so nothing a user owns is lost.
@@ -20,9 +22,27 @@ from .. import __version__
 from ..errors import BundleError, OptionError
 from ..kernels.quant import QTensor
 from ..runtime.bundle_format import (
-    ALIGNMENT, MAGIC, MANIFEST, PART_ALIGNMENT, SCHEMA_VERSION, TOKENIZER, WEIGHTS, align_up,
+    ALIGNMENT, MAGIC, MANIFEST, NEURON_BUNDLES_SCHEMA_VERSION, PART_ALIGNMENT, SCHEMA_VERSION, TOKENIZER, WEIGHTS,
+    align_up,
 )
 from ..runtime.config import ModelConfig, group_of
+from ..runtime.ffn_bundles import LAYOUT as BUNDLED, BundleGeometry, NeuronBundles, ffn_group, ffn_tensor
+
+FFN_LAYOUTS = ("matrix", "bundled")  # --ffn-layout: dense FFNs as three matrices, or row-column neuron bundles
+
+
+def expected_tensors(config: ModelConfig, ffn_layout: str = "matrix") -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every tensor a bundle of ``config`` holds, in layout order: the config's canonical tensors,
+    with each dense layer's ``ffn.gate/up/down`` replaced by ``ffn.bundles`` ``[I, H]`` when ``ffn_layout`` is
+    ``bundled``."""
+    out = []
+    for name, shape in config.tensor_shapes().items():
+        if ffn_layout == "bundled" and ".ffn." in name:
+            if name.endswith(".ffn.gate"):
+                out.append((ffn_tensor(int(name.split(".")[1])), shape))
+            continue
+        out.append((name, shape))
+    return out
 
 
 def _parts(t: QTensor) -> list[tuple[str, np.ndarray]]:
@@ -49,16 +69,19 @@ class BundleWriter:
     """Writes tensors in layout order into a staging directory, then publishes it atomically on :meth:`finish`."""
 
     def __init__(self, out_dir: str | os.PathLike, config: ModelConfig, *, overwrite: bool = False,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, ffn_layout: str = "matrix") -> None:
+        if ffn_layout not in FFN_LAYOUTS:
+            raise OptionError(f"FFN layout {ffn_layout!r} is unknown; valid: {', '.join(FFN_LAYOUTS)}")
         self.out_dir = Path(out_dir)
         prepare_output_dir(self.out_dir, overwrite)
+        self.ffn_layout = ffn_layout
         self.config = config
         self.meta = dict(meta or {})
         self.stage = self.out_dir.parent / f".{self.out_dir.name}.partial-{os.getpid()}"
         if self.stage.exists():
             shutil.rmtree(self.stage)
         self.stage.mkdir(parents=True)
-        self._expected = list(config.tensor_shapes().items())
+        self._expected = expected_tensors(config, ffn_layout)
         self._next = 0
         self._f = open(self.stage / WEIGHTS, "wb")
         self._pos = 0
@@ -73,8 +96,10 @@ class BundleWriter:
         """All tensor names still to be written, in order."""
         return [n for n, _ in self._expected[self._next:]]
 
-    def add_tensor(self, name: str, t: QTensor) -> None:
-        """Append tensor ``name``; it must be the next one in layout order and have the config's shape."""
+    def add_tensor(self, name: str, t: QTensor | NeuronBundles) -> None:
+        """Append tensor ``name``; it must be the next one in layout order and have the config's shape (with
+        ``ffn_layout="bundled"`` each dense layer's FFN is one :class:`NeuronBundles` ``layers.{i}.ffn.bundles``
+        in place of ``ffn.gate/up/down``)."""
         if self._state != "tensors":
             raise BundleError(f"add_tensor({name!r}) after the tensor table was closed")
         if self._next >= len(self._expected):
@@ -97,9 +122,16 @@ class BundleWriter:
             self._pos += len(buf)
             crc = zlib.crc32(buf, crc)
             parts[pname] = {"offset": rel, "nbytes": len(buf), "dtype": arr.dtype.name, "shape": list(arr.shape)}
-        g = group_of(name)
+        bundled = isinstance(t, NeuronBundles)
+        if bundled != name.endswith(".ffn.bundles"):
+            raise BundleError(f"tensor {name!r}: {'neuron bundles' if bundled else 'a matrix'} given, expected "
+                              f"{'a matrix' if bundled else 'neuron bundles'}")
+        g = ffn_group(int(name.split(".")[1])) if bundled else group_of(name)
         rec = {"group": g, "scheme": t.scheme, "shape": list(t.shape), "offset": start,
                "nbytes": self._pos - start, "crc32": crc, "parts": parts}
+        if bundled:
+            rec["layout"] = BUNDLED
+            rec["bundle"] = t.geometry.to_dict()
         if t.scheme == "int4":
             rec["group_size"] = t.group_size
         self.tensors[name] = rec
@@ -134,7 +166,7 @@ class BundleWriter:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
-    def read_back(self, name: str) -> QTensor:
+    def read_back(self, name: str) -> QTensor | NeuronBundles:
         """Read a written tensor back from the staged weights file (for lowerings that run after the weights,
         e.g. ONNX). Only valid once every tensor has been added."""
         self._close_tensors()
@@ -145,6 +177,8 @@ class BundleWriter:
         raw = self._mm[base: base + int(rec["nbytes"])]
         arrays = {p: np.asarray(raw[int(m["offset"]): int(m["offset"]) + int(m["nbytes"])]).view(m["dtype"])
                   .reshape(m["shape"]) for p, m in rec["parts"].items()}
+        if rec.get("layout") == BUNDLED:
+            return NeuronBundles(BundleGeometry.from_record(name, rec), arrays["data"])
         return QTensor(rec["scheme"], tuple(rec["shape"]), arrays["data"], arrays.get("scale"),
                        int(rec.get("group_size", 0)))
 
@@ -169,14 +203,17 @@ class BundleWriter:
         self._close_tensors()
         if self._tokenizer is None:
             raise BundleError("finish() before set_tokenizer(): a bundle needs its tokenizer")
+        bundled = any(r.get("layout") == BUNDLED for r in self.tensors.values())
         manifest = {
             "magic": MAGIC,
-            "schema_version": SCHEMA_VERSION,
+            # version 1 readers would read neuron bundles as a matrix: only bundles that hold them say 2
+            "schema_version": NEURON_BUNDLES_SCHEMA_VERSION if bundled else SCHEMA_VERSION,
             "created_by": f"edgespool {__version__}",
             "kind": "decoder",
             "model": self.config.to_dict(),
             **self.meta,
             "weights": {"file": WEIGHTS, "nbytes": self._pos, "alignment": ALIGNMENT},
+            **({"ffn_layout": "bundled"} if bundled else {}),
             "tokenizer": self._tokenizer,
             "groups": list(self.groups.values()),
             "tensors": self.tensors,

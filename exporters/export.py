@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelFormatError, TargetError
+import numpy as np
+
+from ..errors import ModelFormatError, OptionError, TargetError
+from ..kernels.quant import QTensor
 from ..targets import TargetProfile, get_target
-from .bundle_writer import BundleWriter
+from .bundle_writer import FFN_LAYOUTS, BundleWriter, expected_tensors
 from .compress import CompressionReport, QuantPolicy, compress_tensor
 from .source import SourceModel
 
@@ -57,27 +60,35 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: TargetProfile | str = "host",
                  policy: QuantPolicy | None = None, overwrite: bool = False, onnx: bool = True,
-                 kernels: bool = True, progress: bool = True, kernel_activations: str = "q8") -> ExportResult:
+                 kernels: bool = True, progress: bool = True,
+                 ffn_layout: str = "matrix", kernel_activations: str = "q8") -> ExportResult:
     """Compress ``source`` by ``policy`` into a bundle at ``out_dir`` for ``target``. ``kernel_activations``:
     ``f32`` (float activations) or ``q8`` (also compile GEMVs that round activations to Q8_0 blocks per call,
-    llama.cpp's numerics, where the target CPU has AVX-512 VNNI / dotprod; the runtime prefers them for decode)."""
+    llama.cpp's numerics, where the target CPU has AVX-512 VNNI / dotprod; the runtime prefers them for decode).
+    ``ffn_layout``: ``matrix`` (default) or ``bundled`` (dense ReLU-family FFNs stored as row-column neuron
+    bundles in their own streaming group, for neuron windowing; see :mod:`edgespool.runtime.ffn_bundles`)."""
     t0 = time.perf_counter()
     profile = get_target(target) if isinstance(target, str) else target
     policy = policy or QuantPolicy()
     cfg = source.config
+    _check_ffn_layout(cfg, ffn_layout)
     meta = {
         "source": {"format": source.format,
                    "path": str(Path(source.path).resolve()) if Path(source.path).exists() else str(source.path)},
         "target": profile.to_dict(),
         "quant": policy.to_dict(),
     }
-    writer = BundleWriter(out_dir, cfg, overwrite=overwrite, meta=meta)
+    writer = BundleWriter(out_dir, cfg, overwrite=overwrite, meta=meta, ffn_layout=ffn_layout)
     report = CompressionReport()
     timings: dict[str, float] = {}
     try:
-        shapes = cfg.tensor_shapes()
+        shapes = expected_tensors(cfg, ffn_layout)
         with _progress(len(shapes), "compress", progress) as bar:
-            for name, shape in shapes.items():
+            for name, shape in shapes:
+                if name.endswith(".ffn.bundles"):
+                    writer.add_tensor(name, _bundle_ffn(source, int(name.split(".")[1]), policy, report))
+                    bar.update(1)
+                    continue
                 w = source.tensor(name)
                 if tuple(w.shape) != tuple(shape):
                     raise ModelFormatError(f"{source.path}: tensor {name!r} has shape {tuple(w.shape)}, the config "
@@ -93,7 +104,8 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
             t1 = time.perf_counter()
             from .onnx_decoder import export_onnx
 
-            section = export_onnx(cfg, writer.read_back, writer.stage_path("."))
+            read = writer.read_back if ffn_layout == "matrix" else _canonical_reader(writer.read_back)
+            section = export_onnx(cfg, read, writer.stage_path("."))
             writer.add_section("onnx", section)
             timings["onnx_s"] = time.perf_counter() - t1
         if kernels:
@@ -112,6 +124,61 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
     total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     rep["timings"]["total_s"] = time.perf_counter() - t0
     return ExportResult(path, time.perf_counter() - t0, total, rep)
+
+
+def _check_ffn_layout(cfg, ffn_layout: str) -> None:
+    if ffn_layout not in FFN_LAYOUTS:
+        raise OptionError(f"--ffn-layout {ffn_layout!r} is unknown; valid: {', '.join(FFN_LAYOUTS)}")
+    if ffn_layout == "matrix":
+        return
+    if cfg.hidden_act != "relu":
+        raise OptionError(f"--ffn-layout bundled needs a ReLU-family FFN (hidden_act 'relu'); this model's is "
+                          f"{cfg.hidden_act!r}: no neuron is ever exactly inactive, so neuron windowing could only "
+                          "approximate it (docs/STREAMING.md); export with --ffn-layout matrix")
+    if all(cfg.is_moe_layer(i) for i in range(cfg.num_layers)):
+        raise OptionError("--ffn-layout bundled: the model has no dense FFN layer to bundle (every layer is MoE)")
+
+
+def _bundle_ffn(source: SourceModel, i: int, policy: QuantPolicy, report: CompressionReport):
+    """Layer ``i``'s dense FFN as row-column neuron bundles: gate and up rows as the matrix layout quantises them,
+    the down projection transposed (one column per neuron) and quantised per neuron."""
+    from ..runtime.ffn_bundles import pack_bundles
+
+    p = f"layers.{i}.ffn."
+    gate, up, down = (source.tensor(p + n) for n in ("gate", "up", "down"))
+    I, H = source.config.intermediate_size, source.config.hidden_size
+    for n, w, want in (("gate", gate, (I, H)), ("up", up, (I, H)), ("down", down, (H, I))):
+        if tuple(w.shape) != want:
+            raise ModelFormatError(f"{source.path}: tensor {p + n!r} has shape {tuple(w.shape)}, the config "
+                                   f"implies {want}")
+    q = [compress_tensor(p + "gate", gate, policy, report), compress_tensor(p + "up", up, policy, report),
+         compress_tensor(p + "down", down.T.copy(), policy, report)]
+    if len({t.scheme for t in q}) != 1:
+        raise OptionError(f"--ffn-layout bundled: layer {i}'s gate/up/down.T would be stored as "
+                          f"{'/'.join(t.scheme for t in q)}; a bundle needs one scheme (choose another --quant or "
+                          "--group-size)")
+    return pack_bundles(*q)
+
+
+def _canonical_reader(read_back):
+    """A tensor reader giving canonical ``ffn.gate/up/down`` matrices of a bundled bundle (for the ONNX lowering):
+    gate/up rows as stored; down as the transposed columns (float32 when the columns are quantised per neuron:
+    the same values)."""
+    from ..runtime.ffn_bundles import ffn_tensor
+
+    def read(name: str):
+        parts = name.split(".")
+        if len(parts) == 4 and parts[2] == "ffn" and parts[3] in ("gate", "up", "down"):
+            gate, up, down_t = read_back(ffn_tensor(int(parts[1]))).vectors()
+            if parts[3] != "down":
+                return gate if parts[3] == "gate" else up
+            I, H = down_t.shape
+            if down_t.scheme in ("f32", "f16"):
+                return QTensor(down_t.scheme, (H, I), np.ascontiguousarray(down_t.data.T))
+            return QTensor("f32", (H, I), np.ascontiguousarray(down_t.dequantize().T))
+        return read_back(name)
+
+    return read
 
 
 def _build_kernels(cfg, writer: BundleWriter, profile: TargetProfile,

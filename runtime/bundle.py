@@ -17,8 +17,9 @@ import numpy as np
 
 from ..errors import BundleError
 from ..kernels.quant import QTensor
-from .bundle_format import MAGIC, MANIFEST, PART_DTYPES, SCHEMA_VERSION
+from .bundle_format import MAGIC, MANIFEST, MAX_SCHEMA_VERSION, PART_DTYPES
 from .config import ModelConfig
+from .ffn_bundles import LAYOUT as NEURON_BUNDLES, LAYOUTS, MATRIX, BundleGeometry, NeuronBundles
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,9 @@ class Bundle:
         if not isinstance(m, dict) or m.get("magic") != MAGIC:
             raise BundleError(f"{mpath}: wrong magic (expected {MAGIC!r}); not an edgespool bundle")
         ver = m.get("schema_version")
-        if not isinstance(ver, int) or ver > SCHEMA_VERSION or ver < 1:
+        if not isinstance(ver, int) or ver > MAX_SCHEMA_VERSION or ver < 1:
             raise BundleError(f"{mpath}: bundle schema version {ver!r} is not supported (this edgespool reads "
-                              f"versions 1..{SCHEMA_VERSION}); upgrade edgespool or re-export the bundle")
+                              f"versions 1..{MAX_SCHEMA_VERSION}); upgrade edgespool or re-export the bundle")
         self.manifest: dict[str, Any] = m
         self.kind: str = m.get("kind", "decoder")
         self.config: ModelConfig | None = (
@@ -77,6 +78,12 @@ class Bundle:
             if end > size:
                 raise BundleError(f"{self.weights_path}: truncated ({size} bytes) — tensor {name!r} needs bytes "
                                   f"up to {end}; re-export the bundle")
+            layout = rec.get("layout", MATRIX)
+            if layout not in LAYOUTS:
+                raise BundleError(f"{self.path / MANIFEST}: tensor {name!r} has unknown layout {layout!r} (this "
+                                  f"edgespool reads {', '.join(LAYOUTS)}); upgrade edgespool or re-export the bundle")
+            if layout == NEURON_BUNDLES:
+                BundleGeometry.from_record(name, rec, str(self.path / MANIFEST))
             for pname, p in rec["parts"].items():
                 if p["dtype"] not in PART_DTYPES:
                     raise BundleError(f"{self.path / MANIFEST}: tensor {name!r} part {pname!r} has unknown dtype "
@@ -84,9 +91,9 @@ class Bundle:
 
     # -- reading ---------------------------------------------------------------------------------------------
     def tensor_from_buffer(self, name: str, buf: memoryview | bytes | np.ndarray, base: int,
-                           verify: bool = True) -> QTensor:
-        """Build the QTensor ``name`` from a buffer holding weights-file bytes starting at file offset ``base``.
-        The arrays are views into ``buf`` (no copy)."""
+                           verify: bool = True) -> QTensor | NeuronBundles:
+        """Build the QTensor ``name`` from a buffer holding weights-file bytes starting at file offset ``base``
+        (a :class:`NeuronBundles` for a ``neuron_bundles`` tensor). The arrays are views into ``buf`` (no copy)."""
         rec = self.tensors[name]
         off = int(rec["offset"]) - base
         mv = memoryview(buf).cast("B") if not isinstance(buf, np.ndarray) else memoryview(buf.view(np.uint8))
@@ -103,10 +110,17 @@ class Bundle:
         if verify and crc != int(rec["crc32"]):
             raise BundleError(f"{self.weights_path}: checksum mismatch in tensor {name!r} (file corrupt or modified; "
                               "re-export the bundle)")
+        if rec.get("layout") == NEURON_BUNDLES:
+            return NeuronBundles(BundleGeometry.from_record(name, rec), arrays["data"])
         return QTensor(rec["scheme"], tuple(rec["shape"]), arrays["data"], arrays.get("scale"),
                        int(rec.get("group_size", 0)))
 
-    def read_group(self, group: str, verify: bool = True) -> dict[str, QTensor]:
+    @property
+    def ffn_layout(self) -> str:
+        """``bundled`` when the dense FFNs are stored as neuron bundles, else ``matrix``."""
+        return "bundled" if any(r.get("layout") == NEURON_BUNDLES for r in self.tensors.values()) else "matrix"
+
+    def read_group(self, group: str, verify: bool = True) -> dict[str, QTensor | NeuronBundles]:
         """Read one streaming group with a single positional read; returns its tensors (views into one buffer)."""
         g = self.groups[group]
         buf = np.empty(g.nbytes, dtype=np.uint8)

@@ -9,10 +9,14 @@ A bundle is a directory::
     model.onnx (+ .data)  ONNX lowering runnable by plain onnxruntime (optional, `--no-onnx` skips it)
     kernels/           compiled kernels for the target (optional)
 
-Schema history: 1 = first release.
+Schema history: 1 = first release. 2 = tensor records may carry ``"layout"`` (absent = ``"matrix"``;
+``"neuron_bundles"``: a dense FFN stored as row-column neuron bundles, see :mod:`edgespool.runtime.ffn_bundles`).
+Writers still write 1 for bundles without such tensors, so older readers keep reading them.
 """
 MAGIC = "edgespool-bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # what a bundle using no later feature is written as
+NEURON_BUNDLES_SCHEMA_VERSION = 2  # a bundle holding neuron_bundles tensors
+MAX_SCHEMA_VERSION = 2  # the newest version this edgespool reads
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.bin"
 TOKENIZER = "tokenizer.json"

@@ -35,6 +35,7 @@ from ..kernels.quant import QTensor
 from ..kernels.rmsnorm import rmsnorm
 from ..kernels.rope import Rope, apply_rope
 from ..kernels.swiglu import swiglu
+from .ffn_bundles import run_bundled_ffn
 from .kvcache import KVCache
 from .sampling import Sampler
 from .weights import WeightSource, expert_group, layer_group
@@ -120,8 +121,10 @@ class Engine:
             h = rmsnorm(x, _vec(w[p + "ffn_norm"]), c.rms_norm_eps)
             if c.is_moe_layer(i):
                 x = x + self._moe(i, w, p, h)
-            else:
+            elif p + "ffn.gate" in w:
                 x = x + swiglu(h, w[p + "ffn.gate"], w[p + "ffn.up"], w[p + "ffn.down"], c.hidden_act)
+            else:  # row-column bundled FFN in its own group (streaming: computed from a neuron window)
+                x = x + run_bundled_ffn(src, i, h, c.hidden_act)
             src.release(g)
         cache.advance(T)
 

@@ -11,7 +11,7 @@ from edgespool.errors import BundleError, OptionError
 from edgespool.exporters.bundle_writer import BundleWriter
 from edgespool.kernels.quant import quantize
 from edgespool.runtime.bundle import Bundle
-from edgespool.runtime.bundle_format import ALIGNMENT, SCHEMA_VERSION
+from edgespool.runtime.bundle_format import ALIGNMENT, MAX_SCHEMA_VERSION, SCHEMA_VERSION
 
 
 def _copy(src, tmp_path):
@@ -52,9 +52,9 @@ def test_roundtrip_values_equal_source(synth_bundle):
 def test_newer_schema_is_rejected(synth_bundle, tmp_path):
     d = _copy(synth_bundle, tmp_path)
     m = json.loads((d / "manifest.json").read_text())
-    m["schema_version"] = SCHEMA_VERSION + 1
+    m["schema_version"] = MAX_SCHEMA_VERSION + 1
     (d / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match=r"schema version 2 is not supported.*upgrade edgespool"):
+    with pytest.raises(BundleError, match=rf"schema version {MAX_SCHEMA_VERSION + 1} is not supported.*upgrade"):
         Bundle(d)
 
 

@@ -113,3 +113,167 @@ def test_relu_llama_onnx_matches_transformers(relu_llama, tmp_path):
     names = [o.name for o in sess.get_outputs()]
     logits = dict(zip(names, sess.run(None, feeds)))["logits"][0]
     assert float(np.abs(logits - ref).max()) <= TOL
+
+
+# -- the bundled FFN layout (--ffn-layout bundled) -------------------------------------------------------------------
+def _hf_names() -> dict[str, str]:
+    from edgespool.exporters.hf import TENSOR_NAMES
+
+    return {pat: cands[0] for pat, cands in TENSOR_NAMES.items() if cands}
+
+
+def _dequantised_checkpoint(src: Path, dst: Path, bundle: Path) -> Path:
+    """A copy of HF checkpoint ``src`` whose weights are the bundle's stored values (dequantised, the FFN rebuilt
+    from the neuron bundles with numpy): transformers on it is the independent reference of a quantised bundle."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from edgespool.runtime.bundle import Bundle
+
+    b = Bundle(bundle)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in ("config.json",):
+        shutil.copy(src / f, dst / f)
+    st = load_file(str(src / "model.safetensors"))
+    pats = _hf_names()
+    for name in b.tensors:
+        t = b.read_group(b.tensors[name]["group"])[name]
+        parts = name.split(".")
+        if name.endswith(".ffn.bundles"):
+            i = parts[1]
+            g, u, dt = (v.dequantize() for v in t.vectors())
+            for canon, w in (("gate", g), ("up", u), ("down", dt.T)):
+                st[pats[f"layers.{{i}}.ffn.{canon}"].format(i=i)] = np.ascontiguousarray(w, np.float32)
+            continue
+        pat = ".".join(["layers", "{i}", *parts[2:]]) if parts[0] == "layers" else name
+        st[pats[pat].format(i=parts[1] if parts[0] == "layers" else "")] = np.ascontiguousarray(
+            t.dequantize(), np.float32)
+    save_file(st, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize("scheme", ["f32", "f16", "int8", "int4"])
+def test_bundled_layout_resident_matches_transformers(relu_llama, tmp_path, scheme):
+    """A bundled-FFN bundle, resident: f32 vs transformers itself; f16/int8/int4 vs transformers run on the
+    bundle's stored (dequantised) values. The manifest says schema 2, a group per FFN, 512-byte bundles."""
+    import tiny_models as tm
+
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model
+    from edgespool.exporters.hf import open_hf
+    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.engine import Engine
+    from edgespool.runtime.weights import ResidentWeights
+
+    d, ref, greedy = relu_llama
+    out = export_model(open_hf(d), tmp_path / "b", policy=QuantPolicy(quant=scheme), onnx=False, kernels=False,
+                       progress=False, ffn_layout="bundled").path
+    b = Bundle(out)
+    assert b.manifest["schema_version"] == 2 and b.ffn_layout == "bundled"
+    for i in range(b.config.num_layers):
+        g = b.groups[f"layers.{i}.ffn_bundled"]
+        assert g.tensors == (f"layers.{i}.ffn.bundles",) and g.offset % 4096 == 0
+        assert not any(".ffn." in t for t in b.groups[f"layers.{i}"].tensors)
+        rec = b.tensors[f"layers.{i}.ffn.bundles"]
+        assert rec["layout"] == "neuron_bundles" and rec["bundle"]["bytes"] % 512 == 0
+    if scheme != "f32":
+        ref = tm.hf_logits(_dequantised_checkpoint(d, tmp_path / "deq", out), PROMPT)
+    eng = Engine(ResidentWeights(b))
+    got = eng.forward(PROMPT, eng.new_cache(64))
+    assert float(np.abs(got - ref).max()) <= TOL
+    if scheme == "f32":
+        assert list(eng.generate(PROMPT[:6], 16)) == greedy
+
+
+def test_bundle_rows_hold_the_matrix_layouts_values(relu_llama, tmp_path):
+    """gate/up rows in a bundle are byte-identical to the matrix layout's int8 rows; down columns are down.T
+    quantised per neuron (numpy reference quantiser)."""
+    from edgespool.exporters.hf import open_hf
+    from edgespool.runtime.bundle import Bundle
+
+    d, _, _ = relu_llama
+    out = _export_q(d, tmp_path / "b", "int8", "bundled")
+    mat = Bundle(_export_q(d, tmp_path / "m", "int8", "matrix"))
+    b = Bundle(out)
+    src = open_hf(d)
+    t = b.read_group("layers.1.ffn_bundled")["layers.1.ffn.bundles"]
+    g, u, dt = t.vectors()
+    m = mat.read_group("layers.1")
+    for q, name in ((g, "gate"), (u, "up")):
+        np.testing.assert_array_equal(q.data, m[f"layers.1.ffn.{name}"].data)
+        np.testing.assert_array_equal(q.scale, m[f"layers.1.ffn.{name}"].scale)
+    down = src.tensor("layers.1.ffn.down").astype(np.float32)
+    s = np.abs(down.T).max(axis=1) / 127.0
+    np.testing.assert_array_equal(dt.data, np.clip(np.rint(down.T / s[:, None]), -127, 127).astype(np.int8))
+    np.testing.assert_allclose(dt.scale, s, rtol=1e-6)
+
+
+def _export_q(d: Path, out: Path, scheme: str, layout: str, onnx: bool = False) -> Path:
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model
+    from edgespool.exporters.hf import open_hf
+
+    return export_model(open_hf(d), out, policy=QuantPolicy(quant=scheme), onnx=onnx, kernels=False,
+                        progress=False, ffn_layout=layout).path
+
+
+def test_bundled_layout_onnx_still_matches(relu_llama, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from edgespool.exporters.onnx_decoder import MODEL_FILE, empty_kv_cache
+    from edgespool.runtime.bundle import Bundle
+
+    d, ref, _ = relu_llama
+    b = _export_q(d, tmp_path / "b", "f32", "bundled", onnx=True)
+    sess = ort.InferenceSession(str(b / MODEL_FILE), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": np.asarray([PROMPT], np.int64), **empty_kv_cache(Bundle(b).config, 1)}
+    names = [o.name for o in sess.get_outputs()]
+    assert float(np.abs(dict(zip(names, sess.run(None, feeds)))["logits"][0] - ref).max()) <= TOL
+
+
+def test_bundled_layout_errors(relu_llama, tmp_path):
+    """SiLU models are refused; version-2 manifests with an unknown layout, a bad bundle record or a version-1
+    reader's view are clear errors naming the tensor."""
+    import tiny_models as tm
+
+    from edgespool.errors import BundleError, OptionError
+    from edgespool.runtime.bundle import Bundle
+
+    silu = tmp_path / "silu"
+    tm.make_hf_model("llama", silu, seed=1, tokenizer="bpe")
+    with pytest.raises(OptionError, match="ReLU-family"):
+        _export_q(silu, tmp_path / "x", "f32", "bundled")
+    d, _, _ = relu_llama
+    b = _export_q(d, tmp_path / "b", "int8", "bundled")
+    m0 = json.loads((b / "manifest.json").read_text())
+    m = json.loads(json.dumps(m0))
+    m["tensors"]["layers.0.ffn.bundles"]["layout"] = "hilbert_curve"
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="layers.0.ffn.bundles.*unknown layout 'hilbert_curve'"):
+        Bundle(b)
+    m = json.loads(json.dumps(m0))
+    m["tensors"]["layers.0.ffn.bundles"]["bundle"]["bytes"] = 1000
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="layers.0.ffn.bundles"):
+        Bundle(b)
+    m = json.loads(json.dumps(m0))
+    m["schema_version"] = 3
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="schema version 3"):
+        Bundle(b)
+    # a plain (matrix) export stays schema 1, readable by version-1 readers
+    assert json.loads((_export_q(d, tmp_path / "m", "f32", "matrix") / "manifest.json").read_text())[
+        "schema_version"] == 1
+
+
+def test_cli_export_ffn_layout(relu_llama, tmp_path):
+    from click.testing import CliRunner
+
+    from edgespool.apps.cli import cli
+    from edgespool.runtime.bundle import Bundle
+
+    d, _, _ = relu_llama
+    r = CliRunner().invoke(cli, ["export", str(d), "-q", "int8", "--ffn-layout", "bundled", "--no-onnx",
+                                  "--no-kernels", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert Bundle(tmp_path / "b").ffn_layout == "bundled"
