@@ -7,6 +7,8 @@ It combines the pieces of :mod:`edgespool.offload` under one :class:`~edgespool.
 * a :class:`WeightStore` doing the reads (O_DIRECT, background threads, priority by when a group is needed);
 * the plan's pinned groups, read once at load;
 * a :class:`LayerWindow` for the streamed ``layers.{i}`` groups;
+* for bundles with row-column bundled FFNs (``--ffn-layout bundled``) a :class:`NeuronFFN`: neuron windows that
+  read only newly active neurons, with the exact predictor (gate rows pinned);
 * for MoE models an :class:`ExpertCache` plus an :class:`ExpertPredictor` driven by ``on_hidden``: the current
   layer's exact experts are read at once, in parallel (*lookahead*), and the next MoE layer's likely experts are
   read one layer ahead (*prediction*).
@@ -30,12 +32,14 @@ from ..kernels.quant import QTensor
 from ..runtime.bundle import Bundle
 from ..runtime.bundle_format import align_up
 from ..runtime.config import ModelConfig
+from ..runtime.ffn_bundles import ffn_group, ffn_tensor
 from ..schedulers.memory_plan import MemoryPlan, plan_memory
 from ..targets.profiles import get_target
 from .buffer_pool import BufferPool
 from .expert_cache import ExpertCache
 from .expert_predictor import ExpertPredictor
 from .layer_window import LayerWindow
+from .neuron_ffn import NeuronFFN
 from .weight_store import WeightStore
 
 
@@ -54,7 +58,8 @@ class StreamingWeights:
     def __init__(self, bundle: Bundle, plan: MemoryPlan, *, io_threads: int = 2, direct: bool | None = None,
                  verify: bool | str = "first", rate_limiter: Any = None, predict: bool = True, lookahead: bool = True,
                  cache_policy: str = "lrfu", adaptive_window: bool = True, read_timeout_s: float | None = None,
-                 fault=None, predict_extra: int = 0, predict_min_prob: float = 0.3) -> None:
+                 fault=None, predict_extra: int = 0, predict_min_prob: float = 0.3, neuron_window: int = 5,
+                 neuron_io_threads: int = 4) -> None:
         if bundle.config is None:
             raise BundleError(f"{bundle.path}: streaming needs a decoder bundle")
         self.config: ModelConfig = bundle.config
@@ -63,7 +68,8 @@ class StreamingWeights:
         self._check_plan()
         slots = {"layer": (plan.layer_slot_bytes, plan.layer_slots),
                  "expert": (plan.expert_slot_bytes, plan.expert_cache_slots)}
-        self.pool = BufferPool(plan.pinned_group_bytes + plan.pinned_tensor_bytes + plan.io_staging_bytes, slots)
+        self.pool = BufferPool(plan.pinned_group_bytes + plan.pinned_tensor_bytes + plan.io_staging_bytes
+                               + plan.neuron_predictor_bytes + plan.neuron_window_bytes, slots)
         kw = {} if read_timeout_s is None else {"read_timeout_s": read_timeout_s}
         self.store = WeightStore(bundle, io_threads=io_threads, direct=direct, verify=verify,
                                  rate_limiter=rate_limiter, fault=fault, **kw)
@@ -74,6 +80,11 @@ class StreamingWeights:
         try:
             t0 = time.perf_counter()
             self._pinned = self._read_pinned()
+            self.neurons: NeuronFFN | None = None
+            if plan.neuron_layers:  # row-column bundled FFNs: neuron windows with the exact predictor
+                self.neurons = NeuronFFN(bundle, self.store, self.pool, plan.neuron_layers, plan.neuron_capacity,
+                                         window=neuron_window, io_threads=neuron_io_threads,
+                                         verify=verify is not False, act=self.config.hidden_act)
             self.load_s = time.perf_counter() - t0
             self.window = LayerWindow(self.store, self.pool, plan.streamed_layers, self.config.num_layers,
                                       adaptive=adaptive_window, clock=self.clock)
@@ -112,7 +123,8 @@ class StreamingWeights:
             all_pinned = all(g in pinned for g in b.groups if ".experts." in g)
             if not all_pinned and (biggest > p.expert_slot_bytes or p.expert_cache_slots < 1):
                 raise BudgetError(f"memory plan has no expert slots fitting {b.path} (plan made for another bundle?)")
-        covered = set(p.pinned_groups) | {f"layers.{i}" for i in p.streamed_layers}
+        covered = (set(p.pinned_groups) | {f"layers.{i}" for i in p.streamed_layers}
+                   | {ffn_group(i) for i in p.neuron_layers})
         missing = [g for g in b.groups if ".experts." not in g and g not in covered]
         if missing:
             raise BudgetError(f"memory plan covers neither pinning nor streaming of {missing[:3]} in {b.path}")
@@ -165,6 +177,8 @@ class StreamingWeights:
             return t
         if layer is None or group not in self.bundle.groups:
             raise BundleError(f"{self.bundle.path}: no weight group {group!r}")
+        if self.neurons is not None and group == ffn_group(layer):
+            return {ffn_tensor(layer): self.neurons.view(layer)}
         if is_expert:
             assert self.cache is not None
             return self.cache.get(group)
@@ -215,6 +229,8 @@ class StreamingWeights:
     def close(self) -> None:
         """Stop I/O and drop the buffers."""
         self.store.close()
+        if self.neurons is not None:
+            self.neurons.close()
         self.window.close()
         if self.cache is not None:
             self.cache.close()
@@ -237,10 +253,11 @@ class StreamingWeights:
             "window": self.window.stats(),
             "expert_cache": self.cache.stats() if self.cache else None,
             "predictor": self.predictor.stats() if self.predictor and self.predict else None,
+            "neuron_window": self.neurons.stats() if self.neurons is not None else None,
         }
 
 
-_PLAN_KEYS = ("max_context", "max_batch_tokens", "max_window_depth", "hot_experts", "workspace")
+_PLAN_KEYS = ("max_context", "max_batch_tokens", "max_window_depth", "hot_experts", "workspace", "neuron_capacity")
 
 
 def open_streaming(bundle: Bundle, budget: int | str, *, target: str | None = None, verify: bool | str = True,

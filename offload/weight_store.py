@@ -367,6 +367,51 @@ class WeightStore:
             self.bytes_read += span
         return self.bundle.tensor_from_buffer(name, staging[:nb], off, bool(self.verify))
 
+    def read_into(self, offset: int, bufs: list[np.ndarray], group: str, what: str) -> int:
+        """Read ``sum(b.nbytes)`` bytes at file ``offset`` of ``group`` into ``bufs`` with one scatter ``preadv``
+        on the calling thread (e.g. a run of neuron bundles into window slots), through the rate limiter and the
+        fault hook, raising StorageError naming ``what`` on a read error or short read. With O_DIRECT the offset
+        and every buffer's address and length must be multiples of 512; where the device refuses that (EINVAL) the
+        read is done buffered and its pages dropped. Not counted: the caller reports what it read with
+        :meth:`note_read`. Returns the bytes read."""
+        if self._closed:
+            raise StorageError(f"{self.path}: weight store is closed")
+        n = sum(int(b.nbytes) for b in bufs)
+        if self.rate_limiter is not None:
+            _limiter_wait(self.rate_limiter, n)
+        views = [memoryview(b) for b in bufs]
+        try:
+            if self.fault is not None:
+                self.fault(group, offset - self.bundle.groups[group].offset)
+            try:
+                got = os.preadv(self._fd, views, offset)
+            except OSError as e:
+                if e.errno != errno.EINVAL or not self.direct:
+                    raise
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    got = os.preadv(fd, views, offset)
+                    os.posix_fadvise(fd, offset, n, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+            if got < n:
+                raise _ShortRead()
+        except _ShortRead:
+            self._check_file(group, offset + n)
+            raise StorageError(f"{self.path}: truncated while reading {what} (short read at offset {offset}); "
+                               "re-export or restore the bundle") from None
+        except OSError as e:
+            raise StorageError(f"{self.path}: read error in {what} at offset {offset} ({e.strerror or e})") from None
+        if not self.direct:
+            os.posix_fadvise(self._fd, offset, n, os.POSIX_FADV_DONTNEED)
+        return n
+
+    def note_read(self, group: str, t0: float, t1: float, nbytes: int) -> None:
+        """Account reads done with :meth:`read_into` (one record for a batch of them)."""
+        with self._lock:
+            self.records.append(ReadRecord(group, t0, t1, nbytes))
+            self.bytes_read += nbytes
+
     # -- stats / teardown -------------------------------------------------------------------------------------
     def busy_seconds(self) -> float:
         """Sum of group read durations (overlapping reads counted once each)."""

@@ -117,6 +117,11 @@ class BundleGeometry:
         return geo
 
 
+def load_staging_bytes(bundle_bytes: int) -> int:
+    """Staging buffer a streamed run uses to read a bundled FFN once at load (256 KiB, at least one bundle)."""
+    return max(256 << 10, -(-bundle_bytes // 4096) * 4096)
+
+
 def _vector_bytes(q: QTensor) -> tuple[np.ndarray, np.ndarray | None]:
     """(data, scale) of a 2-D QTensor as uint8 rows ``[rows, nbytes]``."""
     d = np.ascontiguousarray(q.data)
@@ -235,13 +240,17 @@ def bundled_ffn(x: np.ndarray, gate: QTensor, up: QTensor, down_t: QTensor, act:
 
 
 def dense_bundled_ffn(x: np.ndarray, t: NeuronBundles, act: str = "relu") -> np.ndarray:
-    """The FFN of all neurons of a bundled tensor (resident mode); the result equals the matrix layout's FFN up to
-    float summation order (and, for int8/int4, the per-neuron quantisation of ``down``)."""
-    vec = getattr(t, "_vectors", None)
-    if vec is None:  # first call: unpack into three contiguous [I, H] tensors and drop the bundle bytes (same
-        vec = t._vectors = t.vectors()  # memory, minus the padding; kernels want contiguous rows)
-        t.data = t.data[:0]
-    return bundled_ffn(x, *vec, act=act)
+    """The FFN of all neurons of a bundled tensor (resident or pinned): neuron blocks of at most
+    :data:`~edgespool.kernels.linear.BLOCK_BYTES` of bundles are unpacked and multiplied in turn (bounded
+    temporaries, no second copy of the weights). Equals the matrix layout's FFN up to float summation order (and,
+    for int8/int4, the per-neuron quantisation of ``down``)."""
+    geo = t.geometry
+    x = np.asarray(x, np.float32)
+    y = np.zeros((*x.shape[:-1], geo.hidden), np.float32)
+    step = max(1, BLOCK_BYTES // geo.bundle_bytes)
+    for r0 in range(0, geo.neurons, step):
+        y += bundled_ffn(x, *unpack_bundles(geo, t.data[r0: r0 + step]), act=act)
+    return y
 
 
 def run_bundled_ffn(source: Any, i: int, x: np.ndarray, act: str) -> np.ndarray:

@@ -37,6 +37,7 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g"
 
 IO_STAGING_BYTES = 1 * MiB  # aligned bounce buffer for the few unaligned reads (router copies)
 DEFAULT_MAX_WINDOW_DEPTH = 4
+DEFAULT_NEURON_CAPACITY = 0.25  # neuron window per bundled FFN layer: a quarter of its neurons
 
 
 def parse_size(text: str | int, option: str = "--memory-budget") -> int:
@@ -91,6 +92,18 @@ class MemoryPlan:
     io_staging_bytes: int
     streamed_bytes_per_token: int  # bytes of non-pinned dense layer groups (read once per token)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # neuron windowing (bundles exported with --ffn-layout bundled, offload/neuron_ffn.py): for each FFN layer in
+    # ``neuron_layers`` the gate rows are pinned (the exact predictor of which neurons are active) and a window
+    # holds ``neuron_capacity`` neuron bundles of ``neuron_bundle_bytes``; only newly active neurons are read
+    neuron_layers: tuple[int, ...] = ()
+    neuron_capacity: int = 0
+    neuron_bundle_bytes: int = 0
+    neuron_predictor_bytes: int = 0  # pinned gate rows + the load staging buffer
+
+    @property
+    def neuron_window_bytes(self) -> int:
+        """The neuron windows of every FFN layer (4 KiB-aligned per layer)."""
+        return len(self.neuron_layers) * align_up(self.neuron_capacity * self.neuron_bundle_bytes)
 
     @property
     def layer_slots(self) -> int:
@@ -108,7 +121,7 @@ class MemoryPlan:
     def pool_bytes(self) -> int:
         """Bytes of the one weight buffer pool: pinned groups + pinned tensors + window + expert cache + staging."""
         return (self.pinned_group_bytes + self.pinned_tensor_bytes + self.window_bytes + self.expert_cache_bytes
-                + self.io_staging_bytes)
+                + self.io_staging_bytes + self.neuron_predictor_bytes + self.neuron_window_bytes)
 
     @property
     def total_bytes(self) -> int:
@@ -126,7 +139,8 @@ class MemoryPlan:
                 d[k] = list(v)
         d.update(layer_slots=self.layer_slots, window_bytes=self.window_bytes,
                  expert_cache_bytes=self.expert_cache_bytes, pool_bytes=self.pool_bytes,
-                 total_bytes=self.total_bytes, is_resident=self.is_resident)
+                 total_bytes=self.total_bytes, is_resident=self.is_resident,
+                 neuron_window_bytes=self.neuron_window_bytes)
         return d
 
     def summary(self) -> str:
@@ -143,6 +157,11 @@ class MemoryPlan:
             ("expert cache", self.expert_cache_bytes,
              f"{self.expert_cache_slots} slots x {fmt_bytes(self.expert_slot_bytes)}"),
             ("I/O staging", self.io_staging_bytes, "aligned bounce buffer"),
+            *([("neuron predictor", self.neuron_predictor_bytes,
+                f"gate rows of {len(self.neuron_layers)} FFN layers pinned (exact active sets)"),
+               ("neuron windows", self.neuron_window_bytes,
+                f"{len(self.neuron_layers)} x {self.neuron_capacity} bundles x {fmt_bytes(self.neuron_bundle_bytes)}")]
+              if self.neuron_layers else []),
             ("KV cache", self.kv_cache_bytes, f"{self.max_context} positions, float32"),
             ("activation workspace", self.workspace_bytes, f"estimate for {self.max_batch_tokens}-token chunks"),
         ]
@@ -153,7 +172,8 @@ class MemoryPlan:
         lines.append(f"  {'total':22s} {fmt_bytes(self.total_bytes):>11s}  "
                      f"({100.0 * self.total_bytes / self.budget_bytes:.0f}% of budget)")
         lines.append(f"  streamed per token: {fmt_bytes(self.streamed_bytes_per_token)} of dense layers"
-                     + (" + expert misses" if self.expert_slot_bytes else ""))
+                     + (" + expert misses" if self.expert_slot_bytes else "")
+                     + (" + newly active FFN neurons" if self.neuron_layers else ""))
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -195,6 +215,34 @@ def workspace_bytes(cfg: ModelConfig, bundle: Bundle, max_batch_tokens: int, max
     return align_up(4 * T * per_tok + kernel_workspace_bytes() + 4 * MiB)
 
 
+def _neuron_memory(bundle: Bundle, ffn_groups: list[str], capacity: float | int) -> tuple[int, int, int, int]:
+    """(bundles per layer window, bundle bytes, pinned gate rows + load staging bytes, total) of the neuron windows of the
+    bundled FFN groups (all zero when there are none)."""
+    if not ffn_groups:
+        return 0, 0, 0, 0
+    from ..runtime.ffn_bundles import BundleGeometry, ffn_tensor, load_staging_bytes
+
+    geos = [BundleGeometry.from_record(ffn_tensor(_layer_index(g)), bundle.tensors[ffn_tensor(_layer_index(g))])
+            for g in ffn_groups]
+    neurons = max(g.neurons for g in geos)
+    if isinstance(capacity, float):
+        if not 0 < capacity <= 1:
+            raise OptionError(f"neuron capacity {capacity}: a fraction must be in (0, 1]")
+        cap = max(1, min(neurons, int(-(-capacity * neurons // 1))))
+    else:
+        if capacity < 1:
+            raise OptionError(f"neuron capacity {capacity}: must be >= 1 neuron")
+        cap = min(neurons, int(capacity))
+    bundle_bytes = max(g.bundle_bytes for g in geos)
+    pred = sum(gate_rows_bytes(g) for g in geos) + load_staging_bytes(bundle_bytes)
+    return cap, bundle_bytes, pred, pred + len(geos) * align_up(cap * bundle_bytes)
+
+
+def gate_rows_bytes(geo: Any) -> int:
+    """Pinned bytes of one layer's gate rows (data + scales, each 4 KiB-aligned) for the exact predictor."""
+    return align_up(geo.neurons * geo.data_bytes) + (align_up(geo.neurons * geo.scale_bytes) if geo.scale_bytes else 0)
+
+
 def minimum_budget(bundle: Bundle, target_profile: TargetProfile | None = None, **plan_options: Any) -> int:
     """The smallest budget :func:`plan_memory` accepts for ``bundle`` with these options (bytes)."""
     try:
@@ -209,12 +257,13 @@ def minimum_budget(bundle: Bundle, target_profile: TargetProfile | None = None, 
 def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_bytes: int | str, *,
                 max_context: int | None = None, max_batch_tokens: int = 256,
                 max_window_depth: int = DEFAULT_MAX_WINDOW_DEPTH, hot_experts: list[str] | None = None,
-                workspace: int | None = None) -> MemoryPlan:
+                workspace: int | None = None, neuron_capacity: float | int = DEFAULT_NEURON_CAPACITY) -> MemoryPlan:
     """Plan a streamed run of ``bundle`` in ``budget_bytes`` (an int or a size string such as ``"512MiB"``).
 
     ``hot_experts``: expert groups to pin first (e.g. from routing statistics); without them all expert memory
-    is an adaptive cache. ``workspace`` overrides the activation-workspace estimate. Raises BudgetError naming the
-    minimum when the budget is below the minimum working set.
+    is an adaptive cache. ``workspace`` overrides the activation-workspace estimate. ``neuron_capacity``: bundles
+    with row-column bundled FFNs keep this many neurons per layer in memory (a float in (0, 1]: that fraction of
+    the layer's neurons). Raises BudgetError naming the minimum when the budget is below the minimum working set.
     """
     cfg = bundle.config
     if cfg is None:
@@ -224,7 +273,8 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     T = max(1, min(max_batch_tokens, ctx))
     groups = bundle.groups
     gsize = {g: align_up(info.nbytes) for g, info in groups.items()}
-    layer_groups = [g for g in groups if g.startswith("layers.") and not _is_expert(g)]
+    ffn_groups = [g for g in groups if g.endswith(".ffn_bundled")]
+    layer_groups = [g for g in groups if g.startswith("layers.") and not _is_expert(g) and g not in ffn_groups]
     expert_groups = [g for g in groups if _is_expert(g)]
     edge_groups = [g for g in ("embed", "head") if g in groups]
     notes: list[str] = []
@@ -246,6 +296,9 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     expert_slot = max((gsize[g] for g in expert_groups), default=0)
     topk = max(1, cfg.num_experts_per_tok) if expert_groups else 0
     fixed = kv + ws + staging + edge_bytes + router_bytes
+    n_cap, n_bundle, n_pred, n_bytes = _neuron_memory(bundle, ffn_groups, neuron_capacity)
+    resident_fits = fixed + sum(gsize.values()) - edge_bytes <= budget
+    fixed += n_bytes
     minimum = fixed + layer_slot + topk * expert_slot
     if budget < minimum:
         err = BudgetError(
@@ -254,13 +307,15 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
             f"{fmt_bytes(layer_slot)}" + (f", {topk} experts {fmt_bytes(topk * expert_slot)}, router copies "
                                           f"{fmt_bytes(router_bytes)}" if topk else "")
             + f", KV cache {fmt_bytes(kv)} for {ctx} tokens, workspace {fmt_bytes(ws)}, I/O staging "
-            f"{fmt_bytes(staging)}); raise the budget to at least {fmt_bytes(minimum)} or lower --max-context")
+            f"{fmt_bytes(staging)}" + (f", neuron windows + pinned gate rows {fmt_bytes(n_bytes)}" if n_bytes else "")
+            + f"); raise the budget to at least {fmt_bytes(minimum)} or lower --max-context"
+            + (" or the neuron capacity" if n_bytes else ""))
         err.minimum = minimum  # type: ignore[attr-defined]
         raise err
 
     # Whole model fits: pin everything.
     all_bytes = sum(gsize.values())
-    if fixed + all_bytes - edge_bytes <= budget:
+    if resident_fits:
         return MemoryPlan(
             budget_bytes=budget, target=target_profile.name if target_profile else "host", arch=cfg.arch,
             model_bytes=bundle.weights_nbytes, pinned_groups=tuple(groups), pinned_group_bytes=all_bytes,
@@ -344,4 +399,6 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
         streamed_layers=tuple(_layer_index(g) for g in streamed), window_depth=depth,
         layer_slot_bytes=layer_slot if streamed else 0, expert_cache_slots=n_cache, expert_slot_bytes=expert_slot,
         max_context=ctx, kv_cache_bytes=kv, max_batch_tokens=T, workspace_bytes=ws, io_staging_bytes=staging,
-        streamed_bytes_per_token=stream_bytes, notes=tuple(notes))
+        streamed_bytes_per_token=stream_bytes, notes=tuple(notes),
+        neuron_layers=tuple(_layer_index(g) for g in ffn_groups), neuron_capacity=n_cap,
+        neuron_bundle_bytes=n_bundle, neuron_predictor_bytes=n_pred)

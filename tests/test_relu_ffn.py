@@ -277,3 +277,97 @@ def test_cli_export_ffn_layout(relu_llama, tmp_path):
                                   "--no-kernels", "-o", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     assert Bundle(tmp_path / "b").ffn_layout == "bundled"
+
+
+# -- streaming: neuron windows (offload/neuron_ffn.py) ----------------------------------------------------------------
+PLAN_KW = dict(max_context=64, max_batch_tokens=32, workspace=1 << 20)
+
+
+@pytest.fixture(scope="module")
+def relu_bundles(tmp_path_factory):
+    """A larger tiny ReLU Llama (H 128, I 512, 3 layers) exported f32 and int8 with bundled FFNs."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import tiny_models as tm
+
+    d = tmp_path_factory.mktemp("relu_llama_big")
+    tm.make_hf_model("llama", d, seed=5, tokenizer="bpe", hidden_act="relu", hidden_size=128, intermediate_size=512,
+                     num_hidden_layers=3)
+    return {q: _export_q(d, tmp_path_factory.mktemp(f"b_{q}") / "b", q, "bundled") for q in ("f32", "int8")}
+
+
+@pytest.mark.parametrize("scheme,capacity", [("f32", 0.6), ("f32", 0.1), ("int8", 0.3), ("int8", 0.1)])
+def test_streamed_neuron_windows_equal_resident(relu_bundles, scheme, capacity):
+    """At the minimum budget of the neuron-window plan (attention streamed through one slot, FFNs through windows
+    of 60 % / 10 % of the neurons: reuse, eviction and chunked passes), the logits equal the resident engine's
+    within 1e-5 and greedy tokens are identical; only newly active neurons are read."""
+    from edgespool.offload.streaming_source import StreamingWeights
+    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.engine import Engine
+    from edgespool.runtime.weights import ResidentWeights
+    from edgespool.schedulers.memory_plan import minimum_budget, plan_memory
+
+    b = Bundle(relu_bundles[scheme])
+    lo = minimum_budget(b, None, neuron_capacity=capacity, **PLAN_KW)
+    plan = plan_memory(b, None, lo, neuron_capacity=capacity, **PLAN_KW)
+    assert plan.neuron_layers == (0, 1, 2) and plan.streamed_layers and not plan.is_resident
+    assert plan.total_bytes <= lo and plan.neuron_capacity == int(np.ceil(capacity * 512))
+    res = Engine(ResidentWeights(b))
+    src = StreamingWeights(b, plan, io_threads=1, neuron_io_threads=2)
+    try:
+        st = Engine(src)
+        ref = res.forward(PROMPT, res.new_cache(64))
+        got = st.forward(PROMPT, st.new_cache(64))
+        assert float(np.abs(got - ref).max()) <= 1e-5
+        c1, c2 = res.new_cache(64), st.new_cache(64)
+        res.forward(PROMPT[:4], c1)
+        st.forward(PROMPT[:4], c2)
+        for t in PROMPT[4:]:  # decode steps, one token each
+            a, s = res.forward([t], c1), st.forward([t], c2)
+            assert float(np.abs(a - s).max()) <= 1e-5
+        assert list(Engine(src).generate(PROMPT[:6], 12)) == list(res.generate(PROMPT[:6], 12))
+        n = src.stats()["neuron_window"]
+        assert 0.2 < n["active_fraction"] < 0.8  # a random ReLU FFN: about half the neurons fire
+        assert n["neurons_loaded"] <= n["neurons_requested"]
+        if capacity > 0.5:
+            assert n["reuse"] > 0.2  # neurons kept in the window are not read again
+        elif capacity > 0.2:
+            assert n["reuse"] > 0.0
+        else:
+            assert n["neurons_loaded"] == n["neurons_requested"] or n["reuse"] < 0.2
+        assert n["bytes_read"] == n["neurons_loaded"] * plan.neuron_bundle_bytes
+    finally:
+        src.close()
+
+
+def test_neuron_window_faults(relu_bundles, tmp_path):
+    """An injected read error in a bundled FFN group, or the weights file truncated while running, is a
+    StorageError naming the file: never a wrong token."""
+    import shutil
+
+    from edgespool.errors import StorageError
+    from edgespool.offload.streaming_source import StreamingWeights
+    from edgespool.offload.weight_store import fault_from_env
+    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.engine import Engine
+    from edgespool.schedulers.memory_plan import minimum_budget, plan_memory
+
+    d = tmp_path / "b"
+    shutil.copytree(relu_bundles["int8"], d)
+    b = Bundle(d)
+    plan = plan_memory(b, None, minimum_budget(b, None, neuron_capacity=0.1, **PLAN_KW), neuron_capacity=0.1,
+                       **PLAN_KW)
+    with pytest.raises(StorageError, match="weights.bin: read error in tensor 'layers.1.ffn.bundles'"):
+        StreamingWeights(b, plan, fault=fault_from_env("eio:layers.1.ffn_bundled"))
+    src = StreamingWeights(b, plan)
+    try:
+        eng = Engine(src)
+        cache = eng.new_cache(64)
+        eng.forward(PROMPT[:4], cache)
+        with open(b.weights_path, "r+b") as f:  # cut the file inside the last layer's neuron bundles
+            f.truncate(b.groups["layers.2.ffn_bundled"].offset + 512)
+        with pytest.raises(StorageError, match="weights.bin"):
+            for t in PROMPT[4:]:
+                eng.forward([t], cache)
+    finally:
+        src.close()
