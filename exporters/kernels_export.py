@@ -1,7 +1,8 @@
 """Compile the kernels a bundle needs for its target into the bundle's ``kernels/`` directory.
 
 One kernel per distinct (scheme, shape, group) of the bundle's linear weights, in two batch forms (gemv for
-decode, gemm for prefill chunks). CPU kernels are shared libraries compiled by TVM for the target's LLVM
+decode, gemm for prefill chunks), plus one attention library (decode + prefill, symbolic context length) for the
+model's (head_dim, n_heads, n_kv_heads), listed under ``"attention"`` in ``kernels.json``. CPU kernels are shared libraries compiled by TVM for the target's LLVM
 target and linked by its (cross) C compiler; a target with a GPU also gets the CUDA kernels (source + fatbin +
 launch record) for its arch. Everything goes through the compile cache (:mod:`edgespool.kernels.tvm_cache`), so
 a second export of the same shapes for the same target compiles nothing.
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OptionError, TargetError
+from ..kernels.tvm_attention import AttentionSpec
 from ..kernels.tvm_backend import KERNELS_MANIFEST
 from ..kernels.tvm_build import LINEAR_SCHEMES, BuildOptions, LinearSpec, has_dotprod, has_vnni, q8_supported
 from ..kernels.tvm_cache import compile_kernel
@@ -60,14 +62,18 @@ def linear_specs(config: ModelConfig, tensors_meta: dict[str, dict[str, Any]],
 def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[str, Any]],
                              target_profile: TargetProfile, out_dir: str | Path, *,
                              cache_dir: Path | None = None, options: BuildOptions | None = None,
-                             gpu: bool = True, activations: str = "f32") -> dict[str, Any]:
+                             gpu: bool = True, activations: str = "f32", attention: bool = True) -> dict[str, Any]:
     """Compile (or fetch from the cache) every kernel the bundle needs for ``target_profile`` into ``out_dir``
     (the bundle's ``kernels/`` directory), write ``kernels.json`` there and return the manifest section:
     target, triple, kernel list (spec, file, bytes), total bytes, compile seconds and cache hits.
 
     ``activations="q8"`` also builds, where the target CPU has AVX-512 VNNI (x86) or dotprod (aarch64: rpi5,
     Orin), int8 / int4 g32 GEMVs that round x to Q8_0 blocks per call (llama.cpp's numerics; on znver4 int4 ~2x
-    and int8 ~1.3x the float-activation kernels); the runtime prefers them for decode."""
+    and int8 ~1.3x the float-activation kernels); the runtime prefers them for decode.
+
+    ``attention`` (default on) also compiles the GQA attention library of the model's head shape
+    (:mod:`edgespool.kernels.tvm_attention`; + its CUDA kernels for a target with a GPU), listed under the
+    section's ``"attention"`` key."""
     if activations not in ("f32", "q8"):
         raise OptionError(f"--kernel-activations {activations!r}: valid are f32, q8")
     if target_profile.kind != "linux":
@@ -104,6 +110,28 @@ def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[s
                             "cached": g.cached})
             compile_s += 0.0 if g.cached else g.compile_seconds
             hits += g.cached
+    attn_entries: list[dict[str, Any]] = []
+    if attention:
+        aspec = AttentionSpec(config.head_dim, config.num_heads, config.num_kv_heads)
+        k = compile_kernel(aspec, tt, cc=cc, cache_dir=cache_dir)
+        fname = f"{aspec.name}.so"
+        _publish(k.path, out / fname)
+        attn_entries.append({"kind": "so", "spec": aspec.to_dict(), "file": fname, "nbytes": k.nbytes,
+                             "compile_seconds": round(k.compile_seconds, 3), "cached": k.cached})
+        compile_s += 0.0 if k.cached else k.compile_seconds
+        hits += k.cached
+        if gpu and target_profile.gpu is not None:
+            g = compile_kernel(aspec, target_profile.gpu.tvm_target, cache_dir=cache_dir)
+            files = {}
+            for f in g.files:
+                dst = f"{aspec.name}.{target_profile.gpu.arch}.{f.split('.')[-1]}"
+                _publish(g.directory / f, out / dst)
+                files[f.split(".")[-1]] = dst
+            attn_entries.append({"kind": "cuda", "spec": aspec.to_dict(), "files": files, "launch": g.launch,
+                                 "nbytes": g.nbytes, "compile_seconds": round(g.compile_seconds, 3),
+                                 "cached": g.cached})
+            compile_s += 0.0 if g.cached else g.compile_seconds
+            hits += g.cached
     section = {
         "target": target_profile.name,
         "activations": activations,
@@ -111,7 +139,8 @@ def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[s
         "tvm_target": target_profile.tvm_target,
         "runtime": "apache-tvm-ffi + libtvm_runtime.so (or apache-tvm)",
         "kernels": entries,
-        "nbytes": sum(e["nbytes"] for e in entries),
+        "attention": attn_entries,
+        "nbytes": sum(e["nbytes"] for e in entries + attn_entries),
         "compile_seconds": round(compile_s, 3),
         "cache_hits": hits,
         "seconds": round(time.perf_counter() - t0, 3),

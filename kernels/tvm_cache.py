@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TargetError
+from .tvm_attention import AttentionSpec
 from .tvm_build import BuildOptions, LinearSpec
 
 CACHE_VERSION = 2  # 2: shared libraries stripped
@@ -36,7 +37,7 @@ def default_cache_dir() -> Path:
 class CompiledKernel:
     """One compiled kernel in the cache: where its files are and what compiling it cost."""
 
-    spec: LinearSpec
+    spec: LinearSpec | AttentionSpec
     target: dict[str, Any]
     directory: Path
     files: tuple[str, ...]  # file names inside ``directory``
@@ -60,22 +61,26 @@ def _tvm_version() -> str:
         return "none"
 
 
-def _schedule_source_digest() -> str:
-    """Digest of the kernel definitions/schedules (tvm_build.py): editing them invalidates the cache."""
-    from . import tvm_build
+def _schedule_source_digest(spec: LinearSpec | AttentionSpec | None = None) -> str:
+    """Digest of the kernel definitions/schedules (tvm_build.py; tvm_attention.py too for attention kernels):
+    editing them invalidates the cache."""
+    from . import tvm_attention, tvm_build
 
-    return hashlib.sha256(Path(tvm_build.__file__).read_bytes()).hexdigest()[:16]
+    data = Path(tvm_build.__file__).read_bytes()
+    if isinstance(spec, AttentionSpec):
+        data += Path(tvm_attention.__file__).read_bytes()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
-def cache_key(spec: LinearSpec, target: dict[str, Any], cc: str | None, options: BuildOptions | None) -> str:
+def cache_key(spec: LinearSpec | AttentionSpec, target: dict[str, Any], cc: str | None, options: BuildOptions | None) -> str:
     """Hex digest naming the cache entry of ``spec`` compiled for ``target`` with ``cc`` and ``options`` by this
     version of the kernel definitions and of TVM."""
     payload = {"v": CACHE_VERSION, "spec": spec.to_dict(), "target": target, "cc": cc or "",
-               "options": asdict(options or BuildOptions()), "tvm": _tvm_version(), "src": _schedule_source_digest()}
+               "options": asdict(options or BuildOptions()), "tvm": _tvm_version(), "src": _schedule_source_digest(spec)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _load_entry(d: Path, spec: LinearSpec, target: dict[str, Any]) -> CompiledKernel | None:
+def _load_entry(d: Path, spec: LinearSpec | AttentionSpec, target: dict[str, Any]) -> CompiledKernel | None:
     meta_p = d / "meta.json"
     if not meta_p.exists():
         return None
@@ -87,15 +92,19 @@ def _load_entry(d: Path, spec: LinearSpec, target: dict[str, Any]) -> CompiledKe
                           meta.get("launch"))
 
 
-def compile_kernel(spec: LinearSpec, target: dict[str, Any], *, cc: str | None = None,
+def compile_kernel(spec: LinearSpec | AttentionSpec, target: dict[str, Any], *, cc: str | None = None,
                    options: BuildOptions | None = None, cache_dir: Path | None = None) -> CompiledKernel:
     """Compile ``spec`` for ``target`` (a TVM target dict) unless the cache has it; return the cache entry.
 
     CPU (``kind: llvm``): exports a shared library with ``cc`` (None = the host compiler; e.g.
     ``aarch64-linux-gnu-gcc`` to cross-compile). CUDA: the CUDA C source TVM generates plus a fatbin from nvcc
-    for the target's ``arch``; the launch geometry is recorded for :mod:`.cuda_launch`.
+    for the target's ``arch``; the launch geometry is recorded for :mod:`.cuda_launch`. An :class:`AttentionSpec`
+    compiles one library with its decode and prefill functions (:mod:`.tvm_attention`; CUDA: both kernels in one
+    source/fatbin, ``launch["kernels"]`` per form).
     """
-    from . import tvm_build
+    from . import tvm_attention, tvm_build
+
+    attn = isinstance(spec, AttentionSpec)
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     key = cache_key(spec, target, cc, options)
@@ -109,14 +118,15 @@ def compile_kernel(spec: LinearSpec, target: dict[str, Any], *, cc: str | None =
         t0 = time.perf_counter()
         launch = None
         if target.get("kind") == "cuda":
-            src, fatbin, launch = tvm_build.cuda_artifacts(spec, target, options)
+            src, fatbin, launch = (tvm_attention.cuda_artifacts(spec, target) if attn
+                                   else tvm_build.cuda_artifacts(spec, target, options))
             (tmp / "kernel.cu").write_text(src)
             files: tuple[str, ...] = ("kernel.cu",)
             if fatbin:
                 (tmp / "kernel.fatbin").write_bytes(fatbin)
                 files = ("kernel.fatbin", "kernel.cu")
         elif target.get("kind") == "llvm":
-            ex = tvm_build.build([spec], target, options)
+            ex = tvm_attention.build(spec, target) if attn else tvm_build.build([spec], target, options)
             if cc and shutil.which(cc) is None:
                 raise TargetError(f"C compiler {cc!r} for target {target.get('mtriple')} is not installed "
                                   f"(apt-get install gcc-aarch64-linux-gnu for aarch64)")
