@@ -8,7 +8,14 @@ Softmax is computed in float32 with the row maximum subtracted. All heads go thr
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
+
+# A compiled attention kernel: same arguments as :func:`attention`, returns None when it does not fit (the numpy
+# reference then runs). Empty (the default) = numpy only. ``TvmKernels.install`` puts one under "kernel".
+AttentionKernel = Callable[..., "np.ndarray | None"]
+ATTENTION: dict[str, AttentionKernel] = {}
 
 
 def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, sliding_window: int | None = None) -> np.ndarray:
@@ -30,7 +37,12 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_
 
     ``scale`` defaults to ``D ** -0.5``. Every query must see at least one key (true for causal self-attention
     when the new tokens' own keys are included). Long prompts run in blocks of queries so the ``[nh, T, S]`` score
-    matrix never exceeds :data:`SCORE_BYTES`."""
+    matrix never exceeds :data:`SCORE_BYTES`. A kernel registered in :data:`ATTENTION` runs instead when it fits."""
+    kern = ATTENTION.get("kernel")
+    if kern is not None:
+        out = kern(q, k, v, q_pos, k_pos, sliding_window, scale)
+        if out is not None:
+            return out
     T, nh, D = q.shape
     S = k.shape[1]
     if T == 1 and S and k_pos[-1] <= q_pos[0] and (not sliding_window or k_pos[0] > q_pos[0] - sliding_window):

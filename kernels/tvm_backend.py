@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import BundleError, TargetError
 from .quant import QTensor
+from .tvm_attention import AttentionSpec
 from .tvm_build import LinearSpec
 
 log = logging.getLogger("edgespool.kernels")
@@ -188,6 +189,8 @@ class TvmKernels:
         self.calls = 0
         # use a loaded q8-activation kernel for 1..4 rows (False: the float-activation kernels only)
         self.prefer_q8 = True
+        # compiled attention (kernels.json "attention" list), routed into kernels.attention.ATTENTION by install()
+        self.attention: TvmAttention | None = None
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -217,7 +220,12 @@ class TvmKernels:
             return kern
         libs = [(LinearSpec.from_dict(k["spec"]), d / k["file"]) for k in meta.get("kernels", [])
                 if k.get("kind", "so") == "so"]
-        return cls(libs)
+        kern = cls(libs)
+        attn = [(AttentionSpec.from_dict(k["spec"]), d / k["file"]) for k in meta.get("attention", [])
+                if k.get("kind") == "so"]
+        if attn:
+            kern.attention = TvmAttention(attn)
+        return kern
 
     @property
     def specs(self) -> list[LinearSpec]:
@@ -318,14 +326,122 @@ class TvmKernels:
         old = {s: reg[s] for s in ("int8", "int4", "f16") if s in reg}
         for scheme, prev in old.items():
             reg[scheme] = _Routed(self, prev)
+        if self.attention is not None:  # the previous attention kernel (None = numpy) travels in the same dict
+            old[_ATTN_KEY] = self.attention.install()
         return old
 
     @staticmethod
     def uninstall(old: dict, registry: dict | None = None) -> None:
-        """Put back the entries :meth:`install` replaced."""
+        """Put back the entries :meth:`install` replaced (linear and attention)."""
         from . import linear as linear_mod
 
+        old = dict(old)
+        if _ATTN_KEY in old:
+            TvmAttention.uninstall(old.pop(_ATTN_KEY))
         (linear_mod.KERNELS if registry is None else registry).update(old)
+
+
+_ATTN_KEY = "__attention__"
+
+
+class TvmAttention:
+    """Compiled GQA attention (:mod:`.tvm_attention`) with :func:`edgespool.kernels.attention.attention`'s
+    signature; returns None (the numpy reference runs) when no loaded kernel fits the call.
+
+    Fits: float32 ``q [T, nh, D]``, ``k``/``v`` ``[nkv, S, D]`` whose rows are contiguous (KV-cache views of any
+    row stride are passed without a copy), consecutive ``k_pos`` and ``q_pos`` (the cache's positions; only the
+    end points are checked) and a loaded library for (D, nh, nkv). Decode (T = 1) gets the visible key range as a
+    view (a sliding window is a start offset); prefill passes the past length and the window to the kernel."""
+
+    # dispatch by size: below this many keys x query rows the numpy reference is used (0: always the kernel;
+    # measured faster at every size on znver4, docs/KERNELS.md "Attention kernels")
+    min_work = 0
+
+    def __init__(self, libraries: Iterable[tuple[AttentionSpec, str | Path]]):
+        self._fns: dict[tuple[int, int, int], tuple[Any, Any]] = {}
+        self._mods: list[Any] = []
+        for spec, path in libraries:
+            mod = load_kernel_library(path)
+            self._mods.append(mod)
+            dec, pre = spec.functions
+            self._fns[(spec.head_dim, spec.n_heads, spec.n_kv_heads)] = (mod[dec], mod[pre])
+        self.fallbacks: dict[str, int] = {}
+        self.calls = 0
+
+    @classmethod
+    def for_host(cls, specs: Iterable[AttentionSpec], cache_dir: Path | None = None) -> TvmAttention:
+        """Compile (or take from the cache) ``specs`` for this machine and load them."""
+        from ..targets import get_target
+        from .tvm_cache import compile_kernel
+
+        target = get_target("host").tvm_target
+        return cls((s, compile_kernel(s, target, cache_dir=cache_dir).path) for s in specs)
+
+    @property
+    def specs(self) -> list[AttentionSpec]:
+        return [AttentionSpec(*k) for k in self._fns]
+
+    def _fallback(self, reason: str) -> None:
+        if reason not in self.fallbacks:
+            log.info("TVM attention fallback to numpy: %s", reason)
+        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+
+    def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
+                 sliding_window: int | None = None, scale: float | None = None) -> np.ndarray | None:
+        """Causal GQA like :func:`edgespool.kernels.attention.attention`, or None when no kernel fits."""
+        T, nh, D = q.shape
+        nkv, S = k.shape[0], k.shape[1]
+        fns = self._fns.get((D, nh, nkv))
+        if fns is None:
+            self._fallback(f"no attention kernel for head_dim {D}, {nh} heads, {nkv} KV heads")
+            return None
+        if (S == 0 or T * S < self.min_work or k.dtype != np.float32 or v.dtype != np.float32
+                or k.strides[2] != 4 or k.strides[1] != 4 * D or v.strides[2] != 4 or v.strides[1] != 4 * D
+                or k.shape != v.shape):
+            self._fallback("attention arguments not float32 KV-cache rows (or below min_work)")
+            return None
+        k0 = int(k_pos[0])
+        past = int(q_pos[0]) - k0
+        w = int(sliding_window or 0)
+        if (int(k_pos[-1]) - k0 != S - 1 or int(q_pos[-1]) - int(q_pos[0]) != T - 1 or past < 0
+                or (w and past + T - w >= S)):
+            self._fallback("attention positions not consecutive, or a query that sees no key")
+            return None
+        sc = np.float32(D ** -0.5 if scale is None else scale)
+        if q.dtype != np.float32 or not q.flags.c_contiguous:
+            q = np.ascontiguousarray(q, dtype=np.float32)
+        out = np.empty((T, nh, D), np.float32)
+        if T == 1:
+            hi = min(S, past + 1)
+            lo = max(0, past + 1 - w) if w else 0
+            if lo or hi != S:
+                k, v = k[:, lo:hi], v[:, lo:hi]
+            fns[0](q, k, v, out, sc)
+        else:
+            fns[1](q, k, v, out, sc, past, w)
+        self.calls += 1
+        return out
+
+    def install(self, registry: dict | None = None) -> Any:
+        """Make this the engine's attention kernel (:data:`edgespool.kernels.attention.ATTENTION`); returns the
+        entry it replaced (None: numpy), for :meth:`uninstall`."""
+        from . import attention as attention_mod
+
+        reg = attention_mod.ATTENTION if registry is None else registry
+        prev = reg.get("kernel")
+        reg["kernel"] = self
+        return prev
+
+    @staticmethod
+    def uninstall(prev: Any, registry: dict | None = None) -> None:
+        """Put back what :meth:`install` replaced."""
+        from . import attention as attention_mod
+
+        reg = attention_mod.ATTENTION if registry is None else registry
+        if prev is None:
+            reg.pop("kernel", None)
+        else:
+            reg["kernel"] = prev
 
 
 class _Routed:
