@@ -44,6 +44,11 @@ def _print_human(res: dict) -> None:
         rows.append(("expert cache hit rate", f"{100 * res['cache_hit_rate']:.1f}%"))
     if res.get("prediction_accuracy") is not None:
         rows.append(("expert prediction accuracy", f"{100 * res['prediction_accuracy']:.1f}% (top-k recall)"))
+    nw = res.get("neuron_window")
+    if nw:
+        rows.append(("neuron windows", f"{nw['layers']} layers x {nw['capacity']} neurons, window {nw['window']}; "
+                                       f"active {100 * (nw['active_fraction'] or 0):.1f}%, reused "
+                                       f"{100 * (nw['reuse'] or 0):.1f}%, {nw['reads']} reads; {nw['predictor']}"))
     pm, base = res["peak_memory"], res["baseline"]
     rows.append(("peak process RSS", f"{fmt_bytes(pm['process_rss'])} (baseline {fmt_bytes(base['process_rss'])})"))
     if pm.get("cgroup") is not None:
@@ -101,6 +106,10 @@ def _in_rig(argv: list[str], rig: str, storage: str | None, rig_memory: str | No
 @click.option("--no-predict", is_flag=True, help="Disable next-layer expert prediction.")
 @click.option("--no-lookahead", is_flag=True, help="Do not read a layer's routed experts before the engine asks.")
 @click.option("--io-bandwidth", default=None, help="Emulated read bandwidth (rate limiter), e.g. 440MB/s.")
+@click.option("--neuron-capacity", default=None, type=float,
+              help="Bundled FFNs: neurons per layer window, a fraction (<= 1) or a count (default 0.25).")
+@click.option("--neuron-window", default=5, show_default=True, type=int,
+              help="Bundled FFNs: drop neurons unused for this many forward passes.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--json-out", default=None, type=click.Path(), help="Also write the JSON result to this file.")
@@ -108,7 +117,8 @@ def _in_rig(argv: list[str], rig: str, storage: str | None, rig_memory: str | No
 @click.option("--quiet", is_flag=True, hidden=True)
 def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: str | None, storage: str | None,
               rig_memory: str | None, prompt_tokens: int, n: int, io_threads: int, cache_policy: str,
-              no_predict: bool, no_lookahead: bool, io_bandwidth: str | None, seed: int, as_json: bool,
+              no_predict: bool, no_lookahead: bool, io_bandwidth: str | None, neuron_capacity: float | None,
+              neuron_window: int, seed: int, as_json: bool,
               json_out: str | None, plot: str | None, quiet: bool) -> None:
     """Measure decode/prefill tokens/s, TTFT, bytes read per token, read bandwidth vs the storage bound, cache
     hit rate, prediction accuracy and peak memory of BUNDLE."""
@@ -116,7 +126,8 @@ def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: s
         os.environ["EDGESPOOL_IO_BANDWIDTH"] = io_bandwidth
     if rig:
         argv = [bundle, "--prompt-tokens", str(prompt_tokens), "-n", str(n), "--io-threads", str(io_threads),
-                "--cache-policy", cache_policy, "--seed", str(seed)]
+                "--cache-policy", cache_policy, "--seed", str(seed), "--neuron-window", str(neuron_window)]
+        argv += ["--neuron-capacity", str(neuron_capacity)] if neuron_capacity is not None else []
         for flag, val in (("--memory-budget", memory_budget), ("--target", target or rig),
                           ("--io-bandwidth", io_bandwidth)):
             if val:
@@ -130,7 +141,9 @@ def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: s
         opts = {}
         if memory_budget is not None:
             opts = dict(io_threads=io_threads, cache_policy=cache_policy, predict=not no_predict,
-                        lookahead=not no_lookahead)
+                        lookahead=not no_lookahead, neuron_window=neuron_window)
+            if neuron_capacity is not None:
+                opts["neuron_capacity"] = int(neuron_capacity) if neuron_capacity > 1 else float(neuron_capacity)
         res = bench_bundle(bundle, memory_budget=memory_budget, target=target, prompt_tokens=prompt_tokens,
                            max_tokens=n, seed=seed, **opts)
         if res.get("plan"):

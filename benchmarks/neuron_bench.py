@@ -1,6 +1,7 @@
 """Neuron windowing (LLM in a flash) measured on a synthetic FFN: what it reads, how exact it is, what it costs.
 
     python benchmarks/neuron_bench.py [--hidden 1024 --inter 4096 --layers 4 --tokens 32 --storage rpi5] [--rig rpi5]
+    python benchmarks/neuron_bench.py --e2e WORKDIR [--budget 136MiB --rig rpi5 -n 12]   # end to end, see e2e()
 
 A random-weight FFN of the given size (int8 row-column bundles, O_DIRECT reads) runs a sequence of slowly drifting
 inputs (x_t = 0.95 x_{t-1} + 0.31 noise: consecutive tokens share most active neurons; real ReLU models' token-to-
@@ -21,6 +22,7 @@ L2 error of the output against the dense FFN computed with numpy from the same b
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 import sys
@@ -49,7 +51,17 @@ def main() -> None:
     ap.add_argument("--rig", default=None, help="run inside the board rig of this profile (needs root cgroups)")
     ap.add_argument("--dir", default=None, help="where the neuron files go (default: a temporary directory)")
     ap.add_argument("--rig-note", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--e2e", default=None, help="end to end: synthesise a sparse ReLU Llama into this directory, "
+                                                "export matrix + bundled int8 bundles, `edgespool bench` both")
+    ap.add_argument("--budget", default=None, help="--e2e: memory budget (default: 10%% above the neuron plan's "
+                                                   "minimum)")
+    ap.add_argument("--neuron-capacity", default="0.15", help="--e2e: neurons per layer window")
+    ap.add_argument("-n", type=int, default=12, help="--e2e: tokens to generate")
+    ap.add_argument("--active", type=float, default=0.10, help="--e2e: target active fraction of FFN neurons")
     a = ap.parse_args()
+    if a.e2e:
+        e2e(a)
+        return
     if a.rig:
         from edgespool.apps.rig.limits import resolve_limits
         from edgespool.apps.rig.runner import run_in_rig
@@ -195,6 +207,141 @@ def main() -> None:
                   + f" | {r['bytes'] / 2**20:.2f} MiB | {r['reads']:.0f} | {r['io_ms']:.1f} ({r['dense_io_ms']:.1f}) | "
                   f"{r['wall_ms']:.1f} ({r['dense_wall_ms']:.1f}) | "
                   f"{r['err']:.1e} ({r['max_err']:.1e}) | {r['pinned'] / 2**20:.1f} MiB |")
+    text = "\n".join(md) + "\n"
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text)
+
+
+# -- end to end ---------------------------------------------------------------------------------------------------
+E2E = dict(hidden=1024, layers=20, inter=2816, heads=16, kv_heads=4, vocab=512)  # stream_bench's dense Llama
+
+
+def write_sparse_relu_llama(out: Path, active: float, seed: int = 0) -> Path:
+    """A random-weight ReLU Llama (``hidden_act: relu``, ReGLU FFN, f16 safetensors + SentencePiece tokenizer) whose
+    FFN activations are sparse like a ReLU-fied LLM's: Llama has no FFN bias, so hidden dimension 0 carries a
+    constant (embedding column 0 = c, o_proj / down_proj rows 0 = 0: no layer writes it) and gate column 0 turns
+    it into a per-layer negative bias. The bias of layer i is calibrated on the model itself (edgespool resident
+    engine over 32 random tokens): the ``1 - active`` quantile of that layer's gate pre-activations."""
+    from safetensors.numpy import load_file, save_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from stream_bench import write_hf
+
+    if (out / "config.json").exists() and json.loads((out / "config.json").read_text())["hidden_act"] == "relu":
+        return out
+    write_hf(out, dict(arch="llama", **E2E), seed=seed)
+    st = load_file(str(out / "model.safetensors"))
+    H, L = E2E["hidden"], E2E["layers"]
+    c = 4.0
+    st["model.embed_tokens.weight"][:, 0] = c
+    for i in range(L):
+        p = f"model.layers.{i}."
+        st[p + "self_attn.o_proj.weight"][0, :] = 0
+        st[p + "mlp.down_proj.weight"][0, :] = 0
+        st[p + "mlp.gate_proj.weight"][:, 0] = 0
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["hidden_act"] = "relu"
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    save_file(st, str(out / "model.safetensors"), metadata={"format": "pt"})
+    # calibrate layer by layer in one forward pass: each layer's FFN input h is seen before its FFN runs, its bias
+    # is set in the loaded (f16) gate weight, and later layers see the calibrated model's hidden states
+    import edgespool.runtime.engine as engine_mod
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model, open_source
+    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.weights import ResidentWeights
+
+    ids = np.random.default_rng(seed + 1).integers(3, E2E["vocab"], 32)
+    with tempfile.TemporaryDirectory() as td:
+        export_model(open_source(out), Path(td) / "b", policy=QuantPolicy(quant="f16"), onnx=False, kernels=False,
+                     progress=False)
+        orig = engine_mod.swiglu
+        layer = [0]
+
+        def spy(h, gate, up, down, act="silu"):
+            i = layer[0]
+            layer[0] += 1
+            gate.data[:, 0] = 0
+            pre = h @ gate.dequantize().T
+            h0 = float(np.mean(h[:, 0]))
+            col = np.float16(-float(np.quantile(pre, 1 - active)) / h0)
+            gate.data[:, 0] = col
+            st[f"model.layers.{i}.mlp.gate_proj.weight"][:, 0] = col
+            print(f"layer {i}: h0 {h0:.2f} +- {np.std(h[:, 0]):.3f}, bias {float(col) * h0:.3f}", flush=True)
+            return orig(h, gate, up, down, act)
+
+        engine_mod.swiglu = spy
+        try:
+            eng = engine_mod.Engine(ResidentWeights(Bundle(Path(td) / "b"), verify=False))
+            eng.forward(ids, eng.new_cache(len(ids)))
+        finally:
+            engine_mod.swiglu = orig
+    save_file(st, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def e2e(a) -> None:
+    """Sparse ReLU Llama -> int8 bundles (matrix and bundled FFN layout) -> ``edgespool bench`` of both under one
+    budget (``--rig`` profile): bytes read per token, decode tok/s, neuron window statistics."""
+    import subprocess
+
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model, open_source
+    from edgespool.runtime.bundle import Bundle
+    from edgespool.schedulers.memory_plan import fmt_bytes, minimum_budget
+
+    work = Path(a.e2e)
+    work.mkdir(parents=True, exist_ok=True)
+    hf = write_sparse_relu_llama(work / "hf-relu", a.active)
+    bundles = {}
+    for layout in ("matrix", "bundled"):
+        b = work / f"relu-int8-{layout}.bundle"
+        if not (b / "manifest.json").exists():
+            export_model(open_source(hf), b, policy=QuantPolicy(quant="int8"), overwrite=True, onnx=False,
+                         kernels=False, progress=False, ffn_layout=layout)
+        bundles[layout] = b
+    cap = float(a.neuron_capacity)
+    cap = int(cap) if cap > 1 else cap
+    P = 16
+    budget = a.budget or str(int(1.1 * minimum_budget(Bundle(bundles["bundled"]), None, neuron_capacity=cap,
+                                                      max_context=P + a.n, max_batch_tokens=P)))
+    rows = []
+    for layout, b in bundles.items():
+        cmd = [sys.executable, "-m", "edgespool", "bench", str(b), "--memory-budget", budget, "-n", str(a.n),
+               "--prompt-tokens", str(P), "--json", "--neuron-capacity", str(a.neuron_capacity)]
+        if a.rig:
+            cmd += ["--rig", a.rig]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            print(r.stdout[-2000:], r.stderr[-4000:])
+            raise SystemExit(f"bench of {layout} failed")
+        res = json.loads(r.stdout)
+        rows.append((layout, Bundle(b).weights_nbytes, res))
+        (work / f"bench-{layout}.json").write_text(json.dumps(res, indent=1, default=str))
+        print(f"{layout}: {res['decode_tok_s']:.2f} tok/s, {res['bytes_read_per_token'] / 2**20:.1f} MiB/token",
+              flush=True)
+    md = [f"Sparse ReLU Llama (hidden {E2E['hidden']}, {E2E['layers']} layers, FFN {E2E['inter']}, int8, target "
+          f"{a.active:.0%} active), budget {fmt_bytes(int(budget))}, {a.n} tokens after a {P}-token prompt"
+          + (f", rig {a.rig}" if a.rig else "") + ":", "",
+          "| FFN layout | weights | decode tok/s | TTFT s | read/token | bound tok/s | of bound | active | "
+          "reused | neuron reads/token | pinned layers | distinct tokens | peak cgroup (limit) | OOM |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for layout, nbytes, r in rows:
+        nw = (r.get("neuron_window") or {}).get("decode") or {}
+        sb = r.get("storage_bound") or {}
+        plan = r.get("plan") or {}
+        npin = sum(1 for g in plan.get("pinned_groups", []) if g.startswith("layers."))
+        rig = r.get("rig") or {}
+        reads = (f"{nw['reads'] / (a.n - 1):.0f}" if nw else "-")
+        lim = next((x["display"] for x in rig.get("limits", []) if x["name"].startswith("mem")), "?")
+        md.append(f"| {layout} | {fmt_bytes(nbytes)} | {r['decode_tok_s']:.2f} | {r['ttft_s']:.2f} | "
+                  f"{fmt_bytes(r['bytes_read_per_token'])} | {sb.get('tok_s') or 0:.2f} | "
+                  f"{100 * (sb.get('fraction_reached') or 0):.0f}% | "
+                  + (f"{100 * nw['active_fraction']:.1f}% | {100 * nw['reuse']:.1f}% | " if nw else "- | - | ")
+                  + f"{reads} | {npin} | {len(set(r['tokens']))} of {len(r['tokens'])} | "
+                  f"{fmt_bytes(rig.get('peak_memory') or 0)} ({lim}) | {rig.get('oom_kills', '-')} |")
     text = "\n".join(md) + "\n"
     print(text)
     if a.out:

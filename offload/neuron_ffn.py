@@ -71,8 +71,8 @@ class NeuronFFN:
         self._io = ThreadPoolExecutor(max(1, io_threads), thread_name_prefix="edgespool-neuron-io")
         self.io_threads = max(1, io_threads)
         self.bytes_read = self.reads = self.loaded = self.requested = self.neurons_total = 0
-        self.passes = 0
         self.read_s = 0.0
+        self.decode = {"passes": 0, "neurons": 0, "requested": 0, "loaded": 0, "reads": 0}  # one-token passes
         B = max(BundleGeometry.from_record(ffn_tensor(i), bundle.tensors[ffn_tensor(i)]).bundle_bytes for i in layers)
         staging = pool.alloc_pinned(load_staging_bytes(B))
         for i in layers:
@@ -206,6 +206,7 @@ class NeuronFFN:
         x2 = pre.reshape(-1, pre.shape[-1])
         active = np.flatnonzero((x2 > 0).any(axis=0))
         self.neurons_total += L.geo.neurons
+        before = (self.requested, self.loaded, self.reads)
         y = np.zeros((x2.shape[0], L.geo.hidden), np.float32)
         xs = x.reshape(-1, x.shape[-1])
         for c0 in range(0, active.size, self.capacity):
@@ -215,6 +216,13 @@ class NeuronFFN:
             h = self._act(x2[:, ids])
             h *= linear(xs, up)
             y += linear_t(h, down_t)
+        if x2.shape[0] == 1:
+            d = self.decode
+            d["passes"] += 1
+            d["neurons"] += L.geo.neurons
+            d["requested"] += self.requested - before[0]
+            d["loaded"] += self.loaded - before[1]
+            d["reads"] += self.reads - before[2]
         return y.reshape(*x.shape[:-1], L.geo.hidden)
 
     def view(self, i: int) -> "_LayerFFN":
@@ -229,7 +237,12 @@ class NeuronFFN:
                 "neurons_requested": self.requested, "neurons_loaded": self.loaded,
                 "reuse": 1 - self.loaded / self.requested if self.requested else None,
                 "bytes_read": self.bytes_read, "reads": self.reads, "read_s": round(self.read_s, 4),
-                "io_threads": self.io_threads}
+                "io_threads": self.io_threads,
+                "decode": {**self.decode,
+                           "active_fraction": self.decode["requested"] / self.decode["neurons"]
+                           if self.decode["neurons"] else None,
+                           "reuse": 1 - self.decode["loaded"] / self.decode["requested"]
+                           if self.decode["requested"] else None}}
 
     def close(self) -> None:
         self._io.shutdown(wait=True)

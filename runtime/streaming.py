@@ -244,7 +244,8 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
         c = (st or {}).get("expert_cache") or {}
         res["cache_hit_rate"] = c.get("hit_rate")
         res["prediction_accuracy"] = ((st or {}).get("predictor") or {}).get("accuracy")
-        if not cfg.is_moe and cold_bw:
+        res["neuron_window"] = (st or {}).get("neuron_window")
+        if not cfg.is_moe and not plan.neuron_layers and cold_bw:
             must = plan.streamed_bytes_per_token
             bound = cold_bw / must if must else None
             res["storage_bound"] = {
@@ -255,7 +256,8 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
             res["storage_bound"] = {
                 "bytes_per_token": bytes_per_tok, "bandwidth": cold_bw, "tok_s": cold_bw / bytes_per_tok,
                 "fraction_reached": (decode_tok_s * bytes_per_tok / cold_bw) if decode_tok_s else None,
-                "how": "MoE: measured bytes per decode token (misses) / cold read bandwidth"}
+                "how": "measured bytes per decode token (MoE: expert misses; bundled FFNs: newly active neurons + "
+                       "streamed layers) / cold read bandwidth"}
     res["_timeline"] = {"t0": t_start, "memory": mem.samples, "reads": [(r.t0, r.t1, r.nbytes) for r in records],
                         "marks": marks}
     return res

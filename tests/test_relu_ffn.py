@@ -371,3 +371,21 @@ def test_neuron_window_faults(relu_bundles, tmp_path):
                 eng.forward([t], cache)
     finally:
         src.close()
+
+
+def test_cli_bench_reports_neuron_windows(relu_bundles):
+    from click.testing import CliRunner
+
+    from edgespool.apps.cli import cli
+    from edgespool.runtime.bundle import Bundle
+    from edgespool.schedulers.memory_plan import minimum_budget
+
+    b = relu_bundles["int8"]
+    lo = minimum_budget(Bundle(b), None, neuron_capacity=0.2, max_context=7, max_batch_tokens=4)
+    r = CliRunner().invoke(cli, ["bench", str(b), "--memory-budget", str(lo + 4096), "-n", "3",
+                                 "--prompt-tokens", "4", "--neuron-capacity", "0.2", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    nw = res["neuron_window"]
+    assert res["plan"]["neuron_layers"] == [0, 1, 2] and nw["capacity"] == int(np.ceil(0.2 * 512))
+    assert nw["decode"]["passes"] == 3 * 2 and res["bytes_read_per_token"] > 0
