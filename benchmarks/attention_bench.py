@@ -7,8 +7,8 @@ engine (resident decode tok/s of a bundle at several context lengths).
 Kernel part: ``kernels.attention.attention`` (the engine's entry point, Python dispatch included) with the TVM
 kernel installed vs not, on K/V views of a KV cache of 4096 positions; best of ``--repeats`` means of ``--iters``
 calls. Engine part: the bundle is loaded with its linear kernels (``edgespool.load``); a prompt of ``context - 8``
-random tokens fills the cache once, then ``--decode`` greedy steps are timed from that same cache state with and
-without the attention kernel, alternating, ``--runs`` times (median).
+random tokens is timed once with and once without the attention kernel (prefill), then ``--decode`` greedy steps
+are timed from the same cache state with and without the kernel, alternating, ``--runs`` times (median).
 """
 from __future__ import annotations
 
@@ -81,10 +81,20 @@ def engine_bench(bundle: Path, contexts: list[int], decode: int, runs: int) -> l
         rng = np.random.default_rng(1)
         for ctx in contexts:
             prompt = rng.integers(3, c.vocab_size, ctx - decode).tolist()
+            tcache = eng.new_cache(ctx)
+            prev = ta.install()
+            try:
+                t0 = time.perf_counter()
+                tlogits = eng.forward(prompt, tcache, last_only=True)
+                prefill_tvm_s = time.perf_counter() - t0
+            finally:
+                ta.uninstall(prev)
+            del tcache
             cache = eng.new_cache(ctx)
             t0 = time.perf_counter()
             logits = eng.forward(prompt, cache, last_only=True)
             prefill_s = time.perf_counter() - t0
+            prefill_diff = float(np.abs(tlogits - logits).max() / np.abs(logits).max())
             k0, v0, n0 = cache.k.copy(), cache.v.copy(), cache.length
             first = Sampler().sample(logits[-1])
             times: dict[str, list[float]] = {"numpy": [], "tvm": []}
@@ -107,7 +117,9 @@ def engine_bench(bundle: Path, contexts: list[int], decode: int, runs: int) -> l
                             ta.uninstall(prev)
                     toks[name] = out
             med = {k: statistics.median(v) for k, v in times.items()}
-            rows.append({"context": ctx, "decode_steps": decode, "prefill_s": prefill_s,
+            rows.append({"context": ctx, "decode_steps": decode, "prompt": len(prompt),
+                         "prefill_numpy_s": prefill_s, "prefill_tvm_s": prefill_tvm_s,
+                         "prefill_logits_rel_diff": prefill_diff,
                          "numpy_tok_s": decode / med["numpy"], "tvm_tok_s": decode / med["tvm"],
                          "speedup": med["numpy"] / med["tvm"], "same_tokens": toks["numpy"] == toks["tvm"],
                          "attention_calls": ta.calls})
