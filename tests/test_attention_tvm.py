@@ -190,6 +190,31 @@ def test_engine_logits_with_tvm_attention(tmp_path, arch):
     np.testing.assert_allclose(np.array(got_dec), want[-3:], atol=tol)
 
 
+
+def test_load_uses_bundle_attention_against_transformers(tmp_path):
+    """edgespool.load of a bundle exported with kernels routes attention through the bundle's library (and removes
+    it on close); the logits of a GQA mistral with a sliding window shorter than the prompt match transformers."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import tiny_models
+    import edgespool
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model
+    from edgespool.exporters.hf import open_hf
+
+    hf = tiny_models.make_hf_model("mistral", tmp_path / "hf", tokenizer="bpe", sliding_window=5)
+    out = export_model(open_hf(hf), tmp_path / "b", policy=QuantPolicy(quant="f16"), onnx=False, kernels=True,
+                       kernel_activations="f32", progress=False).path
+    ids = list(range(3, 21))
+    with edgespool.load(out) as m:
+        ta = m.kernels.backend.attention
+        assert ta is not None and attention_mod.ATTENTION.get("kernel") is ta
+        got = m.logits(ids)
+        assert ta.calls == m.config.num_layers and not ta.fallbacks
+    assert "kernel" not in attention_mod.ATTENTION
+    want = tiny_models.hf_logits(hf, ids)
+    assert np.abs(got - want).max() / np.abs(want).max() < 2e-3  # f16 weights
+
 def test_bundle_kernels_carry_attention(tmp_path):
     """The kernels exporter compiles the attention library into the bundle's kernels/ (listed under "attention"),
     from_dir loads it, install() routes both linear and attention, uninstall() restores both."""
