@@ -19,8 +19,7 @@ target's float32 SIMD width: AVX-512 16, AVX2 8, NEON 4), reduced to one vector 
 transposing halving sum (shuffles, no horizontal reductions per key); the exp is a vectorised Cephes polynomial
 (16 keys at once); keys past the end of the range are clamped loads, masked to probability 0; the K/V rows two
 blocks ahead are software-prefetched. Everything lives in registers/stack (no workspace, no thread pool: one
-thread). CUDA: one thread per (query row, KV head) running the same loop with scalar dots (correct, unoptimised,
-not yet run on a GPU).
+thread). CUDA: one thread per (query row, query head) running the same loop with scalar dots (unoptimised).
 """
 from __future__ import annotations
 
@@ -93,6 +92,7 @@ def _primfuncs(spec: AttentionSpec, vec: int, cuda: bool = False):
     NC = D // vec  # vector chunks of one head row
     PF = 0 if cuda else PREFETCH_BLOCKS
     LINES = max(1, D * 4 // 64)
+    NG = G if not cuda else 1  # query heads per loop: the KV group on CPU, one per thread on CUDA
     KB = 16 if not cuda else 1  # keys per block: scores, masks and exp run on KB-lane vectors
 
     def R(i, n):  # n lanes starting at i (n == 1: a scalar index)
@@ -160,20 +160,20 @@ def _primfuncs(spec: AttentionSpec, vec: int, cuda: bool = False):
                 [red[spec[0] + 2 * i, R(0, vec)], red[spec[0] + 2 * i + 1, R(0, vec)]], spec[4])
 
     @T.macro
-    def attend(q, K, V, o, scale, t, hk, lo, hi):
-        """Online softmax over keys lo..hi-1 of KV head hk for the G query heads of its group, query row t;
+    def attend(q, K, V, o, scale, t, hk, h0, lo, hi):
+        """Online softmax over keys lo..hi-1 of KV head hk for query heads h0..h0+NG-1 (its group), query row t;
         keys in blocks of KB (the last block's extra lanes read the last key again and are masked out)."""
-        qs = T.alloc_buffer((G, D), "float32", scope="local")
-        acc = T.alloc_buffer((G, D), "float32", scope="local")
-        m = T.alloc_buffer((G,), "float32", scope="local")
-        lsum = T.alloc_buffer((G,), "float32", scope="local")
-        sc = T.alloc_buffer((G, KB), "float32", scope="local")
+        qs = T.alloc_buffer((NG, D), "float32", scope="local")
+        acc = T.alloc_buffer((NG, D), "float32", scope="local")
+        m = T.alloc_buffer((NG,), "float32", scope="local")
+        lsum = T.alloc_buffer((NG,), "float32", scope="local")
+        sc = T.alloc_buffer((NG, KB), "float32", scope="local")
         red = T.alloc_buffer((2 * vec, vec), "float32", scope="local")
-        for j in T.unroll(G):
+        for j in T.unroll(NG):
             m[j] = T.float32(_NEG)
             lsum[j] = T.float32(0)
             for c in T.unroll(NC):
-                qs[j, R(c * vec, vec)] = q[t, hk * G + j, R(c * vec, vec)] * bc(scale)
+                qs[j, R(c * vec, vec)] = q[t, h0 + j, R(c * vec, vec)] * bc(scale)
                 acc[j, R(c * vec, vec)] = bc(T.float32(0))
         for b in range((hi - lo + KB - 1) // KB):
             if PF > 0:  # software prefetch of the K/V rows PF blocks ahead (cold caches: DRAM latency)
@@ -184,7 +184,7 @@ def _primfuncs(spec: AttentionSpec, vec: int, cuda: bool = False):
                         T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
                             V[hk, T.min(lo + (b + PF) * KB + k, hi - 1), ln * 16]), 0, 3, 1))
             if vec >= 2:  # vec keys' partial vectors -> one vector of vec scores (transposing halving sums)
-                for j in T.unroll(G):
+                for j in T.unroll(NG):
                     for grp in T.unroll(KB // vec):
                         for k in T.unroll(vec):
                             red[k, R(0, vec)] = qs[j, R(0, vec)] * K[
@@ -202,12 +202,12 @@ def _primfuncs(spec: AttentionSpec, vec: int, cuda: bool = False):
                         sc[j, R(grp * vec, vec)] = red[OFF[-1], R(0, vec)]
             else:
                 for k in T.unroll(KB):
-                    for j in T.unroll(G):
+                    for j in T.unroll(NG):
                         pv = qs[j, R(0, vec)] * K[hk, T.min(lo + b * KB + k, hi - 1), R(0, vec)]
                         for c in T.unroll(1, NC):
                             pv = pv + qs[j, R(c * vec, vec)] * K[hk, T.min(lo + b * KB + k, hi - 1), R(c * vec, vec)]
                         sc[j, k] = fold(pv, vec, vadd)
-            for j in T.unroll(G):
+            for j in T.unroll(NG):
                 sv = T.Select(R(lo + b * KB, KB) < bc(hi, KB), sc[j, R(0, KB)], bc(T.float32(_NEG), KB))
                 bm = fold(sv, KB, vmax)
                 if bm > m[j]:
@@ -222,10 +222,10 @@ def _primfuncs(spec: AttentionSpec, vec: int, cuda: bool = False):
                     for c in T.unroll(NC):
                         acc[j, R(c * vec, vec)] = acc[j, R(c * vec, vec)] + lane(p, k, KB, vec) * V[
                             hk, T.min(lo + b * KB + k, hi - 1), R(c * vec, vec)]
-        for j in T.unroll(G):
+        for j in T.unroll(NG):
             inv = T.float32(1) / lsum[j]
             for c in T.unroll(NC):
-                o[t, hk * G + j, R(c * vec, vec)] = acc[j, R(c * vec, vec)] * bc(inv)
+                o[t, h0 + j, R(c * vec, vec)] = acc[j, R(c * vec, vec)] * bc(inv)
 
     if not cuda:
         @T.prim_func
@@ -239,7 +239,7 @@ def _primfuncs(spec: AttentionSpec, vec: int, cuda: bool = False):
             V = T.match_buffer(v_h, (NKV, S, D), "float32", strides=(sv, D, 1), align=4)
             o = T.match_buffer(o_h, (1, NH, D), "float32", align=4)
             for hk in range(NKV):
-                attend(q, K, V, o, scale, 0, hk, 0, S)
+                attend(q, K, V, o, scale, 0, hk, hk * G, 0, S)
 
         @T.prim_func
         def prefill(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle, scale: T.float32,
@@ -255,13 +255,13 @@ def _primfuncs(spec: AttentionSpec, vec: int, cuda: bool = False):
             o = T.match_buffer(o_h, (Tq, NH, D), "float32", align=4)
             for t in range(Tq):
                 for hk in range(NKV):
-                    attend(q, K, V, o, scale, t, hk,
+                    attend(q, K, V, o, scale, t, hk, hk * G,
                            T.if_then_else(window > 0, T.max(0, past + t + 1 - window), 0),
                            T.min(S, past + t + 1))
 
         return decode, prefill
 
-    # CUDA: one thread per (query row, KV head); K/V views are passed with their strides
+    # CUDA: one thread per (query row, query head); K/V views are passed with their strides
     @T.prim_func
     def decode_cu(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle, scale: T.float32):
         T.func_attr({"tirx.noalias": True})
@@ -272,8 +272,8 @@ def _primfuncs(spec: AttentionSpec, vec: int, cuda: bool = False):
         K = T.match_buffer(k_h, (NKV, S, D), "float32", strides=(sk, D, 1))
         V = T.match_buffer(v_h, (NKV, S, D), "float32", strides=(sv, D, 1))
         o = T.match_buffer(o_h, (1, NH, D), "float32")
-        for hk in T.thread_binding(NKV, thread="threadIdx.x"):
-            attend(q, K, V, o, scale, 0, hk, 0, S)
+        for h in T.thread_binding(NH, thread="threadIdx.x"):
+            attend(q, K, V, o, scale, 0, h // G, h, 0, S)
 
     @T.prim_func
     def prefill_cu(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle, scale: T.float32,
@@ -288,8 +288,8 @@ def _primfuncs(spec: AttentionSpec, vec: int, cuda: bool = False):
         V = T.match_buffer(v_h, (NKV, S, D), "float32", strides=(sv, D, 1))
         o = T.match_buffer(o_h, (Tq, NH, D), "float32")
         for t in T.thread_binding(Tq, thread="blockIdx.x"):
-            for hk in T.thread_binding(NKV, thread="threadIdx.x"):
-                attend(q, K, V, o, scale, t, hk,
+            for h in T.thread_binding(NH, thread="threadIdx.x"):
+                attend(q, K, V, o, scale, t, h // G, h,
                        T.if_then_else(window > 0, T.max(0, past + t + 1 - window), 0),
                        T.min(S, past + t + 1))
 
@@ -320,7 +320,7 @@ def cuda_artifacts(spec: AttentionSpec, target: dict[str, Any], fatbin: bool = T
                    ) -> tuple[str, bytes, dict[str, Any]]:
     """CUDA C source of ``spec``'s two kernels for ``target`` (``{"kind": "cuda", "arch": "sm_XX"}``), their fatbin
     (empty when nvcc cannot target ``arch``), and a launch record per kernel: name, parameters in order, block
-    (``n_kv_heads`` threads) and grid (1 for decode, T blocks for prefill)."""
+    (``n_heads`` threads) and grid (1 for decode, T blocks for prefill)."""
     tvm = _tvm()
     arch = str(target.get("arch", ""))
     if target.get("kind") != "cuda" or not arch.startswith("sm_"):
@@ -339,7 +339,7 @@ def cuda_artifacts(spec: AttentionSpec, target: dict[str, Any], fatbin: bool = T
             plist.append({"name": name[:-4] if name.endswith("_ptr") else name, "pointer": "*" in toks,
                           "ctype": " ".join(t for t in toks[:-1] if t != "*")})
         form = "decode" if "decode" in kname else "prefill"
-        kernels[form] = {"kernel": kname, "params": plist, "block": [spec.n_kv_heads, 1, 1],
+        kernels[form] = {"kernel": kname, "params": plist, "block": [spec.n_heads, 1, 1],
                          "grid": [1, 1, 1] if form == "decode" else ["T", 1, 1]}
     if set(kernels) != {"decode", "prefill"}:
         raise TargetError(f"expected decode and prefill CUDA kernels for {spec.name}, found {sorted(kernels)}")

@@ -337,3 +337,19 @@ def test_rpi5_attention_in_arm64_rig(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["cases"] == 5 and res["calls"] == 5 and not res["fallbacks"] and res["worst"] <= 2e-6, res
+
+
+@pytest.mark.gpu
+def test_cuda_attention_on_gpu(tmp_path):
+    """The CUDA kernels (NVRTC from the source for this GPU) vs the numpy reference; skipped without a GPU."""
+    cp = pytest.importorskip("cupy")
+    try:
+        cp.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001 - no driver / no device
+        pytest.skip("no CUDA device")
+    from edgespool.kernels.cuda_attention import check_entry
+    from edgespool.kernels.tvm_cache import compile_kernel
+
+    k = compile_kernel(AttentionSpec(64, 8, 2), {"kind": "cuda", "arch": "sm_87"}, cache_dir=tmp_path)
+    rows = check_entry(k.directory, iters=1)
+    assert len(rows) == 7 and all(r["max_abs_err"] < 1e-5 for r in rows), rows
