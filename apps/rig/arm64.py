@@ -322,10 +322,11 @@ def spawn(root: Path, argv: list[str], cpu: str = "cortex-a76", binds: list[str]
     cwd = os.path.abspath(cwd or os.getcwd())
     binds = list(dict.fromkeys(os.path.abspath(b) for b in [cwd, *(binds or [])] if os.path.exists(b)))
     binds = [b for b in binds if b != "/" and not b.startswith(str(root))]
-    r, w = os.pipe()  # r keeps its number in the child (pass_fds): it need not be 3 (pytest holds fds too)
+    r, w = os.pipe()  # r keeps its number in the child (pass_fds): it may be > 9 (pytest holds fds), so the
+    # script runs in bash: dash only redirects single-digit fds
     script = _script(root, argv, cpu, binds, cwd, env or {}, r)
     try:
-        p = subprocess.Popen(["unshare", "--user", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", script],
+        p = subprocess.Popen(["unshare", "--user", "--mount", "--pid", "--fork", "--kill-child", "bash", "-c", script],
                              pass_fds=(r,), **popen_kw)
     finally:
         os.close(r)
