@@ -49,7 +49,7 @@ _MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\x
 QEMU_CPUS = ("cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1", "max")
 # Profile CPUs qemu 7.2 lacks -> the closest core it has (same ISA level and extensions).
 _QEMU_SUBSTITUTE = {"cortex-a78": "cortex-a76", "cortex-a78ae": "cortex-a76"}
-_IMPORT_NAME = {"pyyaml": "yaml", "protobuf": "google.protobuf", "apache-tvm": "tvm", "apache-tvm-ffi": "tvm_ffi"}
+_IMPORT_NAME = {"pillow": "PIL", "pyyaml": "yaml", "protobuf": "google.protobuf", "apache-tvm": "tvm", "apache-tvm-ffi": "tvm_ffi"}
 _SYNC_SKIP_DIRS = {".git", "tests", "docs", "__pycache__", ".ci", "build", "dist", ".pytest_cache"}
 _SYNC_EXT = {".py", ".txt", ".json", ".typed"}
 
