@@ -20,3 +20,35 @@ def make_synth_bundle(path, quant="f32", seed=0, onnx=False, **policy):
 def synth_bundle(tmp_path_factory):
     """A tiny Mixtral-style f32 bundle (2 layers, 4 experts) shared by read-only tests."""
     return make_synth_bundle(tmp_path_factory.mktemp("b") / "bundle").path
+
+
+def arm64_skip_reason() -> str | None:
+    """Why the arm64 qemu rig cannot be built here (None when it can)."""
+    import os
+    import shutil
+
+    from edgespool.apps.rig import arm64
+
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("debootstrap", "unshare", "chroot", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (apt-get install qemu-user-static debootstrap)"
+    if not os.path.exists(arm64.QEMU):
+        return f"{arm64.QEMU} missing (apt-get install qemu-user-static)"
+    return None
+
+
+def require_arm64_rig(extras: tuple[str, ...] = ("apache-tvm",)):
+    """Build (once, cached in ~/.cache/edgespool/arm64) the arm64 rig with ``extras`` for a test that runs
+    cross-compiled kernels in it, or skip with the reason it cannot be built here."""
+    import shutil
+
+    from edgespool.apps.rig import arm64
+
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("aarch64-linux-gnu-gcc not installed (apt-get install gcc-aarch64-linux-gnu)")
+    why = arm64_skip_reason()
+    if why:
+        pytest.skip(why)
+    return arm64.setup(extras=extras)

@@ -287,8 +287,9 @@ def test_rpi5_kernels_match_host_in_arm64_rig(tmp_path):
     from edgespool.runtime.config import ModelConfig
     from edgespool.targets import get_target
 
-    if shutil.which("aarch64-linux-gnu-gcc") is None or not arm64.is_ready():
-        pytest.skip("needs aarch64-linux-gnu-gcc and a ready arm64 rig (edgespool rig arm64 setup)")
+    from conftest import require_arm64_rig
+
+    require_arm64_rig()  # builds the rig once (cached), or skips saying why it cannot be built here
     cfg = ModelConfig(arch="llama", vocab_size=64, hidden_size=128, intermediate_size=256, num_layers=1,
                       num_heads=4, num_kv_heads=2, head_dim=32)
     rng = np.random.default_rng(5)

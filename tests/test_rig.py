@@ -365,16 +365,9 @@ def test_stale_groups_of_dead_rigs_are_swept():
 # --- arm64 under qemu -----------------------------------------------------------------------------------------------
 
 def _arm64_skip() -> str | None:
-    from edgespool.apps.rig import arm64
+    from conftest import arm64_skip_reason
 
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("debootstrap", "unshare", "chroot", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (apt-get install qemu-user-static debootstrap)"
-    if not os.path.exists(arm64.QEMU):
-        return f"{arm64.QEMU} missing (apt-get install qemu-user-static)"
-    return None
+    return arm64_skip_reason()
 
 
 @pytest.fixture(scope="module")
