@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import resource
 import threading
 import time
 from pathlib import Path
@@ -76,8 +75,10 @@ def process_rss() -> int:
 
 
 def peak_process_rss() -> int:
-    """Largest resident set of this process so far (getrusage ru_maxrss)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Largest resident set of this process so far (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
+    from .api import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 class MemorySampler:
@@ -234,7 +235,7 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
             "process_rss": peak_process_rss(), "process_rss_sampled": max((s[1] for s in mem.samples), default=None),
             "cgroup": cgroup_memory()[1],
             "cgroup_sampled": max((s[2] for s in mem.samples if s[2] is not None), default=None),
-            "how": "ru_maxrss of this process; cgroup max_usage_in_bytes / memory.peak (page cache included, "
+            "how": "VmHWM of this process; cgroup max_usage_in_bytes / memory.peak (page cache included, "
                    "the whole cgroup); *_sampled every 20 ms"},
         "tokens": tokens,
     }
