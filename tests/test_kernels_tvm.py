@@ -92,13 +92,15 @@ def impl(request):
     return run
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("scheme,g", SCHEMES)
+# int4 needs the group to divide the width: only the combinations the format allows
+VALID_CASES = [(shape, scheme, g) for shape in SHAPES for scheme, g in SCHEMES
+               if not (scheme == "int4" and shape[1] % g)]
+
+
+@pytest.mark.parametrize("shape,scheme,g", VALID_CASES)
 @pytest.mark.parametrize("m", BATCHES)
 def test_linear_matches_reference(impl, shape, scheme, g, m):
     out, inn = shape
-    if scheme == "int4" and inn % g:
-        pytest.skip("group does not divide the width")
     w = make(scheme, g, out, inn)
     rng = np.random.default_rng(m)
     x = rng.standard_normal((m, inn)).astype(np.float32)
