@@ -75,7 +75,6 @@ def _time(fn, iters: int, warm: int = 3) -> float:
 
 def ort_session(q: quant.QTensor, threads: int):
     """ONNX Runtime session computing x @ W.T with W as a constant (pre-packed) initializer."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

@@ -233,7 +233,7 @@ def write_sparse_relu_llama(out: Path, active: float, seed: int = 0) -> Path:
         return out
     write_hf(out, dict(arch="llama", **E2E), seed=seed)
     st = load_file(str(out / "model.safetensors"))
-    H, L = E2E["hidden"], E2E["layers"]
+    L = E2E["layers"]
     c = 4.0
     st["model.embed_tokens.weight"][:, 0] = c
     for i in range(L):

@@ -435,8 +435,8 @@ const int8_t *model_output(void);
 void model_invoke(void);
 #endif
 """
-    model_c = [f'#include "model.h"\n',
-               f"static int8_t es_arena[MODEL_ARENA_BYTES] __attribute__((aligned(16)));",
+    model_c = ['#include "model.h"\n',
+               "static int8_t es_arena[MODEL_ARENA_BYTES] __attribute__((aligned(16)));",
                f"static es_view V[{len(tensors)}];",
                *decl]
     if regions:

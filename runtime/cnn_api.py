@@ -134,7 +134,7 @@ def summarize_cnn(bundle: Bundle) -> dict[str, Any]:
         f"bundle   {s['path']}  (CNN, schema v{bundle.manifest['schema_version']})",
         f"model    {s['model']}  input {s['input_shape']}  {s['nodes']} nodes  "
         f"{(s['params'] or 0) / 1e6:.2f} M params  {(s['macs'] or 0) / 1e6:.0f} M MACs",
-        f"ops      " + ", ".join(f"{k}: {v}" for k, v in sorted(ops.items())),
+        "ops      " + ", ".join(f"{k}: {v}" for k, v in sorted(ops.items())),
         f"target   {s['target']}   quant {s['quant']}   weights {s['weights_bytes'] / 2**20:.2f} MiB",
     ]
     if p.get("peak_bytes"):

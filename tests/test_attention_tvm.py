@@ -309,7 +309,6 @@ print(json.dumps({"cases": n, "calls": tk.attention.calls, "fallbacks": tk.atten
 @pytest.mark.slow
 def test_rpi5_attention_in_arm64_rig(tmp_path):
     """The rpi5 export's attention library runs under qemu (cortex-a76, NEON 4-lane dots) and matches float64."""
-    from edgespool.apps.rig import arm64
     from edgespool.exporters.kernels_export import build_kernels_for_bundle
     from edgespool.runtime.config import ModelConfig
     from edgespool.targets import get_target

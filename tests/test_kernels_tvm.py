@@ -279,11 +279,9 @@ def test_rpi5_kernels_match_host_in_arm64_rig(tmp_path):
     """An rpi5 bundle's cross-compiled kernels run under qemu (cortex-a76) and match the host kernels (float
     activations) or the numpy Q8_0 reference (the dotprod sdot kernels)."""
     pytest.importorskip("tvm")
-    import shutil
     import subprocess
     import sys
 
-    from edgespool.apps.rig import arm64
     from edgespool.exporters.kernels_export import build_kernels_for_bundle
     from edgespool.kernels.tvm_backend import TvmKernels
     from edgespool.runtime.config import ModelConfig
