@@ -88,50 +88,39 @@ def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[s
     specs = linear_specs(config, tensors_meta, q8=activations == "q8" and (has_vnni(tt) or has_dotprod(tt)))
     t0 = time.perf_counter()
     entries: list[dict[str, Any]] = []
-    compile_s = 0.0
-    hits = 0
-    for spec in specs:
-        k = compile_kernel(spec, target_profile.tvm_target, cc=cc, options=options, cache_dir=cache_dir)
+    attn_entries: list[dict[str, Any]] = []
+    compiled: list[Any] = []  # every compile result, for the totals
+
+    def add_so(spec: Any, dest: list[dict[str, Any]], **kw: Any) -> None:
+        k = compile_kernel(spec, tt, cc=cc, cache_dir=cache_dir, **kw)
         fname = f"{spec.name}.so"
         _publish(k.path, out / fname)
-        entries.append({"kind": "so", "spec": spec.to_dict(), "file": fname, "nbytes": k.nbytes,
-                        "compile_seconds": round(k.compile_seconds, 3), "cached": k.cached})
-        compile_s += 0.0 if k.cached else k.compile_seconds
-        hits += k.cached
+        dest.append({"kind": "so", "spec": spec.to_dict(), "file": fname, "nbytes": k.nbytes,
+                     "compile_seconds": round(k.compile_seconds, 3), "cached": k.cached})
+        compiled.append(k)
+
+    def add_cuda(spec: Any, dest: list[dict[str, Any]], **kw: Any) -> None:
+        g = compile_kernel(spec, target_profile.gpu.tvm_target, cache_dir=cache_dir, **kw)
+        files = {}
+        for f in g.files:
+            dst = f"{spec.name}.{target_profile.gpu.arch}.{f.split('.')[-1]}"
+            _publish(g.directory / f, out / dst)
+            files[f.split(".")[-1]] = dst
+        dest.append({"kind": "cuda", "spec": spec.to_dict(), "files": files, "launch": g.launch,
+                     "nbytes": g.nbytes, "compile_seconds": round(g.compile_seconds, 3), "cached": g.cached})
+        compiled.append(g)
+
+    for spec in specs:
+        add_so(spec, entries, options=options)
         if gpu and target_profile.gpu is not None and spec.batch == "gemv" and spec.act == "f32":
-            g = compile_kernel(spec, target_profile.gpu.tvm_target, options=options, cache_dir=cache_dir)
-            files = {}
-            for f in g.files:
-                dst = f"{spec.name}.{target_profile.gpu.arch}.{f.split('.')[-1]}"
-                _publish(g.directory / f, out / dst)
-                files[f.split(".")[-1]] = dst
-            entries.append({"kind": "cuda", "spec": spec.to_dict(), "files": files, "launch": g.launch,
-                            "nbytes": g.nbytes, "compile_seconds": round(g.compile_seconds, 3),
-                            "cached": g.cached})
-            compile_s += 0.0 if g.cached else g.compile_seconds
-            hits += g.cached
-    attn_entries: list[dict[str, Any]] = []
+            add_cuda(spec, entries, options=options)
     if attention:
         aspec = AttentionSpec(config.head_dim, config.num_heads, config.num_kv_heads)
-        k = compile_kernel(aspec, tt, cc=cc, cache_dir=cache_dir)
-        fname = f"{aspec.name}.so"
-        _publish(k.path, out / fname)
-        attn_entries.append({"kind": "so", "spec": aspec.to_dict(), "file": fname, "nbytes": k.nbytes,
-                             "compile_seconds": round(k.compile_seconds, 3), "cached": k.cached})
-        compile_s += 0.0 if k.cached else k.compile_seconds
-        hits += k.cached
+        add_so(aspec, attn_entries)
         if gpu and target_profile.gpu is not None:
-            g = compile_kernel(aspec, target_profile.gpu.tvm_target, cache_dir=cache_dir)
-            files = {}
-            for f in g.files:
-                dst = f"{aspec.name}.{target_profile.gpu.arch}.{f.split('.')[-1]}"
-                _publish(g.directory / f, out / dst)
-                files[f.split(".")[-1]] = dst
-            attn_entries.append({"kind": "cuda", "spec": aspec.to_dict(), "files": files, "launch": g.launch,
-                                 "nbytes": g.nbytes, "compile_seconds": round(g.compile_seconds, 3),
-                                 "cached": g.cached})
-            compile_s += 0.0 if g.cached else g.compile_seconds
-            hits += g.cached
+            add_cuda(aspec, attn_entries)
+    compile_s = sum(0.0 if k.cached else k.compile_seconds for k in compiled)
+    hits = sum(bool(k.cached) for k in compiled)
     section = {
         "target": target_profile.name,
         "activations": activations,

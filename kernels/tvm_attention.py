@@ -23,12 +23,11 @@ thread). CUDA: one thread per (query row, query head) running the same loop with
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OptionError, TargetError
-from .tvm_build import _tvm, vector_lanes
+from .tvm_build import _SIG_RE, _tvm, cuda_params, vector_lanes
 
 _NEG = -3.0e38  # running-max start: finite, so exp(m_old - m_new) never sees inf - inf
 # CPU: prefetch the K/V rows this many 16-key blocks ahead. Measured (znver4, 20 layers of a 2048-position cache
@@ -313,7 +312,6 @@ def build(spec: AttentionSpec, target: dict[str, Any]):
     return tvm.compile(schedule(spec, target), target=tvm.target.Target(target))
 
 
-_SIG_RE = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\((\d+)\) )?(\w+)\(([^)]*)\)\s*\{')
 
 
 def cuda_artifacts(spec: AttentionSpec, target: dict[str, Any], fatbin: bool = True
@@ -332,12 +330,7 @@ def cuda_artifacts(spec: AttentionSpec, target: dict[str, Any], fatbin: bool = T
     src = dev[0].inspect_source()
     kernels = {}
     for _, kname, params in _SIG_RE.findall(src):
-        plist = []
-        for p in params.split(","):
-            toks = p.replace("__restrict__", "").replace("*", " * ").split()
-            name = toks[-1]
-            plist.append({"name": name[:-4] if name.endswith("_ptr") else name, "pointer": "*" in toks,
-                          "ctype": " ".join(t for t in toks[:-1] if t != "*")})
+        plist = cuda_params(params)
         form = "decode" if "decode" in kname else "prefill"
         kernels[form] = {"kernel": kname, "params": plist, "block": [spec.n_heads, 1, 1],
                          "grid": [1, 1, 1] if form == "decode" else ["T", 1, 1]}

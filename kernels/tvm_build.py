@@ -674,6 +674,18 @@ def build(specs: list[LinearSpec], target: dict[str, Any], options: BuildOptions
 _SIG_RE = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\((\d+)\) )?(\w+)\(([^)]*)\)\s*\{')
 
 
+
+def cuda_params(params: str) -> list[dict[str, Any]]:
+    """The parameter list of a TVM-emitted CUDA kernel signature as launch records: name (TVM's ``_ptr`` suffix
+    dropped), whether it is a pointer, and its C type."""
+    plist = []
+    for p in params.split(","):
+        toks = p.replace("__restrict__", "").replace("*", " * ").split()
+        name = toks[-1]
+        plist.append({"name": name[:-4] if name.endswith("_ptr") else name, "pointer": "*" in toks,
+                      "ctype": " ".join(t for t in toks[:-1] if t != "*")})
+    return plist
+
 def cuda_artifacts(spec: LinearSpec, target: dict[str, Any], options: BuildOptions | None = None,
                    fatbin: bool = True) -> tuple[str, bytes, dict[str, Any]]:
     """CUDA C source TVM generates for ``spec`` on ``target`` (``{"kind": "cuda", "arch": "sm_XX"}``), its fatbin
@@ -696,12 +708,7 @@ def cuda_artifacts(spec: LinearSpec, target: dict[str, Any], options: BuildOptio
     if len(kernels) != 1:
         raise TargetError(f"expected one CUDA kernel for {spec.name}, found {len(kernels)}")
     _, kname, params = kernels[0]
-    plist = []
-    for p in params.split(","):
-        toks = p.replace("__restrict__", "").replace("*", " * ").split()
-        name = toks[-1]
-        plist.append({"name": name[:-4] if name.endswith("_ptr") else name, "pointer": "*" in toks,
-                      "ctype": " ".join(t for t in toks[:-1] if t != "*")})
+    plist = cuda_params(params)
     threads, rows = cuda_threads(spec, options.cuda)
     launch = {"kernel": kname, "params": plist, "grid": [spec.out_features // rows, 1, 1],
               "block": [threads, rows, 1], "arch": arch}
