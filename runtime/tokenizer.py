@@ -43,21 +43,18 @@ class BundleTokenizer:
 
     def stream(self, ids: Iterable[int]) -> Iterator[str]:
         """Turn a stream of ids into a stream of text pieces; a piece is held back while it ends in an incomplete
-        UTF-8 sequence, so multi-byte characters split over tokens come out whole."""
+        UTF-8 sequence, so multi-byte characters split over tokens come out whole.
+
+        Incremental: each step decodes only the ids since the last emitted piece plus the ids of the piece before
+        it (whose text is subtracted, so decoder rules like SentencePiece's leading-space strip stay right), not
+        the whole generation again."""
         seen: list[int] = []
-        emitted = ""
+        prefix = read = 0  # seen[prefix:read] is the context already emitted; seen[read:] is not yet emitted
         for i in ids:
             seen.append(i)
-            text = self.decode(seen)
-            if text.endswith("\ufffd"):
+            prefix_text = self.decode(seen[prefix:read])
+            new_text = self.decode(seen[prefix:])
+            if new_text.endswith("\ufffd") or len(new_text) <= len(prefix_text):
                 continue
-            if text.startswith(emitted):
-                piece = text[len(emitted):]
-            else:  # the decoder rewrote earlier text (rare: normalisers); emit from the divergence point
-                k = 0
-                while k < min(len(text), len(emitted)) and text[k] == emitted[k]:
-                    k += 1
-                piece = text[k:]
-            emitted = text
-            if piece:
-                yield piece
+            yield new_text[len(prefix_text):]
+            prefix, read = read, len(seen)
