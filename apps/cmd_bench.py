@@ -18,7 +18,7 @@ def _fmt(n, unit="", scale=1.0, digits=2):
 
 
 def _print_human(res: dict) -> None:
-    from ..schedulers.memory_plan import fmt_bytes
+    from ..units import fmt_bytes
 
     if res.get("plan_text"):
         click.echo(res["plan_text"])
@@ -67,8 +67,8 @@ def _in_rig(argv: list[str], rig: str, storage: str | None, rig_memory: str | No
             bundle: str) -> dict:
     """Re-run this bench inside the rig; returns the child's result with the rig report under ``rig``."""
     from ..targets import get_target
-    from ..runtime.streaming import process_rss
-    from ..schedulers.memory_plan import parse_size
+    from ..runtime.bench import process_rss
+    from ..units import parse_bytes
     from .rig.limits import resolve_limits
     from .rig.runner import run_in_rig
 
@@ -76,7 +76,7 @@ def _in_rig(argv: list[str], rig: str, storage: str | None, rig_memory: str | No
     baseline = process_rss()
     mem = rig_memory
     if mem is None and budget is not None:
-        mem = str(parse_size(budget) + baseline)  # the budget + this process's baseline (imports, interpreter)
+        mem = str(parse_bytes(budget) + baseline)  # the budget + this process's baseline (imports, interpreter)
     limits = resolve_limits(profile, storage, memory=mem)
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "bench.json"
@@ -135,7 +135,7 @@ def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: s
         argv += ["--no-lookahead"] if no_lookahead else []
         res = _in_rig(argv, rig, storage, rig_memory, memory_budget, bundle)
     else:
-        from ..runtime.streaming import bench_bundle
+        from ..runtime.bench import bench_bundle
 
         opts = {}
         if memory_budget is not None:
@@ -154,7 +154,7 @@ def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: s
     if plot:
         if "_timeline" not in res:
             raise OptionError("--plot: no timeline recorded")
-        from ..runtime.streaming import plot_timeline
+        from ..runtime.bench import plot_timeline
 
         plot_timeline(res, plot)
     out = {k: v for k, v in res.items() if k != "_timeline" or json_out}

@@ -52,7 +52,7 @@ def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bit
     profile = get_target(target)
     progress = sys.stderr.isatty() and not as_json
     if Path(source).suffix.lower() in CNN_SUFFIXES:
-        from ..exporters.cnn_export import export_cnn
+        from ..exporters.cnn.export import export_cnn
 
         shape = tuple(int(x) for x in input_shape.split(",")) if input_shape else None
         budget = parse_bytes(activation_budget, "--activation-budget") if activation_budget else None

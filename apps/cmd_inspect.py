@@ -5,7 +5,7 @@ import json
 
 import click
 
-from ..runtime.bundle import Bundle
+from ..runtime.bundle.reader import Bundle
 from ..runtime.inspect import summarize
 from ..units import fmt_bytes
 
@@ -20,7 +20,7 @@ def inspect_cmd(bundle: str, as_json: bool, verify: bool) -> None:
     if verify:
         b.verify()
     if b.kind != "decoder":
-        from ..runtime.cnn_api import summarize_cnn  # CNN bundles (patch-based inference)
+        from ..runtime.cnn.api import summarize_cnn  # CNN bundles (patch-based inference)
 
         s = summarize_cnn(b)
         click.echo(json.dumps(s, indent=1) if as_json else s.get("text", json.dumps(s, indent=1)))

@@ -39,7 +39,7 @@ def parse_percent(text: str | None, option: str = "--max-overhead") -> float | N
 def plan_cmd(model: str, activation_budget: str | None, max_overhead: str | None, input_shape: str | None,
              width: float, resolution: int, f32: bool, top: int, as_json: bool) -> None:
     """Plan patch-based (MCUNetV2) inference of a CNN: split point, patch grid, peak bytes, extra MACs."""
-    from ..exporters.cnn_export import plan_for
+    from ..exporters.cnn.export import plan_for
 
     budget = parse_bytes(activation_budget, "--activation-budget") if activation_budget else None
     shape = None

@@ -59,11 +59,11 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
             memory_budget: str | None, show_plan: bool, max_context: int | None, image: str | None, top: int, ignore_eos: bool,
             as_json: bool) -> None:
     """Run a bundle: generate text from a decoder bundle, or classify --image with a CNN bundle."""
-    from ..runtime.bundle import Bundle
+    from ..runtime.bundle.reader import Bundle
 
     b = Bundle(bundle)
     if b.kind != "decoder":
-        from ..runtime.cnn_api import print_classification
+        from ..runtime.cnn.api import print_classification
 
         print_classification(b, image, top, as_json)
         return

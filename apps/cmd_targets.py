@@ -6,13 +6,7 @@ import json
 import click
 
 from ..targets import get_target, target_names
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= div:
-            return f"{n / div:.3g} {unit}"
-    return f"{n} B"
+from ..units import fmt_bytes
 
 
 @click.command("targets")
@@ -29,8 +23,8 @@ def targets_cmd(name: str | None, as_json: bool) -> None:
         st = ", ".join(
             f"{s.medium} {s.read_bandwidth / 1e6:.0f} MB/s {s.read_iops} IOPS" if s.read_bandwidth else f"{s.medium} (unmeasured)"
             for s in p.storage)
-        gpu = f"{p.gpu.name} {p.gpu.arch} {_fmt_bytes(p.gpu.memory)}{' shared' if p.gpu.shared_memory else ''}" if p.gpu else "-"
-        mem = f"{_fmt_bytes(p.ram)} {'SRAM' if p.kind == 'mcu' else 'RAM'}" + (f", {_fmt_bytes(p.flash)} flash" if p.flash else "")
+        gpu = f"{p.gpu.name} {p.gpu.arch} {fmt_bytes(p.gpu.memory)}{' shared' if p.gpu.shared_memory else ''}" if p.gpu else "-"
+        mem = f"{fmt_bytes(p.ram)} {'SRAM' if p.kind == 'mcu' else 'RAM'}" + (f", {fmt_bytes(p.flash)} flash" if p.flash else "")
         click.echo(f"{p.name:17s} {p.isa:8s} {p.cpu:12s} {p.cores} cores  {mem}")
         click.echo(f"{'':17s} storage: {st}")
         click.echo(f"{'':17s} gpu: {gpu}   features: {','.join(p.features) or '-'}")

@@ -71,7 +71,7 @@ def engine_bench(bundle: Path, contexts: list[int], decode: int, runs: int) -> l
     import edgespool
     from ..kernels.tvm_attention import AttentionSpec
     from ..kernels.tvm_backend import TvmAttention
-    from ..runtime.sampling import Sampler
+    from ..runtime.decoder.sampling import Sampler
 
     rows = []
     with edgespool.load(bundle) as m:

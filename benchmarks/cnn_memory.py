@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgespool.exporters.cnn_torch import load_torch_cnn, mobilenet_v2_graph
-from edgespool.runtime.cnn_graph import CnnGraph
+from edgespool.exporters.cnn.from_pth import load_torch_cnn, mobilenet_v2_graph
+from edgespool.runtime.bundle.cnn_graph import CnnGraph
 from edgespool.schedulers.patch_plan import all_candidates, arena_layout, make_plan, plan_patches
 
 MCUNETV2 = {"layer_kB": 1372, "patch_kB": 172, "grid": "4x4"}
@@ -70,10 +70,10 @@ def measure(g: CnnGraph, plan) -> dict:
     """Run the int8 executor (calibrated on sample photos) on chelsea; bytes actually held + top-1."""
     from skimage import data
 
-    from edgespool.exporters.cnn_export import sample_photos
-    from edgespool.runtime.cnn_api import preprocess
-    from edgespool.runtime.cnn_exec import CnnRunner
-    from edgespool.runtime.cnn_quant import calibrate_and_quantize
+    from edgespool.exporters.cnn.export import sample_photos
+    from edgespool.runtime.cnn.api import preprocess
+    from edgespool.runtime.cnn.executor import CnnRunner
+    from edgespool.runtime.cnn.quant import calibrate_and_quantize
 
     q = calibrate_and_quantize(g, [preprocess(p, g.input_shape[1]) for p in sample_photos()[:3]])
     r = CnnRunner(g, q)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgespool.offload.neuron_window import (ExactPredictor, LowRankPredictor, NeuronWindow, unpack_bundles,
+from edgespool.benchmarks.neuron_window import (ExactPredictor, LowRankPredictor, NeuronWindow, unpack_bundles,
                                               write_neuron_file)
 from edgespool.targets import get_target
 
@@ -247,11 +247,11 @@ def write_sparse_relu_llama(out: Path, active: float, seed: int = 0) -> Path:
     save_file(st, str(out / "model.safetensors"), metadata={"format": "pt"})
     # calibrate layer by layer in one forward pass: each layer's FFN input h is seen before its FFN runs, its bias
     # is set in the loaded (f16) gate weight, and later layers see the calibrated model's hidden states
-    import edgespool.runtime.engine as engine_mod
+    import edgespool.runtime.decoder.engine as engine_mod
     from edgespool.exporters.compress import QuantPolicy
     from edgespool.exporters.export import export_model, open_source
-    from edgespool.runtime.bundle import Bundle
-    from edgespool.runtime.weights import ResidentWeights
+    from edgespool.runtime.bundle.reader import Bundle
+    from edgespool.runtime.decoder.weights import ResidentWeights
 
     ids = np.random.default_rng(seed + 1).integers(3, E2E["vocab"], 32)
     with tempfile.TemporaryDirectory() as td:
@@ -289,8 +289,9 @@ def e2e(a) -> None:
 
     from edgespool.exporters.compress import QuantPolicy
     from edgespool.exporters.export import export_model, open_source
-    from edgespool.runtime.bundle import Bundle
-    from edgespool.schedulers.memory_plan import fmt_bytes, minimum_budget
+    from edgespool.runtime.bundle.reader import Bundle
+    from edgespool.schedulers.memory_plan import minimum_budget
+    from edgespool.units import fmt_bytes
 
     work = Path(a.e2e)
     work.mkdir(parents=True, exist_ok=True)

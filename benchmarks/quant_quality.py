@@ -20,7 +20,7 @@ from edgespool.exporters.compress import QuantPolicy
 from edgespool.exporters.export import export_model
 from edgespool.exporters.synth import SyntheticModel, train_demo_tokenizer
 from edgespool.runtime.api import load
-from edgespool.runtime.config import ModelConfig
+from edgespool.runtime.bundle.config import ModelConfig
 
 
 def dense_config(vocab: int) -> ModelConfig:

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgespool.units import peak_rss_bytes
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -142,16 +144,6 @@ def _io_read_bytes() -> int:
     return 0
 
 
-def _vm_hwm() -> int:
-    """Peak resident set of this process since exec (/proc/self/status VmHWM; ru_maxrss would include the
-    parent's RSS inherited across fork)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _sustained_bandwidth(path: str, seconds: float = 2.0, chunk: int = 4 * MiB) -> dict:
     """Cold O_DIRECT sequential reads of ``path`` (wrapping around) for ``seconds``; the bandwidth is taken over
     the reads after the first quarter of the time, so the throttle's initial burst allowance does not count."""
@@ -200,11 +192,11 @@ def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) ->
             llm.eval(ids[:4])
         else:
             import edgespool.offload.streaming_source  # noqa: F401
-            import edgespool.runtime.engine  # noqa: F401
-            from edgespool.runtime.bundle import Bundle
+            import edgespool.runtime.decoder.engine  # noqa: F401
+            from edgespool.runtime.bundle.reader import Bundle
 
             Bundle(path)
-        res["vm_hwm"] = _vm_hwm()
+        res["vm_hwm"] = peak_rss_bytes()
         Path(out).write_text(json.dumps(res))
         return
     r0 = _io_read_bytes()
@@ -244,9 +236,9 @@ def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) ->
             tok = last()
         res["decode_s"] = time.perf_counter() - t
     else:
-        from edgespool.runtime.bundle import Bundle
-        from edgespool.runtime.engine import Engine
-        from edgespool.runtime.weights import ResidentWeights
+        from edgespool.runtime.bundle.reader import Bundle
+        from edgespool.runtime.decoder.engine import Engine
+        from edgespool.runtime.decoder.weights import ResidentWeights
 
         b = Bundle(path)
         t = time.perf_counter()
@@ -309,7 +301,7 @@ def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) ->
         res["window_depth_max"] = src.plan.window_depth
     if src is not None:
         src.close()
-    res["vm_hwm"] = _vm_hwm()
+    res["vm_hwm"] = peak_rss_bytes()
     Path(out).write_text(json.dumps(res))
 
 
@@ -397,7 +389,7 @@ def main() -> None:
             gsize = gguf.stat().st_size
             ratio = 4 if mname == "dense" else 3
             budget = size // ratio
-            from edgespool.runtime.bundle import Bundle
+            from edgespool.runtime.bundle.reader import Bundle
             from edgespool.schedulers.memory_plan import minimum_budget
 
             lo = minimum_budget(Bundle(bundle), None, max_context=P + N, max_batch_tokens=P)

@@ -2,7 +2,7 @@
 
 Order: ``BundleWriter(out_dir, ...)`` -> ``add_tensor`` for every tensor in the config's layout order
 (:func:`expected_tensors`; ``ffn_layout="bundled"`` stores dense FFNs as row-column neuron bundles, see
-:mod:`edgespool.runtime.ffn_bundles`) ->
+:mod:`edgespool.runtime.bundle.ffn_geometry`) ->
 ``set_tokenizer`` -> ``add_file`` (optional extras, e.g. ONNX) -> ``finish`` (writes manifest.json last and moves the
 finished directory into place). Nothing is written into ``out_dir`` until ``finish``; an existing directory is only
 replaced when it is itself a bundle and ``overwrite`` is set, so nothing a user owns is lost.
@@ -21,12 +21,13 @@ import numpy as np
 from .. import __version__
 from ..errors import BundleError, OptionError
 from ..kernels.quant import QTensor
-from ..runtime.bundle_format import (
+from ..runtime.bundle.constants import (
     ALIGNMENT, MAGIC, MANIFEST, NEURON_BUNDLES_SCHEMA_VERSION, PART_ALIGNMENT, SCHEMA_VERSION, TOKENIZER, WEIGHTS,
     align_up,
 )
-from ..runtime.config import ModelConfig, group_of
-from ..runtime.ffn_bundles import LAYOUT as BUNDLED, BundleGeometry, NeuronBundles, ffn_group, ffn_tensor
+from ..runtime.bundle.config import ModelConfig
+from ..runtime.bundle.names import group_of, layer_of
+from ..runtime.bundle.ffn_geometry import LAYOUT as BUNDLED, BundleGeometry, NeuronBundles, ffn_group, ffn_tensor
 
 FFN_LAYOUTS = ("matrix", "bundled")  # --ffn-layout: dense FFNs as three matrices, or row-column neuron bundles
 

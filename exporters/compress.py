@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import OptionError
 from ..kernels.quant import SCHEMES, QTensor, dequantize, quantize
-from ..runtime.config import tensor_class
+from ..runtime.bundle.names import tensor_class
 
 BITS_TO_SCHEME = {32: "f32", 16: "f16", 8: "int8", 4: "int4"}
 ALWAYS_F32 = ("norm", "bias", "router")

@@ -66,7 +66,7 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
     ``f32`` (float activations) or ``q8`` (also compile GEMVs that round activations to Q8_0 blocks per call,
     llama.cpp's numerics, where the target CPU has AVX-512 VNNI / dotprod; the runtime prefers them for decode).
     ``ffn_layout``: ``matrix`` (default) or ``bundled`` (dense ReLU-family FFNs stored as row-column neuron
-    bundles in their own streaming group, for neuron windowing; see :mod:`edgespool.runtime.ffn_bundles`)."""
+    bundles in their own streaming group, for neuron windowing; see :mod:`edgespool.runtime.bundle.ffn_geometry`)."""
     t0 = time.perf_counter()
     profile = get_target(target) if isinstance(target, str) else target
     policy = policy or QuantPolicy()
@@ -142,7 +142,7 @@ def _check_ffn_layout(cfg, ffn_layout: str) -> None:
 def _bundle_ffn(source: SourceModel, i: int, policy: QuantPolicy, report: CompressionReport):
     """Layer ``i``'s dense FFN as row-column neuron bundles: gate and up rows as the matrix layout quantises them,
     the down projection transposed (one column per neuron) and quantised per neuron."""
-    from ..runtime.ffn_bundles import pack_bundles
+    from ..runtime.bundle.ffn_geometry import pack_bundles
 
     p = f"layers.{i}.ffn."
     gate, up, down = (source.tensor(p + n) for n in ("gate", "up", "down"))
@@ -164,7 +164,7 @@ def _canonical_reader(read_back):
     """A tensor reader giving canonical ``ffn.gate/up/down`` matrices of a bundled bundle (for the ONNX lowering):
     gate/up rows as stored; down as the transposed columns (float32 when the columns are quantised per neuron:
     the same values)."""
-    from ..runtime.ffn_bundles import ffn_tensor
+    from ..runtime.bundle.ffn_geometry import ffn_tensor
 
     def read(name: str):
         parts = name.split(".")

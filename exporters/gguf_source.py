@@ -2,7 +2,7 @@
 :class:`~edgespool.exporters.source.SourceModel`.
 
 The file is opened with ``gguf.GGUFReader`` (memory-mapped: only the tensors asked for are read). GGUF metadata of the
-supported GGUF architectures is mapped onto :class:`~edgespool.runtime.config.ModelConfig`:
+supported GGUF architectures is mapped onto :class:`~edgespool.runtime.bundle.config.ModelConfig`:
 
     GGUF arch   canonical arch                           notes
     llama       llama (Llama, Mistral), mixtral          mixtral when ``llama.expert_count`` > 0
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from ..runtime.config import ModelConfig
+from ..runtime.bundle.config import ModelConfig
 from .source import TokenizerSpec
 
 # GGUF general.architecture -> canonical arch (llama becomes mixtral when it has experts)

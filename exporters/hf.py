@@ -5,7 +5,7 @@ OlmoeForCausalLM, as written by transformers 4.x or 5.x (``rope_parameters`` or 
 per-expert tensors or fused 3-D ``experts.gate_up_proj``/``experts.down_proj``). One ``model.safetensors``, several
 ``*.safetensors`` files, or a sharded checkpoint with ``model.safetensors.index.json``.
 
-``config.json`` is mapped onto :class:`~edgespool.runtime.config.ModelConfig` by :func:`config_from_hf` (hf_config.py); tensor names
+``config.json`` is mapped onto :class:`~edgespool.runtime.bundle.config.ModelConfig` by :func:`config_from_hf` (hf_config.py); tensor names
 are mapped onto the canonical names by the data tables :data:`TENSOR_NAMES` and :data:`FUSED_EXPERT_NAMES`.
 Opening checks every tensor's presence and shape from the safetensors headers (no data is read); :meth:`HFModel.tensor`
 then reads one tensor lazily (``safetensors.safe_open`` with numpy; bfloat16, which numpy lacks, is read as raw
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from ..runtime.config import ModelConfig
+from ..runtime.bundle.config import ModelConfig
 from .hf_config import ARCH_DEFAULTS, HF_ARCHS, SUPPORTED, config_from_hf  # noqa: F401  (re-exported)
 from .source import TokenizerSpec
 

@@ -1,5 +1,5 @@
 """Mapping a Hugging Face ``config.json`` (transformers 4.x or 5.x spelling) onto the canonical
-:class:`~edgespool.runtime.config.ModelConfig` (see :func:`config_from_hf`)."""
+:class:`~edgespool.runtime.bundle.config.ModelConfig` (see :func:`config_from_hf`)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..kernels.rope import ROPE_TYPES
-from ..runtime.config import ARCHITECTURES, ModelConfig
+from ..runtime.bundle.config import ARCHITECTURES, ModelConfig
 
 # HF class name -> canonical architecture
 HF_ARCHS: dict[str, str] = {hf: arch for arch, spec in ARCHITECTURES.items() for hf in spec["hf"]}

@@ -22,7 +22,7 @@ from ..kernels.tvm_attention import AttentionSpec
 from ..kernels.tvm_backend import KERNELS_MANIFEST
 from ..kernels.tvm_build import LINEAR_SCHEMES, BuildOptions, LinearSpec, has_dotprod, has_vnni, q8_supported
 from ..kernels.tvm_cache import compile_kernel
-from ..runtime.config import ModelConfig
+from ..runtime.bundle.config import ModelConfig
 from ..targets.profiles import TargetProfile
 
 GEMM_ROW_TILE = 4

@@ -31,7 +31,7 @@ from onnx import TensorProto, helper
 from ..errors import ModelFormatError, OptionError, UnsupportedModelError
 from ..kernels import rope
 from ..kernels.quant import QTensor, unpack_int4
-from ..runtime.config import ARCHITECTURES, ModelConfig
+from ..runtime.bundle.config import ARCHITECTURES, ModelConfig
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..runtime.config import ModelConfig
+from ..runtime.bundle.config import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.config import ModelConfig
+from ..runtime.bundle.config import ModelConfig
 from .source import TokenizerSpec
 
 CORPUS = Path(__file__).resolve().parent.parent / "apps" / "data" / "corpus.txt"

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from .quant import QTensor
+from .quant import QTensor, get_scheme
 
 LinearKernel = Callable[[np.ndarray, QTensor], np.ndarray]
 
@@ -80,33 +80,9 @@ def _rows_per_block(w: QTensor) -> int:
 def dequantize_rows_into(w: QTensor, r0: int, r1: int, out: np.ndarray, nib: np.ndarray | None = None) -> np.ndarray:
     """Rows ``[r0, r1)`` of the 2-D weight ``w`` as float32 into ``out`` (a C-contiguous float32 array of at least
     ``(r1 - r0) * in`` elements); returns the ``[r1 - r0, in]`` view. ``nib``: uint8 scratch of ``(r1 - r0) * in``
-    bytes for int4 (allocated when not given). Values equal :func:`edgespool.kernels.quant.dequantize` exactly."""
-    inn = int(w.shape[1])
-    n = r1 - r0
-    dst = out[: n * inn].reshape(n, inn)
-    if w.scheme == "f32":
-        dst[...] = w.data[r0:r1]
-    elif w.scheme == "f16":
-        dst[...] = w.data[r0:r1]
-    elif w.scheme == "int8":
-        np.multiply(w.data[r0:r1], w.scale[r0:r1, None].astype(np.float32), out=dst)
-    elif w.scheme == "int4":
-        g = w.group_size
-        shp = (n, inn // g, g // 2)
-        packed = w.data[r0:r1].reshape(shp)
-        if nib is None:
-            nib = np.empty(n * inn, dtype=np.uint8)
-        lo, hi = nib[: n * inn // 2].reshape(shp), nib[n * inn // 2: n * inn].reshape(shp)
-        np.bitwise_and(packed, 0x0F, out=lo)
-        np.right_shift(packed, 4, out=hi)
-        v = dst.reshape(n, inn // g, g)
-        v[..., : g // 2] = lo
-        v[..., g // 2:] = hi
-        v -= np.float32(8.0)
-        v *= w.scale[r0:r1, :, None].astype(np.float32)
-    else:
-        raise ValueError(f"unknown quantisation scheme {w.scheme!r}")
-    return dst
+    bytes for int4 (allocated when not given). Values equal :func:`edgespool.kernels.quant.dequantize` exactly
+    (the scheme object of :mod:`edgespool.runtime.bundle.schemes` does the work)."""
+    return get_scheme(w.scheme).dequantize_rows_into(w, r0, r1, out, nib)
 
 
 def _f32(x: np.ndarray, w: QTensor) -> np.ndarray:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..runtime.bundle_format import ALIGNMENT, align_up
+from ..runtime.bundle.constants import ALIGNMENT, align_up
 
 
 class PoolExhausted(RuntimeError):

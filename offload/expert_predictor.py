@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime.config import ModelConfig
+from ..runtime.bundle.config import ModelConfig
 
 
 class ExpertPredictor:

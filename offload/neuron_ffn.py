@@ -1,6 +1,6 @@
 """Neuron windowing of row-column bundled FFNs inside a streamed run (LLM in a flash, Alizadeh et al. 2024).
 
-For a bundle exported with ``--ffn-layout bundled`` (:mod:`edgespool.runtime.ffn_bundles`) and a plan with
+For a bundle exported with ``--ffn-layout bundled`` (:mod:`edgespool.runtime.bundle.ffn_geometry`) and a plan with
 ``neuron_layers`` (:func:`edgespool.schedulers.memory_plan.plan_memory`), :class:`NeuronFFN` computes the ReGLU FFN
 ``down(relu(gate x) * up x)`` of each layer from the neurons that are active for the current tokens only:
 
@@ -31,10 +31,11 @@ from ..errors import BundleError, StorageError
 from ..kernels.linear import linear
 from ..kernels.quant import QTensor
 from ..kernels.swiglu import ACTIVATIONS
-from ..runtime.bundle import Bundle
-from ..runtime.bundle_format import align_up
-from ..runtime.ffn_bundles import (BundleGeometry, ffn_group, ffn_tensor, linear_t, load_staging_bytes,
-                                   unpack_bundles)
+from ..runtime.bundle.reader import Bundle
+from ..runtime.bundle.constants import align_up
+from ..kernels.bundled_ffn import linear_t
+from ..runtime.bundle.ffn_geometry import (BundleGeometry, ffn_group, ffn_tensor, load_staging_bytes,
+                                           unpack_bundles)
 
 IOV_MAX = 512  # buffers per preadv (Linux allows 1024)
 
@@ -58,7 +59,7 @@ class NeuronFFN:
     """Neuron windows of a streamed run's bundled FFN layers (see the module docstring). Memory comes from
     ``pool`` (pinned region): :func:`edgespool.schedulers.memory_plan.gate_rows_bytes` per layer for the gate rows
     and ``capacity * bundle_bytes`` per layer for the window, plus a load staging buffer
-    (:func:`~edgespool.runtime.ffn_bundles.load_staging_bytes`)."""
+    (:func:`~edgespool.runtime.bundle.ffn_geometry.load_staging_bytes`)."""
 
     def __init__(self, bundle: Bundle, store: Any, pool: Any, layers: tuple[int, ...], capacity: int, *,
                  window: int = 5, io_threads: int = 4, verify: bool = True, act: str = "relu") -> None:

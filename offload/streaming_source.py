@@ -1,4 +1,4 @@
-"""StreamingWeights: the :class:`~edgespool.runtime.weights.WeightSource` that runs a model in a memory budget.
+"""StreamingWeights: the :class:`~edgespool.runtime.decoder.weights.WeightSource` that runs a model in a memory budget.
 
 It combines the pieces of :mod:`edgespool.offload` under one :class:`~edgespool.schedulers.memory_plan.MemoryPlan`:
 
@@ -14,7 +14,7 @@ It combines the pieces of :mod:`edgespool.offload` under one :class:`~edgespool.
   read one layer ahead (*prediction*).
 
 Exactness: every tensor handed out holds exactly the bytes of the weights file (the same bytes
-:class:`~edgespool.runtime.weights.ResidentWeights` holds), and an unfinished or failed read is never handed out;
+:class:`~edgespool.runtime.decoder.weights.ResidentWeights` holds), and an unfinished or failed read is never handed out;
 a cache miss or a wrong prediction only costs time.
 
 The engine's contract: ``get(g)`` returns tensors valid until ``release(g)``; at most one layer group and the
@@ -29,10 +29,10 @@ import numpy as np
 
 from ..errors import BudgetError, BundleError
 from ..kernels.quant import QTensor
-from ..runtime.bundle import Bundle
-from ..runtime.bundle_format import align_up
-from ..runtime.config import ModelConfig
-from ..runtime.ffn_bundles import ffn_group, ffn_tensor
+from ..runtime.bundle.reader import Bundle
+from ..runtime.bundle.constants import align_up
+from ..runtime.bundle.config import ModelConfig
+from ..runtime.bundle.ffn_geometry import ffn_group, ffn_tensor
 from ..schedulers.memory_plan import MemoryPlan, plan_memory
 from ..targets.profiles import get_target
 from .buffer_pool import BufferPool

@@ -1,6 +1,6 @@
 """WeightStore: explicit, large, aligned reads of whole streaming groups on background I/O threads.
 
-Every group of a bundle is one contiguous, 4 KiB-aligned byte range (see :mod:`edgespool.runtime.bundle_format`),
+Every group of a bundle is one contiguous, 4 KiB-aligned byte range (see :mod:`edgespool.runtime.bundle.constants`),
 so fetching a layer or an expert is a few large ``preadv`` calls (``chunk_bytes`` each, default 4 MiB) straight
 into a page-aligned pool buffer. The file is opened with ``O_DIRECT`` where the filesystem allows it, so reads
 bypass the page cache and a cgroup limit that counts page cache sees only the pool; where it does not (tmpfs,
@@ -14,7 +14,7 @@ file and the group; a CRC mismatch raises :class:`BundleError` naming the tensor
 group's first read, ``True``/``"always"`` every read; CRC32 runs on the I/O thread and releases the GIL).
 
 Bandwidth emulation: when a rate limiter is given (or ``EDGESPOOL_IO_BANDWIDTH`` is set), each chunk waits for
-its bytes first (see :mod:`edgespool.offload.ratelimit`).
+its bytes first (see :mod:`edgespool.runtime.bundle.ratelimit`).
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ import numpy as np
 
 from ..errors import StorageError
 from ..kernels.quant import QTensor
-from ..runtime.bundle import Bundle
-from ..runtime.bundle_format import ALIGNMENT, align_up
+from ..runtime.bundle.reader import Bundle
+from ..runtime.bundle.constants import ALIGNMENT, align_up
 
 MiB = 1 << 20
 DEFAULT_CHUNK = 4 * MiB
@@ -92,7 +92,7 @@ class _ShortRead(Exception):
 def _limiter_from_env() -> Any:
     """The rig's emulated storage speed (``EDGESPOOL_IO_BANDWIDTH`` / ``EDGESPOOL_IO_IOPS``), or None."""
     try:
-        from .ratelimit import from_env
+        from ..runtime.bundle.ratelimit import from_env
     except ImportError:  # the rate limiter module is optional
         return None
     return from_env()

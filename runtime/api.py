@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -18,24 +17,12 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ..errors import BundleError, OptionError
-from .bundle import Bundle
-from .engine import Engine, EngineStats
-from .sampling import Sampler
-from .tokenizer import BundleTokenizer
-from .weights import ResidentWeights, WeightSource
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far: VmHWM from /proc/self/status (reset by exec, unlike
-    getrusage's ru_maxrss, which a child started by fork+exec inherits from its parent); getrusage elsewhere."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+from ..units import parse_bytes, peak_rss_bytes
+from .bundle.reader import Bundle
+from .decoder.engine import Engine, EngineStats
+from .decoder.sampling import Sampler
+from .decoder.tokenizer import BundleTokenizer
+from .decoder.weights import ResidentWeights, WeightSource
 
 
 @dataclass
@@ -191,7 +178,6 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
     if memory_budget is None:
         source: WeightSource = ResidentWeights(bundle, verify=verify)
     else:
-        from ..units import parse_bytes
         from ..offload.streaming_source import open_streaming
 
         budget = parse_bytes(memory_budget, "memory_budget")

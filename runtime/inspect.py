@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from .bundle import Bundle
+from .bundle.reader import Bundle
 
 
 def summarize(bundle: Bundle) -> dict[str, Any]:

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import BudgetError, OptionError
-from ..runtime.bundle import Bundle
-from ..runtime.bundle_format import align_up
-from ..runtime.config import ModelConfig
+from ..units import fmt_bytes, parse_bytes
+from ..runtime.bundle.reader import Bundle
+from ..runtime.bundle.constants import align_up
+from ..runtime.bundle.config import ModelConfig
 from ..targets.profiles import TargetProfile
 
 MiB = 1 << 20
@@ -38,30 +39,6 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g"
 IO_STAGING_BYTES = 1 * MiB  # aligned bounce buffer for the few unaligned reads (router copies)
 DEFAULT_MAX_WINDOW_DEPTH = 4
 DEFAULT_NEURON_CAPACITY = 0.25  # neuron window per bundled FFN layer: a quarter of its neurons
-
-
-def parse_size(text: str | int, option: str = "--memory-budget") -> int:
-    """Parse ``512MiB``, ``1.5GB``, ``300M`` or a plain byte count; bad input raises OptionError naming ``option``."""
-    if isinstance(text, int):
-        if text <= 0:
-            raise OptionError(f"{option}: size must be positive, got {text}")
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise OptionError(f"{option}: cannot parse size {text!r}; use e.g. 512MiB, 2GiB, 300MB or a byte count")
-    n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    if n <= 0:
-        raise OptionError(f"{option}: size must be positive, got {text!r}")
-    return n
-
-
-def fmt_bytes(n: int | float) -> str:
-    """Human-readable binary size (``512.0 MiB``)."""
-    n = float(n)
-    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= div:
-            return f"{n / div:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 @dataclass(frozen=True)
@@ -220,7 +197,7 @@ def _neuron_memory(bundle: Bundle, ffn_groups: list[str], capacity: float | int)
     bundled FFN groups (all zero when there are none)."""
     if not ffn_groups:
         return 0, 0, 0, 0
-    from ..runtime.ffn_bundles import BundleGeometry, ffn_tensor, load_staging_bytes
+    from ..runtime.bundle.ffn_geometry import BundleGeometry, ffn_tensor, load_staging_bytes
 
     geos = [BundleGeometry.from_record(ffn_tensor(_layer_index(g)), bundle.tensors[ffn_tensor(_layer_index(g))])
             for g in ffn_groups]
@@ -268,7 +245,7 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     cfg = bundle.config
     if cfg is None:
         raise BudgetError(f"{bundle.path}: memory planning needs a decoder bundle (kind={bundle.kind!r})")
-    budget = parse_size(budget_bytes)
+    budget = parse_bytes(budget_bytes)
     ctx = int(max_context or min(cfg.max_position_embeddings, 4096))
     T = max(1, min(max_batch_tokens, ctx))
     groups = bundle.groups

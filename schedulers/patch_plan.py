@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
 from ..errors import BudgetError, OptionError
-from ..runtime.cnn_graph import SPATIAL_OPS, CnnGraph, Node
+from ..runtime.bundle.cnn_graph import SPATIAL_OPS, CnnGraph, Node
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (half-open) in the full tensor's coordinates
 

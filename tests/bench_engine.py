@@ -17,10 +17,10 @@ import numpy as np
 
 from edgespool.exporters.bundle_writer import BundleWriter
 from edgespool.kernels.quant import quantize
-from edgespool.runtime.bundle import Bundle
-from edgespool.runtime.config import ModelConfig
-from edgespool.runtime.engine import Engine
-from edgespool.runtime.weights import ResidentWeights
+from edgespool.runtime.bundle.reader import Bundle
+from edgespool.runtime.bundle.config import ModelConfig
+from edgespool.runtime.decoder.engine import Engine
+from edgespool.runtime.decoder.weights import ResidentWeights
 
 
 def bench_config(arch: str, hidden: int, layers: int, vocab: int) -> ModelConfig:

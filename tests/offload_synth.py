@@ -9,7 +9,7 @@ from pathlib import Path
 from edgespool.exporters.compress import QuantPolicy
 from edgespool.exporters.export import export_model
 from edgespool.exporters.synth import SyntheticModel
-from edgespool.runtime.config import ModelConfig
+from edgespool.runtime.bundle.config import ModelConfig
 
 
 def word_tokenizer_json(vocab: int) -> str:

@@ -157,9 +157,9 @@ def test_engine_logits_with_tvm_attention(tmp_path, arch):
     from edgespool.exporters.export import export_model
     from edgespool.exporters.hf import open_hf
     from edgespool.kernels.tvm_backend import TvmAttention
-    from edgespool.runtime.bundle import Bundle
-    from edgespool.runtime.engine import Engine
-    from edgespool.runtime.weights import ResidentWeights
+    from edgespool.runtime.bundle.reader import Bundle
+    from edgespool.runtime.decoder.engine import Engine
+    from edgespool.runtime.decoder.weights import ResidentWeights
 
     kw = {"sliding_window": 6} if arch == "mistral" else {}
     hf = tiny_models.make_hf_model(arch, tmp_path / "hf", tokenizer="bpe", **kw)
@@ -221,7 +221,7 @@ def test_bundle_kernels_carry_attention(tmp_path):
     from edgespool.exporters.kernels_export import build_kernels_for_bundle
     from edgespool.kernels import linear as linear_mod
     from edgespool.kernels.tvm_backend import TvmKernels
-    from edgespool.runtime.config import ModelConfig
+    from edgespool.runtime.bundle.config import ModelConfig
     from edgespool.targets import get_target
 
     cfg = ModelConfig(arch="llama", vocab_size=64, hidden_size=128, intermediate_size=256, num_layers=1,
@@ -310,7 +310,7 @@ print(json.dumps({"cases": n, "calls": tk.attention.calls, "fallbacks": tk.atten
 def test_rpi5_attention_in_arm64_rig(tmp_path):
     """The rpi5 export's attention library runs under qemu (cortex-a76, NEON 4-lane dots) and matches float64."""
     from edgespool.exporters.kernels_export import build_kernels_for_bundle
-    from edgespool.runtime.config import ModelConfig
+    from edgespool.runtime.bundle.config import ModelConfig
     from edgespool.targets import get_target
 
     from conftest import require_arm64_rig

@@ -10,8 +10,8 @@ from conftest import make_synth_bundle
 from edgespool.errors import BundleError, OptionError
 from edgespool.exporters.bundle_writer import BundleWriter
 from edgespool.kernels.quant import quantize
-from edgespool.runtime.bundle import Bundle
-from edgespool.runtime.bundle_format import ALIGNMENT, MAX_SCHEMA_VERSION, SCHEMA_VERSION
+from edgespool.runtime.bundle.reader import Bundle
+from edgespool.runtime.bundle.constants import ALIGNMENT, MAX_SCHEMA_VERSION, SCHEMA_VERSION
 
 
 def _copy(src, tmp_path):

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from edgespool.errors import BudgetError
-from edgespool.exporters.cnn_torch import mobilenet_v2_graph
-from edgespool.exporters.mcu_c import compile_host, export_c_project, run_host
-from edgespool.runtime.cnn_exec import CnnRunner
-from edgespool.runtime.cnn_quant import calibrate_and_quantize
+from edgespool.exporters.cnn.from_pth import mobilenet_v2_graph
+from edgespool.exporters.cnn.mcu_c import compile_host, export_c_project, run_host
+from edgespool.runtime.cnn.executor import CnnRunner
+from edgespool.runtime.cnn.quant import calibrate_and_quantize
 from edgespool.schedulers.patch_plan import cut_points, make_plan, plan_patches
 from edgespool.targets import get_target
 
@@ -28,7 +28,7 @@ def tiny(tmp_path_factory):
     torch = pytest.importorskip("torch")
     ort = pytest.importorskip("onnxruntime")
     import cnn_torch_ref as ref
-    from edgespool.exporters.cnn_onnx import load_onnx_cnn
+    from edgespool.exporters.cnn.from_onnx import load_onnx_cnn
 
     torch.manual_seed(0)
     p = ref.export_onnx(ref.TinyAllOps(), tmp_path_factory.mktemp("t") / "tiny.onnx", (1, 3, 32, 32))
@@ -86,13 +86,13 @@ def test_sram_overflow_names_numbers(tiny, tmp_path):
 @pytest.mark.slow
 def test_export_cnn_mcu_bundle(tmp_path):
     """A MobileNetV2 that fits an M7 (width 0.35, 96x96, 10 classes, random weights): bundle + C project."""
-    from edgespool.exporters.cnn_export import export_cnn
+    from edgespool.exporters.cnn.export import export_cnn
     import torch
 
     g = mobilenet_v2_graph(None, width=0.35, resolution=96, num_classes=10)
     assert g.param_count() < 1_000_000
     sd = {}
-    from edgespool.exporters.cnn_torch import _random_state
+    from edgespool.exporters.cnn.from_pth import _random_state
 
     for k, v in _random_state(0.35, 10, 0).items():
         sd[k] = torch.from_numpy(v)
@@ -107,7 +107,7 @@ def test_export_cnn_mcu_bundle(tmp_path):
 def test_plan_cli(tmp_path):
     from edgespool.apps.cli import cli
     torch = pytest.importorskip("torch")
-    from edgespool.exporters.cnn_torch import _random_state
+    from edgespool.exporters.cnn.from_pth import _random_state
 
     torch.save({k: torch.from_numpy(v) for k, v in _random_state(0.35, 1000, 0).items()}, tmp_path / "m.pth")
     r = CliRunner().invoke(cli, ["plan", str(tmp_path / "m.pth"), "--width", "0.35", "--resolution", "144",

@@ -5,7 +5,7 @@ import pytest
 from conftest import make_synth_bundle
 from edgespool.errors import OptionError
 from edgespool.exporters.compress import QuantPolicy
-from edgespool.runtime.bundle import Bundle
+from edgespool.runtime.bundle.reader import Bundle
 
 
 def test_per_expert_bits_policy(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgespool.errors import OptionError
-from edgespool.runtime.sampling import Sampler
+from edgespool.runtime.decoder.sampling import Sampler
 
 # -- sampling (no model needed) ------------------------------------------------------------------------------------
 LOGITS = np.random.default_rng(3).standard_normal(200).astype(np.float32) * 3
@@ -66,9 +66,9 @@ from edgespool.exporters.export import export_model  # noqa: E402
 from edgespool.exporters.hf import open_hf  # noqa: E402
 from edgespool.kernels.moe import softmax  # noqa: E402
 from edgespool.kernels.rmsnorm import rmsnorm  # noqa: E402
-from edgespool.runtime.bundle import Bundle  # noqa: E402
-from edgespool.runtime.engine import Engine  # noqa: E402
-from edgespool.runtime.weights import ResidentWeights  # noqa: E402
+from edgespool.runtime.bundle.reader import Bundle  # noqa: E402
+from edgespool.runtime.decoder.engine import Engine  # noqa: E402
+from edgespool.runtime.decoder.weights import ResidentWeights  # noqa: E402
 
 PROMPT = [5, 77, 301, 12, 9, 450, 33, 101, 7, 64]
 

@@ -85,9 +85,9 @@ def _llamacpp():
 def _engine_logits(path: Path, out: Path, scheme: str = "f32") -> np.ndarray:
     from edgespool.exporters.compress import QuantPolicy
     from edgespool.exporters.export import export_model
-    from edgespool.runtime.bundle import Bundle
-    from edgespool.runtime.engine import Engine
-    from edgespool.runtime.weights import ResidentWeights
+    from edgespool.runtime.bundle.reader import Bundle
+    from edgespool.runtime.decoder.engine import Engine
+    from edgespool.runtime.decoder.weights import ResidentWeights
 
     b = export_model(open_gguf_model(path), out, policy=QuantPolicy(quant=scheme), onnx=False, kernels=False,
                      progress=False).path

@@ -18,9 +18,9 @@ from edgespool.errors import ModelFormatError, UnsupportedModelError  # noqa: E4
 from edgespool.exporters.bundle_writer import BundleWriter  # noqa: E402
 from edgespool.exporters.hf import HFModel, config_from_hf, open_hf  # noqa: E402
 from edgespool.kernels.quant import quantize  # noqa: E402
-from edgespool.runtime.bundle import Bundle  # noqa: E402
-from edgespool.runtime.engine import Engine  # noqa: E402
-from edgespool.runtime.weights import ResidentWeights  # noqa: E402
+from edgespool.runtime.bundle.reader import Bundle  # noqa: E402
+from edgespool.runtime.decoder.engine import Engine  # noqa: E402
+from edgespool.runtime.decoder.weights import ResidentWeights  # noqa: E402
 
 TOL = 1e-3
 N_GREEDY = 32

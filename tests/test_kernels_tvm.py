@@ -284,7 +284,7 @@ def test_rpi5_kernels_match_host_in_arm64_rig(tmp_path):
 
     from edgespool.exporters.kernels_export import build_kernels_for_bundle
     from edgespool.kernels.tvm_backend import TvmKernels
-    from edgespool.runtime.config import ModelConfig
+    from edgespool.runtime.bundle.config import ModelConfig
     from edgespool.targets import get_target
 
     from conftest import require_arm64_rig

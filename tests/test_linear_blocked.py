@@ -80,7 +80,7 @@ def test_blocked_linear_temporaries_do_not_grow_with_the_matrix():
 def test_plan_workspace_uses_the_kernel_bound_not_the_largest_matrix(tmp_path):
     from offload_synth import dense_config, make_bundle
 
-    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.bundle.reader import Bundle
     from edgespool.schedulers.memory_plan import workspace_bytes
 
     b = Bundle(make_bundle(tmp_path / "d", dense_config(hidden=256, inter=2048, vocab=4096)))

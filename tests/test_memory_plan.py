@@ -9,9 +9,10 @@ import pytest
 import offload_synth as syn
 from edgespool.errors import BudgetError, OptionError
 from edgespool.offload.buffer_pool import BufferPool, PoolExhausted
-from edgespool.runtime.bundle import Bundle
-from edgespool.runtime.bundle_format import align_up
-from edgespool.schedulers.memory_plan import minimum_budget, parse_size, plan_memory
+from edgespool.runtime.bundle.reader import Bundle
+from edgespool.runtime.bundle.constants import align_up
+from edgespool.schedulers.memory_plan import minimum_budget, plan_memory
+from edgespool.units import parse_bytes as parse_size
 from edgespool.targets import get_target
 
 KW = dict(max_context=64, max_batch_tokens=16, workspace=1 << 20)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgespool.errors import BudgetError, StorageError
-from edgespool.offload.neuron_window import (ExactPredictor, LowRankPredictor, NeuronWindow, read_spec,
+from edgespool.benchmarks.neuron_window import (ExactPredictor, LowRankPredictor, NeuronWindow, read_spec,
                                               write_neuron_file)
 
 H, I, L = 64, 256, 2

@@ -22,7 +22,7 @@ def dense(tmp_path_factory):
 
 def _budget(path) -> int:
     """Minimum working set + one more layer slot (2 window slots < 6 layers: everything streams)."""
-    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.bundle.reader import Bundle
     from edgespool.schedulers.memory_plan import minimum_budget
 
     b = Bundle(path)

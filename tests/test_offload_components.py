@@ -18,7 +18,7 @@ from edgespool.offload.expert_cache import ExpertCache
 from edgespool.offload.expert_predictor import ExpertPredictor
 from edgespool.offload.layer_window import LayerWindow
 from edgespool.offload.weight_store import WeightStore
-from edgespool.runtime.bundle import Bundle
+from edgespool.runtime.bundle.reader import Bundle
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_store_reads_the_bundles_bytes(dense):
 
 
 def test_rate_limiter_from_env_throttles_reads(dense, monkeypatch):
-    pytest.importorskip("edgespool.offload.ratelimit")
+    pytest.importorskip("edgespool.runtime.bundle.ratelimit")
     monkeypatch.setenv("EDGESPOOL_IO_BANDWIDTH", "2MB/s")
     store = WeightStore(dense)
     pool = BufferPool(0, {"layer": (dense.groups["layers.0"].nbytes, 6)})

@@ -14,9 +14,9 @@ import offload_synth as syn
 from edgespool.errors import BudgetError, StorageError
 from edgespool.offload.streaming_source import StreamingWeights, open_streaming
 from edgespool.offload.weight_store import fault_from_env
-from edgespool.runtime.bundle import Bundle
-from edgespool.runtime.engine import Engine
-from edgespool.runtime.weights import ResidentWeights
+from edgespool.runtime.bundle.reader import Bundle
+from edgespool.runtime.decoder.engine import Engine
+from edgespool.runtime.decoder.weights import ResidentWeights
 from edgespool.schedulers.memory_plan import minimum_budget, plan_memory
 
 PLAN_KW = dict(max_context=64, max_batch_tokens=16, workspace=1 << 20)

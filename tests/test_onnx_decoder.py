@@ -27,7 +27,7 @@ from edgespool.errors import ModelFormatError, OptionError, UnsupportedModelErro
 from edgespool.exporters.onnx_decoder import (DATA_FILE, MODEL_FILE, empty_kv_cache, export_onnx,  # noqa: E402
                                               next_kv_cache)
 from edgespool.kernels.quant import QTensor, dequantize, quantize  # noqa: E402
-from edgespool.runtime.config import ModelConfig  # noqa: E402
+from edgespool.runtime.bundle.config import ModelConfig  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_models import ARCHS, hf_logits, tiny_config  # noqa: E402
@@ -390,7 +390,7 @@ def test_bundle_export_pipeline_onnx(tmp_path):
     hf = pytest.importorskip("edgespool.exporters.hf")
     from edgespool.exporters.compress import QuantPolicy
     from edgespool.exporters.export import export_model
-    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.bundle.reader import Bundle
     from tiny_models import make_hf_model
 
     d = make_hf_model("qwen2_moe", tmp_path / "hf")

@@ -79,9 +79,9 @@ def _export(src_dir: Path, out: Path, onnx: bool = False, **kw) -> Path:
 
 
 def test_relu_llama_bundle_matches_transformers(relu_llama, tmp_path):
-    from edgespool.runtime.bundle import Bundle
-    from edgespool.runtime.engine import Engine
-    from edgespool.runtime.weights import ResidentWeights
+    from edgespool.runtime.bundle.reader import Bundle
+    from edgespool.runtime.decoder.engine import Engine
+    from edgespool.runtime.decoder.weights import ResidentWeights
 
     d, ref, greedy = relu_llama
     b = _export(d, tmp_path / "b")
@@ -101,7 +101,7 @@ def test_relu_llama_bundle_matches_transformers(relu_llama, tmp_path):
 def test_relu_llama_onnx_matches_transformers(relu_llama, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from edgespool.exporters.onnx_decoder import MODEL_FILE, empty_kv_cache
-    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.bundle.reader import Bundle
 
     d, ref, _ = relu_llama
     b = _export(d, tmp_path / "b", onnx=True)
@@ -129,7 +129,7 @@ def _dequantised_checkpoint(src: Path, dst: Path, bundle: Path) -> Path:
 
     from safetensors.numpy import load_file, save_file
 
-    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.bundle.reader import Bundle
 
     b = Bundle(bundle)
     dst.mkdir(parents=True, exist_ok=True)
@@ -162,9 +162,9 @@ def test_bundled_layout_resident_matches_transformers(relu_llama, tmp_path, sche
     from edgespool.exporters.compress import QuantPolicy
     from edgespool.exporters.export import export_model
     from edgespool.exporters.hf import open_hf
-    from edgespool.runtime.bundle import Bundle
-    from edgespool.runtime.engine import Engine
-    from edgespool.runtime.weights import ResidentWeights
+    from edgespool.runtime.bundle.reader import Bundle
+    from edgespool.runtime.decoder.engine import Engine
+    from edgespool.runtime.decoder.weights import ResidentWeights
 
     d, ref, greedy = relu_llama
     out = export_model(open_hf(d), tmp_path / "b", policy=QuantPolicy(quant=scheme), onnx=False, kernels=False,
@@ -190,7 +190,7 @@ def test_bundle_rows_hold_the_matrix_layouts_values(relu_llama, tmp_path):
     """gate/up rows in a bundle are byte-identical to the matrix layout's int8 rows; down columns are down.T
     quantised per neuron (numpy reference quantiser)."""
     from edgespool.exporters.hf import open_hf
-    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.bundle.reader import Bundle
 
     d, _, _ = relu_llama
     out = _export_q(d, tmp_path / "b", "int8", "bundled")
@@ -221,7 +221,7 @@ def _export_q(d: Path, out: Path, scheme: str, layout: str, onnx: bool = False) 
 def test_bundled_layout_onnx_still_matches(relu_llama, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from edgespool.exporters.onnx_decoder import MODEL_FILE, empty_kv_cache
-    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.bundle.reader import Bundle
 
     d, ref, _ = relu_llama
     b = _export_q(d, tmp_path / "b", "f32", "bundled", onnx=True)
@@ -237,7 +237,7 @@ def test_bundled_layout_errors(relu_llama, tmp_path):
     import tiny_models as tm
 
     from edgespool.errors import BundleError, OptionError
-    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.bundle.reader import Bundle
 
     silu = tmp_path / "silu"
     tm.make_hf_model("llama", silu, seed=1, tokenizer="bpe")
@@ -270,7 +270,7 @@ def test_cli_export_ffn_layout(relu_llama, tmp_path):
     from click.testing import CliRunner
 
     from edgespool.apps.cli import cli
-    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.bundle.reader import Bundle
 
     d, _, _ = relu_llama
     r = CliRunner().invoke(cli, ["export", str(d), "-q", "int8", "--ffn-layout", "bundled", "--no-onnx",
@@ -302,9 +302,9 @@ def test_streamed_neuron_windows_equal_resident(relu_bundles, scheme, capacity):
     of 60 % / 10 % of the neurons: reuse, eviction and chunked passes), the logits equal the resident engine's
     within 1e-5 and greedy tokens are identical; only newly active neurons are read."""
     from edgespool.offload.streaming_source import StreamingWeights
-    from edgespool.runtime.bundle import Bundle
-    from edgespool.runtime.engine import Engine
-    from edgespool.runtime.weights import ResidentWeights
+    from edgespool.runtime.bundle.reader import Bundle
+    from edgespool.runtime.decoder.engine import Engine
+    from edgespool.runtime.decoder.weights import ResidentWeights
     from edgespool.schedulers.memory_plan import minimum_budget, plan_memory
 
     b = Bundle(relu_bundles[scheme])
@@ -348,8 +348,8 @@ def test_neuron_window_faults(relu_bundles, tmp_path):
     from edgespool.errors import StorageError
     from edgespool.offload.streaming_source import StreamingWeights
     from edgespool.offload.weight_store import fault_from_env
-    from edgespool.runtime.bundle import Bundle
-    from edgespool.runtime.engine import Engine
+    from edgespool.runtime.bundle.reader import Bundle
+    from edgespool.runtime.decoder.engine import Engine
     from edgespool.schedulers.memory_plan import minimum_budget, plan_memory
 
     d = tmp_path / "b"
@@ -377,7 +377,7 @@ def test_cli_bench_reports_neuron_windows(relu_bundles):
     from click.testing import CliRunner
 
     from edgespool.apps.cli import cli
-    from edgespool.runtime.bundle import Bundle
+    from edgespool.runtime.bundle.reader import Bundle
     from edgespool.schedulers.memory_plan import minimum_budget
 
     b = relu_bundles["int8"]

@@ -21,11 +21,12 @@ import pytest
 
 from edgespool.apps.rig.blockdev import device_for_path
 from edgespool.apps.rig.cgroups import PREFIX, RigCgroups, discover, rig_groups_present
-from edgespool.apps.rig.limits import parse_rate, parse_size, resolve_limits
+from edgespool.apps.rig.limits import resolve_limits
+from edgespool.units import parse_bytes as parse_size, parse_rate
 from edgespool.apps.rig.pagecache import cached_fraction, evict, is_cached
 from edgespool.apps.rig.runner import run_in_rig
 from edgespool.errors import OptionError, RigError, TargetError
-from edgespool.offload.ratelimit import RateLimiter, from_env
+from edgespool.runtime.bundle.ratelimit import RateLimiter, from_env
 from edgespool.targets import get_target
 
 PY = sys.executable

@@ -3,7 +3,7 @@ decode of all ids, and no piece holds half a UTF-8 character."""
 import pytest
 
 from edgespool.exporters.synth import train_demo_tokenizer
-from edgespool.runtime.tokenizer import BundleTokenizer
+from edgespool.runtime.decoder.tokenizer import BundleTokenizer
 
 TEXTS = ["Once upon a time, the fox sang.", "Grüße aus Köln — naïve café ☕ 東京 🦊!", "  leading   spaces\tand\nlines"]
 

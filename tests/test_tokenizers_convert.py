@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+import edgespool
+
 import pytest
 
 import gguf_tools as gt
@@ -25,7 +27,7 @@ from edgespool.exporters.tokenizers_convert import (BPE_PRE_TOKENIZERS, gguf_voc
 spm = pytest.importorskip("sentencepiece")
 from tokenizers import Tokenizer  # noqa: E402
 
-CORPUS = Path(__file__).resolve().parent.parent / "apps" / "data" / "corpus.txt"
+CORPUS = Path(edgespool.__file__).resolve().parent / "apps" / "data" / "corpus.txt"  # package data
 ORDINARY = CORPUS.read_text(encoding="utf-8").splitlines() + [
     "Hello world.", "digits 0 7 42 12345 3.14159 2024-01-31", "x", "I've been 'told he's there, 'RE you sure?",
     "unicode: héllo wörld — ünïcödé, Ελληνικά, русский, عربى, 日本語のテキスト, 한국어 🦙🚀 ✅",

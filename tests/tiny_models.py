@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import edgespool
+
 import numpy as np
 
-CORPUS = Path(__file__).resolve().parent.parent / "apps" / "data" / "corpus.txt"
+CORPUS = Path(edgespool.__file__).resolve().parent / "apps" / "data" / "corpus.txt"  # package data
 ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe")
 SPM_ARCHS = ("llama", "mistral", "mixtral")  # SentencePiece tokenizer.model (convert_hf_to_gguf accepts these as-is)
 VOCAB = 512

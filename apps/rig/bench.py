@@ -15,7 +15,8 @@ import sys
 import tempfile
 import time
 
-from .limits import parse_rate, resolve_limits
+from ...units import parse_rate
+from .limits import resolve_limits
 from .pagecache import evict
 from .runner import run_in_rig
 

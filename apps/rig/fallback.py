@@ -4,7 +4,7 @@
 - memory: ``RLIMIT_AS`` (caps virtual address space, not resident memory, and not page cache: allocations fail with
   MemoryError/ENOMEM instead of an OOM kill; runtimes that reserve big virtual ranges may fail early);
 - storage speed: ``EDGESPOOL_IO_BANDWIDTH`` / ``EDGESPOOL_IO_IOPS`` in the child's environment, honoured by
-  edgespool's weight reader through :func:`edgespool.offload.ratelimit.from_env` (other programs ignore it);
+  edgespool's weight reader through :func:`edgespool.runtime.bundle.ratelimit.from_env` (other programs ignore it);
 - measurement: ``wait4`` rusage (max RSS of the largest process, blocks read from any device).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import resource
 
-from ...offload.ratelimit import ENV_BANDWIDTH, ENV_IOPS
+from ...runtime.bundle.ratelimit import ENV_BANDWIDTH, ENV_IOPS
 
 
 def pick_cpus(n: int) -> list[int]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ...errors import OptionError, TargetError
 from ...targets import TargetProfile
+from ...units import fmt_bytes, fmt_rate, parse_bytes, parse_count, parse_rate  # noqa: F401 (rig options)
 
 _UNITS = {
     "": 1, "b": 1,
@@ -19,59 +20,6 @@ _UNITS = {
     "ti": 1 << 40, "tib": 1 << 40,
 }
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(text: str, option: str = "size") -> int:
-    """``"1GiB"`` -> 1073741824, ``"512MB"`` -> 512000000, ``"4096"`` -> 4096. Raises OptionError naming ``option``."""
-    m = _SIZE_RE.match(str(text))
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _UNITS:
-        raise OptionError(f"{option}: cannot parse {text!r} as a size; expected e.g. 1GiB, 512MB, 65536")
-    value = int(float(m.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise OptionError(f"{option}: {text!r} must be positive")
-    return value
-
-
-def parse_rate(text: str, option: str = "bandwidth") -> int:
-    """``"90MB/s"`` -> 90000000 bytes/s (``/s`` optional). Raises OptionError naming ``option``."""
-    s = str(text).strip()
-    if s.lower().endswith("/s"):
-        s = s[:-2]
-    elif s.lower().endswith("ps") and len(s) > 2 and s[-3].isalpha():  # "MBps"
-        s = s[:-2]
-    return parse_size(s, option)
-
-
-def parse_count(text: str | int, option: str) -> int:
-    """A positive integer option (``--cores 2``, ``--read-iops 2500``)."""
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise OptionError(f"{option}: expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise OptionError(f"{option}: expected a positive integer, got {text!r}")
-    return value
-
-
-def format_bytes(n: int | None) -> str:
-    """Human-readable binary size (``1.5 GiB``); ``-`` for None."""
-    if n is None:
-        return "-"
-    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= div:
-            return f"{n / div:.3g} {unit}"
-    return f"{n} B"
-
-
-def format_rate(n: int | float | None) -> str:
-    """Human-readable SI bandwidth (``90 MB/s``), the unit storage vendors quote."""
-    if n is None:
-        return "-"
-    for unit, div in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
-        if n >= div:
-            return f"{n / div:.3g} {unit}"
-    return f"{n:.0f} B/s"
 
 
 @dataclass(frozen=True)
@@ -122,7 +70,7 @@ def resolve_limits(profile: TargetProfile | None, storage: str | None = None, me
             iops = spec.read_iops
             sources["read_iops"] = f"{tag} {spec.medium}"
     if memory is not None:
-        mem, sources["memory"] = parse_size(memory, "--memory"), "--memory"
+        mem, sources["memory"] = parse_bytes(memory, "--memory"), "--memory"
     if read_bandwidth is not None:
         bw, sources["read_bandwidth"] = parse_rate(read_bandwidth, "--read-bandwidth"), "--read-bandwidth"
     if read_iops is not None:

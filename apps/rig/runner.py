@@ -19,7 +19,8 @@ from ...errors import RigError
 from .blockdev import devices_for_paths
 from .cgroups import RigCgroups
 from .fallback import apply_in_child, io_env, pick_cpus
-from .limits import RigLimits, format_bytes, format_rate
+from ...units import fmt_bytes, fmt_rate
+from .limits import RigLimits
 from .pagecache import cached_fraction, evict
 
 _CACHE_WARN = 0.5  # warn when more than half of a file the command reads is already in the page cache
@@ -72,9 +73,9 @@ class RigReport:
              (f", {self.arch}" if self.arch else "")),
             ("exit code", f"{self.exit_code}" + (f" ({self.signal})" if self.signal else "")),
             ("wall time", f"{self.wall_s:.3f} s"),
-            ("peak memory", f"{format_bytes(self.peak_memory)}  [{self.peak_memory_source}]"),
-            ("max RSS", f"{format_bytes(self.max_rss)}  [wait4 rusage]"),
-            ("device reads", f"{format_bytes(self.device_read_bytes)}  [{self.device_read_source}]"),
+            ("peak memory", f"{fmt_bytes(self.peak_memory)}  [{self.peak_memory_source}]"),
+            ("max RSS", f"{fmt_bytes(self.max_rss)}  [wait4 rusage]"),
+            ("device reads", f"{fmt_bytes(self.device_read_bytes)}  [{self.device_read_source}]"),
             ("OOM kills", "-" if self.oom_kills is None else str(self.oom_kills)),
         ]
         out = [f"{k:13s} {v}" for k, v in rows]
@@ -186,11 +187,11 @@ def run_in_rig(cmd: list[str], limits: RigLimits, *, device_paths: list[str] | N
         # memory
         if limits.memory:
             if cg is not None and "memory" in cg.dirs:
-                reports.append(LimitReport("memory", limits.memory, format_bytes(limits.memory), "real",
+                reports.append(LimitReport("memory", limits.memory, fmt_bytes(limits.memory), "real",
                                            cg.set_memory(limits.memory), limits.source("memory")))
             else:
                 rlimit_as = limits.memory
-                reports.append(LimitReport("memory", limits.memory, format_bytes(limits.memory), "emulated",
+                reports.append(LimitReport("memory", limits.memory, fmt_bytes(limits.memory), "emulated",
                                            f"RLIMIT_AS (virtual memory, excludes page cache; {why('memory')})",
                                            limits.source("memory")))
         # storage
@@ -207,7 +208,7 @@ def run_in_rig(cmd: list[str], limits: RigLimits, *, device_paths: list[str] | N
                 reason = why("blkio") if (emulate or cg is None or "blkio" not in cg.dirs) else \
                     f"no block device backs {', '.join(unbacked)}"
                 mech = f"EDGESPOOL_IO_BANDWIDTH/_IOPS for edgespool's reader only ({reason})"
-            for name, val, disp in (("read_bandwidth", limits.read_bandwidth, format_rate(limits.read_bandwidth)),
+            for name, val, disp in (("read_bandwidth", limits.read_bandwidth, fmt_rate(limits.read_bandwidth)),
                                     ("read_iops", limits.read_iops, f"{limits.read_iops}/s")):
                 if val:
                     reports.append(LimitReport(name, val, disp, "real" if real_io else "emulated", mech,

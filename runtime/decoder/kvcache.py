@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import OptionError
-from .config import ModelConfig
+from ...errors import OptionError
+from ..bundle.config import ModelConfig
 
 
 class KVCache:

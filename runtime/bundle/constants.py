@@ -10,7 +10,7 @@ A bundle is a directory::
     kernels/           compiled kernels for the target (optional)
 
 Schema history: 1 = first release. 2 = tensor records may carry ``"layout"`` (absent = ``"matrix"``;
-``"neuron_bundles"``: a dense FFN stored as row-column neuron bundles, see :mod:`edgespool.runtime.ffn_bundles`).
+``"neuron_bundles"``: a dense FFN stored as row-column neuron bundles, see :mod:`edgespool.runtime.bundle.ffn_geometry`).
 Writers still write 1 for bundles without such tensors, so older readers keep reading them.
 """
 MAGIC = "edgespool-bundle"

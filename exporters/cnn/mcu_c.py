@@ -4,7 +4,7 @@ Project (``out_dir``)::
 
     es_kernels.h / es_kernels.c   int8 kernels on *views* (a buffer holding a box of a full tensor); positions
                                   outside the full tensor are the layer's padding, so one kernel serves whole
-                                  maps and patches. Arithmetic = edgespool.runtime.cnn_exec's int8 path exactly
+                                  maps and patches. Arithmetic = edgespool.runtime.cnn.executor's int8 path exactly
                                   (int32 accumulators, float32 requant multipliers, round-half-even, no FMA
                                   contraction: build with -ffp-contract=off).
     model_weights.c               int8 weights, int32 biases, float32 multipliers, int8 LUTs as const arrays
@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BudgetError, DeployError, UnsupportedModelError
-from ..runtime.cnn_graph import CnnGraph
-from ..runtime.cnn_quant import QuantCnn
-from ..schedulers.patch_plan import PatchPlan, arena_layout
+from ...errors import BudgetError, DeployError, UnsupportedModelError
+from ...runtime.bundle.cnn_graph import CnnGraph
+from ...runtime.cnn.quant import QuantCnn
+from ...schedulers.patch_plan import PatchPlan, arena_layout
 
 KERNELS_H = r"""/* edgespool int8 CNN kernels (generated; see edgespool/exporters/mcu_c.py). */
 #ifndef ES_KERNELS_H
@@ -63,7 +63,7 @@ void es_gemm(const int8_t *x, int8_t *y, int32_t k, int32_t n, const int8_t *w, 
 #endif
 """
 
-KERNELS_C = r"""/* edgespool int8 CNN kernels (generated). Same arithmetic as edgespool.runtime.cnn_exec (int8 mode). */
+KERNELS_C = r"""/* edgespool int8 CNN kernels (generated). Same arithmetic as edgespool.runtime.cnn.executor (int8 mode). */
 #include "es_kernels.h"
 
 /* round half to even without libm (|v| < 2^30 after the clamp) */

@@ -1,7 +1,7 @@
 """The decoder loop (llama2.c style: read it top to bottom).
 
-``Engine(source)`` runs any model of :data:`edgespool.runtime.config.ARCHITECTURES` whose weights come from a
-:class:`~edgespool.runtime.weights.WeightSource`. Weights are fetched ONLY through ``source.get(group)`` /
+``Engine(source)`` runs any model of :data:`edgespool.runtime.bundle.config.ARCHITECTURES` whose weights come from a
+:class:`~edgespool.runtime.decoder.weights.WeightSource`. Weights are fetched ONLY through ``source.get(group)`` /
 ``source.release(group)``, one streaming group at a time, in compute order:
 
     embed -> layers.0 [-> layers.0.experts.e for each routed e] -> layers.1 ... -> head (-> embed if tied)
@@ -27,18 +27,21 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..errors import OptionError
-from ..kernels.attention import attention
-from ..kernels.linear import linear
-from ..kernels.moe import combine_experts, route, shared_expert
-from ..kernels.quant import QTensor
-from ..kernels.rmsnorm import rmsnorm
-from ..kernels.rope import Rope, apply_rope
-from ..kernels.swiglu import swiglu
-from .ffn_bundles import run_bundled_ffn
+from ...errors import BundleError, OptionError
+from ...kernels.attention import attention
+from ...kernels.linear import linear
+from ...kernels.moe import combine_experts, route, shared_expert
+from ...kernels.quant import QTensor
+from ...kernels.rmsnorm import rmsnorm
+from ...kernels.rope import Rope, apply_rope
+from ...kernels.swiglu import swiglu
+from ...kernels.bundled_ffn import dense_bundled_ffn
+from ..bundle.ffn_geometry import NeuronBundles
+from ..bundle.names import ffn_group, ffn_tensor
 from .kvcache import KVCache
 from .sampling import Sampler
-from .weights import WeightSource, expert_group, layer_group
+from ..bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, expert_group, expert_prefix, layer_group, layer_prefix
+from .weights import WeightSource
 
 
 @dataclass
@@ -78,7 +81,7 @@ class Engine:
         self.config = c = source.config
         self.rope = Rope(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings)
         self.stats = EngineStats()
-        self._head_groups = ["head", "embed"] if c.tie_word_embeddings else ["head"]
+        self._head_groups = [HEAD, EMBED] if c.tie_word_embeddings else [HEAD]
 
     # -- state ----------------------------------------------------------------------------------------------
     def new_cache(self, max_len: int | None = None) -> KVCache:
@@ -104,15 +107,15 @@ class Engine:
         pos = np.arange(cache.length, cache.length + T)
         cos, sin = self.rope.cos_sin(pos)
 
-        src.hint(["embed", layer_group(0)])
-        x = src.get("embed")["embed"].rows(tokens)  # [T, H]
-        src.release("embed")
+        src.hint([EMBED, layer_group(0)])
+        x = src.get(EMBED)[EMBED].rows(tokens)  # [T, H]
+        src.release(EMBED)
 
         for i in range(c.num_layers):
             g = layer_group(i)
             w = src.get(g)
             src.hint([layer_group(i + 1)] if i + 1 < c.num_layers else self._head_groups)
-            p = f"layers.{i}."
+            p = layer_prefix(i)
             # attention block
             h = rmsnorm(x, _vec(w[p + "attn_norm"]), c.rms_norm_eps)
             x = x + self._attention(i, w, p, h, pos, cos, sin, cache)
@@ -124,20 +127,20 @@ class Engine:
             elif p + "ffn.gate" in w:
                 x = x + swiglu(h, w[p + "ffn.gate"], w[p + "ffn.up"], w[p + "ffn.down"], c.hidden_act)
             else:  # row-column bundled FFN in its own group (streaming: computed from a neuron window)
-                x = x + run_bundled_ffn(src, i, h, c.hidden_act)
+                x = x + self._bundled_ffn(i, h)
             src.release(g)
         cache.advance(T)
 
         if last_only:
             x = x[-1:]
-        head = src.get("head")
-        h = rmsnorm(x, _vec(head["norm"]), c.rms_norm_eps)
+        head = src.get(HEAD)
+        h = rmsnorm(x, _vec(head[FINAL_NORM]), c.rms_norm_eps)
         if c.tie_word_embeddings:
-            logits = linear(h, src.get("embed")["embed"])
-            src.release("embed")
+            logits = linear(h, src.get(EMBED)[EMBED])
+            src.release(EMBED)
         else:
-            logits = linear(h, head["lm_head"])
-        src.release("head")
+            logits = linear(h, head[LM_HEAD])
+        src.release(HEAD)
         return logits.astype(np.float32, copy=False)
 
     def _attention(self, i: int, w: dict[str, QTensor], p: str, h: np.ndarray, pos: np.ndarray,
@@ -162,6 +165,23 @@ class Engine:
         o = attention(q, K, V, pos, np.arange(start, end), c.sliding_window)
         return linear(o.reshape(T, c.num_heads * D), w[p + "wo"])
 
+    def _bundled_ffn(self, i: int, h: np.ndarray) -> np.ndarray:
+        """The FFN of a bundled layer ``i``: fetch group ``layers.{i}.ffn_bundled``, compute ``h`` ``[T, H]``
+        through it (every neuron of a resident :class:`NeuronBundles`; a streaming source hands an object whose
+        ``.ffn(x, act)`` computes the active neurons of its neuron window), release the group."""
+        g, src = ffn_group(i), self.source
+        try:
+            t = src.get(g)[ffn_tensor(i)]
+        except KeyError:
+            raise BundleError(f"layer {i} has neither ffn.gate/up/down nor a bundled FFN group {g!r} (corrupt "
+                              "manifest?); re-export the bundle") from None
+        try:
+            if isinstance(t, NeuronBundles):
+                return dense_bundled_ffn(h, t, self.config.hidden_act)
+            return t.ffn(h, self.config.hidden_act)
+        finally:
+            src.release(g)
+
     def _moe(self, i: int, w: dict[str, QTensor], p: str, h: np.ndarray) -> np.ndarray:
         """Sparse MoE block of layer ``i``: route, then fetch and run only the experts some token chose."""
         c, src = self.config, self.source
@@ -172,7 +192,7 @@ class Engine:
         def run_expert(e: int, xs: np.ndarray) -> np.ndarray:
             g = expert_group(i, e)
             ew = src.get(g)
-            pe = f"{g}."
+            pe = expert_prefix(i, e)
             y = swiglu(xs, ew[pe + "gate"], ew[pe + "up"], ew[pe + "down"])
             src.release(g)
             self.stats.expert_fetches += 1

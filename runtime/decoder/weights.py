@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ..kernels.quant import QTensor
-from .bundle import Bundle
-from .config import ModelConfig
+from ...kernels.quant import QTensor
+from ..bundle.reader import Bundle
+from ..bundle.config import ModelConfig
 
 
 @runtime_checkable
@@ -39,14 +39,6 @@ class WeightSource(Protocol):
     def close(self) -> None:
         """Release files, threads and buffers."""
         ...
-
-
-def layer_group(i: int) -> str:
-    return f"layers.{i}"
-
-
-def expert_group(i: int, e: int) -> str:
-    return f"layers.{i}.experts.{e}"
 
 
 class ResidentWeights:

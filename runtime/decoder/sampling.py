@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import OptionError
+from ...errors import OptionError
 
 
 class Sampler:

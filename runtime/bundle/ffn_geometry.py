@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError
-from ..kernels.linear import BLOCK_BYTES, dequantize_rows_into, linear
-from ..kernels.quant import QTensor
-from ..kernels.swiglu import ACTIVATIONS
+from ...errors import BundleError
+from .names import ffn_group, ffn_tensor  # noqa: F401 (the layout's names)
+from .schemes import SCHEMES, QTensor, get_scheme
 
 LAYOUT = "neuron_bundles"
 MATRIX = "matrix"
@@ -36,16 +35,6 @@ LAYOUTS = (MATRIX, LAYOUT)  # tensor layouts this edgespool reads
 BUNDLE_ALIGN = 512  # O_DIRECT logical block size: bundle sizes are multiples of it
 VECTORS = ("gate", "up", "down")  # order of the vectors in a bundle (down stored as a column = row of down.T)
 PART_ALIGN = 16
-
-
-def ffn_group(i: int) -> str:
-    """The streaming group of layer ``i``'s bundled FFN."""
-    return f"layers.{i}.ffn_bundled"
-
-
-def ffn_tensor(i: int) -> str:
-    """The tensor name of layer ``i``'s bundled FFN."""
-    return f"layers.{i}.ffn.bundles"
 
 
 def _up(n: int, a: int) -> int:
@@ -64,17 +53,12 @@ class BundleGeometry:
     @property
     def data_bytes(self) -> int:
         """Bytes of one vector's data (``H`` values in the scheme)."""
-        H = self.hidden
-        return {"f32": 4 * H, "f16": 2 * H, "int8": H, "int4": H // 2}[self.scheme]
+        return get_scheme(self.scheme).row_data_bytes(self.hidden)
 
     @property
     def scale_bytes(self) -> int:
         """Bytes of one vector's scales (int8: one float32; int4: float16 per group; f32/f16: none)."""
-        if self.scheme == "int8":
-            return 4
-        if self.scheme == "int4":
-            return 2 * (self.hidden // self.group_size)
-        return 0
+        return get_scheme(self.scheme).row_scale_bytes(self.hidden, self.group_size)
 
     def data_offset(self, k: int) -> int:
         return k * _up(self.data_bytes, PART_ALIGN)
@@ -106,7 +90,7 @@ class BundleGeometry:
             I, H = (int(v) for v in rec["shape"])
             b = rec["bundle"]
             geo = cls(rec["scheme"], I, H, int(b.get("group_size", 0)))
-            ok = (rec["scheme"] in ("f32", "f16", "int8", "int4") and list(b["vectors"]) == list(VECTORS)
+            ok = (rec["scheme"] in SCHEMES and list(b["vectors"]) == list(VECTORS)
                   and int(b["bytes"]) == geo.bundle_bytes
                   and list(rec["parts"]["data"]["shape"]) == [I, geo.bundle_bytes])
         except (KeyError, TypeError, ValueError) as e:
@@ -159,10 +143,6 @@ class NeuronBundles:
     def nbytes(self) -> int:
         return int(self.data.nbytes)
 
-    def ffn(self, x: np.ndarray, act: str = "relu") -> np.ndarray:
-        """The FFN of ``x`` ``[T, H]`` over every neuron (resident mode): :func:`dense_bundled_ffn`."""
-        return dense_bundled_ffn(x, self, act)
-
     def vectors(self, rows: np.ndarray | None = None) -> tuple[QTensor, QTensor, QTensor]:
         """(gate ``[n, H]``, up ``[n, H]``, down_t ``[n, H]``) QTensors of bundles ``rows`` (all when None), as
         contiguous copies."""
@@ -173,24 +153,13 @@ def unpack_bundles(geo: BundleGeometry, rows: np.ndarray) -> tuple[QTensor, QTen
     """(gate, up, down_t) QTensors ``[n, H]`` of bundle rows ``rows`` (uint8 ``[n, bundle_bytes]``), copied into
     contiguous arrays (values exactly as stored)."""
     n, H = rows.shape[0], geo.hidden
+    spec = get_scheme(geo.scheme)
     db, sb = geo.data_bytes, geo.scale_bytes
     out = []
     for k in range(len(VECTORS)):
         raw = np.ascontiguousarray(rows[:, geo.data_offset(k): geo.data_offset(k) + db])
-        scale = None
-        if geo.scheme == "f32":
-            data = raw.view(np.float32).reshape(n, H)
-        elif geo.scheme == "f16":
-            data = raw.view(np.float16).reshape(n, H)
-        elif geo.scheme == "int8":
-            data = raw.view(np.int8).reshape(n, H)
-        else:
-            data = raw.reshape(n, H // 2)
-        if sb:
-            rs = np.ascontiguousarray(rows[:, geo.scale_offset(k): geo.scale_offset(k) + sb])
-            scale = rs.view(np.float32).reshape(n) if geo.scheme == "int8" else \
-                rs.view(np.float16).reshape(n, H // geo.group_size)
-        out.append(QTensor(geo.scheme, (n, H), data, scale, geo.group_size if geo.scheme == "int4" else 0))
+        rs = np.ascontiguousarray(rows[:, geo.scale_offset(k): geo.scale_offset(k) + sb]) if sb else None
+        out.append(spec.rows_from_bytes(raw, rs, n, H, geo.group_size))
     return out[0], out[1], out[2]
 
 
@@ -202,7 +171,7 @@ def pack_bundles(gate: QTensor, up: QTensor, down_t: QTensor) -> NeuronBundles:
         raise BundleError("neuron bundles need gate, up and down.T of one scheme and one [I, H] shape, got "
                           + ", ".join(f"{q.scheme}{tuple(q.shape)}" for q in qs))
     I, H = (int(v) for v in gate.shape)
-    geo = BundleGeometry(gate.scheme, I, H, gate.group_size if gate.scheme == "int4" else 0)
+    geo = BundleGeometry(gate.scheme, I, H, get_scheme(gate.scheme).group_size(gate.group_size))
     buf = np.zeros((I, geo.bundle_bytes), np.uint8)
     for k, q in enumerate(qs):
         d, s = _vector_bytes(q)
@@ -210,60 +179,3 @@ def pack_bundles(gate: QTensor, up: QTensor, down_t: QTensor) -> NeuronBundles:
         if s is not None:
             buf[:, geo.scale_offset(k): geo.scale_offset(k) + geo.scale_bytes] = s
     return NeuronBundles(geo, buf)
-
-
-# -- compute --------------------------------------------------------------------------------------------------
-def linear_t(x: np.ndarray, w: QTensor) -> np.ndarray:
-    """``x @ W`` for ``x`` ``[T, I]`` and a 2-D weight ``w`` ``[I, H]`` (the down projection stored as columns):
-    ``[T, H]``, dequantising at most :data:`~edgespool.kernels.linear.BLOCK_BYTES` of rows at a time."""
-    I, H = (int(v) for v in w.shape)
-    x = np.asarray(x, np.float32).reshape(-1, I)
-    if w.scheme == "f32":
-        return x @ w.data
-    y = np.zeros((x.shape[0], H), np.float32)
-    step = max(1, BLOCK_BYTES // (4 * H))
-    buf = np.empty(min(I, step) * H, np.float32)
-    nib = np.empty(min(I, step) * H, np.uint8)
-    for r0 in range(0, I, step):
-        r1 = min(I, r0 + step)
-        y += x[:, r0:r1] @ dequantize_rows_into(w, r0, r1, buf, nib)
-    return y
-
-
-def bundled_ffn(x: np.ndarray, gate: QTensor, up: QTensor, down_t: QTensor, act: str = "relu",
-                pre: np.ndarray | None = None) -> np.ndarray:
-    """Gated FFN ``down(act(gate x) * up x)`` of ``x`` ``[T, H]`` from bundle vectors (``down_t`` = ``down.T``,
-    ``[I, H]``) -> ``[T, H]``. ``pre``: the gate pre-activations ``[T, I]`` when already computed (a predictor)."""
-    h = ACTIVATIONS[act](linear(x, gate) if pre is None else pre)
-    h *= linear(x, up)
-    return linear_t(h, down_t)
-
-
-def dense_bundled_ffn(x: np.ndarray, t: NeuronBundles, act: str = "relu") -> np.ndarray:
-    """The FFN of all neurons of a bundled tensor (resident or pinned): neuron blocks of at most
-    :data:`~edgespool.kernels.linear.BLOCK_BYTES` of bundles are unpacked and multiplied in turn (bounded
-    temporaries, no second copy of the weights). Equals the matrix layout's FFN up to float summation order (and,
-    for int8/int4, the per-neuron quantisation of ``down``)."""
-    geo = t.geometry
-    x = np.asarray(x, np.float32)
-    y = np.zeros((*x.shape[:-1], geo.hidden), np.float32)
-    step = max(1, BLOCK_BYTES // geo.bundle_bytes)
-    for r0 in range(0, geo.neurons, step):
-        y += bundled_ffn(x, *unpack_bundles(geo, t.data[r0: r0 + step]), act=act)
-    return y
-
-
-def run_bundled_ffn(source: Any, i: int, x: np.ndarray, act: str) -> np.ndarray:
-    """The engine's FFN step for a bundled layer ``i``: fetch group ``layers.{i}.ffn_bundled`` from the weight
-    source, compute ``x`` ``[T, H]`` through it (``.ffn(x, act)``: every neuron for a resident
-    :class:`NeuronBundles`, the active neurons of a neuron window for a streaming source), release the group."""
-    g = ffn_group(i)
-    try:
-        t = source.get(g)[ffn_tensor(i)]
-    except KeyError:
-        raise BundleError(f"layer {i} has neither ffn.gate/up/down nor a bundled FFN group {g!r} (corrupt "
-                          "manifest?); re-export the bundle") from None
-    try:
-        return t.ffn(x, act)
-    finally:
-        source.release(g)

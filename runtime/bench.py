@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError
-from .bundle import Bundle
-from .engine import Engine
-from .weights import ResidentWeights
+from .bundle.reader import Bundle
+from .decoder.engine import Engine
+from ..units import peak_rss_bytes
+from .decoder.weights import ResidentWeights
 
 MiB = 1 << 20
 
@@ -75,9 +76,7 @@ def process_rss() -> int:
 
 
 def peak_process_rss() -> int:
-    """Largest resident set of this process so far (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
-    from .api import peak_rss_bytes
-
+    """Largest resident set of this process so far (:func:`edgespool.units.peak_rss_bytes`)."""
     return peak_rss_bytes()
 
 
@@ -169,7 +168,7 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
     base_cg, _ = cgroup_memory()
     limiter = stream_options.get("rate_limiter")
     if limiter is None:
-        from ..offload.ratelimit import from_env
+        from .bundle.ratelimit import from_env
 
         limiter = from_env()
         if limiter is not None and memory_budget is not None:

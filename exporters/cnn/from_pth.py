@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelFormatError, OptionError
-from ..runtime.cnn_graph import CnnGraph, Node
+from ...errors import ModelFormatError, OptionError
+from ...runtime.bundle.cnn_graph import CnnGraph, Node
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16, "LongStorage": np.int64,

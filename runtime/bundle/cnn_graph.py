@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelFormatError
+from ...errors import ModelFormatError
 
 SPATIAL_OPS = ("conv", "maxpool", "avgpool", "add", "mul", "concat", "act")  # ops that can run on a patch
 OPS = SPATIAL_OPS + ("gap", "gemm", "reshape")

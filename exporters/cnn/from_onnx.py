@@ -1,4 +1,4 @@
-"""Import an ONNX CNN (batch 1, NCHW) into the CNN graph IR (:mod:`edgespool.runtime.cnn_graph`).
+"""Import an ONNX CNN (batch 1, NCHW) into the CNN graph IR (:mod:`edgespool.runtime.bundle.cnn_graph`).
 
 Supported ONNX ops: Conv (grouped / depthwise / dilated / strided, auto_pad), BatchNormalization (folded into the
 preceding Conv, else a 1x1 depthwise conv), Relu, Clip (Relu6), Sigmoid, HardSigmoid, HardSwish, Add, Mul (SE),
@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ModelFormatError, OptionError, UnsupportedModelError
-from ..runtime.cnn_graph import CnnGraph, Node
+from ...errors import ModelFormatError, OptionError, UnsupportedModelError
+from ...runtime.bundle.cnn_graph import CnnGraph, Node
 
 SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Add", "Mul",
                  "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Gemm", "MatMul", "Flatten",
@@ -126,7 +126,7 @@ def load_onnx_cnn(model_path: str | os.PathLike, input_shape: Sequence[int] | No
         return consts[name]
 
     def emit(node: Node) -> None:
-        from ..runtime.cnn_graph import node_output_shape
+        from ...runtime.bundle.cnn_graph import node_output_shape
 
         node.inputs = [t(i) for i in node.inputs]
         shapes[node.output] = node_output_shape(node, [shapes[i] for i in node.inputs], str(path))

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ModelFormatError, OptionError
-from .bundle import Bundle
+from ...errors import ModelFormatError, OptionError
+from ..bundle.reader import Bundle
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,7 +75,7 @@ def run_image(bundle_dir: str | os.PathLike, image_path: str | os.PathLike | np.
     """Classify one image with a CNN bundle; patch-based when the bundle has a patch plan and ``patched``.
 
     Returns ``[(class_id, label or None, probability), ...]`` best first."""
-    from .cnn_bundle import CnnBundle
+    from .bundle import CnnBundle
 
     b = CnnBundle(bundle_dir)
     x = preprocess(image_path, b.resolution)
@@ -89,7 +89,7 @@ def print_classification(bundle: "str | os.PathLike | object", image: str | os.P
     (``rank  class_id  probability  label``) and the peak activation memory held, or a JSON object."""
     import json
 
-    from .cnn_bundle import CnnBundle
+    from .bundle import CnnBundle
 
     if image is None:
         raise OptionError("--image is required to run a CNN bundle")

@@ -1,8 +1,8 @@
 """``export_cnn``: ONNX / .pth CNN -> CNN bundle (graph, f32 or int8 weights, patch plan; C project for MCUs).
 
 The bundle is a normal edgespool bundle directory (magic, schema version, ``weights.bin`` with CRC-checked tensor
-records, so :class:`~edgespool.runtime.bundle.Bundle` opens it) with ``"kind": "cnn"`` and a ``cnn`` manifest
-section described in :mod:`edgespool.runtime.cnn_bundle`. For ``mcu-*`` targets the self-contained C project is
+records, so :class:`~edgespool.runtime.bundle.reader.Bundle` opens it) with ``"kind": "cnn"`` and a ``cnn`` manifest
+section described in :mod:`edgespool.runtime.cnn.bundle`. For ``mcu-*`` targets the self-contained C project is
 written to ``<bundle>/mcu/`` (see :mod:`.mcu_c`) and its flash/SRAM figures are checked and recorded.
 """
 from __future__ import annotations
@@ -16,16 +16,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import __version__
-from ..errors import BudgetError, OptionError
-from ..runtime.bundle_format import MAGIC, MANIFEST, PART_ALIGNMENT, SCHEMA_VERSION, WEIGHTS, align_up
-from ..runtime.cnn_api import IMAGENET_MEAN, IMAGENET_STD, preprocess
-from ..runtime.cnn_bundle import attrs_to_json
-from ..runtime.cnn_graph import CnnGraph
-from ..runtime.cnn_quant import QuantCnn, calibrate_and_quantize
-from ..schedulers.patch_plan import PatchPlan, plan_patches
-from ..targets.profiles import TargetProfile, get_target
-from .bundle_writer import prepare_output_dir
+from ... import __version__
+from ...errors import BudgetError, OptionError
+from ...runtime.bundle.constants import MAGIC, MANIFEST, PART_ALIGNMENT, SCHEMA_VERSION, WEIGHTS, align_up
+from ...runtime.cnn.api import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from ...runtime.cnn.bundle import attrs_to_json
+from ...runtime.bundle.cnn_graph import CnnGraph
+from ...runtime.cnn.quant import QuantCnn, calibrate_and_quantize
+from ...schedulers.patch_plan import PatchPlan, plan_patches
+from ...targets.profiles import TargetProfile, get_target
+from ..bundle_writer import prepare_output_dir
 
 CNN_SUFFIXES = (".onnx", ".pth", ".pt")
 
@@ -36,11 +36,11 @@ def load_cnn(model_path: str | os.PathLike, *, input_shape: Sequence[int] | None
     p = Path(model_path)
     suffix = p.suffix.lower()
     if suffix == ".onnx":
-        from .cnn_onnx import load_onnx_cnn
+        from .from_onnx import load_onnx_cnn
 
         return load_onnx_cnn(p, input_shape)
     if suffix in (".pth", ".pt"):
-        from .cnn_torch import load_torch_cnn
+        from .from_pth import load_torch_cnn
 
         if input_shape is not None:
             shp = [int(v) for v in input_shape]

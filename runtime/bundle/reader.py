@@ -15,11 +15,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import BundleError
-from ..kernels.quant import QTensor
-from .bundle_format import MAGIC, MANIFEST, MAX_SCHEMA_VERSION, PART_DTYPES
+from ...errors import BundleError
+from .constants import MAGIC, MANIFEST, MAX_SCHEMA_VERSION, PART_DTYPES
 from .config import ModelConfig
-from .ffn_bundles import LAYOUT as NEURON_BUNDLES, LAYOUTS, MATRIX, BundleGeometry, NeuronBundles
+from .ffn_geometry import LAYOUT as NEURON_BUNDLES, LAYOUTS, MATRIX, BundleGeometry, NeuronBundles
+from .schemes import QTensor
 
 
 @dataclass(frozen=True)

@@ -8,25 +8,14 @@ holds enough tokens. ``from_env()`` returns the limiter the rig asked for throug
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 
-from ..errors import OptionError
+from ...errors import OptionError
+from ...units import parse_rate
 
 ENV_BANDWIDTH = "EDGESPOOL_IO_BANDWIDTH"
 ENV_IOPS = "EDGESPOOL_IO_IOPS"
-
-_UNITS = {"": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
-
-
-def _parse_rate(text: str, name: str) -> float:
-    m = re.match(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*(?:/s)?\s*$", text)
-    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
-        raise OptionError(f"{name}={text!r}: expected a positive rate such as 90000000 or 90MB/s")
-    return float(m.group(1)) * _UNITS[m.group(2).lower()]
-
 
 class RateLimiter:
     """Token bucket: at most ``bytes_per_s`` on average (and ``ops_per_s`` calls, if given), with a burst of
@@ -69,6 +58,6 @@ def from_env(environ: dict[str, str] | None = None) -> RateLimiter | None:
     iops = env.get(ENV_IOPS, "").strip()
     if not bw and not iops:
         return None
-    bps = _parse_rate(bw, ENV_BANDWIDTH) if bw else float("inf")
-    ops = _parse_rate(iops, ENV_IOPS) if iops else None
+    bps = float(parse_rate(bw, ENV_BANDWIDTH)) if bw else float("inf")
+    ops = float(parse_rate(iops, ENV_IOPS)) if iops else None
     return RateLimiter(bps, ops)

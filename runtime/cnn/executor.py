@@ -12,7 +12,7 @@ Two numeric modes:
   activations (TFLite-style; parameters from :mod:`.cnn_quant`). Accumulators are exact integers (computed in
   float64, which is exact here) plus an int32 bias; requantisation is ``q = clamp(rint(float32(acc) * m) + zp)``
   with a float32 multiplier ``m`` -- the same operations, in the same order, as the generated C kernels
-  (:mod:`edgespool.exporters.mcu_c`), so both give bit-identical int8 results.
+  (:mod:`edgespool.exporters.cnn.mcu_c`), so both give bit-identical int8 results.
 
 Memory accounting: the executor tracks the activation arrays it actually holds (inputs, outputs, residual
 branches, the stage-1 output buffer, the network input) and reports, per node, the bytes held while it runs; kernel
@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import OptionError
-from .cnn_graph import CnnGraph, Node
+from ...errors import OptionError
+from ..bundle.cnn_graph import CnnGraph, Node
 
 if TYPE_CHECKING:
-    from ..schedulers.patch_plan import PatchPlan
-    from .cnn_quant import QuantCnn
+    from ...schedulers.patch_plan import PatchPlan
+    from .quant import QuantCnn
 
 Box = tuple[int, int, int, int]
 

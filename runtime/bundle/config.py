@@ -27,7 +27,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..errors import BundleError
+from ...errors import BundleError
+from .names import expert_prefix, layer_prefix
 
 # Architecture registry: plain data (MLC-LLM habit). The value says what the architecture has.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -107,7 +108,7 @@ class ModelConfig:
         q, kv = self.num_heads * D, self.num_kv_heads * D
         out: dict[str, tuple[int, ...]] = {"embed": (V, H)}
         for i in range(self.num_layers):
-            p = f"layers.{i}."
+            p = layer_prefix(i)
             out[p + "attn_norm"] = (H,)
             out[p + "wq"], out[p + "wk"], out[p + "wv"] = (q, H), (kv, H), (kv, H)
             if self.attention_bias:
@@ -124,7 +125,7 @@ class ModelConfig:
                     out[p + "shared_gate"] = (1, H)
                 M = self.moe_intermediate_size
                 for e in range(self.num_experts):
-                    pe = f"{p}experts.{e}."
+                    pe = expert_prefix(i, e)
                     out[pe + "gate"], out[pe + "up"], out[pe + "down"] = (M, H), (M, H), (H, M)
             else:
                 I = self.intermediate_size
@@ -133,43 +134,3 @@ class ModelConfig:
         if not self.tie_word_embeddings:
             out["lm_head"] = (V, H)
         return out
-
-
-def group_of(name: str) -> str:
-    """The streaming group a canonical tensor belongs to: ``embed``, ``layers.{i}``, ``layers.{i}.experts.{e}``,
-    or ``head`` (final norm + lm_head). A group is the unit the runtime fetches and is contiguous in the bundle."""
-    if name == "embed":
-        return "embed"
-    if name in ("norm", "lm_head"):
-        return "head"
-    parts = name.split(".")
-    if parts[0] == "layers":
-        if len(parts) > 3 and parts[2] == "experts":
-            return ".".join(parts[:4])
-        return ".".join(parts[:2])
-    raise BundleError(f"tensor {name!r} has no streaming group")
-
-
-def tensor_class(name: str) -> str:
-    """Coarse class of a tensor for reports and quantisation policy: embed, attn, ffn, expert, shared_expert,
-    router, norm, bias, lm_head."""
-    last = name.split(".")[-1]
-    if name == "embed":
-        return "embed"
-    if name == "lm_head":
-        return "lm_head"
-    if last.endswith("norm"):
-        return "norm"
-    if last in ("bq", "bk", "bv"):
-        return "bias"
-    if last in ("router", "shared_gate"):
-        return "router"
-    if ".experts." in name:
-        return "expert"
-    if ".shared." in name:
-        return "shared_expert"
-    if ".ffn." in name:
-        return "ffn"
-    return "attn"
-
-

@@ -15,8 +15,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..errors import OptionError
-from .cnn_graph import CnnGraph, Node
+from ...errors import OptionError
+from ..bundle.cnn_graph import CnnGraph, Node
 
 
 @dataclass
@@ -75,7 +75,7 @@ class QuantCnn:
 
 def tensor_ranges(graph: CnnGraph, inputs: Iterable[np.ndarray]) -> dict[str, tuple[float, float]]:
     """min/max of every tensor over the calibration ``inputs`` (float32 [C, H, W] each), float32 execution."""
-    from .cnn_exec import CnnRunner
+    from .executor import CnnRunner
 
     runner = CnnRunner(graph)
     ranges: dict[str, tuple[float, float]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..errors import BundleError
+from ...errors import BundleError
 
 
 class BundleTokenizer:

@@ -1,7 +1,7 @@
-"""CnnBundle: read a CNN bundle (``"kind": "cnn"``) written by :func:`edgespool.exporters.cnn_export.export_cnn`.
+"""CnnBundle: read a CNN bundle (``"kind": "cnn"``) written by :func:`edgespool.exporters.cnn.export.export_cnn`.
 
 Layout (on top of the common bundle: magic, schema version, ``weights.bin`` with the usual tensor records that
-:class:`~edgespool.runtime.bundle.Bundle` validates and CRC-checks)::
+:class:`~edgespool.runtime.bundle.reader.Bundle` validates and CRC-checks)::
 
     manifest["cnn"] = {
       "graph":   {"name", "input", "input_shape", "output", "nodes": [{"name", "op", "inputs", "output", "attrs",
@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError
-from .bundle import Bundle
-from .cnn_exec import CnnRunner, RunResult
-from .cnn_graph import CnnGraph, Node
-from .cnn_quant import QuantCnn
+from ...errors import BundleError
+from ..bundle.reader import Bundle
+from .executor import CnnRunner, RunResult
+from ..bundle.cnn_graph import CnnGraph, Node
+from .quant import QuantCnn
 
 
 def attrs_to_json(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class CnnBundle:
                     n.weights = {"w": w * qn["w_scale"].reshape((-1,) + (1,) * (w.ndim - 1)),
                                  "b": qn["bias"].astype(np.float32)}
         self.graph = CnnGraph(g["name"], g["input"], tuple(g["input_shape"]), g["output"], nodes)
-        from ..schedulers.patch_plan import PatchPlan
+        from ...schedulers.patch_plan import PatchPlan
 
         self.plan = PatchPlan.from_dict(c["plan"], self.graph)
         pre = c.get("preprocess", {})

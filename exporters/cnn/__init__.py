@@ -1,0 +1,1 @@
+"""edgespool.exporters.cnn"""
