@@ -73,7 +73,7 @@ def measure(g: CnnGraph, plan) -> dict:
     from edgespool.exporters.cnn.export import sample_photos
     from edgespool.runtime.cnn.api import preprocess
     from edgespool.runtime.cnn.executor import CnnRunner
-    from edgespool.runtime.cnn.quant import calibrate_and_quantize
+    from edgespool.runtime.cnn.calibrate import calibrate_and_quantize
 
     q = calibrate_and_quantize(g, [preprocess(p, g.input_shape[1]) for p in sample_photos()[:3]])
     r = CnnRunner(g, q)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BundleError, OptionError
-from ..kernels.quant import QTensor
+from ..runtime.bundle.schemes import QTensor, get_scheme
 from ..runtime.bundle.constants import (
     ALIGNMENT, MAGIC, MANIFEST, NEURON_BUNDLES_SCHEMA_VERSION, PART_ALIGNMENT, SCHEMA_VERSION, TOKENIZER, WEIGHTS,
     align_up,
@@ -40,7 +40,7 @@ def expected_tensors(config: ModelConfig, ffn_layout: str = "matrix") -> list[tu
     for name, shape in config.tensor_shapes().items():
         if ffn_layout == "bundled" and ".ffn." in name:
             if name.endswith(".ffn.gate"):
-                out.append((ffn_tensor(int(name.split(".")[1])), shape))
+                out.append((ffn_tensor(layer_of(name)), shape))
             continue
         out.append((name, shape))
     return out
@@ -66,6 +66,88 @@ def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
                 raise OptionError(f"output {out_dir} already holds a bundle; pass --force to replace it")
 
 
+class BundleFiles:
+    """The one bundle writer under both kinds (decoder and CNN): a hidden staging directory beside ``out_dir``,
+    ``weights.bin`` written tensor record by tensor record (CRC32 per record), extra files, and :meth:`publish`,
+    which writes manifest.json last and moves the finished directory into place. Nothing is written into
+    ``out_dir`` before that; an existing directory is only replaced when it is itself a bundle and ``overwrite``
+    is set (:func:`prepare_output_dir`)."""
+
+    def __init__(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        prepare_output_dir(self.out_dir, overwrite)
+        self.stage = self.out_dir.parent / f".{self.out_dir.name}.partial-{os.getpid()}"
+        if self.stage.exists():
+            shutil.rmtree(self.stage)
+        self.stage.mkdir(parents=True)
+        self._f = open(self.stage / WEIGHTS, "wb")
+        self.pos = 0
+        self.tensors: dict[str, dict[str, Any]] = {}
+        self.published = False
+
+    def write_tensor(self, name: str, group: str, scheme: str, shape: tuple[int, ...],
+                     parts: list[tuple[str, np.ndarray]], align: int = ALIGNMENT, **extra: Any) -> dict[str, Any]:
+        """Append one tensor record (its ``parts`` each :data:`PART_ALIGNMENT`-aligned inside the record, the
+        record ``align``-aligned in the file) and return the record (also kept in :attr:`tensors`)."""
+        if self._f.closed:
+            raise BundleError(f"write_tensor({name!r}) after the weights file was closed")
+        start = align_up(self.pos, align)
+        self._pad_to(start)
+        crc = 0
+        recs: dict[str, Any] = {}
+        for pname, arr in parts:
+            rel = align_up(self.pos - start, PART_ALIGNMENT)
+            self._pad_to(start + rel)
+            buf = np.ascontiguousarray(arr).tobytes()
+            self._f.write(buf)
+            self.pos += len(buf)
+            crc = zlib.crc32(buf, crc)
+            recs[pname] = {"offset": rel, "nbytes": len(buf), "dtype": arr.dtype.name, "shape": list(arr.shape)}
+        rec = {"group": group, "scheme": scheme, "shape": list(shape), "offset": start, "nbytes": self.pos - start,
+               "crc32": crc, "parts": recs, **extra}
+        self.tensors[name] = rec
+        return rec
+
+    def _pad_to(self, pos: int) -> None:
+        if pos > self.pos:
+            self._f.write(b"\0" * (pos - self.pos))
+            self.pos = pos
+
+    def close_weights(self, align: int = ALIGNMENT) -> int:
+        """Pad and close weights.bin; returns its size."""
+        if not self._f.closed:
+            self._pad_to(align_up(self.pos, align))
+            self._f.close()
+        return self.pos
+
+    def stage_path(self, rel: str) -> Path:
+        """Path inside the staging directory where an extra file (tokenizer, ONNX, kernels) may be written."""
+        if self.published:
+            raise BundleError("stage_path() after the bundle was published")
+        p = self.stage / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def publish(self, manifest: dict[str, Any]) -> Path:
+        """Write manifest.json (magic and schema first) and move the staged bundle to ``out_dir``."""
+        self.close_weights()
+        (self.stage / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        if self.out_dir.exists():
+            shutil.rmtree(self.out_dir)
+        os.replace(self.stage, self.out_dir)
+        self.published = True
+        return self.out_dir
+
+    def abort(self) -> None:
+        """Remove the staging directory (an export that failed half-way leaves nothing)."""
+        try:
+            self._f.close()
+        except Exception:
+            pass
+        shutil.rmtree(self.stage, ignore_errors=True)
+        self.published = True
+
+
 class BundleWriter:
     """Writes tensors in layout order into a staging directory, then publishes it atomically on :meth:`finish`."""
 
@@ -73,20 +155,14 @@ class BundleWriter:
                  meta: dict[str, Any] | None = None, ffn_layout: str = "matrix") -> None:
         if ffn_layout not in FFN_LAYOUTS:
             raise OptionError(f"FFN layout {ffn_layout!r} is unknown; valid: {', '.join(FFN_LAYOUTS)}")
-        self.out_dir = Path(out_dir)
-        prepare_output_dir(self.out_dir, overwrite)
+        self.files = BundleFiles(out_dir, overwrite)
+        self.out_dir, self.stage = self.files.out_dir, self.files.stage
         self.ffn_layout = ffn_layout
         self.config = config
         self.meta = dict(meta or {})
-        self.stage = self.out_dir.parent / f".{self.out_dir.name}.partial-{os.getpid()}"
-        if self.stage.exists():
-            shutil.rmtree(self.stage)
-        self.stage.mkdir(parents=True)
         self._expected = expected_tensors(config, ffn_layout)
         self._next = 0
-        self._f = open(self.stage / WEIGHTS, "wb")
-        self._pos = 0
-        self.tensors: dict[str, dict[str, Any]] = {}
+        self.tensors = self.files.tensors
         self.groups: dict[str, dict[str, Any]] = {}
         self._tokenizer: dict[str, Any] | None = None
         self._extras: dict[str, Any] = {}
@@ -111,31 +187,17 @@ class BundleWriter:
         if tuple(t.shape) != tuple(shape):
             raise BundleError(f"tensor {name!r}: shape {tuple(t.shape)} does not match the config's {tuple(shape)}")
         self._next += 1
-        start = align_up(self._pos, ALIGNMENT)
-        self._pad_to(start)
-        crc = 0
-        parts: dict[str, Any] = {}
-        for pname, arr in _parts(t):
-            rel = align_up(self._pos - start, PART_ALIGNMENT)
-            self._pad_to(start + rel)
-            buf = arr.tobytes()
-            self._f.write(buf)
-            self._pos += len(buf)
-            crc = zlib.crc32(buf, crc)
-            parts[pname] = {"offset": rel, "nbytes": len(buf), "dtype": arr.dtype.name, "shape": list(arr.shape)}
         bundled = isinstance(t, NeuronBundles)
         if bundled != name.endswith(".ffn.bundles"):
             raise BundleError(f"tensor {name!r}: {'neuron bundles' if bundled else 'a matrix'} given, expected "
                               f"{'a matrix' if bundled else 'neuron bundles'}")
-        g = ffn_group(int(name.split(".")[1])) if bundled else group_of(name)
-        rec = {"group": g, "scheme": t.scheme, "shape": list(t.shape), "offset": start,
-               "nbytes": self._pos - start, "crc32": crc, "parts": parts}
-        if bundled:
-            rec["layout"] = BUNDLED
-            rec["bundle"] = t.geometry.to_dict()
-        if t.scheme == "int4":
-            rec["group_size"] = t.group_size
-        self.tensors[name] = rec
+        g = ffn_group(layer_of(name)) if bundled else group_of(name)
+        extra: dict[str, Any] = {"layout": BUNDLED, "bundle": t.geometry.to_dict()} if bundled else {}
+        if get_scheme(t.scheme).group_size(t.group_size):
+            extra["group_size"] = t.group_size
+        rec = self.files.write_tensor(name, g, t.scheme, tuple(t.shape), _parts(t), **extra)
+        start = rec["offset"]
+        self._pos = self.files.pos
         grp = self.groups.get(g)
         if grp is None:
             self.groups[g] = {"name": g, "offset": start, "nbytes": self._pos - start, "tensors": [name]}
@@ -145,17 +207,12 @@ class BundleWriter:
             grp["nbytes"] = self._pos - grp["offset"]
             grp["tensors"].append(name)
 
-    def _pad_to(self, pos: int) -> None:
-        if pos > self._pos:
-            self._f.write(b"\0" * (pos - self._pos))
-            self._pos = pos
-
     # -- other files ------------------------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer_json: str, *, bos_token_id: int | None, eos_token_ids: list[int],
                       add_bos: bool) -> None:
         """Store the tokenizer (HF `tokenizers` JSON text) and its special-token settings."""
         self._close_tensors()
-        (self.stage / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
+        self.files.stage_path(TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
         self._tokenizer = {"file": TOKENIZER, "bos_token_id": bos_token_id, "eos_token_ids": list(eos_token_ids),
                            "add_bos": bool(add_bos)}
 
@@ -163,9 +220,7 @@ class BundleWriter:
         """Path inside the staging directory where an extra file (ONNX, kernels) may be written."""
         if self._state == "done":
             raise BundleError("stage_path() after finish()")
-        p = self.stage / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
+        return self.files.stage_path(rel)
 
     def read_back(self, name: str) -> QTensor | NeuronBundles:
         """Read a written tensor back from the staged weights file (for lowerings that run after the weights,
@@ -194,9 +249,7 @@ class BundleWriter:
             return
         if self._next != len(self._expected):
             raise BundleError(f"bundle is missing tensors, next expected {self._expected[self._next][0]!r}")
-        end = align_up(self._pos, ALIGNMENT)
-        self._pad_to(end)
-        self._f.close()
+        self._pos = self.files.close_weights()
         self._state = "files"
 
     def finish(self) -> Path:
@@ -220,20 +273,13 @@ class BundleWriter:
             "tensors": self.tensors,
             **self._extras,
         }
-        (self.stage / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         if hasattr(self, "_mm"):
             del self._mm
-        if self.out_dir.exists():
-            shutil.rmtree(self.out_dir)
-        os.replace(self.stage, self.out_dir)
+        self.files.publish(manifest)
         self._state = "done"
         return self.out_dir
 
     def abort(self) -> None:
         """Remove the staging directory (used when an export fails half-way)."""
-        try:
-            self._f.close()
-        except Exception:
-            pass
-        shutil.rmtree(self.stage, ignore_errors=True)
+        self.files.abort()
         self._state = "done"

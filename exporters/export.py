@@ -15,6 +15,8 @@ import numpy as np
 
 from ..errors import ModelFormatError, OptionError, TargetError
 from ..kernels.quant import QTensor
+from ..runtime.bundle.names import layer_of, layer_prefix, parse_tensor
+from ..runtime.bundle.schemes import FLOAT_SCHEMES
 from ..targets import TargetProfile, get_target
 from .bundle_writer import FFN_LAYOUTS, BundleWriter, expected_tensors
 from .compress import CompressionReport, QuantPolicy, compress_tensor
@@ -86,7 +88,7 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
         with _progress(len(shapes), "compress", progress) as bar:
             for name, shape in shapes:
                 if name.endswith(".ffn.bundles"):
-                    writer.add_tensor(name, _bundle_ffn(source, int(name.split(".")[1]), policy, report))
+                    writer.add_tensor(name, _bundle_ffn(source, layer_of(name), policy, report))
                     bar.update(1)
                     continue
                 w = source.tensor(name)
@@ -144,7 +146,7 @@ def _bundle_ffn(source: SourceModel, i: int, policy: QuantPolicy, report: Compre
     the down projection transposed (one column per neuron) and quantised per neuron."""
     from ..runtime.bundle.ffn_geometry import pack_bundles
 
-    p = f"layers.{i}.ffn."
+    p = layer_prefix(i) + "ffn."
     gate, up, down = (source.tensor(p + n) for n in ("gate", "up", "down"))
     I, H = source.config.intermediate_size, source.config.hidden_size
     for n, w, want in (("gate", gate, (I, H)), ("up", up, (I, H)), ("down", down, (H, I))):
@@ -167,13 +169,13 @@ def _canonical_reader(read_back):
     from ..runtime.bundle.ffn_geometry import ffn_tensor
 
     def read(name: str):
-        parts = name.split(".")
-        if len(parts) == 4 and parts[2] == "ffn" and parts[3] in ("gate", "up", "down"):
-            gate, up, down_t = read_back(ffn_tensor(int(parts[1]))).vectors()
-            if parts[3] != "down":
-                return gate if parts[3] == "gate" else up
+        n = parse_tensor(name)
+        if n.layer is not None and n.expert is None and n.leaf in ("ffn.gate", "ffn.up", "ffn.down"):
+            gate, up, down_t = read_back(ffn_tensor(n.layer)).vectors()
+            if n.leaf != "ffn.down":
+                return gate if n.leaf == "ffn.gate" else up
             I, H = down_t.shape
-            if down_t.scheme in ("f32", "f16"):
+            if down_t.scheme in FLOAT_SCHEMES:
                 return QTensor(down_t.scheme, (H, I), np.ascontiguousarray(down_t.data.T))
             return QTensor("f32", (H, I), np.ascontiguousarray(down_t.dequantize().T))
         return read_back(name)

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..runtime.bundle.config import ModelConfig
+from ..runtime.bundle.names import parse_tensor
 from .source import TokenizerSpec
 
 # GGUF general.architecture -> canonical arch (llama becomes mixtral when it has experts)
@@ -300,18 +301,16 @@ class GGUFModel:
         """(GGUF tensor name, expert index into a merged tensor or None) of canonical ``name``."""
         if name in GLOBAL_TENSORS:
             return GLOBAL_TENSORS[name], None
-        parts = name.split(".")
-        if parts[0] == "layers" and len(parts) >= 3 and parts[1].isdigit():
-            i = int(parts[1])
-            if parts[2] == "experts" and len(parts) == 5 and parts[3].isdigit() and parts[4] in EXPERT_TENSORS:
-                e = int(parts[3])
-                merged, single = EXPERT_TENSORS[parts[4]]
+        n = parse_tensor(name)
+        if n.layer is not None:
+            i = n.layer
+            if n.expert is not None and n.leaf in EXPERT_TENSORS:
+                merged, single = EXPERT_TENSORS[n.leaf]
                 if self._has(f"blk.{i}.{merged}"):
-                    return f"blk.{i}.{merged}", e
-                return f"blk.{i}.{single.format(e=e)}", None
-            rest = ".".join(parts[2:])
-            if rest in LAYER_TENSORS:
-                return f"blk.{i}.{LAYER_TENSORS[rest]}", None
+                    return f"blk.{i}.{merged}", n.expert
+                return f"blk.{i}.{single.format(e=n.expert)}", None
+            if n.expert is None and n.leaf in LAYER_TENSORS:
+                return f"blk.{i}.{LAYER_TENSORS[n.leaf]}", None
         raise ModelFormatError(f"{self.path}: {name!r} is not a canonical tensor name")
 
     def tensor(self, name: str) -> np.ndarray:
@@ -329,7 +328,7 @@ class GGUFModel:
             w = dequantize(data, t.tensor_type.name, f"{self.path}: tensor {gname!r}")
         except (ValueError, IndexError) as e:
             raise ModelFormatError(f"{self.path}: tensor {gname!r} is corrupt ({e})") from None
-        last = name.split(".")[-1]
+        last = name.rsplit(".", 1)[-1]
         if self.gguf_arch in PERMUTED_QK_ARCHS and last in ("wq", "bq", "wk", "bk"):
             heads = self.config.num_heads if last in ("wq", "bq") else self.config.num_kv_heads
             w = unpermute_qk(w, heads)

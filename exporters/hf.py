@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..runtime.bundle.config import ModelConfig
+from ..runtime.bundle.names import parse_tensor
 from .hf_config import ARCH_DEFAULTS, HF_ARCHS, SUPPORTED, config_from_hf  # noqa: F401  (re-exported)
 from .source import TokenizerSpec
 
@@ -76,15 +77,9 @@ _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
 
 def _pattern(name: str) -> tuple[str, dict[str, int]]:
     """``layers.3.experts.5.gate`` -> (``layers.{i}.experts.{e}.gate``, {"i": 3, "e": 5})."""
-    parts = name.split(".")
-    idx: dict[str, int] = {}
-    if parts[0] == "layers":
-        idx["i"] = int(parts[1])
-        parts[1] = "{i}"
-        if len(parts) > 3 and parts[2] == "experts":
-            idx["e"] = int(parts[3])
-            parts[3] = "{e}"
-    return ".".join(parts), idx
+    n = parse_tensor(name)
+    idx = {k: v for k, v in (("i", n.layer), ("e", n.expert)) if v is not None}
+    return n.pattern, idx
 
 
 def _read_json(path: Path, required: bool) -> dict[str, Any] | None:

@@ -31,6 +31,8 @@ from onnx import TensorProto, helper
 from ..errors import ModelFormatError, OptionError, UnsupportedModelError
 from ..kernels import rope
 from ..kernels.quant import QTensor, unpack_int4
+from ..runtime.bundle.names import expert_prefix, layer_prefix
+from ..runtime.bundle.schemes import FLOAT_SCHEMES
 from ..runtime.bundle.config import ARCHITECTURES, ModelConfig
 
 MODEL_FILE = "model.onnx"
@@ -227,7 +229,7 @@ class _Lowering:
     def vector(self, name: str) -> str:
         """A 1-D float32 parameter (norm weight, bias) as an initializer."""
         t = self.tensor(name)
-        if t.scheme not in ("f32", "f16"):
+        if t.scheme not in FLOAT_SCHEMES:
             raise UnsupportedModelError(f"tensor {name!r}: 1-D tensors must be f32/f16, found {t.scheme}")
         return self.g.weight(name, t.data.astype(np.float32))
 
@@ -236,24 +238,28 @@ class _Lowering:
         """``x @ W.T (+ bias)`` for canonical weight ``name`` (``[out, in]``) in any scheme."""
         g = self.g
         t = qt if qt is not None else self.tensor(name)
-        n_out, n_in = t.shape
-        if t.scheme in ("f32", "f16"):
-            w = g.weight(name, np.ascontiguousarray(t.data.T))
-            if t.scheme == "f16":
-                w = g.cast(w, TensorProto.FLOAT)
-            y = g.matmul(x, w)
-        elif t.scheme == "int8":
-            q = g.weight(name + ".q", np.ascontiguousarray(t.data.T))
-            s = g.weight(name + ".scale", t.scale.astype(np.float32))
-            z = g.weight(name + ".zero_point", np.zeros(n_out, np.int8))
-            y = g.matmul(x, g.op("DequantizeLinear", [q, s, z], axis=1))
-        elif t.scheme == "int4":
-            y = self._int4_linear(x, name, t)
-        else:
-            raise UnsupportedModelError(f"tensor {name!r}: unknown quantisation scheme {t.scheme!r}")
+        lower = self._LINEAR.get(t.scheme)
+        if lower is None:
+            raise UnsupportedModelError(f"tensor {name!r}: no ONNX lowering for quantisation scheme {t.scheme!r}; "
+                                        f"lowered: {', '.join(self._LINEAR)}")
+        y = lower(self, x, name, t)
         if bias is not None:
             return g.add(y, bias, out=out)
         return g.op("Identity", [y], out=out) if out else y
+
+    def _float_linear(self, x: str, name: str, t: QTensor) -> str:
+        g = self.g
+        w = g.weight(name, np.ascontiguousarray(t.data.T))
+        if t.scheme != "f32":
+            w = g.cast(w, TensorProto.FLOAT)
+        return g.matmul(x, w)
+
+    def _int8_linear(self, x: str, name: str, t: QTensor) -> str:
+        g = self.g
+        q = g.weight(name + ".q", np.ascontiguousarray(t.data.T))
+        s = g.weight(name + ".scale", t.scale.astype(np.float32))
+        z = g.weight(name + ".zero_point", np.zeros(int(t.shape[0]), np.int8))
+        return g.matmul(x, g.op("DequantizeLinear", [q, s, z], axis=1))
 
     def _int4_linear(self, x: str, name: str, t: QTensor) -> str:
         g = self.g
@@ -280,23 +286,37 @@ class _Lowering:
 
     def embedding(self, ids: str, t: QTensor) -> str:
         """Rows ``ids`` of the embedding table ``t`` as float32 ``[batch, seq, hidden]``."""
+        lower = self._EMBEDDING.get(t.scheme)
+        if lower is None:
+            raise UnsupportedModelError(f"tensor 'embed': no ONNX lowering for quantisation scheme {t.scheme!r}; "
+                                        f"lowered: {', '.join(self._EMBEDDING)}")
+        return lower(self, ids, t)
+
+    def _float_embedding(self, ids: str, t: QTensor) -> str:
         g = self.g
-        if t.scheme in ("f32", "f16"):
-            rows = g.gather(g.weight("embed", t.data), ids)
-            return rows if t.scheme == "f32" else g.cast(rows, TensorProto.FLOAT)
-        if t.scheme == "int8":
-            q = g.cast(g.gather(g.weight("embed.q", t.data), ids), TensorProto.FLOAT)
-            s = g.unsqueeze(g.gather(g.weight("embed.scale", t.scale.astype(np.float32)), ids), [-1])
-            return g.mul(q, s)
-        if t.scheme == "int4":
-            gs, H = t.group_size, t.shape[1]
-            b = g.reshape(g.gather(g.weight("embed.q4", t.data), ids), [0, 0, H // gs, gs // 2])  # [B,S,G,g/2]
-            lo = g.op("BitwiseAnd", [b, g.const(15, np.uint8)])
-            hi = g.op("BitShift", [b, g.const(4, np.uint8)], direction="RIGHT")
-            q = g.op("Sub", [g.cast(g.concat([lo, hi], axis=-1), TensorProto.FLOAT), g.const(8.0, np.float32)])
-            s = g.unsqueeze(g.gather(g.weight("embed.scale", t.scale.astype(np.float32)), ids), [-1])  # [B,S,G,1]
-            return g.reshape(g.mul(q, s), [0, 0, H])
-        raise UnsupportedModelError(f"tensor 'embed': unknown quantisation scheme {t.scheme!r}")
+        rows = g.gather(g.weight("embed", t.data), ids)
+        return rows if t.scheme == "f32" else g.cast(rows, TensorProto.FLOAT)
+
+    def _int8_embedding(self, ids: str, t: QTensor) -> str:
+        g = self.g
+        q = g.cast(g.gather(g.weight("embed.q", t.data), ids), TensorProto.FLOAT)
+        s = g.unsqueeze(g.gather(g.weight("embed.scale", t.scale.astype(np.float32)), ids), [-1])
+        return g.mul(q, s)
+
+    def _int4_embedding(self, ids: str, t: QTensor) -> str:
+        g = self.g
+        gs, H = t.group_size, t.shape[1]
+        b = g.reshape(g.gather(g.weight("embed.q4", t.data), ids), [0, 0, H // gs, gs // 2])  # [B,S,G,g/2]
+        lo = g.op("BitwiseAnd", [b, g.const(15, np.uint8)])
+        hi = g.op("BitShift", [b, g.const(4, np.uint8)], direction="RIGHT")
+        q = g.op("Sub", [g.cast(g.concat([lo, hi], axis=-1), TensorProto.FLOAT), g.const(8.0, np.float32)])
+        s = g.unsqueeze(g.gather(g.weight("embed.scale", t.scale.astype(np.float32)), ids), [-1])  # [B,S,G,1]
+        return g.reshape(g.mul(q, s), [0, 0, H])
+
+    # scheme -> ONNX lowering of a linear layer / an embedding lookup (the schemes of runtime/bundle/schemes.py)
+    _LINEAR = {"f32": _float_linear, "f16": _float_linear, "int8": _int8_linear, "int4": _int4_linear}
+    _EMBEDDING = {"f32": _float_embedding, "f16": _float_embedding, "int8": _int8_embedding,
+                  "int4": _int4_embedding}
 
 
 def _pack_int4_pairs(codes: np.ndarray) -> np.ndarray:
@@ -348,7 +368,7 @@ def _attention(L: _Lowering, i: int, x: str, ctx: dict[str, str]) -> str:
     """Self-attention of layer ``i`` on normalised ``x`` [B, S, H]: GQA with RoPE, KV cache concat, causal (+window)
     mask. Writes ``present_key.{i}`` / ``present_value.{i}`` graph outputs."""
     g, cfg = L.g, L.cfg
-    p = f"layers.{i}."
+    p = layer_prefix(i)
     nh, nkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     bias = {k: L.vector(p + k) if cfg.attention_bias else None for k in ("bq", "bk", "bv")}
     q = L.linear(x, p + "wq", bias["bq"])
@@ -391,7 +411,7 @@ def _moe(L: _Lowering, i: int, x: str) -> str:
     shared expert with its sigmoid gate. Routing: softmax over experts -> top-k -> renormalise when the arch
     renormalises (Mixtral always; Qwen2-MoE/OLMoE iff norm_topk_prob)."""
     g, cfg = L.g, L.cfg
-    p = f"layers.{i}."
+    p = layer_prefix(i)
     probs = g.op("Softmax", [L.linear(x, p + "router")], axis=-1)  # [B, S, E]
     top_v, top_i = g.op("TopK", [probs, g.const([cfg.num_experts_per_tok])], axis=-1, largest=1, sorted=1, n_out=2)
     if cfg.arch == "mixtral" or cfg.norm_topk_prob:
@@ -400,7 +420,7 @@ def _moe(L: _Lowering, i: int, x: str) -> str:
     route = g.op("ScatterElements", [zeros, top_i, top_v], axis=-1)  # [B, S, E], 0 outside the top-k
     out = None
     for e in range(cfg.num_experts):
-        y = g.mul(_swiglu(L, x, f"{p}experts.{e}."), g.gather(route, g.const([e]), axis=-1))
+        y = g.mul(_swiglu(L, x, expert_prefix(i, e)), g.gather(route, g.const([e]), axis=-1))
         out = y if out is None else g.add(out, y)
     if cfg.shared_expert_intermediate_size:
         gate = g.op("Sigmoid", [L.linear(x, p + "shared_gate")])  # [B, S, 1]
@@ -410,9 +430,9 @@ def _moe(L: _Lowering, i: int, x: str) -> str:
 
 def _decoder_layer(L: _Lowering, i: int, h: str, ctx: dict[str, str]) -> str:
     g = L.g
-    h = g.add(h, _attention(L, i, _rms_norm(L, h, f"layers.{i}.attn_norm"), ctx))
-    xn = _rms_norm(L, h, f"layers.{i}.ffn_norm")
-    ffn = _moe(L, i, xn) if L.cfg.is_moe_layer(i) else _swiglu(L, xn, f"layers.{i}.ffn.")
+    h = g.add(h, _attention(L, i, _rms_norm(L, h, layer_prefix(i) + "attn_norm"), ctx))
+    xn = _rms_norm(L, h, layer_prefix(i) + "ffn_norm")
+    ffn = _moe(L, i, xn) if L.cfg.is_moe_layer(i) else _swiglu(L, xn, layer_prefix(i) + "ffn.")
     return g.add(h, ffn, out=f"hidden.{i}")
 
 
@@ -440,7 +460,7 @@ def _lm_head(L: _Lowering, h: str) -> str:
     if not cfg.tie_word_embeddings:
         return L.linear(h, "lm_head", out="logits")
     t = L.tensor("embed")
-    if t.scheme in ("f32", "f16"):  # share the Gather table: flatten, Gemm(transB=1), restore [B, S, V]
+    if t.scheme in FLOAT_SCHEMES:  # share the Gather table: flatten, Gemm(transB=1), restore [B, S, V]
         w = "embed" if t.scheme == "f32" else g.cast("embed", TensorProto.FLOAT)
         flat = g.reshape(h, [-1, cfg.hidden_size])
         y = g.op("Gemm", [flat, w], transB=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
+from .bundle.names import experts_prefix, parse_group
 from .bundle.reader import Bundle
 
 
@@ -19,20 +20,20 @@ def summarize(bundle: Bundle) -> dict[str, Any]:
     layers: list[dict[str, Any]] = []
     per_layer_experts: dict[int, list[int]] = defaultdict(list)
     for g in bundle.groups.values():
-        parts = g.name.split(".")
-        if len(parts) == 4 and parts[2] == "experts":
-            per_layer_experts[int(parts[1])].append(g.nbytes)
+        n = parse_group(g.name)
+        if n.kind == "expert":
+            per_layer_experts[n.layer].append(g.nbytes)
     for g in bundle.groups.values():
-        parts = g.name.split(".")
-        if len(parts) == 2 and parts[0] == "layers":
-            i = int(parts[1])
+        n = parse_group(g.name)
+        if n.is_layer:
+            i = n.layer
             ex = per_layer_experts.get(i, [])
             schemes_l = sorted({bundle.tensors[t]["scheme"] for t in g.tensors if len(bundle.tensors[t]["shape"]) == 2})
             layers.append({"layer": i, "dense_bytes": g.nbytes, "experts": len(ex),
                            "expert_bytes_each": (max(ex) if ex else 0), "experts_bytes": sum(ex),
                            "dense_schemes": schemes_l,
                            "expert_schemes": sorted({bundle.tensors[t]["scheme"] for t in bundle.tensors
-                                                     if t.startswith(f"layers.{i}.experts.")})})
+                                                     if t.startswith(experts_prefix(i))})})
     files = {p.name: p.stat().st_size for p in sorted(bundle.path.rglob("*")) if p.is_file()}
     return {
         "path": str(bundle.path),

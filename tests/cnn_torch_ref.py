@@ -1,6 +1,6 @@
 """Test-only PyTorch reference CNNs (torchvision's MobileNetV2 written out, plus a tiny net using every IR op).
 
-These are independent of edgespool's own MobileNetV2 definition (exporters/cnn_torch.py) on purpose: they load the
+These are independent of edgespool's own MobileNetV2 definition (exporters/cnn/from_pth.py) on purpose: they load the
 real checkpoint with ``torch.load`` and are exported to ONNX with torch's dynamo exporter, and onnxruntime on that
 ONNX is the reference the tests compare against.
 """

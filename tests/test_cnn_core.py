@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from edgespool.errors import ModelFormatError, OptionError, UnsupportedModelError  # noqa: E402
 from edgespool.exporters.cnn.from_onnx import load_onnx_cnn  # noqa: E402
 from edgespool.runtime.cnn.executor import CnnRunner  # noqa: E402
-from edgespool.runtime.cnn.quant import calibrate_and_quantize  # noqa: E402
+from edgespool.runtime.cnn.calibrate import calibrate_and_quantize  # noqa: E402
 from edgespool.schedulers.patch_plan import (  # noqa: E402
     cut_points, input_range, layer_memory, make_plan, patch_regions, plan_patches,
 )

@@ -14,7 +14,7 @@ from edgespool.errors import BudgetError
 from edgespool.exporters.cnn.from_pth import mobilenet_v2_graph
 from edgespool.exporters.cnn.mcu_c import compile_host, export_c_project, run_host
 from edgespool.runtime.cnn.executor import CnnRunner
-from edgespool.runtime.cnn.quant import calibrate_and_quantize
+from edgespool.runtime.cnn.calibrate import calibrate_and_quantize
 from edgespool.schedulers.patch_plan import cut_points, make_plan, plan_patches
 from edgespool.targets import get_target
 

@@ -15,7 +15,7 @@ from edgespool.exporters.cnn.from_onnx import load_onnx_cnn  # noqa: E402
 from edgespool.exporters.cnn.from_pth import load_torch_cnn, read_state_dict  # noqa: E402
 from edgespool.runtime.cnn.api import preprocess, run_image  # noqa: E402
 from edgespool.runtime.cnn.executor import CnnRunner  # noqa: E402
-from edgespool.runtime.cnn.quant import calibrate_and_quantize  # noqa: E402
+from edgespool.runtime.cnn.calibrate import calibrate_and_quantize  # noqa: E402
 from edgespool.schedulers.patch_plan import plan_patches  # noqa: E402
 
 CATS = range(281, 286)

@@ -115,7 +115,7 @@ def test_parse_size(text, n):
 @pytest.mark.parametrize("text", ["", "lots", "12 parsecs", "-5MiB", "0"])
 def test_parse_size_rejects(text):
     with pytest.raises(OptionError, match="--memory-budget"):
-        parse_size(text)
+        parse_size(text, "--memory-budget")
 
 
 def test_buffer_pool_never_exceeds_the_plan():

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,14 +16,15 @@ import numpy as np
 
 from ... import __version__
 from ...errors import BudgetError, OptionError
-from ...runtime.bundle.constants import MAGIC, MANIFEST, PART_ALIGNMENT, SCHEMA_VERSION, WEIGHTS, align_up
+from ...runtime.bundle.constants import MAGIC, PART_ALIGNMENT, SCHEMA_VERSION, WEIGHTS
 from ...runtime.cnn.api import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from ...runtime.cnn.bundle import attrs_to_json
 from ...runtime.bundle.cnn_graph import CnnGraph
-from ...runtime.cnn.quant import QuantCnn, calibrate_and_quantize
+from ...runtime.cnn.calibrate import calibrate_and_quantize
+from ...runtime.cnn.quant import QuantCnn
 from ...schedulers.patch_plan import PatchPlan, plan_patches
 from ...targets.profiles import TargetProfile, get_target
-from ..bundle_writer import prepare_output_dir
+from ..bundle_writer import BundleFiles
 
 CNN_SUFFIXES = (".onnx", ".pth", ".pt")
 
@@ -112,57 +111,35 @@ def _calibration_inputs(graph: CnnGraph, calibration: Sequence[Any] | None) -> t
 
 
 class _CnnWriter:
-    """Writes weights.bin tensor records (Bundle-compatible) and the manifest into a staging directory."""
+    """A CNN bundle on the one bundle writer (:class:`~edgespool.exporters.bundle_writer.BundleFiles`): every
+    array is one tensor record of group ``cnn`` (64-byte aligned), the graph goes into the manifest's ``cnn``."""
 
     def __init__(self, out_dir: Path, overwrite: bool) -> None:
-        prepare_output_dir(out_dir, overwrite)
-        self.out_dir = out_dir
-        self.stage = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-        if self.stage.exists():
-            shutil.rmtree(self.stage)
-        self.stage.mkdir(parents=True)
-        self.f = open(self.stage / WEIGHTS, "wb")
-        self.pos = 0
-        self.tensors: dict[str, Any] = {}
+        self.files = BundleFiles(out_dir, overwrite)
         self.arrays: dict[str, Any] = {}
 
     def add(self, name: str, arr: np.ndarray) -> str:
         arr = np.ascontiguousarray(arr)
         stored = arr if arr.dtype.name in ("float32", "int8", "uint8") else arr.view(np.uint8)
-        start = align_up(self.pos, PART_ALIGNMENT)
-        self.f.write(b"\0" * (start - self.pos))
-        buf = stored.tobytes()
-        self.f.write(buf)
-        self.pos = start + len(buf)
         scheme = "int8" if stored.dtype == np.int8 else "f32"
-        self.tensors[name] = {"group": "cnn", "scheme": scheme, "shape": list(arr.shape), "offset": start,
-                              "nbytes": len(buf), "crc32": zlib.crc32(buf),
-                              "parts": {"data": {"offset": 0, "nbytes": len(buf), "dtype": stored.dtype.name,
-                                                 "shape": list(stored.shape)}}}
+        self.files.write_tensor(name, "cnn", scheme, tuple(arr.shape), [("data", stored)], align=PART_ALIGNMENT)
         self.arrays[name] = {"dtype": arr.dtype.name, "shape": list(arr.shape)}
         return name
 
     def finish(self, cnn: dict[str, Any], extra: dict[str, Any]) -> Path:
-        self.f.close()
-        first = min((r["offset"] for r in self.tensors.values()), default=0)
+        tensors = self.files.tensors
+        nbytes = self.files.close_weights(PART_ALIGNMENT)
+        first = min((r["offset"] for r in tensors.values()), default=0)
         manifest = {"magic": MAGIC, "schema_version": SCHEMA_VERSION, "created_by": f"edgespool {__version__}",
                     "kind": "cnn", **extra,
-                    "weights": {"file": WEIGHTS, "nbytes": self.pos, "alignment": PART_ALIGNMENT},
-                    "groups": [{"name": "cnn", "offset": first, "nbytes": self.pos - first,
-                                "tensors": list(self.tensors)}] if self.tensors else [],
-                    "tensors": self.tensors, "cnn": {**cnn, "arrays": self.arrays}}
-        (self.stage / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        if self.out_dir.exists():
-            shutil.rmtree(self.out_dir)
-        os.replace(self.stage, self.out_dir)
-        return self.out_dir
+                    "weights": {"file": WEIGHTS, "nbytes": nbytes, "alignment": PART_ALIGNMENT},
+                    "groups": [{"name": "cnn", "offset": first, "nbytes": nbytes - first,
+                                "tensors": list(tensors)}] if tensors else [],
+                    "tensors": tensors, "cnn": {**cnn, "arrays": self.arrays}}
+        return self.files.publish(manifest)
 
     def abort(self) -> None:
-        try:
-            self.f.close()
-        except Exception:
-            pass
-        shutil.rmtree(self.stage, ignore_errors=True)
+        self.files.abort()
 
 
 def export_cnn(model_path: str | os.PathLike, target: str | TargetProfile, out_dir: str | os.PathLike, *,
@@ -232,7 +209,7 @@ def export_cnn(model_path: str | os.PathLike, target: str | TargetProfile, out_d
             from .mcu_c import export_c_project
 
             assert q is not None
-            proj = export_c_project(graph, q, plan, profile, w.stage / "mcu", compile_arm=compile_c)
+            proj = export_c_project(graph, q, plan, profile, w.files.stage_path("mcu"), compile_arm=compile_c)
             mcu_info = proj.to_dict()
             cnn["mcu"] = mcu_info
         return w.finish(cnn, {"target": profile.to_dict()})

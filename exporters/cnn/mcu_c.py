@@ -34,7 +34,7 @@ from ...runtime.bundle.cnn_graph import CnnGraph
 from ...runtime.cnn.quant import QuantCnn
 from ...schedulers.patch_plan import PatchPlan, arena_layout
 
-KERNELS_H = r"""/* edgespool int8 CNN kernels (generated; see edgespool/exporters/mcu_c.py). */
+KERNELS_H = r"""/* edgespool int8 CNN kernels (generated; see edgespool/exporters/cnn/mcu_c.py). */
 #ifndef ES_KERNELS_H
 #define ES_KERNELS_H
 #include <stdint.h>

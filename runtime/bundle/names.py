@@ -98,6 +98,37 @@ def parse_group(name: str) -> GroupName:
                       "layers.N.ffn_bundled)")
 
 
+@dataclass(frozen=True)
+class TensorName:
+    """A parsed canonical tensor name: ``layer`` / ``expert`` indices (None outside layers / experts) and the
+    ``leaf`` after the layer/expert prefix (``wq``, ``ffn.gate``, ``gate`` of an expert, ``embed``, ``lm_head``)."""
+
+    layer: int | None
+    expert: int | None
+    leaf: str
+
+    @property
+    def pattern(self) -> str:
+        """The name with its indices as ``{i}`` / ``{e}`` (``layers.{i}.experts.{e}.gate``): the key of weight-name
+        mapping tables."""
+        if self.layer is None:
+            return self.leaf
+        if self.expert is None:
+            return f"{_LAYERS}.{{i}}.{self.leaf}"
+        return f"{_LAYERS}.{{i}}.{_EXPERTS}.{{e}}.{self.leaf}"
+
+
+def parse_tensor(name: str) -> TensorName:
+    """Split a canonical tensor name into layer, expert and leaf (see :class:`TensorName`)."""
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[0] == _LAYERS and parts[1].isdigit():
+        i = int(parts[1])
+        if len(parts) >= 5 and parts[2] == _EXPERTS and parts[3].isdigit():
+            return TensorName(i, int(parts[3]), ".".join(parts[4:]))
+        return TensorName(i, None, ".".join(parts[2:]))
+    return TensorName(None, None, name)
+
+
 def layer_of(name: str) -> int | None:
     """The layer index of a tensor or group name (None for embed / norm / lm_head / head)."""
     parts = name.split(".")

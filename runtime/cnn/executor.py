@@ -9,7 +9,7 @@ Two numeric modes:
 
 * f32: float32 throughout (conv accumulates in float32 via BLAS).
 * int8: real integer inference with per-output-channel symmetric int8 weights and per-tensor asymmetric int8
-  activations (TFLite-style; parameters from :mod:`.cnn_quant`). Accumulators are exact integers (computed in
+  activations (TFLite-style; parameters from :mod:`.quant`). Accumulators are exact integers (computed in
   float64, which is exact here) plus an int32 bias; requantisation is ``q = clamp(rint(float32(acc) * m) + zp)``
   with a float32 multiplier ``m`` -- the same operations, in the same order, as the generated C kernels
   (:mod:`edgespool.exporters.cnn.mcu_c`), so both give bit-identical int8 results.

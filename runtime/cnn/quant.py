@@ -4,7 +4,7 @@
 * Activations: asymmetric int8 per tensor: ``x = (q - zp) * scale``, ranges from calibration (min/max over the
   calibration inputs, widened to include 0). Maxpool and reshape outputs share their input's parameters.
 * Bias: int32 ``round(b / (s_in * w_scale[o]))``. Requantisation multipliers are float32 (see
-  :mod:`.cnn_exec` for the exact arithmetic). Elementwise activations (sigmoid, hardswish, a standalone clip...)
+  :mod:`.executor` for the exact arithmetic). Elementwise activations (sigmoid, hardswish, a standalone clip...)
   are 256-entry int8 lookup tables.
 """
 from __future__ import annotations
@@ -71,27 +71,6 @@ class QuantCnn:
             name, k = key.rsplit("/", 1)
             nodes.setdefault(name, {})[k] = arr
         return QuantCnn(tensors, nodes)
-
-
-def tensor_ranges(graph: CnnGraph, inputs: Iterable[np.ndarray]) -> dict[str, tuple[float, float]]:
-    """min/max of every tensor over the calibration ``inputs`` (float32 [C, H, W] each), float32 execution."""
-    from .executor import CnnRunner
-
-    runner = CnnRunner(graph)
-    ranges: dict[str, tuple[float, float]] = {}
-    count = 0
-    for x in inputs:
-        seen: dict[str, np.ndarray] = {}
-        runner.run_layers(x, collect=seen)
-        for k, v in seen.items():
-            lo, hi = float(v.min()), float(v.max())
-            if k in ranges:
-                lo, hi = min(lo, ranges[k][0]), max(hi, ranges[k][1])
-            ranges[k] = (lo, hi)
-        count += 1
-    if count == 0:
-        raise OptionError("int8 quantisation needs at least one calibration input")
-    return ranges
 
 
 def act_params(lo: float, hi: float) -> tuple[float, int]:
@@ -169,8 +148,3 @@ def quantize_cnn(graph: CnnGraph, ranges: dict[str, tuple[float, float]]) -> Qua
         if qn:
             nodes[n.name] = qn
     return QuantCnn(tensors, nodes)
-
-
-def calibrate_and_quantize(graph: CnnGraph, inputs: Iterable[np.ndarray]) -> QuantCnn:
-    """:func:`tensor_ranges` then :func:`quantize_cnn`."""
-    return quantize_cnn(graph, tensor_ranges(graph, inputs))
