@@ -34,209 +34,6 @@ from ...runtime.bundle.cnn_graph import CnnGraph
 from ...runtime.cnn.quant import QuantCnn
 from ...schedulers.patch_plan import PatchPlan, arena_layout
 
-KERNELS_H = r"""/* edgespool int8 CNN kernels (generated; see edgespool/exporters/cnn/mcu_c.py). */
-#ifndef ES_KERNELS_H
-#define ES_KERNELS_H
-#include <stdint.h>
-
-/* A view: buffer `data` [c][h][w] holding rows y0..y0+h-1, cols x0..x0+w-1 of a full [c][H][W] tensor. */
-typedef struct { int8_t *data; int32_t c, h, w, y0, x0, H, W; } es_view;
-typedef struct { int32_t y0, y1, x0, x1; } es_box;
-
-void es_conv2d(const es_view *in, const es_view *out, es_box ob, const int8_t *w, const int32_t *bias,
-               const float *mult, int32_t zin, int32_t zout, int32_t lo, int32_t hi, int32_t cout, int32_t kh,
-               int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t groups);
-void es_maxpool(const es_view *in, const es_view *out, es_box ob, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
-                int32_t pt, int32_t pl, int32_t dh, int32_t dw);
-void es_avgpool(const es_view *in, const es_view *out, es_box ob, float mult, int32_t zin, int32_t zout,
-                int32_t lo, int32_t hi, int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl,
-                int32_t include_pad);
-void es_add(const es_view *a, const es_view *b, const es_view *out, es_box ob, int32_t za, int32_t zb, float m1,
-            float m2, int32_t zout, int32_t lo, int32_t hi);
-void es_mul(const es_view *a, const es_view *b, const es_view *out, es_box ob, int32_t za, int32_t zb, float m,
-            int32_t zout, int32_t lo, int32_t hi);
-void es_requant_copy(const es_view *in, const es_view *out, es_box ob, int32_t c_off, int32_t zin, float m,
-                     int32_t zout);
-void es_lut(const es_view *in, const es_view *out, es_box ob, const int8_t *lut);
-void es_gemm(const int8_t *x, int8_t *y, int32_t k, int32_t n, const int8_t *w, const int32_t *bias,
-             const float *mult, int32_t zin, int32_t zout, int32_t lo, int32_t hi);
-#endif
-"""
-
-KERNELS_C = r"""/* edgespool int8 CNN kernels (generated). Same arithmetic as edgespool.runtime.cnn.executor (int8 mode). */
-#include "es_kernels.h"
-
-/* round half to even without libm (|v| < 2^30 after the clamp) */
-static int32_t es_rint(float v) {
-    if (v > 1073741824.0f) v = 1073741824.0f;
-    if (v < -1073741824.0f) v = -1073741824.0f;
-    int32_t i = (int32_t)v;
-    if (v < 0.0f && (float)i != v) i--;          /* floor */
-    float d = v - (float)i;                       /* exact */
-    if (d > 0.5f || (d == 0.5f && (i & 1))) i++;
-    return i;
-}
-static int8_t es_sat(int32_t q, int32_t lo, int32_t hi) { return (int8_t)(q < lo ? lo : (q > hi ? hi : q)); }
-#define AT(v, ch, y, x) ((v)->data[((ch) * (v)->h + ((y) - (v)->y0)) * (v)->w + ((x) - (v)->x0)])
-
-void es_conv2d(const es_view *in, const es_view *out, es_box ob, const int8_t *w, const int32_t *bias,
-               const float *mult, int32_t zin, int32_t zout, int32_t lo, int32_t hi, int32_t cout, int32_t kh,
-               int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t groups) {
-    int32_t ig = in->c / groups, og = cout / groups;
-    for (int32_t o = 0; o < cout; o++) {
-        int32_t g = o / og;
-        const int8_t *wo = w + o * ig * kh * kw;
-        for (int32_t oy = ob.y0; oy < ob.y1; oy++) {
-            for (int32_t ox = ob.x0; ox < ob.x1; ox++) {
-                int32_t acc = bias[o];
-                for (int32_t ic = 0; ic < ig; ic++) {
-                    int32_t c = g * ig + ic;
-                    for (int32_t ky = 0; ky < kh; ky++) {
-                        int32_t iy = oy * sh - pt + ky * dh;
-                        if (iy < 0 || iy >= in->H) continue;
-                        for (int32_t kx = 0; kx < kw; kx++) {
-                            int32_t ix = ox * sw - pl + kx * dw;
-                            if (ix < 0 || ix >= in->W) continue;
-                            acc += ((int32_t)AT(in, c, iy, ix) - zin) * (int32_t)wo[(ic * kh + ky) * kw + kx];
-                        }
-                    }
-                }
-                float v = (float)acc * mult[o];
-                AT(out, o, oy, ox) = es_sat(es_rint(v) + zout, lo, hi);
-            }
-        }
-    }
-}
-
-void es_maxpool(const es_view *in, const es_view *out, es_box ob, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
-                int32_t pt, int32_t pl, int32_t dh, int32_t dw) {
-    for (int32_t c = 0; c < in->c; c++)
-        for (int32_t oy = ob.y0; oy < ob.y1; oy++)
-            for (int32_t ox = ob.x0; ox < ob.x1; ox++) {
-                int32_t m = -128;
-                for (int32_t ky = 0; ky < kh; ky++) {
-                    int32_t iy = oy * sh - pt + ky * dh;
-                    if (iy < 0 || iy >= in->H) continue;
-                    for (int32_t kx = 0; kx < kw; kx++) {
-                        int32_t ix = ox * sw - pl + kx * dw;
-                        if (ix < 0 || ix >= in->W) continue;
-                        int32_t v = AT(in, c, iy, ix);
-                        if (v > m) m = v;
-                    }
-                }
-                AT(out, c, oy, ox) = (int8_t)m;
-            }
-}
-
-void es_avgpool(const es_view *in, const es_view *out, es_box ob, float mult, int32_t zin, int32_t zout,
-                int32_t lo, int32_t hi, int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl,
-                int32_t include_pad) {
-    for (int32_t c = 0; c < in->c; c++)
-        for (int32_t oy = ob.y0; oy < ob.y1; oy++)
-            for (int32_t ox = ob.x0; ox < ob.x1; ox++) {
-                int32_t s = 0, n = 0;
-                for (int32_t ky = 0; ky < kh; ky++) {
-                    int32_t iy = oy * sh - pt + ky;
-                    if (iy < 0 || iy >= in->H) continue;
-                    for (int32_t kx = 0; kx < kw; kx++) {
-                        int32_t ix = ox * sw - pl + kx;
-                        if (ix < 0 || ix >= in->W) continue;
-                        s += (int32_t)AT(in, c, iy, ix) - zin;
-                        n++;
-                    }
-                }
-                if (include_pad) n = kh * kw;
-                float v = ((float)s * mult) / (float)n;
-                AT(out, c, oy, ox) = es_sat(es_rint(v) + zout, lo, hi);
-            }
-}
-
-void es_add(const es_view *a, const es_view *b, const es_view *out, es_box ob, int32_t za, int32_t zb, float m1,
-            float m2, int32_t zout, int32_t lo, int32_t hi) {
-    for (int32_t c = 0; c < out->c; c++)
-        for (int32_t y = ob.y0; y < ob.y1; y++)
-            for (int32_t x = ob.x0; x < ob.x1; x++) {
-                float v = (float)((int32_t)AT(a, c, y, x) - za) * m1 + (float)((int32_t)AT(b, c, y, x) - zb) * m2;
-                AT(out, c, y, x) = es_sat(es_rint(v) + zout, lo, hi);
-            }
-}
-
-void es_mul(const es_view *a, const es_view *b, const es_view *out, es_box ob, int32_t za, int32_t zb, float m,
-            int32_t zout, int32_t lo, int32_t hi) {
-    int32_t bcast = (b->H == 1 && b->W == 1 && a->H * a->W > 1);
-    for (int32_t c = 0; c < out->c; c++)
-        for (int32_t y = ob.y0; y < ob.y1; y++)
-            for (int32_t x = ob.x0; x < ob.x1; x++) {
-                int32_t bv = bcast ? b->data[c] : AT(b, c, y, x);
-                float v = (float)(((int32_t)AT(a, c, y, x) - za) * (bv - zb)) * m;
-                AT(out, c, y, x) = es_sat(es_rint(v) + zout, lo, hi);
-            }
-}
-
-void es_requant_copy(const es_view *in, const es_view *out, es_box ob, int32_t c_off, int32_t zin, float m,
-                     int32_t zout) {
-    for (int32_t c = 0; c < in->c; c++)
-        for (int32_t y = ob.y0; y < ob.y1; y++)
-            for (int32_t x = ob.x0; x < ob.x1; x++) {
-                float v = (float)((int32_t)AT(in, c, y, x) - zin) * m;
-                AT(out, c + c_off, y, x) = es_sat(es_rint(v) + zout, -128, 127);
-            }
-}
-
-void es_lut(const es_view *in, const es_view *out, es_box ob, const int8_t *lut) {
-    for (int32_t c = 0; c < in->c; c++)
-        for (int32_t y = ob.y0; y < ob.y1; y++)
-            for (int32_t x = ob.x0; x < ob.x1; x++) AT(out, c, y, x) = lut[(int32_t)AT(in, c, y, x) + 128];
-}
-
-void es_gemm(const int8_t *x, int8_t *y, int32_t k, int32_t n, const int8_t *w, const int32_t *bias,
-             const float *mult, int32_t zin, int32_t zout, int32_t lo, int32_t hi) {
-    for (int32_t o = 0; o < n; o++) {
-        int32_t acc = bias[o];
-        const int8_t *wo = w + o * k;
-        for (int32_t i = 0; i < k; i++) acc += ((int32_t)x[i] - zin) * (int32_t)wo[i];
-        y[o] = es_sat(es_rint((float)acc * mult[o]) + zout, lo, hi);
-    }
-}
-"""
-
-MAIN_HOST = r"""/* Host harness: model_host input.bin output.bin (int8 input [C*H*W], int8 output). */
-#include <stdio.h>
-#include "model.h"
-
-int main(int argc, char **argv) {
-    if (argc != 3) { fprintf(stderr, "usage: %s input.bin output.bin\n", argv[0]); return 2; }
-    FILE *f = fopen(argv[1], "rb");
-    if (!f) { perror(argv[1]); return 1; }
-    if (fread(model_input(), 1, MODEL_INPUT_BYTES, f) != MODEL_INPUT_BYTES) { fprintf(stderr, "short input\n"); return 1; }
-    fclose(f);
-    model_invoke();
-    f = fopen(argv[2], "wb");
-    if (!f) { perror(argv[2]); return 1; }
-    fwrite(model_output(), 1, MODEL_OUTPUT_BYTES, f);
-    fclose(f);
-    printf("arena %d bytes\n", (int)MODEL_ARENA_BYTES);
-    return 0;
-}
-"""
-
-MAIN_MCU = r"""/* Cortex-M harness: runs the model on an embedded test input; the top class is left in es_result. */
-#include <string.h>
-#include "model.h"
-
-extern const int8_t es_test_input[MODEL_INPUT_BYTES];
-volatile int32_t es_result = -1;
-
-int main(void) {
-    memcpy(model_input(), es_test_input, MODEL_INPUT_BYTES);
-    model_invoke();
-    const int8_t *y = model_output();
-    int32_t best = 0;
-    for (int32_t i = 1; i < MODEL_OUTPUT_BYTES; i++) if (y[i] > y[best]) best = i;
-    es_result = best;
-    for (;;) { }
-}
-"""
 
 ARM_FLAGS = {
     "cortex-m4": ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"],
@@ -262,6 +59,14 @@ class CProject:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
+
+
+_C_SRC = Path(__file__).resolve().parent / "c_src"  # the C sources of the generated project (package data)
+
+
+def _c_source(name: str) -> str:
+    """A C file of the generated project: es_kernels.h/.c (int8 kernels), main_host.c, main_mcu.c."""
+    return (_C_SRC / name).read_text(encoding="utf-8")
 
 
 def weight_bytes(q: QuantCnn) -> int:
@@ -453,13 +258,13 @@ void model_invoke(void);
     model_c.append(f"const int8_t *model_output(void) {{ return es_arena + {offs[alias.get(graph.output, graph.output)]}; }}")
     model_c += body
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "es_kernels.h").write_text(KERNELS_H)
-    (out_dir / "es_kernels.c").write_text(KERNELS_C)
+    (out_dir / "es_kernels.h").write_text(_c_source("es_kernels.h"))
+    (out_dir / "es_kernels.c").write_text(_c_source("es_kernels.c"))
     (out_dir / "model.h").write_text(model_h)
     (out_dir / "model.c").write_text("\n".join(model_c) + "\n")
     (out_dir / "model_weights.c").write_text("".join(w))
-    (out_dir / "main_host.c").write_text(MAIN_HOST)
-    (out_dir / "main_mcu.c").write_text(MAIN_MCU)
+    (out_dir / "main_host.c").write_text(_c_source("main_host.c"))
+    (out_dir / "main_mcu.c").write_text(_c_source("main_mcu.c"))
     return arena, bufs
 
 
