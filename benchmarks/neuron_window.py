@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BudgetError, OptionError, StorageError
+from ..runtime.bundle.checked_read import MODE_DIRECT, CheckedFile
 
 BUNDLE_ALIGN = 512  # O_DIRECT logical block size: bundles and the file header are multiples of it
 HEADER_BYTES = 16  # up to 3 float32 scales (+ pad)
@@ -273,33 +274,15 @@ class NeuronWindow:
         self.last = [dict() for _ in range(spec.layers)]  # neuron -> token of last use
         self.free = [list(range(self.capacity - 1, -1, -1)) for _ in range(spec.layers)]
         self.token = 0
-        self.fd, self.direct = self._open(direct)
+        self.file = CheckedFile(self.path, direct)  # every read: CheckedFile.read_into (O_DIRECT where allowed)
+        self.direct = self.file.mode == MODE_DIRECT
         self.bytes_read = 0
         self.reads = 0
         self.loaded = 0
         self.requested = 0
 
-    def _open(self, direct: bool | None) -> tuple[int, bool]:
-        if direct is not False and hasattr(os, "O_DIRECT"):
-            try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
-                os.preadv(fd, [memoryview(self._stage)[:BUNDLE_ALIGN]], FILE_HEADER)
-                return fd, True
-            except OSError:
-                if direct is True:
-                    raise StorageError(f"{self.path}: O_DIRECT reads are not possible here") from None
-        return os.open(self.path, os.O_RDONLY), False
-
     def _pread(self, start: int, n: int, off: int, what: str) -> np.ndarray:
-        mv = memoryview(self._stage)[start: start + n]
-        try:
-            got = os.preadv(self.fd, [mv], off)
-        except OSError as e:
-            raise StorageError(f"{self.path}: read error at {what} ({e.strerror or e})") from None
-        if got < n:
-            raise StorageError(f"{self.path}: truncated at {what} (short read)")
-        if not self.direct:
-            os.posix_fadvise(self.fd, off, n, os.POSIX_FADV_DONTNEED)
+        self.file.read_into(off, memoryview(self._stage)[start: start + n], what)
         self.bytes_read += n
         self.reads += 1
         return self._stage[start: start + n]
@@ -395,7 +378,4 @@ class NeuronWindow:
 
     def close(self) -> None:
         """Close the file (the buffers go with the object)."""
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        self.file.close()

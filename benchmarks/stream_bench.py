@@ -147,24 +147,9 @@ def _io_read_bytes() -> int:
 def _sustained_bandwidth(path: str, seconds: float = 2.0, chunk: int = 4 * MiB) -> dict:
     """Cold O_DIRECT sequential reads of ``path`` (wrapping around) for ``seconds``; the bandwidth is taken over
     the reads after the first quarter of the time, so the throttle's initial burst allowance does not count."""
-    import mmap
+    from edgespool.runtime.bundle.checked_read import timed_sequential_read
 
-    fd0 = os.open(path, os.O_RDONLY)
-    os.posix_fadvise(fd0, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(fd0)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    buf = mmap.mmap(-1, chunk)
-    size = os.fstat(fd).st_size // chunk * chunk
-    marks = []
-    off, t0 = 0, time.perf_counter()
-    try:
-        while time.perf_counter() - t0 < seconds:
-            n = os.preadv(fd, [buf], off)
-            marks.append((time.perf_counter() - t0, n))
-            off = (off + chunk) % size
-    finally:
-        os.close(fd)
-        buf.close()
+    marks, _ = timed_sequential_read(path, chunk=chunk, max_s=seconds, wrap=True, direct=True)
     late = [(t, n) for t, n in marks if t > seconds / 4]
     dt = late[-1][0] - late[0][0]
     bw = sum(n for _, n in late[1:]) / dt if dt > 0 else None

@@ -26,14 +26,14 @@ from __future__ import annotations
 import time
 
 from ..kernels.quant import QTensor
-from .buffer_pool import BufferPool, PoolExhausted
-from .slot_entry import SlotEntry
+from .buffer_pool import BufferPool
+from .slot_entry import SlotEntry, SlotOwner
 from .weight_store import WeightStore
 
 POLICIES = ("lrfu", "lru")
 
 
-class ExpertCache:
+class ExpertCache(SlotOwner):
     """Expert groups ``layers.{i}.experts.{e}`` streamed through ``pool``'s ``cls`` slots; ``pinned`` experts
     (hot experts of the plan) are served from memory without using a slot."""
 
@@ -115,9 +115,16 @@ class ExpertCache:
             self.prefetch_wasted += 1
         self.pool.free(e.slot)
 
+    def _exhausted(self) -> str:
+        return (f"expert cache: all {self.capacity} slots are in use by the engine; it holds more experts at once "
+                "than the memory plan allows (release each expert after use)")
+
     def _slot_for(self, g: str, demand: bool, hot_ok: bool = True):
-        if self.pool.free_slots(self.cls):
-            return self.pool.alloc(self.cls)
+        return self._take_slot(lambda: self._candidates(g, demand, hot_ok), lambda xs: min(xs, key=self._score),
+                               demand, exclude=g)
+
+    def _candidates(self, g: str, demand: bool, hot_ok: bool) -> list[str]:
+        """The experts a read of ``g`` may evict now (evictable, not protected; LRFU: stale ones first)."""
         keep = self.protected | ({g} if demand else self.protected | self.upcoming)
         cands = [x for x, e in self.entries.items() if e.evictable and x not in keep]
         if self.policy == "lrfu" and cands:
@@ -132,22 +139,7 @@ class ExpertCache:
                 cands = [x for x in cands if self._layer_dist(x) == far]
         if not cands and demand:  # fall back to experts protected for this layer but not in use
             cands = [x for x, e in self.entries.items() if e.evictable and x != g]
-        if cands:
-            self._evict(min(cands, key=self._score))
-            return self.pool.alloc(self.cls)
-        if not demand:
-            return None
-        busy = [x for x, e in self.entries.items() if e.refs == 0 and x != g]
-        if not busy:
-            raise PoolExhausted(f"expert cache: all {self.capacity} slots are in use by the engine; it holds more "
-                                "experts at once than the memory plan allows (release each expert after use)")
-        victim = min(busy, key=self._score)
-        try:
-            self.entries[victim].wait(self.store)
-        except Exception:  # noqa: BLE001 - a failed prefetch: its slot is free all the same
-            pass
-        self._evict(victim)
-        return self.pool.alloc(self.cls)
+        return cands
 
     # -- the engine's calls -----------------------------------------------------------------------------------
     def get(self, g: str) -> dict[str, QTensor]:

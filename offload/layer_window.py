@@ -13,14 +13,14 @@ import math
 import time
 
 from ..kernels.quant import QTensor
-from .buffer_pool import BufferPool, PoolExhausted
-from .slot_entry import SlotEntry
+from .buffer_pool import BufferPool
+from .slot_entry import SlotEntry, SlotOwner
 from .weight_store import WeightStore
 
 _EMA = 0.3
 
 
-class LayerWindow:
+class LayerWindow(SlotOwner):
     """Streams ``layers.{i}`` groups for the indices in ``layers`` (in compute order) through ``pool`` slots."""
 
     def __init__(self, store: WeightStore, pool: BufferPool, layers: tuple[int, ...], num_layers: int, *,
@@ -67,28 +67,18 @@ class LayerWindow:
         e = self.entries.pop(layer)
         self.pool.free(e.slot)
 
+    def _exhausted(self) -> str:
+        return (f"layer window: all {self.n_slots} slots are in use by the engine; it holds more layers than the "
+                "memory plan allows (release each layer after computing it)")
+
     def _slot_for(self, layer: int, demand: bool):
-        if self.pool.free_slots(self.cls):
-            return self.pool.alloc(self.cls)
+        """A slot for ``layer``: evict the evictable layer needed last (a read ahead only one needed after
+        ``layer``); with every slot busy, a demand read waits for the farthest read-ahead to land and reuses its
+        slot."""
         d = self._dist(layer)
-        cands = [l for l, e in self.entries.items() if e.evictable and (demand or self._dist(l) > d)]
-        if cands:
-            self._evict(max(cands, key=self._dist))
-            return self.pool.alloc(self.cls)
-        if not demand:
-            return None
-        # demand read with every slot busy: wait for the farthest read-ahead to land, then reuse its slot
-        busy = [l for l, e in self.entries.items() if e.refs == 0]
-        if not busy:
-            raise PoolExhausted(f"layer window: all {self.n_slots} slots are in use by the engine; it holds more "
-                                "layers than the memory plan allows (release each layer after computing it)")
-        victim = max(busy, key=self._dist)
-        try:
-            self.entries[victim].wait(self.store)
-        except Exception:  # noqa: BLE001 - a failed read-ahead: its slot is free all the same
-            pass
-        self._evict(victim)
-        return self.pool.alloc(self.cls)
+        return self._take_slot(
+            lambda: [l for l, e in self.entries.items() if e.evictable and (demand or self._dist(l) > d)],
+            lambda xs: max(xs, key=self._dist), demand)
 
     def _load(self, layer: int, demand: bool) -> SlotEntry | None:
         slot = self._slot_for(layer, demand)

@@ -12,8 +12,9 @@ For a bundle exported with ``--ffn-layout bundled`` (:mod:`edgespool.runtime.bun
 * **Window**: per layer a fixed buffer of ``capacity`` bundles (pool memory, sized by the plan). A neuron stays
   after use; neurons unused for ``window`` forward passes are dropped, and when the buffer is full the least
   recently used ones not needed now are evicted. Only active neurons that are not in memory are read: runs of
-  consecutive neuron ids are one scatter ``preadv`` each (O_DIRECT into the slots: bundles are 512-byte multiples),
-  spread over ``io_threads`` threads. More active neurons than ``capacity`` (a long prompt) are processed in
+  consecutive neuron ids are one scatter read each through the checked-read primitive
+  (:class:`~edgespool.runtime.bundle.checked_read.CheckedFile`; O_DIRECT into the slots: bundles are 512-byte
+  multiples), spread over ``io_threads`` threads. More active neurons than ``capacity`` (a long prompt) are processed in
   chunks of ``capacity``: more reads, the same result.
 
 ``stats()`` reports active fraction, neurons loaded vs reused, bytes and reads.
@@ -36,8 +37,6 @@ from ..runtime.bundle.constants import align_up
 from ..kernels.bundled_ffn import linear_t
 from ..runtime.bundle.ffn_geometry import (BundleGeometry, ffn_group, ffn_tensor, load_staging_bytes,
                                            unpack_bundles)
-
-IOV_MAX = 512  # buffers per preadv (Linux allows 1024)
 
 
 class _Layer:
@@ -140,11 +139,9 @@ class NeuronFFN:
         """Read runs ``(first neuron, [slots])`` of bundles into their slots, spread over the I/O threads."""
         B = L.geo.bundle_bytes
         jobs = []
-        for first, slots in runs:
-            for k in range(0, len(slots), IOV_MAX):
-                part = slots[k: k + IOV_MAX]
-                jobs.append((L.offset + (first + k) * B, [L.slots[s] for s in part],
-                             f"layer {L.i} neurons {first + k}..{first + k + len(part) - 1}"))
+        for first, slots in runs:  # one scatter read per run (CheckedFile batches it by IOV_MAX)
+            jobs.append((L.offset + first * B, [L.slots[s] for s in slots],
+                         f"layer {L.i} neurons {first}..{first + len(slots) - 1}"))
         grp = ffn_group(L.i)
         if len(jobs) == 1 or self.io_threads == 1:
             for off, bufs, what in jobs:

@@ -1,11 +1,12 @@
 """WeightStore: explicit, large, aligned reads of whole streaming groups on background I/O threads.
 
 Every group of a bundle is one contiguous, 4 KiB-aligned byte range (see :mod:`edgespool.runtime.bundle.constants`),
-so fetching a layer or an expert is a few large ``preadv`` calls (``chunk_bytes`` each, default 4 MiB) straight
-into a page-aligned pool buffer. The file is opened with ``O_DIRECT`` where the filesystem allows it, so reads
-bypass the page cache and a cgroup limit that counts page cache sees only the pool; where it does not (tmpfs,
-some FUSE/overlay filesystems) the store reads buffered and drops the pages after each read with
-``posix_fadvise(DONTNEED)`` — :attr:`WeightStore.mode` says which.
+so fetching a layer or an expert is a few large reads (``chunk_bytes`` each, default 4 MiB) straight into a
+page-aligned pool buffer. Every read goes through the one checked-read primitive,
+:class:`edgespool.runtime.bundle.checked_read.CheckedFile`: ``O_DIRECT`` where the filesystem allows it, so reads
+bypass the page cache and a cgroup limit that counts page cache sees only the pool; where it does not (some
+FUSE/overlay filesystems) buffered reads whose pages are dropped with ``posix_fadvise(DONTNEED)`` —
+:attr:`WeightStore.mode` says which.
 
 ``preadv`` releases the GIL, so reads overlap with numpy compute. The I/O threads are daemon threads: a read stuck
 in the kernel cannot hang interpreter exit, and every wait has a timeout. Faults never produce wrong bytes: a read
@@ -14,13 +15,12 @@ file and the group; a CRC mismatch raises :class:`BundleError` naming the tensor
 group's first read, ``True``/``"always"`` every read; CRC32 runs on the I/O thread and releases the GIL).
 
 Bandwidth emulation: when a rate limiter is given (or ``EDGESPOOL_IO_BANDWIDTH`` is set), each chunk waits for
-its bytes first (see :mod:`edgespool.runtime.bundle.ratelimit`).
+its bytes first (see :mod:`edgespool.runtime.bundle.ratelimit`); fault drills (``EDGESPOOL_FAULT_READ``,
+:func:`~edgespool.runtime.bundle.checked_read.fault_from_env`) hook into the same primitive.
 """
 from __future__ import annotations
 
-import errno
 import itertools
-import mmap
 import os
 import queue
 import threading
@@ -34,14 +34,17 @@ import numpy as np
 
 from ..errors import StorageError
 from ..kernels.quant import QTensor
-from ..runtime.bundle.reader import Bundle
+from ..runtime.bundle.checked_read import CheckedFile, FaultHook, fault_from_env
 from ..runtime.bundle.constants import ALIGNMENT, align_up
+from ..runtime.bundle.ratelimit import from_env as limiter_from_env
+from ..runtime.bundle.reader import Bundle
 
 MiB = 1 << 20
 DEFAULT_CHUNK = 4 * MiB
 DEFAULT_TIMEOUT_S = float(os.environ.get("EDGESPOOL_READ_TIMEOUT", "120"))
 
-FaultHook = Callable[[str, int], None]
+__all__ = ["DEFAULT_CHUNK", "DEFAULT_TIMEOUT_S", "FaultHook", "GroupRead", "ReadRecord", "WeightStore",
+           "fault_from_env"]
 
 
 @dataclass(frozen=True)
@@ -52,59 +55,6 @@ class ReadRecord:
     t0: float
     t1: float
     nbytes: int
-
-
-def fault_from_env(spec: str | None = None) -> FaultHook | None:
-    """Fault injection for tests and drills: ``EDGESPOOL_FAULT_READ=KIND:GROUP[:N]`` makes the N-th read (1-based,
-    default 1) of GROUP fail. KIND: ``eio`` (an I/O error), ``hang`` (the read never returns), ``short`` (the
-    file looks truncated)."""
-    spec = spec if spec is not None else os.environ.get("EDGESPOOL_FAULT_READ")
-    if not spec:
-        return None
-    parts = spec.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in ("eio", "hang", "short"):
-        raise StorageError(f"EDGESPOOL_FAULT_READ={spec!r}: expected KIND:GROUP[:N] with KIND eio|hang|short")
-    kind, group, nth = parts[0], parts[1], int(parts[2]) if len(parts) == 3 else 1
-    seen = {"n": 0}
-    lock = threading.Lock()
-
-    def hook(g: str, offset: int) -> None:
-        if g != group or offset != 0:
-            return
-        with lock:
-            seen["n"] += 1
-            hit = seen["n"] == nth
-        if not hit:
-            return
-        if kind == "eio":
-            raise OSError(errno.EIO, "injected I/O error")
-        if kind == "hang":
-            threading.Event().wait()
-        raise _ShortRead()
-
-    return hook
-
-
-class _ShortRead(Exception):
-    pass
-
-
-def _limiter_from_env() -> Any:
-    """The rig's emulated storage speed (``EDGESPOOL_IO_BANDWIDTH`` / ``EDGESPOOL_IO_IOPS``), or None."""
-    try:
-        from ..runtime.bundle.ratelimit import from_env
-    except ImportError:  # the rate limiter module is optional
-        return None
-    return from_env()
-
-
-def _limiter_wait(limiter: Any, nbytes: int) -> None:
-    for name in ("acquire", "consume", "wait"):
-        fn = getattr(limiter, name, None)
-        if fn is not None:
-            fn(nbytes)
-            return
-    raise TypeError(f"rate limiter {limiter!r} has no acquire(nbytes) method")
 
 
 class _IOThreads:
@@ -195,15 +145,11 @@ class WeightStore:
         self._verified: set[str] = set()
         self.read_timeout_s = read_timeout_s
         self.chunk_bytes = align_up(max(ALIGNMENT, chunk_bytes))
-        self.rate_limiter = rate_limiter if rate_limiter is not None else _limiter_from_env()
+        self.rate_limiter = rate_limiter if rate_limiter is not None else limiter_from_env()
         self.fault = fault if fault is not None else fault_from_env()
-        try:
-            st = os.stat(self.path)
-        except OSError as e:
-            raise StorageError(f"{self.path}: cannot open weights file ({e.strerror})") from None
-        self._ino = (st.st_dev, st.st_ino)
-        self._fd, self.direct = self._open(direct)
-        self.mode = "O_DIRECT" if self.direct else "buffered+fadvise(DONTNEED)"
+        self._file = CheckedFile(self.path, direct, self.rate_limiter, self.fault)
+        self.direct = self._file.direct
+        self.mode = self._file.mode
         self._lock = threading.Lock()
         self.records: list[ReadRecord] = []
         self.bytes_read = 0
@@ -212,48 +158,10 @@ class WeightStore:
         self.io_threads = max(1, io_threads)
         self._closed = False
 
-    # -- opening -----------------------------------------------------------------------------------------------
-    def _open(self, direct: bool | None) -> tuple[int, bool]:
-        """Open with O_DIRECT unless ``direct is False``; fall back to buffered reads when the filesystem refuses
-        (``direct is True`` makes that an error)."""
-        if direct is not False and hasattr(os, "O_DIRECT"):
-            fd = -1
-            try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
-                probe = mmap.mmap(-1, ALIGNMENT)  # page-aligned
-                try:
-                    os.preadv(fd, [probe], 0)
-                finally:
-                    probe.close()
-                return fd, True
-            except OSError as e:
-                if fd >= 0:
-                    os.close(fd)
-                if direct is True:
-                    raise StorageError(f"{self.path}: O_DIRECT reads are not possible here ({e.strerror})") from None
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise StorageError(f"{self.path}: cannot open weights file ({e.strerror})") from None
-        return fd, False
-
     # -- reading -----------------------------------------------------------------------------------------------
     def read_nbytes(self, group: str) -> int:
         """Bytes a read of ``group`` transfers (its size rounded up to the 4 KiB alignment)."""
         return align_up(self.bundle.groups[group].nbytes)
-
-    def _check_file(self, group: str, end: int) -> None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise StorageError(f"{self.path}: weights file was removed while running (reading group "
-                               f"{group!r}); restore the bundle and restart") from None
-        if (st.st_dev, st.st_ino) != self._ino:
-            raise StorageError(f"{self.path}: weights file was replaced while running (reading group {group!r}); "
-                               "restart to load the new bundle")
-        if st.st_size < end:
-            raise StorageError(f"{self.path}: weights file truncated to {st.st_size} bytes while running; group "
-                               f"{group!r} needs bytes up to {end}; re-export or restore the bundle")
 
     def _chunk(self, pg: _PendingGroup, start: int, ln: int) -> None:
         """Read bytes ``[start, start+ln)`` of the group into its buffer (runs on an I/O thread)."""
@@ -262,24 +170,10 @@ class WeightStore:
         err: BaseException | None = None
         try:
             if pg.error is None:  # a sibling chunk already failed: skip the read, still account for the chunk
-                if start == 0:
-                    self._check_file(pg.group, g.offset + g.nbytes)
-                if self.rate_limiter is not None:
-                    _limiter_wait(self.rate_limiter, ln)
-                if self.fault is not None:
-                    self.fault(pg.group, start)
-                got = os.preadv(self._fd, [memoryview(pg.dest)[start: start + ln]], g.offset + start)
-                if got < ln and start + max(got, 0) < g.nbytes:
-                    raise _ShortRead()
-                if not self.direct:
-                    os.posix_fadvise(self._fd, g.offset + start, ln, os.POSIX_FADV_DONTNEED)
-        except _ShortRead:
-            err = StorageError(f"{self.path}: truncated while reading group {pg.group!r} (short read at offset "
-                               f"{g.offset + start}); re-export or restore the bundle")
-        except OSError as e:
-            err = StorageError(f"{self.path}: read error in group {pg.group!r} at offset {g.offset + start} "
-                               f"({e.strerror or e})")
-        except BaseException as e:  # noqa: BLE001 - StorageError from _check_file, or a bug: deliver it
+                self._file.read_into(g.offset + start, memoryview(pg.dest)[start: start + ln], f"group {pg.group!r}",
+                                     group=pg.group, base=g.offset, need=min(ln, g.nbytes - start),
+                                     check=start == 0)
+        except BaseException as e:  # noqa: BLE001 - the StorageError of the read, or a bug: deliver it
             err = e
         t1 = time.perf_counter()
         with pg.lock:
@@ -355,56 +249,24 @@ class WeightStore:
         span = align_up(nb)
         if staging.nbytes < span:
             raise StorageError(f"internal: staging buffer of {staging.nbytes} bytes for tensor {name!r} of {span}")
-        try:
-            got = os.preadv(self._fd, [memoryview(staging)[:span]], off)
-        except OSError as e:
-            raise StorageError(f"{self.path}: read error in tensor {name!r} ({e.strerror or e})") from None
-        if got < nb:
-            raise StorageError(f"{self.path}: truncated while reading tensor {name!r}; re-export the bundle")
-        if not self.direct:
-            os.posix_fadvise(self._fd, off, span, os.POSIX_FADV_DONTNEED)
+        if self._closed:
+            raise StorageError(f"{self.path}: weight store is closed")
+        grp = rec.get("group")
+        base = self.bundle.groups[grp].offset if grp in self.bundle.groups else off
+        self._file.read_into(off, memoryview(staging)[:span], f"tensor {name!r}", group=grp, base=base, need=nb)
         with self._lock:
             self.bytes_read += span
         return self.bundle.tensor_from_buffer(name, staging[:nb], off, bool(self.verify))
 
     def read_into(self, offset: int, bufs: list[np.ndarray], group: str, what: str) -> int:
-        """Read ``sum(b.nbytes)`` bytes at file ``offset`` of ``group`` into ``bufs`` with one scatter ``preadv``
-        on the calling thread (e.g. a run of neuron bundles into window slots), through the rate limiter and the
-        fault hook, raising StorageError naming ``what`` on a read error or short read. With O_DIRECT the offset
-        and every buffer's address and length must be multiples of 512; where the device refuses that (EINVAL) the
-        read is done buffered and its pages dropped. Not counted: the caller reports what it read with
+        """Read ``sum(b.nbytes)`` bytes at file ``offset`` of ``group`` into ``bufs`` (a scatter read, on the
+        calling thread: e.g. a run of neuron bundles into window slots) with
+        :meth:`CheckedFile.read_into <edgespool.runtime.bundle.checked_read.CheckedFile.read_into>`: rate limiter,
+        fault hook, StorageError naming ``what``. Not counted: the caller reports what it read with
         :meth:`note_read`. Returns the bytes read."""
         if self._closed:
             raise StorageError(f"{self.path}: weight store is closed")
-        n = sum(int(b.nbytes) for b in bufs)
-        if self.rate_limiter is not None:
-            _limiter_wait(self.rate_limiter, n)
-        views = [memoryview(b) for b in bufs]
-        try:
-            if self.fault is not None:
-                self.fault(group, offset - self.bundle.groups[group].offset)
-            try:
-                got = os.preadv(self._fd, views, offset)
-            except OSError as e:
-                if e.errno != errno.EINVAL or not self.direct:
-                    raise
-                fd = os.open(self.path, os.O_RDONLY)
-                try:
-                    got = os.preadv(fd, views, offset)
-                    os.posix_fadvise(fd, offset, n, os.POSIX_FADV_DONTNEED)
-                finally:
-                    os.close(fd)
-            if got < n:
-                raise _ShortRead()
-        except _ShortRead:
-            self._check_file(group, offset + n)
-            raise StorageError(f"{self.path}: truncated while reading {what} (short read at offset {offset}); "
-                               "re-export or restore the bundle") from None
-        except OSError as e:
-            raise StorageError(f"{self.path}: read error in {what} at offset {offset} ({e.strerror or e})") from None
-        if not self.direct:
-            os.posix_fadvise(self._fd, offset, n, os.POSIX_FADV_DONTNEED)
-        return n
+        return self._file.read_into(offset, bufs, what, group=group, base=self.bundle.groups[group].offset)
 
     def note_read(self, group: str, t0: float, t1: float, nbytes: int) -> None:
         """Account reads done with :meth:`read_into` (one record for a batch of them)."""
@@ -430,7 +292,4 @@ class WeightStore:
             if not pg.future.done():
                 _settle(pg.future, exc=StorageError(f"{self.path}: weight store closed before group "
                                                      f"{pg.group!r} was read"))
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
+        self._file.close()

@@ -13,7 +13,6 @@ achieved read bandwidth against the cold bandwidth instead.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError
+from .bundle.checked_read import MODE_DIRECT, timed_sequential_read
 from .bundle.reader import Bundle
 from .decoder.engine import Engine
 from ..units import peak_rss_bytes
@@ -107,45 +107,15 @@ class MemorySampler:
 def cold_read_bandwidth(path: str | os.PathLike, *, max_bytes: int = 256 * MiB, max_s: float = 3.0,
                         chunk: int = 4 * MiB, rate_limiter: Any = None) -> dict[str, Any]:
     """Sequential read bandwidth of ``path`` from storage: page cache dropped first, O_DIRECT where allowed,
-    ``chunk``-sized reads, at most ``max_bytes`` or ``max_s`` seconds."""
-    fd0 = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd0, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd0)
-    direct = True
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-    except OSError:
-        fd, direct = os.open(path, os.O_RDONLY), False
-    buf = mmap.mmap(-1, chunk)
-    n = 0
-    t0 = time.perf_counter()
-    try:
-        size = os.fstat(fd).st_size
-        while n < min(size, max_bytes) and time.perf_counter() - t0 < max_s:
-            if rate_limiter is not None:
-                rate_limiter.acquire(chunk)
-            try:
-                got = os.preadv(fd, [buf], n)
-            except OSError:
-                if not direct:
-                    raise
-                os.close(fd)
-                fd, direct = os.open(path, os.O_RDONLY), False
-                continue
-            if got <= 0:
-                break
-            n += got
-        dt = time.perf_counter() - t0
-    finally:
-        if not direct:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-        buf.close()
+    ``chunk``-sized checked reads (:func:`~edgespool.runtime.bundle.checked_read.timed_sequential_read`), at most
+    ``max_bytes`` or ``max_s`` seconds."""
+    marks, mode = timed_sequential_read(path, chunk=chunk, max_s=max_s, max_bytes=max_bytes, limiter=rate_limiter)
+    n = sum(got for _, got in marks)
+    dt = marks[-1][0] if marks else 0.0
     return {"bytes": n, "seconds": dt, "bandwidth": n / dt if dt > 0 else None,
-            "how": f"sequential {chunk // MiB} MiB {'O_DIRECT' if direct else 'buffered'} reads of the weights file "
-                   "after dropping it from the page cache" + (" through the rate limiter" if rate_limiter else "")}
+            "how": f"sequential {chunk // MiB} MiB {'O_DIRECT' if mode == MODE_DIRECT else 'buffered'} reads of the "
+                   "weights file after dropping it from the page cache"
+                   + (" through the rate limiter" if rate_limiter else "")}
 
 
 # -- the benchmark -------------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 Validation on open: the manifest parses, has the magic and a known schema version, the weights file exists and is
 long enough for every tensor. Tensor payloads are checked against their CRC32 when read (``verify=True``).
-Every error names the bundle file and, where there is one, the tensor.
+Every error names the bundle file and, where there is one, the tensor. A malformed or corrupt bundle (including a
+CRC mismatch) is a :class:`BundleError`; a failed read of the weights file (I/O error, short read, removed file)
+is a :class:`StorageError` from the one checked-read primitive, :mod:`.checked_read`.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ...errors import BundleError
+from .checked_read import CheckedFile
 from .constants import MAGIC, MANIFEST, MAX_SCHEMA_VERSION, PART_DTYPES
 from .config import ModelConfig
 from .ffn_geometry import LAYOUT as NEURON_BUNDLES, LAYOUTS, MATRIX, BundleGeometry, NeuronBundles
@@ -121,17 +124,12 @@ class Bundle:
         return "bundled" if any(r.get("layout") == NEURON_BUNDLES for r in self.tensors.values()) else "matrix"
 
     def read_group(self, group: str, verify: bool = True) -> dict[str, QTensor | NeuronBundles]:
-        """Read one streaming group with a single positional read; returns its tensors (views into one buffer)."""
+        """Read one streaming group with one checked read (buffered, pages dropped after it; StorageError when the
+        read fails); returns its tensors (views into one buffer; BundleError on a CRC mismatch when ``verify``)."""
         g = self.groups[group]
         buf = np.empty(g.nbytes, dtype=np.uint8)
-        fd = os.open(self.weights_path, os.O_RDONLY)
-        try:
-            got = os.preadv(fd, [memoryview(buf)], g.offset)
-        finally:
-            os.close(fd)
-        if got != g.nbytes:
-            raise BundleError(f"{self.weights_path}: truncated while reading group {group!r} "
-                              f"({got} of {g.nbytes} bytes)")
+        with CheckedFile(self.weights_path, direct=False) as f:
+            f.read_into(g.offset, buf, f"group {group!r}", group=group, base=g.offset, check=False)
         return {name: self.tensor_from_buffer(name, buf, g.offset, verify) for name in g.tensors}
 
     def iter_groups(self) -> Iterator[str]:
