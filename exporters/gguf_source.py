@@ -153,24 +153,24 @@ class GGUFModel:
         return v
 
     def _meta_int(self, key: str, default: Any = ...) -> int:
-        v = self.meta(key)
-        if v is None:
-            if default is ...:
-                raise ModelFormatError(f"{self.path}: metadata key {key!r} (an integer) is missing")
-            return default
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ModelFormatError(f"{self.path}: metadata key {key!r} should be an integer, found {v!r}")
-        return int(v)
+        v = self._meta_number(key, default, (int, np.integer), "an integer")
+        return v if v is default else int(v)
 
     def _meta_float(self, key: str, default: Any = ...) -> float:
+        v = self._meta_number(key, default, (int, float, np.integer, np.floating), "a number")
+        return v if v is default else float(v)
+
+    def _meta_number(self, key: str, default: Any, types: tuple[type, ...], what: str) -> Any:
+        """Metadata value ``key`` of one of ``types`` (``default`` when absent; ModelFormatError naming the key
+        when it is missing without a default or of another type)."""
         v = self.meta(key)
         if v is None:
             if default is ...:
-                raise ModelFormatError(f"{self.path}: metadata key {key!r} (a number) is missing")
+                raise ModelFormatError(f"{self.path}: metadata key {key!r} ({what}) is missing")
             return default
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise ModelFormatError(f"{self.path}: metadata key {key!r} should be a number, found {v!r}")
-        return float(v)
+        if isinstance(v, bool) or not isinstance(v, types):
+            raise ModelFormatError(f"{self.path}: metadata key {key!r} should be {what}, found {v!r}")
+        return v
 
     def _has(self, name: str) -> bool:
         return name in self._tensors

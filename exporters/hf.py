@@ -336,37 +336,30 @@ def _token_content(v: Any) -> str | None:
     return None
 
 
+def _token_table(tok: dict[str, Any]) -> list[tuple[str, int]]:
+    """(text, id) of every token of a tokenizers JSON: the added tokens first, then the model vocabulary (a
+    BPE/WordPiece ``{piece: id}`` dict or a Unigram ``[[piece, score], ...]`` list)."""
+    out = [(t.get("content"), t.get("id")) for t in tok.get("added_tokens") or []]
+    vocab = (tok.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict):
+        out += list(vocab.items())
+    elif isinstance(vocab, list):
+        out += [(entry[0], i) for i, entry in enumerate(vocab) if entry]
+    return out
+
+
 def _token_id(tok: dict[str, Any], content: str | None) -> int | None:
     """Id of token text ``content`` in a tokenizers JSON (added tokens, then the model vocabulary)."""
     if content is None:
         return None
-    for t in tok.get("added_tokens") or []:
-        if t.get("content") == content:
-            return int(t["id"])
-    vocab = (tok.get("model") or {}).get("vocab")
-    if isinstance(vocab, dict):
-        return vocab.get(content)
-    if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
-        for i, entry in enumerate(vocab):
-            if entry and entry[0] == content:
-                return i
-    return None
+    return next((int(i) for text, i in _token_table(tok) if text == content), None)
 
 
 def _token_text(tok: dict[str, Any], tid: int | None) -> str | None:
+    """Text of token ``tid`` in a tokenizers JSON (added tokens, then the model vocabulary)."""
     if tid is None:
         return None
-    for t in tok.get("added_tokens") or []:
-        if t.get("id") == tid:
-            return t.get("content")
-    vocab = (tok.get("model") or {}).get("vocab")
-    if isinstance(vocab, dict):
-        for k, v in vocab.items():
-            if v == tid:
-                return k
-    if isinstance(vocab, list) and 0 <= tid < len(vocab):
-        return vocab[tid][0]
-    return None
+    return next((text for text, i in _token_table(tok) if i == tid), None)
 
 
 def _post_processor_adds(pp: Any, bos_text: str) -> bool:

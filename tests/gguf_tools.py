@@ -10,6 +10,8 @@ patch that extracted copy so an unrecognised BPE pre-tokenizer (our home-trained
 """
 from __future__ import annotations
 
+import contextlib
+
 import ctypes
 import fcntl
 import os
@@ -144,6 +146,29 @@ def quantize(src: str | Path, dst: str | Path, ftype: str = "q4_0") -> Path:
     return Path(dst)
 
 
+@contextlib.contextmanager
+def _without_repack():
+    """Load models with ``use_extra_bufts = False``: llama.cpp 0.3.36's CPU weight-repacking buffers (Q4_0/Q8_0
+    rearranged for AVX-512 at load) segfault in an OpenMP worker on the tiny test shapes (hidden 64) on this
+    machine (znver4), even at n_threads=1. Without them llama.cpp runs the same Q8_0/Q4_0 block dot products from
+    the file's layout (float summation order may differ), so the parity references stand; benchmarks keep
+    llama.cpp's defaults."""
+    import llama_cpp.llama as llama_mod
+
+    orig = llama_mod.llama_cpp.llama_model_default_params
+
+    def params():
+        p = orig()
+        p.use_extra_bufts = False
+        return p
+
+    llama_mod.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        llama_mod.llama_cpp.llama_model_default_params = orig
+
+
 def llama_logits(gguf_path: str | Path, ids: list[int], *, f32_kv: bool = True, **llama_kw) -> np.ndarray:
     """llama.cpp's float32 logits ``[T, V]`` for one sequence (``f32_kv``: f32 KV cache, else llama.cpp's f16).
     ``llama_kw`` go to ``llama_cpp.Llama`` (note: llama-cpp-python passes its own YaRN beta defaults 32/1, which
@@ -152,8 +177,9 @@ def llama_logits(gguf_path: str | Path, ids: list[int], *, f32_kv: bool = True, 
 
     kw = dict(type_k=0, type_v=0) if f32_kv else {}
     kw.update(llama_kw)
-    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids)),
-                          logits_all=True, verbose=False, n_threads=1, seed=0, **kw)
+    with _without_repack():
+        llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids)),
+                              logits_all=True, verbose=False, n_threads=1, seed=0, **kw)
     try:
         llm.eval(list(map(int, ids)))
         return np.array(llm.scores[: len(ids)], dtype=np.float32)
