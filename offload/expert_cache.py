@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 
 from ..kernels.quant import QTensor
+from ..runtime.bundle.names import layer_of
 from .buffer_pool import BufferPool
 from .slot_entry import SlotEntry, SlotOwner
 from .weight_store import WeightStore
@@ -91,13 +92,13 @@ class ExpertCache(SlotOwner):
             self._visit[layer] = now
 
     def _stale(self, g: str) -> bool:
-        v = self._visit.get(int(g.split(".")[1]))
+        v = self._visit.get(layer_of(g))
         lu = self._last_use.get(g)
         return v is not None and (lu is None or lu < v)
 
     def _layer_dist(self, g: str) -> int:
         """Layers until expert ``g``'s layer is visited again, counted from the current layer (itself: L)."""
-        return (int(g.split(".")[1]) - self._cur_layer - 1) % self.num_layers + 1
+        return (layer_of(g) - self._cur_layer - 1) % self.num_layers + 1
 
     def _touch(self, g: str) -> None:
         now = self._clock()
@@ -145,7 +146,7 @@ class ExpertCache(SlotOwner):
     def get(self, g: str) -> dict[str, QTensor]:
         """Tensors of expert group ``g``, blocking until read."""
         self.requests += 1
-        self.visit(int(g.split(".")[1]))
+        self.visit(layer_of(g))
         if g in self.pinned:
             self.pinned_hits += 1
             self._touch(g)

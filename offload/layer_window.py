@@ -13,6 +13,7 @@ import math
 import time
 
 from ..kernels.quant import QTensor
+from ..runtime.bundle.names import layer_group
 from .buffer_pool import BufferPool
 from .slot_entry import SlotEntry, SlotOwner
 from .weight_store import WeightStore
@@ -51,7 +52,7 @@ class LayerWindow(SlotOwner):
 
     @staticmethod
     def group(i: int) -> str:
-        return f"layers.{i}"
+        return layer_group(i)
 
     def _dist(self, layer: int) -> int:
         """Layers until ``layer`` is next needed, counted from the current layer (the current one itself: L)."""
