@@ -4,11 +4,13 @@ engine (resident decode tok/s of a bundle at several context lengths).
     python -m edgespool.benchmarks.attention_bench --json out.json
     python -m edgespool.benchmarks.attention_bench --bundle /tmp/rvl/bundle_int8 --contexts 128,512,2048
 
-Kernel part: ``kernels.attention.attention`` (the engine's entry point, Python dispatch included) with the TVM
-kernel installed vs not, on K/V views of a KV cache of 4096 positions; best of ``--repeats`` means of ``--iters``
-calls. Engine part: the bundle is loaded with its linear kernels (``edgespool.load``); a prompt of ``context - 8``
-random tokens is timed once with and once without the attention kernel (prefill), then ``--decode`` greedy steps
-are timed from the same cache state with and without the kernel, alternating, ``--runs`` times (median).
+Kernel part: ``KernelTable.attention`` (the engine's entry point, Python dispatch included) of the numpy-only
+table vs a table with the TVM kernel (``TvmAttention.table()``), on K/V views of a KV cache of 4096 positions;
+best of ``--repeats`` means of ``--iters`` calls. Engine part: the bundle is loaded with its linear kernels
+(``edgespool.load``); a prompt of ``context - 8`` random tokens is timed once with and once without the attention
+kernel (prefill), then ``--decode`` greedy steps are timed from the same cache state with and without the kernel,
+alternating, ``--runs`` times (median): two engines over the same weights, one with the model's kernel table minus
+any compiled attention, one with the TVM attention kernel added to it.
 """
 from __future__ import annotations
 
@@ -39,12 +41,14 @@ def _time(f, iters: int, repeats: int) -> float:
 
 def kernel_bench(contexts: list[int], prefill: list[int], iters: int, repeats: int) -> list[dict]:
     from ..kernels.attention import attention
+    from ..kernels.table import REFERENCE
     from ..kernels.tvm_attention import AttentionSpec
     from ..kernels.tvm_backend import TvmAttention
 
     rows = []
     for label, D, nh, nkv in SHAPES:
         ta = TvmAttention.for_host([AttentionSpec(D, nh, nkv)])
+        table = ta.table()  # the numpy reference with only attention replaced (what the engine would call)
         rng = np.random.default_rng(0)
         kc = rng.standard_normal((nkv, 4096, D)).astype(np.float32)
         vc = rng.standard_normal((nkv, 4096, D)).astype(np.float32)
@@ -54,12 +58,8 @@ def kernel_bench(contexts: list[int], prefill: list[int], iters: int, repeats: i
             k, v = kc[:, :S], vc[:, :S]
             qp, kp = np.arange(S - T, S), np.arange(S)
             n = max(1, iters // T)
-            numpy_s = _time(lambda: attention(q, k, v, qp, kp), n, repeats)
-            prev = ta.install()
-            try:
-                tvm_s = _time(lambda: attention(q, k, v, qp, kp), n, repeats)
-            finally:
-                ta.uninstall(prev)
+            numpy_s = _time(lambda: REFERENCE.attention(q, k, v, qp, kp), n, repeats)
+            tvm_s = _time(lambda: table.attention(q, k, v, qp, kp), n, repeats)
             err = float(np.abs(ta(q, k, v, qp, kp) - attention(q, k, v, qp, kp)).max())
             rows.append({"shape": label, "form": form, "T": T, "S": S, "numpy_us": numpy_s * 1e6,
                          "tvm_us": tvm_s * 1e6, "speedup": numpy_s / tvm_s, "max_abs_diff": err})
@@ -71,24 +71,23 @@ def engine_bench(bundle: Path, contexts: list[int], decode: int, runs: int) -> l
     import edgespool
     from ..kernels.tvm_attention import AttentionSpec
     from ..kernels.tvm_backend import TvmAttention
+    from ..runtime.decoder.engine import Engine
     from ..runtime.decoder.sampling import Sampler
 
     rows = []
     with edgespool.load(bundle) as m:
         c = m.config
         ta = TvmAttention.for_host([AttentionSpec(c.head_dim, c.num_heads, c.num_kv_heads)])
-        eng = m.engine
+        numpy_table = m.kernels.replace(attention_kernel=None)  # the bundle's linear kernels, numpy attention
+        engines = {"numpy": Engine(m.source, numpy_table), "tvm": Engine(m.source, ta.table(numpy_table))}
+        eng = engines["numpy"]
         rng = np.random.default_rng(1)
         for ctx in contexts:
             prompt = rng.integers(3, c.vocab_size, ctx - decode).tolist()
             tcache = eng.new_cache(ctx)
-            prev = ta.install()
-            try:
-                t0 = time.perf_counter()
-                tlogits = eng.forward(prompt, tcache, last_only=True)
-                prefill_tvm_s = time.perf_counter() - t0
-            finally:
-                ta.uninstall(prev)
+            t0 = time.perf_counter()
+            tlogits = engines["tvm"].forward(prompt, tcache, last_only=True)
+            prefill_tvm_s = time.perf_counter() - t0
             del tcache
             cache = eng.new_cache(ctx)
             t0 = time.perf_counter()
@@ -104,17 +103,13 @@ def engine_bench(bundle: Path, contexts: list[int], decode: int, runs: int) -> l
                     cache.k[...] = k0
                     cache.v[...] = v0
                     cache.length = n0
-                    prev = ta.install() if name == "tvm" else None
-                    try:
-                        tok, out = first, []
-                        t0 = time.perf_counter()
-                        for _ in range(decode):
-                            tok = int(np.argmax(eng.forward([tok], cache, last_only=True)[-1]))
-                            out.append(tok)
-                        times[name].append(time.perf_counter() - t0)
-                    finally:
-                        if name == "tvm":
-                            ta.uninstall(prev)
+                    e = engines[name]
+                    tok, out = first, []
+                    t0 = time.perf_counter()
+                    for _ in range(decode):
+                        tok = int(np.argmax(e.forward([tok], cache, last_only=True)[-1]))
+                        out.append(tok)
+                    times[name].append(time.perf_counter() - t0)
                     toks[name] = out
             med = {k: statistics.median(v) for k, v in times.items()}
             rows.append({"context": ctx, "decode_steps": decode, "prompt": len(prompt),

@@ -13,9 +13,9 @@ from typing import Callable
 import numpy as np
 
 # A compiled attention kernel: same arguments as :func:`attention`, returns None when it does not fit (the numpy
-# reference then runs). Empty (the default) = numpy only. ``TvmKernels.install`` puts one under "kernel".
+# reference then runs). A model's kernel (if any) lives in its KernelTable (edgespool.kernels.table), whose
+# ``attention`` method tries it before this module's reference.
 AttentionKernel = Callable[..., "np.ndarray | None"]
-ATTENTION: dict[str, AttentionKernel] = {}
 
 
 def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, sliding_window: int | None = None) -> np.ndarray:
@@ -37,12 +37,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_
 
     ``scale`` defaults to ``D ** -0.5``. Every query must see at least one key (true for causal self-attention
     when the new tokens' own keys are included). Long prompts run in blocks of queries so the ``[nh, T, S]`` score
-    matrix never exceeds :data:`SCORE_BYTES`. A kernel registered in :data:`ATTENTION` runs instead when it fits."""
-    kern = ATTENTION.get("kernel")
-    if kern is not None:
-        out = kern(q, k, v, q_pos, k_pos, sliding_window, scale)
-        if out is not None:
-            return out
+    matrix never exceeds :data:`SCORE_BYTES`. This is the numpy reference; a model's compiled kernel runs through
+    :meth:`edgespool.kernels.table.KernelTable.attention`."""
     T, nh, D = q.shape
     S = k.shape[1]
     if T == 1 and S and k_pos[-1] <= q_pos[0] and (not sliding_window or k_pos[0] > q_pos[0] - sliding_window):

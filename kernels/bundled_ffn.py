@@ -7,8 +7,9 @@ import numpy as np
 
 from ..runtime.bundle.ffn_geometry import NeuronBundles, unpack_bundles
 from ..runtime.bundle.schemes import QTensor
-from .linear import BLOCK_BYTES, dequantize_rows_into, linear
+from .linear import BLOCK_BYTES, dequantize_rows_into
 from .swiglu import ACTIVATIONS
+from .table import REFERENCE, KernelTable
 
 
 def linear_t(x: np.ndarray, w: QTensor) -> np.ndarray:
@@ -29,15 +30,17 @@ def linear_t(x: np.ndarray, w: QTensor) -> np.ndarray:
 
 
 def bundled_ffn(x: np.ndarray, gate: QTensor, up: QTensor, down_t: QTensor, act: str = "relu",
-                pre: np.ndarray | None = None) -> np.ndarray:
+                pre: np.ndarray | None = None, *, kernels: KernelTable = REFERENCE) -> np.ndarray:
     """Gated FFN ``down(act(gate x) * up x)`` of ``x`` ``[T, H]`` from bundle vectors (``down_t`` = ``down.T``,
-    ``[I, H]``) -> ``[T, H]``. ``pre``: the gate pre-activations ``[T, I]`` when already computed (a predictor)."""
-    h = ACTIVATIONS[act](linear(x, gate) if pre is None else pre)
-    h *= linear(x, up)
+    ``[I, H]``) -> ``[T, H]``. ``pre``: the gate pre-activations ``[T, I]`` when already computed (a predictor).
+    The gate and up products go through ``kernels.linear``."""
+    h = ACTIVATIONS[act](kernels.linear(x, gate) if pre is None else pre)
+    h *= kernels.linear(x, up)
     return linear_t(h, down_t)
 
 
-def dense_bundled_ffn(x: np.ndarray, t: NeuronBundles, act: str = "relu") -> np.ndarray:
+def dense_bundled_ffn(x: np.ndarray, t: NeuronBundles, act: str = "relu", *,
+                      kernels: KernelTable = REFERENCE) -> np.ndarray:
     """The FFN of all neurons of a bundled tensor (resident or pinned): neuron blocks of at most
     :data:`~edgespool.kernels.linear.BLOCK_BYTES` of bundles are unpacked and multiplied in turn (bounded
     temporaries, no second copy of the weights). Equals the matrix layout's FFN up to float summation order (and,
@@ -47,5 +50,5 @@ def dense_bundled_ffn(x: np.ndarray, t: NeuronBundles, act: str = "relu") -> np.
     y = np.zeros((*x.shape[:-1], geo.hidden), np.float32)
     step = max(1, BLOCK_BYTES // geo.bundle_bytes)
     for r0 in range(0, geo.neurons, step):
-        y += bundled_ffn(x, *unpack_bundles(geo, t.data[r0: r0 + step]), act=act)
+        y += bundled_ffn(x, *unpack_bundles(geo, t.data[r0: r0 + step]), act=act, kernels=kernels)
     return y

@@ -1,20 +1,24 @@
 """The one linear-layer entry point of the decoder loop: ``y = x @ W.T (+ bias)`` for a weight in any scheme.
 
-Every matrix product of the engine goes through :func:`linear`, so a faster kernel (TVM-compiled per target, CuPy,
-a fused int4 GEMV) plugs in by registering itself for a scheme in :data:`KERNELS` and nothing else changes. The
-default for every scheme is the numpy reference: f32 weights are used as they are; the other schemes are
-dequantised to float32 **in row blocks** of at most :data:`BLOCK_BYTES` (a per-thread scratch buffer reused from
-call to call) and each block is multiplied with BLAS straight into its columns of a preallocated result. The
-float32 temporary of a matmul is therefore bounded by ``BLOCK_BYTES`` (+ the int4 nibble scratch, a quarter of
-it) per calling thread, whatever the matrix size: :func:`reference_workspace_bytes` is the figure the memory plan
-reserves. Each output element is still one dot product over the whole input width, computed from exactly the
-values :func:`edgespool.kernels.quant.dequantize` gives, so results equal the whole-matrix computation up to the
-BLAS kernel's summation order (float rounding).
+Every matrix product of the engine goes through a :class:`~edgespool.kernels.table.KernelTable` (one per loaded
+model: scheme -> kernel), whose ``linear`` method is :func:`apply_linear` over its mapping; a faster kernel
+(TVM-compiled per target, CuPy, a fused int4 GEMV) plugs in by being that table's entry for a scheme, and nothing
+else changes. This module holds the numpy reference kernels (:data:`REFERENCE_KERNELS`, read-only) and
+:func:`linear`, the reference entry point. The reference kernels: f32 weights are used as they are; the other
+schemes are dequantised to float32 **in row blocks** of at most :data:`BLOCK_BYTES` (a per-thread scratch buffer
+reused from call to call) and each block is multiplied with BLAS straight into its columns of a preallocated
+result. The float32 temporary of a matmul is therefore bounded by ``BLOCK_BYTES`` (+ the int4 nibble scratch, a
+quarter of it) per calling thread, whatever the matrix size: :func:`reference_workspace_bytes` is the figure the
+memory plan reserves. Each output element is still one dot product over the whole input width, computed from
+exactly the values :func:`edgespool.kernels.quant.dequantize` gives, so results equal the whole-matrix
+computation up to the BLAS kernel's summation order (float rounding).
 """
 from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Callable
 
 import numpy as np
@@ -57,11 +61,12 @@ def reference_workspace_bytes() -> int:
     return BLOCK_BYTES + BLOCK_BYTES // 4
 
 
-def kernel_workspace_bytes() -> int:
-    """Workspace the memory plan reserves for linear kernels: the largest of the registered kernels' declared
-    ``workspace_bytes`` attribute (a plugged-in kernel without one is assumed to need no more than the reference)."""
+def kernels_workspace_bytes(kernels: Mapping[str, LinearKernel]) -> int:
+    """Workspace the memory plan reserves for the linear kernels ``kernels`` (scheme -> kernel): the largest of
+    their declared ``workspace_bytes`` attribute and the reference's (a kernel without one is assumed to need no
+    more than the reference)."""
     return max([reference_workspace_bytes()]
-               + [int(getattr(k, "workspace_bytes", 0) or 0) for k in KERNELS.values()])
+               + [int(getattr(k, "workspace_bytes", 0) or 0) for k in kernels.values()])
 
 
 def _scratch() -> tuple[np.ndarray, np.ndarray]:
@@ -118,23 +123,32 @@ def _blocked(x: np.ndarray, w: QTensor) -> np.ndarray:
     return y.reshape(*lead, out_f)
 
 
-# scheme -> kernel computing x @ W.T for a 2-D weight; replace an entry to plug in a faster implementation.
-KERNELS: dict[str, LinearKernel] = {
+# scheme -> numpy reference kernel computing x @ W.T for a 2-D weight (read-only: a model's own kernels live in its
+# KernelTable, edgespool.kernels.table)
+REFERENCE_KERNELS: Mapping[str, LinearKernel] = MappingProxyType({
     "f32": _f32,
     "f16": _blocked,
     "int8": _blocked,
     "int4": _blocked,
-}
+})
 
 
-def linear(x: np.ndarray, w: QTensor, bias: QTensor | np.ndarray | None = None) -> np.ndarray:
-    """``x @ W.T + bias`` in float32. ``x`` is ``[..., in]`` float32, ``w`` a 2-D :class:`QTensor` of logical
-    shape ``[out, in]``, ``bias`` an optional ``[out]`` vector (array or QTensor). Returns ``[..., out]`` float32."""
+def apply_linear(kernels: Mapping[str, LinearKernel], x: np.ndarray, w: QTensor,
+                 bias: QTensor | np.ndarray | None = None) -> np.ndarray:
+    """``x @ W.T + bias`` through ``kernels[w.scheme]`` (see :func:`linear`); ValueError for a scheme it lacks."""
     try:
-        kernel = KERNELS[w.scheme]
+        kernel = kernels[w.scheme]
     except KeyError:
-        raise ValueError(f"no linear kernel for weight scheme {w.scheme!r}; known: {', '.join(KERNELS)}") from None
+        raise ValueError(f"no linear kernel for weight scheme {w.scheme!r}; known: {', '.join(kernels)}") from None
     y = kernel(x, w)
     if bias is not None:
         y = y + (bias.dequantize() if isinstance(bias, QTensor) else bias)
     return y
+
+
+def linear(x: np.ndarray, w: QTensor, bias: QTensor | np.ndarray | None = None) -> np.ndarray:
+    """``x @ W.T + bias`` in float32 with the numpy reference kernels (what
+    :data:`edgespool.kernels.table.REFERENCE` ``.linear`` computes). ``x`` is ``[..., in]`` float32, ``w`` a 2-D
+    :class:`QTensor` of logical shape ``[out, in]``, ``bias`` an optional ``[out]`` vector (array or QTensor).
+    Returns ``[..., out]`` float32."""
+    return apply_linear(REFERENCE_KERNELS, x, w, bias)

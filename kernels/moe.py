@@ -16,9 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from .linear import linear
 from .quant import QTensor
 from .swiglu import sigmoid, swiglu
+from .table import REFERENCE, KernelTable
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -60,18 +60,21 @@ def combine_experts(x: np.ndarray, weights: np.ndarray, idx: np.ndarray,
     return out
 
 
-def shared_expert(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor, shared_gate: QTensor) -> np.ndarray:
-    """Qwen2-MoE shared expert: ``sigmoid(x @ shared_gate.T) * swiglu(x)`` for ``x`` ``[T, H]``."""
-    return sigmoid(linear(x, shared_gate)) * swiglu(x, gate, up, down)
+def shared_expert(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor, shared_gate: QTensor, *,
+                  kernels: KernelTable = REFERENCE) -> np.ndarray:
+    """Qwen2-MoE shared expert: ``sigmoid(x @ shared_gate.T) * swiglu(x)`` for ``x`` ``[T, H]`` (products through
+    ``kernels.linear``)."""
+    return sigmoid(kernels.linear(x, shared_gate)) * swiglu(x, gate, up, down, kernels=kernels)
 
 
 def sparse_moe(x: np.ndarray, router: QTensor, experts: dict[int, tuple[QTensor, QTensor, QTensor]], top_k: int,
-               norm_topk_prob: bool, shared: tuple[QTensor, QTensor, QTensor, QTensor] | None = None) -> np.ndarray:
+               norm_topk_prob: bool, shared: tuple[QTensor, QTensor, QTensor, QTensor] | None = None, *,
+               kernels: KernelTable = REFERENCE) -> np.ndarray:
     """The whole MoE block on ``x`` ``[T, H]`` with all experts given as ``{e: (gate, up, down)}`` (reference use;
     the engine uses :func:`route` + :func:`combine_experts` to fetch experts lazily). ``shared`` is
     ``(gate, up, down, shared_gate)`` for Qwen2-MoE."""
-    w, idx = route(linear(x, router), top_k, norm_topk_prob)
-    out = combine_experts(x, w, idx, lambda e, xs: swiglu(xs, *experts[e]))
+    w, idx = route(kernels.linear(x, router), top_k, norm_topk_prob)
+    out = combine_experts(x, w, idx, lambda e, xs: swiglu(xs, *experts[e], kernels=kernels))
     if shared is not None:
-        out += shared_expert(x, *shared)
+        out += shared_expert(x, *shared, kernels=kernels)
     return out

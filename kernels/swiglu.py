@@ -1,13 +1,14 @@
 """Gated feed-forward block (Llama/Mistral/Qwen2 MLP, each MoE expert, the Qwen2-MoE shared expert), numpy
-reference: ``down(act(gate(x)) * up(x))`` with every product through :func:`edgespool.kernels.linear.linear`.
+reference: ``down(act(gate(x)) * up(x))`` with every product through the given kernel table's ``linear``
+(:class:`~edgespool.kernels.table.KernelTable`; default the numpy :data:`~edgespool.kernels.table.REFERENCE`).
 ``act`` is ``silu`` (SwiGLU, the default) or ``relu`` (ReGLU: ReluLLaMA / ProSparse-style Llama checkpoints with
 ``hidden_act: "relu"``, whose FFN activations are exactly sparse)."""
 from __future__ import annotations
 
 import numpy as np
 
-from .linear import linear
 from .quant import QTensor
+from .table import REFERENCE, KernelTable
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -33,18 +34,22 @@ def relu(x: np.ndarray) -> np.ndarray:
 ACTIVATIONS = {"silu": silu, "relu": relu}  # HF ``hidden_act`` -> gate activation
 
 
-def swiglu(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor, act: str = "silu") -> np.ndarray:
+def swiglu(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor, act: str = "silu", *,
+           kernels: KernelTable = REFERENCE) -> np.ndarray:
     """Gated FFN of ``x`` ``[T, H]`` with weights gate/up ``[I, H]`` and down ``[H, I]`` -> ``[T, H]``:
-    ``down(act(gate x) * up x)``; ``act`` ``silu`` (SwiGLU) or ``relu`` (ReGLU)."""
+    ``down(act(gate x) * up x)``; ``act`` ``silu`` (SwiGLU) or ``relu`` (ReGLU). Products through
+    ``kernels.linear``."""
     try:
         fn = ACTIVATIONS[act]
     except KeyError:
         raise ValueError(f"unknown FFN activation {act!r}; known: {', '.join(ACTIVATIONS)}") from None
+    linear = kernels.linear
     h = fn(linear(x, gate))
     h *= linear(x, up)
     return linear(h, down)
 
 
-def reglu(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor) -> np.ndarray:
+def reglu(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor, *,
+          kernels: KernelTable = REFERENCE) -> np.ndarray:
     """ReGLU FFN ``down(relu(gate x) * up x)`` (see :func:`swiglu`)."""
-    return swiglu(x, gate, up, down, "relu")
+    return swiglu(x, gate, up, down, "relu", kernels=kernels)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import BundleError, TargetError
 from .quant import QTensor
+from .table import REFERENCE, KernelTable
 from .tvm_attention import AttentionSpec
 from .tvm_build import LinearSpec
 
@@ -189,7 +190,7 @@ class TvmKernels:
         self.calls = 0
         # use a loaded q8-activation kernel for 1..4 rows (False: the float-activation kernels only)
         self.prefer_q8 = True
-        # compiled attention (kernels.json "attention" list), routed into kernels.attention.ATTENTION by install()
+        # compiled attention (kernels.json "attention" list), the attention kernel of the table() it builds
         self.attention: TvmAttention | None = None
 
     # -- construction -------------------------------------------------------------------------------------------
@@ -316,32 +317,20 @@ class TvmKernels:
         return y.reshape(*lead, out_f) if lead else y.reshape(out_f)
 
     # -- plugging into the engine ---------------------------------------------------------------------------------
-    def install(self, registry: dict | None = None) -> dict:
-        """Route ``registry`` (default :data:`edgespool.kernels.linear.KERNELS`, the engine's one linear entry
-        point) through these kernels for int8 / int4 / f16, each falling back to the entry it replaces when no
-        kernel fits. Returns the replaced entries (pass them to :meth:`uninstall`)."""
-        from . import linear as linear_mod
-
-        reg = linear_mod.KERNELS if registry is None else registry
-        old = {s: reg[s] for s in ("int8", "int4", "f16") if s in reg}
-        for scheme, prev in old.items():
-            reg[scheme] = _Routed(self, prev)
-        if self.attention is not None:  # the previous attention kernel (None = numpy) travels in the same dict
-            old[_ATTN_KEY] = self.attention.install()
-        return old
-
-    @staticmethod
-    def uninstall(old: dict, registry: dict | None = None) -> None:
-        """Put back the entries :meth:`install` replaced (linear and attention)."""
-        from . import linear as linear_mod
-
-        old = dict(old)
-        if _ATTN_KEY in old:
-            TvmAttention.uninstall(old.pop(_ATTN_KEY))
-        (linear_mod.KERNELS if registry is None else registry).update(old)
-
-
-_ATTN_KEY = "__attention__"
+    def table(self, base: KernelTable = REFERENCE, description: str | None = None) -> KernelTable:
+        """A kernel table for one model: ``base`` (default the numpy :data:`~edgespool.kernels.table.REFERENCE`)
+        with int8 / int4 / f16 routed through these kernels, each call falling back to ``base``'s kernel for that
+        scheme when no compiled kernel fits, and with the compiled attention when this set carries one (else
+        ``base``'s). ``backend`` of the table is this object (its :attr:`calls` / :attr:`fallbacks`)."""
+        lin = dict(base.linear_kernels)
+        for scheme in ("int8", "int4", "f16"):
+            if scheme in lin:
+                lin[scheme] = _Routed(self, lin[scheme])
+        attn = self.attention if self.attention is not None else base.attention_kernel
+        if description is None:
+            description = f"TVM kernels ({len(self.specs)} linear" + (
+                f", attention {len(self.attention.specs)})" if self.attention is not None else ")")
+        return KernelTable(lin, attn, description, backend=self)
 
 
 class TvmAttention:
@@ -422,35 +411,21 @@ class TvmAttention:
         self.calls += 1
         return out
 
-    def install(self, registry: dict | None = None) -> Any:
-        """Make this the engine's attention kernel (:data:`edgespool.kernels.attention.ATTENTION`); returns the
-        entry it replaced (None: numpy), for :meth:`uninstall`."""
-        from . import attention as attention_mod
-
-        reg = attention_mod.ATTENTION if registry is None else registry
-        prev = reg.get("kernel")
-        reg["kernel"] = self
-        return prev
-
-    @staticmethod
-    def uninstall(prev: Any, registry: dict | None = None) -> None:
-        """Put back what :meth:`install` replaced."""
-        from . import attention as attention_mod
-
-        reg = attention_mod.ATTENTION if registry is None else registry
-        if prev is None:
-            reg.pop("kernel", None)
-        else:
-            reg["kernel"] = prev
+    def table(self, base: KernelTable = REFERENCE, description: str | None = None) -> KernelTable:
+        """``base`` (default the numpy :data:`~edgespool.kernels.table.REFERENCE`) with only the attention kernel
+        replaced by this one (linear kernels unchanged), e.g. to benchmark or test the attention kernel alone."""
+        return base.replace(attention_kernel=self,
+                            description=description or f"{base.description} + TVM attention ({len(self._fns)})")
 
 
 class _Routed:
-    """A ``kernels.linear.KERNELS`` entry: the TVM kernel when one fits, else the previous entry."""
+    """A :class:`~edgespool.kernels.table.KernelTable` linear entry: the TVM kernel when one fits, else the base
+    table's kernel for the scheme."""
 
     def __init__(self, kernels: TvmKernels, fallback: Any):
         self.kernels = kernels
         self.fallback = fallback
-        # the fallback may still run: reserve what it needs (kernels.linear.kernel_workspace_bytes reads this)
+        # the fallback may still run: reserve what it needs (KernelTable.workspace_bytes reads this)
         self.workspace_bytes = int(getattr(fallback, "workspace_bytes", 0) or 0)
 
     def __call__(self, x: np.ndarray, w: QTensor) -> np.ndarray:

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, StorageError
-from ..kernels.linear import linear
 from ..kernels.quant import QTensor
 from ..kernels.swiglu import ACTIVATIONS
+from ..kernels.table import REFERENCE, KernelTable
 from ..runtime.bundle.reader import Bundle
 from ..runtime.bundle.constants import align_up
 from ..kernels.bundled_ffn import linear_t
@@ -58,13 +58,16 @@ class NeuronFFN:
     """Neuron windows of a streamed run's bundled FFN layers (see the module docstring). Memory comes from
     ``pool`` (pinned region): :func:`edgespool.schedulers.memory_plan.gate_rows_bytes` per layer for the gate rows
     and ``capacity * bundle_bytes`` per layer for the window, plus a load staging buffer
-    (:func:`~edgespool.runtime.bundle.ffn_geometry.load_staging_bytes`)."""
+    (:func:`~edgespool.runtime.bundle.ffn_geometry.load_staging_bytes`). Products go through ``kernels.linear``
+    (the model's :class:`~edgespool.kernels.table.KernelTable`, the same the engine uses)."""
 
     def __init__(self, bundle: Bundle, store: Any, pool: Any, layers: tuple[int, ...], capacity: int, *,
-                 window: int = 5, io_threads: int = 4, verify: bool = True, act: str = "relu") -> None:
+                 window: int = 5, io_threads: int = 4, verify: bool = True, act: str = "relu",
+                 kernels: KernelTable = REFERENCE) -> None:
         if window < 1 or capacity < 1:
             raise BundleError(f"neuron window {window} and capacity {capacity} must be >= 1")
         self.bundle, self.store, self.window, self.act = bundle, store, window, act
+        self.kernels = kernels
         self._act = ACTIVATIONS[act]
         self.capacity = capacity
         self.layers: dict[int, _Layer] = {}
@@ -200,6 +203,7 @@ class NeuronFFN:
         for j in stale:  # LLM in a flash's window: drop neurons unused for ``window`` passes
             L.free.append(L.where.pop(j))
             del L.last[j]
+        linear = self.kernels.linear
         pre = linear(x, L.gate)  # [T, I], exactly what the dense FFN computes
         x2 = pre.reshape(-1, pre.shape[-1])
         active = np.flatnonzero((x2 > 0).any(axis=0))

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import BudgetError, BundleError
 from ..kernels.quant import QTensor
+from ..kernels.table import REFERENCE, KernelTable
 from ..runtime.bundle.reader import Bundle
 from ..runtime.bundle.constants import align_up
 from ..runtime.bundle.config import ModelConfig
@@ -52,19 +53,21 @@ class StreamingWeights:
     with ``acquire(nbytes)``, for emulated bandwidth), ``predict`` (next-layer expert prediction), ``lookahead``
     (read the current layer's routed experts in parallel as soon as ``on_hidden`` gives the hidden state),
     ``cache_policy`` (``lrfu`` or ``lru``), ``adaptive_window`` (TPI-LLM depth adaptation; False = always the
-    plan's depth), ``read_timeout_s``, ``fault`` (a read fault hook for tests).
+    plan's depth), ``read_timeout_s``, ``fault`` (a read fault hook for tests), ``kernels`` (the model's
+    :class:`~edgespool.kernels.table.KernelTable`: the neuron windows compute with it, as the engine does).
     """
 
     def __init__(self, bundle: Bundle, plan: MemoryPlan, *, io_threads: int = 2, direct: bool | None = None,
                  verify: bool | str = "first", rate_limiter: Any = None, predict: bool = True, lookahead: bool = True,
                  cache_policy: str = "lrfu", adaptive_window: bool = True, read_timeout_s: float | None = None,
                  fault=None, predict_extra: int = 0, predict_min_prob: float = 0.3, neuron_window: int = 5,
-                 neuron_io_threads: int = 4) -> None:
+                 neuron_io_threads: int = 4, kernels: KernelTable = REFERENCE) -> None:
         if bundle.config is None:
             raise BundleError(f"{bundle.path}: streaming needs a decoder bundle")
         self.config: ModelConfig = bundle.config
         self.bundle = bundle
         self.plan = plan
+        self.kernels = kernels
         self._check_plan()
         slots = {"layer": (plan.layer_slot_bytes, plan.layer_slots),
                  "expert": (plan.expert_slot_bytes, plan.expert_cache_slots)}
@@ -84,7 +87,8 @@ class StreamingWeights:
             if plan.neuron_layers:  # row-column bundled FFNs: neuron windows with the exact predictor
                 self.neurons = NeuronFFN(bundle, self.store, self.pool, plan.neuron_layers, plan.neuron_capacity,
                                          window=neuron_window, io_threads=neuron_io_threads,
-                                         verify=verify is not False, act=self.config.hidden_act)
+                                         verify=verify is not False, act=self.config.hidden_act,
+                                         kernels=kernels)
             self.load_s = time.perf_counter() - t0
             self.window = LayerWindow(self.store, self.pool, plan.streamed_layers, self.config.num_layers,
                                       adaptive=adaptive_window, clock=self.clock)
@@ -261,8 +265,10 @@ _PLAN_KEYS = ("max_context", "max_batch_tokens", "max_window_depth", "hot_expert
 
 
 def open_streaming(bundle: Bundle, budget: int | str, *, target: str | None = None, verify: bool | str = True,
-                   plan: MemoryPlan | None = None, **options: Any) -> StreamingWeights:
+                   plan: MemoryPlan | None = None, kernels: KernelTable = REFERENCE,
+                   **options: Any) -> StreamingWeights:
     """Plan ``bundle`` into ``budget`` for ``target`` (default host) and open a :class:`StreamingWeights`.
+    ``kernels``: the model's kernel table (the plan reserves its workspace; the neuron windows compute with it).
 
     ``verify=True`` means CRC-check each group's first read (``"always"``: every read). Options named like
     :func:`plan_memory`'s keywords (max_context, max_batch_tokens, max_window_depth, hot_experts, workspace) go to
@@ -270,5 +276,5 @@ def open_streaming(bundle: Bundle, budget: int | str, *, target: str | None = No
     """
     plan_kw = {k: options.pop(k) for k in _PLAN_KEYS if k in options}
     if plan is None:
-        plan = plan_memory(bundle, get_target(target or "host"), budget, **plan_kw)
-    return StreamingWeights(bundle, plan, verify="first" if verify is True else verify, **options)
+        plan = plan_memory(bundle, get_target(target or "host"), budget, kernels=kernels, **plan_kw)
+    return StreamingWeights(bundle, plan, verify="first" if verify is True else verify, kernels=kernels, **options)

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ..errors import BundleError, OptionError
+from ..kernels.table import REFERENCE, KernelTable
 from ..units import parse_bytes, peak_rss_bytes
 from .bundle.reader import Bundle
 from .decoder.engine import Engine, EngineStats
@@ -54,16 +55,18 @@ class GenerationStats:
 
 
 class Model:
-    """A loaded decoder bundle: tokenizer + weight source + engine."""
+    """A loaded decoder bundle: tokenizer + weight source + engine, computing with its own kernel table
+    (:attr:`kernels`, a :class:`~edgespool.kernels.table.KernelTable`: ``kernels.description`` says which kernels
+    and why). Models loaded side by side in one process never share or disturb each other's kernels."""
 
     def __init__(self, bundle: Bundle, source: WeightSource, tokenizer: BundleTokenizer,
-                 kernels: "KernelRoute | None" = None) -> None:
+                 kernels: KernelTable | None = None) -> None:
         self.bundle = bundle
-        self.kernels = kernels or KernelRoute(None, {}, "numpy reference kernels")
+        self.kernels: KernelTable = kernels if kernels is not None else REFERENCE
         self.config = bundle.config
         self.source = source
         self.tokenizer = tokenizer
-        self.engine = Engine(source)
+        self.engine = Engine(source, self.kernels)
         self.stats = GenerationStats()
 
     def encode(self, text: str) -> list[int]:
@@ -97,7 +100,6 @@ class Model:
         return self.tokenizer.stream(self.generate_ids(prompt, max_tokens, **kw))
 
     def close(self) -> None:
-        self.kernels.remove()
         self.source.close()
 
     def __enter__(self) -> "Model":
@@ -107,34 +109,22 @@ class Model:
         self.close()
 
 
-@dataclass
-class KernelRoute:
-    """Which linear kernels a loaded model uses: the bundle's compiled TVM kernels (routed into
-    :data:`edgespool.kernels.linear.KERNELS` until :meth:`remove`) or the numpy reference, and why."""
-
-    backend: Any
-    replaced: dict
-    description: str
-
-    def remove(self) -> None:
-        if self.backend is not None and self.replaced:
-            self.backend.uninstall(self.replaced)
-            self.replaced = {}
-
-
-def install_bundle_kernels(bundle: Bundle, enabled: bool = True) -> KernelRoute:
-    """Route the engine's linear layers through the bundle's compiled kernels when they fit this machine; fall back
-    to numpy (saying why in ``description``) when the bundle has none, they are for another CPU, or no TVM runtime
-    is installed."""
+def resolve_kernels(bundle: Bundle, enabled: bool = True) -> KernelTable:
+    """The kernel table a model of ``bundle`` runs with: the bundle's compiled kernels when they fit this machine
+    (over the numpy reference), else the numpy reference (saying why in ``description``) when they are disabled,
+    the bundle has none, they are for another CPU, or no TVM runtime is installed. Nothing global changes."""
     section = bundle.manifest.get("kernels") or {}
+
+    def reference(why: str) -> KernelTable:
+        return REFERENCE.replace(description=f"numpy reference kernels ({why})")
+
     if not enabled:
-        return KernelRoute(None, {}, "numpy reference kernels (compiled kernels disabled)")
+        return reference("compiled kernels disabled")
     if not section or section.get("status") == "skipped" or not (bundle.path / "kernels").is_dir():
-        why = section.get("reason", "the bundle has no compiled kernels")
-        return KernelRoute(None, {}, f"numpy reference kernels ({why})")
+        return reference(section.get("reason", "the bundle has no compiled kernels"))
     misfit = kernels_misfit(section.get("tvm_target") or {})
     if misfit:
-        return KernelRoute(None, {}, f"numpy reference kernels ({misfit})")
+        return reference(misfit)
     from ..errors import EdgespoolError
 
     try:
@@ -142,12 +132,11 @@ def install_bundle_kernels(bundle: Bundle, enabled: bool = True) -> KernelRoute:
 
         tk = TvmKernels.from_dir(bundle.path / "kernels")
     except (ImportError, EdgespoolError) as e:
-        return KernelRoute(None, {}, f"numpy reference kernels ({e})")
+        return reference(str(e))
     if not tk.specs:
-        why = "; ".join(tk.fallbacks) or "none of the bundle's kernels fit this machine"
-        return KernelRoute(None, {}, f"numpy reference kernels ({why})")
-    return KernelRoute(tk, tk.install(),
-                       f"TVM kernels from the bundle ({len(tk.specs)} compiled for {section.get('target', '?')})")
+        return reference("; ".join(tk.fallbacks) or "none of the bundle's kernels fit this machine")
+    return tk.table(REFERENCE, f"TVM kernels from the bundle ({len(tk.specs)} compiled for "
+                               f"{section.get('target', '?')})")
 
 
 def kernels_misfit(tvm_target: dict[str, Any]) -> str | None:
@@ -167,19 +156,24 @@ def kernels_misfit(tvm_target: dict[str, Any]) -> str | None:
 
 
 def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, target: str | None = None,
-         verify: bool = True, kernels: bool = True, **stream_options: Any) -> Model:
+         verify: bool = True, kernels: bool | KernelTable = True, **stream_options: Any) -> Model:
     """Open a decoder bundle. Without ``memory_budget`` every weight is read once and kept resident (CRC-checked
-    when ``verify``); with one, weights stream from storage under that budget (see edgespool.offload)."""
+    when ``verify``); with one, weights stream from storage under that budget (see edgespool.offload).
+    ``kernels``: True = the bundle's compiled kernels when they fit this machine (:func:`resolve_kernels`), False =
+    the numpy reference, or a :class:`~edgespool.kernels.table.KernelTable` to run with. The model keeps its
+    table (:attr:`Model.kernels`); nothing process-global changes, so models load and close in any order."""
     bundle = Bundle(Path(path))
     if bundle.kind != "decoder":
         raise BundleError(f"{path}: a {bundle.kind} bundle; decoder generation needs a decoder bundle "
                           "(CNN bundles run with `edgespool run BUNDLE --image ...`)")
     tok = BundleTokenizer.from_manifest(bundle.path, bundle.manifest["tokenizer"])
+    # the model's kernels first: the streaming plan reserves their workspace, the neuron windows compute with them
+    table = kernels if isinstance(kernels, KernelTable) else resolve_kernels(bundle, bool(kernels))
     if memory_budget is None:
         source: WeightSource = ResidentWeights(bundle, verify=verify)
     else:
         from ..offload.streaming_source import open_streaming
 
         budget = parse_bytes(memory_budget, "memory_budget")
-        source = open_streaming(bundle, budget, target=target, verify=verify, **stream_options)
-    return Model(bundle, source, tok, install_bundle_kernels(bundle, kernels))
+        source = open_streaming(bundle, budget, target=target, verify=verify, kernels=table, **stream_options)
+    return Model(bundle, source, tok, table)

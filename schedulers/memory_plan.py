@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import BudgetError, OptionError
+from ..kernels.table import REFERENCE, KernelTable
 from ..units import fmt_bytes, parse_bytes
 from ..runtime.bundle.reader import Bundle
 from ..runtime.bundle.constants import align_up
@@ -175,21 +176,22 @@ def kv_cache_bytes(cfg: ModelConfig, max_context: int, dtype_bytes: int = 4) -> 
     return 2 * cfg.num_layers * max_context * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
 
 
-def workspace_bytes(cfg: ModelConfig, bundle: Bundle, max_batch_tokens: int, max_context: int) -> int:
+def workspace_bytes(cfg: ModelConfig, bundle: Bundle, max_batch_tokens: int, max_context: int, *,
+                    kernels: KernelTable = REFERENCE, kernel_workspace: int | None = None) -> int:
     """Estimate of the engine's float32 temporaries for one chunk of ``T`` tokens: hidden-state copies, q/k/v,
     one head's attention scores over the context, the FFN intermediates, the logits of the chunk, plus the linear
-    kernels' bounded scratch (the reference kernels dequantise :data:`~edgespool.kernels.linear.BLOCK_BYTES` of
-    rows at a time, :func:`~edgespool.kernels.linear.kernel_workspace_bytes`) and 4 MiB of slack for numpy's
-    small temporaries."""
-    from ..kernels.linear import kernel_workspace_bytes
-
+    kernels' bounded scratch (``kernel_workspace`` when given, else ``kernels.workspace_bytes()`` of the model's
+    :class:`~edgespool.kernels.table.KernelTable`; the reference kernels dequantise
+    :data:`~edgespool.kernels.linear.BLOCK_BYTES` of rows at a time) and 4 MiB of slack for numpy's small
+    temporaries."""
+    kws = kernels.workspace_bytes() if kernel_workspace is None else int(kernel_workspace)
     T, H = max_batch_tokens, cfg.hidden_size
     inter = max(cfg.intermediate_size, cfg.moe_intermediate_size * max(1, cfg.num_experts_per_tok),
                 cfg.shared_expert_intermediate_size)
     q = cfg.num_heads * cfg.head_dim
     kv = cfg.num_kv_heads * cfg.head_dim
     per_tok = 8 * H + q + 2 * kv + 3 * inter + cfg.vocab_size + 2 * cfg.num_heads * max_context // max(1, T)
-    return align_up(4 * T * per_tok + kernel_workspace_bytes() + 4 * MiB)
+    return align_up(4 * T * per_tok + kws + 4 * MiB)
 
 
 def _neuron_memory(bundle: Bundle, ffn_groups: list[str], capacity: float | int) -> tuple[int, int, int, int]:
@@ -234,11 +236,13 @@ def minimum_budget(bundle: Bundle, target_profile: TargetProfile | None = None, 
 def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_bytes: int | str, *,
                 max_context: int | None = None, max_batch_tokens: int = 256,
                 max_window_depth: int = DEFAULT_MAX_WINDOW_DEPTH, hot_experts: list[str] | None = None,
-                workspace: int | None = None, neuron_capacity: float | int = DEFAULT_NEURON_CAPACITY) -> MemoryPlan:
+                workspace: int | None = None, neuron_capacity: float | int = DEFAULT_NEURON_CAPACITY,
+                kernels: KernelTable = REFERENCE) -> MemoryPlan:
     """Plan a streamed run of ``bundle`` in ``budget_bytes`` (an int or a size string such as ``"512MiB"``).
 
     ``hot_experts``: expert groups to pin first (e.g. from routing statistics); without them all expert memory
-    is an adaptive cache. ``workspace`` overrides the activation-workspace estimate. ``neuron_capacity``: bundles
+    is an adaptive cache. ``workspace`` overrides the activation-workspace estimate (which otherwise includes the
+    scratch of ``kernels``, the model's :class:`~edgespool.kernels.table.KernelTable`). ``neuron_capacity``: bundles
     with row-column bundled FFNs keep this many neurons per layer in memory (a float in (0, 1]: that fraction of
     the layer's neurons). Raises BudgetError naming the minimum when the budget is below the minimum working set.
     """
@@ -257,7 +261,7 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     notes: list[str] = []
 
     kv = kv_cache_bytes(cfg, ctx)
-    ws = align_up(workspace) if workspace is not None else workspace_bytes(cfg, bundle, T, ctx)
+    ws = align_up(workspace) if workspace is not None else workspace_bytes(cfg, bundle, T, ctx, kernels=kernels)
     # float32 copies of every MoE layer's router + FFN norm: the predictor applies layer i+1's router to layer i's
     # hidden state (read once at load through the staging buffer)
     router_tensors: list[str] = []

@@ -1,7 +1,7 @@
 """TVM-compiled GQA attention (kernels/tvm_attention.py, run through tvm_backend.TvmAttention) against the numpy
 reference (kernels/attention.py) and against a float64 softmax written here from the definition: decode and
 prefill, GQA ratios 1/2/4, sliding windows, context lengths 1..~300 (non-multiples of the 16-key block and of the
-vector width), K/V as strided views of a larger KV cache; engine logits with the kernel installed; aarch64 builds
+vector width), K/V as strided views of a larger KV cache; engine logits with the kernel in its table; aarch64 builds
 (and a run in the arm64 rig when it is set up)."""
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ tvm = pytest.importorskip("tvm")
 
 from edgespool.kernels import attention as attention_mod  # noqa: E402
 from edgespool.kernels.attention import attention  # noqa: E402
+from edgespool.kernels.table import REFERENCE  # noqa: E402
 from edgespool.kernels.tvm_attention import AttentionSpec  # noqa: E402
 
 # (head_dim, n_heads, n_kv_heads): GQA ratio 1, 2, 4; head_dim 40: not a multiple of 16 lanes (8-lane dots)
@@ -122,28 +123,28 @@ def test_unfit_calls_return_none(attn):
     assert any("no attention kernel" in r for r in attn.fallbacks)
 
 
-def test_registry_routes_attention_and_restores(attn):
-    """install() makes kernels.attention.attention (the engine's entry point) use the kernel; a call it cannot take
-    runs the numpy reference; uninstall() restores numpy-only."""
-    assert "kernel" not in attention_mod.ATTENTION
+def test_table_routes_attention(attn):
+    """TvmAttention.table() gives a kernel table whose attention (the engine's entry point) uses the kernel; a call
+    it cannot take runs the numpy reference; the REFERENCE table and kernels.attention.attention stay numpy-only."""
+    assert not hasattr(attention_mod, "ATTENTION") and REFERENCE.attention_kernel is None
     D, nh, nkv = 64, 16, 4
     k, v, rng = kv_views(nkv, D, 40, 2)
     q = rng.standard_normal((1, nh, D)).astype(np.float32)
     want = attention(q, k, v, np.array([39]), np.arange(40))
-    prev = attn.install()
-    try:
-        n = attn.calls
-        got = attention(q, k, v, np.array([39]), np.arange(40))
-        assert attn.calls == n + 1
-        np.testing.assert_allclose(got, want, atol=2e-6)
-        q2 = rng.standard_normal((1, 2, D)).astype(np.float32)  # (64, 2, 1): no kernel -> numpy
-        k2, v2 = k[:1], v[:1]
-        np.testing.assert_allclose(attention(q2, k2, v2, np.array([39]), np.arange(40)),
-                                   ref64(q2, k2, v2, np.array([39]), np.arange(40)), atol=2e-6)
-        assert attn.calls == n + 1
-    finally:
-        attn.uninstall(prev)
-    assert "kernel" not in attention_mod.ATTENTION
+    table = attn.table()
+    assert table.attention_kernel is attn and table.linear_kernels == REFERENCE.linear_kernels
+    n = attn.calls
+    got = table.attention(q, k, v, np.array([39]), np.arange(40))
+    assert attn.calls == n + 1
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    q2 = rng.standard_normal((1, 2, D)).astype(np.float32)  # (64, 2, 1): no kernel -> numpy
+    k2, v2 = k[:1], v[:1]
+    np.testing.assert_allclose(table.attention(q2, k2, v2, np.array([39]), np.arange(40)),
+                               ref64(q2, k2, v2, np.array([39]), np.arange(40)), atol=2e-6)
+    assert attn.calls == n + 1
+    REFERENCE.attention(q, k, v, np.array([39]), np.arange(40))
+    attention(q, k, v, np.array([39]), np.arange(40))
+    assert attn.calls == n + 1 and REFERENCE.attention_kernel is None
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
@@ -165,24 +166,23 @@ def test_engine_logits_with_tvm_attention(tmp_path, arch):
     hf = tiny_models.make_hf_model(arch, tmp_path / "hf", tokenizer="bpe", **kw)
     out = export_model(open_hf(hf), tmp_path / "b", policy=QuantPolicy(quant="f32"), onnx=False, kernels=False,
                        progress=False).path
-    eng = Engine(ResidentWeights(Bundle(out)))
+    src = ResidentWeights(Bundle(out))
+    eng = Engine(src)
     c = eng.config
     assert c.num_heads > c.num_kv_heads and (arch != "mistral" or c.sliding_window == 6)
     ids = list(range(3, 20))
 
-    def run():
-        full = eng.forward(ids, eng.new_cache(len(ids)))
-        cache = eng.new_cache(len(ids))
-        eng.forward(ids[:-3], cache)
-        return full, [eng.forward([t], cache)[-1] for t in ids[-3:]]
+    def run(e):
+        full = e.forward(ids, e.new_cache(len(ids)))
+        cache = e.new_cache(len(ids))
+        e.forward(ids[:-3], cache)
+        return full, [e.forward([t], cache)[-1] for t in ids[-3:]]
 
-    want, want_dec = run()
+    want, want_dec = run(eng)
     ta = TvmAttention.for_host([AttentionSpec(c.head_dim, c.num_heads, c.num_kv_heads)], cache_dir=tmp_path / "kc")
-    prev = ta.install()
-    try:
-        got, got_dec = run()
-    finally:
-        ta.uninstall(prev)
+    got, got_dec = run(Engine(src, ta.table()))
+    again, _ = run(eng)  # the numpy engine is unaffected by the other engine's table
+    np.testing.assert_array_equal(again, want)
     assert ta.calls == 5 * c.num_layers and not ta.fallbacks
     tol = 1e-4 * np.abs(want).max()
     np.testing.assert_allclose(got, want, atol=tol)
@@ -192,8 +192,9 @@ def test_engine_logits_with_tvm_attention(tmp_path, arch):
 
 
 def test_load_uses_bundle_attention_against_transformers(tmp_path):
-    """edgespool.load of a bundle exported with kernels routes attention through the bundle's library (and removes
-    it on close); the logits of a GQA mistral with a sliding window shorter than the prompt match transformers."""
+    """edgespool.load of a bundle exported with kernels routes attention through the bundle's library (in the model's
+    own kernel table; loading with kernels=False in the same process gives numpy attention); the logits of a GQA
+    mistral with a sliding window shorter than the prompt match transformers."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     import tiny_models
@@ -206,20 +207,21 @@ def test_load_uses_bundle_attention_against_transformers(tmp_path):
     out = export_model(open_hf(hf), tmp_path / "b", policy=QuantPolicy(quant="f16"), onnx=False, kernels=True,
                        kernel_activations="f32", progress=False).path
     ids = list(range(3, 21))
-    with edgespool.load(out) as m:
+    with edgespool.load(out) as m, edgespool.load(out, kernels=False) as plain:
         ta = m.kernels.backend.attention
-        assert ta is not None and attention_mod.ATTENTION.get("kernel") is ta
+        assert ta is not None and m.kernels.attention_kernel is ta and m.engine.kernels is m.kernels
+        assert plain.kernels.attention_kernel is None and "disabled" in plain.kernels.description
         got = m.logits(ids)
         assert ta.calls == m.config.num_layers and not ta.fallbacks
-    assert "kernel" not in attention_mod.ATTENTION
+        plain.logits(ids)
+        assert ta.calls == m.config.num_layers
     want = tiny_models.hf_logits(hf, ids)
     assert np.abs(got - want).max() / np.abs(want).max() < 2e-3  # f16 weights
 
 def test_bundle_kernels_carry_attention(tmp_path):
     """The kernels exporter compiles the attention library into the bundle's kernels/ (listed under "attention"),
-    from_dir loads it, install() routes both linear and attention, uninstall() restores both."""
+    from_dir loads it, table() routes both linear and attention (the REFERENCE table stays numpy-only)."""
     from edgespool.exporters.kernels_export import build_kernels_for_bundle
-    from edgespool.kernels import linear as linear_mod
     from edgespool.kernels.tvm_backend import TvmKernels
     from edgespool.runtime.bundle.config import ModelConfig
     from edgespool.targets import get_target
@@ -236,18 +238,16 @@ def test_bundle_kernels_carry_attention(tmp_path):
     assert again["attention"][0]["cached"] and again["compile_seconds"] == 0
     tk = TvmKernels.from_dir(tmp_path / "k")
     assert tk.attention is not None and tk.attention.specs == [AttentionSpec(16, 8, 2)]
-    lin = dict(linear_mod.KERNELS)
-    old = tk.install()
-    try:
-        assert attention_mod.ATTENTION["kernel"] is tk.attention
-        k, v, rng = kv_views(2, 16, 20, 3)
-        q = rng.standard_normal((4, 8, 16)).astype(np.float32)
-        got = attention(q, k, v, np.arange(16, 20), np.arange(20))
-        assert tk.attention.calls == 1
-        np.testing.assert_allclose(got, ref64(q, k, v, np.arange(16, 20), np.arange(20)), atol=2e-6)
-    finally:
-        TvmKernels.uninstall(old)
-    assert "kernel" not in attention_mod.ATTENTION and linear_mod.KERNELS == lin
+    lin = dict(REFERENCE.linear_kernels)
+    table = tk.table()
+    assert table.attention_kernel is tk.attention and table.backend is tk
+    assert all(table.linear_kernels[s].fallback is lin[s] for s in ("int8", "int4", "f16"))
+    k, v, rng = kv_views(2, 16, 20, 3)
+    q = rng.standard_normal((4, 8, 16)).astype(np.float32)
+    got = table.attention(q, k, v, np.arange(16, 20), np.arange(20))
+    assert tk.attention.calls == 1
+    np.testing.assert_allclose(got, ref64(q, k, v, np.arange(16, 20), np.arange(20)), atol=2e-6)
+    assert REFERENCE.attention_kernel is None and dict(REFERENCE.linear_kernels) == lin
 
 
 def _elf_machine(path) -> int:

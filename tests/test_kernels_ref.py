@@ -19,6 +19,7 @@ from edgespool.kernels.linear import linear  # noqa: E402
 from edgespool.kernels.rmsnorm import rmsnorm  # noqa: E402
 from edgespool.kernels.swiglu import swiglu  # noqa: E402
 from edgespool.kernels.quant import QTensor  # noqa: E402
+from edgespool.kernels.table import REFERENCE  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -169,6 +170,28 @@ def test_linear_matches_torch_linear_on_the_dequantised_weight(scheme):
     qt = quantize(w, scheme)
     ref = torch.nn.functional.linear(t(x), t(qt.dequantize()), t(b)).numpy()
     np.testing.assert_allclose(linear(x, qt, b), ref, atol=1e-5)
+    np.testing.assert_array_equal(REFERENCE.linear(x, qt, b), linear(x, qt, b))  # the same reference kernels
+
+
+def test_reference_table_is_the_numpy_reference_and_read_only():
+    """REFERENCE (the default kernel table) runs exactly kernels.linear.linear / kernels.attention.attention, says
+    so, and cannot be changed; an unknown scheme fails the same way through both."""
+    import dataclasses
+
+    assert REFERENCE.attention_kernel is None and REFERENCE.description == "numpy reference kernels"
+    with pytest.raises(TypeError):
+        REFERENCE.linear_kernels["int8"] = None  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        REFERENCE.attention_kernel = lambda *a: None  # type: ignore[misc]
+    q = RNG.standard_normal((3, 4, 16)).astype(np.float32)
+    k = RNG.standard_normal((2, 9, 16)).astype(np.float32)
+    v = RNG.standard_normal((2, 9, 16)).astype(np.float32)
+    np.testing.assert_array_equal(REFERENCE.attention(q, k, v, np.arange(6, 9), np.arange(9), 4),
+                                  attention(q, k, v, np.arange(6, 9), np.arange(9), 4))
+    bogus = QTensor("int3", (4, 4), np.zeros((4, 4), np.int8))
+    for fn in (linear, REFERENCE.linear):
+        with pytest.raises(ValueError, match="no linear kernel for weight scheme 'int3'"):
+            fn(np.zeros((1, 4), np.float32), bogus)
 
 
 # -- MoE ---------------------------------------------------------------------------------------------------------

@@ -62,11 +62,11 @@ def tvm_kernels(tmp_path_factory):
 
 
 @pytest.fixture(params=["numpy", "numpy_blocked", pytest.param("tvm", marks=pytest.mark.tvm),
-                        pytest.param("tvm_installed", marks=pytest.mark.tvm)])
+                        pytest.param("tvm_table", marks=pytest.mark.tvm)])
 def impl(request):
     """Each implementation as a callable linear(x, w, bias) -> y: the whole-matrix numpy reference, the engine's
-    row-blocked numpy kernel (kernels.linear), the TVM kernels directly, and the TVM kernels plugged into the
-    engine's kernels.linear registry."""
+    row-blocked numpy kernel (kernels.linear, the REFERENCE table's kernels), the TVM kernels directly, and the TVM
+    kernels in a model's kernel table (TvmKernels.table(), what the engine calls)."""
     from edgespool.kernels import linear as linear_mod
 
     if request.param == "numpy":
@@ -74,16 +74,15 @@ def impl(request):
     if request.param == "numpy_blocked":
         return linear_mod.linear
     kern = request.getfixturevalue("tvm_kernels")
-    if request.param == "tvm_installed":
-        old = kern.install()
-        request.addfinalizer(lambda: kern.uninstall(old))
+    if request.param == "tvm_table":
+        table = kern.table()
         calls0 = kern.calls
 
-        def run_installed(x, w, bias=None):
-            y = linear_mod.linear(x, w, bias)
-            assert kern.calls > calls0, "the installed TVM kernel did not run"
+        def run_table(x, w, bias=None):
+            y = table.linear(x, w, bias)
+            assert kern.calls > calls0, "the table's TVM kernel did not run"
             return y
-        return run_installed
+        return run_table
 
     def run(x, w, bias=None):
         y = kern.linear(x, w, bias)
@@ -346,19 +345,25 @@ def test_q8_prep_kernel_matches_numpy(tmp_path):
 
 
 @pytest.mark.tvm
-def test_installed_kernels_fall_back_to_the_replaced_entry(tvm_kernels):
-    from edgespool.kernels import linear as linear_mod
+def test_table_kernels_fall_back_to_the_base_entry(tvm_kernels):
+    """A TVM table's int8 entry falls back to its base table's kernel for a shape with no compiled kernel; the base
+    (the numpy REFERENCE) is untouched, and the table is read-only."""
+    from edgespool.kernels.table import REFERENCE
 
     w = make("int8", 0, 80, 512)  # no compiled kernel has this shape
     x = np.random.default_rng(7).standard_normal((2, 512)).astype(np.float32)
-    old = tvm_kernels.install()
-    try:
-        assert isinstance(linear_mod.KERNELS["int8"], object) and linear_mod.KERNELS["int8"] is not old["int8"]
-        y = linear_mod.linear(x, w)
-    finally:
-        tvm_kernels.uninstall(old)
-    assert linear_mod.KERNELS["int8"] is old["int8"]
+    ref_int8 = REFERENCE.linear_kernels["int8"]
+    table = tvm_kernels.table()
+    assert table.linear_kernels["int8"] is not ref_int8 and table.linear_kernels["int8"].fallback is ref_int8
+    assert table.linear_kernels["f32"] is REFERENCE.linear_kernels["f32"] and table.backend is tvm_kernels
+    calls = tvm_kernels.calls
+    y = table.linear(x, w)
+    assert tvm_kernels.calls == calls  # the numpy fallback ran
+    assert REFERENCE.linear_kernels["int8"] is ref_int8
+    with pytest.raises(TypeError):
+        table.linear_kernels["int8"] = ref_int8  # type: ignore[index]
     np.testing.assert_allclose(y, x.astype(np.float64) @ decode_ref(w).T, rtol=1e-4, atol=1e-4)
+    assert table.workspace_bytes() == REFERENCE.workspace_bytes()
 
 
 @pytest.mark.tvm

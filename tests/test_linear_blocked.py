@@ -10,6 +10,7 @@ import pytest
 
 from edgespool.kernels import linear as L
 from edgespool.kernels.quant import dequantize, quantize
+from edgespool.kernels.table import REFERENCE
 
 RNG = np.random.default_rng(7)
 
@@ -85,8 +86,8 @@ def test_plan_workspace_uses_the_kernel_bound_not_the_largest_matrix(tmp_path):
 
     b = Bundle(make_bundle(tmp_path / "d", dense_config(hidden=256, inter=2048, vocab=4096)))
     ws = workspace_bytes(b.config, b, 1, 64)
-    assert ws >= L.kernel_workspace_bytes()
-    assert ws < L.kernel_workspace_bytes() + 6 * (1 << 20)
+    assert ws >= REFERENCE.workspace_bytes() == L.reference_workspace_bytes()
+    assert ws < REFERENCE.workspace_bytes() + 6 * (1 << 20)
 
 
 def test_decode_products_run_single_threaded_and_restore_the_callers_blas_threads(monkeypatch):

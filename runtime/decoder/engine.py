@@ -1,8 +1,9 @@
 """The decoder loop (llama2.c style: read it top to bottom).
 
-``Engine(source)`` runs any model of :data:`edgespool.runtime.bundle.config.ARCHITECTURES` whose weights come from a
-:class:`~edgespool.runtime.decoder.weights.WeightSource`. Weights are fetched ONLY through ``source.get(group)`` /
-``source.release(group)``, one streaming group at a time, in compute order:
+``Engine(source, kernels)`` runs any model of :data:`edgespool.runtime.bundle.config.ARCHITECTURES` whose weights
+come from a :class:`~edgespool.runtime.decoder.weights.WeightSource`, every linear layer and attention through the
+model's :class:`~edgespool.kernels.table.KernelTable` ``kernels``. Weights are fetched ONLY through
+``source.get(group)`` / ``source.release(group)``, one streaming group at a time, in compute order:
 
     embed -> layers.0 [-> layers.0.experts.e for each routed e] -> layers.1 ... -> head (-> embed if tied)
 
@@ -28,14 +29,13 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ...errors import BundleError, OptionError
-from ...kernels.attention import attention
-from ...kernels.linear import linear
 from ...kernels.moe import combine_experts, route, shared_expert
 from ...kernels.quant import QTensor
 from ...kernels.rmsnorm import rmsnorm
 from ...kernels.rope import Rope, apply_rope
 from ...kernels.swiglu import swiglu
 from ...kernels.bundled_ffn import dense_bundled_ffn
+from ...kernels.table import REFERENCE, KernelTable
 from ..bundle.ffn_geometry import NeuronBundles
 from ..bundle.names import ffn_group, ffn_tensor
 from .kvcache import KVCache
@@ -74,10 +74,13 @@ def _vec(t: QTensor | None) -> np.ndarray | None:
 
 
 class Engine:
-    """Decoder-only transformer inference over a :class:`WeightSource` (resident or streaming)."""
+    """Decoder-only transformer inference over a :class:`WeightSource` (resident or streaming), every linear layer
+    and attention through ``kernels`` (this model's :class:`~edgespool.kernels.table.KernelTable`; default the
+    numpy reference)."""
 
-    def __init__(self, source: WeightSource) -> None:
+    def __init__(self, source: WeightSource, kernels: KernelTable = REFERENCE) -> None:
         self.source = source
+        self.kernels = kernels
         self.config = c = source.config
         self.rope = Rope(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings)
         self.stats = EngineStats()
@@ -96,7 +99,7 @@ class Engine:
         """Run the T new ``tokens`` (positions ``cache.length ..``) through the model in one batched pass,
         append their keys/values to ``cache``, and return float32 logits ``[T, V]`` (``[1, V]`` for the last
         token only when ``last_only``)."""
-        c, src = self.config, self.source
+        c, src, kern = self.config, self.source, self.kernels
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         T = tokens.size
         if T == 0:
@@ -125,7 +128,8 @@ class Engine:
             if c.is_moe_layer(i):
                 x = x + self._moe(i, w, p, h)
             elif p + "ffn.gate" in w:
-                x = x + swiglu(h, w[p + "ffn.gate"], w[p + "ffn.up"], w[p + "ffn.down"], c.hidden_act)
+                x = x + swiglu(h, w[p + "ffn.gate"], w[p + "ffn.up"], w[p + "ffn.down"], c.hidden_act,
+                               kernels=kern)
             else:  # row-column bundled FFN in its own group (streaming: computed from a neuron window)
                 x = x + self._bundled_ffn(i, h)
             src.release(g)
@@ -136,17 +140,17 @@ class Engine:
         head = src.get(HEAD)
         h = rmsnorm(x, _vec(head[FINAL_NORM]), c.rms_norm_eps)
         if c.tie_word_embeddings:
-            logits = linear(h, src.get(EMBED)[EMBED])
+            logits = kern.linear(h, src.get(EMBED)[EMBED])
             src.release(EMBED)
         else:
-            logits = linear(h, head[LM_HEAD])
+            logits = kern.linear(h, head[LM_HEAD])
         src.release(HEAD)
         return logits.astype(np.float32, copy=False)
 
     def _attention(self, i: int, w: dict[str, QTensor], p: str, h: np.ndarray, pos: np.ndarray,
                    cos: np.ndarray, sin: np.ndarray, cache: KVCache) -> np.ndarray:
         """Self-attention of layer ``i`` for the new tokens ``h`` ``[T, H]``; writes K/V into ``cache``."""
-        c = self.config
+        c, linear = self.config, self.kernels.linear
         T, D = h.shape[0], c.head_dim
         q = linear(h, w[p + "wq"], _vec(w.get(p + "bq")))
         k = linear(h, w[p + "wk"], _vec(w.get(p + "bk")))
@@ -162,7 +166,7 @@ class Engine:
         end = int(pos[-1]) + 1
         start = 0 if not c.sliding_window else max(0, int(pos[0]) - c.sliding_window + 1)
         K, V = cache.view(i, start, end)
-        o = attention(q, K, V, pos, np.arange(start, end), c.sliding_window)
+        o = self.kernels.attention(q, K, V, pos, np.arange(start, end), c.sliding_window)
         return linear(o.reshape(T, c.num_heads * D), w[p + "wo"])
 
     def _bundled_ffn(self, i: int, h: np.ndarray) -> np.ndarray:
@@ -177,15 +181,15 @@ class Engine:
                               "manifest?); re-export the bundle") from None
         try:
             if isinstance(t, NeuronBundles):
-                return dense_bundled_ffn(h, t, self.config.hidden_act)
+                return dense_bundled_ffn(h, t, self.config.hidden_act, kernels=self.kernels)
             return t.ffn(h, self.config.hidden_act)
         finally:
             src.release(g)
 
     def _moe(self, i: int, w: dict[str, QTensor], p: str, h: np.ndarray) -> np.ndarray:
         """Sparse MoE block of layer ``i``: route, then fetch and run only the experts some token chose."""
-        c, src = self.config, self.source
-        weights, idx = route(linear(h, w[p + "router"]), c.num_experts_per_tok, c.norm_topk_prob)
+        c, src, kern = self.config, self.source, self.kernels
+        weights, idx = route(kern.linear(h, w[p + "router"]), c.num_experts_per_tok, c.norm_topk_prob)
         routed = [int(e) for e in np.unique(idx)]
         src.hint([expert_group(i, e) for e in routed])
 
@@ -193,7 +197,7 @@ class Engine:
             g = expert_group(i, e)
             ew = src.get(g)
             pe = expert_prefix(i, e)
-            y = swiglu(xs, ew[pe + "gate"], ew[pe + "up"], ew[pe + "down"])
+            y = swiglu(xs, ew[pe + "gate"], ew[pe + "up"], ew[pe + "down"], kernels=kern)
             src.release(g)
             self.stats.expert_fetches += 1
             return y
@@ -201,7 +205,7 @@ class Engine:
         out = combine_experts(h, weights, idx, run_expert)
         if c.shared_expert_intermediate_size:
             out += shared_expert(h, w[p + "shared.gate"], w[p + "shared.up"], w[p + "shared.down"],
-                                 w[p + "shared_gate"])
+                                 w[p + "shared_gate"], kernels=kern)
         return out
 
     # -- generation -------------------------------------------------------------------------------------------
