@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, StorageError
-from ..kernels.quant import QTensor
+from ..kernels.quant import QTensor, get_scheme
 from ..kernels.swiglu import ACTIVATIONS
 from ..kernels.table import REFERENCE, KernelTable
 from ..runtime.bundle.reader import Bundle
@@ -112,20 +112,7 @@ class NeuronFFN:
         if crc is not None and c != crc:
             raise BundleError(f"{self.bundle.weights_path}: checksum mismatch in tensor {ffn_tensor(i)!r} (file corrupt "
                               "or modified; re-export the bundle)")
-        H = geo.hidden
-        if geo.scheme == "f32":
-            d = data.view(np.float32)
-        elif geo.scheme == "f16":
-            d = data.view(np.float16)
-        elif geo.scheme == "int8":
-            d = data.view(np.int8)
-        else:
-            d = data
-        s = None
-        if scale is not None:
-            s = scale.view(np.float32).reshape(I) if geo.scheme == "int8" else scale.view(np.float16).reshape(
-                I, H // geo.group_size)
-        return QTensor(geo.scheme, (I, H), d, s, geo.group_size if geo.scheme == "int4" else 0)
+        return get_scheme(geo.scheme).rows_from_bytes(data, scale, I, geo.hidden, geo.group_size)
 
     # -- the window ---------------------------------------------------------------------------------------------
     def _make_room(self, L: _Layer, need: int, keep: set[int]) -> None:

@@ -34,6 +34,7 @@ from ..runtime.bundle.reader import Bundle
 from ..runtime.bundle.constants import align_up
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.ffn_geometry import ffn_group, ffn_tensor
+from ..runtime.bundle.names import expert_group, layer_group, layer_of, parse_group
 from ..schedulers.memory_plan import MemoryPlan, plan_memory
 from ..targets.profiles import get_target
 from .buffer_pool import BufferPool
@@ -118,7 +119,7 @@ class StreamingWeights:
                 raise BudgetError(f"memory plan pins group {g!r} that {b.path} does not have (plan made for another "
                                   "bundle?)")
         for i in p.streamed_layers:
-            g = f"layers.{i}"
+            g = layer_group(i)
             if g not in b.groups or align_up(b.groups[g].nbytes) > p.layer_slot_bytes:
                 raise BudgetError(f"memory plan does not fit group {g!r} of {b.path} (plan made for another bundle?)")
         if b.config is not None and b.config.is_moe:
@@ -127,9 +128,9 @@ class StreamingWeights:
             all_pinned = all(g in pinned for g in b.groups if ".experts." in g)
             if not all_pinned and (biggest > p.expert_slot_bytes or p.expert_cache_slots < 1):
                 raise BudgetError(f"memory plan has no expert slots fitting {b.path} (plan made for another bundle?)")
-        covered = (set(p.pinned_groups) | {f"layers.{i}" for i in p.streamed_layers}
+        covered = (set(p.pinned_groups) | {layer_group(i) for i in p.streamed_layers}
                    | {ffn_group(i) for i in p.neuron_layers})
-        missing = [g for g in b.groups if ".experts." not in g and g not in covered]
+        missing = [g for g in b.groups if parse_group(g).kind != "expert" and g not in covered]
         if missing:
             raise BudgetError(f"memory plan covers neither pinning nor streaming of {missing[:3]} in {b.path}")
 
@@ -151,7 +152,7 @@ class StreamingWeights:
             f32 = qt.dequantize()
             dest = self.pool.alloc_pinned(f32.nbytes, 64).view(np.float32).reshape(f32.shape)
             dest[...] = f32
-            out.setdefault(int(name.split(".")[1]), []).append(dest)
+            out.setdefault(layer_of(name), []).append(dest)
         return {i: (v[0], v[1]) for i, v in out.items()}
 
     # -- clock ----------------------------------------------------------------------------------------------------
@@ -162,10 +163,8 @@ class StreamingWeights:
     # -- WeightSource ---------------------------------------------------------------------------------------------
     @staticmethod
     def _parse(group: str) -> tuple[int | None, bool]:
-        if not group.startswith("layers."):
-            return None, False
-        parts = group.split(".")
-        return int(parts[1]), len(parts) > 2
+        n = parse_group(group)
+        return n.layer, n.layer is not None and not n.is_layer
 
     def get(self, group: str) -> dict[str, QTensor]:
         """Tensors of ``group`` (blocking until they are in memory); valid until :meth:`release`."""
@@ -216,7 +215,7 @@ class StreamingWeights:
             return
         self._layer = layer
         h = np.asarray(hidden, dtype=np.float32)
-        used = [f"layers.{layer}.experts.{e}" for e in self.predictor.route(layer, h)]
+        used = [expert_group(layer, e) for e in self.predictor.route(layer, h)]
         self.cache.visit(layer)
         self.cache.protected = set(used)
         self.cache.upcoming = set()
@@ -226,7 +225,7 @@ class StreamingWeights:
             j = self.predictor.next_layer(layer)
             if j is not None:
                 room = self.cache.capacity - len(used)
-                pred = [f"layers.{j}.experts.{e}" for e in self.predictor.predict(j, h, room)]
+                pred = [expert_group(j, e) for e in self.predictor.predict(j, h, room)]
                 self.cache.upcoming = set(pred)
                 self.cache.prefetch(pred, self.clock() + 1.0 / max(1, self.config.num_layers), predicted=True)
 

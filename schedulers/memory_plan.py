@@ -21,7 +21,6 @@ staging; a smaller budget raises :class:`BudgetError` naming that minimum.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +30,7 @@ from ..units import fmt_bytes, parse_bytes
 from ..runtime.bundle.reader import Bundle
 from ..runtime.bundle.constants import align_up
 from ..runtime.bundle.config import ModelConfig
+from ..runtime.bundle.names import EMBED, HEAD, layer_of, layer_prefix, parse_group
 from ..targets.profiles import TargetProfile
 
 MiB = 1 << 20
@@ -123,8 +123,8 @@ class MemoryPlan:
 
     def summary(self) -> str:
         """A printable table of the plan (``edgespool run --plan`` / ``bench``)."""
-        n_layers_pinned = sum(1 for g in self.pinned_groups if g.startswith("layers.") and ".experts." not in g)
-        n_exp_pinned = sum(1 for g in self.pinned_groups if ".experts." in g)
+        n_layers_pinned = sum(1 for g in self.pinned_groups if parse_group(g).is_layer)
+        n_exp_pinned = sum(1 for g in self.pinned_groups if parse_group(g).kind == "expert")
         rows = [
             ("pinned weights", self.pinned_group_bytes,
              f"{len(self.pinned_groups)} groups: embed/head, {n_layers_pinned} layers, {n_exp_pinned} experts"),
@@ -156,19 +156,11 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
-def _is_expert(g: str) -> bool:
-    return ".experts." in g
-
-
 def _numel(shape: list[int]) -> int:
     n = 1
     for d in shape:
         n *= int(d)
     return n
-
-
-def _layer_index(g: str) -> int:
-    return int(g.split(".")[1])
 
 
 def kv_cache_bytes(cfg: ModelConfig, max_context: int, dtype_bytes: int = 4) -> int:
@@ -201,7 +193,7 @@ def _neuron_memory(bundle: Bundle, ffn_groups: list[str], capacity: float | int)
         return 0, 0, 0, 0
     from ..runtime.bundle.ffn_geometry import BundleGeometry, ffn_tensor, load_staging_bytes
 
-    geos = [BundleGeometry.from_record(ffn_tensor(_layer_index(g)), bundle.tensors[ffn_tensor(_layer_index(g))])
+    geos = [BundleGeometry.from_record(ffn_tensor(layer_of(g)), bundle.tensors[ffn_tensor(layer_of(g))])
             for g in ffn_groups]
     neurons = max(g.neurons for g in geos)
     if isinstance(capacity, float):
@@ -249,15 +241,16 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     cfg = bundle.config
     if cfg is None:
         raise BudgetError(f"{bundle.path}: memory planning needs a decoder bundle (kind={bundle.kind!r})")
-    budget = parse_bytes(budget_bytes)
+    budget = parse_bytes(budget_bytes, "--memory-budget")
     ctx = int(max_context or min(cfg.max_position_embeddings, 4096))
     T = max(1, min(max_batch_tokens, ctx))
     groups = bundle.groups
     gsize = {g: align_up(info.nbytes) for g, info in groups.items()}
-    ffn_groups = [g for g in groups if g.endswith(".ffn_bundled")]
-    layer_groups = [g for g in groups if g.startswith("layers.") and not _is_expert(g) and g not in ffn_groups]
-    expert_groups = [g for g in groups if _is_expert(g)]
-    edge_groups = [g for g in ("embed", "head") if g in groups]
+    kinds = {g: parse_group(g).kind for g in groups}
+    ffn_groups = [g for g in groups if kinds[g] == "ffn_bundled"]
+    layer_groups = [g for g in groups if kinds[g] == "layer"]
+    expert_groups = [g for g in groups if kinds[g] == "expert"]
+    edge_groups = [g for g in (EMBED, HEAD) if g in groups]
     notes: list[str] = []
 
     kv = kv_cache_bytes(cfg, ctx)
@@ -267,8 +260,9 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     router_tensors: list[str] = []
     if expert_groups:
         for g in layer_groups:
-            if f"{g}.router" in bundle.tensors:
-                router_tensors += [f"{g}.router", f"{g}.ffn_norm"]
+            p = layer_prefix(parse_group(g).layer)
+            if p + "router" in bundle.tensors:
+                router_tensors += [p + "router", p + "ffn_norm"]
     router_bytes = align_up(sum(align_up(4 * _numel(bundle.tensors[t]["shape"]), 64) for t in router_tensors))
     staging = max(IO_STAGING_BYTES, max((align_up(int(bundle.tensors[t]["nbytes"])) for t in router_tensors),
                                         default=0))
@@ -377,9 +371,9 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
         budget_bytes=budget, target=target_profile.name if target_profile else "host", arch=cfg.arch,
         model_bytes=bundle.weights_nbytes, pinned_groups=tuple(pinned), pinned_group_bytes=pinned_bytes,
         pinned_tensors=tuple(router_tensors), pinned_tensor_bytes=router_bytes, hot_experts=tuple(hot),
-        streamed_layers=tuple(_layer_index(g) for g in streamed), window_depth=depth,
+        streamed_layers=tuple(layer_of(g) for g in streamed), window_depth=depth,
         layer_slot_bytes=layer_slot if streamed else 0, expert_cache_slots=n_cache, expert_slot_bytes=expert_slot,
         max_context=ctx, kv_cache_bytes=kv, max_batch_tokens=T, workspace_bytes=ws, io_staging_bytes=staging,
         streamed_bytes_per_token=stream_bytes, notes=tuple(notes),
-        neuron_layers=tuple(_layer_index(g) for g in ffn_groups), neuron_capacity=n_cap,
+        neuron_layers=tuple(layer_of(g) for g in ffn_groups), neuron_capacity=n_cap,
         neuron_bundle_bytes=n_bundle, neuron_predictor_bytes=n_pred)
