@@ -34,7 +34,7 @@ from ..runtime.bundle.reader import Bundle
 from ..runtime.bundle.constants import align_up
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.ffn_geometry import ffn_group, ffn_tensor
-from ..runtime.bundle.names import expert_group, layer_group, layer_of, parse_group
+from ..runtime.bundle.names import expert_group, is_expert_group, layer_group, layer_of, parse_group
 from ..schedulers.memory_plan import MemoryPlan, plan_memory
 from ..targets.profiles import get_target
 from .buffer_pool import BufferPool
@@ -96,7 +96,7 @@ class StreamingWeights:
             self.cache: ExpertCache | None = None
             self.predictor: ExpertPredictor | None = None
             if self.config.is_moe:
-                hot = {g: self._pinned[g] for g in self._pinned if ".experts." in g}
+                hot = {g: self._pinned[g] for g in self._pinned if is_expert_group(g)}
                 n_moe = sum(1 for i in range(self.config.num_layers) if self.config.is_moe_layer(i))
                 self.cache = ExpertCache(self.store, self.pool, hot, policy=cache_policy, clock=self.clock,
                                          working_set=n_moe * self.config.num_experts_per_tok,
@@ -123,9 +123,9 @@ class StreamingWeights:
             if g not in b.groups or align_up(b.groups[g].nbytes) > p.layer_slot_bytes:
                 raise BudgetError(f"memory plan does not fit group {g!r} of {b.path} (plan made for another bundle?)")
         if b.config is not None and b.config.is_moe:
-            biggest = max(align_up(gi.nbytes) for g, gi in b.groups.items() if ".experts." in g)
+            biggest = max(align_up(gi.nbytes) for g, gi in b.groups.items() if is_expert_group(g))
             pinned = set(p.pinned_groups)
-            all_pinned = all(g in pinned for g in b.groups if ".experts." in g)
+            all_pinned = all(g in pinned for g in b.groups if is_expert_group(g))
             if not all_pinned and (biggest > p.expert_slot_bytes or p.expert_cache_slots < 1):
                 raise BudgetError(f"memory plan has no expert slots fitting {b.path} (plan made for another bundle?)")
         covered = (set(p.pinned_groups) | {layer_group(i) for i in p.streamed_layers}
@@ -204,7 +204,7 @@ class StreamingWeights:
         """Expert groups the engine is about to request: read them now, in parallel."""
         if self.cache is None:
             return
-        ex = [g for g in groups if ".experts." in g and g not in self._pinned]
+        ex = [g for g in groups if is_expert_group(g) and g not in self._pinned]
         if ex:
             self.cache.protected |= set(ex)
             self.cache.prefetch(ex, self.clock())

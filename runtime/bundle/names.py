@@ -178,3 +178,9 @@ def tensor_class(name: str) -> str:
     if ".ffn." in name:
         return "ffn"
     return "attn"
+
+
+def is_expert_group(name: str) -> bool:
+    """Whether group ``name`` is one MoE expert (``layers.{i}.experts.{e}``)."""
+    parts = name.split(".")
+    return len(parts) == 4 and parts[0] == _LAYERS and parts[2] == _EXPERTS
