@@ -21,27 +21,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import TargetError
+from .cuda_launch import CudaEntry
 from .tvm_attention import AttentionSpec
 
 
-class CudaAttention:
+class CudaAttention(CudaEntry):
     """The decode and prefill kernels of one attention cache entry, launched with CuPy."""
 
-    def __init__(self, entry_dir: str | Path):
-        import cupy as cp
+    spec_from_dict = staticmethod(AttentionSpec.from_dict)
 
-        d = Path(entry_dir)
-        meta = json.loads((d / "meta.json").read_text())
-        self.spec = AttentionSpec.from_dict(meta["spec"])
-        self.launch: dict[str, Any] = meta["launch"]
-        major, minor = cp.cuda.Device().compute_capability[0], cp.cuda.Device().compute_capability[1:]
-        here = f"sm_{major}{minor}"
-        if "kernel.fatbin" in meta["files"] and self.launch["arch"] == here:
-            self.module = cp.RawModule(path=str(d / "kernel.fatbin"))
-            self.loaded_from = "fatbin"
-        else:
-            self.module = cp.RawModule(code=(d / "kernel.cu").read_text(), options=(f"--gpu-architecture={here}",))
-            self.loaded_from = "nvrtc"
+    def __init__(self, entry_dir: str | Path):
+        super().__init__(entry_dir)
         self.kernels = {f: self.module.get_function(k["kernel"]) for f, k in self.launch["kernels"].items()}
 
     def _run(self, form: str, q, K, V, scale: float | None, T: int, past: int = 0, window: int = 0):

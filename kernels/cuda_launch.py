@@ -2,8 +2,9 @@
 
 :func:`edgespool.kernels.tvm_build.cuda_artifacts` writes, per kernel, the CUDA C source TVM emits, a fatbin
 compiled by nvcc for the target arch, and a launch record (kernel name, parameter order, grid, block). Here CuPy
-loads the fatbin (``cupy.RawModule(path=...)``) or, when there is none (sm_53: CUDA 13 dropped it), compiles the
-source with NVRTC, and launches it on device arrays. Only numpy and cupy are needed.
+loads the fatbin (``cupy.RawModule(path=...)``) or, when there is none for this GPU (sm_53: CUDA 13 dropped it),
+compiles the source with NVRTC, and launches it on device arrays. Only numpy and cupy are needed.
+:class:`CudaEntry` (the loading) is shared with the attention kernels (:mod:`.cuda_attention`).
 
 ``python -m edgespool.kernels.cuda_launch DIR`` checks every cache entry under DIR (``*/meta.json``) on random
 int8/int4 data against the numpy reference of :mod:`edgespool.kernels.quant` and prints max error and timing.
@@ -25,23 +26,39 @@ from .quant import quantize
 from .tvm_build import LinearSpec
 
 
-class CudaLinear:
-    """One compiled linear kernel on the GPU: ``__call__(x, w, scale)`` on cupy arrays returns cupy ``y``."""
+class CudaEntry:
+    """One compile-cache entry (``meta.json`` + ``kernel.fatbin`` and/or ``kernel.cu``) loaded with CuPy: the fatbin
+    when it was built for this GPU's arch, else the CUDA source compiled by NVRTC for this GPU (a Jetson Nano's
+    sm_53 entries carry the source only: nvcc 13 dropped sm_53). Subclasses say how to read the spec."""
+
+    @staticmethod
+    def spec_from_dict(d: dict[str, Any]) -> Any:
+        raise NotImplementedError
 
     def __init__(self, entry_dir: str | Path):
         import cupy as cp
 
         d = Path(entry_dir)
-        meta = json.loads((d / "meta.json").read_text())
-        self.spec = LinearSpec.from_dict(meta["spec"])
-        self.launch: dict[str, Any] = meta["launch"]
-        if "kernel.fatbin" in meta["files"]:
+        self.meta: dict[str, Any] = json.loads((d / "meta.json").read_text())
+        self.spec = self.spec_from_dict(self.meta["spec"])
+        self.launch: dict[str, Any] = self.meta["launch"]
+        cc = cp.cuda.Device().compute_capability
+        here = f"sm_{cc[0]}{cc[1:]}"
+        if "kernel.fatbin" in self.meta["files"] and self.launch["arch"] == here:
             self.module = cp.RawModule(path=str(d / "kernel.fatbin"))
             self.loaded_from = "fatbin"
         else:
-            arch = self.launch["arch"].replace("sm_", "")
-            self.module = cp.RawModule(code=(d / "kernel.cu").read_text(), options=(f"--gpu-architecture=sm_{arch}",))
+            self.module = cp.RawModule(code=(d / "kernel.cu").read_text(), options=(f"--gpu-architecture={here}",))
             self.loaded_from = "nvrtc"
+
+
+class CudaLinear(CudaEntry):
+    """One compiled linear kernel on the GPU: ``__call__(x, w, scale)`` on cupy arrays returns cupy ``y``."""
+
+    spec_from_dict = staticmethod(LinearSpec.from_dict)
+
+    def __init__(self, entry_dir: str | Path):
+        super().__init__(entry_dir)
         self.kernel = self.module.get_function(self.launch["kernel"])
 
     def __call__(self, x, w, scale=None, y=None):
@@ -103,7 +120,7 @@ def check_entry(entry_dir: Path, iters: int = 50) -> dict[str, Any]:
     end.record()
     end.synchronize()
     ms = cp.cuda.get_elapsed_time(start, end) / iters
-    opts = json.loads((Path(entry_dir) / "meta.json").read_text()).get("options", {}).get("cuda")
+    opts = k.meta.get("options", {}).get("cuda")
     return {"kernel": s.name, "cuda_schedule": opts, "loaded_from": k.loaded_from, "rows": m,
             "max_abs_err": err, "rel_err": rel,
             "ms": ms, "weight_GBps": q.nbytes / (ms * 1e-3) / 1e9}

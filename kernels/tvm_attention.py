@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OptionError, TargetError
-from .tvm_build import _SIG_RE, _tvm, cuda_params, vector_lanes
+from .tvm_build import _tvm, cuda_arch, cuda_compile, vector_lanes
 
 _NEG = -3.0e38  # running-max start: finite, so exp(m_old - m_new) never sees inf - inf
 # CPU: prefetch the K/V rows this many 16-key blocks ahead. Measured (znver4, 20 layers of a 2048-position cache
@@ -226,73 +226,53 @@ def _primfuncs(spec: AttentionSpec, vec: int, cuda: bool = False):
             for c in T.unroll(NC):
                 o[t, h0 + j, R(c * vec, vec)] = acc[j, R(c * vec, vec)] * bc(inv)
 
-    if not cuda:
-        @T.prim_func
-        def decode(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle, scale: T.float32):
-            T.func_attr({"tirx.noalias": True})
-            S = T.int32()
-            sk = T.int32()
-            sv = T.int32()
-            q = T.match_buffer(q_h, (1, NH, D), "float32", align=4)
-            K = T.match_buffer(k_h, (NKV, S, D), "float32", strides=(sk, D, 1), align=4)
-            V = T.match_buffer(v_h, (NKV, S, D), "float32", strides=(sv, D, 1), align=4)
-            o = T.match_buffer(o_h, (1, NH, D), "float32", align=4)
-            for hk in range(NKV):
-                attend(q, K, V, o, scale, 0, hk, hk * G, 0, S)
+    # CPU: one loop step per KV head (the whole query group, in registers), one thread, buffers 4-byte aligned (any
+    # numpy address); CUDA: one thread per (query row, query head), TVM's default alignment
+    align = -1 if cuda else 4
 
-        @T.prim_func
-        def prefill(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle, scale: T.float32,
-                    past: T.int32, window: T.int32):
-            T.func_attr({"tirx.noalias": True})
-            S = T.int32()
-            sk = T.int32()
-            sv = T.int32()
-            Tq = T.int32()
-            q = T.match_buffer(q_h, (Tq, NH, D), "float32", align=4)
-            K = T.match_buffer(k_h, (NKV, S, D), "float32", strides=(sk, D, 1), align=4)
-            V = T.match_buffer(v_h, (NKV, S, D), "float32", strides=(sv, D, 1), align=4)
-            o = T.match_buffer(o_h, (Tq, NH, D), "float32", align=4)
-            for t in range(Tq):
-                for hk in range(NKV):
-                    attend(q, K, V, o, scale, t, hk, hk * G,
-                           T.if_then_else(window > 0, T.max(0, past + t + 1 - window), 0),
-                           T.min(S, past + t + 1))
+    def heads():
+        return T.thread_binding(NH, thread="threadIdx.x") if cuda else T.serial(NKV)
 
-        return decode, prefill
+    def kv_head(u):  # the KV head of loop step u
+        return u // G if cuda else u
 
-    # CUDA: one thread per (query row, query head); K/V views are passed with their strides
+    def first_head(u):  # the first query head of loop step u
+        return u if cuda else u * G
+
+    def rows(n):
+        return T.thread_binding(n, thread="blockIdx.x") if cuda else T.serial(n)
+
     @T.prim_func
-    def decode_cu(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle, scale: T.float32):
+    def decode(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle, scale: T.float32):
         T.func_attr({"tirx.noalias": True})
         S = T.int32()
         sk = T.int32()
         sv = T.int32()
-        q = T.match_buffer(q_h, (1, NH, D), "float32")
-        K = T.match_buffer(k_h, (NKV, S, D), "float32", strides=(sk, D, 1))
-        V = T.match_buffer(v_h, (NKV, S, D), "float32", strides=(sv, D, 1))
-        o = T.match_buffer(o_h, (1, NH, D), "float32")
-        for h in T.thread_binding(NH, thread="threadIdx.x"):
-            attend(q, K, V, o, scale, 0, h // G, h, 0, S)
+        q = T.match_buffer(q_h, (1, NH, D), "float32", align=align)
+        K = T.match_buffer(k_h, (NKV, S, D), "float32", strides=(sk, D, 1), align=align)
+        V = T.match_buffer(v_h, (NKV, S, D), "float32", strides=(sv, D, 1), align=align)
+        o = T.match_buffer(o_h, (1, NH, D), "float32", align=align)
+        for u in heads():
+            attend(q, K, V, o, scale, 0, kv_head(u), first_head(u), 0, S)
 
     @T.prim_func
-    def prefill_cu(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle, scale: T.float32,
-                   past: T.int32, window: T.int32):
+    def prefill(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle, scale: T.float32,
+                past: T.int32, window: T.int32):
         T.func_attr({"tirx.noalias": True})
         S = T.int32()
         sk = T.int32()
         sv = T.int32()
         Tq = T.int32()
-        q = T.match_buffer(q_h, (Tq, NH, D), "float32")
-        K = T.match_buffer(k_h, (NKV, S, D), "float32", strides=(sk, D, 1))
-        V = T.match_buffer(v_h, (NKV, S, D), "float32", strides=(sv, D, 1))
-        o = T.match_buffer(o_h, (Tq, NH, D), "float32")
-        for t in T.thread_binding(Tq, thread="blockIdx.x"):
-            for h in T.thread_binding(NH, thread="threadIdx.x"):
-                attend(q, K, V, o, scale, t, h // G, h,
-                       T.if_then_else(window > 0, T.max(0, past + t + 1 - window), 0),
-                       T.min(S, past + t + 1))
+        q = T.match_buffer(q_h, (Tq, NH, D), "float32", align=align)
+        K = T.match_buffer(k_h, (NKV, S, D), "float32", strides=(sk, D, 1), align=align)
+        V = T.match_buffer(v_h, (NKV, S, D), "float32", strides=(sv, D, 1), align=align)
+        o = T.match_buffer(o_h, (Tq, NH, D), "float32", align=align)
+        for t in rows(Tq):
+            for u in heads():
+                attend(q, K, V, o, scale, t, kv_head(u), first_head(u),
+                       T.if_then_else(window > 0, T.max(0, past + t + 1 - window), 0), T.min(S, past + t + 1))
 
-    return decode_cu, prefill_cu
+    return decode, prefill
 
 
 def schedule(spec: AttentionSpec, target: dict[str, Any]):
@@ -312,38 +292,21 @@ def build(spec: AttentionSpec, target: dict[str, Any]):
     return tvm.compile(schedule(spec, target), target=tvm.target.Target(target))
 
 
-
-
 def cuda_artifacts(spec: AttentionSpec, target: dict[str, Any], fatbin: bool = True
                    ) -> tuple[str, bytes, dict[str, Any]]:
     """CUDA C source of ``spec``'s two kernels for ``target`` (``{"kind": "cuda", "arch": "sm_XX"}``), their fatbin
     (empty when nvcc cannot target ``arch``), and a launch record per kernel: name, parameters in order, block
     (``n_heads`` threads) and grid (1 for decode, T blocks for prefill)."""
-    tvm = _tvm()
-    arch = str(target.get("arch", ""))
-    if target.get("kind") != "cuda" or not arch.startswith("sm_"):
-        raise TargetError(f"cuda_artifacts needs a cuda target with an arch like 'sm_87', got {target}")
-    ex = tvm.compile(schedule(spec, target), target=tvm.target.Target(target))
-    dev = [m for m in ex.mod.imports if m.kind == "cuda"]
-    if not dev:  # pragma: no cover - depends on the TVM build
-        raise TargetError("TVM produced no CUDA device module")
-    src = dev[0].inspect_source()
+    arch = cuda_arch(target)
+    src, found, binary, error = cuda_compile(schedule(spec, target), target, fatbin)
     kernels = {}
-    for _, kname, params in _SIG_RE.findall(src):
-        plist = cuda_params(params)
+    for kname, plist in found:
         form = "decode" if "decode" in kname else "prefill"
         kernels[form] = {"kernel": kname, "params": plist, "block": [spec.n_heads, 1, 1],
                          "grid": [1, 1, 1] if form == "decode" else ["T", 1, 1]}
     if set(kernels) != {"decode", "prefill"}:
         raise TargetError(f"expected decode and prefill CUDA kernels for {spec.name}, found {sorted(kernels)}")
-    launch = {"kernels": kernels, "arch": arch}
-    binary = b""
-    if fatbin:
-        from tvm.support import nvcc
-
-        try:
-            with tvm.target.Target(target):
-                binary = bytes(nvcc.compile_cuda(src, target_format="fatbin", arch=arch, compiler="nvcc"))
-        except Exception as e:  # noqa: BLE001 - e.g. nvcc 13 dropped sm_53: ship the source only
-            launch["fatbin_error"] = " ".join(str(e).split())[-300:]
+    launch: dict[str, Any] = {"kernels": kernels, "arch": arch}
+    if error is not None:
+        launch["fatbin_error"] = error
     return src, binary, launch

@@ -3,8 +3,8 @@
 Cache layout: ``<cache_dir>/<key>/`` holding ``kernel.so`` (CPU targets: a shared library loadable by the TVM
 runtime) or ``kernel.cu`` + ``kernel.fatbin`` (CUDA targets: launched with CuPy by :mod:`.cuda_launch`), plus
 ``meta.json`` (spec, target, compile seconds, sizes). The key hashes the spec, the TVM target dict, the schedule
-options, the C compiler, the TVM version and the source of ``tvm_build.py``, so a change of any of them
-recompiles.
+options, the C compiler, the TVM version and the source of the kernel definitions (``tvm_build.py``,
+``tvm_linear.py``, ``tvm_q8.py``; ``tvm_attention.py`` for attention), so a change of any of them recompiles.
 
 Default directory: ``$EDGESPOOL_KERNEL_CACHE`` or ``~/.cache/edgespool/kernels``.
 """
@@ -62,13 +62,12 @@ def _tvm_version() -> str:
 
 
 def _schedule_source_digest(spec: LinearSpec | AttentionSpec | None = None) -> str:
-    """Digest of the kernel definitions/schedules (tvm_build.py; tvm_attention.py too for attention kernels):
-    editing them invalidates the cache."""
-    from . import tvm_attention, tvm_build
+    """Digest of the kernel definitions/schedules (tvm_build.py, tvm_linear.py, tvm_q8.py; tvm_attention.py too
+    for attention kernels): editing them invalidates the cache."""
+    from . import tvm_attention, tvm_build, tvm_linear, tvm_q8
 
-    data = Path(tvm_build.__file__).read_bytes()
-    if isinstance(spec, AttentionSpec):
-        data += Path(tvm_attention.__file__).read_bytes()
+    mods = (tvm_build, tvm_linear, tvm_q8) + ((tvm_attention,) if isinstance(spec, AttentionSpec) else ())
+    data = b"".join(Path(m.__file__).read_bytes() for m in mods)
     return hashlib.sha256(data).hexdigest()[:16]
 
 

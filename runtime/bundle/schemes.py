@@ -62,7 +62,7 @@ class Scheme:
     bits: int = 0
     data_dtype: str = ""  # numpy dtype name of the data part
     scale_dtype: str | None = None  # numpy dtype name of the scale part (None: no scale)
-    kernel_families: tuple[str, ...] = ()  # compiled linear-kernel families that serve it (kernels/tvm_linear.py)
+    kernel_families: tuple[str, ...] = ()  # compiled linear-kernel families: kernels/tvm_linear.py, "*_q8": tvm_q8.py
 
     # -- geometry ---------------------------------------------------------------------------------------------
     def group_size(self, group_size: int) -> int:
@@ -142,6 +142,7 @@ class F32(Scheme):
 
 class F16(Scheme):
     name, bits, data_dtype = "f16", 16, "float16"
+    kernel_families = ("f16",)
 
     def quantize(self, w: np.ndarray, group_size: int = 32) -> QTensor:
         w = np.asarray(w, dtype=np.float32)
