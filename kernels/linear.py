@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from .quant import QTensor, get_scheme
+from .quant import SCHEMES, QTensor, get_scheme
 
 LinearKernel = Callable[[np.ndarray, QTensor], np.ndarray]
 
@@ -125,12 +125,9 @@ def _blocked(x: np.ndarray, w: QTensor) -> np.ndarray:
 
 # scheme -> numpy reference kernel computing x @ W.T for a 2-D weight (read-only: a model's own kernels live in its
 # KernelTable, edgespool.kernels.table)
-REFERENCE_KERNELS: Mapping[str, LinearKernel] = MappingProxyType({
-    "f32": _f32,
-    "f16": _blocked,
-    "int8": _blocked,
-    "int4": _blocked,
-})
+# every scheme of the registry (runtime/bundle/schemes.py): f32 as stored, the rest dequantised in row blocks
+REFERENCE_KERNELS: Mapping[str, LinearKernel] = MappingProxyType(
+    {name: (_f32 if name == "f32" else _blocked) for name in SCHEMES})
 
 
 def apply_linear(kernels: Mapping[str, LinearKernel], x: np.ndarray, w: QTensor,

@@ -8,7 +8,11 @@ import platform
 from .profiles import StorageSpec, TargetProfile
 
 # Map CPU model strings to LLVM mcpu names (TVM rejects mcpu=native).
-_X86_MCPU = [("EPYC 9", "znver4"), ("EPYC 7", "znver3"), ("Ryzen", "znver3"), ("Xeon", "skylake-avx512")]
+_X86_MCPU = [("EPYC 9", "znver4"), ("EPYC 7", "znver3"), ("Ryzen", "znver3")]
+# Intel model strings in VMs say only "Intel(R) Xeon(R) Processor": infer the generation from the features, newest
+# first (an mcpu whose features the CPU lacks would compile illegal instructions; one older loses VNNI kernels).
+_INTEL_BY_FEATURES = [({"amx_int8", "avx512_fp16"}, "sapphirerapids"), ({"avx512_vnni", "avx512_bf16"}, "cooperlake"),
+                      ({"avx512_vnni"}, "cascadelake"), ({"avx512f", "avx512bw", "avx512vl"}, "skylake-avx512")]
 
 
 def _cpu_flags() -> set[str]:
@@ -56,6 +60,8 @@ def detect_host() -> TargetProfile:
         mcpu = next((m for key, m in _X86_MCPU if key in model), "")
         if not mcpu and "EPYC" in model:  # model string without a generation number (VMs): infer from features
             mcpu = "znver4" if "avx512f" in flags else "znver3"
+        if not mcpu and ("Intel" in model or "Xeon" in model):
+            mcpu = next((m for need, m in _INTEL_BY_FEATURES if need <= flags), "")
         mcpu = mcpu or ("x86-64-v3" if "avx2" in flags else "x86-64")
         tvm = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
         return TargetProfile(

@@ -20,6 +20,7 @@ Schemes (symmetric; weights are ``[out, in]``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -271,15 +272,23 @@ def unpack_int4(data: np.ndarray, group_size: int) -> np.ndarray:
     return np.concatenate([lo, hi], axis=2).reshape(out, 2 * half)
 
 
-# The registry: scheme name -> its object (a plain dict literal, MLC-LLM habit).
-SCHEMES: dict[str, Scheme] = {
-    "f32": F32(),
-    "f16": F16(),
-    "int8": Int8(),
-    "int4": Int4(),
-}
+def _registry() -> "MappingProxyType[str, Scheme]":
+    """The registry, read-only: scheme name -> its object (the formats above, then llama.cpp's block formats kept
+    as stored by ``--quant keep``, :mod:`.ggml_schemes`)."""
+    from .ggml_schemes import ggml_schemes
+
+    return MappingProxyType({
+        "f32": F32(),
+        "f16": F16(),
+        "int8": Int8(),
+        "int4": Int4(),
+        **ggml_schemes(),
+    })
+
+
+SCHEMES = _registry()
+FLOAT_SCHEMES = ("f32", "f16")  # plain float arrays of the logical shape (quantisers' and lowerings' float inputs)
 BITS = {name: s.bits for name, s in SCHEMES.items()}
-FLOAT_SCHEMES = tuple(n for n, s in SCHEMES.items() if s.scale_dtype is None)
 
 
 def get_scheme(name: str) -> Scheme:
