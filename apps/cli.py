@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "cmd_plan",
     "cmd_rig",
     "cmd_bench",
+    "cmd_perplexity",
 ]
 
 

@@ -18,6 +18,8 @@ from ..kernels.quant import SCHEMES, QTensor, dequantize, quantize
 from ..runtime.bundle.names import tensor_class
 
 BITS_TO_SCHEME = {32: "f32", 16: "f16", 8: "int8", 4: "int4"}
+KEEP = "keep"  # store each tensor as the source stores it (a GGUF's block types, bytes identical)
+QUANT_CHOICES = (KEEP, "f32", "f16", "int8", "int4")  # --quant
 ALWAYS_F32 = ("norm", "bias", "router")
 
 
@@ -35,14 +37,14 @@ def scheme_from_bits(bits: int | None, option: str) -> str | None:
 class QuantPolicy:
     """How to compress a model's tensors."""
 
-    quant: str = "f32"  # default scheme for matrices: f32, f16, int8, int4
+    quant: str = "f32"  # default scheme for matrices: keep (a GGUF's own blocks), f32, f16, int8, int4
     group_size: int = 32  # int4 group size along the input dimension
     expert_bits: int | None = None  # override for MoE expert matrices
     dense_bits: int | None = None  # override for every other matrix
 
     def __post_init__(self) -> None:
-        if self.quant not in SCHEMES:
-            raise OptionError(f"--quant must be one of {', '.join(SCHEMES)} (got {self.quant!r})")
+        if self.quant not in QUANT_CHOICES:
+            raise OptionError(f"--quant must be one of {', '.join(QUANT_CHOICES)} (got {self.quant!r})")
         if self.group_size < 2 or self.group_size % 2:
             raise OptionError(f"--group-size must be an even number >= 2 (got {self.group_size})")
         scheme_from_bits(self.expert_bits, "--expert-bits")
@@ -56,6 +58,10 @@ class QuantPolicy:
         if cls == "expert":
             return scheme_from_bits(self.expert_bits, "--expert-bits") or self.quant
         return scheme_from_bits(self.dense_bits, "--dense-bits") or self.quant
+
+    def keeps(self, name: str, shape: tuple[int, ...]) -> bool:
+        """Whether tensor ``name`` is stored as the source stores it (``--quant keep`` and no override)."""
+        return self.intended_scheme(name, shape) == KEEP
 
     def scheme_for(self, name: str, shape: tuple[int, ...]) -> str:
         """The scheme tensor ``name`` of ``shape`` is stored in."""
@@ -92,6 +98,15 @@ class CompressionReport:
     def __init__(self) -> None:
         self.classes: dict[str, ClassStats] = {}
         self.fallbacks: list[str] = []
+
+    def add_kept(self, name: str, q: QTensor, source_bytes: int) -> None:
+        """A tensor stored as the source stores it: same bytes, no reconstruction error by construction."""
+        st = self.classes.setdefault(tensor_class(name), ClassStats())
+        st.tensors += 1
+        st.params += int(np.prod(q.shape))
+        st.bytes_before += int(source_bytes)
+        st.bytes_after += q.nbytes
+        st.schemes[q.scheme] = st.schemes.get(q.scheme, 0) + 1
 
     def add(self, name: str, w: np.ndarray, q: QTensor, source_bytes: int) -> None:
         st = self.classes.setdefault(tensor_class(name), ClassStats())

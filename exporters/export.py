@@ -91,11 +91,17 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
                     writer.add_tensor(name, _bundle_ffn(source, layer_of(name), policy, report))
                     bar.update(1)
                     continue
+                src_bytes = getattr(source, "source_nbytes", lambda n: None)(name)
+                if policy.keeps(name, tuple(shape)):
+                    q = _stored(source, name, shape)
+                    report.add_kept(name, q, src_bytes if src_bytes is not None else q.nbytes)
+                    writer.add_tensor(name, q)
+                    bar.update(1)
+                    continue
                 w = source.tensor(name)
                 if tuple(w.shape) != tuple(shape):
                     raise ModelFormatError(f"{source.path}: tensor {name!r} has shape {tuple(w.shape)}, the config "
                                            f"implies {tuple(shape)}")
-                src_bytes = getattr(source, "source_nbytes", lambda n: None)(name)
                 writer.add_tensor(name, compress_tensor(name, w, policy, report, src_bytes))
                 bar.update(1)
         timings["compress_s"] = time.perf_counter() - t0
@@ -126,6 +132,19 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
     total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     rep["timings"]["total_s"] = time.perf_counter() - t0
     return ExportResult(path, time.perf_counter() - t0, total, rep)
+
+
+def _stored(source: SourceModel, name: str, shape: tuple[int, ...]) -> QTensor:
+    """Tensor ``name`` exactly as ``source`` stores it (``--quant keep``)."""
+    stored = getattr(source, "stored", None)
+    if stored is None:
+        raise OptionError(f"--quant keep stores a GGUF's own block types; {source.path} is a {source.format} "
+                          "checkpoint: choose --quant f32, f16, int8 or int4")
+    q = stored(name)
+    if tuple(q.shape) != tuple(shape):
+        raise ModelFormatError(f"{source.path}: tensor {name!r} has shape {tuple(q.shape)}, the config implies "
+                               f"{tuple(shape)}")
+    return q
 
 
 def _check_ffn_layout(cfg, ffn_layout: str) -> None:

@@ -37,7 +37,9 @@ import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..runtime.bundle.config import ModelConfig
+from ..runtime.bundle.ggml_schemes import GGML_BLOCKS
 from ..runtime.bundle.names import parse_tensor
+from ..runtime.bundle.schemes import QTensor, get_scheme
 from .source import TokenizerSpec
 
 # GGUF general.architecture -> canonical arch (llama becomes mixtral when it has experts)
@@ -335,6 +337,37 @@ class GGUFModel:
         if last == "shared_gate":
             w = w.reshape(1, -1)
         return w
+
+    def stored(self, name: str) -> QTensor:
+        """Canonical tensor ``name`` exactly as the file stores it (``--quant keep``): F32 -> f32, F16 -> f16,
+        BF16 -> bf16, block types -> their ggml scheme (uint8 rows of blocks, bytes identical to the file's; llama
+        q/k rows un-permuted as whole rows). 1-D tensors and F32 come back as f32."""
+        gname, expert = self._gguf_name(name)
+        t = self._tensors.get(gname)
+        if t is None:
+            raise ModelFormatError(f"{self.path}: tensor {gname!r} (for {name!r}) is missing")
+        ty = t.tensor_type.name
+        shape = self.config.tensor_shapes()[name]
+        if ty == "F32" or len(shape) != 2:
+            return QTensor("f32", tuple(shape), np.ascontiguousarray(self.tensor(name), np.float32).reshape(shape))
+        if ty not in GGML_BLOCKS and ty not in ("F16", "BF16"):
+            raise UnsupportedModelError(f"{self.path}: tensor {gname!r} has type {ty}, which edgespool cannot keep; "
+                                        f"keepable: F32, F16, BF16, {', '.join(GGML_BLOCKS)} (or re-quantise with "
+                                        "--quant int8 / int4)")
+        data = t.data if expert is None else t.data[expert]
+        scheme = get_scheme(ty.lower())
+        rows = np.asarray(data).reshape(shape[0], -1)
+        if ty == "F16":
+            rows = rows.view(np.float16).reshape(shape)
+        elif ty == "BF16":
+            rows = rows.view(np.uint16).reshape(shape)
+        elif rows.shape[1] != scheme.row_data_bytes(shape[1]):
+            raise ModelFormatError(f"{self.path}: tensor {gname!r} ({ty}) rows hold {rows.shape[1]} bytes, "
+                                   f"expected {scheme.row_data_bytes(shape[1])} for {shape[1]} values")
+        last = name.rsplit(".", 1)[-1]
+        if self.gguf_arch in PERMUTED_QK_ARCHS and last in ("wq", "wk"):
+            rows = unpermute_qk(rows, self.config.num_heads if last == "wq" else self.config.num_kv_heads)
+        return QTensor(scheme.name, tuple(shape), np.ascontiguousarray(rows))
 
     def source_nbytes(self, name: str) -> int:
         """Bytes canonical tensor ``name`` occupies in the GGUF file (its share of a merged expert tensor)."""
