@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..exporters.compress import QuantPolicy
+from ..exporters.compress import KEEP, QUANT_CHOICES, QuantPolicy
 from ..targets import get_target
 from ..units import fmt_bytes, parse_bytes
 
@@ -17,15 +17,19 @@ CNN_SUFFIXES = (".onnx", ".pth", ".pt")
 @click.command("export")
 @click.argument("source", type=click.Path())
 @click.option("--target", "-t", default="host", show_default=True, help="Target profile (see `edgespool targets`).")
-@click.option("--quant", "-q", default="f16", show_default=True,
-              type=click.Choice(["f32", "f16", "int8", "int4"]), help="Default scheme for weight matrices.")
+@click.option("--quant", "-q", default=None, type=click.Choice(list(QUANT_CHOICES)),
+              help="Scheme for weight matrices. keep (the default for GGUF inputs): every tensor exactly as the file "
+                   "stores it (Q4_K, Q6_K, Q8_0, ... bytes identical); f16 is the default for Hugging Face "
+                   "checkpoints; int8 / int4 re-quantise (the report says what it cost).")
 @click.option("--group-size", default=32, show_default=True, type=int, help="int4 group size.")
 @click.option("--expert-bits", type=click.Choice(["32", "16", "8", "4"]), help="Bits for MoE expert matrices.")
 @click.option("--dense-bits", type=click.Choice(["32", "16", "8", "4"]),
               help="Bits for every other matrix (attention, dense FFN, embeddings, lm_head).")
 @click.option("--output", "-o", required=True, type=click.Path(), help="Bundle directory to write.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --output.")
-@click.option("--no-onnx", is_flag=True, help="Skip the ONNX lowering.")
+@click.option("--onnx/--no-onnx", "with_onnx", default=False, show_default=True,
+              help="Also write model.onnx (+ model.onnx.data, a second copy of the weights in ONNX's layout) for "
+                   "plain onnxruntime; off by default so a bundle stores its weights once.")
 @click.option("--no-kernels", is_flag=True, help="Skip compiling target kernels.")
 @click.option("--kernel-activations", default="q8", show_default=True, type=click.Choice(["f32", "q8"]),
               help="q8 (default): also compile GEMVs that round activations to Q8_0 blocks (llama.cpp's numerics; "
@@ -44,7 +48,7 @@ CNN_SUFFIXES = (".onnx", ".pth", ".pt")
 @click.option("--calib", multiple=True, type=click.Path(), help="CNNs int8: calibration image (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bits: str | None,
-               dense_bits: str | None, output: str, force: bool, no_onnx: bool, no_kernels: bool,
+               dense_bits: str | None, output: str, force: bool, with_onnx: bool, no_kernels: bool,
                kernel_activations: str, ffn_layout: str,
                activation_budget: str | None, input_shape: str | None, cnn_quant: str | None, width: float,
                resolution: int, max_overhead: str | None, calib: tuple[str, ...], as_json: bool) -> None:
@@ -67,12 +71,14 @@ def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bit
         return
     from ..exporters.export import export_model, open_source
 
+    src = open_source(source)
+    if quant is None:
+        quant = KEEP if src.format == "gguf" else "f16"
     policy = QuantPolicy(quant=quant, group_size=group_size,
                          expert_bits=int(expert_bits) if expert_bits else None,
                          dense_bits=int(dense_bits) if dense_bits else None)
-    src = open_source(source)
     try:
-        res = export_model(src, output, target=profile, policy=policy, overwrite=force, onnx=not no_onnx,
+        res = export_model(src, output, target=profile, policy=policy, overwrite=force, onnx=with_onnx,
                            kernels=not no_kernels, progress=progress,
                            kernel_activations=kernel_activations, ffn_layout=ffn_layout)
     finally:

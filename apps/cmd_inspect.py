@@ -59,7 +59,7 @@ def inspect_cmd(bundle: str, as_json: bool, verify: bool) -> None:
             click.echo(f"         {k:14s} {','.join(v['schemes']):10s} rel-RMSE {v['rel_rmse']:.4f}  "
                        f"max|err| {v['max_abs_err']:.4g}")
     click.echo("files    " + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in s["files"].items()))
-    click.echo(f"total    {fmt_bytes(s['total_bytes'])}")
+    click.echo(f"total    {fmt_bytes(s['total_bytes'])} on disk = {s['disk_to_weights']:.3f}x the weights")
 
 
 COMMANDS = [inspect_cmd]

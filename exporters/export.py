@@ -19,7 +19,7 @@ from ..runtime.bundle.names import layer_of, layer_prefix, parse_tensor
 from ..runtime.bundle.schemes import FLOAT_SCHEMES
 from ..targets import TargetProfile, get_target
 from .bundle_writer import FFN_LAYOUTS, BundleWriter, expected_tensors
-from .compress import CompressionReport, QuantPolicy, compress_tensor
+from .compress import KEEP, CompressionReport, QuantPolicy, compress_tensor
 from .source import SourceModel
 
 GGUF_MAGIC = b"GGUF"
@@ -74,6 +74,10 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
     policy = policy or QuantPolicy()
     cfg = source.config
     _check_ffn_layout(cfg, ffn_layout)
+    if onnx and policy.quant == KEEP:
+        raise OptionError("the ONNX lowering needs --quant f32, f16, int8 or int4: ONNX has no operators for GGUF's "
+                          "block types (Q4_K, Q6_K, ...) that --quant keep stores; export without --onnx, or "
+                          "re-quantise")
     meta = {
         "source": {"format": source.format,
                    "path": str(Path(source.path).resolve()) if Path(source.path).exists() else str(source.path)},
@@ -107,7 +111,7 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
         timings["compress_s"] = time.perf_counter() - t0
         tok = source.tokenizer()
         writer.set_tokenizer(tok.json, bos_token_id=tok.bos_token_id, eos_token_ids=list(tok.eos_token_ids),
-                             add_bos=tok.add_bos)
+                             add_bos=tok.add_bos, chat_template=tok.chat_template, special_tokens=tok.special_tokens)
         if onnx:
             t1 = time.perf_counter()
             from .onnx_decoder import export_onnx

@@ -52,6 +52,7 @@ def summarize(bundle: Bundle) -> dict[str, Any]:
         "layers": layers,
         "files": files,
         "total_bytes": sum(files.values()),
+        "disk_to_weights": sum(files.values()) / bundle.weights_nbytes if bundle.weights_nbytes else 0.0,
         "onnx": m.get("onnx"),
         "kernels": m.get("kernels"),
         "report": m.get("report"),

@@ -10,7 +10,6 @@ patch that extracted copy so an unrecognised BPE pre-tokenizer (our home-trained
 """
 from __future__ import annotations
 
-import contextlib
 
 import ctypes
 import fcntl
@@ -146,27 +145,13 @@ def quantize(src: str | Path, dst: str | Path, ftype: str = "q4_0") -> Path:
     return Path(dst)
 
 
-@contextlib.contextmanager
 def _without_repack():
-    """Load models with ``use_extra_bufts = False``: llama.cpp 0.3.36's CPU weight-repacking buffers (Q4_0/Q8_0
-    rearranged for AVX-512 at load) segfault in an OpenMP worker on the tiny test shapes (hidden 64) on this
-    machine (znver4), even at n_threads=1. Without them llama.cpp runs the same Q8_0/Q4_0 block dot products from
-    the file's layout (float summation order may differ), so the parity references stand; benchmarks keep
-    llama.cpp's defaults."""
-    import llama_cpp.llama as llama_mod
+    """Load models with ``use_extra_bufts = False``: llama.cpp 0.3.36's extra buffer types (AVX-512 repack, AMX)
+    segfault on this VM (see edgespool/benchmarks/llamacpp_peer.py); without them llama.cpp runs the same block
+    dot products from the file's layout (float summation order may differ), so the parity references stand."""
+    from edgespool.benchmarks.llamacpp_peer import model_params
 
-    orig = llama_mod.llama_cpp.llama_model_default_params
-
-    def params():
-        p = orig()
-        p.use_extra_bufts = False
-        return p
-
-    llama_mod.llama_cpp.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        llama_mod.llama_cpp.llama_model_default_params = orig
+    return model_params(False)
 
 
 def llama_logits(gguf_path: str | Path, ids: list[int], *, f32_kv: bool = True, **llama_kw) -> np.ndarray:
