@@ -14,6 +14,7 @@ from typing import Any
 from .errors import (
     BudgetError,
     BundleError,
+    ChatTemplateError,
     DeployError,
     EdgespoolError,
     ModelFormatError,
@@ -44,5 +45,6 @@ __all__ = [
     "DeployError",
     "StorageError",
     "OptionError",
+    "ChatTemplateError",
     "__version__",
 ]

@@ -44,3 +44,8 @@ class StorageError(EdgespoolError):
 
 class OptionError(EdgespoolError):
     """A user-supplied option has an invalid value (the message names the option)."""
+
+
+class ChatTemplateError(EdgespoolError):
+    """A chat template is missing, does not compile, or raised while rendering (the message carries the
+    template's own message)."""

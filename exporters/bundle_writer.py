@@ -14,7 +14,7 @@ import os
 import shutil
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -22,8 +22,8 @@ from .. import __version__
 from ..errors import BundleError, OptionError
 from ..runtime.bundle.schemes import QTensor, get_scheme
 from ..runtime.bundle.constants import (
-    ALIGNMENT, MAGIC, MANIFEST, NEURON_BUNDLES_SCHEMA_VERSION, PART_ALIGNMENT, SCHEMA_VERSION, TOKENIZER, WEIGHTS,
-    align_up,
+    ALIGNMENT, CHAT_TEMPLATE, MAGIC, MANIFEST, NEURON_BUNDLES_SCHEMA_VERSION, PART_ALIGNMENT, SCHEMA_VERSION, TOKENIZER,
+    WEIGHTS, align_up,
 )
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import group_of, layer_of
@@ -209,12 +209,21 @@ class BundleWriter:
 
     # -- other files ------------------------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer_json: str, *, bos_token_id: int | None, eos_token_ids: list[int],
-                      add_bos: bool) -> None:
-        """Store the tokenizer (HF `tokenizers` JSON text) and its special-token settings."""
+                      add_bos: bool, chat_template: str | None = None,
+                      special_tokens: Mapping[str, str] | None = None) -> None:
+        """Store the tokenizer (HF `tokenizers` JSON text) and its special-token settings; ``chat_template`` (the
+        model's Jinja chat template) goes to its own file, named by the section's ``chat_template``, and
+        ``special_tokens`` (``{"bos_token": "<s>", ...}``, the texts chat templates read) into the section."""
         self._close_tensors()
         self.files.stage_path(TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
         self._tokenizer = {"file": TOKENIZER, "bos_token_id": bos_token_id, "eos_token_ids": list(eos_token_ids),
                            "add_bos": bool(add_bos)}
+        if special_tokens:
+            self._tokenizer["special_tokens"] = {str(k): str(v) for k, v in special_tokens.items()}
+        if chat_template is not None:
+            # bytes as given: newline translation would change what the template renders
+            self.files.stage_path(CHAT_TEMPLATE).write_bytes(chat_template.encode("utf-8"))
+            self._tokenizer["chat_template"] = CHAT_TEMPLATE
 
     def stage_path(self, rel: str) -> Path:
         """Path inside the staging directory where an extra file (ONNX, kernels) may be written."""

@@ -407,8 +407,28 @@ class GGUFModel:
         if add_bos is None:
             add_bos = model == "llama"
         bos = self.config.bos_token_id
+        template = self.meta("tokenizer.chat_template")
+        if template is not None and not isinstance(template, str):
+            raise ModelFormatError(f"{self.path}: metadata key 'tokenizer.chat_template' is a "
+                                   f"{type(template).__name__}, expected a string")
         return TokenizerSpec(json=text, bos_token_id=bos, eos_token_ids=self.config.eos_token_ids,
-                             add_bos=bool(add_bos) and bos is not None)
+                             add_bos=bool(add_bos) and bos is not None, chat_template=template,
+                             special_tokens=self._special_tokens())
+
+    def _special_tokens(self) -> dict[str, str]:
+        """Texts of the special tokens the ``tokenizer.ggml.*_token_id`` keys name, looked up in the token list
+        (what llama.cpp gives chat templates as ``bos_token`` / ``eos_token``)."""
+        f = self.reader.fields.get("tokenizer.ggml.tokens")
+        out: dict[str, str] = {}
+        if f is None:
+            return out
+        for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                          ("unk_token", "unknown_token_id"), ("sep_token", "seperator_token_id"),
+                          ("pad_token", "padding_token_id"), ("mask_token", "mask_token_id")):
+            tid = self.meta(f"tokenizer.ggml.{key}")
+            if isinstance(tid, (int, np.integer)) and 0 <= int(tid) < len(f.data):
+                out[name] = bytes(f.parts[f.data[int(tid)]]).decode("utf-8", errors="replace")
+        return out
 
     def close(self) -> None:
         """Drop the memory map."""

@@ -25,7 +25,7 @@ from ..errors import ModelFormatError, UnsupportedModelError
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import parse_tensor
 from .hf_config import ARCH_DEFAULTS, HF_ARCHS, SUPPORTED, config_from_hf  # noqa: F401  (re-exported)
-from .source import TokenizerSpec
+from .source import SPECIAL_TOKEN_NAMES, TokenizerSpec
 
 # Canonical tensor name pattern -> HF tensor names (first one present wins). {i} = layer, {e} = expert.
 TENSOR_NAMES: dict[str, tuple[str, ...]] = {
@@ -315,7 +315,22 @@ class HFModel:
         add_bos = bos is not None and (tc.get("add_bos_token") is True or
                                        (bos_text is not None and _post_processor_adds(tok.get("post_processor"),
                                                                                      bos_text)))
-        return TokenizerSpec(json=text, bos_token_id=bos, eos_token_ids=tuple(eos), add_bos=bool(add_bos))
+        return TokenizerSpec(json=text, bos_token_id=bos, eos_token_ids=tuple(eos), add_bos=bool(add_bos),
+                             chat_template=self._chat_template(tc), special_tokens=_special_tokens(self.path, tc))
+
+    def _chat_template(self, tc: dict[str, Any]) -> str | None:
+        """The default chat template as transformers loads it: ``chat_template.jinja`` when present, else
+        tokenizer_config.json's ``chat_template`` (a string, or a list of ``{"name", "template"}``: "default")."""
+        jinja = self.path / "chat_template.jinja"
+        if jinja.is_file():
+            return jinja.read_text(encoding="utf-8")
+        t = tc.get("chat_template")
+        if isinstance(t, list):
+            t = next((c.get("template") for c in t if isinstance(c, dict) and c.get("name") == "default"), None)
+        if t is not None and not isinstance(t, str):
+            raise ModelFormatError(f"{self.path / 'tokenizer_config.json'}: chat_template is a "
+                                   f"{type(t).__name__}, expected a string or a list of {{name, template}}")
+        return t
 
     def close(self) -> None:
         """Drop open file handles."""
@@ -334,6 +349,18 @@ def _token_content(v: Any) -> str | None:
     if isinstance(v, dict) and isinstance(v.get("content"), str):
         return v["content"]
     return None
+
+
+def _special_tokens(path: Path, tc: dict[str, Any]) -> dict[str, str]:
+    """Texts of the named special tokens (bos_token, eos_token, ...) from tokenizer_config.json, then the legacy
+    special_tokens_map.json for the names it lacks (what transformers' ``special_tokens_map`` holds)."""
+    legacy = _read_json(path / "special_tokens_map.json", required=False) or {}
+    out = {}
+    for name in SPECIAL_TOKEN_NAMES:
+        text = _token_content(tc.get(name)) if tc.get(name) is not None else _token_content(legacy.get(name))
+        if text is not None:
+            out[name] = text
+    return out
 
 
 def _token_table(tok: dict[str, Any]) -> list[tuple[str, int]]:

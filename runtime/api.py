@@ -5,12 +5,15 @@
     m = load("bundle/", memory_budget="512MiB")           # streaming under a budget
     for piece in m.generate("Once upon a time", max_tokens=32, temperature=0.8, seed=1):
         print(piece, end="", flush=True)
+    for piece in m.chat([{"role": "user", "content": "Hi!"}], max_tokens=32):  # the bundle's chat template
+        print(piece, end="", flush=True)
     print(m.stats)                                        # tokens/s, prefill, peak RSS
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -20,6 +23,7 @@ from ..errors import BundleError, OptionError
 from ..kernels.table import REFERENCE, KernelTable
 from ..units import parse_bytes, peak_rss_bytes
 from .bundle.reader import Bundle
+from .decoder.chat import ChatTemplate
 from .decoder.engine import Engine, EngineStats
 from .decoder.sampling import Sampler
 from .decoder.tokenizer import BundleTokenizer
@@ -98,6 +102,47 @@ class Model:
     def generate(self, prompt: str | Iterable[int], max_tokens: int = 32, **kw: Any) -> Iterator[str]:
         """Stream text pieces of the continuation of ``prompt`` (see :meth:`generate_ids` for options)."""
         return self.tokenizer.stream(self.generate_ids(prompt, max_tokens, **kw))
+
+    @cached_property
+    def chat_template(self) -> ChatTemplate:
+        """The bundle's chat template (:class:`~edgespool.errors.ChatTemplateError` when the bundle has none)."""
+        return ChatTemplate.from_bundle(self.bundle.path, self._chat_section())
+
+    def _chat_section(self) -> dict[str, Any]:
+        section = dict(self.bundle.manifest["tokenizer"])
+        section.setdefault("special_tokens", self.tokenizer.special_tokens())
+        return section
+
+    def chat_prompt(self, messages: Iterable[Any], *, add_generation_prompt: bool = True,
+                    template: str | ChatTemplate | None = None, **template_vars: Any) -> str:
+        """The prompt text of chat ``messages`` (``[{"role": "user", "content": "..."}, ...]``), rendered with the
+        bundle's chat template, or ``template`` (a Jinja string), byte for byte as transformers'
+        ``apply_chat_template(messages, tokenize=False, add_generation_prompt=...)``. ``template_vars``:
+        ``tools=[...]``, ``documents=[...]``, ``continue_final_message=True`` or any variable the template reads
+        (e.g. ``enable_thinking=False``); see :meth:`ChatTemplate.render`."""
+        if template is None:
+            tmpl = self.chat_template
+        elif isinstance(template, ChatTemplate):
+            tmpl = template
+        else:
+            tmpl = ChatTemplate(template, self._chat_section()["special_tokens"], where="the template= chat template")
+        return tmpl.render(messages, add_generation_prompt, **template_vars)
+
+    def chat_ids(self, messages: Iterable[Any], **kw: Any) -> list[int]:
+        """Token ids of :meth:`chat_prompt`: special-token texts parsed, BOS not doubled when the template emits it
+        (:meth:`BundleTokenizer.encode_rendered`)."""
+        return self.tokenizer.encode_rendered(self.chat_prompt(messages, **kw))
+
+    def chat(self, messages: Iterable[Any], max_tokens: int = 32, *, template: str | ChatTemplate | None = None,
+             tools: list[dict] | None = None, template_vars: dict[str, Any] | None = None,
+             **sampling: Any) -> Iterator[str]:
+        """Stream the assistant's reply to chat ``messages`` as text pieces: the prompt is :meth:`chat_ids` (the
+        bundle's chat template, or ``template``; ``tools`` and ``template_vars`` go to the template), then
+        :meth:`generate` with ``sampling`` (temperature, top_k, top_p, seed, stop). Template errors are raised
+        here, before any token is generated."""
+        ids = self.chat_ids(messages, template=template, **({"tools": tools} if tools is not None else {}),
+                            **(template_vars or {}))
+        return self.generate(ids, max_tokens, **sampling)
 
     def close(self) -> None:
         self.source.close()

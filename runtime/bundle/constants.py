@@ -6,6 +6,7 @@ A bundle is a directory::
     weights.bin        every tensor; each tensor starts on a 4 KiB boundary, each streaming group (a layer's dense
                        part, one MoE expert, the embeddings, the head) is one contiguous byte range
     tokenizer.json     Hugging Face `tokenizers` JSON (converted at export from tokenizer.model / GGUF vocab)
+    chat_template.jinja  the model's chat template (optional; named by the manifest's tokenizer section)
     model.onnx (+ .data)  ONNX lowering runnable by plain onnxruntime (optional, `--no-onnx` skips it)
     kernels/           compiled kernels for the target (optional)
 
@@ -20,6 +21,7 @@ MAX_SCHEMA_VERSION = 2  # the newest version this edgespool reads
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.bin"
 TOKENIZER = "tokenizer.json"
+CHAT_TEMPLATE = "chat_template.jinja"
 ONNX_MODEL = "model.onnx"
 ALIGNMENT = 4096  # tensor offsets; O_DIRECT needs offsets/lengths aligned to the logical block size
 PART_ALIGNMENT = 64  # parts (data / scale) inside a tensor record

@@ -38,6 +38,25 @@ class BundleTokenizer:
             ids = [self.bos_token_id, *ids]
         return ids
 
+    def encode_rendered(self, text: str) -> list[int]:
+        """Token ids of a rendered chat prompt: special-token texts in it (``<|im_start|>``, the template's own
+        BOS) become their ids, and the bundle's BOS is prepended only when the model expects one and the text does
+        not already start with it -- llama.cpp's rule (it strips a leading BOS text and tokenizes with
+        add_special), so a template that emits ``{{ bos_token }}`` gets exactly one BOS."""
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        if self.add_bos and self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
+            ids = [self.bos_token_id, *ids]
+        return ids
+
+    def special_tokens(self) -> dict[str, str]:
+        """``bos_token`` / ``eos_token`` texts from the ids (for bundles whose manifest does not name them)."""
+        out = {}
+        for name, tid in (("bos_token", self.bos_token_id), ("eos_token", (self.eos_token_ids or (None,))[0])):
+            text = self.tok.id_to_token(tid) if tid is not None else None
+            if text is not None:
+                out[name] = text
+        return out
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
