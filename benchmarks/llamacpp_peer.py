@@ -11,6 +11,7 @@ the same block dot products) where they crash, and says which in ``note``.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from typing import Any, Iterator
@@ -52,11 +53,22 @@ def model_params(use_extra_bufts: bool) -> Iterator[None]:
         llama_mod.llama_cpp.llama_model_default_params = orig
 
 
+ENV = "EDGESPOOL_LLAMACPP_EXTRA_BUFTS"  # "1" / "0": the probe's answer, set by a parent for its children
+
+
+def decide_extra_bufts(gguf: str) -> bool:
+    """Probe once and export the answer in :data:`ENV`, so benchmark children (timed, memory-limited) need not."""
+    if os.environ.get(ENV) not in ("0", "1"):
+        os.environ[ENV] = "1" if extra_bufts_work(gguf) else "0"
+    return os.environ[ENV] == "1"
+
+
 def open_llama(gguf: str, *, extra_bufts: bool | None = None, **kw: Any) -> tuple[Any, str]:
-    """``(llama_cpp.Llama, note)`` for ``gguf``; ``extra_bufts`` None = probe (:func:`extra_bufts_work`)."""
+    """``(llama_cpp.Llama, note)`` for ``gguf``; ``extra_bufts`` None = :data:`ENV` if a parent set it, else
+    probe (:func:`extra_bufts_work`)."""
     import llama_cpp
 
-    use = extra_bufts_work(gguf) if extra_bufts is None else extra_bufts
+    use = decide_extra_bufts(gguf) if extra_bufts is None else extra_bufts
     with model_params(use):
         llm = llama_cpp.Llama(model_path=str(gguf), **kw)
     note = ("llama.cpp defaults (extra buffer types: repack/AMX)" if use else

@@ -106,7 +106,9 @@ def _child(system: str, path: str, threads: int, runs: int, short: int, decode: 
     if family == "llama":
         import llama_cpp
 
-        llm = llama_cpp.Llama(model_path=path, n_ctx=max(short + decode, prompt) + 8, n_batch=512,
+        from edgespool.benchmarks.llamacpp_peer import open_llama
+
+        llm, res["llamacpp_config"] = open_llama(path, n_ctx=max(short + decode, prompt) + 8, n_batch=512,
                               n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
         n_vocab = llm.n_vocab()
 
@@ -230,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.profile:
         Path(a.profile).mkdir(parents=True, exist_ok=True)
     arts = prepare(a.work, MODEL)
+    from edgespool.benchmarks.llamacpp_peer import decide_extra_bufts
+
+    decide_extra_bufts(str(arts["q8_0.gguf"]))  # probed once here; the timed children inherit the answer
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor()
             or platform.machine(), "cpus": len(os.sched_getaffinity(0)), "model": MODEL,
             "weights_bytes": {k: sum(f.stat().st_size for f in Path(arts[k]).glob("weights*")) for k in

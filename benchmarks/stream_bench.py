@@ -170,10 +170,10 @@ def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) ->
         return
     if kind.startswith("base-"):  # process baseline: imports (+ a tiny model for llama.cpp), no weights
         if kind == "base-llama":
-            import llama_cpp
+            from edgespool.benchmarks.llamacpp_peer import open_llama
 
-            llm = llama_cpp.Llama(model_path=path, n_ctx=P + N + 8, verbose=False,
-                                  n_threads=len(os.sched_getaffinity(0)), n_batch=P)
+            llm, _ = open_llama(path, n_ctx=P + N + 8, verbose=False, n_threads=len(os.sched_getaffinity(0)),
+                                n_batch=P)
             llm.eval(ids[:4])
         else:
             import edgespool.offload.streaming_source  # noqa: F401
@@ -187,22 +187,14 @@ def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) ->
     r0 = _io_read_bytes()
     src = None
     if kind.startswith("llama"):
-        import llama_cpp
+        from edgespool.benchmarks.llamacpp_peer import open_llama
 
-        if kind == "llama-mmap-norepack":  # keep Q4_0/Q8_0 weights in the mmap instead of repacked copies
-            import llama_cpp.llama_cpp as lc
-
-            default_params = lc.llama_model_default_params
-
-            def no_repack():
-                p = default_params()
-                p.use_extra_bufts = False
-                return p
-
-            lc.llama_model_default_params = no_repack
+        # llama-mmap-norepack keeps Q4_0/Q8_0 weights in the mmap instead of repacked copies; the others use
+        # llama.cpp's defaults where they run here (see benchmarks/llamacpp_peer.py)
         t = time.perf_counter()
-        llm = llama_cpp.Llama(model_path=path, n_ctx=P + N + 8, use_mmap=kind.startswith("llama-mmap"), verbose=False,
-                              n_threads=len(os.sched_getaffinity(0)), n_batch=P)
+        llm, res["llamacpp_config"] = open_llama(
+            path, extra_bufts=False if kind == "llama-mmap-norepack" else None, n_ctx=P + N + 8,
+            use_mmap=kind.startswith("llama-mmap"), verbose=False, n_threads=len(os.sched_getaffinity(0)), n_batch=P)
         res["load_s"] = time.perf_counter() - t
         V = llm.n_vocab()
 
@@ -348,9 +340,12 @@ def main() -> None:
     t_all = time.time()
     tiny_hf = write_hf(work / "hf-tiny", TINY)
     tiny_gguf = make_gguf(tiny_hf, work / "hf-tiny-int8.gguf", "int8")
+    from edgespool.benchmarks.llamacpp_peer import decide_extra_bufts
+
+    llama_extra_bufts = decide_extra_bufts(str(tiny_gguf))  # probed once, outside the rig; children inherit it
     rows = []
     meta = {"profile": args.profile, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_before": machine_load(),
-            "prompt": P, "n": N, "cpu": _cpu_name()}
+            "prompt": P, "n": N, "cpu": _cpu_name(), "llamacpp_extra_bufts": llama_extra_bufts}
     baselines: dict[str, dict] = {}
     storage = None
     for mname in args.models.split(","):
