@@ -1,7 +1,8 @@
 """GGUF files (as llama.cpp's ``convert_hf_to_gguf.py`` writes them) as a
 :class:`~edgespool.exporters.source.SourceModel`.
 
-The file is opened with ``gguf.GGUFReader`` (memory-mapped: only the tensors asked for are read). GGUF metadata of the
+The file is opened with :class:`~edgespool.exporters.gguf_reader.GGUFReaderLite` (memory-mapped, header bounded by
+the file size: only the tensors asked for are read). GGUF metadata of the
 supported GGUF architectures is mapped onto :class:`~edgespool.runtime.bundle.config.ModelConfig`:
 
     GGUF arch   canonical arch                           notes
@@ -443,33 +444,21 @@ class GGUFModel:
 
 
 def _open_reader(path: Path):
-    """``gguf.GGUFReader`` on ``path`` with every failure turned into a one-line ModelFormatError."""
+    """:class:`~edgespool.exporters.gguf_reader.GGUFReaderLite` on ``path`` (the header parsed with every count,
+    length and offset bounded by the file size): every failure is a one-line ModelFormatError, an unknown tensor
+    type an UnsupportedModelError."""
     if not path.exists():
         raise ModelFormatError(f"{path}: no such file")
     if not path.is_file():
         raise ModelFormatError(f"{path}: not a file (expected a .gguf file)")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise ModelFormatError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
-    from gguf import GGUFReader
+    from .gguf_reader import GGUFReaderLite
 
     try:
-        reader = GGUFReader(path, "r")
-    except ValueError as e:
-        msg = str(e)
-        if "GGMLQuantizationType" in msg:
-            raise UnsupportedModelError(f"{path}: a tensor has an unknown ggml type ({msg}); supported: "
-                                        f"{', '.join(SUPPORTED_TYPES)}") from None
-        raise ModelFormatError(f"{path}: truncated or corrupt GGUF file ({msg})") from None
-    except (IndexError, OverflowError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ModelFormatError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})") from None
-    size = path.stat().st_size
-    for t in reader.tensors:
-        if t.data_offset + int(t.n_bytes) > size or t.data.nbytes != int(t.n_bytes):
-            raise ModelFormatError(f"{path}: truncated GGUF file: tensor {t.name!r} needs bytes up to "
-                                   f"{t.data_offset + int(t.n_bytes)}, the file has {size}")
-    return reader
+        return GGUFReaderLite(path)
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{e}; supported: {', '.join(SUPPORTED_TYPES)}") from None
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot read the GGUF file ({e.strerror or e})") from None
 
 
 def llama3_freq_factors(head_dim: int, theta: float, factor: float, low_freq_factor: float,
