@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .schemes import QTensor, Scheme
+from .scheme_base import QTensor, Scheme
 
 # ggml type name -> (values per block, bytes per block): gguf-py's GGML_QUANT_SIZES for the types kept as blocks
 GGML_BLOCKS: dict[str, tuple[int, int]] = {
