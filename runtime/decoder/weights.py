@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from ...kernels.quant import QTensor
 from ..bundle.reader import Bundle
 from ..bundle.config import ModelConfig
@@ -42,17 +44,36 @@ class WeightSource(Protocol):
 
 
 class ResidentWeights:
-    """Every group read once at load (CRC-checked) and kept in memory."""
+    """Every group kept in memory for the whole run.
 
-    def __init__(self, bundle: Bundle, verify: bool = True) -> None:
+    ``mmap=True`` (the default, like llama.cpp's default load) maps ``weights.bin`` read-only: loading costs no
+    reads, the kernel pages weights in on first use (the page cache holds them, shared and reclaimable), and each
+    group's CRC32 is verified the first time the engine asks for it (``verify``). ``mmap=False`` reads every
+    group into private memory at load with one checked read each, verifying all CRCs up front."""
+
+    def __init__(self, bundle: Bundle, verify: bool = True, mmap: bool = True) -> None:
         assert bundle.config is not None
         self.config = bundle.config
         self.bundle = bundle
-        self._groups = {g: bundle.read_group(g, verify=verify) for g in bundle.groups}
+        self.verify = verify
         self.resident_bytes = sum(g.nbytes for g in bundle.groups.values())
+        self._map: np.ndarray | None = None
+        self._groups: dict[str, dict[str, QTensor]] = {}
+        if mmap and self.resident_bytes:
+            self._map = np.memmap(bundle.weights_path, dtype=np.uint8, mode="r")
+        else:
+            self._groups = {g: bundle.read_group(g, verify=verify) for g in bundle.groups}
 
     def get(self, group: str) -> dict[str, QTensor]:
-        return self._groups[group]
+        got = self._groups.get(group)
+        if got is None:
+            g = self.bundle.groups[group]  # KeyError for an unknown group, as before
+            if self._map is None:
+                raise KeyError(group)
+            buf = self._map[g.offset: g.offset + g.nbytes]
+            got = self._groups[group] = {n: self.bundle.tensor_from_buffer(n, buf, g.offset, self.verify)
+                                         for n in g.tensors}
+        return got
 
     def release(self, group: str) -> None:
         return None
@@ -65,3 +86,4 @@ class ResidentWeights:
 
     def close(self) -> None:
         self._groups.clear()
+        self._map = None
