@@ -98,11 +98,11 @@ class BundleFiles:
         for pname, arr in parts:
             rel = align_up(self.pos - start, PART_ALIGNMENT)
             self._pad_to(start + rel)
-            buf = np.ascontiguousarray(arr).tobytes()
+            buf = memoryview(np.ascontiguousarray(arr)).cast("B")  # no copy of a contiguous (mapped) array
             self._f.write(buf)
-            self.pos += len(buf)
+            self.pos += buf.nbytes
             crc = zlib.crc32(buf, crc)
-            recs[pname] = {"offset": rel, "nbytes": len(buf), "dtype": arr.dtype.name, "shape": list(arr.shape)}
+            recs[pname] = {"offset": rel, "nbytes": buf.nbytes, "dtype": arr.dtype.name, "shape": list(arr.shape)}
         rec = {"group": group, "scheme": scheme, "shape": list(shape), "offset": start, "nbytes": self.pos - start,
                "crc32": crc, "parts": recs, **extra}
         self.tensors[name] = rec

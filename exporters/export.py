@@ -89,6 +89,7 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
     timings: dict[str, float] = {}
     try:
         shapes = expected_tensors(cfg, ffn_layout)
+        release = getattr(source, "release", lambda name: None)  # a GGUF drops each tensor's mapped pages
         with _progress(len(shapes), "compress", progress) as bar:
             for name, shape in shapes:
                 if name.endswith(".ffn.bundles"):
@@ -100,6 +101,7 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
                     q = _stored(source, name, shape)
                     report.add_kept(name, q, src_bytes if src_bytes is not None else q.nbytes)
                     writer.add_tensor(name, q)
+                    release(name)
                     bar.update(1)
                     continue
                 w = source.tensor(name)
@@ -107,6 +109,7 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
                     raise ModelFormatError(f"{source.path}: tensor {name!r} has shape {tuple(w.shape)}, the config "
                                            f"implies {tuple(shape)}")
                 writer.add_tensor(name, compress_tensor(name, w, policy, report, src_bytes))
+                release(name)
                 bar.update(1)
         timings["compress_s"] = time.perf_counter() - t0
         tok = source.tokenizer()

@@ -28,6 +28,8 @@ whole number of blocks, tensor offsets multiples of ``general.alignment`` and te
 """
 from __future__ import annotations
 
+import mmap
+
 import os
 import struct
 from collections.abc import Sequence
@@ -192,6 +194,20 @@ class GGUFTensor:
 
 class GGUFReaderLite:
     """A GGUF file opened read-only and memory-mapped (see the module docstring)."""
+
+    def drop_pages(self, offset: int, nbytes: int) -> None:
+        """Unmap this range's pages from the process (``MADV_DONTNEED``; the page cache keeps them): an export
+        that walks the file tensor by tensor then holds one tensor's pages, not the whole file's."""
+        mm = getattr(self._mem, "_mmap", None)
+        if mm is None or nbytes <= 0 or not hasattr(mm, "madvise"):
+            return
+        page = mmap.PAGESIZE
+        start = offset // page * page
+        end = min(len(self._mem), -(-(offset + nbytes) // page) * page)
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            pass
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)

@@ -370,6 +370,13 @@ class GGUFModel:
             rows = unpermute_qk(rows, self.config.num_heads if last == "wq" else self.config.num_kv_heads)
         return QTensor(scheme.name, tuple(shape), np.ascontiguousarray(rows))
 
+    def release(self, name: str) -> None:
+        """The export is done with canonical tensor ``name``: drop its file pages from this process."""
+        gname, _ = self._gguf_name(name)
+        t = self._tensors.get(gname)
+        if t is not None and hasattr(self.reader, "drop_pages"):
+            self.reader.drop_pages(int(t.data_offset), int(t.n_bytes))
+
     def source_nbytes(self, name: str) -> int:
         """Bytes canonical tensor ``name`` occupies in the GGUF file (its share of a merged expert tensor)."""
         gname, expert = self._gguf_name(name)

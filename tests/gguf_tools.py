@@ -135,7 +135,8 @@ def quantize(src: str | Path, dst: str | Path, ftype: str = "q4_0") -> Path:
     const = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
              "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1",
              "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-             "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M"}[ftype]
+             "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+             "iq4_nl": "LLAMA_FTYPE_MOSTLY_IQ4_NL"}[ftype]
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, const)
     params.nthread = 1
@@ -170,6 +171,23 @@ def llama_logits(gguf_path: str | Path, ids: list[int], *, f32_kv: bool = True, 
         return np.array(llm.scores[: len(ids)], dtype=np.float32)
     finally:
         llm.close()
+
+
+def llama_cpp_logits_fn(gguf_path: str | Path, n_ctx: int):
+    """``chunk -> [len(chunk), V]`` float32 logits from one llama.cpp context (f32 KV cache, reset per call): the
+    reference for perplexity windows."""
+    import llama_cpp
+
+    with _without_repack():
+        llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+                              n_threads=1, seed=0, type_k=0, type_v=0)
+
+    def logits(chunk: list[int]) -> np.ndarray:
+        llm.reset()
+        llm.eval(list(map(int, chunk)))
+        return np.array(llm.scores[: len(chunk)], dtype=np.float32)
+
+    return logits
 
 
 def llama_vocab(gguf_path: str | Path):
