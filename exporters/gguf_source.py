@@ -10,6 +10,8 @@ supported GGUF architectures is mapped onto :class:`~edgespool.runtime.bundle.co
     qwen2       qwen2                                    q/k/v biases
     qwen2moe    qwen2_moe                                shared expert + its sigmoid gate
     olmoe       olmoe                                    RMSNorm on the whole q and k projections
+    qwen3       qwen3                                    per-head RMSNorm on q and k (``attn_q_norm`` [D])
+    qwen3moe    qwen3_moe                                per-head q/k RMSNorm; top-k always renormalised
 
 GGUF tensor names are mapped onto the canonical names by the data tables :data:`GLOBAL_TENSORS`,
 :data:`LAYER_TENSORS` and :data:`EXPERT_TENSORS`. GGUF stores a ``[out, in]`` matrix with ggml dims ``(in, out)``;
@@ -44,13 +46,14 @@ from ..runtime.bundle.schemes import QTensor, get_scheme
 from .source import TokenizerSpec
 
 # GGUF general.architecture -> canonical arch (llama becomes mixtral when it has experts)
-GGUF_ARCHS: dict[str, str] = {"llama": "llama", "qwen2": "qwen2", "qwen2moe": "qwen2_moe", "olmoe": "olmoe"}
+GGUF_ARCHS: dict[str, str] = {"llama": "llama", "qwen2": "qwen2", "qwen2moe": "qwen2_moe", "olmoe": "olmoe",
+                              "qwen3": "qwen3", "qwen3moe": "qwen3_moe"}
 SUPPORTED_ARCHS = ", ".join(GGUF_ARCHS)
 # Architectures whose q/k rows the converter permuted for llama.cpp's interleaved RoPE.
 PERMUTED_QK_ARCHS = ("llama",)
 # Top-k routing weights renormalised to sum 1, per GGUF arch (llama.cpp's build graphs; HF Mixtral renormalises,
 # Qwen2-MoE and OLMoE by default do not). ``{arch}.expert_weights_norm`` overrides when present.
-NORM_TOPK: dict[str, bool] = {"llama": True, "qwen2moe": False, "olmoe": False}
+NORM_TOPK: dict[str, bool] = {"llama": True, "qwen2moe": False, "olmoe": False, "qwen3moe": True}
 
 # Canonical name -> GGUF tensor name. {i} = layer (``blk.{i}``).
 GLOBAL_TENSORS: dict[str, str] = {"embed": "token_embd.weight", "norm": "output_norm.weight",
@@ -254,8 +257,13 @@ class GGUFModel:
             tie_word_embeddings=not self._has("output.weight"),
             attention_bias=self._has("blk.0.attn_q.bias"),
             qk_norm=self._has("blk.0.attn_q_norm.weight"),
+            qk_norm_per_head=self._has("blk.0.attn_q_norm.weight") and self._rows("blk.0.attn_q_norm.weight") == D,
             clip_qkv=float(clip) if clip is not None else None,
             sliding_window=window, bos_token_id=bos, eos_token_ids=eos_ids, **kw)
+
+    def _rows(self, name: str) -> int:
+        """Element count of a 1-D tensor (its ggml ne0)."""
+        return int(self._tensors[name].shape[0])
 
     def _expert_rows(self, i: int) -> int:
         t = self._tensors.get(f"blk.{i}.ffn_gate_exps.weight") or self._tensors.get(f"blk.{i}.ffn_gate.0.weight")

@@ -21,7 +21,11 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "mixtral": {"rms_norm_eps": 1e-5, "rope_theta": 1e6, "max_position_embeddings": 4096 * 32},
     "qwen2_moe": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768},
     "olmoe": {"rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 4096},
+    "qwen3": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768, "head_dim": 128},
+    "qwen3_moe": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768},
 }
+# Architectures whose q/k get an RMSNorm before RoPE: over the whole projection (OLMoE) or per head (Qwen3).
+QK_NORM = {"olmoe": "projection", "qwen3": "head", "qwen3_moe": "head"}
 
 # -- config.json -----------------------------------------------------------------------------------------------
 _MISSING = object()
@@ -110,14 +114,15 @@ def _sliding_window(d: dict[str, Any], arch: str, n_layers: int, where: str) -> 
     window = _key(d, "sliding_window", int, where, None, nullable=True)
     if arch in ("mistral", "mixtral"):
         return window or None
-    # Qwen2 / Qwen2-MoE: window only where use_sliding_window, per layer (layer_types or the legacy rule)
+    # Qwen2 / Qwen2-MoE / Qwen3(-MoE): window only where use_sliding_window, per layer (layer_types or the
+    # legacy rule; Qwen3-MoE has none: every layer)
     use = _key(d, "use_sliding_window", bool, where, False)
     types = d.get("layer_types")
     if types is None:
         mwl = _key(d, "max_window_layers", int, where, 28)
-        if not (use and window):
-            types = ["full_attention"] * n_layers
-        elif arch == "qwen2":
+        if not (use and window) or arch == "qwen3_moe":
+            types = ["sliding_attention" if use and window else "full_attention"] * n_layers
+        elif arch in ("qwen2", "qwen3"):
             types = ["sliding_attention" if i >= mwl else "full_attention" for i in range(n_layers)]
         else:
             types = ["sliding_attention" if (i + 1) % 2 and i < mwl else "full_attention" for i in range(n_layers)]
@@ -158,7 +163,7 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
     nkv = _positive(d, "num_key_value_heads", where, nh)
     if nh % nkv:
         raise ModelFormatError(f"{where}: num_attention_heads {nh} is not a multiple of num_key_value_heads {nkv}")
-    head_dim = _key(d, "head_dim", int, where, None, nullable=True) or H // nh
+    head_dim = _key(d, "head_dim", int, where, None, nullable=True) or defaults.get("head_dim") or H // nh
     L = _positive(d, "num_hidden_layers", where)
     V = _positive(d, "vocab_size", where)
     inter = _positive(d, "intermediate_size", where)
@@ -175,7 +180,7 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
         attention_bias = True
     elif arch == "qwen2_moe":
         attention_bias = _key(d, "qkv_bias", bool, where, True)
-    elif arch in ("llama", "olmoe"):
+    elif arch in ("llama", "olmoe", "qwen3", "qwen3_moe"):
         if _key(d, "attention_bias", bool, where, False):
             raise UnsupportedModelError(f"{where}: attention_bias=true ({hf_name or arch} then also has an o_proj "
                                         "bias) is not supported")
@@ -192,16 +197,17 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
                   num_experts_per_tok=_positive(d, "num_experts_per_tok", where),
                   moe_intermediate_size=inter, norm_topk_prob=_key(d, "norm_topk_prob", bool, where, False),
                   moe_layers=tuple(range(L)))
-    elif arch == "qwen2_moe":
-        E = _key(d, "num_experts", int, where)
+    elif arch in ("qwen2_moe", "qwen3_moe"):
+        E = _key(d, "num_experts", int, where) if "num_experts" in d else _key(d, "num_local_experts", int, where)
         step = _positive(d, "decoder_sparse_step", where, 1)
-        mlp_only = _key(d, "mlp_only_layers", list, where, [])
+        mlp_only = _key(d, "mlp_only_layers", list, where, [], nullable=True) or []
         layers = tuple(i for i in range(L) if i not in mlp_only and E > 0 and (i + 1) % step == 0)
         if E > 0 and layers:
             kw = dict(num_experts=E, num_experts_per_tok=_positive(d, "num_experts_per_tok", where),
                       moe_intermediate_size=_positive(d, "moe_intermediate_size", where),
-                      shared_expert_intermediate_size=_positive(d, "shared_expert_intermediate_size", where),
                       norm_topk_prob=_key(d, "norm_topk_prob", bool, where, False), moe_layers=layers)
+            if arch == "qwen2_moe":  # Qwen3-MoE has no shared expert
+                kw["shared_expert_intermediate_size"] = _positive(d, "shared_expert_intermediate_size", where)
     if kw and kw["num_experts_per_tok"] > kw["num_experts"]:
         raise ModelFormatError(f"{where}: num_experts_per_tok {kw['num_experts_per_tok']} > number of experts "
                                f"{kw['num_experts']}")
@@ -216,7 +222,7 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
         arch=arch, vocab_size=V, hidden_size=H, intermediate_size=inter, num_layers=L, num_heads=nh,
         num_kv_heads=nkv, head_dim=head_dim, rms_norm_eps=eps, rope_theta=theta, rope_scaling=scaling,
         max_position_embeddings=max_pos, tie_word_embeddings=_key(d, "tie_word_embeddings", bool, where, False),
-        attention_bias=attention_bias, qk_norm=arch == "olmoe",
+        attention_bias=attention_bias, qk_norm=arch in QK_NORM, qk_norm_per_head=QK_NORM.get(arch) == "head",
         clip_qkv=(float(c) if (c := _key(d, "clip_qkv", float, where, None, nullable=True)) is not None
                   and arch == "olmoe" else None),
         sliding_window=_sliding_window(d, arch, L, where), bos_token_id=bos, eos_token_ids=eos, hidden_act=act,

@@ -234,7 +234,10 @@ def _attention(L: _Lowering, i: int, x: str, ctx: dict[str, str]) -> str:
     q = L.linear(x, p + "wq", bias["bq"])
     k = L.linear(x, p + "wk", bias["bk"])
     v = L.linear(x, p + "wv", bias["bv"])
-    if cfg.qk_norm:  # OLMoE: RMSNorm over the whole projection
+    if cfg.qk_norm and cfg.qk_norm_per_head:  # Qwen3: RMSNorm over each head's D values
+        q = _rms_norm(L, g.reshape(q, [0, 0, nh, D]), p + "q_norm")
+        k = _rms_norm(L, g.reshape(k, [0, 0, nkv, D]), p + "k_norm")
+    elif cfg.qk_norm:  # OLMoE: RMSNorm over the whole projection
         q, k = _rms_norm(L, q, p + "q_norm"), _rms_norm(L, k, p + "k_norm")
     if cfg.clip_qkv is not None:
         lo, hi = g.const(-cfg.clip_qkv, np.float32), g.const(cfg.clip_qkv, np.float32)

@@ -115,7 +115,7 @@ class Recorder:
         self.inner.close()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2_moe", "olmoe"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2_moe", "olmoe", "qwen3_moe"])
 def test_weights_come_only_through_the_source_in_compute_order(arch, bundles):
     src = Recorder(ResidentWeights(Bundle(bundles(arch))))
     eng = Engine(src)

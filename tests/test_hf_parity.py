@@ -47,6 +47,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "qwen2_moe_mlp_only": ("qwen2_moe", {"mlp_only_layers": [0]}),
     "olmoe_clip_norm": ("olmoe", {"clip_qkv": 0.3, "norm_topk_prob": True}),
     "mixtral_sliding": ("mixtral", {"sliding_window": 7}),
+    "qwen3_tied": ("qwen3", {"tie_word_embeddings": True}),
+    "qwen3_moe_mlp_only": ("qwen3_moe", {"mlp_only_layers": [0], "norm_topk_prob": False}),
 }
 
 
@@ -154,14 +156,14 @@ def test_variant_matches_transformers(variant, ref_of, tmp_path):
         assert cfg.tie_word_embeddings and "lm_head" not in cfg.tensor_shapes()
     if variant == "qwen2_moe_sparse_step":
         assert cfg.moe_layers == (1,) and cfg.norm_topk_prob
-    if variant == "qwen2_moe_mlp_only":
+    if variant in ("qwen2_moe_mlp_only", "qwen3_moe_mlp_only"):
         assert cfg.moe_layers == (1,)
     if variant == "olmoe_clip_norm":
         assert cfg.clip_qkv == 0.3 and cfg.norm_topk_prob
     check_parity(ref, engine_of(export_bundle(src, tmp_path / "b", "f32")))
 
 
-@pytest.mark.parametrize("variant", ["llama", "mistral_sliding", "qwen2_moe", "olmoe", "llama_rope_llama3"])
+@pytest.mark.parametrize("variant", ["llama", "mistral_sliding", "qwen2_moe", "olmoe", "llama_rope_llama3", "qwen3"])
 def test_decode_with_cache_equals_full_recompute(variant, ref_of, tmp_path):
     ref = ref_of(variant)
     eng = engine_of(export_bundle(open_hf(ref.path), tmp_path / "b", "f32"))

@@ -112,8 +112,19 @@ def hf_names(cfg: ModelConfig) -> dict[str, str]:
     return m
 
 
+# Architectures whose config and names this file maps itself; later ones are read through exporters/hf.py.
+OWN_MAPPING = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe")
+
+
 def read_checkpoint(d: Path) -> tuple[ModelConfig, dict[str, np.ndarray], dict[str, str]]:
-    cfg = model_config(json.loads((d / "config.json").read_text()))
+    raw = json.loads((d / "config.json").read_text())
+    if raw["model_type"] not in OWN_MAPPING:
+        from edgespool.exporters.hf import open_hf
+
+        src = open_hf(d)
+        names = src.config.tensor_shapes()
+        return src.config, {k: src.tensor(k) for k in names}, {k: src.source_name(k) for k in names}
+    cfg = model_config(raw)
     st = load_file(str(d / "model.safetensors"))
     names = {k: v for k, v in hf_names(cfg).items() if k in cfg.tensor_shapes()}
     return cfg, {k: st[v].astype(np.float32) for k, v in names.items()}, names

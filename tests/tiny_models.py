@@ -10,7 +10,7 @@ import edgespool
 import numpy as np
 
 CORPUS = Path(edgespool.__file__).resolve().parent / "apps" / "data" / "corpus.txt"  # package data
-ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe")
+ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe")
 SPM_ARCHS = ("llama", "mistral", "mixtral")  # SentencePiece tokenizer.model (convert_hf_to_gguf accepts these as-is)
 VOCAB = 512
 
@@ -38,6 +38,12 @@ def tiny_config(arch: str, **overrides):
                                 norm_topk_prob=False)
     elif arch == "olmoe":
         cfg = tf.OlmoeConfig(**kw, intermediate_size=64, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False)
+    elif arch == "qwen3":  # head_dim 32 != hidden / heads (as Qwen3's 128 is independent of its hidden size)
+        cfg = tf.Qwen3Config(**kw, intermediate_size=128, head_dim=32)
+    elif arch == "qwen3_moe":
+        cfg = tf.Qwen3MoeConfig(**kw, intermediate_size=128, moe_intermediate_size=32, num_experts=4,
+                                num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1)
+        cfg.head_dim = 32
     else:
         raise ValueError(arch)
     for k, v in overrides.items():

@@ -9,7 +9,8 @@ Canonical tensor names (shapes with H=hidden, D=head_dim, nh/nkv=heads, I=interm
     layers.{i}.attn_norm                [H]           RMSNorm weight before attention
     layers.{i}.wq / wk / wv             [nh*D | nkv*D, H]
     layers.{i}.bq / bk / bv             [nh*D | nkv*D]  (only when attention_bias)
-    layers.{i}.q_norm / k_norm          [nh*D] / [nkv*D] (OLMoE: RMSNorm over the whole projection)
+    layers.{i}.q_norm / k_norm          [nh*D] / [nkv*D] (OLMoE: RMSNorm over the whole projection);
+                                        [D] / [D] with qk_norm_per_head (Qwen3: RMSNorm over each head)
     layers.{i}.wo                       [H, nh*D]
     layers.{i}.ffn_norm                 [H]           RMSNorm weight before the FFN / MoE block
     layers.{i}.ffn.gate / ffn.up        [I, H]        dense SwiGLU FFN (non-MoE layers)
@@ -38,6 +39,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "mixtral": {"hf": ["MixtralForCausalLM"], "moe": True},
     "qwen2_moe": {"hf": ["Qwen2MoeForCausalLM"], "moe": True},
     "olmoe": {"hf": ["OlmoeForCausalLM"], "moe": True},
+    "qwen3": {"hf": ["Qwen3ForCausalLM"], "moe": False},
+    "qwen3_moe": {"hf": ["Qwen3MoeForCausalLM"], "moe": True},
 }
 
 
@@ -59,7 +62,8 @@ class ModelConfig:
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # q/k/v projections have biases (Qwen2, Qwen2-MoE)
-    qk_norm: bool = False  # OLMoE RMSNorm on q and k projections
+    qk_norm: bool = False  # RMSNorm on q and k before RoPE (OLMoE, Qwen3)
+    qk_norm_per_head: bool = False  # that RMSNorm over each head's D values (Qwen3) instead of the whole projection
     clip_qkv: float | None = None  # OLMoE optional clamp of q/k/v
     sliding_window: int | None = None  # Mistral/Qwen2 sliding-window attention (None = full)
     # MoE
@@ -114,7 +118,7 @@ class ModelConfig:
             if self.attention_bias:
                 out[p + "bq"], out[p + "bk"], out[p + "bv"] = (q,), (kv,), (kv,)
             if self.qk_norm:
-                out[p + "q_norm"], out[p + "k_norm"] = (q,), (kv,)
+                out[p + "q_norm"], out[p + "k_norm"] = ((D,), (D,)) if self.qk_norm_per_head else ((q,), (kv,))
             out[p + "wo"] = (H, q)
             out[p + "ffn_norm"] = (H,)
             if self.is_moe_layer(i):

@@ -152,22 +152,29 @@ class Engine:
         """Self-attention of layer ``i`` for the new tokens ``h`` ``[T, H]``; writes K/V into ``cache``."""
         c, linear = self.config, self.kernels.linear
         T, D = h.shape[0], c.head_dim
-        q = linear(h, w[p + "wq"], _vec(w.get(p + "bq")))
-        k = linear(h, w[p + "wk"], _vec(w.get(p + "bk")))
-        v = linear(h, w[p + "wv"], _vec(w.get(p + "bv")))
-        if c.qk_norm:  # OLMoE: RMSNorm over the whole q / k projection
-            q = rmsnorm(q, _vec(w[p + "q_norm"]), c.rms_norm_eps)
-            k = rmsnorm(k, _vec(w[p + "k_norm"]), c.rms_norm_eps)
+        q = linear(h, w[p + "wq"], _vec(w.get(p + "bq"))).reshape(T, c.num_heads, D)
+        k = linear(h, w[p + "wk"], _vec(w.get(p + "bk"))).reshape(T, c.num_kv_heads, D)
+        v = linear(h, w[p + "wv"], _vec(w.get(p + "bv"))).reshape(T, c.num_kv_heads, D)
+        if c.qk_norm:
+            q, k = self._qk_norm(q, w[p + "q_norm"]), self._qk_norm(k, w[p + "k_norm"])
         if c.clip_qkv is not None:
             q, k, v = (np.clip(a, -c.clip_qkv, c.clip_qkv) for a in (q, k, v))
-        q = apply_rope(q.reshape(T, c.num_heads, D), cos, sin)
-        k = apply_rope(k.reshape(T, c.num_kv_heads, D), cos, sin)
-        cache.write(i, k, v.reshape(T, c.num_kv_heads, D))
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        cache.write(i, k, v)
         end = int(pos[-1]) + 1
         start = 0 if not c.sliding_window else max(0, int(pos[0]) - c.sliding_window + 1)
         K, V = cache.view(i, start, end)
         o = self.kernels.attention(q, K, V, pos, np.arange(start, end), c.sliding_window)
         return linear(o.reshape(T, c.num_heads * D), w[p + "wo"])
+
+    def _qk_norm(self, x: np.ndarray, weight: QTensor) -> np.ndarray:
+        """RMSNorm of queries or keys ``[T, heads, D]``: over each head's D values (Qwen3, ``qk_norm_per_head``)
+        or over the whole projection (OLMoE)."""
+        c = self.config
+        if c.qk_norm_per_head:
+            return rmsnorm(x, _vec(weight), c.rms_norm_eps)
+        return rmsnorm(x.reshape(x.shape[0], -1), _vec(weight), c.rms_norm_eps).reshape(x.shape)
 
     def _bundled_ffn(self, i: int, h: np.ndarray) -> np.ndarray:
         """The FFN of a bundled layer ``i``: fetch group ``layers.{i}.ffn_bundled``, compute ``h`` ``[T, H]``
