@@ -230,7 +230,7 @@ def test_f16_gguf_engine_matches_llamacpp_and_transformers(arch, models, tmp_pat
 
 @pytest.mark.llamacpp
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["tied", "linear", "llama3", "yarn", "yarn_betas"])
+@pytest.mark.parametrize("variant", ["tied", "linear", "llama3", "llama32", "yarn", "yarn_betas"])
 def test_variant_gguf_engine_matches_llamacpp(variant, models, tmp_path):
     _llamacpp()
     import tiny_models as tm
@@ -239,15 +239,24 @@ def test_variant_gguf_engine_matches_llamacpp(variant, models, tmp_path):
     rope = {"linear": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
             "llama3": {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                        "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+            # Llama 3.2's settings (tied too): the converter's rope_freqs must give back these exact parameters
+            "llama32": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
             "yarn": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                      "original_max_position_embeddings": 64},
             "yarn_betas": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0,
                            "original_max_position_embeddings": 32, "beta_fast": 16, "beta_slow": 2}}
     overrides = {"tie_word_embeddings": True} if variant == "tied" else {"rope_parameters": rope[variant]}
+    if variant == "llama32":
+        overrides["tie_word_embeddings"] = True
     path = models.gguf("llama", variant=variant, **overrides)
     cfg = open_gguf_model(path).config
     hf_cfg = open_hf(models.hf("llama", variant=variant)).config
     assert cfg.rope_scaling == hf_cfg.rope_scaling and cfg.tie_word_embeddings == hf_cfg.tie_word_embeddings
+    if variant == "llama32":
+        assert {k: cfg.rope_scaling[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                                 "original_max_position_embeddings")} == {
+            "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     ours = _engine_logits(path, tmp_path / "b")
     kw = dict(yarn_beta_fast=16.0, yarn_beta_slow=2.0) if variant == "yarn_betas" else {}
     diff = float(np.abs(ours - gt.llama_logits(path, PROMPT, **kw)).max())

@@ -33,6 +33,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "llama_rope_llama3": ("llama", {"rope_parameters": {
         "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 32}}),
+    # Llama 3.2's own rope settings (theta 5e5, factor 32, original 8192) and tied embeddings: at head_dim 16 the
+    # frequencies fall in all three llama3 bands (unscaled, blended, divided by the factor)
+    "llama32_tied_rope_llama3": ("llama", {"tie_word_embeddings": True, "rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}),
     "llama_rope_linear": ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0,
                                                         "factor": 4.0}}),
     "llama_rope_dynamic": ("llama", {"max_position_embeddings": 16, "rope_parameters": {
