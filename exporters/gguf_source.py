@@ -12,6 +12,7 @@ supported GGUF architectures is mapped onto :class:`~edgespool.runtime.bundle.co
     olmoe       olmoe                                    RMSNorm on the whole q and k projections
     qwen3       qwen3                                    per-head RMSNorm on q and k (``attn_q_norm`` [D])
     qwen3moe    qwen3_moe                                per-head q/k RMSNorm; top-k always renormalised
+    granite     granite                                  Granite's embedding/attention/residual/logit scales
 
 GGUF tensor names are mapped onto the canonical names by the data tables :data:`GLOBAL_TENSORS`,
 :data:`LAYER_TENSORS` and :data:`EXPERT_TENSORS`. GGUF stores a ``[out, in]`` matrix with ggml dims ``(in, out)``;
@@ -19,10 +20,10 @@ the reader's numpy view is already ``[out, in]``, and merged experts (``ffn_*_ex
 
 Two conversions undo what the converter did:
 
-* llama.cpp runs the ``llama`` architecture with interleaved ("normal") RoPE, so the converter permutes the rows of
-  ``attn_q``/``attn_k`` (and their biases) within each head (``LlamaModel.permute``). :func:`unpermute_qk` inverts
-  that, so canonical tensors follow the Hugging Face ``rotate_half`` convention the engine uses. ``qwen2``,
-  ``qwen2moe`` and ``olmoe`` use NEOX RoPE in llama.cpp and are written unpermuted.
+* llama.cpp runs the ``llama`` and ``granite`` architectures with interleaved ("normal") RoPE, so the converter
+  permutes the rows of ``attn_q``/``attn_k`` (and their biases) within each head (``LlamaModel.permute``).
+  :func:`unpermute_qk` inverts that, so canonical tensors follow the Hugging Face ``rotate_half`` convention the
+  engine uses. The other architectures use NEOX RoPE in llama.cpp and are written unpermuted.
 * Quantised tensors are dequantised to float32 (:func:`dequantize`), one expert at a time for merged experts.
 
 Tensor types read: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (each checked against
@@ -47,10 +48,14 @@ from .source import TokenizerSpec
 
 # GGUF general.architecture -> canonical arch (llama becomes mixtral when it has experts)
 GGUF_ARCHS: dict[str, str] = {"llama": "llama", "qwen2": "qwen2", "qwen2moe": "qwen2_moe", "olmoe": "olmoe",
-                              "qwen3": "qwen3", "qwen3moe": "qwen3_moe"}
+                              "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "granite": "granite"}
 SUPPORTED_ARCHS = ", ".join(GGUF_ARCHS)
 # Architectures whose q/k rows the converter permuted for llama.cpp's interleaved RoPE.
-PERMUTED_QK_ARCHS = ("llama",)
+PERMUTED_QK_ARCHS = ("llama", "granite")
+# Granite's multipliers: canonical field -> GGUF key under ``granite.`` (llama.cpp reads them for granite only; an
+# absent or 0 value means the default)
+GRANITE_SCALES: dict[str, str] = {"embedding_multiplier": "embedding_scale", "attention_scale": "attention.scale",
+                                  "residual_multiplier": "residual_scale", "logits_scaling": "logit_scale"}
 # Top-k routing weights renormalised to sum 1, per GGUF arch (llama.cpp's build graphs; HF Mixtral renormalises,
 # Qwen2-MoE and OLMoE by default do not). ``{arch}.expert_weights_norm`` overrides when present.
 NORM_TOPK: dict[str, bool] = {"llama": True, "qwen2moe": False, "olmoe": False, "qwen3moe": True}
@@ -243,6 +248,8 @@ class GGUFModel:
         clip = self.meta(p + "attention.clamp_kqv")
         if clip is not None and a != "olmoe":
             raise UnsupportedModelError(f"{self.path}: attention.clamp_kqv is only supported for olmoe")
+        if a == "granite":
+            kw.update({f: v for f, key in GRANITE_SCALES.items() if (v := self._meta_float(p + key, 0.0))})
         window = self._meta_int(p + "attention.sliding_window", 0) or None
         bos = self._meta_int("tokenizer.ggml.bos_token_id", None)
         eos = [self._meta_int(key, None) for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")]

@@ -23,6 +23,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "olmoe": {"rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 4096},
     "qwen3": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768, "head_dim": 128},
     "qwen3_moe": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768},
+    "granite": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 2048},
 }
 # Architectures whose q/k get an RMSNorm before RoPE: over the whole projection (OLMoE) or per head (Qwen3).
 QK_NORM = {"olmoe": "projection", "qwen3": "head", "qwen3_moe": "head"}
@@ -109,7 +110,7 @@ def _rope(d: dict[str, Any], arch: str, max_pos: int, where: str) -> tuple[float
 
 def _sliding_window(d: dict[str, Any], arch: str, n_layers: int, where: str) -> int | None:
     """The one sliding window of all layers (None = full attention); mixed per-layer windows are unsupported."""
-    if arch in ("llama", "olmoe"):
+    if arch in ("llama", "olmoe", "granite"):
         return None
     window = _key(d, "sliding_window", int, where, None, nullable=True)
     if arch in ("mistral", "mixtral"):
@@ -180,14 +181,19 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
         attention_bias = True
     elif arch == "qwen2_moe":
         attention_bias = _key(d, "qkv_bias", bool, where, True)
-    elif arch in ("llama", "olmoe", "qwen3", "qwen3_moe"):
+    elif arch in ("llama", "olmoe", "qwen3", "qwen3_moe", "granite"):
         if _key(d, "attention_bias", bool, where, False):
             raise UnsupportedModelError(f"{where}: attention_bias=true ({hf_name or arch} then also has an o_proj "
                                         "bias) is not supported")
-    if arch == "llama" and _key(d, "mlp_bias", bool, where, False):
+    if arch in ("llama", "granite") and _key(d, "mlp_bias", bool, where, False):
         raise UnsupportedModelError(f"{where}: mlp_bias=true is not supported")
 
     kw: dict[str, Any] = {}
+    if arch == "granite":  # config.json's multipliers (GraniteConfig defaults 1.0; attention_multiplier replaces
+        # head_dim ** -0.5 even at its default)
+        kw = {ours: float(_key(d, key, float, where, 1.0)) for ours, key in (
+            ("embedding_multiplier", "embedding_multiplier"), ("attention_scale", "attention_multiplier"),
+            ("residual_multiplier", "residual_multiplier"), ("logits_scaling", "logits_scaling"))}
     if arch == "mixtral":
         kw = dict(num_experts=_positive(d, "num_local_experts", where),
                   num_experts_per_tok=_positive(d, "num_experts_per_tok", where),
@@ -208,7 +214,7 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
                       norm_topk_prob=_key(d, "norm_topk_prob", bool, where, False), moe_layers=layers)
             if arch == "qwen2_moe":  # Qwen3-MoE has no shared expert
                 kw["shared_expert_intermediate_size"] = _positive(d, "shared_expert_intermediate_size", where)
-    if kw and kw["num_experts_per_tok"] > kw["num_experts"]:
+    if kw.get("num_experts_per_tok", 0) > kw.get("num_experts", 0):
         raise ModelFormatError(f"{where}: num_experts_per_tok {kw['num_experts_per_tok']} > number of experts "
                                f"{kw['num_experts']}")
 

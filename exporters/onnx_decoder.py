@@ -252,7 +252,8 @@ def _attention(L: _Lowering, i: int, x: str, ctx: dict[str, str]) -> str:
     # GQA without copying K/V: group the query heads by KV head and let MatMul broadcast over the group axis.
     qg = g.reshape(q, [0, nkv, nh // nkv, -1, D])  # [B, nkv, rep, S, D]
     kt = g.unsqueeze(g.transpose(k_all, [0, 1, 3, 2]), [2])  # [B, nkv, 1, D, T]
-    scores = g.mul(g.matmul(qg, kt), g.const(D ** -0.5, np.float32))  # [B, nkv, rep, S, T]
+    scale = D ** -0.5 if cfg.attention_scale is None else cfg.attention_scale
+    scores = g.mul(g.matmul(qg, kt), g.const(scale, np.float32))  # [B, nkv, rep, S, T]
     scores = g.op("Where", [ctx["allowed"], scores, g.const(np.finfo(np.float32).min, np.float32)])
     probs = g.op("Softmax", [scores], axis=-1)
     o = g.matmul(probs, g.unsqueeze(v_all, [2]))  # [B, nkv, rep, S, D]
@@ -291,12 +292,17 @@ def _moe(L: _Lowering, i: int, x: str) -> str:
     return out
 
 
+def _scaled(g: GraphBuilder, x: str, factor: float) -> str:
+    """``x * factor`` (no node for 1)."""
+    return x if factor == 1.0 else g.mul(x, g.const(factor, np.float32))
+
+
 def _decoder_layer(L: _Lowering, i: int, h: str, ctx: dict[str, str]) -> str:
-    g = L.g
-    h = g.add(h, _attention(L, i, _rms_norm(L, h, layer_prefix(i) + "attn_norm"), ctx))
+    g, res = L.g, L.cfg.residual_multiplier
+    h = g.add(h, _scaled(g, _attention(L, i, _rms_norm(L, h, layer_prefix(i) + "attn_norm"), ctx), res))
     xn = _rms_norm(L, h, layer_prefix(i) + "ffn_norm")
     ffn = _moe(L, i, xn) if L.cfg.is_moe_layer(i) else _swiglu(L, xn, layer_prefix(i) + "ffn.")
-    return g.add(h, ffn, out=f"hidden.{i}")
+    return g.add(h, _scaled(g, ffn, res), out=f"hidden.{i}")
 
 
 def _positions_and_mask(L: _Lowering) -> dict[str, str]:
@@ -319,17 +325,23 @@ def _positions_and_mask(L: _Lowering) -> dict[str, str]:
 
 
 def _lm_head(L: _Lowering, h: str) -> str:
+    """The ``logits`` output: lm_head (or the tied embedding) of the final hidden state, divided by
+    ``logits_scaling`` (Granite)."""
     cfg, g = L.cfg, L.g
+    out = "logits" if cfg.logits_scaling == 1.0 else None
     if not cfg.tie_word_embeddings:
-        return L.linear(h, "lm_head", out="logits")
-    t = L.tensor("embed")
-    if t.scheme in FLOAT_SCHEMES:  # share the Gather table: flatten, Gemm(transB=1), restore [B, S, V]
+        y = L.linear(h, "lm_head", out=out)
+    elif (t := L.tensor("embed")).scheme in FLOAT_SCHEMES:  # share the Gather table: Gemm(transB=1) on [B*S, H]
         w = "embed" if t.scheme == "f32" else g.cast("embed", TensorProto.FLOAT)
         flat = g.reshape(h, [-1, cfg.hidden_size])
         y = g.op("Gemm", [flat, w], transB=1)
         lead = g.op("Shape", [h], start=0, end=2)
-        return g.op("Reshape", [y, g.concat([lead, g.const([cfg.vocab_size])], axis=0)], out="logits")
-    return L.linear(h, "lm_head", out="logits", qt=t)  # quantised tie: a second copy in the MatMul layout
+        y = g.op("Reshape", [y, g.concat([lead, g.const([cfg.vocab_size])], axis=0)], out=out)
+    else:
+        y = L.linear(h, "lm_head", out=out, qt=t)  # quantised tie: a second copy in the MatMul layout
+    if out is None:
+        y = g.op("Div", [y, g.const(cfg.logits_scaling, np.float32)], out="logits")
+    return y
 
 
 def _check_config(cfg: ModelConfig, opset: int, int4: str) -> None:
@@ -399,7 +411,7 @@ def _build(L: _Lowering) -> None:
         g.output(f"present_key.{i}", TensorProto.FLOAT, present_shape)
         g.output(f"present_value.{i}", TensorProto.FLOAT, present_shape)
     ctx = _positions_and_mask(L)
-    h = L.embedding(ids, L.tensor("embed"))
+    h = _scaled(g, L.embedding(ids, L.tensor("embed")), cfg.embedding_multiplier)
     for i in range(cfg.num_layers):
         h = _decoder_layer(L, i, h, ctx)
     _lm_head(L, _rms_norm(L, h, "norm"))

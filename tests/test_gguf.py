@@ -104,7 +104,7 @@ def _expected_config(hf_dir: Path):
 
 
 # -- canonical tensors and config vs the HF checkpoint -------------------------------------------------------------
-ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe")
+ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe", "granite")
 
 
 @pytest.mark.parametrize("arch", ARCHS)

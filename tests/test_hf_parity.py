@@ -54,6 +54,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "mixtral_sliding": ("mixtral", {"sliding_window": 7}),
     "qwen3_tied": ("qwen3", {"tie_word_embeddings": True}),
     "qwen3_moe_mlp_only": ("qwen3_moe", {"mlp_only_layers": [0], "norm_topk_prob": False}),
+    "granite_tied": ("granite", {"tie_word_embeddings": True}),
 }
 
 
@@ -255,6 +256,19 @@ def test_config_defaults_and_head_dim():
     assert c.rope_theta == 1e6 and c.head_dim == 32 and c.norm_topk_prob and c.moe_layers == (0, 1)
     c = config_from_hf(_base_cfg(architectures=["Qwen2ForCausalLM"], sliding_window=4096, use_sliding_window=False))
     assert c.sliding_window is None and c.attention_bias
+
+
+def test_config_granite_multipliers():
+    """GraniteConfig's defaults are 1.0, and attention_multiplier replaces head_dim ** -0.5 even then."""
+    c = config_from_hf(_base_cfg(architectures=["GraniteForCausalLM"]))
+    assert (c.embedding_multiplier, c.attention_scale, c.residual_multiplier, c.logits_scaling) == (1.0, 1.0, 1.0, 1.0)
+    c = config_from_hf(_base_cfg(architectures=["GraniteForCausalLM"], embedding_multiplier=12, logits_scaling=8.0,
+                                 attention_multiplier=0.015625, residual_multiplier=0.22))
+    assert (c.embedding_multiplier, c.attention_scale, c.residual_multiplier, c.logits_scaling) == (
+        12.0, 0.015625, 0.22, 8.0)
+    assert config_from_hf(_base_cfg()).attention_scale is None
+    with pytest.raises(UnsupportedModelError, match="mlp_bias"):
+        config_from_hf(_base_cfg(architectures=["GraniteForCausalLM"], mlp_bias=True))
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------

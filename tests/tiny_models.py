@@ -10,7 +10,7 @@ import edgespool
 import numpy as np
 
 CORPUS = Path(edgespool.__file__).resolve().parent / "apps" / "data" / "corpus.txt"  # package data
-ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe")
+ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe", "granite")
 SPM_ARCHS = ("llama", "mistral", "mixtral")  # SentencePiece tokenizer.model (convert_hf_to_gguf accepts these as-is)
 VOCAB = 512
 
@@ -44,6 +44,9 @@ def tiny_config(arch: str, **overrides):
         cfg = tf.Qwen3MoeConfig(**kw, intermediate_size=128, moe_intermediate_size=32, num_experts=4,
                                 num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1)
         cfg.head_dim = 32
+    elif arch == "granite":  # Granite 3.3's multipliers (attention 1/head_dim instead of head_dim ** -0.5)
+        cfg = tf.GraniteConfig(**kw, intermediate_size=128, embedding_multiplier=12.0, attention_multiplier=1 / 16,
+                               residual_multiplier=0.22, logits_scaling=8.0)
     else:
         raise ValueError(arch)
     for k, v in overrides.items():

@@ -41,6 +41,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "olmoe": {"hf": ["OlmoeForCausalLM"], "moe": True},
     "qwen3": {"hf": ["Qwen3ForCausalLM"], "moe": False},
     "qwen3_moe": {"hf": ["Qwen3MoeForCausalLM"], "moe": True},
+    "granite": {"hf": ["GraniteForCausalLM"], "moe": False},
 }
 
 
@@ -66,6 +67,11 @@ class ModelConfig:
     qk_norm_per_head: bool = False  # that RMSNorm over each head's D values (Qwen3) instead of the whole projection
     clip_qkv: float | None = None  # OLMoE optional clamp of q/k/v
     sliding_window: int | None = None  # Mistral/Qwen2 sliding-window attention (None = full)
+    # scales (Granite's multipliers)
+    embedding_multiplier: float = 1.0  # token embeddings are multiplied by this
+    attention_scale: float | None = None  # softmax scale of q.k (None: head_dim ** -0.5)
+    residual_multiplier: float = 1.0  # attention and FFN outputs are multiplied by this before the residual add
+    logits_scaling: float = 1.0  # logits are divided by this
     # MoE
     num_experts: int = 0
     num_experts_per_tok: int = 0

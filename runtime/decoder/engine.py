@@ -111,8 +111,9 @@ class Engine:
         cos, sin = self.rope.cos_sin(pos)
 
         src.hint([EMBED, layer_group(0)])
-        x = src.get(EMBED)[EMBED].rows(tokens)  # [T, H]
+        x = src.get(EMBED)[EMBED].rows(tokens) * np.float32(c.embedding_multiplier)  # [T, H]
         src.release(EMBED)
+        res = np.float32(c.residual_multiplier)  # scale of each block's output before the residual add (Granite)
 
         for i in range(c.num_layers):
             g = layer_group(i)
@@ -121,17 +122,17 @@ class Engine:
             p = layer_prefix(i)
             # attention block
             h = rmsnorm(x, _vec(w[p + "attn_norm"]), c.rms_norm_eps)
-            x = x + self._attention(i, w, p, h, pos, cos, sin, cache)
+            x = x + self._attention(i, w, p, h, pos, cos, sin, cache) * res
             # FFN / MoE block
             src.on_hidden(i, x)
             h = rmsnorm(x, _vec(w[p + "ffn_norm"]), c.rms_norm_eps)
             if c.is_moe_layer(i):
-                x = x + self._moe(i, w, p, h)
+                f = self._moe(i, w, p, h)
             elif p + "ffn.gate" in w:
-                x = x + swiglu(h, w[p + "ffn.gate"], w[p + "ffn.up"], w[p + "ffn.down"], c.hidden_act,
-                               kernels=kern)
+                f = swiglu(h, w[p + "ffn.gate"], w[p + "ffn.up"], w[p + "ffn.down"], c.hidden_act, kernels=kern)
             else:  # row-column bundled FFN in its own group (streaming: computed from a neuron window)
-                x = x + self._bundled_ffn(i, h)
+                f = self._bundled_ffn(i, h)
+            x = x + f * res
             src.release(g)
         cache.advance(T)
 
@@ -145,6 +146,7 @@ class Engine:
         else:
             logits = kern.linear(h, head[LM_HEAD])
         src.release(HEAD)
+        logits = logits / np.float32(c.logits_scaling)  # Granite; 1 elsewhere
         return logits.astype(np.float32, copy=False)
 
     def _attention(self, i: int, w: dict[str, QTensor], p: str, h: np.ndarray, pos: np.ndarray,
@@ -165,7 +167,7 @@ class Engine:
         end = int(pos[-1]) + 1
         start = 0 if not c.sliding_window else max(0, int(pos[0]) - c.sliding_window + 1)
         K, V = cache.view(i, start, end)
-        o = self.kernels.attention(q, K, V, pos, np.arange(start, end), c.sliding_window)
+        o = self.kernels.attention(q, K, V, pos, np.arange(start, end), c.sliding_window, c.attention_scale)
         return linear(o.reshape(T, c.num_heads * D), w[p + "wo"])
 
     def _qk_norm(self, x: np.ndarray, weight: QTensor) -> np.ndarray:
