@@ -201,11 +201,11 @@ def kernels_misfit(tvm_target: dict[str, Any]) -> str | None:
 
 
 def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, target: str | None = None,
-         verify: bool = True, kernels: bool | KernelTable = True, mmap: bool = True,
+         verify: bool = True, kernels: bool | KernelTable = True, mmap: bool = False,
          **stream_options: Any) -> Model:
     """Open a decoder bundle. Without ``memory_budget`` every weight is read once and kept resident (CRC-checked
-    when ``verify``; ``mmap`` maps weights.bin and checks each group's CRC on first use, ``mmap=False`` reads and
-    checks everything at load); with one, weights stream from storage under that budget (see edgespool.offload).
+    when ``verify``) the first time the engine needs it (``mmap=True``: mapped instead, llama.cpp-style); with one,
+    weights stream from storage under that budget (see edgespool.offload).
     ``kernels``: True = the bundle's compiled kernels when they fit this machine (:func:`resolve_kernels`), False =
     the numpy reference, or a :class:`~edgespool.kernels.table.KernelTable` to run with. The model keeps its
     table (:attr:`Model.kernels`); nothing process-global changes, so models load and close in any order."""
