@@ -8,8 +8,8 @@
   wire-format reader below, so neither ``protobuf`` nor ``sentencepiece`` is needed at export time.
 * :func:`gguf_vocab_to_tokenizer_json` — the vocabulary embedded in a GGUF file, reproducing **llama.cpp's**
   tokenizer: ``tokenizer.ggml.model`` ``llama`` (SentencePiece-style: tokens, scores, token types; llama.cpp applies
-  no normalization beyond the dummy-prefix space) or ``gpt2`` (byte-level BPE: tokens + merges, pre-tokenized by the
-  regex that ``tokenizer.ggml.pre`` names).
+  no normalization beyond the dummy-prefix space) or ``gpt2`` (BPE: tokens + merges, pre-tokenized by the
+  regexes that ``tokenizer.ggml.pre`` names, from llama.cpp's table in :mod:`.pretokenizers`).
 
 The JSON has no post-processor: BOS is not inserted by the tokenizer; the runtime prepends it when the model's
 ``add_bos`` says so (see :class:`~edgespool.exporters.source.TokenizerSpec`). Control tokens are special added
@@ -24,26 +24,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import ModelFormatError, UnsupportedModelError
+from .pretokenizers import PRE_NAMES, PRE_TYPES, SUPPORTED_NAMES
 
 # SentencePiece / GGUF token types (same numbering in both: sentencepiece_model.proto and llama.cpp's
 # LLAMA_TOKEN_TYPE_*).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 SPIECE = "\u2581"  # ▁, SentencePiece's whitespace mark
-
-# GGUF tokenizer.ggml.pre -> (split regex or None for GPT-2's built-in ByteLevel regex, ignore_merges), copied from
-# llama.cpp's llama-vocab.cpp (llm_tokenizer_bpe) so the split is the one llama.cpp applies.
-_GPT2_REGEX = None
-_LLAMA3_REGEX = ("(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-                 "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
-_QWEN2_REGEX = ("(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-                "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
-BPE_PRE_TOKENIZERS: dict[str, tuple[str | None, bool]] = {
-    "gpt-2": (_GPT2_REGEX, False), "olmo": (_GPT2_REGEX, False), "mpt": (_GPT2_REGEX, False),
-    "phi-2": (_GPT2_REGEX, False), "roberta-bpe": (_GPT2_REGEX, False),
-    "llama-bpe": (_LLAMA3_REGEX, True), "llama3": (_LLAMA3_REGEX, True), "llama-v3": (_LLAMA3_REGEX, True),
-    "qwen2": (_QWEN2_REGEX, False), "deepseek-r1-qwen": (_QWEN2_REGEX, False),
-}
-
 
 # -- SentencePiece model protobuf (wire format) -------------------------------------------------------------------
 @dataclass
@@ -304,28 +290,48 @@ def gguf_vocab_to_tokenizer_json(reader: Any, where: str = "GGUF") -> str:
 
 
 def _gguf_bpe(reader: Any, tokens: list[str], types: list[int], where: str) -> str:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A ``gpt2`` vocabulary: llama.cpp's pre-tokenizer for ``tokenizer.ggml.pre`` (see :mod:`.pretokenizers`),
+    then BPE over byte-level pieces (or, for the raw-text types, over UTF-8 with ``<0xNN>`` byte fallback)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     merges_raw = _gguf_field(reader, "tokenizer.ggml.merges")
     if merges_raw is None:
-        raise ModelFormatError(f"{where}: metadata key 'tokenizer.ggml.merges' is missing (byte-level BPE needs it)")
+        raise ModelFormatError(f"{where}: metadata key 'tokenizer.ggml.merges' is missing (a gpt2 BPE vocabulary "
+                               "needs it)")
     merges = []
     for m in merges_raw:
-        parts = m.split(" ")
-        if len(parts) != 2:
+        cut = m.find(" ", 1)  # as llama.cpp splits a merge: at the first space after the first character
+        if cut < 0:
             raise ModelFormatError(f"{where}: malformed BPE merge {m!r} (expected 'left right')")
-        merges.append((parts[0], parts[1]))
-    pre = _gguf_field(reader, "tokenizer.ggml.pre", "gpt-2")
-    if pre not in BPE_PRE_TOKENIZERS:
-        raise UnsupportedModelError(f"{where}: BPE pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not supported; "
-                                    f"supported: {', '.join(BPE_PRE_TOKENIZERS)}")
-    regex, ignore_merges = BPE_PRE_TOKENIZERS[pre]
-    tok = Tokenizer(models.BPE(vocab=_vocab_dict(tokens), merges=merges, ignore_merges=ignore_merges))
-    if regex is None:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    else:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+        merges.append((m[:cut], m[cut + 1:]))
+    pre = _gguf_field(reader, "tokenizer.ggml.pre") or "default"  # llama.cpp: missing or empty -> default
+    if pre not in PRE_NAMES:
+        raise UnsupportedModelError(f"{where}: BPE pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not one llama.cpp "
+                                    f"knows; supported ({len(SUPPORTED_NAMES)}): {', '.join(SUPPORTED_NAMES)}")
+    spec = PRE_TYPES[PRE_NAMES[pre]]
+    if spec.unsupported:
+        raise UnsupportedModelError(f"{where}: BPE pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not supported: "
+                                    f"{spec.unsupported}")
+    vocab = _vocab_dict(tokens)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=spec.ignore_merges,
+                               byte_fallback=not spec.byte_level))
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in spec.regexes]
+    if spec.byte_level:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(splits + [
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
+        tok.decoder = decoders.ByteLevel()
+    else:
+        if spec.escape_whitespace:
+            tok.normalizer = normalizers.Replace(" ", SPIECE)
+        tok.pre_tokenizer = pre_tokenizers.Sequence(splits)
+        tok.decoder = decoders.Sequence(([decoders.Replace(SPIECE, " ")] if spec.escape_whitespace else [])
+                                        + [decoders.ByteFallback(), decoders.Fuse()])
+    if spec.newline_runs_whole:
+        # llama.cpp keeps a newline-run piece whole when it is a token; the BPE here always merges, so the merges
+        # must already give each such token
+        for t, i in vocab.items():
+            if len(t) > 1 and not t.strip("\n") and tok.encode(t, add_special_tokens=False).ids != [i]:
+                raise UnsupportedModelError(
+                    f"{where}: BPE pre-tokenizer {pre!r} (tokenizer.ggml.pre): llama.cpp takes the newline run "
+                    f"{t!r} whole as token {i}, which its merges do not build; `tokenizers` cannot express that")
     return _finish(tok, _added_tokens(tokens, types))
