@@ -13,6 +13,7 @@ supported GGUF architectures is mapped onto :class:`~edgespool.runtime.bundle.co
     qwen3       qwen3                                    per-head RMSNorm on q and k (``attn_q_norm`` [D])
     qwen3moe    qwen3_moe                                per-head q/k RMSNorm; top-k always renormalised
     granite     granite                                  Granite's embedding/attention/residual/logit scales
+    phi3        phi3                                     fused ``attn_qkv`` and ``ffn_up`` (gate rows first) split
 
 GGUF tensor names are mapped onto the canonical names by the data tables :data:`GLOBAL_TENSORS`,
 :data:`LAYER_TENSORS` and :data:`EXPERT_TENSORS`. GGUF stores a ``[out, in]`` matrix with ggml dims ``(in, out)``;
@@ -44,11 +45,12 @@ from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.ggml_schemes import GGML_BLOCKS
 from ..runtime.bundle.names import parse_tensor
 from ..runtime.bundle.schemes import QTensor, get_scheme
+from .fused import FUSED_PARTS, fused_rows
 from .source import TokenizerSpec
 
 # GGUF general.architecture -> canonical arch (llama becomes mixtral when it has experts)
 GGUF_ARCHS: dict[str, str] = {"llama": "llama", "qwen2": "qwen2", "qwen2moe": "qwen2_moe", "olmoe": "olmoe",
-                              "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "granite": "granite"}
+                              "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "granite": "granite", "phi3": "phi3"}
 SUPPORTED_ARCHS = ", ".join(GGUF_ARCHS)
 # Architectures whose q/k rows the converter permuted for llama.cpp's interleaved RoPE.
 PERMUTED_QK_ARCHS = ("llama", "granite")
@@ -75,6 +77,10 @@ LAYER_TENSORS: dict[str, str] = {
     "shared.gate": "ffn_gate_shexp.weight", "shared.up": "ffn_up_shexp.weight", "shared.down": "ffn_down_shexp.weight",
     "shared_gate": "ffn_gate_inp_shexp.weight",
 }
+# Architectures whose q/k/v are one ``attn_qkv`` and gate/up one ``ffn_up`` (2*I rows), split by exporters/fused.py
+FUSED_ARCHS: dict[str, dict[str, str]] = {"phi3": {"wq": "attn_qkv.weight", "wk": "attn_qkv.weight",
+                                                   "wv": "attn_qkv.weight", "ffn.gate": "ffn_up.weight",
+                                                   "ffn.up": "ffn_up.weight"}}
 # Canonical expert part -> (merged 3-D tensor [E, out, in], legacy per-expert 2-D tensor name with {e})
 EXPERT_TENSORS: dict[str, tuple[str, str]] = {
     "gate": ("ffn_gate_exps.weight", "ffn_gate.{e}.weight"),
@@ -283,6 +289,10 @@ class GGUFModel:
         kind = self.meta(p + "rope.scaling.type")
         factor = self.meta(p + "rope.scaling.factor")
         freqs = self._tensors.get("rope_freqs.weight")
+        if "rope_factors_long.weight" in self._tensors or "rope_factors_short.weight" in self._tensors:
+            raise UnsupportedModelError(f"{self.path}: LongRoPE (tensors rope_factors_long/short: per-frequency "
+                                        "factors chosen by context length, e.g. Phi-3's 128k-context models) is not "
+                                        "supported; models without rope scaling (Phi-3 4k) are")
         if freqs is not None:
             if kind not in (None, "none"):
                 raise UnsupportedModelError(f"{self.path}: rope_freqs together with rope.scaling.type {kind!r} is "
@@ -327,9 +337,18 @@ class GGUFModel:
                 if self._has(f"blk.{i}.{merged}"):
                     return f"blk.{i}.{merged}", n.expert
                 return f"blk.{i}.{single.format(e=n.expert)}", None
+            if n.expert is None and n.leaf in FUSED_ARCHS.get(self.gguf_arch, {}):
+                return f"blk.{i}.{FUSED_ARCHS[self.gguf_arch][n.leaf]}", None
             if n.expert is None and n.leaf in LAYER_TENSORS:
                 return f"blk.{i}.{LAYER_TENSORS[n.leaf]}", None
         raise ModelFormatError(f"{self.path}: {name!r} is not a canonical tensor name")
+
+    def _fused(self, name: str) -> tuple[int, int, int] | None:
+        """(first row, end row, all rows) of canonical ``name`` inside a fused tensor (phi3), else None."""
+        n = parse_tensor(name)
+        if n.expert is not None or n.leaf not in FUSED_ARCHS.get(self.gguf_arch, {}):
+            return None
+        return fused_rows(self.config, FUSED_PARTS[n.leaf])
 
     def tensor(self, name: str) -> np.ndarray:
         """Canonical tensor ``name`` as float32 ``[out, in]`` (dequantised; llama q/k rows un-permuted)."""
@@ -342,6 +361,8 @@ class GGUFModel:
             if data.ndim != 3 or not 0 <= expert < data.shape[0]:
                 raise ModelFormatError(f"{self.path}: tensor {gname!r} has shape {list(t.shape)}, no expert {expert}")
             data = data[expert]
+        if (rows := self._fused(name)) is not None:  # whole rows of the fused tensor (blocks never span rows)
+            data = data[rows[0]:rows[1]]
         try:
             w = dequantize(data, t.tensor_type.name, f"{self.path}: tensor {gname!r}")
         except (ValueError, IndexError) as e:
@@ -371,6 +392,8 @@ class GGUFModel:
                                         f"keepable: F32, F16, BF16, {', '.join(GGML_BLOCKS)} (or re-quantise with "
                                         "--quant int8 / int4)")
         data = t.data if expert is None else t.data[expert]
+        if (fused := self._fused(name)) is not None:
+            data = data[fused[0]:fused[1]]
         scheme = get_scheme(ty.lower())
         rows = np.asarray(data).reshape(shape[0], -1)
         if ty == "F16":
@@ -397,6 +420,8 @@ class GGUFModel:
         gname, expert = self._gguf_name(name)
         t = self._tensors[gname]
         n = int(t.n_bytes)
+        if (rows := self._fused(name)) is not None:
+            return n // rows[2] * (rows[1] - rows[0])
         return n // int(t.data.shape[0]) if expert is not None else n
 
     def _check_shapes(self) -> None:
@@ -414,6 +439,8 @@ class GGUFModel:
                 got = got[1:]
             if name.endswith("shared_gate") and got == (shape[1],):
                 got = (1, shape[1])
+            if (rows := self._fused(name)) is not None:
+                shape = (rows[2], shape[1])
             if got != tuple(shape):
                 raise ModelFormatError(f"{self.path}: tensor {gname!r} has shape {list(got)}, expected "
                                        f"{list(shape)} for {name!r}")

@@ -25,6 +25,7 @@ from ..errors import ModelFormatError, UnsupportedModelError
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import parse_tensor
 from .hf_config import ARCH_DEFAULTS, HF_ARCHS, SUPPORTED, config_from_hf  # noqa: F401  (re-exported)
+from .fused import FUSED_PARTS, fused_rows
 from .source import SPECIAL_TOKEN_NAMES, TokenizerSpec
 
 # Canonical tensor name pattern -> HF tensor names (first one present wins). {i} = layer, {e} = expert.
@@ -69,6 +70,13 @@ FUSED_EXPERT_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
                                   ("model.layers.{i}.block_sparse_moe.experts.gate_up_proj", "up")),
     "layers.{i}.experts.{e}.down": (("model.layers.{i}.mlp.experts.down_proj", "down"),
                                     ("model.layers.{i}.block_sparse_moe.experts.down_proj", "down")),
+}
+
+# Fused dense tensors (Phi-3): canonical pattern -> (HF name, part); the part's rows come from fused.fused_rows.
+FUSED_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    f"layers.{{i}}.{leaf}": ((f"model.layers.{{i}}.{hf}.weight", part),)
+    for leaf, part in FUSED_PARTS.items()
+    for hf in (("self_attn.qkv_proj",) if part in ("q", "k", "v") else ("mlp.gate_up_proj",))
 }
 
 # safetensors dtype -> numpy dtype (BF16 handled separately)
@@ -197,6 +205,13 @@ class HFModel:
                 self._check_shape(name, hf, tuple(info["shape"]), shape)
                 self._resolved[name] = (hf, None)
                 return hf, None
+        for cand, part in FUSED_NAMES.get(pat, ()):
+            hf = cand.format(**idx)
+            info = self._info(hf)
+            if info is not None:
+                self._check_shape(name, hf, tuple(info["shape"]), (fused_rows(self.config, part)[2], shape[1]))
+                self._resolved[name] = (hf, part)
+                return hf, part
         for cand, part in FUSED_EXPERT_NAMES.get(pat, ()):
             hf = cand.format(**idx)
             info = self._info(hf)
@@ -216,17 +231,20 @@ class HFModel:
                                    f"{list(want)} (canonical {name!r})")
 
     # -- reading ------------------------------------------------------------------------------------------------
-    def _read(self, hf: str, index: int | None = None) -> np.ndarray:
-        """HF tensor ``hf`` (or only its slice ``[index]`` along the first axis) as a numpy array."""
+    def _read(self, hf: str, index: int | None = None, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """HF tensor ``hf`` (or only its slice ``[index]``, or its rows ``[r0:r1]``, along the first axis) as a
+        numpy array."""
         f = self._where[hf]
         info = self._header(f)[0][hf]
         dtype, shape = info["dtype"], list(info["shape"])
         if dtype == "BF16":
             base = self._header(f)[1]
             start, end = (int(x) for x in info["data_offsets"])
+            row = (end - start) // shape[0]
             if index is not None:
-                row = (end - start) // shape[0]
                 start, end, shape = start + index * row, start + (index + 1) * row, shape[1:]
+            elif rows is not None:
+                start, end, shape = start + rows[0] * row, start + rows[1] * row, [rows[1] - rows[0], *shape[1:]]
             raw = np.fromfile(f, dtype="<u2", count=(end - start) // 2, offset=base + start)
             if raw.size * 2 != end - start:
                 raise ModelFormatError(f"{f}: truncated while reading tensor {hf!r}")
@@ -242,6 +260,8 @@ class HFModel:
             except Exception as e:  # safetensors raises its own error types
                 raise ModelFormatError(f"{f}: not a valid safetensors file ({e})") from None
         try:
+            if rows is not None:
+                return h.get_slice(hf)[rows[0]:rows[1]]
             return h.get_tensor(hf) if index is None else h.get_slice(hf)[index]
         except Exception as e:
             raise ModelFormatError(f"{f}: cannot read tensor {hf!r} ({e})") from None
@@ -256,6 +276,9 @@ class HFModel:
         hf, part = self._resolved[name]
         if part is None:
             return np.asarray(self._read(hf), dtype=np.float32)
+        if part in FUSED_PARTS.values() and "e" not in _pattern(name)[1]:  # Phi-3 qkv_proj / gate_up_proj rows
+            r0, r1, _ = fused_rows(self.config, part)
+            return np.ascontiguousarray(self._read(hf, rows=(r0, r1)), dtype=np.float32)
         e = _pattern(name)[1]["e"]
         full = self._read(hf, e)  # only expert e's slice of the fused [E, ...] tensor
         if part == "gate":
@@ -271,7 +294,10 @@ class HFModel:
         hf, part = self._resolved[name]
         start, end = self._header(self._where[hf])[0][hf]["data_offsets"]
         n = int(end) - int(start)
-        if part is not None:
+        if part is not None and "e" not in _pattern(name)[1]:
+            r0, r1, total = fused_rows(self.config, part)
+            n = n // total * (r1 - r0)
+        elif part is not None:
             n //= self.config.num_experts * (2 if part in ("gate", "up") else 1)
         return n
 

@@ -24,6 +24,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "qwen3": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768, "head_dim": 128},
     "qwen3_moe": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768},
     "granite": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 2048},
+    "phi3": {"rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 4096},
 }
 # Architectures whose q/k get an RMSNorm before RoPE: over the whole projection (OLMoE) or per head (Qwen3).
 QK_NORM = {"olmoe": "projection", "qwen3": "head", "qwen3_moe": "head"}
@@ -89,6 +90,10 @@ def _rope(d: dict[str, Any], arch: str, max_pos: int, where: str) -> tuple[float
         raise ModelFormatError(f"{where}: key '{key}.rope_theta' should be a positive number, found {theta!r}")
     kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
     params.pop("type", None)
+    if kind in ("longrope", "su"):
+        raise UnsupportedModelError(f"{where}: rope type {kind!r} (LongRoPE: per-frequency long/short factors chosen "
+                                    "by context length, e.g. Phi-3's 128k-context models) is not supported; models "
+                                    "without rope scaling (Phi-3 4k) are")
     if kind not in ROPE_TYPES:
         raise UnsupportedModelError(f"{where}: rope type {kind!r} is not supported; supported: "
                                     f"{', '.join(ROPE_TYPES)}")
@@ -113,7 +118,7 @@ def _sliding_window(d: dict[str, Any], arch: str, n_layers: int, where: str) -> 
     if arch in ("llama", "olmoe", "granite"):
         return None
     window = _key(d, "sliding_window", int, where, None, nullable=True)
-    if arch in ("mistral", "mixtral"):
+    if arch in ("mistral", "mixtral", "phi3"):
         return window or None
     # Qwen2 / Qwen2-MoE / Qwen3(-MoE): window only where use_sliding_window, per layer (layer_types or the
     # legacy rule; Qwen3-MoE has none: every layer)

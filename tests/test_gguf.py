@@ -104,7 +104,7 @@ def _expected_config(hf_dir: Path):
 
 
 # -- canonical tensors and config vs the HF checkpoint -------------------------------------------------------------
-ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe", "granite")
+ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe", "granite", "phi3")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -135,6 +135,28 @@ def test_f16_gguf_tensors_equal_hf_weights_rounded(arch, models):
         if g._gguf_name(name)[0] in f16:
             want = want.astype(np.float16).astype(np.float32)
         np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_phi3_fused_rows_kept_as_stored(models):
+    """Phi-3's attn_qkv / ffn_up split by whole rows: kept Q8_0 blocks (``--quant keep``) are the file's bytes of
+    those rows, and dequantise to the canonical tensor; f32 rows equal the HF qkv_proj / gate_up_proj parts."""
+    from edgespool.exporters.hf import open_hf
+
+    g = open_gguf_model(models.gguf("phi3", "q8_0"))
+    qkv = next(t for t in g.reader.tensors if t.name == "blk.1.attn_qkv.weight")
+    assert qkv.tensor_type.name == "Q8_0"
+    raw = np.asarray(qkv.data).reshape(int(qkv.shape[1]), -1)
+    rows = {"wq": (0, 64), "wk": (64, 96), "wv": (96, 128)}
+    for leaf, (r0, r1) in rows.items():
+        kept = g.stored(f"layers.1.{leaf}")
+        assert kept.scheme == "q8_0" and kept.shape == (r1 - r0, 64)
+        np.testing.assert_array_equal(kept.data, raw[r0:r1])
+        np.testing.assert_array_equal(kept.dequantize(), g.tensor(f"layers.1.{leaf}"))
+    hf, f32 = open_hf(models.hf("phi3")), open_gguf_model(models.gguf("phi3"))
+    for leaf in ("wq", "wk", "wv", "ffn.gate", "ffn.up"):
+        np.testing.assert_array_equal(f32.tensor(f"layers.0.{leaf}"), hf.tensor(f"layers.0.{leaf}"))
+    assert hf.source_name("layers.0.ffn.up") == "model.layers.0.mlp.gate_up_proj.weight[up]"
+    assert hf.source_nbytes("layers.0.wk") == 32 * 64 * 4 and g.source_nbytes("layers.1.wk") == 32 * 68
 
 
 def test_unpermute_inverts_the_converters_permute():
@@ -393,9 +415,9 @@ def test_error_truncated_file(tmp_path):
 
 
 def test_error_unsupported_architecture(tmp_path):
-    p = write_tiny_gguf(tmp_path / "phi.gguf", arch="phi3")
-    with pytest.raises(UnsupportedModelError, match=r"architecture 'phi3' is not supported; supported: llama, qwen2, "
-                                                    r"qwen2moe, olmoe"):
+    p = write_tiny_gguf(tmp_path / "gpt2.gguf", arch="gpt2")
+    with pytest.raises(UnsupportedModelError, match=r"architecture 'gpt2' is not supported; supported: llama, qwen2, "
+                                                    r"qwen2moe, olmoe, qwen3, qwen3moe, granite, phi3"):
         open_gguf_model(p)
 
 
@@ -418,6 +440,29 @@ def test_error_missing_tensor_and_metadata(tmp_path):
     p = write_tiny_gguf(tmp_path / "r.gguf", extra_meta={"llama.rope.scaling.type": "longrope"})
     with pytest.raises(UnsupportedModelError, match="rope.scaling.type 'longrope'"):
         open_gguf_model(p)
+
+
+def test_error_phi3_longrope(models, tmp_path):
+    """Phi-3 128k (LongRoPE): the converter writes rope_factors_long/short; refused naming them (HF: the rope type)."""
+    import gguf
+
+    r = gguf.GGUFReader(str(models.gguf("phi3")))
+    w = gguf.GGUFWriter(str(tmp_path / "long.gguf"), "phi3")
+    for key, f in r.fields.items():
+        if not key.startswith("GGUF.") and key != "general.architecture":
+            w.add_key_value(key, f.contents(), f.types[0],
+                            sub_type=f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    D = 16
+    w.add_tensor("rope_factors_long.weight", np.ones(D // 2, np.float32))
+    w.add_tensor("rope_factors_short.weight", np.ones(D // 2, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UnsupportedModelError, match="LongRoPE.*rope_factors_long/short.*Phi-3"):
+        open_gguf_model(tmp_path / "long.gguf")
 
 
 def test_export_dispatches_gguf(tmp_path):

@@ -55,6 +55,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "qwen3_tied": ("qwen3", {"tie_word_embeddings": True}),
     "qwen3_moe_mlp_only": ("qwen3_moe", {"mlp_only_layers": [0], "norm_topk_prob": False}),
     "granite_tied": ("granite", {"tie_word_embeddings": True}),
+    "phi3_sliding": ("phi3", {"sliding_window": 6}),
 }
 
 
@@ -139,9 +140,11 @@ def test_every_tensor_f16_via_bundle_writer(ref_of, tmp_path):
     check_parity(ref, engine_of(w.finish()))
 
 
-def test_bf16_checkpoint(ref_of, tmp_path):
-    """bfloat16 safetensors (numpy has no bf16: read as raw bytes) -> f32 bundle, vs transformers in float32."""
-    ref = ref_of("mixtral", "bfloat16", greedy=False)
+@pytest.mark.parametrize("arch", ["mixtral", "phi3"])
+def test_bf16_checkpoint(arch, ref_of, tmp_path):
+    """bfloat16 safetensors (numpy has no bf16: read as raw bytes; Phi-3's fused rows as byte ranges) -> f32
+    bundle, vs transformers in float32."""
+    ref = ref_of(arch, "bfloat16", greedy=False)
     src = open_hf(ref.path)
     with open(ref.path / "model.safetensors", "rb") as f:
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
@@ -334,6 +337,10 @@ def test_error_unsupported_rope_and_mixed_sliding(llama_dir):
     _edit_config(llama_dir, rope_parameters={"rope_type": "longrope", "rope_theta": 1e4})
     with pytest.raises(UnsupportedModelError, match="longrope"):
         open_hf(llama_dir)
+    for kind in ("longrope", "su"):  # Phi-3 128k
+        with pytest.raises(UnsupportedModelError, match=f"rope type '{kind}' \\(LongRoPE.*Phi-3"):
+            config_from_hf(_base_cfg(architectures=["Phi3ForCausalLM"], rope_scaling={
+                "type": kind, "long_factor": [1.0] * 8, "short_factor": [1.0] * 8}))
     with pytest.raises(UnsupportedModelError, match="some layers"):
         config_from_hf(_base_cfg(architectures=["Qwen2ForCausalLM"], use_sliding_window=True, sliding_window=8,
                                  layer_types=["full_attention", "sliding_attention"]))

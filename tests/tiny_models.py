@@ -10,8 +10,8 @@ import edgespool
 import numpy as np
 
 CORPUS = Path(edgespool.__file__).resolve().parent / "apps" / "data" / "corpus.txt"  # package data
-ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe", "granite")
-SPM_ARCHS = ("llama", "mistral", "mixtral")  # SentencePiece tokenizer.model (convert_hf_to_gguf accepts these as-is)
+ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe", "granite", "phi3")
+SPM_ARCHS = ("llama", "mistral", "mixtral", "phi3")  # SentencePiece tokenizer.model (convert_hf_to_gguf accepts these as-is)
 VOCAB = 512
 
 _COMMON = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -47,6 +47,8 @@ def tiny_config(arch: str, **overrides):
     elif arch == "granite":  # Granite 3.3's multipliers (attention 1/head_dim instead of head_dim ** -0.5)
         cfg = tf.GraniteConfig(**kw, intermediate_size=128, embedding_multiplier=12.0, attention_multiplier=1 / 16,
                                residual_multiplier=0.22, logits_scaling=8.0)
+    elif arch == "phi3":  # fused qkv_proj / gate_up_proj
+        cfg = tf.Phi3Config(**kw, intermediate_size=128, pad_token_id=0)
     else:
         raise ValueError(arch)
     for k, v in overrides.items():
@@ -54,13 +56,19 @@ def tiny_config(arch: str, **overrides):
     return cfg
 
 
-def _train_spm(out_dir: Path) -> None:
+# Extra SentencePiece pieces per architecture: llama.cpp sets attributes of Phi-3's <|endoftext|> by name (a model
+# whose general.name says phi3 fails to load without it)
+SPM_EXTRA = {"phi3": ["<|endoftext|>"]}
+
+
+def _train_spm(out_dir: Path, extra: list[str] | None = None) -> None:
     import sentencepiece as spm
 
+    kw = {"user_defined_symbols": extra} if extra else {}
     spm.SentencePieceTrainer.train(
         input=str(CORPUS), model_prefix=str(out_dir / "tokenizer"), vocab_size=VOCAB, model_type="bpe",
         byte_fallback=True, character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
-        num_threads=1, minloglevel=2,
+        num_threads=1, minloglevel=2, **kw,
     )
     (out_dir / "tokenizer.vocab").unlink(missing_ok=True)
     (out_dir / "tokenizer_config.json").write_text(json.dumps({
@@ -99,7 +107,10 @@ def make_hf_model(arch: str, out_dir: str | Path, *, seed: int = 0, dtype: str =
     model = model.to(getattr(torch, dtype)).eval()
     model.save_pretrained(out, safe_serialization=True)
     kind = tokenizer or ("spm" if arch in SPM_ARCHS else "bpe")
-    (_train_spm if kind == "spm" else _train_bpe)(out)
+    if kind == "spm":
+        _train_spm(out, SPM_EXTRA.get(arch))
+    else:
+        _train_bpe(out)
     return out
 
 

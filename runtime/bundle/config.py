@@ -42,6 +42,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "qwen3": {"hf": ["Qwen3ForCausalLM"], "moe": False},
     "qwen3_moe": {"hf": ["Qwen3MoeForCausalLM"], "moe": True},
     "granite": {"hf": ["GraniteForCausalLM"], "moe": False},
+    "phi3": {"hf": ["Phi3ForCausalLM"], "moe": False},
 }
 
 
