@@ -9,13 +9,15 @@ import click
 from ..units import fmt_bytes
 
 
-def print_generation(model, prompt: str, n: int, as_json: bool, stream: bool = True, **sampling) -> dict:
-    """Generate from ``model`` and print it (streamed text, or JSON); returns the JSON-ready result."""
+def print_generation(model, prompt: str, n: int, as_json: bool, stream: bool = True,
+                     prompt_ids: list[int] | None = None, **sampling) -> dict:
+    """Generate from ``model`` and print it (streamed text, or JSON); returns the JSON-ready result. ``prompt_ids``: the
+    prompt as token ids (e.g. a rendered chat) instead of the encoding of ``prompt``."""
     ids: list[int] = []
     pieces: list[str] = []
 
     def tracked():
-        for t in model.generate_ids(prompt, n, **sampling):
+        for t in model.generate_ids(prompt if prompt_ids is None else prompt_ids, n, **sampling):
             ids.append(t)
             yield t
 
@@ -54,10 +56,13 @@ def print_generation(model, prompt: str, n: int, as_json: bool, stream: bool = T
 @click.option("--image", default=None, type=click.Path(), help="CNN bundles: the image to classify.")
 @click.option("--top", default=5, show_default=True, type=int, help="CNN bundles: classes to print.")
 @click.option("--ignore-eos", is_flag=True, help="Do not stop at the model's end-of-sequence tokens.")
+@click.option("--chat", "as_chat", is_flag=True,
+              help="Send --prompt as a user message through the bundle's chat template (instruct models).")
+@click.option("--system", default=None, help="With --chat: a system message.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, top_p: float, seed: int | None,
             memory_budget: str | None, show_plan: bool, max_context: int | None, image: str | None, top: int, ignore_eos: bool,
-            as_json: bool) -> None:
+            as_chat: bool, system: str | None, as_json: bool) -> None:
     """Run a bundle: generate text from a decoder bundle, or classify --image with a CNN bundle."""
     from ..runtime.bundle.reader import Bundle
 
@@ -84,8 +89,16 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
                            f"({fmt_bytes(b.weights_nbytes)}); pass --memory-budget to stream", err=True)
             else:
                 click.echo(plan.summary(), err=True)
-        print_generation(model, prompt, n, as_json, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                         stop=[] if ignore_eos else None)
+        ids = None
+        if as_chat:
+            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            ids = model.chat_ids(msgs)
+        elif system:
+            from ..errors import OptionError
+
+            raise OptionError("--system needs --chat")
+        print_generation(model, prompt, n, as_json, prompt_ids=ids, temperature=temperature, top_k=top_k, top_p=top_p,
+                         seed=seed, stop=[] if ignore_eos else None)
     finally:
         model.close()
 

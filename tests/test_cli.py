@@ -70,17 +70,42 @@ def test_inspect_and_run_json(tmp_path):
     assert a == c
 
 
-def test_demo_runs_without_torch(tmp_path):
-    # the demo must not import torch or transformers: make them unimportable
+def _no_torch_env(tmp_path, **extra):
+    """HOME in tmp_path and torch/transformers unimportable: the demo must need neither."""
     blocker = tmp_path / "block"
-    blocker.mkdir()
+    blocker.mkdir(exist_ok=True)
     for mod in ("torch", "transformers"):
         (blocker / f"{mod}.py").write_text(f"raise ImportError('demo must not import {mod}')")
-    env = {"PYTHONPATH": str(blocker), "HOME": str(tmp_path)}
-    r = es("demo", "-n", "8", "--json", env=env)
+    return {"PYTHONPATH": str(blocker), "HOME": str(tmp_path), **extra}
+
+
+def test_demo_synthetic_runs_without_torch(tmp_path):
+    env = _no_torch_env(tmp_path)
+    r = es("demo", "--synthetic", "-n", "8", "--json", env=env)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["random_weights"] is True and d["decode_tok_s"] > 0 and d["peak_rss_bytes"] > 0
     assert d["bundle_bytes"] > 0 and len(d["tokens"]) == 8
-    txt = es("demo", "-n", "4", env=env)
+    txt = es("demo", "--synthetic", "-n", "4", env=env)
     assert txt.returncode == 0 and "RANDOM" in txt.stdout and "tok/s" in txt.stdout
+
+
+def test_demo_chats_with_the_real_model_without_torch(tmp_path):
+    from edgespool.apps.assets import cache_dir
+
+    env = _no_torch_env(tmp_path, EDGESPOOL_ASSETS=str(cache_dir()))  # the shared asset cache (fetched once)
+    r = es("demo", "-n", "24", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["model"] == "smollm2-135m" and d["random_weights"] is False and d["decode_tok_s"] > 0
+    assert "Paris" in d["text"], d["text"]  # a trained model answers the demo's question
+    txt = es("demo", "-n", "8", env=env)
+    assert txt.returncode == 0 and "assistant:" in txt.stdout and "RANDOM" not in txt.stdout
+
+
+def test_demo_offline_falls_back_to_the_synthetic_model_and_says_so(tmp_path):
+    env = _no_torch_env(tmp_path, EDGESPOOL_ASSETS=str(tmp_path / "empty"), PIP_NO_INDEX="1", PIP_FIND_LINKS="",
+                        PIP_CONFIG_FILE="/dev/null")
+    r = es("demo", "-n", "4", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "falling back to the synthetic" in r.stdout and "RANDOM" in r.stdout
