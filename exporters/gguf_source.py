@@ -14,6 +14,8 @@ supported GGUF architectures is mapped onto :class:`~edgespool.runtime.bundle.co
     qwen3moe    qwen3_moe                                per-head q/k RMSNorm; top-k always renormalised
     granite     granite                                  Granite's embedding/attention/residual/logit scales
     phi3        phi3                                     fused ``attn_qkv`` and ``ffn_up`` (gate rows first) split
+    gemma2      gemma2                                   GeGLU, post-norms, soft-capping, alternating sliding layers
+    gemma3      gemma3                                   GeGLU, post-norms, per-head q/k norm, 5 local : 1 global
 
 GGUF tensor names are mapped onto the canonical names by the data tables :data:`GLOBAL_TENSORS`,
 :data:`LAYER_TENSORS` and :data:`EXPERT_TENSORS`. GGUF stores a ``[out, in]`` matrix with ggml dims ``(in, out)``;
@@ -50,7 +52,8 @@ from .source import TokenizerSpec
 
 # GGUF general.architecture -> canonical arch (llama becomes mixtral when it has experts)
 GGUF_ARCHS: dict[str, str] = {"llama": "llama", "qwen2": "qwen2", "qwen2moe": "qwen2_moe", "olmoe": "olmoe",
-                              "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "granite": "granite", "phi3": "phi3"}
+                              "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "granite": "granite", "phi3": "phi3",
+                              "gemma2": "gemma2", "gemma3": "gemma3"}
 SUPPORTED_ARCHS = ", ".join(GGUF_ARCHS)
 # Architectures whose q/k rows the converter permuted for llama.cpp's interleaved RoPE.
 PERMUTED_QK_ARCHS = ("llama", "granite")
@@ -71,7 +74,8 @@ LAYER_TENSORS: dict[str, str] = {
     "bq": "attn_q.bias", "bk": "attn_k.bias", "bv": "attn_v.bias",
     "q_norm": "attn_q_norm.weight", "k_norm": "attn_k_norm.weight",
     "wo": "attn_output.weight",
-    "ffn_norm": "ffn_norm.weight",
+    "post_attn_norm": "post_attention_norm.weight",
+    "ffn_norm": "ffn_norm.weight", "post_ffn_norm": "post_ffw_norm.weight",
     "ffn.gate": "ffn_gate.weight", "ffn.up": "ffn_up.weight", "ffn.down": "ffn_down.weight",
     "router": "ffn_gate_inp.weight",
     "shared.gate": "ffn_gate_shexp.weight", "shared.up": "ffn_up_shexp.weight", "shared.down": "ffn_down_shexp.weight",
@@ -257,6 +261,9 @@ class GGUFModel:
         if a == "granite":
             kw.update({f: v for f, key in GRANITE_SCALES.items() if (v := self._meta_float(p + key, 0.0))})
         window = self._meta_int(p + "attention.sliding_window", 0) or None
+        if a in ("gemma2", "gemma3"):
+            kw.update(self._gemma(L, H, nh, D))
+            window = kw.pop("sliding_window")
         bos = self._meta_int("tokenizer.ggml.bos_token_id", None)
         eos = [self._meta_int(key, None) for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")]
         eos_ids = tuple(dict.fromkeys(e for e in eos if e is not None))
@@ -273,6 +280,38 @@ class GGUFModel:
             qk_norm_per_head=self._has("blk.0.attn_q_norm.weight") and self._rows("blk.0.attn_q_norm.weight") == D,
             clip_qkv=float(clip) if clip is not None else None,
             sliding_window=window, bos_token_id=bos, eos_token_ids=eos_ids, **kw)
+
+    def _gemma(self, L: int, H: int, nh: int, D: int) -> dict[str, Any]:
+        """Gemma 2 / 3 config as llama.cpp reads it (its norm weights already hold ``1 + w``): embeddings times
+        ``sqrtf(H)``, attention scale ``1/sqrt(D)`` (``1/sqrt(H/nh)`` for the 27B models, llama.cpp's rule: the
+        file has no query_pre_attn_scalar), soft-caps (Gemma 2 defaults 50 / 30), and the sliding layers:
+        ``attention.sliding_window_pattern`` (per-layer flags or n), else every 2nd (Gemma 2) / 6th (Gemma 3)
+        layer global; Gemma 3's local layers use ``rope.freq_base_swa`` (default 10000), unscaled."""
+        a, p = self.gguf_arch, f"{self.gguf_arch}."
+        big = L == (46 if a == "gemma2" else 62)
+        out: dict[str, Any] = dict(hidden_act="gelu_tanh", post_norms=True, embedding_multiplier=float(
+            np.sqrt(np.float32(H))), attention_scale=(H // nh if big else D) ** -0.5)
+        if a == "gemma2":
+            out["attn_logit_softcap"] = self._meta_float(p + "attn_logit_softcapping", 50.0)
+            out["final_logit_softcap"] = self._meta_float(p + "final_logit_softcapping", 30.0)
+            window, n = self._meta_int(p + "attention.sliding_window", 4096), 2
+        else:
+            out["final_logit_softcap"] = self._meta_float(p + "final_logit_softcapping", 0.0) or None
+            window, n = self._meta_int(p + "attention.sliding_window", 0), 6
+        pattern = self.meta(p + "attention.sliding_window_pattern", n)
+        swa = ([bool(x) for x in pattern] if isinstance(pattern, list) else
+               [int(pattern) == 0 or i % int(pattern) < int(pattern) - 1 for i in range(L)])
+        if len(swa) != L:
+            raise ModelFormatError(f"{self.path}: attention.sliding_window_pattern has {len(swa)} entries for {L} "
+                                   "layers")
+        out["sliding_window"] = window if window and any(swa) else None
+        if out["sliding_window"] and not all(swa):
+            out["layer_types"] = tuple("sliding_attention" if x else "full_attention" for x in swa)
+        if a == "gemma3" and out["sliding_window"]:
+            out["rope_local_theta"] = self._meta_float(p + "rope.freq_base_swa", 10000.0)
+        elif self.meta(p + "rope.freq_base_swa") is not None:
+            out["rope_local_theta"] = self._meta_float(p + "rope.freq_base_swa")
+        return out
 
     def _rows(self, name: str) -> int:
         """Element count of a 1-D tensor (its ggml ne0)."""

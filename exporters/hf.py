@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..runtime.bundle.config import ModelConfig
-from ..runtime.bundle.names import parse_tensor
+from ..runtime.bundle.names import parse_tensor, tensor_class
 from .hf_config import ARCH_DEFAULTS, HF_ARCHS, SUPPORTED, config_from_hf  # noqa: F401  (re-exported)
 from .fused import FUSED_PARTS, fused_rows
 from .source import SPECIAL_TOKEN_NAMES, TokenizerSpec
@@ -60,6 +60,18 @@ TENSOR_NAMES: dict[str, tuple[str, ...]] = {
     "norm": ("model.norm.weight",),
     "lm_head": ("lm_head.weight",),
 }
+
+# Per-architecture differences to TENSOR_NAMES. Gemma's post_attention_layernorm normalises the attention output
+# (canonical post_attn_norm); its pre_feedforward_layernorm is the canonical ffn_norm.
+ARCH_TENSOR_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
+    gemma: {"layers.{i}.post_attn_norm": ("model.layers.{i}.post_attention_layernorm.weight",),
+            "layers.{i}.ffn_norm": ("model.layers.{i}.pre_feedforward_layernorm.weight",),
+            "layers.{i}.post_ffn_norm": ("model.layers.{i}.post_feedforward_layernorm.weight",)}
+    for gemma in ("gemma2", "gemma3")
+}
+# Architectures whose RMSNorms multiply by ``1 + w``: canonical norm weights are ``1 + w`` (float32, as transformers
+# computes it; llama.cpp's converter writes the same).
+NORM_PLUS_ONE = ("gemma2", "gemma3")
 
 # Fused 3-D expert tensors (transformers 5 in-memory layout): canonical pattern -> (HF name, part). gate_up_proj is
 # [E, 2*I, H] with the gate rows first (``.chunk(2)``), down_proj is [E, H, I].
@@ -141,6 +153,7 @@ class HFModel:
         assert cfg is not None
         self.hf_config = cfg
         self.config: ModelConfig = config_from_hf(cfg, str(self.path / "config.json"), gen)
+        self._names = {**TENSOR_NAMES, **ARCH_TENSOR_NAMES.get(self.config.arch, {})}
         self._headers: dict[Path, tuple[dict[str, Any], int]] = {}
         self._where: dict[str, Path] = self._index()
         self._handles: dict[Path, Any] = {}
@@ -198,7 +211,7 @@ class HFModel:
     def _resolve(self, name: str, shape: tuple[int, ...]) -> tuple[str, str | None]:
         """Find the HF tensor for canonical ``name`` and check its shape: (hf_name, fused part or None)."""
         pat, idx = _pattern(name)
-        for cand in TENSOR_NAMES.get(pat, ()):
+        for cand in self._names.get(pat, ()):
             hf = cand.format(**idx)
             info = self._info(hf)
             if info is not None:
@@ -221,7 +234,7 @@ class HFModel:
                 self._check_shape(name, hf, tuple(info["shape"]), want)
                 self._resolved[name] = (hf, part)
                 return hf, part
-        names = [c.format(**idx) for c in TENSOR_NAMES.get(pat, ())]
+        names = [c.format(**idx) for c in self._names.get(pat, ())]
         raise ModelFormatError(f"{self.path / self._files_desc()}: tensor {names[0] if names else name!r} "
                                f"(canonical {name!r}) is missing")
 
@@ -275,7 +288,10 @@ class HFModel:
             self._resolve(name, shapes[name])
         hf, part = self._resolved[name]
         if part is None:
-            return np.asarray(self._read(hf), dtype=np.float32)
+            w = np.asarray(self._read(hf), dtype=np.float32)
+            if self.config.arch in NORM_PLUS_ONE and tensor_class(name) == "norm":
+                w = w + np.float32(1.0)
+            return w
         if part in FUSED_PARTS.values() and "e" not in _pattern(name)[1]:  # Phi-3 qkv_proj / gate_up_proj rows
             r0, r1, _ = fused_rows(self.config, part)
             return np.ascontiguousarray(self._read(hf, rows=(r0, r1)), dtype=np.float32)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
+
+import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..kernels.rope import ROPE_TYPES
@@ -25,9 +28,15 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "qwen3_moe": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768},
     "granite": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 2048},
     "phi3": {"rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 4096},
+    "gemma2": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 8192, "head_dim": 256,
+               "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window_pattern": 2},
+    "gemma3": {"rms_norm_eps": 1e-6, "rope_theta": 1e6, "max_position_embeddings": 131072, "head_dim": 256,
+               "attn_logit_softcapping": None, "final_logit_softcapping": None, "sliding_window_pattern": 6},
 }
+GEMMA = ("gemma2", "gemma3")
+GEMMA_ACT = "gelu_pytorch_tanh"  # Gemma's GeGLU gate activation (canonical hidden_act "gelu_tanh")
 # Architectures whose q/k get an RMSNorm before RoPE: over the whole projection (OLMoE) or per head (Qwen3).
-QK_NORM = {"olmoe": "projection", "qwen3": "head", "qwen3_moe": "head"}
+QK_NORM = {"olmoe": "projection", "qwen3": "head", "qwen3_moe": "head", "gemma3": "head"}
 
 # -- config.json -----------------------------------------------------------------------------------------------
 _MISSING = object()
@@ -77,7 +86,10 @@ def _rope(d: dict[str, Any], arch: str, max_pos: int, where: str) -> tuple[float
     params = d.get(key) or {}
     if not isinstance(params, dict):
         raise ModelFormatError(f"{where}: key {key!r} should be an object, found {params!r}")
-    if params and all(isinstance(v, dict) for v in params.values()):  # per-layer-type nesting
+    if params and all(isinstance(v, dict) for v in params.values()) and arch == "gemma3" and \
+            "full_attention" in params:  # Gemma 3: the global layers' RoPE (the local one: _local_rope_theta)
+        params = params["full_attention"]
+    elif params and all(isinstance(v, dict) for v in params.values()):  # per-layer-type nesting
         distinct = {json.dumps(v, sort_keys=True) for v in params.values()}
         if len(distinct) != 1:
             raise UnsupportedModelError(f"{where}: different RoPE parameters per layer type ({key}) are not supported")
@@ -113,13 +125,55 @@ def _rope(d: dict[str, Any], arch: str, max_pos: int, where: str) -> tuple[float
     return float(theta), {"rope_type": kind, **params}
 
 
-def _sliding_window(d: dict[str, Any], arch: str, n_layers: int, where: str) -> int | None:
-    """The one sliding window of all layers (None = full attention); mixed per-layer windows are unsupported."""
+def _local_rope_theta(d: dict[str, Any], where: str) -> float:
+    """Gemma 3's RoPE base of the sliding-window layers (transformers 5 ``rope_parameters.sliding_attention``, 4.x
+    ``rope_local_base_freq``); scaling there is unsupported (llama.cpp scales only the global layers too)."""
+    params = d.get("rope_parameters")
+    if isinstance(params, dict) and isinstance(params.get("sliding_attention"), dict):
+        local = params["sliding_attention"]
+        kind = local.get("rope_type", local.get("type")) or "default"
+        if kind != "default":
+            raise UnsupportedModelError(f"{where}: rope type {kind!r} on the sliding-window layers "
+                                        "(rope_parameters.sliding_attention) is not supported")
+        theta = local.get("rope_theta", 10000.0)
+    else:
+        theta = _key(d, "rope_local_base_freq", float, where, 10000.0)
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
+        raise ModelFormatError(f"{where}: the local RoPE base should be a positive number, found {theta!r}")
+    return float(theta)
+
+
+def _embed_scale(d: dict[str, Any], hidden: int, where: str) -> float:
+    """Gemma's embedding scale ``sqrt(hidden)`` as transformers applies it: a float32 tensor cast to the model's
+    dtype (config.json ``dtype`` / ``torch_dtype``: bf16 rounds sqrt(2560) = 50.596 to 50.5)."""
+    v = np.float32(math.sqrt(hidden))
+    dtype = d.get("dtype", d.get("torch_dtype")) or "float32"
+    if dtype == "bfloat16":  # round to nearest even on the top 16 bits
+        bits = int(v.view(np.uint32))
+        v = np.uint32((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).view(np.float32)
+    elif dtype == "float16":
+        v = np.float32(np.float16(v))
+    elif dtype != "float32":
+        raise ModelFormatError(f"{where}: key 'dtype' should be float32, float16 or bfloat16, found {dtype!r}")
+    return float(v)
+
+
+def _sliding_window(d: dict[str, Any], arch: str, n_layers: int,
+                    where: str) -> tuple[int | None, tuple[str, ...]]:
+    """(window, layer_types): the sliding window and, when only some layers use it, every layer's type
+    (``sliding_attention`` / ``full_attention``; ``()`` when all layers are alike)."""
     if arch in ("llama", "olmoe", "granite"):
-        return None
+        return None, ()
     window = _key(d, "sliding_window", int, where, None, nullable=True)
     if arch in ("mistral", "mixtral", "phi3"):
-        return window or None
+        return window or None, ()
+    if arch in GEMMA:  # layer_types, else the pattern (every n-th layer global: Gemma 2 n = 2, Gemma 3 n = 6)
+        window = _key(d, "sliding_window", int, where, 4096, nullable=True)
+        n = _positive(d, "sliding_window_pattern", where,
+                      d.get("_sliding_window_pattern") or ARCH_DEFAULTS[arch]["sliding_window_pattern"])
+        types = d.get("layer_types") or ["sliding_attention" if (i + 1) % n else "full_attention"
+                                         for i in range(n_layers)]
+        return _layer_types(types, window, n_layers, where)
     # Qwen2 / Qwen2-MoE / Qwen3(-MoE): window only where use_sliding_window, per layer (layer_types or the
     # legacy rule; Qwen3-MoE has none: every layer)
     use = _key(d, "use_sliding_window", bool, where, False)
@@ -132,15 +186,19 @@ def _sliding_window(d: dict[str, Any], arch: str, n_layers: int, where: str) -> 
             types = ["sliding_attention" if i >= mwl else "full_attention" for i in range(n_layers)]
         else:
             types = ["sliding_attention" if (i + 1) % 2 and i < mwl else "full_attention" for i in range(n_layers)]
-    if not isinstance(types, list) or len(types) != n_layers:
-        raise ModelFormatError(f"{where}: key 'layer_types' should be a list of {n_layers} strings, found {types!r}")
-    kinds = set(types)
-    if kinds == {"full_attention"} or not (use and window):
-        return None
-    if kinds == {"sliding_attention"}:
-        return window
-    raise UnsupportedModelError(f"{where}: sliding-window attention on only some layers (layer_types {types}) "
-                                "is not supported; only all-full or all-sliding")
+    return _layer_types(types, window if use else None, n_layers, where)
+
+
+def _layer_types(types: Any, window: int | None, n_layers: int, where: str) -> tuple[int | None, tuple[str, ...]]:
+    if not isinstance(types, list) or len(types) != n_layers or not set(types) <= {"full_attention",
+                                                                                  "sliding_attention"}:
+        raise ModelFormatError(f"{where}: key 'layer_types' should be a list of {n_layers} 'full_attention' / "
+                               f"'sliding_attention', found {types!r}")
+    if set(types) == {"full_attention"} or not window:
+        return None, ()
+    if set(types) == {"sliding_attention"}:
+        return window, ()
+    return window, tuple(types)
 
 
 def config_from_hf(d: dict[str, Any], where: str = "config.json",
@@ -175,8 +233,15 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
     inter = _positive(d, "intermediate_size", where)
     max_pos = _positive(d, "max_position_embeddings", where, defaults["max_position_embeddings"])
     eps = float(_key(d, "rms_norm_eps", float, where, defaults["rms_norm_eps"]))
-    act = _key(d, "hidden_act", str, where, "silu")
-    if act not in ("silu", "relu") or (act == "relu" and ARCHITECTURES[arch]["moe"]):
+    if arch in GEMMA:  # Gemma's MLP reads hidden_activation
+        act = _key(d, "hidden_activation", str, where, GEMMA_ACT)
+        if act != GEMMA_ACT:
+            raise UnsupportedModelError(f"{where}: hidden_activation {act!r} is not supported for {hf_name or arch} "
+                                        f"(supported: {GEMMA_ACT!r})")
+        act = "gelu_tanh"
+    else:
+        act = _key(d, "hidden_act", str, where, "silu")
+    if act not in ("silu", "relu", "gelu_tanh") or (act == "relu" and ARCHITECTURES[arch]["moe"]):
         raise UnsupportedModelError(f"{where}: hidden_act {act!r} is not supported for {hf_name or arch} (supported: "
                                     "'silu'; 'relu' for dense Llama/Mistral/Qwen2 FFNs, e.g. ReluLLaMA / ProSparse)")
     theta, scaling = _rope(d, arch, max_pos, where)
@@ -186,7 +251,7 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
         attention_bias = True
     elif arch == "qwen2_moe":
         attention_bias = _key(d, "qkv_bias", bool, where, True)
-    elif arch in ("llama", "olmoe", "qwen3", "qwen3_moe", "granite"):
+    elif arch in ("llama", "olmoe", "qwen3", "qwen3_moe", "granite", *GEMMA):
         if _key(d, "attention_bias", bool, where, False):
             raise UnsupportedModelError(f"{where}: attention_bias=true ({hf_name or arch} then also has an o_proj "
                                         "bias) is not supported")
@@ -199,6 +264,17 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
         kw = {ours: float(_key(d, key, float, where, 1.0)) for ours, key in (
             ("embedding_multiplier", "embedding_multiplier"), ("attention_scale", "attention_multiplier"),
             ("residual_multiplier", "residual_multiplier"), ("logits_scaling", "logits_scaling"))}
+    if arch in GEMMA:
+        if _key(d, "use_bidirectional_attention", bool, where, False, nullable=True):
+            raise UnsupportedModelError(f"{where}: use_bidirectional_attention=true (an encoder, e.g. EmbeddingGemma) "
+                                        "is not supported")
+        caps = {ours: float(v) if (v := _key(d, key, float, where, defaults[key], nullable=True)) is not None
+                else None for ours, key in (("attn_logit_softcap", "attn_logit_softcapping"),
+                                            ("final_logit_softcap", "final_logit_softcapping"))}
+        kw = dict(attention_scale=float(_key(d, "query_pre_attn_scalar", float, where, 256)) ** -0.5,
+                  embedding_multiplier=_embed_scale(d, H, where), post_norms=True, **caps)
+        if arch == "gemma3":
+            kw["rope_local_theta"] = _local_rope_theta(d, where)
     if arch == "mixtral":
         kw = dict(num_experts=_positive(d, "num_local_experts", where),
                   num_experts_per_tok=_positive(d, "num_experts_per_tok", where),
@@ -223,6 +299,7 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
         raise ModelFormatError(f"{where}: num_experts_per_tok {kw['num_experts_per_tok']} > number of experts "
                                f"{kw['num_experts']}")
 
+    window, layer_types = _sliding_window(d, arch, L, where)
     gen = generation or {}
     bos = gen.get("bos_token_id", d.get("bos_token_id"))
     if bos is not None and (not isinstance(bos, int) or isinstance(bos, bool)):
@@ -232,10 +309,10 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
     return ModelConfig(
         arch=arch, vocab_size=V, hidden_size=H, intermediate_size=inter, num_layers=L, num_heads=nh,
         num_kv_heads=nkv, head_dim=head_dim, rms_norm_eps=eps, rope_theta=theta, rope_scaling=scaling,
-        max_position_embeddings=max_pos, tie_word_embeddings=_key(d, "tie_word_embeddings", bool, where, False),
+        max_position_embeddings=max_pos,
+        tie_word_embeddings=_key(d, "tie_word_embeddings", bool, where, arch in GEMMA),
         attention_bias=attention_bias, qk_norm=arch in QK_NORM, qk_norm_per_head=QK_NORM.get(arch) == "head",
         clip_qkv=(float(c) if (c := _key(d, "clip_qkv", float, where, None, nullable=True)) is not None
                   and arch == "olmoe" else None),
-        sliding_window=_sliding_window(d, arch, L, where), bos_token_id=bos, eos_token_ids=eos, hidden_act=act,
-        **kw,
+        sliding_window=window, layer_types=layer_types, bos_token_id=bos, eos_token_ids=eos, hidden_act=act, **kw,
     )

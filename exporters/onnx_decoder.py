@@ -190,19 +190,21 @@ def _pack_int4_pairs(codes: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 # RoPE tables: kernels/rope.py's float32 frequencies (transformers' math), tabulated over every position.
 # ---------------------------------------------------------------------------------------------------------------
-def rope_tables(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin ``[max_position_embeddings, head_dim]`` (HF rotate_half layout, attention factor applied).
+def rope_tables(cfg: ModelConfig, layer: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin ``[max_position_embeddings, head_dim]`` of layer ``layer``'s RoPE (HF rotate_half layout,
+    attention factor applied).
 
     ``dynamic`` NTK scaling only changes the frequencies beyond ``max_position_embeddings``, which the table does
     not reach, so inside it the default frequencies are exact."""
-    kind = rope.rope_type(cfg.rope_scaling)
+    theta, scaling = cfg.rope_of(layer)
+    kind = rope.rope_type(scaling)
     if kind not in ROPE_TYPES:
         raise UnsupportedModelError(f"rope_scaling type {kind!r} is not supported by the ONNX export; "
                                     f"supported: {', '.join(ROPE_TYPES)}")
     try:
-        inv, att = rope.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings)
+        inv, att = rope.rope_inv_freq(cfg.head_dim, theta, scaling, cfg.max_position_embeddings)
     except (KeyError, ValueError) as e:
-        raise UnsupportedModelError(f"rope_scaling {cfg.rope_scaling!r} cannot be lowered ({e!r})") from None
+        raise UnsupportedModelError(f"rope_scaling {scaling!r} cannot be lowered ({e!r})") from None
     return rope.rope_cos_sin(np.arange(cfg.max_position_embeddings), inv, att)
 
 
@@ -245,8 +247,8 @@ def _attention(L: _Lowering, i: int, x: str, ctx: dict[str, str]) -> str:
     q = g.transpose(g.reshape(q, [0, 0, nh, D]), [0, 2, 1, 3])  # [B, nh, S, D]
     k = g.transpose(g.reshape(k, [0, 0, nkv, D]), [0, 2, 1, 3])  # [B, nkv, S, D]
     v = g.transpose(g.reshape(v, [0, 0, nkv, D]), [0, 2, 1, 3])
-    q = _rotary(g, q, ctx["cos"], ctx["sin"], D // 2)
-    k = _rotary(g, k, ctx["cos"], ctx["sin"], D // 2)
+    cos, sin = ctx[f"rope.{i}"]
+    q, k = _rotary(g, q, cos, sin, D // 2), _rotary(g, k, cos, sin, D // 2)
     k_all = g.concat([f"past_key.{i}", k], axis=2, out=f"present_key.{i}")  # [B, nkv, T, D]
     v_all = g.concat([f"past_value.{i}", v], axis=2, out=f"present_value.{i}")
     # GQA without copying K/V: group the query heads by KV head and let MatMul broadcast over the group axis.
@@ -254,20 +256,36 @@ def _attention(L: _Lowering, i: int, x: str, ctx: dict[str, str]) -> str:
     kt = g.unsqueeze(g.transpose(k_all, [0, 1, 3, 2]), [2])  # [B, nkv, 1, D, T]
     scale = D ** -0.5 if cfg.attention_scale is None else cfg.attention_scale
     scores = g.mul(g.matmul(qg, kt), g.const(scale, np.float32))  # [B, nkv, rep, S, T]
-    scores = g.op("Where", [ctx["allowed"], scores, g.const(np.finfo(np.float32).min, np.float32)])
+    if cfg.attn_logit_softcap:  # Gemma 2
+        scores = _softcap(g, scores, cfg.attn_logit_softcap)
+    scores = g.op("Where", [ctx[f"allowed.{i}"], scores, g.const(np.finfo(np.float32).min, np.float32)])
     probs = g.op("Softmax", [scores], axis=-1)
     o = g.matmul(probs, g.unsqueeze(v_all, [2]))  # [B, nkv, rep, S, D]
     o = g.reshape(g.transpose(g.reshape(o, [0, nh, -1, D]), [0, 2, 1, 3]), [0, 0, nh * D])
     return L.linear(o, p + "wo")
 
 
+def _softcap(g: GraphBuilder, x: str, cap: float) -> str:
+    """``cap * tanh(x / cap)``."""
+    c = g.const(cap, np.float32)
+    return g.mul(g.op("Tanh", [g.op("Div", [x, c])]), c)
+
+
+def _gelu_tanh(g: GraphBuilder, x: str) -> str:
+    """``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (opset 18 has no Gelu op)."""
+    f = lambda v: g.const(v, np.float32)  # noqa: E731
+    inner = g.mul(g.add(x, g.mul(g.mul(g.mul(x, x), f(0.044715)), x)), f(0.7978845608028654))
+    return g.mul(g.mul(g.add(g.op("Tanh", [inner]), f(1.0)), f(0.5)), x)
+
+
 def _swiglu(L: _Lowering, x: str, prefix: str) -> str:
-    """``down(act(gate(x)) * up(x))`` (act: silu, or relu for ReGLU) for canonical weights
-    ``{prefix}gate/up/down``."""
+    """``down(act(gate(x)) * up(x))`` (act: silu; relu for ReGLU; gelu_tanh for Gemma's GeGLU) for canonical
+    weights ``{prefix}gate/up/down``."""
     g = L.g
     pre = L.linear(x, prefix + "gate")
-    h = g.mul(g.op("Relu", [pre]) if L.cfg.hidden_act == "relu" else g.silu(pre), L.linear(x, prefix + "up"))
-    return L.linear(h, prefix + "down")
+    act = {"relu": lambda: g.op("Relu", [pre]), "gelu_tanh": lambda: _gelu_tanh(g, pre)}.get(
+        L.cfg.hidden_act, lambda: g.silu(pre))()
+    return L.linear(g.mul(act, L.linear(x, prefix + "up")), prefix + "down")
 
 
 def _moe(L: _Lowering, i: int, x: str) -> str:
@@ -297,17 +315,23 @@ def _scaled(g: GraphBuilder, x: str, factor: float) -> str:
     return x if factor == 1.0 else g.mul(x, g.const(factor, np.float32))
 
 
-def _decoder_layer(L: _Lowering, i: int, h: str, ctx: dict[str, str]) -> str:
-    g, res = L.g, L.cfg.residual_multiplier
-    h = g.add(h, _scaled(g, _attention(L, i, _rms_norm(L, h, layer_prefix(i) + "attn_norm"), ctx), res))
-    xn = _rms_norm(L, h, layer_prefix(i) + "ffn_norm")
-    ffn = _moe(L, i, xn) if L.cfg.is_moe_layer(i) else _swiglu(L, xn, layer_prefix(i) + "ffn.")
+def _decoder_layer(L: _Lowering, i: int, h: str, ctx: dict[str, Any]) -> str:
+    g, res, p = L.g, L.cfg.residual_multiplier, layer_prefix(i)
+    a = _attention(L, i, _rms_norm(L, h, p + "attn_norm"), ctx)
+    if L.cfg.post_norms:  # Gemma: RMSNorm of each block's output before its residual add
+        a = _rms_norm(L, a, p + "post_attn_norm")
+    h = g.add(h, _scaled(g, a, res))
+    xn = _rms_norm(L, h, p + "ffn_norm")
+    ffn = _moe(L, i, xn) if L.cfg.is_moe_layer(i) else _swiglu(L, xn, p + "ffn.")
+    if L.cfg.post_norms:
+        ffn = _rms_norm(L, ffn, p + "post_ffn_norm")
     return g.add(h, _scaled(g, ffn, res), out=f"hidden.{i}")
 
 
-def _positions_and_mask(L: _Lowering) -> dict[str, str]:
-    """Positions ``past_len + arange(seq)``, the gathered RoPE cos/sin ``[S, D]`` and the boolean ``[S, T]``
-    attention mask (causal, plus the sliding window when the config has one)."""
+def _positions_and_mask(L: _Lowering) -> dict[str, Any]:
+    """Per layer ``i``: ``rope.{i}``, its gathered RoPE (cos, sin) ``[S, D]`` at positions ``past_len +
+    arange(seq)``, and ``allowed.{i}``, its boolean ``[S, T]`` attention mask (causal, plus that layer's sliding
+    window). Layers with the same RoPE / window share the tables / mask."""
     g, cfg = L.g, L.cfg
     past = g.dim("past_key.0", 2)
     seq = g.dim("input_ids", 1)
@@ -315,20 +339,28 @@ def _positions_and_mask(L: _Lowering) -> dict[str, str]:
     pos = g.op("Range", [past, total, g.const(1)])  # [S]
     kpos = g.op("Range", [g.const(0), total, g.const(1)])  # [T]
     qcol = g.unsqueeze(pos, [1])  # [S, 1]
-    allowed = g.op("LessOrEqual", [kpos, qcol])
-    if cfg.sliding_window:
-        recent = g.op("Greater", [kpos, g.op("Sub", [qcol, g.const(cfg.sliding_window)])])
-        allowed = g.op("And", [allowed, recent])
-    cos_t, sin_t = rope_tables(cfg)
-    return {"allowed": allowed, "cos": g.gather(g.weight("rope.cos", cos_t), pos),
-            "sin": g.gather(g.weight("rope.sin", sin_t), pos)}
+    causal = g.op("LessOrEqual", [kpos, qcol])
+    masks: dict[int | None, str] = {None: causal}
+    ropes: dict[str, tuple[str, str]] = {}
+    ctx: dict[str, Any] = {}
+    for i in range(cfg.num_layers):
+        w = cfg.window_of(i)
+        if w not in masks:
+            masks[w] = g.op("And", [causal, g.op("Greater", [kpos, g.op("Sub", [qcol, g.const(w)])])])
+        key = repr(cfg.rope_of(i))
+        if key not in ropes:
+            cos_t, sin_t = rope_tables(cfg, i)
+            name = f"rope{len(ropes) or ''}"  # rope.cos / rope.sin for the first (often only) RoPE
+            ropes[key] = (g.gather(g.weight(f"{name}.cos", cos_t), pos), g.gather(g.weight(f"{name}.sin", sin_t), pos))
+        ctx[f"allowed.{i}"], ctx[f"rope.{i}"] = masks[w], ropes[key]
+    return ctx
 
 
 def _lm_head(L: _Lowering, h: str) -> str:
     """The ``logits`` output: lm_head (or the tied embedding) of the final hidden state, divided by
     ``logits_scaling`` (Granite)."""
     cfg, g = L.cfg, L.g
-    out = "logits" if cfg.logits_scaling == 1.0 else None
+    out = "logits" if cfg.logits_scaling == 1.0 and not cfg.final_logit_softcap else None
     if not cfg.tie_word_embeddings:
         y = L.linear(h, "lm_head", out=out)
     elif (t := L.tensor("embed")).scheme in FLOAT_SCHEMES:  # share the Gather table: Gemm(transB=1) on [B*S, H]
@@ -339,8 +371,10 @@ def _lm_head(L: _Lowering, h: str) -> str:
         y = g.op("Reshape", [y, g.concat([lead, g.const([cfg.vocab_size])], axis=0)], out=out)
     else:
         y = L.linear(h, "lm_head", out=out, qt=t)  # quantised tie: a second copy in the MatMul layout
-    if out is None:
-        y = g.op("Div", [y, g.const(cfg.logits_scaling, np.float32)], out="logits")
+    if cfg.logits_scaling != 1.0:
+        y = g.op("Div", [y, g.const(cfg.logits_scaling, np.float32)], out=None if cfg.final_logit_softcap else "logits")
+    if cfg.final_logit_softcap:  # Gemma 2
+        y = g.op("Identity", [_softcap(g, y, cfg.final_logit_softcap)], out="logits")
     return y
 
 
@@ -348,9 +382,9 @@ def _check_config(cfg: ModelConfig, opset: int, int4: str) -> None:
     if cfg.arch not in ARCHITECTURES:
         raise UnsupportedModelError(f"architecture {cfg.arch!r} is not supported by the ONNX export; "
                                     f"supported: {', '.join(ARCHITECTURES)}")
-    if cfg.hidden_act not in ("silu", "relu"):
+    if cfg.hidden_act not in ("silu", "relu", "gelu_tanh"):
         raise UnsupportedModelError(f"hidden_act {cfg.hidden_act!r} is not supported by the ONNX export; supported: "
-                                    "silu, relu")
+                                    "silu, relu, gelu_tanh")
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise OptionError(f"opset {opset} is out of range; use {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
     if int4 not in INT4_LOWERINGS:

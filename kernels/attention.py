@@ -4,7 +4,8 @@ Shapes: ``q`` ``[T, n_heads, D]`` for the T new tokens at positions ``q_pos``; `
 the S keys/values at positions ``k_pos`` (the KV-cache layout: head-major so each head's keys are contiguous). Query
 head ``h`` reads KV head ``h // (n_heads // n_kv)`` (HF's ``repeat_kv``). A key is visible to a query when
 ``k_pos <= q_pos`` (causal) and, with a sliding window ``W``, ``k_pos > q_pos - W`` (HF's sliding-window mask).
-Softmax is computed in float32 with the row maximum subtracted. All heads go through one batched matmul.
+Softmax is computed in float32 with the row maximum subtracted. All heads go through one batched matmul. With
+``softcap`` (Gemma 2) the scaled scores become ``softcap * tanh(scores / softcap)`` before masking, as transformers.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ SCORE_BYTES = 32 << 20  # long prompts are processed in query blocks whose score
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
-              sliding_window: int | None = None, scale: float | None = None) -> np.ndarray:
+              sliding_window: int | None = None, scale: float | None = None,
+              softcap: float | None = None) -> np.ndarray:
     """Causal GQA: ``q`` ``[T, nh, D]``, ``k``/``v`` ``[nkv, S, D]`` -> ``[T, nh, D]`` float32.
 
     ``scale`` defaults to ``D ** -0.5``. Every query must see at least one key (true for causal self-attention
@@ -42,19 +44,28 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_
     T, nh, D = q.shape
     S = k.shape[1]
     if T == 1 and S and k_pos[-1] <= q_pos[0] and (not sliding_window or k_pos[0] > q_pos[0] - sliding_window):
-        return _attention_decode(q, k, v, scale)
+        return _attention_decode(q, k, v, scale, softcap)
     block = max(1, SCORE_BYTES // (4 * nh * max(S, 1)))
     if T <= block:
-        return _attention_block(q, k, v, q_pos, k_pos, sliding_window, scale)
+        return _attention_block(q, k, v, q_pos, k_pos, sliding_window, scale, softcap)
     out = np.empty(q.shape, dtype=np.float32)
     for t0 in range(0, T, block):
         out[t0:t0 + block] = _attention_block(q[t0:t0 + block], k, v, q_pos[t0:t0 + block], k_pos,
-                                              sliding_window, scale)
+                                              sliding_window, scale, softcap)
     return out
 
 
+def _softcap(scores: np.ndarray, cap: float | None) -> np.ndarray:
+    """``cap * tanh(scores / cap)`` in place (no-op without a cap)."""
+    if cap:
+        scores /= np.float32(cap)
+        np.tanh(scores, out=scores)
+        scores *= np.float32(cap)
+    return scores
+
+
 def _attention_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
-                     sliding_window: int | None, scale: float | None) -> np.ndarray:
+                     sliding_window: int | None, scale: float | None, softcap: float | None) -> np.ndarray:
     T, nh, D = q.shape
     nkv, S, _ = k.shape
     g = nh // nkv
@@ -64,6 +75,7 @@ def _attention_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndar
     qg = q.reshape(T, nkv, g, D).transpose(1, 2, 0, 3).reshape(nkv, g * T, D)
     scores = np.matmul(qg, k.transpose(0, 2, 1))  # [nkv, g*T, S]
     scores *= np.float32(scale)
+    _softcap(scores, softcap)
     mask = attention_mask(q_pos, k_pos, sliding_window)  # [T, S]
     scores = scores.reshape(nkv, g, T, S)
     scores = np.where(mask[None, None], scores, np.float32(-np.inf))
@@ -74,12 +86,14 @@ def _attention_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndar
     return out.reshape(nkv, g, T, D).transpose(2, 0, 1, 3).reshape(T, nh, D)
 
 
-def _attention_decode(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float | None) -> np.ndarray:
+def _attention_decode(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float | None,
+                      softcap: float | None) -> np.ndarray:
     """One query that sees every given key (decode): the general path without the mask, the same arithmetic."""
     _, nh, D = q.shape
     nkv = k.shape[0]
     scores = np.matmul(q.reshape(nkv, nh // nkv, D), k.transpose(0, 2, 1))  # [nkv, g, S]
     scores *= np.float32(D ** -0.5 if scale is None else scale)
+    _softcap(scores, softcap)
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)

@@ -1,8 +1,8 @@
 """Gated feed-forward block (Llama/Mistral/Qwen2 MLP, each MoE expert, the Qwen2-MoE shared expert), numpy
 reference: ``down(act(gate(x)) * up(x))`` with every product through the given kernel table's ``linear``
 (:class:`~edgespool.kernels.table.KernelTable`; default the numpy :data:`~edgespool.kernels.table.REFERENCE`).
-``act`` is ``silu`` (SwiGLU, the default) or ``relu`` (ReGLU: ReluLLaMA / ProSparse-style Llama checkpoints with
-``hidden_act: "relu"``, whose FFN activations are exactly sparse)."""
+``act`` is ``silu`` (SwiGLU, the default), ``relu`` (ReGLU: ReluLLaMA / ProSparse-style Llama checkpoints with
+``hidden_act: "relu"``, whose FFN activations are exactly sparse) or ``gelu_tanh`` (GeGLU: Gemma)."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +31,23 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, np.float32(0.0))
 
 
-ACTIVATIONS = {"silu": silu, "relu": relu}  # HF ``hidden_act`` -> gate activation
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (transformers' ``gelu_pytorch_tanh``, Gemma's GeGLU):
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` in float32."""
+    x = np.asarray(x, dtype=np.float32)
+    t = x * x
+    t *= np.float32(0.044715)
+    t *= x
+    t += x
+    t *= np.float32(0.7978845608028654)  # sqrt(2 / pi)
+    np.tanh(t, out=t)
+    t += np.float32(1.0)
+    t *= np.float32(0.5)
+    t *= x
+    return t
+
+
+ACTIVATIONS = {"silu": silu, "relu": relu, "gelu_tanh": gelu_tanh}  # canonical hidden_act -> gate activation
 
 
 def swiglu(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor, act: str = "silu", *,

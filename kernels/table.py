@@ -52,15 +52,17 @@ class KernelTable:
         return apply_linear(self.linear_kernels, x, w, bias)
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
-                  sliding_window: int | None = None, scale: float | None = None) -> np.ndarray:
+                  sliding_window: int | None = None, scale: float | None = None,
+                  softcap: float | None = None) -> np.ndarray:
         """Causal GQA (see :func:`edgespool.kernels.attention.attention`): the compiled kernel when this table has
-        one and it returns a result, else the numpy reference."""
+        one and it returns a result, else the numpy reference (always with a score ``softcap``: compiled kernels
+        have none)."""
         kern = self.attention_kernel
-        if kern is not None:
+        if kern is not None and not softcap:
             out = kern(q, k, v, q_pos, k_pos, sliding_window, scale)
             if out is not None:
                 return out
-        return reference_attention(q, k, v, q_pos, k_pos, sliding_window, scale)
+        return reference_attention(q, k, v, q_pos, k_pos, sliding_window, scale, softcap)
 
     def workspace_bytes(self) -> int:
         """Workspace the memory plan reserves for this table's linear kernels: the largest declared

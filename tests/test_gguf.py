@@ -29,6 +29,11 @@ TOL = 1e-3  # f32 GGUF, f32 KV cache: measured ~2e-6
 # llama.cpp's CPU matmul rounds activations to f16 for f16 weights (and to 8-bit blocks for quantized weights),
 # so on f16 GGUFs it differs from exact float32 arithmetic by ~3e-3 on these models; f16 KV cache adds ~2e-3.
 TOL_F16_LLAMACPP = 1e-2
+# llama.cpp's CPU GELU looks its result up in a table of f16 values (the input rounded to f16): on Gemma's GeGLU that
+# alone moves its logits of the 6-layer tiny Gemma 3 by 2.2e-3 from transformers' (ours: 3e-6; emulating the table
+# in our engine brings ours to 7e-4 of llama.cpp's). Gemma GGUFs are held to TOL against transformers as well.
+TOL_GELU_LLAMACPP = 5e-3
+GELU_ARCHS = ("gemma2", "gemma3")
 # OLMoE in llama.cpp needs n_kv_heads == n_heads (its k_norm is sized n_embd); the others keep 4 heads / 2 KV heads.
 OVERRIDES = {"olmoe": {"num_key_value_heads": 4}}
 
@@ -104,7 +109,8 @@ def _expected_config(hf_dir: Path):
 
 
 # -- canonical tensors and config vs the HF checkpoint -------------------------------------------------------------
-ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe", "granite", "phi3")
+ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe", "granite", "phi3", "gemma2",
+         "gemma3")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -227,7 +233,12 @@ def test_f32_gguf_engine_matches_llamacpp(arch, models, tmp_path):
     ours = _engine_logits(path, tmp_path / "b")
     ref = gt.llama_logits(path, PROMPT)
     diff = float(np.abs(ours - ref).max())
-    assert diff <= TOL, f"{arch}: max abs logit diff vs llama.cpp {diff:.2e}"
+    tol = TOL_GELU_LLAMACPP if arch in GELU_ARCHS else TOL
+    assert diff <= tol, f"{arch}: max abs logit diff vs llama.cpp {diff:.2e}"
+    if arch in GELU_ARCHS:
+        import tiny_models as tm
+
+        assert float(np.abs(ours - tm.hf_logits(models.hf(arch), PROMPT)).max()) <= TOL
     ref16 = gt.llama_logits(path, PROMPT, f32_kv=False)  # llama.cpp's default f16 KV cache
     assert float(np.abs(ours - ref16).max()) <= TOL_F16_LLAMACPP
 

@@ -48,6 +48,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "mistral_sliding": ("mistral", {"sliding_window": 6}),
     "qwen2_sliding": ("qwen2", {"use_sliding_window": True, "sliding_window": 5,
                                 "layer_types": ["sliding_attention", "sliding_attention"]}),
+    "qwen2_mixed_sliding": ("qwen2", {"use_sliding_window": True, "sliding_window": 5,
+                                      "layer_types": ["full_attention", "sliding_attention"]}),
     "qwen2_moe_sparse_step": ("qwen2_moe", {"decoder_sparse_step": 2, "norm_topk_prob": True}),
     "qwen2_moe_mlp_only": ("qwen2_moe", {"mlp_only_layers": [0]}),
     "olmoe_clip_norm": ("olmoe", {"clip_qkv": 0.3, "norm_topk_prob": True}),
@@ -56,6 +58,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "qwen3_moe_mlp_only": ("qwen3_moe", {"mlp_only_layers": [0], "norm_topk_prob": False}),
     "granite_tied": ("granite", {"tie_word_embeddings": True}),
     "phi3_sliding": ("phi3", {"sliding_window": 6}),
+    # caps that bite (scores and logits of these random models are small), query_pre_attn_scalar != head_dim
+    "gemma2_softcaps": ("gemma2", {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 1.5,
+                                   "query_pre_attn_scalar": 24}),
+    "gemma3_all_global": ("gemma3", {"layer_types": ["full_attention"] * 6}),
 }
 
 
@@ -167,12 +173,17 @@ def test_variant_matches_transformers(variant, ref_of, tmp_path):
         assert cfg.moe_layers == (1,) and cfg.norm_topk_prob
     if variant in ("qwen2_moe_mlp_only", "qwen3_moe_mlp_only"):
         assert cfg.moe_layers == (1,)
+    if variant == "gemma2_softcaps":
+        assert (cfg.attn_logit_softcap, cfg.final_logit_softcap, cfg.attention_scale) == (0.5, 1.5, 24 ** -0.5)
+    if variant == "gemma3_all_global":
+        assert cfg.layer_types == () and cfg.window_of(0) is None and cfg.rope_of(0) == (1e6, cfg.rope_scaling)
     if variant == "olmoe_clip_norm":
         assert cfg.clip_qkv == 0.3 and cfg.norm_topk_prob
     check_parity(ref, engine_of(export_bundle(src, tmp_path / "b", "f32")))
 
 
-@pytest.mark.parametrize("variant", ["llama", "mistral_sliding", "qwen2_moe", "olmoe", "llama_rope_llama3", "qwen3"])
+@pytest.mark.parametrize("variant", ["llama", "mistral_sliding", "qwen2_moe", "olmoe", "llama_rope_llama3", "qwen3",
+                                     "gemma2_softcaps", "gemma3"])
 def test_decode_with_cache_equals_full_recompute(variant, ref_of, tmp_path):
     ref = ref_of(variant)
     eng = engine_of(export_bundle(open_hf(ref.path), tmp_path / "b", "f32"))
@@ -274,6 +285,34 @@ def test_config_granite_multipliers():
         config_from_hf(_base_cfg(architectures=["GraniteForCausalLM"], mlp_bias=True))
 
 
+def test_config_gemma():
+    """Gemma's layer pattern, local RoPE base, embedding scale in the model's dtype, defaults of both versions."""
+    g2 = {"architectures": ["Gemma2ForCausalLM"], "hidden_size": 2304, "num_attention_heads": 8,
+          "num_key_value_heads": 4, "num_hidden_layers": 4, "vocab_size": 100, "intermediate_size": 128}
+    c = config_from_hf(g2)
+    assert (c.head_dim, c.attn_logit_softcap, c.final_logit_softcap, c.sliding_window) == (256, 50.0, 30.0, 4096)
+    assert c.layer_types == ("sliding_attention", "full_attention") * 2 and c.tie_word_embeddings
+    assert c.embedding_multiplier == 48.0 and c.attention_scale == 1 / 16 and c.hidden_act == "gelu_tanh"
+    g3 = {**g2, "architectures": ["Gemma3ForCausalLM"], "hidden_size": 2560, "num_hidden_layers": 12,
+          "rope_theta": 1e6, "rope_local_base_freq": 10000.0, "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+          "torch_dtype": "bfloat16"}
+    c = config_from_hf(g3)
+    assert c.layer_types == (("sliding_attention",) * 5 + ("full_attention",)) * 2
+    assert c.final_logit_softcap is None and c.qk_norm and c.qk_norm_per_head
+    assert c.rope_of(0) == (10000.0, None) and c.rope_of(5) == (1e6, {"rope_type": "linear", "factor": 8.0})
+    assert c.embedding_multiplier == 50.5  # sqrt(2560) = 50.596 as a bfloat16 tensor, as transformers applies it
+    assert config_from_hf({**g3, "torch_dtype": "float16"}).embedding_multiplier == float(np.float16(2560 ** 0.5))
+    assert config_from_hf({**g3, "torch_dtype": "float32"}).embedding_multiplier == float(np.float32(2560 ** 0.5))
+    with pytest.raises(UnsupportedModelError, match="hidden_activation 'gelu'"):
+        config_from_hf({**g2, "hidden_activation": "gelu"})
+    with pytest.raises(UnsupportedModelError, match="use_bidirectional_attention"):
+        config_from_hf({**g3, "use_bidirectional_attention": True})
+    with pytest.raises(UnsupportedModelError, match="sliding-window layers"):
+        config_from_hf({**g3, "rope_parameters": {"sliding_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                        "rope_theta": 1e4},
+                                                  "full_attention": {"rope_type": "default", "rope_theta": 1e6}}})
+
+
 # -- bad input ---------------------------------------------------------------------------------------------------
 @pytest.fixture
 def llama_dir(ref_of, tmp_path):
@@ -333,7 +372,7 @@ def test_error_unsupported_architecture(llama_dir):
         open_hf(llama_dir)
 
 
-def test_error_unsupported_rope_and_mixed_sliding(llama_dir):
+def test_error_unsupported_rope(llama_dir):
     _edit_config(llama_dir, rope_parameters={"rope_type": "longrope", "rope_theta": 1e4})
     with pytest.raises(UnsupportedModelError, match="longrope"):
         open_hf(llama_dir)
@@ -341,9 +380,9 @@ def test_error_unsupported_rope_and_mixed_sliding(llama_dir):
         with pytest.raises(UnsupportedModelError, match=f"rope type '{kind}' \\(LongRoPE.*Phi-3"):
             config_from_hf(_base_cfg(architectures=["Phi3ForCausalLM"], rope_scaling={
                 "type": kind, "long_factor": [1.0] * 8, "short_factor": [1.0] * 8}))
-    with pytest.raises(UnsupportedModelError, match="some layers"):
-        config_from_hf(_base_cfg(architectures=["Qwen2ForCausalLM"], use_sliding_window=True, sliding_window=8,
-                                 layer_types=["full_attention", "sliding_attention"]))
+    c = config_from_hf(_base_cfg(architectures=["Qwen2ForCausalLM"], use_sliding_window=True, sliding_window=8,
+                                 layer_types=["full_attention", "sliding_attention"]))  # mixed: per-layer windows
+    assert (c.window_of(0), c.window_of(1)) == (None, 8)
 
 
 def test_error_missing_tensor(llama_dir):

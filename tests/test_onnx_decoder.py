@@ -252,6 +252,8 @@ def test_batch_rows_are_independent(ckpts, tmp_path):
     ("olmoe", {"clip_qkv": 0.05}),
     ("mixtral", {"sliding_window": 5}),
     ("qwen2_moe", {"norm_topk_prob": True, "decoder_sparse_step": 2}),
+    ("gemma2", {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 1.5, "query_pre_attn_scalar": 24}),
+    ("granite", {"tie_word_embeddings": True}),
 ])
 def test_f32_variants(arch, overrides, ckpts, tmp_path):
     """Sliding window, RoPE scaling, tied embeddings, clip_qkv, renormalised top-k and mixed dense/MoE layers."""

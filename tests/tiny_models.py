@@ -10,8 +10,9 @@ import edgespool
 import numpy as np
 
 CORPUS = Path(edgespool.__file__).resolve().parent / "apps" / "data" / "corpus.txt"  # package data
-ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe", "granite", "phi3")
-SPM_ARCHS = ("llama", "mistral", "mixtral", "phi3")  # SentencePiece tokenizer.model (convert_hf_to_gguf accepts these as-is)
+ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe", "granite", "phi3", "gemma2",
+         "gemma3")
+SPM_ARCHS = ("llama", "mistral", "mixtral", "phi3", "gemma2")  # SentencePiece tokenizer.model (convert_hf_to_gguf accepts these as-is)
 VOCAB = 512
 
 _COMMON = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -49,6 +50,16 @@ def tiny_config(arch: str, **overrides):
                                residual_multiplier=0.22, logits_scaling=8.0)
     elif arch == "phi3":  # fused qkv_proj / gate_up_proj
         cfg = tf.Phi3Config(**kw, intermediate_size=128, pad_token_id=0)
+    elif arch == "gemma2":  # head_dim 32 (Gemma's 256 is independent of hidden too); sliding layer 0, global layer 1
+        cfg = tf.Gemma2Config(**{**kw, "tie_word_embeddings": True}, intermediate_size=128, head_dim=32,
+                              query_pre_attn_scalar=32, sliding_window=6, attn_logit_softcapping=50.0,
+                              final_logit_softcapping=30.0)
+    elif arch == "gemma3":  # 6 layers: the real 5 local : 1 global pattern; Gemma 3 4B's RoPE (global linear x8)
+        cfg = tf.Gemma3TextConfig(**{**kw, "tie_word_embeddings": True, "num_hidden_layers": 6}, intermediate_size=128,
+                                  head_dim=32, query_pre_attn_scalar=32, sliding_window=6, rope_parameters={
+                                      "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                      "full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                         "rope_theta": 1000000.0}})
     else:
         raise ValueError(arch)
     for k, v in overrides.items():

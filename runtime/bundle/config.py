@@ -12,9 +12,11 @@ Canonical tensor names (shapes with H=hidden, D=head_dim, nh/nkv=heads, I=interm
     layers.{i}.q_norm / k_norm          [nh*D] / [nkv*D] (OLMoE: RMSNorm over the whole projection);
                                         [D] / [D] with qk_norm_per_head (Qwen3: RMSNorm over each head)
     layers.{i}.wo                       [H, nh*D]
+    layers.{i}.post_attn_norm           [H]           RMSNorm weight of the attention output (only with post_norms)
     layers.{i}.ffn_norm                 [H]           RMSNorm weight before the FFN / MoE block
     layers.{i}.ffn.gate / ffn.up        [I, H]        dense SwiGLU FFN (non-MoE layers)
     layers.{i}.ffn.down                 [H, I]
+    layers.{i}.post_ffn_norm            [H]           RMSNorm weight of the FFN output (only with post_norms)
     layers.{i}.router                   [E, H]        MoE router (gate) weight
     layers.{i}.experts.{e}.gate / up    [I_moe, H]
     layers.{i}.experts.{e}.down         [H, I_moe]
@@ -22,6 +24,9 @@ Canonical tensor names (shapes with H=hidden, D=head_dim, nh/nkv=heads, I=interm
     layers.{i}.shared_gate              [1, H]        Qwen2-MoE sigmoid gate of the shared expert
     norm                                [H]           final RMSNorm
     lm_head                             [V, H]        absent when tie_word_embeddings
+
+Norm weights are the multipliers the RMSNorm applies: checkpoints that store ``w`` for ``x * (1 + w)`` (Gemma) are
+imported as ``1 + w`` (llama.cpp's converter does the same), so one RMSNorm serves every architecture.
 """
 from __future__ import annotations
 
@@ -43,6 +48,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "qwen3_moe": {"hf": ["Qwen3MoeForCausalLM"], "moe": True},
     "granite": {"hf": ["GraniteForCausalLM"], "moe": False},
     "phi3": {"hf": ["Phi3ForCausalLM"], "moe": False},
+    "gemma2": {"hf": ["Gemma2ForCausalLM"], "moe": False},
+    "gemma3": {"hf": ["Gemma3ForCausalLM"], "moe": False},
 }
 
 
@@ -73,6 +80,12 @@ class ModelConfig:
     attention_scale: float | None = None  # softmax scale of q.k (None: head_dim ** -0.5)
     residual_multiplier: float = 1.0  # attention and FFN outputs are multiplied by this before the residual add
     logits_scaling: float = 1.0  # logits are divided by this
+    # Gemma 2 / 3
+    post_norms: bool = False  # RMSNorm of the attention and FFN outputs before the residual adds
+    attn_logit_softcap: float | None = None  # attention scores -> cap * tanh(scores / cap)
+    final_logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
+    layer_types: tuple[str, ...] = ()  # per layer "sliding_attention" / "full_attention"; () = all sliding_window
+    rope_local_theta: float | None = None  # RoPE base of the sliding-window layers, unscaled (None: the global RoPE)
     # MoE
     num_experts: int = 0
     num_experts_per_tok: int = 0
@@ -92,10 +105,23 @@ class ModelConfig:
     def is_moe_layer(self, i: int) -> bool:
         return self.num_experts > 0 and i in self.moe_layers
 
+    def window_of(self, i: int) -> int | None:
+        """The sliding window of layer ``i`` (None: full causal attention)."""
+        if self.layer_types and self.layer_types[i] != "sliding_attention":
+            return None
+        return self.sliding_window
+
+    def rope_of(self, i: int) -> tuple[float, dict[str, Any] | None]:
+        """(theta, rope_scaling) of layer ``i``'s RoPE."""
+        if self.rope_local_theta is not None and self.window_of(i):
+            return self.rope_local_theta, None
+        return self.rope_theta, self.rope_scaling
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["moe_layers"] = list(self.moe_layers)
         d["eos_token_ids"] = list(self.eos_token_ids)
+        d["layer_types"] = list(self.layer_types)
         return d
 
     @classmethod
@@ -107,6 +133,7 @@ class ModelConfig:
         kw = dict(d)
         kw["moe_layers"] = tuple(kw.get("moe_layers", ()))
         kw["eos_token_ids"] = tuple(kw.get("eos_token_ids", ()))
+        kw["layer_types"] = tuple(kw.get("layer_types", ()))
         try:
             return cls(**kw)
         except TypeError as e:
@@ -127,6 +154,8 @@ class ModelConfig:
             if self.qk_norm:
                 out[p + "q_norm"], out[p + "k_norm"] = ((D,), (D,)) if self.qk_norm_per_head else ((q,), (kv,))
             out[p + "wo"] = (H, q)
+            if self.post_norms:
+                out[p + "post_attn_norm"] = (H,)
             out[p + "ffn_norm"] = (H,)
             if self.is_moe_layer(i):
                 out[p + "router"] = (self.num_experts, H)
@@ -141,6 +170,8 @@ class ModelConfig:
             else:
                 I = self.intermediate_size
                 out[p + "ffn.gate"], out[p + "ffn.up"], out[p + "ffn.down"] = (I, H), (I, H), (H, I)
+            if self.post_norms:
+                out[p + "post_ffn_norm"] = (H,)
         out["norm"] = (H,)
         if not self.tie_word_embeddings:
             out["lm_head"] = (V, H)

@@ -3,8 +3,8 @@
 Tensors (every source maps onto these; shapes in :meth:`edgespool.runtime.bundle.config.ModelConfig.tensor_shapes`)::
 
     embed                                  [V, H]  token embeddings
-    layers.{i}.attn_norm / wq / wk / wv / wo / bq / bk / bv / q_norm / k_norm
-    layers.{i}.ffn_norm / ffn.gate / ffn.up / ffn.down          dense FFN
+    layers.{i}.attn_norm / wq / wk / wv / wo / bq / bk / bv / q_norm / k_norm / post_attn_norm
+    layers.{i}.ffn_norm / ffn.gate / ffn.up / ffn.down / post_ffn_norm    dense FFN
     layers.{i}.ffn.bundles                 a dense FFN stored as neuron bundles (ffn_geometry)
     layers.{i}.router / shared.gate / shared.up / shared.down / shared_gate
     layers.{i}.experts.{e}.gate / up / down                      one MoE expert

@@ -82,7 +82,15 @@ class Engine:
         self.source = source
         self.kernels = kernels
         self.config = c = source.config
-        self.rope = Rope(c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings)
+        # each layer's RoPE, one Rope per distinct (theta, scaling): Gemma 3's local and global layers differ
+        ropes: dict[str, Rope] = {}
+        self.layer_rope: list[Rope] = []
+        for i in range(c.num_layers):
+            theta, scaling = c.rope_of(i)
+            key = repr((theta, scaling))
+            if key not in ropes:
+                ropes[key] = Rope(c.head_dim, theta, scaling, c.max_position_embeddings)
+            self.layer_rope.append(ropes[key])
         self.stats = EngineStats()
         self._head_groups = [HEAD, EMBED] if c.tie_word_embeddings else [HEAD]
 
@@ -108,7 +116,7 @@ class Engine:
             raise OptionError(f"token id out of range [0, {c.vocab_size}): {int(tokens.max())}")
         cache.check_room(T)
         pos = np.arange(cache.length, cache.length + T)
-        cos, sin = self.rope.cos_sin(pos)
+        tables = {id(r): r.cos_sin(pos) for r in self.layer_rope}  # (cos, sin) [T, D] of each distinct RoPE
 
         src.hint([EMBED, layer_group(0)])
         x = src.get(EMBED)[EMBED].rows(tokens) * np.float32(c.embedding_multiplier)  # [T, H]
@@ -122,7 +130,10 @@ class Engine:
             p = layer_prefix(i)
             # attention block
             h = rmsnorm(x, _vec(w[p + "attn_norm"]), c.rms_norm_eps)
-            x = x + self._attention(i, w, p, h, pos, cos, sin, cache) * res
+            a = self._attention(i, w, p, h, pos, tables[id(self.layer_rope[i])], cache)
+            if c.post_norms:  # Gemma: RMSNorm of the block's output before the residual add
+                a = rmsnorm(a, _vec(w[p + "post_attn_norm"]), c.rms_norm_eps)
+            x = x + a * res
             # FFN / MoE block
             src.on_hidden(i, x)
             h = rmsnorm(x, _vec(w[p + "ffn_norm"]), c.rms_norm_eps)
@@ -132,6 +143,8 @@ class Engine:
                 f = swiglu(h, w[p + "ffn.gate"], w[p + "ffn.up"], w[p + "ffn.down"], c.hidden_act, kernels=kern)
             else:  # row-column bundled FFN in its own group (streaming: computed from a neuron window)
                 f = self._bundled_ffn(i, h)
+            if c.post_norms:
+                f = rmsnorm(f, _vec(w[p + "post_ffn_norm"]), c.rms_norm_eps)
             x = x + f * res
             src.release(g)
         cache.advance(T)
@@ -147,11 +160,14 @@ class Engine:
             logits = kern.linear(h, head[LM_HEAD])
         src.release(HEAD)
         logits = logits / np.float32(c.logits_scaling)  # Granite; 1 elsewhere
+        if c.final_logit_softcap:  # Gemma 2
+            logits = np.tanh(logits / np.float32(c.final_logit_softcap)) * np.float32(c.final_logit_softcap)
         return logits.astype(np.float32, copy=False)
 
     def _attention(self, i: int, w: dict[str, QTensor], p: str, h: np.ndarray, pos: np.ndarray,
-                   cos: np.ndarray, sin: np.ndarray, cache: KVCache) -> np.ndarray:
-        """Self-attention of layer ``i`` for the new tokens ``h`` ``[T, H]``; writes K/V into ``cache``."""
+                   rope: tuple[np.ndarray, np.ndarray], cache: KVCache) -> np.ndarray:
+        """Self-attention of layer ``i`` for the new tokens ``h`` ``[T, H]`` with that layer's RoPE tables
+        ``rope`` (cos, sin); writes K/V into ``cache``."""
         c, linear = self.config, self.kernels.linear
         T, D = h.shape[0], c.head_dim
         q = linear(h, w[p + "wq"], _vec(w.get(p + "bq"))).reshape(T, c.num_heads, D)
@@ -161,13 +177,14 @@ class Engine:
             q, k = self._qk_norm(q, w[p + "q_norm"]), self._qk_norm(k, w[p + "k_norm"])
         if c.clip_qkv is not None:
             q, k, v = (np.clip(a, -c.clip_qkv, c.clip_qkv) for a in (q, k, v))
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         cache.write(i, k, v)
+        window = c.window_of(i)
         end = int(pos[-1]) + 1
-        start = 0 if not c.sliding_window else max(0, int(pos[0]) - c.sliding_window + 1)
+        start = 0 if not window else max(0, int(pos[0]) - window + 1)
         K, V = cache.view(i, start, end)
-        o = self.kernels.attention(q, K, V, pos, np.arange(start, end), c.sliding_window, c.attention_scale)
+        o = self.kernels.attention(q, K, V, pos, np.arange(start, end), window, c.attention_scale,
+                                   c.attn_logit_softcap)
         return linear(o.reshape(T, c.num_heads * D), w[p + "wo"])
 
     def _qk_norm(self, x: np.ndarray, weight: QTensor) -> np.ndarray:
