@@ -84,6 +84,8 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
         "target": profile.to_dict(),
         "quant": policy.to_dict(),
     }
+    # the tokenizer first: an unsupported vocabulary / pre-tokenizer is refused before any weight is processed
+    tok = source.tokenizer()
     writer = BundleWriter(out_dir, cfg, overwrite=overwrite, meta=meta, ffn_layout=ffn_layout)
     report = CompressionReport()
     timings: dict[str, float] = {}
@@ -112,7 +114,6 @@ def export_model(source: SourceModel, out_dir: str | os.PathLike, *, target: Tar
                 release(name)
                 bar.update(1)
         timings["compress_s"] = time.perf_counter() - t0
-        tok = source.tokenizer()
         writer.set_tokenizer(tok.json, bos_token_id=tok.bos_token_id, eos_token_ids=list(tok.eos_token_ids),
                              add_bos=tok.add_bos, chat_template=tok.chat_template, special_tokens=tok.special_tokens)
         if onnx:

@@ -227,9 +227,10 @@ def ggml_dequantize(raw: np.ndarray, type_name: str, n_values: int) -> np.ndarra
     return out
 
 
-def rewrite_gguf(src: str | Path, dst: str | Path, changes: dict | None = None, drop: tuple[str, ...] = ()) -> Path:
-    """Copy a GGUF's metadata, without tensors, with ``changes`` (key -> new value of the same type) and the keys in
-    ``drop`` removed. The copy still loads in llama.cpp with ``vocab_only=True``."""
+def rewrite_gguf(src: str | Path, dst: str | Path, changes: dict | None = None, drop: tuple[str, ...] = (),
+                 tensors: bool = False) -> Path:
+    """Copy a GGUF's metadata with ``changes`` (key -> new value of the same type) and the keys in ``drop`` removed;
+    without tensors (the copy still loads in llama.cpp with ``vocab_only=True``) unless ``tensors``."""
     import gguf
 
     changes = changes or {}
@@ -241,6 +242,9 @@ def rewrite_gguf(src: str | Path, dst: str | Path, changes: dict | None = None, 
         val = changes.get(key, f.contents())
         sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
         w.add_key_value(key, val, f.types[0], sub_type=sub)
+    if tensors:
+        for rt in r.tensors:
+            w.add_tensor(rt.name, np.asarray(rt.data), raw_shape=np.asarray(rt.data).shape, raw_dtype=rt.tensor_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -221,3 +221,24 @@ def test_real_qwen_keep_bundle_is_the_files_bytes(tmp_path):
         t = byname[g._gguf_name(name)[0]]
         got = b.read_group(rec["group"])[name].data
         assert got.tobytes() == np.asarray(t.data).tobytes(), name
+
+
+def test_unknown_pre_tokenizer_is_refused_before_any_weight(models, tmp_path):  # noqa: F811
+    import time
+
+    src_path = models.gguf("qwen2", "f32")
+    g = open_gguf_model(src_path)
+    if g.meta("tokenizer.ggml.model") != "gpt2":
+        pytest.skip("the tiny qwen2 GGUF has no BPE vocabulary")
+    g.close()
+    bad = gt.rewrite_gguf(src_path, tmp_path / "bad.gguf", {"tokenizer.ggml.pre": "qwen9"}, tensors=True)
+    src = open_gguf_model(bad)
+    touched = []
+    orig = src.tensor
+    src.tensor = lambda name: touched.append(name) or orig(name)  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    with pytest.raises(UnsupportedModelError, match="qwen9"):
+        export_model(src, tmp_path / "out", policy=QuantPolicy(quant="f32"), onnx=False, kernels=False,
+                     progress=False)
+    assert time.perf_counter() - t0 < 1.0 and touched == []
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
