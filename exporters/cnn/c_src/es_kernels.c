@@ -13,6 +13,18 @@ static int32_t es_rint(float v) {
 }
 static int8_t es_sat(int32_t q, int32_t lo, int32_t hi) { return (int8_t)(q < lo ? lo : (q > hi ? hi : q)); }
 #define AT(v, ch, y, x) ((v)->data[((ch) * (v)->h + ((y) - (v)->y0)) * (v)->w + ((x) - (v)->x0)])
+/* Run BODY for each in-bounds tap (iy, ix) of output (oy, ox)'s kh x kw window (stride s, padding p, dilation d);
+   ky and kx are the tap's indices. Out-of-bounds taps (the padding) are skipped. */
+#define ES_FOR_TAPS(in, oy, ox, kh, kw, sh, sw, pt, pl, dh, dw, BODY)                                          \
+    for (int32_t ky = 0; ky < (kh); ky++) {                                                                     \
+        int32_t iy = (oy) * (sh) - (pt) + ky * (dh);                                                            \
+        if (iy < 0 || iy >= (in)->H) continue;                                                                  \
+        for (int32_t kx = 0; kx < (kw); kx++) {                                                                 \
+            int32_t ix = (ox) * (sw) - (pl) + kx * (dw);                                                        \
+            if (ix < 0 || ix >= (in)->W) continue;                                                              \
+            BODY                                                                                                \
+        }                                                                                                       \
+    }
 
 void es_conv2d(const es_view *in, const es_view *out, es_box ob, const int8_t *w, const int32_t *bias,
                const float *mult, int32_t zin, int32_t zout, int32_t lo, int32_t hi, int32_t cout, int32_t kh,
@@ -26,15 +38,8 @@ void es_conv2d(const es_view *in, const es_view *out, es_box ob, const int8_t *w
                 int32_t acc = bias[o];
                 for (int32_t ic = 0; ic < ig; ic++) {
                     int32_t c = g * ig + ic;
-                    for (int32_t ky = 0; ky < kh; ky++) {
-                        int32_t iy = oy * sh - pt + ky * dh;
-                        if (iy < 0 || iy >= in->H) continue;
-                        for (int32_t kx = 0; kx < kw; kx++) {
-                            int32_t ix = ox * sw - pl + kx * dw;
-                            if (ix < 0 || ix >= in->W) continue;
-                            acc += ((int32_t)AT(in, c, iy, ix) - zin) * (int32_t)wo[(ic * kh + ky) * kw + kx];
-                        }
-                    }
+                    ES_FOR_TAPS(in, oy, ox, kh, kw, sh, sw, pt, pl, dh, dw,
+                                acc += ((int32_t)AT(in, c, iy, ix) - zin) * (int32_t)wo[(ic * kh + ky) * kw + kx];)
                 }
                 float v = (float)acc * mult[o];
                 AT(out, o, oy, ox) = es_sat(es_rint(v) + zout, lo, hi);
@@ -49,16 +54,10 @@ void es_maxpool(const es_view *in, const es_view *out, es_box ob, int32_t kh, in
         for (int32_t oy = ob.y0; oy < ob.y1; oy++)
             for (int32_t ox = ob.x0; ox < ob.x1; ox++) {
                 int32_t m = -128;
-                for (int32_t ky = 0; ky < kh; ky++) {
-                    int32_t iy = oy * sh - pt + ky * dh;
-                    if (iy < 0 || iy >= in->H) continue;
-                    for (int32_t kx = 0; kx < kw; kx++) {
-                        int32_t ix = ox * sw - pl + kx * dw;
-                        if (ix < 0 || ix >= in->W) continue;
-                        int32_t v = AT(in, c, iy, ix);
-                        if (v > m) m = v;
-                    }
-                }
+                ES_FOR_TAPS(in, oy, ox, kh, kw, sh, sw, pt, pl, dh, dw, {
+                    int32_t v = AT(in, c, iy, ix);
+                    if (v > m) m = v;
+                })
                 AT(out, c, oy, ox) = (int8_t)m;
             }
 }
@@ -70,16 +69,10 @@ void es_avgpool(const es_view *in, const es_view *out, es_box ob, float mult, in
         for (int32_t oy = ob.y0; oy < ob.y1; oy++)
             for (int32_t ox = ob.x0; ox < ob.x1; ox++) {
                 int32_t s = 0, n = 0;
-                for (int32_t ky = 0; ky < kh; ky++) {
-                    int32_t iy = oy * sh - pt + ky;
-                    if (iy < 0 || iy >= in->H) continue;
-                    for (int32_t kx = 0; kx < kw; kx++) {
-                        int32_t ix = ox * sw - pl + kx;
-                        if (ix < 0 || ix >= in->W) continue;
-                        s += (int32_t)AT(in, c, iy, ix) - zin;
-                        n++;
-                    }
-                }
+                ES_FOR_TAPS(in, oy, ox, kh, kw, sh, sw, pt, pl, 1, 1, {
+                    s += (int32_t)AT(in, c, iy, ix) - zin;
+                    n++;
+                })
                 if (include_pad) n = kh * kw;
                 float v = ((float)s * mult) / (float)n;
                 AT(out, c, oy, ox) = es_sat(es_rint(v) + zout, lo, hi);
