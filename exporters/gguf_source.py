@@ -16,6 +16,7 @@ supported GGUF architectures is mapped onto :class:`~edgespool.runtime.bundle.co
     phi3        phi3                                     fused ``attn_qkv`` and ``ffn_up`` (gate rows first) split
     gemma2      gemma2                                   GeGLU, post-norms, soft-capping, alternating sliding layers
     gemma3      gemma3                                   GeGLU, post-norms, per-head q/k norm, 5 local : 1 global
+    smollm3     smollm3                                  no RoPE on every 4th layer (llama.cpp's fixed step)
 
 GGUF tensor names are mapped onto the canonical names by the data tables :data:`GLOBAL_TENSORS`,
 :data:`LAYER_TENSORS` and :data:`EXPERT_TENSORS`. GGUF stores a ``[out, in]`` matrix with ggml dims ``(in, out)``;
@@ -23,7 +24,7 @@ the reader's numpy view is already ``[out, in]``, and merged experts (``ffn_*_ex
 
 Two conversions undo what the converter did:
 
-* llama.cpp runs the ``llama`` and ``granite`` architectures with interleaved ("normal") RoPE, so the converter
+* llama.cpp runs the ``llama``, ``granite`` and ``smollm3`` architectures with interleaved ("normal") RoPE, so the converter
   permutes the rows of ``attn_q``/``attn_k`` (and their biases) within each head (``LlamaModel.permute``).
   :func:`unpermute_qk` inverts that, so canonical tensors follow the Hugging Face ``rotate_half`` convention the
   engine uses. The other architectures use NEOX RoPE in llama.cpp and are written unpermuted.
@@ -53,10 +54,10 @@ from .source import TokenizerSpec
 # GGUF general.architecture -> canonical arch (llama becomes mixtral when it has experts)
 GGUF_ARCHS: dict[str, str] = {"llama": "llama", "qwen2": "qwen2", "qwen2moe": "qwen2_moe", "olmoe": "olmoe",
                               "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "granite": "granite", "phi3": "phi3",
-                              "gemma2": "gemma2", "gemma3": "gemma3"}
+                              "gemma2": "gemma2", "gemma3": "gemma3", "smollm3": "smollm3"}
 SUPPORTED_ARCHS = ", ".join(GGUF_ARCHS)
 # Architectures whose q/k rows the converter permuted for llama.cpp's interleaved RoPE.
-PERMUTED_QK_ARCHS = ("llama", "granite")
+PERMUTED_QK_ARCHS = ("llama", "granite", "smollm3")
 # Granite's multipliers: canonical field -> GGUF key under ``granite.`` (llama.cpp reads them for granite only; an
 # absent or 0 value means the default)
 GRANITE_SCALES: dict[str, str] = {"embedding_multiplier": "embedding_scale", "attention_scale": "attention.scale",
@@ -264,6 +265,8 @@ class GGUFModel:
         if a in ("gemma2", "gemma3"):
             kw.update(self._gemma(L, H, nh, D))
             window = kw.pop("sliding_window")
+        if a == "smollm3":  # llama.cpp: n_no_rope_layer_step = 4, not in the file
+            kw["nope_layers"] = tuple(i for i in range(L) if (i + 1) % 4 == 0)
         bos = self._meta_int("tokenizer.ggml.bos_token_id", None)
         eos = [self._meta_int(key, None) for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")]
         eos_ids = tuple(dict.fromkeys(e for e in eos if e is not None))

@@ -29,9 +29,13 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "granite": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 2048},
     "phi3": {"rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 4096},
     "gemma2": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 8192, "head_dim": 256,
-               "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window_pattern": 2},
+               "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window_pattern": 2,
+               "tie_word_embeddings": True},
     "gemma3": {"rms_norm_eps": 1e-6, "rope_theta": 1e6, "max_position_embeddings": 131072, "head_dim": 256,
-               "attn_logit_softcapping": None, "final_logit_softcapping": None, "sliding_window_pattern": 6},
+               "attn_logit_softcapping": None, "final_logit_softcapping": None, "sliding_window_pattern": 6,
+               "tie_word_embeddings": True},
+    "smollm3": {"rms_norm_eps": 1e-6, "rope_theta": 2e6, "max_position_embeddings": 32768,
+                "tie_word_embeddings": True},
 }
 GEMMA = ("gemma2", "gemma3")
 GEMMA_ACT = "gelu_pytorch_tanh"  # Gemma's GeGLU gate activation (canonical hidden_act "gelu_tanh")
@@ -174,10 +178,13 @@ def _sliding_window(d: dict[str, Any], arch: str, n_layers: int,
         types = d.get("layer_types") or ["sliding_attention" if (i + 1) % n else "full_attention"
                                          for i in range(n_layers)]
         return _layer_types(types, window, n_layers, where)
-    # Qwen2 / Qwen2-MoE / Qwen3(-MoE): window only where use_sliding_window, per layer (layer_types or the
-    # legacy rule; Qwen3-MoE has none: every layer)
+    # Qwen2 / Qwen2-MoE / Qwen3(-MoE) / SmolLM3: window only where use_sliding_window, per layer (layer_types or
+    # the legacy rule; Qwen3-MoE has none: every layer)
     use = _key(d, "use_sliding_window", bool, where, False)
     types = d.get("layer_types")
+    if types is None and arch == "smollm3":  # SmolLM3Config: the NoPE layers slide when use_sliding_window
+        nope = _nope_layers(d, n_layers, where)
+        types = ["sliding_attention" if i in nope else "full_attention" for i in range(n_layers)]
     if types is None:
         mwl = _key(d, "max_window_layers", int, where, 28)
         if not (use and window) or arch == "qwen3_moe":
@@ -187,6 +194,19 @@ def _sliding_window(d: dict[str, Any], arch: str, n_layers: int,
         else:
             types = ["sliding_attention" if (i + 1) % 2 and i < mwl else "full_attention" for i in range(n_layers)]
     return _layer_types(types, window if use else None, n_layers, where)
+
+
+def _nope_layers(d: dict[str, Any], n_layers: int, where: str) -> tuple[int, ...]:
+    """SmolLM3's layers without RoPE: ``no_rope_layers`` (per layer 1 = RoPE, 0 = NoPE), else every
+    ``no_rope_layer_interval``-th layer (default 4)."""
+    flags = d.get("no_rope_layers")
+    if flags is None:
+        n = _positive(d, "no_rope_layer_interval", where, 4)
+        flags = [int((i + 1) % n != 0) for i in range(n_layers)]
+    if not isinstance(flags, list) or len(flags) != n_layers or not set(flags) <= {0, 1}:
+        raise ModelFormatError(f"{where}: key 'no_rope_layers' should be a list of {n_layers} 0/1 flags, found "
+                               f"{flags!r}")
+    return tuple(i for i, f in enumerate(flags) if not f)
 
 
 def _layer_types(types: Any, window: int | None, n_layers: int, where: str) -> tuple[int | None, tuple[str, ...]]:
@@ -251,11 +271,11 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
         attention_bias = True
     elif arch == "qwen2_moe":
         attention_bias = _key(d, "qkv_bias", bool, where, True)
-    elif arch in ("llama", "olmoe", "qwen3", "qwen3_moe", "granite", *GEMMA):
+    elif arch in ("llama", "olmoe", "qwen3", "qwen3_moe", "granite", "smollm3", *GEMMA):
         if _key(d, "attention_bias", bool, where, False):
             raise UnsupportedModelError(f"{where}: attention_bias=true ({hf_name or arch} then also has an o_proj "
                                         "bias) is not supported")
-    if arch in ("llama", "granite") and _key(d, "mlp_bias", bool, where, False):
+    if arch in ("llama", "granite", "smollm3") and _key(d, "mlp_bias", bool, where, False):
         raise UnsupportedModelError(f"{where}: mlp_bias=true is not supported")
 
     kw: dict[str, Any] = {}
@@ -275,6 +295,8 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
                   embedding_multiplier=_embed_scale(d, H, where), post_norms=True, **caps)
         if arch == "gemma3":
             kw["rope_local_theta"] = _local_rope_theta(d, where)
+    if arch == "smollm3":
+        kw = dict(nope_layers=_nope_layers(d, L, where))
     if arch == "mixtral":
         kw = dict(num_experts=_positive(d, "num_local_experts", where),
                   num_experts_per_tok=_positive(d, "num_experts_per_tok", where),
@@ -310,7 +332,7 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
         arch=arch, vocab_size=V, hidden_size=H, intermediate_size=inter, num_layers=L, num_heads=nh,
         num_kv_heads=nkv, head_dim=head_dim, rms_norm_eps=eps, rope_theta=theta, rope_scaling=scaling,
         max_position_embeddings=max_pos,
-        tie_word_embeddings=_key(d, "tie_word_embeddings", bool, where, arch in GEMMA),
+        tie_word_embeddings=_key(d, "tie_word_embeddings", bool, where, defaults.get("tie_word_embeddings", False)),
         attention_bias=attention_bias, qk_norm=arch in QK_NORM, qk_norm_per_head=QK_NORM.get(arch) == "head",
         clip_qkv=(float(c) if (c := _key(d, "clip_qkv", float, where, None, nullable=True)) is not None
                   and arch == "olmoe" else None),

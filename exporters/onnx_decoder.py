@@ -196,7 +196,10 @@ def rope_tables(cfg: ModelConfig, layer: int = 0) -> tuple[np.ndarray, np.ndarra
 
     ``dynamic`` NTK scaling only changes the frequencies beyond ``max_position_embeddings``, which the table does
     not reach, so inside it the default frequencies are exact."""
-    theta, scaling = cfg.rope_of(layer)
+    spec = cfg.rope_of(layer)
+    if spec is None:
+        raise OptionError(f"layer {layer} has no RoPE (NoPE)")
+    theta, scaling = spec
     kind = rope.rope_type(scaling)
     if kind not in ROPE_TYPES:
         raise UnsupportedModelError(f"rope_scaling type {kind!r} is not supported by the ONNX export; "
@@ -247,8 +250,9 @@ def _attention(L: _Lowering, i: int, x: str, ctx: dict[str, str]) -> str:
     q = g.transpose(g.reshape(q, [0, 0, nh, D]), [0, 2, 1, 3])  # [B, nh, S, D]
     k = g.transpose(g.reshape(k, [0, 0, nkv, D]), [0, 2, 1, 3])  # [B, nkv, S, D]
     v = g.transpose(g.reshape(v, [0, 0, nkv, D]), [0, 2, 1, 3])
-    cos, sin = ctx[f"rope.{i}"]
-    q, k = _rotary(g, q, cos, sin, D // 2), _rotary(g, k, cos, sin, D // 2)
+    if ctx[f"rope.{i}"] is not None:  # None: a NoPE layer (SmolLM3)
+        cos, sin = ctx[f"rope.{i}"]
+        q, k = _rotary(g, q, cos, sin, D // 2), _rotary(g, k, cos, sin, D // 2)
     k_all = g.concat([f"past_key.{i}", k], axis=2, out=f"present_key.{i}")  # [B, nkv, T, D]
     v_all = g.concat([f"past_value.{i}", v], axis=2, out=f"present_value.{i}")
     # GQA without copying K/V: group the query heads by KV head and let MatMul broadcast over the group axis.
@@ -344,15 +348,16 @@ def _positions_and_mask(L: _Lowering) -> dict[str, Any]:
     ropes: dict[str, tuple[str, str]] = {}
     ctx: dict[str, Any] = {}
     for i in range(cfg.num_layers):
-        w = cfg.window_of(i)
+        w, spec = cfg.window_of(i), cfg.rope_of(i)
         if w not in masks:
             masks[w] = g.op("And", [causal, g.op("Greater", [kpos, g.op("Sub", [qcol, g.const(w)])])])
-        key = repr(cfg.rope_of(i))
-        if key not in ropes:
+        if spec is not None and repr(spec) not in ropes:
             cos_t, sin_t = rope_tables(cfg, i)
             name = f"rope{len(ropes) or ''}"  # rope.cos / rope.sin for the first (often only) RoPE
-            ropes[key] = (g.gather(g.weight(f"{name}.cos", cos_t), pos), g.gather(g.weight(f"{name}.sin", sin_t), pos))
-        ctx[f"allowed.{i}"], ctx[f"rope.{i}"] = masks[w], ropes[key]
+            ropes[repr(spec)] = (g.gather(g.weight(f"{name}.cos", cos_t), pos),
+                                 g.gather(g.weight(f"{name}.sin", sin_t), pos))
+        ctx[f"allowed.{i}"] = masks[w]
+        ctx[f"rope.{i}"] = None if spec is None else ropes[repr(spec)]  # None: a NoPE layer (SmolLM3)
     return ctx
 
 

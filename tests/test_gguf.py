@@ -110,7 +110,7 @@ def _expected_config(hf_dir: Path):
 
 # -- canonical tensors and config vs the HF checkpoint -------------------------------------------------------------
 ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe", "granite", "phi3", "gemma2",
-         "gemma3")
+         "gemma3", "smollm3")
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -62,6 +62,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gemma2_softcaps": ("gemma2", {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 1.5,
                                    "query_pre_attn_scalar": 24}),
     "gemma3_all_global": ("gemma3", {"layer_types": ["full_attention"] * 6}),
+    "smollm3_nope": ("smollm3", {"no_rope_layers": [0, 1, 0, 1]}),
 }
 
 
@@ -177,13 +178,15 @@ def test_variant_matches_transformers(variant, ref_of, tmp_path):
         assert (cfg.attn_logit_softcap, cfg.final_logit_softcap, cfg.attention_scale) == (0.5, 1.5, 24 ** -0.5)
     if variant == "gemma3_all_global":
         assert cfg.layer_types == () and cfg.window_of(0) is None and cfg.rope_of(0) == (1e6, cfg.rope_scaling)
+    if variant == "smollm3_nope":
+        assert cfg.nope_layers == (0, 2) and cfg.rope_of(0) is None and cfg.rope_of(1) is not None
     if variant == "olmoe_clip_norm":
         assert cfg.clip_qkv == 0.3 and cfg.norm_topk_prob
     check_parity(ref, engine_of(export_bundle(src, tmp_path / "b", "f32")))
 
 
 @pytest.mark.parametrize("variant", ["llama", "mistral_sliding", "qwen2_moe", "olmoe", "llama_rope_llama3", "qwen3",
-                                     "gemma2_softcaps", "gemma3"])
+                                     "gemma2_softcaps", "gemma3", "smollm3"])
 def test_decode_with_cache_equals_full_recompute(variant, ref_of, tmp_path):
     ref = ref_of(variant)
     eng = engine_of(export_bundle(open_hf(ref.path), tmp_path / "b", "f32"))
@@ -311,6 +314,17 @@ def test_config_gemma():
         config_from_hf({**g3, "rope_parameters": {"sliding_attention": {"rope_type": "linear", "factor": 2.0,
                                                                         "rope_theta": 1e4},
                                                   "full_attention": {"rope_type": "default", "rope_theta": 1e6}}})
+
+
+def test_config_smollm3_nope_layers():
+    base = _base_cfg(architectures=["SmolLM3ForCausalLM"], num_hidden_layers=8)
+    c = config_from_hf(base)
+    assert c.nope_layers == (3, 7) and c.tie_word_embeddings and c.rope_theta == 2e6
+    assert config_from_hf({**base, "no_rope_layer_interval": 2}).nope_layers == (1, 3, 5, 7)
+    c = config_from_hf({**base, "use_sliding_window": True, "sliding_window": 16})  # SmolLM3Config's rule
+    assert [c.window_of(i) for i in range(8)] == [None, None, None, 16] * 2
+    with pytest.raises(ModelFormatError, match="no_rope_layers"):
+        config_from_hf({**base, "no_rope_layers": [1, 0]})
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------

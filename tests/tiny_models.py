@@ -11,7 +11,7 @@ import numpy as np
 
 CORPUS = Path(edgespool.__file__).resolve().parent / "apps" / "data" / "corpus.txt"  # package data
 ARCHS = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3", "qwen3_moe", "granite", "phi3", "gemma2",
-         "gemma3")
+         "gemma3", "smollm3")
 SPM_ARCHS = ("llama", "mistral", "mixtral", "phi3", "gemma2")  # SentencePiece tokenizer.model (convert_hf_to_gguf accepts these as-is)
 VOCAB = 512
 
@@ -60,6 +60,9 @@ def tiny_config(arch: str, **overrides):
                                       "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                       "full_attention": {"rope_type": "linear", "factor": 8.0,
                                                          "rope_theta": 1000000.0}})
+    elif arch == "smollm3":  # 4 layers: layer 3 is NoPE (no_rope_layer_interval 4)
+        cfg = tf.SmolLM3Config(**{**kw, "tie_word_embeddings": True, "num_hidden_layers": 4}, intermediate_size=128,
+                               pad_token_id=0)
     else:
         raise ValueError(arch)
     for k, v in overrides.items():

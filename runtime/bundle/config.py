@@ -50,6 +50,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "phi3": {"hf": ["Phi3ForCausalLM"], "moe": False},
     "gemma2": {"hf": ["Gemma2ForCausalLM"], "moe": False},
     "gemma3": {"hf": ["Gemma3ForCausalLM"], "moe": False},
+    "smollm3": {"hf": ["SmolLM3ForCausalLM"], "moe": False},
 }
 
 
@@ -86,6 +87,7 @@ class ModelConfig:
     final_logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
     layer_types: tuple[str, ...] = ()  # per layer "sliding_attention" / "full_attention"; () = all sliding_window
     rope_local_theta: float | None = None  # RoPE base of the sliding-window layers, unscaled (None: the global RoPE)
+    nope_layers: tuple[int, ...] = ()  # layers without RoPE (SmolLM3: every 4th)
     # MoE
     num_experts: int = 0
     num_experts_per_tok: int = 0
@@ -111,8 +113,10 @@ class ModelConfig:
             return None
         return self.sliding_window
 
-    def rope_of(self, i: int) -> tuple[float, dict[str, Any] | None]:
-        """(theta, rope_scaling) of layer ``i``'s RoPE."""
+    def rope_of(self, i: int) -> tuple[float, dict[str, Any] | None] | None:
+        """(theta, rope_scaling) of layer ``i``'s RoPE; None for a layer without positional encoding (NoPE)."""
+        if i in self.nope_layers:
+            return None
         if self.rope_local_theta is not None and self.window_of(i):
             return self.rope_local_theta, None
         return self.rope_theta, self.rope_scaling
@@ -122,6 +126,7 @@ class ModelConfig:
         d["moe_layers"] = list(self.moe_layers)
         d["eos_token_ids"] = list(self.eos_token_ids)
         d["layer_types"] = list(self.layer_types)
+        d["nope_layers"] = list(self.nope_layers)
         return d
 
     @classmethod
@@ -134,6 +139,7 @@ class ModelConfig:
         kw["moe_layers"] = tuple(kw.get("moe_layers", ()))
         kw["eos_token_ids"] = tuple(kw.get("eos_token_ids", ()))
         kw["layer_types"] = tuple(kw.get("layer_types", ()))
+        kw["nope_layers"] = tuple(kw.get("nope_layers", ()))
         try:
             return cls(**kw)
         except TypeError as e:

@@ -82,15 +82,15 @@ class Engine:
         self.source = source
         self.kernels = kernels
         self.config = c = source.config
-        # each layer's RoPE, one Rope per distinct (theta, scaling): Gemma 3's local and global layers differ
+        # each layer's RoPE, one Rope per distinct (theta, scaling): Gemma 3's local and global layers differ;
+        # None for a layer without (SmolLM3's NoPE layers)
         ropes: dict[str, Rope] = {}
-        self.layer_rope: list[Rope] = []
+        self.layer_rope: list[Rope | None] = []
         for i in range(c.num_layers):
-            theta, scaling = c.rope_of(i)
-            key = repr((theta, scaling))
-            if key not in ropes:
-                ropes[key] = Rope(c.head_dim, theta, scaling, c.max_position_embeddings)
-            self.layer_rope.append(ropes[key])
+            spec = c.rope_of(i)
+            if spec is not None and repr(spec) not in ropes:
+                ropes[repr(spec)] = Rope(c.head_dim, *spec, c.max_position_embeddings)
+            self.layer_rope.append(None if spec is None else ropes[repr(spec)])
         self.stats = EngineStats()
         self._head_groups = [HEAD, EMBED] if c.tie_word_embeddings else [HEAD]
 
@@ -116,7 +116,7 @@ class Engine:
             raise OptionError(f"token id out of range [0, {c.vocab_size}): {int(tokens.max())}")
         cache.check_room(T)
         pos = np.arange(cache.length, cache.length + T)
-        tables = {id(r): r.cos_sin(pos) for r in self.layer_rope}  # (cos, sin) [T, D] of each distinct RoPE
+        tables = {id(r): r.cos_sin(pos) for r in self.layer_rope if r}  # (cos, sin) [T, D] of each distinct RoPE
 
         src.hint([EMBED, layer_group(0)])
         x = src.get(EMBED)[EMBED].rows(tokens) * np.float32(c.embedding_multiplier)  # [T, H]
@@ -130,7 +130,8 @@ class Engine:
             p = layer_prefix(i)
             # attention block
             h = rmsnorm(x, _vec(w[p + "attn_norm"]), c.rms_norm_eps)
-            a = self._attention(i, w, p, h, pos, tables[id(self.layer_rope[i])], cache)
+            rope = self.layer_rope[i]
+            a = self._attention(i, w, p, h, pos, tables[id(rope)] if rope else None, cache)
             if c.post_norms:  # Gemma: RMSNorm of the block's output before the residual add
                 a = rmsnorm(a, _vec(w[p + "post_attn_norm"]), c.rms_norm_eps)
             x = x + a * res
@@ -165,9 +166,9 @@ class Engine:
         return logits.astype(np.float32, copy=False)
 
     def _attention(self, i: int, w: dict[str, QTensor], p: str, h: np.ndarray, pos: np.ndarray,
-                   rope: tuple[np.ndarray, np.ndarray], cache: KVCache) -> np.ndarray:
+                   rope: tuple[np.ndarray, np.ndarray] | None, cache: KVCache) -> np.ndarray:
         """Self-attention of layer ``i`` for the new tokens ``h`` ``[T, H]`` with that layer's RoPE tables
-        ``rope`` (cos, sin); writes K/V into ``cache``."""
+        ``rope`` (cos, sin; None: no positional encoding); writes K/V into ``cache``."""
         c, linear = self.config, self.kernels.linear
         T, D = h.shape[0], c.head_dim
         q = linear(h, w[p + "wq"], _vec(w.get(p + "bq"))).reshape(T, c.num_heads, D)
@@ -177,7 +178,8 @@ class Engine:
             q, k = self._qk_norm(q, w[p + "q_norm"]), self._qk_norm(k, w[p + "k_norm"])
         if c.clip_qkv is not None:
             q, k, v = (np.clip(a, -c.clip_qkv, c.clip_qkv) for a in (q, k, v))
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         cache.write(i, k, v)
         window = c.window_of(i)
         end = int(pos[-1]) + 1
