@@ -207,7 +207,7 @@ def test_tied_embeddings_and_rope_variants_config(models):
 
 def test_llama3_freq_factor_recovery_real_sizes():
     """Llama 3.1 / 3.2 rope settings at head_dim 128 round-trip through the factors the converter would write."""
-    from edgespool.exporters.gguf_source import _llama3_from_freq_factors
+    from edgespool.exporters.gguf_arch import llama3_from_freq_factors as _llama3_from_freq_factors
 
     for theta, factor in [(500000.0, 8.0), (500000.0, 32.0)]:
         f = llama3_freq_factors(128, theta, factor, 1.0, 4.0, 8192)
