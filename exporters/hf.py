@@ -1,12 +1,14 @@
 """Hugging Face checkpoints (config.json + *.safetensors) as a :class:`~edgespool.exporters.source.SourceModel`.
 
-Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM,
-OlmoeForCausalLM, as written by transformers 4.x or 5.x (``rope_parameters`` or ``rope_theta``/``rope_scaling``;
+Supported: every class of :data:`~edgespool.runtime.bundle.config.ARCHITECTURES` (LlamaForCausalLM ..
+SmolLM3ForCausalLM), as written by transformers 4.x or 5.x (``rope_parameters`` or ``rope_theta``/``rope_scaling``;
 per-expert tensors or fused 3-D ``experts.gate_up_proj``/``experts.down_proj``). One ``model.safetensors``, several
 ``*.safetensors`` files, or a sharded checkpoint with ``model.safetensors.index.json``.
 
 ``config.json`` is mapped onto :class:`~edgespool.runtime.bundle.config.ModelConfig` by :func:`config_from_hf` (hf_config.py); tensor names
-are mapped onto the canonical names by the data tables :data:`TENSOR_NAMES` and :data:`FUSED_EXPERT_NAMES`.
+are mapped onto the canonical names by the data tables :data:`TENSOR_NAMES` (per-architecture overrides:
+:data:`ARCH_TENSOR_NAMES`), :data:`FUSED_NAMES` (Phi-3's qkv_proj / gate_up_proj, split by rows) and
+:data:`FUSED_EXPERT_NAMES`. Gemma's ``1 + w`` norm weights become ``1 + w`` (:data:`NORM_PLUS_ONE`).
 Opening checks every tensor's presence and shape from the safetensors headers (no data is read); :meth:`HFModel.tensor`
 then reads one tensor lazily (``safetensors.safe_open`` with numpy; bfloat16, which numpy lacks, is read as raw
 bytes and widened to float32 exactly).
