@@ -13,6 +13,11 @@ FFN/MoE block ``source.on_hidden(i, h)`` with the post-attention residual, so a 
 One :meth:`Engine.forward` call processes all T new tokens of a step in one batched pass through each layer
 (prompt processing is batched; decode is T = 1). Per-step timings are kept in :attr:`Engine.stats`.
 
+Architectures differ only through :class:`~edgespool.runtime.bundle.config.ModelConfig` fields, never through
+their names: q/k norms (``qk_norm``, ``qk_norm_per_head``), per-layer RoPE and windows (``rope_of(i)``,
+``window_of(i)``), scales (``embedding_multiplier``, ``attention_scale``, ``residual_multiplier``,
+``logits_scaling``), Gemma's ``post_norms`` and soft-caps, the FFN activation (``hidden_act``), MoE routing.
+
 Run state per layer (T new tokens, H hidden, nh/nkv heads of D, I FFN width)::
 
     x      [T, H]        residual stream
