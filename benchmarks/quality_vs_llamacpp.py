@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunks", type=int, default=16, help="chunks of --ctx tokens scored (llama.cpp: all)")
     ap.add_argument("--text-chars", type=int, default=None, help="use only the first N characters of Hamlet")
     ap.add_argument("--parity-tokens", type=int, default=64)
+    ap.add_argument("--no-ppl", action="store_true", help="only the greedy parity of keep vs llama.cpp")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--json", dest="json_out", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -163,10 +164,13 @@ def main(argv: list[str] | None = None) -> int:
                      "models": {}}
     for name in a.models.split(","):
         gguf = str(fetch(name))
-        mres: dict = {"gguf": gguf, "llamacpp": _run_child("llamacpp", dict(
+        mres: dict = {"gguf": gguf, "llamacpp": {} if a.no_ppl else _run_child("llamacpp", dict(
             gguf=gguf, ctx=a.ctx, chunks=a.chunks, text_chars=a.text_chars, threads=a.threads)), "edgespool": {}}
         print(f"{name}: llama.cpp ppl {mres['llamacpp'].get('ppl', mres['llamacpp'])}", file=sys.stderr)
         for q in a.quants.split(","):
+            if a.no_ppl:
+                _export(gguf, q, work / f"{name}.{q}")
+                continue
             out = work / f"{name}.{q}"
             try:
                 _export(gguf, q, out)
