@@ -213,29 +213,24 @@ class HFModel:
     def _resolve(self, name: str, shape: tuple[int, ...]) -> tuple[str, str | None]:
         """Find the HF tensor for canonical ``name`` and check its shape: (hf_name, fused part or None)."""
         pat, idx = _pattern(name)
-        for cand in self._names.get(pat, ()):
-            hf = cand.format(**idx)
-            info = self._info(hf)
-            if info is not None:
-                self._check_shape(name, hf, tuple(info["shape"]), shape)
-                self._resolved[name] = (hf, None)
-                return hf, None
-        for cand, part in FUSED_NAMES.get(pat, ()):
-            hf = cand.format(**idx)
-            info = self._info(hf)
-            if info is not None:
-                self._check_shape(name, hf, tuple(info["shape"]), (fused_rows(self.config, part)[2], shape[1]))
-                self._resolved[name] = (hf, part)
-                return hf, part
-        for cand, part in FUSED_EXPERT_NAMES.get(pat, ()):
-            hf = cand.format(**idx)
-            info = self._info(hf)
-            if info is not None:
-                E, (a, b) = self.config.num_experts, shape
-                want = (E, 2 * a, b) if part in ("gate", "up") else (E, a, b)
-                self._check_shape(name, hf, tuple(info["shape"]), want)
-                self._resolved[name] = (hf, part)
-                return hf, part
+        E = self.config.num_experts
+
+        def expert_shape(part: str) -> tuple[int, ...]:
+            a, b = shape
+            return (E, 2 * a, b) if part in ("gate", "up") else (E, a, b)
+
+        # (candidates with their fused part, the stored shape a candidate must have), in order of preference
+        tables = [([(c, None) for c in self._names.get(pat, ())], lambda part: shape),
+                  (FUSED_NAMES.get(pat, ()), lambda part: (fused_rows(self.config, part)[2], shape[1])),
+                  (FUSED_EXPERT_NAMES.get(pat, ()), expert_shape)]
+        for cands, want in tables:
+            for cand, part in cands:
+                hf = cand.format(**idx)
+                info = self._info(hf)
+                if info is not None:
+                    self._check_shape(name, hf, tuple(info["shape"]), want(part))
+                    self._resolved[name] = (hf, part)
+                    return hf, part
         names = [c.format(**idx) for c in self._names.get(pat, ())]
         raise ModelFormatError(f"{self.path / self._files_desc()}: tensor {names[0] if names else name!r} "
                                f"(canonical {name!r}) is missing")
