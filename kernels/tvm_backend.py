@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, TargetError
-from .quant import QTensor
+from .quant import SCHEMES, QTensor, get_scheme
 from .table import REFERENCE, KernelTable
 from .tvm_attention import AttentionSpec
 from .tvm_build import LinearSpec
@@ -120,7 +120,7 @@ def _writable_alias(a: np.ndarray) -> np.ndarray:
 
 
 def _key(scheme: str, out_f: int, in_f: int, group: int, batch: str, act: str = "f32") -> tuple:
-    return (scheme, out_f, in_f, group if scheme == "int4" else 0, batch, act)
+    return (scheme, out_f, in_f, get_scheme(scheme).group_size(group), batch, act)
 
 
 def quantize_activations_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -283,13 +283,14 @@ class TvmKernels:
         if hit is None and batch == "gemm" and m <= 4:  # a few rows: gemv per row beats the numpy fallback
             hit = self._fns.get(_key(w.scheme, out_f, in_f, w.group_size, "gemv"))
         if hit is None:
-            self._fallback(f"no {batch} kernel for {w.scheme}{'g%d' % w.group_size if w.scheme == 'int4' else ''} "
+            g = get_scheme(w.scheme).group_size(w.group_size)
+            self._fallback(f"no {batch} kernel for {w.scheme}{'g%d' % g if g else ''} "
                            f"[{out_f}, {in_f}]")
             return None
         spec, fn = hit
         x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(m, in_f)
         wd = _writable_alias(w.data)
-        args = [wd] + ([_writable_alias(w.scale)] if w.scheme != "f16" else [])
+        args = [wd] + ([_writable_alias(w.scale)] if w.scale is not None else [])
         y = np.empty((m, out_f), np.float32)
         if spec.act == "q8":
             gemv, prep = fn
@@ -323,8 +324,8 @@ class TvmKernels:
         scheme when no compiled kernel fits, and with the compiled attention when this set carries one (else
         ``base``'s). ``backend`` of the table is this object (its :attr:`calls` / :attr:`fallbacks`)."""
         lin = dict(base.linear_kernels)
-        for scheme in ("int8", "int4", "f16"):
-            if scheme in lin:
+        for scheme, spec in SCHEMES.items():  # the schemes compiled kernel families serve (the registry says)
+            if spec.kernel_families and scheme in lin:
                 lin[scheme] = _Routed(self, lin[scheme])
         attn = self.attention if self.attention is not None else base.attention_kernel
         if description is None:
