@@ -82,6 +82,9 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
     model = load(bundle, memory_budget=memory_budget,
                  **({"max_context": max_context} if max_context is not None else {}))
     try:
+        preload = getattr(model.source, "load_all", None)
+        if preload is not None:  # resident: read (and verify) every group now, so the stats time compute only
+            preload()
         if show_plan:
             plan = getattr(model.source, "plan", None)
             if plan is None:

@@ -2,6 +2,7 @@
 (what a storage format's bytes mean). The formats themselves and their registry are in :mod:`.schemes`."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +25,7 @@ class QTensor:
     @property
     def spec(self) -> "Scheme":
         """This tensor's :class:`Scheme` object."""
-        from .schemes import get_scheme
-
-        return get_scheme(self.scheme)
+        return _registry_module().get_scheme(self.scheme)
 
     def dequantize(self) -> np.ndarray:
         """The float32 array this tensor stands for."""
@@ -112,3 +111,12 @@ class Scheme:
     def scratch_bytes(self, block_bytes: int) -> int:
         """Extra scratch bytes a dequantisation of ``block_bytes`` of float32 rows needs (int4: its nibbles)."""
         return 0
+
+
+
+@functools.cache
+def _registry_module():
+    """The registry module (:mod:`.schemes` imports this one, so it is looked up once, on first use)."""
+    from . import schemes
+
+    return schemes

@@ -124,9 +124,11 @@ class Engine:
         tables = {id(r): r.cos_sin(pos) for r in self.layer_rope if r}  # (cos, sin) [T, D] of each distinct RoPE
 
         src.hint([EMBED, layer_group(0)])
-        x = src.get(EMBED)[EMBED].rows(tokens) * np.float32(c.embedding_multiplier)  # [T, H]
+        x = src.get(EMBED)[EMBED].rows(tokens)  # [T, H]
+        if c.embedding_multiplier != 1:  # Granite, Gemma
+            x *= np.float32(c.embedding_multiplier)
         src.release(EMBED)
-        res = np.float32(c.residual_multiplier)  # scale of each block's output before the residual add (Granite)
+        res = None if c.residual_multiplier == 1 else np.float32(c.residual_multiplier)  # Granite: block output scale
 
         for i in range(c.num_layers):
             g = layer_group(i)
@@ -139,7 +141,7 @@ class Engine:
             a = self._attention(i, w, p, h, pos, tables[id(rope)] if rope else None, cache)
             if c.post_norms:  # Gemma: RMSNorm of the block's output before the residual add
                 a = rmsnorm(a, _vec(w[p + "post_attn_norm"]), c.rms_norm_eps)
-            x = x + a * res
+            x = x + (a if res is None else a * res)
             # FFN / MoE block
             src.on_hidden(i, x)
             h = rmsnorm(x, _vec(w[p + "ffn_norm"]), c.rms_norm_eps)
@@ -151,7 +153,7 @@ class Engine:
                 f = self._bundled_ffn(i, h)
             if c.post_norms:
                 f = rmsnorm(f, _vec(w[p + "post_ffn_norm"]), c.rms_norm_eps)
-            x = x + f * res
+            x = x + (f if res is None else f * res)
             src.release(g)
         cache.advance(T)
 
@@ -165,7 +167,8 @@ class Engine:
         else:
             logits = kern.linear(h, head[LM_HEAD])
         src.release(HEAD)
-        logits = logits / np.float32(c.logits_scaling)  # Granite; 1 elsewhere
+        if c.logits_scaling != 1:  # Granite
+            logits = logits / np.float32(c.logits_scaling)
         if c.final_logit_softcap:  # Gemma 2
             logits = np.tanh(logits / np.float32(c.final_logit_softcap)) * np.float32(c.final_logit_softcap)
         return logits.astype(np.float32, copy=False)
