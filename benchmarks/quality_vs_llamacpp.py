@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         for q in a.quants.split(","):
             if a.no_ppl:
                 _export(gguf, q, work / f"{name}.{q}")
+                mres["edgespool"][q] = {"exported": str(work / f"{name}.{q}")}
                 continue
             out = work / f"{name}.{q}"
             try:
