@@ -101,7 +101,6 @@ def test_smollm2_template_matches_transformers(smollm2, conv, gen):
 
 
 def test_smollm2_special_tokens_from_gguf_source(smollm2):
-    import edgespool.runtime.bundle.schemes  # noqa: F401  (gguf_source imported first is a circular import)
     from edgespool.exporters.gguf_source import open_gguf_model
 
     g = open_gguf_model(fetched("smollm2-135m"))
@@ -148,7 +147,6 @@ def test_chat_ids_match_llamacpp(asset, tmp_path):
     llama.cpp's: llama-cpp-python's Jinja2ChatFormatter renders the same text, and llama.cpp tokenizes it with
     special-token parsing and the model's own BOS rule (add_special, as llama-server does)."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    import edgespool.runtime.bundle.schemes  # noqa: F401
     from edgespool.errors import UnsupportedModelError
     from edgespool.exporters.gguf_source import open_gguf_model
     from edgespool.runtime.decoder.tokenizer import BundleTokenizer
@@ -414,18 +412,11 @@ def test_template_without_bos_gets_the_models_bos(tiny_model):
 
 
 def test_gguf_export_stores_the_template(tiny_hf, tmp_path):
-    pytest.importorskip("torch")
-    import edgespool.runtime.bundle.schemes  # noqa: F401
     import gguf_tools as gt
     from edgespool.exporters.gguf_source import open_gguf_model
     from edgespool.runtime.api import load
 
-    try:
-        gt.converter_dir()
-    except RuntimeError as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"llama.cpp converter unavailable: {e}")
+    gt.require_converter()
     path = gt.convert(tiny_hf, tmp_path / "m.gguf", "f32")
     g = open_gguf_model(path)
     assert g.meta("tokenizer.chat_template") == TINY_TEMPLATE  # llama.cpp's converter copied it

@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +39,7 @@ OVERRIDES = {"olmoe": {"num_key_value_heads": 4}}
 
 # -- fixtures: tiny HF models converted by llama.cpp ---------------------------------------------------------------
 def _need_converter() -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    try:
-        gt.converter_dir()
-    except RuntimeError as e:  # no network and no cached sdist
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"llama.cpp converter unavailable: {e}")
+    gt.require_converter()
 
 
 class Models:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -89,14 +88,7 @@ class Ggufs:
 
 @pytest.fixture(scope="module")
 def ggufs(tmp_path_factory) -> Ggufs:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    try:
-        gt.converter_dir()
-    except RuntimeError as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"llama.cpp converter unavailable: {e}")
+    gt.require_converter()
     return Ggufs(tmp_path_factory.mktemp("tok_gguf"))
 
 

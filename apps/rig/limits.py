@@ -6,20 +6,11 @@ Bandwidths take the same units with ``/s`` (``90MB/s``, ``1.3GB/s``, ``440M/s``)
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 from ...errors import OptionError, TargetError
 from ...targets import TargetProfile
-from ...units import fmt_bytes, fmt_rate, parse_bytes, parse_count, parse_rate  # noqa: F401 (rig options)
-
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
-    "ki": 1 << 10, "kib": 1 << 10, "mi": 1 << 20, "mib": 1 << 20, "gi": 1 << 30, "gib": 1 << 30,
-    "ti": 1 << 40, "tib": 1 << 40,
-}
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+from ...units import parse_bytes, parse_count, parse_rate
 
 
 @dataclass(frozen=True)
