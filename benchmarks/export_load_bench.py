@@ -17,11 +17,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from edgespool.benchmarks.child_json import emit, run_child
 
 
 def child(kind: str, gguf: str, work: str) -> dict:
@@ -68,11 +69,8 @@ def child(kind: str, gguf: str, work: str) -> dict:
 
 
 def _run(kind: str, gguf: str, work: Path) -> dict:
-    p = subprocess.run([sys.executable, "-m", "edgespool.benchmarks.export_load_bench", "--child", kind,
-                        "--gguf", gguf, "--work-dir", str(work)], capture_output=True, text=True)
-    if p.returncode != 0:
-        return {"kind": kind, "error": (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return {"kind": kind, **run_child("edgespool.benchmarks.export_load_bench",
+                                      ["--child", kind, "--gguf", gguf, "--work-dir", str(work)])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         res["models"][name] = summ
         print(name, json.dumps({k: {f: v for f, v in s.items() if f != "runs"} if isinstance(s, dict) else s
                                 for k, s in summ.items()}), file=sys.stderr)
-    text = json.dumps(res, indent=1)
-    if a.json_out:
-        Path(a.json_out).write_text(text)
-    print(text)
+    emit(res, a.json_out)
     return 0
 
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from edgespool.benchmarks.child_json import emit, run_child
 
 PROMPTS = ["def fibonacci(n):", "The capital of France is", "Once upon a time, in a small village,",
            "import numpy as np\n\n# compute the mean of a list\n", "Q: What is 12 times 7?\nA:"]
@@ -74,7 +74,6 @@ def _llama(gguf: str, n_ctx: int, threads: int):
 def child_llamacpp(gguf: str, ctx: int, chunks: int, text_chars: int | None, threads: int) -> dict:
     """llama.cpp's perplexity of ``gguf`` (llama-perplexity's windowing over llama.cpp's own tokenisation)."""
     import llama_cpp
-
     from edgespool.runtime.perplexity import perplexity
 
     t0 = time.perf_counter()
@@ -129,12 +128,7 @@ def child_parity(bundle: str, gguf: str, n: int, threads: int) -> dict:
 
 
 def _run_child(kind: str, args: dict) -> dict:
-    cmd = [sys.executable, "-m", "edgespool.benchmarks.quality_vs_llamacpp", "--child", kind, "--child-args",
-           json.dumps(args)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        return {"error": (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_child("edgespool.benchmarks.quality_vs_llamacpp", ["--child", kind, "--child-args", json.dumps(args)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,10 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             mres["parity"] = _run_child("parity", dict(bundle=str(work / f"{name}.keep"), gguf=gguf,
                                                          n=a.parity_tokens, threads=a.threads))
         results["models"][name] = mres
-    text = json.dumps(results, indent=1)
-    if a.json_out:
-        Path(a.json_out).write_text(text)
-    print(text)
+    emit(results, a.json_out)
     return 0
 
 
