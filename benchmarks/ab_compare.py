@@ -35,9 +35,9 @@ def _get(d: dict, path: str):
     return d
 
 
-def run_once(tree_root: Path, cmd: list[str], tmp: Path) -> dict:
+def run_once(tree_root: Path, cmd: list[str], tmp: Path, side: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree_root)}
-    argv = [sys.executable, "-m", "edgespool", *[c.replace("{tmp}", str(tmp)).replace("{side}", tmp.name[-1]) for c in cmd]]
+    argv = [sys.executable, "-m", "edgespool", *[c.replace("{tmp}", str(tmp)).replace("{side}", side) for c in cmd]]
     p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp)
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             t.mkdir()
         for _ in range(a.runs):
             for k in ("a", "b"):  # interleaved
-                out = run_once(roots[k], cmd, tmps[k])
+                out = run_once(roots[k], cmd, tmps[k], k)
                 for f in fields:
                     res[k][f].append(float(_get(out, f)))
     summary = {f: {"a_median": statistics.median(res["a"][f]), "b_median": statistics.median(res["b"][f]),

@@ -404,7 +404,7 @@ class GGUFModel:
         """The export is done with canonical tensor ``name``: drop its file pages from this process."""
         gname, _ = self._gguf_name(name)
         t = self._tensors.get(gname)
-        if t is not None and hasattr(self.reader, "drop_pages"):
+        if t is not None:
             self.reader.drop_pages(int(t.data_offset), int(t.n_bytes))
 
     def source_nbytes(self, name: str) -> int:

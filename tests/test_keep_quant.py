@@ -150,7 +150,7 @@ def test_chunks_follow_llama_perplexity():
 
 
 def test_perplexity_equals_llamacpps_on_the_same_f32_gguf(models, tmp_path):  # noqa: F811
-    llama_cpp = _llamacpp()
+    _llamacpp()
     path = models.gguf("llama", "f32")
     ids = [int(t) for t in np.random.default_rng(3).integers(3, 512, 96)]
     ours = perplexity(lambda c: _logits_cached(path, tmp_path, c), ids, ctx=32, bos=1)
@@ -158,7 +158,6 @@ def test_perplexity_equals_llamacpps_on_the_same_f32_gguf(models, tmp_path):  # 
     theirs = perplexity(llm, ids, ctx=32, bos=1)
     assert ours.chunks == theirs.chunks == 3 and ours.scored == theirs.scored
     assert abs(ours.ppl / theirs.ppl - 1) < 1e-4, (ours.ppl, theirs.ppl)
-    del llama_cpp
 
 
 _BUNDLES: dict = {}
