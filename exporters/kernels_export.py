@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OptionError, TargetError
+from ..kernels.c_blocks import LIBRARY_NAME as BLOCK_LIBRARY
+from ..kernels.c_blocks import SCHEME_CODES as BLOCK_SCHEMES
+from ..kernels.c_blocks import compile_library as compile_block_library
 from ..kernels.tvm_attention import AttentionSpec
 from ..kernels.tvm_backend import KERNELS_MANIFEST
 from ..kernels.tvm_build import LINEAR_SCHEMES, BuildOptions, LinearSpec, has_dotprod, has_vnni, q8_supported
@@ -36,11 +39,17 @@ def _publish(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def served_by_block_kernels(scheme: str, group_size: int) -> bool:
+    """Whether the C block kernels (:mod:`edgespool.kernels.c_blocks`) serve weights of ``scheme`` (int4: g32)."""
+    return scheme in BLOCK_SCHEMES and (scheme != "int4" or group_size == 32)
+
+
 def linear_specs(config: ModelConfig, tensors_meta: dict[str, dict[str, Any]],
-                 row_tile: int = GEMM_ROW_TILE, q8: bool = False) -> list[LinearSpec]:
+                 row_tile: int = GEMM_ROW_TILE, q8: bool = False, skip_block: bool = False) -> list[LinearSpec]:
     """The distinct linear kernels the bundle's tensors need (records as written by BundleWriter: ``scheme``,
     ``shape``, ``group_size``). The embedding counts only when it doubles as the LM head (tied). ``q8`` adds the
-    Q8_0-activation VNNI GEMV for every int8 / int4 g32 shape it supports."""
+    Q8_0-activation VNNI GEMV for every int8 / int4 g32 shape it supports. ``skip_block`` leaves out the shapes
+    the C block kernels serve (they replace the TVM linear kernels there)."""
     seen: dict[tuple, None] = {}
     for name, rec in tensors_meta.items():
         shape = rec.get("shape", [])
@@ -49,6 +58,8 @@ def linear_specs(config: ModelConfig, tensors_meta: dict[str, dict[str, Any]],
         if name == "embed" and not config.tie_word_embeddings:
             continue
         g = int(rec.get("group_size", 0)) if rec["scheme"] == "int4" else 0
+        if skip_block and served_by_block_kernels(rec["scheme"], g):
+            continue
         seen[(rec["scheme"], int(shape[0]), int(shape[1]), g)] = None
     specs = []
     for scheme, o, i, g in seen:
@@ -62,7 +73,8 @@ def linear_specs(config: ModelConfig, tensors_meta: dict[str, dict[str, Any]],
 def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[str, Any]],
                              target_profile: TargetProfile, out_dir: str | Path, *,
                              cache_dir: Path | None = None, options: BuildOptions | None = None,
-                             gpu: bool = True, activations: str = "f32", attention: bool = True) -> dict[str, Any]:
+                             gpu: bool = True, activations: str = "f32", attention: bool = True,
+                             block: bool = True) -> dict[str, Any]:
     """Compile (or fetch from the cache) every kernel the bundle needs for ``target_profile`` into ``out_dir``
     (the bundle's ``kernels/`` directory), write ``kernels.json`` there and return the manifest section:
     target, triple, kernel list (spec, file, bytes), total bytes, compile seconds and cache hits.
@@ -73,7 +85,13 @@ def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[s
 
     ``attention`` (default on) also compiles the GQA attention library of the model's head shape
     (:mod:`edgespool.kernels.tvm_attention`; + its CUDA kernels for a target with a GPU), listed under the
-    section's ``"attention"`` key."""
+    section's ``"attention"`` key.
+
+    ``block`` (default on) compiles the C block kernels (:mod:`edgespool.kernels.c_blocks`: int8, int4 g32 and
+    the kept ggml formats, multi-threaded, llama.cpp's numerics) with the target's C compiler into
+    ``blockdot.so`` (the section's ``"block"`` record); TVM linear kernels are then built only for the shapes
+    they do not serve (f16, int4 with other group sizes). The TVM compiler is needed only for those and for
+    attention (``tvm=False`` in the record when apache-tvm is absent)."""
     if activations not in ("f32", "q8"):
         raise OptionError(f"--kernel-activations {activations!r}: valid are f32, q8")
     if target_profile.kind != "linux":
@@ -85,8 +103,14 @@ def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tt = target_profile.tvm_target
-    specs = linear_specs(config, tensors_meta, q8=activations == "q8" and (has_vnni(tt) or has_dotprod(tt)))
     t0 = time.perf_counter()
+    block_rec = compile_block_library(tt, out / BLOCK_LIBRARY, cc=cc, cache_dir=cache_dir) if block else None
+    import importlib.util
+
+    have_tvm = importlib.util.find_spec("tvm") is not None
+    specs = linear_specs(config, tensors_meta, q8=activations == "q8" and (has_vnni(tt) or has_dotprod(tt)),
+                         skip_block=block) if have_tvm else []
+    attention = attention and have_tvm
     entries: list[dict[str, Any]] = []
     attn_entries: list[dict[str, Any]] = []
     compiled: list[Any] = []  # every compile result, for the totals
@@ -129,7 +153,8 @@ def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[s
         "runtime": "apache-tvm-ffi + libtvm_runtime.so (or apache-tvm)",
         "kernels": entries,
         "attention": attn_entries,
-        "nbytes": sum(e["nbytes"] for e in entries + attn_entries),
+        "block": block_rec,
+        "nbytes": sum(e["nbytes"] for e in entries + attn_entries) + (block_rec["nbytes"] if block_rec else 0),
         "compile_seconds": round(compile_s, 3),
         "cache_hits": hits,
         "seconds": round(time.perf_counter() - t0, 3),

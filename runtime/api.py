@@ -172,16 +172,28 @@ def resolve_kernels(bundle: Bundle, enabled: bool = True) -> KernelTable:
         return reference(misfit)
     from ..errors import EdgespoolError
 
-    try:
-        from ..kernels.tvm_backend import TvmKernels
+    from ..kernels.c_blocks import bundle_table
 
-        tk = TvmKernels.from_dir(bundle.path / "kernels")
-    except (ImportError, EdgespoolError) as e:
-        return reference(str(e))
-    if not tk.specs:
-        return reference("; ".join(tk.fallbacks) or "none of the bundle's kernels fit this machine")
-    return tk.table(REFERENCE, f"TVM kernels from the bundle ({len(tk.specs)} compiled for "
-                               f"{section.get('target', '?')})")
+    tvm_why, table = "", None
+    if section.get("kernels") or section.get("attention"):
+        try:
+            from ..kernels.tvm_backend import TvmKernels
+
+            tk = TvmKernels.from_dir(bundle.path / "kernels")
+            if tk.specs or tk.attention is not None:
+                what = f"{len(tk.specs)} linear" + (", attention" if tk.attention is not None else "")
+                table = tk.table(REFERENCE, f"TVM kernels from the bundle ({what}, for {section.get('target', '?')})")
+            else:
+                tvm_why = "; ".join(tk.fallbacks) or "none of the bundle's TVM kernels fit this machine"
+        except (ImportError, EdgespoolError) as e:
+            tvm_why = str(e)
+    try:  # the C block kernels (int8, int4 g32, kept ggml formats) over the TVM ones
+        table = bundle_table(bundle.path / "kernels", section, table, section.get("target", "?")) or table
+    except EdgespoolError as e:
+        tvm_why = "; ".join(filter(None, [tvm_why, str(e)]))
+    if table is None:
+        return reference(tvm_why or "none of the bundle's kernels fit this machine")
+    return table
 
 
 def kernels_misfit(tvm_target: dict[str, Any]) -> str | None:

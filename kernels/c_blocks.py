@@ -1,0 +1,228 @@
+"""Block-quantised linear kernels in C (``kernels/c_src/blockdot.c``): ggml's block formats as stored (q8_0, q4_0,
+q4_1, q5_0, q4_k, q5_k, q6_k) and edgespool's int8 / int4 (g32), with llama.cpp's numerics (activations rounded to
+32-value int8 blocks, integer block dots), multi-threaded over output rows by a persistent pthread pool.
+
+One small shared library per target (~25-70 KB), compiled at export time by the target's C compiler (gcc, or the
+aarch64 cross gcc) with the target's ISA flags, shipped in the bundle's ``kernels/`` folder and loaded with ctypes
+(no TVM runtime needed; ctypes drops the GIL during a call). :func:`compile_library` builds one (cached by source
+hash + flags); :class:`BlockKernels` loads one and serves a :class:`~edgespool.kernels.table.KernelTable`.
+
+Thread count: ``threads`` argument, else ``$EDGESPOOL_THREADS``, else ``$TVM_NUM_THREADS``, else the cores this
+process may run on (``sched_getaffinity``).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BundleError, TargetError
+from .quant import QTensor
+from .table import REFERENCE, KernelTable
+
+SOURCE = Path(__file__).with_name("c_src") / "blockdot.c"
+LIBRARY_NAME = "blockdot.so"
+
+# scheme -> weight-type code of blockdot.c, values per block
+SCHEME_CODES: dict[str, tuple[int, int]] = {
+    "q8_0": (0, 32), "q4_0": (1, 32), "q4_1": (2, 32), "q5_0": (3, 32), "q4_k": (4, 256), "q5_k": (5, 256),
+    "q6_k": (6, 256), "int8": (7, 32), "int4": (8, 32),
+}
+
+# LLVM mcpu names gcc 12 does not know -> equivalent gcc flags
+_GCC_MCPU = {"znver4": ["-march=znver3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
+                        "-mavx512cd", "-mavx512bf16", "-mavx512vbmi", "-mavx512vbmi2", "-mavx512bitalg",
+                        "-mavx512vpopcntdq", "-mavx512ifma", "-mgfni", "-mvpclmulqdq", "-mvaes"]}
+
+
+def gcc_flags(tvm_target: dict[str, Any]) -> list[str]:
+    """gcc ISA flags equivalent to a target's TVM/LLVM target dict (``mtriple``, ``mcpu``, ``mattr``)."""
+    triple = str(tvm_target.get("mtriple", ""))
+    mcpu = str(tvm_target.get("mcpu", "") or "")
+    if triple.startswith("aarch64"):
+        flags = [f"-mcpu={mcpu}"] if mcpu else ["-march=armv8-a"]
+        if "+dotprod" in tvm_target.get("mattr", []) and mcpu in ("", "cortex-a72", "cortex-a57", "cortex-a53"):
+            flags = ["-march=armv8.2-a+dotprod"]
+        return flags
+    if mcpu in _GCC_MCPU:
+        return list(_GCC_MCPU[mcpu])
+    return [f"-march={mcpu or 'x86-64-v3'}"]
+
+
+def compile_library(tvm_target: dict[str, Any], out_path: str | Path, cc: str | None = None,
+                    cache_dir: Path | None = None) -> dict[str, Any]:
+    """Compile ``blockdot.c`` for ``tvm_target`` with ``cc`` (default ``gcc``) into ``out_path``; returns the
+    manifest record (file, flags, cc, bytes, cached). A cache keyed by source + flags + compiler skips rebuilds."""
+    cc = cc or "gcc"
+    if shutil.which(cc) is None:
+        raise TargetError(f"C compiler {cc!r} not found: it builds the block kernels for this target")
+    flags = ["-O3", "-fPIC", "-shared", "-pthread", *gcc_flags(tvm_target)]
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(src + repr((cc, flags)).encode()).hexdigest()[:16]
+    cache = Path(cache_dir or os.environ.get("EDGESPOOL_KERNEL_CACHE") or Path.home() / ".cache/edgespool/kernels")
+    cached_lib = cache / f"blockdot-{key}.so"
+    hit = cached_lib.exists()
+    if not hit:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as td:
+            tmp = Path(td) / "b.so"
+            p = subprocess.run([cc, *flags, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True)
+            if p.returncode:
+                raise TargetError(f"compiling {SOURCE.name} with {cc} {' '.join(flags)} failed: "
+                                  f"{p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
+            os.replace(tmp, cached_lib)
+    out = Path(out_path)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.copyfile(cached_lib, tmp)
+    os.replace(tmp, out)
+    return {"kind": "c", "file": out.name, "cc": cc, "flags": flags, "nbytes": out.stat().st_size, "cached": hit,
+            "schemes": sorted(SCHEME_CODES)}
+
+
+def default_threads() -> int:
+    """Threads the kernels use when not told: $EDGESPOOL_THREADS, else $TVM_NUM_THREADS, else usable cores."""
+    for var in ("EDGESPOOL_THREADS", "TVM_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class BlockKernels:
+    """A loaded ``blockdot.so``: :meth:`linear` for every scheme of :data:`SCHEME_CODES` (int4 only with group
+    size 32), ``threads`` worker threads (the calling thread is one of them)."""
+
+    def __init__(self, library: str | Path, threads: int | None = None):
+        path = Path(library)
+        if not path.exists():
+            raise BundleError(f"block kernel library {path} does not exist")
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as e:
+            raise BundleError(f"cannot load block kernel library {path}: {e}") from None
+        lib.es_pool_new.restype, lib.es_pool_new.argtypes = ctypes.c_void_p, [ctypes.c_int]
+        lib.es_pool_free.restype, lib.es_pool_free.argtypes = None, [ctypes.c_void_p]
+        lib.es_isa.restype = ctypes.c_char_p
+        lib.es_act_bytes.restype, lib.es_act_bytes.argtypes = ctypes.c_long, [ctypes.c_int, ctypes.c_int]
+        vp, lg, it = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+        lib.es_linear.restype = ctypes.c_int
+        lib.es_linear.argtypes = [vp, it, vp, lg, vp, lg, it, it, vp, it, vp, vp, it]
+        self._lib = lib
+        self.path = path
+        self.threads = int(threads or default_threads())
+        self._pool = lib.es_pool_new(self.threads)
+        self.isa = lib.es_isa().decode()
+        self.calls = 0
+        self.fallbacks: dict[str, int] = {}
+        self._tls = threading.local()
+        self._fn = lib.es_linear
+
+    def close(self) -> None:
+        """Stop the worker threads (the library stays loaded)."""
+        if self._pool:
+            self._lib.es_pool_free(self._pool)
+            self._pool = None
+
+    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _scratch(self, nbytes: int) -> np.ndarray:
+        buf = getattr(self._tls, "buf", None)
+        if buf is None or buf.nbytes < nbytes:
+            buf = self._tls.buf = np.empty(max(nbytes, 1 << 16) // 8 + 1, np.float64)  # 8-byte aligned
+        return buf
+
+    def fits(self, w: QTensor) -> bool:
+        """Whether a kernel here serves weight ``w``."""
+        code = SCHEME_CODES.get(w.scheme)
+        if code is None or len(w.shape) != 2 or int(w.shape[1]) % code[1]:
+            return False
+        return w.scheme != "int4" or w.group_size == 32
+
+    def linear(self, x: np.ndarray, w: QTensor) -> np.ndarray | None:
+        """``x @ W.T`` (``x [..., in]`` float32) or None when no kernel fits ``w`` (counted in ``fallbacks``)."""
+        if not self.fits(w) or x.shape[-1] != w.shape[1]:
+            why = f"no block kernel for {w.scheme} {tuple(w.shape)} (group {w.group_size})"
+            self.fallbacks[why] = self.fallbacks.get(why, 0) + 1
+            return None
+        rows, n = int(w.shape[0]), int(w.shape[1])
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        m = x.size // n
+        y = np.empty((*x.shape[:-1], rows), np.float32)
+        data = w.data
+        sc, scb = None, 0
+        if w.scheme == "int8":
+            sc, scb = w.scale, 4
+        elif w.scheme == "int4":
+            sc, scb = w.scale, 2 * (n // 32)
+        scratch = self._scratch(int(self._lib.es_act_bytes(n, m)))
+        rc = self._fn(self._pool, SCHEME_CODES[w.scheme][0], data.ctypes.data, data.strides[0],
+                      None if sc is None else sc.ctypes.data, scb, rows, n, x.ctypes.data, m, y.ctypes.data,
+                      scratch.ctypes.data, self.threads)
+        if rc:
+            raise BundleError(f"block kernel refused {w.scheme} {tuple(w.shape)}")
+        self.calls += 1
+        return y
+
+    def table(self, base: KernelTable = REFERENCE, description: str | None = None) -> KernelTable:
+        """``base`` with every scheme of :data:`SCHEME_CODES` routed through these kernels (``base``'s kernel for
+        a weight none fits, e.g. int4 with another group size)."""
+        lin = dict(base.linear_kernels)
+        for scheme in SCHEME_CODES:
+            if scheme in lin:
+                lin[scheme] = _Routed(self, lin[scheme])
+        desc = description or f"C block kernels ({self.isa}, {self.threads} threads)"
+        return base.replace(linear_kernels=lin, description=desc, backend=self)
+
+
+class _Routed:
+    """A table entry: the block kernel when one fits, else the base table's kernel."""
+
+    def __init__(self, kernels: BlockKernels, fallback: Any):
+        self.kernels = kernels
+        self.fallback = fallback
+        self.workspace_bytes = int(getattr(fallback, "workspace_bytes", 0) or 0)
+
+    def __call__(self, x: np.ndarray, w: QTensor) -> np.ndarray:
+        y = self.kernels.linear(x, w)
+        return self.fallback(x, w) if y is None else y
+
+
+def host_library(cache_dir: Path | None = None) -> Path:
+    """``blockdot.so`` compiled for this machine (in the kernel cache), e.g. for tests and benchmarks."""
+    from ..targets import get_target
+
+    tgt = get_target("host").tvm_target
+    d = Path(cache_dir or os.environ.get("EDGESPOOL_KERNEL_CACHE") or Path.home() / ".cache/edgespool/kernels")
+    d.mkdir(parents=True, exist_ok=True)
+    out = d / f"host-{hashlib.sha256(repr(sorted(tgt.items())).encode()).hexdigest()[:8]}-{LIBRARY_NAME}"
+    compile_library(tgt, out, cache_dir=cache_dir)
+    return out
+
+
+def bundle_table(kernels_dir: str | Path, section: dict[str, Any], base: KernelTable | None,
+                 target: str = "?") -> KernelTable | None:
+    """``base`` (the bundle's TVM table, or the numpy reference when None) with the bundle's C block kernels
+    (``section["block"]``, the kernels manifest section) over it, or None when the bundle has none. The caller
+    has checked that the section's target fits this CPU."""
+    rec = section.get("block")
+    if not rec:
+        return None
+    kern = BlockKernels(Path(kernels_dir) / rec["file"])
+    base = base if base is not None else REFERENCE
+    desc = f"C block kernels from the bundle ({kern.isa}, {kern.threads} threads, for {target})"
+    if base is not REFERENCE:
+        desc += f" + {base.description}"
+    return kern.table(base, desc)

@@ -1,0 +1,579 @@
+#define _GNU_SOURCE
+/* edgespool block-quantised linear kernels: y[m, rows] = x[m, n] @ W[rows, n]^T for weights kept in their stored
+ * layout (ggml block formats q8_0 q4_0 q4_1 q5_0 q4_k q5_k q6_k, and edgespool's own int8 / int4 g32).
+ *
+ * Numerics (llama.cpp's vec_dot): each row of x is rounded to 32-value blocks of int8 codes (d = max|x|/127,
+ * q = roundf(x/d)), every weight block is dotted in integers with the activation block(s) it covers and the integer
+ * dot is scaled by (weight scale x activation scale) in float.  K-quant sub-blocks use the 32-value activation
+ * blocks too (one activation scale per sub-block instead of ggml's one per 256: equal or finer rounding).
+ *
+ * Weight codes are unpacked to bytes in a small stack buffer and dotted with a per-ISA primitive:
+ *   AVX2: vpmaddubsw + vpmaddwd (u8 x s8), AVX-512 VNNI (+VL): vpdpbusd; aarch64 dotprod: sdot; else plain C.
+ * Unsigned codes (nibbles, 5-bit, 6-bit) are dotted as unsigned and their offset removed with the activation
+ * block's code sum; signed codes (q8_0, int8) use the sign trick (|w| x sign(x, w)).
+ *
+ * Threads: a persistent pool (es_pool_new) splits output rows; the caller's thread takes the first share.
+ * Written for edgespool from the ggml block layouts (ggml-common.h); no ggml code is included. */
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#define ES_ISA "avx2"
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#define ES_ISA "neon"
+#else
+#define ES_ISA "c"
+#endif
+
+enum { W_Q8_0 = 0, W_Q4_0 = 1, W_Q4_1 = 2, W_Q5_0 = 3, W_Q4_K = 4, W_Q5_K = 5, W_Q6_K = 6, W_INT8 = 7, W_INT4 = 8 };
+
+static inline float h2f(const uint8_t *p) {
+    _Float16 h;
+    memcpy(&h, p, 2);
+    return (float)h;
+}
+
+/* ---- activation blocks (struct of arrays): d[nb], s[nb] (sum of codes), q[n] ---------------------------- */
+typedef struct {
+    const int8_t *q;
+    const float *d;
+    const int32_t *s;
+} act_t;
+
+static void quantize_act(const float *x, int n, int8_t *q, float *d, int32_t *s) {
+    for (int b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        float amax = 0.f;
+        for (int j = 0; j < 32; j++) {
+            float a = fabsf(xb[j]);
+            amax = a > amax ? a : amax;
+        }
+        float db = amax / 127.f, id = db ? 1.f / db : 0.f;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            int v = (int)roundf(xb[j] * id);
+            v = v > 127 ? 127 : (v < -127 ? -127 : v);
+            q[32 * b + j] = (int8_t)v;
+            sum += v;
+        }
+        d[b] = db;
+        s[b] = sum;
+    }
+}
+
+/* ---- dot primitives: a "vacc" of int32 lanes whose lane sum is the dot ----------------------------------- */
+#if defined(__AVX2__)
+typedef __m256i vi;
+typedef __m256 vf;
+static inline vi vi_zero(void) { return _mm256_setzero_si256(); }
+static inline vi dotu(const uint8_t *w, const int8_t *x) { /* 32 u8 (<128) x 32 s8 */
+    __m256i a = _mm256_loadu_si256((const __m256i *)w), b = _mm256_loadu_si256((const __m256i *)x);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+#endif
+}
+static inline vi dots(const int8_t *w, const int8_t *x) { /* 32 s8 x 32 s8 (x in -127..127) */
+    __m256i a = _mm256_loadu_si256((const __m256i *)w), b = _mm256_loadu_si256((const __m256i *)x);
+    __m256i ua = _mm256_sign_epi8(a, a), sb = _mm256_sign_epi8(b, a);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), ua, sb);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ua, sb), _mm256_set1_epi16(1));
+#endif
+}
+/* lanes 0-3 hold bytes 0-15, lanes 4-7 bytes 16-31: scale the halves separately */
+static inline vi vi_scale2(vi v, int s0, int s1) { return _mm256_mullo_epi32(v, _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1)); }
+static inline vi vi_scale(vi v, int s) { return _mm256_mullo_epi32(v, _mm256_set1_epi32(s)); }
+static inline vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
+static inline vf vf_zero(void) { return _mm256_setzero_ps(); }
+static inline vf vf_fma(vi v, float c, vf acc) { return _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(c), acc); }
+static inline float vf_sum(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#elif defined(__ARM_NEON)
+typedef int32x4_t vi;
+typedef float32x4_t vf;
+static inline vi vi_zero(void) { return vdupq_n_s32(0); }
+static inline vi dot16s(int8x16_t a, int8x16_t b, vi acc) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(acc, a, b);
+#else
+    int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+    int16x8_t hi = vmull_s8(vget_high_s8(a), vget_high_s8(b));
+    return vaddq_s32(acc, vaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)));
+#endif
+}
+/* lanes: first vector's 4 lanes cover bytes 0-15; we keep two accumulators folded as (a + b) when unscaled */
+static inline vi dots(const int8_t *w, const int8_t *x) {
+    return dot16s(vld1q_s8(w + 16), vld1q_s8(x + 16), dot16s(vld1q_s8(w), vld1q_s8(x), vi_zero()));
+}
+static inline vi dotu(const uint8_t *w, const int8_t *x) { return dots((const int8_t *)w, x); } /* codes < 128 */
+static inline vi vi_scale2(vi v, int s0, int s1) { (void)v; (void)s0; (void)s1; return v; } /* unused on NEON */
+static inline vi vi_scale(vi v, int s) { return vmulq_n_s32(v, s); }
+static inline vi vi_add(vi a, vi b) { return vaddq_s32(a, b); }
+static inline vf vf_zero(void) { return vdupq_n_f32(0.f); }
+static inline vf vf_fma(vi v, float c, vf acc) { return vmlaq_n_f32(acc, vcvtq_f32_s32(v), c); }
+static inline float vf_sum(vf v) { return vaddvq_f32(v); }
+#define ES_NEON_SCALE2 1
+static inline vi dots_scale2(const int8_t *w, const int8_t *x, int s0, int s1) {
+    vi a = dot16s(vld1q_s8(w), vld1q_s8(x), vi_zero());
+    vi b = dot16s(vld1q_s8(w + 16), vld1q_s8(x + 16), vi_zero());
+    return vaddq_s32(vmulq_n_s32(a, s0), vmulq_n_s32(b, s1));
+}
+#else
+typedef int32_t vi;
+typedef float vf;
+static inline vi vi_zero(void) { return 0; }
+static inline vi dotu(const uint8_t *w, const int8_t *x) {
+    int s = 0;
+    for (int j = 0; j < 32; j++) s += (int)w[j] * x[j];
+    return s;
+}
+static inline vi dots(const int8_t *w, const int8_t *x) {
+    int s = 0;
+    for (int j = 0; j < 32; j++) s += (int)w[j] * x[j];
+    return s;
+}
+#define ES_SCALAR_SCALE2 1
+static inline vi dots_scale2(const int8_t *w, const int8_t *x, int s0, int s1) {
+    int a = 0, b = 0;
+    for (int j = 0; j < 16; j++) a += (int)w[j] * x[j];
+    for (int j = 16; j < 32; j++) b += (int)w[j] * x[j];
+    return a * s0 + b * s1;
+}
+static inline vi vi_scale(vi v, int s) { return v * s; }
+static inline vi vi_add(vi a, vi b) { return a + b; }
+static inline vf vf_zero(void) { return 0.f; }
+static inline vf vf_fma(vi v, float c, vf acc) { return acc + (float)v * c; }
+static inline float vf_sum(vf v) { return v; }
+#endif
+#if defined(__AVX2__)
+static inline vi dotu_r(__m256i a, const int8_t *x) { /* register u8 codes (<128) x 32 s8 */
+    __m256i b = _mm256_loadu_si256((const __m256i *)x);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+#endif
+}
+static inline __m256i nib16_r(const uint8_t *qs) { /* 16 bytes -> 32 nibble codes in a register */
+    __m128i v = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(0x0F);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+static inline __m256i bits32_r(uint32_t bits) { /* bit j of bits -> 0xFF in byte j */
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
+                                    _mm256_setr_epi64x(0, 0x0101010101010101LL, 0x0202020202020202LL, 0x0303030303030303LL));
+    __m256i sel = _mm256_set1_epi64x(0x8040201008040201LL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
+}
+#define ES_REG_UNPACK 1
+static inline vi dots_scale2(const int8_t *w, const int8_t *x, int s0, int s1) { return vi_scale2(dots(w, x), s0, s1); }
+#endif
+
+/* ---- nibble unpack: 16 bytes -> 32 codes (low nibbles then high nibbles: ggml's order) ------------------- */
+static inline void unpack_nib16(const uint8_t *qs, uint8_t *out) {
+#if defined(__AVX2__)
+    __m128i v = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(0x0F);
+    _mm_storeu_si128((__m128i *)out, _mm_and_si128(v, m));
+    _mm_storeu_si128((__m128i *)(out + 16), _mm_and_si128(_mm_srli_epi16(v, 4), m));
+#elif defined(__ARM_NEON)
+    uint8x16_t v = vld1q_u8(qs);
+    vst1q_u8(out, vandq_u8(v, vdupq_n_u8(0x0F)));
+    vst1q_u8(out + 16, vshrq_n_u8(v, 4));
+#else
+    for (int j = 0; j < 16; j++) { out[j] = qs[j] & 0x0F; out[j + 16] = qs[j] >> 4; }
+#endif
+}
+/* 32 bytes -> low nibbles (32) and high nibbles (32): K-quant sub-block pairs */
+static inline void unpack_nib32(const uint8_t *qs, uint8_t *lo, uint8_t *hi) {
+#if defined(__AVX2__)
+    __m256i v = _mm256_loadu_si256((const __m256i *)qs), m = _mm256_set1_epi8(0x0F);
+    _mm256_storeu_si256((__m256i *)lo, _mm256_and_si256(v, m));
+    _mm256_storeu_si256((__m256i *)hi, _mm256_and_si256(_mm256_srli_epi16(v, 4), m));
+#else
+    for (int j = 0; j < 32; j++) { lo[j] = qs[j] & 0x0F; hi[j] = qs[j] >> 4; }
+#endif
+}
+
+/* ---- one row . one activation row, per weight format ------------------------------------------------------ */
+typedef float (*rowdot_fn)(const uint8_t *w, const uint8_t *wsc, int n, act_t a);
+
+static float row_q8_0(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
+    (void)wsc;
+    vf acc = vf_zero();
+    for (int b = 0; b < n / 32; b++, w += 34) acc = vf_fma(dots((const int8_t *)(w + 2), a.q + 32 * b), h2f(w) * a.d[b], acc);
+    return vf_sum(acc);
+}
+static float row_int8(const uint8_t *w, const uint8_t *wsc, int n, act_t a) { /* wsc: this row's f32 scale */
+    vf acc = vf_zero();
+    for (int b = 0; b < n / 32; b++) acc = vf_fma(dots((const int8_t *)w + 32 * b, a.q + 32 * b), a.d[b], acc);
+    float s;
+    memcpy(&s, wsc, 4);
+    return vf_sum(acc) * s;
+}
+static float row_q4_0(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
+    (void)wsc;
+    uint8_t u[32] __attribute__((aligned(32), unused));
+    vf acc = vf_zero();
+    float off = 0.f;
+    for (int b = 0; b < n / 32; b++, w += 18) {
+        float dd = h2f(w) * a.d[b];
+#ifdef ES_REG_UNPACK
+        acc = vf_fma(dotu_r(nib16_r(w + 2), a.q + 32 * b), dd, acc);
+#else
+        unpack_nib16(w + 2, u);
+        acc = vf_fma(dotu(u, a.q + 32 * b), dd, acc);
+#endif
+        off += dd * (float)a.s[b];
+    }
+    return vf_sum(acc) - 8.f * off;
+}
+static float row_int4(const uint8_t *w, const uint8_t *wsc, int n, act_t a) { /* wsc: this row's f16 scales */
+    uint8_t u[32] __attribute__((aligned(32), unused));
+    vf acc = vf_zero();
+    float off = 0.f;
+    for (int b = 0; b < n / 32; b++) {
+        float dd = h2f(wsc + 2 * b) * a.d[b];
+#ifdef ES_REG_UNPACK
+        acc = vf_fma(dotu_r(nib16_r(w + 16 * b), a.q + 32 * b), dd, acc);
+#else
+        unpack_nib16(w + 16 * b, u);
+        acc = vf_fma(dotu(u, a.q + 32 * b), dd, acc);
+#endif
+        off += dd * (float)a.s[b];
+    }
+    return vf_sum(acc) - 8.f * off;
+}
+static float row_q4_1(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
+    (void)wsc;
+    uint8_t u[32] __attribute__((aligned(32), unused));
+    vf acc = vf_zero();
+    float off = 0.f;
+    for (int b = 0; b < n / 32; b++, w += 20) {
+#ifdef ES_REG_UNPACK
+        acc = vf_fma(dotu_r(nib16_r(w + 4), a.q + 32 * b), h2f(w) * a.d[b], acc);
+#else
+        unpack_nib16(w + 4, u);
+        acc = vf_fma(dotu(u, a.q + 32 * b), h2f(w) * a.d[b], acc);
+#endif
+        off += h2f(w + 2) * a.d[b] * (float)a.s[b];
+    }
+    return vf_sum(acc) + off;
+}
+static float row_q5_0(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
+    (void)wsc;
+    uint8_t u[32] __attribute__((aligned(32), unused));
+    vf acc = vf_zero();
+    float off = 0.f;
+    for (int b = 0; b < n / 32; b++, w += 22) {
+        uint32_t qh;
+        memcpy(&qh, w + 2, 4);
+        float dd = h2f(w) * a.d[b];
+#ifdef ES_REG_UNPACK
+        __m256i c = _mm256_or_si256(nib16_r(w + 6), _mm256_and_si256(bits32_r(qh), _mm256_set1_epi8(0x10)));
+        acc = vf_fma(dotu_r(c, a.q + 32 * b), dd, acc);
+#else
+        unpack_nib16(w + 6, u);
+        for (int j = 0; j < 32; j++) u[j] |= ((qh >> j) & 1u) << 4;
+        acc = vf_fma(dotu(u, a.q + 32 * b), dd, acc);
+#endif
+        off += dd * (float)a.s[b];
+    }
+    return vf_sum(acc) - 16.f * off;
+}
+static inline void scale_min_k4(int j, const uint8_t *q, int *d, int *m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+static float row_q4_k(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
+    (void)wsc;
+    uint8_t lo[32] __attribute__((aligned(32), unused)), hi[32] __attribute__((aligned(32), unused));
+    vf acc = vf_zero();
+    float off = 0.f;
+    for (int B = 0; B < n / 256; B++, w += 144) {
+        float d = h2f(w), dmin = h2f(w + 2);
+        const uint8_t *sc = w + 4, *qs = w + 16;
+        for (int p = 0; p < 4; p++) {
+            int s0, m0, s1, m1, b = 8 * B + 2 * p;
+            scale_min_k4(2 * p, sc, &s0, &m0);
+            scale_min_k4(2 * p + 1, sc, &s1, &m1);
+#ifdef ES_REG_UNPACK
+            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * p)), m4 = _mm256_set1_epi8(0x0F);
+            acc = vf_fma(dotu_r(_mm256_and_si256(v, m4), a.q + 32 * b), d * (float)s0 * a.d[b], acc);
+            acc = vf_fma(dotu_r(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), a.q + 32 * (b + 1)),
+                         d * (float)s1 * a.d[b + 1], acc);
+#else
+            unpack_nib32(qs + 32 * p, lo, hi);
+            acc = vf_fma(dotu(lo, a.q + 32 * b), d * (float)s0 * a.d[b], acc);
+            acc = vf_fma(dotu(hi, a.q + 32 * (b + 1)), d * (float)s1 * a.d[b + 1], acc);
+#endif
+            off += dmin * ((float)m0 * a.d[b] * (float)a.s[b] + (float)m1 * a.d[b + 1] * (float)a.s[b + 1]);
+        }
+    }
+    return vf_sum(acc) - off;
+}
+static float row_q5_k(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
+    (void)wsc;
+    uint8_t lo[32] __attribute__((aligned(32), unused)), hi[32] __attribute__((aligned(32), unused));
+    vf acc = vf_zero();
+    float off = 0.f;
+    for (int B = 0; B < n / 256; B++, w += 176) {
+        float d = h2f(w), dmin = h2f(w + 2);
+        const uint8_t *sc = w + 4, *qh = w + 16, *qs = w + 48;
+        for (int p = 0; p < 4; p++) {
+            int s0, m0, s1, m1, b = 8 * B + 2 * p;
+            scale_min_k4(2 * p, sc, &s0, &m0);
+            scale_min_k4(2 * p + 1, sc, &s1, &m1);
+#ifdef ES_REG_UNPACK
+            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * p)), m4 = _mm256_set1_epi8(0x0F);
+            __m256i h = _mm256_loadu_si256((const __m256i *)qh), b16 = _mm256_set1_epi8(0x10);
+            __m256i u0 = _mm256_set1_epi8((char)(1 << (2 * p))), u1 = _mm256_set1_epi8((char)(2 << (2 * p)));
+            __m256i cl = _mm256_or_si256(_mm256_and_si256(v, m4),
+                                         _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, u0), u0), b16));
+            __m256i ch = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                                         _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, u1), u1), b16));
+            acc = vf_fma(dotu_r(cl, a.q + 32 * b), d * (float)s0 * a.d[b], acc);
+            acc = vf_fma(dotu_r(ch, a.q + 32 * (b + 1)), d * (float)s1 * a.d[b + 1], acc);
+#else
+            unpack_nib32(qs + 32 * p, lo, hi);
+            for (int j = 0; j < 32; j++) {
+                lo[j] |= ((qh[j] >> (2 * p)) & 1u) << 4;
+                hi[j] |= ((qh[j] >> (2 * p + 1)) & 1u) << 4;
+            }
+            acc = vf_fma(dotu(lo, a.q + 32 * b), d * (float)s0 * a.d[b], acc);
+            acc = vf_fma(dotu(hi, a.q + 32 * (b + 1)), d * (float)s1 * a.d[b + 1], acc);
+#endif
+            off += dmin * ((float)m0 * a.d[b] * (float)a.s[b] + (float)m1 * a.d[b + 1] * (float)a.s[b + 1]);
+        }
+    }
+    return vf_sum(acc) - off;
+}
+static float row_q6_k(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
+    (void)wsc;
+    int8_t q[128] __attribute__((aligned(32), unused));
+    vf acc = vf_zero();
+    for (int B = 0; B < n / 256; B++, w += 210) {
+        const uint8_t *ql = w, *qh = w + 128;
+        const int8_t *sc = (const int8_t *)(w + 192);
+        float d = h2f(w + 208);
+        for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8) {
+            /* 128 values: q[l], q[l+32], q[l+64], q[l+96] for l < 32 (ggml's dequantize_row_q6_K order) */
+            for (int l = 0; l < 32; l++) {
+                q[l] = (int8_t)(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+                q[l + 32] = (int8_t)(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                q[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                q[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+            }
+            for (int k = 0; k < 4; k++) { /* 32 values, scales sc[2k] (first 16) and sc[2k+1] (last 16) */
+                int b = 8 * B + 4 * h + k;
+                acc = vf_fma(dots_scale2(q + 32 * k, a.q + 32 * b, sc[2 * k], sc[2 * k + 1]), d * a.d[b], acc);
+            }
+        }
+    }
+    return vf_sum(acc);
+}
+
+static rowdot_fn rowdot_of(int wt) {
+    switch (wt) {
+    case W_Q8_0: return row_q8_0;
+    case W_Q4_0: return row_q4_0;
+    case W_Q4_1: return row_q4_1;
+    case W_Q5_0: return row_q5_0;
+    case W_Q4_K: return row_q4_k;
+    case W_Q5_K: return row_q5_k;
+    case W_Q6_K: return row_q6_k;
+    case W_INT8: return row_int8;
+    case W_INT4: return row_int4;
+    default: return 0;
+    }
+}
+
+/* ---- thread pool ------------------------------------------------------------------------------------------- */
+/* Workers spin on a generation counter for a while after each job (the next linear of a decode step comes within
+ * tens of microseconds; waking a thread blocked on a condition variable costs ~50-100 us on a VM), then block. */
+#define ES_SPIN_NS 200000L
+typedef struct {
+    rowdot_fn fn;
+    const uint8_t *w, *wsc;
+    long row_bytes, sc_bytes;
+    int rows, n, m, nth;
+    const int8_t *q;
+    const float *d;
+    const int32_t *s;
+    float *y;
+} job_t;
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t go;
+    pthread_t *tid;
+    int nworkers;
+    _Atomic int pending, stop, sleeping;
+    _Atomic long gen;
+    job_t job;
+} pool_t;
+
+typedef struct {
+    pool_t *p;
+    int ith;
+} warg_t;
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+static void run_share(const job_t *j, int ith) {
+    /* rows split into nth contiguous shares, multiples of 4 rows */
+    int per = (j->rows + j->nth - 1) / j->nth;
+    per = (per + 3) & ~3;
+    int r0 = ith * per, r1 = r0 + per < j->rows ? r0 + per : j->rows;
+    int nb = j->n / 32;
+    /* weight-reusing order: one weight row (in L1) against every activation row, then the next row */
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *wr = j->w + (long)r * j->row_bytes, *sr = j->wsc ? j->wsc + (long)r * j->sc_bytes : 0;
+        for (int i = 0; i < j->m; i++) {
+            act_t a = {j->q + (long)i * j->n, j->d + (long)i * nb, j->s + (long)i * nb};
+            j->y[(long)i * j->rows + r] = j->fn(wr, sr, j->n, a);
+        }
+    }
+}
+
+static void *worker(void *arg) {
+    warg_t *wa = (warg_t *)arg;
+    pool_t *p = wa->p;
+    long seen = 0;
+    for (;;) {
+        long t0 = now_ns();
+        int k = 0;
+        while (atomic_load_explicit(&p->gen, memory_order_acquire) == seen && !atomic_load(&p->stop)) {
+            cpu_relax();
+            if (++k % 64 == 0 && now_ns() - t0 > ES_SPIN_NS) {
+                pthread_mutex_lock(&p->mu);
+                atomic_fetch_add(&p->sleeping, 1);
+                while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->go, &p->mu);
+                atomic_fetch_sub(&p->sleeping, 1);
+                pthread_mutex_unlock(&p->mu);
+            }
+        }
+        if (atomic_load(&p->stop)) break;
+        seen = atomic_load_explicit(&p->gen, memory_order_acquire);
+        job_t j = p->job;
+        if (wa->ith < j.nth) run_share(&j, wa->ith);
+        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+    }
+    free(wa);
+    return 0;
+}
+
+void *es_pool_new(int nthreads) {
+    pool_t *p = (pool_t *)calloc(1, sizeof(pool_t));
+    if (!p) return 0;
+    pthread_mutex_init(&p->mu, 0);
+    pthread_cond_init(&p->go, 0);
+    p->nworkers = nthreads > 1 ? nthreads - 1 : 0;
+    p->tid = (pthread_t *)calloc(p->nworkers ? p->nworkers : 1, sizeof(pthread_t));
+    for (int i = 0; i < p->nworkers; i++) {
+        warg_t *wa = (warg_t *)malloc(sizeof(warg_t));
+        wa->p = p;
+        wa->ith = i + 1;
+        pthread_create(&p->tid[i], 0, worker, wa);
+    }
+    return p;
+}
+
+void es_pool_free(void *vp) {
+    pool_t *p = (pool_t *)vp;
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->stop, 1);
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->nworkers; i++) pthread_join(p->tid[i], 0);
+    free(p->tid);
+    free(p);
+}
+
+static void pool_run(pool_t *p, const job_t *j) {
+    p->job = *j;
+    atomic_store(&p->pending, p->nworkers);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    if (atomic_load(&p->sleeping)) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->go);
+        pthread_mutex_unlock(&p->mu);
+    }
+    run_share(j, 0);
+    int k = 0;
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
+        cpu_relax();
+        if (++k % 4096 == 0) sched_yield();
+    }
+}
+
+/* Bytes of activation scratch es_linear needs for m rows of n values. */
+long es_act_bytes(int n, int m) { return (long)m * (n + (n / 32) * 8); }
+
+/* y[m, rows] = x[m, n] @ W^T.  w: row-major stored rows of row_bytes; wsc: per-row scales of sc_bytes (int8: f32,
+ * int4: f16 per 32) or NULL; scratch: es_act_bytes(n, m) bytes, 8-byte aligned.  Returns 0, or -1 for an unknown
+ * weight type or a width that is not a multiple of the block. */
+int es_linear(void *vp, int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long sc_bytes, int rows,
+              int n, const float *x, int m, float *y, uint8_t *scratch, int nthreads) {
+    pool_t *p = (pool_t *)vp;
+    rowdot_fn fn = rowdot_of(wt);
+    int blk = (wt == W_Q4_K || wt == W_Q5_K || wt == W_Q6_K) ? 256 : 32;
+    if (!fn || n % blk || rows <= 0 || m <= 0) return -1;
+    int nb = n / 32;
+    float *d = (float *)scratch;
+    int32_t *s = (int32_t *)(scratch + (long)m * nb * 4);
+    int8_t *q = (int8_t *)(scratch + (long)m * nb * 8);
+    for (int i = 0; i < m; i++) quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb);
+    int nth = nthreads < 1 ? 1 : nthreads;
+    if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
+    if (!p) nth = 1;
+    if ((long)rows * row_bytes * m < 32768 || rows < 8 * nth) nth = 1; /* too small to split */
+    job_t j = {fn, w, wsc, row_bytes, sc_bytes, rows, n, m, nth, q, d, s, y};
+    if (nth == 1) {
+        run_share(&j, 0);
+        return 0;
+    }
+    pool_run(p, &j);
+    return 0;
+}
+
+const char *es_isa(void) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return ES_ISA "+vnni";
+#elif defined(__ARM_FEATURE_DOTPROD)
+    return ES_ISA "+dotprod";
+#else
+    return ES_ISA;
+#endif
+}
