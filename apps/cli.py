@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "cmd_rig",
     "cmd_bench",
     "cmd_perplexity",
+    "cmd_device",
+    "cmd_deploy",
 ]
 
 
