@@ -15,10 +15,18 @@ prompt tokens / wall time of the one batched forward/eval call); the median is r
 its defaults otherwise (mmap, CPU repacking of Q4_0/Q8_0 into its interleaved layouts, f16 KV cache); edgespool's
 KV cache is float32.
 
+``--real smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b`` runs the real GGUFs instead (``edgespool fetch``):
+per model an edgespool int8, int4 (g32) and ``--quant keep`` bundle exported from the GGUF for ``--target host``
+(C block kernels), and llama.cpp on the GGUF itself and on Q8_0 / Q4_0 files requantised from it by llama.cpp
+(``allow_requantize``: both systems re-quantise the same file's weights). Pairs: int8 vs Q8_0, int4 vs Q4_0,
+keep vs the file. Greedy tokens after a real text prompt are compared too.
+
 Per-kernel achieved GB/s for the model's linear shapes (cold: weights rotate through >= 3x L3) against the read
 bandwidth measured in the same run come from :mod:`edgespool.benchmarks.kernel_bench`.
 
     python -m edgespool.benchmarks.resident_vs_llamacpp --work /tmp/rvl --threads 1,2 --json out.json
+    python -m edgespool.benchmarks.resident_vs_llamacpp --real qwen2.5-coder-0.5b --prompt 512 --decode 64 \
+        --runs 3 --kernel-iters 0 --work /tmp/rvl-real --json real.json
 
 Needs apache-tvm, llama-cpp-python, sentencepiece and torch (llama.cpp's converter).
 """
@@ -46,6 +54,17 @@ SYSTEMS = {  # name: (family, artefact, activation mode)
     "edgespool int4 q8": ("edgespool", "int4", "q8"),
     "edgespool int4 f32": ("edgespool", "int4", "f32"),
 }
+REAL_SYSTEMS = {  # name: (family, artefact, activation mode); paired as int8/Q8_0, int4/Q4_0, keep/file
+    "llama.cpp Q8_0": ("llama", "q8_0.gguf", "q8"),
+    "edgespool int8": ("edgespool", "int8", "q8"),
+    "llama.cpp Q4_0": ("llama", "q4_0.gguf", "q8"),
+    "edgespool int4": ("edgespool", "int4", "q8"),
+    "llama.cpp file": ("llama", "file.gguf", "q8"),
+    "edgespool keep": ("edgespool", "keep", "q8"),
+}
+PAIRS = {"int8": "Q8_0", "int4": "Q4_0", "keep": "file"}
+REAL_TEXT = ("def quicksort(items):\n    \"\"\"Sort a list of numbers in ascending order.\"\"\"\n"
+             "    if len(items) <= 1:\n        return items\n")
 
 
 # -- artefacts ------------------------------------------------------------------------------------------------------
@@ -84,6 +103,53 @@ def prepare(work: Path, spec: dict) -> dict[str, Path]:
     return out
 
 
+def requantize(src: Path, dst: Path, ftype: str) -> Path:
+    """llama.cpp's quantiser on an already quantised GGUF (``allow_requantize``), ``ftype`` q8_0 / q4_0."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype.upper()}")
+    params.allow_requantize = True
+    params.nthread = 2
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize({src} -> {ftype}) returned {rc}")
+    return dst
+
+
+def prepare_real(work: Path, name: str) -> dict[str, Path]:
+    """For the fetched GGUF ``name``: edgespool int8 / int4 / keep bundles and llama.cpp Q8_0 / Q4_0 files."""
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model, open_source
+
+    gg = sorted((Path.home() / ".cache/edgespool/assets" / name).glob("*.gguf"))
+    if not gg:
+        raise SystemExit(f"{name}: run `edgespool fetch {name}` first")
+    work = work / name
+    work.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {"file.gguf": gg[0]}
+    for q in ("int8", "int4", "keep"):
+        b = work / f"bundle_{q}"
+        if not (b / "manifest.json").exists():
+            t0 = time.perf_counter()
+            src = open_source(gg[0])
+            try:
+                export_model(src, b, policy=QuantPolicy(quant=q, group_size=32), overwrite=True, onnx=False,
+                             kernels=True, progress=False, kernel_activations="q8")
+            finally:
+                src.close()
+            print(f"exported {b} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        out[q] = b
+    for ft in ("q8_0", "q4_0"):
+        g = work / f"{ft}.gguf"
+        if not g.exists():
+            requantize(gg[0], g, ft)
+        out[f"{ft}.gguf"] = g
+    return out
+
+
 def gguf_types(path: Path) -> dict[str, int]:
     """ggml type name -> number of tensors of the GGUF (to state what llama.cpp actually ran)."""
     import gguf
@@ -98,10 +164,11 @@ def gguf_types(path: Path) -> dict[str, int]:
 # -- one system in one process --------------------------------------------------------------------------------------
 def _child(system: str, path: str, threads: int, runs: int, short: int, decode: int, prompt: int, vocab: int,
            profile: str | None) -> dict:
-    family, _, act = SYSTEMS[system]
+    family, _, act = {**SYSTEMS, **REAL_SYSTEMS}[system]
     rng = np.random.default_rng(1234)
     short_ids = [1] + rng.integers(3, vocab, short - 1).tolist()
     prompt_ids = [1] + rng.integers(3, vocab, prompt - 1).tolist()
+    real = vocab > 1000  # a real model: the decode run starts from a real text prompt (greedy parity is meaningful)
     res: dict = {"system": system, "threads": threads, "act": act, "decode_tok_s": [], "prefill_tok_s": []}
     if family == "llama":
         import llama_cpp
@@ -111,6 +178,8 @@ def _child(system: str, path: str, threads: int, runs: int, short: int, decode: 
         llm, res["llamacpp_config"] = open_llama(path, n_ctx=max(short + decode, prompt) + 8, n_batch=512,
                               n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
         n_vocab = llm.n_vocab()
+        if real:
+            short_ids = llm.tokenize(REAL_TEXT.encode(), add_bos=False, special=False)
 
         def last_logits() -> np.ndarray:  # llama-cpp-python keeps no scores without logits_all: read the context's
             return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
@@ -135,6 +204,8 @@ def _child(system: str, path: str, threads: int, runs: int, short: int, decode: 
 
         model = edgespool.load(path)
         res["kernels"] = model.kernels.description
+        if real:
+            short_ids = model.tokenizer.encode(REAL_TEXT)
         tk = model.kernels.backend
         if tk is None:
             raise SystemExit(f"{path}: no compiled kernels loaded ({model.kernels.description})")
@@ -168,12 +239,12 @@ def _child(system: str, path: str, threads: int, runs: int, short: int, decode: 
     return res
 
 
-def run_child(system: str, path: Path, threads: int, a: argparse.Namespace) -> dict:
+def run_child(system: str, path: Path, threads: int, a: argparse.Namespace, vocab: int = MODEL["vocab"]) -> dict:
     env = dict(os.environ, TVM_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
-               OMP_NUM_THREADS=str(threads))
+               OMP_NUM_THREADS=str(threads), EDGESPOOL_THREADS=str(threads))
     cmd = [sys.executable, "-m", "edgespool.benchmarks.resident_vs_llamacpp", "--child", system, "--path",
            str(path), "--threads", str(threads), "--runs", str(a.runs), "--short", str(a.short), "--decode",
-           str(a.decode), "--prompt", str(a.prompt), "--vocab", str(MODEL["vocab"])]
+           str(a.decode), "--prompt", str(a.prompt), "--vocab", str(vocab)]
     if a.profile:
         cmd += ["--profile", f"{a.profile}/{system.replace(' ', '_')}_t{threads}.json"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
@@ -221,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="before each system, wait until the 1-min load average is below this (0: don't wait)")
     ap.add_argument("--wait-s", type=float, default=300.0, help="longest wait for --max-load")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--real", help="comma-separated fetched GGUF models (e.g. qwen2.5-coder-0.5b) instead of the "
+                                   "synthetic one; systems default to the real set")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     ap.add_argument("--vocab", type=int, default=MODEL["vocab"], help=argparse.SUPPRESS)
@@ -231,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.profile:
         Path(a.profile).mkdir(parents=True, exist_ok=True)
+    if a.real:
+        return main_real(a)
     arts = prepare(a.work, MODEL)
     from edgespool.benchmarks.llamacpp_peer import decide_extra_bufts
 
@@ -261,6 +336,78 @@ def main(argv: list[str] | None = None) -> int:
         a.json.write_text(json.dumps({"meta": meta, "results": results, "bandwidth": bw, "kernels": krows},
                                      indent=1))
     return 0
+
+
+def main_real(a: argparse.Namespace) -> int:
+    """The ``--real`` run: per model, per thread count, every system in turn, ``--runs`` rounds interleaved
+    (round 1 of every system, then round 2, ...), medians over the rounds."""
+    from edgespool.benchmarks.llamacpp_peer import decide_extra_bufts
+
+    systems = [s for s in (a.systems.split(",") if a.systems != ",".join(SYSTEMS) else REAL_SYSTEMS)]
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": platform.processor() or platform.machine(), "cpus": len(os.sched_getaffinity(0)),
+            "runs": a.runs, "decode": a.decode, "prompt": a.prompt, "load_before": _load(), "models": {}}
+    results = []
+    one = argparse.Namespace(**{**vars(a), "runs": 1})
+    for name in a.real.split(","):
+        arts = prepare_real(a.work, name)
+        decide_extra_bufts(str(arts["file.gguf"]))
+        import gguf
+
+        vocab = len(gguf.GGUFReader(str(arts["file.gguf"])).fields["tokenizer.ggml.tokens"].data)
+        meta["models"][name] = {k: gguf_types(arts[k]) for k in ("file.gguf", "q8_0.gguf", "q4_0.gguf")}
+        for t in [int(v) for v in a.threads.split(",")]:
+            rounds: dict[str, list[dict]] = {s: [] for s in systems}
+            for _ in range(a.runs):
+                for system in systems:
+                    wait_for_quiet(a.max_load, a.wait_s)
+                    load = _load()
+                    r = run_child(system, arts[REAL_SYSTEMS[system][1]], t, one, vocab)
+                    r["load_before"] = load
+                    rounds[system].append(r)
+                    print(f"{name} {system:16s} t={t} decode {r['decode_med']:7.1f} prefill {r['prefill_med']:7.1f}"
+                          f" (load {load})", file=sys.stderr)
+            for system, rs in rounds.items():
+                r = dict(rs[-1])
+                r["model"] = name
+                r["decode_tok_s"] = [x for q in rs for x in q["decode_tok_s"]]
+                r["prefill_tok_s"] = [x for q in rs for x in q["prefill_tok_s"]]
+                r["decode_med"] = float(np.median(r["decode_tok_s"]))
+                r["prefill_med"] = float(np.median(r["prefill_tok_s"]))
+                r["load_before"] = " / ".join(q["load_before"].split()[0] for q in rs)
+                results.append(r)
+    meta["load_after"] = _load()
+    print(report_real(meta, results))
+    if a.json:
+        a.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    return 0
+
+
+def report_real(meta: dict, results: list[dict]) -> str:
+    """Markdown table of the ``--real`` run: per model and threads, each edgespool system next to its llama.cpp
+    pair, ratios from the same run."""
+    out = [f"date {meta['date']}, {meta['machine']}, {meta['cpus']} CPUs, {meta['runs']} interleaved rounds, "
+           f"decode {meta['decode']} tokens, prefill {meta['prompt']} tokens; load {meta['load_before']} -> "
+           f"{meta['load_after']}", ""]
+    for name, types in meta["models"].items():
+        out.append(f"{name}: GGUF tensor types {types}")
+    out += ["", "| model | threads | edgespool | decode tok/s | llama.cpp | decode tok/s | decode ratio | "
+            "prefill tok/s | llama.cpp prefill | prefill ratio | greedy tokens equal | kernels |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    idx = {(r["model"], r["threads"], r["system"]): r for r in results}
+    for r in results:
+        if not r["system"].startswith("edgespool"):
+            continue
+        kind = r["system"].split()[-1]
+        base = idx.get((r["model"], r["threads"], f"llama.cpp {PAIRS[kind]}"))
+        if base is None:
+            continue
+        n = next((i for i, (u, v) in enumerate(zip(r["tokens"], base["tokens"])) if u != v), len(r["tokens"]))
+        out.append(f"| {r['model']} | {r['threads']} | {kind} | {r['decode_med']:.1f} | {PAIRS[kind]} | "
+                   f"{base['decode_med']:.1f} | {r['decode_med'] / base['decode_med']:.2f}x | {r['prefill_med']:.1f} | "
+                   f"{base['prefill_med']:.1f} | {r['prefill_med'] / base['prefill_med']:.2f}x | "
+                   f"first {n} of {len(r['tokens'])} | {r.get('kernels', '?')} |")
+    return "\n".join(out)
 
 
 def report(meta: dict, results: list[dict], bw: dict, krows: list[dict]) -> str:

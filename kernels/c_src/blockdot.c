@@ -208,92 +208,148 @@ static inline void unpack_nib32(const uint8_t *qs, uint8_t *lo, uint8_t *hi) {
 #endif
 }
 
-/* ---- one row . one activation row, per weight format ------------------------------------------------------ */
-typedef float (*rowdot_fn)(const uint8_t *w, const uint8_t *wsc, int n, act_t a);
-
-static float row_q8_0(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
-    (void)wsc;
-    vf acc = vf_zero();
-    for (int b = 0; b < n / 32; b++, w += 34) acc = vf_fma(dots((const int8_t *)(w + 2), a.q + 32 * b), h2f(w) * a.d[b], acc);
-    return vf_sum(acc);
+/* ---- one weight row . NA activation rows, per weight format ------------------------------------------------
+ * Each weight block is unpacked once and dotted with the same block of every activation row (prefill reuses it
+ * NA times).  Two float accumulators per activation row (even / odd block) keep two FMA chains in flight. */
+#define MAXNA 4
+typedef void (*rowdot_fn)(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, int na, float *out);
+#define AI __attribute__((always_inline)) static inline
+#define ROWFN(name) \
+    static void name(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, int na, float *out) { \
+        switch (na) { \
+        case 1: name##_b(w, wsc, n, a, out, 1); break; \
+        case 2: name##_b(w, wsc, n, a, out, 2); break; \
+        case 3: name##_b(w, wsc, n, a, out, 3); break; \
+        default: name##_b(w, wsc, n, a, out, 4); break; \
+        } \
+    }
+#define ACC_INIT vf acc[MAXNA][2]; float off[MAXNA][2]; \
+    for (int i = 0; i < NA; i++) { acc[i][0] = acc[i][1] = vf_zero(); off[i][0] = off[i][1] = 0.f; }
+#define ACC_OUT(expr) for (int i = 0; i < NA; i++) out[i] = (expr)
+#define BLOCK_LOOP(nb) { int b_ = 0; for (; b_ + 1 < (nb); b_ += 2) { STEP(b_, 0) STEP(b_ + 1, 1) } \
+    if (b_ < (nb)) STEP(b_, 0) }
+#define SUMI(i) vf_sum(_vf_add2(acc[i][0], acc[i][1]))
+#define OFFI(i) (off[i][0] + off[i][1])
+#if defined(__AVX2__)
+AI vf _vf_add2(vf x, vf y) { return _mm256_add_ps(x, y); }
+#elif defined(__ARM_NEON)
+AI vf _vf_add2(vf x, vf y) { return vaddq_f32(x, y); }
+#else
+AI vf _vf_add2(vf x, vf y) { return x + y; }
+#endif
+/* weight block register (AVX2) or buffer (other ISAs) */
+#ifdef ES_REG_UNPACK
+typedef __m256i wblk;
+#define DOTU(wb, x) dotu_r((wb), (x))
+#else
+typedef struct { uint8_t v[32] __attribute__((aligned(32))); } wblk;
+#define DOTU(wb, x) dotu((wb).v, (x))
+#endif
+AI wblk wb_nib16(const uint8_t *qs) {
+#ifdef ES_REG_UNPACK
+    return nib16_r(qs);
+#else
+    wblk r;
+    unpack_nib16(qs, r.v);
+    return r;
+#endif
 }
-static float row_int8(const uint8_t *w, const uint8_t *wsc, int n, act_t a) { /* wsc: this row's f32 scale */
-    vf acc = vf_zero();
-    for (int b = 0; b < n / 32; b++) acc = vf_fma(dots((const int8_t *)w + 32 * b, a.q + 32 * b), a.d[b], acc);
+AI wblk wb_nib16_hi(const uint8_t *qs, uint32_t qh) { /* 5-bit codes: nibbles + bit j of qh as bit 4 */
+#ifdef ES_REG_UNPACK
+    return _mm256_or_si256(nib16_r(qs), _mm256_and_si256(bits32_r(qh), _mm256_set1_epi8(0x10)));
+#else
+    wblk r;
+    unpack_nib16(qs, r.v);
+    for (int j = 0; j < 32; j++) r.v[j] |= ((qh >> j) & 1u) << 4;
+    return r;
+#endif
+}
+/* K-quant pair p of a 256 block: low / high nibbles of qs[32], with bit (2p / 2p+1) of qh[32] as bit 4 (q5_k) */
+AI void wb_kpair(const uint8_t *qs, const uint8_t *qh, int p, wblk *lo, wblk *hi) {
+#ifdef ES_REG_UNPACK
+    __m256i v = _mm256_loadu_si256((const __m256i *)qs), m4 = _mm256_set1_epi8(0x0F);
+    *lo = _mm256_and_si256(v, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    if (qh) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)qh), b16 = _mm256_set1_epi8(0x10);
+        __m256i u0 = _mm256_set1_epi8((char)(1 << (2 * p))), u1 = _mm256_set1_epi8((char)(2 << (2 * p)));
+        *lo = _mm256_or_si256(*lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, u0), u0), b16));
+        *hi = _mm256_or_si256(*hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, u1), u1), b16));
+    }
+#else
+    unpack_nib32(qs, lo->v, hi->v);
+    if (qh)
+        for (int j = 0; j < 32; j++) {
+            lo->v[j] |= ((qh[j] >> (2 * p)) & 1u) << 4;
+            hi->v[j] |= ((qh[j] >> (2 * p + 1)) & 1u) << 4;
+        }
+#endif
+}
+
+AI void row_q8_0_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
+    (void)wsc;
+    ACC_INIT
+#define STEP(b, P) { const uint8_t *wb = w + 34 * (b); float dw = h2f(wb); \
+        for (int i = 0; i < NA; i++) acc[i][P] = vf_fma(dots((const int8_t *)(wb + 2), a[i].q + 32 * (b)), dw * a[i].d[b], acc[i][P]); }
+    BLOCK_LOOP(n / 32)
+#undef STEP
+    ACC_OUT(SUMI(i));
+}
+ROWFN(row_q8_0)
+AI void row_int8_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
+    ACC_INIT
+#define STEP(b, P) { for (int i = 0; i < NA; i++) acc[i][P] = vf_fma(dots((const int8_t *)w + 32 * (b), a[i].q + 32 * (b)), a[i].d[b], acc[i][P]); }
+    BLOCK_LOOP(n / 32)
+#undef STEP
     float s;
     memcpy(&s, wsc, 4);
-    return vf_sum(acc) * s;
+    ACC_OUT(SUMI(i) * s);
 }
-static float row_q4_0(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
+ROWFN(row_int8)
+AI void row_q4_0_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
     (void)wsc;
-    uint8_t u[32] __attribute__((aligned(32), unused));
-    vf acc = vf_zero();
-    float off = 0.f;
-    for (int b = 0; b < n / 32; b++, w += 18) {
-        float dd = h2f(w) * a.d[b];
-#ifdef ES_REG_UNPACK
-        acc = vf_fma(dotu_r(nib16_r(w + 2), a.q + 32 * b), dd, acc);
-#else
-        unpack_nib16(w + 2, u);
-        acc = vf_fma(dotu(u, a.q + 32 * b), dd, acc);
-#endif
-        off += dd * (float)a.s[b];
-    }
-    return vf_sum(acc) - 8.f * off;
+    ACC_INIT
+#define STEP(b, P) { const uint8_t *wb = w + 18 * (b); float dw = h2f(wb); wblk u = wb_nib16(wb + 2); \
+        for (int i = 0; i < NA; i++) { float dd = dw * a[i].d[b]; \
+            acc[i][P] = vf_fma(DOTU(u, a[i].q + 32 * (b)), dd, acc[i][P]); off[i][P] += dd * (float)a[i].s[b]; } }
+    BLOCK_LOOP(n / 32)
+#undef STEP
+    ACC_OUT(SUMI(i) - 8.f * OFFI(i));
 }
-static float row_int4(const uint8_t *w, const uint8_t *wsc, int n, act_t a) { /* wsc: this row's f16 scales */
-    uint8_t u[32] __attribute__((aligned(32), unused));
-    vf acc = vf_zero();
-    float off = 0.f;
-    for (int b = 0; b < n / 32; b++) {
-        float dd = h2f(wsc + 2 * b) * a.d[b];
-#ifdef ES_REG_UNPACK
-        acc = vf_fma(dotu_r(nib16_r(w + 16 * b), a.q + 32 * b), dd, acc);
-#else
-        unpack_nib16(w + 16 * b, u);
-        acc = vf_fma(dotu(u, a.q + 32 * b), dd, acc);
-#endif
-        off += dd * (float)a.s[b];
-    }
-    return vf_sum(acc) - 8.f * off;
+ROWFN(row_q4_0)
+AI void row_int4_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
+    ACC_INIT
+#define STEP(b, P) { float dw = h2f(wsc + 2 * (b)); wblk u = wb_nib16(w + 16 * (b)); \
+        for (int i = 0; i < NA; i++) { float dd = dw * a[i].d[b]; \
+            acc[i][P] = vf_fma(DOTU(u, a[i].q + 32 * (b)), dd, acc[i][P]); off[i][P] += dd * (float)a[i].s[b]; } }
+    BLOCK_LOOP(n / 32)
+#undef STEP
+    ACC_OUT(SUMI(i) - 8.f * OFFI(i));
 }
-static float row_q4_1(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
+ROWFN(row_int4)
+AI void row_q4_1_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
     (void)wsc;
-    uint8_t u[32] __attribute__((aligned(32), unused));
-    vf acc = vf_zero();
-    float off = 0.f;
-    for (int b = 0; b < n / 32; b++, w += 20) {
-#ifdef ES_REG_UNPACK
-        acc = vf_fma(dotu_r(nib16_r(w + 4), a.q + 32 * b), h2f(w) * a.d[b], acc);
-#else
-        unpack_nib16(w + 4, u);
-        acc = vf_fma(dotu(u, a.q + 32 * b), h2f(w) * a.d[b], acc);
-#endif
-        off += h2f(w + 2) * a.d[b] * (float)a.s[b];
-    }
-    return vf_sum(acc) + off;
+    ACC_INIT
+#define STEP(b, P) { const uint8_t *wb = w + 20 * (b); float dw = h2f(wb), mw = h2f(wb + 2); wblk u = wb_nib16(wb + 4); \
+        for (int i = 0; i < NA; i++) { acc[i][P] = vf_fma(DOTU(u, a[i].q + 32 * (b)), dw * a[i].d[b], acc[i][P]); \
+            off[i][P] += mw * a[i].d[b] * (float)a[i].s[b]; } }
+    BLOCK_LOOP(n / 32)
+#undef STEP
+    ACC_OUT(SUMI(i) + OFFI(i));
 }
-static float row_q5_0(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
+ROWFN(row_q4_1)
+AI void row_q5_0_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
     (void)wsc;
-    uint8_t u[32] __attribute__((aligned(32), unused));
-    vf acc = vf_zero();
-    float off = 0.f;
-    for (int b = 0; b < n / 32; b++, w += 22) {
-        uint32_t qh;
-        memcpy(&qh, w + 2, 4);
-        float dd = h2f(w) * a.d[b];
-#ifdef ES_REG_UNPACK
-        __m256i c = _mm256_or_si256(nib16_r(w + 6), _mm256_and_si256(bits32_r(qh), _mm256_set1_epi8(0x10)));
-        acc = vf_fma(dotu_r(c, a.q + 32 * b), dd, acc);
-#else
-        unpack_nib16(w + 6, u);
-        for (int j = 0; j < 32; j++) u[j] |= ((qh >> j) & 1u) << 4;
-        acc = vf_fma(dotu(u, a.q + 32 * b), dd, acc);
-#endif
-        off += dd * (float)a.s[b];
-    }
-    return vf_sum(acc) - 16.f * off;
+    ACC_INIT
+#define STEP(b, P) { const uint8_t *wb = w + 22 * (b); uint32_t qh; memcpy(&qh, wb + 2, 4); float dw = h2f(wb); \
+        wblk u = wb_nib16_hi(wb + 6, qh); \
+        for (int i = 0; i < NA; i++) { float dd = dw * a[i].d[b]; \
+            acc[i][P] = vf_fma(DOTU(u, a[i].q + 32 * (b)), dd, acc[i][P]); off[i][P] += dd * (float)a[i].s[b]; } }
+    BLOCK_LOOP(n / 32)
+#undef STEP
+    ACC_OUT(SUMI(i) - 16.f * OFFI(i));
 }
+ROWFN(row_q5_0)
 static inline void scale_min_k4(int j, const uint8_t *q, int *d, int *m) {
     if (j < 4) {
         *d = q[j] & 63;
@@ -303,73 +359,43 @@ static inline void scale_min_k4(int j, const uint8_t *q, int *d, int *m) {
         *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
     }
 }
-static float row_q4_k(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
-    (void)wsc;
-    uint8_t lo[32] __attribute__((aligned(32), unused)), hi[32] __attribute__((aligned(32), unused));
-    vf acc = vf_zero();
-    float off = 0.f;
-    for (int B = 0; B < n / 256; B++, w += 144) {
+/* q4_k (bpb 144, qh NULL) and q5_k (bpb 176, qh at 16, qs at 48): d, dmin, 12 bytes of 6-bit scales/mins */
+AI void row_k45(const uint8_t *w, int n, const act_t *a, float *out, const int NA, const int five) {
+    ACC_INIT
+    const int bpb = five ? 176 : 144;
+    for (int B = 0; B < n / 256; B++, w += bpb) {
         float d = h2f(w), dmin = h2f(w + 2);
-        const uint8_t *sc = w + 4, *qs = w + 16;
+        const uint8_t *sc = w + 4, *qh = five ? w + 16 : 0, *qs = w + (five ? 48 : 16);
         for (int p = 0; p < 4; p++) {
             int s0, m0, s1, m1, b = 8 * B + 2 * p;
             scale_min_k4(2 * p, sc, &s0, &m0);
             scale_min_k4(2 * p + 1, sc, &s1, &m1);
-#ifdef ES_REG_UNPACK
-            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * p)), m4 = _mm256_set1_epi8(0x0F);
-            acc = vf_fma(dotu_r(_mm256_and_si256(v, m4), a.q + 32 * b), d * (float)s0 * a.d[b], acc);
-            acc = vf_fma(dotu_r(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), a.q + 32 * (b + 1)),
-                         d * (float)s1 * a.d[b + 1], acc);
-#else
-            unpack_nib32(qs + 32 * p, lo, hi);
-            acc = vf_fma(dotu(lo, a.q + 32 * b), d * (float)s0 * a.d[b], acc);
-            acc = vf_fma(dotu(hi, a.q + 32 * (b + 1)), d * (float)s1 * a.d[b + 1], acc);
-#endif
-            off += dmin * ((float)m0 * a.d[b] * (float)a.s[b] + (float)m1 * a.d[b + 1] * (float)a.s[b + 1]);
-        }
-    }
-    return vf_sum(acc) - off;
-}
-static float row_q5_k(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
-    (void)wsc;
-    uint8_t lo[32] __attribute__((aligned(32), unused)), hi[32] __attribute__((aligned(32), unused));
-    vf acc = vf_zero();
-    float off = 0.f;
-    for (int B = 0; B < n / 256; B++, w += 176) {
-        float d = h2f(w), dmin = h2f(w + 2);
-        const uint8_t *sc = w + 4, *qh = w + 16, *qs = w + 48;
-        for (int p = 0; p < 4; p++) {
-            int s0, m0, s1, m1, b = 8 * B + 2 * p;
-            scale_min_k4(2 * p, sc, &s0, &m0);
-            scale_min_k4(2 * p + 1, sc, &s1, &m1);
-#ifdef ES_REG_UNPACK
-            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * p)), m4 = _mm256_set1_epi8(0x0F);
-            __m256i h = _mm256_loadu_si256((const __m256i *)qh), b16 = _mm256_set1_epi8(0x10);
-            __m256i u0 = _mm256_set1_epi8((char)(1 << (2 * p))), u1 = _mm256_set1_epi8((char)(2 << (2 * p)));
-            __m256i cl = _mm256_or_si256(_mm256_and_si256(v, m4),
-                                         _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, u0), u0), b16));
-            __m256i ch = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
-                                         _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, u1), u1), b16));
-            acc = vf_fma(dotu_r(cl, a.q + 32 * b), d * (float)s0 * a.d[b], acc);
-            acc = vf_fma(dotu_r(ch, a.q + 32 * (b + 1)), d * (float)s1 * a.d[b + 1], acc);
-#else
-            unpack_nib32(qs + 32 * p, lo, hi);
-            for (int j = 0; j < 32; j++) {
-                lo[j] |= ((qh[j] >> (2 * p)) & 1u) << 4;
-                hi[j] |= ((qh[j] >> (2 * p + 1)) & 1u) << 4;
+            wblk lo, hi;
+            wb_kpair(qs + 32 * p, qh, p, &lo, &hi);
+            float f0 = d * (float)s0, f1 = d * (float)s1, g0 = dmin * (float)m0, g1 = dmin * (float)m1;
+            for (int i = 0; i < NA; i++) {
+                acc[i][0] = vf_fma(DOTU(lo, a[i].q + 32 * b), f0 * a[i].d[b], acc[i][0]);
+                acc[i][1] = vf_fma(DOTU(hi, a[i].q + 32 * (b + 1)), f1 * a[i].d[b + 1], acc[i][1]);
+                off[i][p & 1] += g0 * a[i].d[b] * (float)a[i].s[b] + g1 * a[i].d[b + 1] * (float)a[i].s[b + 1];
             }
-            acc = vf_fma(dotu(lo, a.q + 32 * b), d * (float)s0 * a.d[b], acc);
-            acc = vf_fma(dotu(hi, a.q + 32 * (b + 1)), d * (float)s1 * a.d[b + 1], acc);
-#endif
-            off += dmin * ((float)m0 * a.d[b] * (float)a.s[b] + (float)m1 * a.d[b + 1] * (float)a.s[b + 1]);
         }
     }
-    return vf_sum(acc) - off;
+    ACC_OUT(SUMI(i) - OFFI(i));
 }
-static float row_q6_k(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
+AI void row_q4_k_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
     (void)wsc;
-    int8_t q[128] __attribute__((aligned(32), unused));
-    vf acc = vf_zero();
+    row_k45(w, n, a, out, NA, 0);
+}
+ROWFN(row_q4_k)
+AI void row_q5_k_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
+    (void)wsc;
+    row_k45(w, n, a, out, NA, 1);
+}
+ROWFN(row_q5_k)
+AI void row_q6_k_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
+    (void)wsc;
+    int8_t q[128] __attribute__((aligned(32)));
+    ACC_INIT
     for (int B = 0; B < n / 256; B++, w += 210) {
         const uint8_t *ql = w, *qh = w + 128;
         const int8_t *sc = (const int8_t *)(w + 192);
@@ -384,12 +410,15 @@ static float row_q6_k(const uint8_t *w, const uint8_t *wsc, int n, act_t a) {
             }
             for (int k = 0; k < 4; k++) { /* 32 values, scales sc[2k] (first 16) and sc[2k+1] (last 16) */
                 int b = 8 * B + 4 * h + k;
-                acc = vf_fma(dots_scale2(q + 32 * k, a.q + 32 * b, sc[2 * k], sc[2 * k + 1]), d * a.d[b], acc);
+                for (int i = 0; i < NA; i++)
+                    acc[i][k & 1] = vf_fma(dots_scale2(q + 32 * k, a[i].q + 32 * b, sc[2 * k], sc[2 * k + 1]),
+                                           d * a[i].d[b], acc[i][k & 1]);
             }
         }
     }
-    return vf_sum(acc);
+    ACC_OUT(SUMI(i));
 }
+ROWFN(row_q6_k)
 
 static rowdot_fn rowdot_of(int wt) {
     switch (wt) {
@@ -456,12 +485,19 @@ static void run_share(const job_t *j, int ith) {
     per = (per + 3) & ~3;
     int r0 = ith * per, r1 = r0 + per < j->rows ? r0 + per : j->rows;
     int nb = j->n / 32;
-    /* weight-reusing order: one weight row (in L1) against every activation row, then the next row */
+    /* weight-reusing order: one weight row (in L1) against every activation row, MAXNA rows per unpack */
+    act_t a[MAXNA];
+    float o[MAXNA];
     for (int r = r0; r < r1; r++) {
         const uint8_t *wr = j->w + (long)r * j->row_bytes, *sr = j->wsc ? j->wsc + (long)r * j->sc_bytes : 0;
-        for (int i = 0; i < j->m; i++) {
-            act_t a = {j->q + (long)i * j->n, j->d + (long)i * nb, j->s + (long)i * nb};
-            j->y[(long)i * j->rows + r] = j->fn(wr, sr, j->n, a);
+        for (int i0 = 0; i0 < j->m; i0 += MAXNA) {
+            int na = j->m - i0 < MAXNA ? j->m - i0 : MAXNA;
+            for (int i = 0; i < na; i++) {
+                long ii = i0 + i;
+                a[i] = (act_t){j->q + ii * j->n, j->d + ii * nb, j->s + ii * nb};
+            }
+            j->fn(wr, sr, j->n, a, na, o);
+            for (int i = 0; i < na; i++) j->y[(long)(i0 + i) * j->rows + r] = o[i];
         }
     }
 }
