@@ -2,7 +2,7 @@
 
 ``TestBoard`` creates a network namespace with a veth pair (host 10.R.0.1 <-> board 10.R.0.2), starts OpenSSH's
 ``sshd`` inside it (own host key, one authorised client key, keys only), optionally under the rpi5 rig limits
-(``edgespool rig run --profile rpi5 -- ip netns exec NS sshd -D``: every ssh session, hence the remote edgespool,
+(``edgespool rig run --profile rpi5 -- nsenter --net=... sshd -D``: every ssh session, hence the remote edgespool,
 inherits the rig's memory cgroup, blkio throttle and cores), and shapes both directions of the link with ``tc tbf``.
 ``CutProxy`` is a userspace TCP relay on the host side that adds latency (netem is not in this kernel) and can
 sever the connection after a given number of client->board bytes (the transfer-kill fault).
@@ -121,7 +121,9 @@ class TestBoard:
     def start(self) -> None:
         """Start sshd (in the foreground, so killing it ends the board's sessions' parent)."""
         Path("/run/sshd").mkdir(exist_ok=True)
-        cmd = ["ip", "netns", "exec", self.ns, SSHD, "-D", "-e", "-f", str(self._config())]
+        # nsenter joins only the network namespace (``ip netns exec`` would also remount /sys, hiding the cgroup
+        # files the board's preflight reads)
+        cmd = ["nsenter", f"--net=/run/netns/{self.ns}", SSHD, "-D", "-e", "-f", str(self._config())]
         if self.rig:
             cmd = [sys.executable, "-m", "edgespool", "rig", "run", "--profile", self.rig,
                    *(["--storage", self.rig_storage] if self.rig_storage else []),
@@ -147,7 +149,13 @@ class TestBoard:
             os.killpg(self.proc.pid, 15)
         except ProcessLookupError:
             pass
-        # sessions are children of sshd's per-connection processes, all in sshd's process group
+        # sshd puts each connection in its own session: a power cut kills every process in the namespace
+        pids = _sh("ip", "netns", "pids", self.ns, check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
         try:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:

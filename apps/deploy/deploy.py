@@ -107,7 +107,12 @@ def deploy(bundle_path: str | Path, dev: Device, registry: Registry, *, memory_b
     t0 = time.perf_counter()
     bundle = Bundle(bundle_path)
     plan = plan_bundle(bundle.path, max_chunk)
-    with connect(dev, registry) as s:
+    try:
+        session = connect(dev, registry)
+    except DeployError as e:
+        e.bytes_sent = 0  # type: ignore[attr-defined]
+        raise
+    with session as s:
         try:
             return _deploy_on(s, bundle, plan, dev, t0, memory_budget=memory_budget, wheel=wheel, keep=keep,
                               read_test_bytes=read_test_bytes, need_edgespool=need_edgespool, progress=progress)
