@@ -3,7 +3,7 @@
  * layout (ggml block formats q8_0 q4_0 q4_1 q5_0 q4_k q5_k q6_k, and edgespool's own int8 / int4 g32).
  *
  * Numerics (llama.cpp's vec_dot): each row of x is rounded to 32-value blocks of int8 codes (d = max|x|/127,
- * q = roundf(x/d)), every weight block is dotted in integers with the activation block(s) it covers and the integer
+ * q = roundf(x/d), d kept as f16: ggml's quantize_row_q8_0), every weight block is dotted in integers with the activation block(s) it covers and the integer
  * dot is scaled by (weight scale x activation scale) in float.  K-quant sub-blocks use the 32-value activation
  * blocks too (one activation scale per sub-block instead of ggml's one per 256: equal or finer rounding).
  *
@@ -64,7 +64,7 @@ static void quantize_act(const float *x, int n, int8_t *q, float *d, int32_t *s)
             q[32 * b + j] = (int8_t)v;
             sum += v;
         }
-        d[b] = db;
+        d[b] = (float)(_Float16)db; /* stored as f16, like ggml's block_q8_0 (codes from the f32 scale) */
         s[b] = sum;
     }
 }

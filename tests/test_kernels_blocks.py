@@ -1,0 +1,248 @@
+"""The C block kernels (edgespool/kernels/c_blocks.py, c_src/blockdot.c) against independent references.
+
+* weights: every ggml format as stored (random block bytes with sane f16 scales), decoded by gguf-py (the numpy
+  port of ggml's C reference, itself checked bit-identical to libggml in test_gguf.py) and, where llama-cpp-python
+  is installed, by libggml's own ``dequantize_row_*``; edgespool's int8 / int4 by the numpy reference kernels;
+* activations: a float64 numpy model of the Q8_0 rounding of x (so the integer dots must be exact), and float x
+  (error bound of the rounding);
+* llama.cpp's own block dot products (libggml-cpu ``vec_dot`` of the type traits, on x quantised by ggml's own
+  ``from_float``) for the 32-value formats, which share the activation rounding exactly;
+* the aarch64 build (NEON + dotprod, and NEON without dotprod) under qemu-aarch64 on the same inputs.
+
+Shapes are not powers of two (rows 37 / 301 / 1000, widths 7 or 27 blocks, 3 super-blocks) and batches of 1..6 rows
+(the 4-row weight reuse and its tail).
+"""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgespool.kernels import c_blocks
+from edgespool.kernels.quant import QTensor, quantize
+from edgespool.kernels.table import REFERENCE
+from edgespool.runtime.bundle.ggml_schemes import GGML_BLOCKS
+
+FORMATS = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q5_K", "Q6_K"]
+F16_AT = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
+
+
+@pytest.fixture(scope="module")
+def kern(tmp_path_factory):
+    lib = c_blocks.host_library(cache_dir=tmp_path_factory.mktemp("blockcache"))
+    k1, k2 = c_blocks.BlockKernels(lib, threads=1), c_blocks.BlockKernels(lib, threads=2)
+    yield k1, k2
+    k1.close()
+    k2.close()
+
+
+def rand_blocks(rng, t: str, rows: int, n: int) -> np.ndarray:
+    """Random ggml blocks of type ``t`` (uint8 ``[rows, row_bytes]``) with finite, small f16 scales."""
+    bv, bb = GGML_BLOCKS[t]
+    raw = rng.integers(0, 256, (rows, n // bv, bb), dtype=np.uint8)
+    for p in F16_AT[t]:
+        raw[:, :, p:p + 2] = rng.uniform(-0.02, 0.02, (rows, n // bv)).astype(np.float16).view(np.uint8).reshape(
+            rows, n // bv, 2)
+    if t == "Q6_K":  # int8 sub-block scales
+        raw[:, :, 192:208] = rng.integers(-60, 60, (rows, n // bv, 16)).astype(np.int8).view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def gguf_dequant(raw: np.ndarray, t: str, rows: int, n: int) -> np.ndarray:
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    return np.asarray(dequantize(raw, GGMLQuantizationType[t]), np.float64).reshape(rows, n)
+
+
+def q8_rounded(x: np.ndarray) -> np.ndarray:
+    """float64 model of the kernels' activation rounding: per 32 values d = f16(max|x|/127), codes
+    round-half-away(x / (max|x|/127)) clipped to +-127 (ggml's quantize_row_q8_0)."""
+    b = x.reshape(-1, 32).astype(np.float32)
+    d = np.abs(b).max(1) / np.float32(127)
+    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
+    v = b * inv[:, None]
+    q = np.clip(np.sign(v) * np.floor(np.abs(v) + np.float32(0.5)), -127, 127)
+    return (q.astype(np.float64) * d.astype(np.float16).astype(np.float64)[:, None]).reshape(x.shape)
+
+
+def rel(y: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(y - ref).max() / np.abs(ref).max())
+
+
+@pytest.mark.parametrize("t", FORMATS)
+def test_ggml_formats_exact_on_rounded_activations(kern, t):
+    rng = np.random.default_rng(FORMATS.index(t))
+    k1, k2 = kern
+    rows, n = (301, 768) if t.endswith("K") else (1000, 32 * 27)
+    raw = rand_blocks(rng, t, rows, n)
+    w = QTensor(t.lower(), (rows, n), raw)
+    wf = gguf_dequant(raw, t, rows, n)
+    for m in (1, 2, 4, 5, 6):
+        x = rng.standard_normal((m, n)).astype(np.float32)
+        y1, y2 = k1.linear(x, w), k2.linear(x, w)
+        assert y1.shape == (m, rows) and y1.dtype == np.float32
+        assert rel(y1, q8_rounded(x) @ wf.T) < 2e-6, (t, m)  # the integer block dots are exact
+        assert rel(y1, x.astype(np.float64) @ wf.T) < 2e-2  # the rounding of x costs < 2% of max|y|
+        np.testing.assert_array_equal(y1, y2)  # the row split changes nothing
+    # the 4-row weight reuse computes each row like a single-row call
+    x = rng.standard_normal((6, n)).astype(np.float32)
+    np.testing.assert_allclose(k1.linear(x, w)[5], k1.linear(x[5:6], w)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_edgespool_schemes_match_the_numpy_reference(kern, scheme):
+    rng = np.random.default_rng(7)
+    k1, k2 = kern
+    wf = rng.standard_normal((37, 32 * 7)).astype(np.float32)
+    w = quantize(wf, scheme, 32)
+    x = rng.standard_normal((3, 32 * 7)).astype(np.float32)
+    ref = q8_rounded(x) @ w.dequantize().astype(np.float64).T
+    assert rel(k1.linear(x, w), ref) < 2e-6
+    assert rel(k2.linear(x, w), REFERENCE.linear(x, w)) < 2e-2
+
+
+def test_table_routes_and_falls_back(kern):
+    k1, _ = kern
+    rng = np.random.default_rng(3)
+    table = k1.table()
+    w64 = quantize(rng.standard_normal((16, 128)).astype(np.float32), "int4", 64)  # no g64 block kernel
+    x = rng.standard_normal((2, 128)).astype(np.float32)
+    calls = k1.calls
+    np.testing.assert_allclose(table.linear(x, w64), REFERENCE.linear(x, w64), rtol=1e-5, atol=1e-5)
+    assert k1.calls == calls and any("int4" in r for r in k1.fallbacks)
+    w8 = quantize(rng.standard_normal((16, 128)).astype(np.float32), "int8")
+    y = table.linear(x.reshape(1, 2, 128), w8, bias=np.ones(16, np.float32))
+    assert y.shape == (1, 2, 16) and k1.calls == calls + 1
+    assert "C block kernels" in table.description
+
+
+def test_target_flags_and_missing_compiler(tmp_path):
+    from edgespool.errors import TargetError
+
+    assert c_blocks.gcc_flags({"mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"}) == ["-mcpu=cortex-a76"]
+    assert "-mavx512vnni" in c_blocks.gcc_flags({"mtriple": "x86_64-linux-gnu", "mcpu": "znver4"})
+    with pytest.raises(TargetError, match="not found"):
+        c_blocks.compile_library({"mtriple": "x86_64-linux-gnu"}, tmp_path / "b.so", cc="no-such-gcc-xyz")
+
+
+# -- llama.cpp's own vec_dot ---------------------------------------------------------------------------------------
+GGML_TYPE = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+
+
+class _Traits(ctypes.Structure):
+    _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p), ("vec_dot_type", ctypes.c_int),
+                ("nrows", ctypes.c_int64)]
+
+
+def _ggml_cpu():
+    pytest.importorskip("llama_cpp")
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).resolve().parent / "lib"
+    cands = sorted(lib_dir.glob("libggml-cpu.so*"))
+    if not cands:
+        pytest.skip(f"no libggml-cpu in {lib_dir}")
+    ctypes.CDLL(str(sorted(lib_dir.glob("libggml-base.so*"))[0]), mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(str(cands[0]))
+    lib.ggml_cpu_init()
+    lib.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_Traits)
+    lib.ggml_get_type_traits_cpu.argtypes = [ctypes.c_int]
+    return lib
+
+
+def ggml_vec_dot(lib, t: str, raw_row: np.ndarray, x: np.ndarray) -> float:
+    tr = lib.ggml_get_type_traits_cpu(GGML_TYPE[t]).contents
+    vt = lib.ggml_get_type_traits_cpu(tr.vec_dot_type).contents
+    n = x.size
+    xq = np.zeros(n * 2 + 1024, np.uint8)  # generous: q8_1 / q8_K blocks are under 2 bytes per value
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(vt.from_float)(
+        x.ctypes.data, xq.ctypes.data, n)
+    out = np.zeros(1, np.float32)
+    vd = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                          ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)(tr.vec_dot)
+    vd(n, out.ctypes.data, 0, np.ascontiguousarray(raw_row).ctypes.data, 0, xq.ctypes.data, 0, 1)
+    return float(out[0])
+
+
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("t", FORMATS)
+def test_against_llamacpp_vec_dot(kern, t):
+    """llama.cpp's vec_dot on the same bytes: equal up to float order for the 32-value formats (the same
+    activation rounding); K-quants within the difference of ggml's one activation scale per 256 values."""
+    lib = _ggml_cpu()
+    rng = np.random.default_rng(11)
+    rows, n = 96, 768
+    raw = rand_blocks(rng, t, rows, n)
+    x = rng.standard_normal((1, n)).astype(np.float32)
+    y = kern[0].linear(x, QTensor(t.lower(), (rows, n), raw))[0]
+    ref = np.array([ggml_vec_dot(lib, t, raw[r], x[0]) for r in range(rows)])
+    if t.endswith("K"):  # ggml rounds x with one scale per 256 values, the kernels per 32: no worse than ggml
+        exact = x[0].astype(np.float64) @ gguf_dequant(raw, t, rows, n).T
+        err, gerr = np.sqrt(np.mean((y - exact) ** 2)), np.sqrt(np.mean((ref - exact) ** 2))
+        assert rel(y, ref) < 3e-2 and err <= 1.25 * gerr, (err, gerr)  # comparable to llama.cpp's own error
+    else:  # Q4_1: ggml's q8_1 keeps d * sum(codes) as f16
+        assert rel(y, ref) < (1e-3 if t == "Q4_1" else 1e-5), rel(y, ref)
+
+
+@pytest.mark.llamacpp
+def test_gguf_dequant_is_libggml_for_the_test_blocks():
+    """The reference decode used above equals libggml's dequantize_row_* on these random blocks."""
+    pytest.importorskip("llama_cpp")
+    import gguf_tools
+
+    rng = np.random.default_rng(5)
+    for t in FORMATS:
+        raw = rand_blocks(rng, t, 3, 512)
+        np.testing.assert_array_equal(gguf_dequant(raw, t, 3, 512).astype(np.float32).reshape(-1),
+                                      gguf_tools.ggml_dequantize(raw, t, 3 * 512))
+
+
+# -- aarch64 build under qemu ----------------------------------------------------------------------------------------
+HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+void *es_pool_new(int); long es_act_bytes(int, int); const char *es_isa(void);
+int es_linear(void *, int, const uint8_t *, long, const uint8_t *, long, int, int, const float *, int, float *,
+              uint8_t *, int);
+int main(int argc, char **argv) {  /* in: wt rows n m row_bytes, raw, x; out: isa line, y */
+    FILE *f = fopen(argv[1], "rb"); int h[5]; fread(h, 4, 5, f);
+    uint8_t *w = malloc((long)h[1] * h[4]); fread(w, 1, (long)h[1] * h[4], f);
+    float *x = malloc(4L * h[2] * h[3]); fread(x, 4, (long)h[2] * h[3], f); fclose(f);
+    float *y = malloc(4L * h[1] * h[3]); uint8_t *s = malloc(es_act_bytes(h[2], h[3]) + 8);
+    int rc = es_linear(es_pool_new(2), h[0], w, h[4], 0, 0, h[1], h[2], x, h[3], y, s, 2);
+    FILE *o = fopen(argv[2], "wb"); fwrite(y, 4, (long)h[1] * h[3], o); fclose(o);
+    printf("%s %d\n", es_isa(), rc); return rc;
+}
+"""
+
+
+@pytest.mark.parametrize("mcpu,isa", [("cortex-a76", "neon+dotprod"), ("cortex-a72", "neon")])
+def test_aarch64_build_under_qemu(tmp_path, mcpu, isa):
+    cc, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64") or shutil.which(
+        "qemu-aarch64-static")
+    if not cc or not qemu:
+        pytest.skip("needs aarch64-linux-gnu-gcc and qemu-aarch64")
+    (tmp_path / "h.c").write_text(HARNESS)
+    exe = tmp_path / "h"
+    flags = c_blocks.gcc_flags({"mtriple": "aarch64-linux-gnu", "mcpu": mcpu})
+    subprocess.run([cc, "-O2", "-static", "-pthread", *flags, "-o", str(exe), str(tmp_path / "h.c"),
+                    str(c_blocks.SOURCE), "-lm"], check=True, capture_output=True)
+    rng = np.random.default_rng(2)
+    for t in FORMATS:
+        rows, n, m = 45, (512 if t.endswith("K") else 32 * 9), 5
+        raw = rand_blocks(rng, t, rows, n)
+        x = rng.standard_normal((m, n)).astype(np.float32)
+        inp = tmp_path / "in.bin"
+        inp.write_bytes(np.array([c_blocks.SCHEME_CODES[t.lower()][0], rows, n, m, raw.shape[1]], np.int32)
+                        .tobytes() + raw.tobytes() + x.tobytes())
+        p = subprocess.run([qemu, "-cpu", mcpu, str(exe), str(inp), str(tmp_path / "out.bin")],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and p.stdout.split() == [isa, "0"], p.stdout + p.stderr
+        y = np.fromfile(tmp_path / "out.bin", np.float32).reshape(m, rows)
+        assert rel(y, q8_rounded(x) @ gguf_dequant(raw, t, rows, n).T) < 2e-6, t
