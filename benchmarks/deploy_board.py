@@ -10,6 +10,7 @@ Needs root, ``ip``, ``tc`` and ``/usr/sbin/sshd``; :func:`skip_reason` says why 
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
@@ -114,7 +116,7 @@ class TestBoard:
             f"Port {self.port}", f"ListenAddress {self.board_ip}", f"HostKey {self.host_key}",
             f"AuthorizedKeysFile {self.work / 'authorized_keys'}", "PasswordAuthentication no",
             "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "UsePAM no", "StrictModes no",
-            f"PidFile {self.work / 'sshd.pid'}", "MaxStartups 50", "AcceptEnv NONE", "",
+            f"PidFile {self.work / 'sshd.pid'}", "MaxStartups 50", "Subsystem sftp /usr/lib/openssh/sftp-server", "",
         ]))
         return cfg
 
@@ -185,9 +187,18 @@ class TestBoard:
         return f"ssh://root@{host or self.board_ip}:{port or self.port}"
 
 
+def _close(*socks: socket.socket) -> None:
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        s.close()
+
+
 class CutProxy:
-    """Relay 127.0.0.1:<port> -> board; ``delay_s`` per direction per read (latency); after ``cut_after`` bytes
-    from the client the connection is severed (both sockets shut down), once."""
+    """Relay 127.0.0.1:<port> -> board, adding ``delay_s`` of one-way latency in each direction; the next
+    connection after ``cut_after`` is set is severed (both sockets shut down) after that many client bytes."""
 
     def __init__(self, target: tuple[str, int], *, delay_s: float = 0.0) -> None:
         self.target = target
@@ -220,31 +231,66 @@ class CutProxy:
             threading.Thread(target=self._pump, args=(u, c, state, False), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, state: dict, upstream: bool) -> None:
+        """Copy src -> dst; with a delay, a sender thread forwards each piece ``delay_s`` after it arrived (a
+        one-way latency that does not cap throughput)."""
+        import queue
+
+        q: queue.Queue = queue.Queue()
+
+        def sender() -> None:
+            try:
+                while True:
+                    due, b = q.get()
+                    if b is None:
+                        break
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    dst.sendall(b)
+            except OSError:
+                pass
+            finally:
+                _close(src, dst)
+
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
         try:
             while True:
                 b = src.recv(65536)
                 if not b:
                     break
-                if self.delay_s:
-                    time.sleep(self.delay_s)
                 if upstream and state["limit"] is not None:
                     room = state["limit"] - state["up"]
                     if len(b) >= room:
-                        dst.sendall(b[:max(room, 0)])
+                        q.put((time.monotonic() + self.delay_s, b[:max(room, 0)]))
                         self.cuts += 1
-                        raise ConnectionAbortedError
+                        break
                     state["up"] += len(b)
-                dst.sendall(b)
+                q.put((time.monotonic() + self.delay_s, b))
         except OSError:
             pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
+        q.put((0.0, None))
 
     def close(self) -> None:
         self._stop = True
         self.sock.close()
+
+
+def modify_one_tensor(src: Path, dst: Path, name: str) -> None:
+    """Copy bundle ``src`` to ``dst`` with tensor ``name``'s int8 data changed (CRC32 updated in the manifest)."""
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    rec = m["tensors"][name]
+    with open(dst / "weights.bin", "r+b") as f:
+        p = rec["parts"]["data"]
+        f.seek(rec["offset"] + p["offset"])
+        data = bytearray(f.read(p["nbytes"]))
+        data[:16] = bytes((b + 1) % 256 for b in data[:16])
+        f.seek(rec["offset"] + p["offset"])
+        f.write(data)
+        crc = 0
+        for part in rec["parts"].values():
+            f.seek(rec["offset"] + part["offset"])
+            crc = zlib.crc32(f.read(part["nbytes"]), crc)
+    rec["crc32"] = crc
+    (dst / "manifest.json").write_text(json.dumps(m))

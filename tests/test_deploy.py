@@ -28,6 +28,7 @@ from edgespool.apps.deploy.chunk_plan import plan_bundle
 from edgespool.apps.deploy.deploy import deploy, rollback
 from edgespool.apps.deploy.preflight import check_fit
 from edgespool.apps.deploy.registry import Device, Registry, parse_url
+from edgespool.benchmarks.deploy_board import modify_one_tensor
 from edgespool.errors import DeployError, OptionError
 from edgespool.runtime.bundle.reader import Bundle
 
@@ -68,35 +69,13 @@ def test_agent_confines_paths(tmp_path):
             board_agent.confined(str(root), bad)
 
 
-def _modify_one_tensor(src: Path, dst: Path, name: str) -> None:
-    """Copy bundle ``src`` to ``dst`` with tensor ``name``'s int8 data changed (CRC32 updated in the manifest)."""
-    import zlib
-
-    shutil.copytree(src, dst)
-    m = json.loads((dst / "manifest.json").read_text())
-    rec = m["tensors"][name]
-    with open(dst / "weights.bin", "r+b") as f:
-        p = rec["parts"]["data"]
-        f.seek(rec["offset"] + p["offset"])
-        data = bytearray(f.read(p["nbytes"]))
-        data[:16] = bytes((b + 1) % 256 for b in data[:16])
-        f.seek(rec["offset"] + p["offset"])
-        f.write(data)
-        crc = 0
-        for part in rec["parts"].values():
-            f.seek(rec["offset"] + part["offset"])
-            crc = zlib.crc32(f.read(part["nbytes"]), crc)
-    rec["crc32"] = crc
-    (dst / "manifest.json").write_text(json.dumps(m))
-
-
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     """Bundle A, bundle B = A with one tensor changed, and a second model C (another seed)."""
     d = tmp_path_factory.mktemp("bundles")
     a = make_synth_bundle(d / "a", quant="int8").path
     b = d / "b"
-    _modify_one_tensor(a, b, "layers.1.wq")
+    modify_one_tensor(a, b, "layers.1.wq")
     Bundle(b).verify()
     c = make_synth_bundle(d / "c", quant="f32", seed=3).path
     return a, b, c
