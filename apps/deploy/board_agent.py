@@ -16,6 +16,7 @@ Layout under the root::
     history.json               the releases in deploy order (rollback walks it back)
     env/<version>/, env/current  edgespool unpacked from a shipped wheel (PYTHONPATH for the remote commands)
 """
+import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ PROTOCOL = 1
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 BLOCK = 1 << 20
+FLUSH_BYTES = 4 << 20  # received bytes made durable together (see Agent.flush)
 
 
 class AgentError(Exception):
@@ -94,6 +96,14 @@ def write_atomic(path, data):
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path))
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(BLOCK), b""):
+            h.update(b)
+    return h.hexdigest()
 
 
 def check_rid(rid):
@@ -269,12 +279,20 @@ class Agent:
     def __init__(self, root, inp, out):
         self.root = root
         self.inp, self.out = inp, out
+        self.pending, self.pending_bytes = [], 0  # received chunks not yet fsynced and renamed
         for d in ("chunks", "chunks/tmp", "releases", "env"):
             os.makedirs(os.path.join(root, d), exist_ok=True)
-        # an interrupted chunk is dropped: a resume resends only that one
+        # chunks received by a session that died before flushing: kept when their bytes hash to their name (the
+        # process was killed, the page cache kept them), dropped otherwise (the one cut mid-payload, or a power cut)
         tmp = os.path.join(root, "chunks", "tmp")
         for name in os.listdir(tmp):
-            os.unlink(os.path.join(tmp, name))
+            path = os.path.join(tmp, name)
+            sha = name[:-5] if name.endswith(".part") else ""
+            if HEX64.match(sha) and file_sha256(path) == sha:
+                self.pending.append((path, sha))
+            else:
+                os.unlink(path)
+        self.flush()
 
     def p(self, rel):
         return confined(self.root, rel)
@@ -357,11 +375,9 @@ class Agent:
                     err = e
         if f is not None:
             try:
-                f.flush()
-                os.fsync(f.fileno())
+                f.close()
             except OSError as e:
                 err = err or e
-            f.close()
         if err is not None:
             try:
                 os.unlink(part)
@@ -373,8 +389,26 @@ class Agent:
         if h.hexdigest() != sha:
             os.unlink(part)
             raise AgentError("chunk %s arrived corrupt (sha256 %s)" % (sha[:12], h.hexdigest()[:12]))
-        os.replace(part, self.p("chunks/" + sha))
+        self.pending.append((part, sha))
+        self.pending_bytes += size
+        if self.pending_bytes >= FLUSH_BYTES:
+            self.flush()
         return {"stored": sha}
+
+    def flush(self):
+        """Make the received chunks durable: fsync each, then rename it to its hash and fsync the directory (a
+        chunk has its final name only once its bytes are on the disk). Runs every FLUSH_BYTES, before staging and
+        when the client goes away, so a cut connection loses no received chunk and a power cut at most FLUSH_BYTES."""
+        for part, sha in self.pending:
+            fd = os.open(part, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(part, self.p("chunks/" + sha))
+        if self.pending:
+            fsync_dir(self.p("chunks"))
+        self.pending, self.pending_bytes = [], 0
 
     def _copy_chunk(self, src, dst_f, sha):
         kind, path, off, size = src
@@ -397,6 +431,7 @@ class Agent:
         final = self.p("releases/" + rid)
         if rid in self.releases():
             return {"rid": rid, "staged": False}
+        self.flush()
         staging = self.p("releases/.staging-" + rid)
         shutil.rmtree(staging, ignore_errors=True)
         os.makedirs(staging)
@@ -489,6 +524,7 @@ class Agent:
         sha, version = req["sha"], req["version"]
         if not HEX64.match(sha) or not NAME.match(version):
             raise AgentError("install request refused")
+        self.flush()
         have = self.have_map()
         if sha not in have:
             raise AgentError("the wheel chunk %s is not on the board" % sha[:12])
@@ -551,6 +587,7 @@ class Agent:
         return {"exit": rc, "seconds": time.perf_counter() - t0}
 
     def op_bye(self, req):
+        self.flush()
         return {}
 
     def op_thermal(self, req):
@@ -561,6 +598,7 @@ class Agent:
             try:
                 req = recv(self.inp)
             except EOFError:
+                self.flush()
                 return
             op = req.get("op")
             fn = getattr(self, "op_" + str(op), None)
@@ -569,6 +607,9 @@ class Agent:
                     raise AgentError("unknown request %r" % (op,))
                 res = fn(req)
                 res["ok"] = True
+            except EOFError:  # the connection went away in the middle of a request (a chunk's payload)
+                self.flush()
+                return
             except AgentError as e:
                 res = {"ok": False, "error": str(e)}
             except OSError as e:
@@ -614,6 +655,19 @@ def main():
         return
     try:
         os.makedirs(root, exist_ok=True)
+        lock = open(os.path.join(root, ".lock"), "a")
+        # one session at a time per device root; a session cut a moment ago may still be flushing
+        deadline = time.time() + 30
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.time() > deadline:
+                    send(out, {"ok": False, "error": "device root %s is busy: another edgespool session holds its "
+                                                     "lock" % root})
+                    return
+                time.sleep(0.1)
         agent = Agent(root, inp, out)
     except OSError as e:
         send(out, {"ok": False, "error": "device root %s: %s" % (root, e.strerror or e)})

@@ -1,8 +1,9 @@
 """The content-addressed chunk plan of a bundle: which byte ranges of which files, named by their sha256.
 
-``weights.bin`` is cut on the bundle's streaming-group boundaries (the manifest's group table, so a one-tensor change
-touches about one group), groups larger than ``max_chunk`` are cut further on 4 KiB boundaries, and the bytes
-between groups (alignment padding) are chunks of their own. Every other file is cut every ``max_chunk`` bytes.
+``weights.bin`` is cut at every tensor's start and every streaming group's bounds (the manifest's tensor and group
+tables), so a one-tensor change touches one chunk (tensors larger than ``max_chunk`` are cut further on 4 KiB
+boundaries). Chunks are named by sha256, not by the manifest's CRC32s: CRC32 detects corruption but is no content
+address (collisions are easy to make), so the CRCs are the second, independent check on the board. Every other file is cut every ``max_chunk`` bytes.
 The board verifies each chunk's sha256 on arrival and, once assembled, every tensor's CRC32 from the manifest.
 The release id is the sha256 of the plan itself: the same bundle deploys to the same release.
 """
@@ -64,18 +65,16 @@ class ChunkPlan:
 
 
 def _ranges_weights(bundle: Bundle, size: int, max_chunk: int) -> list[tuple[int, int]]:
-    """Byte ranges covering the whole weights file: groups (split at ``max_chunk`` on 4 KiB boundaries) and gaps."""
-    out: list[tuple[int, int]] = []
-    pos = 0
+    """Byte ranges covering the whole weights file: one per tensor (from its start to the next tensor's start, so
+    its alignment padding rides along), tensors larger than ``max_chunk`` cut on 4 KiB boundaries; bytes before
+    the first tensor or between groups are ranges of their own."""
     step = max(ALIGNMENT, max_chunk // ALIGNMENT * ALIGNMENT)
-    for g in sorted(bundle.groups.values(), key=lambda g: g.offset):
-        if g.offset > pos:
-            out.append((pos, g.offset - pos))
-        for off in range(g.offset, g.offset + g.nbytes, step):
-            out.append((off, min(step, g.offset + g.nbytes - off)))
-        pos = max(pos, g.offset + g.nbytes)
-    if size > pos:
-        out += [(off, min(step, size - off)) for off in range(pos, size, step)]
+    starts = sorted({int(r["offset"]) for r in bundle.tensors.values()} |
+                    {g.offset for g in bundle.groups.values()} | {g.offset + g.nbytes for g in bundle.groups.values()})
+    bounds = [0] + [x for x in starts if 0 < x < size] + [size]
+    out: list[tuple[int, int]] = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        out += [(off, min(step, hi - off)) for off in range(lo, hi, step)]
     return out
 
 

@@ -11,6 +11,7 @@ import re
 import statistics
 import time
 import zipfile
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from .registry import Device, Registry
 from .ssh_session import Session
 
 READ_TEST_BYTES = 32 << 20
+MAX_INFLIGHT = 256
 _WHEEL = re.compile(r"^edgespool-([0-9][A-Za-z0-9.+]*)-[^/]+\.whl$")
 
 
@@ -114,7 +116,8 @@ def deploy(bundle_path: str | Path, dev: Device, registry: Registry, *, memory_b
         raise
     with session as s:
         try:
-            return _deploy_on(s, bundle, plan, dev, t0, memory_budget=memory_budget, wheel=wheel, keep=keep,
+            return _deploy_on(s, bundle, plan, dev, t0, memory_budget=memory_budget, window=max_chunk, wheel=wheel,
+                              keep=keep,
                               read_test_bytes=read_test_bytes, need_edgespool=need_edgespool, progress=progress)
         except DeployError as e:
             e.bytes_sent = s.bytes_sent  # type: ignore[attr-defined]  # what left this side before the failure
@@ -122,7 +125,7 @@ def deploy(bundle_path: str | Path, dev: Device, registry: Registry, *, memory_b
 
 
 def _deploy_on(s: Session, bundle: Bundle, plan: ChunkPlan, dev: Device, t0: float, *, memory_budget: int | None,
-               wheel: Path | None, keep: int, read_test_bytes: int, need_edgespool: bool,
+               window: int, wheel: Path | None, keep: int, read_test_bytes: int, need_edgespool: bool,
                progress: Callable[[int, int], None] | None) -> DeployResult:
     rid = plan.release_id
     facts = board_facts(s, read_test_bytes)
@@ -140,12 +143,21 @@ def _deploy_on(s: Session, bundle: Bundle, plan: ChunkPlan, dev: Device, t0: flo
     sent = 0
     if rid not in inv["releases"]:
         done = 0
+        inflight: deque[int] = deque()  # sizes of the chunks sent and not yet acknowledged
         for c in missing.values():
-            s.put(c.sha256, plan.read(c))
+            # a window of at most `window` unacknowledged bytes (and MAX_INFLIGHT replies, which must fit the
+            # board's pipe): a cut connection loses at most that much
+            while inflight and (sum(inflight) + c.size > window or len(inflight) >= MAX_INFLIGHT):
+                s.collect()
+                done += inflight.popleft()
+                if progress:
+                    progress(done, to_send)
+            s.put_nowait(c.sha256, plan.read(c))
+            inflight.append(c.size)
             sent += 1
-            done += c.size
-            if progress:
-                progress(done, to_send)
+        while inflight:
+            s.collect()
+            done += inflight.popleft()
         staged = s.request("stage", rid=rid, files=plan.to_wire(),
                            meta={"bundle": bundle.path.name, "deployed_at": time.time()})
         crc = staged.get("crc_checked_tensors")

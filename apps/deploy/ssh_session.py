@@ -143,11 +143,18 @@ class Session:
         return self._reply(self._recv())
 
     def put(self, sha: str, data: bytes | memoryview) -> dict[str, Any]:
-        """Send one chunk and wait until the board has stored and fsynced it (stop-and-wait: an interrupted
-        transfer loses at most the chunk in flight)."""
+        """Send one chunk and wait for the board's acknowledgement."""
+        self.put_nowait(sha, data)
+        return self.collect()
+
+    def put_nowait(self, sha: str, data: bytes | memoryview) -> None:
+        """Send one chunk without waiting; its reply is read later by :meth:`collect` (in order)."""
         self._send({"op": "put", "sha": sha, "size": len(data)})
         self._write(data)
         self.bytes_sent += len(data)
+
+    def collect(self) -> dict[str, Any]:
+        """The reply to the oldest request sent with :meth:`put_nowait`."""
         return self._reply(self._recv())
 
     def stream(self, op: str, **fields: Any) -> Iterator[dict[str, Any]]:
