@@ -52,6 +52,15 @@ def _print_human(res: dict) -> None:
     rows.append(("peak process RSS", f"{fmt_bytes(pm['process_rss'])} (baseline {fmt_bytes(base['process_rss'])})"))
     if pm.get("cgroup") is not None:
         rows.append(("peak cgroup memory", fmt_bytes(pm["cgroup"])))
+    kern = res.get("kernels") or {}
+    if kern:
+        rows.append(("kernels", kern["description"] + (f"; fallbacks {kern['fallbacks']}" if kern.get("fallbacks")
+                                                      else "")))
+    split = res.get("op_split")
+    if split:
+        rows.append(("decode step split", f"{split['ms_per_step']:.1f} ms/step over {split['steps']} extra steps:"))
+        for op, v in split["ops"].items():
+            rows.append((f"  {op}", f"{v['ms_per_step']:.2f} ms ({100 * v['share']:.0f}%)"))
     rig = res.get("rig")
     if rig:
         rows.append(("rig", f"{rig.get('profile')} {rig.get('storage') or ''}: peak {fmt_bytes(rig['peak_memory'] or 0)}"

@@ -104,6 +104,8 @@ def build_kernels_for_bundle(config: ModelConfig, tensors_meta: dict[str, dict[s
     out.mkdir(parents=True, exist_ok=True)
     tt = target_profile.tvm_target
     t0 = time.perf_counter()
+    block = block and any(served_by_block_kernels(str(r.get("scheme")), int(r.get("group_size", 0) or 0))
+                          for r in tensors_meta.values() if len(r.get("shape", [])) == 2)
     block_rec = compile_block_library(tt, out / BLOCK_LIBRARY, cc=cc, cache_dir=cache_dir) if block else None
     import importlib.util
 

@@ -119,12 +119,45 @@ def cold_read_bandwidth(path: str | os.PathLike, *, max_bytes: int = 256 * MiB, 
 
 
 # -- the benchmark -------------------------------------------------------------------------------------------------
+def _cgroup_attributable() -> tuple[bool, str]:
+    """Whether this process's memory cgroup holds only this process (then its usage is this run's), and why not."""
+    d = _cgroup_memory_dir()
+    if d is None:
+        return False, "no readable memory cgroup"
+    try:
+        pids = {int(p) for p in (d / "cgroup.procs").read_text().split()}
+    except (OSError, ValueError):
+        return False, f"cannot read {d / 'cgroup.procs'}"
+    if pids - {os.getpid()}:
+        return False, (f"the memory cgroup {d} also holds {len(pids - {os.getpid()})} other processes: its usage "
+                       "is not this run's (run under `edgespool bench --rig-memory` for a cgroup of its own)")
+    return True, ""
+
+
+def op_split(eng: Engine, times: Any, cache: Any, tok: int, steps: int) -> dict[str, Any]:
+    """Per-op time split of ``steps`` more decode steps run with the engine's (timed) table (see
+    :mod:`edgespool.kernels.timing`): ms per step and share for lm_head, linear by scheme, attention, other."""
+    times.reset()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        logits = eng.forward([tok], cache, last_only=True)
+        tok = int(np.argmax(logits[-1]))
+    total = time.perf_counter() - t0
+    return {"steps": steps, "ms_per_step": 1e3 * total / steps, "ops": times.split(total, steps),
+            "how": "extra greedy decode steps after the measured ones, each linear / attention call timed around "
+                   "the kernel (perf_counter); other = step time - those (RMSNorm, RoPE, SwiGLU, residuals, "
+                   "embedding, KV-cache writes, argmax, Python dispatch)"}
+
+
 def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = None, target: str | None = None,
                  prompt_tokens: int = 32, max_tokens: int = 32, seed: int = 0, measure_storage: bool = True,
-                 **stream_options: Any) -> dict[str, Any]:
+                 kernels: bool = True, split_steps: int = 16, **stream_options: Any) -> dict[str, Any]:
     """Load ``path`` (streaming under ``memory_budget``, or resident without one), run a prefill of
     ``prompt_tokens`` random ids and ``max_tokens`` greedy decode steps, and return every measured figure
-    (JSON-ready, plus ``_timeline`` with raw samples for plotting)."""
+    (JSON-ready, plus ``_timeline`` with raw samples for plotting). ``kernels``: the bundle's compiled kernels
+    when they fit this machine (what ``edgespool run`` uses; the result's ``kernels`` says which), else numpy.
+    ``split_steps`` more decode steps are then run with timed kernels for the per-op split (``op_split``;
+    0 skips it)."""
     if prompt_tokens < 1 or max_tokens < 1:
         raise OptionError("--prompt-tokens and -n must be >= 1")
     bundle = Bundle(Path(path))
@@ -144,16 +177,22 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
         if limiter is not None and memory_budget is not None:
             stream_options["rate_limiter"] = limiter
     storage = cold_read_bandwidth(bundle.weights_path, rate_limiter=limiter) if measure_storage else None
-    ctx = prompt_tokens + max_tokens
+    ctx = prompt_tokens + max_tokens + max(0, split_steps)
+    from ..kernels.timing import timed_table
+    from .api import resolve_kernels
+
+    table = resolve_kernels(bundle, kernels)
     with MemorySampler() as mem:
         t_load = time.perf_counter()
         if memory_budget is None:
             source: Any = ResidentWeights(bundle, verify=False)
+            source.load_all()  # like `edgespool run`: every weight read now, so the load time is the load's
             plan = None
         else:
             from ..offload.streaming_source import open_streaming
 
             source = open_streaming(bundle, memory_budget, target=target, verify=stream_options.pop("verify", True),
+                                    kernels=table,
                                     max_context=stream_options.pop("max_context", ctx),
                                     max_batch_tokens=stream_options.pop("max_batch_tokens", prompt_tokens),
                                     **stream_options)
@@ -163,7 +202,7 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
         def read_so_far() -> int:
             return source.store.bytes_read if plan is not None else 0
 
-        eng = Engine(source)
+        eng = Engine(source, table)
         cache = eng.new_cache(ctx)
         ids = np.random.default_rng(seed).integers(3, cfg.vocab_size, size=prompt_tokens)
         b0 = read_so_far()
@@ -183,13 +222,35 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
         decode_s = marks[-1] - marks[1]
         st = source.stats() if plan is not None else None
         records = list(source.store.records) if plan is not None else []
+        split = None  # after the measured figures and stats: these steps change none of them
+        if split_steps > 0:
+            timed, times = timed_table(table, cfg.vocab_size)
+            eng.kernels = timed
+            split = op_split(eng, times, cache, tok, split_steps)
+            eng.kernels = table
         source.close()
     n_dec = max_tokens - 1
     decode_tok_s = n_dec / decode_s if decode_s > 0 and n_dec else None
     bytes_per_tok = (b2 - b1) / n_dec if n_dec else None
     cold_bw = storage["bandwidth"] if storage else None
+    own_cg, cg_why = _cgroup_attributable()
+    peak: dict[str, Any] = {
+        "process_rss": peak_process_rss(), "process_rss_sampled": max((s[1] for s in mem.samples), default=None),
+        "how": "VmHWM of this process; *_sampled every 20 ms"}
+    if own_cg:
+        peak["cgroup"] = cgroup_memory()[1]
+        peak["cgroup_sampled"] = max((s[2] for s in mem.samples if s[2] is not None), default=None)
+        peak["how"] += "; cgroup max_usage_in_bytes / memory.peak (page cache included; the cgroup holds only this run)"
+    else:
+        peak["cgroup_omitted"] = cg_why
+    backend = table.backend
     res: dict[str, Any] = {
         "bundle": str(bundle.path), "arch": cfg.arch, "model_bytes": bundle.weights_nbytes,
+        "kernels": {"description": table.description,
+                    "threads": getattr(backend, "threads", None),
+                    "calls": getattr(backend, "calls", None),
+                    "fallbacks": dict(getattr(backend, "fallbacks", {}) or {})},
+        "op_split": split,
         "memory_budget": plan.budget_bytes if plan else None, "target": target or "host",
         "mode": "streaming" if plan else "resident",
         "prompt_tokens": prompt_tokens, "generated_tokens": max_tokens,
@@ -198,14 +259,10 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
         "prefill_bytes_read": b1 - b0, "bytes_read_per_token": bytes_per_tok,
         "achieved_read_bandwidth": (b2 - b1) / decode_s if decode_s > 0 else None,
         "storage": storage,
-        "baseline": {"process_rss": base_rss, "cgroup": base_cg,
-                     "how": "RSS (/proc/self/statm) and cgroup usage after imports, before loading weights"},
-        "peak_memory": {
-            "process_rss": peak_process_rss(), "process_rss_sampled": max((s[1] for s in mem.samples), default=None),
-            "cgroup": cgroup_memory()[1],
-            "cgroup_sampled": max((s[2] for s in mem.samples if s[2] is not None), default=None),
-            "how": "VmHWM of this process; cgroup max_usage_in_bytes / memory.peak (page cache included, "
-                   "the whole cgroup); *_sampled every 20 ms"},
+        "baseline": {"process_rss": base_rss, "cgroup": base_cg if own_cg else None,
+                     "how": "RSS (/proc/self/statm) and cgroup usage (only when the cgroup holds only this "
+                            "process) after imports, before loading weights"},
+        "peak_memory": peak,
         "tokens": tokens,
     }
     if plan is not None:
@@ -228,6 +285,8 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
                 "fraction_reached": (decode_tok_s * bytes_per_tok / cold_bw) if decode_tok_s else None,
                 "how": "measured bytes per decode token (MoE: expert misses; bundled FFNs: newly active neurons + "
                        "streamed layers) / cold read bandwidth"}
+    if not own_cg:
+        mem.samples = [(t, r, None) for t, r, _ in mem.samples]
     res["_timeline"] = {"t0": t_start, "memory": mem.samples, "reads": [(r.t0, r.t1, r.nbytes) for r in records],
                         "marks": marks}
     return res

@@ -156,12 +156,13 @@ def test_plan_reserves_the_models_own_kernel_workspace(tmp_path):
 
 
 # -- compiled TVM kernels -------------------------------------------------------------------------------------------
-def _export_with_kernels(path, quant_scheme: str, activations: str, seed: int = 0):
+def _export_with_kernels(path, quant_scheme: str, activations: str, seed: int = 0, group_size: int = 32):
     from edgespool.exporters.compress import QuantPolicy
     from edgespool.exporters.export import export_model
     from edgespool.exporters.synth import synth_demo_model
 
-    return export_model(synth_demo_model(seed=seed, **SMALL), path, policy=QuantPolicy(quant=quant_scheme),
+    return export_model(synth_demo_model(seed=seed, **SMALL), path,
+                        policy=QuantPolicy(quant=quant_scheme, group_size=group_size),
                         onnx=False, kernels=True, kernel_activations=activations, progress=False).path
 
 
@@ -169,8 +170,9 @@ def _export_with_kernels(path, quant_scheme: str, activations: str, seed: int = 
 def tvm_bundles(tmp_path_factory):
     pytest.importorskip("tvm", reason="apache-tvm not installed")
     d = tmp_path_factory.mktemp("tvm_tables")
+    # int8: the C block kernels (+ TVM attention); int4 g64: TVM linear kernels (no g64 block kernel)
     out = {"int8": _export_with_kernels(d / "int8", "int8", "f32"),
-           "int4": _export_with_kernels(d / "int4", "int4", "q8", seed=1)}
+           "int4": _export_with_kernels(d / "int4", "int4", "q8", seed=1, group_size=64)}
     for q, p in out.items():
         with edgespool.load(p) as m:
             if m.kernels.backend is None:
@@ -184,10 +186,13 @@ def test_tvm_model_and_numpy_model_side_by_side(tvm_bundles):
     the TVM model keeps its compiled kernels whatever happens to the other (the old LIFO bug: load A, load B,
     close A -> B lost its kernels)."""
     path = tvm_bundles["int8"]
+    from edgespool.kernels.c_blocks import BlockKernels
+    from edgespool.kernels.tvm_backend import TvmAttention
+
     with edgespool.load(path) as m:
         tk = m.kernels.backend
-        assert tk is not None and "TVM kernels from the bundle" in m.kernels.description
-        assert m.kernels.attention_kernel is tk.attention
+        assert isinstance(tk, BlockKernels) and "C block kernels from the bundle" in m.kernels.description
+        assert isinstance(m.kernels.attention_kernel, TvmAttention)
     check_pair(path, True, path, False)
     check_pair(path, False, path, True)
     a, b = edgespool.load(path), edgespool.load(path, kernels=False)
@@ -206,14 +211,14 @@ def test_tvm_model_and_numpy_model_side_by_side(tvm_bundles):
 
 @pytest.mark.tvm
 def test_two_models_with_different_compiled_kernels(tvm_bundles):
-    """An int8 export (float-activation kernels) and an int4 export (q8 GEMVs where the CPU has them), each with
-    its own compiled linear + attention libraries, interleaved and closed in every order; loading B after A and
-    closing A leaves B's compiled kernels running."""
+    """An int8 export (C block kernels) and an int4 g64 export (TVM linear kernels), each with its own compiled
+    linear + attention libraries, interleaved and closed in every order; loading B after A and closing A leaves
+    B's compiled kernels running."""
     a_path, b_path = tvm_bundles["int8"], tvm_bundles["int4"]
     check_pair(a_path, True, b_path, True)
     a, b = edgespool.load(a_path), edgespool.load(b_path)
     ka, kb = a.kernels.backend, b.kernels.backend
-    assert ka is not kb and {s.scheme for s in ka.specs} == {"int8"} and {s.scheme for s in kb.specs} == {"int4"}
+    assert ka is not kb and ka.isa and {s.scheme for s in kb.specs} == {"int4"}
     a.close()
     n = kb.calls
     b.logits(LOGIT_IDS)

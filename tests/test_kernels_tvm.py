@@ -298,10 +298,11 @@ def test_rpi5_kernels_match_host_in_arm64_rig(tmp_path):
                 for n, s in cfg.tensor_shapes().items() if len(s) == 2 and n != "embed"}
         case_dir = tmp_path / f"{scheme}_{act}"
         sec = build_kernels_for_bundle(cfg, meta, get_target("rpi5"), case_dir / "kernels", cache_dir=tmp_path / "c",
-                                       activations=act)
+                                       activations=act, block=False)  # the TVM kernels (block: test_kernels_blocks)
         assert any(k["spec"]["act"] == act for k in sec["kernels"])
         # re-exported into the same directory on purpose: the first round's libraries are still loaded
-        build_kernels_for_bundle(cfg, meta, get_target("host"), host_dir / scheme, cache_dir=tmp_path / "c")
+        build_kernels_for_bundle(cfg, meta, get_target("host"), host_dir / scheme, cache_dir=tmp_path / "c",
+                                 block=False)
         host = TvmKernels.from_dir(host_dir / scheme)  # float-activation kernels
         for o, i in {tuple(m["shape"]) for m in meta.values()}:
             w = make(scheme, 32, o, i, seed=o)

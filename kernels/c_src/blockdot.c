@@ -211,7 +211,7 @@ static inline void unpack_nib32(const uint8_t *qs, uint8_t *lo, uint8_t *hi) {
 /* ---- one weight row . NA activation rows, per weight format ------------------------------------------------
  * Each weight block is unpacked once and dotted with the same block of every activation row (prefill reuses it
  * NA times).  Two float accumulators per activation row (even / odd block) keep two FMA chains in flight. */
-#define MAXNA 4
+#define MAXNA 8
 typedef void (*rowdot_fn)(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, int na, float *out);
 #define AI __attribute__((always_inline)) static inline
 #define ROWFN(name) \
@@ -220,7 +220,11 @@ typedef void (*rowdot_fn)(const uint8_t *w, const uint8_t *wsc, int n, const act
         case 1: name##_b(w, wsc, n, a, out, 1); break; \
         case 2: name##_b(w, wsc, n, a, out, 2); break; \
         case 3: name##_b(w, wsc, n, a, out, 3); break; \
-        default: name##_b(w, wsc, n, a, out, 4); break; \
+        case 4: name##_b(w, wsc, n, a, out, 4); break; \
+        case 5: name##_b(w, wsc, n, a, out, 5); break; \
+        case 6: name##_b(w, wsc, n, a, out, 6); break; \
+        case 7: name##_b(w, wsc, n, a, out, 7); break; \
+        default: name##_b(w, wsc, n, a, out, 8); break; \
         } \
     }
 #define ACC_INIT vf acc[MAXNA][2]; float off[MAXNA][2]; \
