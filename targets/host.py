@@ -26,6 +26,24 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+# AT_HWCAP bits of aarch64 Linux (asm/hwcap.h) -> the /proc/cpuinfo feature names
+_AARCH64_HWCAP = {1 << 1: "asimd", 1 << 9: "fphp", 1 << 20: "asimddp", 1 << 22: "sve"}
+
+
+def _aarch64_hwcaps() -> set[str]:
+    """aarch64 features from the kernel's AT_HWCAP (``getauxval``): right natively and under qemu-user, which
+    sets it for the emulated core (there /proc/cpuinfo is missing or describes the x86 host)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.getauxval.restype, libc.getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+        bits = int(libc.getauxval(16))  # AT_HWCAP
+    except (OSError, AttributeError):
+        return set()
+    return {name for bit, name in _AARCH64_HWCAP.items() if bits & bit}
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -69,6 +87,7 @@ def detect_host() -> TargetProfile:
             features=feats, cpu=mcpu, cores=cores, ram=_ram_bytes(), storage=storage, tvm_target=tvm,
         )
     if machine in ("aarch64", "arm64"):
+        flags = _aarch64_hwcaps() or flags  # the kernel's word first (qemu-user: the emulated core's)
         feats = tuple(f for f in ("asimd", "asimddp", "fphp", "sve") if f in flags)
         mattr = ["+neon"] + (["+dotprod"] if "asimddp" in flags else [])
         mcpu = "cortex-a76" if "asimddp" in flags else "cortex-a72"

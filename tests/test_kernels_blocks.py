@@ -246,3 +246,52 @@ def test_aarch64_build_under_qemu(tmp_path, mcpu, isa):
         assert p.returncode == 0 and p.stdout.split() == [isa, "0"], p.stdout + p.stderr
         y = np.fromfile(tmp_path / "out.bin", np.float32).reshape(m, rows)
         assert rel(y, q8_rounded(x) @ gguf_dequant(raw, t, rows, n).T) < 2e-6, t
+
+
+# -- a bundle's own block kernels in the arm64 rig (qemu cortex-a76 = Pi 5) ----------------------------------------
+_RIG_RUN = r"""
+import json, sys
+import numpy as np
+import edgespool
+from edgespool.targets import get_target
+m = edgespool.load(sys.argv[1])
+ids = [1, 5, 9, 14, 3, 7]
+lg = m.logits(ids)
+np.save(sys.argv[2], lg)
+print(json.dumps({"kernels": m.kernels.description, "calls": getattr(m.kernels.backend, "calls", None),
+                  "cpu": get_target("host").cpu, "features": list(get_target("host").features)}))
+"""
+
+
+@pytest.mark.arm64
+@pytest.mark.slow
+def test_rpi5_bundle_runs_its_block_kernels_in_the_arm64_rig(tmp_path):
+    """An int8 bundle exported for rpi5 runs its own NEON+dotprod block kernels under qemu cortex-a76 (host
+    detection reads AT_HWCAP there: no cortex-a72 fallback to numpy), and its logits match the host's numpy
+    reference of the same bundle to the Q8_0 activation rounding."""
+    import json
+    import sys
+
+    from conftest import require_arm64_rig
+
+    import edgespool
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model
+    from edgespool.exporters.synth import synth_demo_model
+
+    require_arm64_rig(extras=())
+    b = export_model(synth_demo_model(seed=3, hidden=128, layers=2, experts=4, moe_intermediate=160, heads=4, kv_heads=2),
+                     tmp_path / "rpi5", target="rpi5", policy=QuantPolicy(quant="int8"), onnx=False, kernels=True,
+                     progress=False).path
+    (tmp_path / "run.py").write_text(_RIG_RUN)
+    r = subprocess.run([sys.executable, "-m", "edgespool", "rig", "run", "--profile", "rpi5", "--arch", "arm64",
+                        "--emulate", "--", "python3", str(tmp_path / "run.py"), str(b), str(tmp_path / "lg.npy")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("{")))
+    assert res["cpu"] == "cortex-a76" and "asimddp" in res["features"], res
+    assert "C block kernels" in res["kernels"] and "neon+dotprod" in res["kernels"] and res["calls"] > 0, res
+    with edgespool.load(b, kernels=False) as m:  # the host: numpy reference of the same bundle
+        want = m.logits([1, 5, 9, 14, 3, 7])
+    got = np.load(tmp_path / "lg.npy")
+    assert rel(got, want) < 3e-2, rel(got, want)
