@@ -406,7 +406,7 @@ def report_real(meta: dict, results: list[dict]) -> str:
         out.append(f"| {r['model']} | {r['threads']} | {kind} | {r['decode_med']:.1f} | {PAIRS[kind]} | "
                    f"{base['decode_med']:.1f} | {r['decode_med'] / base['decode_med']:.2f}x | {r['prefill_med']:.1f} | "
                    f"{base['prefill_med']:.1f} | {r['prefill_med'] / base['prefill_med']:.2f}x | "
-                   f"first {n} of {len(r['tokens'])} | {r.get('kernels', '?')} |")
+                   f"first {n} of {len(r['tokens'])} | {r.get('kernels', '?').split(' + ')[0]} |")
     return "\n".join(out)
 
 

@@ -1,0 +1,61 @@
+"""`edgespool bench` runs what `edgespool run` runs (the bundle's kernels), names them, splits a decode step per op,
+and reports only memory figures it can attribute (issue 12, item 6)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import edgespool
+from edgespool.runtime.bench import _cgroup_attributable, bench_bundle
+
+SMALL = dict(hidden=128, layers=2, experts=4, moe_intermediate=160, heads=4, kv_heads=2)
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory):
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model
+    from edgespool.exporters.synth import synth_demo_model
+
+    return export_model(synth_demo_model(seed=4, **SMALL), tmp_path_factory.mktemp("bench") / "b",
+                        policy=QuantPolicy(quant="int8"), onnx=False, kernels=True, progress=False).path
+
+
+def test_bench_uses_runs_kernels_and_splits_the_step(int8_bundle):
+    with edgespool.load(int8_bundle) as m:
+        want = m.kernels.description
+        ids = m.generate_ids(list(range(3, 11)), 6, stop=[])
+        run_tokens = list(ids)
+    assert "C block kernels" in want
+    res = bench_bundle(int8_bundle, prompt_tokens=8, max_tokens=6, measure_storage=False, split_steps=5)
+    k = res["kernels"]
+    assert k["description"] == want and k["calls"] > 0 and k["threads"] >= 1
+    split = res["op_split"]
+    ops = split["ops"]
+    assert {"lm_head", "linear int8", "attention", "other"} <= set(ops)
+    assert sum(v["share"] for v in ops.values()) == pytest.approx(1.0)
+    assert all(v["ms_per_step"] >= 0 for k_, v in ops.items() if k_ != "other")
+    # per step: the head once, attention once per layer, every other linear (q, k, v, o, router, experts)
+    assert ops["lm_head"]["calls_per_step"] == 1 and ops["attention"]["calls_per_step"] == SMALL["layers"]
+    assert res["decode_tok_s"] > 0 and len(res["tokens"]) == 6 and len(run_tokens) == 6
+
+
+def test_bench_drops_cgroup_figures_it_cannot_attribute(int8_bundle):
+    res = bench_bundle(int8_bundle, prompt_tokens=4, max_tokens=3, measure_storage=False, split_steps=0)
+    own, why = _cgroup_attributable()
+    pm = res["peak_memory"]
+    assert res["op_split"] is None
+    if own:
+        assert "cgroup" in pm
+    else:
+        assert "cgroup" not in pm and "cgroup_sampled" not in pm and pm["cgroup_omitted"] == why
+        assert res["baseline"]["cgroup"] is None
+        assert all(s[2] is None for s in res["_timeline"]["memory"])
+    assert pm["process_rss"] >= res["baseline"]["process_rss"]
+
+
+def test_bench_without_kernels_says_numpy(int8_bundle):
+    res = bench_bundle(int8_bundle, prompt_tokens=4, max_tokens=2, measure_storage=False, split_steps=2,
+                       kernels=False)
+    assert res["kernels"]["description"].startswith("numpy reference kernels")
+    assert np.isfinite(res["op_split"]["ms_per_step"])
