@@ -69,8 +69,6 @@ def deploy_cmd(bundle: str, device: str, memory_budget: str | None, wheel: str |
         with connect(dev, reg) as s:
             if run_prompt is not None:
                 def emit(stream: str, data: str) -> None:
-                    if as_json and stream == "stdout":
-                        return
                     click.echo(data, nl=False, err=stream == "stderr")
                     (sys.stderr if stream == "stderr" else sys.stdout).flush()
 
