@@ -12,7 +12,8 @@
  * Unsigned codes (nibbles, 5-bit, 6-bit) are dotted as unsigned and their offset removed with the activation
  * block's code sum; signed codes (q8_0, int8) use the sign trick (|w| x sign(x, w)).
  *
- * Threads: a persistent pool (es_pool_new) splits output rows; the caller's thread takes the first share.
+ * Threads: a persistent pool (es_pool_new); output rows are split into chunks that the caller and the workers
+ * claim with one atomic word each, so a descheduled worker never holds the others up (oversubscribed boards).
  * Written for edgespool from the ggml block layouts (ggml-common.h); no ggml code is included. */
 #include <math.h>
 #include <pthread.h>
@@ -46,9 +47,10 @@ typedef struct {
     const int8_t *q;
     const float *d;
     const int32_t *s;
+    const float *ds; /* d * s per block (the offset terms, vectorised) */
 } act_t;
 
-static void quantize_act(const float *x, int n, int8_t *q, float *d, int32_t *s) {
+static void quantize_act(const float *x, int n, int8_t *q, float *d, int32_t *s, float *ds) {
     for (int b = 0; b < n / 32; b++) {
         const float *xb = x + 32 * b;
         float amax = 0.f;
@@ -66,6 +68,7 @@ static void quantize_act(const float *x, int n, int8_t *q, float *d, int32_t *s)
         }
         d[b] = (float)(_Float16)db; /* stored as f16, like ggml's block_q8_0 (codes from the f32 scale) */
         s[b] = sum;
+        ds[b] = d[b] * (float)sum;
     }
 }
 
@@ -230,7 +233,7 @@ typedef void (*rowdot_fn)(const uint8_t *w, const uint8_t *wsc, int n, const act
 #define ACC_INIT vf acc[MAXNA][2]; float off[MAXNA][2]; \
     for (int i = 0; i < NA; i++) { acc[i][0] = acc[i][1] = vf_zero(); off[i][0] = off[i][1] = 0.f; }
 #define ACC_OUT(expr) for (int i = 0; i < NA; i++) out[i] = (expr)
-#define BLOCK_LOOP(nb) { int b_ = 0; for (; b_ + 1 < (nb); b_ += 2) { STEP(b_, 0) STEP(b_ + 1, 1) } \
+#define BLOCK_LOOP(nb) { int b_ = B8_START; for (; b_ + 1 < (nb); b_ += 2) { STEP(b_, 0) STEP(b_ + 1, 1) } \
     if (b_ < (nb)) STEP(b_, 0) }
 #define SUMI(i) vf_sum(_vf_add2(acc[i][0], acc[i][1]))
 #define OFFI(i) (off[i][0] + off[i][1])
@@ -290,9 +293,74 @@ AI void wb_kpair(const uint8_t *qs, const uint8_t *qh, int p, wblk *lo, wblk *hi
 #endif
 }
 
+/* AVX2: 8 blocks at a time.  The 8 integer block dots are reduced to one vector of 8 block sums (hadd tree), so
+ * the scales are applied as vectors (weight scales of the 8 blocks x the contiguous activation scales) instead of
+ * one broadcast + multiply + FMA per block; the offsets likewise from the contiguous d * s. */
+#ifdef ES_REG_UNPACK
+AI __m256i sum8(const __m256i *p) {
+    __m256i s01 = _mm256_hadd_epi32(p[0], p[1]), s23 = _mm256_hadd_epi32(p[2], p[3]);
+    __m256i s45 = _mm256_hadd_epi32(p[4], p[5]), s67 = _mm256_hadd_epi32(p[6], p[7]);
+    __m256i s0123 = _mm256_hadd_epi32(s01, s23), s4567 = _mm256_hadd_epi32(s45, s67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s0123, s4567, 0x20),
+                            _mm256_permute2x128_si256(s0123, s4567, 0x31));
+}
+AI __m256i dots_rr(__m256i a, const int8_t *x) {
+    __m256i b = _mm256_loadu_si256((const __m256i *)x);
+    __m256i ua = _mm256_sign_epi8(a, a), sb = _mm256_sign_epi8(b, a);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), ua, sb);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ua, sb), _mm256_set1_epi16(1));
+#endif
+}
+enum { K8_Q8_0, K8_INT8, K8_Q4_0, K8_INT4, K8_Q4_1, K8_Q5_0 };
+/* blocks [0, n/32 & ~7) of one weight row against NA activation rows; adds into acc8 / off8 */
+AI void row8(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, __m256 *acc8, __m256 *off8, const int NA,
+             const int K) {
+    const int signed_codes = K == K8_Q8_0 || K == K8_INT8;
+    for (int b = 0; b < ((n / 32) & ~7); b += 8) {
+        __m256i u[8];
+        float dw[8], mw[8];
+        for (int k = 0; k < 8; k++) {
+            int bb = b + k;
+            if (K == K8_Q8_0) { u[k] = _mm256_loadu_si256((const __m256i *)(w + 34 * bb + 2)); dw[k] = h2f(w + 34 * bb); }
+            if (K == K8_INT8) { u[k] = _mm256_loadu_si256((const __m256i *)(w + 32 * bb)); dw[k] = 1.f; }
+            if (K == K8_Q4_0) { u[k] = nib16_r(w + 18 * bb + 2); dw[k] = h2f(w + 18 * bb); }
+            if (K == K8_INT4) { u[k] = nib16_r(w + 16 * bb); dw[k] = h2f(wsc + 2 * bb); }
+            if (K == K8_Q4_1) { u[k] = nib16_r(w + 20 * bb + 4); dw[k] = h2f(w + 20 * bb); mw[k] = h2f(w + 20 * bb + 2); }
+            if (K == K8_Q5_0) {
+                uint32_t qh;
+                memcpy(&qh, w + 22 * bb + 2, 4);
+                u[k] = _mm256_or_si256(nib16_r(w + 22 * bb + 6), _mm256_and_si256(bits32_r(qh), _mm256_set1_epi8(0x10)));
+                dw[k] = h2f(w + 22 * bb);
+            }
+        }
+        __m256 dwv = _mm256_setr_ps(dw[0], dw[1], dw[2], dw[3], dw[4], dw[5], dw[6], dw[7]);
+        __m256 mwv = K == K8_Q4_1 ? _mm256_setr_ps(mw[0], mw[1], mw[2], mw[3], mw[4], mw[5], mw[6], mw[7]) : dwv;
+        for (int i = 0; i < NA; i++) {
+            __m256i p[8];
+            for (int k = 0; k < 8; k++)
+                p[k] = signed_codes ? dots_rr(u[k], a[i].q + 32 * (b + k)) : dotu_r(u[k], a[i].q + 32 * (b + k));
+            __m256 sc = K == K8_INT8 ? _mm256_loadu_ps(a[i].d + b) : _mm256_mul_ps(dwv, _mm256_loadu_ps(a[i].d + b));
+            acc8[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8(p)), sc, acc8[i]);
+            if (!signed_codes) off8[i] = _mm256_fmadd_ps(mwv, _mm256_loadu_ps(a[i].ds + b), off8[i]);
+        }
+    }
+}
+#define ROW8(K) __m256 acc8[MAXNA], off8[MAXNA]; \
+    for (int i = 0; i < NA; i++) acc8[i] = off8[i] = _mm256_setzero_ps(); \
+    row8(w, wsc, n, a, acc8, off8, NA, K); \
+    for (int i = 0; i < NA; i++) { acc[i][0] = _mm256_add_ps(acc[i][0], acc8[i]); off[i][0] += vf_sum(off8[i]); }
+#define B8_START ((n / 32) & ~7)
+#else
+#define ROW8(K)
+#define B8_START 0
+#endif
+
 AI void row_q8_0_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
     (void)wsc;
     ACC_INIT
+    ROW8(K8_Q8_0)
 #define STEP(b, P) { const uint8_t *wb = w + 34 * (b); float dw = h2f(wb); \
         for (int i = 0; i < NA; i++) acc[i][P] = vf_fma(dots((const int8_t *)(wb + 2), a[i].q + 32 * (b)), dw * a[i].d[b], acc[i][P]); }
     BLOCK_LOOP(n / 32)
@@ -302,6 +370,7 @@ AI void row_q8_0_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, 
 ROWFN(row_q8_0)
 AI void row_int8_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
     ACC_INIT
+    ROW8(K8_INT8)
 #define STEP(b, P) { for (int i = 0; i < NA; i++) acc[i][P] = vf_fma(dots((const int8_t *)w + 32 * (b), a[i].q + 32 * (b)), a[i].d[b], acc[i][P]); }
     BLOCK_LOOP(n / 32)
 #undef STEP
@@ -313,6 +382,7 @@ ROWFN(row_int8)
 AI void row_q4_0_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
     (void)wsc;
     ACC_INIT
+    ROW8(K8_Q4_0)
 #define STEP(b, P) { const uint8_t *wb = w + 18 * (b); float dw = h2f(wb); wblk u = wb_nib16(wb + 2); \
         for (int i = 0; i < NA; i++) { float dd = dw * a[i].d[b]; \
             acc[i][P] = vf_fma(DOTU(u, a[i].q + 32 * (b)), dd, acc[i][P]); off[i][P] += dd * (float)a[i].s[b]; } }
@@ -323,6 +393,7 @@ AI void row_q4_0_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, 
 ROWFN(row_q4_0)
 AI void row_int4_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
     ACC_INIT
+    ROW8(K8_INT4)
 #define STEP(b, P) { float dw = h2f(wsc + 2 * (b)); wblk u = wb_nib16(w + 16 * (b)); \
         for (int i = 0; i < NA; i++) { float dd = dw * a[i].d[b]; \
             acc[i][P] = vf_fma(DOTU(u, a[i].q + 32 * (b)), dd, acc[i][P]); off[i][P] += dd * (float)a[i].s[b]; } }
@@ -334,6 +405,7 @@ ROWFN(row_int4)
 AI void row_q4_1_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
     (void)wsc;
     ACC_INIT
+    ROW8(K8_Q4_1)
 #define STEP(b, P) { const uint8_t *wb = w + 20 * (b); float dw = h2f(wb), mw = h2f(wb + 2); wblk u = wb_nib16(wb + 4); \
         for (int i = 0; i < NA; i++) { acc[i][P] = vf_fma(DOTU(u, a[i].q + 32 * (b)), dw * a[i].d[b], acc[i][P]); \
             off[i][P] += mw * a[i].d[b] * (float)a[i].s[b]; } }
@@ -345,6 +417,7 @@ ROWFN(row_q4_1)
 AI void row_q5_0_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
     (void)wsc;
     ACC_INIT
+    ROW8(K8_Q5_0)
 #define STEP(b, P) { const uint8_t *wb = w + 22 * (b); uint32_t qh; memcpy(&qh, wb + 2, 4); float dw = h2f(wb); \
         wblk u = wb_nib16_hi(wb + 6, qh); \
         for (int i = 0; i < NA; i++) { float dd = dw * a[i].d[b]; \
@@ -451,6 +524,7 @@ typedef struct {
     const int8_t *q;
     const float *d;
     const int32_t *s;
+    const float *ds;
     float *y;
 } job_t;
 
@@ -459,9 +533,12 @@ typedef struct {
     pthread_cond_t go;
     pthread_t *tid;
     int nworkers;
-    _Atomic int pending, stop, sleeping;
+    _Atomic int stop, sleeping, done;
     _Atomic long gen;
+    /* work claims: (gen << 32) | (chunks << 16) | next chunk; a claim succeeds only for the current job */
+    _Atomic unsigned long long claim;
     job_t job;
+    int chunk_rows;
 } pool_t;
 
 typedef struct {
@@ -483,11 +560,7 @@ static long now_ns(void) {
     return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
-static void run_share(const job_t *j, int ith) {
-    /* rows split into nth contiguous shares, multiples of 4 rows */
-    int per = (j->rows + j->nth - 1) / j->nth;
-    per = (per + 3) & ~3;
-    int r0 = ith * per, r1 = r0 + per < j->rows ? r0 + per : j->rows;
+static void run_rows(const job_t *j, int r0, int r1) {
     int nb = j->n / 32;
     /* weight-reusing order: one weight row (in L1) against every activation row, MAXNA rows per unpack */
     act_t a[MAXNA];
@@ -498,11 +571,26 @@ static void run_share(const job_t *j, int ith) {
             int na = j->m - i0 < MAXNA ? j->m - i0 : MAXNA;
             for (int i = 0; i < na; i++) {
                 long ii = i0 + i;
-                a[i] = (act_t){j->q + ii * j->n, j->d + ii * nb, j->s + ii * nb};
+                a[i] = (act_t){j->q + ii * j->n, j->d + ii * nb, j->s + ii * nb, j->ds + ii * nb};
             }
             j->fn(wr, sr, j->n, a, na, o);
             for (int i = 0; i < na; i++) j->y[(long)(i0 + i) * j->rows + r] = o[i];
         }
+    }
+}
+
+/* Claim and run chunks of job `g` until none is left (any thread; a late or descheduled worker finds the job
+ * done and claims nothing, so the others never wait for it). */
+static void work_chunks(pool_t *p, const job_t *j, long g, int chunk_rows) {
+    for (;;) {
+        unsigned long long c = atomic_load_explicit(&p->claim, memory_order_acquire);
+        if ((long)(c >> 32) != (g & 0xFFFFFFFFL)) return;
+        unsigned nch = (unsigned)(c >> 16) & 0xFFFF, idx = (unsigned)c & 0xFFFF;
+        if (idx >= nch) return;
+        if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1)) continue;
+        int r0 = (int)idx * chunk_rows, r1 = r0 + chunk_rows < j->rows ? r0 + chunk_rows : j->rows;
+        run_rows(j, r0, r1);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
     }
 }
 
@@ -525,9 +613,10 @@ static void *worker(void *arg) {
         }
         if (atomic_load(&p->stop)) break;
         seen = atomic_load_explicit(&p->gen, memory_order_acquire);
-        job_t j = p->job;
-        if (wa->ith < j.nth) run_share(&j, wa->ith);
-        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+        job_t j = p->job; /* may be torn if the job is already over and the next one being posted: then no claim
+                             for `seen` can succeed, so the copy is never used */
+        int chunk_rows = p->chunk_rows;
+        work_chunks(p, &j, seen, chunk_rows);
     }
     free(wa);
     return 0;
@@ -561,25 +650,34 @@ void es_pool_free(void *vp) {
     free(p);
 }
 
+/* Run job j split into chunks of about rows / (4 x nth) rows (>= 16, multiples of 4) on the caller + workers. */
 static void pool_run(pool_t *p, const job_t *j) {
+    int chunk = (j->rows + 4 * j->nth - 1) / (4 * j->nth);
+    chunk = chunk < 16 ? 16 : (chunk + 3) & ~3;
+    int nch = (j->rows + chunk - 1) / chunk;
+    while (nch > 0xFFFF) { chunk *= 2; nch = (j->rows + chunk - 1) / chunk; }
+    long g = atomic_load(&p->gen) + 1;
     p->job = *j;
-    atomic_store(&p->pending, p->nworkers);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    p->chunk_rows = chunk;
+    atomic_store(&p->done, 0);
+    atomic_store_explicit(&p->claim, ((unsigned long long)(g & 0xFFFFFFFFL) << 32) | ((unsigned long long)nch << 16),
+                          memory_order_release);
+    atomic_store_explicit(&p->gen, g, memory_order_release);
     if (atomic_load(&p->sleeping)) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->go);
         pthread_mutex_unlock(&p->mu);
     }
-    run_share(j, 0);
+    work_chunks(p, j, g, chunk);
     int k = 0;
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
+    while (atomic_load_explicit(&p->done, memory_order_acquire) < nch) { /* chunks a worker is running now */
         cpu_relax();
-        if (++k % 4096 == 0) sched_yield();
+        if (++k % 1024 == 0) sched_yield();
     }
 }
 
 /* Bytes of activation scratch es_linear needs for m rows of n values. */
-long es_act_bytes(int n, int m) { return (long)m * (n + (n / 32) * 8); }
+long es_act_bytes(int n, int m) { return (long)m * (n + (n / 32) * 12); }
 
 /* y[m, rows] = x[m, n] @ W^T.  w: row-major stored rows of row_bytes; wsc: per-row scales of sc_bytes (int8: f32,
  * int4: f16 per 32) or NULL; scratch: es_act_bytes(n, m) bytes, 8-byte aligned.  Returns 0, or -1 for an unknown
@@ -593,15 +691,17 @@ int es_linear(void *vp, int wt, const uint8_t *w, long row_bytes, const uint8_t 
     int nb = n / 32;
     float *d = (float *)scratch;
     int32_t *s = (int32_t *)(scratch + (long)m * nb * 4);
-    int8_t *q = (int8_t *)(scratch + (long)m * nb * 8);
-    for (int i = 0; i < m; i++) quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb);
+    float *ds = (float *)(scratch + (long)m * nb * 8);
+    int8_t *q = (int8_t *)(scratch + (long)m * nb * 12);
+    for (int i = 0; i < m; i++)
+        quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb, ds + (long)i * nb);
     int nth = nthreads < 1 ? 1 : nthreads;
     if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
     if (!p) nth = 1;
     if ((long)rows * row_bytes * m < 32768 || rows < 8 * nth) nth = 1; /* too small to split */
-    job_t j = {fn, w, wsc, row_bytes, sc_bytes, rows, n, m, nth, q, d, s, y};
+    job_t j = {fn, w, wsc, row_bytes, sc_bytes, rows, n, m, nth, q, d, s, ds, y};
     if (nth == 1) {
-        run_share(&j, 0);
+        run_rows(&j, 0, rows);
         return 0;
     }
     pool_run(p, &j);
