@@ -466,3 +466,58 @@ def test_board_under_rpi5_rig(tmp_path, reg, bundles):
         assert out == _cli("run", str(bundles[0]), "--prompt", "Once upon a time", "-n", "4").stdout
     finally:
         b.close()
+
+
+@pytest.mark.arm64
+@pytest.mark.slow
+@needs_board
+def test_arm64_rig_as_board(board, reg, bundles, tmp_path):
+    """The board's Python is the arm64 rig's (aarch64 Debian root under qemu-user, reached through the same sshd):
+    the agent, the CRC verification and the remote edgespool run as aarch64 code. The CPU features come from the
+    kernel's HWCAPs of the emulated core (qemu's cortex-a72 has no dotprod, its cortex-a76 has), not from the
+    host's /proc/cpuinfo."""
+    from conftest import SMALL, require_arm64_rig
+    from edgespool.apps.rig import arm64
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model
+    from edgespool.exporters.synth import synth_demo_model
+
+    require_arm64_rig()
+    for name, cpu in (("pi5q", "cortex-a76"), ("pi4q", "cortex-a72")):
+        root = tmp_path / f"root-{name}"
+        root.mkdir()
+        py = tmp_path / f"python-{name}"
+        py.write_text(f"#!/bin/sh\nexec {sys.executable} -m edgespool.apps.rig.arm64 --root {arm64.root_dir()} "
+                      f"--cpu {cpu} --bind {root} -- /usr/bin/python3 \"$@\"\n")
+        py.chmod(0o755)
+        _cli("device", "add", name, board.url(), "--identity", str(board.client_key), "--root", str(root),
+             "--python", str(py), "--accept-new")
+    f5 = json.loads(_cli("device", "check", "pi5q", "--json", "--read-test-size", "0").stdout)["facts"]
+    f4 = json.loads(_cli("device", "check", "pi4q", "--json", "--read-test-size", "0").stdout)["facts"]
+    assert f5["arch"] == f4["arch"] == "aarch64" and f5["cpu_features_source"] == "hwcap"
+    assert "asimddp" in f5["cpu_features"] and "asimddp" not in f4["cpu_features"] and "asimd" in f4["cpu_features"]
+    # a bundle whose (declared) kernels use dotprod: fits the a76, refused on the a72 before any byte moves
+    rb = tmp_path / "rpi5"
+    export_model(synth_demo_model(seed=0, **SMALL), rb, target="rpi5", policy=QuantPolicy(quant="int8"), onnx=False,
+                 kernels=False, progress=False)
+    b = Bundle(rb)
+    b.manifest = dict(b.manifest, kernels={"tvm_target": get_target_tvm("rpi5")})
+    check_fit(b, f5, "pi5q", bytes_to_send=1, bundle_bytes=1)
+    with pytest.raises(DeployError, match=r"target rpi5\) has kernels using dotprod .* board 'pi4q'"):
+        check_fit(b, f4, "pi4q", bytes_to_send=1, bundle_bytes=1)
+    # the host-target bundle is refused on the aarch64 board, naming both
+    r = _cli("deploy", str(bundles[0]), "pi5q", "--read-test-size", "0", check=False)
+    assert r.returncode == 1 and "built for x86_64, board 'pi5q' is aarch64" in r.stderr
+    assert not any(p.is_file() for p in (tmp_path / "root-pi5q" / "chunks").rglob("*"))
+    # the rpi5 bundle deploys (CRC-checked by the aarch64 agent) and runs there: the same text as here
+    _cli("deploy", str(rb), "pi5q", "--read-test-size", "0")
+    _current_is(tmp_path / "root-pi5q", rb)
+    got = _cli("deploy", str(rb), "pi5q", "--run", "Once upon a time", "-n", "4", "--read-test-size", "0",
+               timeout=600).stdout
+    assert got == _cli("run", str(rb), "--prompt", "Once upon a time", "-n", "4").stdout
+
+
+def get_target_tvm(name: str) -> dict:
+    from edgespool.targets import get_target
+
+    return get_target(name).tvm_target

@@ -163,6 +163,29 @@ def _cpu():
     return flags, model
 
 
+# aarch64 HWCAP / HWCAP2 bits (linux/arch/arm64/include/uapi/asm/hwcap.h) -> /proc/cpuinfo feature names
+_HWCAP = {0: "fp", 1: "asimd", 3: "aes", 4: "pmull", 5: "sha1", 6: "sha2", 7: "crc32", 8: "atomics", 9: "fphp",
+          10: "asimdhp", 12: "asimdrdm", 16: "dcpop", 17: "sha3", 20: "asimddp", 21: "sha512", 22: "sve"}
+_HWCAP2 = {1: "sve2", 13: "i8mm", 14: "bf16"}
+
+
+def hwcap_features():
+    """The CPU features the kernel gives this process (getauxval AT_HWCAP/AT_HWCAP2), on aarch64: what glibc and
+    compiled code see. Unlike /proc/cpuinfo it is also right under qemu-user (the emulated CPU's, not the host's)."""
+    if platform.machine() not in ("aarch64", "arm64"):
+        return None
+    try:
+        import ctypes
+
+        getauxval = ctypes.CDLL(None).getauxval
+        getauxval.restype = ctypes.c_ulong
+        h1, h2 = getauxval(16), getauxval(26)
+    except (OSError, AttributeError):
+        return None
+    return ([n for b, n in sorted(_HWCAP.items()) if h1 >> b & 1] +
+            [n for b, n in sorted(_HWCAP2.items()) if h2 >> b & 1])
+
+
 def _fs_type(path):
     best, fstype = "", None
     real = os.path.realpath(path)
@@ -237,8 +260,10 @@ def remote_env(root):
 
 
 def edgespool_there(root):
-    code = ("import json, importlib.metadata as m, edgespool; "
-            "print(json.dumps({'version': m.version('edgespool'), 'file': edgespool.__file__}))")
+    code = ("import json, importlib.metadata as m, edgespool\n"
+            "try:\n    v = m.version('edgespool')\nexcept m.PackageNotFoundError:\n"
+            "    v = getattr(edgespool, '__version__', None)  # a copy of the sources, no metadata\n"
+            "print(json.dumps({'version': v, 'file': edgespool.__file__}))")
     try:
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                            env=remote_env(root))
@@ -255,12 +280,16 @@ def edgespool_there(root):
 
 def facts(root, read_test_bytes):
     flags, model = _cpu()
+    hw = hwcap_features()
+    if hw is not None:
+        flags = hw
     mem = _meminfo()
     du = shutil.disk_usage(root)
     cg = _cgroup_memory_limit()
     ram = mem.get("MemTotal")
     out = {
         "arch": platform.machine(), "cpu_model": model, "cpu_features": flags,
+        "cpu_features_source": "hwcap" if hw is not None else "/proc/cpuinfo",
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "glibc": (platform.libc_ver()[1] or None), "kernel": platform.release(),
         "python": platform.python_version(), "python_executable": sys.executable,
