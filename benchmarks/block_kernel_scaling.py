@@ -84,7 +84,7 @@ def main() -> int:
             bufs = {(m, o, i): (np.ones((m, i), np.float32), np.empty((m, o), np.float32))
                     for m in (1, a.prompt) for _, o, i in ws}
 
-            def run(m: int, sel: list) -> float:
+            def run(m: int, sel: list, pool=pool, scratch=scratch, t=t, bufs=bufs, fmt=fmt) -> float:
                 t0 = time.perf_counter()
                 for w, o, i in sel:
                     x, y = bufs[(m, o, i)]

@@ -23,7 +23,14 @@ from ..kernels.c_blocks import SCHEME_CODES as BLOCK_SCHEMES
 from ..kernels.c_blocks import compile_library as compile_block_library
 from ..kernels.tvm_attention import AttentionSpec
 from ..kernels.tvm_backend import KERNELS_MANIFEST
-from ..kernels.tvm_build import LINEAR_SCHEMES, BuildOptions, LinearSpec, has_dotprod, has_vnni, q8_supported
+from ..kernels.tvm_build import (
+    LINEAR_SCHEMES,
+    BuildOptions,
+    LinearSpec,
+    has_dotprod,
+    has_vnni,
+    q8_supported,
+)
 from ..kernels.tvm_cache import compile_kernel
 from ..runtime.bundle.config import ModelConfig
 from ..targets.profiles import TargetProfile

@@ -12,6 +12,7 @@ process may run on (``sched_getaffinity``).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -74,7 +75,8 @@ def compile_library(tvm_target: dict[str, Any], out_path: str | Path, cc: str | 
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as td:
             tmp = Path(td) / "b.so"
-            p = subprocess.run([cc, *flags, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True)
+            p = subprocess.run([cc, *flags, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True,
+                               check=False)
             if p.returncode:
                 raise TargetError(f"compiling {SOURCE.name} with {cc} {' '.join(flags)} failed: "
                                   f"{p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
@@ -132,10 +134,8 @@ class BlockKernels:
             self._pool = None
 
     def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order
-        try:
+        with contextlib.suppress(AttributeError, TypeError):  # half-built object, or modules already torn down
             self.close()
-        except Exception:
-            pass
 
     def _scratch(self, nbytes: int) -> np.ndarray:
         buf = getattr(self._tls, "buf", None)

@@ -63,7 +63,7 @@ def timed_table(table: KernelTable, vocab_size: int) -> tuple[KernelTable, OpTim
     times = OpTimes()
     lin = {s: _TimedLinear(k, s, vocab_size, times) for s, k in table.linear_kernels.items()}
 
-    def attention(q, k, v, q_pos, k_pos, sliding_window=None, scale=None):  # noqa: ANN001 - table.attention's args
+    def attention(q, k, v, q_pos, k_pos, sliding_window=None, scale=None):
         t0 = time.perf_counter()
         out = table.attention(q, k, v, q_pos, k_pos, sliding_window, scale)
         times.add("attention", time.perf_counter() - t0)

@@ -2,13 +2,12 @@
 and reports only memory figures it can attribute (issue 12, item 6)."""
 from __future__ import annotations
 
+import edgespool
 import numpy as np
 import pytest
-
-import edgespool
 from edgespool.runtime.bench import _cgroup_attributable, bench_bundle
 
-SMALL = dict(hidden=128, layers=2, experts=4, moe_intermediate=160, heads=4, kv_heads=2)
+SMALL = {"hidden": 128, "layers": 2, "experts": 4, "moe_intermediate": 160, "heads": 4, "kv_heads": 2}
 
 
 @pytest.fixture(scope="module")
