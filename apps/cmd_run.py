@@ -52,7 +52,10 @@ def print_generation(model, prompt: str, n: int, as_json: bool, stream: bool = T
 @click.option("--memory-budget", default=None, help="Stream weights under this budget, e.g. 512MiB.")
 @click.option("--plan", "show_plan", is_flag=True, help="Print the memory plan (with --memory-budget).")
 @click.option("--max-context", default=None, type=int,
-              help="With --memory-budget: tokens of KV cache to plan for (default: the model's context, <= 4096).")
+              help="With --memory-budget: tokens of KV cache to plan for (default: what the budget allows, up to the "
+                   "model's context).")
+@click.option("--kv-dtype", default=None, type=click.Choice(["f16", "f32", "q8_0"]),
+              help="KV cache format (streaming default f16; resident default f32).")
 @click.option("--image", default=None, type=click.Path(), help="CNN bundles: the image to classify.")
 @click.option("--top", default=5, show_default=True, type=int, help="CNN bundles: classes to print.")
 @click.option("--ignore-eos", is_flag=True, help="Do not stop at the model's end-of-sequence tokens.")
@@ -61,7 +64,8 @@ def print_generation(model, prompt: str, n: int, as_json: bool, stream: bool = T
 @click.option("--system", default=None, help="With --chat: a system message.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, top_p: float, seed: int | None,
-            memory_budget: str | None, show_plan: bool, max_context: int | None, image: str | None, top: int, ignore_eos: bool,
+            memory_budget: str | None, show_plan: bool, max_context: int | None, kv_dtype: str | None, image: str | None,
+            top: int, ignore_eos: bool,
             as_chat: bool, system: str | None, as_json: bool) -> None:
     """Run a bundle: generate text from a decoder bundle, or classify --image with a CNN bundle."""
     from ..runtime.bundle.reader import Bundle
@@ -79,8 +83,13 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
 
         raise OptionError("--max-context only applies with --memory-budget (resident mode sizes the KV cache "
                           "per generation)")
-    model = load(bundle, memory_budget=memory_budget,
-                 **({"max_context": max_context} if max_context is not None else {}))
+    opts = {} if memory_budget is None else {k: v for k, v in (("max_context", max_context), ("kv_dtype", kv_dtype))
+                                              if v is not None}
+    model = load(bundle, memory_budget=memory_budget, **opts)
+    if kv_dtype is not None and memory_budget is None:  # resident: the engine's own cache format
+        from ..runtime.decoder.kvcache import check_kv_dtype
+
+        model.engine.kv_dtype = check_kv_dtype(kv_dtype, b.config.head_dim)
     try:
         preload = getattr(model.source, "load_all", None)
         if preload is not None:  # resident: read (and verify) every group now, so the stats time compute only

@@ -98,3 +98,27 @@ def _attention_decode(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float 
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
     return np.matmul(scores, v).reshape(1, nh, D)
+
+
+# KV cache storage formats the attention path reads (the cache converts f16 / q8_0 to float32 per layer view):
+# f16 is the default, f32 is for exactness tests, q8_0 is llama.cpp's 32-value int8 blocks with a float16 scale.
+KV_DTYPES = ("f16", "f32", "q8_0")
+KV_Q8_BLOCK = 32
+
+
+def check_kv_dtype(dtype: str, head_dim: int | None = None) -> str:
+    """``dtype`` when the KV cache and attention kernels support it (for ``head_dim``), else OptionError."""
+    from ..errors import OptionError
+
+    if dtype not in KV_DTYPES:
+        raise OptionError(f"--kv-dtype {dtype!r}: the KV cache and attention kernels support "
+                          f"{', '.join(KV_DTYPES)}")
+    if dtype == "q8_0" and head_dim is not None and head_dim % KV_Q8_BLOCK:
+        raise OptionError(f"--kv-dtype q8_0 needs a head dimension divisible by {KV_Q8_BLOCK}; this model's is "
+                          f"{head_dim} (use f16 or f32)")
+    return dtype
+
+
+def kv_bytes_per_value(dtype: str) -> float:
+    """Stored bytes per cached key/value element in ``dtype`` (q8_0: 34 bytes per 32 values)."""
+    return {"f32": 4.0, "f16": 2.0, "q8_0": 34.0 / 32.0}[check_kv_dtype(dtype)]

@@ -6,6 +6,10 @@ time of a layer and ``c`` the mean time between two streamed layers' requests (t
 ``k = clamp(ceil(r / c), 1, slots - 1)``: one read ahead when compute hides it, deeper when reads are slower so the
 device always has queued work. Replacement is Belady's for a cyclic order: the slot freed is the one whose next use
 is farthest away, and a prefetch never evicts a layer needed sooner than the one it reads.
+
+A streamed head takes part in the cycle: with ``head`` (a :class:`HeadStream`), positions ``num_layers ..
+num_layers + n_chunks - 1`` are the head's row chunks, read into the same slots, so the first chunks are read while
+the last layers compute and the first layers of the next token while the last chunks do.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import time
 
 from ..kernels.quant import QTensor
 from ..runtime.bundle.names import layer_group
+from ..schedulers.row_geometry import RowGeometry
 from .buffer_pool import BufferPool
 from .slot_entry import SlotEntry, SlotOwner
 from .weight_store import WeightStore
@@ -21,17 +26,39 @@ from .weight_store import WeightStore
 _EMA = 0.3
 
 
+class HeadStream:
+    """The head's row chunks as window items: chunk ``c`` is rows ``[c * rows, (c + 1) * rows)`` of ``geo``'s
+    tensor, read with :meth:`WeightStore.submit_rows`."""
+
+    def __init__(self, store: WeightStore, geo: RowGeometry, rows: int) -> None:
+        self.store, self.geo, self.rows = store, geo, rows
+        self.n_chunks = -(-geo.rows // rows)
+
+    def bounds(self, c: int) -> tuple[int, int]:
+        return c * self.rows, min(self.geo.rows, (c + 1) * self.rows)
+
+    def name(self, c: int) -> str:
+        return f"{self.geo.tensor}[{c}]"
+
+    def submit(self, c: int, buf, priority: float):
+        r0, r1 = self.bounds(c)
+        return self.store.submit_rows(self.geo, r0, r1, buf, priority, self.name(c))
+
+
 class LayerWindow(SlotOwner):
     """Streams ``layers.{i}`` groups for the indices in ``layers`` (in compute order) through ``pool`` slots."""
 
     def __init__(self, store: WeightStore, pool: BufferPool, layers: tuple[int, ...], num_layers: int, *,
-                 cls: str = "layer", adaptive: bool = True, clock=None) -> None:
+                 cls: str = "layer", adaptive: bool = True, clock=None, head: "HeadStream | None" = None) -> None:
         self.store = store
         self.pool = pool
         self.cls = cls
-        self.order = sorted(layers)
+        self.head = head
+        self.n_layers = num_layers
+        n_chunks = head.n_chunks if head is not None else 0
+        self.order = sorted(layers) + [num_layers + c for c in range(n_chunks)]
         self.streamed = set(self.order)
-        self.num_layers = num_layers
+        self.num_layers = num_layers + n_chunks  # the cycle length
         self.n_slots = pool.n_slots(cls)
         self.max_depth = max(0, min(self.n_slots - 1, len(self.order) - 1))
         self.adaptive = adaptive
@@ -85,9 +112,16 @@ class LayerWindow(SlotOwner):
         slot = self._slot_for(layer, demand)
         if slot is None:
             return None
-        g = self.group(layer)
         pri = float("-inf") if demand else self._priority(layer)
-        e = SlotEntry(g, slot, self.store.submit(g, slot.buf, pri), prefetched=not demand)
+        if layer >= self.n_layers:
+            assert self.head is not None
+            c = layer - self.n_layers
+            g = self.head.name(c)
+            fut = self.head.submit(c, slot.buf, pri)
+        else:
+            g = self.group(layer)
+            fut = self.store.submit(g, slot.buf, pri)
+        e = SlotEntry(g, slot, fut, prefetched=not demand)
         self.entries[layer] = e
         return e
 

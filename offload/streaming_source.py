@@ -23,7 +23,7 @@ plan's expert slots may be held at once (holding more raises :class:`PoolExhaust
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -34,13 +34,15 @@ from ..runtime.bundle.reader import Bundle
 from ..runtime.bundle.constants import align_up
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.ffn_geometry import ffn_group, ffn_tensor
-from ..runtime.bundle.names import expert_group, is_expert_group, layer_group, layer_of, parse_group
+from ..runtime.bundle.names import (EMBED, FINAL_NORM, HEAD, expert_group, is_expert_group, layer_group, layer_of,
+                                    parse_group)
+from ..schedulers.row_geometry import row_geometry
 from ..schedulers.memory_plan import MemoryPlan, plan_memory
 from ..targets.profiles import get_target
 from .buffer_pool import BufferPool
 from .expert_cache import ExpertCache
 from .expert_predictor import ExpertPredictor
-from .layer_window import LayerWindow
+from .layer_window import HeadStream, LayerWindow
 from .neuron_ffn import NeuronFFN
 from .weight_store import WeightStore
 
@@ -81,9 +83,18 @@ class StreamingWeights:
         self._layer = 0
         self._last_layer_get = -1
         self.lookahead = lookahead
+        self._staging: np.ndarray | None = None
+        self._embed_geo = row_geometry(bundle, EMBED)
+        self._head_geo = row_geometry(bundle, plan.head_tensor or EMBED)
+        self._final_norm: np.ndarray | None = None
         try:
             t0 = time.perf_counter()
             self._pinned = self._read_pinned()
+            self._staging = self.pool.alloc_pinned(plan.io_staging_bytes)
+            if plan.head_streamed:
+                self._final_norm = self._pinned_f32(FINAL_NORM)
+            if verify is not False:  # tensors read only in row ranges: CRC-checked once, now, through a slot
+                self._verify_row_tensors()
             self.neurons: NeuronFFN | None = None
             if plan.neuron_layers:  # row-column bundled FFNs: neuron windows with the exact predictor
                 self.neurons = NeuronFFN(bundle, self.store, self.pool, plan.neuron_layers, plan.neuron_capacity,
@@ -91,8 +102,9 @@ class StreamingWeights:
                                          verify=verify is not False, act=self.config.hidden_act,
                                          kernels=kernels)
             self.load_s = time.perf_counter() - t0
+            head = HeadStream(self.store, self._head_geo, plan.head_chunk_rows) if plan.head_streamed else None
             self.window = LayerWindow(self.store, self.pool, plan.streamed_layers, self.config.num_layers,
-                                      adaptive=adaptive_window, clock=self.clock)
+                                      adaptive=adaptive_window, clock=self.clock, head=head)
             self.cache: ExpertCache | None = None
             self.predictor: ExpertPredictor | None = None
             if self.config.is_moe:
@@ -129,7 +141,10 @@ class StreamingWeights:
             if not all_pinned and (biggest > p.expert_slot_bytes or p.expert_cache_slots < 1):
                 raise BudgetError(f"memory plan has no expert slots fitting {b.path} (plan made for another bundle?)")
         covered = (set(p.pinned_groups) | {layer_group(i) for i in p.streamed_layers}
-                   | {ffn_group(i) for i in p.neuron_layers})
+                   | {ffn_group(i) for i in p.neuron_layers} | ({EMBED} if p.embed_streamed else set())
+                   | ({HEAD} if p.head_streamed else set()))
+        if p.head_streamed and not p.layer_slots:
+            raise BudgetError(f"memory plan streams the head of {b.path} but has no window slot for it")
         missing = [g for g in b.groups if parse_group(g).kind != "expert" and g not in covered]
         if missing:
             raise BudgetError(f"memory plan covers neither pinning nor streaming of {missing[:3]} in {b.path}")
@@ -141,11 +156,38 @@ class StreamingWeights:
             futs.append((g, self.store.submit(g, buf, float("-inf"))))
         return {g: self.store.wait(g, f).tensors for g, f in futs}
 
+    def _pinned_f32(self, name: str) -> np.ndarray:
+        """A float32 copy of tensor ``name`` in the pinned region, read through the staging buffer."""
+        assert self._staging is not None
+        f32 = self.store.read_tensor(name, self._staging).dequantize()
+        dest = self.pool.alloc_pinned(f32.nbytes, 64).view(np.float32).reshape(f32.shape)
+        dest[...] = f32
+        return dest
+
+    def _verify_row_tensors(self) -> None:
+        """CRC-check the streamed embedding table and head once (their per-token reads are row ranges)."""
+        geos = []
+        if self.plan.embed_streamed:
+            geos.append(self._embed_geo)
+        if self.plan.head_streamed and self._head_geo.tensor != self._embed_geo.tensor:
+            geos.append(self._head_geo)
+        if not geos:
+            return
+        slot = self.pool.alloc("layer") if self.plan.layer_slots else None
+        try:
+            buf = slot.buf if slot is not None else self._staging
+            assert buf is not None
+            for g in geos:
+                self.store.verify_tensor(g, buf)
+        finally:
+            if slot is not None:
+                self.pool.free(slot)
+
     def _read_routers(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        names = list(self.plan.pinned_tensors)
+        names = [n for n in self.plan.pinned_tensors if n != FINAL_NORM]
         if not names:
             return {}
-        staging = self.pool.alloc_pinned(self.plan.io_staging_bytes)
+        staging = self._staging
         out: dict[int, list[np.ndarray]] = {}
         for name in names:
             qt = self.store.read_tensor(name, staging)
@@ -186,6 +228,43 @@ class StreamingWeights:
             assert self.cache is not None
             return self.cache.get(group)
         return self.window.get(layer)
+
+    def embed_rows(self, tokens: np.ndarray) -> np.ndarray:
+        """float32 embedding rows ``[T, H]`` of ``tokens``: from the pinned table, or read from storage one row at a
+        time (the row's 4 KiB-aligned span of each part through the staging buffer)."""
+        t = self._pinned.get(EMBED)
+        if t is not None:
+            return t[EMBED].rows(tokens)
+        assert self._staging is not None
+        geo = self._embed_geo
+        out = np.empty((len(tokens), geo.width), np.float32)
+        for i, tok in enumerate(np.asarray(tokens).reshape(-1)):
+            qt = self.store.read_rows(geo, int(tok), int(tok) + 1, self._staging, f"embedding row {int(tok)}")
+            out[i] = qt.dequantize()[0]
+        return out
+
+    def head_norm(self) -> np.ndarray:
+        """The final norm's weight (float32)."""
+        if self._final_norm is not None:
+            return self._final_norm
+        return self._pinned[HEAD][FINAL_NORM].dequantize()
+
+    def head_chunks(self) -> Iterator[tuple[int, QTensor]]:
+        """The head as ``(first row, rows)`` pieces in row order: the pinned tensor whole, or the streamed head's
+        row chunks through the layer window (each valid until the next one is asked for)."""
+        p = self.plan
+        if not p.head_streamed:
+            g = EMBED if p.head_tensor == EMBED else HEAD
+            yield 0, self._pinned[g][p.head_tensor]
+            return
+        L = self.config.num_layers
+        for c in range(-(-self._head_geo.rows // p.head_chunk_rows)):
+            self._layer = L
+            t = self.window.get(L + c)
+            try:
+                yield c * p.head_chunk_rows, t[p.head_tensor]
+            finally:
+                self.window.release(L + c)
 
     def release(self, group: str) -> None:
         """The engine is done with ``group`` for this step; its slot may be reused."""
@@ -260,7 +339,8 @@ class StreamingWeights:
         }
 
 
-_PLAN_KEYS = ("max_context", "max_batch_tokens", "max_window_depth", "hot_experts", "workspace", "neuron_capacity")
+_PLAN_KEYS = ("max_context", "max_batch_tokens", "max_window_depth", "hot_experts", "workspace", "neuron_capacity",
+              "kv_dtype", "logits_rows")
 
 
 def open_streaming(bundle: Bundle, budget: int | str, *, target: str | None = None, verify: bool | str = True,

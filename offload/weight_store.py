@@ -25,6 +25,7 @@ import os
 import queue
 import threading
 import time
+import zlib
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -32,12 +33,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import StorageError
+from ..errors import BundleError, StorageError
 from ..kernels.quant import QTensor
 from ..runtime.bundle.checked_read import CheckedFile, FaultHook, fault_from_env
 from ..runtime.bundle.constants import ALIGNMENT, align_up
 from ..runtime.bundle.ratelimit import from_env as limiter_from_env
 from ..runtime.bundle.reader import Bundle
+from ..runtime.bundle.schemes import get_scheme
+from ..schedulers.row_geometry import RowGeometry
 
 MiB = 1 << 20
 DEFAULT_CHUNK = 4 * MiB
@@ -257,6 +260,85 @@ class WeightStore:
         with self._lock:
             self.bytes_read += span
         return self.bundle.tensor_from_buffer(name, staging[:nb], off, bool(self.verify))
+
+    # -- row reads (embedding rows, head chunks) ------------------------------------------------------------------
+    def _read_rows_now(self, geo: RowGeometry, r0: int, r1: int, dest: np.ndarray, what: str) -> tuple[QTensor, int]:
+        """Read rows ``[r0, r1)`` of ``geo``'s tensor into ``dest`` (page-aligned; each part's 4 KiB-aligned span
+        one after another) on the calling thread; returns the ``[r1 - r0, width]`` QTensor viewing ``dest`` and the
+        bytes read."""
+        if self._closed:
+            raise StorageError(f"{self.path}: weight store is closed")
+        spans = geo.span(r0, r1)
+        total = sum(n for _, n, _ in spans)
+        if dest.nbytes < total:
+            raise StorageError(f"internal: buffer of {dest.nbytes} bytes for {what} needing {total}")
+        g = self.bundle.groups[geo.group]
+        pos, views = 0, {}
+        for part, (a0, n, skip) in zip(geo.parts, spans):
+            self._file.read_into(a0, memoryview(dest)[pos: pos + n], what, group=geo.group, base=g.offset,
+                                 need=skip + (r1 - r0) * part.row_bytes, check=False)
+            views[part.name] = dest[pos + skip: pos + skip + (r1 - r0) * part.row_bytes]
+            pos += n
+        sch = get_scheme(geo.scheme)
+        qt = sch.rows_from_bytes(views["data"], views.get("scale"), r1 - r0, geo.width, geo.group_size)
+        return qt, total
+
+    def read_rows(self, geo: RowGeometry, r0: int, r1: int, dest: np.ndarray, what: str) -> QTensor:
+        """Blocking read of rows ``[r0, r1)`` of a 2-D tensor into ``dest`` (see :meth:`submit_rows`), counted in
+        :attr:`bytes_read`. Not CRC-checked (a CRC covers a whole tensor): :meth:`verify_tensor` checks it once."""
+        t0 = time.perf_counter()
+        qt, n = self._read_rows_now(geo, r0, r1, dest, what)
+        self.note_read(geo.group, t0, time.perf_counter(), n)
+        return qt
+
+    def submit_rows(self, geo: RowGeometry, r0: int, r1: int, dest: np.ndarray, priority: float,
+                    name: str) -> Future:
+        """Start reading rows ``[r0, r1)`` of ``geo``'s tensor into ``dest`` on an I/O thread; the future's result
+        is a :class:`GroupRead` named ``name`` whose one tensor (``geo.tensor``) views ``dest``."""
+        if self._closed:
+            raise StorageError(f"{self.path}: weight store is closed")
+        fut: Future = Future()
+        fut.set_running_or_notify_cancel()
+
+        def job() -> None:
+            t0 = time.perf_counter()
+            try:
+                qt, n = self._read_rows_now(geo, r0, r1, dest, f"rows {r0}..{r1 - 1} of tensor {geo.tensor!r}")
+            except BaseException as e:  # noqa: BLE001 - the StorageError of the read goes to the waiter
+                _settle(fut, exc=e)
+                return
+            t1 = time.perf_counter()
+            rec = ReadRecord(name, t0, t1, n)
+            with self._lock:
+                self.records.append(rec)
+                self.bytes_read += n
+            _settle(fut, result=GroupRead({geo.tensor: qt}, rec))
+
+        self._io.put(priority, job)
+        return fut
+
+    def verify_tensor(self, geo: RowGeometry, buf: np.ndarray) -> None:
+        """CRC-check a tensor that is only ever read in row ranges, once, by reading it through ``buf`` (a
+        page-aligned buffer) part by part in order; BundleError on a mismatch. Counted in :attr:`bytes_read`
+        (a load-time cost of one pass over the tensor)."""
+        rec = self.bundle.tensors[geo.tensor]
+        g = self.bundle.groups[geo.group]
+        crc, t0, total = 0, time.perf_counter(), 0
+        for part in geo.parts:
+            start, end = part.offset, part.offset + geo.rows * part.row_bytes
+            pos = start - start % ALIGNMENT
+            while pos < end:
+                n = min(buf.nbytes - buf.nbytes % ALIGNMENT, align_up(end) - pos)
+                self._file.read_into(pos, memoryview(buf)[:n], f"tensor {geo.tensor!r} (verify)", group=geo.group,
+                                     base=g.offset, need=min(n, end - pos), check=False)
+                total += n
+                lo, hi = max(start, pos) - pos, min(end, pos + n) - pos
+                crc = zlib.crc32(memoryview(buf)[lo:hi], crc)
+                pos += n
+        self.note_read(geo.group, t0, time.perf_counter(), total)
+        if crc != int(rec["crc32"]):
+            raise BundleError(f"{self.bundle.weights_path}: checksum mismatch in tensor {geo.tensor!r} (file corrupt "
+                              "or modified; re-export the bundle)")
 
     def read_into(self, offset: int, bufs: list[np.ndarray], group: str, what: str) -> int:
         """Read ``sum(b.nbytes)`` bytes at file ``offset`` of ``group`` into ``bufs`` (a scatter read, on the

@@ -24,13 +24,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import BudgetError, OptionError
+from ..errors import BudgetError, BundleError, OptionError
+from ..kernels.attention import SCORE_BYTES, check_kv_dtype, kv_bytes_per_value
+from ..kernels.linear import BLOCK_BYTES
 from ..kernels.table import REFERENCE, KernelTable
 from ..units import fmt_bytes, parse_bytes
 from ..runtime.bundle.reader import Bundle
-from ..runtime.bundle.constants import align_up
+from ..runtime.bundle.constants import ALIGNMENT, align_up
 from ..runtime.bundle.config import ModelConfig
-from ..runtime.bundle.names import EMBED, HEAD, layer_of, layer_prefix, parse_group
+from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, layer_of, layer_prefix, parse_group
+from .row_geometry import row_geometry
 from ..targets.profiles import TargetProfile
 
 MiB = 1 << 20
@@ -77,6 +80,16 @@ class MemoryPlan:
     neuron_capacity: int = 0
     neuron_bundle_bytes: int = 0
     neuron_predictor_bytes: int = 0  # pinned gate rows + the load staging buffer
+    # real-vocabulary shapes: the KV format, the model's own context, how embedding and head are served
+    kv_dtype: str = "f16"
+    model_context: int = 0
+    embed_streamed: bool = False  # embedding rows read from storage per token (the table is not pinned)
+    head_streamed: bool = False  # the head goes through the layer window in row chunks (not pinned)
+    head_tensor: str = ""  # the head's tensor (the embedding table when tied)
+    head_chunk_rows: int = 0  # rows of one head chunk (streamed head)
+    head_bytes: int = 0  # stored bytes of the head tensor
+    embed_row_bytes: int = 0  # stored bytes of one embedding row
+    logits_rows: int = 1  # logit rows the workspace holds (1: generation; a chunk for perplexity)
 
     @property
     def neuron_window_bytes(self) -> int:
@@ -85,7 +98,7 @@ class MemoryPlan:
 
     @property
     def layer_slots(self) -> int:
-        return self.window_depth + 1 if self.streamed_layers else 0
+        return self.window_depth + 1 if (self.streamed_layers or self.head_streamed) else 0
 
     @property
     def window_bytes(self) -> int:
@@ -108,7 +121,8 @@ class MemoryPlan:
     @property
     def is_resident(self) -> bool:
         """True when every weight group is pinned (nothing streams)."""
-        return not self.streamed_layers and self.expert_cache_slots == 0 and self.expert_slot_bytes == 0
+        return (not self.streamed_layers and not self.head_streamed and not self.embed_streamed
+                and self.expert_cache_slots == 0 and self.expert_slot_bytes == 0)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -140,8 +154,10 @@ class MemoryPlan:
                ("neuron windows", self.neuron_window_bytes,
                 f"{len(self.neuron_layers)} x {self.neuron_capacity} bundles x {fmt_bytes(self.neuron_bundle_bytes)}")]
               if self.neuron_layers else []),
-            ("KV cache", self.kv_cache_bytes, f"{self.max_context} positions, float32"),
-            ("activation workspace", self.workspace_bytes, f"estimate for {self.max_batch_tokens}-token chunks"),
+            ("KV cache", self.kv_cache_bytes,
+             f"{self.max_context} positions (model context {self.model_context}), {self.kv_dtype}"),
+            ("activation workspace", self.workspace_bytes,
+             f"estimate for {self.max_batch_tokens}-token prefill chunks, logits of {self.logits_rows} position(s)"),
         ]
         lines = [f"memory plan for {self.arch} ({fmt_bytes(self.model_bytes)} of weights) on {self.target}, "
                  f"budget {fmt_bytes(self.budget_bytes)}:"]
@@ -149,7 +165,12 @@ class MemoryPlan:
             lines.append(f"  {name:22s} {fmt_bytes(n):>11s}  {what}")
         lines.append(f"  {'total':22s} {fmt_bytes(self.total_bytes):>11s}  "
                      f"({100.0 * self.total_bytes / self.budget_bytes:.0f}% of budget)")
-        lines.append(f"  streamed per token: {fmt_bytes(self.streamed_bytes_per_token)} of dense layers"
+        lines.append(f"  embedding: {'rows read per token (' + fmt_bytes(self.embed_row_bytes) + ' a row)' if self.embed_streamed else 'pinned'}"
+                     f"; head ({self.head_tensor}, {fmt_bytes(self.head_bytes)}): "
+                     + (f"streamed through the window in chunks of {self.head_chunk_rows} rows" if self.head_streamed
+                        else "pinned"))
+        lines.append(f"  streamed per token: {fmt_bytes(self.streamed_bytes_per_token)} of dense layers, head and "
+                     "embedding rows"
                      + (" + expert misses" if self.expert_slot_bytes else "")
                      + (" + newly active FFN neurons" if self.neuron_layers else ""))
         lines.extend(f"  note: {n}" for n in self.notes)
@@ -163,27 +184,35 @@ def _numel(shape: list[int]) -> int:
     return n
 
 
-def kv_cache_bytes(cfg: ModelConfig, max_context: int, dtype_bytes: int = 4) -> int:
-    """K and V for every layer and position: ``2 * L * ctx * n_kv * head_dim * dtype_bytes``."""
-    return 2 * cfg.num_layers * max_context * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
+def kv_cache_bytes(cfg: ModelConfig, max_context: int, dtype: str | int = "f16") -> int:
+    """K and V for every layer and position: ``2 * L * ctx * n_kv * head_dim`` values of ``dtype`` (a
+    :data:`~edgespool.kernels.attention.KV_DTYPES` name, or bytes per value), 64-byte aligned."""
+    per = float(dtype) if isinstance(dtype, int) else kv_bytes_per_value(dtype)
+    return align_up(int(2 * cfg.num_layers * max_context * cfg.num_kv_heads * cfg.head_dim * per), 64)
 
 
 def workspace_bytes(cfg: ModelConfig, bundle: Bundle, max_batch_tokens: int, max_context: int, *,
-                    kernels: KernelTable = REFERENCE, kernel_workspace: int | None = None) -> int:
-    """Estimate of the engine's float32 temporaries for one chunk of ``T`` tokens: hidden-state copies, q/k/v,
-    one head's attention scores over the context, the FFN intermediates, the logits of the chunk, plus the linear
-    kernels' bounded scratch (``kernel_workspace`` when given, else ``kernels.workspace_bytes()`` of the model's
-    :class:`~edgespool.kernels.table.KernelTable`; the reference kernels dequantise
-    :data:`~edgespool.kernels.linear.BLOCK_BYTES` of rows at a time) and 4 MiB of slack for numpy's small
-    temporaries."""
+                    kernels: KernelTable = REFERENCE, kernel_workspace: int | None = None,
+                    kv_dtype: str = "f32", logits_rows: int = 1, head_chunk_rows: int | None = None) -> int:
+    """Estimate of the engine's float32 temporaries for one prefill chunk of ``T`` tokens: hidden-state copies,
+    q/k/v, the FFN intermediates, the attention scores of the chunk over the context (twice: the masked copy), the
+    float32 view of one layer's K/V when the cache is f16 / q8_0, the logits of ``logits_rows`` positions (1 for
+    generation: only the last position's logits are computed) plus one head chunk's output, plus the linear
+    kernels' bounded scratch (``kernel_workspace`` when given, else ``kernels.workspace_bytes()``) and 4 MiB of
+    slack for numpy's small temporaries."""
     kws = kernels.workspace_bytes() if kernel_workspace is None else int(kernel_workspace)
-    T, H = max_batch_tokens, cfg.hidden_size
+    T, H, S = max_batch_tokens, cfg.hidden_size, max_context
     inter = max(cfg.intermediate_size, cfg.moe_intermediate_size * max(1, cfg.num_experts_per_tok),
                 cfg.shared_expert_intermediate_size)
     q = cfg.num_heads * cfg.head_dim
     kv = cfg.num_kv_heads * cfg.head_dim
-    per_tok = 8 * H + q + 2 * kv + 3 * inter + cfg.vocab_size + 2 * cfg.num_heads * max_context // max(1, T)
-    return align_up(4 * T * per_tok + kws + 4 * MiB)
+    per_tok = 8 * H + q + 2 * kv + 3 * inter
+    scores = 2 * min(T * cfg.num_heads * S, SCORE_BYTES // 4 + cfg.num_heads * S)
+    kv_view = 0 if kv_dtype == "f32" else 2 * kv * S
+    rows = max(1, min(logits_rows, T))
+    chunk = cfg.vocab_size if head_chunk_rows is None else min(cfg.vocab_size, head_chunk_rows)
+    logits = rows * (cfg.vocab_size + chunk)
+    return align_up(4 * (T * per_tok + scores + kv_view + logits) + kws + 4 * MiB)
 
 
 def _neuron_memory(bundle: Bundle, ffn_groups: list[str], capacity: float | int) -> tuple[int, int, int, int]:
@@ -229,32 +258,50 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
                 max_context: int | None = None, max_batch_tokens: int = 256,
                 max_window_depth: int = DEFAULT_MAX_WINDOW_DEPTH, hot_experts: list[str] | None = None,
                 workspace: int | None = None, neuron_capacity: float | int = DEFAULT_NEURON_CAPACITY,
-                kernels: KernelTable = REFERENCE) -> MemoryPlan:
+                kernels: KernelTable = REFERENCE, kv_dtype: str = "f16", logits_rows: int = 1) -> MemoryPlan:
     """Plan a streamed run of ``bundle`` in ``budget_bytes`` (an int or a size string such as ``"512MiB"``).
 
-    ``hot_experts``: expert groups to pin first (e.g. from routing statistics); without them all expert memory
-    is an adaptive cache. ``workspace`` overrides the activation-workspace estimate (which otherwise includes the
-    scratch of ``kernels``, the model's :class:`~edgespool.kernels.table.KernelTable`). ``neuron_capacity``: bundles
-    with row-column bundled FFNs keep this many neurons per layer in memory (a float in (0, 1]: that fraction of
-    the layer's neurons). Raises BudgetError naming the minimum when the budget is below the minimum working set.
+    ``max_context``: KV cache positions (default: what the budget allows, up to the model's context: the largest
+    length whose KV cache takes at most half of the memory above the context-free minimum). ``kv_dtype``: f16
+    (default), f32 or q8_0. ``max_batch_tokens``: the largest prefill chunk (the plan shrinks it when the budget
+    is tight). ``logits_rows``: logit rows the workspace holds (1 for generation). ``hot_experts``: expert groups to
+    pin first (e.g. from routing statistics); without them all expert memory is an adaptive cache. ``workspace``
+    overrides the activation-workspace estimate. ``neuron_capacity``: bundles with row-column bundled FFNs keep this
+    many neurons per layer in memory (a float in (0, 1]: that fraction of the layer's neurons).
+
+    What is pinned is chosen by bytes saved per token per byte of memory: a pinned layer or a pinned head saves its
+    whole size every token (ratio 1), a pinned embedding table saves one row per token (ratio 1 / vocabulary), so the
+    head is pinned first when it fits next to the window, then layers, and the embedding table only when the
+    whole model fits. Raises BudgetError naming the minimum when the budget is below the minimum working set,
+    OptionError for a context longer than the model's or a KV dtype the kernels lack.
     """
     cfg = bundle.config
     if cfg is None:
         raise BudgetError(f"{bundle.path}: memory planning needs a decoder bundle (kind={bundle.kind!r})")
     budget = parse_bytes(budget_bytes, "--memory-budget")
-    ctx = int(max_context or min(cfg.max_position_embeddings, 4096))
-    T = max(1, min(max_batch_tokens, ctx))
+    check_kv_dtype(kv_dtype, cfg.head_dim)
+    model_ctx = int(cfg.max_position_embeddings)
+    if max_context is not None:
+        if int(max_context) < 1:
+            raise OptionError(f"--max-context {max_context}: must be >= 1 token")
+        if int(max_context) > model_ctx:
+            raise OptionError(f"--max-context {max_context} is longer than the context of {bundle.path.name} "
+                              f"({model_ctx} tokens)")
     groups = bundle.groups
     gsize = {g: align_up(info.nbytes) for g, info in groups.items()}
     kinds = {g: parse_group(g).kind for g in groups}
     ffn_groups = [g for g in groups if kinds[g] == "ffn_bundled"]
     layer_groups = [g for g in groups if kinds[g] == "layer"]
     expert_groups = [g for g in groups if kinds[g] == "expert"]
-    edge_groups = [g for g in (EMBED, HEAD) if g in groups]
     notes: list[str] = []
 
-    kv = kv_cache_bytes(cfg, ctx)
-    ws = align_up(workspace) if workspace is not None else workspace_bytes(cfg, bundle, T, ctx, kernels=kernels)
+    # the edges: embedding rows (per token), the head (row chunks through the window) and the final norm
+    tied = cfg.tie_word_embeddings or LM_HEAD not in bundle.tensors
+    head_t = EMBED if tied else LM_HEAD
+    eg, hg = row_geometry(bundle, EMBED), row_geometry(bundle, head_t)
+    head_pin_bytes = gsize.get(HEAD, 0) + (gsize.get(EMBED, 0) if tied else 0)  # what pinning the head pins
+    norm_copy = align_up(4 * _numel(bundle.tensors[FINAL_NORM]["shape"]), 64)
+
     # float32 copies of every MoE layer's router + FFN norm: the predictor applies layer i+1's router to layer i's
     # hidden state (read once at load through the staging buffer)
     router_tensors: list[str] = []
@@ -264,67 +311,121 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
             if p + "router" in bundle.tensors:
                 router_tensors += [p + "router", p + "ffn_norm"]
     router_bytes = align_up(sum(align_up(4 * _numel(bundle.tensors[t]["shape"]), 64) for t in router_tensors))
-    staging = max(IO_STAGING_BYTES, max((align_up(int(bundle.tensors[t]["nbytes"])) for t in router_tensors),
-                                        default=0))
-    edge_bytes = sum(gsize[g] for g in edge_groups)
+    staging = max(IO_STAGING_BYTES if router_tensors else 0, eg.max_read_bytes(1),
+                  align_up(int(bundle.tensors[FINAL_NORM]["nbytes"])),
+                  max((align_up(int(bundle.tensors[t]["nbytes"])) for t in router_tensors), default=0))
     layer_slot = max((gsize[g] for g in layer_groups), default=0)
+    if not layer_groups:  # no layer to share the window with: slots sized for head chunks of 2 MiB
+        layer_slot = min(align_up(hg.nbytes) + 3 * ALIGNMENT, 2 * MiB)
+    rows_per_block = max(1, BLOCK_BYTES // (4 * hg.width))  # the reference kernel's row blocks: chunks align to them
+    chunk_rows = hg.rows_fitting(layer_slot, rows_per_block)
+    if chunk_rows < 1:
+        raise BundleError(f"{bundle.path}: one row of {head_t!r} ({hg.row_bytes} bytes) does not fit a layer slot "
+                          f"of {layer_slot} bytes")
     expert_slot = max((gsize[g] for g in expert_groups), default=0)
     topk = max(1, cfg.num_experts_per_tok) if expert_groups else 0
-    fixed = kv + ws + staging + edge_bytes + router_bytes
     n_cap, n_bundle, n_pred, n_bytes = _neuron_memory(bundle, ffn_groups, neuron_capacity)
-    resident_fits = fixed + sum(gsize.values()) - edge_bytes <= budget
-    fixed += n_bytes
-    minimum = fixed + layer_slot + topk * expert_slot
+
+    def ws_of(T: int, ctx: int) -> int:
+        if workspace is not None:
+            return align_up(workspace)
+        return workspace_bytes(cfg, bundle, T, ctx, kernels=kernels, kv_dtype=kv_dtype,
+                               logits_rows=logits_rows, head_chunk_rows=chunk_rows)
+
+    def minimum_at(ctx: int, T: int) -> int:
+        return (kv_cache_bytes(cfg, ctx, kv_dtype) + ws_of(T, ctx) + staging + norm_copy + router_bytes + n_bytes
+                + layer_slot + topk * expert_slot)
+
+    # the KV length: given, or what the budget allows up to the model's context
+    t_min = max(1, min(16, max_batch_tokens))
+    if max_context is None:
+        base = minimum_at(0, t_min)
+        room = (budget - base) // 2
+        lo, hi = 0, model_ctx
+        while lo < hi:  # the largest ctx whose KV + context-dependent workspace fits in `room`
+            mid = (lo + hi + 1) // 2
+            if minimum_at(mid, t_min) - base <= room:
+                lo = mid
+            else:
+                hi = mid - 1
+        ctx = lo if lo < 256 or lo == model_ctx else lo - lo % 256
+        if ctx < 1:
+            ctx = min(model_ctx, 256)  # below the minimum: report the minimum at a short context
+        if ctx < model_ctx:
+            notes.append(f"KV length {ctx}: what half the memory above the minimum allows (model context "
+                         f"{model_ctx}); --max-context sets it")
+    else:
+        ctx = int(max_context)
+    t_min = max(1, min(t_min, ctx))
+    minimum = minimum_at(ctx, t_min)
+    kv = kv_cache_bytes(cfg, ctx, kv_dtype)
     if budget < minimum:
         err = BudgetError(
             f"memory budget {fmt_bytes(budget)} is below the minimum working set of {bundle.path.name} "
-            f"({fmt_bytes(minimum)} = {minimum} bytes: embed+head {fmt_bytes(edge_bytes)}, one layer "
+            f"({fmt_bytes(minimum)} = {minimum} bytes at {ctx} tokens of context: one layer slot "
             f"{fmt_bytes(layer_slot)}" + (f", {topk} experts {fmt_bytes(topk * expert_slot)}, router copies "
                                           f"{fmt_bytes(router_bytes)}" if topk else "")
-            + f", KV cache {fmt_bytes(kv)} for {ctx} tokens, workspace {fmt_bytes(ws)}, I/O staging "
+            + f", KV cache {fmt_bytes(kv)} ({kv_dtype}), workspace {fmt_bytes(ws_of(t_min, ctx))}, I/O staging "
             f"{fmt_bytes(staging)}" + (f", neuron windows + pinned gate rows {fmt_bytes(n_bytes)}" if n_bytes else "")
-            + f"); raise the budget to at least {fmt_bytes(minimum)} or lower --max-context"
-            + (" or the neuron capacity" if n_bytes else ""))
+            + f"; embedding rows and the head stream); raise the budget to at least {fmt_bytes(minimum)} or lower "
+            "--max-context" + (" or the neuron capacity" if n_bytes else ""))
         err.minimum = minimum  # type: ignore[attr-defined]
         raise err
+    # the prefill chunk: as long as asked while its workspace takes at most a quarter of the memory left
+    T = max(t_min, min(max_batch_tokens, ctx))
+    while T > t_min and ws_of(T, ctx) - ws_of(t_min, ctx) > (budget - minimum) // 4:
+        T = max(t_min, T // 2)
+    ws = ws_of(T, ctx)
+    target = target_profile.name if target_profile else "host"
+    common = dict(budget_bytes=budget, target=target, arch=cfg.arch, model_bytes=bundle.weights_nbytes,
+                  max_context=ctx, kv_cache_bytes=kv, max_batch_tokens=T, workspace_bytes=ws,
+                  kv_dtype=kv_dtype, model_context=model_ctx, head_tensor=head_t, head_bytes=hg.nbytes,
+                  embed_row_bytes=eg.row_bytes, logits_rows=logits_rows)
 
     # Whole model fits: pin everything.
     all_bytes = sum(gsize.values())
-    if resident_fits:
+    res_staging = max(IO_STAGING_BYTES, staging) if router_tensors else staging
+    if kv + ws + res_staging + router_bytes + n_bytes + all_bytes - sum(gsize[g] for g in ffn_groups) <= budget \
+            and not ffn_groups:
         return MemoryPlan(
-            budget_bytes=budget, target=target_profile.name if target_profile else "host", arch=cfg.arch,
-            model_bytes=bundle.weights_nbytes, pinned_groups=tuple(groups), pinned_group_bytes=all_bytes,
+            **common, pinned_groups=tuple(groups), pinned_group_bytes=all_bytes,
             pinned_tensors=tuple(router_tensors), pinned_tensor_bytes=router_bytes, hot_experts=(),
-            streamed_layers=(), window_depth=0,
-            layer_slot_bytes=0, expert_cache_slots=0, expert_slot_bytes=0, max_context=ctx, kv_cache_bytes=kv,
-            max_batch_tokens=T, workspace_bytes=ws, io_staging_bytes=staging, streamed_bytes_per_token=0,
+            streamed_layers=(), window_depth=0, layer_slot_bytes=0, expert_cache_slots=0, expert_slot_bytes=0,
+            io_staging_bytes=res_staging, streamed_bytes_per_token=0,
             notes=("the whole model fits in the budget: every group is pinned, nothing streams",))
 
-    free = budget - fixed
-    pinned: list[str] = list(edge_groups)
+    free = budget - (kv + ws + staging + norm_copy + router_bytes + n_bytes)
+    pinned: list[str] = []
     streamed = list(layer_groups)
     hot: list[str] = []
+    head_pinned = False
 
     if expert_groups:
-        # 1. top-k expert slots and one layer slot are mandatory (checked above); 2. pin layer groups (attention,
-        # norms, router, shared expert: needed every token) while a depth-1 window for the rest still fits;
-        # 3. hot experts; 4. the rest is expert cache.
+        # 1. top-k expert slots and one layer slot are mandatory (checked above); 2. the head, then layer groups
+        # (attention, norms, router, shared expert: needed every token) while a depth-1 window for the rest still
+        # fits; 3. hot experts; 4. the rest is expert cache.
         free -= topk * expert_slot
 
-        def window_cost(rest: list[str]) -> int:
-            return min(2, len(rest)) * max((gsize[s] for s in rest), default=0)
+        def window_cost(rest: list[str], head_streams: bool) -> int:
+            n = min(2, len(rest) + (1 if head_streams else 0))
+            return max(1, n) * max([gsize[s] for s in rest] + [layer_slot if head_streams else 0])
 
+        if free - head_pin_bytes - window_cost(streamed, False) >= 0:
+            free -= head_pin_bytes
+            head_pinned = True
         for g in sorted(layer_groups, key=lambda g: gsize[g]):
             rest = [s for s in streamed if s != g]
-            if free - gsize[g] - window_cost(rest) >= 0:
+            if free - gsize[g] - window_cost(rest, not head_pinned) >= 0:
                 free -= gsize[g]
                 pinned.append(g)
                 streamed.remove(g)
-        layer_slot = max((gsize[s] for s in streamed), default=0)
-        slots = min(2, len(streamed))
-        if free < slots * layer_slot:  # only the mandatory single slot fits
-            slots = min(1, len(streamed))
-        free -= slots * layer_slot
+        n_items = len(streamed) + (0 if head_pinned else 1)
+        slot = max([gsize[s] for s in streamed] + [0 if head_pinned else layer_slot])
+        slots = min(2, n_items)
+        if free < slots * slot:  # only the mandatory single slot fits
+            slots = min(1, n_items)
+        free -= slots * slot
+        layer_slot = slot
         for g in (hot_experts or []):
             if g not in expert_groups:
                 raise BudgetError(f"hot expert {g!r} is not an expert group of {bundle.path.name}")
@@ -339,13 +440,21 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
             notes.append("no routing statistics given: all expert memory is an adaptive (recency+frequency) cache")
         depth = max(0, slots - 1)
     else:
-        # Dense: a window of 2 slots (depth 1: while layer i computes, i+1 is read, and i+2 is queued as soon as
-        # i is released, so a storage-bound run keeps the device busy), then pin whole layers spread over the
-        # depth (each pinned layer is bytes not read per token: measured, a pinned layer is worth more than a
-        # third slot, which only absorbs compute jitter), then more depth from what is left.
+        # Dense: a window of 2 slots (depth 1: while layer i computes, i+1 is read), then the head when it fits
+        # (its whole size saved every token), then whole layers spread over the depth (each pinned layer is bytes
+        # not read per token: measured, a pinned layer is worth more than a third slot, which only absorbs compute
+        # jitter), then more depth from what is left.
+        # (a head no larger than a slot goes before the second slot: it saves bytes, the slot only overlap)
+        small_head = head_pin_bytes <= layer_slot
+        if small_head and free - layer_slot >= head_pin_bytes:
+            free -= head_pin_bytes
+            head_pinned = True
         slots = 1 + min(1, max(0, free // layer_slot - 1), max_window_depth)
         rest = free - slots * layer_slot
-        n_pin = max(0, min(len(layer_groups) - slots, rest // layer_slot))
+        if not head_pinned and rest >= head_pin_bytes:
+            rest -= head_pin_bytes
+            head_pinned = True
+        n_pin = max(0, min(len(layer_groups) - (slots if head_pinned else slots - 1), rest // max(1, layer_slot)))
         if n_pin:
             step = len(layer_groups) / n_pin
             for i in sorted({min(len(layer_groups) - 1, int(k * step + step / 2)) for k in range(n_pin)}):
@@ -353,27 +462,39 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
                 pinned.append(g)
                 streamed.remove(g)
                 rest -= gsize[g]
-        while rest >= layer_slot and slots - 1 < max_window_depth and slots < len(streamed):
+        n_items = len(streamed) + (0 if head_pinned else 1)
+        while rest >= layer_slot and slots - 1 < max_window_depth and slots < n_items:
             slots += 1
             rest -= layer_slot
-        layer_slot = max((gsize[s] for s in streamed), default=0)
-        slots = min(slots, len(streamed))
+        if streamed:
+            layer_slot = max(gsize[s] for s in streamed)
+        slots = min(slots, n_items)
         depth = max(0, slots - 1)
         n_cache = 0
         expert_slot = 0
         router_tensors = []
         router_bytes = 0
-    if streamed and depth == 0:
+    head_streamed = not head_pinned
+    if head_pinned:
+        pinned = [EMBED, HEAD] + pinned if tied else [HEAD] + pinned
+    embed_streamed = EMBED not in pinned
+    if head_streamed:
+        chunk_rows = hg.rows_fitting(layer_slot, rows_per_block)
+    if (streamed or head_streamed) and depth == 0:
         notes.append("window depth 0: no read-ahead fits, every layer read waits (raise the budget for overlap)")
     pinned_bytes = sum(gsize[g] for g in pinned)
     stream_bytes = sum(groups[g].nbytes for g in streamed)
+    if head_streamed:
+        stream_bytes += sum(hg.read_bytes(r, min(hg.rows, r + chunk_rows)) for r in range(0, hg.rows, chunk_rows))
+    if embed_streamed:
+        stream_bytes += eg.read_bytes(0, 1)
+    pinned_tensor_list = tuple(router_tensors) + ((FINAL_NORM,) if head_streamed else ())
     return MemoryPlan(
-        budget_bytes=budget, target=target_profile.name if target_profile else "host", arch=cfg.arch,
-        model_bytes=bundle.weights_nbytes, pinned_groups=tuple(pinned), pinned_group_bytes=pinned_bytes,
-        pinned_tensors=tuple(router_tensors), pinned_tensor_bytes=router_bytes, hot_experts=tuple(hot),
-        streamed_layers=tuple(layer_of(g) for g in streamed), window_depth=depth,
-        layer_slot_bytes=layer_slot if streamed else 0, expert_cache_slots=n_cache, expert_slot_bytes=expert_slot,
-        max_context=ctx, kv_cache_bytes=kv, max_batch_tokens=T, workspace_bytes=ws, io_staging_bytes=staging,
-        streamed_bytes_per_token=stream_bytes, notes=tuple(notes),
-        neuron_layers=tuple(layer_of(g) for g in ffn_groups), neuron_capacity=n_cap,
-        neuron_bundle_bytes=n_bundle, neuron_predictor_bytes=n_pred)
+        **common, pinned_groups=tuple(pinned), pinned_group_bytes=pinned_bytes,
+        pinned_tensors=pinned_tensor_list, pinned_tensor_bytes=router_bytes + (norm_copy if head_streamed else 0),
+        hot_experts=tuple(hot), streamed_layers=tuple(layer_of(g) for g in streamed), window_depth=depth,
+        layer_slot_bytes=layer_slot if (streamed or head_streamed) else 0, expert_cache_slots=n_cache,
+        expert_slot_bytes=expert_slot, io_staging_bytes=staging, streamed_bytes_per_token=stream_bytes,
+        notes=tuple(notes), neuron_layers=tuple(layer_of(g) for g in ffn_groups), neuron_capacity=n_cap,
+        neuron_bundle_bytes=n_bundle, neuron_predictor_bytes=n_pred,
+        embed_streamed=embed_streamed, head_streamed=head_streamed, head_chunk_rows=chunk_rows if head_streamed else 0)

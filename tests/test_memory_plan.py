@@ -12,6 +12,7 @@ from edgespool.offload.buffer_pool import BufferPool, PoolExhausted
 from edgespool.runtime.bundle.reader import Bundle
 from edgespool.runtime.bundle.constants import align_up
 from edgespool.schedulers.memory_plan import minimum_budget, plan_memory
+from edgespool.schedulers.row_geometry import row_geometry
 from edgespool.units import parse_bytes as parse_size
 from edgespool.targets import get_target
 
@@ -29,7 +30,8 @@ def moe(tmp_path_factory):
 
 
 def _covered(plan, bundle):
-    return set(plan.pinned_groups) | {f"layers.{i}" for i in plan.streamed_layers}
+    return (set(plan.pinned_groups) | {f"layers.{i}" for i in plan.streamed_layers}
+            | ({"embed"} if plan.embed_streamed else set()) | ({"head"} if plan.head_streamed else set()))
 
 
 @pytest.mark.parametrize("which", ["dense", "moe"])
@@ -73,9 +75,13 @@ def test_dense_pins_layers_spread_over_the_depth(dense):
     layer = align_up(dense.groups["layers.0"].nbytes)
     p = plan_memory(dense, None, lo + 4 * layer, **KW)  # 1 slot + 4 more layers of memory
     pinned = sorted(int(g.split(".")[1]) for g in p.pinned_groups if g.startswith("layers."))
-    assert p.window_depth == 1 and len(pinned) == 3  # a second slot first, then pinned layers
+    # a second slot first, then the (small, whole-size-per-token) head, then pinned layers
+    assert p.window_depth == 1 and not p.head_streamed and len(pinned) == 2
     assert min(b - a for a, b in zip(pinned, pinned[1:])) >= 2  # not bunched together
-    assert p.streamed_bytes_per_token == sum(dense.groups[f"layers.{i}"].nbytes for i in p.streamed_layers)
+    row = row_geometry(dense, "embed").read_bytes(0, 1)  # one embedding row's aligned read (each part a page)
+    assert row == 4096 * len(dense.tensors["embed"]["parts"])
+    assert p.embed_streamed
+    assert p.streamed_bytes_per_token == sum(dense.groups[f"layers.{i}"].nbytes for i in p.streamed_layers) + row
 
 
 def test_moe_pins_attention_layers_before_caching_experts(moe):
@@ -84,7 +90,7 @@ def test_moe_pins_attention_layers_before_caching_experts(moe):
     p = plan_memory(moe, None, lo + layers + 5 * align_up(moe.groups["layers.0.experts.0"].nbytes), **KW)
     assert not p.streamed_layers and p.window_depth == 0
     assert p.expert_cache_slots >= moe.config.num_experts_per_tok + 5
-    assert len(p.pinned_tensors) == 2 * 4  # router + ffn_norm copies of every MoE layer
+    assert len([t for t in p.pinned_tensors if t != "norm"]) == 2 * 4  # router + ffn_norm copies of every MoE layer
 
 
 def test_hot_experts_are_pinned(moe):

@@ -43,7 +43,7 @@ from ...kernels.bundled_ffn import dense_bundled_ffn
 from ...kernels.table import REFERENCE, KernelTable
 from ..bundle.ffn_geometry import NeuronBundles
 from ..bundle.names import ffn_group, ffn_tensor
-from .kvcache import KVCache
+from .kvcache import KVCache, check_kv_dtype
 from .sampling import Sampler
 from ..bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, expert_group, expert_prefix, layer_group, layer_prefix
 from .weights import WeightSource
@@ -83,9 +83,17 @@ class Engine:
     and attention through ``kernels`` (this model's :class:`~edgespool.kernels.table.KernelTable`; default the
     numpy reference)."""
 
-    def __init__(self, source: WeightSource, kernels: KernelTable = REFERENCE) -> None:
+    def __init__(self, source: WeightSource, kernels: KernelTable = REFERENCE, *, kv_dtype: str | None = None,
+                 prefill_chunk: int | None = None) -> None:
         self.source = source
         self.kernels = kernels
+        plan = getattr(source, "plan", None)
+        # a streaming source's plan sizes the KV cache (format, length) and the prefill chunks; resident runs keep
+        # a float32 cache and one pass over the prompt unless told otherwise
+        self.kv_dtype = check_kv_dtype(kv_dtype or (plan.kv_dtype if plan is not None else "f32"),
+                                       source.config.head_dim)
+        self.max_context = int(plan.max_context) if plan is not None else None
+        self.prefill_chunk = prefill_chunk or (int(plan.max_batch_tokens) if plan is not None else None)
         self.config = c = source.config
         # each layer's RoPE, one Rope per distinct (theta, scaling): Gemma 3's local and global layers differ;
         # None for a layer without (SmolLM3's NoPE layers)
@@ -104,14 +112,33 @@ class Engine:
         """A fresh KV cache for ``max_len`` positions (default: the model's max_position_embeddings, capped at
         4096)."""
         if max_len is None:
-            max_len = min(self.config.max_position_embeddings, 4096)
-        return KVCache(self.config, max_len)
+            max_len = self.max_context or min(self.config.max_position_embeddings, 4096)
+        if self.max_context is not None and max_len > self.max_context:
+            raise OptionError(f"{max_len} tokens of context (prompt + new tokens) exceed the memory plan's KV cache "
+                              f"of {self.max_context} positions; raise --max-context (and the budget) or shorten "
+                              "the prompt / -n")
+        if max_len > self.config.max_position_embeddings:
+            raise OptionError(f"{max_len} tokens of context exceed the model's context of "
+                              f"{self.config.max_position_embeddings} tokens; shorten the prompt or -n")
+        return KVCache(self.config, max_len, self.kv_dtype)
+
+    def prefill(self, prompt: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Run the prompt in chunks of :attr:`prefill_chunk` tokens (one pass without one) and return the last
+        position's logits ``[1, V]``; only the last chunk goes through the head."""
+        n = int(prompt.size)
+        step = self.prefill_chunk or n
+        for t0 in range(0, n - step, step) if n > step else ():
+            self.forward(prompt[t0:t0 + step], cache, logits=False)
+        last = ((n - 1) // step) * step if n > step else 0
+        return self.forward(prompt[last:], cache, last_only=True)
 
     # -- one step ---------------------------------------------------------------------------------------------
-    def forward(self, tokens: Iterable[int] | np.ndarray, cache: KVCache, last_only: bool = False) -> np.ndarray:
+    def forward(self, tokens: Iterable[int] | np.ndarray, cache: KVCache, last_only: bool = False,
+                logits: bool = True) -> np.ndarray:
         """Run the T new ``tokens`` (positions ``cache.length ..``) through the model in one batched pass,
         append their keys/values to ``cache``, and return float32 logits ``[T, V]`` (``[1, V]`` for the last
-        token only when ``last_only``)."""
+        token only when ``last_only``; nothing, and no head pass, with ``logits=False``: a prefill chunk that is
+        not the prompt's last)."""
         c, src, kern = self.config, self.source, self.kernels
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         T = tokens.size
@@ -124,10 +151,14 @@ class Engine:
         tables = {id(r): r.cos_sin(pos) for r in self.layer_rope if r}  # (cos, sin) [T, D] of each distinct RoPE
 
         src.hint([EMBED, layer_group(0)])
-        x = src.get(EMBED)[EMBED].rows(tokens)  # [T, H]
+        rows_fn = getattr(src, "embed_rows", None)
+        if rows_fn is not None:  # a streaming source reads just these rows from storage
+            x = rows_fn(tokens)  # [T, H]
+        else:
+            x = src.get(EMBED)[EMBED].rows(tokens)
+            src.release(EMBED)
         if c.embedding_multiplier != 1:  # Granite, Gemma
             x *= np.float32(c.embedding_multiplier)
-        src.release(EMBED)
         res = None if c.residual_multiplier == 1 else np.float32(c.residual_multiplier)  # Granite: block output scale
 
         for i in range(c.num_layers):
@@ -157,16 +188,33 @@ class Engine:
             src.release(g)
         cache.advance(T)
 
+        if not logits:
+            return None  # type: ignore[return-value]
         if last_only:
             x = x[-1:]
-        head = src.get(HEAD)
-        h = rmsnorm(x, _vec(head[FINAL_NORM]), c.rms_norm_eps)
-        if c.tie_word_embeddings:
-            logits = kern.linear(h, src.get(EMBED)[EMBED])
-            src.release(EMBED)
+        logits_out = self._head(x)
+        return logits_out
+
+    def _head(self, x: np.ndarray) -> np.ndarray:
+        """Final norm and head of the hidden states ``x`` ``[R, H]`` -> float32 logits ``[R, V]``; the head comes
+        from ``source.head_chunks()`` (row pieces: a streamed head arrives in chunks through the window) or, for a
+        source without it, ``get(HEAD)`` (and ``get(EMBED)`` when tied)."""
+        c, src, kern = self.config, self.source, self.kernels
+        chunks_fn = getattr(src, "head_chunks", None)
+        if chunks_fn is not None:
+            h = rmsnorm(x, src.head_norm(), c.rms_norm_eps)
+            logits = np.empty((h.shape[0], c.vocab_size), np.float32)
+            for r0, w in chunks_fn():
+                logits[:, r0:r0 + int(w.shape[0])] = kern.linear(h, w)
         else:
-            logits = kern.linear(h, head[LM_HEAD])
-        src.release(HEAD)
+            head = src.get(HEAD)
+            h = rmsnorm(x, _vec(head[FINAL_NORM]), c.rms_norm_eps)
+            if c.tie_word_embeddings:
+                logits = kern.linear(h, src.get(EMBED)[EMBED])
+                src.release(EMBED)
+            else:
+                logits = kern.linear(h, head[LM_HEAD])
+            src.release(HEAD)
         if c.logits_scaling != 1:  # Granite
             logits = logits / np.float32(c.logits_scaling)
         if c.final_logit_softcap:  # Gemma 2
@@ -264,7 +312,7 @@ class Engine:
             cache = self.new_cache(prompt.size + max_tokens)
 
         t0 = time.perf_counter()
-        logits = self.forward(prompt, cache, last_only=True)
+        logits = self.prefill(prompt, cache)
         self.stats.prefill_s += time.perf_counter() - t0
         self.stats.prefill_tokens += int(prompt.size)
         for n in range(max_tokens):

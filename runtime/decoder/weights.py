@@ -6,13 +6,14 @@ the streaming sources of :mod:`edgespool.offload` implement the same protocol wi
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
 from ...kernels.quant import QTensor
 from ..bundle.reader import Bundle
 from ..bundle.config import ModelConfig
+from ..bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD
 
 
 @runtime_checkable
@@ -41,6 +42,10 @@ class WeightSource(Protocol):
     def close(self) -> None:
         """Release files, threads and buffers."""
         ...
+
+    # Optional (the engine falls back to ``get(EMBED)`` / ``get(HEAD)`` without them): ``embed_rows(tokens)`` ->
+    # float32 ``[T, H]``; ``head_norm()`` -> float32 ``[H]``; ``head_chunks()`` -> ``(first row, QTensor)`` row
+    # pieces of the head in order, each valid until the next is asked for (a streamed head arrives in chunks).
 
 
 class ResidentWeights:
@@ -79,6 +84,21 @@ class ResidentWeights:
         """Read (and verify) every group now."""
         for g in self.bundle.groups:
             self.get(g)
+
+    def embed_rows(self, tokens: np.ndarray) -> np.ndarray:
+        """float32 embedding rows ``[T, H]`` of ``tokens``."""
+        return self.get(EMBED)[EMBED].rows(tokens)
+
+    def head_norm(self) -> np.ndarray:
+        """The final norm's weight (float32)."""
+        return self.get(HEAD)[FINAL_NORM].dequantize()
+
+    def head_chunks(self) -> Iterator[tuple[int, QTensor]]:
+        """The head as one piece ``(0, tensor)`` (the embedding table when tied)."""
+        if self.config.tie_word_embeddings or LM_HEAD not in self.bundle.tensors:
+            yield 0, self.get(EMBED)[EMBED]
+        else:
+            yield 0, self.get(HEAD)[LM_HEAD]
 
     def release(self, group: str) -> None:
         return None
