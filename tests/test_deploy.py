@@ -411,24 +411,25 @@ def test_disk_full_on_the_board(reg, bundles, tmp_path):
         r = _cli("deploy", str(big), "small", "--read-test-size", "0", check=False)
         assert r.returncode == 1 and "free on the board" in r.stderr and "board 'small' has" in r.stderr
         assert [p.name for p in (root / "chunks").iterdir()] == ["tmp"] and not list((root / "chunks" / "tmp").iterdir())
-        # the disk fills up during the transfer (someone else writes on the board): one-line error, current intact
-        board.shape("4mbit")
-        try:
-            def fill():
-                with open(root / "filler2", "wb") as f:
-                    try:
-                        while True:
-                            f.write(b"\0" * 65536)
-                    except OSError:
-                        pass
-            t = threading.Timer(0.6, fill)
-            t.start()
-            filler.unlink()
-            with pytest.raises(DeployError, match="No space left on device") as e:
-                deploy(big, reg.get("small"), reg, read_test_bytes=0, max_chunk=32 << 10)
-            t.join()
-        finally:
-            board.unshape()
+        # the disk fills up during the transfer (someone else writes on the board, right after the first chunks
+        # were acknowledged): one-line error, current intact
+        filler.unlink()
+        filled = []
+
+        def fill(done, total):
+            if filled:
+                return
+            with open(root / "filler2", "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    filled.append(done)
+
+        with pytest.raises(DeployError, match="No space left on device"):
+            deploy(big, reg.get("small"), reg, read_test_bytes=0, max_chunk=32 << 10, progress=fill)
+        assert filled and filled[0] < plan_bundle(big).nbytes
         _current_is(root, a)
         (root / "filler2").unlink()
         deploy(big, reg.get("small"), reg, read_test_bytes=0)
