@@ -56,7 +56,8 @@ def deploy_cmd(bundle: str, device: str, memory_budget: str | None, wheel: str |
         if sys.stderr.isatty():
             click.echo("", err=True)
         click.echo(f"{device}: release {res.release[:12]} is current ({res.chunks_sent}/{res.chunks_total} chunks, "
-                   f"{fmt_bytes(res.bytes_sent)} of {fmt_bytes(res.bytes_total)} sent in {res.seconds:.2f} s; "
+                   f"{fmt_bytes(res.bytes_sent)} of {fmt_bytes(res.bytes_total)} sent as {fmt_bytes(res.payload_sent)} in "
+                   f"{res.seconds:.2f} s; "
                    + (f"{res.crc_checked_tensors} tensors CRC-checked on the board)" if res.crc_checked_tensors
                       is not None else "release already on the board, re-verified before the switch)"), err=True)
         if res.wheel:

@@ -218,6 +218,7 @@ def test_deploy_delta_rollback_and_run(board, reg, bundles, tmp_path):
     manifest_size = (b / "manifest.json").stat().st_size
     assert r2.bytes_sent == sum(c.size for c in changed) + manifest_size, r2
     assert r2.bytes_sent < r1.bytes_sent / 3
+    assert r2.payload_sent < r2.bytes_sent - manifest_size / 2  # the manifest went zlib-coded (and arrived intact)
     # the same bundle again: nothing sent
     r3 = deploy(b, reg.get("pi"), reg, read_test_bytes=0)
     assert r3.bytes_sent == 0 and r3.release == r2.release

@@ -392,14 +392,29 @@ class Agent:
             f = open(part, "wb")
         except OSError as e:
             err = e
+        zlib_coded = req.get("encoding") == "zlib"  # the payload is zlib data; the sha256 names the raw bytes
+        z = zlib.decompressobj() if zlib_coded else None
         left = size
         while left:
             b = read_exact(self.inp, min(left, BLOCK))
             left -= len(b)
+            if z is not None:
+                try:
+                    b = z.decompress(b)
+                except zlib.error:
+                    b, z = b"", None
             h.update(b)
             if err is None:
                 try:
                     f.write(b)
+                except OSError as e:
+                    err = e
+        if z is not None:
+            tail = z.flush()
+            h.update(tail)
+            if err is None and tail:
+                try:
+                    f.write(tail)
                 except OSError as e:
                     err = e
         if f is not None:

@@ -60,7 +60,8 @@ class DeployResult:
     chunks_total: int
     chunks_sent: int
     bytes_total: int
-    bytes_sent: int
+    bytes_sent: int  # bytes of the chunks sent
+    payload_sent: int  # what they took on the connection (text files go zlib-coded)
     seconds: float
     crc_checked_tensors: int | None
     wheel: dict[str, Any] | None = None
@@ -152,7 +153,7 @@ def _deploy_on(s: Session, bundle: Bundle, plan: ChunkPlan, dev: Device, t0: flo
                 done += inflight.popleft()
                 if progress:
                     progress(done, to_send)
-            s.put_nowait(c.sha256, plan.read(c))
+            s.put_nowait(c.sha256, plan.read(c), compress=c.path != bundle.weights_path.name)
             inflight.append(c.size)
             sent += 1
         while inflight:
@@ -168,7 +169,7 @@ def _deploy_on(s: Session, bundle: Bundle, plan: ChunkPlan, dev: Device, t0: flo
     bytes_sent = s.bytes_sent
     s.request("bye")
     return DeployResult(dev.name, rid, sw["current"] == rid, len(plan.chunks), sent, plan.nbytes, bytes_sent,
-                        time.perf_counter() - t0, crc, wheel_info, prev, facts, fit.to_dict())
+                        s.payload_sent, time.perf_counter() - t0, crc, wheel_info, prev, facts, fit.to_dict())
 
 
 def rollback(dev: Device, registry: Registry) -> dict[str, Any]:
