@@ -337,7 +337,7 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
                 + layer_slot + topk * expert_slot)
 
     # the KV length: given, or what the budget allows up to the model's context
-    t_min = max(1, min(16, max_batch_tokens))
+    t_min = max(1, min(8, max_batch_tokens))
     if max_context is None:
         base = minimum_at(0, t_min)
         room = (budget - base) // 2
