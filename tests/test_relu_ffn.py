@@ -280,7 +280,7 @@ def test_cli_export_ffn_layout(relu_llama, tmp_path):
 
 
 # -- streaming: neuron windows (offload/neuron_ffn.py) ----------------------------------------------------------------
-PLAN_KW = dict(max_context=64, max_batch_tokens=32, workspace=1 << 20)
+PLAN_KW = dict(max_context=64, max_batch_tokens=32, workspace=1 << 20, kv_dtype="f32")  # exactness at f32 KV
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +381,7 @@ def test_cli_bench_reports_neuron_windows(relu_bundles):
     from edgespool.schedulers.memory_plan import minimum_budget
 
     b = relu_bundles["int8"]
-    lo = minimum_budget(Bundle(b), None, neuron_capacity=0.2, max_context=7, max_batch_tokens=4)
+    lo = minimum_budget(Bundle(b), None, neuron_capacity=0.2, max_context=4 + 3 + 16, max_batch_tokens=4)
     r = CliRunner().invoke(cli, ["bench", str(b), "--memory-budget", str(lo + 4096), "-n", "3",
                                  "--prompt-tokens", "4", "--neuron-capacity", "0.2", "--json"])
     assert r.exit_code == 0, r.output
