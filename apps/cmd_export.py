@@ -53,6 +53,9 @@ def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bit
                activation_budget: str | None, input_shape: str | None, cnn_quant: str | None, width: float,
                resolution: int, max_overhead: str | None, calib: tuple[str, ...], as_json: bool) -> None:
     """Read a model (HF safetensors dir, GGUF file, or an ONNX/PyTorch CNN), compress it and write a bundle."""
+    from ..exporters.bundle_writer import check_output_path
+
+    check_output_path(output, force, "--output/-o")  # before any work: a user's folder is never replaced
     profile = get_target(target)
     progress = sys.stderr.isatty() and not as_json
     if Path(source).suffix.lower() in CNN_SUFFIXES:

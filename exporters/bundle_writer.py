@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import zlib
 from pathlib import Path
@@ -22,8 +23,8 @@ from .. import __version__
 from ..errors import BundleError, OptionError
 from ..runtime.bundle.schemes import QTensor, get_scheme
 from ..runtime.bundle.constants import (
-    ALIGNMENT, CHAT_TEMPLATE, MAGIC, MANIFEST, NEURON_BUNDLES_SCHEMA_VERSION, PART_ALIGNMENT, SCHEMA_VERSION, TOKENIZER,
-    WEIGHTS, align_up,
+    ALIGNMENT, CHAT_TEMPLATE, MAGIC, MANIFEST, MAX_MANIFEST_BYTES, NEURON_BUNDLES_SCHEMA_VERSION, PART_ALIGNMENT,
+    SCHEMA_VERSION, TOKENIZER, WEIGHTS, align_up,
 )
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import group_of, layer_of
@@ -53,17 +54,105 @@ def _parts(t: QTensor) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to clobber anything that is not a bundle; refuse an existing bundle unless ``overwrite``."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise OptionError(f"output {out_dir} exists and is not a directory; choose another -o")
-        if any(out_dir.iterdir()):
-            if not (out_dir / MANIFEST).exists():
-                raise OptionError(f"output {out_dir} is a non-empty directory that is not a bundle; refusing to "
-                                  "overwrite it (choose another -o)")
+def is_bundle_dir(path: Path) -> bool:
+    """True when ``path`` is a directory whose ``manifest.json`` is a regular file carrying the bundle magic (the
+    only kind of directory an export may replace)."""
+    m = path / MANIFEST
+    try:
+        if path.is_symlink() or not path.is_dir() or m.is_symlink() or not m.is_file():
+            return False
+        if m.stat().st_size > MAX_MANIFEST_BYTES:
+            return False
+        with open(m, "rb") as f:
+            head = f.read(MAX_MANIFEST_BYTES)
+        doc = json.loads(head.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("magic") == MAGIC
+
+
+def check_output_path(out_dir: str | os.PathLike, overwrite: bool, option: str = "-o") -> Path:
+    """Refuse, before any work starts, every output that is not a fresh directory or an edgespool bundle:
+    the current directory or one of its parents, a symlink, a path under a regular file, a non-empty directory
+    without a bundle manifest (magic checked), or an existing bundle without ``overwrite``. Returns the path."""
+    out = Path(out_dir)
+    if str(out_dir).strip() == "":
+        raise OptionError(f"{option}: an empty output path; name a bundle directory")
+    try:
+        absolute = Path(os.path.abspath(out))
+        cwd = Path(os.getcwd())
+    except OSError as e:
+        raise OptionError(f"{option} {out}: cannot resolve the path ({e.strerror})") from None
+    if absolute == cwd or absolute in cwd.parents or absolute == Path(absolute.anchor):
+        raise OptionError(f"{option} {out}: is the current directory or one of its parents; name a new "
+                          "bundle directory instead")
+    if out.is_symlink():
+        raise OptionError(f"{option} {out}: is a symbolic link; refusing to write through it (name a real "
+                          "directory)")
+    for parent in absolute.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise OptionError(f"{option} {out}: {parent} is not a directory, so no bundle can be written "
+                                  "under it; choose another path")
+            break
+    if out.exists():
+        if not out.is_dir():
+            raise OptionError(f"{option} {out}: exists and is not a directory; choose another path")
+        try:
+            nonempty = any(out.iterdir())
+        except OSError as e:
+            raise OptionError(f"{option} {out}: cannot list the directory ({e.strerror})") from None
+        if nonempty:
+            if not is_bundle_dir(out):
+                raise OptionError(f"{option} {out}: a non-empty directory that is not a bundle; refusing to overwrite "
+                                  f"it (no {MANIFEST} with magic {MAGIC!r}; choose another path)")
             if not overwrite:
-                raise OptionError(f"output {out_dir} already holds a bundle; pass --force to replace it")
+                raise OptionError(f"{option} {out}: already holds a bundle; pass --force to replace it")
+    return out
+
+
+def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to clobber anything that is not a bundle; refuse an existing bundle unless ``overwrite``
+    (:func:`check_output_path`)."""
+    check_output_path(out_dir, overwrite)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_STAGE_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
+
+
+def clean_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove staging (``.NAME.partial-PID``) and set-aside (``.NAME.old-PID``) folders of ``out_dir`` left by
+    exports whose process is gone. A set-aside bundle whose replacement never arrived (``out_dir`` missing) is
+    renamed back into place instead of deleted. Returns the paths removed or restored."""
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    done: list[Path] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return done
+    for p in entries:
+        m = _STAGE_RE.match(p.name)
+        if not m or m["name"] != out_dir.name or p.is_symlink() or not p.is_dir():
+            continue
+        pid = int(m["pid"])
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        if m["kind"] == "old" and not out_dir.exists() and is_bundle_dir(p):
+            os.replace(p, out_dir)  # the kill came between the two renames: the old bundle is still the bundle
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+        done.append(p)
+    return done
 
 
 class BundleFiles:
@@ -75,7 +164,10 @@ class BundleFiles:
 
     def __init__(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
         self.out_dir = Path(out_dir)
+        self.overwrite = overwrite
         prepare_output_dir(self.out_dir, overwrite)
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(self.out_dir)
         self.stage = self.out_dir.parent / f".{self.out_dir.name}.partial-{os.getpid()}"
         if self.stage.exists():
             shutil.rmtree(self.stage)
@@ -132,10 +224,24 @@ class BundleFiles:
         """Write manifest.json (magic and schema first) and move the staged bundle to ``out_dir``."""
         self.close_weights()
         (self.stage / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        # re-checked now: the output may have changed while the export ran (a user's folder is never replaced)
+        prepare_output_dir(self.out_dir, self.overwrite)
+        aside = None
         if self.out_dir.exists():
-            shutil.rmtree(self.out_dir)
-        os.replace(self.stage, self.out_dir)
+            # rename the old bundle aside, the new one in, then delete the old: a kill at any point leaves a bundle
+            aside = self.out_dir.parent / f".{self.out_dir.name}.old-{os.getpid()}"
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.replace(self.out_dir, aside)
+        try:
+            os.replace(self.stage, self.out_dir)
+        except OSError:
+            if aside is not None:
+                os.replace(aside, self.out_dir)
+            raise
         self.published = True
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
         return self.out_dir
 
     def abort(self) -> None:

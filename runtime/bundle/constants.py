@@ -19,6 +19,7 @@ SCHEMA_VERSION = 1  # what a bundle using no later feature is written as
 NEURON_BUNDLES_SCHEMA_VERSION = 2  # a bundle holding neuron_bundles tensors
 MAX_SCHEMA_VERSION = 2  # the newest version this edgespool reads
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 256 << 20  # a manifest larger than this is refused before it is read
 WEIGHTS = "weights.bin"
 TOKENIZER = "tokenizer.json"
 CHAT_TEMPLATE = "chat_template.jinja"
