@@ -25,7 +25,7 @@ def perplexity_cmd(bundle: str, text_path: str, ctx: int, chunks: int | None, me
     """Perplexity of a decoder bundle on a text, computed like llama.cpp's llama-perplexity: chunks of --ctx
     tokens from a fresh context (first token BOS when the model adds one), second half of each chunk scored."""
     from ..runtime.api import load
-    from ..runtime.perplexity import perplexity
+    from ..runtime.perplexity import engine_perplexity
 
     p = Path(text_path)
     try:
@@ -38,8 +38,9 @@ def perplexity_cmd(bundle: str, text_path: str, ctx: int, chunks: int | None, me
         raise OptionError(f"--chunks must be >= 1, got {chunks}")
     from tqdm import tqdm
 
-    with load(bundle, memory_budget=memory_budget, kernels=not no_kernels, max_context=ctx) if memory_budget \
-            else load(bundle, kernels=not no_kernels) as m:
+    # streamed: f32 KV like the resident engine (the same figure), logits of one prefill piece at a time
+    with load(bundle, memory_budget=memory_budget, kernels=not no_kernels, max_context=ctx, kv_dtype="f32",
+              logits_rows=256) if memory_budget else load(bundle, kernels=not no_kernels) as m:
         ids = m.tokenizer.encode(text)
         bar = tqdm(desc="perplexity", unit="chunk", disable=as_json or not sys.stderr.isatty(), leave=False)
 
@@ -48,7 +49,7 @@ def perplexity_cmd(bundle: str, text_path: str, ctx: int, chunks: int | None, me
             bar.set_postfix(ppl=f"{ppl:.4f}")
             bar.update(1)
 
-        res = perplexity(m.logits, ids, ctx=ctx, bos=m.tokenizer.bos_token_id if m.tokenizer.add_bos else None,
+        res = engine_perplexity(m.engine, ids, ctx=ctx, bos=m.tokenizer.bos_token_id if m.tokenizer.add_bos else None,
                          max_chunks=chunks, progress=progress)
         bar.close()
         kern = m.kernels.description

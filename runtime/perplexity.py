@@ -84,3 +84,47 @@ def perplexity(logits_fn: Callable[[list[int]], np.ndarray], ids: Sequence[int],
         if progress:
             progress(i + 1, len(windows), running[-1])
     return PerplexityResult(running[-1], total / count, count, len(windows), ctx, len(ids), tuple(running))
+
+
+def engine_chunk_nll(engine, chunk: Sequence[int]) -> tuple[float, int]:
+    """(sum of NLL, count) of one evaluation window run through ``engine`` (a
+    :class:`~edgespool.runtime.decoder.engine.Engine`) from a fresh cache, in prefill pieces of
+    ``engine.prefill_chunk`` tokens (the whole window without one): only pieces with scored rows go through the head,
+    and only their logits ``[piece, V]`` exist at a time, so a streamed run needs no ``[ctx, V]`` array. Rows
+    ``first .. ctx - 2`` are scored as in :func:`chunk_nll` (float64 log-softmax per row)."""
+    ctx = len(chunk)
+    first = ctx // 2
+    ids = np.asarray(chunk, np.int64)
+    cache = engine.new_cache(ctx)
+    step = engine.prefill_chunk or ctx
+    total, count = 0.0, 0
+    for t0 in range(0, ctx, step):
+        t1 = min(ctx, t0 + step)
+        lo, hi = max(t0, first), min(t1, ctx - 1)  # scored rows of this piece
+        lg = engine.forward(ids[t0:t1], cache, logits=hi > lo)
+        if hi <= lo:
+            continue
+        rows = np.asarray(lg[lo - t0:hi - t0], np.float64)
+        targets = ids[lo + 1:hi + 1]
+        m = rows.max(axis=1)
+        lse = m + np.log(np.exp(rows - m[:, None]).sum(axis=1))
+        total += float((lse - rows[np.arange(hi - lo), targets]).sum())
+        count += hi - lo
+    return total, count
+
+
+def engine_perplexity(engine, ids: Sequence[int], ctx: int = 512, bos: int | None = None,
+                      max_chunks: int | None = None,
+                      progress: Callable[[int, int, float], None] | None = None) -> PerplexityResult:
+    """:func:`perplexity` computed with :func:`engine_chunk_nll` (prefill pieces, logits only where scored): the
+    way a streamed model is measured; with the same pieces and KV format a resident engine gives the same figure."""
+    windows = chunks(ids, ctx, bos, max_chunks)
+    total, count, running = 0.0, 0, []
+    for i, c in enumerate(windows):
+        s, n = engine_chunk_nll(engine, c)
+        total += s
+        count += n
+        running.append(math.exp(total / count))
+        if progress:
+            progress(i + 1, len(windows), running[-1])
+    return PerplexityResult(running[-1], total / count, count, len(windows), ctx, len(ids), tuple(running))

@@ -80,3 +80,24 @@ def test_kv_dtypes_and_context_errors(smollm):
         plan_memory(smollm, None, "200MiB", max_context=smollm.config.max_position_embeddings + 1)
     with pytest.raises(OptionError, match="--kv-dtype 'q4'"):
         plan_memory(smollm, None, "200MiB", kv_dtype="q4")
+
+
+def test_perplexity_streamed_equals_resident(smollm):
+    from edgespool.runtime.perplexity import engine_perplexity, perplexity
+
+    ids = [int(t) for t in np.random.default_rng(0).integers(2, smollm.config.vocab_size, 64)]
+    kw = dict(max_context=32, kv_dtype="f32", max_batch_tokens=8, logits_rows=8)
+    plan = plan_memory(smollm, None, minimum_budget(smollm, None, **kw), **kw)
+    assert plan.head_streamed and plan.embed_streamed
+    sw = StreamingWeights(smollm, plan)
+    try:
+        streamed = engine_perplexity(Engine(sw), ids, ctx=32, bos=1)
+    finally:
+        sw.close()
+    res = ResidentWeights(smollm)
+    same_pieces = engine_perplexity(Engine(res, kv_dtype="f32", prefill_chunk=8), ids, ctx=32, bos=1)
+    assert streamed.ppl == same_pieces.ppl and streamed.scored == 2 * 15
+    # the resident command's way (one pass, [ctx, V] logits): the same figure up to BLAS blocking
+    eng = Engine(res)
+    whole = perplexity(lambda c: eng.forward(c, eng.new_cache(len(c))), ids, ctx=32, bos=1)
+    assert abs(whole.ppl - streamed.ppl) <= 1e-4 * whole.ppl
