@@ -25,15 +25,17 @@ from ..units import fmt_bytes
 @click.option("--warmup", default=1, show_default=True, type=int, help="--bench: discarded runs first.")
 @click.option("--prompt-tokens", default=32, show_default=True, type=int, help="--bench: prompt length.")
 @click.option("--read-test-size", default="32MiB", show_default=True, help="Cold-read test on the board (0 = skip).")
+@click.option("--retries", default=2, show_default=True, type=int,
+              help="Reconnect and resume this many times when the connection drops.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (deploy + board facts + bench).")
 def deploy_cmd(bundle: str, device: str, memory_budget: str | None, wheel: str | None, keep: int,
                run_prompt: str | None, n: int, bench: bool, repeat: int, warmup: int, prompt_tokens: int,
-               read_test_size: str, as_json: bool) -> None:
+               read_test_size: str, retries: int, as_json: bool) -> None:
     """Ship BUNDLE to DEVICE: preflight, send the chunks it lacks, verify and switch `current` atomically."""
     from ..errors import OptionError
     from ..units import parse_bytes
     from .deploy.deploy import read_test_bytes
-    from .deploy.deploy import bench_remote, connect, deploy, run_remote
+    from .deploy.deploy import bench_remote, connect, deploy_with_retries, run_remote
     from .deploy.registry import Registry
 
     if run_prompt is not None and bench:
@@ -48,7 +50,13 @@ def deploy_cmd(bundle: str, device: str, memory_budget: str | None, wheel: str |
         if not as_json and sys.stderr.isatty():
             click.echo(f"\r  sent {fmt_bytes(done)} / {fmt_bytes(total)}", nl=False, err=True)
 
-    res = deploy(bundle, dev, reg, memory_budget=budget, wheel=Path(wheel) if wheel else None, keep=keep,
+    if retries < 0:
+        raise OptionError("--retries must be >= 0")
+
+    def on_retry(n_try: int, e: Exception) -> None:
+        click.echo(f"  {e} (retry {n_try}/{retries})", err=True)
+
+    res = deploy_with_retries(bundle, dev, reg, retries=retries, on_retry=on_retry, memory_budget=budget, wheel=Path(wheel) if wheel else None, keep=keep,
                  read_test_bytes=read_test_bytes(read_test_size),
                  need_edgespool=bool(run_prompt is not None or bench), progress=progress)
     out = res.to_dict()

@@ -523,3 +523,24 @@ def get_target_tvm(name: str) -> dict:
     from edgespool.targets import get_target
 
     return get_target(name).tvm_target
+
+
+@needs_board
+def test_cli_resumes_by_itself_after_a_reboot(board, reg, bundles, tmp_path):
+    """`edgespool deploy --retries`: the board 'reboots' mid-transfer; the CLI reconnects, resumes and finishes."""
+    a = bundles[0]
+    _add(board)
+    deploy(a, reg.get("pi"), reg, read_test_bytes=0)
+    big = tmp_path / "big2"
+    make_synth_bundle(big, quant="f32", seed=11)
+    board.shape("2mbit")
+    try:
+        t = threading.Timer(1.5, board.restart)
+        t.start()
+        r = _cli("deploy", str(big), "pi", "--read-test-size", "0", "--retries", "3", check=False)
+        t.join()
+    finally:
+        board.unshape()
+    assert r.returncode == 0, r.stderr
+    assert "(retry 1/3)" in r.stderr and "connection" in r.stderr
+    _current_is(board.root, big)

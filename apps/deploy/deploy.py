@@ -21,7 +21,7 @@ from ...runtime.bundle.reader import Bundle
 from .chunk_plan import MAX_CHUNK, ChunkPlan, plan_bundle
 from .preflight import check_fit
 from .registry import Device, Registry
-from .ssh_session import Session
+from .ssh_session import ConnectionLost, Session
 
 READ_TEST_BYTES = 32 << 20
 MAX_INFLIGHT = 256
@@ -99,6 +99,23 @@ def _install_wheel(s: Session, wheel: Path, facts: dict[str, Any]) -> dict[str, 
                           f"imports {got.get('version')} ({got.get('error') or got.get('file')})")
     facts["edgespool"] = got
     return {"version": version, "installed": True, "sha256": sha, "file": got.get("file")}
+
+
+def deploy_with_retries(bundle_path: str | Path, dev: Device, registry: Registry, *, retries: int = 2,
+                        wait_s: float = 2.0, on_retry: Callable[[int, DeployError], None] | None = None,
+                        **kw: Any) -> DeployResult:
+    """:func:`deploy`, rerun up to ``retries`` times (``wait_s`` apart, doubling) when the connection drops; each
+    rerun resumes from what the board already holds. Refusals (preflight, host key, auth) are not retried."""
+    for attempt in range(retries + 1):
+        try:
+            return deploy(bundle_path, dev, registry, **kw)
+        except ConnectionLost as e:
+            if attempt == retries:
+                raise
+            if on_retry:
+                on_retry(attempt + 1, e)
+            time.sleep(wait_s * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 def deploy(bundle_path: str | Path, dev: Device, registry: Registry, *, memory_budget: int | None = None,

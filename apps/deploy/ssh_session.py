@@ -49,6 +49,11 @@ def ssh_argv(dev: Device, known_hosts: Path, accept_new: bool = False, connect_t
     return argv + [f"{dev.user}@{dev.host}", "--"]
 
 
+class ConnectionLost(DeployError):
+    """The ssh connection dropped or was refused mid-way (worth a retry: the board keeps what it received); host-key,
+    authentication and preflight failures are plain DeployErrors."""
+
+
 def explain_ssh_failure(dev: Device, known_hosts: Path, stderr: str, rc: int | None) -> str:
     """One line saying why ssh failed, from its stderr."""
     s = stderr
@@ -107,7 +112,8 @@ class Session:
             self.proc.kill()
             rc = self.proc.wait()
         self._err_thread.join(timeout=2)
-        return DeployError(explain_ssh_failure(self.dev, self.known_hosts, "".join(self._err), rc))
+        msg = explain_ssh_failure(self.dev, self.known_hosts, "".join(self._err), rc)
+        return ConnectionLost(msg) if "connection lost" in msg or "connection refused" in msg else DeployError(msg)
 
     def _write(self, data: bytes | memoryview) -> None:
         assert self.proc.stdin is not None
