@@ -120,6 +120,10 @@ def test_preflight_names_both_sides(bundles, tmp_path):
         check_fit(b, _facts(memory_usable=1 << 30), "pi5", bytes_to_send=1, bundle_bytes=1, memory_budget=2 << 30)
     with pytest.raises(DeployError, match=r"free on the board .* board 'pi5' has 1\.0 MiB free"):
         check_fit(b, _facts(disk_free=1 << 20), "pi5", bytes_to_send=1 << 20, bundle_bytes=1 << 20)
+    with pytest.raises(DeployError, match=r"bundle a \(target host\) cannot stream in --memory-budget 64\.0 KiB: .*minimum"):
+        check_fit(b, _facts(), "pi5", bytes_to_send=1, bundle_bytes=1, memory_budget=64 << 10)
+    fit = check_fit(b, _facts(), "pi5", bytes_to_send=1, bundle_bytes=1, memory_budget=64 << 20)
+    assert 0 < fit.plan_bytes <= 64 << 20
     with pytest.raises(DeployError, match=r"Python >= 3\.10 .* has 3\.7\.3"):
         check_fit(b, _facts(python="3.7.3"), "pi5", bytes_to_send=1, bundle_bytes=1)
     with pytest.raises(DeployError, match="no edgespool on board 'pi5'"):

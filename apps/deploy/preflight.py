@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...errors import DeployError
+from ...errors import BudgetError, DeployError
 from ...runtime.bundle.reader import Bundle
 from ...units import fmt_bytes
 
@@ -45,10 +45,12 @@ class Fit:
 
     needed_disk: int
     needed_memory: int
+    plan_bytes: int | None = None  # the streaming plan's total under --memory-budget
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"needed_disk": self.needed_disk, "needed_memory": self.needed_memory, "notes": self.notes}
+        return {"needed_disk": self.needed_disk, "needed_memory": self.needed_memory, "plan_bytes": self.plan_bytes,
+                "notes": self.notes}
 
 
 def check_fit(bundle: Bundle, facts: dict[str, Any], device: str, *, bytes_to_send: int, bundle_bytes: int,
@@ -85,6 +87,15 @@ def check_fit(bundle: Bundle, facts: dict[str, Any], device: str, *, bytes_to_se
         raise DeployError(f"{side} needs Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} on the board; board {device!r} "
                           f"has {facts.get('python')} ({facts.get('python_executable')})")
     usable = facts.get("memory_usable")
+    plan_total = None
+    if memory_budget is not None and bundle.kind == "decoder":
+        # the streaming plan the board will make: below the bundle's minimum it is refused here, not there
+        from ...schedulers.memory_plan import plan_memory
+
+        try:
+            plan_total = plan_memory(bundle, None, memory_budget).total_bytes
+        except BudgetError as e:
+            raise DeployError(f"{side} cannot stream in --memory-budget {fmt_bytes(memory_budget)}: {e}") from None
     if memory_budget is not None:
         needed_mem = memory_budget
         what = f"a memory budget of {fmt_bytes(memory_budget)}"
@@ -100,7 +111,7 @@ def check_fit(bundle: Bundle, facts: dict[str, Any], device: str, *, bytes_to_se
         raise DeployError(f"{side} needs {fmt_bytes(needed_disk)} free on the board ({fmt_bytes(bytes_to_send)} to "
                           f"receive + {fmt_bytes(bundle_bytes)} to stage); board {device!r} has {fmt_bytes(free)} "
                           f"free under its device root")
-    fit = Fit(needed_disk, needed_mem)
+    fit = Fit(needed_disk, needed_mem, plan_total)
     es = facts.get("edgespool") or {}
     if not es.get("version"):
         msg = f"no edgespool on board {device!r} ({es.get('error', 'not importable')}); ship one with --wheel"
