@@ -160,9 +160,21 @@ def _sustained_bandwidth(path: str, seconds: float = 2.0, chunk: int = 4 * MiB) 
                    "a fresh cgroup burst first)"}
 
 
+def _partial(out: str, res: dict, done: int, decode_s: float, P: int) -> None:
+    """Write the figures so far (a run stopped by the time limit still reports its decode rate)."""
+    read = _io_read_bytes() - res["_r2"]
+    part = dict(res, partial=True, decode_tokens_done=done, decode_s=decode_s, decode_tok_s=done / decode_s,
+                prefill_tok_s=P / res["ttft_s"], decode_read_bytes=read, bytes_read_per_token=read / done,
+                achieved_read_bw=read / decode_s)
+    Path(out).write_text(json.dumps(part))
+
+
 def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) -> None:
     """Run one system: load, prefill P random ids, decode N-1 greedy tokens; write its figures as JSON."""
-    ids = [int(x) for x in np.random.default_rng(0).integers(3, 500, size=P)]
+    ids_file = os.environ.get("ESB_IDS")  # real models: the chat-template prompt's ids (same for every system)
+    ids = (json.loads(Path(ids_file).read_text()) if ids_file
+           else [int(x) for x in np.random.default_rng(0).integers(3, 500, size=P)])
+    P = len(ids)
     res: dict = {"system": kind}
     if kind == "storage":  # cold sequential read bandwidth of the file on the rig's storage
         res.update(_sustained_bandwidth(path))
@@ -174,7 +186,7 @@ def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) ->
 
             llm, _ = open_llama(path, n_ctx=P + N + 8, verbose=False, n_threads=len(os.sched_getaffinity(0)),
                                 n_batch=P)
-            llm.eval(ids[:4])
+            llm.eval([i % 500 for i in ids[:4]])  # the tiny model's vocabulary
         else:
             import edgespool.offload.streaming_source  # noqa: F401
             import edgespool.runtime.decoder.engine  # noqa: F401
@@ -206,24 +218,29 @@ def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) ->
         llm.eval(ids)
         tok = last()
         res["ttft_s"] = time.perf_counter() - t
-        r2 = _io_read_bytes()
+        r2 = res["_r2"] = _io_read_bytes()
         t = time.perf_counter()
-        for _ in range(N - 1):
+        for k in range(N - 1):
             llm.eval([tok])
             tok = last()
+            _partial(out, res, k + 1, time.perf_counter() - t, P)
         res["decode_s"] = time.perf_counter() - t
     else:
+        from edgespool.runtime.api import resolve_kernels
         from edgespool.runtime.bundle.reader import Bundle
         from edgespool.runtime.decoder.engine import Engine
         from edgespool.runtime.decoder.weights import ResidentWeights
 
         b = Bundle(path)
+        table = resolve_kernels(b)  # the bundle's compiled kernels when they fit this CPU (as `edgespool run`)
+        res["kernels"] = table.description
         t = time.perf_counter()
         if kind.startswith("edgespool-stream"):
             from edgespool.offload.streaming_source import open_streaming
 
             opts = dict(cache_policy="lru", predict=False) if kind == "edgespool-stream-lru" else {}
-            src = open_streaming(b, budget, max_context=P + N, max_batch_tokens=P, **opts)
+            src = open_streaming(b, budget, max_context=P + N, max_batch_tokens=P, kernels=table, **opts)
+            res["plan"] = {k: v for k, v in src.plan.to_dict().items() if not isinstance(v, list)}
         elif kind == "naive":
             class Naive:  # AirLLM-style: read a group when asked (buffered), drop it when released; no prefetch
                 def __init__(s, b):
@@ -250,18 +267,19 @@ def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) ->
         else:
             src = ResidentWeights(b, verify=False)
         res["load_s"] = time.perf_counter() - t
-        eng = Engine(src)
+        eng = Engine(src, table)
         cache = eng.new_cache(P + N)
         r1 = _io_read_bytes()
         t = time.perf_counter()
-        lg = eng.forward(ids, cache, last_only=True)
+        lg = eng.prefill(np.asarray(ids), cache)  # in the plan's prefill chunks; logits of the last position
         tok = int(np.argmax(lg[-1]))
         res["ttft_s"] = time.perf_counter() - t
-        r2 = _io_read_bytes()
+        r2 = res["_r2"] = _io_read_bytes()
         t = time.perf_counter()
-        for _ in range(N - 1):
+        for k in range(N - 1):
             lg = eng.forward([tok], cache, last_only=True)
             tok = int(np.argmax(lg[-1]))
+            _partial(out, res, k + 1, time.perf_counter() - t, P)
         res["decode_s"] = time.perf_counter() - t
     r3 = _io_read_bytes()
     res.update(load_read_bytes=r1 - r0, prefill_read_bytes=r2 - r1, decode_read_bytes=r3 - r2,
@@ -283,7 +301,7 @@ def child(kind: str, path: str, out: str, P: int, N: int, budget: str | None) ->
 
 
 def run_system(kind: str, path: Path, budget: int | None, profile: str, P: int, N: int, work: Path,
-               mem_limit: int | None, tag: str = "") -> dict:
+               mem_limit: int | None, tag: str = "", timeout: float = 900) -> dict:
     """Run ``kind`` as a child process inside the rig (``mem_limit`` None = no memory limit)."""
     from edgespool.apps.rig.limits import resolve_limits
     from edgespool.apps.rig.runner import run_in_rig
@@ -298,10 +316,10 @@ def run_system(kind: str, path: Path, budget: int | None, profile: str, P: int, 
         limits = replace(limits, memory=None)
     cmd = [sys.executable, str(Path(__file__).resolve()), "child", kind, str(path), str(out), str(P), str(N),
            str(budget or 0)]
-    rep = run_in_rig(cmd, limits, device_paths=[str(path)], evict_paths=[str(path)], timeout=900)
+    rep = run_in_rig(cmd, limits, device_paths=[str(path)], evict_paths=[str(path)], timeout=timeout)
     res = json.loads(out.read_text()) if out.exists() else {"system": kind, "failed": True}
     res.update(exit_code=rep.exit_code, oom_kills=rep.oom_kills, peak_cgroup=rep.peak_memory,
-               device_read_bytes=rep.device_read_bytes,
+               device_read_bytes=rep.device_read_bytes, rig_wall_s=rep.wall_s,
                limits={l.name: f"{l.display} {l.mode}" for l in rep.limits})
     return res
 
@@ -331,7 +349,18 @@ def main() -> None:
     ap.add_argument("--quants", default="int8,int4")
     ap.add_argument("--systems", default="edgespool-stream,edgespool-stream-lru,llama-mmap,"
                                          "llama-mmap-norepack,llama-nommap,naive,edgespool-resident")
+    ap.add_argument("--model", default=None,
+                    help="real models: comma-separated GGUF paths (edgespool runs a --quant keep bundle of the SAME "
+                         "file, llama.cpp the file itself); replaces the synthetic models")
+    ap.add_argument("--timeout", type=float, default=900, help="with --model: seconds per run (a run cut short "
+                    "reports the decode rate of the tokens it finished, marked partial)")
+    ap.add_argument("--budgets", default="4,8", help="with --model: budgets as fractions 1/k of the weights")
+    ap.add_argument("--chat", default="Write a Python function that returns the n-th Fibonacci number.",
+                    help="with --model: the user message, rendered with the model's chat template")
     args = ap.parse_args()
+    if args.model:
+        main_real(args)
+        return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sizes = SMALL if args.small else SIZES
@@ -402,6 +431,85 @@ def main() -> None:
         plot(rows, args.plot)
 
 
+def main_real(args: argparse.Namespace) -> None:
+    """Real GGUF models side by side: edgespool streaming (keep bundle of the file) vs llama.cpp on the file,
+    at budgets of 1/k of the weights, the chat-template prompt, ``-n`` generated tokens."""
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model, open_source
+    from edgespool.runtime.api import load
+    from edgespool.runtime.bundle.reader import Bundle
+    from edgespool.schedulers.memory_plan import minimum_budget
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    N = args.n
+    systems = [s for s in args.systems.split(",") if s not in ("edgespool-stream-lru", "naive")]
+    t_all = time.time()
+    tiny_gguf = make_gguf(write_hf(work / "hf-tiny", TINY), work / "hf-tiny-int8.gguf", "int8")
+    from edgespool.benchmarks.llamacpp_peer import decide_extra_bufts
+
+    meta = {"profile": args.profile, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_before": machine_load(),
+            "n": N, "cpu": _cpu_name(), "llamacpp_extra_bufts": decide_extra_bufts(str(tiny_gguf)),
+            "chat": args.chat}
+    rows: list[dict] = []
+    baselines: dict[str, dict] = {}
+    storage = None
+    for gguf in (Path(p) for p in args.model.split(",")):
+        bundle = work / f"{gguf.stem}-keep.bundle"
+        if not (bundle / "manifest.json").exists():
+            export_model(open_source(gguf), bundle, policy=QuantPolicy(quant="keep"), overwrite=True, onnx=False,
+                         kernels=True, progress=False)
+        with load(bundle) as m:
+            ids = m.chat_ids([{"role": "user", "content": args.chat}])
+        ids_file = work / f"ids-{gguf.stem}.json"
+        ids_file.write_text(json.dumps([int(i) for i in ids]))
+        os.environ["ESB_IDS"] = str(ids_file)
+        P = len(ids)
+        meta["prompt"] = P
+        if storage is None:
+            storage = run_system("storage", bundle / "weights.bin", None, args.profile, P, N, work, None)
+            meta["storage"] = storage
+            print("storage:", json.dumps(storage), flush=True)
+        if not baselines:
+            for fam, kind, p in (("edgespool", "base-edgespool", bundle), ("llama", "base-llama", tiny_gguf)):
+                r = run_system(kind, p, None, args.profile, P, N, work, None)
+                r["baseline"] = max(r.get("peak_cgroup") or 0, r.get("vm_hwm") or 0)
+                baselines[fam] = r
+                print(f"baseline {fam}:", json.dumps(r), flush=True)
+            meta["baselines"] = {k: v["baseline"] for k, v in baselines.items()}
+        size = Bundle(bundle).weights_nbytes
+        lo = minimum_budget(Bundle(bundle), None, max_context=P + N, max_batch_tokens=P)
+        for k in (int(x) for x in args.budgets.split(",")):
+            budget = max(size // k, lo)
+            print(f"== {gguf.name}: {size / MiB:.0f} MiB weights, budget 1/{k} = {budget / MiB:.0f} MiB "
+                  f"(minimum {lo / MiB:.1f} MiB), prompt {P} tokens", flush=True)
+            for kind in systems:
+                fam = "llama" if kind.startswith("llama") else "edgespool"
+                if kind == "llama-nommap" and gguf.stat().st_size > budget:
+                    continue  # --no-mmap copies the whole file into memory: cannot fit a smaller limit
+                path = gguf if fam == "llama" else bundle
+                lim = None if kind == "edgespool-resident" else budget + baselines[fam]["baseline"]
+                if kind == "edgespool-resident" and k != int(args.budgets.split(",")[0]):
+                    continue  # once per model
+                t0 = time.time()
+                r = run_system(kind, path, budget, args.profile, P, N, work, lim, tag=f"-{k}",
+                               timeout=args.timeout)
+                r.update(model=gguf.stem, quant="keep", dense=True, weights_bytes=size,
+                         file_bytes=gguf.stat().st_size if fam == "llama" else size, budget=budget, fraction=k,
+                         cgroup_limit=lim, baseline=baselines[fam]["baseline"], wall=time.time() - t0)
+                add_bounds(r, storage)
+                print(json.dumps({k2: v for k2, v in r.items() if k2 not in ("stream_stats", "plan")}), flush=True)
+                rows.append(r)
+                (work / "results-real.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    meta["load_after"] = machine_load()
+    meta["wall_s"] = time.time() - t_all
+    (work / "results-real.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    md = table(rows, meta)
+    print(md)
+    if args.out:
+        Path(args.out).write_text(md)
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -422,7 +530,7 @@ def add_bounds(r: dict, storage: dict) -> None:
     bw = (storage or {}).get("bandwidth")
     if r.get("failed") or not bw or r["system"] == "edgespool-resident":
         return
-    if r["model"] == "dense":
+    if r["model"] == "dense" or r.get("dense"):
         if r["system"].startswith("edgespool-stream"):
             must = r.get("plan_streamed_bytes_per_token")
         elif r["system"] == "naive":
@@ -455,7 +563,7 @@ def table(rows: list[dict], meta: dict) -> str:
            "| read MB/s | bound tok/s | of bound | hit rate | pred. acc. | peak cgroup | OOM |",
            "|" + "---|" * 17]
     for r in rows:
-        ok = not r.get("failed") and r.get("exit_code") == 0
+        ok = not r.get("failed") and (r.get("exit_code") == 0 or r.get("partial"))
 
         def f(k, fmt="{:.2f}", scale=1.0):
             v = r.get(k)
@@ -463,7 +571,7 @@ def table(rows: list[dict], meta: dict) -> str:
 
         out.append("| " + " | ".join([
             r["model"], r["quant"], f"{r['file_bytes'] / MiB:.0f} MiB", f"{r['budget'] / MiB:.0f} MiB",
-            r["system"],
+            r["system"] + (f" (cut at {r['decode_tokens_done']} tokens)" if r.get("partial") else ""),
             f"{r['cgroup_limit'] / MiB:.0f} MiB" if r.get("cgroup_limit") else "none",
             f("decode_tok_s"), f("prefill_tok_s", "{:.1f}"), f("ttft_s"),
             f("bytes_read_per_token", "{:.1f} MiB", MiB), f("achieved_read_bw", "{:.0f}", 1e6),
