@@ -295,6 +295,10 @@ def test_traversal_refused_over_ssh(board, reg, bundles):
         with pytest.raises(DeployError, match="refused"):
             list(s.stream("exec", args=["inspect", "../../etc/passwd"], path_args=[1]))
         s.request("bye")
+    for root in ("/", "~"):
+        r = _cli("device", "add", "bad", board.url(), "--identity", str(board.client_key), "--root", root,
+                 "--python", BOARD_PY, "--accept-new", check=False)
+        assert r.returncode == 1 and "device root" in r.stderr and "refused" in r.stderr
 
 
 @needs_board

@@ -694,6 +694,10 @@ def main():
     sys.stdout = sys.stderr  # nothing may write into the frame stream by accident
     hello = recv(inp)
     root = os.path.expanduser(hello["root"])
+    if os.path.realpath(root) in ("/", os.path.realpath(os.path.expanduser("~"))):
+        send(out, {"ok": False, "error": "device root %r refused: use a folder of its own (e.g. ~/edgespool), not / "
+                                         "or the home directory" % hello["root"]})
+        return
     if hello.get("protocol") != PROTOCOL:
         send(out, {"ok": False, "error": "protocol %r not spoken by this agent" % hello.get("protocol")})
         return
