@@ -469,8 +469,10 @@ def test_arm64_tvm_kernels_match_host(arm64_root, tmp_path):
 
     arm64.setup(extras=("apache-tvm",))  # ~25 s the first time, then cached
     src = synth_demo_model(seed=0, hidden=64, layers=2, experts=4, moe_intermediate=128, heads=4, kv_heads=2)
+    # int4 g64 experts: TVM linear kernels (int8 and int4 g32 go to the C block kernels, checked in the rig by
+    # tests/test_kernels_blocks.py)
     bundle = export_model(src, tmp_path / "b", target="rpi5", policy=QuantPolicy(quant="int8", expert_bits=4,
-                          dense_bits=8), overwrite=True, onnx=False, kernels=True, progress=False,
+                          dense_bits=8, group_size=64), overwrite=True, onnx=False, kernels=True, progress=False,
                           kernel_activations="f32").path  # float activations: comparable with host numpy
     # (the q8 / sdot kernels are checked against the Q8_0 reference in tests/test_kernels_tvm.py)
     kdir = Path(bundle) / "kernels"
