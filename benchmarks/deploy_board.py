@@ -277,7 +277,8 @@ class CutProxy:
 
 
 def modify_one_tensor(src: Path, dst: Path, name: str) -> None:
-    """Copy bundle ``src`` to ``dst`` with tensor ``name``'s int8 data changed (CRC32 updated in the manifest)."""
+    """Copy bundle ``src`` to ``dst`` with tensor ``name``'s int8 data changed (CRC32, and the manifest checksum
+    where the bundle has one, updated)."""
     shutil.copytree(src, dst)
     m = json.loads((dst / "manifest.json").read_text())
     rec = m["tensors"][name]
@@ -293,4 +294,8 @@ def modify_one_tensor(src: Path, dst: Path, name: str) -> None:
             f.seek(rec["offset"] + part["offset"])
             crc = zlib.crc32(f.read(part["nbytes"]), crc)
     rec["crc32"] = crc
+    if "manifest_sha256" in m:  # bundles that checksum their manifest: re-seal it as the writer does
+        from ..runtime.bundle.manifest_schema import CHECKSUM_KEY, manifest_digest
+
+        m[CHECKSUM_KEY] = manifest_digest(m)
     (dst / "manifest.json").write_text(json.dumps(m))
