@@ -293,3 +293,33 @@ def test_rpi5_bundle_runs_its_block_kernels_in_the_arm64_rig(tmp_path):
         want = m.logits([1, 5, 9, 14, 3, 7])
     got = np.load(tmp_path / "lg.npy")
     assert rel(got, want) < 3e-2, rel(got, want)
+
+
+@pytest.mark.slow
+def test_real_q4km_keep_bundle_runs_on_block_kernels(tmp_path):
+    """Qwen2.5-Coder-0.5B's Q4_K_M file (Q5_0 / Q6_K / Q4_K / Q8_0 blocks) exported with --quant keep: every
+    linear runs on the block kernels (no fallback) and the logits match the numpy (gguf-py dequantise + BLAS)
+    path of the same bundle to the Q8_0 activation rounding."""
+    gg = sorted((Path.home() / ".cache/edgespool/assets/qwen2.5-coder-0.5b").glob("*.gguf"))
+    if not gg:
+        pytest.skip("run `edgespool fetch qwen2.5-coder-0.5b` first")
+    import edgespool
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model, open_source
+
+    src = open_source(gg[0])
+    try:
+        b = export_model(src, tmp_path / "keep", policy=QuantPolicy(quant="keep"), onnx=False, kernels=True,
+                         progress=False).path
+    finally:
+        src.close()
+    ids = [750, 3974, 29472, 1445, 1648, 982, 262, 421]
+    with edgespool.load(b) as m:
+        assert "C block kernels" in m.kernels.description
+        got = m.logits(ids)
+        bk = m.kernels.backend
+        assert bk.calls > 0 and not bk.fallbacks, bk.fallbacks
+    with edgespool.load(b, kernels=False) as m:
+        want = m.logits(ids)
+    assert rel(got, want) < 3e-2
+    assert (got[-1].argmax() == want[-1].argmax())
