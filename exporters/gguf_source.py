@@ -137,6 +137,10 @@ class GGUFModel:
                                         f"supported: {SUPPORTED_ARCHS}")
         self._check_types()
         self.config = self._config()
+        bad = self.config.problem()
+        if bad is not None:
+            key = self._config_keys().get(bad[0])
+            raise ModelFormatError(f"{self.path}: " + (f"metadata key {key!r}: " if key else "") + bad[1])
         self._check_shapes()
 
     # metadata access
@@ -189,6 +193,10 @@ class GGUFModel:
         a = self.gguf_arch
         p = f"{a}."
         L = self._meta_int(p + "block_count")
+        present = self._layers_present()
+        if L > present:  # before anything is sized by L
+            raise ModelFormatError(f"{self.path}: metadata key {p + 'block_count'!r} is {L}, but the file holds "
+                                   f"tensors of {present} layers (blk.0..blk.{present - 1}); the file is corrupt")
         H = self._meta_int(p + "embedding_length")
         nh = self._meta_int(p + "attention.head_count")
         nkv = self._meta_int(p + "attention.head_count_kv", nh)
@@ -265,6 +273,30 @@ class GGUFModel:
             qk_norm_per_head=self._has("blk.0.attn_q_norm.weight") and self._rows("blk.0.attn_q_norm.weight") == D,
             clip_qkv=float(clip) if clip is not None else None,
             sliding_window=window, bos_token_id=bos, eos_token_ids=eos_ids, **kw)
+
+    def _config_keys(self) -> dict[str, str]:
+        """ModelConfig field -> the GGUF metadata key it comes from (for error messages)."""
+        p = f"{self.gguf_arch}."
+        return {"rms_norm_eps": p + "attention.layer_norm_rms_epsilon", "rope_theta": p + "rope.freq_base",
+                "num_layers": p + "block_count", "hidden_size": p + "embedding_length",
+                "num_heads": p + "attention.head_count", "num_kv_heads": p + "attention.head_count_kv",
+                "head_dim": p + "attention.key_length", "intermediate_size": p + "feed_forward_length",
+                "max_position_embeddings": p + "context_length", "num_experts": p + "expert_count",
+                "num_experts_per_tok": p + "expert_used_count", "bos_token_id": "tokenizer.ggml.bos_token_id",
+                "eos_token_ids": "tokenizer.ggml.eos_token_id / eot_token_id",
+                "sliding_window": p + "attention.sliding_window"}
+
+    def _layers_present(self) -> int:
+        """How many layers ``blk.0`` .. ``blk.{n-1}`` the file holds tensors of (the first missing index)."""
+        idx = set()
+        for name in self._tensors:
+            parts = name.split(".", 2)
+            if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit():
+                idx.add(int(parts[1]))
+        n = 0
+        while n in idx:
+            n += 1
+        return n
 
     def _rows(self, name: str) -> int:
         """Element count of a 1-D tensor (its ggml ne0)."""

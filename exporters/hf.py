@@ -104,32 +104,74 @@ def _pattern(name: str) -> tuple[str, dict[str, int]]:
     return n.pattern, idx
 
 
+MAX_JSON_BYTES = 64 << 20  # config.json, generation_config.json, an index
+
+
 def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
     if not path.exists():
         if required:
             raise ModelFormatError(f"{path}: missing (a Hugging Face checkpoint directory needs it)")
         return None
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: not a regular file")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ModelFormatError(f"{path}: {path.stat().st_size} bytes, larger than any config ({MAX_JSON_BYTES})")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelFormatError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ModelFormatError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(d, dict):
         raise ModelFormatError(f"{path}: expected a JSON object, found {type(d).__name__}")
     return d
 
 
 # -- safetensors -----------------------------------------------------------------------------------------------
+_ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
 def _st_header(path: Path) -> tuple[dict[str, Any], int]:
-    """Parse a safetensors header: ({name: {dtype, shape, data_offsets}}, byte offset of the data section)."""
+    """Parse a safetensors header: ({name: {dtype, shape, data_offsets}}, byte offset of the data section).
+    Every entry is checked before use: an object with a known dtype, a shape of non-negative ints, and data
+    offsets inside the file whose span is exactly the shape's bytes."""
     try:
+        size = os.path.getsize(path)
         with open(path, "rb") as f:
             n = struct.unpack("<Q", f.read(8))[0]
-            if n > os.path.getsize(path):
-                raise ValueError("header length exceeds the file size")
+            if n > size - 8:
+                raise ValueError(f"header length {n} exceeds the file size {size}")
             header = json.loads(f.read(n))
     except (struct.error, ValueError, UnicodeDecodeError) as e:
         raise ModelFormatError(f"{path}: not a valid safetensors file ({e})") from None
+    except RecursionError:
+        raise ModelFormatError(f"{path}: not a valid safetensors file (the header JSON is nested too deeply)") from None
+    if not isinstance(header, dict):
+        raise ModelFormatError(f"{path}: not a valid safetensors file (the header is a JSON "
+                               f"{type(header).__name__}, expected an object)")
     header.pop("__metadata__", None)
+    data = size - 8 - n
+    for name, info in header.items():
+        what = f"{path}: not a valid safetensors file (tensor {name!r}"
+        if not isinstance(info, dict):
+            raise ModelFormatError(f"{what} is described by a {type(info).__name__}, expected an object)")
+        dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _ST_ITEMSIZE:
+            raise ModelFormatError(f"{what} has dtype {dtype!r})")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**53 for d in shape):
+            raise ModelFormatError(f"{what} has shape {shape!r}, expected a list of non-negative ints)")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(
+                isinstance(o, int) and not isinstance(o, bool) for o in offs) and 0 <= offs[0] <= offs[1] <= data):
+            raise ModelFormatError(f"{what} has data_offsets {offs!r}, expected [begin, end] within the "
+                                   f"{data} data bytes)")
+        count = 1
+        for d in shape:
+            count *= d
+        if offs[1] - offs[0] != count * _ST_ITEMSIZE[dtype]:
+            raise ModelFormatError(f"{what} spans {offs[1] - offs[0]} bytes, its {dtype} shape {shape} needs "
+                                   f"{count * _ST_ITEMSIZE[dtype]})")
     return header, 8 + n
 
 
@@ -160,8 +202,27 @@ class HFModel:
         self._where: dict[str, Path] = self._index()
         self._handles: dict[Path, Any] = {}
         self._resolved: dict[str, tuple[str, str | None]] = {}
+        self._check_layer_count()
         for name, shape in self.config.tensor_shapes().items():
             self._resolve(name, shape)
+
+    def _check_layer_count(self) -> None:
+        """``num_hidden_layers`` may not exceed the layers the checkpoint holds tensors of (checked before the
+        tensor inventory, which it sizes)."""
+        idx = set()
+        for name in self._where:
+            parts = name.split(".")
+            for j in range(len(parts) - 1):
+                if parts[j] == "layers" and parts[j + 1].isdigit():
+                    idx.add(int(parts[j + 1]))
+                    break
+        n = 0
+        while n in idx:
+            n += 1
+        L = self.config.num_layers
+        if L > n:
+            raise ModelFormatError(f"{self.path / 'config.json'}: num_hidden_layers is {L}, but the checkpoint holds "
+                                   f"tensors of {n} layers (layers.0..layers.{n - 1}); fix config.json")
 
     # -- file index ---------------------------------------------------------------------------------------------
     def _index(self) -> dict[str, Path]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..kernels.rope import ROPE_TYPES
-from ..runtime.bundle.config import ARCHITECTURES, ModelConfig
+from ..runtime.bundle.config import ARCHITECTURES, MAX_LAYERS, ModelConfig
 
 # HF class name -> canonical architecture
 HF_ARCHS: dict[str, str] = {hf: arch for arch, spec in ARCHITECTURES.items() for hf in spec["hf"]}
@@ -249,6 +249,8 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
         raise ModelFormatError(f"{where}: num_attention_heads {nh} is not a multiple of num_key_value_heads {nkv}")
     head_dim = _key(d, "head_dim", int, where, None, nullable=True) or defaults.get("head_dim") or H // nh
     L = _positive(d, "num_hidden_layers", where)
+    if L > MAX_LAYERS:  # before anything is sized by it
+        raise ModelFormatError(f"{where}: num_hidden_layers {L} is beyond any real model (at most {MAX_LAYERS})")
     V = _positive(d, "vocab_size", where)
     inter = _positive(d, "intermediate_size", where)
     max_pos = _positive(d, "max_position_embeddings", where, defaults["max_position_embeddings"])
@@ -328,7 +330,7 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
         raise ModelFormatError(f"{where}: key 'bos_token_id' should be an int, found {bos!r}")
     eos = _token_ids(gen.get("eos_token_id", d.get("eos_token_id")), "eos_token_id", where)
 
-    return ModelConfig(
+    cfg = ModelConfig(
         arch=arch, vocab_size=V, hidden_size=H, intermediate_size=inter, num_layers=L, num_heads=nh,
         num_kv_heads=nkv, head_dim=head_dim, rms_norm_eps=eps, rope_theta=theta, rope_scaling=scaling,
         max_position_embeddings=max_pos,
@@ -338,3 +340,14 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json",
                   and arch == "olmoe" else None),
         sliding_window=window, layer_types=layer_types, bos_token_id=bos, eos_token_ids=eos, hidden_act=act, **kw,
     )
+    bad = cfg.problem()
+    if bad is not None:
+        key = HF_KEYS.get(bad[0], bad[0])
+        raise ModelFormatError(f"{where}: key {key!r}: {bad[1]}")
+    return cfg
+
+
+# ModelConfig field -> the config.json key it comes from (for error messages)
+HF_KEYS = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads", "num_kv_heads": "num_key_value_heads",
+           "rope_theta": "rope_theta", "eos_token_ids": "eos_token_id", "num_experts": "num_experts",
+           "max_position_embeddings": "max_position_embeddings"}

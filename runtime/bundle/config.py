@@ -30,11 +30,35 @@ imported as ``1 + w`` (llama.cpp's converter does the same), so one RMSNorm serv
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ...errors import BundleError
 from .names import expert_prefix, layer_prefix
+
+# Sanity bounds of a config (far above any real model; they keep a corrupt header from sizing allocations)
+MAX_LAYERS = 4096
+MAX_DIM = 1 << 24  # hidden / intermediate / head sizes, vocabulary, heads, experts
+MAX_POSITIONS = 1 << 31
+
+_INT_FIELDS = {  # field -> smallest allowed value
+    "vocab_size": 1, "hidden_size": 1, "intermediate_size": 0, "num_layers": 1, "num_heads": 1, "num_kv_heads": 1,
+    "head_dim": 1, "max_position_embeddings": 1, "num_experts": 0, "num_experts_per_tok": 0,
+    "moe_intermediate_size": 0, "shared_expert_intermediate_size": 0,
+}
+_FLOAT_FIELDS = ("rms_norm_eps", "rope_theta", "embedding_multiplier", "residual_multiplier", "logits_scaling")
+_OPTIONAL_POSITIVE = ("attention_scale", "attn_logit_softcap", "final_logit_softcap", "rope_local_theta",
+                      "clip_qkv")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
 
 # Architecture registry: plain data (MLC-LLM habit). The value says what the architecture has.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -121,6 +145,62 @@ class ModelConfig:
             return self.rope_local_theta, None
         return self.rope_theta, self.rope_scaling
 
+    def problem(self) -> tuple[str, str] | None:
+        """The first inconsistency of this config as ``(field, what is wrong)``, or None: types, ranges (finite
+        positive epsilons and RoPE bases, sizes within :data:`MAX_DIM`, at most :data:`MAX_LAYERS` layers),
+        head and expert arithmetic, layer index lists within the layer count, BOS/EOS ids within the vocabulary.
+        Exporters and the bundle reader raise their own error class with it."""
+        if self.arch not in ARCHITECTURES:
+            return "arch", f"architecture {self.arch!r} is unknown (known: {', '.join(ARCHITECTURES)})"
+        for name, lo in _INT_FIELDS.items():
+            v = getattr(self, name)
+            hi = MAX_LAYERS if name == "num_layers" else MAX_POSITIONS if name == "max_position_embeddings" \
+                else MAX_DIM
+            if not _is_int(v) or not lo <= v <= hi:
+                return name, f"{name} is {v!r}, expected an integer in {lo}..{hi}"
+        for name in _FLOAT_FIELDS:
+            v = getattr(self, name)
+            if not _is_num(v) or not math.isfinite(v) or v <= 0:
+                return name, f"{name} is {v!r}, expected a finite number > 0"
+        if self.rms_norm_eps >= 1:
+            return "rms_norm_eps", f"rms_norm_eps is {self.rms_norm_eps!r}, expected a small positive number (< 1)"
+        for name in _OPTIONAL_POSITIVE:
+            v = getattr(self, name)
+            if v is not None and (not _is_num(v) or not math.isfinite(v) or v <= 0):
+                return name, f"{name} is {v!r}, expected null or a finite number > 0"
+        if self.num_heads % self.num_kv_heads:
+            return "num_kv_heads", (f"num_heads {self.num_heads} is not a multiple of num_kv_heads "
+                                    f"{self.num_kv_heads}")
+        if self.sliding_window is not None and (not _is_int(self.sliding_window) or self.sliding_window < 1):
+            return "sliding_window", f"sliding_window is {self.sliding_window!r}, expected null or an integer >= 1"
+        L = self.num_layers
+        for name in ("moe_layers", "nope_layers"):
+            v = getattr(self, name)
+            if not all(_is_int(i) and 0 <= i < L for i in v) or len(set(v)) != len(v):
+                return name, f"{name} {list(v)[:8]!r} should be distinct layer indices in 0..{L - 1}"
+        if self.layer_types and len(self.layer_types) != L:
+            return "layer_types", f"layer_types has {len(self.layer_types)} entries for {L} layers"
+        if self.num_experts:
+            if not 1 <= self.num_experts_per_tok <= self.num_experts:
+                return "num_experts_per_tok", (f"num_experts_per_tok {self.num_experts_per_tok} is not in "
+                                               f"1..num_experts {self.num_experts}")
+            if not self.moe_layers or self.moe_intermediate_size < 1:
+                return "moe_layers", "a MoE config needs moe_layers and moe_intermediate_size >= 1"
+        elif self.moe_layers:
+            return "moe_layers", "moe_layers given but num_experts is 0"
+        if len(self.moe_layers) < L and self.intermediate_size < 1:
+            return "intermediate_size", "dense layers need intermediate_size >= 1"
+        V = self.vocab_size
+        if self.bos_token_id is not None and (not _is_int(self.bos_token_id) or not 0 <= self.bos_token_id < V):
+            return "bos_token_id", (f"bos_token_id {self.bos_token_id!r} is not a token id of the vocabulary "
+                                    f"(0..{V - 1})")
+        for e in self.eos_token_ids:
+            if not _is_int(e) or not 0 <= e < V:
+                return "eos_token_ids", f"eos token id {e!r} is not a token id of the vocabulary (0..{V - 1})"
+        if not isinstance(self.hidden_act, str):
+            return "hidden_act", f"hidden_act is {self.hidden_act!r}, expected a string"
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["moe_layers"] = list(self.moe_layers)
@@ -141,9 +221,13 @@ class ModelConfig:
         kw["layer_types"] = tuple(kw.get("layer_types", ()))
         kw["nope_layers"] = tuple(kw.get("nope_layers", ()))
         try:
-            return cls(**kw)
+            cfg = cls(**kw)
         except TypeError as e:
             raise BundleError(f"{source}: bad model config ({e})") from None
+        bad = cfg.problem()
+        if bad is not None:
+            raise BundleError(f"{source}: model config field {bad[0]!r}: {bad[1]}; re-export the bundle")
+        return cfg
 
     # -- canonical tensor inventory -------------------------------------------------------------------------
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
