@@ -27,6 +27,7 @@ from ..runtime.bundle.constants import (
     SCHEMA_VERSION, TOKENIZER, WEIGHTS, align_up,
 )
 from ..runtime.bundle.config import ModelConfig
+from ..runtime.bundle.manifest_schema import CHECKSUM_KEY, manifest_digest
 from ..runtime.bundle.names import group_of, layer_of
 from ..runtime.bundle.ffn_geometry import LAYOUT as BUNDLED, BundleGeometry, NeuronBundles, ffn_group, ffn_tensor
 
@@ -223,7 +224,8 @@ class BundleFiles:
     def publish(self, manifest: dict[str, Any]) -> Path:
         """Write manifest.json (magic and schema first) and move the staged bundle to ``out_dir``."""
         self.close_weights()
-        (self.stage / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        manifest = {**manifest, CHECKSUM_KEY: manifest_digest(manifest)}  # the manifest covered by a checksum
+        (self.stage / MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False), encoding="utf-8")
         # re-checked now: the output may have changed while the export ran (a user's folder is never replaced)
         prepare_output_dir(self.out_dir, self.overwrite)
         aside = None

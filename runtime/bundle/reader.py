@@ -8,7 +8,6 @@ is a :class:`StorageError` from the one checked-read primitive, :mod:`.checked_r
 """
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ import numpy as np
 
 from ...errors import BundleError
 from .checked_read import CheckedFile
-from .constants import MAGIC, MANIFEST, MAX_SCHEMA_VERSION, PART_DTYPES
+from .constants import MAGIC, MANIFEST, MAX_MANIFEST_BYTES, MAX_SCHEMA_VERSION, PART_DTYPES
+from .manifest_schema import CHECKSUM_KEY, finite_json, manifest_digest, validate_manifest
 from .config import ModelConfig
 from .ffn_geometry import LAYOUT as NEURON_BUNDLES, LAYOUTS, MATRIX, BundleGeometry, NeuronBundles
 from .schemes import QTensor
@@ -45,10 +45,16 @@ class Bundle:
             raise BundleError(f"{self.path}: no such bundle directory")
         if not mpath.exists():
             raise BundleError(f"{self.path}: not a bundle (no {MANIFEST}); create one with `edgespool export`")
+        if not mpath.is_file():
+            raise BundleError(f"{mpath}: not a regular file; not an edgespool bundle")
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{mpath}: {mpath.stat().st_size} bytes, more than any manifest "
+                              f"({MAX_MANIFEST_BYTES}); not an edgespool bundle")
         try:
-            m = json.loads(mpath.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            text = mpath.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
             raise BundleError(f"{mpath}: manifest is not valid JSON ({e})") from None
+        m = finite_json(text, str(mpath))
         if not isinstance(m, dict) or m.get("magic") != MAGIC:
             raise BundleError(f"{mpath}: wrong magic (expected {MAGIC!r}); not an edgespool bundle")
         ver = m.get("schema_version")
@@ -57,9 +63,12 @@ class Bundle:
                               f"versions 1..{MAX_SCHEMA_VERSION}); upgrade edgespool or re-export the bundle")
         self.manifest: dict[str, Any] = m
         self.kind: str = m.get("kind", "decoder")
+        if self.kind == "decoder" and not isinstance(m.get("model"), dict):
+            raise BundleError(f"{mpath}: field model: is missing or not an object; re-export the bundle")
         self.config: ModelConfig | None = (
             ModelConfig.from_dict(m["model"], str(mpath)) if self.kind == "decoder" else None
         )
+        validate_manifest(m, self.path, self.config, str(mpath))
         try:
             self.tensors: dict[str, dict[str, Any]] = m["tensors"]
             self.groups: dict[str, GroupInfo] = {
@@ -135,8 +144,26 @@ class Bundle:
     def iter_groups(self) -> Iterator[str]:
         return iter(self.groups)
 
+    @property
+    def manifest_checksummed(self) -> bool:
+        """Whether the manifest carries its own checksum (bundles exported before it existed do not)."""
+        return CHECKSUM_KEY in self.manifest
+
+    def verify_manifest(self) -> bool:
+        """Check the manifest against its ``manifest_sha256`` (BundleError on a mismatch: the manifest was edited
+        or corrupted after export). Returns False for an older bundle without a checksum (nothing to check)."""
+        want = self.manifest.get(CHECKSUM_KEY)
+        if want is None:
+            return False
+        if manifest_digest(self.manifest) != want:
+            raise BundleError(f"{self.path / MANIFEST}: manifest checksum mismatch (the manifest was edited or "
+                              "corrupted after export); re-export the bundle")
+        return True
+
     def verify(self) -> None:
-        """Check every tensor's CRC32 (reads the whole weights file once)."""
+        """Check the manifest's checksum (when it has one) and every tensor's CRC32 (reads the whole weights
+        file once)."""
+        self.verify_manifest()
         for g in self.groups:
             self.read_group(g, verify=True)
 
