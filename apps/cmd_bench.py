@@ -100,6 +100,52 @@ def _in_rig(argv: list[str], rig: str, storage: str | None, rig_memory: str | No
     return res
 
 
+def _check_out_file(option: str, path: str | None) -> None:
+    """An output file's folder must exist and the path must not be a folder (checked before the benchmark runs,
+    not after it)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise OptionError(f"{option} {path}: is a directory; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise OptionError(f"{option} {path}: the folder {parent} does not exist (missing); create it first")
+    if not parent.is_dir():
+        raise OptionError(f"{option} {path}: {parent} is not a directory")
+
+
+def check_bench_options(bundle: str, prompt_tokens: int, n: int, seed: int, json_out: str | None,
+                        plot: str | None, *, io_threads: int = 2, neuron_window: int = 5,
+                        neuron_capacity: float | None = None) -> None:
+    """Refuse options that cannot run before any measurement starts: lengths below 1 or beyond the model's
+    context (from the manifest), a negative seed, thread counts / windows below 1, a neuron capacity that is not
+    a positive number, output files in missing folders."""
+    import math
+
+    from ..runtime.bundle.reader import Bundle
+
+    if io_threads < 1:
+        raise OptionError(f"--io-threads {io_threads}: must be >= 1")
+    if neuron_window < 1:
+        raise OptionError(f"--neuron-window {neuron_window}: must be >= 1 forward pass")
+    if neuron_capacity is not None and not (math.isfinite(neuron_capacity) and neuron_capacity > 0):
+        raise OptionError(f"--neuron-capacity {neuron_capacity}: must be a fraction in (0, 1] or a neuron count")
+
+    if prompt_tokens < 1:
+        raise OptionError(f"--prompt-tokens {prompt_tokens}: must be >= 1")
+    if n < 1:
+        raise OptionError(f"-n {n}: must be >= 1")
+    if seed < 0:
+        raise OptionError(f"--seed {seed}: a seed must be an integer >= 0")
+    _check_out_file("--json-out", json_out)
+    _check_out_file("--plot", plot)
+    cfg = Bundle(bundle).config
+    if cfg is not None and prompt_tokens + n > cfg.max_position_embeddings:
+        raise OptionError(f"--prompt-tokens {prompt_tokens} + -n {n} = {prompt_tokens + n} positions exceed the "
+                          f"model's context of {cfg.max_position_embeddings} tokens; lower them")
+
+
 @click.command("bench")
 @click.argument("bundle", type=click.Path())
 @click.option("--memory-budget", default=None, help="Stream weights under this budget (e.g. 512MiB); none = resident.")
@@ -130,6 +176,8 @@ def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: s
               json_out: str | None, plot: str | None, quiet: bool) -> None:
     """Measure decode/prefill tokens/s, TTFT, bytes read per token, read bandwidth vs the storage bound, cache
     hit rate, prediction accuracy and peak memory of BUNDLE."""
+    check_bench_options(bundle, prompt_tokens, n, seed, json_out, plot, io_threads=io_threads,
+                        neuron_window=neuron_window, neuron_capacity=neuron_capacity)
     if io_bandwidth:
         os.environ["EDGESPOOL_IO_BANDWIDTH"] = io_bandwidth
     if rig:
@@ -167,8 +215,14 @@ def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: s
 
         plot_timeline(res, plot)
     out = {k: v for k, v in res.items() if k != "_timeline" or json_out}
+    write_error = None
     if json_out:
-        Path(json_out).write_text(json.dumps(out, default=str))
+        try:
+            Path(json_out).write_text(json.dumps(out, default=str))
+        except OSError as e:  # disk full, permissions: printed after the figures, which are not lost
+            write_error = OptionError(f"--json-out {json_out}: cannot write the result ({e.strerror})")
+    if write_error is not None and quiet:
+        raise write_error
     if quiet:
         return
     out.pop("_timeline", None)
@@ -176,6 +230,8 @@ def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: s
         click.echo(json.dumps(out, indent=1, default=str))
     else:
         _print_human(out)
+    if write_error is not None:
+        raise write_error
 
 
 COMMANDS = [bench_cmd]

@@ -41,6 +41,30 @@ def print_generation(model, prompt: str, n: int, as_json: bool, stream: bool = T
     return res
 
 
+def check_run_options(context: int, n: int, seed: int | None, max_context: int | None, prompt: str,
+                      system: str | None) -> None:
+    """Refuse what the manifest alone shows cannot run, before any weight is read: -n beyond the model's context
+    or the planned --max-context, a negative --seed, --prompt / --system that are not valid UTF-8."""
+    from ..errors import OptionError
+    from ..runtime.api import prompt_text
+
+    if n < 0:
+        raise OptionError(f"-n {n}: the number of tokens to generate must be >= 0")
+    if n > context:
+        raise OptionError(f"-n {n}: more new tokens than the model's context of {context} tokens (prompt + -n "
+                          "must fit it); lower -n")
+    if max_context is not None and max_context < 1:
+        raise OptionError(f"--max-context {max_context}: must be >= 1 token")
+    if max_context is not None and n > max_context:
+        raise OptionError(f"-n {n}: more new tokens than --max-context {max_context} positions of KV cache (prompt "
+                          "+ -n must fit it); lower -n or raise --max-context")
+    if seed is not None and seed < 0:
+        raise OptionError(f"--seed {seed}: a seed must be an integer >= 0")
+    prompt_text(prompt, "--prompt")
+    if system is not None:
+        prompt_text(system, "--system")
+
+
 @click.command("run")
 @click.argument("bundle", type=click.Path())
 @click.option("--prompt", "-p", default="Once upon a time", show_default=True, help="Prompt text.")
@@ -76,24 +100,26 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
 
         print_classification(b, image, top, as_json)
         return
-    from ..runtime.api import load
+    from ..runtime import api
 
+    if image is not None:
+        from ..errors import OptionError
+
+        raise OptionError(f"--image {image}: {bundle} is a decoder bundle; --image applies to CNN bundles")
     if max_context is not None and memory_budget is None:
         from ..errors import OptionError
 
         raise OptionError("--max-context only applies with --memory-budget (resident mode sizes the KV cache "
                           "per generation)")
+    check_run_options(b.config.max_position_embeddings, n, seed, max_context, prompt, system)
     opts = {} if memory_budget is None else {k: v for k, v in (("max_context", max_context), ("kv_dtype", kv_dtype))
                                               if v is not None}
-    model = load(bundle, memory_budget=memory_budget, **opts)
+    model = api.load(bundle, memory_budget=memory_budget, **opts)
     if kv_dtype is not None and memory_budget is None:  # resident: the engine's own cache format
         from ..runtime.decoder.kvcache import check_kv_dtype
 
         model.engine.kv_dtype = check_kv_dtype(kv_dtype, b.config.head_dim)
     try:
-        preload = getattr(model.source, "load_all", None)
-        if preload is not None:  # resident: read (and verify) every group now, so the stats time compute only
-            preload()
         if show_plan:
             plan = getattr(model.source, "plan", None)
             if plan is None:
@@ -101,7 +127,6 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
                            f"({fmt_bytes(b.weights_nbytes)}); pass --memory-budget to stream", err=True)
             else:
                 click.echo(plan.summary(), err=True)
-        ids = None
         if as_chat:
             msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
             ids = model.chat_ids(msgs)
@@ -109,6 +134,12 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
             from ..errors import OptionError
 
             raise OptionError("--system needs --chat")
+        else:
+            ids = model.encode(prompt)
+        model.check_request(len(ids), n)  # before the resident weights are read
+        preload = getattr(model.source, "load_all", None)
+        if preload is not None:  # resident: read (and verify) every group now, so the stats time compute only
+            preload()
         print_generation(model, prompt, n, as_json, prompt_ids=ids, temperature=temperature, top_k=top_k, top_p=top_p,
                          seed=seed, stop=[] if ignore_eos else None)
     finally:

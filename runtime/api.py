@@ -58,6 +58,30 @@ class GenerationStats:
         return self.engine.decode_tok_s
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def prompt_text(text: str | bytes | bytearray, what: str = "the prompt") -> str:
+    """``text`` as a str that is valid Unicode (UTF-8 ``bytes`` are decoded); OptionError naming ``what`` and the
+    first bad byte otherwise (e.g. undecodable command-line bytes, which Python keeps as lone surrogates)."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            return bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise OptionError(f"{what} is not valid UTF-8 (byte {bytes(text)[e.start]:#04x} at offset {e.start}); "
+                              "give UTF-8 text") from None
+    if not isinstance(text, str):
+        raise OptionError(f"{what} must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        ch = ord(text[e.start])
+        byte = f"byte {ch - 0xDC00:#04x}" if 0xDC80 <= ch <= 0xDCFF else f"character U+{ch:04X}"
+        raise OptionError(f"{what} is not valid UTF-8 ({byte} at character {e.start}); give UTF-8 text") from None
+    return text
+
+
 class Model:
     """A loaded decoder bundle: tokenizer + weight source + engine, computing with its own kernel table
     (:attr:`kernels`, a :class:`~edgespool.kernels.table.KernelTable`: ``kernels.description`` says which kernels
@@ -74,7 +98,7 @@ class Model:
         self.stats = GenerationStats()
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
+        return self.tokenizer.encode(prompt_text(text))
 
     def logits(self, ids: Iterable[int]) -> np.ndarray:
         """float32 logits ``[T, V]`` of a whole sequence (fresh cache)."""
@@ -82,16 +106,62 @@ class Model:
         cache = self.engine.new_cache(len(ids))
         return self.engine.forward(ids, cache)
 
-    def generate_ids(self, prompt: str | Iterable[int], max_tokens: int = 32, *, temperature: float = 0.0,
+    def check_request(self, prompt_tokens: int, max_tokens: int) -> None:
+        """OptionError unless ``prompt_tokens + max_tokens`` positions fit the model's context and, when
+        streaming, the memory plan's KV cache (the message gives both numbers and the plan's budget). Called by
+        :meth:`generate_ids` before any cache is allocated or any weight is read for the request."""
+        need = prompt_tokens + max_tokens
+        what = f"prompt {prompt_tokens} tokens + max_tokens {max_tokens} = {need} positions"
+        planned = self.engine.max_context
+        plan = getattr(self.source, "plan", None)
+        if planned is not None and need > planned:
+            from ..units import fmt_bytes
+
+            budget = f" under the {fmt_bytes(plan.budget_bytes)} budget" if plan is not None else ""
+            raise OptionError(f"{what} exceed the memory plan's KV cache of {planned} positions{budget}; raise "
+                              "--max-context (and the budget) or shorten the prompt / max_tokens")
+        ctx = self.config.max_position_embeddings
+        if need > ctx:
+            raise OptionError(f"{what} exceed the model's context of {ctx} tokens; shorten the prompt or "
+                              "max_tokens")
+
+    def generate_ids(self, prompt: str | bytes | Iterable[int], max_tokens: int = 32, *, temperature: float = 0.0,
                      top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                      stop: Iterable[int] | None = None) -> Iterator[int]:
-        """Token ids after ``prompt`` (text, encoded with the bundle's tokenizer, or ids). Stops at the model's EOS
-        tokens unless ``stop`` is given (an empty list never stops early)."""
-        ids = self.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        """Token ids after ``prompt`` (text -- ``str`` or UTF-8 ``bytes`` -- encoded with the bundle's tokenizer,
+        or ids). Stops at the model's EOS tokens unless ``stop`` is given (an empty list never stops early).
+        Every argument is checked here, at the call, before anything is computed: invalid text, token ids outside
+        the vocabulary, a negative seed or max_tokens, a request longer than the model's context or the memory
+        plan's KV cache (:meth:`check_request`) raise :class:`~edgespool.errors.OptionError`."""
+        if isinstance(prompt, (str, bytes, bytearray)):
+            ids = self.encode(prompt_text(prompt))
+        else:
+            ids = self._check_ids(prompt)
         if not ids:
             raise OptionError("the prompt encodes to no tokens and the model has no BOS token; give some text")
-        stops = self.tokenizer.eos_token_ids if stop is None else tuple(stop)
-        sampler = Sampler(temperature, top_k, top_p, seed)
+        if not _is_int(max_tokens) or max_tokens < 0:
+            raise OptionError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+        if seed is not None and (not _is_int(seed) or seed < 0):
+            raise OptionError(f"seed must be an integer >= 0 (or None for a random one), got {seed!r}")
+        max_tokens = int(max_tokens)
+        self.check_request(len(ids), max_tokens)
+        stop = None if stop is None else tuple(stop)
+        if stop is not None and not all(_is_int(t) for t in stop):
+            raise OptionError(f"stop must be token ids (integers), got {list(stop)[:8]!r}")
+        stops = self.tokenizer.eos_token_ids if stop is None else tuple(int(t) for t in stop)
+        sampler = Sampler(temperature, top_k, top_p, None if seed is None else int(seed))
+        return self._generate(ids, max_tokens, sampler, stops)
+
+    def _check_ids(self, ids: Iterable[Any]) -> list[int]:
+        V = self.config.vocab_size
+        out = []
+        for t in ids:
+            if not _is_int(t) or not 0 <= t < V:
+                raise OptionError(f"prompt: token id {t!r} is not in the vocabulary (0..{V - 1})")
+            out.append(int(t))
+        return out
+
+    def _generate(self, ids: list[int], max_tokens: int, sampler: Sampler, stops: tuple[int, ...]) -> Iterator[int]:
         self.engine.stats.reset()
         st = self.stats = GenerationStats(self.engine.stats)
         for tok in self.engine.generate(ids, max_tokens, sampler, stops):
@@ -131,7 +201,7 @@ class Model:
     def chat_ids(self, messages: Iterable[Any], **kw: Any) -> list[int]:
         """Token ids of :meth:`chat_prompt`: special-token texts parsed, BOS not doubled when the template emits it
         (:meth:`BundleTokenizer.encode_rendered`)."""
-        return self.tokenizer.encode_rendered(self.chat_prompt(messages, **kw))
+        return self.tokenizer.encode_rendered(prompt_text(self.chat_prompt(messages, **kw), "the chat prompt"))
 
     def chat(self, messages: Iterable[Any], max_tokens: int = 32, *, template: str | ChatTemplate | None = None,
              tools: list[dict] | None = None, template_vars: dict[str, Any] | None = None,
