@@ -29,11 +29,17 @@ def perplexity_cmd(bundle: str, text_path: str, ctx: int, chunks: int | None, me
 
     p = Path(text_path)
     try:
+        import stat
+
+        if not stat.S_ISREG(p.stat().st_mode):  # /dev/zero reads forever, a FIFO blocks: only regular files
+            raise OptionError(f"--text {p}: not a regular file (a device, FIFO or directory); give a text file")
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise OptionError(f"--text {p}: no such file") from None
     except (UnicodeDecodeError, IsADirectoryError) as e:
         raise OptionError(f"--text {p}: not a UTF-8 text file ({type(e).__name__})") from None
+    except OSError as e:
+        raise OptionError(f"--text {p}: cannot be read ({e.strerror})") from None
     if chunks is not None and chunks < 1:
         raise OptionError(f"--chunks must be >= 1, got {chunks}")
     from tqdm import tqdm

@@ -4,6 +4,7 @@ error:``. The API refuses at the call (``Model.generate_ids`` validates eagerly)
 where the bundle's manifest is enough to decide."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -181,3 +182,13 @@ def test_bench_json_out_disk_full_keeps_the_figures(bundle):
     r = _fails("bench", bundle, "--json-out", "/dev/full", "-n", "2", "--prompt-tokens", "4",
                match=("--json-out /dev/full", "No space left on device"))
     assert "decode" in r.output and "tok/s" in r.output  # the measured figures were printed first
+
+
+def test_perplexity_text_must_be_a_regular_file(bundle, tmp_path):
+    _fails("perplexity", bundle, "--text", "/dev/zero", "--ctx", "8", match=("--text /dev/zero", "not a regular file"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    _fails("perplexity", bundle, "--text", fifo, "--ctx", "8", match=("fifo", "not a regular file"))
+    d = tmp_path / "d"
+    d.mkdir()
+    _fails("perplexity", bundle, "--text", d, match=("not a regular file",))
