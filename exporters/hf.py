@@ -157,7 +157,7 @@ def _st_header(path: Path) -> tuple[dict[str, Any], int]:
         if not isinstance(info, dict):
             raise ModelFormatError(f"{what} is described by a {type(info).__name__}, expected an object)")
         dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in _ST_ITEMSIZE:
+        if not isinstance(dtype, str) or dtype not in _ST_ITEMSIZE:
             raise ModelFormatError(f"{what} has dtype {dtype!r})")
         if not isinstance(shape, list) or len(shape) > 8 or not all(
                 isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**53 for d in shape):

@@ -72,42 +72,56 @@ class GGUFLayout:
 
     kv: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # key -> (type offset, value offset, vtype)
     tensors: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (ttype offset, data offset field)
+    slots: list[tuple[int, str, str]] = field(default_factory=list)  # (offset, struct format, what) of every number
     data_start: int = 0
 
 
-def gguf_layout(raw: bytes) -> GGUFLayout:
-    """Parse a well-formed GGUF's header into offsets (a seed's map for aimed mutations)."""
-    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-    _, _, nt, nkv = struct.unpack_from("<4sIQQ", raw, 0)
-    off = 24
-    out = GGUFLayout()
+_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<B", 10: "<Q", 11: "<q", 12: "<d"}
 
-    def s(o: int) -> tuple[str, int]:
+
+def gguf_layout(raw: bytes) -> GGUFLayout:
+    """Parse a well-formed GGUF's header into offsets (a seed's map for aimed mutations): every count, length,
+    type id, scalar value, dimension and tensor offset is a slot."""
+    _, _, nt, nkv = struct.unpack_from("<4sIQQ", raw, 0)
+    out = GGUFLayout(slots=[(8, "<Q", "tensor_count"), (16, "<Q", "kv_count")])
+    off = 24
+
+    def s(o: int, what: str) -> tuple[str, int]:
+        out.slots.append((o, "<Q", f"strlen {what}"))
         n = struct.unpack_from("<Q", raw, o)[0]
         return raw[o + 8:o + 8 + n].decode(), o + 8 + n
 
     for _ in range(nkv):
-        key, off = s(off)
+        key, off = s(off, "key")
         vt = struct.unpack_from("<I", raw, off)[0]
         out.kv[key] = (off, off + 4, vt)
+        out.slots.append((off, "<I", f"type {key}"))
         off += 4
         if vt == 8:
-            _, off = s(off)
+            _, off = s(off, key)
         elif vt == 9:
             et, n = struct.unpack_from("<IQ", raw, off)
+            out.slots += [(off, "<I", f"etype {key}"), (off + 4, "<Q", f"count {key}")]
             off += 12
-            for _ in range(n):
+            for j in range(n):
                 if et == 8:
-                    _, off = s(off)
+                    _, off = s(off, f"{key}[{j}]")
                 else:
-                    off += sizes[et]
+                    if j < 4:
+                        out.slots.append((off, _FMT[et], f"{key}[{j}]"))
+                    off += struct.calcsize(_FMT[et])
         else:
-            off += sizes[vt]
+            out.slots.append((off, _FMT[vt], f"value {key}"))
+            off += struct.calcsize(_FMT[vt])
     for _ in range(nt):
-        name, off = s(off)
+        name, off = s(off, "tensor name")
         nd = struct.unpack_from("<I", raw, off)[0]
+        out.slots.append((off, "<I", f"n_dims {name}"))
+        for j in range(nd):
+            out.slots.append((off + 4 + 8 * j, "<Q", f"dim{j} {name}"))
         off += 4 + 8 * nd
         out.tensors[name] = (off, off + 4)
+        out.slots += [(off, "<I", f"ttype {name}"), (off + 4, "<Q", f"offset {name}")]
         off += 12
     out.data_start = off
     return out

@@ -150,7 +150,7 @@ class ModelConfig:
         positive epsilons and RoPE bases, sizes within :data:`MAX_DIM`, at most :data:`MAX_LAYERS` layers),
         head and expert arithmetic, layer index lists within the layer count, BOS/EOS ids within the vocabulary.
         Exporters and the bundle reader raise their own error class with it."""
-        if self.arch not in ARCHITECTURES:
+        if not isinstance(self.arch, str) or self.arch not in ARCHITECTURES:
             return "arch", f"architecture {self.arch!r} is unknown (known: {', '.join(ARCHITECTURES)})"
         for name, lo in _INT_FIELDS.items():
             v = getattr(self, name)
