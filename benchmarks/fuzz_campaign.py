@@ -20,8 +20,8 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
-from fuzz_harness import CLASSES  # noqa: E402
-from fuzz_targets import TARGETS, Campaign, Tally  # noqa: E402
+from fuzz_harness import CLASSES
+from fuzz_targets import TARGETS, Campaign, Tally
 
 
 def main() -> int:

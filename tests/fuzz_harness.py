@@ -15,8 +15,9 @@ import select
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 CLASSES = ("clean", "accepted-identical", "accepted-wrong", "other-exception", "memory", "crash", "hang")
 AS_LIMIT = 2 << 30  # bytes of address space a child may add to what it inherits

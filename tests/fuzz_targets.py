@@ -34,12 +34,12 @@ import os
 import random
 import shutil
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-
 from fuzz_harness import Outcome, run_bounded
 from fuzz_inputs import gguf_layout, write_tiny_hf_llama, write_tiny_llama_gguf
 
@@ -74,7 +74,7 @@ def mutate_gguf(raw: bytes, rng: random.Random) -> tuple[bytes, str]:
         cands = [v for v in INTERESTING if v < 256 ** size] + [old + 1, max(old - 1, 0), old * 2 % 256 ** size,
                                                               rng.randrange(256 ** size)]
         if op == "type":
-            cands = list(range(0, 16)) + [2**31, 2**32 - 1]
+            cands = list(range(16)) + [2**31, 2**32 - 1]
         v = rng.choice(cands) % (256 ** size)
         b[off:off + size] = v.to_bytes(size, "little")
         return bytes(b), f"{what}={v}"
@@ -136,7 +136,6 @@ def gguf_model_run(path: Path) -> list[str | None]:
 def gguf_model_reference(path: Path) -> str | None:
     """The same pipeline on gguf-py's reader (run in a child of its own)."""
     import gguf
-
     from edgespool.exporters import gguf_source
 
     gguf_source._open_reader = lambda p: gguf.GGUFReader(str(p))  # the child's copy only
@@ -161,7 +160,7 @@ def _random_value(rng: random.Random, old: Any) -> Any:
         lambda: rng.choice([0.0, -1.0, 1e308, 1e-300, 0.5]), lambda: "NaN!", lambda: "",
         lambda: rng.choice(["/dev/zero", "../../etc/passwd", "/etc/hostname", "fifo", "sub/../../x", "weights.bin",
                             "tokenizer.json", "manifest.json", "f16", "int4", "q4_0", "uint8", "float64"]),
-        lambda: [], lambda: {}, lambda: [1, 2, 3], lambda: {"a": 1}, lambda: [[[[[]]]]],
+        list, dict, lambda: [1, 2, 3], lambda: {"a": 1}, lambda: [[[[[]]]]],
     ]
     if isinstance(old, (int, float)) and not isinstance(old, bool):
         pool += [lambda: old + 1, lambda: old - 1, lambda: old * 2, lambda: -old, lambda: float(old) + 0.5]
@@ -299,7 +298,6 @@ def cli_argv(rng: random.Random, bundle: Path, scratch: Path) -> list[str]:
 
 def cli_run(argv: list[str]) -> list[Any]:
     from click.testing import CliRunner
-
     from edgespool.apps.cli import cli
 
     r = CliRunner().invoke(cli, argv, catch_exceptions=True)

@@ -8,11 +8,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from fuzz_harness import run_bounded
 from fuzz_targets import TARGETS, Campaign, Tally, gguf_reader_run, mutate_gguf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PER_TARGET = 40  # 200 inputs, ~15-40 s on 2 shared cores
 

@@ -4,12 +4,10 @@ a time limit): a hang, a crash or a MemoryError fails the test as surely as a wr
 from __future__ import annotations
 
 import math
-import struct
 import time
 from pathlib import Path
 
 import pytest
-
 from fuzz_harness import run_bounded
 from fuzz_inputs import VOCAB, gguf_layout, patch, write_tiny_llama_gguf
 

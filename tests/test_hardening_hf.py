@@ -7,7 +7,6 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from fuzz_harness import run_bounded
 from fuzz_inputs import write_tiny_hf_llama
 
@@ -74,8 +73,8 @@ def _rewrite_header(st: Path, header_bytes: bytes) -> None:
 
 @pytest.mark.parametrize("header", [b"[1, 2, 3]", b"[" * 50000 + b"]" * 50000, b'"text"', b"{\"a\": 5}",
                                     b'{"model.norm.weight": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}',
-                                    b'{"model.norm.weight": {"dtype": "F32", "shape": [32], '
-                                    b'"data_offsets": [0, 99999999999]}}',
+                                    (b'{"model.norm.weight": {"dtype": "F32", "shape": [32], '
+                                     b'"data_offsets": [0, 99999999999]}}'),
                                     b'{"model.norm.weight": {"dtype": "F32", "shape": [32], "data_offsets": [0, 4]}}',
                                     b'{"model.norm.weight": {"dtype": "Q9", "shape": [32], "data_offsets": [0, 128]}}',
                                     b"\xff\xfe not utf-8"])

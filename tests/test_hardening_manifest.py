@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import make_synth_bundle
-from fuzz_harness import run_bounded
 from edgespool.apps.cli import cli
 from edgespool.errors import BundleError
 from edgespool.runtime.bundle.manifest_schema import CHECKSUM_KEY, manifest_digest
 from edgespool.runtime.bundle.reader import Bundle
+from fuzz_harness import run_bounded
 
 
 @pytest.fixture(scope="module")

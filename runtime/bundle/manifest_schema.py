@@ -16,6 +16,7 @@ manifest is not covered (re-export to cover it).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import stat
@@ -27,7 +28,8 @@ import numpy as np
 from ...errors import BundleError
 from .config import ModelConfig
 from .constants import PART_DTYPES
-from .ffn_geometry import LAYOUT as NEURON_BUNDLES, LAYOUTS, MATRIX, ffn_group, ffn_tensor
+from .ffn_geometry import LAYOUT as NEURON_BUNDLES
+from .ffn_geometry import LAYOUTS, MATRIX, ffn_group, ffn_tensor
 from .names import group_of, layer_of
 
 CHECKSUM_KEY = "manifest_sha256"
@@ -155,7 +157,7 @@ class _Checker:
                 self.fail(f"{pf}", f"bytes {po}..{po + pn} lie outside the record's {nb} bytes")
             ends.append((po, po + pn))
         ends.sort()
-        for (_, e0), (s1, _) in zip(ends, ends[1:]):
+        for (_, e0), (s1, _) in itertools.pairwise(ends):
             if s1 < e0:
                 self.fail(f"{f}.parts", "overlap")
         if kind == "decoder" and layout == MATRIX:
@@ -215,7 +217,7 @@ class _Checker:
                                                  f"outside its group {g['name']!r} ({off}..{off + nb})")
         missing = set(tensors) - seen_t
         if missing:
-            self.fail("groups", f"tensor {sorted(missing)[0]!r} is in no group")
+            self.fail("groups", f"tensor {min(missing)!r} is in no group")
 
     def decoder(self, tensors: dict[str, Any], cfg: ModelConfig | None) -> None:
         if cfg is None:
