@@ -9,6 +9,7 @@ replaced when it is itself a bundle and ``overwrite`` is set, so nothing a user 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -323,15 +324,18 @@ class BundleWriter:
         model's Jinja chat template) goes to its own file, named by the section's ``chat_template``, and
         ``special_tokens`` (``{"bos_token": "<s>", ...}``, the texts chat templates read) into the section."""
         self._close_tensors()
-        self.files.stage_path(TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
-        self._tokenizer = {"file": TOKENIZER, "bos_token_id": bos_token_id, "eos_token_ids": list(eos_token_ids),
-                           "add_bos": bool(add_bos)}
+        raw = tokenizer_json.encode("utf-8")
+        self.files.stage_path(TOKENIZER).write_bytes(raw)
+        self._tokenizer = {"file": TOKENIZER, "sha256": hashlib.sha256(raw).hexdigest(), "bos_token_id": bos_token_id,
+                           "eos_token_ids": list(eos_token_ids), "add_bos": bool(add_bos)}
         if special_tokens:
             self._tokenizer["special_tokens"] = {str(k): str(v) for k, v in special_tokens.items()}
         if chat_template is not None:
             # bytes as given: newline translation would change what the template renders
-            self.files.stage_path(CHAT_TEMPLATE).write_bytes(chat_template.encode("utf-8"))
+            tb = chat_template.encode("utf-8")
+            self.files.stage_path(CHAT_TEMPLATE).write_bytes(tb)
             self._tokenizer["chat_template"] = CHAT_TEMPLATE
+            self._tokenizer["chat_template_sha256"] = hashlib.sha256(tb).hexdigest()
 
     def stage_path(self, rel: str) -> Path:
         """Path inside the staging directory where an extra file (ONNX, kernels) may be written."""

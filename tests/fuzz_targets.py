@@ -268,6 +268,31 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj).replace(f'"{NAN_SENTINEL}"', "NaN")
 
 
+# -- tokenizer -----------------------------------------------------------------------------------------------------
+TOKENIZER_TEXT = "Once upon a time, \u00e9t\u00e9 \u65e5\u672c 123 <s> tokens\n\tand more"
+
+
+def tokenizer_run(d: Path) -> list[Any]:
+    from edgespool.runtime.bundle.reader import Bundle
+    from edgespool.runtime.decoder.tokenizer import BundleTokenizer
+
+    b = Bundle(d)
+    tok = BundleTokenizer.from_manifest(b.path, b.manifest["tokenizer"])
+    ids = tok.encode(TOKENIZER_TEXT)
+    return [_h([ids, tok.decode(ids), list(tok.stream(ids))]), None]
+
+
+def mutate_tokenizer(text: str, rng: random.Random) -> tuple[str, str]:
+    if rng.random() < 0.8:
+        t, what = mutate_manifest(json.loads(text), rng)
+        return _dumps(t), what
+    b = bytearray(text.encode())
+    pos = rng.randrange(len(b))
+    b[pos] = rng.randrange(256)
+    return b.decode("utf-8", errors="surrogateescape").encode("utf-8", "surrogateescape").decode(
+        "utf-8", errors="replace"), f"byte@{pos}"
+
+
 # -- CLI -----------------------------------------------------------------------------------------------------------
 def cli_argv(rng: random.Random, bundle: Path, scratch: Path) -> list[str]:
     afile = scratch / "afile"
@@ -350,7 +375,8 @@ class Campaign:
         if not (self.cli_scratch / "link").is_symlink():
             (self.cli_scratch / "link").symlink_to(self.bundle_seed)
         self.seed_digest: dict[str, Any] = {}
-        for target in ("gguf_reader", "gguf_model", "hf", "manifest"):
+        self.tokenizer_seed = (self.bundle_seed / "tokenizer.json").read_text(encoding="utf-8")
+        for target in ("gguf_reader", "gguf_model", "hf", "manifest", "tokenizer"):
             out = self._run_seed(target)
             if out.cls != "accepted":
                 raise RuntimeError(f"seed of {target} not accepted: {out.cls} {out.detail}")
@@ -359,7 +385,8 @@ class Campaign:
     def _run_seed(self, target: str) -> Outcome:
         p = self.work / "seed.gguf"
         fn = {"gguf_reader": lambda: gguf_reader_run(p), "gguf_model": lambda: gguf_model_run(p),
-              "hf": lambda: hf_run(self.hf_seed), "manifest": lambda: manifest_run(self.bundle_seed)}[target]
+              "hf": lambda: hf_run(self.hf_seed), "manifest": lambda: manifest_run(self.bundle_seed),
+              "tokenizer": lambda: tokenizer_run(self.bundle_seed)}[target]
         return run_bounded(fn, self.timeout)
 
     def one(self, target: str, i: int, tally: Tally) -> str:
@@ -403,6 +430,19 @@ class Campaign:
                     tally.caught_by_checksum += 1
                 else:
                     cls = "accepted-wrong"
+        elif target == "tokenizer":
+            case.mkdir()
+            for f in self.bundle_seed.iterdir():
+                if f.name != "tokenizer.json" and f.is_file():
+                    os.link(f, case / f.name)
+            text, what = mutate_tokenizer(self.tokenizer_seed, rng)
+            (case / "tokenizer.json").write_text(text, encoding="utf-8")
+            out = run_bounded(lambda: tokenizer_run(case), self.timeout)
+            cls = out.cls
+            if cls == "accepted":
+                # a tokenizer.json edit that still loads is a different tokenizer, not a lie: the bundle's
+                # manifest checksum does not cover tokenizer.json, so judge only "same as the seed" here
+                cls = "accepted-identical" if out.value[0] == self.seed_digest["tokenizer"] else "accepted-different"
         elif target == "hf":
             shutil.copytree(self.hf_seed, case)
             what = mutate_hf(case, rng)
@@ -433,4 +473,4 @@ class Campaign:
         return cls
 
 
-TARGETS = ("gguf_reader", "gguf_model", "manifest", "hf", "cli")
+TARGETS = ("gguf_reader", "gguf_model", "manifest", "hf", "tokenizer", "cli")

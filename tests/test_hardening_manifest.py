@@ -181,3 +181,32 @@ def test_structure_mutations_refused(bundle, mut):
             r["group_size"] = 7
     _edit(bundle, f, resign=True)
     _refused(bundle, "manifest.json")
+
+
+def test_tokenizer_json_covered_by_its_checksum(bundle):
+    from edgespool.runtime.decoder.tokenizer import BundleTokenizer
+
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert len(m["tokenizer"]["sha256"]) == 64
+    tok = BundleTokenizer.from_manifest(bundle, m["tokenizer"])
+    assert tok.encode("hello")
+    t = json.loads((bundle / "tokenizer.json").read_text())
+    t["added_tokens"] = []  # still a loadable tokenizer, just another one
+    (bundle / "tokenizer.json").write_text(json.dumps(t))
+    with pytest.raises(BundleError, match="tokenizer.json: checksum mismatch"):
+        BundleTokenizer.from_manifest(bundle, m["tokenizer"])
+    with pytest.raises(BundleError, match="tokenizer.json: checksum mismatch"):
+        Bundle(bundle).verify()
+
+
+def test_invalid_utf8_prompt_is_an_option_error(bundle):
+    from edgespool.errors import OptionError
+    from edgespool.runtime.decoder.tokenizer import BundleTokenizer
+
+    m = json.loads((bundle / "manifest.json").read_text())
+    tok = BundleTokenizer.from_manifest(bundle, m["tokenizer"])
+    bad = b"caf\xe9 \xff".decode("utf-8", errors="surrogateescape")  # what argv decoding gives invalid UTF-8
+    with pytest.raises(OptionError, match="prompt is not valid UTF-8"):
+        tok.encode(bad)
+    with pytest.raises(OptionError, match="prompt is not valid UTF-8"):
+        tok.encode_rendered(bad)

@@ -44,6 +44,25 @@ def manifest_digest(m: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_file_digest(path: Path, want: Any, field: str) -> None:
+    """BundleError when ``path``'s SHA-256 is not ``want`` (``field`` names the manifest key); no-op when the
+    manifest records no digest (bundles written before tokenizer files were covered)."""
+    if want is None:
+        return
+    if file_sha256(path) != want:
+        raise BundleError(f"{path}: checksum mismatch ({field}: the file was edited or corrupted after export); "
+                          "re-export the bundle")
+
+
 def _int(v: Any, lo: int = 0, hi: int = MAX_INT) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
@@ -249,6 +268,9 @@ class _Checker:
         self.bundle_file("tokenizer.file", tok.get("file"))
         if tok.get("chat_template") is not None:
             self.bundle_file("tokenizer.chat_template", tok["chat_template"])
+        for k in ("sha256", "chat_template_sha256"):
+            if k in tok and not (isinstance(tok[k], str) and len(tok[k]) == 64):
+                self.fail(f"tokenizer.{k}", "is not a SHA-256 hex digest")
         V = cfg.vocab_size if cfg is not None else 1 << 40
         bos = tok.get("bos_token_id")
         if bos is not None and not _int(bos, 0, V - 1):

@@ -19,7 +19,7 @@ import numpy as np
 from ...errors import BundleError
 from .checked_read import CheckedFile
 from .constants import MAGIC, MANIFEST, MAX_MANIFEST_BYTES, MAX_SCHEMA_VERSION, PART_DTYPES
-from .manifest_schema import CHECKSUM_KEY, finite_json, manifest_digest, validate_manifest
+from .manifest_schema import CHECKSUM_KEY, check_file_digest, finite_json, manifest_digest, validate_manifest
 from .config import ModelConfig
 from .ffn_geometry import LAYOUT as NEURON_BUNDLES, LAYOUTS, MATRIX, BundleGeometry, NeuronBundles
 from .schemes import QTensor
@@ -164,6 +164,12 @@ class Bundle:
         """Check the manifest's checksum (when it has one) and every tensor's CRC32 (reads the whole weights
         file once)."""
         self.verify_manifest()
+        tok = self.manifest.get("tokenizer") or {}
+        if tok.get("file"):
+            check_file_digest(self.path / tok["file"], tok.get("sha256"), "tokenizer.sha256")
+        if tok.get("chat_template"):
+            check_file_digest(self.path / tok["chat_template"], tok.get("chat_template_sha256"),
+                              "tokenizer.chat_template_sha256")
         for g in self.groups:
             self.read_group(g, verify=True)
 

@@ -5,7 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ...errors import BundleError
+from ...errors import BundleError, OptionError
+
+
+def _checked_text(text: str, what: str = "prompt") -> str:
+    """``text`` when it is valid Unicode that UTF-8 can encode (no lone surrogates, which is what invalid UTF-8
+    bytes in a command-line argument decode to); an OptionError naming ``what`` otherwise."""
+    if not isinstance(text, str):
+        raise OptionError(f"{what}: expected text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise OptionError(f"{what} is not valid UTF-8 (undecodable byte at character {e.start}); pass UTF-8 "
+                          "text") from None
+    return text
 
 
 class BundleTokenizer:
@@ -24,7 +37,12 @@ class BundleTokenizer:
 
     @classmethod
     def from_manifest(cls, bundle_dir: Path, section: dict) -> "BundleTokenizer":
-        return cls(bundle_dir / section["file"], section.get("bos_token_id"), section.get("eos_token_ids", ()),
+        from ..bundle.manifest_schema import check_file_digest
+
+        path = bundle_dir / section["file"]
+        # tokenizer.json is covered by the manifest's sha256 (a few ms): an edited file is refused, not used
+        check_file_digest(path, section.get("sha256"), "tokenizer.sha256")
+        return cls(path, section.get("bos_token_id"), section.get("eos_token_ids", ()),
                    bool(section.get("add_bos", False)))
 
     @property
@@ -33,7 +51,7 @@ class BundleTokenizer:
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
         """Token ids of ``text``; the bundle's BOS is prepended when the model expects it."""
-        ids = self.tok.encode(text, add_special_tokens=False).ids
+        ids = self._encode(text)
         if (self.add_bos if add_bos is None else add_bos) and self.bos_token_id is not None:
             ids = [self.bos_token_id, *ids]
         return ids
@@ -43,10 +61,18 @@ class BundleTokenizer:
         BOS) become their ids, and the bundle's BOS is prepended only when the model expects one and the text does
         not already start with it -- llama.cpp's rule (it strips a leading BOS text and tokenizes with
         add_special), so a template that emits ``{{ bos_token }}`` gets exactly one BOS."""
-        ids = self.tok.encode(text, add_special_tokens=False).ids
+        ids = self._encode(text)
         if self.add_bos and self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
             ids = [self.bos_token_id, *ids]
         return ids
+
+    def _encode(self, text: str) -> list[int]:
+        _checked_text(text)
+        try:
+            return self.tok.encode(text, add_special_tokens=False).ids
+        except Exception as e:  # tokenizers raises plain Exceptions for a tokenizer.json it loaded but cannot run
+            raise BundleError(f"the bundle's tokenizer cannot encode the prompt ({str(e)[:200]}); the tokenizer.json "
+                              "is corrupt, re-export the bundle") from None
 
     def special_tokens(self) -> dict[str, str]:
         """``bos_token`` / ``eos_token`` texts from the ids (for bundles whose manifest does not name them)."""
