@@ -48,11 +48,16 @@ MiB = 1 << 20
 SIZES = {  # name: (hf config kwargs)
     "dense": dict(arch="llama", hidden=1024, layers=20, inter=2816, heads=16, kv_heads=4, vocab=512),
     "moe": dict(arch="mixtral", hidden=512, layers=16, inter=1408, heads=8, kv_heads=4, vocab=512, experts=8, top_k=2),
+    # a real-size vocabulary (issue 11): the expert cache measured next to a 32k-row head and embedding table
+    "moe32k": dict(arch="mixtral", hidden=512, layers=8, inter=1408, heads=8, kv_heads=4, vocab=32000, experts=8,
+                   top_k=2),
 }
 TINY = dict(arch="llama", hidden=64, layers=1, inter=128, heads=4, kv_heads=2, vocab=512)  # llama.cpp baseline
 SMALL = {
     "dense": dict(arch="llama", hidden=512, layers=12, inter=1408, heads=8, kv_heads=4, vocab=512),
     "moe": dict(arch="mixtral", hidden=256, layers=8, inter=704, heads=8, kv_heads=4, vocab=512, experts=8, top_k=2),
+    "moe32k": dict(arch="mixtral", hidden=256, layers=4, inter=704, heads=8, kv_heads=4, vocab=32000, experts=8,
+                   top_k=2),
 }
 
 
@@ -396,7 +401,7 @@ def main() -> None:
                 meta["baselines"] = {k: v["baseline"] for k, v in baselines.items()}
             size = (bundle / "weights.bin").stat().st_size
             gsize = gguf.stat().st_size
-            ratio = 4 if mname == "dense" else 3
+            ratio = 4 if mname == "dense" else 3  # (moe32k: 1/3 like the MoE)
             budget = size // ratio
             from edgespool.runtime.bundle.reader import Bundle
             from edgespool.schedulers.memory_plan import minimum_budget
@@ -408,7 +413,7 @@ def main() -> None:
             print(f"== {bundle.name}: {size / MiB:.0f} MiB weights (GGUF {gsize / MiB:.0f} MiB), budget "
                   f"{budget / MiB:.0f} MiB", flush=True)
             for kind in systems:
-                if kind == "edgespool-stream-lru" and mname != "moe":
+                if kind == "edgespool-stream-lru" and not mname.startswith("moe"):
                     continue
                 fam = "llama" if kind.startswith("llama") else "edgespool"
                 path = gguf if fam == "llama" else bundle

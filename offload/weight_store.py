@@ -293,29 +293,65 @@ class WeightStore:
 
     def submit_rows(self, geo: RowGeometry, r0: int, r1: int, dest: np.ndarray, priority: float,
                     name: str) -> Future:
-        """Start reading rows ``[r0, r1)`` of ``geo``'s tensor into ``dest`` on an I/O thread; the future's result
-        is a :class:`GroupRead` named ``name`` whose one tensor (``geo.tensor``) views ``dest``."""
+        """Start reading rows ``[r0, r1)`` of ``geo``'s tensor into ``dest`` on the I/O threads, each part's aligned
+        span in ``chunk_bytes`` pieces (as :meth:`submit` reads a group, so both threads keep the device busy); the
+        future's result is a :class:`GroupRead` named ``name`` whose one tensor (``geo.tensor``) views ``dest``,
+        set only after every piece has finished."""
         if self._closed:
             raise StorageError(f"{self.path}: weight store is closed")
-        fut: Future = Future()
-        fut.set_running_or_notify_cancel()
+        spans = geo.span(r0, r1)
+        total = sum(n for _, n, _ in spans)
+        if dest.nbytes < total:
+            raise StorageError(f"internal: buffer of {dest.nbytes} bytes for {name} needing {total}")
+        what = f"rows {r0}..{r1 - 1} of tensor {geo.tensor!r}"
+        base = self.bundle.groups[geo.group].offset
+        pieces, pos, views = [], 0, {}
+        for part, (a0, n, skip) in zip(geo.parts, spans):
+            need_end = skip + (r1 - r0) * part.row_bytes  # bytes of this span that must be read
+            for st in range(0, n, self.chunk_bytes):
+                ln = min(self.chunk_bytes, n - st)
+                pieces.append((a0 + st, pos + st, ln, max(0, min(ln, need_end - st))))
+            views[part.name] = (pos + skip, (r1 - r0) * part.row_bytes)
+            pos += n
+        pg = _PendingGroup(name, dest, len(pieces))
 
-        def job() -> None:
-            t0 = time.perf_counter()
-            try:
-                qt, n = self._read_rows_now(geo, r0, r1, dest, f"rows {r0}..{r1 - 1} of tensor {geo.tensor!r}")
-            except BaseException as e:  # noqa: BLE001 - the StorageError of the read goes to the waiter
-                _settle(fut, exc=e)
+        def finish() -> None:
+            if pg.error is not None:
+                _settle(pg.future, exc=pg.error)
                 return
-            t1 = time.perf_counter()
-            rec = ReadRecord(name, t0, t1, n)
+            rec = ReadRecord(name, pg.t0, pg.t1, total)
             with self._lock:
                 self.records.append(rec)
-                self.bytes_read += n
-            _settle(fut, result=GroupRead({geo.tensor: qt}, rec))
+                self.bytes_read += total
+            v = {k: dest[o: o + n] for k, (o, n) in views.items()}
+            qt = get_scheme(geo.scheme).rows_from_bytes(v["data"], v.get("scale"), r1 - r0, geo.width, geo.group_size)
+            _settle(pg.future, result=GroupRead({geo.tensor: qt}, rec))
 
-        self._io.put(priority, job)
-        return fut
+        def piece(off: int, at: int, ln: int, need: int) -> None:
+            t0 = time.perf_counter()
+            err: BaseException | None = None
+            try:
+                if pg.error is None and need > 0:
+                    self._file.read_into(off, memoryview(dest)[at: at + ln], what, group=geo.group, base=base,
+                                         need=need, check=False)
+            except BaseException as e:  # noqa: BLE001 - delivered to the waiter once every piece is done
+                err = e
+            t1 = time.perf_counter()
+            with pg.lock:
+                if err is not None and pg.error is None:
+                    pg.error = err
+                pg.t0, pg.t1 = min(pg.t0, t0), max(pg.t1, t1)
+                pg.left -= 1
+                last = pg.left == 0
+            if last:
+                finish()
+
+        with self._lock:
+            self._pending.add(pg)
+        pg.future.add_done_callback(lambda _f, pg=pg: self._forget(pg))
+        for off, at, ln, need in pieces:
+            self._io.put(priority, lambda off=off, at=at, ln=ln, need=need: piece(off, at, ln, need))
+        return pg.future
 
     def verify_tensor(self, geo: RowGeometry, buf: np.ndarray) -> None:
         """CRC-check a tensor that is only ever read in row ranges, once, by reading it through ``buf`` (a
