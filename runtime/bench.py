@@ -177,7 +177,9 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
         if limiter is not None and memory_budget is not None:
             stream_options["rate_limiter"] = limiter
     storage = cold_read_bandwidth(bundle.weights_path, rate_limiter=limiter) if measure_storage else None
-    ctx = prompt_tokens + max_tokens + max(0, split_steps)
+    # the split's extra steps must fit the model's context (a run that fills it gets a shorter split, or none)
+    split_steps = max(0, min(split_steps, int(cfg.max_position_embeddings or 0) - prompt_tokens - max_tokens))
+    ctx = prompt_tokens + max_tokens + split_steps
     from ..kernels.timing import timed_table
     from .api import resolve_kernels
 
