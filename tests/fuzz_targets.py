@@ -21,6 +21,13 @@ Targets and judges:
 - ``hf``: config.json value mutations and safetensors header mutations through ``open_hf`` + every canonical
   tensor. An accepted input that differs from the seed is ``accepted-reference`` when its tensors equal what the
   ``safetensors`` library reads from the mutated file and its config fields equal the mutated config.json's.
+- ``tokenizer``: JSON-level and byte mutations of a bundle's tokenizer.json through ``BundleTokenizer`` (load,
+  encode, decode, stream): the file is covered by the manifest's ``tokenizer.sha256``, so every edit must be
+  refused (``accepted-identical`` only for a no-op mutation, ``accepted-different`` is a failure).
+- ``onnx_cnn``: attribute, initializer-dims, input-shape, operator, wiring and byte mutations of a tiny ONNX CNN
+  through ``load_onnx_cnn`` and the executor. An accepted model that differs from the seed is
+  ``accepted-reference`` when onnxruntime (or, where ORT refuses to load it, onnx's ReferenceEvaluator) runs
+  the mutated model to the same output (atol 1e-4, rtol 1e-5).
 - ``cli``: random argument vectors for ``run``/``bench``/``export``/``inspect``/``plan`` (out-of-range numbers,
   negative seeds, huge token counts, invalid UTF-8, paths under files, missing folders). ``clean`` is exit 1 with
   one ``error:`` line that is not ``internal error`` or a usage error (exit 2); ``accepted-ran`` is exit 0.
@@ -293,6 +300,114 @@ def mutate_tokenizer(text: str, rng: random.Random) -> tuple[str, str]:
         "utf-8", errors="replace"), f"byte@{pos}"
 
 
+# -- ONNX CNN ------------------------------------------------------------------------------------------------------
+def write_tiny_onnx_cnn(path: Path, seed: int = 0) -> Path:
+    """Conv(3->8, 3x3, pad 1) + Relu -> Conv(8->8, 3x3, stride 2, depthwise) + Clip -> GlobalAveragePool ->
+    Flatten -> Gemm(8->5): a tiny classifier written with onnx.helper (no torch)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, *shape: int) -> Any:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2],
+                         group=8, name="dw"),
+        helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"], name="clip"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], axis=1, name="flat"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1, name="fc"),
+    ]
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 8, 1, 3, 3), init("w3", 5, 8), init("b3", 5),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 10])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def mutate_onnx(raw: bytes, rng: random.Random) -> tuple[bytes, str]:
+    import onnx
+
+    if rng.random() < 0.3:
+        b = bytearray(raw)
+        for _ in range(rng.randrange(1, 4)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        return bytes(b), "bytes"
+    m = onnx.load_from_string(raw)
+    g = m.graph
+    op = rng.choice(["attr", "attr", "dims", "input_dim", "op", "drop_init", "rewire"])
+    vals = [0, 1, 2, 3, -1, 7, 64, 2**31 - 1, -(2**31), 2**40]
+    if op == "attr":
+        n = rng.choice([n for n in g.node if n.attribute])
+        a = rng.choice(n.attribute)
+        if a.ints:
+            a.ints[rng.randrange(len(a.ints))] = rng.choice(vals)
+        else:
+            a.i = rng.choice(vals)
+        what = f"{n.name}.{a.name}"
+    elif op == "dims":
+        t = rng.choice(list(g.initializer))
+        if t.dims:
+            t.dims[rng.randrange(len(t.dims))] = rng.choice([v for v in vals if v >= 0])
+        what = f"init {t.name} dims"
+    elif op == "input_dim":
+        d = g.input[0].type.tensor_type.shape.dim[rng.randrange(4)]
+        d.dim_value = rng.choice([v for v in vals if v >= 0])
+        what = "input dim"
+    elif op == "op":
+        n = rng.choice(list(g.node))
+        n.op_type = rng.choice(["Conv", "Relu", "Gemm", "MaxPool", "Add", "Concat", "Reshape", "Softmax"])
+        what = f"{n.name} op->{n.op_type}"
+    elif op == "drop_init":
+        t = rng.choice(list(g.initializer))
+        g.initializer.remove(t)
+        what = f"drop {t.name}"
+    else:
+        n = rng.choice(list(g.node))
+        j = rng.randrange(len(n.input))
+        n.input[j] = rng.choice(["x", "c1", "r1", "c2", "g", "f", "y", "w1", "nope"])
+        what = f"{n.name}.input[{j}]->{n.input[j]}"
+    return m.SerializeToString(), what
+
+
+ONNX_X = np.random.default_rng(7).standard_normal((3, 12, 10)).astype(np.float32)
+
+
+def onnx_run(path: Path) -> list[Any]:
+    from edgespool.exporters.cnn.from_onnx import load_onnx_cnn
+    from edgespool.runtime.cnn.executor import CnnRunner
+
+    g = load_onnx_cnn(path)
+    x = ONNX_X
+    if tuple(g.input_shape) != x.shape:
+        x = np.random.default_rng(7).standard_normal(g.input_shape).astype(np.float32)
+    out = np.asarray(CnnRunner(g).run_layers(x).output, np.float32)
+    try:
+        import onnxruntime as ort
+
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        ref = np.asarray(s.run(None, {s.get_inputs()[0].name: x[None]})[0][0], np.float32)
+    except Exception:  # noqa: BLE001 - ORT refusing: ask onnx's own reference evaluator
+        try:
+            import onnx
+            from onnx.reference import ReferenceEvaluator
+
+            ev = ReferenceEvaluator(onnx.load(str(path)))
+            ref = np.asarray(ev.run(None, {ev.input_names[0]: x[None]})[0][0], np.float32)
+        except Exception:  # noqa: BLE001 - both references refuse a model edgespool ran
+            return [_arr_h(out), None]
+    agree = bool(ref.shape == out.shape and np.allclose(out, ref, rtol=1e-5, atol=1e-4, equal_nan=True))
+    return [_arr_h(out), agree]
+
+
 # -- CLI -----------------------------------------------------------------------------------------------------------
 def cli_argv(rng: random.Random, bundle: Path, scratch: Path) -> list[str]:
     afile = scratch / "afile"
@@ -376,7 +491,8 @@ class Campaign:
             (self.cli_scratch / "link").symlink_to(self.bundle_seed)
         self.seed_digest: dict[str, Any] = {}
         self.tokenizer_seed = (self.bundle_seed / "tokenizer.json").read_text(encoding="utf-8")
-        for target in ("gguf_reader", "gguf_model", "hf", "manifest", "tokenizer"):
+        self.onnx_seed = write_tiny_onnx_cnn(self.work / "seed.onnx").read_bytes()
+        for target in ("gguf_reader", "gguf_model", "hf", "manifest", "tokenizer", "onnx_cnn"):
             out = self._run_seed(target)
             if out.cls != "accepted":
                 raise RuntimeError(f"seed of {target} not accepted: {out.cls} {out.detail}")
@@ -386,7 +502,8 @@ class Campaign:
         p = self.work / "seed.gguf"
         fn = {"gguf_reader": lambda: gguf_reader_run(p), "gguf_model": lambda: gguf_model_run(p),
               "hf": lambda: hf_run(self.hf_seed), "manifest": lambda: manifest_run(self.bundle_seed),
-              "tokenizer": lambda: tokenizer_run(self.bundle_seed)}[target]
+              "tokenizer": lambda: tokenizer_run(self.bundle_seed),
+              "onnx_cnn": lambda: onnx_run(self.work / "seed.onnx")}[target]
         return run_bounded(fn, self.timeout)
 
     def one(self, target: str, i: int, tally: Tally) -> str:
@@ -443,6 +560,17 @@ class Campaign:
                 # a tokenizer.json edit that still loads is a different tokenizer, not a lie: the bundle's
                 # manifest checksum does not cover tokenizer.json, so judge only "same as the seed" here
                 cls = "accepted-identical" if out.value[0] == self.seed_digest["tokenizer"] else "accepted-different"
+        elif target == "onnx_cnn":
+            case.mkdir()
+            raw, what = mutate_onnx(self.onnx_seed, rng)
+            p = case / "m.onnx"
+            p.write_bytes(raw)
+            out = run_bounded(lambda: onnx_run(p), self.timeout)
+            cls = out.cls
+            if cls == "accepted":
+                ours, agree = out.value
+                cls = ("accepted-identical" if ours == self.seed_digest["onnx_cnn"] else
+                       "accepted-reference" if agree else "accepted-wrong")
         elif target == "hf":
             shutil.copytree(self.hf_seed, case)
             what = mutate_hf(case, rng)
@@ -473,4 +601,4 @@ class Campaign:
         return cls
 
 
-TARGETS = ("gguf_reader", "gguf_model", "manifest", "hf", "tokenizer", "cli")
+TARGETS = ("gguf_reader", "gguf_model", "manifest", "hf", "tokenizer", "onnx_cnn", "cli")

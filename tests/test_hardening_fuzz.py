@@ -68,3 +68,39 @@ def test_gguf_header_splices_property(campaign, tmp_path_factory, pos, cut, junk
     if out.cls == "accepted":
         ours, ref = out.value
         assert ours == ref or ours == campaign.seed_digest["gguf_reader"]
+
+
+def test_onnx_importer_mutations_found_by_the_fuzzer_are_clean(tmp_path):
+    """Regressions the onnx_cnn target found: a kernel_shape the weight contradicts (was run silently with the
+    wrong window), a 2^31 input dimension (was a 576 GiB allocation), an operator swapped to one with more inputs
+    (IndexError), an initializer whose dims lie about its data (ValueError)."""
+    import onnx
+
+    from fuzz_targets import onnx_run, write_tiny_onnx_cnn
+
+    seed = write_tiny_onnx_cnn(tmp_path / "seed.onnx")
+
+    def variant(edit) -> str:
+        m = onnx.load(str(seed))
+        edit(m.graph)
+        p = tmp_path / "v.onnx"
+        onnx.save(m, str(p))
+        out = run_bounded(lambda: onnx_run(p), timeout_s=30)
+        assert out.cls == "clean", (out.cls, out.detail)
+        return out.detail
+
+    def kernel(g):
+        next(a for a in g.node[2].attribute if a.name == "kernel_shape").ints[0] = 5
+    assert "kernel_shape" in variant(kernel)
+
+    def big_input(g):
+        g.input[0].type.tensor_type.shape.dim[3].dim_value = 2**31 - 1
+    assert "beyond" in variant(big_input)
+
+    def op_swap(g):
+        g.node[1].op_type = "Add"
+    variant(op_swap)
+
+    def dims_lie(g):
+        g.initializer[0].dims[1] = 7
+    assert "initializer 'w1'" in variant(dims_lie)

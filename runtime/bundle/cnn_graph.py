@@ -126,34 +126,68 @@ def conv_out(size: int, k: int, s: int, p0: int, p1: int, d: int) -> int:
     return (size + p0 + p1 - d * (k - 1) - 1) // s + 1
 
 
+MAX_EXTENT = 1 << 16  # kernel / stride / pad / dilation / spatial size bound (far above any CNN)
+MAX_ELEMENTS = 1 << 28  # elements of one activation tensor (1 GiB of float32)
+
+
 def node_output_shape(n: Node, ins: list[Shape], where: str = "graph") -> Shape:
-    """Output shape of node ``n`` given its input shapes."""
+    """Output shape of node ``n`` given its input shapes (ModelFormatError when they do not fit, or when the
+    output would exceed :data:`MAX_ELEMENTS` values)."""
+    shp = _node_output_shape(n, ins, where)
+    total = 1
+    for v in shp:
+        total *= int(v)
+    if any(int(v) <= 0 for v in shp) or total > MAX_ELEMENTS:
+        raise ModelFormatError(f"{where}: node {n.name!r} ({n.op}): output shape {list(shp)} is empty or beyond "
+                               f"{MAX_ELEMENTS} values")
+    return shp
+
+
+def _node_output_shape(n: Node, ins: list[Shape], where: str = "graph") -> Shape:
     def bad(msg: str) -> ModelFormatError:
         return ModelFormatError(f"{where}: node {n.name!r} ({n.op}): {msg}")
 
+    if not ins:
+        raise bad("has no input")
     x = ins[0]
     if n.op in ("conv", "maxpool", "avgpool"):
         if len(x) != 3:
             raise bad(f"expects a [C, H, W] input, got {list(x)}")
-        (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = (
-            n.attrs["kernel"], n.attrs["stride"], n.attrs["pads"], n.attrs.get("dilation", (1, 1)))
+        try:
+            (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = (
+                n.attrs["kernel"], n.attrs["stride"], n.attrs["pads"], n.attrs.get("dilation", (1, 1)))
+        except (KeyError, TypeError, ValueError):
+            raise bad("kernel_shape, strides, pads and dilations must be 2-D") from None
+        for what, vals, lo in (("kernel_shape", (kh, kw), 1), ("strides", (sh, sw), 1), ("dilations", (dh, dw), 1),
+                               ("pads", (pt, pl, pb, pr), 0)):
+            if not all(isinstance(v, (int, np.integer)) and lo <= int(v) <= MAX_EXTENT for v in vals):
+                raise bad(f"{what} {[int(v) for v in vals]} out of range ({lo}..{MAX_EXTENT})")
         oh, ow = conv_out(x[1], kh, sh, pt, pb, dh), conv_out(x[2], kw, sw, pl, pr, dw)
         if oh <= 0 or ow <= 0:
             raise bad(f"kernel {kh}x{kw} does not fit input {list(x)}")
         if n.op == "conv":
             w = n.weights["w"]
             g = int(n.attrs["group"])
-            if w.shape[1] * g != x[0] or w.shape[0] % g:
+            if g < 1 or w.ndim != 4 or w.shape[1] * g != x[0] or w.shape[0] % g:
                 raise bad(f"weight {list(w.shape)} with group {g} does not match input channels {x[0]}")
+            if tuple(int(v) for v in w.shape[2:]) != (int(kh), int(kw)):
+                raise bad(f"kernel_shape {[int(kh), int(kw)]} does not match the weight {list(w.shape)}")
+            b = n.weights.get("b")
+            if b is not None and tuple(b.shape) != (int(w.shape[0]),):
+                raise bad(f"bias {list(b.shape)} does not match {int(w.shape[0])} output channels")
             return (int(w.shape[0]), oh, ow)
         return (x[0], oh, ow)
     if n.op == "gap":
         return (x[0], 1, 1)
     if n.op == "gemm":
         k = int(np.prod(x))
-        if n.weights["w"].shape[1] != k:
-            raise bad(f"weight {list(n.weights['w'].shape)} does not match {k} input features")
-        return (int(n.weights["w"].shape[0]),)
+        w = n.weights["w"]
+        if w.ndim != 2 or w.shape[1] != k or w.shape[0] < 1:
+            raise bad(f"weight {list(w.shape)} does not match {k} input features")
+        b = n.weights.get("b")
+        if b is not None and b.size not in (1, int(w.shape[0])):
+            raise bad(f"bias {list(b.shape)} does not match {int(w.shape[0])} outputs")
+        return (int(w.shape[0]),)
     if n.op == "reshape":
         shp = tuple(int(v) for v in n.attrs["shape"])
         if int(np.prod(shp)) != int(np.prod(x)):
