@@ -4,10 +4,10 @@ A pure function (ExecuTorch habit): from the bundle's group table, the model con
 where every byte goes, and the runtime is held to it (:class:`edgespool.offload.buffer_pool.BufferPool` is sized
 from the plan and never grows):
 
-* **pinned** weights, read once at load and never evicted: the embeddings and the head always; for MoE models a
-  copy of every router (+ the FFN norm it is applied after, for expert prediction); then, by priority, whole layer
-  groups (for MoE these are attention + norms + router + shared expert, so "attention where it fits"), hot experts
-  (only when routing statistics are given) and, for dense models, whole layers spread over the depth;
+* **pinned** weights, read once at load and never evicted, chosen by bytes saved per token per byte: the head
+  (its whole size every token) when it fits beside the window, for MoE models a copy of every router (+ the FFN
+  norm it is applied after, for expert prediction), then whole layer groups (for MoE these are attention + norms +
+  router + shared expert, so "attention where it fits"), hot experts  (only when routing statistics are given) and, for dense models, whole layers spread over the depth;
 * the **layer window**: ``window_depth + 1`` slots of the largest streamed layer group (the layer being computed and
   up to ``window_depth`` layers read ahead, TPI-LLM style; dense models get depth 1 before any layer is pinned and
   more depth only from memory left after pinning);
@@ -16,8 +16,11 @@ from the plan and never grows):
   chunk of ``max_batch_tokens`` tokens plus the linear kernels' bounded row-block scratch, an estimate that
   ``edgespool bench`` checks against the measured peak), and a small **I/O staging** area for unaligned reads.
 
-The minimum working set is embed + head (+ routers) + one layer slot (+ top-k expert slots) + KV + workspace +
-staging; a smaller budget raises :class:`BudgetError` naming that minimum.
+An embedding table that is not pinned is read a row per token (``embed_streamed``); a head that is not pinned goes
+through the layer window in row chunks (``head_streamed``; tied: the embedding table, one tensor). The minimum
+working set is one layer slot (+ top-k expert slots, router copies) + the KV cache (f16 by default) + the workspace
+of an 8-token prefill chunk with last-position logits + staging; a smaller budget raises :class:`BudgetError`
+naming that minimum.
 """
 from __future__ import annotations
 
