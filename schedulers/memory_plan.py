@@ -7,7 +7,8 @@ from the plan and never grows):
 * **pinned** weights, read once at load and never evicted, chosen by bytes saved per token per byte: the head
   (its whole size every token) when it fits beside the window, for MoE models a copy of every router (+ the FFN
   norm it is applied after, for expert prediction), then whole layer groups (for MoE these are attention + norms +
-  router + shared expert, so "attention where it fits"), hot experts  (only when routing statistics are given) and, for dense models, whole layers spread over the depth;
+  router + shared expert, so "attention where it fits"), hot experts (only when routing statistics are given)
+  and, for dense models, whole layers spread over the depth;
 * the **layer window**: ``window_depth + 1`` slots of the largest streamed layer group (the layer being computed and
   up to ``window_depth`` layers read ahead, TPI-LLM style; dense models get depth 1 before any layer is pinned and
   more depth only from memory left after pinning);
