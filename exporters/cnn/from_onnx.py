@@ -21,6 +21,24 @@ SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid", "HardS
                  "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Gemm", "MatMul", "Flatten",
                  "Reshape", "Concat", "Identity", "Dropout", "Constant")
 
+# ONNX's input arity of each supported operator (min, max): a node outside it is malformed (onnxruntime refuses it)
+ARITY = {"Conv": (2, 3), "BatchNormalization": (5, 5), "Relu": (1, 1), "Clip": (1, 3), "Sigmoid": (1, 1),
+         "HardSigmoid": (1, 1), "HardSwish": (1, 1), "Add": (2, 2), "Mul": (2, 2), "MaxPool": (1, 1),
+         "AveragePool": (1, 1), "GlobalAveragePool": (1, 1), "ReduceMean": (1, 2), "Gemm": (2, 3), "MatMul": (2, 2),
+         "Flatten": (1, 1), "Reshape": (2, 2), "Concat": (1, 1 << 16), "Identity": (1, 1), "Dropout": (1, 3),
+         "Constant": (0, 0)}
+
+_POOL = {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides"}
+# ONNX's attributes of each supported operator: an unknown one is a malformed node (onnxruntime refuses it)
+ATTRIBUTES = {"Conv": {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"},
+              "MaxPool": _POOL | {"storage_order"}, "AveragePool": _POOL | {"count_include_pad"},
+              "BatchNormalization": {"epsilon", "momentum", "training_mode", "spatial"}, "Clip": {"min", "max"},
+              "HardSigmoid": {"alpha", "beta"}, "ReduceMean": {"axes", "keepdims", "noop_with_empty_axes"},
+              "Gemm": {"alpha", "beta", "transA", "transB"}, "Flatten": {"axis"}, "Reshape": {"allowzero"},
+              "Concat": {"axis"}, "Dropout": {"seed", "ratio", "is_test"},
+              "Constant": {"value", "value_float", "value_floats", "value_int", "value_ints", "value_string",
+                           "value_strings", "sparse_value"}}
+
 
 def _attrs(node: Any, where: str = "ONNX") -> dict[str, Any]:
     from onnx import helper
@@ -131,6 +149,14 @@ def load_onnx_cnn(model_path: str | os.PathLike, input_shape: Sequence[int] | No
         if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_OPS:
             raise UnsupportedModelError(f"{path}: operator {n.op_type!r} (node {n.name or n.output[0]!r}) is not "
                                         f"supported; supported: {', '.join(SUPPORTED_OPS)}")
+        bad_attr = [a.name for a in n.attribute if a.name not in ATTRIBUTES.get(n.op_type, set())]
+        if bad_attr:
+            raise ModelFormatError(f"{path}: node {n.name or (n.output[0] if n.output else '?')!r} ({n.op_type}) has "
+                                   f"attribute {bad_attr[0]!r}, which ONNX {n.op_type} does not define")
+        lo, hi = ARITY[n.op_type]
+        if not lo <= len(n.input) <= hi:
+            raise ModelFormatError(f"{path}: node {n.name or (n.output[0] if n.output else '?')!r} ({n.op_type}) has "
+                                   f"{len(n.input)} inputs; ONNX {n.op_type} takes {lo}..{hi}")
 
     alias: dict[str, str] = {}  # tensor name -> the IR tensor it is identical to
 
