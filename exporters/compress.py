@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError
-from ..kernels.quant import SCHEMES, QTensor, dequantize, quantize
+from ..kernels.quant import QTensor, dequantize, quantize
 from ..runtime.bundle.names import tensor_class
 
 BITS_TO_SCHEME = {32: "f32", 16: "f16", 8: "int8", 4: "int4"}

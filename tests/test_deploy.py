@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import pytest
 from conftest import make_synth_bundle
 from edgespool.apps.deploy import board_agent
 from edgespool.apps.deploy.chunk_plan import plan_bundle
-from edgespool.apps.deploy.deploy import deploy, rollback
+from edgespool.apps.deploy.deploy import deploy
 from edgespool.apps.deploy.preflight import check_fit
 from edgespool.apps.deploy.registry import Device, Registry, parse_url
 from edgespool.benchmarks.deploy_board import modify_one_tensor

@@ -3,7 +3,6 @@ working set the embedding rows are read per token and the head streams in row ch
 resident engine's bit for bit (same kernels, f32 KV); q8_0/f16 KV and a too-long context are handled clearly."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -7,7 +7,6 @@ written to ``<bundle>/mcu/`` (see :mod:`.mcu_c`) and its flash/SRAM figures are 
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
