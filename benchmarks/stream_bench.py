@@ -314,7 +314,8 @@ def run_system(kind: str, path: Path, budget: int | None, profile: str, P: int, 
 
     out = work / f"res-{kind}-{path.name}{tag}.json"
     out.unlink(missing_ok=True)
-    limits = resolve_limits(get_target(profile), memory=str(mem_limit) if mem_limit else None)
+    name, _, medium = profile.partition(":")  # "rpi5:microsd" = the profile's microSD instead of its first medium
+    limits = resolve_limits(get_target(name), storage=medium or None, memory=str(mem_limit) if mem_limit else None)
     if mem_limit is None:  # no memory limit at all (not even the profile's RAM): resident/baseline runs
         from dataclasses import replace
 
@@ -344,7 +345,7 @@ def machine_load() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="/tmp/esbench")
-    ap.add_argument("--profile", default="rpi5")
+    ap.add_argument("--profile", default="rpi5", help="rig profile, optionally :medium (e.g. rpi5:microsd)")
     ap.add_argument("--out", default=None, help="write the markdown table here")
     ap.add_argument("--plot", default=None, help="draw decode tok/s per system vs the storage bound (PNG)")
     ap.add_argument("--small", action="store_true", help="smaller models (quick check)")
