@@ -117,7 +117,9 @@ class Engine:
             raise OptionError(f"{max_len} tokens of context (prompt + new tokens) exceed the memory plan's KV cache "
                               f"of {self.max_context} positions; raise --max-context (and the budget) or shorten "
                               "the prompt / -n")
-        if max_len > self.config.max_position_embeddings:
+        scaling = self.config.rope_scaling or {}
+        # dynamic NTK RoPE rescales its frequencies past the trained context (HF's "dynamic"): no hard limit there
+        if scaling.get("rope_type") != "dynamic" and max_len > self.config.max_position_embeddings:
             raise OptionError(f"{max_len} tokens of context exceed the model's context of "
                               f"{self.config.max_position_embeddings} tokens; shorten the prompt or -n")
         return KVCache(self.config, max_len, self.kv_dtype)
