@@ -145,7 +145,9 @@ class MemoryPlan:
         n_exp_pinned = sum(1 for g in self.pinned_groups if parse_group(g).kind == "expert")
         rows = [
             ("pinned weights", self.pinned_group_bytes,
-             f"{len(self.pinned_groups)} groups: embed/head, {n_layers_pinned} layers, {n_exp_pinned} experts"),
+             f"{len(self.pinned_groups)} groups: {n_layers_pinned} layers, {n_exp_pinned} experts"
+             + "".join(f", {g}" for g in self.pinned_groups if not parse_group(g).is_layer
+                       and parse_group(g).kind != "expert")),
             ("pinned router copies", self.pinned_tensor_bytes, f"{len(self.pinned_tensors)} tensors"),
             ("layer window", self.window_bytes,
              f"{self.layer_slots} slots x {fmt_bytes(self.layer_slot_bytes)} (read-ahead depth <= {self.window_depth},"
