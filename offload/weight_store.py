@@ -131,6 +131,24 @@ class _PendingGroup:
         self.future: Future = Future()
         self.future.set_running_or_notify_cancel()
 
+    def run_chunk(self, read: Callable[[], None]) -> bool:
+        """Run one chunk's ``read`` (skipped once a sibling chunk failed), keep its first error and the time span;
+        True when this was the last chunk to finish."""
+        t0 = time.perf_counter()
+        err: BaseException | None = None
+        try:
+            if self.error is None:
+                read()
+        except BaseException as e:  # noqa: BLE001 - the StorageError of the read, or a bug: delivered to the waiter
+            err = e
+        t1 = time.perf_counter()
+        with self.lock:
+            if err is not None and self.error is None:
+                self.error = err
+            self.t0, self.t1 = min(self.t0, t0), max(self.t1, t1)
+            self.left -= 1
+            return self.left == 0
+
 
 class WeightStore:
     """Reads whole groups of ``bundle``'s weights file into caller-provided, page-aligned buffers."""
@@ -169,22 +187,9 @@ class WeightStore:
     def _chunk(self, pg: _PendingGroup, start: int, ln: int) -> None:
         """Read bytes ``[start, start+ln)`` of the group into its buffer (runs on an I/O thread)."""
         g = self.bundle.groups[pg.group]
-        t0 = time.perf_counter()
-        err: BaseException | None = None
-        try:
-            if pg.error is None:  # a sibling chunk already failed: skip the read, still account for the chunk
-                self._file.read_into(g.offset + start, memoryview(pg.dest)[start: start + ln], f"group {pg.group!r}",
-                                     group=pg.group, base=g.offset, need=min(ln, g.nbytes - start),
-                                     check=start == 0)
-        except BaseException as e:  # noqa: BLE001 - the StorageError of the read, or a bug: deliver it
-            err = e
-        t1 = time.perf_counter()
-        with pg.lock:
-            if err is not None and pg.error is None:
-                pg.error = err
-            pg.t0, pg.t1 = min(pg.t0, t0), max(pg.t1, t1)
-            pg.left -= 1
-            last = pg.left == 0
+        last = pg.run_chunk(lambda: self._file.read_into(
+            g.offset + start, memoryview(pg.dest)[start: start + ln], f"group {pg.group!r}", group=pg.group,
+            base=g.offset, need=min(ln, g.nbytes - start), check=start == 0))
         if not last:
             return
         if pg.error is not None:
@@ -328,22 +333,11 @@ class WeightStore:
             _settle(pg.future, result=GroupRead({geo.tensor: qt}, rec))
 
         def piece(off: int, at: int, ln: int, need: int) -> None:
-            t0 = time.perf_counter()
-            err: BaseException | None = None
-            try:
-                if pg.error is None and need > 0:
+            def read() -> None:
+                if need > 0:
                     self._file.read_into(off, memoryview(dest)[at: at + ln], what, group=geo.group, base=base,
                                          need=need, check=False)
-            except BaseException as e:  # noqa: BLE001 - delivered to the waiter once every piece is done
-                err = e
-            t1 = time.perf_counter()
-            with pg.lock:
-                if err is not None and pg.error is None:
-                    pg.error = err
-                pg.t0, pg.t1 = min(pg.t0, t0), max(pg.t1, t1)
-                pg.left -= 1
-                last = pg.left == 0
-            if last:
+            if pg.run_chunk(read):
                 finish()
 
         with self._lock:
