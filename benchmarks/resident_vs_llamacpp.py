@@ -68,30 +68,35 @@ REAL_TEXT = ("def quicksort(items):\n    \"\"\"Sort a list of numbers in ascendi
 
 
 # -- artefacts ------------------------------------------------------------------------------------------------------
+def _export_once(src_path: Path, bundle: Path, quant: str) -> Path:
+    """Export ``src_path`` as a ``quant`` bundle (g32, C/TVM kernels with q8 activations) unless ``bundle`` exists."""
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model, open_source
+
+    if not (bundle / "manifest.json").exists():
+        t0 = time.perf_counter()
+        src = open_source(src_path)
+        try:
+            export_model(src, bundle, policy=QuantPolicy(quant=quant, group_size=32), overwrite=True, onnx=False,
+                         kernels=True, progress=False, kernel_activations="q8")
+        finally:
+            src.close()
+        print(f"exported {bundle} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return bundle
+
+
 def prepare(work: Path, spec: dict) -> dict[str, Path]:
     """HF checkpoint, edgespool int8/int4 bundles (kernels f32 + q8) and llama.cpp Q8_0/Q4_0 GGUFs under ``work``
     (each made once; delete the directory to rebuild)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from edgespool.benchmarks.stream_bench import write_hf
-    from edgespool.exporters.compress import QuantPolicy
-    from edgespool.exporters.export import export_model, open_source
     import gguf_tools
 
     work.mkdir(parents=True, exist_ok=True)
     hf = write_hf(work / "hf", spec)
     out: dict[str, Path] = {"hf": hf}
     for q in ("int8", "int4"):
-        b = work / f"bundle_{q}"
-        if not (b / "manifest.json").exists():
-            t0 = time.perf_counter()
-            src = open_source(hf)
-            try:
-                export_model(src, b, policy=QuantPolicy(quant=q, group_size=32), overwrite=True, onnx=False,
-                             kernels=True, progress=False, kernel_activations="q8")
-            finally:
-                src.close()
-            print(f"exported {b} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        out[q] = b
+        out[q] = _export_once(hf, work / f"bundle_{q}", q)
     f16 = work / "f16.gguf"
     if not f16.exists():
         gguf_tools.convert(hf, f16, "f16")
@@ -121,9 +126,6 @@ def requantize(src: Path, dst: Path, ftype: str) -> Path:
 
 def prepare_real(work: Path, name: str) -> dict[str, Path]:
     """For the fetched GGUF ``name``: edgespool int8 / int4 / keep bundles and llama.cpp Q8_0 / Q4_0 files."""
-    from edgespool.exporters.compress import QuantPolicy
-    from edgespool.exporters.export import export_model, open_source
-
     gg = sorted((Path.home() / ".cache/edgespool/assets" / name).glob("*.gguf"))
     if not gg:
         raise SystemExit(f"{name}: run `edgespool fetch {name}` first")
@@ -131,17 +133,7 @@ def prepare_real(work: Path, name: str) -> dict[str, Path]:
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {"file.gguf": gg[0]}
     for q in ("int8", "int4", "keep"):
-        b = work / f"bundle_{q}"
-        if not (b / "manifest.json").exists():
-            t0 = time.perf_counter()
-            src = open_source(gg[0])
-            try:
-                export_model(src, b, policy=QuantPolicy(quant=q, group_size=32), overwrite=True, onnx=False,
-                             kernels=True, progress=False, kernel_activations="q8")
-            finally:
-                src.close()
-            print(f"exported {b} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        out[q] = b
+        out[q] = _export_once(gg[0], work / f"bundle_{q}", q)
     for ft in ("q8_0", "q4_0"):
         g = work / f"{ft}.gguf"
         if not g.exists():
