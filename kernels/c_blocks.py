@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import BundleError, TargetError
 from .quant import QTensor
-from .table import REFERENCE, KernelTable
+from .table import REFERENCE, KernelTable, RoutedLinear
 
 SOURCE = Path(__file__).with_name("c_src") / "blockdot.c"
 LIBRARY_NAME = "blockdot.so"
@@ -182,22 +182,9 @@ class BlockKernels:
         lin = dict(base.linear_kernels)
         for scheme in SCHEME_CODES:
             if scheme in lin:
-                lin[scheme] = _Routed(self, lin[scheme])
+                lin[scheme] = RoutedLinear(self, lin[scheme])
         desc = description or f"C block kernels ({self.isa}, {self.threads} threads)"
         return base.replace(linear_kernels=lin, description=desc, backend=self)
-
-
-class _Routed:
-    """A table entry: the block kernel when one fits, else the base table's kernel."""
-
-    def __init__(self, kernels: BlockKernels, fallback: Any):
-        self.kernels = kernels
-        self.fallback = fallback
-        self.workspace_bytes = int(getattr(fallback, "workspace_bytes", 0) or 0)
-
-    def __call__(self, x: np.ndarray, w: QTensor) -> np.ndarray:
-        y = self.kernels.linear(x, w)
-        return self.fallback(x, w) if y is None else y
 
 
 def host_library(cache_dir: Path | None = None) -> Path:

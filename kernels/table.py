@@ -75,5 +75,20 @@ class KernelTable:
         return dataclasses.replace(self, **changes)
 
 
+class RoutedLinear:
+    """A :class:`KernelTable` linear entry for a compiled backend: ``backend.linear(x, w)`` when it serves the
+    weight (it returns None when it does not), else the base table's kernel for the scheme."""
+
+    def __init__(self, backend: Any, fallback: Any):
+        self.kernels = backend
+        self.fallback = fallback
+        # the fallback may still run: reserve what it needs (KernelTable.workspace_bytes reads this)
+        self.workspace_bytes = int(getattr(fallback, "workspace_bytes", 0) or 0)
+
+    def __call__(self, x: np.ndarray, w: QTensor) -> np.ndarray:
+        y = self.kernels.linear(x, w)
+        return self.fallback(x, w) if y is None else y
+
+
 # The numpy-only table: immutable, the default wherever a table is not given.
 REFERENCE = KernelTable(REFERENCE_KERNELS, None, "numpy reference kernels")

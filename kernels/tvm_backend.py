@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import BundleError, TargetError
 from .quant import SCHEMES, QTensor, get_scheme
-from .table import REFERENCE, KernelTable
+from .table import REFERENCE, KernelTable, RoutedLinear
 from .tvm_attention import AttentionSpec
 from .tvm_build import LinearSpec
 
@@ -326,7 +326,7 @@ class TvmKernels:
         lin = dict(base.linear_kernels)
         for scheme, spec in SCHEMES.items():  # the schemes compiled kernel families serve (the registry says)
             if spec.kernel_families and scheme in lin:
-                lin[scheme] = _Routed(self, lin[scheme])
+                lin[scheme] = RoutedLinear(self, lin[scheme])
         attn = self.attention if self.attention is not None else base.attention_kernel
         if description is None:
             description = f"TVM kernels ({len(self.specs)} linear" + (
@@ -417,18 +417,3 @@ class TvmAttention:
         replaced by this one (linear kernels unchanged), e.g. to benchmark or test the attention kernel alone."""
         return base.replace(attention_kernel=self,
                             description=description or f"{base.description} + TVM attention ({len(self._fns)})")
-
-
-class _Routed:
-    """A :class:`~edgespool.kernels.table.KernelTable` linear entry: the TVM kernel when one fits, else the base
-    table's kernel for the scheme."""
-
-    def __init__(self, kernels: TvmKernels, fallback: Any):
-        self.kernels = kernels
-        self.fallback = fallback
-        # the fallback may still run: reserve what it needs (KernelTable.workspace_bytes reads this)
-        self.workspace_bytes = int(getattr(fallback, "workspace_bytes", 0) or 0)
-
-    def __call__(self, x: np.ndarray, w: QTensor) -> np.ndarray:
-        y = self.kernels.linear(x, w)
-        return self.fallback(x, w) if y is None else y
