@@ -1,7 +1,9 @@
 """Units, in one place: parse sizes, rates and counts given by people; format bytes and rates for people; read
-this process's peak resident set. Every size option of the CLI, the API and the rig goes through these."""
+this process's peak resident set; tell whether a process is alive (owners of stale locks and staging folders).
+Every size option of the CLI, the API and the rig goes through these."""
 from __future__ import annotations
 
+import os
 import re
 import resource
 
@@ -87,3 +89,14 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0; a process of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

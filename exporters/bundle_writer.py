@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BundleError, OptionError
+from ..units import pid_alive
 from ..runtime.bundle.schemes import QTensor, get_scheme
 from ..runtime.bundle.constants import (
     ALIGNMENT, CHAT_TEMPLATE, MAGIC, MANIFEST, MAX_MANIFEST_BYTES, NEURON_BUNDLES_SCHEMA_VERSION, PART_ALIGNMENT,
@@ -119,16 +120,6 @@ def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
     check_output_path(out_dir, overwrite)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 _STAGE_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
 
 
@@ -147,7 +138,7 @@ def clean_stale_staging(out_dir: Path) -> list[Path]:
         if not m or m["name"] != out_dir.name or p.is_symlink() or not p.is_dir():
             continue
         pid = int(m["pid"])
-        if pid != os.getpid() and _pid_alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             continue
         if m["kind"] == "old" and not out_dir.exists() and is_bundle_dir(p):
             os.replace(p, out_dir)  # the kill came between the two renames: the old bundle is still the bundle

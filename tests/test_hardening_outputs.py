@@ -24,6 +24,7 @@ from edgespool.exporters.bundle_writer import (
     is_bundle_dir,
 )
 from edgespool.runtime.bundle.reader import Bundle
+from edgespool import units
 
 
 def _user_folder(root: Path, manifest: str | None = '{"name": "my app"}') -> Path:
@@ -123,7 +124,7 @@ def test_kill_between_the_renames_leaves_the_old_bundle_recoverable(tmp_path):
     make_synth_bundle(out, quant="f32")
     # simulate a dead exporter: the old bundle set aside by pid 2^22+7 (not alive), no bundle at out
     dead = 4194311
-    assert not bundle_writer._pid_alive(dead)
+    assert not units.pid_alive(dead)
     os.replace(out, tmp_path / f".b.old-{dead}")
     (tmp_path / f".b.partial-{dead}").mkdir()
     (tmp_path / f".b.partial-{dead}" / "weights.bin").write_bytes(b"\0" * 100)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import RigError
+from ...units import pid_alive
 from .blockdev import BlockDevice
 
 PREFIX = "edgespool-rig-"
@@ -134,16 +135,6 @@ def _kv(text: str, key: str) -> int | None:
         if len(parts) == 2 and parts[0] == key:
             return int(parts[1])
     return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -394,7 +385,7 @@ def sweep_stale(base: Path) -> list[Path]:
             owner = int(d.name[len(PREFIX):].split("-", 1)[0])
         except ValueError:
             continue
-        if _pid_alive(owner):
+        if pid_alive(owner):
             continue
         try:
             if not _read(d / "cgroup.procs").split():
