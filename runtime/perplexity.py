@@ -74,10 +74,16 @@ def perplexity(logits_fn: Callable[[list[int]], np.ndarray], ids: Sequence[int],
                bos: int | None = None, max_chunks: int | None = None,
                progress: Callable[[int, int, float], None] | None = None) -> PerplexityResult:
     """Perplexity of ``ids`` with ``logits_fn(chunk) -> [ctx, V]`` logits (a fresh context per chunk)."""
+    return _windowed(lambda c: chunk_nll(logits_fn(c), c), ids, ctx, bos, max_chunks, progress)
+
+
+def _windowed(nll: Callable[[list[int]], tuple[float, int]], ids: Sequence[int], ctx: int, bos: int | None,
+              max_chunks: int | None, progress: Callable[[int, int, float], None] | None) -> PerplexityResult:
+    """Sum ``nll(window) -> (sum of NLL, count)`` over llama-perplexity's windows of ``ids``: the running figure."""
     windows = chunks(ids, ctx, bos, max_chunks)
     total, count, running = 0.0, 0, []
     for i, c in enumerate(windows):
-        s, n = chunk_nll(logits_fn(c), c)
+        s, n = nll(c)
         total += s
         count += n
         running.append(math.exp(total / count))
@@ -118,13 +124,4 @@ def engine_perplexity(engine, ids: Sequence[int], ctx: int = 512, bos: int | Non
                       progress: Callable[[int, int, float], None] | None = None) -> PerplexityResult:
     """:func:`perplexity` computed with :func:`engine_chunk_nll` (prefill pieces, logits only where scored): the
     way a streamed model is measured; with the same pieces and KV format a resident engine gives the same figure."""
-    windows = chunks(ids, ctx, bos, max_chunks)
-    total, count, running = 0.0, 0, []
-    for i, c in enumerate(windows):
-        s, n = engine_chunk_nll(engine, c)
-        total += s
-        count += n
-        running.append(math.exp(total / count))
-        if progress:
-            progress(i + 1, len(windows), running[-1])
-    return PerplexityResult(running[-1], total / count, count, len(windows), ctx, len(ids), tuple(running))
+    return _windowed(lambda c: engine_chunk_nll(engine, c), ids, ctx, bos, max_chunks, progress)
