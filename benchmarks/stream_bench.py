@@ -342,6 +342,22 @@ def machine_load() -> str:
                                                         for p in procs) if procs else "")
 
 
+def measure_rig(bundle: Path, tiny_gguf: Path, profile: str, P: int, N: int, work: Path, meta: dict,
+                baselines: dict) -> dict:
+    """Once per benchmark: the rig's cold read bandwidth of ``bundle``'s weights and each family's process baseline
+    (max of cgroup peak and VmHWM of a no-weights run), recorded into ``meta`` and ``baselines``."""
+    storage = run_system("storage", bundle / "weights.bin", None, profile, P, N, work, None)
+    meta["storage"] = storage
+    print("storage:", json.dumps(storage), flush=True)
+    for fam, kind, p in (("edgespool", "base-edgespool", bundle), ("llama", "base-llama", tiny_gguf)):
+        r = run_system(kind, p, None, profile, P, N, work, None)
+        r["baseline"] = max(r.get("peak_cgroup") or 0, r.get("vm_hwm") or 0)
+        baselines[fam] = r
+        print(f"baseline {fam}:", json.dumps(r), flush=True)
+    meta["baselines"] = {k: v["baseline"] for k, v in baselines.items()}
+    return storage
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="/tmp/esbench")
@@ -390,16 +406,7 @@ def main() -> None:
             bundle = make_bundle(hf, work / f"{hf.name}-{quant}.bundle", quant)
             gguf = make_gguf(hf, work / f"{hf.name}-{quant}.gguf", quant)
             if storage is None:
-                storage = run_system("storage", bundle / "weights.bin", None, args.profile, P, N, work, None)
-                meta["storage"] = storage
-                print("storage:", json.dumps(storage), flush=True)
-            if not baselines:
-                for fam, kind, p in (("edgespool", "base-edgespool", bundle), ("llama", "base-llama", tiny_gguf)):
-                    r = run_system(kind, p, None, args.profile, P, N, work, None)
-                    r["baseline"] = max(r.get("peak_cgroup") or 0, r.get("vm_hwm") or 0)
-                    baselines[fam] = r
-                    print(f"baseline {fam}:", json.dumps(r), flush=True)
-                meta["baselines"] = {k: v["baseline"] for k, v in baselines.items()}
+                storage = measure_rig(bundle, tiny_gguf, args.profile, P, N, work, meta, baselines)
             size = (bundle / "weights.bin").stat().st_size
             gsize = gguf.stat().st_size
             ratio = 4 if mname == "dense" else 3  # (moe32k: 1/3 like the MoE)
@@ -473,16 +480,7 @@ def main_real(args: argparse.Namespace) -> None:
         P = len(ids)
         meta["prompt"] = P
         if storage is None:
-            storage = run_system("storage", bundle / "weights.bin", None, args.profile, P, N, work, None)
-            meta["storage"] = storage
-            print("storage:", json.dumps(storage), flush=True)
-        if not baselines:
-            for fam, kind, p in (("edgespool", "base-edgespool", bundle), ("llama", "base-llama", tiny_gguf)):
-                r = run_system(kind, p, None, args.profile, P, N, work, None)
-                r["baseline"] = max(r.get("peak_cgroup") or 0, r.get("vm_hwm") or 0)
-                baselines[fam] = r
-                print(f"baseline {fam}:", json.dumps(r), flush=True)
-            meta["baselines"] = {k: v["baseline"] for k, v in baselines.items()}
+            storage = measure_rig(bundle, tiny_gguf, args.profile, P, N, work, meta, baselines)
         size = Bundle(bundle).weights_nbytes
         lo = minimum_budget(Bundle(bundle), None, max_context=P + N, max_batch_tokens=P)
         for k in (int(x) for x in args.budgets.split(",")):
