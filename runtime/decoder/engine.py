@@ -136,11 +136,12 @@ class Engine:
 
     # -- one step ---------------------------------------------------------------------------------------------
     def forward(self, tokens: Iterable[int] | np.ndarray, cache: KVCache, last_only: bool = False,
-                logits: bool = True) -> np.ndarray:
+                logits: bool = True, layers: int | None = None) -> np.ndarray:
         """Run the T new ``tokens`` (positions ``cache.length ..``) through the model in one batched pass,
         append their keys/values to ``cache``, and return float32 logits ``[T, V]`` (``[1, V]`` for the last
         token only when ``last_only``; nothing, and no head pass, with ``logits=False``: a prefill chunk that is
-        not the prompt's last)."""
+        not the prompt's last). ``layers``: run only the first that many layers before the head (self-drafting,
+        :meth:`forward_prefix`)."""
         c, src, kern = self.config, self.source, self.kernels
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         T = tokens.size
@@ -163,10 +164,11 @@ class Engine:
             x *= np.float32(c.embedding_multiplier)
         res = None if c.residual_multiplier == 1 else np.float32(c.residual_multiplier)  # Granite: block output scale
 
-        for i in range(c.num_layers):
+        n_run = c.num_layers if layers is None else layers
+        for i in range(n_run):
             g = layer_group(i)
             w = src.get(g)
-            src.hint([layer_group(i + 1)] if i + 1 < c.num_layers else self._head_groups)
+            src.hint([layer_group(i + 1)] if i + 1 < n_run else self._head_groups)
             p = layer_prefix(i)
             # attention block
             h = rmsnorm(x, _vec(w[p + "attn_norm"]), c.rms_norm_eps)
@@ -196,6 +198,20 @@ class Engine:
             x = x[-1:]
         logits_out = self._head(x)
         return logits_out
+
+    def forward_prefix(self, tokens: Iterable[int] | np.ndarray, cache: KVCache, n_layers: int,
+                       last_only: bool = False) -> np.ndarray:
+        """Self-drafting: the first ``n_layers`` layers, then the final norm and the head (an early exit) of the
+        ``tokens``; ``cache`` holds only those layers (:meth:`new_prefix_cache`). Logits as :meth:`forward`."""
+        if not 1 <= n_layers <= self.config.num_layers:
+            raise OptionError(f"self-draft layers {n_layers}: must be in 1..{self.config.num_layers}")
+        return self.forward(tokens, cache, last_only=last_only, layers=n_layers)
+
+    def new_prefix_cache(self, n_layers: int, max_len: int) -> KVCache:
+        """A KV cache for the first ``n_layers`` layers (:meth:`forward_prefix`), in the engine's KV format."""
+        from dataclasses import replace
+
+        return KVCache(replace(self.config, num_layers=n_layers), max_len, self.kv_dtype)
 
     def _head(self, x: np.ndarray) -> np.ndarray:
         """Final norm and head of the hidden states ``x`` ``[R, H]`` -> float32 logits ``[R, V]``; the head comes

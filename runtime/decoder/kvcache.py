@@ -12,7 +12,8 @@ Layout (llama2.c habit: one struct per lifetime; this one lives for one generati
 positions asked for into one layer's float32 scratch (``2 * n_kv * max_len * head_dim * 4`` bytes, counted in the
 plan's workspace) and returns views of it; an f32 cache returns views of its own arrays.
 
-The engine writes a step's T new positions into every layer, then calls :meth:`advance`.
+The engine writes a step's T new positions into every layer, then calls :meth:`advance`; :meth:`truncate` rolls
+the length back (rejected speculative drafts).
 """
 from __future__ import annotations
 
@@ -118,3 +119,11 @@ class KVCache:
     def reset(self) -> None:
         """Forget every position (the arrays are reused)."""
         self.length = 0
+
+    def truncate(self, n: int) -> None:
+        """Forget positions ``n..length-1`` (speculative decoding rolls back rejected drafts): the next
+        :meth:`write` overwrites them, and :meth:`view` never reads past ``length``. Works the same for f16, f32
+        and q8_0 (values and scales live at the same positions); ``n`` must be in ``0..length``."""
+        if not 0 <= int(n) <= self.length:
+            raise OptionError(f"KV cache truncate({n}): must be in 0..{self.length} (the filled positions)")
+        self.length = int(n)
