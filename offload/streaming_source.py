@@ -340,7 +340,7 @@ class StreamingWeights:
 
 
 _PLAN_KEYS = ("max_context", "max_batch_tokens", "max_window_depth", "hot_experts", "workspace", "neuron_capacity",
-              "kv_dtype", "logits_rows")
+              "kv_dtype", "logits_rows", "reserved_bytes", "reserved_for")
 
 
 def open_streaming(bundle: Bundle, budget: int | str, *, target: str | None = None, verify: bool | str = True,

@@ -94,6 +94,9 @@ class MemoryPlan:
     head_bytes: int = 0  # stored bytes of the head tensor
     embed_row_bytes: int = 0  # stored bytes of one embedding row
     logits_rows: int = 1  # logit rows the workspace holds (1: generation; a chunk for perplexity)
+    # bytes of the budget set aside before planning (a speculative draft model and its KV cache, issue 16)
+    reserved_bytes: int = 0
+    reserved_for: str = ""
 
     @property
     def neuron_window_bytes(self) -> int:
@@ -120,7 +123,7 @@ class MemoryPlan:
 
     @property
     def total_bytes(self) -> int:
-        return self.pool_bytes + self.kv_cache_bytes + self.workspace_bytes
+        return self.pool_bytes + self.kv_cache_bytes + self.workspace_bytes + self.reserved_bytes
 
     @property
     def is_resident(self) -> bool:
@@ -164,6 +167,7 @@ class MemoryPlan:
              f"{self.max_context} positions (model context {self.model_context}), {self.kv_dtype}"),
             ("activation workspace", self.workspace_bytes,
              f"estimate for {self.max_batch_tokens}-token prefill chunks, logits of {self.logits_rows} position(s)"),
+            *([("reserved", self.reserved_bytes, self.reserved_for)] if self.reserved_bytes else []),
         ]
         lines = [f"memory plan for {self.arch} ({fmt_bytes(self.model_bytes)} of weights) on {self.target}, "
                  f"budget {fmt_bytes(self.budget_bytes)}:"]
@@ -264,7 +268,8 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
                 max_context: int | None = None, max_batch_tokens: int = 256,
                 max_window_depth: int = DEFAULT_MAX_WINDOW_DEPTH, hot_experts: list[str] | None = None,
                 workspace: int | None = None, neuron_capacity: float | int = DEFAULT_NEURON_CAPACITY,
-                kernels: KernelTable = REFERENCE, kv_dtype: str = "f16", logits_rows: int = 1) -> MemoryPlan:
+                kernels: KernelTable = REFERENCE, kv_dtype: str = "f16", logits_rows: int = 1,
+                reserved_bytes: int = 0, reserved_for: str = "") -> MemoryPlan:
     """Plan a streamed run of ``bundle`` in ``budget_bytes`` (an int or a size string such as ``"512MiB"``).
 
     ``max_context``: KV cache positions (default: what the budget allows, up to the model's context: the largest
@@ -272,7 +277,8 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     (default), f32 or q8_0. ``max_batch_tokens``: the largest prefill chunk (the plan shrinks it when the budget
     is tight). ``logits_rows``: logit rows the workspace holds (1 for generation). ``hot_experts``: expert groups to
     pin first (e.g. from routing statistics); without them all expert memory is an adaptive cache. ``workspace``
-    overrides the activation-workspace estimate. ``neuron_capacity``: bundles with row-column bundled FFNs keep this
+    overrides the activation-workspace estimate. ``reserved_bytes`` (``reserved_for`` says what: a draft model) come
+    off the budget first and count in the plan's total. ``neuron_capacity``: bundles with row-column bundled FFNs keep this
     many neurons per layer in memory (a float in (0, 1]: that fraction of the layer's neurons).
 
     What is pinned is chosen by bytes saved per token per byte of memory: a pinned layer or a pinned head saves its
@@ -284,7 +290,9 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     cfg = bundle.config
     if cfg is None:
         raise BudgetError(f"{bundle.path}: memory planning needs a decoder bundle (kind={bundle.kind!r})")
-    budget = parse_bytes(budget_bytes, "--memory-budget")
+    budget_total = parse_bytes(budget_bytes, "--memory-budget")
+    reserved = max(0, int(reserved_bytes))
+    budget = budget_total - reserved  # what this model's own plan may use
     check_kv_dtype(kv_dtype, cfg.head_dim)
     model_ctx = int(cfg.max_position_embeddings)
     if max_context is not None:
@@ -367,15 +375,17 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     kv = kv_cache_bytes(cfg, ctx, kv_dtype)
     if budget < minimum:
         err = BudgetError(
-            f"memory budget {fmt_bytes(budget)} is below the minimum working set of {bundle.path.name} "
+            f"memory budget {fmt_bytes(budget_total)}"
+            + (f" less {fmt_bytes(reserved)} for {reserved_for or 'reserved memory'}" if reserved else "")
+            + f" is below the minimum working set of {bundle.path.name} "
             f"({fmt_bytes(minimum)} = {minimum} bytes at {ctx} tokens of context: one layer slot "
             f"{fmt_bytes(layer_slot)}" + (f", {topk} experts {fmt_bytes(topk * expert_slot)}, router copies "
                                           f"{fmt_bytes(router_bytes)}" if topk else "")
             + f", KV cache {fmt_bytes(kv)} ({kv_dtype}), workspace {fmt_bytes(ws_of(t_min, ctx))}, I/O staging "
             f"{fmt_bytes(staging)}" + (f", neuron windows + pinned gate rows {fmt_bytes(n_bytes)}" if n_bytes else "")
-            + f"; embedding rows and the head stream); raise the budget to at least {fmt_bytes(minimum)} or lower "
+            + f"; embedding rows and the head stream); raise the budget to at least {fmt_bytes(minimum + reserved)} or lower "
             "--max-context" + (" or the neuron capacity" if n_bytes else ""))
-        err.minimum = minimum  # type: ignore[attr-defined]
+        err.minimum = minimum + reserved  # type: ignore[attr-defined]
         raise err
     # the prefill chunk: as long as asked while its workspace takes at most a quarter of the memory left
     T = max(t_min, min(max_batch_tokens, ctx))
@@ -383,7 +393,8 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
         T = max(t_min, T // 2)
     ws = ws_of(T, ctx)
     target = target_profile.name if target_profile else "host"
-    common = dict(budget_bytes=budget, target=target, arch=cfg.arch, model_bytes=bundle.weights_nbytes,
+    common = dict(budget_bytes=budget_total, reserved_bytes=reserved, reserved_for=reserved_for, target=target,
+                  arch=cfg.arch, model_bytes=bundle.weights_nbytes,
                   max_context=ctx, kv_cache_bytes=kv, max_batch_tokens=T, workspace_bytes=ws,
                   kv_dtype=kv_dtype, model_context=model_ctx, head_tensor=head_t, head_bytes=hg.nbytes,
                   embed_row_bytes=eg.row_bytes, logits_rows=logits_rows)
