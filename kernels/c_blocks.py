@@ -200,14 +200,15 @@ def host_library(cache_dir: Path | None = None) -> Path:
 
 
 def bundle_table(kernels_dir: str | Path, section: dict[str, Any], base: KernelTable | None,
-                 target: str = "?") -> KernelTable | None:
+                 target: str = "?", threads: int | None = None) -> KernelTable | None:
     """``base`` (the bundle's TVM table, or the numpy reference when None) with the bundle's C block kernels
     (``section["block"]``, the kernels manifest section) over it, or None when the bundle has none. The caller
-    has checked that the section's target fits this CPU."""
+    has checked that the section's target fits this CPU. ``threads``: the kernels' worker threads (default
+    :func:`default_threads`)."""
     rec = section.get("block")
     if not rec:
         return None
-    kern = BlockKernels(Path(kernels_dir) / rec["file"])
+    kern = BlockKernels(Path(kernels_dir) / rec["file"], threads)
     base = base if base is not None else REFERENCE
     desc = f"C block kernels from the bundle ({kern.isa}, {kern.threads} threads, for {target})"
     if base is not REFERENCE:
