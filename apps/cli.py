@@ -26,6 +26,8 @@ COMMAND_MODULES = [
     "cmd_perplexity",
     "cmd_device",
     "cmd_deploy",
+    "cmd_serve",
+    "cmd_chat",
 ]
 
 

@@ -91,3 +91,21 @@ def split_stops(stop: Any, vocab_size: int) -> tuple[tuple[int, ...] | None, tup
         else:
             raise OptionError(f"stop: {s!r} is neither a string nor a token id in 0..{vocab_size - 1}")
     return (tuple(ids) if ids or not strs else None), tuple(strs)
+
+
+class TextOutput:
+    """One sequence's text: :class:`TextDecoder` then :class:`StopText`. :meth:`push` a generated id, get the text
+    to emit; :attr:`stopped` once a stop string was seen."""
+
+    def __init__(self, tokenizer: Any, stops: Iterable[str]) -> None:
+        self._dec, self._stops = TextDecoder(tokenizer), StopText(stops)
+
+    @property
+    def stopped(self) -> str | None:
+        return self._stops.stopped
+
+    def push(self, token: int) -> str:
+        return self._stops.push(self._dec.push(token))
+
+    def flush(self) -> str:
+        return self._stops.flush()
