@@ -37,7 +37,7 @@ from .decoder.sampling import Sampler
 from .decoder.tokenizer import BundleTokenizer
 from .decoder.weights import ResidentWeights, WeightSource
 from .serving import shapes
-from .serving.text import StopText, TextDecoder, split_stops
+from .serving.text import TextOutput, split_stops
 
 
 @dataclass
@@ -281,7 +281,7 @@ class Model:
         self._kv, self._kv_ids = kv, list(req.ids)
         self.engine.stats.reset()
         st = self.stats = GenerationStats(self.engine.stats, cached_tokens=reused)
-        dec, stops = TextDecoder(self.tokenizer), StopText(req.stop_strs)
+        out = TextOutput(self.tokenizer, req.stop_strs)
         st.finish_reason = "length"
         if req.max_tokens == 0:
             return
@@ -296,8 +296,8 @@ class Model:
                     raise OptionError("another generation started on this model while this one was being read; "
                                       "finish or close one generator before starting the next")
                 self._kv_ids.append(tok)
-                text = stops.push(dec.push(tok))
-                if stops.stopped is not None:
+                text = out.push(tok)
+                if out.stopped is not None:
                     st.finish_reason = "stop"
                     if text:
                         yield -1, text  # the text before the stop string (no token: it completed the stop)
@@ -306,7 +306,7 @@ class Model:
                 yield tok, text
             if st.generated_tokens < req.max_tokens:
                 st.finish_reason = "stop"  # a stop id / EOS
-            tail = stops.flush()
+            tail = out.flush()
             if tail:
                 yield -1, tail
         finally:

@@ -78,6 +78,49 @@ def _vec(t: QTensor | None) -> np.ndarray | None:
     return None if t is None else t.dequantize()
 
 
+class CacheBatch:
+    """Several sequences in one :meth:`Engine.forward` pass (continuous batching): sequence j brings ``counts[j]``
+    new tokens (concatenated in this order) at positions ``caches[j].length ..`` of its own KV cache. Every layer's
+    weights are read once for all of them; attention is per sequence. Built by :meth:`Engine.forward_batch`."""
+
+    def __init__(self, caches: list[KVCache], counts: list[int]) -> None:
+        if len(caches) != len(counts) or not caches or min(counts) < 1:
+            raise OptionError("a batch needs one cache and at least one new token per sequence")
+        if len({id(c) for c in caches}) != len(caches):
+            raise OptionError("a batch cannot hold the same KV cache twice")
+        self.caches, self.counts = list(caches), [int(n) for n in counts]
+        self.ends = np.cumsum(self.counts)
+
+    @property
+    def length(self) -> int:  # only for messages; positions come from positions()
+        return max(c.length for c in self.caches)
+
+    def check_room(self, n: int) -> None:
+        if n != int(self.ends[-1]):
+            raise OptionError(f"a batch of {int(self.ends[-1])} tokens was given {n}")
+        for cache, m in zip(self.caches, self.counts):
+            cache.check_room(m)
+
+    def positions(self) -> np.ndarray:
+        """Each new token's position in its own sequence, concatenated ``[T]``."""
+        return np.concatenate([np.arange(c.length, c.length + m) for c, m in zip(self.caches, self.counts)])
+
+    def spans(self) -> Iterator[tuple[KVCache, int, int]]:
+        """(cache, first row, end row) of each sequence in the batch's rows."""
+        a = 0
+        for cache, b in zip(self.caches, self.ends):
+            yield cache, a, int(b)
+            a = int(b)
+
+    def last_rows(self, x: np.ndarray) -> np.ndarray:
+        """The rows of each sequence's last new token ``[n_seq, ...]``."""
+        return x[self.ends - 1]
+
+    def advance(self, n: int) -> None:
+        for cache, m in zip(self.caches, self.counts):
+            cache.advance(m)
+
+
 class Engine:
     """Decoder-only transformer inference over a :class:`WeightSource` (resident or streaming), every linear layer
     and attention through ``kernels`` (this model's :class:`~edgespool.kernels.table.KernelTable`; default the
@@ -150,7 +193,7 @@ class Engine:
         if tokens.min() < 0 or tokens.max() >= c.vocab_size:
             raise OptionError(f"token id out of range [0, {c.vocab_size}): {int(tokens.max())}")
         cache.check_room(T)
-        pos = np.arange(cache.length, cache.length + T)
+        pos = cache.positions() if isinstance(cache, CacheBatch) else np.arange(cache.length, cache.length + T)
         tables = {id(r): r.cos_sin(pos) for r in self.layer_rope if r}  # (cos, sin) [T, D] of each distinct RoPE
 
         src.hint([EMBED, layer_group(0)])
@@ -165,7 +208,13 @@ class Engine:
         res = None if c.residual_multiplier == 1 else np.float32(c.residual_multiplier)  # Granite: block output scale
 
         n_run = c.num_layers if layers is None else layers
+        # a CPU/GPU split source (edgespool.offload.gpu_split) computes its GPU layers and head itself, KV cache on
+        # the GPU; the activations cross the link once per CPU<->GPU boundary
+        dev = getattr(src, "device_layers", None) if layers is None else None
         for i in range(n_run):
+            if dev is not None and dev.runs(i):
+                x = dev.layer(i, x, pos, tables[id(self.layer_rope[i])] if self.layer_rope[i] else None, cache)
+                continue
             g = layer_group(i)
             w = src.get(g)
             src.hint([layer_group(i + 1)] if i + 1 < n_run else self._head_groups)
@@ -195,9 +244,25 @@ class Engine:
         if not logits:
             return None  # type: ignore[return-value]
         if last_only:
-            x = x[-1:]
+            x = cache.last_rows(x) if isinstance(cache, CacheBatch) else x[-1:]
+        if dev is not None and dev.has_head:
+            return dev.head(x)
         logits_out = self._head(x)
         return logits_out
+
+    def forward_batch(self, seqs: list[tuple[Iterable[int] | np.ndarray, KVCache]],
+                      logits: bool = True) -> np.ndarray:
+        """Continuous batching: run several sequences' new tokens -- ``seqs`` = [(tokens, cache), ...], each cache
+        its own sequence, any number of new tokens each (a prompt chunk of one, a decode token of another) -- in
+        ONE pass through each layer (a streamed model reads each group once per step for all of them), appending
+        each sequence's keys/values to its cache. Returns float32 logits ``[n_seq, V]`` of each sequence's last new
+        token (nothing with ``logits=False``). Equal to :meth:`forward` of each sequence alone, up to the float
+        rounding of batched matrix products."""
+        if getattr(self.source, "device_layers", None) is not None:
+            raise OptionError("batched decoding runs on the CPU engine; this source computes layers on a GPU")
+        toks = [np.asarray(t, dtype=np.int64).reshape(-1) for t, _ in seqs]
+        batch = CacheBatch([c for _, c in seqs], [int(t.size) for t in toks])
+        return self.forward(np.concatenate(toks), batch, last_only=True, logits=logits)  # type: ignore[arg-type]
 
     def forward_prefix(self, tokens: Iterable[int] | np.ndarray, cache: KVCache, n_layers: int,
                        last_only: bool = False) -> np.ndarray:
@@ -254,14 +319,25 @@ class Engine:
             q, k, v = (np.clip(a, -c.clip_qkv, c.clip_qkv) for a in (q, k, v))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if isinstance(cache, CacheBatch):  # several sequences: each attends over its own cache
+            o = np.concatenate([self._attend(i, q[a:b], k[a:b], v[a:b], pos[a:b], sub)
+                                for sub, a, b in cache.spans()])
+        else:
+            o = self._attend(i, q, k, v, pos, cache)
+        return linear(o.reshape(T, c.num_heads * D), w[p + "wo"])
+
+    def _attend(self, i: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray,
+                cache: KVCache) -> np.ndarray:
+        """Write one sequence's new keys/values ``[T, nkv, D]`` of layer ``i`` into ``cache`` and attend its queries
+        ``[T, nh, D]`` (positions ``pos``) over it (the layer's window, if any): ``[T, nh, D]``."""
+        c = self.config
         cache.write(i, k, v)
         window = c.window_of(i)
         end = int(pos[-1]) + 1
         start = 0 if not window else max(0, int(pos[0]) - window + 1)
         K, V = cache.view(i, start, end)
-        o = self.kernels.attention(q, K, V, pos, np.arange(start, end), window, c.attention_scale,
-                                   c.attn_logit_softcap)
-        return linear(o.reshape(T, c.num_heads * D), w[p + "wo"])
+        return self.kernels.attention(q, K, V, pos, np.arange(start, end), window, c.attention_scale,
+                                      c.attn_logit_softcap)
 
     def _qk_norm(self, x: np.ndarray, weight: QTensor) -> np.ndarray:
         """RMSNorm of queries or keys ``[T, heads, D]``: over each head's D values (Qwen3, ``qk_norm_per_head``)
