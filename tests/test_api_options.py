@@ -139,8 +139,9 @@ def test_penalties_match_llamacpp_sampler():
     import ctypes
 
     llama_cpp = pytest.importorskip("llama_cpp")
+    # llama.cpp's -1 ("the context") is resolved by its callers; the sampler gets a count: 1000 covers the history
     for last_n, rep, freq, pres in ((64, 1.3, 0.0, 0.0), (4, 1.1, 0.5, 0.25), (-1, 0.8, 0.2, 0.0)):
-        smpl = llama_cpp.llama_sampler_init_penalties(last_n, rep, freq, pres)
+        smpl = llama_cpp.llama_sampler_init_penalties(LOGITS.size, 1000 if last_n < 0 else last_n, rep, freq, pres)
         for t in HISTORY:
             llama_cpp.llama_sampler_accept(smpl, t)
         data = (llama_cpp.llama_token_data * LOGITS.size)(
@@ -149,6 +150,7 @@ def test_penalties_match_llamacpp_sampler():
         llama_cpp.llama_sampler_apply(smpl, ctypes.byref(arr))
         ref = np.array([data[i].logit for i in range(LOGITS.size)], dtype=np.float32)
         llama_cpp.llama_sampler_free(smpl)
+        assert not np.array_equal(ref, LOGITS)
         got = Sampler(repeat_penalty=rep, repeat_last_n=last_n, frequency_penalty=freq, presence_penalty=pres,
                       history=HISTORY).penalize(LOGITS)
         np.testing.assert_allclose(got, ref, rtol=1e-6, err_msg=str((last_n, rep, freq, pres)))
