@@ -33,9 +33,10 @@ MODELS = {  # hidden, ffn, layers, q heads, kv heads, head dim, vocab
 }
 
 
-def build(march: str) -> Path:
+def build(march: str, cflags: str = "") -> Path:
     out = Path(tempfile.mkdtemp()) / "blockdot.so"
-    subprocess.run(["gcc", "-O3", "-fPIC", "-shared", "-pthread", march, "-o", str(out), str(SRC), "-lm"], check=True)
+    subprocess.run(["gcc", "-O3", "-fPIC", "-shared", "-pthread", march, *cflags.split(), "-o", str(out), str(SRC),
+                    "-lm"], check=True)
     return out
 
 
@@ -55,9 +56,10 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=128, help="rows of the prefill GEMM")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--march", default="-march=native")
+    ap.add_argument("--cflags", default="", help="extra compiler flags, e.g. -DES_ROW_TILE_BYTES=1 (A/B builds)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    lib = ctypes.CDLL(str(build(a.march)))
+    lib = ctypes.CDLL(str(build(a.march, a.cflags)))
     lib.es_pool_new.restype, lib.es_pool_new.argtypes = ctypes.c_void_p, [ctypes.c_int]
     lib.es_pool_free.argtypes = [ctypes.c_void_p]
     lib.es_act_bytes.restype, lib.es_act_bytes.argtypes = ctypes.c_long, [ctypes.c_int, ctypes.c_int]

@@ -560,21 +560,31 @@ static long now_ns(void) {
     return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
+/* Prefill cache blocking: a tile of weight rows (about ES_ROW_TILE_BYTES of stored weights, kept in L1/L2) is
+ * run against each group of MAXNA activation rows in turn, so every activation group is read from cache once per
+ * tile instead of once per weight row (m x n activation bytes per weight row otherwise stream from L2). */
+#ifndef ES_ROW_TILE_BYTES
+#define ES_ROW_TILE_BYTES 16384
+#endif
 static void run_rows(const job_t *j, int r0, int r1) {
     int nb = j->n / 32;
-    /* weight-reusing order: one weight row (in L1) against every activation row, MAXNA rows per unpack */
     act_t a[MAXNA];
     float o[MAXNA];
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *wr = j->w + (long)r * j->row_bytes, *sr = j->wsc ? j->wsc + (long)r * j->sc_bytes : 0;
+    int tile = j->m <= MAXNA ? 1 : (int)(ES_ROW_TILE_BYTES / (j->row_bytes > 0 ? j->row_bytes : 1));
+    if (tile < 1) tile = 1;
+    for (int t0 = r0; t0 < r1; t0 += tile) {
+        int t1 = t0 + tile < r1 ? t0 + tile : r1;
         for (int i0 = 0; i0 < j->m; i0 += MAXNA) {
             int na = j->m - i0 < MAXNA ? j->m - i0 : MAXNA;
             for (int i = 0; i < na; i++) {
                 long ii = i0 + i;
                 a[i] = (act_t){j->q + ii * j->n, j->d + ii * nb, j->s + ii * nb, j->ds + ii * nb};
             }
-            j->fn(wr, sr, j->n, a, na, o);
-            for (int i = 0; i < na; i++) j->y[(long)(i0 + i) * j->rows + r] = o[i];
+            for (int r = t0; r < t1; r++) {
+                const uint8_t *wr = j->w + (long)r * j->row_bytes, *sr = j->wsc ? j->wsc + (long)r * j->sc_bytes : 0;
+                j->fn(wr, sr, j->n, a, na, o);
+                for (int i = 0; i < na; i++) j->y[(long)(i0 + i) * j->rows + r] = o[i];
+            }
         }
     }
 }
