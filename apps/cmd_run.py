@@ -38,6 +38,11 @@ def print_generation(model, prompt: str, n: int, as_json: bool, stream: bool = T
         click.echo(f"[prefill {st.prompt_tokens} tok {st.prefill_tok_s:.1f} tok/s | decode {st.generated_tokens} tok "
                    f"{st.decode_tok_s:.1f} tok/s | peak RSS {fmt_bytes(st.peak_rss_bytes)} | {model.kernels.description}]",
                    err=True)
+        sp = getattr(st, "speculative", None)
+        if sp:
+            click.echo(f"[speculative ({model.speculative.drafter.name}): acceptance {sp['acceptance_rate']:.0%} of "
+                       f"{sp['drafted']} drafted | {sp['tokens_per_pass']:.2f} tokens per target pass | "
+                       f"{sp['passes']} passes, mean k {sp['mean_k']:.1f}]", err=True)
     return res
 
 
@@ -87,10 +92,21 @@ def check_run_options(context: int, n: int, seed: int | None, max_context: int |
               help="Send --prompt as a user message through the bundle's chat template (instruct models).")
 @click.option("--system", default=None, help="With --chat: a system message.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--draft", default=None,
+              help="Speculative decoding: a draft bundle with the same tokenizer, 'ngram' (prompt lookup) or "
+                   "'self[:N]' (the first N layers + head); docs/SPECULATIVE.md.")
+@click.option("--draft-tokens", default=4, show_default=True, type=int,
+              help="With --draft: most tokens drafted per verification pass (adaptive below it).")
+@click.option("--draft-budget", default=None,
+              help="With --draft MODEL and --memory-budget: the draft model's share of the budget (default: all "
+                   "the target can spare).")
+@click.option("--gpu-budget", default=None,
+              help="CPU/GPU split under this GPU memory budget, e.g. 3GiB (docs/GPU.md); --plan prints the placement.")
 def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, top_p: float, seed: int | None,
             memory_budget: str | None, show_plan: bool, max_context: int | None, kv_dtype: str | None, image: str | None,
             top: int, ignore_eos: bool,
-            as_chat: bool, system: str | None, as_json: bool) -> None:
+            as_chat: bool, system: str | None, as_json: bool, gpu_budget: str | None = None,
+            draft: str | None = None, draft_tokens: int = 4, draft_budget: str | None = None) -> None:
     """Run a bundle: generate text from a decoder bundle, or classify --image with a CNN bundle."""
     from ..runtime.bundle.reader import Bundle
 
@@ -114,7 +130,24 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
     check_run_options(b.config.max_position_embeddings, n, seed, max_context, prompt, system)
     opts = {} if memory_budget is None else {k: v for k, v in (("max_context", max_context), ("kv_dtype", kv_dtype))
                                               if v is not None}
-    model = api.load(bundle, memory_budget=memory_budget, **opts)
+    if gpu_budget is not None:
+        from ..units import parse_bytes
+
+        parse_bytes(gpu_budget, "--gpu-budget")
+    if draft is None and (draft_budget is not None or draft_tokens != 4):
+        from ..errors import OptionError
+
+        raise OptionError("--draft-tokens / --draft-budget only apply with --draft")
+    if draft is not None:
+        opts.update(draft=draft, draft_tokens=draft_tokens,
+                    **({} if draft_budget is None else {"draft_budget": draft_budget}))
+    model = api.load(bundle, memory_budget=memory_budget, **opts,
+                     **({} if gpu_budget is None else {"gpu_memory": gpu_budget}))
+    if gpu_budget is not None:  # the GPU placement and why (or why the run is CPU-only)
+        if model.gpu_fallback:
+            click.echo(f"[gpu] running on the CPU only: {model.gpu_fallback}", err=True)
+        elif show_plan:
+            click.echo(model.source.placement.summary(), err=True)
     if kv_dtype is not None and memory_budget is None:  # resident: the engine's own cache format
         from ..runtime.decoder.kvcache import check_kv_dtype
 
@@ -127,6 +160,10 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
                            f"({fmt_bytes(b.weights_nbytes)}); pass --memory-budget to stream", err=True)
             else:
                 click.echo(plan.summary(), err=True)
+            dplan = getattr(model.draft, "plan", None)
+            if dplan is not None:
+                click.echo(f"draft model ({model.draft.drafter.name}), inside the same budget:", err=True)
+                click.echo(dplan.summary(), err=True)
         if as_chat:
             msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
             ids = model.chat_ids(msgs)
@@ -140,6 +177,8 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
         preload = getattr(model.source, "load_all", None)
         if preload is not None:  # resident: read (and verify) every group now, so the stats time compute only
             preload()
+        if model.draft is not None:
+            model.draft.preload()
         print_generation(model, prompt, n, as_json, prompt_ids=ids, temperature=temperature, top_k=top_k, top_p=top_p,
                          seed=seed, stop=[] if ignore_eos else None)
     finally:

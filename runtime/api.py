@@ -505,7 +505,7 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
     process-global changes, so models load and close in any order.
     ``draft``: speculative decoding (docs/SPECULATIVE.md) with a draft bundle of the same tokenizer, ``"ngram"``
     (prompt lookup) or ``"self"`` / ``"self:N"`` (the first N layers + head); up to ``draft_tokens`` per verify
-    pass; with a budget the draft model comes out of it (``draft_budget``: its share; default <= a quarter).
+    pass; with a budget the draft model comes out of it (``draft_budget``: its share; default: all the target can spare).
     ``gpu_memory``: CPU/GPU split execution under that GPU memory budget (docs/GPU.md): the placement plan puts
     layers and the head GPU-resident, streamed to the GPU or on the CPU; without a usable GPU (no CuPy, no device)
     the model runs on the CPU and ``model.gpu_fallback`` says why.

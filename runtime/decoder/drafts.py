@@ -31,7 +31,8 @@ from .sampling import Sampler
 @dataclass
 class Draft:
     """Guessed tokens after a context; ``probs[i]`` the distribution ``[V]`` token i was drawn from (None:
-    deterministic, one-hot); ``seconds``: wall time the drafter took."""
+    deterministic, one-hot); ``seconds``: wall time the drafter took for these tokens (a draft model's catch-up on
+    a long new context, e.g. the prompt, is not counted: it is paid once, not per drafted token)."""
 
     tokens: list[int]
     probs: list[np.ndarray] | None = None
@@ -58,13 +59,17 @@ class Drafter(Protocol):
 class NgramDrafter:
     """Prompt-lookup drafting: copy what followed the most recent earlier occurrence of the context's last n-gram.
 
-    Costs no model pass; drafts only when the sequence repeats itself (code edits, quoting the prompt)."""
+    Costs no model pass; drafts only when the sequence repeats itself (code edits, quoting the prompt).
+    ``prefer="first"`` takes the first occurrence instead (exactly transformers' ``PromptLookupCandidateGenerator``
+    and llama-cpp-python's ``LlamaPromptLookupDecoding``); the default, the most recent, follows local repetition."""
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, prefer: str = "last") -> None:
         if not 1 <= min_ngram <= max_ngram:
             raise OptionError(f"n-gram drafting: need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
+        if prefer not in ("first", "last"):
+            raise OptionError(f"n-gram drafting: prefer must be 'first' or 'last', got {prefer!r}")
         self.name = f"ngram (prompt lookup, n {max_ngram}..{min_ngram})"
-        self.max_ngram, self.min_ngram = int(max_ngram), int(min_ngram)
+        self.max_ngram, self.min_ngram, self.prefer = int(max_ngram), int(min_ngram), prefer
 
     def begin(self, max_len: int, sampler: Sampler) -> None:
         return None
@@ -77,7 +82,7 @@ class NgramDrafter:
             windows = np.lib.stride_tricks.sliding_window_view(ctx[:L - 1], n)  # n-grams ending before the last
             hits = np.flatnonzero((windows == ctx[L - n:]).all(axis=1))
             if hits.size:
-                start = int(hits[-1]) + n  # what followed the most recent earlier occurrence
+                start = int(hits[-1] if self.prefer == "last" else hits[0]) + n  # what followed that occurrence
                 toks = [int(t) for t in ctx[start:start + k]]
                 if toks:
                     return Draft(toks, None, time.perf_counter() - t0)
@@ -141,7 +146,11 @@ class ModelDrafter:
         k = max(0, min(k, room + 1))
         if k == 0:
             return Draft([], None, time.perf_counter() - t0)
-        logits = self._run(ctx[self.cache.length:])
+        feed = ctx[self.cache.length:]
+        t_feed = time.perf_counter()
+        logits = self._run(feed)
+        if len(feed) > 2:  # a catch-up (the prompt): not a per-token drafting cost
+            t0 += time.perf_counter() - t_feed
         self.fed = list(ctx)
         toks: list[int] = []
         probs: list[np.ndarray] | None = None if self.sampler.greedy else []
@@ -213,8 +222,8 @@ def check_same_tokenizer(target: Any, draft: Any) -> None:
             detail = ""
             if key == "vocab" and isinstance(a[key], dict) and isinstance(b[key], dict):
                 detail = f" ({len(a[key])} vs {len(b[key])} entries)"
-            raise BundleError(f"draft {draft.path} does not share the tokenizer of {target.path}: the {what} differ"
-                              f"{detail}; a draft model must use the target's tokenizer (or use --draft ngram)")
+            raise BundleError(f"draft {draft.path} does not share the tokenizer of {target.path}: the {what} do not "
+                              f"match{detail}; a draft model must use the target's tokenizer (or use --draft ngram)")
 
 
 def parse_draft(spec: Any) -> tuple[str, Any]:
@@ -241,11 +250,13 @@ def parse_draft(spec: Any) -> tuple[str, Any]:
 
 
 def draft_model_budget(draft: Any, budget: int, draft_budget: int | None, target_minimum: int, target: Any,
-                       **plan_kw: Any) -> Any:
+                       target_keep: int = 0, **plan_kw: Any) -> Any:
     """The draft model's :class:`~edgespool.schedulers.memory_plan.MemoryPlan` inside a total ``budget`` (bytes):
-    under ``draft_budget`` when given, else the smaller of what keeps the whole draft resident and a quarter of
-    the budget (at least the draft's minimum). BudgetError (one line, both bundles, the numbers) when the rest
-    is below the target's minimum ``target_minimum``."""
+    under ``draft_budget`` when given, else the smaller of what keeps the whole draft resident and everything
+    the target does not need for its minimum working set plus ``target_keep`` (one more layer slot, so its reads
+    still overlap compute). Why the draft first: a byte pinned in the draft saves k reads per verify pass (k draft
+    passes), a byte pinned in the target saves one. At least the draft's minimum. BudgetError (one line, both
+    bundles, the numbers) when the rest is below the target's minimum ``target_minimum``."""
     from ...errors import BudgetError
     from ...schedulers.memory_plan import minimum_budget, plan_memory
     from ...units import fmt_bytes
@@ -253,7 +264,7 @@ def draft_model_budget(draft: Any, budget: int, draft_budget: int | None, target
     lo = minimum_budget(draft, target, **plan_kw)
     if draft_budget is None:
         whole = plan_memory(draft, target, max(budget, lo) + 4 * draft.weights_nbytes + (1 << 30), **plan_kw)
-        share = max(lo, min(whole.total_bytes, budget // 4))
+        share = max(lo, min(whole.total_bytes, budget - target_minimum - target_keep))
     else:
         share = int(draft_budget)
         if share < lo:
@@ -289,6 +300,13 @@ class DraftSetup:
             n = self.arg if self.arg is not None else max(1, engine.config.num_layers // 4)
             drafter = self_drafter(engine, n)
         return SpeculativeDecoder(engine, drafter, self.draft_tokens, adaptive)
+
+    def preload(self) -> None:
+        """Read a resident draft model's weights now (as the target's ``load_all``), so decode timings exclude it."""
+        eng = getattr(self.drafter, "engine", None)
+        fn = getattr(getattr(eng, "source", None), "load_all", None)
+        if fn is not None:
+            fn()
 
     def close(self) -> None:
         if self.drafter is not None:
@@ -333,10 +351,15 @@ def open_draft(spec: Any, target_bundle: Any, *, draft_tokens: Any, budget: int 
 
         prof = get_target(target or "host")
         tkw = {kk: v for kk, v in {**plan_kw, **opts}.items() if kk != "max_batch_tokens" or v}
-        dkw = {kk: v for kk, v in plan_kw.items() if kk in ("kv_dtype", "max_context")}
+        # the draft's prefill chunks stay short: its workspace is memory its weights could pin instead
+        dkw = {"max_batch_tokens": 64, **{kk: v for kk, v in plan_kw.items() if kk in ("kv_dtype", "max_context")}}
         dbud = None if draft_budget is None else parse_bytes(draft_budget, "--draft-budget")
-        tmin = minimum_budget(target_bundle, prof, **({"kernels": target_kernels} if target_kernels else {}), **tkw)
-        dplan = draft_model_budget(draft, int(budget), dbud, tmin, prof, kernels=table, **dkw)
+        from ...schedulers.memory_plan import plan_memory
+
+        tk = {"kernels": target_kernels} if target_kernels else {}
+        tmin = minimum_budget(target_bundle, prof, **tk, **tkw)
+        slot = plan_memory(target_bundle, prof, tmin, **tk, **tkw).layer_slot_bytes if budget >= tmin else 0
+        dplan = draft_model_budget(draft, int(budget), dbud, tmin, prof, target_keep=slot, kernels=table, **dkw)
         dsrc = StreamingWeights(draft, dplan, kernels=table)
         setup.plan = dplan
         how = "resident" if dplan.is_resident else "streamed"
