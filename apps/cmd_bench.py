@@ -169,15 +169,33 @@ def check_bench_options(bundle: str, prompt_tokens: int, n: int, seed: int, json
 @click.option("--json-out", default=None, type=click.Path(), help="Also write the JSON result to this file.")
 @click.option("--plot", default=None, type=click.Path(), help="Draw memory and I/O over time (PNG).")
 @click.option("--quiet", is_flag=True, hidden=True)
+@click.option("--gpu-budget", default=None,
+              help="Measure a CPU/GPU split run under this GPU memory budget, e.g. 3GiB (docs/GPU.md).")
 def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: str | None, storage: str | None,
               rig_memory: str | None, prompt_tokens: int, n: int, io_threads: int, cache_policy: str,
               no_predict: bool, no_lookahead: bool, io_bandwidth: str | None, neuron_capacity: float | None,
               neuron_window: int, seed: int, as_json: bool,
-              json_out: str | None, plot: str | None, quiet: bool) -> None:
+              json_out: str | None, plot: str | None, quiet: bool, gpu_budget: str | None = None) -> None:
     """Measure decode/prefill tokens/s, TTFT, bytes read per token, read bandwidth vs the storage bound, cache
     hit rate, prediction accuracy and peak memory of BUNDLE."""
     check_bench_options(bundle, prompt_tokens, n, seed, json_out, plot, io_threads=io_threads,
                         neuron_window=neuron_window, neuron_capacity=neuron_capacity)
+    if gpu_budget is not None:  # the CPU/GPU split bench (resident CPU side)
+        from ..runtime.gpu_bench import bench_split
+        from ..units import parse_bytes
+
+        if memory_budget is not None or rig is not None:
+            raise OptionError("--gpu-budget is measured with a resident CPU side: drop --memory-budget / --rig")
+        r = bench_split(bundle, parse_bytes(gpu_budget, "--gpu-budget"), prompt_tokens=prompt_tokens, max_tokens=n,
+                        seed=seed)
+        if json_out:
+            Path(json_out).write_text(json.dumps(r, default=str))
+        if as_json:
+            click.echo(json.dumps(r, indent=1, default=str))
+        else:
+            click.echo(r.get("placement_text") or f"[gpu] running on the CPU only: {r['gpu_fallback']}")
+            click.echo(f"prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s")
+        return
     if io_bandwidth:
         os.environ["EDGESPOOL_IO_BANDWIDTH"] = io_bandwidth
     if rig:

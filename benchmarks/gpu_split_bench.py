@@ -1,0 +1,235 @@
+"""CPU/GPU split execution under a GPU memory cap (docs/GPU.md): decode / prefill tok/s, bytes over the link per
+token, GPU memory peak, predicted vs measured time per token, at caps of 25 / 50 / 100 % of the model, against the
+CPU-only run of the same bundle (and, with --hf-peer, transformers + accelerate ``device_map`` offload of the same
+random weights).
+
+The model is SIMULATED: random weights with the real architecture of a config (default Qwen2.5-Coder-1.5B's: qwen2,
+28 layers, d 1536, 12/2 heads, FFN 8960, vocab 151936), because the real GGUF (1.1 GB) cannot travel to the GPU
+machine; speed depends on shapes, not on the values.
+
+    python -m edgespool.benchmarks.gpu_split_bench --out DIR [--layers 28] [--quant int8] [--json-out r.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QWEN15B = dict(arch="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_layers=28,
+               num_heads=12, num_kv_heads=2, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6,
+               max_position_embeddings=32768, attention_bias=True, tie_word_embeddings=False,
+               bos_token_id=1, eos_token_ids=(2,))
+
+
+def synth_config(**overrides: Any):
+    """A qwen2 ModelConfig (Qwen2.5-Coder-1.5B's shapes unless overridden)."""
+    from edgespool.runtime.bundle.config import ModelConfig
+
+    d = {**QWEN15B, **overrides}
+    return ModelConfig(**d)
+
+
+def export_synth(out: Path, quant: str = "int8", seed: int = 0, kernels: bool = False, **overrides: Any) -> Path:
+    """Export a random-weight model of ``synth_config(**overrides)`` (demo tokenizer, 512 tokens; the vocabulary
+    size of the config is kept for the embedding and head) into ``out``; returns the bundle path."""
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model
+    from edgespool.exporters.synth import SyntheticModel, train_demo_tokenizer
+
+    if (out / "manifest.json").is_file():  # exported by an earlier run of the same command
+        return out
+    src = SyntheticModel(synth_config(**overrides), train_demo_tokenizer(), seed)
+    return export_model(src, out, policy=QuantPolicy(quant=quant), onnx=False, kernels=kernels,
+                        progress=False).path
+
+
+def _gen(model: Any, prompt: list[int], n: int) -> dict[str, Any]:
+    model.reset()  # no kept KV cache: every run processes its whole prompt
+    toks = list(model.generate_ids(prompt, n, stop=[]))
+    st = model.stats
+    return {"tokens": toks, "prefill_tok_s": st.prefill_tok_s, "decode_tok_s": st.decode_tok_s}
+
+
+def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps: int) -> dict[str, Any]:
+    """Load (cap None: CPU only), warm up, then ``reps`` generations; medians."""
+    from edgespool import load
+
+    m = load(bundle) if cap is None else load(bundle, gpu_memory=cap)
+    try:
+        src = m.source
+        m.source.load_all() if hasattr(m.source, "load_all") and cap is None else None
+        _gen(m, prompt[:8], 2)  # warm-up: first reads, NVRTC compile, cuBLAS handles
+        dev = getattr(src, "device_layers", None)
+        if dev is not None:
+            dev.h2d_bytes = dev.d2h_bytes = 0
+        runs = [_gen(m, prompt, n) for _ in range(reps)]
+        res: dict[str, Any] = {"cap_bytes": cap, "tokens": runs[0]["tokens"],
+                               "prefill_tok_s": float(np.median([r["prefill_tok_s"] for r in runs])),
+                               "decode_tok_s": float(np.median([r["decode_tok_s"] for r in runs])),
+                               "gpu_fallback": m.gpu_fallback}
+        if dev is not None:
+            pl = src.placement
+            steps = reps * (1 + (n - 1))  # forward passes: one prefill (chunked) + n-1 decode steps each
+            res.update(placement=pl.summary(), predicted_token_ms=pl.predicted_token_s * 1e3,
+                       measured_token_ms=1e3 / res["decode_tok_s"] if res["decode_tok_s"] else None,
+                       planned_h2d_bytes_per_token=pl.h2d_bytes_per_token,
+                       gpu_layers=sum(g.where == "gpu" for g in pl.groups),
+                       streamed_layers=sum(g.where == "stream" for g in pl.groups),
+                       cpu_layers=sum(g.where == "cpu" for g in pl.groups), **dev.stats(),
+                       measured_h2d_bytes_per_step=dev.h2d_bytes / steps)
+            res["per_layer"] = per_layer_times(m, prompt)
+        return res
+    finally:
+        m.close()
+
+
+def per_layer_times(m: Any, prompt: list[int]) -> dict[str, Any]:
+    """Predicted vs measured time of one decode token per place (gpu / stream / cpu): GPU layers timed by
+    synchronising around ``GpuLayers.layer``; CPU layers by the engine step minus the GPU layers, per CPU layer."""
+    import cupy as cp
+
+    src, eng = m.source, m.engine
+    dev = src.device_layers
+    cache = eng.new_cache(len(prompt) + 8)
+    eng.forward(prompt, cache, last_only=True)
+    spent: dict[str, list[float]] = {}
+    orig = dev.layer
+
+    def timed(i, x, pos, rope, c=None):
+        cp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        y = orig(i, x, pos, rope, c)
+        cp.cuda.Device().synchronize()
+        spent.setdefault(dev.where[f"layers.{i}"], []).append(time.perf_counter() - t0)
+        return y
+
+    dev.layer = timed
+    steps, total = 4, 0.0
+    try:
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            eng.forward([1], cache, last_only=True)
+            total += time.perf_counter() - t0
+    finally:
+        dev.layer = orig
+    pl = src.placement
+    out: dict[str, Any] = {}
+    gpu_total = sum(sum(v) for v in spent.values())
+    for where in ("gpu", "stream", "cpu"):
+        gs = [g for g in pl.groups if g.where == where and g.kind == "layer"]
+        if not gs:
+            continue
+        pred = float(np.mean([g.predicted_s for g in gs])) * 1e3
+        if where == "cpu":
+            head = [g for g in pl.groups if g.kind == "head"][0]
+            head_s = head.predicted_s if head.where == "cpu" else 0.0
+            meas = max(0.0, (total - gpu_total) / steps - head_s) / len(gs) * 1e3
+        else:
+            meas = float(np.median(spent.get(where, [float("nan")]))) * 1e3
+        out[where] = {"layers": len(gs), "predicted_ms": pred, "measured_ms": meas}
+    return out
+
+
+def run_hf_peer(model_dir: Path, cap: int, prompt: list[int], n: int) -> dict[str, Any]:
+    """transformers + accelerate: ``device_map="auto"`` with ``max_memory={0: cap, "cpu": ...}`` (bf16 weights, the
+    offloaded layers moved to the GPU per forward by accelerate's hooks); greedy, medians of 2 runs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="auto",
+                                             max_memory={0: cap, "cpu": 100 << 30})
+    ids = torch.tensor([prompt], device="cuda:0")
+    res = []
+    for _ in range(2):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        m(ids)
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        out = m.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        res.append((len(prompt) / (t1 - t0), n / max(1e-9, (t2 - t1) - (t1 - t0))))
+    peak = torch.cuda.max_memory_allocated()
+    del m
+    torch.cuda.empty_cache()
+    return {"cap_bytes": cap, "prefill_tok_s": float(np.median([r[0] for r in res])),
+            "decode_tok_s": float(np.median([r[1] for r in res])), "gpu_peak_bytes": int(peak),
+            "tokens": out[0, len(prompt):].tolist()}
+
+
+def hf_peer_main(a: Any) -> int:
+    """The peer: a random-initialised transformers Qwen2 of the same config (f32), saved once, then loaded with
+    ``device_map="auto"`` in bf16 under each cap, a fraction of ITS OWN bf16 size (not of the int8 bundle's: the
+    peer is not starved)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    d = a.out / "hf"
+    c = QWEN15B
+    if not (d / "config.json").is_file():
+        cfg = Qwen2Config(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
+                          intermediate_size=c["intermediate_size"], num_hidden_layers=a.layers,
+                          num_attention_heads=c["num_heads"], num_key_value_heads=c["num_kv_heads"],
+                          rms_norm_eps=c["rms_norm_eps"], rope_theta=c["rope_theta"], tie_word_embeddings=False,
+                          max_position_embeddings=c["max_position_embeddings"])
+        torch.manual_seed(0)
+        Qwen2ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(d)
+    size = sum(p.stat().st_size for p in d.glob("*.safetensors"))
+    prompt = [int(t) for t in np.random.default_rng(1).integers(3, 500, a.prompt_tokens)]
+    for f in (float(x) for x in a.caps.split(",")):
+        r = {"config": f"hf+accelerate cap {f:.0%}", **run_hf_peer(d, int(size * f), prompt, a.n)}
+        r.pop("tokens")
+        print(json.dumps(r), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="folder for the bundle")
+    ap.add_argument("--layers", type=int, default=28)
+    ap.add_argument("--quant", default="int8")
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("-n", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--caps", default="0.25,0.5,1.0", help="GPU caps as fractions of the bundle's weights")
+    ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--kernels", action="store_true", help="compile the C block kernels at export (CPU side)")
+    ap.add_argument("--hf-peer", action="store_true", help="only the transformers + accelerate peer (random "
+                    "weights of the same config, f32), at the same caps")
+    a = ap.parse_args(argv)
+    if a.hf_peer:
+        return hf_peer_main(a)
+    t0 = time.time()
+    b = export_synth(a.out / "bundle", a.quant, kernels=a.kernels, num_layers=a.layers)
+    from edgespool.runtime.bundle.reader import Bundle
+
+    size = Bundle(b).weights_nbytes
+    print(json.dumps({"exported": str(b), "weights_bytes": size, "export_s": round(time.time() - t0, 1)}), flush=True)
+    prompt = [int(t) for t in np.random.default_rng(1).integers(3, 500, a.prompt_tokens)]
+    rows = [{"config": "cpu-only", **run_edgespool(b, None, prompt, a.n, a.reps)}]
+    print(json.dumps({k: v for k, v in rows[0].items() if k != "tokens"}), flush=True)
+    for f in (float(x) for x in a.caps.split(",")):
+        r = {"config": f"gpu cap {f:.0%}", **run_edgespool(b, int(size * f), prompt, a.n, a.reps)}
+        r["tokens_match_cpu"] = r["tokens"] == rows[0]["tokens"]
+        rows.append(r)
+        print(json.dumps({k: v for k, v in r.items() if k not in ("tokens", "placement")}), flush=True)
+        print(r.get("placement", ""), flush=True)
+    if a.json_out:
+        a.json_out.write_text(json.dumps(rows, indent=1))
+    print(f"{'config':14s} {'prefill':>9s} {'decode':>9s} {'pred ms':>8s} {'meas ms':>8s} {'h2d/step':>10s} "
+          f"{'pool peak':>10s} match")
+    for r in rows:
+        print(f"{r['config']:14s} {r['prefill_tok_s']:9.1f} {r['decode_tok_s']:9.1f} "
+              f"{r.get('predicted_token_ms', 0):8.2f} {r.get('measured_token_ms', 0) or 0:8.2f} "
+              f"{r.get('measured_h2d_bytes_per_step', 0):10.0f} {r.get('gpu_pool_peak_bytes', 0):10d} "
+              f"{r.get('tokens_match_cpu', '')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

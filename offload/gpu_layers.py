@@ -1,0 +1,286 @@
+"""The GPU side of a CPU/GPU split run: the layers and head a :class:`~edgespool.schedulers.placement_plan.Placement`
+puts on the GPU, computed with :class:`~edgespool.offload.gpu_ops.GpuOps` (CuPy, cuBLAS, the fused GEMV kernels).
+
+* resident groups are uploaded once at load; on a unified-memory board they are the same bytes the CPU reads
+  (one DRAM), so nothing is counted as copied host-to-device;
+* streamed groups keep a pinned host copy and go host-to-device every token into one of two staging slots, on a
+  copy stream that runs while the previous group computes (events order slot reuse);
+* each GPU layer keeps its own float32 KV cache on the GPU for ``max_context`` positions;
+* the activations cross the link once per CPU<->GPU boundary: :meth:`GpuLayers.layer` returns a device array
+  when the next layer is also on the GPU, a numpy array otherwise.
+
+All device memory comes from CuPy's pool, limited to the plan's arena (``set_limit``), so the run can never take
+more GPU memory than the plan says: a step that would is a :class:`~edgespool.errors.BudgetError`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import BudgetError
+from ..kernels.quant import QTensor
+from ..runtime.bundle.config import ModelConfig
+from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, layer_group, layer_prefix
+from ..schedulers.placement_plan import CPU, GPU, STREAM, Placement
+from .gpu_ops import GpuOps, GpuTensor
+
+
+def _pinned_copy(cp: Any, a: np.ndarray) -> np.ndarray:
+    """``a`` copied into page-locked host memory (what an asynchronous host-to-device copy needs)."""
+    mem = cp.cuda.alloc_pinned_memory(max(1, a.nbytes))
+    out = np.frombuffer(mem, a.dtype, a.size).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+class GpuLayers:
+    """The GPU executor the engine calls for GPU-placed layers (``runs``, ``layer``) and the head (``has_head``,
+    ``head``). ``read_group(name)`` returns a group's host tensors (read once per resident / streamed group)."""
+
+    def __init__(self, cp: Any, ops: GpuOps, config: ModelConfig, placement: Placement, read_group: Any,
+                 max_context: int) -> None:
+        self.cp, self.ops, self.config, self.placement = cp, ops, config, placement
+        self.max_context = int(max_context)
+        self.pool = cp.get_default_memory_pool()
+        self.pool.set_limit(size=placement.arena_bytes)
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.copy_stream = cp.cuda.Stream(non_blocking=True)
+        self.where = {g.name: g.where for g in placement.groups}
+        self.has_head = self.where.get(HEAD, CPU) != CPU
+        self.h2d_bytes = 0  # weight + activation bytes copied host-to-device (measured by counting copies)
+        self.d2h_bytes = 0
+        self.peak_pool_bytes = 0
+        self.unified = placement.link.unified
+        self._resident: dict[str, dict[str, GpuTensor]] = {}
+        self._pinned: dict[str, dict[str, tuple[np.ndarray, np.ndarray | None]]] = {}
+        self._slots: list[dict[str, GpuTensor]] = []
+        self._slot_of: dict[str, int] = {}
+        self._copy_done: list[Any] = []
+        self._compute_done: list[Any] = []
+        self._kv: dict[int, tuple[Any, Any]] = {}
+        self._step_tables: dict[int, tuple[Any, Any]] = {}
+        self._owner: int | None = None
+        c = config
+        self._streamed = [layer_group(i) for i in range(c.num_layers) if self.where.get(layer_group(i)) == STREAM]
+        try:
+            with self.stream:
+                for name, w in self.where.items():
+                    if w == GPU:
+                        host = read_group(name)
+                        self._resident[name] = {n: ops.upload(t) for n, t in host.items() if isinstance(t, QTensor)}
+                        if name == HEAD and LM_HEAD not in host:  # tied: the head is the embedding table
+                            self._resident[EMBED] = {EMBED: ops.upload(read_group(EMBED)[EMBED])}
+                for name in self._streamed:
+                    host = read_group(name)
+                    self._pinned[name] = {n: (_pinned_copy(cp, t.data), None if t.scale is None else
+                                              _pinned_copy(cp, t.scale)) for n, t in host.items()
+                                          if isinstance(t, QTensor) and len(t.shape) == 2}
+                    if not self._slots:  # two slots shaped like the first streamed layer (dense layers share shapes)
+                        for _ in range(2):
+                            self._slots.append({n: ops.upload(t) for n, t in host.items()
+                                                if isinstance(t, QTensor) and len(t.shape) == 2})
+                            self._copy_done.append(None)
+                            self._compute_done.append(None)
+                    # the 1-D tensors (norms, biases) of a streamed layer stay resident: a few KiB
+                    self._resident[name] = {n: ops.upload(t) for n, t in host.items()
+                                            if isinstance(t, QTensor) and len(t.shape) < 2}
+                nkv, D = c.num_kv_heads, c.head_dim
+                for i in range(c.num_layers):
+                    if self.where.get(layer_group(i), CPU) != CPU:
+                        self._kv[i] = (cp.zeros((nkv, self.max_context, D), cp.float32),
+                                       cp.zeros((nkv, self.max_context, D), cp.float32))
+            self.stream.synchronize()
+        except cp.cuda.memory.OutOfMemoryError as e:
+            self.close()
+            raise BudgetError(f"the GPU placement's weights and KV cache do not fit its arena of "
+                              f"{placement.arena_bytes} bytes ({e}); this is a planner bug, please report") from None
+        # copies made at load (on a unified-memory board the same DRAM: placed once, never copied per token)
+        self.load_h2d_bytes = sum(t.nbytes for g in self._resident.values() for t in g.values())
+        self.h2d_bytes = 0
+        self._note_pool()
+
+    # -- the engine's interface ---------------------------------------------------------------------------------
+    def runs(self, i: int) -> bool:
+        """True when layer ``i`` computes on the GPU (resident or streamed)."""
+        return self.where.get(layer_group(i), CPU) != CPU
+
+    def layer(self, i: int, x: Any, pos: np.ndarray, rope: tuple[np.ndarray, np.ndarray] | None,
+              cache: Any = None) -> Any:
+        """Layer ``i`` for hidden states ``x`` ``[T, H]`` (numpy from a CPU layer, or a device array) at positions
+        ``pos`` of the sequence whose CPU-side KV cache is ``cache``; returns a device array when layer ``i + 1``
+        is on the GPU too, else numpy. The GPU KV cache holds one sequence: continuing another sequence than the
+        last one written (a different ``cache`` past position 0) is refused rather than answered wrongly."""
+        cp, c = self.cp, self.config
+        try:
+            with self.stream:
+                xd = self._to_device(x)
+                if i == self._first_gpu_layer():
+                    owner = id(cache)
+                    if owner != self._owner and int(pos[0]) > 0:
+                        raise BudgetError("the GPU KV cache holds another sequence than this KV cache continues "
+                                          "(one sequence at a time on the GPU); start it from position 0")
+                    self._owner = owner
+                    self._begin_step(pos)
+                g = layer_group(i)
+                w = dict(self._resident[g])
+                slot = None
+                if self.where[g] == STREAM:
+                    slot = self._acquire(g)
+                    w.update(self._slots[slot])
+                self._block(i, w, xd, pos, rope)
+                if slot is not None:
+                    self._compute_done[slot] = self.stream.record()
+                self._note_pool()
+                if self.runs(i + 1) or (i + 1 == c.num_layers and self.has_head):
+                    return xd
+                return self._to_host(xd)
+        except cp.cuda.memory.OutOfMemoryError as e:
+            raise BudgetError(f"a {int(np.size(pos))}-token step needs more GPU workspace than the plan's arena of "
+                              f"{self.placement.arena_bytes} bytes ({e}); use a shorter prompt chunk or a larger "
+                              "--gpu-budget") from None
+
+    def head(self, x: Any) -> np.ndarray:
+        """Final norm and head of ``x`` ``[R, H]`` -> float32 logits ``[R, V]`` on the host."""
+        c = self.config
+        with self.stream:
+            xd = self._to_device(x)
+            w = self._resident[HEAD]
+            h = self.ops.rmsnorm(xd, w[FINAL_NORM].data, c.rms_norm_eps)
+            hw = w.get(LM_HEAD) or self._resident.get(EMBED, {}).get(EMBED)
+            logits = self.ops.linear(h, hw)
+            out = self._to_host(logits)
+        return out
+
+    # -- internals ----------------------------------------------------------------------------------------------
+    def _first_gpu_layer(self) -> int:
+        return next(i for i in range(self.config.num_layers) if self.runs(i))
+
+    def _begin_step(self, pos: np.ndarray) -> None:
+        """Start of a forward pass: forget last step's RoPE tables, start copying the first streamed group."""
+        self._step_tables.clear()
+        self._slot_of.clear()
+        if self._streamed:
+            self._issue_copy(self._streamed[0], 0)
+
+    def _issue_copy(self, g: str, slot: int) -> None:
+        prev = self._compute_done[slot]
+        if prev is not None:
+            self.copy_stream.wait_event(prev)
+        for n, dst in self._slots[slot].items():
+            data, scale = self._pinned[g][self._rename(n, g)]
+            dst.data.set(data, stream=self.copy_stream)
+            if scale is not None:
+                dst.scale.set(scale, stream=self.copy_stream)
+            self.h2d_bytes += data.nbytes + (0 if scale is None else scale.nbytes)
+        self._copy_done[slot] = self.copy_stream.record()
+        self._slot_of[g] = slot
+
+    def _rename(self, slot_name: str, g: str) -> str:
+        """A slot tensor's name for layer group ``g`` (slots are keyed by the first streamed layer's names)."""
+        first = layer_prefix(int(self._streamed[0].split(".")[1]))
+        return layer_prefix(int(g.split(".")[1])) + slot_name[len(first):]
+
+    def _acquire(self, g: str) -> int:
+        """Wait (on the compute stream) for ``g``'s copy, then start the next streamed group's copy."""
+        slot = self._slot_of.get(g)
+        if slot is None:  # not prefetched (first use): copy now
+            slot = len(self._slot_of) % 2
+            self._issue_copy(g, slot)
+        self.stream.wait_event(self._copy_done[slot])
+        k = self._streamed.index(g)
+        if k + 1 < len(self._streamed):
+            self._issue_copy(self._streamed[k + 1], 1 - slot)
+        return slot
+
+    def _weights(self, w: dict[str, GpuTensor], p: str, name: str) -> GpuTensor:
+        t = w.get(p + name)
+        if t is None:  # a streamed layer's matrices sit in a slot under the first streamed layer's names
+            first = layer_prefix(int(self._streamed[0].split(".")[1]))
+            t = w[first + name]
+        return t
+
+    def _vec(self, w: dict[str, GpuTensor], name: str) -> Any:
+        t = w.get(name)
+        return None if t is None else t.data
+
+    def _to_device(self, x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            if not self.unified:
+                self.h2d_bytes += x.nbytes
+            return self.cp.asarray(np.ascontiguousarray(x, np.float32))
+        return x
+
+    def _to_host(self, x: Any) -> np.ndarray:
+        out = self.cp.asnumpy(x, stream=self.stream)
+        self.stream.synchronize()
+        if not self.unified:
+            self.d2h_bytes += out.nbytes
+        return out
+
+    def _block(self, i: int, w: dict[str, GpuTensor], x: Any, pos: np.ndarray,
+               rope: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Attention and FFN of layer ``i`` on ``x`` ``[T, H]`` in place (residual adds fused into wo / down)."""
+        cp, ops, c = self.cp, self.ops, self.config
+        p = layer_prefix(i)
+        W = lambda n: self._weights(w, p, n)  # noqa: E731
+        T, D, nh, nkv = int(x.shape[0]), c.head_dim, c.num_heads, c.num_kv_heads
+        mult = 1.0 if c.residual_multiplier == 1 else float(c.residual_multiplier)
+        h = ops.rmsnorm(x, w[p + "attn_norm"].data, c.rms_norm_eps)
+        q = ops.linear(h, W("wq"), self._vec(w, p + "bq")).reshape(T, nh, D)
+        k = ops.linear(h, W("wk"), self._vec(w, p + "bk")).reshape(T, nkv, D)
+        v = ops.linear(h, W("wv"), self._vec(w, p + "bv")).reshape(T, nkv, D)
+        if c.qk_norm:
+            if c.qk_norm_per_head:
+                q = ops.rmsnorm(q, w[p + "q_norm"].data, c.rms_norm_eps)
+                k = ops.rmsnorm(k, w[p + "k_norm"].data, c.rms_norm_eps)
+            else:
+                q = ops.rmsnorm(q.reshape(T, -1), w[p + "q_norm"].data, c.rms_norm_eps).reshape(T, nh, D)
+                k = ops.rmsnorm(k.reshape(T, -1), w[p + "k_norm"].data, c.rms_norm_eps).reshape(T, nkv, D)
+        if c.clip_qkv is not None:
+            q, k, v = (cp.clip(a, -c.clip_qkv, c.clip_qkv) for a in (q, k, v))
+        if rope is not None:
+            cs = self._step_tables.get(id(rope))
+            if cs is None:
+                cs = (cp.asarray(rope[0]), cp.asarray(rope[1]))
+                self._step_tables[id(rope)] = cs
+                if not self.unified:
+                    self.h2d_bytes += rope[0].nbytes + rope[1].nbytes
+            q, k = cp.ascontiguousarray(q), cp.ascontiguousarray(k)
+            ops.rope(q, *cs)
+            ops.rope(k, *cs)
+        p0, p1 = int(pos[0]), int(pos[-1]) + 1
+        if p1 > self.max_context:
+            raise BudgetError(f"position {p1} is past the GPU KV cache of {self.max_context} positions (planned "
+                              "--max-context); raise it")
+        Kc, Vc = self._kv[i]
+        Kc[:, p0:p1] = k.transpose(1, 0, 2)
+        Vc[:, p0:p1] = v.transpose(1, 0, 2)
+        window = c.window_of(i) or 0
+        start = 0 if not window else max(0, p0 - window + 1)
+        scale = D ** -0.5 if c.attention_scale is None else float(c.attention_scale)
+        o = ops.attention(q, Kc[:, start:p1], Vc[:, start:p1], p0, start, window, scale,
+                          float(c.attn_logit_softcap or 0.0))
+        ops.linear(o.reshape(T, nh * D), W("wo"), out=x, mult=mult)
+        h = ops.rmsnorm(x, w[p + "ffn_norm"].data, c.rms_norm_eps)
+        a = ops.act_mul(ops.linear(h, W("ffn.gate")), ops.linear(h, W("ffn.up")), c.hidden_act)
+        ops.linear(a, W("ffn.down"), out=x, mult=mult)
+
+    def _note_pool(self) -> None:
+        self.peak_pool_bytes = max(self.peak_pool_bytes, int(self.pool.total_bytes()))
+
+    def stats(self) -> dict[str, Any]:
+        """Measured: bytes copied host-to-device at load and during the run, device-to-host, the pool's peak."""
+        return {"load_h2d_bytes": self.load_h2d_bytes, "run_h2d_bytes": self.h2d_bytes,
+                "run_d2h_bytes": self.d2h_bytes, "gpu_pool_peak_bytes": self.peak_pool_bytes,
+                "arena_bytes": self.placement.arena_bytes, "unified": self.unified}
+
+    def close(self) -> None:
+        """Free every device buffer and lift the pool limit."""
+        self._resident.clear()
+        self._slots.clear()
+        self._kv.clear()
+        self._pinned.clear()
+        self._step_tables.clear()
+        self.pool.free_all_blocks()
+        self.pool.set_limit(size=0)

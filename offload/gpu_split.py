@@ -1,0 +1,266 @@
+"""Open a CPU/GPU split run: measure the cost model, plan the placement, upload, wrap the CPU weight source.
+
+``open_split(bundle, cpu_source, gpu_budget, ...)`` returns ``(SplitWeights, "")`` or ``(None, why)`` when no GPU
+can be used (no CuPy, no CUDA device): the caller then runs on the CPU and says why. The cost model is measured
+here, at load, on this machine (nothing is taken from a table):
+
+* CPU: the matrix products of one decode token through the model's kernel table, for one layer of each distinct
+  shape and for the head (median of 5 runs each); other layers of the same shape reuse the figure;
+* GPU: the same products on the GPU plus the layer's other launches (norms, RoPE, attention, activation), timed
+  with CUDA events (median of 5);
+* link: a pinned 32 MiB host-to-device copy (bandwidth) and an empty launch (per-call overhead).
+
+The placement (:func:`edgespool.schedulers.placement_plan.plan_placement`) is printed by ``edgespool run --plan``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import BudgetError
+from ..kernels.quant import QTensor
+from ..kernels.table import KernelTable
+from ..runtime.bundle.config import ModelConfig
+from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, layer_group
+from ..runtime.bundle.reader import Bundle
+from ..schedulers.placement_plan import CPU, GroupCost, LinkModel, Placement, plan_placement
+from .gpu_layers import GpuLayers
+from .gpu_ops import DEQUANT_CHUNK_BYTES, GpuOps, gpu_nbytes, gpu_status
+
+DEFAULT_GPU_CONTEXT = 4096
+GPU_PREFILL_CHUNK = 256
+GPU_SLACK_BYTES = 64 << 20  # CuPy pool rounding and cuBLAS/matmul temporaries
+
+
+def layer_gpu_support(cfg: ModelConfig, i: int, tensors: dict[str, Any]) -> str:
+    """Why layer ``i`` cannot run on the GPU executor ('' when it can)."""
+    if cfg.is_moe_layer(i):
+        return "MoE layer (routed experts run on the CPU; GPU MoE is not implemented yet)"
+    if cfg.post_norms:
+        return "post-norms (Gemma) are not implemented on the GPU"
+    if not any(n.endswith("ffn.gate") for n in tensors):
+        return "bundled FFN layout (neuron windows) runs on the CPU"
+    if cfg.hidden_act not in ("silu", "relu", "gelu_tanh"):
+        return f"activation {cfg.hidden_act} not on the GPU"
+    return ""
+
+
+def gpu_workspace_bytes(cfg: ModelConfig, max_tokens: int, max_context: int) -> int:
+    """The arena's fixed part: activations of a ``max_tokens`` step (residual, norms, q/k/v, attention scores over
+    ``max_context`` keys, FFN intermediates, one logits row), the dequantisation scratch and pool slack."""
+    T, H, I = max_tokens, cfg.hidden_size, cfg.intermediate_size
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    per_tok = 6 * H + 2 * q + 4 * kv + 4 * I
+    scores = 2 * cfg.num_heads * T * max_context
+    return 4 * (T * per_tok + scores + 2 * cfg.vocab_size) + 2 * DEQUANT_CHUNK_BYTES + GPU_SLACK_BYTES
+
+
+def _median(fn: Any, n: int = 5) -> float:
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def _matrices(tensors: dict[str, Any]) -> list[QTensor]:
+    return [t for t in tensors.values() if isinstance(t, QTensor) and len(t.shape) == 2]
+
+
+def cpu_group_seconds(tensors: dict[str, Any], kernels: KernelTable, reps: int = 5) -> float:
+    """Measured CPU time of one decode token's products through ``tensors``' matrices (median of ``reps``)."""
+    mats = _matrices(tensors)
+    xs = [np.random.default_rng(0).standard_normal((1, int(w.shape[1]))).astype(np.float32) for w in mats]
+
+    def run() -> None:
+        for x, w in zip(xs, mats):
+            kernels.linear(x, w)
+
+    run()
+    return _median(run, reps)
+
+
+def gpu_group_seconds(cp: Any, ops: GpuOps, tensors: dict[str, Any], extra_launches: int, reps: int = 5) -> float:
+    """Measured GPU time (CUDA events) of the same products plus ``extra_launches`` small kernels (the layer's
+    norms, RoPE, attention, activation), weights uploaded temporarily; median of ``reps``."""
+    mats = _matrices(tensors)
+    ws = [ops.upload(w) for w in mats]
+    xs = [cp.asarray(np.random.default_rng(0).standard_normal((1, int(w.shape[1]))).astype(np.float32)) for w in mats]
+    small = cp.ones((1, 64), cp.float32)
+    norm_w = cp.ones((64,), cp.float32)
+
+    def run() -> None:
+        for x, w in zip(xs, ws):
+            ops.linear(x, w)
+        for _ in range(extra_launches):
+            ops.rmsnorm(small, norm_w, 1e-5)
+
+    run()
+    ts = []
+    for _ in range(reps):
+        a, b = cp.cuda.Event(), cp.cuda.Event()
+        a.record()
+        t0 = time.perf_counter()
+        run()
+        b.record()
+        b.synchronize()
+        ts.append(max(cp.cuda.get_elapsed_time(a, b) / 1e3, time.perf_counter() - t0))  # launch-bound: host time
+    return float(np.median(ts))
+
+
+def measure_link(cp: Any, ops: GpuOps) -> LinkModel:
+    """Pinned host-to-device bandwidth (32 MiB copy, median of 5) and the host time of one small launch."""
+    n = 32 << 20
+    host = np.frombuffer(cp.cuda.alloc_pinned_memory(n), np.uint8, n)
+    host[:] = 1
+    dev = cp.empty(n, cp.uint8)
+    dev.set(host)
+    cp.cuda.Device().synchronize()
+
+    def copy() -> None:
+        dev.set(host)
+        cp.cuda.Device().synchronize()
+
+    bw = n / _median(copy)
+    small, w = cp.ones((1, 64), cp.float32), cp.ones((64,), cp.float32)
+
+    def launch() -> None:
+        for _ in range(100):
+            ops.rmsnorm(small, w, 1e-5)
+        cp.cuda.Device().synchronize()
+
+    launch()
+    over = _median(launch) / 100
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    unified = bool(props.get("integrated", 0))
+    return LinkModel(bw, over, unified, "measured at load: pinned 32 MiB copy, 100 launches")
+
+
+# launches of a GPU layer besides its matrix products: 2 norms, 2 RoPE, 2 KV writes, 2 attention matmuls,
+# softmax, activation, plus CuPy's reshapes/copies (counted from GpuLayers._block)
+EXTRA_LAUNCHES_PER_LAYER = 12
+
+
+def plan_split(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, gpu_budget: int,
+               max_context: int, max_tokens: int = GPU_PREFILL_CHUNK) -> Placement:
+    """Measure the cost model (module docstring) and plan the placement of ``bundle`` under ``gpu_budget``."""
+    cfg = bundle.config
+    assert cfg is not None
+    link = measure_link(cp, ops)
+    kv_layer = 2 * cfg.num_kv_heads * max_context * cfg.head_dim * 4
+    measured: dict[tuple, tuple[float, float]] = {}
+    groups: list[GroupCost] = []
+    for i in range(cfg.num_layers):
+        name = layer_group(i)
+        info = bundle.groups[name]
+        recs = {n: bundle.tensors[n] for n in info.tensors}
+        why = layer_gpu_support(cfg, i, recs)
+        sig = tuple(sorted((n.split(".", 2)[-1], tuple(r["shape"]), r.get("scheme", r.get("dtype")))
+                           for n, r in recs.items()))
+        if sig not in measured:
+            tensors = bundle.read_group(name)
+            cpu_s = cpu_group_seconds(tensors, kernels)
+            gpu_s = gpu_group_seconds(cp, ops, tensors, EXTRA_LAUNCHES_PER_LAYER) if not why else float("inf")
+            gbytes = sum(gpu_nbytes(t) for t in tensors.values() if isinstance(t, QTensor))
+            measured[sig] = (cpu_s, gpu_s, gbytes)  # type: ignore[assignment]
+            del tensors
+        cpu_s, gpu_s, gbytes = measured[sig]  # type: ignore[misc]
+        groups.append(GroupCost(name, "layer", info.nbytes, int(gbytes) + kv_layer, cpu_s, gpu_s, kv_layer,
+                                gpu_ok=not why, why_not=why))
+    head = bundle.read_group(HEAD)
+    tied = cfg.tie_word_embeddings or LM_HEAD not in bundle.tensors
+    hw = {"w": bundle.read_group(EMBED)[EMBED] if tied else head[LM_HEAD]}
+    hbytes = gpu_nbytes(hw["w"]) + gpu_nbytes(head[FINAL_NORM])
+    cpu_h = cpu_group_seconds(hw, kernels)
+    gpu_h = gpu_group_seconds(cp, ops, hw, 1)
+    host_h = bundle.groups[HEAD].nbytes + (bundle.groups[EMBED].nbytes if tied else 0)
+    groups.append(GroupCost(HEAD, "head", host_h, int(hbytes), cpu_h, gpu_h, streamable=False))
+    del head, hw
+    cp.get_default_memory_pool().free_all_blocks()
+    return plan_placement(groups, link, gpu_budget, workspace_bytes=gpu_workspace_bytes(cfg, max_tokens, max_context),
+                          boundary_bytes=4 * cfg.hidden_size, stream_kv_bytes=kv_layer)
+
+
+class SplitWeights:
+    """A :class:`~edgespool.runtime.decoder.weights.WeightSource` for a split run: the CPU source serves the CPU
+    groups (resident or streamed from storage under the host memory budget); :attr:`device_layers` (a
+    :class:`~edgespool.offload.gpu_layers.GpuLayers`) computes the GPU ones, which the CPU source never reads."""
+
+    def __init__(self, cpu_source: Any, device_layers: GpuLayers, placement: Placement) -> None:
+        self.cpu = cpu_source
+        self.config = cpu_source.config
+        self.device_layers = device_layers
+        self.placement = placement
+        self._gpu = set(placement.on_gpu())
+
+    def __getattr__(self, name: str) -> Any:  # plan, bundle, stats ... of the CPU source
+        if name in ("cpu", "device_layers", "placement", "_gpu"):
+            raise AttributeError(name)
+        return getattr(self.cpu, name)
+
+    def get(self, group: str) -> dict[str, QTensor]:
+        return self.cpu.get(group)
+
+    def release(self, group: str) -> None:
+        self.cpu.release(group)
+
+    def hint(self, groups: list[str]) -> None:
+        self.cpu.hint([g for g in groups if g not in self._gpu])
+
+    def on_hidden(self, layer: int, hidden: Any) -> None:
+        self.cpu.on_hidden(layer, hidden)
+
+    def head_chunks(self) -> Iterator[tuple[int, QTensor]]:
+        return self.cpu.head_chunks()
+
+    def load_all(self) -> None:
+        """Read (resident CPU source) every group the CPU computes with; the GPU groups stay out of host memory."""
+        cpu_load = getattr(self.cpu, "load_all", None)
+        if cpu_load is None:
+            return
+        for g in self.cpu.bundle.groups:
+            if g not in self._gpu:
+                self.cpu.get(g)
+
+    def close(self) -> None:
+        self.device_layers.close()
+        self.cpu.close()
+
+
+def open_split(bundle: Bundle, cpu_source: Any, gpu_budget: int, kernels: KernelTable, *,
+               max_context: int | None = None) -> tuple[SplitWeights | None, str]:
+    """The split source for ``bundle`` under ``gpu_budget`` bytes, or ``(None, why)`` when no GPU is usable here
+    (the caller runs CPU-only and reports ``why``). A budget below the GPU minimum raises BudgetError."""
+    cp, why = gpu_status()
+    if cp is None:
+        return None, why
+    cfg = bundle.config
+    assert cfg is not None
+    ctx = int(max_context or min(cfg.max_position_embeddings, DEFAULT_GPU_CONTEXT))
+    ops = GpuOps(cp)
+    placement = plan_split(bundle, cp, ops, kernels, gpu_budget, ctx)
+    streamed = [g for g in placement.groups if g.where == "stream"]
+    if len({bundle.groups[g.name].nbytes for g in streamed}) > 1:
+        raise BudgetError("the placement streams layers of different sizes; the GPU executor's two staging slots "
+                          "take layers of one shape (dense models)")
+    if all(g.where == CPU for g in placement.groups):
+        return None, ("the placement keeps every group on the CPU (the GPU is not faster for any group at this "
+                      "budget)\n" + placement.summary())
+    return split_with_placement(bundle, cpu_source, placement, ctx, cp, ops), ""
+
+
+def split_with_placement(bundle: Bundle, cpu_source: Any, placement: Placement, max_context: int,
+                         cp: Any = None, ops: GpuOps | None = None) -> SplitWeights:
+    """The split source for a given ``placement`` (what :func:`open_split` builds after planning; tests and the
+    benchmark also call it with a placement of their own). Needs a usable GPU."""
+    if cp is None:
+        cp, why = gpu_status()
+        if cp is None:
+            raise BudgetError(f"no GPU for a split run: {why}")
+    ops = ops or GpuOps(cp)
+    assert bundle.config is not None
+    layers = GpuLayers(cp, ops, bundle.config, placement, lambda g: bundle.read_group(g), max_context)
+    return SplitWeights(cpu_source, layers, placement)

@@ -1,0 +1,148 @@
+"""CPU/GPU split execution on a CUDA GPU (marked ``gpu``; skipped without CuPy and a device): the GPU operations
+against the numpy references, and split runs (GPU-resident, streamed and CPU layers, head on either side) against
+the CPU-only run of the same bundle: logits within 1e-3, greedy tokens identical."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
+            head_dim=32, max_position_embeddings=512)
+
+
+def _cupy():
+    from edgespool.offload.gpu_ops import gpu_status
+
+    cp, why = gpu_status()
+    if cp is None:
+        pytest.skip(why)
+    return cp
+
+
+@pytest.fixture(scope="module")
+def ops():
+    from edgespool.offload.gpu_ops import GpuOps
+
+    return GpuOps(_cupy())
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4", "f16", "f32"])
+@pytest.mark.parametrize("T", [1, 3, 9, 40])
+def test_gpu_linear_matches_reference(ops, scheme, T):
+    from edgespool.kernels.quant import linear, quantize
+
+    cp = ops.cp
+    rng = np.random.default_rng(T)
+    w = quantize(rng.standard_normal((300, 256)).astype(np.float32), scheme, 32)
+    x = rng.standard_normal((T, 256)).astype(np.float32)
+    b = rng.standard_normal(300).astype(np.float32)
+    ref = linear(x, w) + b
+    got = cp.asnumpy(ops.linear(cp.asarray(x), ops.upload(w), cp.asarray(b)))
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), (scheme, T)
+    acc = cp.asarray(np.ones((T, 300), np.float32))  # fused residual add
+    got2 = cp.asnumpy(ops.linear(cp.asarray(x), ops.upload(w), out=acc, mult=0.5))
+    assert np.abs(got2 - (1 + 0.5 * linear(x, w))).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("T,S,window", [(1, 1, 0), (1, 300, 0), (7, 7, 0), (33, 90, 0), (40, 300, 17)])
+def test_gpu_attention_matches_reference(ops, T, S, window):
+    from edgespool.kernels.attention import attention
+
+    cp = ops.cp
+    rng = np.random.default_rng(S)
+    q = rng.standard_normal((T, 8, 32)).astype(np.float32)
+    k = rng.standard_normal((2, S, 32)).astype(np.float32)
+    v = rng.standard_normal((2, S, 32)).astype(np.float32)
+    ref = attention(q, k, v, np.arange(S - T, S), np.arange(S), window or None)
+    got = cp.asnumpy(ops.attention(cp.asarray(q), cp.asarray(k), cp.asarray(v), S - T, 0, window, 32 ** -0.5, 0.0))
+    assert np.abs(got - ref).max() < 1e-5
+
+
+def test_gpu_norm_rope_match_reference(ops):
+    from edgespool.kernels.rmsnorm import rmsnorm
+    from edgespool.kernels.rope import Rope, apply_rope
+
+    cp = ops.cp
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 1536)).astype(np.float32)
+    w = rng.standard_normal(1536).astype(np.float32)
+    assert np.abs(cp.asnumpy(ops.rmsnorm(cp.asarray(x), cp.asarray(w), 1e-6)) - rmsnorm(x, w, 1e-6)).max() < 1e-5
+    q = rng.standard_normal((5, 4, 64)).astype(np.float32)
+    cos, sin = Rope(64, 1e6, None, 4096).cos_sin(np.arange(10, 15))
+    got = ops.rope(cp.asarray(q), cp.asarray(cos), cp.asarray(sin))
+    assert np.abs(cp.asnumpy(got) - apply_rope(q, cos, sin)).max() < 1e-5
+
+
+def _placement(bundle, where: dict[str, str], budget: int = 1 << 30):
+    """A placement saying exactly ``where`` each group runs (the executor under test, not the planner)."""
+    from edgespool.schedulers.placement_plan import GroupPlacement, LinkModel, Placement
+
+    groups = tuple(GroupPlacement(n, "head" if n == "head" else "layer", w, 0, 0, 0.0, 0.0, 0.0, "test")
+                   for n, w in where.items())
+    return Placement(budget, budget, 0, 0, 0, groups, 0, 0, 0.0, 0.0, LinkModel(50e9, 5e-6))
+
+
+@pytest.fixture(scope="module", params=["int8", "int4", "f32"])
+def tiny_bundle(request, tmp_path_factory):
+    _cupy()
+    from edgespool.benchmarks.gpu_split_bench import export_synth
+
+    return export_synth(tmp_path_factory.mktemp("gs") / request.param, request.param, **TINY)
+
+
+PLACES = {
+    "all-gpu": ["gpu", "gpu", "gpu", "gpu", "gpu"],
+    "half": ["gpu", "gpu", "cpu", "cpu", "cpu"],
+    "islands": ["cpu", "gpu", "cpu", "gpu", "gpu"],
+    "streamed": ["stream", "gpu", "stream", "stream", "cpu"],
+}
+
+
+@pytest.mark.parametrize("place", list(PLACES))
+def test_split_run_matches_cpu_only(tiny_bundle, place):
+    from edgespool import load
+    from edgespool.kernels.table import REFERENCE
+    from edgespool.offload.gpu_split import split_with_placement
+    from edgespool.runtime.api import Model
+    from edgespool.runtime.decoder.weights import ResidentWeights
+
+    cpu = load(tiny_bundle, kernels=False)
+    names = [f"layers.{i}" for i in range(4)] + ["head"]
+    split = split_with_placement(cpu.bundle, ResidentWeights(cpu.bundle), _placement(cpu.bundle,
+                                 dict(zip(names, PLACES[place]))), 256)
+    m = Model(cpu.bundle, split, cpu.tokenizer, REFERENCE)
+    try:
+        ids = [int(t) for t in np.random.default_rng(3).integers(3, 500, 21)]
+        ref, got = cpu.logits(ids), m.logits(ids)
+        assert np.abs(got - ref).max() <= 1e-3, np.abs(got - ref).max()
+        a = list(cpu.generate_ids(ids, 16, stop=[]))
+        b = list(m.generate_ids(ids, 16, stop=[]))
+        assert a == b
+        st = split.device_layers.stats()
+        if place == "streamed":  # three layers' matrices copied per forward pass (17 passes), plus activations
+            mats = sum(t.nbytes for t in cpu.bundle.read_group("layers.0").values() if len(t.shape) == 2)
+            assert st["run_h2d_bytes"] >= 3 * 17 * mats
+    finally:
+        m.close()
+        cpu.close()
+
+
+def test_load_gpu_memory_plans_and_matches(tiny_bundle):
+    from edgespool import load
+
+    cpu = load(tiny_bundle, kernels=False)
+    m = load(tiny_bundle, kernels=False, gpu_memory="1GiB")
+    try:
+        ids = [5, 17, 99, 3, 250]
+        assert list(m.generate_ids(ids, 12, stop=[])) == list(cpu.generate_ids(ids, 12, stop=[]))
+        if m.gpu_fallback is None:
+            pl = m.source.placement
+            assert pl.arena_bytes <= 1 << 30
+            assert m.source.device_layers.stats()["gpu_pool_peak_bytes"] <= pl.arena_bytes
+        else:
+            assert "CPU" in m.gpu_fallback
+    finally:
+        m.close()
+        cpu.close()
