@@ -73,9 +73,9 @@ def test_qwen05_greedy_identical_streamed_ngram(qwen05):
 @pytest.mark.slow
 def test_qwen15_with_qwen05_draft_greedy_identical(qwen05, tmp_path_factory):
     q15 = _bundle("qwen2.5-coder-1.5b", tmp_path_factory)
-    refs = _plain(q15, PROMPTS[:4])
+    refs = _plain(q15, PROMPTS[:3])
     with load(q15, draft=qwen05, draft_tokens=4) as m:
-        got = [list(m.generate_ids(_ids(m, p), N, stop=[])) for p in PROMPTS[:4]]
+        got = [list(m.generate_ids(_ids(m, p), N, stop=[])) for p in PROMPTS[:3]]
         st = m.stats.speculative
     assert got == refs
     assert st["acceptance_rate"] > 0.3 or st["drafted"] == 0  # the pair agrees often (measured ~0.8 on code)
