@@ -58,6 +58,7 @@ def serve_cmd(bundle: str, memory_budget: str | None, host: str, port: int, para
         from ..runtime.api import load
 
         opts = {k: v for k, v in (("max_context", max_context), ("kv_dtype", kv_dtype)) if v is not None}
+        opts["logits_rows"] = max(1, parallel)  # a batched step computes the logits of every slot's last token
         model = load(bundle, memory_budget=memory_budget, n_threads=n_threads,
                      **(opts if memory_budget is not None else {}))
         if kv_dtype is not None and memory_budget is None:

@@ -162,7 +162,10 @@ def create_app(load_model: Callable[[], Any], *, parallel: int = 4, queue_size: 
             max_tokens = p.pop("max_tokens")
             stream = p.pop("stream")
             include_usage = p.pop("include_usage")
+            ignore_eos = p.pop("ignore_eos")
             req = model.request(prompt, 0, **p)  # checks the prompt and the sampling values
+            if ignore_eos:
+                req.stop_ids = ()
             if max_tokens is None:
                 max_tokens = max(0, sched.slot_context - len(req.ids))
             sched.check(len(req.ids), max_tokens)

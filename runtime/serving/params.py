@@ -1,6 +1,7 @@
 """Request bodies of the OpenAI endpoints, checked field by field (HttpError 400 naming the field): sampling options
 by OpenAI's names (temperature, top_p, max_tokens / max_completion_tokens, stop, seed, frequency_penalty,
-presence_penalty, stream, stream_options.include_usage) plus llama-server's top_k, repeat_penalty, repeat_last_n.
+presence_penalty, stream, stream_options.include_usage) plus llama-server's top_k, repeat_penalty, repeat_last_n,
+ignore_eos.
 Fields OpenAI defines that do not change the output here (user, logprobs=false, n=1, ...) are accepted; others that
 would (n > 1, logprobs, tools' execution) are refused rather than ignored."""
 from __future__ import annotations
@@ -85,6 +86,10 @@ def completion_params(body: dict, chat: bool) -> dict[str, Any]:
     out["presence_penalty"] = _number(body, "presence_penalty", -2.0, 2.0, 0.0)
     out["repeat_penalty"] = _number(body, "repeat_penalty", 1e-6, 10.0, 1.0)
     out["repeat_last_n"] = _int(body, "repeat_last_n", -1, None, 64)
+    ignore = body.get("ignore_eos", False)  # llama-server's extension: generate max_tokens whatever the model says
+    if not isinstance(ignore, bool):
+        raise HttpError(400, f"'ignore_eos' must be a boolean, got {type(ignore).__name__}", "ignore_eos")
+    out["ignore_eos"] = ignore
     stop = body.get("stop")
     if stop is not None:
         if isinstance(stop, str):

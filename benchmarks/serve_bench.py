@@ -1,0 +1,297 @@
+"""Serving under load (issue 14): 1 / 4 / 8 concurrent streaming chat clients against `edgespool serve` and
+llama.cpp's llama-server, the same GGUF (Qwen2.5-Coder-0.5B-Instruct Q4_K_M), the same rig limits.
+
+Each server runs as the command of a rig run (apps/rig: memory cgroup incl. page cache, blkio read throttle + IOPS
+of the profile's storage, the profile's cores as far as the host has them; the weights evicted from the page cache
+first); the load generator runs outside the rig on loopback. Systems:
+
+  edgespool-resident   `edgespool serve BUNDLE --parallel 4` (a --quant keep bundle: the file's blocks, C kernels)
+  edgespool-stream     the same with --memory-budget = 1/4 of the weights (the plan's KV cache split over 4 slots)
+  llama-resident       `llama-server -m GGUF -np 4` (built from the llama-cpp-python 0.3.36 sdist's llama.cpp)
+  llama-stream         the same under the streamed run's memory limit (its mmap'd weights page through the cache)
+
+Memory limits: resident runs get the profile's RAM; streamed runs get budget + ``--headroom`` (the same for both
+servers). Per phase (k clients, each sending ``--requests`` requests one after the other; prompts differ per
+request; greedy; ``ignore_eos`` so every request generates exactly max_tokens): aggregate tokens/s (all tokens /
+phase wall time), TTFT p50/p99 (request sent -> first content chunk), inter-token latency p50/p99 (between content
+chunks), errors (non-200 or broken streams). Per system: the rig's peak cgroup memory and OOM kills, and memory
+growth = the server's RSS at idle after the last phase minus at idle after the first.
+
+    python benchmarks/serve_bench.py --work /tmp/esserve --llama-server PATH/llama-server [--profile rpi5]
+        [--clients 1,4,8] [--systems ...] [--json out.json]
+
+Needs root cgroups (the rig). Prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+MiB = 1 << 20
+QUESTION = "Write a Python function that returns the n-th Fibonacci number."
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def one_request(port: int, i: int, max_tokens: int, model: str) -> dict:
+    """One streaming chat completion; arrival times of its content chunks."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": f"{QUESTION} (request {i})"}],
+                       "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
+                       "stream_options": {"include_usage": True}})
+    t0 = time.perf_counter()
+    times: list[float] = []
+    usage = None
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        c.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        if r.status != 200:
+            return {"error": f"HTTP {r.status}: {r.read()[:200]!r}"}
+        done = False
+        while True:
+            line = r.fp.readline()
+            if not line:
+                break
+            line = line.strip()
+            if not line.startswith(b"data: "):
+                continue
+            data = line[6:]
+            if data == b"[DONE]":
+                done = True
+                break
+            ev = json.loads(data)
+            if ev.get("usage"):
+                usage = ev["usage"]
+            for ch in ev.get("choices") or []:
+                if (ch.get("delta") or {}).get("content"):
+                    times.append(time.perf_counter())
+        c.close()
+        if not done:
+            return {"error": "stream ended without [DONE]"}
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    n = (usage or {}).get("completion_tokens") or len(times)
+    return {"t0": t0, "times": times, "tokens": n, "end": time.perf_counter()}
+
+
+def phase(port: int, k: int, requests: int, max_tokens: int, model: str, base: int) -> dict:
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def client(j: int) -> None:
+        for r in range(requests):
+            res = one_request(port, base + j * requests + r, max_tokens, model)
+            with lock:
+                results.append(res)
+
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=client, args=(j,)) for j in range(k)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    ok = [r for r in results if "error" not in r]
+    ttft = [r["times"][0] - r["t0"] for r in ok if r["times"]]
+    itl = [b - a for r in ok for a, b in zip(r["times"], r["times"][1:])]
+    tokens = sum(r["tokens"] for r in ok)
+    return {"clients": k, "requests": len(results), "errors": len(results) - len(ok),
+            "error_examples": [r["error"] for r in results if "error" in r][:3], "wall_s": wall, "tokens": tokens,
+            "agg_tok_s": tokens / wall if wall > 0 else 0.0, "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
+            "itl_p50": pct(itl, 50), "itl_p99": pct(itl, 99)}
+
+
+def server_pid(port: int) -> int | None:
+    import psutil
+
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if str(port) in p.cmdline():
+                return p.pid
+        except psutil.Error:
+            pass
+    return None
+
+
+def rss(pid: int | None) -> int | None:
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).memory_info().rss) if pid else None
+    except psutil.Error:
+        return None
+
+
+def run_system(name: str, cmd: list[str], port: int, limits, device_paths: list[str], clients: list[int],
+               requests: int, max_tokens: int, model: str, ready_timeout: float) -> dict:
+    """Start ``cmd`` (a server) as a rig run in this (the main) thread -- the rig forwards signals, which only the
+    main thread may handle -- while a driver thread waits for /health, runs the phases and stops the server."""
+    from edgespool.apps.rig.runner import run_in_rig
+
+    row: dict = {"system": name, "phases": []}
+
+    def drive() -> None:
+        t0 = time.perf_counter()
+        ready = False
+        while time.perf_counter() - t0 < ready_timeout:
+            try:
+                if get(port, "/health")[0] == 200:
+                    ready = True
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        row["load_s"] = time.perf_counter() - t0
+        pid = server_pid(port)
+        if not ready:
+            row["error"] = "server not ready"
+        else:
+            idle = []
+            for i, k in enumerate(clients):
+                row["phases"].append(phase(port, k, requests, max_tokens, model, base=1000 * i))
+                time.sleep(0.5)
+                idle.append(rss(pid))
+                p = row["phases"][-1]
+                print(f"  {name} k={k}: {p['agg_tok_s']:.2f} tok/s, errors {p['errors']} {p['error_examples']}",
+                      file=sys.stderr, flush=True)
+            row["idle_rss"] = idle
+            row["rss_growth"] = (idle[-1] - idle[0]) if idle and None not in (idle[0], idle[-1]) else None
+        if pid:
+            os.kill(pid, signal.SIGTERM if ready else signal.SIGKILL)
+
+    t = threading.Thread(target=drive, daemon=True)
+    t.start()
+    try:
+        rep = run_in_rig(cmd, limits, device_paths=device_paths, evict_paths=device_paths, timeout=3600)
+        row.update(peak_cgroup=rep.peak_memory, oom_kills=rep.oom_kills, exit_code=rep.exit_code,
+                   limits={lim.name: lim.display + f" ({lim.mode})" for lim in rep.limits})
+    except Exception as e:  # reported in the row
+        row["rig_error"] = f"{type(e).__name__}: {e}"
+    t.join(timeout=60)
+    return row
+
+
+def table(rows: list[dict], meta: dict) -> str:
+    out = [f"Rig {meta['profile']}; weights {meta['weights'] / MiB:.0f} MiB; streamed budget "
+           f"{meta['budget'] / MiB:.0f} MiB, streamed memory limit {meta['stream_limit'] / MiB:.0f} MiB; "
+           f"{meta['requests']} request(s) per client, {meta['max_tokens']} tokens each; --parallel 4 on both",
+           "", "| system | clients | agg tok/s | x 1 client | TTFT p50 / p99 s | ITL p50 / p99 ms | errors | "
+           "peak cgroup | OOM | RSS growth |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v, fmt="{:.2f}", scale=1.0):
+        return "-" if v is None else fmt.format(v * scale)
+
+    for r in rows:
+        if not r["phases"]:
+            out.append(f"| {r['system']} | - | {r.get('error') or r.get('rig_error')} | | | | | "
+                       f"{f(r.get('peak_cgroup'), '{:.0f} MiB', 1 / MiB)} | {r.get('oom_kills')} | |")
+            continue
+        one = r["phases"][0]["agg_tok_s"]
+        for i, p in enumerate(r["phases"]):
+            last = i == len(r["phases"]) - 1
+            out.append(f"| {r['system'] if i == 0 else ''} | {p['clients']} | {p['agg_tok_s']:.2f} | "
+                       f"{p['agg_tok_s'] / one if one else 0:.2f}x | {f(p['ttft_p50'])} / {f(p['ttft_p99'])} | "
+                       f"{f(p['itl_p50'], '{:.0f}', 1e3)} / {f(p['itl_p99'], '{:.0f}', 1e3)} | {p['errors']} | "
+                       + (f"{f(r.get('peak_cgroup'), '{:.0f} MiB', 1 / MiB)} | {r.get('oom_kills')} | "
+                          f"{f(r.get('rss_growth'), '{:+.1f} MiB', 1 / MiB)} |" if last else "| | |"))
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", required=True, type=Path)
+    ap.add_argument("--profile", default="rpi5")
+    ap.add_argument("--clients", default="1,4,8")
+    ap.add_argument("--systems", default="edgespool-resident,edgespool-stream,llama-resident,llama-stream")
+    ap.add_argument("--llama-server", default=None, help="path of a llama-server binary (llama-* systems)")
+    ap.add_argument("--requests", type=int, default=1, help="requests per client per phase")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--stream-max-tokens", type=int, default=8, help="max_tokens in the streamed runs")
+    ap.add_argument("--headroom", default="96MiB", help="streamed memory limit = budget + this (both servers)")
+    ap.add_argument("--ready-timeout", type=float, default=300)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    from edgespool.apps.assets import fetch
+    from edgespool.apps.rig.limits import resolve_limits
+    from edgespool.runtime.bundle.reader import Bundle
+    from edgespool.targets import get_target
+    from edgespool.units import parse_bytes
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    gguf = fetch("qwen2.5-coder-0.5b")
+    bundle_dir = args.work / "qwen05-keep"
+    if not (bundle_dir / "manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "edgespool", "export", str(gguf), "-o", str(bundle_dir), "--quant",
+                        "keep", "--target", "host"], check=True)
+    b = Bundle(bundle_dir)
+    weights = int(b.weights_nbytes)
+    budget = weights // 4
+    stream_limit = budget + parse_bytes(args.headroom, "--headroom")
+    prof, _, medium = args.profile.partition(":")
+    target = get_target(prof)
+    clients = [int(x) for x in args.clients.split(",")]
+    rows = []
+    for name in args.systems.split(","):
+        port = free_port()
+        streamed = name.endswith("-stream")
+        limits = resolve_limits(target, medium or None, memory=str(stream_limit) if streamed else None)
+        if name.startswith("edgespool"):
+            cmd = [sys.executable, "-m", "edgespool", "serve", str(bundle_dir), "--port", str(port), "--parallel",
+                   "4"] + (["--memory-budget", str(budget)] if streamed else ["--ctx-size", "2048"])
+            paths = [str(bundle_dir / "weights.bin")]
+            model = bundle_dir.name
+        else:
+            if not args.llama_server:
+                print(f"skip {name}: no --llama-server", file=sys.stderr)
+                continue
+            cmd = [args.llama_server, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", "4",
+                   "-c", "2048", "-t", str(len(os.sched_getaffinity(0))), "--no-webui"]
+            paths = [str(gguf)]
+            model = gguf.name
+        mt = args.stream_max_tokens if streamed else args.max_tokens
+        print(f"{name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        rows.append(run_system(name, cmd, port, limits, paths, clients, args.requests, mt, model,
+                               args.ready_timeout))
+    meta = {"profile": args.profile, "weights": weights, "budget": budget, "stream_limit": stream_limit,
+            "requests": args.requests, "max_tokens": f"{args.max_tokens} (streamed: {args.stream_max_tokens})",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": os.getloadavg()}
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    print(table(rows, meta))
+    print(f"\nload average {meta['load'][0]:.1f}; {meta['date']}")
+
+
+if __name__ == "__main__":
+    main()
