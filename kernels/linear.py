@@ -16,6 +16,7 @@ computation up to the BLAS kernel's summation order (float rounding).
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -32,27 +33,22 @@ BLOCK_BYTES = 2 << 20  # float32 bytes of one dequantised row block (2 MiB: fits
 SINGLE_THREAD_ROWS = 32  # products with at most this many rows of x (decode, short prompts) use one BLAS thread
 
 _tls = threading.local()
-_blas_local: Callable[[int], int] | None | bool = False  # False: not looked up yet; None: not available
-
-
+@functools.cache
 def _blas_threads_fn() -> Callable[[int], int] | None:
     """OpenBLAS's ``openblas_set_num_threads_local`` (per calling thread, returns the previous value) from the
-    BLAS numpy loaded, or None (another BLAS, or an OpenBLAS older than 0.3.27)."""
-    global _blas_local
-    if _blas_local is False:
-        _blas_local = None
-        try:
-            with open("/proc/self/maps") as f:
-                paths = dict.fromkeys(ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln)
-            for p in paths:
-                fn = getattr(ctypes.CDLL(p), "openblas_set_num_threads_local", None)
-                if fn is not None:
-                    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
-                    _blas_local = fn
-                    break
-        except OSError:
-            pass
-    return _blas_local  # type: ignore[return-value]
+    BLAS numpy loaded, or None (another BLAS, or an OpenBLAS older than 0.3.27). Looked up once per process (the
+    BLAS numpy loaded does not change)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = dict.fromkeys(ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln)
+        for p in paths:
+            fn = getattr(ctypes.CDLL(p), "openblas_set_num_threads_local", None)
+            if fn is not None:
+                fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+                return fn
+    except OSError:
+        pass
+    return None
 
 
 def reference_workspace_bytes() -> int:

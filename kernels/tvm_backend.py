@@ -13,6 +13,7 @@ row padding when a batch is not a multiple of the gemm row tile.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -51,14 +52,10 @@ def _runtime_library_candidates() -> list[Path]:
     return out
 
 
-_RUNTIME_READY: str | None = None
-
-
+@functools.cache
 def runtime_kind() -> str:
-    """Make a TVM runtime available and say which: ``"tvm"`` (full package) or ``"tvm_ffi+libtvm_runtime"``."""
-    global _RUNTIME_READY
-    if _RUNTIME_READY:
-        return _RUNTIME_READY
+    """Make a TVM runtime available and say which: ``"tvm"`` (full package) or ``"tvm_ffi+libtvm_runtime"``
+    (loading a runtime library is process-wide, so the answer is computed once; a failure is not cached)."""
     # Prefer the light runtime (tvm_ffi + libtvm_runtime.so, ~15 MB) over the full compiler package (~450 MB RSS);
     # fall back to `import tvm` when only the full package can provide the runtime library.
     try:
@@ -66,14 +63,12 @@ def runtime_kind() -> str:
         for lib in _runtime_library_candidates():
             if lib.exists():
                 ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-                _RUNTIME_READY = "tvm_ffi+libtvm_runtime"
-                return _RUNTIME_READY
+                return "tvm_ffi+libtvm_runtime"
     except ImportError:
         pass
     try:
         _import_without_torch("tvm")
-        _RUNTIME_READY = "tvm"
-        return _RUNTIME_READY
+        return "tvm"
     except ImportError as e:
         raise TargetError("running TVM kernels needs apache-tvm-ffi (pip install apache-tvm-ffi) plus "
                           "libtvm_runtime.so (EDGESPOOL_TVM_RUNTIME), or apache-tvm") from e
@@ -138,23 +133,18 @@ def quantize_activations_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return xlo, xhi, off.astype(np.int32), dxl
 
 
-_SCRATCH_FACTORIES: dict[tuple[str, int], Any] = {}
-
-
+@functools.cache
 def _q8_scratch_factory(scheme: str, in_f: int):
-    """A (shared, hashable) function making the activation buffers the q8 prep kernel of ``scheme`` fills for an
-    input width ``in_f``: int4 ``xlo, xhi, off, dxl``; int8 ``xq, dxl, c``."""
-    key = (scheme, in_f)
-    if key not in _SCRATCH_FACTORIES:
-        if scheme == "int4":
-            def make() -> list[np.ndarray]:
-                return [np.empty(in_f // 2, np.int8), np.empty(in_f // 2, np.int8), np.empty(in_f // 8, np.int32),
-                        np.empty(in_f // 8, np.float32)]
-        else:
-            def make() -> list[np.ndarray]:
-                return [np.empty(in_f, np.int8), np.empty(in_f // 4, np.float32), np.empty(1, np.float32)]
-        _SCRATCH_FACTORIES[key] = make
-    return _SCRATCH_FACTORIES[key]
+    """A (shared, hashable: one per ``(scheme, in_f)``) function making the activation buffers the q8 prep kernel
+    of ``scheme`` fills for an input width ``in_f``: int4 ``xlo, xhi, off, dxl``; int8 ``xq, dxl, c``."""
+    if scheme == "int4":
+        def make() -> list[np.ndarray]:
+            return [np.empty(in_f // 2, np.int8), np.empty(in_f // 2, np.int8), np.empty(in_f // 8, np.int32),
+                    np.empty(in_f // 8, np.float32)]
+    else:
+        def make() -> list[np.ndarray]:
+            return [np.empty(in_f, np.int8), np.empty(in_f // 4, np.float32), np.empty(1, np.float32)]
+    return make
 
 
 class TvmKernels:
