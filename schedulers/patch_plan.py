@@ -106,16 +106,32 @@ def patch_regions(graph: CnnGraph, split: int, grid: tuple[int, int]) -> list[di
 
 
 # -- memory ---------------------------------------------------------------------------------------------------------
+def inplace_node(graph: CnnGraph, i: int, last: dict[str, int], out_bytes: int, in_bytes: int,
+                 enabled: bool) -> bool:
+    """Node ``i`` writes its output over its input (in-place depthwise; see CnnGraph.inplace_candidate)."""
+    return enabled and out_bytes <= in_bytes and graph.inplace_candidate(i, last)
+
+
 def layer_memory(graph: CnnGraph, itemsize: int = 1, start: int = 0,
-                 first_live: Iterable[str] = ()) -> list[tuple[str, int]]:
+                 first_live: Iterable[str] = (), inplace: bool = False) -> list[tuple[str, int]]:
     """Memory held while each node from ``start`` runs layer by layer: (node name, bytes). ``first_live`` are
-    the tensors alive before node ``start`` (default: the graph input)."""
+    the tensors alive before node ``start`` (default: the graph input). ``inplace``: depthwise convs write over
+    their dying input (TinyEngine), so their output adds nothing (its per-channel scratch is kernel scratch)."""
     last = graph.last_use()
     live = set(first_live) if start else {graph.input}
     out = []
+    fused: set[str] = set()  # conv outputs that live inside their residual's buffer (size 0)
     for i in range(start, len(graph.nodes)):
         n = graph.nodes[i]
-        held = sum(graph.nbytes(t, itemsize) for t in live) + graph.nbytes(n.output, itemsize)
+        ob = graph.nbytes(n.output, itemsize)
+        r = graph.fused_residual(i, last) if inplace else None
+        if r is not None and r in live and ob <= graph.nbytes(r, itemsize):
+            fused.add(n.output)
+            ob = 0
+        elif any(t in fused for t in n.inputs) or inplace_node(graph, i, last, ob,
+                                                                 graph.nbytes(n.inputs[0], itemsize), inplace):
+            ob = 0
+        held = sum(graph.nbytes(t, itemsize) for t in live if t not in fused) + ob
         out.append((n.name, held))
         live.add(n.output)
         live = {t for t in live if last.get(t, -1) > i}
@@ -123,7 +139,7 @@ def layer_memory(graph: CnnGraph, itemsize: int = 1, start: int = 0,
 
 
 def stage1_memory(graph: CnnGraph, split: int, regions: list[dict[str, Box]], itemsize: int = 1,
-                  input_resident: bool = True) -> list[tuple[str, int]]:
+                  input_resident: bool = True, inplace: bool = False) -> list[tuple[str, int]]:
     """Per stage-1 node, the largest memory held over all patches (see module docstring)."""
     nodes = graph.nodes[: split + 1]
     t = nodes[-1].output
@@ -141,8 +157,17 @@ def stage1_memory(graph: CnnGraph, split: int, regions: list[dict[str, Box]], it
     base = tbuf + (graph.nbytes(graph.input, itemsize) if input_resident else 0)
     for reg in regions:
         live = {graph.input}
+        fused: set[str] = set()
         for i, n in enumerate(nodes):
-            held = base + sum(size(x, reg) for x in live) + size(n.output, reg)
+            ob = size(n.output, reg)
+            r = graph.fused_residual(i, last) if inplace and i + 1 < split else None
+            if r is not None and ob <= size(r, reg):
+                fused.add(n.output)
+                ob = 0
+            elif ob and (any(x in fused for x in n.inputs)
+                         or inplace_node(graph, i, last, ob, size(n.inputs[0], reg), inplace)):
+                ob = 0
+            held = base + sum(size(x, reg) for x in live if x not in fused) + ob
             worst[i] = max(worst[i], held)
             live.add(n.output)
             live = {x for x in live if last.get(x, -1) > i}
@@ -196,6 +221,7 @@ class PatchPlan:
     per_layer: tuple[tuple[str, int], ...]  # memory held per node under this plan (stage 1 worst patch, stage 2)
     regions: tuple[tuple[tuple[str, Box], ...], ...] = field(default=())  # per patch: (tensor, box)
     candidates: tuple[Candidate, ...] = field(default=())
+    inplace_depthwise: bool = False  # depthwise convs overwrite their dying input (TinyEngine); layer peak too
 
     @property
     def split_index(self) -> int:
@@ -219,6 +245,7 @@ class PatchPlan:
     def to_dict(self, with_regions: bool = True) -> dict[str, Any]:
         d = {
             "model": self.model, "itemsize": self.itemsize, "input_resident": self.input_resident,
+            "inplace_depthwise": self.inplace_depthwise,
             "split_index": self.chosen.split_index, "split_node": self.chosen.split_node,
             "split_tensor": self.chosen.split_tensor, "grid": list(self.chosen.grid),
             "peak_bytes": self.chosen.peak_bytes, "stage1_peak_bytes": self.chosen.stage1_peak_bytes,
@@ -240,7 +267,8 @@ class PatchPlan:
     def from_dict(d: dict[str, Any], graph: CnnGraph) -> "PatchPlan":
         """Rebuild a plan saved with :meth:`to_dict` (recomputes regions from the graph)."""
         return make_plan(graph, int(d["split_index"]), tuple(d["grid"]), itemsize=int(d["itemsize"]),
-                         input_resident=bool(d["input_resident"]))
+                         input_resident=bool(d["input_resident"]),
+                         inplace_depthwise=bool(d.get("inplace_depthwise", False)))
 
     def __str__(self) -> str:
         c = self.chosen
@@ -253,18 +281,18 @@ class PatchPlan:
                        f"(output {'x'.join(map(str, c.split_shape))}), {c.grid[0]}x{c.grid[1]} patches")
 
 
-def evaluate(graph: CnnGraph, split: int, grid: tuple[int, int], itemsize: int = 1,
-             input_resident: bool = True) -> tuple[Candidate, list[tuple[str, int]], list[dict[str, Box]]]:
+def evaluate(graph: CnnGraph, split: int, grid: tuple[int, int], itemsize: int = 1, input_resident: bool = True,
+             inplace: bool = False) -> tuple[Candidate, list[tuple[str, int]], list[dict[str, Box]]]:
     """Cost of one option: the candidate, per-layer memory and the regions (split -1 = layer-by-layer)."""
     total = graph.total_macs()
     if split < 0:
-        mem = layer_memory(graph, itemsize)
+        mem = layer_memory(graph, itemsize, inplace=inplace)
         peak = max(b for _, b in mem)
         return Candidate(-1, "", "", (), (1, 1), peak, 0, peak, 0, total), mem, []
     t = graph.nodes[split].output
     regions = patch_regions(graph, split, grid)
-    m1 = stage1_memory(graph, split, regions, itemsize, input_resident)
-    m2 = layer_memory(graph, itemsize, start=split + 1, first_live=[t])
+    m1 = stage1_memory(graph, split, regions, itemsize, input_resident, inplace)
+    m2 = layer_memory(graph, itemsize, start=split + 1, first_live=[t], inplace=inplace)
     p1 = max(b for _, b in m1)
     p2 = max((b for _, b in m2), default=0)
     full1 = sum(graph.node_macs(n) for n in graph.nodes[: split + 1])
@@ -275,32 +303,34 @@ def evaluate(graph: CnnGraph, split: int, grid: tuple[int, int], itemsize: int =
 
 
 def make_plan(graph: CnnGraph, split: int, grid: tuple[int, int], *, itemsize: int = 1,
-              input_resident: bool = True, candidates: Sequence[Candidate] = ()) -> PatchPlan:
+              input_resident: bool = True, candidates: Sequence[Candidate] = (),
+              inplace_depthwise: bool = False) -> PatchPlan:
     """A PatchPlan for an explicit split/grid (split -1 = layer-by-layer)."""
     if split >= 0 and split not in cut_points(graph):
         raise OptionError(f"node {split} ({graph.nodes[split].name!r}) is not a valid split point of "
                           f"{graph.name}; valid: {cut_points(graph)}")
-    cand, mem, regions = evaluate(graph, split, grid, itemsize, input_resident)
-    layer_peak = max(b for _, b in layer_memory(graph, itemsize))
+    cand, mem, regions = evaluate(graph, split, grid, itemsize, input_resident, inplace_depthwise)
+    layer_peak = max(b for _, b in layer_memory(graph, itemsize, inplace=inplace_depthwise))
     return PatchPlan(graph.name, itemsize, input_resident, cand, layer_peak, tuple(mem),
-                     tuple(tuple(sorted(r.items())) for r in regions), tuple(candidates))
+                     tuple(tuple(sorted(r.items())) for r in regions), tuple(candidates), inplace_depthwise)
 
 
 def all_candidates(graph: CnnGraph, grids: Iterable[int] = range(2, 9), itemsize: int = 1,
-                   input_resident: bool = True) -> list[Candidate]:
+                   input_resident: bool = True, inplace_depthwise: bool = False) -> list[Candidate]:
     """Layer-by-layer plus every (cut point, n x n grid) whose grid fits the cut tensor."""
-    out = [evaluate(graph, -1, (1, 1), itemsize, input_resident)[0]]
+    out = [evaluate(graph, -1, (1, 1), itemsize, input_resident, inplace_depthwise)[0]]
     grids = list(grids)
     for i in cut_points(graph):
         _, h, w = graph.shapes[graph.nodes[i].output]
         for g in grids:
             if g <= h and g <= w:
-                out.append(evaluate(graph, i, (g, g), itemsize, input_resident)[0])
+                out.append(evaluate(graph, i, (g, g), itemsize, input_resident, inplace_depthwise)[0])
     return out
 
 
 def plan_patches(graph: CnnGraph, *, activation_budget: int | None = None, max_overhead: float | None = None,
-                 grids: Iterable[int] = range(2, 9), itemsize: int = 1, input_resident: bool = True) -> PatchPlan:
+                 grids: Iterable[int] = range(2, 9), itemsize: int = 1, input_resident: bool = True,
+                 inplace_depthwise: bool = False) -> PatchPlan:
     """Choose the split point and patch grid.
 
     * With ``activation_budget`` (bytes): the option with the fewest extra MACs whose peak fits the budget (and
@@ -309,7 +339,7 @@ def plan_patches(graph: CnnGraph, *, activation_budget: int | None = None, max_o
     """
     if max_overhead is not None and max_overhead < 0:
         raise OptionError(f"--max-overhead {max_overhead}: must be >= 0")
-    cands = all_candidates(graph, grids, itemsize, input_resident)
+    cands = all_candidates(graph, grids, itemsize, input_resident, inplace_depthwise)
     cap = max_overhead if max_overhead is not None else (None if activation_budget is not None else 0.15)
     ok = [c for c in cands if cap is None or c.extra_macs <= cap * c.total_macs]
     if activation_budget is not None:
@@ -328,7 +358,7 @@ def plan_patches(graph: CnnGraph, *, activation_budget: int | None = None, max_o
         chosen = min(ok, key=lambda c: (c.peak_bytes, c.extra_macs))
     ranked = sorted(ok, key=lambda c: (c.peak_bytes, c.extra_macs))
     return make_plan(graph, chosen.split_index, chosen.grid, itemsize=itemsize, input_resident=input_resident,
-                     candidates=tuple(ranked))
+                     candidates=tuple(ranked), inplace_depthwise=inplace_depthwise)
 
 
 # -- static arena ---------------------------------------------------------------------------------------------------
@@ -348,6 +378,9 @@ def arena_layout(graph: CnnGraph, plan: PatchPlan, itemsize: int = 1,
     """Place every activation buffer of ``plan`` in one arena (greedy: largest first, lowest non-overlapping
     offset among buffers whose lifetimes intersect). Stage-1 buffers are sized for the largest patch region.
     ``alias`` maps tensors that share their source's storage (reshape). Returns (arena bytes, buffers)."""
+    if plan.inplace_depthwise:
+        raise OptionError(f"{graph.name}: the static C arena does not implement in-place depthwise yet; plan with "
+                          f"inplace_depthwise=False for the C project")
     alias = alias or {}
     last = graph.last_use()
     split = plan.split_index

@@ -145,6 +145,13 @@ def load_onnx_cnn(model_path: str | os.PathLike, input_shape: Sequence[int] | No
         raise UnsupportedModelError(f"{path}: CNN import needs exactly one output, found {[o.name for o in g.output]}")
     in_vi = real_inputs[0]
     chw = _resolve_input_shape(str(path), in_vi, input_shape)
+    from .onnx_fold import fold_cnn_onnx
+
+    model, _ = fold_cnn_onnx(model, in_vi.name, chw)  # shape arithmetic, written-out hard-swish, MatMul+bias...
+    g = model.graph
+    for init in g.initializer:
+        if init.name not in consts:
+            consts[init.name] = numpy_helper.to_array(init)
     for n in g.node:
         if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_OPS:
             raise UnsupportedModelError(f"{path}: operator {n.op_type!r} (node {n.name or n.output[0]!r}) is not "

@@ -97,6 +97,33 @@ class CnnGraph:
             raise ModelFormatError(f"{self.name}: graph output {self.output!r} is not produced by any node")
         self.shapes = shapes
 
+    def inplace_candidate(self, i: int, last: dict[str, int]) -> bool:
+        """Whether node ``i`` may write its output over its input (TinyEngine's in-place depthwise): a depthwise
+        conv (channel multiplier 1) whose input dies at this node and is neither the network input (the caller's
+        array) nor the network output. The caller also checks output size <= input size (for the boxes it runs)."""
+        n = self.nodes[i]
+        if n.op != "conv" or n.inputs[0] == self.input or n.output == self.output:
+            return False
+        c = self.shapes[n.inputs[0]][0]
+        w = n.weights["w"]
+        return int(n.attrs["group"]) == c and w.shape[0] == c and w.shape[1] == 1 and last.get(n.inputs[0]) == i
+
+    def fused_residual(self, i: int, last: dict[str, int]) -> str | None:
+        """The residual input ``r`` when pointwise conv ``i`` feeds only the next node, ``add(conv_i, r)``, and ``r``
+        dies there (MCUNetV2/TinyEngine: the projection conv adds into the residual's buffer as it goes, channel
+        by channel, so its output never exists on its own); else None."""
+        n = self.nodes[i]
+        if n.op != "conv" or i + 1 >= len(self.nodes) or n.output == self.output:
+            return None
+        a = self.nodes[i + 1]
+        if (n.attrs["kernel"], n.attrs["stride"], tuple(n.attrs["pads"]), int(n.attrs["group"])) != (
+                (1, 1), (1, 1), (0, 0, 0, 0), 1) or a.op != "add" or n.output not in a.inputs:
+            return None
+        r = a.inputs[1] if a.inputs[0] == n.output else a.inputs[0]
+        if r == n.output or r == self.input or last.get(r) != i + 1 or last.get(n.output) != i + 1:
+            return None
+        return r
+
     # -- cost --------------------------------------------------------------------------------------------------
     def node_macs(self, node: Node, out_area: int | None = None) -> int:
         """Multiply-accumulates of ``node`` over ``out_area`` output pixels (default: its whole output)."""

@@ -292,44 +292,75 @@ class CnnRunner:
             return compute_int8(node, ins, out_box, shapes, self.quant)
         return compute_f32(node, ins, out_box, shapes)
 
+    def _cq(self, node: Node, ins: list[View], out_box: Box, q: "QuantCnn | None") -> np.ndarray:
+        shapes = [self.graph.shapes[t] for t in node.inputs]
+        return compute_int8(node, ins, out_box, shapes, q) if q is not None else compute_f32(node, ins, out_box,
+                                                                                            shapes)
+
+    def _step(self, i: int, live: dict[str, View], ob: Box, done: dict[int, np.ndarray], inplace: bool,
+              stop: int, t: str | None = None) -> tuple[np.ndarray | None, bool]:
+        """Node ``i`` over box ``ob``: (output or None when fused into the next add, whether it takes new memory).
+        ``inplace``: the planner's in-place rules (:mod:`.inplace`), same conditions, same sizes."""
+        g, n = self.graph, self.graph.nodes[i]
+        if i in done:  # an add already computed in place by the pointwise conv before it
+            return done.pop(i), False
+        if inplace:
+            from .inplace import conv_add_inplace, depthwise_inplace
+
+            area = (ob[1] - ob[0]) * (ob[3] - ob[2])
+            r = g.fused_residual(i, self.last) if i + 1 < stop else None
+            if r is not None and r in live and n.weights["w"].shape[0] * area <= live[r].data.size:
+                done[i + 1] = conv_add_inplace(self._cq, n, g.nodes[i + 1], live[n.inputs[0]], live[r], ob,
+                                               self.quant)
+                return None, False
+            if n.output != t and g.inplace_candidate(i, self.last) and \
+                    n.weights["w"].shape[0] * area <= live[n.inputs[0]].data.size:
+                return depthwise_inplace(self._cq, n, live[n.inputs[0]], ob, self.quant), False
+        return self._compute(n, [live[s] for s in n.inputs], ob), True
+
     def _full_box(self, t: str) -> Box:
         s = self.graph.shapes[t]
         return (0, s[1], 0, s[2]) if len(s) == 3 else (0, 1, 0, 1)
 
     def _run_layers_from(self, live: dict[str, View], start: int, base: int = 0,
-                         record: list[tuple[str, int]] | None = None, collect: dict | None = None) -> int:
+                         record: list[tuple[str, int]] | None = None, collect: dict | None = None,
+                         inplace: bool = False) -> int:
         """Layer-by-layer from node ``start`` with ``live`` tensors; returns the peak bytes held (+ ``base``)."""
         peak = 0
         g = self.graph
+        done: dict[int, np.ndarray] = {}
         for i in range(start, len(g.nodes)):
             n = g.nodes[i]
-            out = self._compute(n, [live[t] for t in n.inputs], self._full_box(n.output))
-            held = base + sum(v.data.nbytes for v in live.values()) + out.nbytes
+            out, new = self._step(i, live, self._full_box(n.output), done, inplace, len(g.nodes))
+            held = base + sum(v.data.nbytes for v in live.values()) + (out.nbytes if new and out is not None else 0)
             peak = max(peak, held)
             if record is not None:
                 record.append((n.name, held))
-            live[n.output] = View(out)
-            if collect is not None:
+            if out is not None:
+                live[n.output] = View(out)
+            if collect is not None and out is not None:
                 collect[n.output] = out
             for t in [t for t in live if self.last.get(t, -1) <= i]:
                 del live[t]
         return peak
 
-    def run_layers(self, x: np.ndarray, collect: dict[str, np.ndarray] | None = None) -> RunResult:
-        """Whole-graph, layer-by-layer execution. ``collect`` (optional) receives every tensor."""
+    def run_layers(self, x: np.ndarray, collect: dict[str, np.ndarray] | None = None,
+                   inplace_depthwise: bool = False) -> RunResult:
+        """Whole-graph, layer-by-layer execution. ``collect`` (optional) receives every tensor;
+        ``inplace_depthwise``: the in-place buffer tricks (:mod:`.inplace`)."""
         xi = self._prep_input(x)
         live = {self.graph.input: View(xi)}
         if collect is not None:
             collect[self.graph.input] = xi
         rec: list[tuple[str, int]] = []
-        peak = self._run_layers_from(live, 0, record=rec, collect=collect)
+        peak = self._run_layers_from(live, 0, record=rec, collect=collect, inplace=inplace_depthwise)
         return RunResult(self._finish(live[self.graph.output].data), peak, rec, self.graph.total_macs())
 
     def run_patched(self, x: np.ndarray, plan: "PatchPlan") -> RunResult:
         """Stage 1 patch by patch into the stage-1 output buffer, then the rest layer by layer."""
         g = self.graph
         if not plan.is_patched:
-            return self.run_layers(x)
+            return self.run_layers(x, inplace_depthwise=plan.inplace_depthwise)
         split = plan.split_index
         if plan.model != g.name or split >= len(g.nodes):
             raise OptionError(f"patch plan for {plan.model!r} does not match graph {g.name!r}")
@@ -345,15 +376,16 @@ class CnnRunner:
                 live: dict[str, View] = {g.input: View(xi)}
             else:  # the input arrives patch by patch: hold only this patch's region
                 live = {g.input: View(np.ascontiguousarray(View(xi).crop(ib)), ib[0], ib[2])}
+            done: dict[int, np.ndarray] = {}
             for i, n in enumerate(stage1):
                 ob = reg[n.output]
-                out = self._compute(n, [live[s] for s in n.inputs], ob)
-                macs += g.node_macs(n, out.shape[1] * out.shape[2])
+                out, new = self._step(i, live, ob, done, plan.inplace_depthwise, split, t)
+                macs += g.node_macs(n, (ob[1] - ob[0]) * (ob[3] - ob[2]))
                 held = tbuf.nbytes + sum(v.data.nbytes for v in live.values())
                 if n.output == t:
                     tbuf[:, ob[0]: ob[1], ob[2]: ob[3]] = out  # written straight into the stage-1 buffer
-                else:
-                    held += out.nbytes
+                elif out is not None:
+                    held += out.nbytes if new else 0
                     live[n.output] = View(out, ob[0], ob[2])
                 rec[i] = max(rec[i], held)
                 keep = g.input if plan.input_resident else None  # a resident input stays for the next patches
@@ -361,6 +393,6 @@ class CnnRunner:
                     del live[s]
         record = [(n.name, b) for n, b in zip(stage1, rec)]
         live = {t: View(tbuf)}
-        peak2 = self._run_layers_from(live, split + 1, record=record)
+        peak2 = self._run_layers_from(live, split + 1, record=record, inplace=plan.inplace_depthwise)
         macs += sum(g.node_macs(n) for n in g.nodes[split + 1:])
         return RunResult(self._finish(live[g.output].data), max(max(rec), peak2), record, macs)

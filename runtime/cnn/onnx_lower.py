@@ -264,6 +264,20 @@ def onnx_shape(graph: CnnGraph, t: str, box: Box) -> list[int]:
     return [1] + list(s)
 
 
+def input_quantizer(graph: CnnGraph, quant: "QuantCnn") -> "onnx.ModelProto":
+    """float32 [1, C, H, W] network input -> the int8 input (carried as uint8): ``QuantizeLinear``, which divides
+    in float32 and rounds half to even, as :meth:`.quant.QuantCnn.quantize_input` does."""
+    from onnx import TensorProto, helper
+
+    b = _Builder()
+    s, z = quant.tensors[graph.input]
+    y = b.op("QuantizeLinear", ["x", b.const(_f(s), "s"), b.const(_u8(z), "z")], "q")
+    shp = onnx_shape(graph, graph.input, full_box(graph, graph.input))
+    gp = helper.make_graph(b.nodes, "quantize_input", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shp)],
+                           [helper.make_tensor_value_info(y, TensorProto.UINT8, shp)], b.inits)
+    return helper.make_model(gp, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
+
+
 def lower_segment(graph: CnnGraph, start: int, end: int, inputs: dict[str, Box], boxes: dict[str, Box],
                   outputs: Sequence[str], quant: "QuantCnn | None" = None, name: str = "segment") -> "onnx.ModelProto":
     """ONNX model of nodes ``start..end-1``: graph inputs ``inputs`` (tensor -> the box the fed array holds), every

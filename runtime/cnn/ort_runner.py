@@ -20,7 +20,7 @@ import numpy as np
 from ...errors import OptionError
 from ..bundle.cnn_graph import CnnGraph
 from .executor import CnnRunner
-from .onnx_lower import full_box, lower_segment
+from .onnx_lower import full_box, input_quantizer, lower_segment
 
 if TYPE_CHECKING:
     from ...schedulers.patch_plan import PatchPlan
@@ -68,6 +68,7 @@ class OrtCnnRunner:
         g = graph
         self.whole = _Session(lower_segment(g, 0, len(g.nodes), {g.input: full_box(g, g.input)}, {}, [g.output],
                                             quant, g.name), threads)
+        self.quantizer = _Session(input_quantizer(g, quant), threads) if quant is not None else None
         self.patches: list[tuple[dict[str, tuple[int, int, int, int]], _Session]] = []
         self.stage2: _Session | None = None
         if plan is not None and plan.is_patched:
@@ -88,10 +89,15 @@ class OrtCnnRunner:
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         """float32 [C, H, W] (or [1, C, H, W]) -> the session's [1, C, H, W] input (int8-quantised, carried as uint8, in int8 mode)."""
-        xi = self._ref._prep_input(x)[None]
-        if self.quant is not None:  # the lowered int8 graph carries uint8 = int8 + 128
-            xi = (xi.astype(np.int16) + 128).astype(np.uint8)
-        return np.ascontiguousarray(xi)
+        xf = np.asarray(x, dtype=np.float32)
+        if xf.ndim == 3:
+            xf = xf[None]
+        if tuple(xf.shape) != (1,) + tuple(self.graph.input_shape):
+            self._ref._prep_input(xf)  # raises the executor's OptionError naming both shapes
+        xf = np.ascontiguousarray(xf)
+        if self.quantizer is not None:  # int8: quantised by onnxruntime, carried as uint8 = int8 + 128
+            return self.quantizer(xf)
+        return xf
 
     def finish(self, y: np.ndarray) -> np.ndarray:
         """Session output -> float32 in the graph output's shape (dequantised in int8 mode)."""

@@ -27,9 +27,11 @@ class QuantCnn:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def quantize_input(self, x: np.ndarray, name: str | None = None) -> np.ndarray:
-        """float32 [C, H, W] network input -> int8 with the input tensor's parameters."""
+        """float32 [C, H, W] network input -> int8 with the input tensor's parameters:
+        ``clip(rint(float32(x) / float32(scale)) + zp)`` (float32 division: ONNX QuantizeLinear's arithmetic, so the
+        onnxruntime path quantises its input inside the graph to the same int8 values)."""
         s, z = self.tensors[name] if name else next(iter(self.tensors.values()))
-        return np.clip(np.rint(np.asarray(x, np.float64) / s) + z, -128, 127).astype(np.int8)
+        return np.clip(np.rint(np.asarray(x, np.float32) / np.float32(s)) + z, -128, 127).astype(np.int8)
 
     # -- (de)serialisation: scalars as JSON, arrays separately ------------------------------------------------------
     ARRAY_KEYS = ("w", "w_scale", "bias", "mult", "lut")
