@@ -12,7 +12,8 @@ with the model's chat template:
   llama-mmap              llama.cpp (llama-cpp-python) on the GGUF, default mmap, same limit
   llama-lookup            llama.cpp with ``draft_model=LlamaPromptLookupDecoding`` (its only draft API: a second
                           model as the draft is not offered by llama-cpp-python's high-level API)
-  edgespool-resident(-ngram|-draft)   no budget, no memory limit: resident decode with/without speculation
+  edgespool-resident(-ngram|-draft|-self)   no budget, no memory limit: resident decode with/without speculation
+                          (-self: the target's first quarter of layers + its head as the draft)
 
 Prompts: "code" (a code-editing request quoting a function: the reply repeats much of it) and "chat" (a question).
 Reported per run: decode tok/s, acceptance rate, tokens per target pass, bytes read per generated token
@@ -99,6 +100,8 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
             opts.update(draft="ngram", draft_tokens=k)
         elif kind.endswith("-draft"):
             opts.update(draft=draft, draft_tokens=k)
+        elif kind.endswith("-self"):  # the target's first quarter of layers + head (resident only)
+            opts.update(draft="self", draft_tokens=k)
         m = load(bundle, **opts)
         plan = getattr(m.source, "plan", None)
         if plan is not None:
@@ -181,7 +184,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="4,8", help="fractions 1/k of the target's weights")
     ap.add_argument("--prompts", default="code,chat")
     ap.add_argument("--systems", default=SYSTEMS)
-    ap.add_argument("--resident", default="edgespool-resident,edgespool-resident-ngram,edgespool-resident-draft")
+    ap.add_argument("--resident", default="edgespool-resident,edgespool-resident-ngram,edgespool-resident-draft,"
+                                          "edgespool-resident-self")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per run (a cut run reports its partial rate)")
     ap.add_argument("--target-bundle", default=None)
     ap.add_argument("--draft-bundle", default=None)
@@ -223,7 +227,7 @@ def main() -> None:
     from edgespool.runtime.bundle.reader import Bundle
     from edgespool.schedulers.memory_plan import minimum_budget
 
-    for frac in (int(x) for x in args.budgets.split(",")):
+    for frac in (int(x) for x in args.budgets.split(",") if x):
         for p in args.prompts.split(","):
             P = len(json.loads(ids_files[p].read_text()))
             budget = max(size // frac, minimum_budget(Bundle(tb), None, max_context=P + args.n + 40))
