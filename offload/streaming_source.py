@@ -237,11 +237,13 @@ class StreamingWeights:
             return t[EMBED].rows(tokens)
         assert self._staging is not None
         geo = self._embed_geo
-        out = np.empty((len(tokens), geo.width), np.float32)
-        for i, tok in enumerate(np.asarray(tokens).reshape(-1)):
+        toks = np.asarray(tokens).reshape(-1)
+        uniq, where = np.unique(toks, return_inverse=True)  # a token repeated in the prompt is read once
+        rows = np.empty((len(uniq), geo.width), np.float32)
+        for i, tok in enumerate(uniq):
             qt = self.store.read_rows(geo, int(tok), int(tok) + 1, self._staging, f"embedding row {int(tok)}")
-            out[i] = qt.dequantize()[0]
-        return out
+            rows[i] = qt.dequantize()[0]
+        return rows[where.reshape(-1)]
 
     def head_norm(self) -> np.ndarray:
         """The final norm's weight (float32)."""
