@@ -44,8 +44,9 @@ def test_tiny_f32_every_split_matches_ort(tiny, resident):
     for split in cut_points(g):
         plan = make_plan(g, split, (3, 3) if min(g.shapes[g.nodes[split].output][1:]) >= 3 else (2, 2),
                          itemsize=4, input_resident=resident)
-        out = OrtCnnRunner(g, plan=plan).run_patched(x)
-        assert np.abs(out - want).max() <= 1e-4, split
+        for merged in (True, False):
+            out = OrtCnnRunner(g, plan=plan, merged=merged).run_patched(x)
+            assert np.abs(out - want).max() <= 1e-4, split
 
 
 def test_tiny_int8_bit_identical_to_numpy(tiny):
@@ -55,7 +56,8 @@ def test_tiny_int8_bit_identical_to_numpy(tiny):
     for split in cut_points(g):
         for resident in (True, False):
             plan = make_plan(g, split, (2, 2), itemsize=1, input_resident=resident)
-            np.testing.assert_array_equal(OrtCnnRunner(g, q, plan).run_patched(x), want)
+            for merged in (True, False):
+                np.testing.assert_array_equal(OrtCnnRunner(g, q, plan, merged=merged).run_patched(x), want)
 
 
 def test_bad_inputs_named(tiny):

@@ -50,6 +50,7 @@ class _Builder:
         self.h, self.nh = helper, numpy_helper
         self.nodes: list = []
         self.inits: list = []
+        self.cache: dict[tuple[int, str], tuple[np.ndarray, str]] = {}
         self.k = 0
 
     def name(self, hint: str) -> str:
@@ -57,8 +58,13 @@ class _Builder:
         return f"{hint}__{self.k}"
 
     def const(self, arr: np.ndarray, hint: str) -> str:
+        key = (id(arr), hint)
+        if isinstance(arr, np.ndarray) and arr.size > 16 and key in self.cache:
+            return self.cache[key][1]  # the same weight array in another patch: one initializer
         n = self.name(hint)
         self.inits.append(self.nh.from_array(np.asarray(arr), n))
+        if isinstance(arr, np.ndarray) and arr.size > 16:
+            self.cache[key] = (arr, n)  # keeps ``arr`` alive so its id is not reused
         return n
 
     def op(self, op_type: str, inputs: Sequence[str], hint: str, **attrs) -> str:
@@ -302,5 +308,29 @@ def lower_segment(graph: CnnGraph, start: int, end: int, inputs: dict[str, Box],
         ident = b.op("Identity", [nm], "out_" + t.replace("/", "_"))
         g_out.append(helper.make_tensor_value_info(ident, elem, onnx_shape(graph, t, box)))
     gp = helper.make_graph(b.nodes, name, g_in, g_out, b.inits)
+    return helper.make_model(gp, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8,
+                             producer_name="edgespool")
+
+
+def lower_patches(graph: CnnGraph, split: int, regions: Sequence[dict[str, Box]], input_box: Box,
+                  quant: "QuantCnn | None" = None) -> "onnx.ModelProto":
+    """One ONNX model computing stage 1 (nodes ``0..split``) for every patch of ``regions``, in patch order, from one
+    input holding ``input_box`` of the network input; output ``k`` is patch ``k`` of the stage-1 output. Weights
+    are shared initializers (one copy for all patches)."""
+    from onnx import TensorProto, helper
+
+    b = _Builder()
+    elem = TensorProto.UINT8 if quant is not None else TensorProto.FLOAT
+    g_in = [helper.make_tensor_value_info("x", elem, onnx_shape(graph, graph.input, input_box))]
+    t = graph.nodes[split].output
+    g_out = []
+    for k, reg in enumerate(regions):
+        env: dict[str, tuple[str, Box]] = {graph.input: ("x", input_box)}
+        for n in graph.nodes[: split + 1]:
+            env[n.output] = (_lower_node(b, graph, n, [env[s] for s in n.inputs], reg[n.output], quant),
+                             reg[n.output])
+        y = b.op("Identity", [env[t][0]], f"patch{k}")
+        g_out.append(helper.make_tensor_value_info(y, elem, onnx_shape(graph, t, reg[t])))
+    gp = helper.make_graph(b.nodes, "stage1_patches", g_in, g_out, b.inits)
     return helper.make_model(gp, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8,
                              producer_name="edgespool")

@@ -1,9 +1,12 @@
 """The fast CPU executor: the CNN graph IR lowered to onnxruntime sessions (:mod:`.onnx_lower`).
 
 * layer by layer: one session for the whole graph.
-* patch-based (a :class:`PatchPlan`): one small session per patch of stage 1 (its input is the patch's input
-  region, or the whole image when the plan keeps the input resident), each patch's output written into the
-  stage-1 output buffer (numpy), then one session for stage 2 over that buffer.
+* patch-based (a :class:`PatchPlan`): stage 1 as one session computing every patch in turn from the image
+  (``merged``, the default: one call, weights shared; onnxruntime runs the nodes in patch order and frees each
+  patch's tensors before the next, but the patch outputs stay until the call returns), or one small session per
+  patch (``merged=False``: its input is the patch's input region, or the whole image when the plan keeps the
+  input resident); the patch outputs are written into the stage-1 output buffer (numpy), then one session runs
+  stage 2 over that buffer.
 
 Same numbers as the numpy executor (:class:`.executor.CnnRunner`): f32 to float rounding, int8 bit-identical (the
 lowering reproduces its integer arithmetic). Memory: the activations held between sessions are the plan's (the
@@ -20,7 +23,7 @@ import numpy as np
 from ...errors import OptionError
 from ..bundle.cnn_graph import CnnGraph
 from .executor import CnnRunner
-from .onnx_lower import full_box, input_quantizer, lower_segment
+from .onnx_lower import full_box, input_quantizer, lower_patches, lower_segment
 
 if TYPE_CHECKING:
     from ...schedulers.patch_plan import PatchPlan
@@ -62,7 +65,7 @@ class OrtCnnRunner:
     patch-based when given a patched ``plan``."""
 
     def __init__(self, graph: CnnGraph, quant: "QuantCnn | None" = None, plan: "PatchPlan | None" = None,
-                 threads: int = 1) -> None:
+                 threads: int = 1, merged: bool = True) -> None:
         self.graph, self.quant, self.plan, self.threads = graph, quant, plan, threads
         self._ref = CnnRunner(graph, quant)  # input checks / quantisation and output dequantisation
         g = graph
@@ -71,12 +74,21 @@ class OrtCnnRunner:
         self.quantizer = _Session(input_quantizer(g, quant), threads) if quant is not None else None
         self.patches: list[tuple[dict[str, tuple[int, int, int, int]], _Session]] = []
         self.stage2: _Session | None = None
+        self.merged: Any = None
         if plan is not None and plan.is_patched:
             if plan.model != g.name or plan.split_index >= len(g.nodes):
                 raise OptionError(f"patch plan for {plan.model!r} does not match graph {g.name!r}")
             split = plan.split_index
             t = g.nodes[split].output
-            for reg in plan.patch_regions():
+            regions = plan.patch_regions()
+            if merged:
+                import onnxruntime as ort
+
+                m = lower_patches(g, split, regions, full_box(g, g.input), quant)
+                self.merged = ort.InferenceSession(m.SerializeToString(), session_options(threads),
+                                                   providers=["CPUExecutionProvider"])
+                self.regions = regions
+            for reg in ([] if merged else regions):
                 ib = full_box(g, g.input) if plan.input_resident else reg[g.input]
                 m = lower_segment(g, 0, split + 1, {g.input: ib}, reg, [t], quant, f"{g.name}_patch")
                 self.patches.append((reg, _Session(m, threads)))
@@ -117,6 +129,11 @@ class OrtCnnRunner:
         xi = self.prepare(x)
         t = g.nodes[self.plan.split_index].output
         tbuf = np.empty((1,) + tuple(g.shapes[t]), dtype=xi.dtype)
+        if self.merged is not None:
+            for reg, y in zip(self.regions, self.merged.run(None, {"x": xi})):
+                y0, y1, x0, x1 = reg[t]
+                tbuf[:, :, y0:y1, x0:x1] = y
+            return self.finish(self.stage2(tbuf))
         for reg, sess in self.patches:
             if self.plan.input_resident:
                 xin = xi
