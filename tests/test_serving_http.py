@@ -220,3 +220,12 @@ def test_metrics_prometheus(server):
               "edgespool_decode_tokens_per_second", "edgespool_slots_total"):
         assert k in m, k
     assert m["edgespool_slots_total"] == 2 and m["edgespool_process_resident_memory_bytes"] > 50e6
+
+
+def test_ignore_eos_generates_max_tokens(client, bundle):
+    short = client.chat.completions.create(model=bundle.name, messages=[{"role": "user", "content": "What is 2+2?"}],
+                                           max_tokens=64, temperature=0)
+    assert short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 64
+    full = client.chat.completions.create(model=bundle.name, messages=[{"role": "user", "content": "What is 2+2?"}],
+                                          max_tokens=64, temperature=0, extra_body={"ignore_eos": True})
+    assert full.choices[0].finish_reason == "length" and full.usage.completion_tokens == 64
