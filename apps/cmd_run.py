@@ -92,6 +92,8 @@ def check_run_options(context: int, n: int, seed: int | None, max_context: int |
               help="Send --prompt as a user message through the bundle's chat template (instruct models).")
 @click.option("--system", default=None, help="With --chat: a system message.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--threads", "n_threads", default=None, type=int,
+              help="Worker threads of the bundle's C block kernels (default $EDGESPOOL_THREADS, else all cores).")
 @click.option("--draft", default=None,
               help="Speculative decoding: a draft bundle with the same tokenizer, 'ngram' (prompt lookup) or "
                    "'self[:N]' (the first N layers + head); docs/SPECULATIVE.md.")
@@ -102,11 +104,16 @@ def check_run_options(context: int, n: int, seed: int | None, max_context: int |
                    "the target can spare).")
 @click.option("--gpu-budget", default=None,
               help="CPU/GPU split under this GPU memory budget, e.g. 3GiB (docs/GPU.md); --plan prints the placement.")
+@click.option("--cnn-engine", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True,
+              help="CNN bundles: the reference numpy executor (measures the memory it holds) or the fast "
+                   "onnxruntime path (same outputs; docs/CNN.md).")
 def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, top_p: float, seed: int | None,
             memory_budget: str | None, show_plan: bool, max_context: int | None, kv_dtype: str | None, image: str | None,
             top: int, ignore_eos: bool,
             as_chat: bool, system: str | None, as_json: bool, gpu_budget: str | None = None,
-            draft: str | None = None, draft_tokens: int = 4, draft_budget: str | None = None) -> None:
+            draft: str | None = None, draft_tokens: int = 4, draft_budget: str | None = None,
+            n_threads: int | None = None,
+            cnn_engine: str = "numpy") -> None:
     """Run a bundle: generate text from a decoder bundle, or classify --image with a CNN bundle."""
     from ..runtime.bundle.reader import Bundle
 
@@ -114,7 +121,7 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
     if b.kind != "decoder":
         from ..runtime.cnn.api import print_classification
 
-        print_classification(b, image, top, as_json)
+        print_classification(b, image, top, as_json, engine=cnn_engine)
         return
     from ..runtime import api
 
@@ -141,7 +148,7 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
     if draft is not None:
         opts.update(draft=draft, draft_tokens=draft_tokens,
                     **({} if draft_budget is None else {"draft_budget": draft_budget}))
-    model = api.load(bundle, memory_budget=memory_budget, **opts,
+    model = api.load(bundle, memory_budget=memory_budget, n_threads=n_threads, **opts,
                      **({} if gpu_budget is None else {"gpu_memory": gpu_budget}))
     if gpu_budget is not None:  # the GPU placement and why (or why the run is CPU-only)
         if model.gpu_fallback:

@@ -229,3 +229,22 @@ def test_ignore_eos_generates_max_tokens(client, bundle):
     full = client.chat.completions.create(model=bundle.name, messages=[{"role": "user", "content": "What is 2+2?"}],
                                           max_tokens=64, temperature=0, extra_body={"ignore_eos": True})
     assert full.choices[0].finish_reason == "length" and full.usage.completion_tokens == 64
+
+
+def test_streamed_serve_plan_names_the_slots(bundle, tmp_path):
+    """--memory-budget + --plan: the plan, then the slots carved out of the plan's KV cache; a request over a
+    slot is refused with both numbers."""
+    log = tmp_path / "serve.log"
+    srv = Server(bundle, "--memory-budget", "96MiB", "--max-context", "1024", "--parallel", "4", "--plan", log=log)
+    try:
+        srv.wait()
+        text = log.read_text()
+        assert "memory plan for" in text and "KV cache" in text
+        assert "slots: 4 slots x 256 KV positions (1024 from the memory plan's KV cache" in text
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="exceed the 256 positions of a slot"):
+            c.completions.create(model=bundle.name, prompt="hi", max_tokens=300)
+        r = c.completions.create(model=bundle.name, prompt="The capital of France is", max_tokens=8, temperature=0)
+        assert r.usage.completion_tokens >= 1
+    finally:
+        srv.close()
