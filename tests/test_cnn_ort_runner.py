@@ -88,3 +88,23 @@ def test_mobilenet_v2_f32_and_int8(tmp_path):
     np.testing.assert_array_equal(rq.run_layers(x), qi)
     np.testing.assert_array_equal(rq.run_patched(x), qi)
     assert int(np.argmax(qi)) == int(np.argmax(want))
+
+
+@pytest.mark.parametrize("quant", ["f32", "int8"])
+def test_bundle_engines_agree(tiny, tmp_path, quant):
+    from edgespool.exporters.cnn.export import export_cnn
+    from edgespool.runtime.cnn.bundle import CnnBundle
+
+    rng = np.random.default_rng(5)
+    cal = [rng.standard_normal(SHAPE).astype(np.float32) for _ in range(2)]
+    out = export_cnn(tiny["onnx"], "rpi5", tmp_path / "b", quant=quant, calibration=cal)
+    b = CnnBundle(out)
+    x = tiny["x"]
+    ref_out = b.run(x).output
+    fast = b.run(x, engine="onnxruntime").output
+    if quant == "int8":
+        np.testing.assert_array_equal(fast, ref_out)
+    else:
+        assert np.abs(fast - ref_out).max() <= 1e-4
+    with pytest.raises(OptionError, match="cnn-engine"):
+        b.run(x, engine="tvm")

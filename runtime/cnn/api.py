@@ -71,20 +71,23 @@ def top_k(logits: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -
 
 
 def run_image(bundle_dir: str | os.PathLike, image_path: str | os.PathLike | np.ndarray, top: int = 5, *,
-              patched: bool = True, labels: Sequence[str] | None = None) -> list[tuple[int, str | None, float]]:
-    """Classify one image with a CNN bundle; patch-based when the bundle has a patch plan and ``patched``.
+              patched: bool = True, labels: Sequence[str] | None = None,
+              engine: str = "numpy") -> list[tuple[int, str | None, float]]:
+    """Classify one image with a CNN bundle; patch-based when the bundle has a patch plan and ``patched``;
+    ``engine`` "numpy" (reference) or "onnxruntime" (fast CPU path, same numbers).
 
     Returns ``[(class_id, label or None, probability), ...]`` best first."""
     from .bundle import CnnBundle
 
     b = CnnBundle(bundle_dir)
     x = preprocess(image_path, b.resolution)
-    res = b.run(x, patched=patched)
+    res = b.run(x, patched=patched, engine=engine)
     return top_k(res.output, top, labels if labels is not None else b.labels)
 
 
 def print_classification(bundle: "str | os.PathLike | object", image: str | os.PathLike | None, top: int = 5,
-                         as_json: bool = False, *, patched: bool = True) -> list[tuple[int, str | None, float]]:
+                         as_json: bool = False, *, patched: bool = True,
+                         engine: str = "numpy") -> list[tuple[int, str | None, float]]:
     """What ``edgespool run <cnn bundle> --image X --top K [--json]`` prints: one line per class
     (``rank  class_id  probability  label``) and the peak activation memory held, or a JSON object."""
     import json
@@ -95,18 +98,19 @@ def print_classification(bundle: "str | os.PathLike | object", image: str | os.P
         raise OptionError("--image is required to run a CNN bundle")
     b = CnnBundle(bundle)  # accepts a path or an opened Bundle
     x = preprocess(image, b.resolution)
-    res = b.run(x, patched=patched)
+    res = b.run(x, patched=patched, engine=engine)
     rows = top_k(res.output, top, b.labels)
+    held = "activation memory held" if engine == "numpy" else "planned activation memory (onnxruntime engine)"
     mode = (f"patch-based {b.plan.grid[0]}x{b.plan.grid[1]} after {b.plan.chosen.split_node!r}"
             if patched and b.plan.is_patched else "layer-by-layer")
     if as_json:
         print(json.dumps({"image": str(image), "quant": b.quant_mode, "mode": mode,
-                          "peak_activation_bytes": res.peak_bytes,
+                          "peak_activation_bytes": res.peak_bytes, "engine": engine,
                           "top": [{"class_id": c, "label": lab, "prob": p} for c, lab, p in rows]}, indent=1))
     else:
         for i, (c, lab, p) in enumerate(rows, 1):
             print(f"{i}. class {c:4d}  p={p:.4f}" + (f"  {lab}" if lab else ""))
-        print(f"({b.quant_mode}, {mode}; activation memory held: {res.peak_bytes / 1024:.1f} KiB)")
+        print(f"({b.quant_mode}, {mode}; {held}: {res.peak_bytes / 1024:.1f} KiB)")
     return rows
 
 

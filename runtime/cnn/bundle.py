@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BundleError
+from ...errors import BundleError, OptionError
 from ..bundle.reader import Bundle
 from .executor import CnnRunner, RunResult
 from ..bundle.cnn_graph import CnnGraph, Node
@@ -104,10 +104,27 @@ class CnnBundle:
     def runner(self) -> CnnRunner:
         return CnnRunner(self.graph, self.quant)
 
-    def run(self, x: np.ndarray, patched: bool = True) -> RunResult:
-        """Run one preprocessed float32 [C, H, W] input; patch-based per the bundle's plan when ``patched``."""
+    def run(self, x: np.ndarray, patched: bool = True, engine: str = "numpy", threads: int = 1) -> RunResult:
+        """Run one preprocessed float32 [C, H, W] input; patch-based per the bundle's plan when ``patched``.
+
+        ``engine``: "numpy" (the reference executor; ``peak_bytes`` = activation bytes it actually held) or
+        "onnxruntime" (the fast CPU path, same numbers: f32 to rounding, int8 bit-identical; ``peak_bytes`` = the
+        plan's figure, not a measurement)."""
+        use_plan = patched and self.plan.is_patched
+        if engine == "onnxruntime":
+            key = (use_plan, threads)
+            if getattr(self, "_ort", None) is None or self._ort[0] != key:
+                from .ort_runner import OrtCnnRunner
+
+                self._ort = (key, OrtCnnRunner(self.graph, self.quant, self.plan if use_plan else None, threads))
+            r = self._ort[1]
+            out = r.run_patched(x) if use_plan else r.run_layers(x)
+            peak = self.plan.peak_bytes if use_plan else self.plan.layer_peak_bytes
+            return RunResult(out, peak, [], self.graph.total_macs())
+        if engine != "numpy":
+            raise OptionError(f"--cnn-engine {engine!r}: expected 'numpy' or 'onnxruntime'")
         r = self.runner()
-        return r.run_patched(x, self.plan) if patched and self.plan.is_patched else r.run_layers(x)
+        return r.run_patched(x, self.plan) if use_plan else r.run_layers(x)
 
     @property
     def path(self) -> Path:
