@@ -58,7 +58,8 @@ def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps
     """Load (cap None: CPU only), warm up, then ``reps`` generations; medians."""
     from edgespool import load
 
-    m = load(bundle) if cap is None else load(bundle, gpu_memory=cap)
+    # the GPU KV cache sized to the run (as llama-bench sizes its context to -p + -n)
+    m = load(bundle) if cap is None else load(bundle, gpu_memory=cap, gpu_context=len(prompt) + n + 16)
     try:
         src = m.source
         m.source.load_all() if hasattr(m.source, "load_all") and cap is None else None
@@ -142,7 +143,7 @@ def run_hf_peer(model_dir: Path, cap: int, prompt: list[int], n: int) -> dict[st
 
     m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="auto",
                                              max_memory={0: cap, "cpu": 100 << 30})
-    ids = torch.tensor([prompt], device="cuda:0")
+    ids = torch.tensor([prompt], device=m.get_input_embeddings().weight.device)  # where device_map put the embedding
     res = []
     for _ in range(2):
         torch.cuda.synchronize()
@@ -162,6 +163,66 @@ def run_hf_peer(model_dir: Path, cap: int, prompt: list[int], n: int) -> dict[st
             "tokens": out[0, len(prompt):].tolist()}
 
 
+def export_from(src_path: Path, out: Path, quant: str = "int8", kernels: bool = True) -> Path:
+    """Export a GGUF / HF checkpoint with edgespool (``quant``; C block kernels for this CPU when ``kernels``)."""
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model, open_source
+
+    if (out / "manifest.json").is_file():
+        return out
+    return export_model(open_source(src_path), out, policy=QuantPolicy(quant=quant), onnx=False, kernels=kernels,
+                        progress=False).path
+
+
+def gguf_gpu_bytes(gguf_path: Path) -> tuple[int, dict[int, int], int, int]:
+    """(n_layer, bytes of each block's tensors, output (+ norm) bytes, file size) of a GGUF: what llama.cpp puts
+    on the GPU for ``-ngl N`` (the last N blocks; the output layer too once N > n_layer)."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(gguf_path))
+    blocks: dict[int, int] = {}
+    out = 0
+    for t in r.tensors:
+        if t.name.startswith("blk."):
+            i = int(t.name.split(".")[1])
+            blocks[i] = blocks.get(i, 0) + int(t.n_bytes)
+        elif t.name.startswith("output"):
+            out += int(t.n_bytes)
+    return len(blocks), blocks, out, gguf_path.stat().st_size
+
+
+def llamacpp_sweep(bench_bin: Path, gguf_path: Path, caps: list[float], p: int, n: int, reps: int,
+                   threads: int) -> list[dict[str, Any]]:
+    """llama-bench over an -ngl sweep (f16 KV, its defaults otherwise); for each cap (a fraction of the GGUF's
+    size) its best configuration whose GPU weights (the offloaded blocks + output) fit the cap."""
+    import subprocess
+
+    nl, blocks, out_b, size = gguf_gpu_bytes(gguf_path)
+    ngls = sorted({0, *(max(0, min(nl + 1, k)) for k in range(0, nl + 2, max(1, nl // 8))), nl, nl + 1})
+    cmd = [str(bench_bin), "-m", str(gguf_path), "-p", str(p), "-n", str(n), "-r", str(reps), "-t", str(threads),
+           "-ngl", ",".join(map(str, ngls)), "-o", "json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    if r.returncode != 0:
+        raise RuntimeError(f"llama-bench failed: {r.stderr[-1500:]}")
+    rows = json.loads(r.stdout)
+    by: dict[int, dict[str, float]] = {}
+    for row in rows:
+        k = int(row["n_gpu_layers"])
+        kind = "prefill" if row.get("n_prompt", 0) else "decode"
+        by.setdefault(k, {})[kind] = float(row["avg_ts"])
+
+    def gpu_bytes(k: int) -> int:
+        return sum(blocks[i] for i in range(max(0, nl - k), nl)) + (out_b if k > nl else 0)
+
+    sweep = [{"ngl": k, "gpu_weight_bytes": gpu_bytes(k), **by.get(k, {})} for k in ngls]
+    best = []
+    for f in caps:
+        fit = [s for s in sweep if s["gpu_weight_bytes"] <= f * size and "decode" in s]
+        b = max(fit, key=lambda s: s["decode"]) if fit else None
+        best.append({"config": f"llama.cpp cap {f:.0%}", "cap_bytes": int(f * size), "best": b})
+    return [{"sweep": sweep, "file_bytes": size, "command": " ".join(cmd)}, *best]
+
+
 def hf_peer_main(a: Any) -> int:
     """The peer: a random-initialised transformers Qwen2 of the same config (f32), saved once, then loaded with
     ``device_map="auto"`` in bf16 under each cap, a fraction of ITS OWN bf16 size (not of the int8 bundle's: the
@@ -179,6 +240,8 @@ def hf_peer_main(a: Any) -> int:
                           max_position_embeddings=c["max_position_embeddings"])
         torch.manual_seed(0)
         Qwen2ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(d)
+    if a.hf_save_only:
+        return 0
     size = sum(p.stat().st_size for p in d.glob("*.safetensors"))
     prompt = [int(t) for t in np.random.default_rng(1).integers(3, 500, a.prompt_tokens)]
     for f in (float(x) for x in a.caps.split(",")):
@@ -200,30 +263,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-out", type=Path, default=None)
     ap.add_argument("--kernels", action="store_true", help="compile the C block kernels at export (CPU side)")
     ap.add_argument("--hf-peer", action="store_true", help="only the transformers + accelerate peer (random "
-                    "weights of the same config, f32), at the same caps")
+                    "weights of the same config, bf16), at the same caps")
+    ap.add_argument("--gguf", type=Path, default=None, help="export the edgespool bundle from this GGUF (int8)")
+    ap.add_argument("--llama-bench", type=Path, default=None, help="also run llama.cpp's llama-bench on --gguf")
+    ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--hf-save-only", action="store_true", help="only write the random HF checkpoint (--out/hf)")
     a = ap.parse_args(argv)
-    if a.hf_peer:
+    if a.hf_peer or a.hf_save_only:
         return hf_peer_main(a)
     t0 = time.time()
-    b = export_synth(a.out / "bundle", a.quant, kernels=a.kernels, num_layers=a.layers)
+    if a.gguf is not None:
+        b = export_from(a.gguf, a.out / "bundle", a.quant, kernels=a.kernels)
+    else:
+        b = export_synth(a.out / "bundle", a.quant, kernels=a.kernels, num_layers=a.layers)
     from edgespool.runtime.bundle.reader import Bundle
 
     size = Bundle(b).weights_nbytes
     print(json.dumps({"exported": str(b), "weights_bytes": size, "export_s": round(time.time() - t0, 1)}), flush=True)
     prompt = [int(t) for t in np.random.default_rng(1).integers(3, 500, a.prompt_tokens)]
+    caps = [float(x) for x in a.caps.split(",")]
+    peer = None
+    if a.llama_bench is not None:
+        peer = llamacpp_sweep(a.llama_bench, a.gguf, caps, a.prompt_tokens, a.n, a.reps, a.threads)
+        print(json.dumps(peer), flush=True)
     rows = [{"config": "cpu-only", **run_edgespool(b, None, prompt, a.n, a.reps)}]
     print(json.dumps({k: v for k, v in rows[0].items() if k != "tokens"}), flush=True)
-    for f in (float(x) for x in a.caps.split(",")):
+    for f in caps:
         r = {"config": f"gpu cap {f:.0%}", **run_edgespool(b, int(size * f), prompt, a.n, a.reps)}
         r["tokens_match_cpu"] = r["tokens"] == rows[0]["tokens"]
         rows.append(r)
         print(json.dumps({k: v for k, v in r.items() if k not in ("tokens", "placement")}), flush=True)
         print(r.get("placement", ""), flush=True)
+    if peer is not None:  # llama.cpp once more after edgespool (interleaved: before and after), medians of both
+        again = llamacpp_sweep(a.llama_bench, a.gguf, caps, a.prompt_tokens, a.n, a.reps, a.threads)
+        print(json.dumps(again), flush=True)
+        rows.append({"config": "llama.cpp", "before": peer, "after": again})
     if a.json_out:
         a.json_out.write_text(json.dumps(rows, indent=1))
     print(f"{'config':14s} {'prefill':>9s} {'decode':>9s} {'pred ms':>8s} {'meas ms':>8s} {'h2d/step':>10s} "
           f"{'pool peak':>10s} match")
     for r in rows:
+        if "prefill_tok_s" not in r:  # the llama.cpp row: printed as JSON above
+            continue
         print(f"{r['config']:14s} {r['prefill_tok_s']:9.1f} {r['decode_tok_s']:9.1f} "
               f"{r.get('predicted_token_ms', 0):8.2f} {r.get('measured_token_ms', 0) or 0:8.2f} "
               f"{r.get('measured_h2d_bytes_per_step', 0):10.0f} {r.get('gpu_pool_peak_bytes', 0):10d} "

@@ -493,7 +493,7 @@ def kernels_misfit(tvm_target: dict[str, Any]) -> str | None:
 def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, target: str | None = None,
          verify: bool = True, kernels: bool | KernelTable = True, mmap: bool = False, n_threads: int | None = None,
          draft: str | os.PathLike | None = None, draft_tokens: int = 4, draft_budget: str | int | None = None,
-         gpu_memory: str | int | None = None, **stream_options: Any) -> Model:
+         gpu_memory: str | int | None = None, gpu_context: int | None = None, **stream_options: Any) -> Model:
     """Open a decoder bundle. Without ``memory_budget`` every weight is read once and kept resident (CRC-checked
     when ``verify``) the first time the engine needs it (``mmap=True``: mapped instead, llama.cpp-style); with one,
     weights stream from storage under that budget (see edgespool.offload); ``stream_options`` then go to the planner
@@ -508,7 +508,8 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
     pass; with a budget the draft model comes out of it (``draft_budget``: its share; default: all the target can spare).
     ``gpu_memory``: CPU/GPU split execution under that GPU memory budget (docs/GPU.md): the placement plan puts
     layers and the head GPU-resident, streamed to the GPU or on the CPU; without a usable GPU (no CuPy, no device)
-    the model runs on the CPU and ``model.gpu_fallback`` says why.
+    the model runs on the CPU and ``model.gpu_fallback`` says why. ``gpu_context``: positions of the GPU layers'
+    KV cache (default: ``max_context`` when streaming, else the model's context up to 4096).
     Unknown keyword arguments (a misspelt ``memry_budget``) raise OptionError naming the valid ones."""
     _check_load_options(stream_options, memory_budget is not None)
     if n_threads is not None and (not _is_int(n_threads) or n_threads < 1):
@@ -545,7 +546,7 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
             from ..offload.gpu_split import open_split
 
             split, gpu_why = open_split(bundle, source, parse_bytes(gpu_memory, "gpu_memory"), table,
-                                        max_context=stream_options.get("max_context"))
+                                        max_context=gpu_context or stream_options.get("max_context"))
             source = split if split is not None else source
         model = Model(bundle, source, tok, table)
         model.gpu_fallback = gpu_why or None
