@@ -35,7 +35,8 @@ HERE = Path(__file__).resolve().parent
 
 def _load(model: str, onnx_path: Path):
     from edgespool.exporters.cnn.from_onnx import load_onnx_cnn
-    return load_onnx_cnn(onnx_path, input_shape=None if model == "mobilenet_v2" else (1, 3, 48, 192))
+    return load_onnx_cnn(onnx_path, input_shape=None if model == "mobilenet_v2" else (1, 3, 48, 192),
+                         drop_softmax=model != "mobilenet_v2")
 
 
 def _inputs(model: str) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -113,11 +113,13 @@ def _pads(a: dict[str, Any], kernel: tuple[int, int], stride: tuple[int, int], d
     raise UnsupportedModelError(f"{where}: auto_pad {mode!r} is not supported")
 
 
-def load_onnx_cnn(model_path: str | os.PathLike, input_shape: Sequence[int] | None = None) -> CnnGraph:
+def load_onnx_cnn(model_path: str | os.PathLike, input_shape: Sequence[int] | None = None, *,
+                  drop_softmax: bool = False) -> CnnGraph:
     """Read an ONNX CNN file into a :class:`CnnGraph` (weights float32, BatchNorm folded, activations fused).
 
     ``input_shape`` (N,C,H,W with N=1, or C,H,W) fixes dynamic input dimensions; a dynamic input without it
-    raises OptionError naming the input.
+    raises OptionError naming the input. ``drop_softmax``: import a trailing Softmax's input (the logits) instead
+    of refusing the Softmax (see :mod:`.onnx_fold`).
     """
     import onnx
     from onnx import numpy_helper
@@ -147,7 +149,8 @@ def load_onnx_cnn(model_path: str | os.PathLike, input_shape: Sequence[int] | No
     chw = _resolve_input_shape(str(path), in_vi, input_shape)
     from .onnx_fold import fold_cnn_onnx
 
-    model, _ = fold_cnn_onnx(model, in_vi.name, chw)  # shape arithmetic, written-out hard-swish, MatMul+bias...
+    # shape arithmetic, written-out hard-swish, MatMul/Conv + constant bias, (opt-in) a trailing Softmax
+    model, _ = fold_cnn_onnx(model, in_vi.name, chw, str(path), drop_softmax)
     g = model.graph
     for init in g.initializer:
         if init.name not in consts:

@@ -6,14 +6,17 @@ knows, rewritten into them. Applied by :func:`.from_onnx.load_onnx_cnn` once the
 * hard-swish written out as ``x * Clip(x + 3, 0, 6) / 6`` (or ``* (1/6)``) becomes ``HardSwish``;
 * ``MatMul`` + ``Add`` of a constant bias becomes ``Gemm``; ``Conv`` + ``Add`` of a constant [1, C, 1, 1] becomes the
   conv's bias;
-* a trailing ``Softmax`` over the class vector is dropped: the graph's output is then the logits (a monotone map, so
-  the ranking is unchanged; ``runtime.cnn.api.top_k`` applies softmax itself). Returned as ``dropped_softmax``.
+* with ``drop_softmax`` (opt-in: it changes the output), a trailing ``Softmax`` over the class vector is dropped:
+  the graph's output is then the logits (same ranking; ``runtime.cnn.api.top_k`` applies softmax itself). Without
+  it, the importer refuses the Softmax node by name.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
+
+from ...errors import ModelFormatError
 
 FOLDABLE = ("Shape", "Cast", "Slice", "Concat", "Gather", "Unsqueeze", "Squeeze", "Mul", "Add", "Sub", "Div",
             "Reshape", "ConstantOfShape", "Range", "Identity")
@@ -42,14 +45,20 @@ def _static_shapes(model: Any, input_name: str, chw: Sequence[int]) -> dict[str,
     return out
 
 
-def _eval(node: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def _eval(node: Any, feeds: dict[str, np.ndarray], where: str) -> list[np.ndarray]:
+    """Evaluate one constant-only node (onnx's reference evaluator); ModelFormatError if it cannot be."""
     from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
-    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in feeds.items()]
-    outs = [helper.make_tensor_value_info(o, 0, None) for o in node.output]
-    g = helper.make_graph([node], "fold", [], outs, inits)
-    return ReferenceEvaluator(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])).run(None, {})
+    try:
+        inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in feeds.items()]
+        outs = [helper.make_tensor_value_info(o, 0, None) for o in node.output]
+        g = helper.make_graph([node], "fold", [], outs, inits)
+        return ReferenceEvaluator(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])).run(None, {})
+    except Exception as e:  # noqa: BLE001 - any failure of a malformed constant computation
+        raise ModelFormatError(f"{where}: node {node.name or (node.output[0] if node.output else '?')!r} "
+                               f"({node.op_type}): cannot evaluate its constant inputs ({type(e).__name__}: "
+                               f"{str(e)[:160]})") from None
 
 
 def _const_scalar(consts: dict[str, np.ndarray], name: str) -> float | None:
@@ -57,8 +66,10 @@ def _const_scalar(consts: dict[str, np.ndarray], name: str) -> float | None:
     return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
 
 
-def fold_cnn_onnx(model: Any, input_name: str, chw: Sequence[int]) -> tuple[Any, bool]:
-    """A rewritten copy of ``model`` (see module docstring) and whether a trailing Softmax was dropped."""
+def fold_cnn_onnx(model: Any, input_name: str, chw: Sequence[int], where: str = "ONNX",
+                  drop_softmax: bool = False) -> tuple[Any, bool]:
+    """A rewritten copy of ``model`` (see module docstring) and whether a trailing Softmax was dropped (only with
+    ``drop_softmax``: it changes the output, so the caller must ask). ``where`` (the file) prefixes errors."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -66,7 +77,12 @@ def fold_cnn_onnx(model: Any, input_name: str, chw: Sequence[int]) -> tuple[Any,
     m.CopyFrom(model)
     g = m.graph
     shapes = _static_shapes(m, input_name, chw)
-    consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    consts: dict[str, np.ndarray] = {}
+    for i in g.initializer:
+        try:
+            consts[i.name] = numpy_helper.to_array(i)
+        except Exception:  # noqa: BLE001 - the importer reports corrupt initializers itself
+            pass
     users: dict[str, int] = {}
     for n in g.node:
         for i in n.input:
@@ -75,28 +91,33 @@ def fold_cnn_onnx(model: Any, input_name: str, chw: Sequence[int]) -> tuple[Any,
     new_consts: dict[str, np.ndarray] = {}
     for n in g.node:
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
-            consts[n.output[0]] = _eval(n, {})[0]
+            if n.output:
+                consts[n.output[0]] = _eval(n, {}, where)[0]
             kept.append(n)
             continue
-        if n.op_type == "Shape" and n.input[0] in shapes and not n.attribute:
+        if n.op_type == "Shape" and n.input and n.input[0] in shapes and not n.attribute:
             consts[n.output[0]] = new_consts[n.output[0]] = np.array(shapes[n.input[0]], np.int64)
             continue
         if n.op_type in FOLDABLE and n.input and all((i in consts) or not i for i in n.input):
-            vals = _eval(n, {i: consts[i] for i in n.input if i})
+            vals = _eval(n, {i: consts[i] for i in n.input if i}, where)
             for o, v in zip(n.output, vals):
                 consts[o] = new_consts[o] = np.asarray(v)
             continue
         kept.append(n)
-    kept = _fuse_hardswish(kept, consts, users)
-    kept = _fuse_matmul_bias(kept, consts, users)
-    kept = _fuse_conv_bias(kept, consts, users, new_consts)
+    try:
+        kept = _fuse_hardswish(kept, consts, users)
+        kept = _fuse_matmul_bias(kept, consts, users)
+        kept = _fuse_conv_bias(kept, consts, users, new_consts)
+    except (IndexError, KeyError, ValueError, TypeError) as e:  # a node missing inputs/outputs it needs
+        raise ModelFormatError(f"{where}: malformed node around a fusable pattern ({type(e).__name__}: "
+                               f"{str(e)[:160]})") from None
     dropped = False
     out_name = g.output[0].name if len(g.output) == 1 else None
     prod = {o: n for n in kept for o in n.output}
     tail = prod.get(out_name) if out_name else None
     if tail is not None and tail.op_type == "Identity":
         tail = prod.get(tail.input[0])
-    if tail is not None and tail.op_type == "Softmax" and users.get(tail.output[0], 0) <= 1:
+    if drop_softmax and tail is not None and tail.op_type == "Softmax" and users.get(tail.output[0], 0) <= 1:
         kept = [n for n in kept if n is not tail and not (n.op_type == "Identity" and n.output[0] == out_name)]
         kept.append(helper.make_node("Identity", [tail.input[0]], [out_name], name="dropped_softmax"))
         dropped = True
