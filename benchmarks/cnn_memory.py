@@ -22,7 +22,8 @@ import numpy as np
 
 from edgespool.exporters.cnn.from_pth import load_torch_cnn, mobilenet_v2_graph
 from edgespool.runtime.bundle.cnn_graph import CnnGraph
-from edgespool.schedulers.patch_plan import all_candidates, arena_layout, make_plan, plan_patches
+from edgespool.schedulers.arena import arena_layout
+from edgespool.schedulers.patch_plan import all_candidates, make_plan, plan_patches
 
 MCUNETV2 = {"layer_kB": 1372, "patch_kB": 172, "grid": "4x4"}
 

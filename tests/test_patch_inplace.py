@@ -12,7 +12,8 @@ from edgespool.errors import OptionError
 from edgespool.exporters.cnn.from_pth import mobilenet_v2_graph
 from edgespool.runtime.cnn.calibrate import calibrate_and_quantize
 from edgespool.runtime.cnn.executor import CnnRunner
-from edgespool.schedulers.patch_plan import arena_layout, cut_points, layer_memory, make_plan, plan_patches
+from edgespool.schedulers.arena import arena_layout
+from edgespool.schedulers.patch_plan import cut_points, layer_memory, make_plan, plan_patches
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ Project (``out_dir``)::
                                   (int32 accumulators, float32 requant multipliers, round-half-even, no FMA
                                   contraction: build with -ffp-contract=off).
     model_weights.c               int8 weights, int32 biases, float32 multipliers, int8 LUTs as const arrays
-    model.h / model.c             ONE static arena (offsets from schedulers.patch_plan.arena_layout), the patch
+    model.h / model.c             ONE static arena (offsets from schedulers.arena.arena_layout), the patch
                                   region table, model_invoke(): stage 1 patch by patch into the stage-1 buffer,
                                   then the rest layer by layer
     main_host.c                   host harness: input.bin (int8) -> output.bin (int8)
@@ -32,7 +32,8 @@ import numpy as np
 from ...errors import BudgetError, DeployError, UnsupportedModelError
 from ...runtime.bundle.cnn_graph import CnnGraph
 from ...runtime.cnn.quant import QuantCnn
-from ...schedulers.patch_plan import PatchPlan, arena_layout
+from ...schedulers.arena import arena_layout
+from ...schedulers.patch_plan import PatchPlan
 
 
 ARM_FLAGS = {
