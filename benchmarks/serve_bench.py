@@ -9,6 +9,10 @@ first); the load generator runs outside the rig on loopback. Systems:
   edgespool-stream     the same with --memory-budget = 1/4 of the weights (the plan's KV cache split over 4 slots)
   llama-resident       `llama-server -m GGUF -np 4` (built from the llama-cpp-python 0.3.36 sdist's llama.cpp)
   llama-stream         the same under the streamed run's memory limit (its mmap'd weights page through the cache)
+  llamacpp-python-resident / -stream   llama-cpp-python 0.3.36's `python -m llama_cpp.server` (no slots: it serves
+                       one request at a time), EOS banned by logit_bias instead of ignore_eos
+  llama-stream-norepack  the same with --no-repack (on x86 llama.cpp by default copies the weights into repacked
+                       anonymous buffers, the whole model in RAM; without it they stay in the mmap)
 
 Memory limits: resident runs get the profile's RAM; streamed runs get budget + ``--headroom`` (the same for both
 servers). Per phase (k clients, each sending ``--requests`` requests one after the other; prompts differ per
@@ -64,11 +68,11 @@ def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         c.close()
 
 
-def one_request(port: int, i: int, max_tokens: int, model: str) -> dict:
+def one_request(port: int, i: int, max_tokens: int, model: str, extra: dict | None = None) -> dict:
     """One streaming chat completion; arrival times of its content chunks."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": f"{QUESTION} (request {i})"}],
                        "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
-                       "stream_options": {"include_usage": True}})
+                       "stream_options": {"include_usage": True}, **(extra or {})})
     t0 = time.perf_counter()
     times: list[float] = []
     usage = None
@@ -105,13 +109,13 @@ def one_request(port: int, i: int, max_tokens: int, model: str) -> dict:
     return {"t0": t0, "times": times, "tokens": n, "end": time.perf_counter()}
 
 
-def phase(port: int, k: int, requests: int, max_tokens: int, model: str, base: int) -> dict:
+def phase(port: int, k: int, requests: int, max_tokens: int, model: str, base: int, extra: dict | None = None) -> dict:
     results: list[dict] = []
     lock = threading.Lock()
 
     def client(j: int) -> None:
         for r in range(requests):
-            res = one_request(port, base + j * requests + r, max_tokens, model)
+            res = one_request(port, base + j * requests + r, max_tokens, model, extra)
             with lock:
                 results.append(res)
 
@@ -154,9 +158,9 @@ def rss(pid: int | None) -> int | None:
 
 
 def run_system(name: str, cmd: list[str], port: int, limits, device_paths: list[str], clients: list[int],
-               requests: int, max_tokens: int, model: str, ready_timeout: float) -> dict:
+               requests: int, max_tokens: int, model: str, ready_timeout: float, extra: dict | None = None) -> dict:
     """Start ``cmd`` (a server) as a rig run in this (the main) thread -- the rig forwards signals, which only the
-    main thread may handle -- while a driver thread waits for /health, runs the phases and stops the server."""
+    main thread may handle -- while a driver thread waits for /v1/models, runs the phases and stops the server."""
     from edgespool.apps.rig.runner import run_in_rig
 
     row: dict = {"system": name, "phases": []}
@@ -166,7 +170,7 @@ def run_system(name: str, cmd: list[str], port: int, limits, device_paths: list[
         ready = False
         while time.perf_counter() - t0 < ready_timeout:
             try:
-                if get(port, "/health")[0] == 200:
+                if get(port, "/v1/models")[0] == 200:  # 503 while loading (edgespool); llama-cpp-python has no /health
                     ready = True
                     break
             except OSError:
@@ -179,7 +183,7 @@ def run_system(name: str, cmd: list[str], port: int, limits, device_paths: list[
         else:
             idle = []
             for i, k in enumerate(clients):
-                row["phases"].append(phase(port, k, requests, max_tokens, model, base=1000 * i))
+                row["phases"].append(phase(port, k, requests, max_tokens, model, base=1000 * i, extra=extra))
                 time.sleep(0.5)
                 idle.append(rss(pid))
                 p = row["phases"][-1]
@@ -187,7 +191,7 @@ def run_system(name: str, cmd: list[str], port: int, limits, device_paths: list[
                       file=sys.stderr, flush=True)
             # growth: the largest phase once more; the idle RSS after it minus after its first run (the same load
             # twice, so the allocator's high-water mark of that load is already reached)
-            again = phase(port, clients[-1], requests, max_tokens, model, base=1000 * len(clients))
+            again = phase(port, clients[-1], requests, max_tokens, model, base=1000 * len(clients), extra=extra)
             row["again"] = again
             time.sleep(0.5)
             idle.append(rss(pid))
@@ -272,9 +276,17 @@ def main() -> None:
     rows = []
     for name in args.systems.split(","):
         port = free_port()
-        streamed = name.endswith("-stream")
+        streamed = "-stream" in name
         limits = resolve_limits(target, medium or None, memory=str(stream_limit) if streamed else None)
-        if name.startswith("edgespool"):
+        extra = None
+        if name.startswith("llamacpp-python"):  # llama-cpp-python's own server (one request at a time)
+            cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port",
+                   str(port), "--n_ctx", "2048", "--n_threads", str(len(os.sched_getaffinity(0))),
+                   "--model_alias", gguf.name]
+            paths = [str(gguf)]
+            model = gguf.name
+            extra = {"logit_bias": {"151645": -100, "151643": -100}}  # no ignore_eos there: EOS ids banned
+        elif name.startswith("edgespool"):
             cmd = [sys.executable, "-m", "edgespool", "serve", str(bundle_dir), "--port", str(port), "--parallel",
                    "4"] + (["--memory-budget", str(budget)] if streamed else ["--ctx-size", "2048"])
             paths = [str(bundle_dir / "weights.bin")]
@@ -284,13 +296,14 @@ def main() -> None:
                 print(f"skip {name}: no --llama-server", file=sys.stderr)
                 continue
             cmd = [args.llama_server, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", "4",
-                   "-c", "2048", "-t", str(len(os.sched_getaffinity(0))), "--no-webui"]
+                   "-c", "2048", "-t", str(len(os.sched_getaffinity(0))), "--no-webui"] + \
+                (["--no-repack"] if name.endswith("-norepack") else [])
             paths = [str(gguf)]
             model = gguf.name
         mt = args.stream_max_tokens if streamed else args.max_tokens
         print(f"{name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         rows.append(run_system(name, cmd, port, limits, paths, clients, args.requests, mt, model,
-                               args.ready_timeout))
+                               args.ready_timeout, extra))
     meta = {"profile": args.profile, "weights": weights, "budget": budget, "stream_limit": stream_limit,
             "requests": args.requests, "max_tokens": f"{args.max_tokens} (streamed: {args.stream_max_tokens})",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": os.getloadavg()}
