@@ -165,23 +165,31 @@ def test_openai_client_errors(client, bundle):
 def _stream_in_thread(client, bundle, n, out):
     try:
         for _ in client.completions.create(model=bundle.name, prompt="Write a long essay about the sea.",
-                                           max_tokens=n, temperature=0, stream=True):
+                                           max_tokens=n, temperature=0, stream=True,
+                                           extra_body={"ignore_eos": True}):
             pass
         out.append("ok")
     except openai.APIStatusError as e:
         out.append(e.status_code)
 
 
-def test_queue_full_gets_429(client, bundle):
+def test_queue_full_gets_429(server, client, bundle):
     out: list = []
-    ts = [threading.Thread(target=_stream_in_thread, args=(client, bundle, 48, out)) for _ in range(3)]
+    ts = [threading.Thread(target=_stream_in_thread, args=(client, bundle, 256, out)) for _ in range(3)]
     for t in ts:  # 2 slots + 1 queue place
         t.start()
-    time.sleep(1.0)
-    with pytest.raises(openai.RateLimitError):
-        client.completions.create(model=bundle.name, prompt="one more", max_tokens=4)
-    for t in ts:
-        t.join()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until both slots are busy and one request waits
+            h = json.loads(server.request("GET", "/health")[1])
+            if h["slots_processing"] == 2 and h["queued"] == 1:
+                break
+            time.sleep(0.05)
+        with pytest.raises(openai.RateLimitError):
+            client.completions.create(model=bundle.name, prompt="one more", max_tokens=4)
+    finally:
+        for t in ts:
+            t.join()
     assert out == ["ok", "ok", "ok"]
 
 
@@ -201,7 +209,8 @@ def test_disconnect_cancels_generation(server, bundle):
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         m = metrics(server)
-        if m["edgespool_requests_cancelled_total"] > before["edgespool_requests_cancelled_total"]:
+        if (m["edgespool_requests_cancelled_total"] > before["edgespool_requests_cancelled_total"]
+                and m["edgespool_slots_processing"] == 0):
             break
         time.sleep(0.1)
     else:
