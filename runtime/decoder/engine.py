@@ -179,31 +179,38 @@ class Engine:
 
     # -- one step ---------------------------------------------------------------------------------------------
     def forward(self, tokens: Iterable[int] | np.ndarray, cache: KVCache, last_only: bool = False,
-                logits: bool = True, layers: int | None = None) -> np.ndarray:
+                logits: bool = True, layers: int | None = None, *, hidden: np.ndarray | None = None,
+                first_layer: int = 0, hidden_out: bool = False) -> np.ndarray:
         """Run the T new ``tokens`` (positions ``cache.length ..``) through the model in one batched pass,
         append their keys/values to ``cache``, and return float32 logits ``[T, V]`` (``[1, V]`` for the last
         token only when ``last_only``; nothing, and no head pass, with ``logits=False``: a prefill chunk that is
         not the prompt's last). ``layers``: run only the first that many layers before the head (self-drafting,
-        :meth:`forward_prefix`)."""
+        :meth:`forward_prefix`).
+        Pipeline stages (edgespool.runtime.cluster): ``hidden`` ``[T, H]`` replaces the embedding of ``tokens``
+        (the previous stage's output; ``tokens`` is then ignored), ``first_layer`` starts the layer loop there
+        (``cache`` is a stage cache of layers ``first_layer..``), ``hidden_out`` returns the residual stream
+        ``[T, H]`` after the last layer run instead of logits (no head)."""
         c, src, kern = self.config, self.source, self.kernels
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = np.asarray(tokens if hidden is None else np.zeros(len(hidden)), dtype=np.int64).reshape(-1)
         T = tokens.size
         if T == 0:
             raise OptionError("forward() needs at least one token")
-        if tokens.min() < 0 or tokens.max() >= c.vocab_size:
+        if hidden is None and (tokens.min() < 0 or tokens.max() >= c.vocab_size):
             raise OptionError(f"token id out of range [0, {c.vocab_size}): {int(tokens.max())}")
         cache.check_room(T)
         pos = cache.positions() if isinstance(cache, CacheBatch) else np.arange(cache.length, cache.length + T)
         tables = {id(r): r.cos_sin(pos) for r in self.layer_rope if r}  # (cos, sin) [T, D] of each distinct RoPE
 
-        src.hint([EMBED, layer_group(0)])
+        src.hint([EMBED, layer_group(first_layer)] if hidden is None else [layer_group(first_layer)])
         rows_fn = getattr(src, "embed_rows", None)
-        if rows_fn is not None:  # a streaming source reads just these rows from storage
+        if hidden is not None:  # a pipeline stage after the first: the previous stage's residual stream
+            x = np.array(hidden, dtype=np.float32)
+        elif rows_fn is not None:  # a streaming source reads just these rows from storage
             x = rows_fn(tokens)  # [T, H]
         else:
             x = src.get(EMBED)[EMBED].rows(tokens)
             src.release(EMBED)
-        if c.embedding_multiplier != 1:  # Granite, Gemma
+        if c.embedding_multiplier != 1 and hidden is None:  # Granite, Gemma
             x *= np.float32(c.embedding_multiplier)
         res = None if c.residual_multiplier == 1 else np.float32(c.residual_multiplier)  # Granite: block output scale
 
@@ -211,7 +218,7 @@ class Engine:
         # a CPU/GPU split source (edgespool.offload.gpu_split) computes its GPU layers and head itself, KV cache on
         # the GPU; the activations cross the link once per CPU<->GPU boundary
         dev = getattr(src, "device_layers", None) if layers is None else None
-        for i in range(n_run):
+        for i in range(first_layer, n_run):
             if dev is not None and dev.runs(i):
                 x = dev.layer(i, x, pos, tables[id(self.layer_rope[i])] if self.layer_rope[i] else None, cache)
                 continue
@@ -241,6 +248,8 @@ class Engine:
             src.release(g)
         cache.advance(T)
 
+        if hidden_out:  # a pipeline stage that is not the last: its residual stream goes to the next board
+            return x
         if not logits:
             return None  # type: ignore[return-value]
         if last_only:
