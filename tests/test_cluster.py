@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import make_synth_bundle
 from edgespool.runtime.bundle.reader import Bundle
 from edgespool.runtime.cluster.stage import Stage
 from edgespool.runtime.decoder.engine import Engine
