@@ -61,6 +61,14 @@ def _mpirun_reason() -> str | None:
     return None
 
 
+def _tokens_line(stdout: str) -> dict:
+    import re
+
+    m = re.search(r'\{"tokens".*\}', stdout)
+    assert m, stdout
+    return json.loads(m.group(0))
+
+
 def _mpirun(path, ranges, extra=(), timeout=120):
     n = len(ranges)
     cmd = ["mpirun", "--oversubscribe", "-np", str(n), "--mca", "btl", "tcp,self"]
@@ -78,7 +86,7 @@ def test_mpirun_two_ranks_equal_single_board_tokens(bundle4):
     want = list(ref.generate(PROMPT, 6, stop_ids=Bundle(bundle4).config.eos_token_ids or ()))
     p = _mpirun(bundle4, [(0, 2), (2, 4)])
     assert p.returncode == 0, p.stderr[-2000:]
-    out = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith('{"tokens"')][0])
+    out = _tokens_line(p.stdout)
     assert out["tokens"] == want
     # per decode token: one [1, H] float32 message forward, one int64 back
     assert out["link"]["sent_messages"] >= 1 + len(want)
@@ -89,3 +97,47 @@ def test_killed_board_ends_the_job_not_a_hang(bundle4):
     p = _mpirun(bundle4, [(0, 2), (2, 4)], ["--die-rank", "1", "--die-after", "3", "--timeout", "5"], timeout=60)
     assert p.returncode != 0
     assert '{"tokens"' not in p.stdout
+
+
+def _netns_reason() -> str | None:
+    from edgespool.apps.cluster.boards import netns_reason
+
+    return _mpirun_reason() or netns_reason()
+
+
+@pytest.mark.skipif(_netns_reason() is not None, reason=_netns_reason() or "")
+def test_emulated_boards_in_netns_equal_single_board_and_cut_link_errors(bundle4):
+    from edgespool.apps.cluster.boards import EmulatedBoards
+
+    ref = _engine(bundle4)
+    want = list(ref.generate(PROMPT, 6, stop_ids=Bundle(bundle4).config.eos_token_ids or ()))
+    worker = [sys.executable, "-m", "edgespool.apps.cluster.worker", str(bundle4), "--ranges", "0:1,1:3,3:4",
+              "--prompt-ids", ",".join(map(str, PROMPT)), "-n", "6", "--max-context", "64", "--no-kernels"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with EmulatedBoards(3, rate_mbit=1000) as boards:
+        p = subprocess.run(boards.mpirun_args() + worker, capture_output=True, text=True, timeout=120, env=env)
+        assert p.returncode == 0, p.stderr[-2000:]
+        out = _tokens_line(p.stdout)
+        assert out["tokens"] == want, p.stdout
+        # a cut link mid-run: the first board gives one clean error within the timeout
+        q = subprocess.Popen(boards.mpirun_args() + worker + ["-n", "40", "--timeout", "4",
+                             "--simulated-latency-ms", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+        import time
+        time.sleep(6)
+        boards.cut(2)
+        t_cut, line = time.monotonic(), ""
+        try:  # the error line must come within the 4 s receive timeout (+ slack), not a hang
+            while "edgespool cluster: error" not in line and time.monotonic() - t_cut < 30:
+                line = q.stderr.readline()
+                if not line and q.poll() is not None:
+                    break
+        finally:
+            boards.restore(2)  # let Open MPI's daemons tear down, then end the launcher we started
+            try:
+                q.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                q.kill()
+                q.wait()
+        assert "edgespool cluster: error" in line and "sent nothing" in line, line
+        assert time.monotonic() - t_cut < 30
