@@ -57,7 +57,7 @@ class EmulatedBoards:
                 _ip("-n", ns, "link", "set", "lo", "up")
                 if self.rate:
                     subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf",
-                                    "rate", f"{self.rate}mbit", "burst", "32kbit", "latency", "50ms"], check=True,
+                                    "rate", f"{self.rate}mbit", "burst", f"{max(32, int(self.rate * 1000 // 8 // 100))}kb", "latency", "50ms"], check=True,
                                    capture_output=True)
             cases = "\n".join(f'  {h}) ns={ns} ;;' for h, ns in zip(self.hosts, self.ns))
             self.agent.write_text(f'#!/bin/sh\nhost="$1"; shift\ncase "$host" in\n{cases}\n  *) echo "unknown '
@@ -80,7 +80,7 @@ class EmulatedBoards:
         net = f"{SUBNET}.0/24"
         return ["mpirun", "--allow-run-as-root", "-np", str(self.n), "--host", ",".join(self.hosts),
                 "--mca", "plm_rsh_agent", str(self.agent), "--mca", "oob_tcp_if_include", net,
-                "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", net]
+                "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", net, "--mca", "routed", "direct"]
 
     def __exit__(self, *exc) -> None:
         for ns in self.ns:
