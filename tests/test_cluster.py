@@ -141,3 +141,31 @@ def test_emulated_boards_in_netns_equal_single_board_and_cut_link_errors(bundle4
                 q.wait()
         assert "edgespool cluster: error" in line and "sent nothing" in line, line
         assert time.monotonic() - t_cut < 30
+
+
+def test_real_smollm2_split_in_two_equals_single_board(tmp_path_factory):
+    """The real SmolLM2-135M (int8 from its GGUF, C kernels): 2 stages 0..14 / 15..29 give the single board's
+    logits (f32 KV) and greedy tokens."""
+    from serving_common import smol_bundle
+
+    from edgespool.runtime.api import resolve_kernels
+
+    path = smol_bundle(tmp_path_factory)
+    b = Bundle(path)
+    kern = resolve_kernels(b, True)
+    ref = Engine(ResidentWeights(b), kern, kv_dtype="f32")
+    prompt = [1, 504, 3458, 314, 260, 1345]
+    cache = ref.new_cache(32)
+    want = [ref.forward(prompt, cache, last_only=True)]
+    toks = []
+    for _ in range(5):
+        toks.append(int(np.argmax(want[-1][-1])))
+        want.append(ref.forward([toks[-1]], cache, last_only=True))
+    stages = [Stage(Engine(ResidentWeights(Bundle(path)), kern, kv_dtype="f32"), a, z) for a, z in ((0, 15), (15, 30))]
+    caches = [s.new_cache(32) for s in stages]
+    for inp, w in zip([prompt] + [[t] for t in toks], want):
+        x = np.asarray(inp, np.int64)
+        for s, c in zip(stages, caches):
+            x = s.step(x, c, last_only=True) if s.last else s.step(x, c, last_only=False)
+        np.testing.assert_allclose(x, w, rtol=1e-4, atol=1e-4)
+        assert int(np.argmax(x[-1])) == int(np.argmax(w[-1]))
