@@ -1,0 +1,34 @@
+"""Every package of the source tree ships in the wheel: each folder with an ``__init__.py`` is listed in
+pyproject.toml's ``packages`` and is importable from the installed edgespool (a folder missing there is absent
+from the wheel, and import-linter's layers then name a module that does not exist)."""
+from __future__ import annotations
+
+import importlib
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+
+SKIP = {"tests", "build", "docs", "dist"}  # top-level folders that are not part of the package
+
+
+def _repo() -> Path:
+    repo = os.environ.get("EDGESPOOL_REPO")
+    if not repo or not (Path(repo) / "pyproject.toml").is_file():
+        pytest.skip("EDGESPOOL_REPO (set by .ci/run) does not point at the source checkout")
+    return Path(repo)
+
+
+def test_every_package_folder_is_listed_and_installed():
+    repo = _repo()
+    listed = set(tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    tracked = set()
+    for root, dirs, files in os.walk(repo):
+        rel = Path(root).relative_to(repo)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not (rel == Path(".") and d in SKIP)]
+        if "__init__.py" in files:
+            tracked.add(".".join(("edgespool",) + rel.parts))
+    assert tracked - listed == set(), f"package folders missing from pyproject.toml packages: {sorted(tracked - listed)}"
+    for name in sorted(tracked):
+        importlib.import_module(name)  # the installed wheel has it
