@@ -12,6 +12,7 @@ import filecmp
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -496,8 +497,9 @@ def test_arm64_rig_as_board(board, reg, bundles, tmp_path):
         root = tmp_path / f"root-{name}"
         root.mkdir()
         py = tmp_path / f"python-{name}"
-        py.write_text(f"#!/bin/sh\nexec {sys.executable} -m edgespool.apps.rig.arm64 --root {arm64.root_dir()} "
-                      f"--cpu {cpu} --bind {root} -- /usr/bin/python3 \"$@\"\n")
+        q = shlex.quote  # the clone (and so the venv's python) may sit in a folder with spaces
+        py.write_text(f"#!/bin/sh\nexec {q(sys.executable)} -m edgespool.apps.rig.arm64 --root {q(str(arm64.root_dir()))} "
+                      f"--cpu {cpu} --bind {q(str(root))} -- /usr/bin/python3 \"$@\"\n")
         py.chmod(0o755)
         _cli("device", "add", name, board.url(), "--identity", str(board.client_key), "--root", str(root),
              "--python", str(py), "--accept-new")
