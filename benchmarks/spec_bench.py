@@ -50,6 +50,25 @@ PROMPTS = {
 SYSTEMS = "edgespool-stream,edgespool-ngram,edgespool-draft,llama-mmap,llama-lookup"
 
 
+def _timed_stream(stream, res: dict, out: str, r0: int) -> None:
+    """Consume ``stream`` (one item per generated token), timing TTFT and decode and counting the bytes read
+    during decode into ``res``; the partial result is written to ``out`` after every token (a run killed by its
+    memory limit still leaves its figures)."""
+    from edgespool.benchmarks.stream_bench import _io_read_bytes
+
+    t0, first, n, r1 = time.perf_counter(), None, 0, None
+    for _ in stream:
+        n += 1
+        if first is None:
+            first, r1 = time.perf_counter(), _io_read_bytes()
+        res.update(decode_tokens=n - 1, decode_s=time.perf_counter() - first, partial=True,
+                   decode_read_bytes=_io_read_bytes() - r1)
+        Path(out).write_text(json.dumps(res))
+    t_end = time.perf_counter()
+    res.update(ttft_s=(first or t_end) - t0, decode_s=t_end - (first or t_end), decode_tokens=max(0, n - 1),
+               partial=False, decode_read_bytes=_io_read_bytes() - (r1 or r0))
+
+
 def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, k: int, draft: str) -> None:
     """One system in the rig: load, prefill the prompt ids, decode greedily; write its figures as JSON."""
     from edgespool.benchmarks.stream_bench import _io_read_bytes
@@ -79,17 +98,7 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
             kw["draft_model"] = LlamaPromptLookupDecoding(num_pred_tokens=k)
         llm, res["llamacpp_config"] = open_llama(bundle, n_ctx=len(ids) + N + 16, verbose=False,
                                                  n_threads=len(os.sched_getaffinity(0)), n_batch=len(ids), **kw)
-        t0, first, n, r1 = time.perf_counter(), None, 0, None
-        for _ in llm.create_completion(ids, max_tokens=N, temperature=0.0, top_k=1, stream=True):
-            n += 1
-            if first is None:
-                first, r1 = time.perf_counter(), _io_read_bytes()
-            res.update(decode_tokens=n - 1, decode_s=time.perf_counter() - first, partial=True,
-                       decode_read_bytes=_io_read_bytes() - r1)
-            Path(out).write_text(json.dumps(res))
-        t_end = time.perf_counter()
-        res.update(ttft_s=(first or t_end) - t0, decode_s=t_end - (first or t_end), decode_tokens=max(0, n - 1),
-                   partial=False, decode_read_bytes=_io_read_bytes() - (r1 or r0))
+        _timed_stream(llm.create_completion(ids, max_tokens=N, temperature=0.0, top_k=1, stream=True), res, out, r0)
     else:
         from edgespool.runtime.api import load
 
@@ -113,18 +122,8 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
             m.source.load_all()
         if m.draft is not None:
             m.draft.preload()
-        t0, first, n, r1 = time.perf_counter(), None, 0, None
-        for _ in m.generate_ids(ids, N, stop=[]):
-            n += 1
-            if first is None:
-                first, r1 = time.perf_counter(), _io_read_bytes()
-            res.update(decode_tokens=n - 1, decode_s=time.perf_counter() - first, partial=True,
-                       decode_read_bytes=_io_read_bytes() - r1)
-            Path(out).write_text(json.dumps(res))
-        t_end = time.perf_counter()
-        res.update(ttft_s=(first or t_end) - t0, decode_s=t_end - (first or t_end), decode_tokens=max(0, n - 1),
-                   partial=False, decode_read_bytes=_io_read_bytes() - (r1 or r0),
-                   speculative=m.stats.speculative, kernels=m.kernels.description)
+        _timed_stream(m.generate_ids(ids, N, stop=[]), res, out, r0)
+        res.update(speculative=m.stats.speculative, kernels=m.kernels.description)
         m.close()
     res["decode_tok_s"] = res["decode_tokens"] / res["decode_s"] if res.get("decode_s") else 0.0
     res["bytes_read_per_token"] = res["decode_read_bytes"] / max(1, res["decode_tokens"])
