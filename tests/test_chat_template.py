@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ pytest.importorskip("transformers")
 from edgespool.errors import ChatTemplateError, OptionError  # noqa: E402
 from edgespool.runtime.decoder import chat as chat_mod  # noqa: E402
 from edgespool.runtime.decoder.chat import ChatTemplate  # noqa: E402
+from serving_common import fetched  # noqa: E402 (the real GGUFs, skipped offline outside CI)
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 CONVERSATIONS = {
@@ -68,17 +68,6 @@ def gguf_template(path: Path) -> tuple[str, dict[str, str]]:
                for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"))
                if f"tokenizer.ggml.{key}" in r.fields}
     return r.fields["tokenizer.chat_template"].contents(), special
-
-
-def fetched(name: str) -> Path:
-    from edgespool.apps.assets import fetch
-
-    try:
-        return fetch(name)
-    except Exception as e:  # offline and not cached
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"asset {name} unavailable: {e}")
 
 
 @pytest.fixture(scope="module")
