@@ -24,7 +24,9 @@ def _print_facts(f: dict) -> None:
                    + (f", cgroup limit {fmt_bytes(f['cgroup_memory_limit'])}" if f.get("cgroup_memory_limit") else "")
                    + ")"),
         ("disk free", f"{fmt_bytes(f.get('disk_free') or 0)} under {f.get('device_root')}"),
-        ("cold read", f"{st['bandwidth'] / 1e6:.1f} MB/s ({fmt_bytes(st['bytes'])}, {st['fs_type']})" if st else "-"),
+        ("cold read", f"{st['bandwidth'] / 1e6:.1f} MB/s"
+         + (f", second half {st['sustained_bandwidth'] / 1e6:.1f} MB/s" if st.get("sustained_bandwidth") else "")
+         + f" ({fmt_bytes(st['bytes'])}, {st['fs_type']})" if st else "-"),
         ("governor / temp", f"{th.get('governor') or '-'} / {th.get('temperatures_c') or '-'}"
                             + (f", throttled {th['throttled']}" if th.get("throttled") else "")),
         ("current release", (f.get("current_release") or "none")[:12]),

@@ -62,11 +62,11 @@ def _mpirun_reason() -> str | None:
 
 
 def _tokens_line(stdout: str) -> dict:
-    import re
-
-    m = re.search(r'\{"tokens".*\}', stdout)
-    assert m, stdout
-    return json.loads(m.group(0))
+    """Rank 0's result object. mpirun forwards each rank's stdout on its own, so another rank's line can land on
+    the same output line: decode the one object that starts at ``{"tokens"`` and ignore what follows it."""
+    i = stdout.find('{"tokens"')
+    assert i >= 0, stdout
+    return json.JSONDecoder().raw_decode(stdout, i)[0]
 
 
 def _mpirun(path, ranges, extra=(), timeout=120):

@@ -463,12 +463,15 @@ def test_board_under_rpi5_rig(tmp_path, reg, bundles):
         pytest.skip(f"the rig could not start sshd here: {e}")
     try:
         _add(b)
-        f = json.loads(_cli("device", "check", "pi", "--json", "--read-test-size", "48MiB").stdout)["facts"]
+        f = json.loads(_cli("device", "check", "pi", "--json", "--read-test-size", "64MiB").stdout)["facts"]
         assert f["cgroup_memory_limit"] == prof.ram and f["memory_usable"] <= prof.ram
         want = prof.storage_medium("microsd").read_bandwidth
         if f["storage"]["fs_type"] in ("tmpfs", "overlay"):
             pytest.skip(f"device root on {f['storage']['fs_type']}: the blkio throttle does not apply")
-        assert 0.6 * want <= f["storage"]["bandwidth"] <= 1.3 * want, (f["storage"], want)
+        # the second half of the read, past the throttle's initial burst (which let a whole 48 MiB read reach 1.48x
+        # the set rate on one CI machine)
+        assert 0.6 * want <= f["storage"]["sustained_bandwidth"] <= 1.3 * want, (f["storage"], want)
+        assert f["storage"]["bandwidth"] >= 0.6 * want
         deploy(bundles[0], reg.get("pi"), reg, read_test_bytes=0)
         _current_is(b.root, bundles[0])
         out = _cli("deploy", str(bundles[0]), "pi", "--run", "Once upon a time", "-n", "4", "--read-test-size",
