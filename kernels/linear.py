@@ -40,14 +40,19 @@ def _blas_threads_fn() -> Callable[[int], int] | None:
     BLAS numpy loaded does not change)."""
     try:
         with open("/proc/self/maps") as f:
-            paths = dict.fromkeys(ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln)
-        for p in paths:
-            fn = getattr(ctypes.CDLL(p), "openblas_set_num_threads_local", None)
-            if fn is not None:
-                fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
-                return fn
+            # the path is field 6 on; a replaced file's line ends in " (deleted)"
+            paths = dict.fromkeys(ln.split(None, 5)[5].strip().removesuffix(" (deleted)") for ln in f
+                                  if "openblas" in ln.lower() and len(ln.split(None, 5)) == 6)
     except OSError:
-        pass
+        return None
+    for p in paths:
+        try:  # one path that cannot be opened (deleted, another arch) must not hide the others
+            fn = getattr(ctypes.CDLL(p), "openblas_set_num_threads_local", None)
+        except OSError:
+            continue
+        if fn is not None:
+            fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+            return fn
     return None
 
 
