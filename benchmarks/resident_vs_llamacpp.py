@@ -226,6 +226,8 @@ def _child(system: str, path: str, threads: int, runs: int, short: int, decode: 
         prof.wait(timeout=60)
     if family == "edgespool":
         res["kernel_fallbacks"] = dict(tk.fallbacks)
+        # weights repacked into the block kernels' x16 layout at first read (in the warm-up), and what it cost
+        res["packed_weights"], res["pack_s"] = int(getattr(tk, "packed", 0)), float(getattr(tk, "packed_s", 0.0))
     res["decode_med"] = float(np.median(res["decode_tok_s"]))
     res["prefill_med"] = float(np.median(res["prefill_tok_s"]))
     return res

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, TargetError
+from . import block_pack
+from .block_pack import PackedQTensor
 from .quant import QTensor
 from .table import REFERENCE, KernelTable, RoutedLinear
 
@@ -66,7 +68,7 @@ def compile_library(tvm_target: dict[str, Any], out_path: str | Path, cc: str | 
     if shutil.which(cc) is None:
         raise TargetError(f"C compiler {cc!r} not found: it builds the block kernels for this target")
     flags = ["-O3", "-fPIC", "-shared", "-pthread", *gcc_flags(tvm_target)]
-    src = SOURCE.read_bytes()
+    src = b"".join(p.read_bytes() for p in sorted(SOURCE.parent.glob("*.[ch]")))  # blockdot.c + its headers
     key = hashlib.sha256(src + repr((cc, flags)).encode()).hexdigest()[:16]
     cache = Path(cache_dir or os.environ.get("EDGESPOOL_KERNEL_CACHE") or Path.home() / ".cache/edgespool/kernels")
     cached_lib = cache / f"blockdot-{key}.so"
@@ -117,8 +119,12 @@ class BlockKernels:
         vp, lg, it = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
         lib.es_linear.restype = ctypes.c_int
         lib.es_linear.argtypes = [vp, it, vp, lg, vp, lg, it, it, vp, it, vp, vp, it]
+        # libraries built before the packed layout existed (older bundles) have no packing entry points
+        self.can_pack = block_pack.declare(lib)
         self._lib = lib
         self.path = path
+        self.packed = 0  # weights repacked by prepare_weight
+        self.packed_s = 0.0  # seconds spent repacking
         self.threads = int(threads or default_threads())
         self._pool = lib.es_pool_new(self.threads)
         self.isa = lib.es_isa().decode()
@@ -143,6 +149,23 @@ class BlockKernels:
             buf = self._tls.buf = np.empty(max(nbytes, 1 << 16) // 8 + 1, np.float64)  # 8-byte aligned
         return buf
 
+    def prepare_weight(self, w: QTensor) -> QTensor:
+        """``w`` repacked into the kernels' x16 layout (a :class:`~edgespool.kernels.block_pack.PackedQTensor`)
+        when this library computes from it (q8_0 / q4_0 / int8 / int4 g32 on AVX-512 VNNI builds), else ``w``.
+        For resident weights: the caller drops the stored-layout copy."""
+        code = SCHEME_CODES.get(w.scheme)
+        if code is None or not self.can_pack or not self.fits(w):
+            return w
+        import time
+
+        t0 = time.perf_counter()
+        p = block_pack.pack(self._lib, code[0], w)
+        if p is None:
+            return w
+        self.packed += 1
+        self.packed_s += time.perf_counter() - t0
+        return p
+
     def fits(self, w: QTensor) -> bool:
         """Whether a kernel here serves weight ``w``."""
         code = SCHEME_CODES.get(w.scheme)
@@ -161,6 +184,14 @@ class BlockKernels:
             x = np.ascontiguousarray(x, dtype=np.float32)
         m = x.size // n
         y = np.empty((*x.shape[:-1], rows), np.float32)
+        if isinstance(w, PackedQTensor):
+            scratch = self._scratch(int(self._lib.es_act_bytes(n, m)))
+            rc = self._lib.es_linear_packed(self._pool, w.code, w.data.ctypes.data, rows, n, x.ctypes.data, m,
+                                            y.ctypes.data, scratch.ctypes.data, self.threads)
+            if rc:  # this library has no packed kernel (another build packed it): the stored layout's kernel
+                return self.linear(x, w.stored_rows(0, rows))
+            self.calls += 1
+            return y
         data = w.data
         sc, scb = None, 0
         if w.scheme == "int8":

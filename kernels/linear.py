@@ -88,6 +88,9 @@ def dequantize_rows_into(w: QTensor, r0: int, r1: int, out: np.ndarray, nib: np.
     ``(r1 - r0) * in`` elements); returns the ``[r1 - r0, in]`` view. ``nib``: uint8 scratch of ``(r1 - r0) * in``
     bytes for int4 (allocated when not given). Values equal :func:`edgespool.kernels.quant.dequantize` exactly
     (the scheme object of :mod:`edgespool.runtime.bundle.schemes` does the work)."""
+    stored_rows = getattr(w, "stored_rows", None)
+    if stored_rows is not None:  # a weight repacked for the C block kernels (kernels/block_pack.py): stored bytes back
+        w, r0, r1 = stored_rows(r0, r1), 0, r1 - r0
     return get_scheme(w.scheme).dequantize_rows_into(w, r0, r1, out, nib)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from edgespool.kernels import c_blocks
+from edgespool.kernels.block_pack import PACKED_SCHEMES, PackedQTensor
 from edgespool.kernels.quant import QTensor, quantize
 from edgespool.kernels.table import REFERENCE
 from edgespool.runtime.bundle.ggml_schemes import GGML_BLOCKS
@@ -105,6 +106,95 @@ def test_edgespool_schemes_match_the_numpy_reference(kern, scheme):
     assert rel(k2.linear(x, w), REFERENCE.linear(x, w)) < 2e-2
 
 
+def _weight(rng, scheme: str, rows: int, n: int) -> QTensor:
+    if scheme.startswith("q"):
+        return QTensor(scheme, (rows, n), rand_blocks(rng, scheme.upper(), rows, n))
+    return quantize(rng.standard_normal((rows, n)).astype(np.float32), scheme, 32)
+
+
+@pytest.mark.parametrize("scheme", PACKED_SCHEMES)
+def test_packed_layout(kern, scheme):
+    """The x16 repacked layout (c_src/blockpack.h): the stored bytes come back bit for bit (dequantize, embedding
+    rows, the numpy reference kernels), and the packed GEMV / GEMM compute the same integer block dots as the
+    stored-layout kernels (exact on Q8_0-rounded x; float order differs), for row counts that are not multiples of
+    the 16-row group, batches across the 8-row activation tile, and one or two threads."""
+    k1, k2 = kern
+    rng = np.random.default_rng(PACKED_SCHEMES.index(scheme) + 40)
+    for rows, n in ((37, 224), (301, 896), (1000, 864), (129, 576)):
+        w = _weight(rng, scheme, rows, n)
+        p = k1.prepare_weight(w)
+        if not isinstance(p, PackedQTensor):
+            assert p is w
+            pytest.skip(f"this build ({k1.isa}) computes {scheme} from the stored layout (packed: AVX-512 VNNI)")
+        assert p.scheme == w.scheme and p.shape == w.shape and p.scale is None and p.data.ctypes.data % 64 == 0
+        back = p.stored_rows(0, rows)
+        np.testing.assert_array_equal(back.data, w.data)
+        if w.scale is not None:
+            np.testing.assert_array_equal(back.scale, w.scale)
+        np.testing.assert_array_equal(p.dequantize(), w.dequantize())
+        idx = np.array([rows - 1, 0, 5, 5])
+        np.testing.assert_array_equal(p.rows(idx), w.rows(idx))
+        wf = w.dequantize().astype(np.float64)
+        for m in (1, 2, 3, 8, 9, 17):
+            x = rng.standard_normal((m, n)).astype(np.float32)
+            y = k1.linear(x, p)
+            assert y.shape == (m, rows) and rel(y, q8_rounded(x) @ wf.T) < 2e-6, (rows, n, m)
+            assert rel(y, k1.linear(x, w)) < 2e-6
+            np.testing.assert_array_equal(y, k2.linear(x, p))  # the row split changes nothing
+        x = rng.standard_normal((3, n)).astype(np.float32)
+        np.testing.assert_array_equal(REFERENCE.linear(x, p), REFERENCE.linear(x, w))
+    assert k1.prepare_weight(p) is p  # packing twice is a no-op
+
+
+def test_packing_leaves_other_formats_alone(kern):
+    k1, _ = kern
+    rng = np.random.default_rng(9)
+    for t in ("Q4_1", "Q5_0", "Q4_K", "Q6_K"):
+        w = QTensor(t.lower(), (16, 256), rand_blocks(rng, t, 16, 256))
+        assert k1.prepare_weight(w) is w
+    w64 = quantize(rng.standard_normal((16, 128)).astype(np.float32), "int4", 64)
+    assert k1.prepare_weight(w64) is w64
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_resident_model_runs_packed_with_one_copy(tmp_path, quant):
+    """A resident bundle on its block kernels: every int8 / int4 linear weight is packed at first read, no tensor
+    keeps the group's read buffer alive (one copy of the weights), and the logits equal the same kernels on the
+    stored layout (float order) and the numpy reference (Q8_0 activation rounding)."""
+    import edgespool
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model
+    from edgespool.exporters.synth import synth_demo_model
+
+    b = export_model(synth_demo_model(seed=3, hidden=128, layers=2, experts=2, top_k=1, moe_intermediate=96,
+                                      heads=4, kv_heads=2), tmp_path / quant,
+                     policy=QuantPolicy(quant=quant, group_size=32), onnx=False, kernels=True, progress=False,
+                     kernel_activations="q8").path
+    ids = [1, 5, 9, 14, 3, 22, 7, 11]
+    with edgespool.load(b) as m:
+        bk = m.kernels.backend
+        if not isinstance(bk, c_blocks.BlockKernels) or not bk.can_pack:
+            pytest.skip(f"no packing block kernels here: {m.kernels.description}")
+        got = m.logits(ids)
+        tensors = [t for g in m.source._groups.values() for t in g.values()]
+        packed = [t for t in tensors if isinstance(t, PackedQTensor)]
+        if not bk._lib.es_pack_kind(c_blocks.SCHEME_CODES[quant][0]):
+            pytest.skip(f"this build ({bk.isa}) computes {quant} from the stored layout")
+        assert packed and bk.packed == len(packed) and all(t.scheme == quant for t in packed)
+        assert all(isinstance(t, PackedQTensor) or t.data.base is None for t in tensors)
+        lib = bk.path
+    stored = c_blocks.BlockKernels(lib, threads=1)
+    stored.can_pack = False
+    with edgespool.load(b, kernels=stored.table()) as m:
+        want = m.logits(ids)
+        assert not any(isinstance(t, PackedQTensor) for g in m.source._groups.values() for t in g.values())
+    stored.close()
+    with edgespool.load(b, kernels=False) as m:
+        ref = m.logits(ids)
+    assert rel(got, want) < 1e-3, rel(got, want)
+    assert rel(got, ref) < 3e-2 and got[-1].argmax() == ref[-1].argmax()
+
+
 def test_table_routes_and_falls_back(kern):
     k1, _ = kern
     rng = np.random.default_rng(3)
@@ -186,6 +276,9 @@ def test_against_llamacpp_vec_dot(kern, t):
         assert rel(y, ref) < 3e-2 and err <= 1.25 * gerr, (err, gerr)  # comparable to llama.cpp's own error
     else:  # Q4_1: ggml's q8_1 keeps d * sum(codes) as f16
         assert rel(y, ref) < (1e-3 if t == "Q4_1" else 1e-5), rel(y, ref)
+    p = kern[0].prepare_weight(QTensor(t.lower(), (rows, n), raw))
+    if isinstance(p, PackedQTensor):  # Q8_0 / Q4_0 in the x16 layout on AVX-512 VNNI builds: the same dots
+        assert rel(kern[0].linear(x, p)[0], ref) < 1e-5
 
 
 @pytest.mark.llamacpp

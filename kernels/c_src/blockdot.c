@@ -512,6 +512,8 @@ static rowdot_fn rowdot_of(int wt) {
     }
 }
 
+#include "blockpack.h"
+
 /* ---- thread pool ------------------------------------------------------------------------------------------- */
 /* Workers spin on a generation counter for a while after each job (the next linear of a decode step comes within
  * tens of microseconds; waking a thread blocked on a condition variable costs ~50-100 us on a VM), then block. */
@@ -526,6 +528,8 @@ typedef struct {
     const int32_t *s;
     const float *ds;
     float *y;
+    int wt, packed; /* packed: w is the x16 layout of blockpack.h */
+    const int32_t *so; /* packed: -offset x code sum per activation block */
 } job_t;
 
 typedef struct {
@@ -566,7 +570,53 @@ static long now_ns(void) {
 #ifndef ES_ROW_TILE_BYTES
 #define ES_ROW_TILE_BYTES 16384
 #endif
+#ifndef ES_PACK_TILE_BYTES
+#define ES_PACK_TILE_BYTES 131072
+#endif
+#ifdef ES_PACKED
+/* Rows [r0, r1) (r0 a multiple of 16) of a packed job: decode as tiles of 4 row groups, prefill as tiles of
+ * ES_PACK_TILE_BYTES of row groups (in L2) against each group of MAXNA activation rows in turn. */
+static void run_packed(const job_t *j, int r0, int r1) {
+    int nb = j->n / 32, g0 = r0 / PK_ROWS, g1 = (r1 + PK_ROWS - 1) / PK_ROWS;
+    long gb = pk_group_bytes(j->wt, j->n);
+    pk_fn fn = pk_of(j->wt);
+    act_t a[MAXNA];
+    const int32_t *so[MAXNA];
+    if (j->m == 1) {
+        a[0] = (act_t){j->q, j->d, j->s, j->ds};
+        so[0] = j->so;
+        int g = g0;
+        for (; g + 4 <= g1; g += 4)
+            fn(j->w + g * gb, gb, nb, a, so, j->y + (long)g * PK_ROWS, j->rows, r1 - g * PK_ROWS, 1, 1);
+        for (; g < g1; g++)
+            fn(j->w + g * gb, gb, nb, a, so, j->y + (long)g * PK_ROWS, j->rows, r1 - g * PK_ROWS, 0, 1);
+        return;
+    }
+    int tile = (int)(ES_PACK_TILE_BYTES / gb);
+    if (tile < 1) tile = 1;
+    for (int t0 = g0; t0 < g1; t0 += tile) {
+        int t1 = t0 + tile < g1 ? t0 + tile : g1;
+        for (int i0 = 0; i0 < j->m; i0 += MAXNA) {
+            int na = j->m - i0 < MAXNA ? j->m - i0 : MAXNA;
+            for (int i = 0; i < na; i++) {
+                long ii = i0 + i;
+                a[i] = (act_t){j->q + ii * j->n, j->d + ii * nb, j->s + ii * nb, j->ds + ii * nb};
+                so[i] = j->so + ii * nb;
+            }
+            for (int g = t0; g < t1; g++)
+                fn(j->w + g * gb, gb, nb, a, so, j->y + (long)i0 * j->rows + (long)g * PK_ROWS, j->rows,
+                   r1 - g * PK_ROWS, 0, na);
+        }
+    }
+}
+#endif
 static void run_rows(const job_t *j, int r0, int r1) {
+#ifdef ES_PACKED
+    if (j->packed) {
+        run_packed(j, r0, r1);
+        return;
+    }
+#endif
     int nb = j->n / 32;
     act_t a[MAXNA];
     float o[MAXNA];
@@ -664,6 +714,7 @@ void es_pool_free(void *vp) {
 static void pool_run(pool_t *p, const job_t *j) {
     int chunk = (j->rows + 4 * j->nth - 1) / (4 * j->nth);
     chunk = chunk < 16 ? 16 : (chunk + 3) & ~3;
+    if (j->packed) chunk = (chunk + 63) & ~63; /* whole 4-group decode tiles */
     int nch = (j->rows + chunk - 1) / chunk;
     while (nch > 0xFFFF) { chunk *= 2; nch = (j->rows + chunk - 1) / chunk; }
     long g = atomic_load(&p->gen) + 1;
@@ -687,7 +738,7 @@ static void pool_run(pool_t *p, const job_t *j) {
 }
 
 /* Bytes of activation scratch es_linear needs for m rows of n values. */
-long es_act_bytes(int n, int m) { return (long)m * (n + (n / 32) * 12); }
+long es_act_bytes(int n, int m) { return (long)m * (n + (n / 32) * 16); }
 
 /* y[m, rows] = x[m, n] @ W^T.  w: row-major stored rows of row_bytes; wsc: per-row scales of sc_bytes (int8: f32,
  * int4: f16 per 32) or NULL; scratch: es_act_bytes(n, m) bytes, 8-byte aligned.  Returns 0, or -1 for an unknown
@@ -702,20 +753,55 @@ int es_linear(void *vp, int wt, const uint8_t *w, long row_bytes, const uint8_t 
     float *d = (float *)scratch;
     int32_t *s = (int32_t *)(scratch + (long)m * nb * 4);
     float *ds = (float *)(scratch + (long)m * nb * 8);
-    int8_t *q = (int8_t *)(scratch + (long)m * nb * 12);
+    int8_t *q = (int8_t *)(scratch + (long)m * nb * 16);
     for (int i = 0; i < m; i++)
         quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb, ds + (long)i * nb);
     int nth = nthreads < 1 ? 1 : nthreads;
     if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
     if (!p) nth = 1;
     if ((long)rows * row_bytes * m < 32768 || rows < 8 * nth) nth = 1; /* too small to split */
-    job_t j = {fn, w, wsc, row_bytes, sc_bytes, rows, n, m, nth, q, d, s, ds, y};
+    job_t j = {fn, w, wsc, row_bytes, sc_bytes, rows, n, m, nth, q, d, s, ds, y, wt, 0, 0};
     if (nth == 1) {
         run_rows(&j, 0, rows);
         return 0;
     }
     pool_run(p, &j);
     return 0;
+}
+
+/* es_linear for a weight packed by es_pack (blockpack.h): y[m, rows] = x[m, n] @ W^T.  Returns 0, or -1 when
+ * this build has no packed kernel for wt (es_pack_kind) or the shape does not fit. */
+int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, const float *x, int m, float *y,
+                     uint8_t *scratch, int nthreads) {
+#ifdef ES_PACKED
+    pool_t *p = (pool_t *)vp;
+    if (!es_pack_kind(wt) || n % 32 || rows <= 0 || m <= 0) return -1;
+    int nb = n / 32;
+    float *d = (float *)scratch;
+    int32_t *s = (int32_t *)(scratch + (long)m * nb * 4);
+    float *ds = (float *)(scratch + (long)m * nb * 8);
+    int32_t *so = (int32_t *)(scratch + (long)m * nb * 12);
+    int8_t *q = (int8_t *)(scratch + (long)m * nb * 16);
+    int off = (wt == W_Q8_0 || wt == W_INT8) ? 128 : 8;
+    for (int i = 0; i < m; i++)
+        quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb, ds + (long)i * nb);
+    for (long k = 0; k < (long)m * nb; k++) so[k] = -off * s[k];
+    int nth = nthreads < 1 ? 1 : nthreads;
+    if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
+    if (!p) nth = 1;
+    long wbytes = es_packed_bytes(wt, rows, n);
+    if (wbytes * m < 32768 || rows < 64 * nth) nth = 1; /* too small to split */
+    job_t j = {0, packed, 0, 0, 0, rows, n, m, nth, q, d, s, ds, y, wt, 1, so};
+    if (nth == 1) {
+        run_rows(&j, 0, rows);
+        return 0;
+    }
+    pool_run(p, &j);
+    return 0;
+#else
+    (void)vp; (void)wt; (void)packed; (void)rows; (void)n; (void)x; (void)m; (void)y; (void)scratch; (void)nthreads;
+    return -1;
+#endif
 }
 
 const char *es_isa(void) {

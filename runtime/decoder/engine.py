@@ -130,6 +130,10 @@ class Engine:
                  prefill_chunk: int | None = None) -> None:
         self.source = source
         self.kernels = kernels
+        # resident weights in the kernels' own layout (the C block kernels' x16 repacking; streamed ones stay stored)
+        prepare, set_prepare = getattr(kernels.backend, "prepare_weight", None), getattr(source, "set_prepare", None)
+        if prepare is not None and set_prepare is not None:
+            set_prepare(prepare)
         plan = getattr(source, "plan", None)
         # a streaming source's plan sizes the KV cache (format, length) and the prefill chunks; resident runs keep
         # a float32 cache and one pass over the prompt unless told otherwise

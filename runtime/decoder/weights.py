@@ -6,7 +6,7 @@ the streaming sources of :mod:`edgespool.offload` implement the same protocol wi
 """
 from __future__ import annotations
 
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -65,6 +65,7 @@ class ResidentWeights:
         self.resident_bytes = sum(g.nbytes for g in bundle.groups.values())
         self._map: np.ndarray | None = None
         self._groups: dict[str, dict[str, QTensor]] = {}
+        self._prepare: Callable[[QTensor], QTensor] | None = None
         if mmap and self.resident_bytes:
             self._map = np.memmap(bundle.weights_path, dtype=np.uint8, mode="r")
 
@@ -77,8 +78,29 @@ class ResidentWeights:
             else:
                 buf = self._map[g.offset: g.offset + g.nbytes]
                 got = {n: self.bundle.tensor_from_buffer(n, buf, g.offset, self.verify) for n in g.tensors}
+            if self._prepare is not None:
+                got = self._prepared(got)
             self._groups[group] = got
         return got
+
+    def set_prepare(self, fn: Callable[[QTensor], QTensor] | None) -> None:
+        """Pass every group through ``fn`` (tensor -> tensor: the C block kernels' repacking,
+        ``BlockKernels.prepare_weight``) as it is read; groups already read are converted now. A group's read
+        buffer is freed once converted (the tensors ``fn`` leaves alone are copied out of it), so the weights stay
+        one copy in memory."""
+        self._prepare = fn
+        if fn is not None:
+            for g, got in list(self._groups.items()):
+                self._groups[g] = self._prepared(got)
+
+    def _prepared(self, got: dict[str, QTensor]) -> dict[str, QTensor]:
+        assert self._prepare is not None
+        out = {n: self._prepare(t) if isinstance(t, QTensor) else t for n, t in got.items()}
+        if self._map is None and any(out[n] is not got[n] for n in got):  # drop the read buffer: own the rest
+            out = {n: t if t is not got[n] or not isinstance(t, QTensor) else
+                   QTensor(t.scheme, t.shape, t.data.copy(), None if t.scale is None else t.scale.copy(),
+                           t.group_size) for n, t in out.items()}
+        return out
 
     def load_all(self) -> None:
         """Read (and verify) every group now."""

@@ -1,0 +1,208 @@
+/* edgespool repacked (row-interleaved) block weights, included by blockdot.c.
+ *
+ * Layout ("x16"): output rows in groups of 16 (the last group zero-padded); per group, per 32-value block b:
+ *   q8_0:  [16 x f16 block scales: 32 B][codes: 8 chunks x 64 B]           = 544 B per block
+ *   q4_0:  [16 x f16 block scales: 32 B][codes: 4 chunks x 64 B]           = 288 B per block
+ *   int4:  same as q4_0 (the block scales come from the separate f16 scale array)
+ *   int8:  a group header of 16 x f32 row scales (64 B), then per block [codes: 8 chunks x 64 B] = 512 B
+ * Chunk c holds 4 code bytes of each of the 16 rows, row r at byte 4 r: q8_0 / int8 values 4c..4c+3 stored as
+ * u8 (w ^ 0x80 = w + 128); q4_0 / int4 the stored nibble bytes 4c..4c+3 (low nibble = value 4c+k, high nibble =
+ * value 16+4c+k: ggml's order).  One 64-byte load is then one int32 lane per row, so `vpdpbusd` with a broadcast
+ * 4-byte activation chunk advances 16 rows' dot products at once (no horizontal reduction; llama.cpp's
+ * block_q4_0x8 / block_q8_0x4 repacking does the same with 8 / 4 rows).  The u8 offset (128 for the signed codes,
+ * 8 for nibbles) comes off exactly: each block's int32 accumulator starts at -offset x (activation block code sum).
+ *
+ * Micro-kernel: a tile of G row groups (16 G rows) x NA activation rows keeps G x NA int32 block accumulators
+ * and G x NA float accumulators in zmm registers; decode (one activation row) runs G = 4 (four independent
+ * chains), prefill G = 1 x NA = 8 with the weight group reused by 8 activation rows per load.
+ * Compute needs AVX-512 F/BW + VNNI; the layout functions (pack, unpack) are plain C and build everywhere. */
+
+#define PK_ROWS 16
+#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4)
+
+static long pk_block_bytes(int wt) {
+    switch (wt) {
+    case W_Q8_0: return 544;
+    case W_INT8: return 512;
+    case W_Q4_0:
+    case W_INT4: return 288;
+    default: return 0;
+    }
+}
+static long pk_group_bytes(int wt, int n) { return (wt == W_INT8 ? 64 : 0) + (long)(n / 32) * pk_block_bytes(wt); }
+
+/* Bytes of the packed form of a [rows, n] weight (0: this format has no packed form). */
+long es_packed_bytes(int wt, int rows, int n) {
+    if (!PK_SUPPORTED(wt) || n % 32 || rows <= 0) return 0;
+    return (long)((rows + PK_ROWS - 1) / PK_ROWS) * pk_group_bytes(wt, n);
+}
+
+/* Whether this build computes from packed weights of type wt (1) or only from the stored layout (0). */
+int es_pack_kind(int wt) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    return PK_SUPPORTED(wt) ? 1 : 0;
+#else
+    (void)wt;
+    return 0;
+#endif
+}
+
+/* Repack a stored [rows, n] weight (rows of row_bytes; int8 / int4 scales of sc_bytes per row) into out
+ * (es_packed_bytes bytes).  Returns 0, -1 for a format without a packed form. */
+int es_pack(int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long sc_bytes, int rows, int n,
+            uint8_t *out) {
+    if (!es_packed_bytes(wt, rows, n)) return -1;
+    int nb = n / 32;
+    long gb = pk_group_bytes(wt, n), bb = pk_block_bytes(wt);
+    memset(out, 0, (size_t)es_packed_bytes(wt, rows, n));
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *wr = w + (long)r * row_bytes, *sr = wsc ? wsc + (long)r * sc_bytes : 0;
+        uint8_t *g = out + (long)(r / PK_ROWS) * gb;
+        int l = r % PK_ROWS;
+        if (wt == W_INT8) memcpy(g + 4 * l, sr, 4);
+        for (int b = 0; b < nb; b++) {
+            uint8_t *blk = g + (wt == W_INT8 ? 64 : 0) + (long)b * bb;
+            if (wt == W_Q8_0 || wt == W_INT8) {
+                const uint8_t *src = wt == W_Q8_0 ? wr + 34 * b + 2 : wr + 32 * b;
+                uint8_t *codes = wt == W_Q8_0 ? blk + 32 : blk;
+                if (wt == W_Q8_0) memcpy(blk + 2 * l, wr + 34 * b, 2);
+                for (int c = 0; c < 8; c++)
+                    for (int k = 0; k < 4; k++) codes[64 * c + 4 * l + k] = (uint8_t)(src[4 * c + k] ^ 0x80);
+            } else {
+                const uint8_t *src = wt == W_Q4_0 ? wr + 18 * b + 2 : wr + 16 * b;
+                memcpy(blk + 2 * l, wt == W_Q4_0 ? wr + 18 * b : sr + 2 * b, 2);
+                for (int c = 0; c < 4; c++) memcpy(blk + 32 + 64 * c + 4 * l, src + 4 * c, 4);
+            }
+        }
+    }
+    return 0;
+}
+
+/* The stored-layout bytes of rows idx[0..count) of a packed [rows, n] weight: out_w rows of out_row_bytes,
+ * int8 / int4 scales into out_sc rows of out_sc_bytes (the inverse of es_pack).  Returns 0 or -1. */
+int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t *idx, int count, uint8_t *out_w,
+                   long out_row_bytes, uint8_t *out_sc, long out_sc_bytes) {
+    if (!es_packed_bytes(wt, rows, n)) return -1;
+    int nb = n / 32;
+    long gb = pk_group_bytes(wt, n), bb = pk_block_bytes(wt);
+    for (int t = 0; t < count; t++) {
+        int64_t r = idx[t];
+        if (r < 0 || r >= rows) return -1;
+        const uint8_t *g = packed + (long)(r / PK_ROWS) * gb;
+        int l = (int)(r % PK_ROWS);
+        uint8_t *wr = out_w + (long)t * out_row_bytes, *sr = out_sc ? out_sc + (long)t * out_sc_bytes : 0;
+        if (wt == W_INT8) memcpy(sr, g + 4 * l, 4);
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *blk = g + (wt == W_INT8 ? 64 : 0) + (long)b * bb;
+            if (wt == W_Q8_0 || wt == W_INT8) {
+                uint8_t *dst = wt == W_Q8_0 ? wr + 34 * b + 2 : wr + 32 * b;
+                const uint8_t *codes = wt == W_Q8_0 ? blk + 32 : blk;
+                if (wt == W_Q8_0) memcpy(wr + 34 * b, blk + 2 * l, 2);
+                for (int c = 0; c < 8; c++)
+                    for (int k = 0; k < 4; k++) dst[4 * c + k] = (uint8_t)(codes[64 * c + 4 * l + k] ^ 0x80);
+            } else {
+                uint8_t *dst = wt == W_Q4_0 ? wr + 18 * b + 2 : wr + 16 * b;
+                memcpy(wt == W_Q4_0 ? wr + 18 * b : sr + 2 * b, blk + 2 * l, 2);
+                for (int c = 0; c < 4; c++) memcpy(dst + 4 * c, blk + 32 + 64 * c + 4 * l, 4);
+            }
+        }
+    }
+    return 0;
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define ES_PACKED 1
+static inline __m512i pk_bcast(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+/* G row groups (at gp, gp + gb, ...) x NA activation rows: out[i * ystride + 16 g + r] for the first `valid`
+ * rows of the tile.  so[i][b] = -offset x code sum of activation row i's block b. */
+AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
+                float *out, long ystride, int valid, const int G, const int NA) {
+    const int q4 = wt == W_Q4_0 || wt == W_INT4, i8 = wt == W_INT8;
+    const long bb = q4 ? 288 : (i8 ? 512 : 544);
+    const long co = i8 ? 0 : 32; /* codes after the block scales */
+    const uint8_t *base = gp + (i8 ? 64 : 0);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512 y[4][MAXNA];
+    for (int g = 0; g < G; g++)
+        for (int i = 0; i < NA; i++) y[g][i] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m512i acc[4][MAXNA];
+        __m512 vs[4];
+        for (int g = 0; g < G; g++) {
+            const uint8_t *blk = base + g * gb + b * bb;
+            vs[g] = i8 ? _mm512_setzero_ps() : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
+            for (int i = 0; i < NA; i++) acc[g][i] = _mm512_set1_epi32(so[i][b]);
+        }
+        if (q4) {
+            for (int c = 0; c < 4; c++)
+                for (int g = 0; g < G; g++) {
+                    __m512i v = _mm512_loadu_si512((const void *)(base + g * gb + b * bb + co + 64 * c));
+                    __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                    for (int i = 0; i < NA; i++) {
+                        const int8_t *xq = a[i].q + 32 * b + 4 * c;
+                        acc[g][i] = _mm512_dpbusd_epi32(acc[g][i], lo, pk_bcast(xq));
+                        acc[g][i] = _mm512_dpbusd_epi32(acc[g][i], hi, pk_bcast(xq + 16));
+                    }
+                }
+        } else {
+            for (int c = 0; c < 8; c++)
+                for (int g = 0; g < G; g++) {
+                    __m512i v = _mm512_loadu_si512((const void *)(base + g * gb + b * bb + co + 64 * c));
+                    for (int i = 0; i < NA; i++)
+                        acc[g][i] = _mm512_dpbusd_epi32(acc[g][i], v, pk_bcast(a[i].q + 32 * b + 4 * c));
+                }
+        }
+        for (int g = 0; g < G; g++)
+            for (int i = 0; i < NA; i++) {
+                __m512 t = _mm512_cvtepi32_ps(acc[g][i]), da = _mm512_set1_ps(a[i].d[b]);
+                y[g][i] = i8 ? _mm512_fmadd_ps(t, da, y[g][i]) : _mm512_fmadd_ps(t, _mm512_mul_ps(vs[g], da), y[g][i]);
+            }
+    }
+    for (int g = 0; g < G; g++) {
+        __m512 rs = i8 ? _mm512_loadu_ps((const float *)(gp + g * gb)) : _mm512_setzero_ps();
+        int nv = valid - 16 * g;
+        if (nv <= 0) break;
+        for (int i = 0; i < NA; i++) {
+            __m512 v = i8 ? _mm512_mul_ps(y[g][i], rs) : y[g][i];
+            float *o = out + (long)i * ystride + 16 * g;
+            if (nv >= 16) _mm512_storeu_ps(o, v);
+            else _mm512_mask_storeu_ps(o, (__mmask16)((1u << nv) - 1u), v);
+        }
+    }
+}
+#define PK_NA_CASES(WT, G) \
+    switch (na) { \
+    case 1: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 1); break; \
+    case 2: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 2); break; \
+    case 3: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 3); break; \
+    case 4: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 4); break; \
+    case 5: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 5); break; \
+    case 6: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 6); break; \
+    case 7: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 7); break; \
+    default: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 8); break; \
+    }
+#define PK_FN(NAME, WT) \
+    static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
+                     long ys, int valid, int g4, int na) { \
+        if (g4) pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, 4, 1); \
+        else PK_NA_CASES(WT, 1) \
+    }
+PK_FN(pk_q8_0, W_Q8_0)
+PK_FN(pk_int8, W_INT8)
+PK_FN(pk_q4_0, W_Q4_0)
+PK_FN(pk_int4, W_INT4)
+typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
+static pk_fn pk_of(int wt) {
+    switch (wt) {
+    case W_Q8_0: return pk_q8_0;
+    case W_INT8: return pk_int8;
+    case W_Q4_0: return pk_q4_0;
+    case W_INT4: return pk_int4;
+    default: return 0;
+    }
+}
+#endif
