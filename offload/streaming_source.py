@@ -82,6 +82,7 @@ class StreamingWeights:
         self._step = 0
         self._layer = 0
         self._last_layer_get = -1
+        self._n_layers = self.config.num_layers if plan.stage is None else plan.stage.num_layers  # layers run a step
         self.lookahead = lookahead
         self._staging: np.ndarray | None = None
         self._embed_geo = row_geometry(bundle, EMBED)
@@ -109,7 +110,8 @@ class StreamingWeights:
             self.predictor: ExpertPredictor | None = None
             if self.config.is_moe:
                 hot = {g: self._pinned[g] for g in self._pinned if is_expert_group(g)}
-                n_moe = sum(1 for i in range(self.config.num_layers) if self.config.is_moe_layer(i))
+                run = range(self.config.num_layers) if plan.stage is None else range(plan.stage.start, plan.stage.stop)
+                n_moe = sum(1 for i in run if self.config.is_moe_layer(i))
                 self.cache = ExpertCache(self.store, self.pool, hot, policy=cache_policy, clock=self.clock,
                                          working_set=n_moe * self.config.num_experts_per_tok,
                                          num_layers=self.config.num_layers)
@@ -135,17 +137,21 @@ class StreamingWeights:
             if g not in b.groups or align_up(b.groups[g].nbytes) > p.layer_slot_bytes:
                 raise BudgetError(f"memory plan does not fit group {g!r} of {b.path} (plan made for another bundle?)")
         if b.config is not None and b.config.is_moe:
-            biggest = max(align_up(gi.nbytes) for g, gi in b.groups.items() if is_expert_group(g))
+            own = [g for g in b.groups if is_expert_group(g) and (p.stage is None or p.stage.has_group(g, False))]
+            biggest = max(align_up(b.groups[g].nbytes) for g in own)
             pinned = set(p.pinned_groups)
-            all_pinned = all(g in pinned for g in b.groups if is_expert_group(g))
+            all_pinned = all(g in pinned for g in own)
             if not all_pinned and (biggest > p.expert_slot_bytes or p.expert_cache_slots < 1):
                 raise BudgetError(f"memory plan has no expert slots fitting {b.path} (plan made for another bundle?)")
         covered = (set(p.pinned_groups) | {layer_group(i) for i in p.streamed_layers}
                    | {ffn_group(i) for i in p.neuron_layers} | ({EMBED} if p.embed_streamed else set())
-                   | ({HEAD} if p.head_streamed else set()))
+                   | ({HEAD} if p.head_streamed else set())
+                   | ({EMBED} if p.head_streamed and p.head_tensor == EMBED else set()))
         if p.head_streamed and not p.layer_slots:
             raise BudgetError(f"memory plan streams the head of {b.path} but has no window slot for it")
-        missing = [g for g in b.groups if parse_group(g).kind != "expert" and g not in covered]
+        tied = p.head_tensor == EMBED
+        missing = [g for g in b.groups if parse_group(g).kind != "expert" and g not in covered
+                   and (p.stage is None or p.stage.has_group(g, tied))]  # a pipeline stage: only its own groups
         if missing:
             raise BudgetError(f"memory plan covers neither pinning nor streaming of {missing[:3]} in {b.path}")
 
@@ -212,7 +218,7 @@ class StreamingWeights:
         """Tensors of ``group`` (blocking until they are in memory); valid until :meth:`release`."""
         layer, is_expert = self._parse(group)
         if layer is not None and not is_expert:
-            if layer < self._last_layer_get or self._last_layer_get < 0 or self.config.num_layers == 1:
+            if layer < self._last_layer_get or self._last_layer_get < 0 or self._n_layers == 1:
                 self._step += 1
             self._last_layer_get = self._layer = layer
         t = self._pinned.get(group)
@@ -342,7 +348,7 @@ class StreamingWeights:
 
 
 _PLAN_KEYS = ("max_context", "max_batch_tokens", "max_window_depth", "hot_experts", "workspace", "neuron_capacity",
-              "kv_dtype", "logits_rows", "reserved_bytes", "reserved_for")
+              "kv_dtype", "logits_rows", "reserved_bytes", "reserved_for", "stage")
 
 
 def open_streaming(bundle: Bundle, budget: int | str, *, target: str | None = None, verify: bool | str = True,

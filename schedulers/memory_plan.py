@@ -25,7 +25,7 @@ naming that minimum.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import BudgetError, BundleError, OptionError
@@ -38,6 +38,7 @@ from ..runtime.bundle.constants import ALIGNMENT, align_up
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, layer_of, layer_prefix, parse_group
 from .row_geometry import row_geometry
+from .stage_role import StageRole
 from ..targets.profiles import TargetProfile
 
 MiB = 1 << 20
@@ -97,6 +98,8 @@ class MemoryPlan:
     # bytes of the budget set aside before planning (a speculative draft model and its KV cache, issue 16)
     reserved_bytes: int = 0
     reserved_for: str = ""
+    # a pipeline stage's plan (issue 19): only its layers, the embedding / head only where it has them; None: all
+    stage: StageRole | None = None
 
     @property
     def neuron_window_bytes(self) -> int:
@@ -175,14 +178,17 @@ class MemoryPlan:
             lines.append(f"  {name:22s} {fmt_bytes(n):>11s}  {what}")
         lines.append(f"  {'total':22s} {fmt_bytes(self.total_bytes):>11s}  "
                      f"({100.0 * self.total_bytes / self.budget_bytes:.0f}% of budget)")
-        lines.append(f"  embedding: {'rows read per token (' + fmt_bytes(self.embed_row_bytes) + ' a row)' if self.embed_streamed else 'pinned'}"
+        st = self.stage
+        lines.append(f"  embedding: {'rows read per token (' + fmt_bytes(self.embed_row_bytes) + ' a row)' if self.embed_streamed else 'pinned' if st is None or st.embed else 'not on this stage'}"
                      f"; head ({self.head_tensor}, {fmt_bytes(self.head_bytes)}): "
                      + (f"streamed through the window in chunks of {self.head_chunk_rows} rows" if self.head_streamed
-                        else "pinned"))
+                        else "pinned" if st is None or st.head else "not on this stage"))
         lines.append(f"  streamed per token: {fmt_bytes(self.streamed_bytes_per_token)} of dense layers, head and "
                      "embedding rows"
                      + (" + expert misses" if self.expert_slot_bytes else "")
                      + (" + newly active FFN neurons" if self.neuron_layers else ""))
+        if self.stage is not None:
+            lines.append(f"  {self.stage.describe()} (KV cache and weights of these only)")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -269,7 +275,7 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
                 max_window_depth: int = DEFAULT_MAX_WINDOW_DEPTH, hot_experts: list[str] | None = None,
                 workspace: int | None = None, neuron_capacity: float | int = DEFAULT_NEURON_CAPACITY,
                 kernels: KernelTable = REFERENCE, kv_dtype: str = "f16", logits_rows: int = 1,
-                reserved_bytes: int = 0, reserved_for: str = "") -> MemoryPlan:
+                reserved_bytes: int = 0, reserved_for: str = "", stage: StageRole | None = None) -> MemoryPlan:
     """Plan a streamed run of ``bundle`` in ``budget_bytes`` (an int or a size string such as ``"512MiB"``).
 
     ``max_context``: KV cache positions (default: what the budget allows, up to the model's context: the largest
@@ -279,7 +285,9 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     pin first (e.g. from routing statistics); without them all expert memory is an adaptive cache. ``workspace``
     overrides the activation-workspace estimate. ``reserved_bytes`` (``reserved_for`` says what: a draft model) come
     off the budget first and count in the plan's total. ``neuron_capacity``: bundles with row-column bundled FFNs keep this
-    many neurons per layer in memory (a float in (0, 1]: that fraction of the layer's neurons).
+    many neurons per layer in memory (a float in (0, 1]: that fraction of the layer's neurons). ``stage``: plan one
+    pipeline stage only (its layers, the embedding only on the first stage, the head only on the last; a KV cache of
+    its layers).
 
     What is pinned is chosen by bytes saved per token per byte of memory: a pinned layer or a pinned head saves its
     whole size every token (ratio 1), a pinned embedding table saves one row per token (ratio 1 / vocabulary), so the
@@ -302,6 +310,12 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
             raise OptionError(f"--max-context {max_context} is longer than the context of {bundle.path.name} "
                               f"({model_ctx} tokens)")
     groups = bundle.groups
+    tied = cfg.tie_word_embeddings or LM_HEAD not in bundle.tensors
+    no_head = stage is not None and not stage.head  # a pipeline stage before the last: no final norm, no head
+    if stage is not None:
+        stage.check(cfg.num_layers)
+        groups = {g: info for g, info in groups.items() if stage.has_group(g, tied)}
+    kv_cfg = cfg if stage is None else replace(cfg, num_layers=stage.num_layers)
     gsize = {g: align_up(info.nbytes) for g, info in groups.items()}
     kinds = {g: parse_group(g).kind for g in groups}
     ffn_groups = [g for g in groups if kinds[g] == "ffn_bundled"]
@@ -310,11 +324,12 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     notes: list[str] = []
 
     # the edges: embedding rows (per token), the head (row chunks through the window) and the final norm
-    tied = cfg.tie_word_embeddings or LM_HEAD not in bundle.tensors
     head_t = EMBED if tied else LM_HEAD
     eg, hg = row_geometry(bundle, EMBED), row_geometry(bundle, head_t)
     head_pin_bytes = gsize.get(HEAD, 0) + (gsize.get(EMBED, 0) if tied else 0)  # what pinning the head pins
     norm_copy = align_up(4 * _numel(bundle.tensors[FINAL_NORM]["shape"]), 64)
+    if no_head:
+        head_pin_bytes = norm_copy = 0
 
     # float32 copies of every MoE layer's router + FFN norm: the predictor applies layer i+1's router to layer i's
     # hidden state (read once at load through the staging buffer)
@@ -325,15 +340,16 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
             if p + "router" in bundle.tensors:
                 router_tensors += [p + "router", p + "ffn_norm"]
     router_bytes = align_up(sum(align_up(4 * _numel(bundle.tensors[t]["shape"]), 64) for t in router_tensors))
-    staging = max(IO_STAGING_BYTES if router_tensors else 0, eg.max_read_bytes(1),
-                  align_up(int(bundle.tensors[FINAL_NORM]["nbytes"])),
+    staging = max(IO_STAGING_BYTES if router_tensors else 0,
+                  eg.max_read_bytes(1) if stage is None or stage.embed else 0,
+                  align_up(int(bundle.tensors[FINAL_NORM]["nbytes"])) if not no_head else 0,
                   max((align_up(int(bundle.tensors[t]["nbytes"])) for t in router_tensors), default=0))
     layer_slot = max((gsize[g] for g in layer_groups), default=0)
     if not layer_groups:  # no layer to share the window with: slots sized for head chunks of 2 MiB
         layer_slot = min(align_up(hg.nbytes) + 3 * ALIGNMENT, 2 * MiB)
     rows_per_block = max(1, BLOCK_BYTES // (4 * hg.width))  # the reference kernel's row blocks: chunks align to them
     chunk_rows = hg.rows_fitting(layer_slot, rows_per_block)
-    if chunk_rows < 1:
+    if chunk_rows < 1 and not no_head:
         raise BundleError(f"{bundle.path}: one row of {head_t!r} ({hg.row_bytes} bytes) does not fit a layer slot "
                           f"of {layer_slot} bytes")
     expert_slot = max((gsize[g] for g in expert_groups), default=0)
@@ -343,11 +359,14 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
     def ws_of(T: int, ctx: int) -> int:
         if workspace is not None:
             return align_up(workspace)
+        if no_head:  # no logits on this stage
+            return workspace_bytes(replace(cfg, vocab_size=0), bundle, T, ctx, kernels=kernels, kv_dtype=kv_dtype,
+                                   logits_rows=1, head_chunk_rows=0)
         return workspace_bytes(cfg, bundle, T, ctx, kernels=kernels, kv_dtype=kv_dtype,
                                logits_rows=logits_rows, head_chunk_rows=chunk_rows)
 
     def minimum_at(ctx: int, T: int) -> int:
-        return (kv_cache_bytes(cfg, ctx, kv_dtype) + ws_of(T, ctx) + staging + norm_copy + router_bytes + n_bytes
+        return (kv_cache_bytes(kv_cfg, ctx, kv_dtype) + ws_of(T, ctx) + staging + norm_copy + router_bytes + n_bytes
                 + layer_slot + topk * expert_slot)
 
     # the KV length: given, or what the budget allows up to the model's context
@@ -372,7 +391,7 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
         ctx = int(max_context)
     t_min = max(1, min(t_min, ctx))
     minimum = minimum_at(ctx, t_min)
-    kv = kv_cache_bytes(cfg, ctx, kv_dtype)
+    kv = kv_cache_bytes(kv_cfg, ctx, kv_dtype)
     if budget < minimum:
         err = BudgetError(
             f"memory budget {fmt_bytes(budget_total)}"
@@ -383,6 +402,7 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
                                           f"{fmt_bytes(router_bytes)}" if topk else "")
             + f", KV cache {fmt_bytes(kv)} ({kv_dtype}), workspace {fmt_bytes(ws_of(t_min, ctx))}, I/O staging "
             f"{fmt_bytes(staging)}" + (f", neuron windows + pinned gate rows {fmt_bytes(n_bytes)}" if n_bytes else "")
+            + (f"; {stage.describe()}" if stage is not None else "")
             + f"; embedding rows and the head stream); raise the budget to at least {fmt_bytes(minimum + reserved)} or lower "
             "--max-context" + (" or the neuron capacity" if n_bytes else ""))
         err.minimum = minimum + reserved  # type: ignore[attr-defined]
@@ -397,7 +417,7 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
                   arch=cfg.arch, model_bytes=bundle.weights_nbytes,
                   max_context=ctx, kv_cache_bytes=kv, max_batch_tokens=T, workspace_bytes=ws,
                   kv_dtype=kv_dtype, model_context=model_ctx, head_tensor=head_t, head_bytes=hg.nbytes,
-                  embed_row_bytes=eg.row_bytes, logits_rows=logits_rows)
+                  embed_row_bytes=eg.row_bytes, logits_rows=logits_rows, stage=stage)
 
     # Whole model fits: pin everything.
     all_bytes = sum(gsize.values())
@@ -427,7 +447,7 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
             n = min(2, len(rest) + (1 if head_streams else 0))
             return max(1, n) * max([gsize[s] for s in rest] + [layer_slot if head_streams else 0])
 
-        if free - head_pin_bytes - window_cost(streamed, False) >= 0:
+        if no_head or free - head_pin_bytes - window_cost(streamed, False) >= 0:
             free -= head_pin_bytes
             head_pinned = True
         for g in sorted(layer_groups, key=lambda g: gsize[g]):
@@ -463,7 +483,7 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
         # jitter), then more depth from what is left.
         # (a head no larger than a slot goes before the second slot: it saves bytes, the slot only overlap)
         small_head = head_pin_bytes <= layer_slot
-        if small_head and free - layer_slot >= head_pin_bytes:
+        if no_head or (small_head and free - layer_slot >= head_pin_bytes):
             free -= head_pin_bytes
             head_pinned = True
         slots = 1 + min(1, max(0, free // layer_slot - 1), max_window_depth)
@@ -492,9 +512,9 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
         router_tensors = []
         router_bytes = 0
     head_streamed = not head_pinned
-    if head_pinned:
+    if head_pinned and not no_head:
         pinned = [EMBED, HEAD] + pinned if tied else [HEAD] + pinned
-    embed_streamed = EMBED not in pinned
+    embed_streamed = EMBED not in pinned and (stage is None or stage.embed)
     if head_streamed:
         chunk_rows = hg.rows_fitting(layer_slot, rows_per_block)
     if (streamed or head_streamed) and depth == 0:

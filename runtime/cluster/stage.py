@@ -63,3 +63,26 @@ class Stage:
                                        hidden_out=not self.last)
         return self.engine.forward(None, cache, last_only=last_only, layers=layers, logits=logits, hidden=inp,
                                    first_layer=self.start, hidden_out=not self.last)
+
+
+def open_stage(bundle, start: int, stop: int, *, budget: int | str | None = None, kernels=None,
+               kv_dtype: str = "f32", max_context: int | None = None, **stream_options) -> Stage:
+    """Layers ``[start, stop)`` of ``bundle`` (a :class:`~edgespool.runtime.bundle.reader.Bundle`) as a
+    :class:`Stage`: resident weights without ``budget`` (only the stage's groups are ever read), else streamed
+    under the stage's own memory budget (:func:`~edgespool.schedulers.memory_plan.plan_memory` with a
+    :class:`~edgespool.schedulers.stage_role.StageRole`: only its layers, the embedding on the first stage, the
+    head on the last, a KV cache of ``max_context`` positions of its layers). ``stream_options`` go to
+    :func:`~edgespool.offload.streaming_source.open_streaming` (e.g. ``rate_limiter``, ``direct``)."""
+    from ...kernels.table import REFERENCE
+    from ...offload.streaming_source import open_streaming
+    from ...schedulers.stage_role import StageRole
+    from ..decoder.weights import ResidentWeights
+
+    kern = kernels or REFERENCE
+    if budget is None:
+        source = ResidentWeights(bundle)
+    else:
+        role = StageRole.of_range(start, stop, bundle.config.num_layers)
+        source = open_streaming(bundle, budget, kernels=kern, stage=role, kv_dtype=kv_dtype,
+                                max_context=max_context, **stream_options)
+    return Stage(Engine(source, kern, kv_dtype=kv_dtype), start, stop)
