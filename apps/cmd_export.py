@@ -11,7 +11,7 @@ from ..exporters.compress import KEEP, QUANT_CHOICES, QuantPolicy
 from ..targets import get_target
 from ..units import fmt_bytes, parse_bytes
 
-CNN_SUFFIXES = (".onnx", ".pth", ".pt")
+CNN_SUFFIXES = (".onnx", ".pth", ".pt", ".tflite")
 
 
 @click.command("export")
@@ -52,7 +52,7 @@ def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bit
                kernel_activations: str, ffn_layout: str,
                activation_budget: str | None, input_shape: str | None, cnn_quant: str | None, width: float,
                resolution: int, max_overhead: str | None, calib: tuple[str, ...], as_json: bool) -> None:
-    """Read a model (HF safetensors dir, GGUF file, or an ONNX/PyTorch CNN), compress it and write a bundle."""
+    """Read a model (HF safetensors dir, GGUF file, or an ONNX/PyTorch/TFLite CNN), compress it and write a bundle."""
     from ..exporters.bundle_writer import check_output_path
 
     check_output_path(output, force, "--output/-o")  # before any work: a user's folder is never replaced

@@ -25,7 +25,7 @@ from ...schedulers.patch_plan import PatchPlan, plan_patches
 from ...targets.profiles import TargetProfile, get_target
 from ..bundle_writer import BundleFiles
 
-CNN_SUFFIXES = (".onnx", ".pth", ".pt")
+CNN_SUFFIXES = (".onnx", ".pth", ".pt", ".tflite")
 
 
 def load_cnn(model_path: str | os.PathLike, *, input_shape: Sequence[int] | None = None, width: float = 1.0,
@@ -37,6 +37,10 @@ def load_cnn(model_path: str | os.PathLike, *, input_shape: Sequence[int] | None
         from .from_onnx import load_onnx_cnn
 
         return load_onnx_cnn(p, input_shape)
+    if suffix == ".tflite":
+        from .from_tflite import load_tflite_cnn
+
+        return load_tflite_cnn(p, input_shape)
     if suffix in (".pth", ".pt"):
         from .from_pth import load_torch_cnn
 
@@ -160,7 +164,14 @@ def export_cnn(model_path: str | os.PathLike, target: str | TargetProfile, out_d
         raise OptionError(f"--quant {quant!r}: CNN bundles are 'f32' or 'int8'")
     if profile.kind == "mcu":
         quant = "int8"
-    graph = load_cnn(model_path, input_shape=input_shape, width=width, resolution=resolution)
+    tfl = None
+    if Path(model_path).suffix.lower() == ".tflite":  # keeps the TFLite outputs' layout for the manifest
+        from .from_tflite import load_tflite
+
+        tfl = load_tflite(model_path, input_shape)
+        graph = tfl.graph
+    else:
+        graph = load_cnn(model_path, input_shape=input_shape, width=width, resolution=resolution)
     if profile.kind == "mcu":
         from .mcu_c import check_flash
 
@@ -204,6 +215,11 @@ def export_cnn(model_path: str | os.PathLike, target: str | TargetProfile, out_d
             "source": str(model_path),
             "macs": graph.total_macs(), "params": graph.param_count(),
         }
+        if tfl is not None:  # TFLite float vision models take [-1, 1] input; outputs = index arrays into ours
+            cnn["preprocess"].update(mean=[0.5] * 3, std=[0.5] * 3)
+            cnn["tflite_outputs"] = [{"name": nm, "shape": list(shp), "index": w.add(f"tflite/outputs/{k}",
+                                                                                   idx.astype(np.int32))}
+                                     for k, (nm, shp, idx) in enumerate(tfl.outputs)]
         if profile.kind == "mcu":
             from .mcu_c import export_c_project
 
