@@ -243,3 +243,157 @@ def test_cli_export_errors_are_one_line(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and str(p) in lines[0] and "truncated" in lines[0], r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+
+
+# -- a fully int8 model (int8 weights per channel, int8 activations, float input/output) -------------------------
+def _q8_params(lo: float, hi: float) -> tuple[float, int]:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    s = (hi - lo) / 255.0
+    return s, int(np.clip(round(-128 - lo / s), -128, 127))
+
+
+def int8_net(ranges: dict[str, tuple[float, float]] | None, seed: int = 3) -> bytes:
+    """input float [1,24,24,3] -> QUANTIZE -> CONV 3x3/2 SAME RELU6 -> DEPTHWISE 3x3 RELU -> CONV 1x1 -> ADD
+    (residual) -> AVERAGE_POOL 3x3 SAME -> MAX_POOL 2x2/2 -> RESHAPE -> FULLY_CONNECTED -> DEQUANTIZE.
+    ``ranges`` None: the same graph in float32 (every tensor named, to measure ranges); else int8 with
+    activation parameters from ``ranges`` and per-channel symmetric weights."""
+    n = Net(seed)
+    q = ranges is not None
+    r = n.rng
+    w1 = r.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3
+    b1 = r.standard_normal(16).astype(np.float32) * 0.1
+    wd = r.standard_normal((1, 3, 3, 16)).astype(np.float32) * 0.4
+    bd = r.standard_normal(16).astype(np.float32) * 0.1
+    w2 = r.standard_normal((16, 1, 1, 16)).astype(np.float32) * 0.3
+    b2 = r.standard_normal(16).astype(np.float32) * 0.1
+    wf = r.standard_normal((10, 6 * 6 * 16)).astype(np.float32) * 0.05
+    bf = r.standard_normal(10).astype(np.float32) * 0.1
+
+    def act(shape, name):
+        if not q:
+            return n.tensor(shape, name=name)
+        s, z = _q8_params(*ranges[name])
+        return n.tensor(shape, S.TensorType.INT8, name=name, quant=(s, z))
+
+    def weights(w, qdim, s_in):
+        if not q:
+            return n.const(w), None
+        axes = tuple(i for i in range(w.ndim) if i != qdim)
+        ws = np.abs(w).max(axis=axes) / 127.0
+        shp = [1] * w.ndim
+        shp[qdim] = -1
+        wq = np.clip(np.rint(w / ws.reshape(shp)), -127, 127).astype(np.int8)
+        return n.tensor(w.shape, S.TensorType.INT8, wq, quant=(ws, np.zeros(ws.size, np.int64), qdim)), ws * s_in
+
+    def bias(b, bs):
+        if not q:
+            return n.const(b)
+        return n.tensor(b.shape, S.TensorType.INT32, np.rint(b / bs).astype(np.int32),
+                        quant=(bs, np.zeros(bs.size, np.int64)))
+
+    def s_of(name):
+        return _q8_params(*ranges[name])[0] if q else 1.0
+
+    x = n.tensor([1, 24, 24, 3], name="image")
+    xq = x
+    if q:
+        xq = act([1, 24, 24, 3], "image_q")
+        n.op(BO.QUANTIZE, [x], None, out=xq)
+
+    def conv(x_, xname, w, b, out_shape, name, stride, actf, depthwise=False):
+        wt, bs = weights(w, 3 if depthwise else 0, s_of(xname))
+        y = act(out_shape, name)
+        if depthwise:
+            o = S.DepthwiseConv2DOptionsT()
+            o.depthMultiplier = 1
+            o.fusedActivationFunction = actf
+        else:
+            o = S.Conv2DOptionsT()
+            o.fusedActivationFunction = actf
+        o.padding, o.strideW, o.strideH = S.Padding.SAME, stride, stride
+        n.op(BO.DEPTHWISE_CONV_2D if depthwise else BO.CONV_2D, [x_, wt, bias(b, bs)], None,
+             OPT.DepthwiseConv2DOptions if depthwise else OPT.Conv2DOptions, o, out=y)
+        return y
+
+    xn = "image_q" if q else "image"
+    t1 = conv(xq, xn, w1, b1, [1, 12, 12, 16], "c1", 2, S.ActivationFunctionType.RELU6)
+    t2 = conv(t1, "c1", wd, bd, [1, 12, 12, 16], "dw", 1, S.ActivationFunctionType.RELU, depthwise=True)
+    t3 = conv(t2, "dw", w2, b2, [1, 12, 12, 16], "pw", 1, 0)
+    t4 = act([1, 12, 12, 16], "add")
+    n.op(BO.ADD, [t1, t3], None, OPT.AddOptions, S.AddOptionsT(), out=t4)
+    ap = act([1, 12, 12, 16], "add") if q else act([1, 12, 12, 16], "avg")  # int8 AVERAGE_POOL keeps its scale
+    n.tensors[ap].name = "avg"
+    o = S.Pool2DOptionsT()
+    o.padding, o.strideW, o.strideH, o.filterWidth, o.filterHeight = S.Padding.SAME, 1, 1, 3, 3
+    n.op(BO.AVERAGE_POOL_2D, [t4], None, OPT.Pool2DOptions, o, out=ap)
+    mp = act([1, 6, 6, 16], "add") if q else act([1, 6, 6, 16], "max")
+    n.tensors[mp].name = "max"
+    o = S.Pool2DOptionsT()
+    o.padding, o.strideW, o.strideH, o.filterWidth, o.filterHeight = S.Padding.VALID, 2, 2, 2, 2
+    n.op(BO.MAX_POOL_2D, [ap], None, OPT.Pool2DOptions, o, out=mp)
+    rs = act([1, 576], "add") if q else act([1, 576], "flat")
+    n.tensors[rs].name = "flat"
+    ro = S.ReshapeOptionsT()
+    ro.newShape = [1, 576]
+    n.op(BO.RESHAPE, [mp, n.const(np.array([1, 576], np.int32))], None, OPT.ReshapeOptions, ro, out=rs)
+    wt, bs = weights(wf, 0, s_of("add"))
+    fc = act([1, 10], "logits_q" if q else "logits")
+    n.op(BO.FULLY_CONNECTED, [rs, wt, bias(bf, bs)], None, OPT.FullyConnectedOptions,
+         S.FullyConnectedOptionsT(), out=fc)
+    out = fc
+    if q:
+        out = n.tensor([1, 10], name="logits")
+        n.op(BO.DEQUANTIZE, [fc], None, out=out)
+    return n.build([x], [out])
+
+
+def _float_ranges(model: bytes, xs: list[np.ndarray]) -> dict[str, tuple[float, float]]:
+    it = litert.Interpreter(model_content=model, experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    rng: dict[str, tuple[float, float]] = {}
+    for x in xs:
+        it.set_tensor(it.get_input_details()[0]["index"], x[None])
+        it.invoke()
+        for d in it.get_tensor_details():
+            v = it.get_tensor(d["index"])
+            if v.dtype == np.float32 and v.ndim >= 2 and v.shape[0] == 1:
+                lo, hi = float(v.min()), float(v.max())
+                old = rng.get(d["name"], (lo, hi))
+                rng[d["name"]] = (min(lo, old[0]), max(hi, old[1]))
+    rng["image_q"] = rng["image"]
+    rng["logits_q"] = rng["logits"]
+    return rng
+
+
+def test_int8_model_uses_its_own_parameters(tmp_path):
+    """A fully int8 TFLite model: imported as its dequantised float graph (f32 run within a few output steps of
+    the interpreter's int8 run: it skips the activation rounding), and in int8 with the model's own scales / zero
+    points (edgespool's float32 requantisation vs TFLite's fixed-point: at most 1 output step apart on 12
+    inputs), patch-based = layer-by-layer bit for bit."""
+    from edgespool.runtime.cnn.quant import quantize_cnn
+
+    rng = np.random.default_rng(11)
+    xs = [rng.uniform(-1, 1, (24, 24, 3)).astype(np.float32) for _ in range(6)]
+    model = int8_net(_float_ranges(int8_net(None), xs))
+    p = tmp_path / "int8.tflite"
+    p.write_bytes(model)
+    net = load_tflite(p)
+    assert {"image", "c1", "dw", "add", "logits_q"} <= set(net.qparams)
+    step = net.qparams[net.graph.output][0]
+    q = quantize_cnn(net.graph, net.int8_ranges())
+    for name, (s, z) in net.qparams.items():
+        assert q.tensors[name][1] == z and abs(q.tensors[name][0] - s) <= 1e-6 * s, name
+    r8, rf = CnnRunner(net.graph, q), CnnRunner(net.graph)
+    plan = plan_patches(net.graph, itemsize=1, max_overhead=1.0)
+    assert plan.is_patched
+    worst_f32 = worst_i8 = 0.0
+    for _ in range(12):
+        x = rng.uniform(-1, 1, (24, 24, 3)).astype(np.float32)
+        xc = x.transpose(2, 0, 1)
+        ref = reference(model, x)["logits"]
+        worst_f32 = max(worst_f32, float(np.abs(net.split(rf.run_layers(xc).output)["logits"] - ref).max()) / step)
+        a = r8.run_layers(xc).output
+        worst_i8 = max(worst_i8, float(np.abs(net.split(a)["logits"] - ref).max()) / step)
+        assert np.array_equal(r8.run_patched(xc, plan).output, a)
+    assert worst_i8 <= 1.0001, worst_i8  # the model's own int8 parameters: within one output step of TFLite
+    assert worst_f32 <= 25, worst_f32  # the float graph skips TFLite's activation rounding (17.5 steps seen)

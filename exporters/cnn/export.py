@@ -26,6 +26,7 @@ from ...targets.profiles import TargetProfile, get_target
 from ..bundle_writer import BundleFiles
 
 CNN_SUFFIXES = (".onnx", ".pth", ".pt", ".tflite")
+TFLITE_MEAN, TFLITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # TFLite float vision models: x / 127.5 - 1
 
 
 def load_cnn(model_path: str | os.PathLike, *, input_shape: Sequence[int] | None = None, width: float = 1.0,
@@ -95,11 +96,12 @@ def sample_photos() -> list[np.ndarray]:
     return out
 
 
-def _calibration_inputs(graph: CnnGraph, calibration: Sequence[Any] | None) -> tuple[list[np.ndarray], str]:
+def _calibration_inputs(graph: CnnGraph, calibration: Sequence[Any] | None, mean: Sequence[float] = IMAGENET_MEAN,
+                        std: Sequence[float] = IMAGENET_STD) -> tuple[list[np.ndarray], str]:
     if not calibration:
         photos = sample_photos() if graph.input_shape[0] == 3 else []
         if photos:
-            return ([preprocess(p, graph.input_shape[1]) for p in photos],
+            return ([preprocess(p, graph.input_shape[1], mean=mean, std=std) for p in photos],
                     f"{len(photos)} scikit-image sample photos ({', '.join(SAMPLE_PHOTOS)})")
         return synthetic_calibration(graph.input_shape), "synthetic (8 smooth random images; pass calibration " \
                                                          "images for better int8 accuracy)"
@@ -109,7 +111,7 @@ def _calibration_inputs(graph: CnnGraph, calibration: Sequence[Any] | None) -> t
                 and item.dtype == np.float32:
             xs.append(item)
         else:
-            xs.append(preprocess(item, graph.input_shape[1]))
+            xs.append(preprocess(item, graph.input_shape[1], mean=mean, std=std))
     return xs, f"{len(xs)} calibration images"
 
 
@@ -184,8 +186,16 @@ def export_cnn(model_path: str | os.PathLike, target: str | TargetProfile, out_d
     q: QuantCnn | None = None
     calib_note = None
     if quant == "int8":
-        xs, calib_note = _calibration_inputs(graph, calibration)
-        q = calibrate_and_quantize(graph, xs)
+        norm = {"mean": TFLITE_MEAN, "std": TFLITE_STD} if tfl is not None else {}
+        xs, calib_note = _calibration_inputs(graph, calibration, **norm)
+        if tfl is not None and tfl.qparams:  # an int8 TFLite model: its own scales / zero points where it has them
+            from ...runtime.cnn.calibrate import tensor_ranges
+            from ...runtime.cnn.quant import quantize_cnn
+
+            q = quantize_cnn(graph, {**tensor_ranges(graph, xs), **tfl.int8_ranges()})
+            calib_note = f"the TFLite model's own int8 parameters ({len(tfl.qparams)} tensors); the rest: {calib_note}"
+        else:
+            q = calibrate_and_quantize(graph, xs)
     mcu_info: dict[str, Any] | None = None
     w = _CnnWriter(Path(out_dir), overwrite)
     try:
@@ -216,7 +226,7 @@ def export_cnn(model_path: str | os.PathLike, target: str | TargetProfile, out_d
             "macs": graph.total_macs(), "params": graph.param_count(),
         }
         if tfl is not None:  # TFLite float vision models take [-1, 1] input; outputs = index arrays into ours
-            cnn["preprocess"].update(mean=[0.5] * 3, std=[0.5] * 3)
+            cnn["preprocess"].update(mean=list(TFLITE_MEAN), std=list(TFLITE_STD))
             cnn["tflite_outputs"] = [{"name": nm, "shape": list(shp), "index": w.add(f"tflite/outputs/{k}",
                                                                                    idx.astype(np.int32))}
                                      for k, (nm, shp, idx) in enumerate(tfl.outputs)]

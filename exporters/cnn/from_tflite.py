@@ -19,7 +19,7 @@ head tensors, and :meth:`TfliteCnn.split` gathers the TFLite tensors back out of
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,6 +46,13 @@ class TfliteCnn:
 
     graph: CnnGraph
     outputs: list[tuple[str, tuple[int, ...], np.ndarray]]
+    qparams: dict[str, tuple[float, int]] = field(default_factory=dict)  # IR tensor -> the model's int8 (s, zp)
+
+    def int8_ranges(self) -> dict[str, tuple[float, float]]:
+        """The float range [(qmin - zp) * s, (qmax - zp) * s] of every IR tensor the model quantises itself
+        (int8 / uint8 activations): fed to ``quantize_cnn`` these give back the model's own scales and zero
+        points (uint8 ones shifted by 128)."""
+        return {k: ((-128 - z) * s, (127 - z) * s) for k, (s, z) in self.qparams.items()}
 
     def split(self, y: np.ndarray) -> dict[str, np.ndarray]:
         """The TFLite output tensors (their names, shapes and NHWC order) from the IR output ``y``."""
@@ -205,6 +212,8 @@ class _Importer:
             for i in op.inputs:
                 self.readers[i] = self.readers.get(i, 0) + 1
         self.vals[t.index] = _Act(self.inp)
+        self.qparams: dict[str, tuple[float, int]] = {}
+        self.note_q(t.index, self.vals[t.index])
         for tt in m.tensors:
             if tt.index != t.index:
                 d = self.dequant(tt)
@@ -213,8 +222,19 @@ class _Importer:
         for op in m.operators:
             if not op.outputs or op.outputs[0] < 0:
                 raise ModelFormatError(f"{m.path}: operator #{op.index} has no output")
-            self.vals[op.outputs[0]] = self.op(op)
-        return self.finish()
+            v = self.vals[op.outputs[0]] = self.op(op)
+            self.note_q(op.outputs[0], v)
+        net = self.finish()
+        net.qparams = {k: v for k, v in self.qparams.items() if k in self.shapes}
+        return net
+
+    def note_q(self, i: int, v: Any) -> None:
+        """Remember tensor ``i``'s int8 parameters for the IR tensor it became (downstream ones win: a fused
+        RELU's output parameters are the conv's in TFLite too)."""
+        t = self.m.tensors[i]
+        if isinstance(v, (_Act, _Vec)) and t.type in (3, 9) and t.scale.size == 1 and float(t.scale[0]) > 0:
+            z = int(t.zero_point[0]) if t.zero_point.size else 0
+            self.qparams[v.name] = (float(t.scale[0]), z - 128 if t.type == 3 else z)
 
     def opt(self, op: TfOperator, i: int, fmt: str, default: int | float) -> int | float:
         return op.options.scalar(i, fmt, default) if op.options is not None else default
@@ -471,3 +491,21 @@ def load_tflite(path: str | os.PathLike, input_shape: Sequence[int] | None = Non
 def load_tflite_cnn(path: str | os.PathLike, input_shape: Sequence[int] | None = None) -> CnnGraph:
     """The IR graph of a ``.tflite`` file (see :func:`load_tflite` for its outputs' layout)."""
     return load_tflite(path, input_shape).graph
+
+
+def bundle_outputs(bundle: Any, y: np.ndarray) -> dict[str, np.ndarray]:
+    """The TFLite output tensors of a CNN bundle exported from a ``.tflite`` (``bundle``: a
+    :class:`~edgespool.runtime.cnn.bundle.CnnBundle`) from its IR output ``y`` (manifest ``cnn.tflite_outputs``)."""
+    c = bundle.manifest["cnn"]
+    spec = c.get("tflite_outputs")
+    if not spec:
+        raise OptionError(f"{bundle.path}: not exported from a .tflite model (no tflite_outputs in its manifest)")
+    want = {o["index"] for o in spec}
+    found: dict[str, np.ndarray] = {}
+    for g in bundle.bundle.iter_groups():
+        for name, qt in bundle.bundle.read_group(g).items():
+            if name in want:
+                info = c["arrays"][name]
+                found[name] = np.array(qt.data).view(np.dtype(info["dtype"])).reshape(info["shape"])
+    flat = np.asarray(y).reshape(-1)
+    return {o["name"]: flat[found[o["index"]]].reshape(o["shape"]) for o in spec}
