@@ -49,3 +49,7 @@ class OptionError(EdgespoolError):
 class ChatTemplateError(EdgespoolError):
     """A chat template is missing, does not compile, or raised while rendering (the message carries the
     template's own message)."""
+
+
+class ClusterError(EdgespoolError):
+    """A board of a cluster run (issue 19) failed, vanished, stopped answering, or the run could not start."""

@@ -1,12 +1,13 @@
 """The program every MPI rank runs: ``python -m edgespool.apps.cluster.worker BUNDLE --ranges 0:15,15:30 ...``.
 
-Rank r loads the bundle's resident weights (only its own groups are ever read: the engine asks for nothing else)
-and runs stage r through :func:`edgespool.runtime.cluster.pipeline.run_rank`. Rank 0 prints one JSON line with
+Rank r loads the bundle's resident weights (only its own groups are ever read: the engine asks for nothing else),
+or with ``--budgets`` streams its stage under its own memory budget (the r-th size; ``0``: resident), and runs stage r through :func:`edgespool.runtime.cluster.pipeline.run_rank`. Rank 0 prints one JSON line with
 the tokens and timings; a failure prints ONE line ``edgespool cluster: error: ...`` and aborts the MPI job."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--simulated-latency-ms", type=float, default=0.0)
     ap.add_argument("--names", default="")
+    ap.add_argument("--budgets", default="", help="one memory budget per rank (e.g. 64MiB,64MiB; 0: resident)")
     ap.add_argument("--no-kernels", action="store_true")
     ap.add_argument("--die-after", type=int, default=-1, help="fault test: this rank exits after N steps")
     ap.add_argument("--die-rank", type=int, default=-1)
@@ -42,18 +44,22 @@ def main(argv: list[str] | None = None) -> int:
         from ...runtime.api import resolve_kernels
         from ...runtime.bundle.reader import Bundle
         from ...runtime.cluster.pipeline import run_rank
-        from ...runtime.cluster.stage import Stage
+        from ...runtime.cluster.stage import open_stage
         from ...runtime.cluster.transport import Link
-        from ...runtime.decoder.engine import Engine
-        from ...runtime.decoder.weights import ResidentWeights
+        from ...units import parse_bytes
 
         ranges = parse_ranges(a.ranges)
         if len(ranges) != comm.Get_size():
             raise ValueError(f"--ranges has {len(ranges)} stages for {comm.Get_size()} MPI ranks")
+        budgets = a.budgets.split(",") if a.budgets else []
+        if budgets and len(budgets) != len(ranges):
+            raise ValueError(f"--budgets has {len(budgets)} sizes for {len(ranges)} stages")
+        budget = parse_bytes(budgets[rank], "--budgets") if budgets and budgets[rank].strip() != "0" else 0
         bundle = Bundle(a.bundle)
         kern = resolve_kernels(bundle, not a.no_kernels)
-        engine = Engine(ResidentWeights(bundle), kern, kv_dtype="f32")
-        stage = Stage(engine, *ranges[rank])
+        chunk = a.prefill_chunk or (16 if budget else 0)  # streamed: prompt chunks the plan's workspace holds
+        stage = open_stage(bundle, *ranges[rank], budget=budget or None, kernels=kern, kv_dtype="f32",
+                           max_context=a.max_context, **({"max_batch_tokens": chunk} if budget else {}))
         names = a.names.split(",") if a.names else None
         link = Link(comm, a.timeout, a.simulated_latency_ms / 1000.0, names)
         if rank == a.die_rank:
@@ -69,14 +75,15 @@ def main(argv: list[str] | None = None) -> int:
             stage.step = dying  # type: ignore[method-assign]
         ids = [int(t) for t in a.prompt_ids.split(",")] if rank == 0 else None
         stops = tuple(bundle.config.eos_token_ids or ())
-        res = run_rank(stage, link, ids, a.max_tokens, stops, a.prefill_chunk or None, a.max_context)
+        res = run_rank(stage, link, ids, a.max_tokens, stops, chunk or None, a.max_context)
+        src = stage.engine.source
+        board = {"rank": rank, "compute_s": res.compute_s, "link": link.stats.__dict__,
+                 "cpus": sorted(os.sched_getaffinity(0)), "bytes_read": src.stats()["bytes_read"]
+                 if hasattr(src, "plan") else None, "plan_bytes": src.plan.total_bytes if hasattr(src, "plan") else None}
         if rank == 0:
-            print(json.dumps({"tokens": res.tokens, "ttft_s": res.ttft_s, "decode_s": res.decode_s,
-                              "prompt_tokens": res.prompt_tokens, "compute_s": res.compute_s,
-                              "link": link.stats.__dict__}), flush=True)
-        else:
-            print(json.dumps({"rank": rank, "compute_s": res.compute_s, "link": link.stats.__dict__}),
-                  flush=True)
+            board.update(tokens=res.tokens, ttft_s=res.ttft_s, decode_s=res.decode_s, prompt_tokens=res.prompt_tokens)
+            board = {"tokens": board.pop("tokens"), **board}  # rank 0's object starts with "tokens"
+        print(json.dumps(board), flush=True)
         return 0
     except Exception as e:  # one line, then end the whole job (never leave the others waiting)
         print(f"edgespool cluster: error: rank {rank}: {e}", file=sys.stderr, flush=True)

@@ -16,13 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import EdgespoolError
+from ...errors import ClusterError
 
 CHUNK, FINAL, STOP, TOKEN = 1, 2, 3, 4
-
-
-class ClusterError(EdgespoolError):
-    """A board of a cluster run failed, vanished or stopped answering."""
+__all__ = ["CHUNK", "FINAL", "STOP", "TOKEN", "ClusterError", "Link", "LinkStats"]
 
 
 @dataclass
