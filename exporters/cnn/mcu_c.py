@@ -6,13 +6,18 @@ Project (``out_dir``)::
                                   outside the full tensor are the layer's padding, so one kernel serves whole
                                   maps and patches. Arithmetic = edgespool.runtime.cnn.executor's int8 path exactly
                                   (int32 accumulators, float32 requant multipliers, round-half-even, no FMA
-                                  contraction: build with -ffp-contract=off).
+                                  contraction: build with -ffp-contract=off). Plain C loops.
+    es_kernels_s8.c, es_simd.h    CMSIS-NN-style kernels (``kernels="s8"``, the default): convs as im2col + GEMM
+                                  with SXTB16/SMLAD dual 16-bit MACs (ACLE intrinsics on Armv7E-M, the same
+                                  integer arithmetic in plain C on the host), depthwise 3x3, gemm; same results.
     model_weights.c               int8 weights, int32 biases, float32 multipliers, int8 LUTs as const arrays
     model.h / model.c             ONE static arena (offsets from schedulers.arena.arena_layout), the patch
                                   region table, model_invoke(): stage 1 patch by patch into the stage-1 buffer,
                                   then the rest layer by layer
     main_host.c                   host harness: input.bin (int8) -> output.bin (int8)
     main_mcu.c                    Cortex-M harness: runs on an embedded test input, keeps the result
+    main_qemu.c, mps2.ld          bare-metal harness for qemu's mps2-an386 (M4) / mps2-an500 (M7): semihosting
+                                  output, instruction counts from the virtual clock (see :mod:`.mcu_qemu`)
     Makefile
 
 Flash = the const arrays (checked against TargetProfile.flash before anything is written); SRAM = the arena
@@ -41,6 +46,8 @@ ARM_FLAGS = {
     "cortex-m7": ["-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"],
 }
 COMMON_CFLAGS = ["-O2", "-std=c99", "-ffp-contract=off", "-Wall"]
+KERNEL_SETS = ("s8", "plain")  # CMSIS-NN-style SIMD kernels / the plain C loops
+C_SOURCES = ["model.c", "model_weights.c", "es_kernels.c", "es_kernels_s8.c"]
 
 
 @dataclass
@@ -55,6 +62,9 @@ class CProject:
     arm_sizes: dict[str, int] | None = None  # .text/.data/.bss of the linked Cortex-M ELF (arm-none-eabi-size -A)
     arm_elf: str | None = None
     buffers: list[dict[str, Any]] = field(default_factory=list)
+    kernels: str = "s8"
+    scratch_bytes: int = 0  # the s8 kernels' q15 im2col buffer (static, outside the arena)
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # per node: name, op, C kernel, MACs
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -116,9 +126,39 @@ def _f(v: Any) -> str:
     return float(np.float32(v)).hex() + "f"
 
 
+def pack_s8(w: np.ndarray) -> tuple[np.ndarray, int]:
+    """Weights [O, ...] -> (the s8 kernels' layout, k4): each row of K taps zero-padded to k4 (K rounded up to 4),
+    every four stored as [w0, w2, w1, w3] (SXTB16 then yields the pairs (w0, w1) and (w2, w3))."""
+    rows = np.asarray(w, np.int8).reshape(w.shape[0], -1)
+    k = rows.shape[1]
+    k4 = -(-k // 4) * 4
+    p = np.zeros((rows.shape[0], k4), np.int8)
+    p[:, :k] = rows
+    return np.ascontiguousarray(p.reshape(rows.shape[0], k4 // 4, 4)[:, :, [0, 2, 1, 3]]).reshape(-1), k4
+
+
+def conv_kernel(graph: CnnGraph, i: int, kernels: str) -> str:
+    """The C function a conv/gemm node runs with: es_conv_s8 (im2col GEMM, any groups), es_dwconv3x3_s8
+    (depthwise 3x3, dilation 1, equal strides 1 or 2), es_gemm_s8; es_conv2d / es_gemm (plain loops) otherwise."""
+    n = graph.nodes[i]
+    if n.op == "gemm":
+        return "es_gemm_s8" if kernels == "s8" else "es_gemm"
+    if kernels != "s8":
+        return "es_conv2d"
+    a = n.attrs
+    cin, cout = graph.shapes[n.inputs[0]][0], graph.shapes[n.output][0]
+    if a["group"] == cin == cout and a["group"] > 1:
+        ok = (tuple(a["kernel"]) == (3, 3) and tuple(a["dilation"]) == (1, 1)
+              and tuple(a["stride"]) in ((1, 1), (2, 2)))
+        return "es_dwconv3x3_s8" if ok else "es_conv2d"
+    return "es_conv_s8"
+
+
 def generate(graph: CnnGraph, q: QuantCnn, plan: PatchPlan, out_dir: Path,
-             test_input: np.ndarray | None = None) -> tuple[int, list[Any]]:
-    """Write the C sources; returns (arena bytes, arena buffers)."""
+             test_input: np.ndarray | None = None, kernels: str = "s8") -> tuple[int, list[Any], int, list[dict]]:
+    """Write the C sources; returns (arena bytes, arena buffers, scratch bytes, per-node kernel table)."""
+    if kernels not in KERNEL_SETS:
+        raise UnsupportedModelError(f"MCU export: kernels={kernels!r}; choose one of {', '.join(KERNEL_SETS)}")
     alias = {}
     for n in graph.nodes:
         if n.op == "reshape":
@@ -137,10 +177,19 @@ def generate(graph: CnnGraph, q: QuantCnn, plan: PatchPlan, out_dir: Path,
 
     w: list[str] = ['#include "model.h"\n']
     body: list[str] = []
+    kern = {i: conv_kernel(graph, i, kernels) for i, n in enumerate(graph.nodes) if n.op in ("conv", "gemm")}
+    k4s: dict[int, int] = {}
+    ncol = 4
+    uses_col = any(k in ("es_conv_s8", "es_gemm_s8") for k in kern.values())
     for i, n in enumerate(graph.nodes):
         qn = q.nodes.get(n.name, {})
-        if "w" in qn:
+        if "w" in qn and kern.get(i) in ("es_conv_s8", "es_gemm_s8"):
+            packed, k4s[i] = pack_s8(qn["w"])
+            ncol = max(ncol, k4s[i] * (2 if kern[i] == "es_conv_s8" else 1))
+            w.append(_carr("int8_t", f"W{i}", packed).replace("const int8_t", "const int8_t __attribute__((aligned(4)))", 1))
+        elif "w" in qn:
             w.append(_carr("int8_t", f"W{i}", qn["w"]))
+        if "w" in qn:
             w.append(_carr("int32_t", f"B{i}", qn["bias"]))
             w.append(_carr("float", f"M{i}", qn["mult"]))
         if "lut" in qn:
@@ -161,6 +210,14 @@ def generate(graph: CnnGraph, q: QuantCnn, plan: PatchPlan, out_dir: Path,
         vo = f"&V[{tid[n.output]}]"
         ob = f"box_of({vo})" if not (in_patch and n.output == t_cut) else f"reg(p, {s1_tensors.index(t_cut)})"
         a = n.attrs
+        if n.op == "conv" and kern[i] == "es_dwconv3x3_s8":
+            return (f"es_dwconv3x3_s8({vi[0]}, {vo}, {ob}, W{i}, B{i}, M{i}, {zi[0]}, {zo}, {lo}, {hi}, "
+                    f"{a['stride'][0]}, {a['pads'][0]}, {a['pads'][1]});")
+        if n.op == "conv" and kern[i] == "es_conv_s8":
+            (kh, kw), (sh, sw), (pt, pl, _, _), (dh, dw) = a["kernel"], a["stride"], a["pads"], a["dilation"]
+            return (f"es_conv_s8({vi[0]}, {vo}, {ob}, W{i}, B{i}, M{i}, {zi[0]}, {zo}, {lo}, {hi}, "
+                    f"{graph.shapes[n.output][0]}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, {a['group']}, "
+                    f"{k4s[i]}, es_col);")
         if n.op == "conv":
             (kh, kw), (sh, sw), (pt, pl, _, _), (dh, dw) = a["kernel"], a["stride"], a["pads"], a["dilation"]
             return (f"es_conv2d({vi[0]}, {vo}, {ob}, W{i}, B{i}, M{i}, {zi[0]}, {zo}, {lo}, {hi}, "
@@ -189,6 +246,10 @@ def generate(graph: CnnGraph, q: QuantCnn, plan: PatchPlan, out_dir: Path,
             return " ".join(out)
         if n.op == "act":
             return f"es_lut({vi[0]}, {vo}, {ob}, L{i});"
+        if n.op == "gemm" and kern[i] == "es_gemm_s8":
+            k = int(np.prod(graph.shapes[n.inputs[0]]))
+            return (f"es_gemm_s8(V[{tid[n.inputs[0]]}].data, V[{tid[n.output]}].data, {k}, "
+                    f"{graph.shapes[n.output][0]}, W{i}, B{i}, M{i}, {zi[0]}, {zo}, {lo}, {hi}, {k4s[i]}, es_col);")
         if n.op == "gemm":
             k = int(np.prod(graph.shapes[n.inputs[0]]))
             return (f"es_gemm(V[{tid[n.inputs[0]]}].data, V[{tid[n.output]}].data, {k}, "
@@ -215,10 +276,11 @@ def generate(graph: CnnGraph, q: QuantCnn, plan: PatchPlan, out_dir: Path,
             c, h, ww = graph.shapes[t]
             body.append(f"    set_view(&V[{tid[t]}], es_arena + {offs[t]}, {c}, {h}, {ww}, reg(p, {k}));")
         for i in range(len(stage1)):
-            body.append("    " + call(i, True))
+            body.append(f"    ES_PROF({i}, {call(i, True)});")
         body.append("  }")
     for i in range(split + 1, len(graph.nodes)):
-        body.append("  " + call(i, False))
+        c = call(i, False)
+        body.append(f"  ES_PROF({i}, {c});" if not c.startswith("/*") else "  " + c)
     body.append("}")
 
     reg_rows = []
@@ -234,6 +296,15 @@ def generate(graph: CnnGraph, q: QuantCnn, plan: PatchPlan, out_dir: Path,
 #define MODEL_ARENA_BYTES {arena}
 #define MODEL_INPUT_BYTES {c_in}
 #define MODEL_OUTPUT_BYTES {c_out}
+#define MODEL_NODES {len(graph.nodes)}
+#define MODEL_KERNELS "{kernels}"
+#ifdef ES_PROFILE /* per-node virtual-clock ticks, summed over patches; es_prof_now() comes from the harness */
+uint32_t es_prof_now(void);
+extern uint64_t es_prof_ticks[MODEL_NODES];
+#define ES_PROF(i, CALL) do {{ uint32_t t0_ = es_prof_now(); CALL; es_prof_ticks[i] += (uint32_t)(es_prof_now() - t0_); }} while (0)
+#else
+#define ES_PROF(i, CALL) do {{ CALL; }} while (0)
+#endif
 /* input: int8, scale {q.tensors[graph.input][0]!r}, zero point {q.tensors[graph.input][1]};
    output: int8, scale {q.tensors[graph.output][0]!r}, zero point {q.tensors[graph.output][1]} */
 int8_t *model_input(void);
@@ -244,6 +315,9 @@ void model_invoke(void);
     model_c = ['#include "model.h"\n',
                "static int8_t es_arena[MODEL_ARENA_BYTES] __attribute__((aligned(16)));",
                f"static es_view V[{len(tensors)}];",
+               (f"static int16_t es_col[{ncol}] __attribute__((aligned(4))); /* s8 kernels' q15 im2col scratch */"
+                if uses_col else ""),
+               "#ifdef ES_PROFILE\nuint64_t es_prof_ticks[MODEL_NODES];\n#endif",
                *decl]
     if regions:
         model_c.append(f"static const int16_t REG[{len(regions)}][{len(s1_tensors)}][4] = {{\n  "
@@ -260,19 +334,22 @@ void model_invoke(void);
     model_c += body
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "es_kernels.h").write_text(_c_source("es_kernels.h"))
-    (out_dir / "es_kernels.c").write_text(_c_source("es_kernels.c"))
+    for name in ("es_kernels.c", "es_kernels_s8.c", "es_simd.h", "main_qemu.c", "mps2.ld"):
+        (out_dir / name).write_text(_c_source(name))
     (out_dir / "model.h").write_text(model_h)
     (out_dir / "model.c").write_text("\n".join(model_c) + "\n")
     (out_dir / "model_weights.c").write_text("".join(w))
     (out_dir / "main_host.c").write_text(_c_source("main_host.c"))
     (out_dir / "main_mcu.c").write_text(_c_source("main_mcu.c"))
-    return arena, bufs
+    table = [{"index": i, "name": n.name, "op": n.op, "kernel": kern.get(i, f"es_{n.op}"),
+              "macs": int(graph.node_macs(n))} for i, n in enumerate(graph.nodes)]
+    return arena, bufs, 2 * ncol if uses_col else 0, table
 
 
 def _makefile(cpu: str) -> str:
     flags = " ".join(ARM_FLAGS.get(cpu, ARM_FLAGS["cortex-m7"]))
     return f"""# generated by edgespool
-SRC = model.c model_weights.c es_kernels.c
+SRC = {' '.join(C_SOURCES)}
 CFLAGS = {' '.join(COMMON_CFLAGS)}
 host: $(SRC) main_host.c
 \tgcc $(CFLAGS) -o model_host main_host.c $(SRC)
@@ -286,7 +363,7 @@ mcu: $(SRC) main_mcu.c
 def compile_host(proj: Path) -> Path:
     """Build the host harness with gcc; returns the executable."""
     exe = proj / "model_host"
-    cmd = ["gcc", *COMMON_CFLAGS, "-o", str(exe), "main_host.c", "model.c", "model_weights.c", "es_kernels.c"]
+    cmd = ["gcc", *COMMON_CFLAGS, "-o", str(exe), "main_host.c", *C_SOURCES]
     r = subprocess.run(cmd, cwd=proj, capture_output=True, text=True)
     if r.returncode:
         raise DeployError(f"host gcc failed in {proj}: {r.stderr.strip()[:2000]}")
@@ -310,7 +387,7 @@ def compile_arm(proj: Path, cpu: str) -> tuple[Path, dict[str, int]]:
     elf = proj / "model.elf"
     cmd = ["arm-none-eabi-gcc", *COMMON_CFLAGS, *ARM_FLAGS.get(cpu, ARM_FLAGS["cortex-m7"]), "-ffunction-sections",
            "-fdata-sections", "-Wl,--gc-sections", "--specs=nano.specs", "--specs=nosys.specs", "-o", str(elf),
-           "main_mcu.c", "model.c", "model_weights.c", "es_kernels.c"]
+           "main_mcu.c", *C_SOURCES]
     r = subprocess.run(cmd, cwd=proj, capture_output=True, text=True)
     if r.returncode:
         raise DeployError(f"arm-none-eabi-gcc failed in {proj}: {r.stderr.strip()[:2000]}")
@@ -325,25 +402,29 @@ def compile_arm(proj: Path, cpu: str) -> tuple[Path, dict[str, int]]:
 
 
 def export_c_project(graph: CnnGraph, q: QuantCnn, plan: PatchPlan, profile: Any, out_dir: str | Path, *,
-                     test_input: np.ndarray | None = None, compile_arm: bool = True) -> CProject:
+                     test_input: np.ndarray | None = None, compile_arm: bool = True,
+                     kernels: str = "s8") -> CProject:
     """Write (and, when arm-none-eabi-gcc exists and ``compile_arm``, cross-compile) the C project.
 
-    Raises BudgetError when the weights exceed ``profile.flash`` or the arena exceeds ``profile.ram``."""
+    ``kernels``: "s8" (CMSIS-NN-style SIMD kernels, default) or "plain" (plain C loops); same outputs.
+    Raises BudgetError when the weights exceed ``profile.flash`` or the arena + im2col scratch exceed
+    ``profile.ram``."""
     out = Path(out_dir)
     wbytes = check_flash(graph, q, profile)
     if plan.itemsize != 1:
         raise BudgetError("MCU export needs an int8 (itemsize 1) patch plan")
     if test_input is None:
         test_input = np.zeros(int(np.prod(graph.shapes[graph.input])), np.int8)
-    arena, bufs = generate(graph, q, plan, out, test_input)
-    if profile.ram and arena > profile.ram:
+    arena, bufs, scratch, table = generate(graph, q, plan, out, test_input, kernels)
+    if profile.ram and arena + scratch > profile.ram:
         shutil.rmtree(out, ignore_errors=True)
         raise BudgetError(f"{graph.name}: the activation arena needs {arena} B ({arena / 1024:.1f} KiB; plan peak "
-                          f"{plan.peak_bytes} B) but target {profile.name} has {profile.ram} B "
+                          f"{plan.peak_bytes} B; + {scratch} B im2col scratch) but target {profile.name} has {profile.ram} B "
                           f"({profile.ram / 1024:.0f} KiB) of SRAM; lower --activation-budget or the resolution")
     (out / "Makefile").write_text(_makefile(profile.cpu))
     proj = CProject(out, wbytes, arena, plan.peak_bytes, profile.name,
-                    buffers=[{"name": b.name, "offset": b.offset, "size": b.size} for b in bufs])
+                    buffers=[{"name": b.name, "offset": b.offset, "size": b.size} for b in bufs],
+                    kernels=kernels, scratch_bytes=scratch, nodes=table)
     if compile_arm and shutil.which("arm-none-eabi-gcc") and profile.kind == "mcu":
         elf, sizes = compile_arm_fn(out, profile.cpu)
         proj.arm_sizes = sizes
