@@ -82,8 +82,9 @@ def figures(g: CnnGraph, cap: float = 0.15) -> dict:
     return out
 
 
-def measure(g: CnnGraph, plan) -> dict:
-    """Run the int8 executor (calibrated on sample photos) on chelsea; bytes actually held + top-1."""
+def measure(g: CnnGraph, plan, norm: dict | None = None) -> dict:
+    """Run the int8 executor (calibrated on sample photos) on chelsea; bytes actually held + top-1.
+    ``norm``: preprocessing mean/std (default ImageNet's; the TFLite BlazeFace takes [-1, 1])."""
     from skimage import data
 
     from edgespool.exporters.cnn.export import sample_photos
@@ -91,9 +92,10 @@ def measure(g: CnnGraph, plan) -> dict:
     from edgespool.runtime.cnn.executor import CnnRunner
     from edgespool.runtime.cnn.calibrate import calibrate_and_quantize
 
-    q = calibrate_and_quantize(g, [preprocess(p, g.input_shape[1]) for p in sample_photos()[:3]])
+    norm = norm or {}
+    q = calibrate_and_quantize(g, [preprocess(p, g.input_shape[1], **norm) for p in sample_photos()[:3]])
     r = CnnRunner(g, q)
-    x = preprocess(data.chelsea(), g.input_shape[1])
+    x = preprocess(data.chelsea(), g.input_shape[1], **norm)
     t = time.perf_counter()
     full = r.run_layers(x)
     t1 = time.perf_counter()
@@ -125,14 +127,25 @@ def main() -> None:
     a = ap.parse_args()
     rows = []
     from edgespool.exporters.cnn.zoo import blazeface_graph, efficientnet_lite0_graph
-    for width, res in ((1.0, 224), (0.35, 144), ("lite0", 224), ("blazeface", 128)):
-        g = (efficientnet_lite0_graph(res) if width == "lite0" else blazeface_graph() if width == "blazeface"
-             else mbv2(width, res))
+    for width, res in ((1.0, 224), (0.35, 144), ("lite0", 224), ("blazeface", 128), ("blazeface-tflite", 128)):
+        if width == "blazeface-tflite":  # the real mediapipe model (asset blazeface-short-range), when fetchable
+            from edgespool.apps.assets import AssetError, fetch
+            from edgespool.exporters.cnn.from_tflite import load_tflite_cnn
+
+            try:
+                g = load_tflite_cnn(fetch("blazeface-short-range"))
+            except AssetError as e:
+                print(f"blazeface-tflite skipped: {e}")
+                continue
+        else:
+            g = (efficientnet_lite0_graph(res) if width == "lite0" else blazeface_graph() if width == "blazeface"
+                 else mbv2(width, res))
         f = figures(g)
         plan = f.pop("_plan")
-        if width == 1.0 and not a.no_measure:
+        if width in (1.0, "blazeface-tflite") and not a.no_measure:
             try:
-                f["measured"] = measure(g, plan)
+                f["measured"] = measure(g, plan, {"mean": (0.5,) * 3, "std": (0.5,) * 3}
+                                        if width == "blazeface-tflite" else None)
             except ImportError as e:
                 f["measured"] = f"skipped ({e})"
         f["width"], f["resolution"] = width, res

@@ -201,17 +201,81 @@ def memory(model: str, onnx_path: Path, int8_peer: Path, work: Path) -> dict:
     return out
 
 
+def blazeface_configs(threads: int) -> dict:
+    """The real BlazeFace (mediapipe's .tflite, asset blazeface-short-range) on chelsea: the LiteRT interpreter
+    (XNNPACK, ``threads``) = the peer; ours = the onnxruntime path of the imported graph (f32; int8 calibrated by us,
+    against the same float peer: the file has no int8 version)."""
+    from PIL import Image
+    from skimage import data
+
+    from ai_edge_litert.interpreter import Interpreter
+    from edgespool.apps.assets import fetch
+    from edgespool.exporters.cnn.export import sample_photos
+    from edgespool.exporters.cnn.from_tflite import load_tflite
+    from edgespool.runtime.cnn.calibrate import calibrate_and_quantize
+    from edgespool.runtime.cnn.ort_runner import OrtCnnRunner
+    from edgespool.schedulers.patch_plan import plan_patches
+
+    path = fetch("blazeface-short-range")
+    net = load_tflite(path)
+    g = net.graph
+
+    def prep(img):
+        return np.asarray(Image.fromarray(img).resize((128, 128), Image.BILINEAR), np.float32) / 127.5 - 1.0
+
+    xh = prep(data.chelsea())
+    x = np.ascontiguousarray(xh.transpose(2, 0, 1))
+    it = Interpreter(model_path=str(path), num_threads=threads)
+    it.allocate_tensors()
+    i_in = it.get_input_details()[0]["index"]
+    outs = [o["index"] for o in it.get_output_details()]
+
+    def peer():
+        it.set_tensor(i_in, xh[None])
+        it.invoke()
+        return [it.get_tensor(o) for o in outs]
+
+    q = calibrate_and_quantize(g, [np.ascontiguousarray(prep(p).transpose(2, 0, 1)) for p in sample_photos()])
+    f32 = OrtCnnRunner(g, plan=plan_patches(g, itemsize=4), threads=threads)
+    i8 = OrtCnnRunner(g, q, plan_patches(g, itemsize=1), threads=threads)
+    ref = dict(zip([o["name"] for o in it.get_output_details()], peer()))
+    got = net.split(f32.run_layers(x))
+    cfg = {"f32/litert": peer, "f32/edgespool-layers": lambda: f32.run_layers(x),
+           "f32/edgespool-patched": lambda: f32.run_patched(x), "int8/edgespool-layers": lambda: i8.run_layers(x),
+           "int8/edgespool-patched": lambda: i8.run_patched(x)}
+    return {"cfg": cfg, "max_abs_diff_f32_vs_litert": float(max(np.abs(got[k] - ref[k]).max() for k in ref)),
+            "plans": {m: f"{p.chosen.split_node} {p.grid[0]}x{p.grid[1]} (+{p.chosen.extra_macs_pct:.1f}% MACs)"
+                      for m, p in (("f32", f32.plan), ("int8", i8.plan))}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--ppocr-cls", type=Path, default=None)
+    ap.add_argument("--blazeface-only", action="store_true",
+                    help="only the real BlazeFace .tflite vs the LiteRT interpreter (needs ai-edge-litert)")
     ap.add_argument("--out", type=Path, default=HERE / "out")
     ap.add_argument("--memory-child", type=Path, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.memory_child:
         return _memory_child(a.memory_child)
+    if a.blazeface_only:
+        res_b: dict = {"date": time.strftime("%Y-%m-%d"), "rounds": a.rounds, "threads": {}}
+        for th in [int(v) for v in a.threads.split(",")]:
+            c = blazeface_configs(th)
+            med = interleaved(c["cfg"], a.rounds)
+            rows = {k: {"median_ms": round(v * 1e3, 3), "speed_vs_litert": round(med["f32/litert"] / v, 3)}
+                    for k, v in med.items()}
+            res_b["threads"][th] = {"latency": rows, "max_abs_diff_f32_vs_litert": c["max_abs_diff_f32_vs_litert"],
+                                    "plans": c["plans"]}
+            for k, v in rows.items():
+                print(f"blazeface t={th} {k:26s} {v['median_ms']:8.3f} ms  x{v['speed_vs_litert']:.2f} of LiteRT")
+            print(f"blazeface t={th} f32 max|diff| vs LiteRT {c['max_abs_diff_f32_vs_litert']:.2e}, plans {c['plans']}")
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "cnn_speed_blazeface.json").write_text(json.dumps(res_b, indent=1))
+        return
     sys.path.insert(0, str(HERE.parent / "tests"))
     import cnn_torch_ref as ref  # the torch definition + dynamo export of the real checkpoint (test helper)
     work = Path(tempfile.mkdtemp(prefix="cnn_speed_"))

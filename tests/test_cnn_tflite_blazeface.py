@@ -85,6 +85,13 @@ def test_patched_int8_and_onnxruntime(face_model, photos):
     b = r8.run_patched(x, plan1)
     assert np.array_equal(a.output, b.output) and b.peak_bytes == plan1.peak_bytes
     assert np.array_equal(OrtCnnRunner(g, q, plan1, 1).run_patched(x), a.output)
+    # in-place depthwise + fused residual adds, input streamed: same int8 output, the planner's bytes held
+    plan_ip = plan_patches(g, input_resident=False, inplace_depthwise=True)
+    ip_l = r8.run_layers(x, inplace_depthwise=True)
+    ip_p = r8.run_patched(x, plan_ip)
+    assert np.array_equal(ip_l.output, a.output) and np.array_equal(ip_p.output, a.output)
+    assert ip_l.peak_bytes == plan_ip.layer_peak_bytes and ip_p.peak_bytes == plan_ip.peak_bytes
+    assert ip_l.peak_bytes < a.peak_bytes and ip_p.peak_bytes < b.peak_bytes
     # int8 (our calibration; one scale for the joined heads): the face anchor it picks is one the float model
     # also scores as a face
     s8 = net.split(a.output)["classificators"].ravel()

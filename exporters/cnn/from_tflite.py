@@ -219,7 +219,7 @@ class _Importer:
                 d = self.dequant(tt)
                 if d is not None:
                     self.vals[tt.index] = d
-        for op in m.operators:
+        for op in shortcuts_first(m.operators):
             if not op.outputs or op.outputs[0] < 0:
                 raise ModelFormatError(f"{m.path}: operator #{op.index} has no output")
             v = self.vals[op.outputs[0]] = self.op(op)
@@ -468,6 +468,26 @@ class _Importer:
         g = CnnGraph(gname, self.inp, self.in_shape, out, self.nodes)
         return TfliteCnn(g, [(name, tuple(int(v) for v in t.idx.shape), remap[t.idx.reshape(-1)])
                              for name, t in tails])
+
+
+def shortcuts_first(ops: list[TfOperator]) -> list[TfOperator]:
+    """The operators in another topological order: each PAD / MAX_POOL_2D (BlazeFace-style residual shortcuts)
+    right after the producer of its input. Same values; the shortcut's input then dies at the main branch's
+    depthwise conv, which can run in place, and the projection conv can add into the shortcut's buffer
+    (``inplace_depthwise`` plans; out-of-place peaks are not raised by this on BlazeFace)."""
+    out: list[TfOperator] = []
+    hoisted: set[int] = set()
+    for op in ops:
+        if op.opcode not in (17, 34):
+            out.append(op)
+            continue
+        src = op.inputs[0] if op.inputs else -1
+        pos = next((j + 1 for j in range(len(out) - 1, -1, -1) if src in out[j].outputs), 0)
+        while pos < len(out) and out[pos].index in hoisted:
+            pos += 1
+        out.insert(pos, op)
+        hoisted.add(op.index)
+    return out
 
 
 def load_tflite(path: str | os.PathLike, input_shape: Sequence[int] | None = None) -> TfliteCnn:
