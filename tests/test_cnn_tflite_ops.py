@@ -397,3 +397,26 @@ def test_int8_model_uses_its_own_parameters(tmp_path):
         assert np.array_equal(r8.run_patched(xc, plan).output, a)
     assert worst_i8 <= 1.0001, worst_i8  # the model's own int8 parameters: within one output step of TFLite
     assert worst_f32 <= 25, worst_f32  # the float graph skips TFLite's activation rounding (17.5 steps seen)
+
+
+def test_int8_export_bundle_keeps_the_model_parameters(tmp_path):
+    """export_cnn(quant="int8") of an int8 .tflite quantises with the file's own scales: the bundle's patch-based
+    int8 run stays within one output step of LiteRT's int8 output."""
+    from edgespool.exporters.cnn.export import export_cnn
+    from edgespool.exporters.cnn.from_tflite import bundle_outputs
+    from edgespool.runtime.cnn.bundle import CnnBundle
+
+    rng = np.random.default_rng(5)
+    xs = [rng.uniform(-1, 1, (24, 24, 3)).astype(np.float32) for _ in range(6)]
+    model = int8_net(_float_ranges(int8_net(None), xs))
+    p = tmp_path / "int8.tflite"
+    p.write_bytes(model)
+    out = export_cnn(p, "rpi5", tmp_path / "b", quant="int8", max_overhead=1.0,
+                     calibration=[np.ascontiguousarray(x.transpose(2, 0, 1)) for x in xs])
+    b = CnnBundle(out)
+    assert "own int8 parameters" in b.manifest["cnn"]["calibration"] and b.plan.is_patched
+    step = load_tflite(p).qparams[b.graph.output][0]
+    for _ in range(4):
+        x = rng.uniform(-1, 1, (24, 24, 3)).astype(np.float32)
+        got = bundle_outputs(b, b.run(np.ascontiguousarray(x.transpose(2, 0, 1)), patched=True).output)["logits"]
+        assert np.abs(got - reference(model, x)["logits"]).max() <= 1.0001 * step
