@@ -28,7 +28,7 @@ import numpy as np
 from ...errors import ModelFormatError, OptionError, UnsupportedModelError
 from ...runtime.bundle.cnn_graph import CnnGraph, Node, node_output_shape
 from .tflite_fb import TfModel, TfOperator, TfTensor, read_tflite
-from .tflite_ops import CLIPS, FUSED, OPS, OTHER_NAMES, LayerOps, _Act, _Tail, _Vec
+from .tflite_ops import CLIPS, OPS, OTHER_NAMES, LayerOps, _Act, _Tail, _Vec
 
 
 @dataclass
@@ -78,15 +78,24 @@ class _Importer(LayerOps):
         self.names.add(name)
         return name
 
-    def const(self, op: TfOperator, k: int, what: str) -> np.ndarray:
-        """Input ``k`` of ``op`` as a float32 constant (dequantised), or an error."""
+    def const(self, op: TfOperator, k: int, what: str, ints: bool = False) -> np.ndarray:
+        """Input ``k`` of ``op`` as a constant: float32 (dequantised) weights, or (``ints``) plain integers."""
         if k >= len(op.inputs) or op.inputs[k] < 0:
             raise self.err(op, f"has no {what} input")
         t = self.m.tensors[op.inputs[k]]
         v = self.vals.get(t.index)
-        if isinstance(v, np.ndarray):
-            return v
-        raise self.err(op, f"{what} {t.name!r} must be a constant tensor")
+        if not isinstance(v, np.ndarray):
+            raise self.err(op, f"{what} {t.name!r} must be a constant tensor")
+        if (v.dtype.kind in "iu") != ints:
+            raise self.err(op, f"{what} {t.name!r} is {t.type_name}: expected "
+                           + ("integers" if ints else "float or quantised int8 values"))
+        return v
+
+    def finite(self, t: TfTensor, f: np.ndarray) -> np.ndarray:
+        if not np.isfinite(f).all():
+            raise ModelFormatError(f"{self.m.path}: constant tensor {t.name!r} {list(t.shape)} has non-finite values "
+                                   "(inf / NaN): the file is corrupt")
+        return f
 
     def dequant(self, t: TfTensor) -> np.ndarray | None:
         d = self.m.data(t)
@@ -94,16 +103,19 @@ class _Importer(LayerOps):
             return None
         if t.type in (3, 9, 7, 2) and t.scale.size and float(np.max(np.abs(t.scale))) > 0:
             shp = [1] * d.ndim
-            if t.scale.size > 1:
-                if d.ndim == 0 or t.qdim >= d.ndim or d.shape[t.qdim] != t.scale.size:
-                    raise ModelFormatError(f"{self.m.path}: tensor {t.name!r}: {t.scale.size} scales do not match "
-                                           f"dimension {t.qdim} of {list(d.shape)}")
-                shp[t.qdim] = t.scale.size
             zp = t.zero_point if t.zero_point.size else np.zeros(1, np.int64)
-            return ((d.astype(np.float64) - zp.reshape(shp if zp.size > 1 else [1] * d.ndim))
-                    * t.scale.astype(np.float64).reshape(shp)).astype(np.float32)
+            if t.scale.size > 1 or zp.size > 1:
+                if not 0 <= t.qdim < d.ndim or d.shape[t.qdim] != t.scale.size or zp.size not in (1, t.scale.size):
+                    raise ModelFormatError(f"{self.m.path}: tensor {t.name!r}: {t.scale.size} scales / {zp.size} "
+                                           f"zero points do not match dimension {t.qdim} of {list(d.shape)}")
+                shp[t.qdim] = t.scale.size
+            with np.errstate(over="ignore", invalid="ignore"):
+                f = ((d.astype(np.float64) - zp.reshape(shp if zp.size > 1 else [1] * d.ndim))
+                     * t.scale.astype(np.float64).reshape(shp)).astype(np.float32)
+            return self.finite(t, f)
         if t.type in (0, 1, 10):
-            return d.astype(np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):
+                return self.finite(t, d.astype(np.float32))
         return d  # plain integers (shapes, paddings, axes)
 
     def act_in(self, op: TfOperator, k: int = 0, allow_pad: bool = False) -> _Act:
@@ -211,6 +223,8 @@ class _Importer(LayerOps):
         m = self.m
         if c not in OPS:
             raise self.err(op, f"not supported; supported TFLite ops: {', '.join(sorted(OPS.values()))}")
+        if not op.inputs or op.inputs[0] < 0:
+            raise self.err(op, "has no input tensor")
         if c in (6, 114):  # DEQUANTIZE / QUANTIZE: of a constant -> float constant; of an activation -> identity
             v = self.vals.get(op.inputs[0])
             if v is None:
@@ -227,7 +241,7 @@ class _Importer(LayerOps):
             if sa != sb and not (kind == "mul" and sb[1:] == (1, 1) and sb[0] == sa[0]):
                 raise self.err(op, f"broadcasting {list(sa)} with {list(sb)} is not supported")
             y = self.emit(op, kind, [a.name, b.name], {"act": None})
-            return _Act(self.fuse_act(y, FUSED.get(int(self.opt(op, 0, "b", 0)), "bad")))
+            return _Act(self.fuse_act(y, self._act_attr(op, 0)))
         if c in CLIPS:
             src = self.vals.get(op.inputs[0])
             lo, hi = CLIPS[c]
@@ -241,7 +255,7 @@ class _Importer(LayerOps):
         if c == 34:
             return self.pad(op)
         if c == 40:
-            axes = sorted(int(v) % 4 for v in np.asarray(self.const(op, 1, "axes")).reshape(-1))
+            axes = sorted(int(v) % 4 for v in np.asarray(self.const(op, 1, "axes", ints=True)).reshape(-1))
             if axes != [1, 2] or len(m.tensors[op.outputs[0]].shape) != 4:
                 raise self.err(op, f"only MEAN over H and W with keep_dims is supported (axes {axes})")
             return _Act(self.emit(op, "gap", [self.act_in(op).name], {}))
@@ -268,7 +282,11 @@ class _Importer(LayerOps):
             shp = tuple(m.tensors[m.outputs[0]].shape)
             self.segs = {}
             self.seg_next = 0
-            return TfliteCnn(g, [(outs[0][0], shp, self.to_tail(v, None).idx.reshape(-1))])
+            idx = self.to_tail(v, None).idx.reshape(-1)
+            if any(d < 1 for d in shp) or int(np.prod(shp)) != idx.size:
+                raise ModelFormatError(f"{m.path}: output {outs[0][0]!r} is declared {list(shp)} but computes "
+                                       f"{idx.size} values")
+            return TfliteCnn(g, [(outs[0][0], shp, idx)])
         tails = [(name, self.to_tail(v, None)) for name, v in outs]
         used = sorted({s for _, t in tails for s in t.segments}, key=lambda s: self.segs[s])
         new_off, flat_parts, off = {}, [], 0

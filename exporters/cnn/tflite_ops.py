@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import ModelFormatError
 from .tflite_fb import TfOperator
 
 OPS = {0: "ADD", 1: "AVERAGE_POOL_2D", 2: "CONCATENATION", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 6: "DEQUANTIZE",
@@ -48,6 +49,13 @@ class LayerOps:
     """Mixed into the importer, whose helpers (``err``, ``const``, ``act_in``, ``shape``, ``emit``, ``opt``,
     ``fuse_act``, ``to_tail``, ``reshape_node``, ``m``) these methods use."""
 
+    def extent(self, op: TfOperator, what: str, *vals: int | float) -> list[int]:
+        """Option values that must be in 1..65536 (ModelFormatError naming the op otherwise)."""
+        out = [int(v) for v in vals]
+        if not all(1 <= v <= 1 << 16 for v in out):
+            raise ModelFormatError(f"{self.m.path}: operator #{op.index}: {what} {out} out of range (1..65536)")
+        return out
+
     def _act_attr(self, op: TfOperator, field_index: int) -> Any:
         f = int(self.opt(op, field_index, "b", 0))
         if f not in FUSED:
@@ -62,16 +70,16 @@ class LayerOps:
         b = self.const(op, 2, "bias") if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
         cin = self.shape(x.name)[0]
         padding = int(self.opt(op, 0, "b", 0))
-        sw, sh = int(self.opt(op, 1, "i", 1)), int(self.opt(op, 2, "i", 1))
+        sw, sh = self.extent(op, "stride", self.opt(op, 1, "i", 1), self.opt(op, 2, "i", 1))
         if depthwise:
             act = self._act_attr(op, 4)
-            dw, dh = int(self.opt(op, 5, "i", 1)), int(self.opt(op, 6, "i", 1))
+            dw, dh = self.extent(op, "dilation", self.opt(op, 5, "i", 1), self.opt(op, 6, "i", 1))
             if w.shape[0] != 1 or w.shape[3] % cin:
                 raise self.err(op, f"depthwise filter {list(w.shape)} does not fit {cin} input channels")
             wi, group = w[0].transpose(2, 0, 1)[:, None], cin  # [1, kh, kw, C*M] -> [C*M, 1, kh, kw]
         else:
             act = self._act_attr(op, 3)
-            dw, dh = int(self.opt(op, 4, "i", 1)), int(self.opt(op, 5, "i", 1))
+            dw, dh = self.extent(op, "dilation", self.opt(op, 4, "i", 1), self.opt(op, 5, "i", 1))
             if w.shape[3] == 0 or cin % w.shape[3]:
                 raise self.err(op, f"filter {list(w.shape)} does not fit {cin} input channels")
             wi, group = w.transpose(0, 3, 1, 2), cin // w.shape[3]  # [O, kh, kw, I] -> [O, I, kh, kw]
@@ -97,7 +105,7 @@ class LayerOps:
     def pool(self, op: TfOperator, kind: str) -> _Act:
         x = self.act_in(op, 0, allow_pad=kind == "avgpool")
         padding = int(self.opt(op, 0, "b", 0))
-        sw, sh, fw, fh = (int(self.opt(op, i, "i", 1)) for i in (1, 2, 3, 4))
+        sw, sh, fw, fh = self.extent(op, "stride / filter size", *(self.opt(op, i, "i", 1) for i in (1, 2, 3, 4)))
         _, h, wd = self.shape(x.name)
         h, wd = h + x.pads[0] + x.pads[2], wd + x.pads[1] + x.pads[3]
         if padding == 0:
@@ -116,7 +124,7 @@ class LayerOps:
 
     def pad(self, op: TfOperator) -> _Act:
         x = self.act_in(op)
-        p = np.asarray(self.const(op, 1, "paddings")).astype(np.int64)
+        p = np.asarray(self.const(op, 1, "paddings", ints=True)).astype(np.int64)
         if p.shape != (4, 2) or (p < 0).any() or p[0].any():
             raise self.err(op, f"paddings {p.tolist()} must be [4, 2], non-negative, none on the batch")
         if op.options is not None or len(op.inputs) > 2:
