@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "cmd_deploy",
     "cmd_serve",
     "cmd_chat",
+    "cmd_cluster",
 ]
 
 

@@ -107,13 +107,18 @@ def check_run_options(context: int, n: int, seed: int | None, max_context: int |
 @click.option("--cnn-engine", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True,
               help="CNN bundles: the reference numpy executor (measures the memory it holds) or the fast "
                    "onnxruntime path (same outputs; docs/CNN.md).")
+@click.option("--cluster", default=None,
+              help="Split the model across boards, pipeline parallel over MPI: emulated:N (emulated boards on this "
+                   "machine) or host1,host2 (ssh; untested); --memory-budget is then each board's (docs/CLUSTER.md).")
+@click.option("--cluster-link", default="ethernet", show_default=True,
+              help="With --cluster emulated:N: ethernet, wifi or MBIT:RTT_MS (tc tbf + simulated latency).")
 def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, top_p: float, seed: int | None,
             memory_budget: str | None, show_plan: bool, max_context: int | None, kv_dtype: str | None, image: str | None,
             top: int, ignore_eos: bool,
             as_chat: bool, system: str | None, as_json: bool, gpu_budget: str | None = None,
             draft: str | None = None, draft_tokens: int = 4, draft_budget: str | None = None,
             n_threads: int | None = None,
-            cnn_engine: str = "numpy") -> None:
+            cnn_engine: str = "numpy", cluster: str | None = None, cluster_link: str = "ethernet") -> None:
     """Run a bundle: generate text from a decoder bundle, or classify --image with a CNN bundle."""
     from ..runtime.bundle.reader import Bundle
 
@@ -129,12 +134,27 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
         from ..errors import OptionError
 
         raise OptionError(f"--image {image}: {bundle} is a decoder bundle; --image applies to CNN bundles")
-    if max_context is not None and memory_budget is None:
+    if cluster_link != "ethernet" and cluster is None:
+        from ..errors import OptionError
+
+        raise OptionError("--cluster-link only applies with --cluster")
+    if max_context is not None and memory_budget is None and cluster is None:
         from ..errors import OptionError
 
         raise OptionError("--max-context only applies with --memory-budget (resident mode sizes the KV cache "
                           "per generation)")
     check_run_options(b.config.max_position_embeddings, n, seed, max_context, prompt, system)
+    if cluster is not None:  # issue 19: a split run (apps/cluster/cli_run.py); greedy, text prompts only
+        from ..errors import OptionError
+        from .cluster.cli_run import run_cluster_cli
+
+        other = [o for o, v in (("--temperature", temperature), ("--top-k", top_k), ("--chat", as_chat),
+                                ("--draft", draft), ("--gpu-budget", gpu_budget), ("--plan", show_plan),
+                                ("--kv-dtype", kv_dtype)) if v] + (["--top-p"] if top_p != 1.0 else [])
+        if other:
+            raise OptionError(f"{other[0]} is not supported with --cluster (greedy text generation only)")
+        run_cluster_cli(b, cluster, prompt, n, memory_budget, max_context, ignore_eos, as_json, cluster_link)
+        return
     opts = {} if memory_budget is None else {k: v for k, v in (("max_context", max_context), ("kv_dtype", kv_dtype))
                                               if v is not None}
     if gpu_budget is not None:

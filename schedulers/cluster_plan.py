@@ -102,6 +102,15 @@ def _best_cut(boards: list[BoardSpec], layer_bytes: list[int], head_bytes: int) 
     return best[k][L]
 
 
+def plan_on(boards: list[BoardSpec], layer_bytes: list[int], head_bytes: int, hidden_bytes: int,
+            link: LinkSpec) -> ClusterPlan:
+    """The best contiguous cut over exactly ``boards`` (every one used, in order)."""
+    if not 1 <= len(boards) <= len(layer_bytes):
+        raise OptionError(f"cluster plan: {len(boards)} boards for {len(layer_bytes)} layers")
+    _, stages = _best_cut(list(boards), layer_bytes, head_bytes)
+    return ClusterPlan(tuple(stages), link_cost(len(boards), link, hidden_bytes))
+
+
 def plan_cluster(boards: list[BoardSpec], layer_bytes: list[int], head_bytes: int, hidden_bytes: int,
                  link: LinkSpec) -> ClusterPlan:
     """The fastest pipeline plan over any order-preserving subset of ``boards`` (see the module docstring)."""

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         src = stage.engine.source
         board = {"rank": rank, "compute_s": res.compute_s, "link": link.stats.__dict__,
                  "cpus": sorted(os.sched_getaffinity(0)), "bytes_read": src.stats()["bytes_read"]
-                 if hasattr(src, "plan") else None, "plan_bytes": src.plan.total_bytes if hasattr(src, "plan") else None}
+                 if hasattr(src, "plan") else None, "plan_bytes": src.plan.total_bytes if hasattr(src, "plan") else None,
+                 "streamed_per_token": src.plan.streamed_bytes_per_token if hasattr(src, "plan") else 0}
         if rank == 0:
             board.update(tokens=res.tokens, ttft_s=res.ttft_s, decode_s=res.decode_s, prompt_tokens=res.prompt_tokens)
             board = {"tokens": board.pop("tokens"), **board}  # rank 0's object starts with "tokens"
