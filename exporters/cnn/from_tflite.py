@@ -261,6 +261,8 @@ class _Importer(LayerOps):
             return _Act(self.emit(op, "gap", [self.act_in(op).name], {}))
         if c == 9:
             return self.fully_connected(op)
+        if c == 54:
+            return self.prelu(op)
         if c == 22:
             return self.reshape(op)
         if c == 2:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...errors import ModelFormatError
+from ...errors import ModelFormatError, UnsupportedModelError
 
 # TensorType (schema.fbs) -> numpy dtype (the types a CNN importer meets)
 TENSOR_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8,
@@ -119,6 +119,7 @@ class TfTensor:
     scale: np.ndarray  # float32 [n] (empty: not quantised)
     zero_point: np.ndarray  # int64 [n]
     qdim: int
+    sparse: bool = False  # has TFLite sparsity parameters (compressed buffer)
 
     @property
     def type_name(self) -> str:
@@ -150,6 +151,9 @@ class TfModel:
         raw = self.buffers[t.buffer] if 0 <= t.buffer < len(self.buffers) else b""
         if not raw:
             return None
+        if t.sparse:
+            raise UnsupportedModelError(f"{self.path}: tensor {t.name!r} is stored sparse (TFLite sparsity "
+                                        "parameters); sparse models are not supported")
         dt = TENSOR_TYPES.get(t.type)
         if dt is None:
             raise ModelFormatError(f"{self.path}: tensor {t.name!r} has unsupported type {t.type_name}")
@@ -191,7 +195,7 @@ def read_tflite(buf: bytes, where: str) -> TfModel:
         zp = q.array(3, np.int64).astype(np.int64) if q else np.zeros(0, np.int64)
         qdim = int(q.scalar(6, "i", 0)) if q else 0
         tensors.append(TfTensor(i, t.string(3) or f"tensor{i}", tuple(int(v) for v in t.array(0, np.int32)),
-                                int(t.scalar(1, "b", 0)), int(t.scalar(2, "I", 0)), scale, zp, qdim))
+                                int(t.scalar(1, "b", 0)), int(t.scalar(2, "I", 0)), scale, zp, qdim, t.has(6)))
     ops = []
     for i, o in enumerate(sg.tables(3, "Operator")):
         k = int(o.scalar(0, "I", 0))

@@ -13,9 +13,9 @@ from .tflite_fb import TfOperator
 
 OPS = {0: "ADD", 1: "AVERAGE_POOL_2D", 2: "CONCATENATION", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 6: "DEQUANTIZE",
        9: "FULLY_CONNECTED", 14: "LOGISTIC", 17: "MAX_POOL_2D", 18: "MUL", 19: "RELU", 20: "RELU_N1_TO_1",
-       21: "RELU6", 22: "RESHAPE", 34: "PAD", 40: "MEAN", 114: "QUANTIZE", 117: "HARD_SWISH"}
+       21: "RELU6", 22: "RESHAPE", 34: "PAD", 40: "MEAN", 54: "PRELU", 114: "QUANTIZE", 117: "HARD_SWISH"}
 OTHER_NAMES = {5: "DEPTH_TO_SPACE", 23: "RESIZE_BILINEAR", 25: "SOFTMAX", 28: "TANH", 41: "SUB", 42: "DIV",
-               49: "SPLIT", 53: "TRANSPOSE", 54: "PRELU", 60: "PADV2", 83: "PACK", 97: "RESIZE_NEAREST_NEIGHBOR",
+               49: "SPLIT", 53: "TRANSPOSE", 60: "PADV2", 83: "PACK", 97: "RESIZE_NEAREST_NEIGHBOR",
                45: "STRIDED_SLICE", 65: "SLICE", 39: "MAXIMUM", 57: "MINIMUM", 100: "MIRROR_PAD", 126: "BATCH_MATMUL"}
 FUSED = {0: None, 1: ("clip", 0.0, float("inf")), 2: ("clip", -1.0, 1.0), 3: ("clip", 0.0, 6.0)}
 CLIPS = {19: (0.0, float("inf")), 20: (-1.0, 1.0), 21: (0.0, 6.0)}
@@ -143,6 +143,31 @@ class LayerOps:
                                              "dilation": (1, 1), "group": 1, "act": None},
                       {"w": w, "b": np.zeros(before + c + after, np.float32)})
         return _Act(y)
+
+    def prelu(self, op: TfOperator) -> _Act:
+        """PRELU with a per-channel (or scalar) alpha, written with IR ops, exact in float32:
+        relu(x) + (-alpha) * relu(-x) (two 1x1 depthwise convs with weights -1 and -alpha, one add)."""
+        x = self.act_in(op)
+        a = np.asarray(self.const(op, 1, "alpha"), np.float32)
+        c = self.shape(x.name)[0]
+        if a.size == 1:
+            a = np.full(c, float(a.reshape(-1)[0]), np.float32)
+        elif a.size != c or a.shape[-1] != c:
+            raise self.err(op, f"alpha {list(a.shape)} must be one value per channel ({c})")
+        a = a.reshape(-1)
+        y = self.m.tensors[op.outputs[0]].name
+        relu = ("clip", 0.0, float("inf"))
+
+        def dw(src: str, w: np.ndarray, act: Any, name: str) -> str:
+            return self.emit(None, "conv", [src], {"kernel": (1, 1), "stride": (1, 1), "pads": (0, 0, 0, 0),
+                                                   "dilation": (1, 1), "group": c, "act": act},
+                             {"w": w.reshape(c, 1, 1, 1).astype(np.float32), "b": np.zeros(c, np.float32)},
+                             name=name)
+
+        neg = dw(x.name, -np.ones(c, np.float32), relu, f"{y}/relu_neg")  # relu(-x)
+        scaled = dw(neg, -a, None, f"{y}/neg_alpha")  # -alpha * relu(-x) = alpha * min(x, 0)
+        pos = self.emit(None, "act", [x.name], {"kind": "clip", "lo": 0.0, "hi": float("inf")}, name=f"{y}/relu")
+        return _Act(self.emit(op, "add", [pos, scaled], {"act": None}))
 
     def fully_connected(self, op: TfOperator) -> _Vec:
         v = self.vals.get(op.inputs[0])
