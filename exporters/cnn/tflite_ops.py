@@ -125,11 +125,11 @@ class LayerOps:
     def pad(self, op: TfOperator) -> _Act:
         x = self.act_in(op)
         p = np.asarray(self.const(op, 1, "paddings", ints=True)).astype(np.int64)
-        if p.shape != (4, 2) or (p < 0).any() or p[0].any():
-            raise self.err(op, f"paddings {p.tolist()} must be [4, 2], non-negative, none on the batch")
-        if op.options is not None or len(op.inputs) > 2:
-            pass  # PAD has no options; PADV2 (constant value) is a different opcode and refused
-        spatial, chans = p[1:3].any(), p[3].any()
+        if p.shape != (4, 2) or (p < 0).any() or (p > 1 << 16).any() or p[0].any():
+            raise self.err(op, f"paddings {p.tolist()} must be [4, 2], in 0..65536, none on the batch")
+        spatial, chans = p[1:3].any(), p[3].any()  # (PADV2, with a constant value, is another op: refused)
+        if not (spatial or chans):
+            return x
         if spatial and chans:
             raise self.err(op, "padding H/W and channels at once is not supported")
         if spatial:
