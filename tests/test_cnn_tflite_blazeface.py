@@ -136,3 +136,25 @@ def test_face_landmark_matches_litert():
     assert plan.is_patched
     np.testing.assert_allclose(r.run_patched(x.transpose(2, 0, 1).copy(), plan).output, lay.output, rtol=1e-6,
                                atol=1e-5)
+
+
+@pytest.mark.skipif(__import__("shutil").which("gcc") is None, reason="host gcc not installed")
+def test_mcu_c_project_bit_exact(face_model, photos, tmp_path):
+    """The int8 C project of the imported BlazeFace (patched plan, fits mcu-m7's 320 KiB), built with host gcc,
+    gives the numpy int8 executor's output bit for bit."""
+    from edgespool.exporters.cnn.export import sample_photos
+    from edgespool.exporters.cnn.mcu_c import compile_host, export_c_project, run_host
+    from edgespool.runtime.cnn.calibrate import calibrate_and_quantize
+    from edgespool.targets import get_target
+
+    g = load_tflite(face_model).graph
+    q = calibrate_and_quantize(g, [prep(p).transpose(2, 0, 1).copy() for p in sample_photos()[:3]])
+    x = photos["astronaut"].transpose(2, 0, 1).copy()
+    want = CnnRunner(g, q).run_layers(x).output
+    plan = plan_patches(g, itemsize=1)
+    d = (tmp_path / "mcu").resolve()
+    proj = export_c_project(g, q, plan, get_target("mcu-m7"), d, compile_arm=False)
+    assert plan.is_patched and plan.peak_bytes <= proj.arena_bytes <= get_target("mcu-m7").ram
+    y = run_host(compile_host(d), q.quantize_input(x), d)
+    s, z = q.tensors[g.output]
+    np.testing.assert_array_equal(((y.astype(np.float32) - z) * np.float32(s)).reshape(want.shape), want)
