@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DeployError
-from .mcu_c import ARM_FLAGS, COMMON_CFLAGS
+from .mcu_build import ARM_FLAGS, C_SOURCES, COMMON_CFLAGS
 
 QEMU_MACHINES = {"cortex-m4": "mps2-an386", "cortex-m7": "mps2-an500"}
 ICOUNT_SHIFT = 6
@@ -58,7 +58,7 @@ def compile_qemu(proj: Path, cpu: str, *, profile: bool = False) -> Path:
     elf = proj / ("model_qemu_prof.elf" if profile else "model_qemu.elf")
     cmd = ["arm-none-eabi-gcc", *COMMON_CFLAGS, *ARM_FLAGS[cpu], *(["-DES_PROFILE"] if profile else []),
            "-nostartfiles", "--specs=nano.specs", "-T", "mps2.ld", "-o", str(elf), "main_qemu.c",
-           "model.c", "model_weights.c", "es_kernels.c", "es_kernels_s8.c"]
+           *C_SOURCES]
     r = subprocess.run(cmd, cwd=proj, capture_output=True, text=True)
     if r.returncode:
         raise DeployError(f"arm-none-eabi-gcc (qemu build) failed in {proj}: {r.stderr.strip()[:2000]}")

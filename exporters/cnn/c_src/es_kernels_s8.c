@@ -82,7 +82,8 @@ void es_conv_s8(const es_view *in, const es_view *out, es_box ob, const int8_t *
             int32_t oy1 = ob.y0 + (p + 1) / ow, ox1 = ob.x0 + (p + 1) % ow;
             es_im2col(in, c0, g * ig, ig, oy0, ox0, kh, kw, sh, sw, pt, pl, dh, dw, zin, k4);
             if (two) es_im2col(in, c1, g * ig, ig, oy1, ox1, kh, kw, sh, sw, pt, pl, dh, dw, zin, k4);
-            int32_t o = g * og, oend = o + og;
+            int32_t o = g * og, oend = o + og, plane = out->h * out->w;
+            int8_t *y0 = &AT(out, 0, oy0, ox0), *y1 = two ? &AT(out, 0, oy1, ox1) : y0;
             for (; o + 1 < oend; o += 2) {
                 int32_t acc[4] = {bias[o], bias[o], bias[o + 1], bias[o + 1]};
                 if (two) {
@@ -91,18 +92,18 @@ void es_conv_s8(const es_view *in, const es_view *out, es_box ob, const int8_t *
                     acc[0] = es_dot_1x1(wp + o * k4, c0, k4, acc[0]);
                     acc[2] = es_dot_1x1(wp + (o + 1) * k4, c0, k4, acc[2]);
                 }
-                AT(out, o, oy0, ox0) = es_requant((float)acc[0] * mult[o], zout, lo, hi);
-                AT(out, o + 1, oy0, ox0) = es_requant((float)acc[2] * mult[o + 1], zout, lo, hi);
+                y0[o * plane] = es_requant((float)acc[0] * mult[o], zout, lo, hi);
+                y0[(o + 1) * plane] = es_requant((float)acc[2] * mult[o + 1], zout, lo, hi);
                 if (two) {
-                    AT(out, o, oy1, ox1) = es_requant((float)acc[1] * mult[o], zout, lo, hi);
-                    AT(out, o + 1, oy1, ox1) = es_requant((float)acc[3] * mult[o + 1], zout, lo, hi);
+                    y1[o * plane] = es_requant((float)acc[1] * mult[o], zout, lo, hi);
+                    y1[(o + 1) * plane] = es_requant((float)acc[3] * mult[o + 1], zout, lo, hi);
                 }
             }
             if (o < oend) {
-                AT(out, o, oy0, ox0) = es_requant((float)es_dot_1x1(wp + o * k4, c0, k4, bias[o]) * mult[o], zout,
-                                                  lo, hi);
+                y0[o * plane] = es_requant((float)es_dot_1x1(wp + o * k4, c0, k4, bias[o]) * mult[o], zout,
+                                           lo, hi);
                 if (two)
-                    AT(out, o, oy1, ox1) = es_requant((float)es_dot_1x1(wp + o * k4, c1, k4, bias[o]) * mult[o],
+                    y1[o * plane] = es_requant((float)es_dot_1x1(wp + o * k4, c1, k4, bias[o]) * mult[o],
                                                       zout, lo, hi);
             }
         }
@@ -132,35 +133,43 @@ void es_dwconv3x3_s8(const es_view *in, const es_view *out, es_box ob, const int
             int32_t iy0 = oy * s - pt;
             int32_t rows_in = iy0 >= 0 && iy0 + 2 < in->H;
             const int8_t *r0 = rows_in ? &AT(in, c, iy0, in->x0) - in->x0 : 0;  /* r0[ix]: column ix of row iy0 */
+            const int8_t *r1 = r0 + in->w, *r2 = r1 + in->w;
+            int8_t *yr = &AT(out, c, oy, out->x0) - out->x0;                 /* yr[ox]: output column ox */
             int32_t ox = ob.x0;
             while (ox < ob.x1) {
                 int32_t ix0 = ox * s - pl;
                 if (rows_in && ix0 >= 0 && ix0 + 2 < in->W) {
                     if (s == 1 && ox + 1 < ob.x1 && ix0 + 3 < in->W) {
                         int32_t a0 = bin, a1 = bin;
-                        for (int32_t r = 0; r < 3; r++) {
-                            uint32_t v = es_rd32(r0 + r * in->w + ix0);
-                            uint32_t e = ES_SXTB16(v), o = ES_SXTB16_ROR8(v);  /* (x0, x2), (x1, x3) */
-                            a0 = ES_SMLAD(e, w02[r], a0); a0 = ES_SMLABB(o, w1[r], a0);
-                            a1 = ES_SMLAD(o, w02[r], a1); a1 = ES_SMLATB(e, w1[r], a1);
-                        }
-                        AT(out, c, oy, ox) = es_requant((float)a0 * m, zout, lo, hi);
-                        AT(out, c, oy, ox + 1) = es_requant((float)a1 * m, zout, lo, hi);
+                        uint32_t v = es_rd32(r0 + ix0), e = ES_SXTB16(v), o = ES_SXTB16_ROR8(v);  /* (x0,x2), (x1,x3) */
+                        a0 = ES_SMLAD(e, w02[0], a0); a0 = ES_SMLABB(o, w1[0], a0);
+                        a1 = ES_SMLAD(o, w02[0], a1); a1 = ES_SMLATB(e, w1[0], a1);
+                        v = es_rd32(r1 + ix0); e = ES_SXTB16(v); o = ES_SXTB16_ROR8(v);
+                        a0 = ES_SMLAD(e, w02[1], a0); a0 = ES_SMLABB(o, w1[1], a0);
+                        a1 = ES_SMLAD(o, w02[1], a1); a1 = ES_SMLATB(e, w1[1], a1);
+                        v = es_rd32(r2 + ix0); e = ES_SXTB16(v); o = ES_SXTB16_ROR8(v);
+                        a0 = ES_SMLAD(e, w02[2], a0); a0 = ES_SMLABB(o, w1[2], a0);
+                        a1 = ES_SMLAD(o, w02[2], a1); a1 = ES_SMLATB(e, w1[2], a1);
+                        yr[ox] = es_requant((float)a0 * m, zout, lo, hi);
+                        yr[ox + 1] = es_requant((float)a1 * m, zout, lo, hi);
                         ox += 2;
                         continue;
                     }
                     int32_t a0 = bin;
-                    for (int32_t r = 0; r < 3; r++) {
-                        const int8_t *rr = r0 + r * in->w + ix0;
-                        if (ix0 + 3 < xend) {
-                            uint32_t v = es_rd32(rr);
-                            a0 = ES_SMLAD(ES_SXTB16(v), w02[r], a0);
-                            a0 = ES_SMLABB(ES_SXTB16_ROR8(v), w1[r], a0);
-                        } else {
+                    if (ix0 + 3 < xend) {
+                        uint32_t v = es_rd32(r0 + ix0);
+                        a0 = ES_SMLAD(ES_SXTB16(v), w02[0], a0); a0 = ES_SMLABB(ES_SXTB16_ROR8(v), w1[0], a0);
+                        v = es_rd32(r1 + ix0);
+                        a0 = ES_SMLAD(ES_SXTB16(v), w02[1], a0); a0 = ES_SMLABB(ES_SXTB16_ROR8(v), w1[1], a0);
+                        v = es_rd32(r2 + ix0);
+                        a0 = ES_SMLAD(ES_SXTB16(v), w02[2], a0); a0 = ES_SMLABB(ES_SXTB16_ROR8(v), w1[2], a0);
+                    } else {
+                        for (int32_t r = 0; r < 3; r++) {
+                            const int8_t *rr = r0 + r * in->w + ix0;
                             a0 += rr[0] * wc[3 * r] + rr[1] * wc[3 * r + 1] + rr[2] * wc[3 * r + 2];
                         }
                     }
-                    AT(out, c, oy, ox) = es_requant((float)a0 * m, zout, lo, hi);
+                    yr[ox] = es_requant((float)a0 * m, zout, lo, hi);
                     ox++;
                     continue;
                 }
@@ -174,7 +183,7 @@ void es_dwconv3x3_s8(const es_view *in, const es_view *out, es_box ob, const int
                         acc += ((int32_t)AT(in, c, iy, ix) - zin) * wc[ky * 3 + kx];
                     }
                 }
-                AT(out, c, oy, ox) = es_requant((float)acc * m, zout, lo, hi);
+                yr[ox] = es_requant((float)acc * m, zout, lo, hi);
                 ox++;
             }
         }

@@ -38,20 +38,25 @@ static inline uint32_t es_pack16(int32_t lo, int32_t hi) { return (uint32_t)(uin
 /* clamp(rint_half_even(v) + zp, lo, hi) with float32 v: the executor's requantisation. On an FPU target one VCVTR
    (FPSCR rounding mode = round to nearest even, the reset default); elsewhere a branchy round-half-even. */
 static inline int8_t es_requant(float v, int32_t zp, int32_t lo, int32_t hi) {
-    if (v > 1073741824.0f) v = 1073741824.0f;
-    if (v < -1073741824.0f) v = -1073741824.0f;
     int32_t i;
 #if defined(__ARM_FP) && (__ARM_FP & 4)
+    /* VCVTR saturates to int32; clamping i to [lo - zp, hi - zp] before adding zp then equals the host path's
+       (clamp |v| to 2^30, round, add zp, clamp to [lo, hi]) for every float v. */
     float r;
     __asm__("vcvtr.s32.f32 %0, %1" : "=t"(r) : "t"(v));
     __asm__("vmov %0, %1" : "=r"(i) : "t"(r));
+    i = i < lo - zp ? lo - zp : i;
+    i = i > hi - zp ? hi - zp : i;
+    return (int8_t)(i + zp);
 #else
+    if (v > 1073741824.0f) v = 1073741824.0f;
+    if (v < -1073741824.0f) v = -1073741824.0f;
     i = (int32_t)v;
     if (v < 0.0f && (float)i != v) i--;
     float d = v - (float)i;
     if (d > 0.5f || (d == 0.5f && (i & 1))) i++;
-#endif
     i += zp;
     return (int8_t)(i < lo ? lo : (i > hi ? hi : i));
+#endif
 }
 #endif
