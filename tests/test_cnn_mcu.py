@@ -41,7 +41,8 @@ def tiny(tmp_path_factory):
 
 
 @needs_gcc
-def test_c_host_bit_exact_every_split(tiny, tmp_path):
+@pytest.mark.parametrize("kernels", ["s8", "plain"])
+def test_c_host_bit_exact_every_split(tiny, tmp_path, kernels):
     g, q, x, ort_out = tiny
     want = CnnRunner(g, q).run_layers(x).output
     assert np.abs(want - ort_out).max() < 0.1 * np.abs(ort_out).max()  # int8 close to the f32 ORT reference
@@ -49,7 +50,7 @@ def test_c_host_bit_exact_every_split(tiny, tmp_path):
     for split in [-1, *cut_points(g)]:
         plan = make_plan(g, split, (2, 2) if split >= 0 else (1, 1))
         d = tmp_path / f"p{split}"
-        proj = export_c_project(g, q, plan, get_target("mcu-m4"), d, compile_arm=False)
+        proj = export_c_project(g, q, plan, get_target("mcu-m4"), d, compile_arm=False, kernels=kernels)
         assert proj.arena_bytes >= plan.peak_bytes
         y = run_host(compile_host(d), q.quantize_input(x), d)
         np.testing.assert_array_equal((y.astype(np.float32) - z) * np.float32(s), want)

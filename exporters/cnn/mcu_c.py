@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BudgetError, UnsupportedModelError
+from ...errors import BudgetError, OptionError, UnsupportedModelError
 from ...runtime.bundle.cnn_graph import CnnGraph
 from ...runtime.cnn.quant import QuantCnn
 from ...schedulers.arena import arena_layout
@@ -126,7 +126,7 @@ def generate(graph: CnnGraph, q: QuantCnn, plan: PatchPlan, out_dir: Path,
              test_input: np.ndarray | None = None, kernels: str = "s8") -> tuple[int, list[Any], int, list[dict]]:
     """Write the C sources; returns (arena bytes, arena buffers, scratch bytes, per-node kernel table)."""
     if kernels not in KERNEL_SETS:
-        raise UnsupportedModelError(f"MCU export: kernels={kernels!r}; choose one of {', '.join(KERNEL_SETS)}")
+        raise OptionError(f"MCU export: kernels={kernels!r}; choose one of {', '.join(KERNEL_SETS)}")
     alias = {}
     for n in graph.nodes:
         if n.op == "reshape":
