@@ -148,7 +148,11 @@ def generate(graph: CnnGraph, q: QuantCnn, plan: PatchPlan, out_dir: Path,
     kern = {i: conv_kernel(graph, i, kernels) for i, n in enumerate(graph.nodes) if n.op in ("conv", "gemm")}
     k4s: dict[int, int] = {}
     ncol = 4
-    uses_col = any(k in ("es_conv_s8", "es_gemm_s8") for k in kern.values())
+    uses_col = any(k.endswith("_s8") for k in kern.values())
+    for i, k in kern.items():
+        if k == "es_dwconv3x3_s8":  # 3 rows of (ow - 1) * s + 3 int8 columns + 4 slack, stride rounded up to 4
+            ow, s = graph.shapes[graph.nodes[i].output][2], graph.nodes[i].attrs["stride"][1]
+            ncol = max(ncol, -(-3 * (((ow - 1) * s + 3 + 7) & ~3) // 2))
     for i, n in enumerate(graph.nodes):
         qn = q.nodes.get(n.name, {})
         if "w" in qn and kern.get(i) in ("es_conv_s8", "es_gemm_s8"):
@@ -180,7 +184,7 @@ def generate(graph: CnnGraph, q: QuantCnn, plan: PatchPlan, out_dir: Path,
         a = n.attrs
         if n.op == "conv" and kern[i] == "es_dwconv3x3_s8":
             return (f"es_dwconv3x3_s8({vi[0]}, {vo}, {ob}, W{i}, B{i}, M{i}, {zi[0]}, {zo}, {lo}, {hi}, "
-                    f"{a['stride'][0]}, {a['pads'][0]}, {a['pads'][1]});")
+                    f"{a['stride'][0]}, {a['pads'][0]}, {a['pads'][1]}, (int8_t *)es_col);")
         if n.op == "conv" and kern[i] == "es_conv_s8":
             (kh, kw), (sh, sw), (pt, pl, _, _), (dh, dw) = a["kernel"], a["stride"], a["pads"], a["dilation"]
             return (f"es_conv_s8({vi[0]}, {vo}, {ob}, W{i}, B{i}, M{i}, {zi[0]}, {zo}, {lo}, {hi}, "
@@ -283,7 +287,7 @@ void model_invoke(void);
     model_c = ['#include "model.h"\n',
                "static int8_t es_arena[MODEL_ARENA_BYTES] __attribute__((aligned(16)));",
                f"static es_view V[{len(tensors)}];",
-               (f"static int16_t es_col[{ncol}] __attribute__((aligned(4))); /* s8 kernels' q15 im2col scratch */"
+               (f"static int16_t es_col[{ncol}] __attribute__((aligned(4))); /* s8 kernels' scratch */"
                 if uses_col else ""),
                "#ifdef ES_PROFILE\nuint64_t es_prof_ticks[MODEL_NODES];\n#endif",
                *decl]

@@ -110,81 +110,84 @@ void es_conv_s8(const es_view *in, const es_view *out, es_box ob, const int8_t *
     }
 }
 
-/* Depthwise (multiplier 1) 3x3, dilation 1, stride s in both axes. Interior pixels: per input row one 4-byte load,
-   SXTB16 -> (x0, x2) and (x1, x3); taps 0 and 2 by one SMLAD with (w0, w2), tap 1 by SMLABB/SMLATB; at stride 1 two
-   output pixels share the load. The bias absorbs the input offset (bias - zin * sum(w)), exact in int32. Pixels
-   whose window touches the padding take the checked path. */
+/* Input row iy of channel c, columns [ixa, ixa + n), into dst; columns (or the whole row) outside the tensor are
+   the padding, written as zin (whose offset-corrected value x - zin is 0). */
+static void es_dw_fill(int8_t *dst, const es_view *in, int32_t c, int32_t iy, int32_t ixa, int32_t n, int32_t zin) {
+    int32_t a = 0, e = n;
+    if (iy < 0 || iy >= in->H) {
+        e = 0;
+    } else {
+        if (ixa < 0) a = -ixa < n ? -ixa : n;
+        if (ixa + n > in->W) e = in->W - ixa > a ? in->W - ixa : a;
+        const int8_t *src = &AT(in, c, iy, ixa + a);
+        int32_t j = a;
+        for (; j + 4 <= e; j += 4, src += 4) {  /* word copies (unaligned LDR/STR are fine on M4/M7) */
+            uint32_t v = es_rd32(src);
+            memcpy(dst + j, &v, 4);
+        }
+        for (; j < e; j++) dst[j] = *src++;
+    }
+    for (int32_t j = 0; j < a; j++) dst[j] = (int8_t)zin;
+    for (int32_t j = e; j < n; j++) dst[j] = (int8_t)zin;
+}
+
+/* Depthwise (multiplier 1) 3x3, dilation 1, stride s in both axes. The three input rows an output row needs sit in
+   a 3-row rolling buffer (`rows`, 3 * row stride bytes of scratch) with the padding written as zin, so every pixel
+   takes one path: per input row one 4-byte load, SXTB16 -> (x0, x2) and (x1, x3); taps 0 and 2 by one SMLAD with
+   (w0, w2), tap 1 by SMLABB/SMLATB; at stride 1 two output pixels share the loads. The bias absorbs the input
+   offset (bias - zin * sum(w)), exact in int32. */
 void es_dwconv3x3_s8(const es_view *in, const es_view *out, es_box ob, const int8_t *w, const int32_t *bias,
                      const float *mult, int32_t zin, int32_t zout, int32_t lo, int32_t hi, int32_t s, int32_t pt,
-                     int32_t pl) {
-    int32_t xend = in->x0 + in->w;  /* first column past the view's rows */
+                     int32_t pl, int8_t *rows) {
+    int32_t n = ob.x1 - ob.x0, ncols = (n - 1) * s + 3, rs = (ncols + 4 + 3) & ~3, ixa = ob.x0 * s - pl;
     for (int32_t c = 0; c < in->c; c++) {
         const int8_t *wc = w + c * 9;
-        uint32_t w02[3], w1[3];
+        uint32_t w0 = es_pack16(wc[0], wc[2]), w1 = es_pack16(wc[3], wc[5]), w2 = es_pack16(wc[6], wc[8]);
+        uint32_t wm01 = es_pack16(wc[1], wc[4]), wm2 = es_pack16(wc[7], 0);  /* middle taps of rows 0, 1 / row 2 */
         int32_t wsum = 0;
-        for (int32_t r = 0; r < 3; r++) {
-            w02[r] = es_pack16(wc[3 * r], wc[3 * r + 2]);
-            w1[r] = es_pack16(wc[3 * r + 1], 0);
-            wsum += wc[3 * r] + wc[3 * r + 1] + wc[3 * r + 2];
-        }
+        for (int32_t k = 0; k < 9; k++) wsum += wc[k];
         int32_t bin = bias[c] - zin * wsum;
         float m = mult[c];
-        for (int32_t oy = ob.y0; oy < ob.y1; oy++) {
-            int32_t iy0 = oy * s - pt;
-            int32_t rows_in = iy0 >= 0 && iy0 + 2 < in->H;
-            const int8_t *r0 = rows_in ? &AT(in, c, iy0, in->x0) - in->x0 : 0;  /* r0[ix]: column ix of row iy0 */
-            const int8_t *r1 = r0 + in->w, *r2 = r1 + in->w;
-            int8_t *yr = &AT(out, c, oy, out->x0) - out->x0;                 /* yr[ox]: output column ox */
-            int32_t ox = ob.x0;
-            while (ox < ob.x1) {
-                int32_t ix0 = ox * s - pl;
-                if (rows_in && ix0 >= 0 && ix0 + 2 < in->W) {
-                    if (s == 1 && ox + 1 < ob.x1 && ix0 + 3 < in->W) {
-                        int32_t a0 = bin, a1 = bin;
-                        uint32_t v = es_rd32(r0 + ix0), e = ES_SXTB16(v), o = ES_SXTB16_ROR8(v);  /* (x0,x2), (x1,x3) */
-                        a0 = ES_SMLAD(e, w02[0], a0); a0 = ES_SMLABB(o, w1[0], a0);
-                        a1 = ES_SMLAD(o, w02[0], a1); a1 = ES_SMLATB(e, w1[0], a1);
-                        v = es_rd32(r1 + ix0); e = ES_SXTB16(v); o = ES_SXTB16_ROR8(v);
-                        a0 = ES_SMLAD(e, w02[1], a0); a0 = ES_SMLABB(o, w1[1], a0);
-                        a1 = ES_SMLAD(o, w02[1], a1); a1 = ES_SMLATB(e, w1[1], a1);
-                        v = es_rd32(r2 + ix0); e = ES_SXTB16(v); o = ES_SXTB16_ROR8(v);
-                        a0 = ES_SMLAD(e, w02[2], a0); a0 = ES_SMLABB(o, w1[2], a0);
-                        a1 = ES_SMLAD(o, w02[2], a1); a1 = ES_SMLATB(e, w1[2], a1);
-                        yr[ox] = es_requant((float)a0 * m, zout, lo, hi);
-                        yr[ox + 1] = es_requant((float)a1 * m, zout, lo, hi);
-                        ox += 2;
-                        continue;
-                    }
-                    int32_t a0 = bin;
-                    if (ix0 + 3 < xend) {
-                        uint32_t v = es_rd32(r0 + ix0);
-                        a0 = ES_SMLAD(ES_SXTB16(v), w02[0], a0); a0 = ES_SMLABB(ES_SXTB16_ROR8(v), w1[0], a0);
-                        v = es_rd32(r1 + ix0);
-                        a0 = ES_SMLAD(ES_SXTB16(v), w02[1], a0); a0 = ES_SMLABB(ES_SXTB16_ROR8(v), w1[1], a0);
-                        v = es_rd32(r2 + ix0);
-                        a0 = ES_SMLAD(ES_SXTB16(v), w02[2], a0); a0 = ES_SMLABB(ES_SXTB16_ROR8(v), w1[2], a0);
-                    } else {
-                        for (int32_t r = 0; r < 3; r++) {
-                            const int8_t *rr = r0 + r * in->w + ix0;
-                            a0 += rr[0] * wc[3 * r] + rr[1] * wc[3 * r + 1] + rr[2] * wc[3 * r + 2];
-                        }
-                    }
-                    yr[ox] = es_requant((float)a0 * m, zout, lo, hi);
-                    ox++;
-                    continue;
+        int32_t held[3] = {-0x40000000, -0x40000000, -0x40000000};  /* input row each slot holds */
+        int8_t *yrow = &AT(out, c, ob.y0, ob.x0);
+        for (int32_t oy = ob.y0; oy < ob.y1; oy++, yrow += out->w) {
+            const int8_t *p[3];
+            for (int32_t r = 0; r < 3; r++) {
+                int32_t iy = oy * s - pt + r, slot = (iy + 3 * 4096) % 3;
+                if (held[slot] != iy) {
+                    es_dw_fill(rows + slot * rs, in, c, iy, ixa, ncols, zin);
+                    held[slot] = iy;
                 }
-                int32_t acc = bias[c];
-                for (int32_t ky = 0; ky < 3; ky++) {
-                    int32_t iy = iy0 + ky;
-                    if (iy < 0 || iy >= in->H) continue;
-                    for (int32_t kx = 0; kx < 3; kx++) {
-                        int32_t ix = ix0 + kx;
-                        if (ix < 0 || ix >= in->W) continue;
-                        acc += ((int32_t)AT(in, c, iy, ix) - zin) * wc[ky * 3 + kx];
-                    }
+                p[r] = rows + slot * rs;
+            }
+            const int8_t *p0 = p[0], *p1 = p[1], *p2 = p[2];
+            int8_t *y = yrow;
+            int32_t k = 0;
+            if (s == 1) {
+                for (; k + 1 < n; k += 2, y += 2) {
+                    int32_t a0 = bin, a1 = bin;
+                    uint32_t v = es_rd32(p0 + k), e = ES_SXTB16(v), o = ES_SXTB16_ROR8(v);  /* (x0,x2), (x1,x3) */
+                    a0 = ES_SMLAD(e, w0, a0); a0 = ES_SMLABB(o, wm01, a0);
+                    a1 = ES_SMLAD(o, w0, a1); a1 = ES_SMLATB(e, wm01, a1);
+                    v = es_rd32(p1 + k); e = ES_SXTB16(v); o = ES_SXTB16_ROR8(v);
+                    a0 = ES_SMLAD(e, w1, a0); a0 = ES_SMLABT(o, wm01, a0);
+                    a1 = ES_SMLAD(o, w1, a1); a1 = ES_SMLATT(e, wm01, a1);
+                    v = es_rd32(p2 + k); e = ES_SXTB16(v); o = ES_SXTB16_ROR8(v);
+                    a0 = ES_SMLAD(e, w2, a0); a0 = ES_SMLABB(o, wm2, a0);
+                    a1 = ES_SMLAD(o, w2, a1); a1 = ES_SMLATB(e, wm2, a1);
+                    y[0] = es_requant((float)a0 * m, zout, lo, hi);
+                    y[1] = es_requant((float)a1 * m, zout, lo, hi);
                 }
-                yr[ox] = es_requant((float)acc * m, zout, lo, hi);
-                ox++;
+            }
+            for (; k < n; k++, y++) {  /* stride 2, or the odd last pixel at stride 1 */
+                int32_t j = k * s, a0 = bin;
+                uint32_t v = es_rd32(p0 + j);
+                a0 = ES_SMLAD(ES_SXTB16(v), w0, a0); a0 = ES_SMLABB(ES_SXTB16_ROR8(v), wm01, a0);
+                v = es_rd32(p1 + j);
+                a0 = ES_SMLAD(ES_SXTB16(v), w1, a0); a0 = ES_SMLABT(ES_SXTB16_ROR8(v), wm01, a0);
+                v = es_rd32(p2 + j);
+                a0 = ES_SMLAD(ES_SXTB16(v), w2, a0); a0 = ES_SMLABB(ES_SXTB16_ROR8(v), wm2, a0);
+                y[0] = es_requant((float)a0 * m, zout, lo, hi);
             }
         }
     }

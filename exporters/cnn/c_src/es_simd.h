@@ -17,6 +17,8 @@ static inline uint32_t ES_SXTB16_ROR8(uint32_t x) {  /* (int16)b1 | (int16)b3 <<
 #define ES_SMLAD(x, y, a) __smlad((x), (y), (a))                  /* a + xl*yl + xh*yh (16x16 signed) */
 #define ES_SMLABB(x, y, a) __smlabb((x), (y), (a))                /* a + xl*yl */
 #define ES_SMLATB(x, y, a) __smlatb((x), (y), (a))                /* a + xh*yl */
+#define ES_SMLABT(x, y, a) __smlabt((x), (y), (a))                /* a + xl*yh */
+#define ES_SMLATT(x, y, a) __smlatt((x), (y), (a))                /* a + xh*yh */
 #else
 static inline uint32_t ES_SXTB16(uint32_t x) {
     return (uint32_t)(uint16_t)(int16_t)(int8_t)(x & 0xFF) | ((uint32_t)(uint16_t)(int16_t)(int8_t)((x >> 16) & 0xFF) << 16);
@@ -29,6 +31,8 @@ static inline int32_t ES_SMLAD(uint32_t x, uint32_t y, int32_t a) {
 }
 static inline int32_t ES_SMLABB(uint32_t x, uint32_t y, int32_t a) { return (int32_t)((uint32_t)a + (uint32_t)(es_lo16(x) * es_lo16(y))); }
 static inline int32_t ES_SMLATB(uint32_t x, uint32_t y, int32_t a) { return (int32_t)((uint32_t)a + (uint32_t)(es_hi16(x) * es_lo16(y))); }
+static inline int32_t ES_SMLABT(uint32_t x, uint32_t y, int32_t a) { return (int32_t)((uint32_t)a + (uint32_t)(es_lo16(x) * es_hi16(y))); }
+static inline int32_t ES_SMLATT(uint32_t x, uint32_t y, int32_t a) { return (int32_t)((uint32_t)a + (uint32_t)(es_hi16(x) * es_hi16(y))); }
 #endif
 
 /* 32-bit loads from any address (Cortex-M4/M7 do unaligned LDR; gcc turns the memcpy into one). */
