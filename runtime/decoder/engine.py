@@ -222,6 +222,7 @@ class Engine:
         # a CPU/GPU split source (edgespool.offload.gpu_split) computes its GPU layers and head itself, KV cache on
         # the GPU; the activations cross the link once per CPU<->GPU boundary
         dev = getattr(src, "device_layers", None) if layers is None else None
+        reduce = getattr(src, "reduce_partial", None)  # tensor parallel: sums the boards' partial block outputs
         for i in range(first_layer, n_run):
             if dev is not None and dev.runs(i):
                 x = dev.layer(i, x, pos, tables[id(self.layer_rope[i])] if self.layer_rope[i] else None, cache)
@@ -234,6 +235,8 @@ class Engine:
             h = rmsnorm(x, _vec(w[p + "attn_norm"]), c.rms_norm_eps)
             rope = self.layer_rope[i]
             a = self._attention(i, w, p, h, pos, tables[id(rope)] if rope else None, cache)
+            if reduce is not None:
+                a = reduce(a)
             if c.post_norms:  # Gemma: RMSNorm of the block's output before the residual add
                 a = rmsnorm(a, _vec(w[p + "post_attn_norm"]), c.rms_norm_eps)
             x = x + (a if res is None else a * res)
@@ -246,6 +249,8 @@ class Engine:
                 f = swiglu(h, w[p + "ffn.gate"], w[p + "ffn.up"], w[p + "ffn.down"], c.hidden_act, kernels=kern)
             else:  # row-column bundled FFN in its own group (streaming: computed from a neuron window)
                 f = self._bundled_ffn(i, h)
+            if reduce is not None:
+                f = reduce(f)
             if c.post_norms:
                 f = rmsnorm(f, _vec(w[p + "post_ffn_norm"]), c.rms_norm_eps)
             x = x + (f if res is None else f * res)

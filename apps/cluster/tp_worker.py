@@ -1,0 +1,86 @@
+"""The MPI program of a tensor-parallel run: ``python -m edgespool.apps.cluster.tp_worker BUNDLE --allreduce ring
+--prompt-ids 1,2,3 -n 16``. Every rank holds its slices of every layer (resident) and runs every token; rank 0
+computes the head, samples greedily and sends the token to the others. Rank 0 prints one JSON object starting with
+``{"tokens"``, every rank its counters; a failure prints ONE line ``edgespool cluster: error: ...`` and aborts."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="edgespool-cluster-tp-worker")
+    ap.add_argument("bundle")
+    ap.add_argument("--allreduce", default="ring", choices=["ring", "star"])
+    ap.add_argument("--prompt-ids", default="")
+    ap.add_argument("-n", "--max-tokens", type=int, default=16)
+    ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--simulated-latency-ms", type=float, default=0.0)
+    ap.add_argument("--no-kernels", action="store_true")
+    a = ap.parse_args(argv)
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    try:
+        import numpy as np
+
+        from ...runtime.api import resolve_kernels
+        from ...runtime.bundle.reader import Bundle
+        from ...runtime.cluster.tensor import Allreduce, ShardWeights
+        from ...runtime.decoder.engine import Engine
+
+        bundle = Bundle(a.bundle)
+        red = Allreduce(comm, a.allreduce, a.timeout, a.simulated_latency_ms / 1000.0)
+        engine = Engine(ShardWeights(bundle, rank, size, red), resolve_kernels(bundle, not a.no_kernels),
+                        kv_dtype="f32")
+        ids = np.array([int(t) for t in a.prompt_ids.split(",")] if a.prompt_ids else [], np.int64)
+        if ids.size == 0:
+            raise ValueError("the prompt is empty: give at least one token")
+        ctx = int(ids.size) + a.max_tokens + 1
+        cache = engine.new_cache(ctx)
+        stops = set(bundle.config.eos_token_ids or ())
+        tok = np.empty(1, np.int64)
+        tokens: list[int] = []
+        t0 = time.perf_counter()
+        ttft = t_first = 0.0
+        inp = ids
+        while True:
+            out = engine.forward(inp, cache, last_only=True, logits=rank == 0)
+            if rank == 0:
+                tok[0] = int(np.argmax(out[-1]))
+                if int(tok[0]) in stops:
+                    tok[0] = -1  # stop
+                reqs = [red._send(tok, r) for r in range(1, size)]
+                for q in reqs:
+                    q.Wait()
+            else:
+                red._recv(tok, 0)
+            if t_first == 0.0:
+                t_first = time.perf_counter()
+                ttft = t_first - t0
+            if tok[0] < 0:
+                break
+            tokens.append(int(tok[0]))
+            if len(tokens) >= a.max_tokens:  # every rank counts the same tokens
+                break
+            inp = tok.copy()
+        decode_s = time.perf_counter() - t_first
+        obj = {"rank": rank, "allreduce": a.allreduce, "calls": red.stats.calls, "sent_bytes": red.stats.sent_bytes,
+               "sent_messages": red.stats.sent_messages, "allreduce_s": red.stats.wait_s,
+               "cpus": sorted(os.sched_getaffinity(0)), "resident_bytes": engine.source.resident_bytes}
+        if rank == 0:
+            obj = {"tokens": tokens, "ttft_s": ttft, "decode_s": decode_s, "prompt_tokens": int(ids.size), **obj}
+        print(json.dumps(obj), flush=True)
+        return 0
+    except Exception as e:  # one line, then end the whole job
+        print(f"edgespool cluster: error: rank {rank}: {e}", file=sys.stderr, flush=True)
+        comm.Abort(3)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
