@@ -18,7 +18,7 @@ from edgespool.errors import DeployError, OptionError
 from edgespool.exporters.cnn.from_pth import mobilenet_v2_graph
 from edgespool.exporters.cnn.mcu_c import compile_host, export_c_project, run_host
 from edgespool.exporters.cnn.mcu_kernels import conv_kernel
-from edgespool.exporters.cnn.mcu_qemu import CALIB_INSNS, compile_qemu, qemu_available, run_qemu
+from edgespool.exporters.cnn.mcu_qemu import CALIB_INSNS, compile_qemu, qemu_available, run_qemu, unwrap_ticks
 from edgespool.runtime.cnn.calibrate import calibrate_and_quantize
 from edgespool.runtime.cnn.executor import CnnRunner
 from edgespool.schedulers.patch_plan import cut_points, make_plan
@@ -93,6 +93,13 @@ def test_qemu_bit_exact_and_counts(mbv2, tmp_path, cpu):
         assert 0.97 * insns[kernels, "patched"] < sum(prof.node_insns.values()) < 1.05 * insns[kernels, "patched"]
     for name in ("layers", "patched"):
         assert insns["s8", name] < 0.3 * insns["plain", name], insns
+
+
+def test_unwrap_ticks():
+    t = 3 * 2**32 + 12345  # 12.9 G instructions' worth of 25 MHz ticks: 515 virtual seconds
+    for secs in (t // 25_000_000, t // 25_000_000 + 1):
+        assert unwrap_ticks(t % 2**32, secs) == t
+    assert unwrap_ticks(5000, 0) == 5000
 
 
 @needs_qemu

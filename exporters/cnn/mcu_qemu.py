@@ -6,7 +6,8 @@
 * ``run_qemu(elf, cpu)``: ``qemu-system-arm -M mps2-an386`` (Cortex-M4) or ``mps2-an500`` (Cortex-M7) with
   ``-icount shift=6``: qemu advances its virtual clock by exactly 2**6 ns per executed instruction; the board's
   FPGAIO COUNTER register counts that clock at 25 MHz, so instructions = ticks * 40 / 64 (0.625 instruction
-  resolution). A calibration loop of known length (2001 instructions) is measured in the same run.
+  resolution; the 32-bit counter's wraps are undone with the board's 1 Hz counter). A calibration loop of known
+  length (2001 instructions) is measured in the same run.
 
 **These are instructions executed under qemu, not cycles**: qemu does not model the pipeline, caches, flash wait
 states, or the M7's dual issue (DWT->CYCCNT reads 0 under qemu 7.2).
@@ -26,6 +27,7 @@ from .mcu_build import ARM_FLAGS, C_SOURCES, COMMON_CFLAGS
 QEMU_MACHINES = {"cortex-m4": "mps2-an386", "cortex-m7": "mps2-an500"}
 ICOUNT_SHIFT = 6
 INSNS_PER_TICK = 40.0 / 2 ** ICOUNT_SHIFT  # 25 MHz counter = 40 ns per tick; 64 ns per instruction
+COUNTER_HZ = 25_000_000  # the MPS2 FPGAIO COUNTER's clock (the board's 25 MHz)
 CALIB_INSNS = 2001  # movw + 1000 x (subs, bne) in main_qemu.c
 
 
@@ -38,6 +40,12 @@ class QemuRun:
     invoke_insns: float
     calib_insns: float  # measured instructions of the 2001-instruction calibration loop
     node_insns: dict[int, float] = field(default_factory=dict)  # -DES_PROFILE builds: per node, incl. ~5/call probe
+
+
+def unwrap_ticks(ticks_mod32: int, seconds: int) -> int:
+    """True tick count from the 32-bit COUNTER delta and the CLK1HZ delta of the same interval."""
+    approx = seconds * COUNTER_HZ
+    return ticks_mod32 + 2**32 * max(0, round((approx - ticks_mod32) / 2**32))
 
 
 def qemu_available() -> str | None:
@@ -88,5 +96,8 @@ def run_qemu(elf: Path, cpu: str, *, timeout: float = 600.0) -> QemuRun:
         raise DeployError(f"{elf.name} on qemu {machine} failed (exit {r.returncode}): {tail}")
     empty = int(vals["ES_EMPTY"])
     out = np.frombuffer(bytes.fromhex(vals["ES_OUT"]), np.uint8).view(np.int8).copy()
-    return QemuRun(machine, out, (int(vals["ES_TOTAL"]) - empty) * INSNS_PER_TICK,
+    # COUNTER is 32 bits (wraps every 2^32 ticks = 2.7 G instructions): the whole-second counter read alongside
+    # (25e6 ticks per virtual second, +-1 s) tells how many wraps the invoke spanned
+    total = unwrap_ticks(int(vals["ES_TOTAL"]), int(vals.get("ES_SECONDS", 0)))
+    return QemuRun(machine, out, (total - empty) * INSNS_PER_TICK,
                    (int(vals["ES_CALIB"]) - empty) * INSNS_PER_TICK, nodes)

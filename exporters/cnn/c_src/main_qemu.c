@@ -2,7 +2,8 @@
        qemu-system-arm -M mps2-an386 -nographic -semihosting-config enable=on,target=native -icount shift=6 -kernel model_qemu.elf
    Runs model_invoke() on the embedded test input and prints over semihosting:
      ES_CALIB <ticks of a 2001-instruction loop>  ES_EMPTY <ticks of an empty measurement>
-     ES_TOTAL <ticks of model_invoke()>           ES_NODE <i> <ticks>   (built with -DES_PROFILE)
+     ES_TOTAL <ticks of model_invoke(), mod 2^32>  ES_SECONDS <CLK1HZ delta, to undo the 32-bit wrap>
+     ES_NODE <i> <ticks>   (built with -DES_PROFILE)
      ES_OUT <output bytes, hex>
    Ticks: the FPGAIO COUNTER register (0x40028018), which qemu derives from its virtual clock at the board's
    25 MHz; with -icount shift=6 every instruction advances that clock by 64 ns, so instructions = ticks * 40 / 64.
@@ -44,6 +45,7 @@ __attribute__((section(".vectors"), used)) static const void *const es_vectors[1
     (const void *)es_fault, (const void *)es_fault};
 
 uint32_t es_prof_now(void) { return *(volatile uint32_t *)0x40028018; }
+static uint32_t es_seconds(void) { return *(volatile uint32_t *)0x40028010; }  /* FPGAIO CLK1HZ */
 
 int main(void) {
     uint32_t t0 = es_prof_now();
@@ -52,11 +54,12 @@ int main(void) {
     t0 = es_prof_now();
     uint32_t empty = es_prof_now() - t0;
     memcpy(model_input(), es_test_input, MODEL_INPUT_BYTES);
+    uint32_t s0 = es_seconds();
     t0 = es_prof_now();
     model_invoke();
-    uint32_t total = es_prof_now() - t0;
+    uint32_t total = es_prof_now() - t0, secs = es_seconds() - s0;
     es_puts("ES_CALIB "); es_putu(calib); es_puts("\nES_EMPTY "); es_putu(empty);
-    es_puts("\nES_TOTAL "); es_putu(total); es_puts("\n");
+    es_puts("\nES_TOTAL "); es_putu(total); es_puts("\nES_SECONDS "); es_putu(secs); es_puts("\n");
 #ifdef ES_PROFILE
     for (int32_t i = 0; i < MODEL_NODES; i++) {
         es_puts("ES_NODE "); es_putu((uint64_t)i); es_puts(" "); es_putu(es_prof_ticks[i]); es_puts("\n");
