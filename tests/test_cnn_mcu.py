@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,18 @@ def test_c_host_bit_exact_every_split(tiny, tmp_path, kernels):
         assert proj.arena_bytes >= plan.peak_bytes
         y = run_host(compile_host(d), q.quantize_input(x), d)
         np.testing.assert_array_equal((y.astype(np.float32) - z) * np.float32(s), want)
+
+
+@needs_arm
+def test_cortex_m_build_in_a_relative_folder(tiny, tmp_path, monkeypatch):
+    """``export -o rel/dir``: the compilers run inside the project folder, so a relative project path used to be
+    doubled (``cannot open output file rel/dir/model.elf``)."""
+    g, q, x, _ = tiny
+    monkeypatch.chdir(tmp_path)
+    proj = export_c_project(g, q, plan_patches(g, max_overhead=1.0), get_target("mcu-m7"), Path("rel") / "m7")
+    assert proj.arm_sizes[".text"] > 1000 and (tmp_path / "rel" / "m7" / "model.elf").is_file()
+    exe = compile_host(Path("rel") / "m7")
+    assert exe.is_absolute() and exe.is_file()
 
 
 @needs_arm

@@ -40,6 +40,7 @@ qemu: $(SRC) main_qemu.c mps2.ld
 
 def compile_host(proj: Path) -> Path:
     """Build the host harness with gcc; returns the executable."""
+    proj = Path(proj).resolve()  # gcc runs inside proj: a relative path would be doubled
     exe = proj / "model_host"
     cmd = ["gcc", *COMMON_CFLAGS, "-o", str(exe), "main_host.c", *C_SOURCES]
     r = subprocess.run(cmd, cwd=proj, capture_output=True, text=True)
@@ -60,6 +61,7 @@ def run_host(exe: Path, x_int8: np.ndarray, workdir: Path) -> np.ndarray:
 
 def compile_arm(proj: Path, cpu: str) -> tuple[Path, dict[str, int]]:
     """Build the Cortex-M ELF with arm-none-eabi-gcc; returns (elf, {section: bytes}) from arm-none-eabi-size."""
+    proj = Path(proj).resolve()  # gcc runs inside proj: a relative path would be doubled
     if shutil.which("arm-none-eabi-gcc") is None:
         raise DeployError("arm-none-eabi-gcc not found; install it (Debian: apt-get install -y gcc-arm-none-eabi)")
     elf = proj / "model.elf"

@@ -58,6 +58,7 @@ def qemu_available() -> str | None:
 
 def compile_qemu(proj: Path, cpu: str, *, profile: bool = False) -> Path:
     """Build ``model_qemu[_prof].elf`` for qemu's MPS2 board of ``cpu``; returns the ELF."""
+    proj = Path(proj).resolve()  # gcc runs inside proj: a relative path would be doubled
     why = qemu_available()
     if why:
         raise DeployError(why)
