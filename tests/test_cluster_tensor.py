@@ -50,6 +50,13 @@ class _ThreadSum:
         return reduce
 
 
+def _assemble(parts, engines) -> np.ndarray:
+    """Each board's logits hold only its vocabulary rows: put them side by side."""
+    ranges = [e.source.vocab_range for e in engines]
+    assert ranges[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    return np.concatenate([p[:, a:b] for p, (a, b) in zip(parts, ranges)], axis=1)
+
+
 def _split_logits(path, n: int, prompt, steps: int = 3):
     red = _ThreadSum(n)
     engines = [Engine(ShardWeights(Bundle(path), r, n, red.of(r)), kv_dtype="f32") for r in range(n)]
@@ -78,17 +85,18 @@ def _split_logits(path, n: int, prompt, steps: int = 3):
 def test_split_logits_equal_single_board(dense6, n):
     want, got, cache, engines = _split_logits(dense6, n, PROMPT)
     cfg = Bundle(dense6).config
-    for r in range(n):
-        assert len(got[r]) == len(want)
-        for g, w in zip(got[r], want):
-            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
-            assert int(np.argmax(g[-1])) == int(np.argmax(w[-1]))
+    for step, w in enumerate(want):  # the boards' vocabulary slices together = the single board's logits
+        whole = _assemble([got[r][step] for r in range(n)], engines)
+        np.testing.assert_allclose(whole, w, rtol=1e-5, atol=1e-5)
+        assert int(np.argmax(whole[-1])) == int(np.argmax(w[-1]))
     # each board's KV cache holds only its KV heads; its layers hold about 1/n of the layer bytes
     assert cache.k.shape[1] == cfg.num_kv_heads // n
     full = sum(g.nbytes for name, g in Bundle(dense6).groups.items() if name.startswith("layers."))
     mine = sum(v.nbytes for name in Bundle(dense6).groups if name.startswith("layers.")
                for v in engines[0].source.get(name).values())
     assert mine < full / n + full * 0.1
+    head = Bundle(dense6).tensors["lm_head"]["nbytes"]  # and 1/n of the head's rows
+    assert next(engines[0].source.head_chunks())[1].nbytes <= head / n + 4096
 
 
 def test_real_smollm2_split_three_ways_equals_single_board(tmp_path_factory):
@@ -96,11 +104,11 @@ def test_real_smollm2_split_three_ways_equals_single_board(tmp_path_factory):
     from serving_common import smol_bundle
 
     path = smol_bundle(tmp_path_factory)
-    want, got, _, _ = _split_logits(path, 3, [1, 504, 3458, 314, 260, 1345], steps=2)
-    for r in range(3):
-        for g, w in zip(got[r], want):
-            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
-            assert int(np.argmax(g[-1])) == int(np.argmax(w[-1]))
+    want, got, _, engines = _split_logits(path, 3, [1, 504, 3458, 314, 260, 1345], steps=2)
+    for step, w in enumerate(want):
+        whole = _assemble([got[r][step] for r in range(3)], engines)
+        np.testing.assert_allclose(whole, w, rtol=1e-4, atol=1e-4)
+        assert int(np.argmax(whole[-1])) == int(np.argmax(w[-1]))
 
 
 def test_models_that_do_not_split_are_refused(dense6):

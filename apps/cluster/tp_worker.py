@@ -1,6 +1,6 @@
 """The MPI program of a tensor-parallel run: ``python -m edgespool.apps.cluster.tp_worker BUNDLE --allreduce ring
---prompt-ids 1,2,3 -n 16``. Every rank holds its slices of every layer (resident) and runs every token; rank 0
-computes the head, samples greedily and sends the token to the others. Rank 0 prints one JSON object starting with
+--prompt-ids 1,2,3 -n 16``. Every rank holds its slices of every layer and of the head (resident) and runs every
+token; each sends its best logit (value, id) to rank 0, which picks the greedy token and sends it to the others. Rank 0 prints one JSON object starting with
 ``{"tokens"``, every rank its counters; a failure prints ONE line ``edgespool cluster: error: ...`` and aborts."""
 from __future__ import annotations
 
@@ -49,15 +49,24 @@ def main(argv: list[str] | None = None) -> int:
         ttft = t_first = 0.0
         inp = ids
         while True:
-            out = engine.forward(inp, cache, last_only=True, logits=rank == 0)
-            if rank == 0:
-                tok[0] = int(np.argmax(out[-1]))
+            out = engine.forward(inp, cache, last_only=True)
+            lo, hi = engine.source.vocab_range  # this board's logits: its rows of the head
+            i = int(np.argmax(out[-1, lo:hi]))
+            best = np.array([out[-1, lo + i], lo + i], np.float64)
+            if rank == 0:  # the best of the boards' maxima (ties: the lowest id, as one board's argmax)
+                cand = [best]
+                for r in range(1, size):
+                    got = np.empty(2, np.float64)
+                    red._recv(got, r)
+                    cand.append(got)
+                tok[0] = int(min(cand, key=lambda c: (-c[0], c[1]))[1])
                 if int(tok[0]) in stops:
                     tok[0] = -1  # stop
                 reqs = [red._send(tok, r) for r in range(1, size)]
                 for q in reqs:
                     q.Wait()
             else:
+                red._send(best, 0).Wait()
                 red._recv(tok, 0)
             if t_first == 0.0:
                 t_first = time.perf_counter()

@@ -6,7 +6,9 @@ FFN of each layer (Megatron-style: q/k/v and gate/up split by output rows, wo an
 on the quantisation grid: no re-quantisation) with a config of ``heads / n`` query heads, ``kv_heads / n`` KV
 heads and ``intermediate / n`` FFN columns, so the unchanged engine computes the board's share and its KV cache
 holds only its heads; the engine calls ``reduce_partial`` on each block output (an additive engine hook).
-Embedding and head are whole on every board; only rank 0 computes the head (the others skip it).
+The embedding is whole on every board; the head is split by vocabulary rows (:meth:`ShardWeights.head_chunks`:
+each board computes the logits of its rows ``vocab_range`` only, the rest of the engine's logits row is left
+unset) and the greedy token is the best of the boards' local maxima.
 
 :class:`Allreduce` sums float32 buffers over MPI point-to-point messages (raw buffers, receive deadlines as the
 pipeline's :class:`~edgespool.runtime.cluster.transport.Link`): ``star`` (everyone sends to rank 0, which adds in
@@ -22,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ...errors import ClusterError, OptionError
-from ..bundle.names import layer_prefix, parse_group
+from ..bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, layer_prefix, parse_group
 from ..bundle.reader import Bundle
 from ..bundle.schemes import QTensor
 from ..decoder.weights import ResidentWeights
@@ -80,6 +82,9 @@ class ShardWeights:
         self._groups: dict[str, dict[str, QTensor]] = {}
         self._prepare: Callable[[QTensor], QTensor] | None = None
         self.resident_bytes = 0
+        per = -(-cfg.vocab_size // n)
+        self.vocab_range = (min(cfg.vocab_size, rank * per), min(cfg.vocab_size, (rank + 1) * per))
+        self._head: QTensor | None = None
 
     def _bounds(self, name: str) -> tuple[int, int]:
         c, D, r, n = self.base.config, self.base.config.head_dim, self.rank, self.n
@@ -112,6 +117,21 @@ class ShardWeights:
             self.resident_bytes += sum(v.nbytes for v in got.values())
             self._groups[group] = got
         return got
+
+    def head_norm(self) -> np.ndarray:
+        """The final norm's weight (float32)."""
+        return self.base.get(HEAD)[FINAL_NORM].dequantize()
+
+    def head_chunks(self):
+        """This board's rows of the head (the engine's streamed-head protocol): one piece, ``vocab_range``."""
+        if self._head is None:
+            b = self.base.bundle
+            tied = self.base.config.tie_word_embeddings or LM_HEAD not in b.tensors
+            full = self.base.get(EMBED)[EMBED] if tied else self.base.get(HEAD)[LM_HEAD]
+            t = row_slice(full, *self.vocab_range)
+            self._head = self._prepare(t) if self._prepare is not None else t
+            self.resident_bytes += self._head.nbytes
+        yield self.vocab_range[0], self._head
 
     def set_prepare(self, fn: Callable[[QTensor], QTensor] | None) -> None:
         """The kernels' weight layout (the engine's call): applied to the slices as they are made."""
