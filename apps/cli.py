@@ -6,6 +6,7 @@ Commands only parse options and call the library.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import traceback
 
@@ -46,6 +47,13 @@ class _Group(click.Group):
             ctx.exit(130)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BrokenPipeError:  # `edgespool ... | head`: the reader left; exit quietly as cat or grep would
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not raise again
+            except (OSError, ValueError):
+                pass
+            ctx.exit(141)
         except Exception as e:  # an unexpected bug: still one line unless --debug
             if ctx.obj and ctx.obj.get("debug"):
                 raise

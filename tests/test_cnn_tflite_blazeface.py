@@ -116,6 +116,28 @@ def test_cli_export_bundle_runs(face_model, photos, tmp_path):
     ref = reference(face_model, x)
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=2e-4, err_msg=k)
+    # `edgespool run --image` on it: the bundle's own [-1, 1] / no-crop preprocessing and its two output tensors
+    # (not ImageNet normalisation and class ids)
+    from PIL import Image
+
+    Image.fromarray(skdata.astronaut()).save(tmp_path / "astronaut.png")
+    r = subprocess.run([sys.executable, "-m", "edgespool", "run", str(out), "--image", str(tmp_path / "astronaut.png"),
+                        "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    outs = json.loads(r.stdout)["outputs"]
+    for k in ref:
+        np.testing.assert_allclose(np.asarray(outs[k]["values"]).reshape(ref[k].shape), ref[k], rtol=1e-4,
+                                   atol=2e-3, err_msg=k)
+    r = subprocess.run([sys.executable, "-m", "edgespool", "run", str(out), "--image", str(tmp_path / "astronaut.png")],
+                       capture_output=True, text=True)
+    assert "output 'classificators': shape [1, 896, 1]" in r.stdout and "class" not in r.stdout.split("\n")[0]
+    # piped into `head` (the reader leaves after 100 bytes of ~280 KB): a quiet exit, no "internal error" line
+    p = subprocess.Popen([sys.executable, "-m", "edgespool", "run", str(out), "--image",
+                          str(tmp_path / "astronaut.png"), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(p.stdout.read(100)) == 100
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and err == "", err
 
 
 def test_face_landmark_matches_litert():

@@ -226,7 +226,8 @@ def export_cnn(model_path: str | os.PathLike, target: str | TargetProfile, out_d
             "macs": graph.total_macs(), "params": graph.param_count(),
         }
         if tfl is not None:  # TFLite float vision models take [-1, 1] input; outputs = index arrays into ours
-            cnn["preprocess"].update(mean=list(TFLITE_MEAN), std=list(TFLITE_STD))
+            cnn["preprocess"].update(mean=list(TFLITE_MEAN), std=list(TFLITE_STD), crop=False,
+                                     resize="whole image to resolution x resolution (bilinear, no crop)")
             cnn["tflite_outputs"] = [{"name": nm, "shape": list(shp), "index": w.add(f"tflite/outputs/{k}",
                                                                                    idx.astype(np.int32))}
                                      for k, (nm, shp, idx) in enumerate(tfl.outputs)]

@@ -354,17 +354,6 @@ def load_tflite_cnn(path: str | os.PathLike, input_shape: Sequence[int] | None =
 
 def bundle_outputs(bundle: Any, y: np.ndarray) -> dict[str, np.ndarray]:
     """The TFLite output tensors of a CNN bundle exported from a ``.tflite`` (``bundle``: a
-    :class:`~edgespool.runtime.cnn.bundle.CnnBundle`) from its IR output ``y`` (manifest ``cnn.tflite_outputs``)."""
-    c = bundle.manifest["cnn"]
-    spec = c.get("tflite_outputs")
-    if not spec:
-        raise OptionError(f"{bundle.path}: not exported from a .tflite model (no tflite_outputs in its manifest)")
-    want = {o["index"] for o in spec}
-    found: dict[str, np.ndarray] = {}
-    for g in bundle.bundle.iter_groups():
-        for name, qt in bundle.bundle.read_group(g).items():
-            if name in want:
-                info = c["arrays"][name]
-                found[name] = np.array(qt.data).view(np.dtype(info["dtype"])).reshape(info["shape"])
-    flat = np.asarray(y).reshape(-1)
-    return {o["name"]: flat[found[o["index"]]].reshape(o["shape"]) for o in spec}
+    :class:`~edgespool.runtime.cnn.bundle.CnnBundle`) from its IR output ``y`` (manifest ``cnn.tflite_outputs``);
+    see :meth:`CnnBundle.tflite_outputs`."""
+    return bundle.tflite_outputs(y)

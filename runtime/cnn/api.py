@@ -24,8 +24,10 @@ IMAGENET_CAT_CLASSES = {281: "tabby cat", 282: "tiger cat", 283: "Persian cat", 
 
 
 def preprocess(image: str | os.PathLike | np.ndarray, resolution: int = 224, *,
-               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
-    """An image file or an HxWx3 uint8 array -> float32 [3, resolution, resolution] (see module docstring)."""
+               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+               crop: bool = True) -> np.ndarray:
+    """An image file or an HxWx3 uint8 array -> float32 [3, resolution, resolution] (see module docstring);
+    ``crop=False`` resizes the whole image to resolution x resolution instead (TFLite vision models' input)."""
     from PIL import Image
 
     if isinstance(image, np.ndarray):
@@ -43,6 +45,11 @@ def preprocess(image: str | os.PathLike | np.ndarray, resolution: int = 224, *,
             img = Image.open(p).convert("RGB")
         except Exception as e:
             raise ModelFormatError(f"{p}: not a readable image ({type(e).__name__}: {e})") from None
+    if not crop:
+        img = img.resize((resolution, resolution), Image.BILINEAR)
+        x = np.asarray(img, dtype=np.float32) / 255.0
+        x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
     short = int(resolution / 0.875)
     w, h = img.size
     if w <= h:
@@ -80,7 +87,10 @@ def run_image(bundle_dir: str | os.PathLike, image_path: str | os.PathLike | np.
     from .bundle import CnnBundle
 
     b = CnnBundle(bundle_dir)
-    x = preprocess(image_path, b.resolution)
+    if b.manifest["cnn"].get("tflite_outputs"):
+        raise OptionError(f"{bundle_dir}: exported from a .tflite model with its own outputs (not a classifier): "
+                          "use CnnBundle.run + exporters.cnn.from_tflite.bundle_outputs")
+    x = b.preprocess(image_path)
     res = b.run(x, patched=patched, engine=engine)
     return top_k(res.output, top, labels if labels is not None else b.labels)
 
@@ -97,12 +107,15 @@ def print_classification(bundle: "str | os.PathLike | object", image: str | os.P
     if image is None:
         raise OptionError("--image is required to run a CNN bundle")
     b = CnnBundle(bundle)  # accepts a path or an opened Bundle
-    x = preprocess(image, b.resolution)
+    x = b.preprocess(image)
     res = b.run(x, patched=patched, engine=engine)
-    rows = top_k(res.output, top, b.labels)
     held = "activation memory held" if engine == "numpy" else "planned activation memory (onnxruntime engine)"
     mode = (f"patch-based {b.plan.grid[0]}x{b.plan.grid[1]} after {b.plan.chosen.split_node!r}"
             if patched and b.plan.is_patched else "layer-by-layer")
+    if b.manifest["cnn"].get("tflite_outputs"):  # a detector / regressor: its own output tensors, not classes
+        _print_tflite_outputs(b, image, res, mode, held, engine, as_json)
+        return []
+    rows = top_k(res.output, top, b.labels)
     if as_json:
         print(json.dumps({"image": str(image), "quant": b.quant_mode, "mode": mode,
                           "peak_activation_bytes": res.peak_bytes, "engine": engine,
@@ -112,6 +125,21 @@ def print_classification(bundle: "str | os.PathLike | object", image: str | os.P
             print(f"{i}. class {c:4d}  p={p:.4f}" + (f"  {lab}" if lab else ""))
         print(f"({b.quant_mode}, {mode}; {held}: {res.peak_bytes / 1024:.1f} KiB)")
     return rows
+
+
+def _print_tflite_outputs(b: Any, image: Any, res: Any, mode: str, held: str, engine: str, as_json: bool) -> None:
+    """The output tensors of a bundle exported from a ``.tflite`` (e.g. BlazeFace's box regressors and scores):
+    shape and range per tensor, or with ``as_json`` the full values."""
+    outs = b.tflite_outputs(res.output)
+    if as_json:
+        print(json.dumps({"image": str(image), "quant": b.quant_mode, "mode": mode, "engine": engine,
+                          "peak_activation_bytes": res.peak_bytes,
+                          "outputs": {k: {"shape": list(v.shape), "values": v.reshape(-1).tolist()}
+                                      for k, v in outs.items()}}))
+        return
+    for k, v in outs.items():
+        print(f"output {k!r}: shape {list(v.shape)}, min {float(v.min()):.4g}, max {float(v.max()):.4g}")
+    print(f"({b.quant_mode}, {mode}; {held}: {res.peak_bytes / 1024:.1f} KiB; --json for the values)")
 
 
 def summarize_cnn(bundle: Bundle) -> dict[str, Any]:

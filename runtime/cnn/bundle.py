@@ -27,6 +27,7 @@ from ..bundle.reader import Bundle
 from .executor import CnnRunner, RunResult
 from ..bundle.cnn_graph import CnnGraph, Node
 from .quant import QuantCnn
+from .api import IMAGENET_MEAN, IMAGENET_STD
 
 
 def attrs_to_json(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -98,8 +99,35 @@ class CnnBundle:
         self.plan = PatchPlan.from_dict(c["plan"], self.graph)
         pre = c.get("preprocess", {})
         self.resolution: int = int(pre.get("resolution", self.graph.input_shape[1]))
+        self.mean: tuple[float, ...] = tuple(pre.get("mean", IMAGENET_MEAN))
+        self.std: tuple[float, ...] = tuple(pre.get("std", IMAGENET_STD))
+        self.crop: bool = bool(pre.get("crop", True))
         self.labels: list[str] | None = c.get("labels")
         self.manifest = b.manifest
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        """An image file or HxWx3 array -> this bundle's float32 [C, H, W] input, with the normalisation and
+        resize the bundle records (ImageNet's for torch / ONNX classifiers, [-1, 1] and no crop for TFLite)."""
+        from .api import preprocess
+
+        return preprocess(image, self.resolution, mean=self.mean, std=self.std, crop=self.crop)
+
+    def tflite_outputs(self, y: np.ndarray) -> dict[str, np.ndarray]:
+        """The TFLite output tensors of a bundle exported from a ``.tflite`` (name -> array), cut out of the IR's one
+        output ``y`` by the index arrays the manifest's ``cnn.tflite_outputs`` names."""
+        c = self.manifest["cnn"]
+        spec = c.get("tflite_outputs")
+        if not spec:
+            raise OptionError(f"{self.path}: not exported from a .tflite model (no tflite_outputs in its manifest)")
+        want = {o["index"] for o in spec}
+        found: dict[str, np.ndarray] = {}
+        for g in self.bundle.iter_groups():
+            for name, qt in self.bundle.read_group(g).items():
+                if name in want:
+                    info = c["arrays"][name]
+                    found[name] = np.array(qt.data).view(np.dtype(info["dtype"])).reshape(info["shape"])
+        flat = np.asarray(y).reshape(-1)
+        return {o["name"]: flat[found[o["index"]]].reshape(o["shape"]) for o in spec}
 
     def runner(self) -> CnnRunner:
         return CnnRunner(self.graph, self.quant)
