@@ -102,6 +102,9 @@ def check_run_options(context: int, n: int, seed: int | None, max_context: int |
 @click.option("--draft-budget", default=None,
               help="With --draft MODEL and --memory-budget: the draft model's share of the budget (default: all "
                    "the target can spare).")
+@click.option("--draft-gpu-budget", default=None,
+              help="With --draft MODEL: run the draft on the GPU under this GPU budget, verify on the CPU "
+                   "(Dovetail mode; docs/SPECULATIVE.md); no GPU: the draft runs on the CPU, said in one line.")
 @click.option("--gpu-budget", default=None,
               help="CPU/GPU split under this GPU memory budget, e.g. 3GiB (docs/GPU.md); --plan prints the placement.")
 @click.option("--cnn-engine", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True,
@@ -117,7 +120,7 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
             top: int, ignore_eos: bool,
             as_chat: bool, system: str | None, as_json: bool, gpu_budget: str | None = None,
             draft: str | None = None, draft_tokens: int = 4, draft_budget: str | None = None,
-            n_threads: int | None = None,
+            n_threads: int | None = None, draft_gpu_budget: str | None = None,
             cnn_engine: str = "numpy", cluster: str | None = None, cluster_link: str = "ethernet") -> None:
     """Run a bundle: generate text from a decoder bundle, or classify --image with a CNN bundle."""
     from ..runtime.bundle.reader import Bundle
@@ -161,15 +164,21 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
         from ..units import parse_bytes
 
         parse_bytes(gpu_budget, "--gpu-budget")
-    if draft is None and (draft_budget is not None or draft_tokens != 4):
+    if draft is None and (draft_budget is not None or draft_tokens != 4 or draft_gpu_budget is not None):
         from ..errors import OptionError
 
-        raise OptionError("--draft-tokens / --draft-budget only apply with --draft")
+        raise OptionError("--draft-tokens / --draft-budget / --draft-gpu-budget only apply with --draft")
     if draft is not None:
         opts.update(draft=draft, draft_tokens=draft_tokens,
-                    **({} if draft_budget is None else {"draft_budget": draft_budget}))
+                    **({} if draft_budget is None else {"draft_budget": draft_budget}),
+                    **({} if draft_gpu_budget is None else {"draft_gpu_memory": draft_gpu_budget}))
     model = api.load(bundle, memory_budget=memory_budget, n_threads=n_threads, **opts,
                      **({} if gpu_budget is None else {"gpu_memory": gpu_budget}))
+    if draft_gpu_budget is not None and model.draft is not None:  # Dovetail: where the draft runs
+        if model.draft.gpu_fallback:
+            click.echo(f"[gpu] {model.draft.gpu_fallback}", err=True)
+        elif show_plan and model.draft.placement is not None:
+            click.echo("draft model on the GPU:\n" + model.draft.placement.summary(), err=True)
     if gpu_budget is not None:  # the GPU placement and why (or why the run is CPU-only)
         if model.gpu_fallback:
             click.echo(f"[gpu] running on the CPU only: {model.gpu_fallback}", err=True)

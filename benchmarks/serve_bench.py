@@ -43,6 +43,42 @@ MiB = 1 << 20
 QUESTION = "Write a Python function that returns the n-th Fibonacci number."
 
 
+LLAMA_CPP_PYTHON_SDIST = "llama-cpp-python==0.3.36"
+# explicit x86 flags, native off: a -march=native build SIGILLs on this VM (its CPU flags list AMX / AVX-512 FP16)
+LLAMA_CMAKE_FLAGS = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
+                     "-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=ON", "-DGGML_AMX_TILE=OFF",
+                     "-DGGML_AMX_INT8=OFF", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release"]
+
+
+def llama_server_binary(work: Path, explicit: str | None = None) -> Path:
+    """A llama-server binary: ``explicit`` (or $LLAMA_SERVER) when given, else one already built under ``work``,
+    else built there from the llama-cpp-python 0.3.36 sdist's vendored llama.cpp (``pip download --no-binary`` +
+    cmake with :data:`LLAMA_CMAKE_FLAGS`; minutes on 2 cores)."""
+    import glob
+    import tarfile
+
+    given = explicit or os.environ.get("LLAMA_SERVER")
+    if given:
+        if not Path(given).is_file():
+            raise SystemExit(f"--llama-server {given}: no such file")
+        return Path(given)
+    found = sorted(glob.glob(str(work / "llama-src/*/vendor/llama.cpp/build-noamx/bin/llama-server")))
+    if found:
+        return Path(found[0])
+    src = work / "llama-src"
+    src.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", LLAMA_CPP_PYTHON_SDIST, "--no-binary", ":all:",
+                    "--no-deps", "-d", str(src)], check=True)
+    tgz = next(src.glob("llama_cpp_python-*.tar.gz"))
+    with tarfile.open(tgz) as t:
+        t.extractall(src, filter="data")
+    lc = next(src.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    subprocess.run(["cmake", "-S", str(lc), "-B", str(lc / "build-noamx"), *LLAMA_CMAKE_FLAGS], check=True)
+    subprocess.run(["cmake", "--build", str(lc / "build-noamx"), "--target", "llama-server",
+                    f"-j{len(os.sched_getaffinity(0))}"], check=True)
+    return lc / "build-noamx/bin/llama-server"
+
+
 def pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None

@@ -12,6 +12,10 @@ with the model's chat template:
   llama-mmap              llama.cpp (llama-cpp-python) on the GGUF, default mmap, same limit
   llama-lookup            llama.cpp with ``draft_model=LlamaPromptLookupDecoding`` (its only draft API: a second
                           model as the draft is not offered by llama-cpp-python's high-level API)
+  llama-server-draft      llama.cpp's own llama-server with the 0.5B GGUF as its draft (``-md``, ``--spec-type
+                          draft-simple``, ``--spec-draft-n-max`` = --draft-tokens), its other settings its defaults;
+                          started inside the rig by the child, so the same memory limit holds both models
+  llama-server-ngram      llama-server's n-gram drafting (``--spec-type ngram-simple``), no second model
   edgespool-resident(-ngram|-draft|-self)   no budget, no memory limit: resident decode with/without speculation
                           (-self: the target's first quarter of layers + its head as the draft)
 
@@ -33,6 +37,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -88,6 +94,9 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
         Path(out).write_text(json.dumps(res))
         return
     r0 = _io_read_bytes()
+    if kind.startswith("llama-server"):
+        server_child(kind, bundle, out, N, ids, k, draft, res)
+        return
     if kind.startswith("llama"):
         from edgespool.benchmarks.llamacpp_peer import open_llama
 
@@ -125,6 +134,92 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
         _timed_stream(m.generate_ids(ids, N, stop=[]), res, out, r0)
         res.update(speculative=m.stats.speculative, kernels=m.kernels.description)
         m.close()
+    res["decode_tok_s"] = res["decode_tokens"] / res["decode_s"] if res.get("decode_s") else 0.0
+    res["bytes_read_per_token"] = res["decode_read_bytes"] / max(1, res["decode_tokens"])
+    res["vm_hwm"] = peak_rss_bytes()
+    Path(out).write_text(json.dumps(res))
+
+
+def server_child(kind: str, gguf: str, out: str, N: int, ids: list[int], k: int, draft: str, res: dict) -> None:
+    """llama.cpp's llama-server (binary from $LLAMA_SERVER) started by this child, so inside the same rig cgroup,
+    with its defaults plus ``-md DRAFT --spec-type draft-simple --spec-draft-n-max k`` (without --spec-type the draft is loaded but never used) (llama-server-draft) or ``--spec-type ngram-simple``
+    (llama-server-ngram); one streamed greedy /completion of the prompt ids; tok/s from the client's chunk times
+    (as the other rows) and the server's own ``timings`` (predicted tok/s, draft_n, draft_n_accepted)."""
+    import http.client
+    import subprocess
+
+    from edgespool.benchmarks.serve_bench import free_port, get
+    from edgespool.benchmarks.stream_bench import _io_read_bytes
+
+    port = free_port()
+    cmd = [os.environ["LLAMA_SERVER"], "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c",
+           str(len(ids) + N + 16), "-t", str(len(os.sched_getaffinity(0))), "--no-webui"]
+    cmd += ["-md", draft, "--spec-type", "draft-simple", "--spec-draft-n-max", str(k)] if kind.endswith("-draft") else \
+        ["--spec-type", "ngram-simple", "--spec-draft-n-max", str(k)]
+    res["llamacpp_config"] = " ".join(Path(c).name if "/" in c else c for c in cmd)
+    log = open(out + ".server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        t_ready = time.perf_counter()
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"llama-server exited with {proc.returncode} (log {out}.server.log)")
+            try:
+                if get(port, "/health", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        res["server_ready_s"] = time.perf_counter() - t_ready
+        body = json.dumps({"prompt": ids, "n_predict": N, "temperature": 0.0, "top_k": 1, "stream": True,
+                           "cache_prompt": False})
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+        c.request("POST", "/completion", body, {"Content-Type": "application/json"})
+        r = c.getresponse()
+        final: dict = {}
+
+        def server_read() -> int:  # the server's own storage reads (/proc/PID/io), not this client's
+            with open(f"/proc/{proc.pid}/io") as f:
+                return next(int(x.split()[1]) for x in f if x.startswith("read_bytes:"))
+
+        rb: list[int] = []
+
+        def chunks():  # one item per streamed content chunk (a chunk may carry several accepted tokens)
+            nonlocal final
+            for line in r:
+                if not rb:
+                    rb.append(server_read())
+                line = line.strip()
+                if not line.startswith(b"data: "):
+                    continue
+                d = json.loads(line[6:])
+                if d.get("stop"):
+                    final = d
+                    return
+                yield d
+
+        r0 = _io_read_bytes()
+        _timed_stream(chunks(), res, out, r0)
+        if rb:
+            res["decode_read_bytes"] = server_read() - rb[0]
+        tm = final.get("timings") or {}
+        res["server_timings"] = tm
+        n = int(tm.get("predicted_n") or final.get("tokens_predicted") or 0)
+        if n:  # tokens generated after the first (the others' decode_tokens), timed client-side from chunk 1
+            res["decode_tokens"] = n - 1
+        drafted, acc = int(tm.get("draft_n") or 0), int(tm.get("draft_n_accepted") or 0)
+        res["speculative"] = {"drafted": drafted, "accepted": acc,
+                              "acceptance_rate": acc / drafted if drafted else 0.0,
+                              "source": "llama-server timings"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    from edgespool.units import peak_rss_bytes
+
     res["decode_tok_s"] = res["decode_tokens"] / res["decode_s"] if res.get("decode_s") else 0.0
     res["bytes_read_per_token"] = res["decode_read_bytes"] / max(1, res["decode_tokens"])
     res["vm_hwm"] = peak_rss_bytes()
@@ -188,6 +283,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=240, help="seconds per run (a cut run reports its partial rate)")
     ap.add_argument("--target-bundle", default=None)
     ap.add_argument("--draft-bundle", default=None)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the budgeted systems, interleaved; medians")
+    ap.add_argument("--llama-server", default=None, help="llama-server binary (else found/built under --work)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -226,7 +323,12 @@ def main() -> None:
     from edgespool.runtime.bundle.reader import Bundle
     from edgespool.schedulers.memory_plan import minimum_budget
 
-    for frac in (int(x) for x in args.budgets.split(",") if x):
+    if any(s.startswith("llama-server") for s in args.systems.split(",") + args.resident.split(",")):
+        from edgespool.benchmarks.serve_bench import llama_server_binary
+
+        os.environ["LLAMA_SERVER"] = str(llama_server_binary(work, args.llama_server))
+        meta["llama_server"] = os.environ["LLAMA_SERVER"]
+    for rnd, frac in ((r, int(x)) for r in range(args.rounds) for x in args.budgets.split(",") if x):
         for p in args.prompts.split(","):
             P = len(json.loads(ids_files[p].read_text()))
             budget = max(size // frac, minimum_budget(Bundle(tb), None, max_context=P + args.n + 40))
@@ -237,9 +339,13 @@ def main() -> None:
                     rows.append({"system": kind, "fraction": frac, "prompt": p, "skipped": "llama-cpp-python missing"})
                     continue
                 path = TARGET_GGUF if fam == "llama" else tb
-                r = run(kind, path, budget, args.profile, args.n, work, budget + baselines[fam]["baseline"],
-                        ids_files[p], args.draft_tokens, db, f"-{frac}-{p}", args.timeout)
-                r.update(fraction=frac, prompt=p, budget=budget, prompt_tokens=P)
+                # llama-server-*: the client (this script's child) + the server share the cgroup: they get the
+                # larger of the two families' baselines (edgespool load()'s), never less room than edgespool
+                base = max(v["baseline"] for v in baselines.values()) if kind.startswith("llama-server") \
+                    else baselines[fam]["baseline"]
+                r = run(kind, path, budget, args.profile, args.n, work, budget + base,
+                        ids_files[p], args.draft_tokens, DRAFT_GGUF if fam == "llama" else db, f"-{frac}-{p}-{rnd}", args.timeout)
+                r.update(fraction=frac, prompt=p, budget=budget, prompt_tokens=P, round=rnd)
                 if kind == "edgespool-stream" and bw and r.get("plan_streamed_bytes_per_token"):
                     bound = bw / r["plan_streamed_bytes_per_token"]
                 if bound and r.get("decode_tok_s"):
@@ -249,7 +355,9 @@ def main() -> None:
                 (work / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     for p in args.prompts.split(","):
         for kind in [s for s in args.resident.split(",") if s]:
-            r = run(kind, tb, 0, args.profile, args.n, work, None, ids_files[p], args.draft_tokens, db,
+            llama = kind.startswith("llama")
+            r = run(kind, TARGET_GGUF if llama else tb, 0, args.profile, args.n, work, None, ids_files[p],
+                    args.draft_tokens, DRAFT_GGUF if llama else db,
                     f"-res-{p}", args.timeout)
             r.update(fraction=0, prompt=p)
             print(json.dumps(r), flush=True)
@@ -272,25 +380,177 @@ def table(rows: list[dict], meta: dict) -> str:
            "peak cgroup | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     base = {(r.get("fraction"), r.get("prompt")): r.get("decode_tok_s") for r in rows
             if r.get("system") in ("edgespool-stream", "edgespool-resident")}
-    for r in rows:
+    groups: dict = {}
+    for r in rows:  # repeated rounds: one line per system, the run of median tok/s, every run's tok/s in the note
+        groups.setdefault((r.get("fraction"), r.get("prompt"), r.get("system")), []).append(r)
+    for runs in groups.values():
+        runs.sort(key=lambda x: x.get("decode_tok_s") or 0.0)
+        r = runs[(len(runs) - 1) // 2]
         sp = r.get("speculative") or {}
         b = base.get((r.get("fraction"), r.get("prompt")))
         note = r.get("skipped") or ("partial (time limit)" if r.get("partial") else "") \
             or ("OOM-killed" if r.get("oom_kills") else "") or ("failed" if r.get("failed") else "")
+        if len(runs) > 1:
+            note = (note + "; " if note else "") + f"median (lower) of {len(runs)}: " + \
+                ", ".join(f"{x.get('decode_tok_s') or 0:.2f}" for x in runs)
+        if sp.get("source"):
+            note = (note + "; " if note else "") + f"acceptance from {sp['source']}"
         tps = r.get("decode_tok_s")
         out.append("| " + " | ".join([
             f"1/{r['fraction']}" if r.get("fraction") else "resident", str(r.get("prompt")), r["system"],
             f"{tps:.2f}" if tps else "-", f"{tps / b:.2f}" if tps and b else "-",
             f"{r['x_bound']:.2f}" if r.get("x_bound") else "-",
             f"{sp['acceptance_rate']:.0%}" if sp.get("drafted") else "-",
-            f"{sp['tokens_per_pass']:.2f}" if sp else "-",
+            f"{sp['tokens_per_pass']:.2f}" if sp.get("tokens_per_pass") else "-",
             f"{r['bytes_read_per_token'] / 1e6:.0f}" if r.get("bytes_read_per_token") else "-",
             f"{(r.get('peak_cgroup') or 0) / MiB:.0f} MiB" if r.get("peak_cgroup") else "-", note]) + " |")
     return "\n".join(out)
 
 
+QWEN05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
+               num_kv_heads=2, head_dim=64, tie_word_embeddings=True)
+
+
+def _median_s(fn, reps: int) -> float:
+    import statistics
+
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def dovetail(argv: list[str]) -> None:
+    """Dovetail mode's parts, measured on a machine with a GPU (SIMULATED models: random int8 weights with the real
+    Qwen2.5-Coder-0.5B / 1.5B configs and vocabulary, since the real GGUFs cannot travel to the GPU machine; speed
+    depends on shapes, not values): the draft's per-token time on the GPU (split executor, all of it placed by
+    the planner under --gpu-budget) and on the CPU, the target's CPU verification pass for T = 1..k+1 tokens at a
+    context of --context positions, and one end-to-end Dovetail generation (its acceptance is a random pair's:
+    near zero, not a figure to quote). tok/s at a given acceptance is then COMPOSED from these measured parts by
+    :func:`compose` (``E(k) / (k * draft_s + verify_s(k + 1))``)."""
+    ap = argparse.ArgumentParser(prog="spec_bench.py dovetail")
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--json-out", required=True)
+    ap.add_argument("--gpu-budget", default="4GiB")
+    ap.add_argument("--context", type=int, default=200)
+    ap.add_argument("--kmax", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--kernels", action="store_true", help="export with the C block kernels (CPU side)")
+    ap.add_argument("--tiny", action="store_true", help="smoke test: tiny configs instead of the Qwen ones")
+    a = ap.parse_args(argv)
+    tiny = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
+                head_dim=32) if a.tiny else {}
+    from edgespool.benchmarks.gpu_split_bench import export_synth
+    from edgespool.runtime.api import load
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    res: dict = {"simulated": "random int8 weights, real Qwen2.5-Coder configs", "context": a.context,
+                 "threads": len(os.sched_getaffinity(0)), "gpu_budget": a.gpu_budget}
+
+    def save() -> None:
+        Path(a.json_out).write_text(json.dumps(res, indent=1, default=str))
+
+    t0 = time.perf_counter()
+    tb = export_synth(work / "t15", "int8", seed=0, kernels=a.kernels, **tiny)
+    db = export_synth(work / "d05", "int8", seed=1, kernels=a.kernels, **(tiny or QWEN05B))
+    res["export_s"] = time.perf_counter() - t0
+    save()
+    ctx = [int(x) for x in np.random.default_rng(0).integers(3, 500, a.context)]
+
+    def per_token(m) -> float:  # one decode token of the draft after a context of a.context positions
+        eng = m.engine
+        cache = eng.new_cache(a.context + a.reps * 8 + 8)
+        eng.forward(ctx, cache, last_only=True)
+        eng.forward([7], cache, last_only=True)  # warm-up (NVRTC, cuBLAS handles)
+        return _median_s(lambda: eng.forward([7], cache, last_only=True), a.reps * 4)
+
+    with load(db, gpu_memory=a.gpu_budget, gpu_context=a.context + 64) as g:
+        res["draft_gpu_fallback"] = g.gpu_fallback
+        if g.gpu_fallback is None:
+            res["draft_placement"] = g.source.placement.summary()
+        res["draft_gpu_token_s" if g.gpu_fallback is None else "draft_planner_cpu_token_s"] = per_token(g)
+        save()
+    try:  # every draft group on the GPU whatever the planner chose (the executor's speed, not the planner's)
+        from edgespool.offload.gpu_split import split_with_placement
+        from edgespool.runtime.api import Model
+        from edgespool.runtime.decoder.weights import ResidentWeights
+        from edgespool.schedulers.placement_plan import GroupPlacement, LinkModel, Placement
+        from edgespool.units import parse_bytes
+
+        with load(db) as c:
+            n = c.bundle.config.num_layers
+            groups = tuple(GroupPlacement(g, "head" if g == "head" else "layer", "gpu", 0, 0, 0.0, 0.0, 0.0,
+                                          "forced") for g in [f"layers.{i}" for i in range(n)] + ["head"])
+            B = parse_bytes(a.gpu_budget, "--gpu-budget")
+            pl = Placement(B, B, 0, 0, 0, groups, 0, 0, 0.0, 0.0, LinkModel(50e9, 5e-6))
+            split = split_with_placement(c.bundle, ResidentWeights(c.bundle), pl, a.context + 64)
+            fm = Model(c.bundle, split, c.tokenizer, c.kernels)
+            res["draft_gpu_all_token_s"] = per_token(fm)
+            fm.close()
+    except Exception as e:  # noqa: BLE001 - recorded, the other parts still run
+        res["draft_gpu_all_error"] = f"{type(e).__name__}: {e}"
+    save()
+    with load(db) as c:
+        c.source.load_all()
+        res["draft_cpu_token_s"] = per_token(c)
+        res["draft_kernels"] = c.kernels.description
+        save()
+    with load(tb) as m:
+        m.source.load_all()
+        eng = m.engine
+        cache = eng.new_cache(a.context + a.kmax + 8)
+        eng.forward(ctx, cache, last_only=True)
+        base = cache.length
+        verify = {}
+        for T in range(1, a.kmax + 2):
+            def step() -> None:
+                eng.forward([7] * T, cache)
+                cache.truncate(base)
+            step()
+            verify[T] = _median_s(step, a.reps)
+        res["verify_cpu_s"] = verify
+        res["target_kernels"] = m.kernels.description
+        save()
+    ids = ctx[:64]
+    for name, kw in (("dovetail", {"draft_gpu_memory": a.gpu_budget}), ("cpu-draft", {})):
+        with load(tb, draft=db, draft_tokens=4, **kw) as m:
+            m.source.load_all()
+            m.draft.preload()
+            list(m.generate_ids(ids, 4, stop=[]))
+            m.reset()
+            list(m.generate_ids(ids, 32, stop=[]))
+            res[f"e2e_{name}"] = {"decode_tok_s": m.stats.decode_tok_s, "speculative": m.stats.speculative,
+                                  "draft_gpu_fallback": m.draft.gpu_fallback}
+        save()
+    res["compose"] = compose(res, [0.5, 0.6, 0.7, 0.8, 0.9])
+    save()
+    print(json.dumps(res, indent=1, default=str))
+
+
+def compose(res: dict, acceptances: list[float], kmax: int = 8) -> dict:
+    """tok/s COMPOSED from measured parts (not a measured run): for each acceptance ``a`` and draft place, the best
+    k of ``E(k) / (k * draft_s + verify_s(k + 1))``, ``E(k) = (1 - a^(k+1)) / (1 - a)`` (i.i.d. acceptance), against
+    plain CPU decoding ``1 / verify_s(1)``."""
+    v = {int(k): float(x) for k, x in res["verify_cpu_s"].items()}
+    out: dict = {"plain_cpu_tok_s": 1 / v[1]}
+    for place in ("gpu", "gpu_all", "cpu"):
+        d = res.get(f"draft_{place}_token_s")
+        if d is None:
+            continue
+        for acc in acceptances:
+            best = max(((1 - acc ** (k + 1)) / (1 - acc) / (k * d + v[k + 1]), k) for k in range(1, kmax + 1)
+                       if k + 1 in v)
+            out[f"{place}@{acc}"] = {"tok_s": best[0], "k": best[1], "x_plain": best[0] * v[1]}
+    return out
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "child":
+    if len(sys.argv) > 1 and sys.argv[1] == "dovetail":
+        dovetail(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "child":
         a = sys.argv[2:]
         child(a[0], a[1], a[2], int(a[3]), int(a[4]), a[5], int(a[6]), a[7])
     else:

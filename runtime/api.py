@@ -493,7 +493,8 @@ def kernels_misfit(tvm_target: dict[str, Any]) -> str | None:
 def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, target: str | None = None,
          verify: bool = True, kernels: bool | KernelTable = True, mmap: bool = False, n_threads: int | None = None,
          draft: str | os.PathLike | None = None, draft_tokens: int = 4, draft_budget: str | int | None = None,
-         gpu_memory: str | int | None = None, gpu_context: int | None = None, **stream_options: Any) -> Model:
+         gpu_memory: str | int | None = None, gpu_context: int | None = None,
+         draft_gpu_memory: str | int | None = None, **stream_options: Any) -> Model:
     """Open a decoder bundle. Without ``memory_budget`` every weight is read once and kept resident (CRC-checked
     when ``verify``) the first time the engine needs it (``mmap=True``: mapped instead, llama.cpp-style); with one,
     weights stream from storage under that budget (see edgespool.offload); ``stream_options`` then go to the planner
@@ -510,6 +511,8 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
     layers and the head GPU-resident, streamed to the GPU or on the CPU; without a usable GPU (no CuPy, no device)
     the model runs on the CPU and ``model.gpu_fallback`` says why. ``gpu_context``: positions of the GPU layers'
     KV cache (default: ``max_context`` when streaming, else the model's context up to 4096).
+    ``draft_gpu_memory`` (Dovetail mode): the draft model runs on the GPU under that budget, the target verifies on
+    the CPU; without a usable GPU the draft runs on the CPU and ``model.draft.gpu_fallback`` says why.
     Unknown keyword arguments (a misspelt ``memry_budget``) raise OptionError naming the valid ones."""
     _check_load_options(stream_options, memory_budget is not None)
     if n_threads is not None and (not _is_int(n_threads) or n_threads < 1):
@@ -522,6 +525,8 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
     # the model's kernels first: the streaming plan reserves their workspace, the neuron windows compute with them
     table = kernels if isinstance(kernels, KernelTable) else resolve_kernels(bundle, bool(kernels), n_threads)
     spec = None
+    if draft is None and draft_gpu_memory is not None:
+        raise OptionError("draft_gpu_memory (--draft-gpu-budget) only applies with draft= (--draft BUNDLE)")
     if draft is not None:  # checked and opened first: its share of the budget is reserved in the target's plan
         from ..offload.streaming_source import _PLAN_KEYS
         from .decoder.drafts import open_draft
@@ -530,7 +535,8 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
                           budget=None if memory_budget is None else parse_bytes(memory_budget, "memory_budget"),
                           kernels_for=lambda b: resolve_kernels(b, bool(kernels), n_threads), target_kernels=table,
                           target=target, verify=verify,
-                          plan_options={k: v for k, v in stream_options.items() if k in _PLAN_KEYS})
+                          plan_options={k: v for k, v in stream_options.items() if k in _PLAN_KEYS},
+                          draft_gpu_memory=draft_gpu_memory)
         if memory_budget is not None:
             stream_options = {**stream_options, **spec.target_plan_options}
     try:

@@ -290,6 +290,8 @@ class DraftSetup:
     drafter: Any = None
     plan: Any = None
     target_plan_options: dict = None  # type: ignore[assignment]
+    gpu_fallback: str | None = None  # draft_gpu_memory= given but the draft runs on the CPU: why (one line)
+    placement: Any = None  # the draft's GPU placement (Dovetail mode), None on the CPU
 
     def decoder(self, engine: Any, adaptive: bool = True) -> Any:
         """The :class:`~edgespool.runtime.decoder.speculative.SpeculativeDecoder` over the target ``engine``."""
@@ -315,10 +317,12 @@ class DraftSetup:
 
 def open_draft(spec: Any, target_bundle: Any, *, draft_tokens: Any, budget: int | None, draft_budget: Any = None,
                kernels_for: Callable[[Any], Any], target_kernels: Any = None, target: str | None = None,
-               verify: bool = True, plan_options: dict | None = None) -> DraftSetup:
+               verify: bool = True, plan_options: dict | None = None, draft_gpu_memory: Any = None) -> DraftSetup:
     """Check ``spec`` (``--draft``) and ``draft_tokens``, and open a draft model (tokenizer checked first, before any
     weight is read; resident without a ``budget``, else streamed under its share of it, which the target's plan
-    then reserves). ``kernels_for(bundle)`` gives a bundle's kernel table."""
+    then reserves). ``kernels_for(bundle)`` gives a bundle's kernel table. ``draft_gpu_memory`` (Dovetail mode):
+    the draft model runs through the CPU/GPU split executor under that GPU budget while the target verifies on
+    the CPU; without CuPy / a CUDA device the draft runs on the CPU and ``setup.gpu_fallback`` says why."""
     from .speculative import check_draft_tokens
     from ..bundle.reader import Bundle
     from .weights import ResidentWeights
@@ -326,6 +330,8 @@ def open_draft(spec: Any, target_bundle: Any, *, draft_tokens: Any, budget: int 
 
     k = check_draft_tokens(draft_tokens)
     kind, arg = parse_draft(spec)
+    if draft_gpu_memory is not None and kind != "model":
+        raise OptionError(f"--draft-gpu-budget needs a draft model (--draft BUNDLE), not --draft {spec}")
     plan_kw = dict(plan_options or {})
     opts: dict[str, Any] = {"logits_rows": max(k + 1, int(plan_kw.get("logits_rows", 1)))}
     setup = DraftSetup(kind, arg, k, target_plan_options=opts)
@@ -366,7 +372,12 @@ def open_draft(spec: Any, target_bundle: Any, *, draft_tokens: Any, budget: int 
         opts.update(reserved_bytes=dplan.total_bytes,
                     reserved_for=f"draft model {draft.path.name} ({how}, {fmt_bytes(dplan.total_bytes)}: weights, "
                                  f"its KV cache of {dplan.max_context} positions, workspace)")
+    setup.gpu_fallback, dsrc = _draft_on_gpu(setup, draft, dsrc, table, draft_gpu_memory, plan_kw)
     eng = Engine(dsrc, table)
+    if setup.placement is not None:  # as load(gpu_memory=): prefill in chunks the GPU workspace holds
+        from ...offload.gpu_split import GPU_PREFILL_CHUNK
+
+        eng.prefill_chunk = min(eng.prefill_chunk or GPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK)
 
     def new_cache(max_len: int) -> KVCache:
         return eng.new_cache(min(max_len, eng.max_context or max_len))
@@ -375,3 +386,21 @@ def open_draft(spec: Any, target_bundle: Any, *, draft_tokens: Any, budget: int 
                                  new_cache, draft.config.vocab_size, close=dsrc.close)
     setup.drafter.engine = eng
     return setup
+
+
+def _draft_on_gpu(setup: DraftSetup, draft: Any, dsrc: Any, table: Any, gpu_memory: Any,
+                  plan_kw: dict) -> tuple[str | None, Any]:
+    """Dovetail mode: ``(None, split source)`` with the draft's groups placed on the GPU under ``gpu_memory``
+    (docs/GPU.md's executor; a budget below its minimum is a BudgetError), ``(why, dsrc)`` when no GPU is usable
+    (the draft stays on the CPU), ``(None, dsrc)`` when no GPU budget was asked for."""
+    if gpu_memory is None:
+        return None, dsrc
+    from ...offload.gpu_split import open_split
+    from ...units import parse_bytes
+
+    split, why = open_split(draft, dsrc, parse_bytes(gpu_memory, "--draft-gpu-budget"), table,
+                            max_context=plan_kw.get("max_context"))
+    if split is None:
+        return f"draft model {draft.path.name} runs on the CPU: {why.splitlines()[0]}", dsrc
+    setup.placement = split.placement
+    return None, split
