@@ -15,6 +15,9 @@ with the model's chat template:
   llama-server-draft      llama.cpp's own llama-server with the 0.5B GGUF as its draft (``-md``, ``--spec-type
                           draft-simple``, ``--spec-draft-n-max`` = --draft-tokens), its other settings its defaults;
                           started inside the rig by the child, so the same memory limit holds both models
+  llama-server-draft-norepack   the same with ``--no-repack``: on x86 llama.cpp by default copies the weights into
+                          repacked anonymous buffers (both models in RAM: OOM-killed at load under these limits);
+                          without it they stay in the page cache (its best configuration under a limit)
   llama-server-ngram      llama-server's n-gram drafting (``--spec-type ngram-simple``), no second model
   edgespool-resident(-ngram|-draft|-self)   no budget, no memory limit: resident decode with/without speculation
                           (-self: the target's first quarter of layers + its head as the draft)
@@ -154,8 +157,10 @@ def server_child(kind: str, gguf: str, out: str, N: int, ids: list[int], k: int,
     port = free_port()
     cmd = [os.environ["LLAMA_SERVER"], "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c",
            str(len(ids) + N + 16), "-t", str(len(os.sched_getaffinity(0))), "--no-webui"]
-    cmd += ["-md", draft, "--spec-type", "draft-simple", "--spec-draft-n-max", str(k)] if kind.endswith("-draft") else \
+    cmd += ["-md", draft, "--spec-type", "draft-simple", "--spec-draft-n-max", str(k)] if "-draft" in kind else \
         ["--spec-type", "ngram-simple", "--spec-draft-n-max", str(k)]
+    if kind.endswith("-norepack"):  # weights stay in the mmap (x86 repacks them into anonymous buffers by default)
+        cmd.append("--no-repack")
     res["llamacpp_config"] = " ".join(Path(c).name if "/" in c else c for c in cmd)
     log = open(out + ".server.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
