@@ -57,6 +57,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--march", default="-march=native")
     ap.add_argument("--cflags", default="", help="extra compiler flags, e.g. -DES_ROW_TILE_BYTES=1 (A/B builds)")
+    ap.add_argument("--packed", action="store_true",
+                    help="repack q8_0 / q4_0 into the x16 layout (c_src/blockpack.h) and time es_linear_packed")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     lib = ctypes.CDLL(str(build(a.march, a.cflags)))
@@ -66,6 +68,10 @@ def main() -> int:
     vp, lg, it = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     lib.es_linear.argtypes = [vp, it, vp, lg, vp, lg, it, it, vp, it, vp, vp, it]
     lib.es_isa.restype = ctypes.c_char_p
+    lib.es_packed_bytes.restype, lib.es_packed_bytes.argtypes = lg, [it, it, it]
+    lib.es_pack.argtypes = [it, vp, lg, vp, lg, it, it, vp]
+    lib.es_linear_packed.restype = it
+    lib.es_linear_packed.argtypes = [vp, it, vp, it, it, vp, it, vp, vp, it]
     H, F, L, nh, nkv, hd, V = MODELS[a.model]
     shapes = [(nh * hd, H), (nkv * hd, H), (nkv * hd, H), (H, nh * hd), (F, H), (F, H), (H, F)]
     rng = np.random.default_rng(0)
@@ -78,6 +84,15 @@ def main() -> int:
         ws = [(rand_weight(rng, fmt, o, i), o, i) for _ in range(L) for o, i in ok]
         if H % bv == 0:
             ws.append((rand_weight(rng, fmt, V, H), V, H))
+        packed = a.packed and fmt in ("q8_0", "q4_0")
+        if packed:  # the stored blocks replaced by their x16 form (one copy, as the runtime keeps them)
+            code = BLOCKS[fmt][0]
+            pk = []
+            for w, o, i in ws:
+                out = np.empty(lib.es_packed_bytes(code, o, i), np.uint8)
+                lib.es_pack(code, w.ctypes.data, w.shape[1], None, 0, o, i, out.ctypes.data)
+                pk.append((out, o, i))
+            ws = pk
         nbytes = sum(w.nbytes for w, _, _ in ws)
         for t in [int(v) for v in a.threads.split(",")]:
             pool = lib.es_pool_new(t)
@@ -90,8 +105,12 @@ def main() -> int:
                 t0 = time.perf_counter()
                 for w, o, i in sel:
                     x, y = bufs[(m, o, i)]
-                    lib.es_linear(pool, BLOCKS[fmt][0], w.ctypes.data, w.shape[1], None, 0, o, i, x.ctypes.data, m,
-                                  y.ctypes.data, scratch.ctypes.data, t)
+                    if packed:
+                        lib.es_linear_packed(pool, BLOCKS[fmt][0], w.ctypes.data, o, i, x.ctypes.data, m,
+                                             y.ctypes.data, scratch.ctypes.data, t)
+                    else:
+                        lib.es_linear(pool, BLOCKS[fmt][0], w.ctypes.data, w.shape[1], None, 0, o, i, x.ctypes.data,
+                                      m, y.ctypes.data, scratch.ctypes.data, t)
                 return time.perf_counter() - t0
 
             run(1, ws)
@@ -99,7 +118,7 @@ def main() -> int:
             layer = ws[: len(ok)]  # one layer's linears, prefill rows
             pre = min(run(a.prompt, layer) for _ in range(a.reps)) * L
             lib.es_pool_free(pool)
-            row = {"format": fmt, "threads": t, "decode_step_ms": 1e3 * dec, "decode_GBps": nbytes / dec / 1e9,
+            row = {"format": fmt + (" x16" if packed else ""), "threads": t, "decode_step_ms": 1e3 * dec, "decode_GBps": nbytes / dec / 1e9,
                    "weights_MB": nbytes / 1e6, "prefill_tok_s_linears": a.prompt / pre}
             res["rows"].append(row)
             print(json.dumps(row), flush=True)
