@@ -80,8 +80,9 @@ def compile_library(tvm_target: dict[str, Any], out_path: str | Path, cc: str | 
             p = subprocess.run([cc, *flags, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True,
                                check=False)
             if p.returncode:
-                raise TargetError(f"compiling {SOURCE.name} with {cc} {' '.join(flags)} failed: "
-                                  f"{p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
+                lines = p.stderr.strip().splitlines()
+                first = next((ln for ln in lines if "error" in ln), lines[-1] if lines else f"exit {p.returncode}")
+                raise TargetError(f"compiling {SOURCE.name} with {cc} {' '.join(flags)} failed: {first.strip()}")
             os.replace(tmp, cached_lib)
     out = Path(out_path)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

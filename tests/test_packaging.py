@@ -32,3 +32,21 @@ def test_every_package_folder_is_listed_and_installed():
     assert tracked - listed == set(), f"package folders missing from pyproject.toml packages: {sorted(tracked - listed)}"
     for name in sorted(tracked):
         importlib.import_module(name)  # the installed wheel has it
+
+
+def test_every_data_file_the_package_needs_is_installed():
+    """Each file beside the code that the code reads at run time (C sources and headers compiled at export, linker
+    scripts, web pages, word lists) is in the installed edgespool too: a header missing from ``package-data`` made
+    every kernel build of a fresh install fail with "compilation terminated"."""
+    import edgespool
+
+    repo = _repo()
+    installed = Path(edgespool.__file__).parent
+    data_dirs = [Path("kernels/c_src"), Path("exporters/cnn/c_src"), Path("apps/web"), Path("apps/data")]
+    missing = []
+    for d in data_dirs:
+        for f in sorted((repo / d).glob("*")):
+            if f.is_file() and not f.name.startswith(".") and f.suffix != ".pyc":
+                if not (installed / d / f.name).is_file():
+                    missing.append(str(d / f.name))
+    assert not missing, f"files missing from the installed package (add them to pyproject's package-data): {missing}"
