@@ -5,6 +5,7 @@ greedy tokens. Needs root, iproute2, mpirun and mpi4py (skips otherwise)."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -78,7 +79,7 @@ def test_board_cgroups_hold_the_board_and_enforce_its_limits(dense):
     with EmulatedBoards(2, limits=limits) as boards:
         assert any("read_bps_device" in m or "io.max" in m for m in boards.mechanisms), boards.mechanisms
         for i, cg in enumerate(boards.cgroups):
-            out = _agent(boards, i, f"cat /proc/self/cgroup; {sys.executable} -c "
+            out = _agent(boards, i, f"cat /proc/self/cgroup; {shlex.quote(sys.executable)} -c "
                                     "'import os; print(sorted(os.sched_getaffinity(0)))'")
             for c in ("memory", "blkio", "cpuset"):  # the board's shell is in each of its groups
                 assert any(c in line and cg.name in line for line in out.splitlines()), (c, out)
@@ -86,7 +87,7 @@ def test_board_cgroups_hold_the_board_and_enforce_its_limits(dense):
             mem = cg.dirs["memory"] / ("memory.limit_in_bytes" if cg.hier["memory"].version == 1 else "memory.max")
             assert int(mem.read_text()) == 256 * MiB
         # the read throttle: 2 MiB of direct reads at 4 MiB/s take >= ~0.5 s on the board, far less outside it
-        dd = f"dd if={blob} of=/dev/null bs=256k count=8 iflag=direct 2>/dev/null"
+        dd = f"dd if={shlex.quote(str(blob))} of=/dev/null bs=256k count=8 iflag=direct 2>/dev/null"
         t0 = time.perf_counter()
         _agent(boards, 0, dd)
         board_s = time.perf_counter() - t0
