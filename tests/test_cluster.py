@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ from edgespool.runtime.bundle.reader import Bundle
 from edgespool.runtime.cluster.stage import Stage
 from edgespool.runtime.decoder.engine import Engine
 from edgespool.runtime.decoder.weights import ResidentWeights
+from cluster_common import assert_stages_follow, mpirun_reason, netns_reason
 
 PROMPT = [1, 17, 42, 99, 5, 23, 7]
 
@@ -51,14 +51,7 @@ def test_chained_stages_equal_single_board_logits(bundle4, ranges):
     assert [c.k.shape[0] for c in caches] == [b - a for a, b in ranges]
 
 
-def _mpirun_reason() -> str | None:
-    if shutil.which("mpirun") is None:
-        return "mpirun not installed (apt openmpi-bin)"
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py not installed (pip install edgespool[cluster])"
-    return None
+_mpirun_reason = mpirun_reason
 
 
 def _tokens_line(stdout: str) -> dict:
@@ -99,10 +92,7 @@ def test_killed_board_ends_the_job_not_a_hang(bundle4):
     assert '{"tokens"' not in p.stdout
 
 
-def _netns_reason() -> str | None:
-    from edgespool.apps.cluster.boards import netns_reason
-
-    return _mpirun_reason() or netns_reason()
+_netns_reason = netns_reason
 
 
 @pytest.mark.skipif(_netns_reason() is not None, reason=_netns_reason() or "")
@@ -163,9 +153,4 @@ def test_real_smollm2_split_in_two_equals_single_board(tmp_path_factory):
         want.append(ref.forward([toks[-1]], cache, last_only=True))
     stages = [Stage(Engine(ResidentWeights(Bundle(path)), kern, kv_dtype="f32"), a, z) for a, z in ((0, 15), (15, 30))]
     caches = [s.new_cache(32) for s in stages]
-    for inp, w in zip([prompt] + [[t] for t in toks], want):
-        x = np.asarray(inp, np.int64)
-        for s, c in zip(stages, caches):
-            x = s.step(x, c, last_only=True) if s.last else s.step(x, c, last_only=False)
-        np.testing.assert_allclose(x, w, rtol=1e-4, atol=1e-4)
-        assert int(np.argmax(x[-1])) == int(np.argmax(w[-1]))
+    assert_stages_follow(stages, caches, [prompt] + [[t] for t in toks], want, 1e-4)

@@ -19,23 +19,15 @@ from edgespool.runtime.decoder.engine import Engine
 from edgespool.runtime.decoder.weights import ResidentWeights
 from edgespool.schedulers.memory_plan import minimum_budget
 from edgespool.schedulers.stage_role import StageRole
+from cluster_common import netns_reason
 
 MiB = 1 << 20
 PROMPT = [1, 17, 42, 99, 7, 3, 150, 201]
 
 
 def _reason() -> str | None:
-    import shutil
-
-    from edgespool.apps.cluster.boards import netns_reason
     from edgespool.apps.rig.cgroups import discover
 
-    if shutil.which("mpirun") is None:
-        return "mpirun not installed (apt openmpi-bin)"
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py not installed (pip install edgespool[cluster])"
     why = netns_reason()
     if why:
         return why

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 import offload_synth as syn
 from edgespool.apps.cli import cli
+from cluster_common import netns_reason
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +87,7 @@ def test_run_cluster_bad_options_are_one_error_line(bundle, args, msg):
     assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], out
 
 
-def _emulated_reason() -> str | None:
-    import shutil
-
-    from edgespool.apps.cluster.boards import netns_reason
-
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py not installed (pip install edgespool[cluster])"
-    return "mpirun not installed" if shutil.which("mpirun") is None else netns_reason()
+_emulated_reason = netns_reason
 
 
 @pytest.mark.skipif(_emulated_reason() is not None, reason=_emulated_reason() or "")

@@ -18,6 +18,7 @@ from edgespool.runtime.decoder.engine import Engine
 from edgespool.runtime.decoder.weights import ResidentWeights
 from edgespool.schedulers.memory_plan import kv_cache_bytes, minimum_budget, plan_memory
 from edgespool.schedulers.stage_role import StageRole
+from cluster_common import assert_stages_follow
 
 KW = dict(max_context=64, max_batch_tokens=16, kv_dtype="f32")
 PROMPT = [1, 17, 42, 99, 7, 3, 150, 201]
@@ -123,12 +124,7 @@ def test_streamed_stages_equal_single_board(bundles, which, n_stages):
             stages.append(open_stage(b, a, z, budget=budget, max_context=64, max_batch_tokens=16))
             assert not stages[-1].engine.source.plan.is_resident
         caches = [s.new_cache(64) for s in stages]
-        for inp, w in zip([PROMPT] + [[t] for t in toks], want):
-            x = np.asarray(inp, np.int64)
-            for s, c in zip(stages, caches):
-                x = s.step(x, c, last_only=True) if s.last else s.step(x, c, last_only=False)
-            np.testing.assert_allclose(x, w, rtol=1e-5, atol=1e-5)
-            assert int(np.argmax(x[-1])) == int(np.argmax(w[-1]))
+        assert_stages_follow(stages, caches, [PROMPT] + [[t] for t in toks], want, 1e-5)
         for s in stages:  # each board read only its own groups
             role = s.engine.source.plan.stage
             read = {_read_group(r.group) for r in s.engine.source.store.records}
@@ -174,12 +170,7 @@ def test_real_smollm2_streamed_stages_equal_single_board(tmp_path_factory, cuts,
             plan = stages[-1].engine.source.plan
             assert plan.streamed_layers and plan.total_bytes <= budget
         caches = [s.new_cache(32) for s in stages]
-        for inp, w in zip([prompt] + [[t] for t in toks], want):
-            x = np.asarray(inp, np.int64)
-            for s, c in zip(stages, caches):
-                x = s.step(x, c, last_only=True) if s.last else s.step(x, c, last_only=False)
-            np.testing.assert_allclose(x, w, rtol=1e-4, atol=1e-4)
-            assert int(np.argmax(x[-1])) == int(np.argmax(w[-1]))
+        assert_stages_follow(stages, caches, [prompt] + [[t] for t in toks], want, 1e-4)
     finally:
         for s in stages:
             s.engine.source.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from edgespool.runtime.bundle.reader import Bundle
 from edgespool.runtime.cluster.tensor import ShardWeights, check_tensor_parallel
 from edgespool.runtime.decoder.engine import Engine
 from edgespool.runtime.decoder.weights import ResidentWeights
+from cluster_common import mpirun_reason
 
 PROMPT = [1, 17, 42, 99, 7, 3]
 
@@ -119,14 +119,7 @@ def test_models_that_do_not_split_are_refused(dense6):
         check_tensor_parallel(syn.moe_config(), 2)
 
 
-def _mpirun_reason():
-    if shutil.which("mpirun") is None:
-        return "mpirun not installed (apt openmpi-bin)"
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py not installed (pip install edgespool[cluster])"
-    return None
+_mpirun_reason = mpirun_reason
 
 
 @pytest.mark.skipif(_mpirun_reason() is not None, reason=_mpirun_reason() or "")
