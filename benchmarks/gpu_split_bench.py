@@ -54,14 +54,18 @@ def _gen(model: Any, prompt: list[int], n: int) -> dict[str, Any]:
     return {"tokens": toks, "prefill_tok_s": st.prefill_tok_s, "decode_tok_s": st.decode_tok_s}
 
 
-def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps: int) -> dict[str, Any]:
-    """Load (cap None: CPU only), warm up, then ``reps`` generations; medians."""
+def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps: int,
+                  graphs: bool = True) -> dict[str, Any]:
+    """Load (cap None: CPU only), warm up, then ``reps`` generations; medians. ``graphs=False``: decode steps
+    through the eager GPU path instead of the recorded CUDA graphs (the A/B of offload/gpu_graph.py)."""
     from edgespool import load
 
     # the GPU KV cache sized to the run (as llama-bench sizes its context to -p + -n)
     m = load(bundle) if cap is None else load(bundle, gpu_memory=cap, gpu_context=len(prompt) + n + 16)
     try:
         src = m.source
+        if getattr(src, "device_layers", None) is not None:
+            src.device_layers.graphs_enabled = graphs
         m.source.load_all() if hasattr(m.source, "load_all") and cap is None else None
         _gen(m, prompt[:8], 2)  # warm-up: first reads, NVRTC compile, cuBLAS handles
         dev = getattr(src, "device_layers", None)
@@ -77,6 +81,8 @@ def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps
             steps = reps * (1 + (n - 1))  # forward passes: one prefill (chunked) + n-1 decode steps each
             res.update(placement=pl.summary(), predicted_token_ms=pl.predicted_token_s * 1e3,
                        measured_token_ms=1e3 / res["decode_tok_s"] if res["decode_tok_s"] else None,
+                       graphs=dev.graphs is not None and dev.graphs_enabled,
+                       graph_launches=0 if dev.graphs is None else dev.graphs.launches,
                        planned_h2d_bytes_per_token=pl.h2d_bytes_per_token,
                        gpu_layers=sum(g.where == "gpu" for g in pl.groups),
                        streamed_layers=sum(g.where == "stream" for g in pl.groups),
@@ -267,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gguf", type=Path, default=None, help="export the edgespool bundle from this GGUF (int8)")
     ap.add_argument("--llama-bench", type=Path, default=None, help="also run llama.cpp's llama-bench on --gguf")
     ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--graph-ab", action="store_true", help="also run each cap with CUDA graphs off (eager)")
     ap.add_argument("--hf-save-only", action="store_true", help="only write the random HF checkpoint (--out/hf)")
     a = ap.parse_args(argv)
     if a.hf_peer or a.hf_save_only:
@@ -294,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         print(json.dumps({k: v for k, v in r.items() if k not in ("tokens", "placement")}), flush=True)
         print(r.get("placement", ""), flush=True)
+        if a.graph_ab:
+            e = {"config": f"gpu cap {f:.0%} eager", **run_edgespool(b, int(size * f), prompt, a.n, a.reps, False)}
+            e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
+            rows.append(e)
+            print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)
     if peer is not None:  # llama.cpp once more after edgespool (interleaved: before and after), medians of both
         again = llamacpp_sweep(a.llama_bench, a.gguf, caps, a.prompt_tokens, a.n, a.reps, a.threads)
         print(json.dumps(again), flush=True)

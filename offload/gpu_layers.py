@@ -23,6 +23,7 @@ from ..kernels.quant import QTensor
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, layer_group, layer_prefix
 from ..schedulers.placement_plan import CPU, GPU, STREAM, Placement
+from .gpu_graph import DecodeGraphs, layer_graph_ok
 from .gpu_ops import GpuOps, GpuTensor
 
 
@@ -61,6 +62,9 @@ class GpuLayers:
         self._kv: dict[int, tuple[Any, Any]] = {}
         self._step_tables: dict[int, tuple[Any, Any]] = {}
         self._owner: int | None = None
+        self.graphs: DecodeGraphs | None = None
+        self.graphs_enabled = True  # False: every step through the eager path (the benchmark's A/B)
+        self._graph_skip: set[int] = set()
         c = config
         self._streamed = [layer_group(i) for i in range(c.num_layers) if self.where.get(layer_group(i)) == STREAM]
         try:
@@ -90,6 +94,11 @@ class GpuLayers:
                     if self.where.get(layer_group(i), CPU) != CPU:
                         self._kv[i] = (cp.zeros((nkv, self.max_context, D), cp.float32),
                                        cp.zeros((nkv, self.max_context, D), cp.float32))
+                # one-token steps of runs of resident layers replay a recorded CUDA graph (offload/gpu_graph.py)
+                eligible = [self.where.get(layer_group(i)) == GPU and
+                            layer_graph_ok(c, self._resident.get(layer_group(i), {}), i) for i in range(c.num_layers)]
+                self.graphs = DecodeGraphs(cp, ops, c, self.stream, self.max_context, eligible) \
+                    if any(eligible) else None
             self.stream.synchronize()
         except cp.cuda.memory.OutOfMemoryError as e:
             self.close()
@@ -112,6 +121,13 @@ class GpuLayers:
         is on the GPU too, else numpy. The GPU KV cache holds one sequence: continuing another sequence than the
         last one written (a different ``cache`` past position 0) is refused rather than answered wrongly."""
         cp, c = self.cp, self.config
+        if int(np.size(pos)) == 1 and self.graphs is not None and self.graphs_enabled:
+            if i in self._graph_skip:  # computed by this step's graph launch
+                self._graph_skip.discard(i)
+                return self._handoff(i, x)
+            end = self.graphs.run_end(i)
+            if end is not None:
+                return self._graph_step(i, end, x, pos, rope, cache)
         try:
             with self.stream:
                 xd = self._to_device(x)
@@ -139,6 +155,35 @@ class GpuLayers:
             raise BudgetError(f"a {int(np.size(pos))}-token step needs more GPU workspace than the plan's arena of "
                               f"{self.placement.arena_bytes} bytes ({e}); use a shorter prompt chunk or a larger "
                               "--gpu-budget") from None
+
+    def _handoff(self, i: int, xd: Any) -> Any:
+        """Layer ``i``'s output: the device array when layer ``i + 1`` (or the head) is on the GPU, else numpy."""
+        if self.runs(i + 1) or (i + 1 == self.config.num_layers and self.has_head):
+            return xd
+        with self.stream:
+            return self._to_host(xd)
+
+    def _graph_step(self, i: int, end: int, x: Any, pos: np.ndarray, rope: tuple[np.ndarray, np.ndarray] | None,
+                    cache: Any) -> Any:
+        """One token through layers ``i .. end - 1`` by the recorded graph (the layers after ``i`` return at once)."""
+        p0 = int(pos[0])
+        if i == self._first_gpu_layer():
+            owner = id(cache)
+            if owner != self._owner and p0 > 0:
+                raise BudgetError("the GPU KV cache holds another sequence than this KV cache continues "
+                                  "(one sequence at a time on the GPU); start it from position 0")
+            self._owner = owner
+            self._begin_step(pos)
+        if p0 + 1 > self.max_context:
+            raise BudgetError(f"position {p0 + 1} is past the GPU KV cache of {self.max_context} positions "
+                              "(planned --max-context); raise it")
+        assert self.graphs is not None
+        out, nbytes = self.graphs.launch(i, x, p0, rope, self._resident, self._kv)
+        if not self.unified:
+            self.h2d_bytes += nbytes
+        self._graph_skip = set(range(i + 1, end))
+        self._note_pool()
+        return self._handoff(i, out)
 
     def head(self, x: Any) -> np.ndarray:
         """Final norm and head of ``x`` ``[R, H]`` -> float32 logits ``[R, V]`` on the host."""
@@ -282,5 +327,6 @@ class GpuLayers:
         self._kv.clear()
         self._pinned.clear()
         self._step_tables.clear()
+        self.graphs = None
         self.pool.free_all_blocks()
         self.pool.set_limit(size=0)

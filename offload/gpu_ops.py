@@ -290,15 +290,7 @@ class GpuOps:
         if fused:
             resid = out is not None
             y = out if resid else cp.empty((T, N), cp.float32)
-            warps = 4
-            grid, block = ((N + warps - 1) // warps,), (32 * warps,)
-            args = (np.int32(T), np.int32(K), np.int32(N), np.int32(resid), np.float32(mult))
-            if w.scheme == "int8":
-                self.k["gemv_i8"](grid, block, (x, w.data, w.scale, bias, y, *args))
-            elif w.scheme == "f16":
-                self.k["gemv_f16"](grid, block, (x, w.data, bias, y, *args))
-            else:
-                self.k["gemv_i4"](grid, block, (x, w.data, w.scale, bias, y, *args))
+            self.gemv_into(x, w, bias, y, resid, mult)
             return y
         y = cp.empty((T, N), cp.float32)
         if w.scheme == "f32":
@@ -319,6 +311,22 @@ class GpuOps:
             out += y if mult == 1.0 else y * np.float32(mult)
             return out
         return y
+
+    def gemv_into(self, x: Any, w: GpuTensor, bias: Any, y: Any, resid: bool, mult: float = 1.0) -> None:
+        """The fused GEMV kernel: ``y = (y if resid else 0) + mult * (x @ W.T + bias)`` for ``x`` float32
+        contiguous ``[T <= 8, in]`` and ``w`` int8 / int4 (g32) / f16; no allocation (CUDA-graph safe)."""
+        T, K, N = int(x.shape[0]), int(x.shape[1]), int(w.shape[0])
+        warps = 4
+        grid, block = ((N + warps - 1) // warps,), (32 * warps,)
+        args = (np.int32(T), np.int32(K), np.int32(N), np.int32(bool(resid)), np.float32(mult))
+        if w.scheme == "int8":
+            self.k["gemv_i8"](grid, block, (x, w.data, w.scale, bias, y, *args))
+        elif w.scheme == "f16":
+            self.k["gemv_f16"](grid, block, (x, w.data, bias, y, *args))
+        elif w.scheme == "int4":
+            self.k["gemv_i4"](grid, block, (x, w.data, w.scale, bias, y, *args))
+        else:
+            raise ValueError(f"gemv_into: scheme {w.scheme} has no fused kernel")
 
     def _dequant_rows(self, w: GpuTensor, r0: int, r1: int, dst: Any) -> Any:
         cp = self.cp
@@ -343,6 +351,17 @@ class GpuOps:
         self.k["rmsnorm"]((rows,), (min(1024, max(32, 1 << (H - 1).bit_length())) // 32 * 32,),
                           (x, w, y, np.int32(H), np.float32(eps)))
         return y
+
+    def rmsnorm_into(self, x: Any, w: Any, y: Any, eps: float) -> None:
+        """RMSNorm of ``x`` ``[R, H]`` into ``y`` (no allocation)."""
+        H = int(x.shape[-1])
+        self.k["rmsnorm"]((int(x.size // H),), (min(1024, max(32, 1 << (H - 1).bit_length())) // 32 * 32,),
+                          (x, w, y, np.int32(H), np.float32(eps)))
+
+    def act_mul_into(self, g: Any, u: Any, h: Any, act: str) -> None:
+        """``h = act(g) * u`` (no allocation)."""
+        n = int(g.size)
+        self.k["act_mul"](((n + 255) // 256,), (256,), (g, u, h, np.int64(n), np.int32(ACT_CODES[act])))
 
     def rope(self, x: Any, cos: Any, sin: Any) -> Any:
         """Rotate ``x`` ``[T, nh, D]`` in place with tables ``[T, D]``."""
