@@ -135,8 +135,8 @@ def per_layer_times(m: Any, prompt: list[int]) -> dict[str, Any]:
             head = [g for g in pl.groups if g.kind == "head"][0]
             head_s = head.predicted_s if head.where == "cpu" else 0.0
             meas = max(0.0, (total - gpu_total) / steps - head_s) / len(gs) * 1e3
-        else:
-            meas = float(np.median(spent.get(where, [float("nan")]))) * 1e3
+        else:  # per token, over the layers (a CUDA-graph run spends its time in its first layer's call)
+            meas = sum(spent.get(where, [float("nan")])) / steps / len(gs) * 1e3
         out[where] = {"layers": len(gs), "predicted_ms": pred, "measured_ms": meas}
     return out
 
