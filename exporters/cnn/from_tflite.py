@@ -8,7 +8,8 @@ become identities); edgespool's int8 path then calibrates its own int8 parameter
 Ops: CONV_2D, DEPTHWISE_CONV_2D (SAME / VALID, strides, dilation, fused RELU / RELU6 / RELU_N1_TO_1), ADD, MUL,
 PAD (channel padding -> a 1x1 conv with an [I; 0] weight, exact; spatial zero padding folded into the next
 conv / average pool), MAX_POOL_2D, AVERAGE_POOL_2D, MEAN over H and W, RESHAPE, CONCATENATION, FULLY_CONNECTED
-(weights permuted from NHWC to CHW flattening), RELU, RELU6, RELU_N1_TO_1, LOGISTIC, HARD_SWISH, DEQUANTIZE,
+(weights permuted from NHWC to CHW flattening), SLICE and STRIDED_SLICE (of reshaped/concatenated output heads:
+exact index gathers), RELU, RELU6, RELU_N1_TO_1, LOGISTIC, HARD_SWISH, DEQUANTIZE,
 QUANTIZE. Anything else: UnsupportedModelError naming the file, op and operator.
 
 Outputs: the IR has one output. Every TFLite output is an index array into it (``TfliteCnn.outputs``): a single
@@ -267,6 +268,8 @@ class _Importer(LayerOps):
             return self.reshape(op)
         if c == 2:
             return self.concat(op)
+        if c in (45, 65):
+            return self.slice(op, strided=c == 45)
         raise self.err(op, "not supported")
 
 

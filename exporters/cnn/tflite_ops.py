@@ -13,10 +13,11 @@ from .tflite_fb import TfOperator
 
 OPS = {0: "ADD", 1: "AVERAGE_POOL_2D", 2: "CONCATENATION", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 6: "DEQUANTIZE",
        9: "FULLY_CONNECTED", 14: "LOGISTIC", 17: "MAX_POOL_2D", 18: "MUL", 19: "RELU", 20: "RELU_N1_TO_1",
-       21: "RELU6", 22: "RESHAPE", 34: "PAD", 40: "MEAN", 54: "PRELU", 114: "QUANTIZE", 117: "HARD_SWISH"}
+       21: "RELU6", 22: "RESHAPE", 34: "PAD", 40: "MEAN", 45: "STRIDED_SLICE", 54: "PRELU", 65: "SLICE",
+       114: "QUANTIZE", 117: "HARD_SWISH"}
 OTHER_NAMES = {5: "DEPTH_TO_SPACE", 23: "RESIZE_BILINEAR", 25: "SOFTMAX", 28: "TANH", 41: "SUB", 42: "DIV",
                49: "SPLIT", 53: "TRANSPOSE", 60: "PADV2", 83: "PACK", 97: "RESIZE_NEAREST_NEIGHBOR",
-               45: "STRIDED_SLICE", 65: "SLICE", 39: "MAXIMUM", 57: "MINIMUM", 100: "MIRROR_PAD", 126: "BATCH_MATMUL"}
+               39: "MAXIMUM", 57: "MINIMUM", 100: "MIRROR_PAD", 126: "BATCH_MATMUL"}
 FUSED = {0: None, 1: ("clip", 0.0, float("inf")), 2: ("clip", -1.0, 1.0), 3: ("clip", 0.0, 6.0)}
 CLIPS = {19: (0.0, float("inf")), 20: (-1.0, 1.0), 21: (0.0, 6.0)}
 
@@ -229,3 +230,46 @@ class LayerOps:
         except (ValueError, np.exceptions.AxisError) as e:
             raise self.err(op, f"inputs do not concatenate on axis {axis} ({e})") from None
         return _Tail(idx, segs)
+
+    def slice(self, op: TfOperator, strided: bool) -> _Tail:
+        """SLICE / STRIDED_SLICE (begin / end masks, shrink_axis; constant begin, end/size, strides): exact, as a
+        slice of the index array of a "tail" (so only on the way to an output, like RESHAPE across NHWC)."""
+        tail = self.to_tail(self.vals.get(op.inputs[0]), op)
+        rank = tail.idx.ndim
+        begin = [int(v) for v in np.asarray(self.const(op, 1, "begin", ints=True)).reshape(-1)]
+        second = [int(v) for v in np.asarray(self.const(op, 2, "end" if strided else "size", ints=True)).reshape(-1)]
+        steps = ([int(v) for v in np.asarray(self.const(op, 3, "strides", ints=True)).reshape(-1)]
+                 if strided else [1] * rank)
+        if not len(begin) == len(second) == len(steps) == rank:
+            raise self.err(op, f"begin/end/strides have {len(begin)}/{len(second)}/{len(steps)} entries for a "
+                           f"rank-{rank} input")
+        bm = em = shrink = 0
+        if strided:
+            bm, em = int(self._opt(op, 0)), int(self._opt(op, 1))
+            shrink = int(self._opt(op, 4))
+            if self._opt(op, 2) or self._opt(op, 3) or self._opt(op, 5, "B"):
+                raise self.err(op, "ellipsis_mask, new_axis_mask and offset are not supported")
+        if 0 in steps:
+            raise self.err(op, "a stride is 0")
+        key: list[Any] = []
+        for d in range(rank):
+            n = tail.idx.shape[d]
+            b = begin[d] + (n if begin[d] < 0 else 0)
+            if not strided:
+                key.append(slice(b, n if second[d] == -1 else b + second[d]))
+            elif shrink >> d & 1:
+                key.append(b)
+            else:
+                e = second[d] + (n if second[d] < 0 else 0)
+                key.append(slice(None if bm >> d & 1 else b, None if em >> d & 1 else e, steps[d]))
+        try:
+            idx = tail.idx[tuple(key)]
+        except IndexError as e:
+            raise self.err(op, f"slice out of range ({e})") from None
+        want = tuple(self.m.tensors[op.outputs[0]].shape)
+        if idx.size == 0 or (want and int(np.prod(want)) != idx.size):
+            raise self.err(op, f"slice gives {list(idx.shape)}, the model declares {list(want)}")
+        return _Tail(idx.reshape(want) if want else idx, tail.segments)
+
+    def _opt(self, op: TfOperator, i: int, fmt: str = "i") -> int | float:
+        return op.options.scalar(i, fmt, 0) if op.options is not None else 0
