@@ -82,3 +82,53 @@ def test_bad_slices_are_one_line_errors(tmp_path, bad):
     msg = str(e.value)
     assert str(p) in msg and "STRIDED_SLICE" in msg and "\n" not in msg
     assert ("ellipsis" in msg) if bad == "ellipsis" else ("stride is 0" in msg)
+
+
+def softmax_net(beta: float) -> bytes:
+    n = Net(5)
+    x = n.tensor([1, 48, 48, 3], name="image")
+    t0, _ = n.conv(x, (48, 48), 3, 16, 3, 1, True, act=S.ActivationFunctionType.RELU6)
+    t1, _ = n.conv(t0, (48, 48), 16, 6, 3, 2, True)  # 24x24x6
+    so = S.SoftmaxOptionsT()
+    so.beta = beta
+    a = n.op(BO.SOFTMAX, [t1], [1, 24, 24, 6], OPT.SoftmaxOptions, so)  # per-pixel class scores
+    mo = S.ReducerOptionsT()
+    mo.keepDims = True
+    g = n.op(BO.MEAN, [t1, n.const(np.array([1, 2], np.int32))], [1, 1, 1, 6], OPT.ReducerOptions, mo)
+    ro = S.ReshapeOptionsT()
+    ro.newShape = [1, 6]
+    r = n.op(BO.RESHAPE, [g, n.const(np.array([1, 6], np.int32))], [1, 6], OPT.ReshapeOptions, ro)
+    fo = S.FullyConnectedOptionsT()
+    fc = n.op(BO.FULLY_CONNECTED, [r, n.const(n.rng.standard_normal((4, 6)).astype(np.float32)),
+                                   n.const(n.rng.standard_normal(4).astype(np.float32))], [1, 4],
+              OPT.FullyConnectedOptions, fo)
+    b = n.op(BO.SOFTMAX, [fc], [1, 4], OPT.SoftmaxOptions, so)  # a [1, N] vector's softmax
+    n.tensors[a].name, n.tensors[b].name = "pixels", "probs"
+    return n.build([x], [a, b])
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.5])
+def test_softmax_matches_litert_f32_patched_and_ort(tmp_path, beta):
+    from edgespool.runtime.cnn.calibrate import calibrate_and_quantize
+    from edgespool.runtime.cnn.ort_runner import OrtCnnRunner
+
+    model = softmax_net(beta)
+    p = tmp_path / "softmax.tflite"
+    p.write_bytes(model)
+    net = load_tflite(p)
+    x = np.random.default_rng(4).uniform(-1, 1, (48, 48, 3)).astype(np.float32)
+    ref = reference(model, x)
+    xc = x.transpose(2, 0, 1).copy()
+    r = CnnRunner(net.graph)
+    y = r.run_layers(xc).output
+    plan = plan_patches(net.graph, itemsize=4, max_overhead=1.0)
+    assert plan.is_patched
+    runs = {"layers": y, "patched": r.run_patched(xc, plan).output,
+            "onnxruntime": OrtCnnRunner(net.graph, None, plan, 1).run_patched(xc)}
+    for how, out in runs.items():
+        got = net.split(out)
+        for k in ref:
+            assert got[k].shape == ref[k].shape, (how, k)
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=f"{how} {k}")
+    with pytest.raises(UnsupportedModelError, match="SOFTMAX has no int8 path"):
+        calibrate_and_quantize(net.graph, [xc])

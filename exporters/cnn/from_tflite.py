@@ -9,7 +9,7 @@ Ops: CONV_2D, DEPTHWISE_CONV_2D (SAME / VALID, strides, dilation, fused RELU / R
 PAD (channel padding -> a 1x1 conv with an [I; 0] weight, exact; spatial zero padding folded into the next
 conv / average pool), MAX_POOL_2D, AVERAGE_POOL_2D, MEAN over H and W, RESHAPE, CONCATENATION, FULLY_CONNECTED
 (weights permuted from NHWC to CHW flattening), SLICE and STRIDED_SLICE (of reshaped/concatenated output heads:
-exact index gathers), RELU, RELU6, RELU_N1_TO_1, LOGISTIC, HARD_SWISH, DEQUANTIZE,
+exact index gathers), SOFTMAX (channels; f32 only: the int8 path refuses it), RELU, RELU6, RELU_N1_TO_1, LOGISTIC, HARD_SWISH, DEQUANTIZE,
 QUANTIZE. Anything else: UnsupportedModelError naming the file, op and operator.
 
 Outputs: the IR has one output. Every TFLite output is an index array into it (``TfliteCnn.outputs``): a single
@@ -268,6 +268,14 @@ class _Importer(LayerOps):
             return self.reshape(op)
         if c == 2:
             return self.concat(op)
+        if c == 25:  # SOFTMAX over the last (channel) axis, f32 only
+            beta = float(self.opt(op, 0, "f", 1.0))
+            v = self.vals.get(op.inputs[0])
+            if isinstance(v, _Vec):
+                n = int(np.prod(self.shape(v.name)))
+                y = self.emit(op, "act", [self.reshape_node(v.name, (n, 1, 1))], {"kind": "softmax", "beta": beta})
+                return _Vec(self.reshape_node(y, (n,)))
+            return _Act(self.emit(op, "act", [self.act_in(op).name], {"kind": "softmax", "beta": beta}))
         if c in (45, 65):
             return self.slice(op, strided=c == 45)
         raise self.err(op, "not supported")

@@ -14,8 +14,9 @@ from .tflite_fb import TfOperator
 OPS = {0: "ADD", 1: "AVERAGE_POOL_2D", 2: "CONCATENATION", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 6: "DEQUANTIZE",
        9: "FULLY_CONNECTED", 14: "LOGISTIC", 17: "MAX_POOL_2D", 18: "MUL", 19: "RELU", 20: "RELU_N1_TO_1",
        21: "RELU6", 22: "RESHAPE", 34: "PAD", 40: "MEAN", 45: "STRIDED_SLICE", 54: "PRELU", 65: "SLICE",
+       25: "SOFTMAX",
        114: "QUANTIZE", 117: "HARD_SWISH"}
-OTHER_NAMES = {5: "DEPTH_TO_SPACE", 23: "RESIZE_BILINEAR", 25: "SOFTMAX", 28: "TANH", 41: "SUB", 42: "DIV",
+OTHER_NAMES = {5: "DEPTH_TO_SPACE", 23: "RESIZE_BILINEAR", 28: "TANH", 41: "SUB", 42: "DIV",
                49: "SPLIT", 53: "TRANSPOSE", 60: "PADV2", 83: "PACK", 97: "RESIZE_NEAREST_NEIGHBOR",
                39: "MAXIMUM", 57: "MINIMUM", 100: "MIRROR_PAD", 126: "BATCH_MATMUL"}
 FUSED = {0: None, 1: ("clip", 0.0, float("inf")), 2: ("clip", -1.0, 1.0), 3: ("clip", 0.0, 6.0)}

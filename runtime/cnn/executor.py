@@ -133,6 +133,10 @@ def act_f32(node: Node, x: np.ndarray) -> np.ndarray:
         return np.clip(node.attrs["alpha"] * x + node.attrs["beta"], 0, 1).astype(np.float32)
     if k == "hardswish":
         return (x * np.clip(x + 3.0, 0, 6) / 6.0).astype(np.float32)
+    if k == "softmax":  # over channels (axis 0 of CHW: pointwise in space, so patches need no halo)
+        z = (x - x.max(axis=0, keepdims=True)) * np.float32(node.attrs.get("beta", 1.0))
+        e = np.exp(z)
+        return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
     raise OptionError(f"node {node.name!r}: unknown activation {k!r}")
 
 

@@ -239,6 +239,10 @@ def _eltwise(b: _Builder, n: Node, xs: list[str], hint: str, q: "QuantCnn | None
             return b.op("HardSigmoid", xs, hint, alpha=float(n.attrs["alpha"]), beta=float(n.attrs["beta"]))
         if k == "hardswish":
             return b.op("HardSwish", xs, hint)
+        if k == "softmax":  # NCHW: channels are axis 1
+            beta = float(n.attrs.get("beta", 1.0))
+            src = xs[0] if beta == 1.0 else b.op("Mul", [xs[0], b.const(np.float32(beta), "beta")], hint + "_beta")
+            return b.op("Softmax", [src], hint, axis=1)
         raise OptionError(f"node {n.name!r}: unknown activation {k!r}")
     qn = q.nodes.get(n.name, {})
     zin = [q.tensors[t][1] for t in n.inputs]

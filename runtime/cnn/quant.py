@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import OptionError
+from ...errors import OptionError, UnsupportedModelError
 from ..bundle.cnn_graph import CnnGraph, Node
 
 
@@ -143,6 +143,9 @@ def quantize_cnn(graph: CnnGraph, ranges: dict[str, tuple[float, float]]) -> Qua
         elif n.op == "concat":
             qn.update(mults=[np.float32(s / so) for s in sin])
         elif n.op == "act":
+            if n.attrs["kind"] == "softmax":
+                raise UnsupportedModelError(f"{graph.name}: node {n.name!r}: SOFTMAX has no int8 path (not an "
+                                            f"elementwise table); run this model in f32")
             si, zi = tensors[n.inputs[0]]
             xs = (np.arange(-128, 128, dtype=np.float64) - zi) * si
             ys = _act_f64(n, xs)
