@@ -1,0 +1,86 @@
+"""The AVX2 x16 packed micro-kernel (kernels/c_src/blockpack_avx2.h) built for AVX2-only targets on this machine.
+
+Two builds: ``-march=x86-64-v3`` (AVX2 + FMA + F16C, ``vpmaddubsw`` / ``vpmaddwd`` path) and ``-march=alderlake``
+(AVX2 + AVX-VNNI, ``vpdpbusd`` ymm path); neither has AVX-512. Checked against a float64 numpy model of the Q8_0
+activation rounding and the numpy-dequantized weights (the integer block dots must be exact), against the same
+build's stored-layout kernels (checked against llama.cpp's vec_dot in test_kernels_blocks.py), and bit for bit
+against the AVX-512 VNNI packed kernel of the host build where this CPU has one. Shapes are not multiples of 16.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from edgespool.kernels import c_blocks
+from edgespool.kernels.block_pack import PackedQTensor
+from test_kernels_blocks import _weight, q8_rounded, rel
+
+SCHEMES = ("q8_0", "q4_0", "int8", "int4")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@pytest.fixture(scope="module", params=["x86-64-v3", "alderlake"])
+def avx2(request, tmp_path_factory):
+    need = {"x86-64-v3": {"avx2", "fma", "f16c"}, "alderlake": {"avx2", "fma", "f16c", "avx_vnni"}}[request.param]
+    if not need <= _cpu_flags():
+        pytest.skip(f"this CPU lacks {sorted(need - _cpu_flags())} for the {request.param} build")
+    d = tmp_path_factory.mktemp("avx2lib")
+    lib = d / f"{request.param}.so"
+    rec = c_blocks.compile_library({"mtriple": "x86_64-linux-gnu", "mcpu": request.param}, lib, cache_dir=d)
+    assert not any("avx512" in f for f in rec["flags"])
+    k1, k2 = c_blocks.BlockKernels(lib, threads=1), c_blocks.BlockKernels(lib, threads=2)
+    assert k1.isa == "avx2", k1.isa
+    yield k1, k2
+    k1.close()
+    k2.close()
+
+
+@pytest.fixture(scope="module")
+def host512(tmp_path_factory):
+    if not {"avx512f", "avx512bw", "avx512_vnni"} <= _cpu_flags():
+        yield None
+        return
+    k = c_blocks.BlockKernels(c_blocks.host_library(cache_dir=tmp_path_factory.mktemp("hostlib")), threads=1)
+    yield k if k.isa == "avx2+vnni" else None
+    k.close()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_avx2_packed_matches_references(avx2, host512, scheme):
+    k1, k2 = avx2
+    rng = np.random.default_rng(SCHEMES.index(scheme) + 70)
+    for rows, n in ((37, 224), (301, 896), (129, 576)):
+        w = _weight(rng, scheme, rows, n)
+        p = k1.prepare_weight(w)
+        assert isinstance(p, PackedQTensor), f"{k1.isa} build did not pack {scheme}"
+        p512 = host512.prepare_weight(w) if host512 is not None else None
+        wf = w.dequantize().astype(np.float64)
+        for m in (1, 3, 8, 9, 17):
+            x = rng.standard_normal((m, n)).astype(np.float32)
+            y = k1.linear(x, p)
+            assert y.shape == (m, rows) and rel(y, q8_rounded(x) @ wf.T) < 2e-6, (rows, n, m)
+            assert rel(y, k1.linear(x, w)) < 2e-6  # the stored-layout kernels of the same build
+            np.testing.assert_array_equal(y, k2.linear(x, p))  # the row split changes nothing
+            if p512 is not None:
+                np.testing.assert_array_equal(y, host512.linear(x, p512))  # = the AVX-512 kernel, bit for bit
+
+
+def test_avx2_packed_tiny_and_tail_shapes(avx2):
+    """Fewer rows than one 16-row group, and decode over a partial 4-group tile (rows 64 k + 1..63)."""
+    k1, _ = avx2
+    rng = np.random.default_rng(5)
+    for scheme in SCHEMES:
+        for rows in (1, 7, 17, 65, 97):
+            w = _weight(rng, scheme, rows, 96)
+            p = k1.prepare_weight(w)
+            x = rng.standard_normal((2, 96)).astype(np.float32)
+            ref = q8_rounded(x) @ w.dequantize().astype(np.float64).T
+            assert rel(k1.linear(x[:1], p), ref[:1]) < 2e-6 and rel(k1.linear(x, p), ref) < 2e-6, (scheme, rows)
