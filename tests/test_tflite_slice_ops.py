@@ -132,3 +132,32 @@ def test_softmax_matches_litert_f32_patched_and_ort(tmp_path, beta):
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=f"{how} {k}")
     with pytest.raises(UnsupportedModelError, match="SOFTMAX has no int8 path"):
         calibrate_and_quantize(net.graph, [xc])
+
+
+def test_channel_crop_inside_the_body_matches_litert(tmp_path):
+    """mediapipe's "channel_padding" crop (hand_recrop.tflite): a STRIDED_SLICE of a map's first channels feeding
+    a residual ADD, i.e. in the body, not at an output: imported as a 1x1 conv with a 0/1 weight."""
+    n = Net(9)
+    x = n.tensor([1, 48, 48, 3], name="image")
+    t0, _ = n.conv(x, (48, 48), 3, 16, 3, 2, True, act=S.ActivationFunctionType.RELU6)  # 24x24x16
+    crop = strided(n, t0, [0, 0, 0, 0], [1, 24, 24, 8], [1, 1, 1, 1], [1, 24, 24, 8], bm=0b0111, em=0b0110)
+    t1, _ = n.conv(t0, (24, 24), 16, 8, 1, 1, True)
+    t2 = n.op(BO.ADD, [crop, t1], [1, 24, 24, 8], OPT.AddOptions, S.AddOptionsT())
+    every2 = strided(n, t2, [0, 0, 0, 1], [1, 24, 24, 8], [1, 1, 1, 2], [1, 24, 24, 4])  # odd channels
+    t3, _ = n.conv(every2, (24, 24), 4, 6, 3, 2, True)
+    n.tensors[t3].name = "out"
+    model = n.build([x], [t3])
+    p = tmp_path / "crop.tflite"
+    p.write_bytes(model)
+    net = load_tflite(p)
+    sels = [nd for nd in net.graph.nodes if nd.op == "conv" and nd.weights["w"].shape[2:] == (1, 1)
+            and set(np.unique(nd.weights["w"])) <= {0.0, 1.0}]
+    assert len(sels) == 2
+    xi = np.random.default_rng(2).uniform(-1, 1, (48, 48, 3)).astype(np.float32)
+    ref = reference(model, xi)["out"]
+    r = CnnRunner(net.graph)
+    y = r.run_layers(xi.transpose(2, 0, 1)).output
+    np.testing.assert_allclose(net.split(y)["out"], ref, rtol=1e-5, atol=1e-5)
+    plan = plan_patches(net.graph, itemsize=4, max_overhead=1.0)
+    if plan.is_patched:
+        np.testing.assert_allclose(r.run_patched(xi.transpose(2, 0, 1), plan).output, y, rtol=1e-6, atol=1e-6)

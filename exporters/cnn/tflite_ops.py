@@ -234,9 +234,37 @@ class LayerOps:
 
     def slice(self, op: TfOperator, strided: bool) -> _Tail:
         """SLICE / STRIDED_SLICE (begin / end masks, shrink_axis; constant begin, end/size, strides): exact, as a
-        slice of the index array of a "tail" (so only on the way to an output, like RESHAPE across NHWC)."""
-        tail = self.to_tail(self.vals.get(op.inputs[0]), op)
-        rank = tail.idx.ndim
+        slice of the index array of a "tail" (so only on the way to an output, like RESHAPE across NHWC); a slice
+        of a 4-D activation's channels only (mediapipe's "channel_padding" crops) is a 1x1 conv with a 0/1
+        selection weight, usable anywhere."""
+        v = self.vals.get(op.inputs[0])
+        if isinstance(v, _Act) and not any(v.pads):
+            c, h, w = self.shape(v.name)
+            key = self._slice_key(op, (1, h, w, c), strided)
+            full = all(isinstance(k, slice) and np.array_equal(np.arange(n)[k], np.arange(n))
+                       for k, n in zip(key[:3], (1, h, w)))
+            if full and isinstance(key[3], slice) and 0 < np.arange(c)[key[3]].size:
+                chans = np.arange(c)[key[3]]
+                sel = np.zeros((chans.size, c, 1, 1), np.float32)
+                sel[np.arange(chans.size), chans, 0, 0] = 1.0
+                y = self.emit(op, "conv", [v.name], {"kernel": (1, 1), "stride": (1, 1), "pads": (0, 0, 0, 0),
+                                                     "dilation": (1, 1), "group": 1, "act": None},
+                              {"w": sel, "b": np.zeros(chans.size, np.float32)})
+                return _Act(y)
+        tail = self.to_tail(v, op)
+        key = self._slice_key(op, tail.idx.shape, strided)
+        try:
+            idx = tail.idx[tuple(key)]
+        except IndexError as e:
+            raise self.err(op, f"slice out of range ({e})") from None
+        want = tuple(self.m.tensors[op.outputs[0]].shape)
+        if idx.size == 0 or (want and int(np.prod(want)) != idx.size):
+            raise self.err(op, f"slice gives {list(idx.shape)}, the model declares {list(want)}")
+        return _Tail(idx.reshape(want) if want else idx, tail.segments)
+
+    def _slice_key(self, op: TfOperator, shape: tuple[int, ...], strided: bool) -> list[Any]:
+        """The numpy index of a SLICE / STRIDED_SLICE over an input of ``shape``."""
+        rank = len(shape)
         begin = [int(v) for v in np.asarray(self.const(op, 1, "begin", ints=True)).reshape(-1)]
         second = [int(v) for v in np.asarray(self.const(op, 2, "end" if strided else "size", ints=True)).reshape(-1)]
         steps = ([int(v) for v in np.asarray(self.const(op, 3, "strides", ints=True)).reshape(-1)]
@@ -254,7 +282,7 @@ class LayerOps:
             raise self.err(op, "a stride is 0")
         key: list[Any] = []
         for d in range(rank):
-            n = tail.idx.shape[d]
+            n = shape[d]
             b = begin[d] + (n if begin[d] < 0 else 0)
             if not strided:
                 key.append(slice(b, n if second[d] == -1 else b + second[d]))
@@ -263,14 +291,7 @@ class LayerOps:
             else:
                 e = second[d] + (n if second[d] < 0 else 0)
                 key.append(slice(None if bm >> d & 1 else b, None if em >> d & 1 else e, steps[d]))
-        try:
-            idx = tail.idx[tuple(key)]
-        except IndexError as e:
-            raise self.err(op, f"slice out of range ({e})") from None
-        want = tuple(self.m.tensors[op.outputs[0]].shape)
-        if idx.size == 0 or (want and int(np.prod(want)) != idx.size):
-            raise self.err(op, f"slice gives {list(idx.shape)}, the model declares {list(want)}")
-        return _Tail(idx.reshape(want) if want else idx, tail.segments)
+        return key
 
     def _opt(self, op: TfOperator, i: int, fmt: str = "i") -> int | float:
         return op.options.scalar(i, fmt, 0) if op.options is not None else 0
