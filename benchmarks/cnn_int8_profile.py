@@ -7,7 +7,7 @@ The int8 lowering reproduces the numpy int8 arithmetic in float (integer values 
 requantisation as Mul / Round / Clip / Cast steps): this shows what those elementwise round trips cost next to
 the convolutions. Single-process, ``--runs`` profiled calls after a warm-up; the machine is shared (noisy).
 
-    python benchmarks/cnn_int8_profile.py [--threads 1] [--runs 20]
+    python benchmarks/cnn_int8_profile.py [--threads 1] [--runs 20] [--ppocr-cls FILE.onnx]
 """
 from __future__ import annotations
 
@@ -55,6 +55,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--ppocr-cls", type=Path, default=None,
+                    help="profile PaddleOCR's ch_ppocr_mobile_v2.0_cls_infer.onnx instead (fixed to 1x3x48x192)")
     a = ap.parse_args()
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent / "tests"))
@@ -65,9 +67,18 @@ def main() -> None:
     from edgespool.runtime.cnn.ort_runner import OrtCnnRunner
 
     work = Path(tempfile.mkdtemp(prefix="cnn_int8_prof_"))
-    path = ref.export_onnx(ref.load_mbv2(), work / "mobilenet_v2.onnx")
-    g = cnn_speed._load("mobilenet_v2", Path(path))
-    x, cal = cnn_speed._inputs("mobilenet_v2")
+    if a.ppocr_cls:
+        import onnx
+        mp = onnx.load(str(a.ppocr_cls))
+        for d, v in zip(mp.graph.input[0].type.tensor_type.shape.dim, (1, 3, 48, 192)):
+            d.ClearField("dim_param")
+            d.dim_value = v
+        path, model = work / "ppocr_cls_static.onnx", "ppocr_cls"
+        onnx.save(mp, str(path))
+    else:
+        path, model = ref.export_onnx(ref.load_mbv2(), work / "mobilenet_v2.onnx"), "mobilenet_v2"
+    g = cnn_speed._load(model, Path(path))
+    x, cal = cnn_speed._inputs(model)
     q = calibrate_and_quantize(g, cal)
     out = {}
     for tag, qq in (("f32", None), ("int8", q)):
