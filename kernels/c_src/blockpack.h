@@ -4,6 +4,10 @@
  *   q8_0:  [16 x f16 block scales: 32 B][codes: 8 chunks x 64 B]           = 544 B per block
  *   q4_0:  [16 x f16 block scales: 32 B][codes: 4 chunks x 64 B]           = 288 B per block
  *   int4:  same as q4_0 (the block scales come from the separate f16 scale array)
+ *   q4_1:  [16 x f16 d: 32 B][16 x f16 min: 32 B][codes: 4 chunks x 64 B]   = 320 B per block (nibbles as q4_0,
+ *          no offset: the min term min x d_x x (activation code sum) is added per block after the int dot)
+ *   q5_0:  widened to the q8_0 block (544 B vs 16 x 22 = 352 B stored: 1.55x the resident bytes and GEMV
+ *          bandwidth of the file's Q5_0 tensors), values code5 - 16 as int8 (u8 code5 + 112); unpack is exact
  *   int8:  a group header of 16 x f32 row scales (64 B), then per block [codes: 8 chunks x 64 B] = 512 B
  * Chunk c holds 4 code bytes of each of the 16 rows, row r at byte 4 r: q8_0 / int8 values 4c..4c+3 stored as
  * u8 (w ^ 0x80 = w + 128); q4_0 / int4 the stored nibble bytes 4c..4c+3 (low nibble = value 4c+k, high nibble =
@@ -18,12 +22,14 @@
  * Compute needs AVX-512 F/BW + VNNI; the layout functions (pack, unpack) are plain C and build everywhere. */
 
 #define PK_ROWS 16
-#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4)
+#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0)
 
 static long pk_block_bytes(int wt) {
     switch (wt) {
-    case W_Q8_0: return 544;
+    case W_Q8_0:
+    case W_Q5_0: return 544;
     case W_INT8: return 512;
+    case W_Q4_1: return 320;
     case W_Q4_0:
     case W_INT4: return 288;
     default: return 0;
@@ -72,6 +78,19 @@ int es_pack(int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long s
                 if (wt == W_Q8_0) memcpy(blk + 2 * l, wr + 34 * b, 2);
                 for (int c = 0; c < 8; c++)
                     for (int k = 0; k < 4; k++) codes[64 * c + 4 * l + k] = (uint8_t)(src[4 * c + k] ^ 0x80);
+            } else if (wt == W_Q5_0) {
+                const uint8_t *src = wr + 22 * b;
+                uint32_t qh;
+                memcpy(blk + 2 * l, src, 2);
+                memcpy(&qh, src + 2, 4);
+                for (int j = 0; j < 32; j++) {
+                    int c5 = (j < 16 ? src[6 + j] & 15 : src[6 + j - 16] >> 4) | (int)((qh >> j) & 1u) << 4;
+                    blk[32 + 64 * (j / 4) + 4 * l + j % 4] = (uint8_t)(c5 + 112);
+                }
+            } else if (wt == W_Q4_1) {
+                memcpy(blk + 2 * l, wr + 20 * b, 2);
+                memcpy(blk + 32 + 2 * l, wr + 20 * b + 2, 2);
+                for (int c = 0; c < 4; c++) memcpy(blk + 64 + 64 * c + 4 * l, wr + 20 * b + 4 + 4 * c, 4);
             } else {
                 const uint8_t *src = wt == W_Q4_0 ? wr + 18 * b + 2 : wr + 16 * b;
                 memcpy(blk + 2 * l, wt == W_Q4_0 ? wr + 18 * b : sr + 2 * b, 2);
@@ -104,6 +123,21 @@ int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t
                 if (wt == W_Q8_0) memcpy(wr + 34 * b, blk + 2 * l, 2);
                 for (int c = 0; c < 8; c++)
                     for (int k = 0; k < 4; k++) dst[4 * c + k] = (uint8_t)(codes[64 * c + 4 * l + k] ^ 0x80);
+            } else if (wt == W_Q5_0) {
+                uint8_t *dst = wr + 22 * b;
+                uint32_t qh = 0;
+                memcpy(dst, blk + 2 * l, 2);
+                memset(dst + 6, 0, 16);
+                for (int j = 0; j < 32; j++) {
+                    int c5 = blk[32 + 64 * (j / 4) + 4 * l + j % 4] - 112;
+                    dst[6 + j % 16] |= (uint8_t)((c5 & 15) << (j < 16 ? 0 : 4));
+                    qh |= (uint32_t)((c5 >> 4) & 1) << j;
+                }
+                memcpy(dst + 2, &qh, 4);
+            } else if (wt == W_Q4_1) {
+                memcpy(wr + 20 * b, blk + 2 * l, 2);
+                memcpy(wr + 20 * b + 2, blk + 32 + 2 * l, 2);
+                for (int c = 0; c < 4; c++) memcpy(wr + 20 * b + 4 + 4 * c, blk + 64 + 64 * c + 4 * l, 4);
             } else {
                 uint8_t *dst = wt == W_Q4_0 ? wr + 18 * b + 2 : wr + 16 * b;
                 memcpy(wt == W_Q4_0 ? wr + 18 * b : sr + 2 * b, blk + 2 * l, 2);
@@ -125,9 +159,9 @@ static inline __m512i pk_bcast(const int8_t *p) {
  * rows of the tile.  so[i][b] = -offset x code sum of activation row i's block b. */
 AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
                 float *out, long ystride, int valid, const int G, const int NA) {
-    const int q4 = wt == W_Q4_0 || wt == W_INT4, i8 = wt == W_INT8;
-    const long bb = q4 ? 288 : (i8 ? 512 : 544);
-    const long co = i8 ? 0 : 32; /* codes after the block scales */
+    const int q41 = wt == W_Q4_1, q4 = wt == W_Q4_0 || wt == W_INT4 || q41, i8 = wt == W_INT8;
+    const long bb = q41 ? 320 : (q4 ? 288 : (i8 ? 512 : 544));
+    const long co = i8 ? 0 : (q41 ? 64 : 32); /* codes after the block scales (and q4_1's mins) */
     const uint8_t *base = gp + (i8 ? 64 : 0);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512 y[4][MAXNA];
@@ -135,10 +169,11 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
         for (int i = 0; i < NA; i++) y[g][i] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         __m512i acc[4][MAXNA];
-        __m512 vs[4];
+        __m512 vs[4], vm[4];
         for (int g = 0; g < G; g++) {
             const uint8_t *blk = base + g * gb + b * bb;
             vs[g] = i8 ? _mm512_setzero_ps() : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
+            vm[g] = q41 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 32))) : _mm512_setzero_ps();
             for (int i = 0; i < NA; i++) acc[g][i] = _mm512_set1_epi32(so[i][b]);
         }
         if (q4) {
@@ -164,6 +199,7 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
             for (int i = 0; i < NA; i++) {
                 __m512 t = _mm512_cvtepi32_ps(acc[g][i]), da = _mm512_set1_ps(a[i].d[b]);
                 y[g][i] = i8 ? _mm512_fmadd_ps(t, da, y[g][i]) : _mm512_fmadd_ps(t, _mm512_mul_ps(vs[g], da), y[g][i]);
+                if (q41) y[g][i] = _mm512_fmadd_ps(vm[g], _mm512_set1_ps(a[i].ds[b]), y[g][i]);
             }
     }
     for (int g = 0; g < G; g++) {
@@ -199,6 +235,7 @@ PK_FN(pk_q8_0, W_Q8_0)
 PK_FN(pk_int8, W_INT8)
 PK_FN(pk_q4_0, W_Q4_0)
 PK_FN(pk_int4, W_INT4)
+PK_FN(pk_q4_1, W_Q4_1)
 typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
 static pk_fn pk_of(int wt) {
     switch (wt) {
@@ -206,6 +243,8 @@ static pk_fn pk_of(int wt) {
     case W_INT8: return pk_int8;
     case W_Q4_0: return pk_q4_0;
     case W_INT4: return pk_int4;
+    case W_Q4_1: return pk_q4_1;
+    case W_Q5_0: return pk_q8_0; /* widened to q8_0's packed block */
     default: return 0;
     }
 }
