@@ -775,14 +775,14 @@ int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, c
                      uint8_t *scratch, int nthreads) {
 #ifdef ES_PACKED
     pool_t *p = (pool_t *)vp;
-    if (!es_pack_kind(wt) || n % 32 || rows <= 0 || m <= 0) return -1;
+    if (!es_pack_kind(wt) || n % (wt == W_Q4_K ? 256 : 32) || rows <= 0 || m <= 0) return -1;
     int nb = n / 32;
     float *d = (float *)scratch;
     int32_t *s = (int32_t *)(scratch + (long)m * nb * 4);
     float *ds = (float *)(scratch + (long)m * nb * 8);
     int32_t *so = (int32_t *)(scratch + (long)m * nb * 12);
     int8_t *q = (int8_t *)(scratch + (long)m * nb * 16);
-    int off = (wt == W_Q8_0 || wt == W_INT8 || wt == W_Q5_0) ? 128 : (wt == W_Q4_1 ? 0 : 8); /* q4_1: min term, no offset */
+    int off = (wt == W_Q8_0 || wt == W_INT8 || wt == W_Q5_0) ? 128 : (wt == W_Q4_1 || wt == W_Q4_K ? 0 : 8); /* q4_1: min term, no offset */
     for (int i = 0; i < m; i++)
         quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb, ds + (long)i * nb);
     for (long k = 0; k < (long)m * nb; k++) so[k] = -off * s[k];
@@ -790,7 +790,9 @@ int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, c
     if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
     if (!p) nth = 1;
     long wbytes = es_packed_bytes(wt, rows, n);
-    if (wbytes * m < 32768 || rows < 64 * nth) nth = 1; /* too small to split */
+    if (wbytes * m < 32768) nth = 1; /* too small to split */
+    else if (rows < 64 * nth) nth = rows / 64 > 1 ? rows / 64 : 1; /* whole 64-row chunks (was: nth = 1, which ran
+                                                                       896-row matrices on one of 16 threads) */
     job_t j = {0, packed, 0, 0, 0, rows, n, m, nth, q, d, s, ds, y, wt, 1, so};
     if (nth == 1) {
         run_rows(&j, 0, rows);

@@ -8,6 +8,9 @@
  *          no offset: the min term min x d_x x (activation code sum) is added per block after the int dot)
  *   q5_0:  widened to the q8_0 block (544 B vs 16 x 22 = 352 B stored: 1.55x the resident bytes and GEMV
  *          bandwidth of the file's Q5_0 tensors), values code5 - 16 as int8 (u8 code5 + 112); unpack is exact
+ *   q4_k:  per 256-value super-block [16 x f16 d: 32 B][16 x f16 dmin: 32 B], then per 32-value sub-block
+ *          [16 x u8 6-bit scale][16 x u8 6-bit min][codes: 4 chunks x 64 B in q4_0's nibble order] = 2368 B per
+ *          super-block (vs 16 x 144 = 2304 stored: 1.03x); weight = (d x sc) q - (dmin x m), as ggml
  *   int8:  a group header of 16 x f32 row scales (64 B), then per block [codes: 8 chunks x 64 B] = 512 B
  * Chunk c holds 4 code bytes of each of the 16 rows, row r at byte 4 r: q8_0 / int8 values 4c..4c+3 stored as
  * u8 (w ^ 0x80 = w + 128); q4_0 / int4 the stored nibble bytes 4c..4c+3 (low nibble = value 4c+k, high nibble =
@@ -22,7 +25,7 @@
  * Compute needs AVX-512 F/BW + VNNI; the layout functions (pack, unpack) are plain C and build everywhere. */
 
 #define PK_ROWS 16
-#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0)
+#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0 || (wt) == W_Q4_K)
 
 static long pk_block_bytes(int wt) {
     switch (wt) {
@@ -35,11 +38,13 @@ static long pk_block_bytes(int wt) {
     default: return 0;
     }
 }
-static long pk_group_bytes(int wt, int n) { return (wt == W_INT8 ? 64 : 0) + (long)(n / 32) * pk_block_bytes(wt); }
+static long pk_group_bytes(int wt, int n) {
+    if (wt == W_Q4_K) return (long)(n / 256) * 2368;
+    return (wt == W_INT8 ? 64 : 0) + (long)(n / 32) * pk_block_bytes(wt); }
 
 /* Bytes of the packed form of a [rows, n] weight (0: this format has no packed form). */
 long es_packed_bytes(int wt, int rows, int n) {
-    if (!PK_SUPPORTED(wt) || n % 32 || rows <= 0) return 0;
+    if (!PK_SUPPORTED(wt) || n % (wt == W_Q4_K ? 256 : 32) || rows <= 0) return 0;
     return (long)((rows + PK_ROWS - 1) / PK_ROWS) * pk_group_bytes(wt, n);
 }
 
@@ -70,6 +75,25 @@ int es_pack(int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long s
         uint8_t *g = out + (long)(r / PK_ROWS) * gb;
         int l = r % PK_ROWS;
         if (wt == W_INT8) memcpy(g + 4 * l, sr, 4);
+        if (wt == W_Q4_K) {
+            for (int sb = 0; sb < nb / 8; sb++) {
+                const uint8_t *src = wr + 144 * sb, *q = src + 4, *qs = src + 16;
+                uint8_t *sbp = g + 2368L * sb;
+                memcpy(sbp + 2 * l, src, 2);
+                memcpy(sbp + 32 + 2 * l, src + 2, 2);
+                for (int j = 0; j < 8; j++) {
+                    uint8_t *blk = sbp + 64 + 288 * j;
+                    blk[l] = j < 4 ? q[j] & 63 : (uint8_t)((q[j + 4] & 15) | ((q[j - 4] >> 6) << 4));
+                    blk[16 + l] = j < 4 ? q[j + 4] & 63 : (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+                    for (int v = 0; v < 16; v++) {
+                        uint8_t a = qs[32 * (j / 2) + v], c = qs[32 * (j / 2) + v + 16];
+                        int sh = (j & 1) * 4;
+                        blk[32 + 64 * (v / 4) + 4 * l + v % 4] = (uint8_t)(((a >> sh) & 15) | (((c >> sh) & 15) << 4));
+                    }
+                }
+            }
+            continue;
+        }
         for (int b = 0; b < nb; b++) {
             uint8_t *blk = g + (wt == W_INT8 ? 64 : 0) + (long)b * bb;
             if (wt == W_Q8_0 || wt == W_INT8) {
@@ -115,6 +139,33 @@ int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t
         int l = (int)(r % PK_ROWS);
         uint8_t *wr = out_w + (long)t * out_row_bytes, *sr = out_sc ? out_sc + (long)t * out_sc_bytes : 0;
         if (wt == W_INT8) memcpy(sr, g + 4 * l, 4);
+        if (wt == W_Q4_K) {
+            for (int sb = 0; sb < nb / 8; sb++) {
+                uint8_t *dst = wr + 144 * sb, *q = dst + 4, *qs = dst + 16;
+                const uint8_t *sbp = g + 2368L * sb;
+                uint8_t sc[8], mn[8];
+                memcpy(dst, sbp + 2 * l, 2);
+                memcpy(dst + 2, sbp + 32 + 2 * l, 2);
+                memset(qs, 0, 128);
+                for (int j = 0; j < 8; j++) {
+                    const uint8_t *blk = sbp + 64 + 288 * j;
+                    sc[j] = blk[l];
+                    mn[j] = blk[16 + l];
+                    for (int v = 0; v < 16; v++) {
+                        uint8_t byte = blk[32 + 64 * (v / 4) + 4 * l + v % 4];
+                        int sh = (j & 1) * 4;
+                        qs[32 * (j / 2) + v] |= (uint8_t)((byte & 15) << sh);
+                        qs[32 * (j / 2) + v + 16] |= (uint8_t)((byte >> 4) << sh);
+                    }
+                }
+                for (int j = 0; j < 4; j++) {
+                    q[j] = (uint8_t)((sc[j] & 63) | ((sc[j + 4] >> 4) << 6));
+                    q[j + 4] = (uint8_t)((mn[j] & 63) | ((mn[j + 4] >> 4) << 6));
+                    q[j + 8] = (uint8_t)((sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4));
+                }
+            }
+            continue;
+        }
         for (int b = 0; b < nb; b++) {
             const uint8_t *blk = g + (wt == W_INT8 ? 64 : 0) + (long)b * bb;
             if (wt == W_Q8_0 || wt == W_INT8) {
@@ -159,7 +210,7 @@ static inline __m512i pk_bcast(const int8_t *p) {
  * rows of the tile.  so[i][b] = -offset x code sum of activation row i's block b. */
 AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
                 float *out, long ystride, int valid, const int G, const int NA) {
-    const int q41 = wt == W_Q4_1, q4 = wt == W_Q4_0 || wt == W_INT4 || q41, i8 = wt == W_INT8;
+    const int qk = wt == W_Q4_K, q41 = wt == W_Q4_1 || qk, q4 = wt == W_Q4_0 || wt == W_INT4 || q41, i8 = wt == W_INT8;
     const long bb = q41 ? 320 : (q4 ? 288 : (i8 ? 512 : 544));
     const long co = i8 ? 0 : (q41 ? 64 : 32); /* codes after the block scales (and q4_1's mins) */
     const uint8_t *base = gp + (i8 ? 64 : 0);
@@ -170,6 +221,17 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
     for (int b = 0; b < nb; b++) {
         __m512i acc[4][MAXNA];
         __m512 vs[4], vm[4];
+        if (qk) { /* q4_k: block b = sub-block b % 8 of super-block b / 8; codes at 32 after the 6-bit scales */
+            for (int g = 0; g < G; g++) {
+                const uint8_t *sbp = base + g * gb + 2368L * (b / 8), *blk = sbp + 64 + 288 * (b % 8);
+                __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk)));
+                __m512 mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 16))));
+                vs[g] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sbp)), sc);
+                vm[g] = _mm512_sub_ps(_mm512_setzero_ps(),
+                                      _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sbp + 32))), mn));
+                for (int i = 0; i < NA; i++) acc[g][i] = _mm512_setzero_si512();
+            }
+        } else
         for (int g = 0; g < G; g++) {
             const uint8_t *blk = base + g * gb + b * bb;
             vs[g] = i8 ? _mm512_setzero_ps() : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
@@ -179,7 +241,9 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
         if (q4) {
             for (int c = 0; c < 4; c++)
                 for (int g = 0; g < G; g++) {
-                    __m512i v = _mm512_loadu_si512((const void *)(base + g * gb + b * bb + co + 64 * c));
+                    const uint8_t *cp = qk ? base + g * gb + 2368L * (b / 8) + 64 + 288 * (b % 8) + 32 + 64 * c
+                                           : base + g * gb + b * bb + co + 64 * c;
+                    __m512i v = _mm512_loadu_si512((const void *)cp);
                     __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
                     for (int i = 0; i < NA; i++) {
                         const int8_t *xq = a[i].q + 32 * b + 4 * c;
@@ -236,6 +300,7 @@ PK_FN(pk_int8, W_INT8)
 PK_FN(pk_q4_0, W_Q4_0)
 PK_FN(pk_int4, W_INT4)
 PK_FN(pk_q4_1, W_Q4_1)
+PK_FN(pk_q4_k, W_Q4_K)
 typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
 static pk_fn pk_of(int wt) {
     switch (wt) {
@@ -244,6 +309,7 @@ static pk_fn pk_of(int wt) {
     case W_Q4_0: return pk_q4_0;
     case W_INT4: return pk_int4;
     case W_Q4_1: return pk_q4_1;
+    case W_Q4_K: return pk_q4_k;
     case W_Q5_0: return pk_q8_0; /* widened to q8_0's packed block */
     default: return 0;
     }
