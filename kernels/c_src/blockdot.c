@@ -775,17 +775,23 @@ int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, c
                      uint8_t *scratch, int nthreads) {
 #ifdef ES_PACKED
     pool_t *p = (pool_t *)vp;
-    if (!es_pack_kind(wt) || n % (wt == W_Q4_K ? 256 : 32) || rows <= 0 || m <= 0) return -1;
+    if (!es_pack_kind(wt) || n % (wt == W_Q4_K || wt == W_Q6_K ? 256 : 32) || rows <= 0 || m <= 0) return -1;
     int nb = n / 32;
     float *d = (float *)scratch;
     int32_t *s = (int32_t *)(scratch + (long)m * nb * 4);
     float *ds = (float *)(scratch + (long)m * nb * 8);
     int32_t *so = (int32_t *)(scratch + (long)m * nb * 12);
     int8_t *q = (int8_t *)(scratch + (long)m * nb * 16);
-    int off = (wt == W_Q8_0 || wt == W_INT8 || wt == W_Q5_0) ? 128 : (wt == W_Q4_1 || wt == W_Q4_K ? 0 : 8); /* q4_1: min term, no offset */
+    int off = (wt == W_Q8_0 || wt == W_INT8 || wt == W_Q5_0 || wt == W_Q6_K) ? 128 : (wt == W_Q4_1 || wt == W_Q4_K ? 0 : 8); /* q4_1: min term, no offset */
     for (int i = 0; i < m; i++)
         quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb, ds + (long)i * nb);
     for (long k = 0; k < (long)m * nb; k++) so[k] = -off * s[k];
+    if (wt == W_Q6_K) /* q6_k: the offset of values 0-15 only (pk_tile6 derives the other half's from s) */
+        for (long k = 0; k < (long)m * nb; k++) {
+            int32_t h = 0;
+            for (int t = 0; t < 16; t++) h += q[32 * k + t];
+            so[k] = -128 * h;
+        }
     int nth = nthreads < 1 ? 1 : nthreads;
     if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
     if (!p) nth = 1;

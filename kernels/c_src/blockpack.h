@@ -11,6 +11,10 @@
  *   q4_k:  per 256-value super-block [16 x f16 d: 32 B][16 x f16 dmin: 32 B], then per 32-value sub-block
  *          [16 x u8 6-bit scale][16 x u8 6-bit min][codes: 4 chunks x 64 B in q4_0's nibble order] = 2368 B per
  *          super-block (vs 16 x 144 = 2304 stored: 1.03x); weight = (d x sc) q - (dmin x m), as ggml
+ *   q6_k:  per 256-value super-block [16 x f16 d: 32 B], then per 32-value block [16 x i8 scale of values 0-15]
+ *          [16 x i8 scale of values 16-31][codes: 8 chunks x 64 B, u8 q6 + 96 = (q6 - 32) + 128] = 4384 B per
+ *          super-block (vs 16 x 210 = 3360 stored: 1.30x, widened to bytes); two int32 accumulators per block
+ *          (one per 16-value scale), the offset split by the activation's half-block code sums
  *   int8:  a group header of 16 x f32 row scales (64 B), then per block [codes: 8 chunks x 64 B] = 512 B
  * Chunk c holds 4 code bytes of each of the 16 rows, row r at byte 4 r: q8_0 / int8 values 4c..4c+3 stored as
  * u8 (w ^ 0x80 = w + 128); q4_0 / int4 the stored nibble bytes 4c..4c+3 (low nibble = value 4c+k, high nibble =
@@ -25,7 +29,7 @@
  * Compute needs AVX-512 F/BW + VNNI; the layout functions (pack, unpack) are plain C and build everywhere. */
 
 #define PK_ROWS 16
-#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0 || (wt) == W_Q4_K)
+#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0 || (wt) == W_Q4_K || (wt) == W_Q6_K)
 
 static long pk_block_bytes(int wt) {
     switch (wt) {
@@ -40,11 +44,12 @@ static long pk_block_bytes(int wt) {
 }
 static long pk_group_bytes(int wt, int n) {
     if (wt == W_Q4_K) return (long)(n / 256) * 2368;
+    if (wt == W_Q6_K) return (long)(n / 256) * 4384;
     return (wt == W_INT8 ? 64 : 0) + (long)(n / 32) * pk_block_bytes(wt); }
 
 /* Bytes of the packed form of a [rows, n] weight (0: this format has no packed form). */
 long es_packed_bytes(int wt, int rows, int n) {
-    if (!PK_SUPPORTED(wt) || n % (wt == W_Q4_K ? 256 : 32) || rows <= 0) return 0;
+    if (!PK_SUPPORTED(wt) || n % (wt == W_Q4_K || wt == W_Q6_K ? 256 : 32) || rows <= 0) return 0;
     return (long)((rows + PK_ROWS - 1) / PK_ROWS) * pk_group_bytes(wt, n);
 }
 
@@ -89,6 +94,25 @@ int es_pack(int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long s
                         uint8_t a = qs[32 * (j / 2) + v], c = qs[32 * (j / 2) + v + 16];
                         int sh = (j & 1) * 4;
                         blk[32 + 64 * (v / 4) + 4 * l + v % 4] = (uint8_t)(((a >> sh) & 15) | (((c >> sh) & 15) << 4));
+                    }
+                }
+            }
+            continue;
+        }
+        if (wt == W_Q6_K) {
+            for (int sb = 0; sb < nb / 8; sb++) {
+                const uint8_t *src = wr + 210 * sb, *ql = src, *qh = src + 128;
+                uint8_t *sbp = g + 4384L * sb;
+                memcpy(sbp + 2 * l, src + 208, 2);
+                for (int j = 0; j < 8; j++) {
+                    uint8_t *blk = sbp + 32 + 544 * j;
+                    blk[l] = src[192 + 2 * j];
+                    blk[16 + l] = src[192 + 2 * j + 1];
+                    for (int t = 0; t < 32; t++) {
+                        int v = 32 * j + t, h = v / 128, r = v % 128, k = r / 32, ll = r % 32;
+                        int q6 = ((ql[64 * h + ll + (k & 1) * 32] >> ((k >> 1) * 4)) & 15) |
+                                 (((qh[32 * h + ll] >> (2 * k)) & 3) << 4);
+                        blk[32 + 64 * (t / 4) + 4 * l + t % 4] = (uint8_t)(q6 + 96);
                     }
                 }
             }
@@ -162,6 +186,26 @@ int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t
                     q[j] = (uint8_t)((sc[j] & 63) | ((sc[j + 4] >> 4) << 6));
                     q[j + 4] = (uint8_t)((mn[j] & 63) | ((mn[j + 4] >> 4) << 6));
                     q[j + 8] = (uint8_t)((sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4));
+                }
+            }
+            continue;
+        }
+        if (wt == W_Q6_K) {
+            for (int sb = 0; sb < nb / 8; sb++) {
+                uint8_t *dst = wr + 210 * sb, *ql = dst, *qh = dst + 128;
+                const uint8_t *sbp = g + 4384L * sb;
+                memcpy(dst + 208, sbp + 2 * l, 2);
+                memset(dst, 0, 192);
+                for (int j = 0; j < 8; j++) {
+                    const uint8_t *blk = sbp + 32 + 544 * j;
+                    dst[192 + 2 * j] = blk[l];
+                    dst[192 + 2 * j + 1] = blk[16 + l];
+                    for (int t = 0; t < 32; t++) {
+                        int v = 32 * j + t, h = v / 128, rr = v % 128, k = rr / 32, ll = rr % 32;
+                        int q6 = blk[32 + 64 * (t / 4) + 4 * l + t % 4] - 96;
+                        ql[64 * h + ll + (k & 1) * 32] |= (uint8_t)((q6 & 15) << ((k >> 1) * 4));
+                        qh[32 * h + ll] |= (uint8_t)(((q6 >> 4) & 3) << (2 * k));
+                    }
                 }
             }
             continue;
@@ -278,6 +322,67 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
         }
     }
 }
+/* q6_k tile: as pk_tile, two accumulators per block (values 0-15 and 16-31, each with its int8 scale);
+ * so[i][b] = -128 x (code sum of values 0-15 of activation row i's block b), a[i].s the whole block's sum. */
+AI void pk_tile6(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
+                 long ystride, int valid, const int G, const int NA) {
+    __m512 y[4][MAXNA];
+    for (int g = 0; g < G; g++)
+        for (int i = 0; i < NA; i++) y[g][i] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m512i acc[4][MAXNA], acc2[4][MAXNA];
+        __m512 vs[4], vs2[4];
+        const long bo = 4384L * (b / 8), ko = 32 + 544L * (b % 8);
+        for (int g = 0; g < G; g++) {
+            const uint8_t *sbp = gp + g * gb + bo, *blk = sbp + ko;
+            __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sbp));
+            vs[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)blk))));
+            vs2[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 16)))));
+            for (int i = 0; i < NA; i++) {
+                acc[g][i] = _mm512_set1_epi32(so[i][b]);
+                acc2[g][i] = _mm512_set1_epi32(-128 * a[i].s[b] - so[i][b]);
+            }
+        }
+        for (int c = 0; c < 8; c++)
+            for (int g = 0; g < G; g++) {
+                __m512i v = _mm512_loadu_si512((const void *)(gp + g * gb + bo + ko + 32 + 64 * c));
+                for (int i = 0; i < NA; i++) {
+                    __m512i xb = pk_bcast(a[i].q + 32 * b + 4 * c);
+                    if (c < 4) acc[g][i] = _mm512_dpbusd_epi32(acc[g][i], v, xb);
+                    else acc2[g][i] = _mm512_dpbusd_epi32(acc2[g][i], v, xb);
+                }
+            }
+        for (int g = 0; g < G; g++)
+            for (int i = 0; i < NA; i++) {
+                __m512 da = _mm512_set1_ps(a[i].d[b]);
+                y[g][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[g][i]), _mm512_mul_ps(vs[g], da), y[g][i]);
+                y[g][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc2[g][i]), _mm512_mul_ps(vs2[g], da), y[g][i]);
+            }
+    }
+    for (int g = 0; g < G; g++) {
+        int nv = valid - 16 * g;
+        if (nv <= 0) break;
+        for (int i = 0; i < NA; i++) {
+            float *o = out + (long)i * ystride + 16 * g;
+            if (nv >= 16) _mm512_storeu_ps(o, y[g][i]);
+            else _mm512_mask_storeu_ps(o, (__mmask16)((1u << nv) - 1u), y[g][i]);
+        }
+    }
+}
+static void pk_q6_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
+                    long ys, int valid, int g4, int na) {
+    if (g4) { pk_tile6(gp, gb, nb, a, so, out, ys, valid, 4, 1); return; }
+    switch (na) {
+    case 1: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 1); break;
+    case 2: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 2); break;
+    case 3: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 3); break;
+    case 4: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 4); break;
+    case 5: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 5); break;
+    case 6: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 6); break;
+    case 7: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 7); break;
+    default: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 8); break;
+    }
+}
 #define PK_NA_CASES(WT, G) \
     switch (na) { \
     case 1: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 1); break; \
@@ -310,6 +415,7 @@ static pk_fn pk_of(int wt) {
     case W_INT4: return pk_int4;
     case W_Q4_1: return pk_q4_1;
     case W_Q4_K: return pk_q4_k;
+    case W_Q6_K: return pk_q6_k;
     case W_Q5_0: return pk_q8_0; /* widened to q8_0's packed block */
     default: return 0;
     }
