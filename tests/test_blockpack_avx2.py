@@ -84,3 +84,14 @@ def test_avx2_packed_tiny_and_tail_shapes(avx2):
             x = rng.standard_normal((2, 96)).astype(np.float32)
             ref = q8_rounded(x) @ w.dequantize().astype(np.float64).T
             assert rel(k1.linear(x[:1], p), ref[:1]) < 2e-6 and rel(k1.linear(x, p), ref) < 2e-6, (scheme, rows)
+
+
+def test_avx2_build_keeps_other_formats_stored(avx2):
+    """Formats with an AVX-512-only x16 kernel (Q4_1, Q5_0, Q4_K) stay in the stored layout on AVX2 builds."""
+    k1, _ = avx2
+    rng = np.random.default_rng(9)
+    for scheme in ("q4_1", "q5_0", "q4_k"):
+        w = _weight(rng, scheme, 33, 512)
+        assert k1.prepare_weight(w) is w, scheme
+        x = rng.standard_normal((2, 512)).astype(np.float32)
+        assert rel(k1.linear(x, w), q8_rounded(x) @ w.dequantize().astype(np.float64).T) < 2e-6, scheme
