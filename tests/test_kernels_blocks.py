@@ -300,8 +300,10 @@ def test_against_llamacpp_vec_dot(kern, t):
     else:  # Q4_1: ggml's q8_1 keeps d * sum(codes) as f16
         assert rel(y, ref) < (1e-3 if t == "Q4_1" else 1e-5), rel(y, ref)
     p = kern[0].prepare_weight(QTensor(t.lower(), (rows, n), raw))
-    if isinstance(p, PackedQTensor):  # Q8_0 / Q4_0 in the x16 layout on AVX-512 VNNI builds: the same dots
-        assert rel(kern[0].linear(x, p)[0], ref) < 1e-5
+    if isinstance(p, PackedQTensor):  # the x16 layout on AVX-512 VNNI builds: the stored kernels' dots
+        yp = kern[0].linear(x, p)[0]
+        assert rel(yp, y) < 2e-6
+        assert rel(yp, ref) < (3e-2 if t.endswith("K") else 1e-3 if t == "Q4_1" else 1e-5)
 
 
 @pytest.mark.llamacpp
