@@ -59,10 +59,22 @@ PROMPTS = {
 SYSTEMS = "edgespool-stream,edgespool-ngram,edgespool-draft,llama-mmap,llama-lookup"
 
 
-def _timed_stream(stream, res: dict, out: str, r0: int) -> None:
+def per_pass(sp: dict | None) -> dict:
+    """Per target pass figures of a speculative run's counters (``SpecStats.to_dict()``): draft seconds, verify
+    seconds, tokens emitted, drafted tokens; empty when there were no passes (or the peer gives no split)."""
+    n = (sp or {}).get("passes") or 0
+    if not n or "draft_s" not in sp:
+        return {}
+    return {"draft_s_per_pass": sp["draft_s"] / n, "verify_s_per_pass": sp["verify_s"] / n,
+            "tokens_per_pass": sp["emitted"] / n, "drafted_per_pass": sp["drafted"] / n,
+            "draft_share": sp["draft_s"] / max(1e-12, sp["draft_s"] + sp["verify_s"])}
+
+
+def _timed_stream(stream, res: dict, out: str, r0: int, spec=None) -> None:
     """Consume ``stream`` (one item per generated token), timing TTFT and decode and counting the bytes read
     during decode into ``res``; the partial result is written to ``out`` after every token (a run killed by its
-    memory limit still leaves its figures)."""
+    memory limit still leaves its figures). ``spec``: a callable returning the live speculative counters (so a run
+    cut by the time limit still reports acceptance and the per-pass split of the passes it finished)."""
     from edgespool.benchmarks.stream_bench import _io_read_bytes
 
     t0, first, n, r1 = time.perf_counter(), None, 0, None
@@ -72,6 +84,8 @@ def _timed_stream(stream, res: dict, out: str, r0: int) -> None:
             first, r1 = time.perf_counter(), _io_read_bytes()
         res.update(decode_tokens=n - 1, decode_s=time.perf_counter() - first, partial=True,
                    decode_read_bytes=_io_read_bytes() - r1)
+        if spec is not None and (sp := spec()):
+            res.update(speculative=sp, per_pass=per_pass(sp))
         Path(out).write_text(json.dumps(res))
     t_end = time.perf_counter()
     res.update(ttft_s=(first or t_end) - t0, decode_s=t_end - (first or t_end), decode_tokens=max(0, n - 1),
@@ -134,8 +148,11 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
             m.source.load_all()
         if m.draft is not None:
             m.draft.preload()
-        _timed_stream(m.generate_ids(ids, N, stop=[]), res, out, r0)
+        dec = m.speculative
+        _timed_stream(m.generate_ids(ids, N, stop=[]), res, out, r0,
+                      spec=(lambda: dec.stats.to_dict()) if dec is not None else None)
         res.update(speculative=m.stats.speculative, kernels=m.kernels.description)
+        res["per_pass"] = per_pass(m.stats.speculative)
         m.close()
     res["decode_tok_s"] = res["decode_tokens"] / res["decode_s"] if res.get("decode_s") else 0.0
     res["bytes_read_per_token"] = res["decode_read_bytes"] / max(1, res["decode_tokens"])
@@ -279,7 +296,8 @@ def main() -> None:
     ap.add_argument("--profile", default="rpi5")
     ap.add_argument("--out", default=None)
     ap.add_argument("-n", type=int, default=128)
-    ap.add_argument("--draft-tokens", type=int, default=4)
+    ap.add_argument("--draft-tokens", default="4", help="k, or k1,k2,...: each drafting system runs at each k "
+                                                        "(interleaved with the others)")
     ap.add_argument("--budgets", default="4,8", help="fractions 1/k of the target's weights")
     ap.add_argument("--prompts", default="code,chat")
     ap.add_argument("--systems", default=SYSTEMS)
@@ -291,6 +309,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="repeat the budgeted systems, interleaved; medians")
     ap.add_argument("--llama-server", default=None, help="llama-server binary (else found/built under --work)")
     args = ap.parse_args()
+    ks = [int(x) for x in str(args.draft_tokens).split(",") if x]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT / "tests"))
@@ -338,7 +357,7 @@ def main() -> None:
             P = len(json.loads(ids_files[p].read_text()))
             budget = max(size // frac, minimum_budget(Bundle(tb), None, max_context=P + args.n + 40))
             bound = None
-            for kind in args.systems.split(","):
+            for kind, k in ((s, k) for k in ks for s in args.systems.split(",") if k == ks[0] or drafts(s)):
                 fam = "llama" if kind.startswith("llama") else "edgespool"
                 if fam == "llama" and not have_llama:
                     rows.append({"system": kind, "fraction": frac, "prompt": p, "skipped": "llama-cpp-python missing"})
@@ -349,8 +368,9 @@ def main() -> None:
                 base = max(v["baseline"] for v in baselines.values()) if kind.startswith("llama-server") \
                     else baselines[fam]["baseline"]
                 r = run(kind, path, budget, args.profile, args.n, work, budget + base,
-                        ids_files[p], args.draft_tokens, DRAFT_GGUF if fam == "llama" else db, f"-{frac}-{p}-{rnd}", args.timeout)
-                r.update(fraction=frac, prompt=p, budget=budget, prompt_tokens=P, round=rnd)
+                        ids_files[p], k, DRAFT_GGUF if fam == "llama" else db, f"-{frac}-{p}-{rnd}-k{k}",
+                        args.timeout)
+                r.update(fraction=frac, prompt=p, budget=budget, prompt_tokens=P, round=rnd, draft_tokens=k)
                 if kind == "edgespool-stream" and bw and r.get("plan_streamed_bytes_per_token"):
                     bound = bw / r["plan_streamed_bytes_per_token"]
                 if bound and r.get("decode_tok_s"):
@@ -359,12 +379,12 @@ def main() -> None:
                 rows.append(r)
                 (work / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     for p in args.prompts.split(","):
-        for kind in [s for s in args.resident.split(",") if s]:
+        res_kinds = [s for s in args.resident.split(",") if s]
+        for i, (kind, k) in enumerate((s, k) for k in ks for s in res_kinds if k == ks[0] or drafts(s)):
             llama = kind.startswith("llama")
             r = run(kind, TARGET_GGUF if llama else tb, 0, args.profile, args.n, work, None, ids_files[p],
-                    args.draft_tokens, DRAFT_GGUF if llama else db,
-                    f"-res-{p}", args.timeout)
-            r.update(fraction=0, prompt=p)
+                    k, DRAFT_GGUF if llama else db, f"-res-{p}-k{k}-{i}", args.timeout)
+            r.update(fraction=0, prompt=p, draft_tokens=k)
             print(json.dumps(r), flush=True)
             rows.append(r)
     meta["load_after"] = machine_load()
@@ -375,19 +395,26 @@ def main() -> None:
         Path(args.out).write_text(md)
 
 
+def drafts(kind: str) -> bool:
+    """Whether system ``kind`` drafts (its figures depend on --draft-tokens)."""
+    return kind not in ("edgespool-stream", "edgespool-resident", "llama-mmap")
+
+
 def table(rows: list[dict], meta: dict) -> str:
     """The markdown table of the runs (ratios against edgespool without speculation of the same budget/prompt)."""
     st = meta.get("storage") or {}
     out = [f"rig {meta['profile']}, {meta['date']}, {meta['cpu']}; cold read bandwidth "
            f"{(st.get('bandwidth') or 0) / 1e6:.0f} MB/s; {meta['n']} tokens greedy, draft tokens <= "
            f"{meta['draft_tokens']} (adaptive); load {meta.get('load_before')}", "",
-           "| budget | prompt | system | tok/s | x no-spec | x bound | acceptance | tokens/pass | MB read/token | "
-           "peak cgroup | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| budget | prompt | system | k | tok/s | x no-spec | x bound | acceptance | tokens/pass | mean k | "
+           "draft s/pass | verify s/pass | MB read/token | peak cgroup | note |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     base = {(r.get("fraction"), r.get("prompt")): r.get("decode_tok_s") for r in rows
             if r.get("system") in ("edgespool-stream", "edgespool-resident")}
     groups: dict = {}
     for r in rows:  # repeated rounds: one line per system, the run of median tok/s, every run's tok/s in the note
-        groups.setdefault((r.get("fraction"), r.get("prompt"), r.get("system")), []).append(r)
+        groups.setdefault((r.get("fraction"), r.get("prompt"), r.get("system"), r.get("draft_tokens")),
+                          []).append(r)
     for runs in groups.values():
         runs.sort(key=lambda x: x.get("decode_tok_s") or 0.0)
         r = runs[(len(runs) - 1) // 2]
@@ -401,12 +428,16 @@ def table(rows: list[dict], meta: dict) -> str:
         if sp.get("source"):
             note = (note + "; " if note else "") + f"acceptance from {sp['source']}"
         tps = r.get("decode_tok_s")
+        pp = r.get("per_pass") or per_pass(sp)
         out.append("| " + " | ".join([
             f"1/{r['fraction']}" if r.get("fraction") else "resident", str(r.get("prompt")), r["system"],
+            str(r.get("draft_tokens", meta["draft_tokens"])) if drafts(r["system"]) else "-",
             f"{tps:.2f}" if tps else "-", f"{tps / b:.2f}" if tps and b else "-",
             f"{r['x_bound']:.2f}" if r.get("x_bound") else "-",
             f"{sp['acceptance_rate']:.0%}" if sp.get("drafted") else "-",
             f"{sp['tokens_per_pass']:.2f}" if sp.get("tokens_per_pass") else "-",
+            f"{sp['mean_k']:.1f}" if sp.get("mean_k") else "-",
+            f"{pp['draft_s_per_pass']:.3f}" if pp else "-", f"{pp['verify_s_per_pass']:.3f}" if pp else "-",
             f"{r['bytes_read_per_token'] / 1e6:.0f}" if r.get("bytes_read_per_token") else "-",
             f"{(r.get('peak_cgroup') or 0) / MiB:.0f} MiB" if r.get("peak_cgroup") else "-", note]) + " |")
     return "\n".join(out)
@@ -553,7 +584,10 @@ def compose(res: dict, acceptances: list[float], kmax: int = 8) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "dovetail":
+    if len(sys.argv) > 1 and sys.argv[1] == "table":  # table R1.json R2.json ...: one table of saved results
+        runs = [json.loads(Path(f).read_text()) for f in sys.argv[2:]]
+        print(table([r for x in runs for r in x["rows"]], runs[0]["meta"]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "dovetail":
         dovetail(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "child":
         a = sys.argv[2:]

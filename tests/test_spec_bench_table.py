@@ -1,0 +1,37 @@
+"""spec_bench's per-pass split (draft_s / verify_s per target pass) and its table columns."""
+from __future__ import annotations
+
+from edgespool.benchmarks.spec_bench import drafts, per_pass, table
+from edgespool.runtime.decoder.speculative import SpecStats
+
+
+def _stats() -> dict:
+    st = SpecStats(passes=4, drafted=16, accepted=12, emitted=16, draft_s=2.0, verify_s=6.0, k_used=[4, 4, 4, 4])
+    return st.to_dict()
+
+
+def test_per_pass_divides_the_counters_by_the_passes():
+    pp = per_pass(_stats())
+    assert pp["draft_s_per_pass"] == 0.5 and pp["verify_s_per_pass"] == 1.5
+    assert pp["tokens_per_pass"] == 4.0 and pp["drafted_per_pass"] == 4.0 and pp["draft_share"] == 0.25
+    assert per_pass(None) == {} and per_pass({"passes": 0}) == {}
+    assert per_pass({"passes": 3, "drafted": 9, "accepted": 8, "source": "llama-server timings"}) == {}
+
+
+def test_table_prints_the_split_and_k_per_row():
+    meta = {"profile": "rpi5", "date": "d", "cpu": "c", "n": 128, "draft_tokens": "4,8", "storage": {}}
+    rows = [{"system": "edgespool-stream", "fraction": 4, "prompt": "code", "decode_tok_s": 0.5, "draft_tokens": 4},
+            {"system": "edgespool-draft", "fraction": 4, "prompt": "code", "decode_tok_s": 1.0, "draft_tokens": 4,
+             "speculative": _stats()},
+            {"system": "edgespool-draft", "fraction": 4, "prompt": "code", "decode_tok_s": 1.2, "draft_tokens": 8,
+             "speculative": _stats()}]
+    lines = table(rows, meta).splitlines()
+    head = [c.strip() for c in lines[2].split("|")]
+    assert "draft s/pass" in head and "verify s/pass" in head and "k" in head
+    body = [[c.strip() for c in ln.split("|")] for ln in lines[4:]]
+    assert len(body) == 3  # k=4 and k=8 are separate rows
+    d4 = body[1]
+    assert d4[head.index("k")] == "4" and d4[head.index("x no-spec")] == "2.00"
+    assert d4[head.index("draft s/pass")] == "0.500" and d4[head.index("verify s/pass")] == "1.500"
+    assert body[0][head.index("k")] == "-" and body[0][head.index("draft s/pass")] == "-"
+    assert drafts("llama-server-ngram-norepack") and not drafts("edgespool-stream")
