@@ -18,7 +18,10 @@ with the model's chat template:
   llama-server-draft-norepack   the same with ``--no-repack``: on x86 llama.cpp by default copies the weights into
                           repacked anonymous buffers (both models in RAM: OOM-killed at load under these limits);
                           without it they stay in the page cache (its best configuration under a limit)
-  llama-server-ngram      llama-server's n-gram drafting (``--spec-type ngram-simple``), no second model
+  llama-server-ngram      llama-server's n-gram drafting (``--spec-type ngram-simple``, its defaults: 12-token
+                          lookup, 48-token drafts), no second model; -ngramk: ngram-simple with a 3-token lookup
+                          and k-token drafts (edgespool's lookup shape); -ngram-map-k: ``--spec-type ngram-map-k``;
+                          each with -norepack as above
   edgespool-resident(-ngram|-draft|-self)   no budget, no memory limit: resident decode with/without speculation
                           (-self: the target's first quarter of layers + its head as the draft)
 
@@ -160,6 +163,25 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
     Path(out).write_text(json.dumps(res))
 
 
+def server_spec_args(kind: str, k: int, draft: str) -> list[str]:
+    """llama-server's speculation flags for system ``kind``: ``-draft``: the draft model (``-md``, draft-simple,
+    at most k tokens); ``-ngram``: ngram-simple at its defaults (12-token lookup, 48-token drafts: k does not
+    apply); ``-ngramk``: ngram-simple shaped as edgespool's lookup (3-token lookup, k-token drafts);
+    ``-ngram-map-k``: ngram-map-k at its defaults."""
+    base = kind.removesuffix("-norepack")
+    if base == "llama-server-draft":
+        return ["-md", draft, "--spec-type", "draft-simple", "--spec-draft-n-max", str(k)]
+    if base == "llama-server-ngram":
+        return ["--spec-type", "ngram-simple"]
+    if base == "llama-server-ngramk":
+        return ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m",
+                str(k)]
+    if base == "llama-server-ngram-map-k":
+        return ["--spec-type", "ngram-map-k"]
+    raise SystemExit(f"unknown llama-server system {kind!r} (llama-server-draft|ngram|ngramk|ngram-map-k"
+                     "[-norepack])")
+
+
 def server_child(kind: str, gguf: str, out: str, N: int, ids: list[int], k: int, draft: str, res: dict) -> None:
     """llama.cpp's llama-server (binary from $LLAMA_SERVER) started by this child, so inside the same rig cgroup,
     with its defaults plus ``-md DRAFT --spec-type draft-simple --spec-draft-n-max k`` (without --spec-type the draft is loaded but never used) (llama-server-draft) or ``--spec-type ngram-simple``
@@ -174,8 +196,7 @@ def server_child(kind: str, gguf: str, out: str, N: int, ids: list[int], k: int,
     port = free_port()
     cmd = [os.environ["LLAMA_SERVER"], "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c",
            str(len(ids) + N + 16), "-t", str(len(os.sched_getaffinity(0))), "--no-webui"]
-    cmd += ["-md", draft, "--spec-type", "draft-simple", "--spec-draft-n-max", str(k)] if "-draft" in kind else \
-        ["--spec-type", "ngram-simple", "--spec-draft-n-max", str(k)]
+    cmd += server_spec_args(kind, k, draft)
     if kind.endswith("-norepack"):  # weights stay in the mmap (x86 repacks them into anonymous buffers by default)
         cmd.append("--no-repack")
     res["llamacpp_config"] = " ".join(Path(c).name if "/" in c else c for c in cmd)
@@ -397,7 +418,8 @@ def main() -> None:
 
 def drafts(kind: str) -> bool:
     """Whether system ``kind`` drafts (its figures depend on --draft-tokens)."""
-    return kind not in ("edgespool-stream", "edgespool-resident", "llama-mmap")
+    return kind not in ("edgespool-stream", "edgespool-resident", "llama-mmap") and \
+        kind.removesuffix("-norepack") not in ("llama-server-ngram", "llama-server-ngram-map-k")
 
 
 def table(rows: list[dict], meta: dict) -> str:

@@ -34,4 +34,19 @@ def test_table_prints_the_split_and_k_per_row():
     assert d4[head.index("k")] == "4" and d4[head.index("x no-spec")] == "2.00"
     assert d4[head.index("draft s/pass")] == "0.500" and d4[head.index("verify s/pass")] == "1.500"
     assert body[0][head.index("k")] == "-" and body[0][head.index("draft s/pass")] == "-"
-    assert drafts("llama-server-ngram-norepack") and not drafts("edgespool-stream")
+    assert drafts("llama-server-ngramk-norepack") and drafts("llama-server-draft")
+    assert not drafts("llama-server-ngram-norepack") and not drafts("edgespool-stream")  # k does not apply
+
+
+def test_server_spec_args_per_variant():
+    from edgespool.benchmarks.spec_bench import server_spec_args
+
+    assert server_spec_args("llama-server-draft-norepack", 8, "d.gguf") == [
+        "-md", "d.gguf", "--spec-type", "draft-simple", "--spec-draft-n-max", "8"]
+    assert server_spec_args("llama-server-ngramk", 4, "d")[-4:] == [
+        "--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m", "4"]
+    assert server_spec_args("llama-server-ngram-map-k-norepack", 4, "d") == ["--spec-type", "ngram-map-k"]
+    import pytest
+
+    with pytest.raises(SystemExit, match="unknown llama-server system"):
+        server_spec_args("llama-server-medusa", 4, "d")
