@@ -69,6 +69,48 @@ def col_slice(t: QTensor, a: int, b: int) -> QTensor:
     return QTensor(t.scheme, (rows, b - a), cut(t.data), scale, t.group_size)
 
 
+def shard_bounds(config, short: str, rank: int, n: int) -> tuple[int, int]:
+    """Board ``rank`` of ``n``'s slice ``[a, b)`` of layer tensor ``short`` (``wq``, ``ffn.down``, ...): rows of
+    q/k/v (its heads) and gate/up (its FFN columns), columns of wo and down."""
+    D = config.head_dim
+    if short in ("wq", "bq", "wo"):
+        per = config.num_heads // n * D
+    elif short in ("wk", "bk", "wv", "bv"):
+        per = config.num_kv_heads // n * D
+    else:
+        per = config.intermediate_size // n
+    return rank * per, (rank + 1) * per
+
+
+def shard_group(tensors: dict[str, QTensor], layer: int | None, config, rank: int, n: int) -> dict[str, QTensor]:
+    """Board ``rank`` of ``n``'s share of one group's ``tensors`` (full names; ``layer`` None: not a layer group,
+    returned whole): q/k/v and gate/up by output rows, wo and down by input columns, norms whole; stored bytes
+    sliced on the quantisation grid (:func:`row_slice`, :func:`col_slice`)."""
+    out: dict[str, QTensor] = {}
+    for name, t in tensors.items():
+        short = name[len(layer_prefix(layer)):] if layer is not None else name
+        if short in _ROW:
+            out[name] = row_slice(t, *shard_bounds(config, short, rank, n))
+        elif short in _COL:
+            out[name] = col_slice(t, *shard_bounds(config, short, rank, n))
+        else:
+            out[name] = t
+    return out
+
+
+def vocab_range(vocab_size: int, rank: int, n: int) -> tuple[int, int]:
+    """Board ``rank`` of ``n``'s rows ``[lo, hi)`` of the head (and, in a shard bundle, of the embedding)."""
+    per = -(-vocab_size // n)
+    return min(vocab_size, rank * per), min(vocab_size, (rank + 1) * per)
+
+
+def shard_config(config, n: int):
+    """The model config of one board's share: ``heads / n``, ``KV heads / n``, ``FFN columns / n``."""
+    check_tensor_parallel(config, n)
+    return replace(config, num_heads=config.num_heads // n, num_kv_heads=config.num_kv_heads // n,
+                   intermediate_size=config.intermediate_size // n)
+
+
 class ShardWeights:
     """Board ``rank`` of ``n``'s slices of ``bundle``'s layers (see the module docstring)."""
 
@@ -77,39 +119,19 @@ class ShardWeights:
         check_tensor_parallel(cfg, n)
         self.base = ResidentWeights(bundle)
         self.rank, self.n, self._reduce = rank, n, reduce
-        self.config = replace(cfg, num_heads=cfg.num_heads // n, num_kv_heads=cfg.num_kv_heads // n,
-                              intermediate_size=cfg.intermediate_size // n)
+        self.config = shard_config(cfg, n)
         self._groups: dict[str, dict[str, QTensor]] = {}
         self._prepare: Callable[[QTensor], QTensor] | None = None
         self.resident_bytes = 0
-        per = -(-cfg.vocab_size // n)
-        self.vocab_range = (min(cfg.vocab_size, rank * per), min(cfg.vocab_size, (rank + 1) * per))
+        self.vocab_range = vocab_range(cfg.vocab_size, rank, n)
         self._head: QTensor | None = None
-
-    def _bounds(self, name: str) -> tuple[int, int]:
-        c, D, r, n = self.base.config, self.base.config.head_dim, self.rank, self.n
-        if name in ("wq", "bq", "wo"):
-            per = c.num_heads // n * D
-        elif name in ("wk", "bk", "wv", "bv"):
-            per = c.num_kv_heads // n * D
-        else:
-            per = c.intermediate_size // n
-        return r * per, (r + 1) * per
 
     def get(self, group: str) -> dict[str, QTensor]:
         got = self._groups.get(group)
         if got is None:
             full = self.base.get(group)
             layer = parse_group(group).layer
-            got = {}
-            for name, t in full.items():
-                short = name[len(layer_prefix(layer)):] if layer is not None else name
-                if short in _ROW:
-                    got[name] = row_slice(t, *self._bounds(short))
-                elif short in _COL:
-                    got[name] = col_slice(t, *self._bounds(short))
-                else:
-                    got[name] = t
+            got = shard_group(full, layer, self.base.config, self.rank, self.n)
             if layer is not None:
                 self.base._groups.pop(group, None)  # keep only the slices
             if self._prepare is not None:
