@@ -22,7 +22,9 @@ with the model's chat template:
                           lookup, 48-token drafts), no second model; -ngramk: ngram-simple with a 3-token lookup
                           and k-token drafts (edgespool's lookup shape); -ngram-map-k: ``--spec-type ngram-map-k``;
                           each with -norepack as above
-  edgespool-resident(-ngram|-draft|-self)   no budget, no memory limit: resident decode with/without speculation
+  edgespool-draft-head4   the same 0.5B draft with its Q8_0 output head re-quantized to int4 g32 (edgespool only:
+                          llama.cpp's rows keep the GGUF's own draft; the head is read every draft pass)
+  edgespool-resident(-ngram|-draft|-draft-head4|-self)   no budget, no memory limit: resident decode with/without speculation
                           (-self: the target's first quarter of layers + its head as the draft)
 
 Prompts: "code" (a code-editing request quoting a function: the reply repeats much of it) and "chat" (a question).
@@ -136,7 +138,7 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
             opts.update(memory_budget=budget, max_context=len(ids) + N + 40)
         if kind.endswith("-ngram"):
             opts.update(draft="ngram", draft_tokens=k)
-        elif kind.endswith("-draft"):
+        elif kind.endswith("-draft") or kind.endswith("-draft-head4"):
             opts.update(draft=draft, draft_tokens=k)
         elif kind.endswith("-self"):  # the target's first quarter of layers + head (resident only)
             opts.update(draft="self", draft_tokens=k)
@@ -297,14 +299,16 @@ def run(kind: str, path: Path, budget: int, profile: str, N: int, work: Path, me
     return res
 
 
-def export_keep(gguf: Path, work: Path) -> Path:
+def export_keep(gguf: Path, work: Path, head_bits: int | None = None) -> Path:
+    """A ``--quant keep`` bundle of ``gguf`` under ``work`` (reused when there); ``head_bits``: its output head
+    re-quantized to that width (the draft's head is read every draft pass: int4 g32 halves the 0.5B's Q8_0 head)."""
     from edgespool.exporters.compress import QuantPolicy
     from edgespool.exporters.export import export_model, open_source
 
-    bundle = work / f"{gguf.stem}-keep.bundle"
+    bundle = work / f"{gguf.stem}-keep{f'-head{head_bits}' if head_bits else ''}.bundle"
     if not (bundle / "manifest.json").exists():
-        export_model(open_source(gguf), bundle, policy=QuantPolicy(quant="keep"), overwrite=True, onnx=False,
-                     kernels=True, progress=False)
+        export_model(open_source(gguf), bundle, policy=QuantPolicy(quant="keep", head_bits=head_bits),
+                     overwrite=True, onnx=False, kernels=True, progress=False)
     return bundle
 
 
@@ -336,6 +340,13 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     tb = Path(args.target_bundle) if args.target_bundle else export_keep(TARGET_GGUF, work)
     db = Path(args.draft_bundle) if args.draft_bundle else export_keep(DRAFT_GGUF, work)
+    systems = args.systems.split(",") + args.resident.split(",")
+
+    def draft_of(kind: str) -> Path:  # the draft bundle of an edgespool system (-head4: the int4-head variant)
+        return export_keep(DRAFT_GGUF, work, head_bits=4) if kind.endswith("-head4") else db
+
+    if any(s.endswith("-head4") for s in systems):
+        draft_of("x-head4")
     tiny_gguf = make_gguf(write_hf(work / "hf-tiny", TINY), work / "hf-tiny-int8.gguf", "int8")
     try:
         import llama_cpp  # noqa: F401
@@ -388,8 +399,8 @@ def main() -> None:
                 # larger of the two families' baselines (edgespool load()'s), never less room than edgespool
                 base = max(v["baseline"] for v in baselines.values()) if kind.startswith("llama-server") \
                     else baselines[fam]["baseline"]
-                r = run(kind, path, budget, args.profile, args.n, work, budget + base,
-                        ids_files[p], k, DRAFT_GGUF if fam == "llama" else db, f"-{frac}-{p}-{rnd}-k{k}",
+                r = run(kind, path, budget, args.profile, args.n, work, budget + base, ids_files[p], k,
+                        DRAFT_GGUF if fam == "llama" else draft_of(kind), f"-{frac}-{p}-{rnd}-k{k}",
                         args.timeout)
                 r.update(fraction=frac, prompt=p, budget=budget, prompt_tokens=P, round=rnd, draft_tokens=k)
                 if kind == "edgespool-stream" and bw and r.get("plan_streamed_bytes_per_token"):
@@ -404,7 +415,7 @@ def main() -> None:
         for i, (kind, k) in enumerate((s, k) for k in ks for s in res_kinds if k == ks[0] or drafts(s)):
             llama = kind.startswith("llama")
             r = run(kind, TARGET_GGUF if llama else tb, 0, args.profile, args.n, work, None, ids_files[p],
-                    k, DRAFT_GGUF if llama else db, f"-res-{p}-k{k}-{i}", args.timeout)
+                    k, DRAFT_GGUF if llama else draft_of(kind), f"-res-{p}-k{k}-{i}", args.timeout)
             r.update(fraction=0, prompt=p, draft_tokens=k)
             print(json.dumps(r), flush=True)
             rows.append(r)

@@ -3,7 +3,8 @@
 Policy (EdgeMoE-style per-tensor-class bit widths): norms and biases stay f32; MoE routers and the Qwen2-MoE
 shared-expert gate stay f32 (tiny, and routing is precision-sensitive); expert FFN weights take ``expert_bits``,
 every other matrix (attention, dense FFN, shared expert, embeddings, lm_head) takes ``dense_bits``; both default to
-the ``--quant`` scheme. An int4 matrix whose input width is not a multiple of the group size falls back to int8
+the ``--quant`` scheme; ``head_bits`` overrides the output head alone (e.g. a speculative draft model's head, read
+every draft pass: its bytes matter more than its last bit of agreement). An int4 matrix whose input width is not a multiple of the group size falls back to int8
 (recorded in the report).
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ class QuantPolicy:
     group_size: int = 32  # int4 group size along the input dimension
     expert_bits: int | None = None  # override for MoE expert matrices
     dense_bits: int | None = None  # override for every other matrix
+    head_bits: int | None = None  # override for the output head (lm_head) alone, before dense_bits
 
     def __post_init__(self) -> None:
         if self.quant not in QUANT_CHOICES:
@@ -49,6 +51,7 @@ class QuantPolicy:
             raise OptionError(f"--group-size must be an even number >= 2 (got {self.group_size})")
         scheme_from_bits(self.expert_bits, "--expert-bits")
         scheme_from_bits(self.dense_bits, "--dense-bits")
+        scheme_from_bits(self.head_bits, "--head-bits")
 
     def intended_scheme(self, name: str, shape: tuple[int, ...]) -> str:
         """The scheme the policy asks for, before the int4 -> int8 fallback for indivisible widths."""
@@ -57,6 +60,8 @@ class QuantPolicy:
             return "f32"
         if cls == "expert":
             return scheme_from_bits(self.expert_bits, "--expert-bits") or self.quant
+        if cls == "lm_head" and self.head_bits is not None:
+            return scheme_from_bits(self.head_bits, "--head-bits") or self.quant
         return scheme_from_bits(self.dense_bits, "--dense-bits") or self.quant
 
     def keeps(self, name: str, shape: tuple[int, ...]) -> bool:

@@ -55,7 +55,18 @@ def test_int4_falls_back_to_int8_for_indivisible_widths():
 
 
 @pytest.mark.parametrize("kw,msg", [({"quant": "int3"}, "--quant"), ({"group_size": 7}, "--group-size"),
-                                    ({"expert_bits": 5}, "--expert-bits"), ({"dense_bits": 2}, "--dense-bits")])
+                                    ({"expert_bits": 5}, "--expert-bits"), ({"dense_bits": 2}, "--dense-bits"),
+                                    ({"head_bits": 3}, "--head-bits")])
 def test_bad_policy_options(kw, msg):
     with pytest.raises(OptionError, match=msg):
         QuantPolicy(**kw)
+
+
+def test_head_bits_overrides_the_output_head_only():
+    from edgespool.runtime.bundle.names import LM_HEAD
+
+    p = QuantPolicy(quant="keep", head_bits=4)
+    assert p.scheme_for(LM_HEAD, (512, 64)) == "int4" and not p.keeps(LM_HEAD, (512, 64))
+    assert p.keeps("layers.0.wq", (64, 64)) and p.scheme_for("layers.0.ffn.w1", (64, 64)) == "keep"
+    assert QuantPolicy(quant="keep").keeps(LM_HEAD, (512, 64))
+    assert QuantPolicy(quant="int8", dense_bits=8, head_bits=4).scheme_for("layers.0.wq", (64, 64)) == "int8"
