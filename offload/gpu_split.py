@@ -4,10 +4,12 @@
 can be used (no CuPy, no CUDA device): the caller then runs on the CPU and says why. The cost model is measured
 here, at load, on this machine (nothing is taken from a table):
 
-* CPU: the matrix products of one decode token through the model's kernel table, for one layer of each distinct
-  shape and for the head (median of 5 runs each); other layers of the same shape reuse the figure;
-* GPU: the same products on the GPU plus the layer's other launches (norms, RoPE, attention, activation), timed
-  with CUDA events (median of 5);
+* CPU: one decode token through one whole layer as the engine runs it (``split_costs.cpu_layer_step_seconds``:
+  the kernels' own weight layout, norms, RoPE, attention, Python overhead; median of 7), for one layer of each
+  distinct shape, other layers of the same shape reusing the figure; the head's product (median of 5);
+* GPU: the same token through ``GpuLayers`` with its CUDA graph, runs of one and of two layers
+  (``split_costs.gpu_layer_step_seconds``): the difference is a layer's cost inside a run, the rest the fixed
+  cost of a run, charged per CPU<->GPU crossing; the head's products plus one launch (CUDA events, median of 5);
 * link: a pinned 32 MiB host-to-device copy (bandwidth) and an empty launch (per-call overhead).
 
 The placement (:func:`edgespool.schedulers.placement_plan.plan_placement`) is printed by ``edgespool run --plan``.
@@ -15,7 +17,8 @@ The placement (:func:`edgespool.schedulers.placement_plan.plan_placement`) is pr
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from dataclasses import replace
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -28,6 +31,7 @@ from ..runtime.bundle.reader import Bundle
 from ..schedulers.placement_plan import CPU, GroupCost, LinkModel, Placement, plan_placement
 from .gpu_layers import GpuLayers
 from .gpu_ops import DEQUANT_CHUNK_BYTES, GpuOps, gpu_nbytes, gpu_status
+from .split_costs import gpu_layer_step_seconds, with_boundary
 
 DEFAULT_GPU_CONTEXT = 4096
 GPU_PREFILL_CHUNK = 256
@@ -144,27 +148,46 @@ def measure_link(cp: Any, ops: GpuOps) -> LinkModel:
 EXTRA_LAUNCHES_PER_LAYER = 12
 
 
+def _layer_sig(bundle: Bundle, i: int) -> tuple:
+    recs = {n: bundle.tensors[n] for n in bundle.groups[layer_group(i)].tensors}
+    return tuple(sorted((n.split(".", 2)[-1], tuple(r["shape"]), r.get("scheme", r.get("dtype")))
+                        for n, r in recs.items()))
+
+
 def plan_split(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, gpu_budget: int,
-               max_context: int, max_tokens: int = GPU_PREFILL_CHUNK) -> Placement:
-    """Measure the cost model (module docstring) and plan the placement of ``bundle`` under ``gpu_budget``."""
+               max_context: int, max_tokens: int = GPU_PREFILL_CHUNK, kv_dtype: str = "f32",
+               cpu_layer_s: Callable[..., float] | None = None) -> Placement:
+    """Measure the cost model (module docstring) and plan the placement of ``bundle`` under ``gpu_budget``.
+    ``cpu_layer_s(cfg, i, tensors, kernels, kv_dtype=)``: the engine's layer-step probe
+    (:func:`edgespool.runtime.decoder.layer_probe.cpu_layer_step_seconds`, passed by ``load()``); None: the
+    layer's products alone (an underestimate: no norms, attention or Python around them)."""
     cfg = bundle.config
     assert cfg is not None
     link = measure_link(cp, ops)
     kv_layer = 2 * cfg.num_kv_heads * max_context * cfg.head_dim * 4
     measured: dict[tuple, tuple[float, float]] = {}
     groups: list[GroupCost] = []
+    crossing: list[float] = []
     for i in range(cfg.num_layers):
         name = layer_group(i)
         info = bundle.groups[name]
         recs = {n: bundle.tensors[n] for n in info.tensors}
         why = layer_gpu_support(cfg, i, recs)
-        sig = tuple(sorted((n.split(".", 2)[-1], tuple(r["shape"]), r.get("scheme", r.get("dtype")))
-                           for n, r in recs.items()))
+        sig = _layer_sig(bundle, i)
         if sig not in measured:
             tensors = bundle.read_group(name)
-            cpu_s = cpu_group_seconds(tensors, kernels)
-            gpu_s = gpu_group_seconds(cp, ops, tensors, EXTRA_LAUNCHES_PER_LAYER) if not why else float("inf")
             gbytes = sum(gpu_nbytes(t) for t in tensors.values() if isinstance(t, QTensor))
+            # the engine's own layer steps: CPU (kernels' layout, norms/attention/Python included) and GPU (the
+            # CUDA-graph run a resident layer takes part in), not the products alone (offload/split_costs.py)
+            cpu_s = (cpu_layer_s(cfg, i, tensors, kernels, kv_dtype=kv_dtype) if cpu_layer_s is not None
+                     else cpu_group_seconds(tensors, kernels))
+            gpu_s = float("inf")
+            if not why:
+                pair = i + 1 < cfg.num_layers and _layer_sig(bundle, i + 1) == sig
+                gpu_s, fixed = gpu_layer_step_seconds(cp, ops, cfg if pair else replace(cfg, num_layers=i + 1), i,
+                                                      bundle.read_group, link, int(gbytes))
+                if fixed is not None:
+                    crossing.append(fixed)
             measured[sig] = (cpu_s, gpu_s, gbytes)  # type: ignore[assignment]
             del tensors
         cpu_s, gpu_s, gbytes = measured[sig]  # type: ignore[misc]
@@ -174,12 +197,14 @@ def plan_split(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, gpu_b
     tied = cfg.tie_word_embeddings or LM_HEAD not in bundle.tensors
     hw = {"w": bundle.read_group(EMBED)[EMBED] if tied else head[LM_HEAD]}
     hbytes = gpu_nbytes(hw["w"]) + gpu_nbytes(head[FINAL_NORM])
-    cpu_h = cpu_group_seconds(hw, kernels)
+    prepare = getattr(kernels.backend, "prepare_weight", None)
+    cpu_h = cpu_group_seconds({"w": prepare(hw["w"])} if prepare is not None else hw, kernels)
     gpu_h = gpu_group_seconds(cp, ops, hw, 1)
     host_h = bundle.groups[HEAD].nbytes + (bundle.groups[EMBED].nbytes if tied else 0)
     groups.append(GroupCost(HEAD, "head", host_h, int(hbytes), cpu_h, gpu_h, streamable=False))
     del head, hw
     cp.get_default_memory_pool().free_all_blocks()
+    link = with_boundary(link, float(np.median(crossing)) if crossing else None)
     return plan_placement(groups, link, gpu_budget, workspace_bytes=gpu_workspace_bytes(cfg, max_tokens, max_context),
                           boundary_bytes=4 * cfg.hidden_size, stream_kv_bytes=kv_layer)
 
@@ -231,9 +256,11 @@ class SplitWeights:
 
 
 def open_split(bundle: Bundle, cpu_source: Any, gpu_budget: int, kernels: KernelTable, *,
-               max_context: int | None = None) -> tuple[SplitWeights | None, str]:
+               max_context: int | None = None,
+               cpu_layer_s: Callable[..., float] | None = None) -> tuple[SplitWeights | None, str]:
     """The split source for ``bundle`` under ``gpu_budget`` bytes, or ``(None, why)`` when no GPU is usable here
-    (the caller runs CPU-only and reports ``why``). A budget below the GPU minimum raises BudgetError."""
+    (the caller runs CPU-only and reports ``why``). A budget below the GPU minimum raises BudgetError.
+    ``cpu_layer_s``: the CPU engine's layer-step probe (see :func:`plan_split`)."""
     cp, why = gpu_status()
     if cp is None:
         return None, why
@@ -241,7 +268,9 @@ def open_split(bundle: Bundle, cpu_source: Any, gpu_budget: int, kernels: Kernel
     assert cfg is not None
     ctx = int(max_context or min(cfg.max_position_embeddings, DEFAULT_GPU_CONTEXT))
     ops = GpuOps(cp)
-    placement = plan_split(bundle, cp, ops, kernels, gpu_budget, ctx)
+    plan = getattr(cpu_source, "plan", None)
+    placement = plan_split(bundle, cp, ops, kernels, gpu_budget, ctx,
+                           kv_dtype=getattr(plan, "kv_dtype", None) or "f32", cpu_layer_s=cpu_layer_s)
     streamed = [g for g in placement.groups if g.where == "stream"]
     if len({bundle.groups[g.name].nbytes for g in streamed}) > 1:
         raise BudgetError("the placement streams layers of different sizes; the GPU executor's two staging slots "

@@ -550,9 +550,11 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
         gpu_why = None
         if gpu_memory is not None:  # CPU/GPU split: the GPU layers wrap the CPU source
             from ..offload.gpu_split import open_split
+            from .decoder.layer_probe import cpu_layer_step_seconds
 
             split, gpu_why = open_split(bundle, source, parse_bytes(gpu_memory, "gpu_memory"), table,
-                                        max_context=gpu_context or stream_options.get("max_context"))
+                                        max_context=gpu_context or stream_options.get("max_context"),
+                                        cpu_layer_s=cpu_layer_step_seconds)
             source = split if split is not None else source
         model = Model(bundle, source, tok, table)
         model.gpu_fallback = gpu_why or None

@@ -13,10 +13,11 @@ head, ...), one of
   without a GPU: :mod:`edgespool.schedulers.memory_plan` plans those bytes).
 
 Cost model (printed with the plan): ``cpu = cpu_s``, ``gpu = gpu_s``, ``stream = max(bytes / bandwidth + overhead,
-gpu_s)``, plus ``activation bytes / bandwidth + overhead`` at each boundary where the activations cross between a
+gpu_s)``, plus ``activation bytes / bandwidth + the measured cost of a crossing`` at each boundary where the activations cross between a
 CPU group and a GPU group (once per boundary: consecutive GPU groups keep them on the device). Choice: resident
-groups by time saved per byte (greedy knapsack, ties in compute order so the GPU layers are contiguous), the rest
-CPU or stream, whichever is faster; the plan with staging slots is kept only when it predicts less time than the
+groups by time saved per byte (greedy knapsack, ties in compute order so the GPU layers are contiguous; the
+same greedy with each non-layer group such as the head left out, or put first, is evaluated too and the plan
+with the least predicted time per token, boundaries included, wins), the rest CPU or stream, whichever is faster; the plan with staging slots is kept only when it predicts less time than the
 plan without. The GPU arena is one allocation of :attr:`Placement.arena_bytes` (resident weights + their KV cache
 + staging + activation workspace), never larger than the budget.
 """
@@ -70,6 +71,15 @@ class LinkModel:
     call_overhead_s: float
     unified: bool = False
     source: str = ""
+    boundary_s: float = 0.0  # measured fixed cost of one CPU<->GPU crossing (0: ``call_overhead_s``)
+
+    def cross_s(self, nbytes: int) -> float:
+        """One crossing of ``nbytes`` of activations: the copy plus the measured fixed cost of a crossing (a GPU
+        run's graph launch, the hidden state's copy call and the host-side sync; ``call_overhead_s`` when not
+        measured). 0 on unified memory."""
+        if self.unified:
+            return 0.0
+        return nbytes / self.h2d_bytes_s + (self.boundary_s or self.call_overhead_s)
 
     def copy_s(self, nbytes: int) -> float:
         """Time to move ``nbytes`` host-to-device (0 on unified memory: nothing moves)."""
@@ -148,7 +158,8 @@ class Placement:
         lines = [f"GPU placement: budget {fmt_bytes(self.gpu_budget_bytes)}, arena {fmt_bytes(self.arena_bytes)} "
                  f"(resident {fmt_bytes(self.resident_bytes)}, staging {fmt_bytes(self.staging_bytes)}, workspace "
                  f"{fmt_bytes(self.workspace_bytes)})",
-                 f"  cost model: {bw}, {lk.call_overhead_s * 1e6:.0f} us per call ({lk.source}); "
+                 f"  cost model: {bw}, {lk.call_overhead_s * 1e6:.0f} us per call, "
+                 f"{(lk.boundary_s or lk.call_overhead_s) * 1e6:.0f} us per crossing ({lk.source}); "
                  "stream = max(copy, gpu), boundary = activations over the link",
                  f"  predicted {self.predicted_token_s * 1e3:.2f} ms/token vs {self.cpu_only_token_s * 1e3:.2f} "
                  f"CPU-only; {self.boundaries} boundary crossing(s) x {fmt_bytes(self.boundary_bytes)}; "
@@ -191,19 +202,22 @@ def _evaluate(groups: Sequence[GroupCost], where: dict[str, str], link: LinkMode
             side = s
     if side != CPU:
         crossings += 1  # logits back to the host
-    per_cross = 0.0 if link.unified else boundary_bytes / link.h2d_bytes_s + link.call_overhead_s
-    return total + crossings * per_cross, crossings
+    return total + crossings * link.cross_s(boundary_bytes), crossings
 
 
-def _fill(groups: Sequence[GroupCost], room: int, link: LinkModel, allow_stream: bool) -> dict[str, str]:
-    """Resident groups by time saved per byte until ``room`` is used; the rest CPU or (``allow_stream``) streamed."""
+def _fill(groups: Sequence[GroupCost], room: int, link: LinkModel, allow_stream: bool,
+          skip: str | None = None, first: str | None = None) -> dict[str, str]:
+    """Resident groups by time saved per byte until ``room`` is used; the rest CPU or (``allow_stream``) streamed.
+    ``skip``: a group kept off the GPU; ``first``: a group placed before the others (the planner's alternatives
+    to the greedy order, for a group as large as several layers: the head)."""
     def alt(g: GroupCost) -> float:
         c = g.cpu_s * g.calls
         return min(c, _stream_s(g, link)) if allow_stream and g.gpu_ok and g.streamable else c
 
     where = {g.name: CPU for g in groups}
-    order = sorted((i for i, g in enumerate(groups) if g.gpu_ok),
-                   key=lambda i: (-(alt(groups[i]) - groups[i].gpu_s * groups[i].calls)
+    order = sorted((i for i, g in enumerate(groups) if g.gpu_ok and g.name != skip),
+                   key=lambda i: (groups[i].name != first,
+                                  -(alt(groups[i]) - groups[i].gpu_s * groups[i].calls)
                                   / max(1, groups[i].gpu_bytes), i))
     for i in order:
         g = groups[i]
@@ -239,9 +253,16 @@ def plan_placement(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_byte
                           "--gpu-budget or run without it (CPU only)")
     cpu_only = {g.name: CPU for g in groups}
     cpu_s, _ = _evaluate(groups, cpu_only, link, boundary_bytes)
-    candidates: list[tuple[float, int, dict[str, str], int]] = []
-    where = _fill(groups, gpu_budget_bytes - ws, link, allow_stream=False)
-    candidates.append((*_evaluate(groups, where, link, boundary_bytes), where, 0))
+    # CPU-only is a candidate too: crossings that cost more than the GPU saves keep everything on the CPU
+    candidates: list[tuple[float, int, dict[str, str], int]] = [(*_evaluate(groups, cpu_only, link,
+                                                                            boundary_bytes), cpu_only, 0)]
+    # the greedy order by time saved per byte, and the same with each non-layer group (the head) left out or put
+    # first: a head worth more per byte than a layer can still lose to the layers its bytes would hold
+    big = [g.name for g in capable if g.kind != "layer"]
+    variants = [(None, None)] + [(n, None) for n in big] + [(None, n) for n in big]
+    for skip, first in variants:
+        where = _fill(groups, gpu_budget_bytes - ws, link, allow_stream=False, skip=skip, first=first)
+        candidates.append((*_evaluate(groups, where, link, boundary_bytes), where, 0))
     streamable = [g for g in capable if g.streamable]
     if not link.unified and streamable:
         # staging: two slots of the largest group that could stream (copy of one overlaps compute of the other)
@@ -254,13 +275,14 @@ def plan_placement(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_byte
         for n_res in sorted(tries):
             if room - n_res * kv < 0:
                 continue
-            where = _fill(groups, room - n_res * kv, link, allow_stream=True)
-            streamed = [g for g in groups if where[g.name] == STREAM]
-            for g in streamed[n_res:]:
-                where[g.name] = CPU  # beyond the reserved KV room: computed on the CPU
-            if streamed:
-                candidates.append((*_evaluate(groups, where, link, boundary_bytes), where,
-                                   2 * slot + kv * min(n_res, len(streamed))))
+            for skip, first in variants:
+                where = _fill(groups, room - n_res * kv, link, allow_stream=True, skip=skip, first=first)
+                streamed = [g for g in groups if where[g.name] == STREAM]
+                for g in streamed[n_res:]:
+                    where[g.name] = CPU  # beyond the reserved KV room: computed on the CPU
+                if streamed:
+                    candidates.append((*_evaluate(groups, where, link, boundary_bytes), where,
+                                       2 * slot + kv * min(n_res, len(streamed))))
     t, crossings, where, staging = min(candidates, key=lambda c: c[0])
     placed = []
     for g in groups:
@@ -274,7 +296,7 @@ def plan_placement(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_byte
             pred, gb, h2d = _stream_s(g, link), 0, int(g.host_bytes * g.calls)
         else:
             why = (f"cpu: {g.why_not}" if not g.gpu_ok else
-                   "cpu: no GPU room left" if g.cpu_s > g.gpu_s else "cpu: faster on the CPU")
+                   "cpu: no GPU room left (or its bytes save more as other groups)" if g.cpu_s > g.gpu_s else "cpu: faster on the CPU")
             pred, gb, h2d = g.cpu_s * g.calls, 0, 0
         placed.append(GroupPlacement(g.name, g.kind, w, gb, h2d, pred, g.cpu_s, g.gpu_s, why))
     resident = sum(p.gpu_bytes for p in placed)

@@ -398,8 +398,10 @@ def _draft_on_gpu(setup: DraftSetup, draft: Any, dsrc: Any, table: Any, gpu_memo
     from ...offload.gpu_split import open_split
     from ...units import parse_bytes
 
+    from .layer_probe import cpu_layer_step_seconds
+
     split, why = open_split(draft, dsrc, parse_bytes(gpu_memory, "--draft-gpu-budget"), table,
-                            max_context=plan_kw.get("max_context"))
+                            max_context=plan_kw.get("max_context"), cpu_layer_s=cpu_layer_step_seconds)
     if split is None:
         return f"draft model {draft.path.name} runs on the CPU: {why.splitlines()[0]}", dsrc
     setup.placement = split.placement
