@@ -38,10 +38,15 @@ def cluster_group() -> None:
 @click.option("--compute-gbps", default=None, type=float,
               help="The boards' decode rate in GB/s of weights (default: measured on ONE core of this machine).")
 @click.option("--max-context", default=256, show_default=True, type=int, help="KV cache positions planned.")
+@click.option("--mode", type=click.Choice(["pipeline", "tensor"]), default="pipeline", show_default=True,
+              help="pipeline: layer ranges per board; tensor: every board streams its shard of every layer "
+                   "(writes / reuses the shard bundles, see --work).")
+@click.option("--work", default=None, help="With --mode tensor: the shard bundles' cache (default BUNDLE.tp-shards/).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def plan_cmd(bundle: str, boards: str, budget: str | None, link_text: str, compute_gbps: float | None,
-             max_context: int, as_json: bool) -> None:
-    """Assign contiguous layer ranges to boards (dropping boards that slow the whole) and predict tok/s."""
+             max_context: int, as_json: bool, mode: str = "pipeline", work: str | None = None) -> None:
+    """Assign contiguous layer ranges to boards (dropping boards that slow the whole) and predict tok/s; with
+    --mode tensor, predict a tensor-parallel run over all the boards."""
     import json
 
     from .cluster.solve import board_specs, head_bytes, layer_bytes, parse_budget, parse_link
@@ -82,6 +87,27 @@ def plan_cmd(bundle: str, boards: str, budget: str | None, link_text: str, compu
         rate_note = f"measured on one core of THIS machine ({rate / 1e9:.2f} GB/s), not on the boards"
     else:
         rate, rate_note = compute_gbps * 1e9, f"given: {compute_gbps:g} GB/s"
+    if work is not None and mode != "tensor":
+        raise OptionError("--work only applies with --mode tensor")
+    if mode == "tensor":
+        from .cluster.tensor_cli import shard_cache, tensor_plan
+
+        shards = shard_cache(b, len(specs), work)
+        tp = tensor_plan(shards, budgets, storage, rate, max_context, link.spec, [n for n, _, _ in specs])
+        if as_json:
+            click.echo(json.dumps({"mode": "tensor", "predicted_tok_s": 1 / tp.token_s, "token_s": tp.token_s,
+                                   "link_s": tp.link_s, "allreduces_per_token": tp.allreduces,
+                                   "compute_rate_bps": rate, "shards": [str(p) for p in shards],
+                                   "boards": [dict(board=s.board, compute_s=s.compute_s, io_s=s.io_s)
+                                              for s in tp.boards]}, indent=1))
+            return
+        click.echo(f"tensor-parallel plan for {b.path.name} ({fmt_bytes(b.weights_nbytes)}, {b.config.num_layers} "
+                   f"layers) on {len(specs)} boards, link {link.name} ({link.rate_mbit:g} Mbit/s, {link.rtt_ms:g} ms "
+                   f"RTT); shard bundles in {shards[0].parent}:")
+        click.echo(tp.summary())
+        click.echo(f"  compute rate: {rate_note}")
+        click.echo("  run it: edgespool run BUNDLE --cluster emulated:N --cluster-mode tensor")
+        return
     bs = board_specs([n for n, _, _ in specs], budgets, storage, [rate] * len(specs), b, max_context)
     plan = plan_cluster(bs, layer_bytes(b), head_bytes(b), 4 * b.config.hidden_size, link.spec)
     used = {s.board for s in plan.stages}

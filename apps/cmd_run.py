@@ -115,13 +115,19 @@ def check_run_options(context: int, n: int, seed: int | None, max_context: int |
                    "machine) or host1,host2 (ssh; untested); --memory-budget is then each board's (docs/CLUSTER.md).")
 @click.option("--cluster-link", default="ethernet", show_default=True,
               help="With --cluster emulated:N: ethernet, wifi or MBIT:RTT_MS (tc tbf + simulated latency).")
+@click.option("--cluster-mode", type=click.Choice(["pipeline", "tensor"]), default="pipeline", show_default=True,
+              help="With --cluster: layer ranges per board (pipeline) or every layer's heads / FFN columns split "
+                   "(tensor: each board streams its own shard bundle; fast wired links).")
+@click.option("--work", default=None,
+              help="With --cluster-mode tensor: where the shard bundles are cached (default: BUNDLE.tp-shards/).")
 def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, top_p: float, seed: int | None,
             memory_budget: str | None, show_plan: bool, max_context: int | None, kv_dtype: str | None, image: str | None,
             top: int, ignore_eos: bool,
             as_chat: bool, system: str | None, as_json: bool, gpu_budget: str | None = None,
             draft: str | None = None, draft_tokens: int = 4, draft_budget: str | None = None,
             n_threads: int | None = None, draft_gpu_budget: str | None = None,
-            cnn_engine: str = "numpy", cluster: str | None = None, cluster_link: str = "ethernet") -> None:
+            cnn_engine: str = "numpy", cluster: str | None = None, cluster_link: str = "ethernet",
+            cluster_mode: str = "pipeline", work: str | None = None) -> None:
     """Run a bundle: generate text from a decoder bundle, or classify --image with a CNN bundle."""
     from ..runtime.bundle.reader import Bundle
 
@@ -141,6 +147,10 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
         from ..errors import OptionError
 
         raise OptionError("--cluster-link only applies with --cluster")
+    if (cluster_mode != "pipeline" or work is not None) and cluster is None:
+        from ..errors import OptionError
+
+        raise OptionError("--cluster-mode / --work only apply with --cluster")
     if max_context is not None and memory_budget is None and cluster is None:
         from ..errors import OptionError
 
@@ -156,7 +166,8 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
                                 ("--kv-dtype", kv_dtype)) if v] + (["--top-p"] if top_p != 1.0 else [])
         if other:
             raise OptionError(f"{other[0]} is not supported with --cluster (greedy text generation only)")
-        run_cluster_cli(b, cluster, prompt, n, memory_budget, max_context, ignore_eos, as_json, cluster_link)
+        run_cluster_cli(b, cluster, prompt, n, memory_budget, max_context, ignore_eos, as_json, cluster_link,
+                        cluster_mode, work)
         return
     opts = {} if memory_budget is None else {k: v for k, v in (("max_context", max_context), ("kv_dtype", kv_dtype))
                                               if v is not None}

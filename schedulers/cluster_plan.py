@@ -130,3 +130,65 @@ def plan_cluster(boards: list[BoardSpec], layer_bytes: list[int], head_bytes: in
                 best = plan
     assert best is not None
     return best
+
+
+# -- tensor parallel ------------------------------------------------------------------------------------------
+# Every board runs every layer on its shard (its heads and FFN columns, its vocabulary rows of the head), so the
+# boards work AT THE SAME TIME: a token costs the slowest board's max(compute, I/O) plus the allreduces (one for
+# the embedding, one after each attention and each FFN block) and the greedy-token exchange. An allreduce of a
+# hidden row of B bytes over n boards: ring = 2(n - 1) steps of (latency + B / n / bandwidth); star = 2 hops of
+# (latency + (n - 1) B / bandwidth) (the root's link carries every board's buffer). Simplification, stated: the
+# 2L + 1 synchronisation points a token make each segment wait for its slowest board; the model takes the slowest
+# board's total (equal shards on equal boards: the same).
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    boards: tuple[StageCost, ...]  # each board over all layers (start..stop = every layer)
+    link_s: float
+    allreduces: int  # per decode token
+    algo: str
+
+    @property
+    def token_s(self) -> float:
+        return max(s.time_s for s in self.boards) + self.link_s
+
+    def summary(self) -> str:
+        slow = max(self.boards, key=lambda s: s.time_s)
+        lines = [f"predicted {1 / self.token_s:.2f} tok/s ({self.token_s * 1e3:.1f} ms/token, tensor parallel over "
+                 f"{len(self.boards)} boards in parallel: slowest board compute {slow.compute_s * 1e3:.1f} ms, I/O "
+                 f"{slow.io_s * 1e3:.1f} ms; link {self.link_s * 1e3:.1f} ms = {self.allreduces} {self.algo} "
+                 f"allreduces + the token exchange)"]
+        for s in self.boards:
+            lines.append(f"  {s.board}: its shard of layers {s.start}..{s.stop - 1} + head rows  compute "
+                         f"{s.compute_s * 1e3:.1f} ms  I/O {s.io_s * 1e3:.1f} ms")
+        return "\n".join(lines)
+
+
+def allreduce_cost(n: int, link: LinkSpec, nbytes: int, algo: str = "ring") -> float:
+    """One allreduce of ``nbytes`` over ``n`` boards (see above); 0 for one board."""
+    if n <= 1:
+        return 0.0
+    if algo == "ring":
+        return 2 * (n - 1) * (link.latency_s + nbytes / n / link.bandwidth_bps)
+    if algo == "star":
+        return 2 * (link.latency_s + (n - 1) * nbytes / link.bandwidth_bps)
+    raise OptionError(f"allreduce {algo!r}: star or ring")
+
+
+def plan_tensor(boards: list[BoardSpec], shard_bytes: list[int], n_layers: int, hidden_bytes: int, link: LinkSpec,
+                algo: str = "ring") -> TensorPlan:
+    """The predicted decode token of a tensor-parallel run: board i streams its ``shard_bytes[i]`` (its layer
+    slices + head rows read per token) under its weight budget; ``2 n_layers + 1`` allreduces of one hidden row,
+    then each board's best (logit, id) to board 0 and the token back (2 hops)."""
+    if not boards or len(boards) != len(shard_bytes):
+        raise OptionError(f"cluster plan: {len(boards)} boards for {len(shard_bytes)} shards")
+    for b in boards:
+        if b.compute_bps <= 0 or b.storage_bps <= 0 or b.weight_budget < 0:
+            raise OptionError(f"cluster plan: board {b.name!r} needs positive compute and storage rates")
+    costs = tuple(StageCost(b.name, 0, n_layers, nb / b.compute_bps, max(0, nb - b.weight_budget) / b.storage_bps)
+                  for b, nb in zip(boards, shard_bytes))
+    n = len(boards)
+    calls = 2 * n_layers + 1 if n > 1 else 0
+    token = 2 * (link.latency_s + 16 / link.bandwidth_bps) if n > 1 else 0.0
+    return TensorPlan(costs, calls * allreduce_cost(n, link, hidden_bytes, algo) + token, calls, algo)

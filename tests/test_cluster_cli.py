@@ -79,6 +79,10 @@ def test_plan_bad_options_are_one_error_line(bundle, args, msg):
     (["--cluster", "emulated:2", "--cluster-link", "slow"], "--cluster-link 'slow'"),
     (["--cluster-link", "wifi"], "--cluster-link only applies with --cluster"),
     (["--cluster", "emulated:2", "--memory-budget", "huge"], "cannot parse 'huge'"),
+    (["--cluster", "emulated:3", "--cluster-mode", "tensor"], "the model's 4 query heads do not split 3 ways"),
+    (["--cluster", "emulated:4", "--cluster-mode", "tensor"], "the model's 2 KV heads do not split 4 ways"),
+    (["--cluster-mode", "tensor"], "--cluster-mode / --work only apply with --cluster"),
+    (["--cluster", "emulated:2", "--work", "/tmp/x"], "--work only applies with --cluster-mode tensor"),
 ])
 def test_run_cluster_bad_options_are_one_error_line(bundle, args, msg):
     code, out, _ = _run("run", bundle, "-p", "a b c", "-n", "3", *args)
@@ -103,3 +107,47 @@ def test_run_on_two_emulated_boards_prints_the_single_board_text(bundle):
     assert got["tokens"] == want["tokens"] and got["text"] == want["text"]
     assert [r["plan_bytes"] <= 12 << 20 for r in got["ranks"]] == [True, True]
     assert [r["cpus"] for r in got["ranks"]] == [[0], [min(1, len(os.sched_getaffinity(0)) - 1)]]
+
+
+def test_plan_tensor_json_follows_the_shard_bundles(bundle, tmp_path):
+    from edgespool.runtime.bundle.reader import Bundle
+
+    code, out, _ = _run("cluster", "plan", bundle, "--boards", "a=rpi5,b=rpi5", "--budget", "16MiB",
+                        "--compute-gbps", "2", "--link", "100:10", "--json", "--max-context", "64", "--mode",
+                        "tensor", "--work", tmp_path / "sh")
+    assert code == 0, out
+    d = json.loads(out)
+    L, H = Bundle(bundle).config.num_layers, Bundle(bundle).config.hidden_size
+    for s, p in zip(d["boards"], d["shards"]):  # compute = the board's shard bundle's layer + head bytes / 2 GB/s
+        sb = Bundle(p)
+        nbytes = sum(i.nbytes for g, i in sb.groups.items() if g.startswith("layers.")) + sb.groups["head"].nbytes
+        assert s["compute_s"] == pytest.approx(nbytes / 2e9, rel=1e-9)
+        assert nbytes < 0.6 * (Bundle(bundle).weights_nbytes - Bundle(bundle).tensors["embed"]["nbytes"])
+    # 2L + 1 ring allreduces of one hidden row (2 steps of 5 ms + half the row) + the token exchange (2 hops)
+    assert d["allreduces_per_token"] == 2 * L + 1
+    ring = 2 * (5e-3 + 4 * H / 2 / 12.5e6)
+    assert d["link_s"] == pytest.approx((2 * L + 1) * ring + 2 * (5e-3 + 16 / 12.5e6))
+    assert d["token_s"] == pytest.approx(max(max(s["compute_s"], s["io_s"]) for s in d["boards"]) + d["link_s"])
+    code, out, _ = _run("cluster", "plan", bundle, "--boards", "a=rpi5,b=rpi5,c=rpi5", "--mode", "tensor",
+                        "--compute-gbps", "2", "--work", tmp_path / "sh")
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert code == 1 and len(lines) == 1 and "4 query heads do not split 3 ways" in lines[0], out
+
+
+@pytest.mark.skipif(_emulated_reason() is not None, reason=_emulated_reason() or "")
+def test_run_tensor_on_two_emulated_boards_prints_the_single_board_text(bundle, tmp_path):
+    code, one, _ = _run("run", bundle, "-p", "the cat sat on", "-n", "6", "--json")
+    assert code == 0, one
+    want = json.loads(one[one.index("{"):])
+    args = ["run", bundle, "-p", "the cat sat on", "-n", "6", "--cluster", "emulated:2", "--cluster-mode", "tensor",
+            "--memory-budget", "12MiB", "--work", tmp_path / "sh", "--json"]
+    code, out, _ = _run(*args)
+    assert code == 0, out
+    assert "TENSOR parallel" in out
+    got = json.loads(out[out.index("{"):])
+    assert got["tokens"] == want["tokens"] and got["text"] == want["text"]
+    assert all(0 < r["plan_bytes"] <= 12 << 20 and r["bytes_read"] > 0 for r in got["ranks"])
+    stamp = (tmp_path / "sh" / "shard-0-of-2" / "weights.bin").stat().st_mtime_ns
+    code, out, _ = _run(*args)  # the shard bundles are reused
+    assert code == 0 and json.loads(out[out.index("{"):])["tokens"] == want["tokens"]
+    assert (tmp_path / "sh" / "shard-0-of-2" / "weights.bin").stat().st_mtime_ns == stamp

@@ -160,3 +160,36 @@ def test_real_smollm2_streamed_shards_equal_single_board(tmp_path_factory, tmp_p
     finally:
         for e in engines:
             e.source.inner.close()
+
+
+def test_mpirun_streamed_shards_equal_single_board_tokens(models, tmp_path):
+    """Under mpirun (ring allreduce over MPI messages, 2 ranks), each rank streaming its shard bundle at its
+    minimum budget with a prompt in 4-token chunks: the single board's greedy tokens."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from cluster_common import mpirun_reason
+
+    if mpirun_reason():
+        pytest.skip(mpirun_reason())
+    from edgespool.apps.cluster.launch import rank_objects
+
+    b = Bundle(models["dense"])
+    want = list(Engine(ResidentWeights(b), kv_dtype="f32").generate(PROMPT, 6, stop_ids=b.config.eos_token_ids or ()))
+    paths = shard_bundles(b, 2, tmp_path / "shards")
+    budget = max(minimum_budget(Bundle(p), None, max_context=32, max_batch_tokens=4, kv_dtype="f32") for p in paths)
+    cmd = ["mpirun", "--oversubscribe", "-np", "2", "--mca", "btl", "tcp,self", "--mca", "rtc", "^hwloc"]
+    if os.geteuid() == 0:
+        cmd.insert(1, "--allow-run-as-root")
+    cmd += [sys.executable, "-m", "edgespool.apps.cluster.tp_worker", str(models["dense"]), "--allreduce", "ring",
+            "--prompt-ids", ",".join(map(str, PROMPT)), "-n", "6", "--no-kernels", "--shards",
+            ",".join(map(str, paths)), "--budget", str(budget), "--max-context", "32", "--prefill-chunk", "4"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    objs = {o["rank"]: o for o in rank_objects(p.stdout)}
+    assert objs[0]["tokens"] == want, json.dumps(objs[0])
+    for r in range(2):
+        assert objs[r]["bytes_read"] > 0 and objs[r]["streamed_per_token"] > 0

@@ -50,9 +50,10 @@ def even_bytes_ranges(layer_bytes: list[int], head: int, k: int) -> list[tuple[i
 
 
 def run_cluster_cli(bundle, spec: str, prompt: str, n: int, memory_budget: str | None, max_context: int | None,
-                    ignore_eos: bool, as_json: bool, link_text: str = "ethernet") -> None:
-    """The ``run --cluster`` path (greedy decoding)."""
-    import json
+                    ignore_eos: bool, as_json: bool, link_text: str = "ethernet", mode: str = "pipeline",
+                    work: str | None = None) -> None:
+    """The ``run --cluster`` path (greedy decoding); ``mode`` pipeline (layer ranges) or tensor (shard bundles,
+    :mod:`.tensor_cli`)."""
     import os
 
     from ...runtime.decoder.tokenizer import BundleTokenizer
@@ -64,22 +65,42 @@ def run_cluster_cli(bundle, spec: str, prompt: str, n: int, memory_budget: str |
     link = parse_link(link_text, "--cluster-link")
     if ignore_eos:
         raise OptionError("--ignore-eos is not supported with --cluster (the boards stop at the model's EOS)")
+    if mode not in ("pipeline", "tensor"):
+        raise OptionError(f"--cluster-mode {mode!r}: pipeline or tensor")
+    if work is not None and mode != "tensor":
+        raise OptionError("--work only applies with --cluster-mode tensor (where the shard bundles are cached)")
     k = what if isinstance(what, int) else len(what)
-    ranges = even_bytes_ranges(layer_bytes(bundle), head_bytes(bundle), int(k))
+    if mode == "tensor":
+        from ...runtime.cluster.tensor import check_tensor_parallel
+
+        check_tensor_parallel(bundle.config, int(k))
+        ranges = [(0, bundle.config.num_layers)] * int(k)
+    else:
+        ranges = even_bytes_ranges(layer_bytes(bundle), head_bytes(bundle), int(k))
     budget = parse_budget(memory_budget, bundle.weights_nbytes, "--memory-budget") if memory_budget else 0
     tok = BundleTokenizer.from_manifest(bundle.path, bundle.manifest["tokenizer"])
     ids = tok.encode(prompt)
     ctx = max_context or min(bundle.config.max_position_embeddings, len(ids) + n + 1)
     if len(ids) + n > ctx:
         raise OptionError(f"{len(ids)} prompt + {n} new tokens exceed --max-context {ctx}")
-    worker = worker_command(str(bundle.path.resolve()), ranges, ids, n, max_context=ctx,
-                            budgets=[budget] * int(k) if budget else None, prefill_chunk=16 if budget else 0)
     if kind == "emulated":
-        from .boards import BoardLimits, EmulatedBoards, netns_reason
+        from .boards import netns_reason
 
         why = netns_reason()
         if why:
             raise OptionError(f"--cluster {spec}: {why}")
+    if mode == "tensor":
+        from .tensor_cli import run_tensor_cli
+
+        run = run_tensor_cli(bundle, kind, what, ids, n, budget, ctx, link, work)
+        _report(tok, run, prompt, as_json, f"tensor parallel over {k} boards, every layer's heads / FFN columns "
+                "split", budget)
+        return
+    worker = worker_command(str(bundle.path.resolve()), ranges, ids, n, max_context=ctx,
+                            budgets=[budget] * int(k) if budget else None, prefill_chunk=16 if budget else 0)
+    if kind == "emulated":
+        from .boards import BoardLimits, EmulatedBoards
+
         worker += ["--simulated-latency-ms", f"{link.rtt_ms / 2:g}"]
         ncpu = len(os.sched_getaffinity(0))
         limits = BoardLimits(memory=budget + (600 << 20) if budget else None, cpus=tuple(range(ncpu)))
@@ -93,12 +114,21 @@ def run_cluster_cli(bundle, spec: str, prompt: str, n: int, memory_budget: str |
         click.echo(f"[cluster] {k} real hosts over ssh ({', '.join(what)}): UNTESTED here (no second host on "
                    "this machine)", err=True)
         run = run_cluster(ssh_mpirun_args(list(what)), worker)
+    _report(tok, run, prompt, as_json, "layers " + ", ".join(f"{a}..{b - 1}" for a, b in ranges), budget,
+            ranges=ranges)
+
+
+def _report(tok, run, prompt: str, as_json: bool, split: str, budget: int, ranges=None) -> None:
+    import json
+
+    from ...units import fmt_bytes
+
     text = tok.decode(run.tokens)
     if as_json:
-        click.echo(json.dumps({"prompt": prompt, "text": text, "tokens": run.tokens, "ranges": ranges,
-                               "ttft_s": run.ttft_s, "decode_tok_s": run.decode_tok_s, "ranks": run.ranks}, indent=1))
+        click.echo(json.dumps({"prompt": prompt, "text": text, "tokens": run.tokens, "split": split,
+                               **({"ranges": ranges} if ranges is not None else {}), "ttft_s": run.ttft_s,
+                               "decode_tok_s": run.decode_tok_s, "ranks": run.ranks}, indent=1))
         return
     click.echo(text)
-    layers = ", ".join(f"{a}..{b - 1}" for a, b in ranges)
-    click.echo(f"[cluster: layers {layers} | TTFT {run.ttft_s:.2f} s | decode {run.decode_tok_s:.2f} tok/s | "
+    click.echo(f"[cluster: {split} | TTFT {run.ttft_s:.2f} s | decode {run.decode_tok_s:.2f} tok/s | "
                f"budget {fmt_bytes(budget) + ' a board' if budget else 'resident'}]", err=True)

@@ -1,6 +1,8 @@
 """The MPI program of a tensor-parallel run: ``python -m edgespool.apps.cluster.tp_worker BUNDLE --allreduce ring
---prompt-ids 1,2,3 -n 16``. Every rank holds its slices of every layer and of the head (resident) and runs every
-token; each sends its best logit (value, id) to rank 0, which picks the greedy token and sends it to the others. Rank 0 prints one JSON object starting with
+--prompt-ids 1,2,3 -n 16``. Every rank holds its slices of every layer and of the head (resident, sliced from
+BUNDLE at load) and runs every token; with ``--shards DIR0,DIR1,..`` rank r opens ITS shard bundle (written by
+:mod:`edgespool.exporters.tensor_shard`; BUNDLE then only gives the kernels and the EOS ids), streamed under
+``--budget`` bytes (0: resident), prompts in ``--prefill-chunk`` token chunks; each sends its best logit (value, id) to rank 0, which picks the greedy token and sends it to the others. Rank 0 prints one JSON object starting with
 ``{"tokens"``, every rank its counters; a failure prints ONE line ``edgespool cluster: error: ...`` and aborts."""
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--simulated-latency-ms", type=float, default=0.0)
     ap.add_argument("--no-kernels", action="store_true")
+    ap.add_argument("--shards", default="", help="one shard bundle directory per rank (comma-separated)")
+    ap.add_argument("--budget", type=int, default=0, help="each rank's streaming budget in bytes (0: resident)")
+    ap.add_argument("--max-context", type=int, default=0)
+    ap.add_argument("--prefill-chunk", type=int, default=0)
     a = ap.parse_args(argv)
     from mpi4py import MPI
 
@@ -35,12 +41,22 @@ def main(argv: list[str] | None = None) -> int:
 
         bundle = Bundle(a.bundle)
         red = Allreduce(comm, a.allreduce, a.timeout, a.simulated_latency_ms / 1000.0)
-        engine = Engine(ShardWeights(bundle, rank, size, red), resolve_kernels(bundle, not a.no_kernels),
-                        kv_dtype="f32")
+        kern = resolve_kernels(bundle, not a.no_kernels)
         ids = np.array([int(t) for t in a.prompt_ids.split(",")] if a.prompt_ids else [], np.int64)
         if ids.size == 0:
             raise ValueError("the prompt is empty: give at least one token")
-        ctx = int(ids.size) + a.max_tokens + 1
+        ctx = a.max_context or int(ids.size) + a.max_tokens + 1
+        chunk = a.prefill_chunk or (16 if a.budget else 0)
+        if a.shards:
+            from ...runtime.cluster.tensor_stream import open_shard
+
+            shards = a.shards.split(",")
+            if len(shards) != size:
+                raise ValueError(f"--shards has {len(shards)} bundles for {size} MPI ranks")
+            engine = open_shard(shards[rank], red, budget=a.budget or None, kernels=kern, kv_dtype="f32",
+                                max_context=ctx, **({"max_batch_tokens": chunk} if a.budget else {}))
+        else:
+            engine = Engine(ShardWeights(bundle, rank, size, red), kern, kv_dtype="f32")
         cache = engine.new_cache(ctx)
         stops = set(bundle.config.eos_token_ids or ())
         tok = np.empty(1, np.int64)
@@ -48,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         ttft = t_first = 0.0
         inp = ids
+        if chunk and ids.size > chunk:  # a streamed prompt in chunks the plan's workspace holds
+            last = (int(ids.size) - 1) // chunk * chunk  # the chunk holding the prompt's last token
+            for c0 in range(0, last, chunk):
+                engine.forward(ids[c0:c0 + chunk], cache, logits=False)
+            inp = ids[last:]
         while True:
             out = engine.forward(inp, cache, last_only=True)
             lo, hi = engine.source.vocab_range  # this board's logits: its rows of the head
@@ -80,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         decode_s = time.perf_counter() - t_first
         obj = {"rank": rank, "allreduce": a.allreduce, "calls": red.stats.calls, "sent_bytes": red.stats.sent_bytes,
                "sent_messages": red.stats.sent_messages, "allreduce_s": red.stats.wait_s,
-               "cpus": sorted(os.sched_getaffinity(0)), "resident_bytes": engine.source.resident_bytes}
+               "cpus": sorted(os.sched_getaffinity(0))}
+        inner = getattr(engine.source, "inner", engine.source)
+        if hasattr(inner, "plan"):  # streamed shard
+            obj.update(bytes_read=inner.stats()["bytes_read"], plan_bytes=inner.plan.total_bytes,
+                       streamed_per_token=inner.plan.streamed_bytes_per_token)
+        else:
+            obj.update(resident_bytes=getattr(inner, "resident_bytes", None))
         if rank == 0:
             obj = {"tokens": tokens, "ttft_s": ttft, "decode_s": decode_s, "prompt_tokens": int(ids.size), **obj}
         print(json.dumps(obj), flush=True)
