@@ -58,7 +58,8 @@ def main() -> int:
     ap.add_argument("--march", default="-march=native")
     ap.add_argument("--cflags", default="", help="extra compiler flags, e.g. -DES_ROW_TILE_BYTES=1 (A/B builds)")
     ap.add_argument("--packed", action="store_true",
-                    help="repack q8_0 / q4_0 into the x16 layout (c_src/blockpack.h) and time es_linear_packed")
+                    help="repack every format this build packs (es_pack_kind) into the x16 layout (c_src/blockpack.h) "
+                         "and time es_linear_packed")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     lib = ctypes.CDLL(str(build(a.march, a.cflags)))
@@ -70,6 +71,7 @@ def main() -> int:
     lib.es_isa.restype = ctypes.c_char_p
     lib.es_packed_bytes.restype, lib.es_packed_bytes.argtypes = lg, [it, it, it]
     lib.es_pack.argtypes = [it, vp, lg, vp, lg, it, it, vp]
+    lib.es_pack_kind.restype, lib.es_pack_kind.argtypes = it, [it]
     lib.es_linear_packed.restype = it
     lib.es_linear_packed.argtypes = [vp, it, vp, it, it, vp, it, vp, vp, it]
     H, F, L, nh, nkv, hd, V = MODELS[a.model]
@@ -84,7 +86,7 @@ def main() -> int:
         ws = [(rand_weight(rng, fmt, o, i), o, i) for _ in range(L) for o, i in ok]
         if H % bv == 0:
             ws.append((rand_weight(rng, fmt, V, H), V, H))
-        packed = a.packed and fmt in ("q8_0", "q4_0")
+        packed = a.packed and bool(lib.es_pack_kind(BLOCKS[fmt][0]))
         if packed:  # the stored blocks replaced by their x16 form (one copy, as the runtime keeps them)
             code = BLOCKS[fmt][0]
             pk = []
@@ -118,8 +120,10 @@ def main() -> int:
             layer = ws[: len(ok)]  # one layer's linears, prefill rows
             pre = min(run(a.prompt, layer) for _ in range(a.reps)) * L
             lib.es_pool_free(pool)
-            row = {"format": fmt + (" x16" if packed else ""), "threads": t, "decode_step_ms": 1e3 * dec, "decode_GBps": nbytes / dec / 1e9,
-                   "weights_MB": nbytes / 1e6, "prefill_tok_s_linears": a.prompt / pre}
+            row = {"format": fmt + (" x16" if packed else ""), "threads": t, "decode_step_ms": 1e3 * dec,
+                   "decode_GBps": nbytes / dec / 1e9, "weights_MB": nbytes / 1e6,
+                   "stored_MB": sum(o * (i // bv) * BLOCKS[fmt][2] for _, o, i in ws) / 1e6,
+                   "prefill_tok_s_linears": a.prompt / pre}
             res["rows"].append(row)
             print(json.dumps(row), flush=True)
     if a.json:

@@ -151,7 +151,7 @@ def test_packed_layout(kern, scheme):
 
 @pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q4_K", "Q6_K"])
 def test_packed_ggml_formats_match_gguf_dequant(kern, t):
-    """Q4_1 (nibbles + per-block min) and Q5_0 (widened to the q8_0 x16 block) packed: the packed GEMV / GEMM
+    """Q4_1 (nibbles + per-block min), Q5_0 (nibbles + a fifth-bit plane), Q4_K and Q6_K packed: the packed GEMV / GEMM
     equal Q8_0-rounded activations times the ``gguf`` package's dequantisation of the stored blocks (an
     independent reference), for row counts of real models that are not multiples of 16 / 256, 1 and 2 threads."""
     k1, k2 = kern
@@ -168,6 +168,32 @@ def test_packed_ggml_formats_match_gguf_dequant(kern, t):
             y = k1.linear(x, p)
             assert rel(y, q8_rounded(x) @ wf.T) < 2e-6, (t, rows, n, m)
             np.testing.assert_array_equal(y, k2.linear(x, p))
+
+
+# resident bytes of the x16 form / the stored blocks for a multiple of 16 rows (blockpack.h's layout table)
+PACKED_BYTE_RATIO = {"q8_0": 1.0, "q4_0": 1.0, "q4_1": 1.0, "q5_0": 1.0, "q4_k": 2368 / 2304, "q6_k": 4384 / 3360}
+
+
+@pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q4_K", "Q6_K"])
+def test_packed_every_value_position_and_resident_bytes(kern, t):
+    """Each activation a one-hot 127 (its Q8_0 rounding is exact: d = 1, code 127), so row j of the packed GEMM is
+    127 x column j of the weight: every value position of every block (Q5_0's fifth bits from the bit-plane, all
+    32 of each block) against the ``gguf`` package's decode of the stored bytes, one activation row at a time and
+    as one GEMM. The packed buffer is the stored size (Q4_K / Q6_K: their layout's ratio)."""
+    k1, _ = kern
+    rng = np.random.default_rng(90 + FORMATS.index(t))
+    rows, n = 48, (512 if t.endswith("K") else 96)
+    raw = rand_blocks(rng, t, rows, n)
+    w = QTensor(t.lower(), (rows, n), raw)
+    p = k1.prepare_weight(w)
+    if not isinstance(p, PackedQTensor):
+        pytest.skip(f"this build ({k1.isa}) computes {t} from the stored layout")
+    assert p.data.nbytes == pytest.approx(raw.nbytes * PACKED_BYTE_RATIO[t.lower()], rel=1e-9)
+    want = 127 * gguf_dequant(raw, t, rows, n).T  # [n, rows]
+    x = (127 * np.eye(n)).astype(np.float32)
+    assert rel(k1.linear(x, p), want) < 1e-6
+    for j in rng.choice(n, 12, replace=False):
+        assert rel(k1.linear(x[j:j + 1], p)[0], want[j]) < 1e-6, j
 
 
 def test_packing_leaves_other_formats_alone(kern):

@@ -782,7 +782,8 @@ int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, c
     float *ds = (float *)(scratch + (long)m * nb * 8);
     int32_t *so = (int32_t *)(scratch + (long)m * nb * 12);
     int8_t *q = (int8_t *)(scratch + (long)m * nb * 16);
-    int off = (wt == W_Q8_0 || wt == W_INT8 || wt == W_Q5_0 || wt == W_Q6_K) ? 128 : (wt == W_Q4_1 || wt == W_Q4_K ? 0 : 8); /* q4_1: min term, no offset */
+    int off = (wt == W_Q8_0 || wt == W_INT8 || wt == W_Q6_K) ? 128
+              : wt == W_Q5_0 ? 16 : (wt == W_Q4_1 || wt == W_Q4_K ? 0 : 8); /* q4_1 / q4_k: min term, no offset */
     for (int i = 0; i < m; i++)
         quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb, ds + (long)i * nb);
     for (long k = 0; k < (long)m * nb; k++) so[k] = -off * s[k];

@@ -6,8 +6,12 @@
  *   int4:  same as q4_0 (the block scales come from the separate f16 scale array)
  *   q4_1:  [16 x f16 d: 32 B][16 x f16 min: 32 B][codes: 4 chunks x 64 B]   = 320 B per block (nibbles as q4_0,
  *          no offset: the min term min x d_x x (activation code sum) is added per block after the int dot)
- *   q5_0:  widened to the q8_0 block (544 B vs 16 x 22 = 352 B stored: 1.55x the resident bytes and GEMV
- *          bandwidth of the file's Q5_0 tensors), values code5 - 16 as int8 (u8 code5 + 112); unpack is exact
+ *   q5_0:  [16 x f16 d: 32 B][high-bit plane: 16 x u32, row r at byte 4 r: 64 B][nibbles: 4 chunks x 64 B in
+ *          q4_0's order] = 352 B per block = 16 x 22 stored (1.00x).  Plane bit 8 k + j of row r = the fifth bit
+ *          (qh bit 4 j + k) of the value in byte k of chunk-half j (j < 4: low nibbles of chunk j, values 4 j + k;
+ *          j >= 4: high nibbles of chunk j - 4, values 16 + 4 (j - 4) + k = 4 j + k), so one vptestmb of the plane
+ *          against the byte constant 1 << j is the 64-bit mask of the chunk-half's fifth bits, added as 16 to the
+ *          nibbles with a masked vpaddb; codes are u8 code5 (0..31), offset 16 (value = code5 - 16)
  *   q4_k:  per 256-value super-block [16 x f16 d: 32 B][16 x f16 dmin: 32 B], then per 32-value sub-block
  *          [16 x u8 6-bit scale][16 x u8 6-bit min][codes: 4 chunks x 64 B in q4_0's nibble order] = 2368 B per
  *          super-block (vs 16 x 144 = 2304 stored: 1.03x); weight = (d x sc) q - (dmin x m), as ggml
@@ -33,8 +37,8 @@
 
 static long pk_block_bytes(int wt) {
     switch (wt) {
-    case W_Q8_0:
-    case W_Q5_0: return 544;
+    case W_Q8_0: return 544;
+    case W_Q5_0: return 352;
     case W_INT8: return 512;
     case W_Q4_1: return 320;
     case W_Q4_0:
@@ -128,13 +132,13 @@ int es_pack(int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long s
                     for (int k = 0; k < 4; k++) codes[64 * c + 4 * l + k] = (uint8_t)(src[4 * c + k] ^ 0x80);
             } else if (wt == W_Q5_0) {
                 const uint8_t *src = wr + 22 * b;
-                uint32_t qh;
+                uint32_t qh, pl = 0;
                 memcpy(blk + 2 * l, src, 2);
                 memcpy(&qh, src + 2, 4);
-                for (int j = 0; j < 32; j++) {
-                    int c5 = (j < 16 ? src[6 + j] & 15 : src[6 + j - 16] >> 4) | (int)((qh >> j) & 1u) << 4;
-                    blk[32 + 64 * (j / 4) + 4 * l + j % 4] = (uint8_t)(c5 + 112);
-                }
+                for (int j = 0; j < 8; j++)
+                    for (int k = 0; k < 4; k++) pl |= ((qh >> (4 * j + k)) & 1u) << (8 * k + j);
+                memcpy(blk + 32 + 4 * l, &pl, 4);
+                for (int c = 0; c < 4; c++) memcpy(blk + 96 + 64 * c + 4 * l, src + 6 + 4 * c, 4);
             } else if (wt == W_Q4_1) {
                 memcpy(blk + 2 * l, wr + 20 * b, 2);
                 memcpy(blk + 32 + 2 * l, wr + 20 * b + 2, 2);
@@ -220,15 +224,13 @@ int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t
                     for (int k = 0; k < 4; k++) dst[4 * c + k] = (uint8_t)(codes[64 * c + 4 * l + k] ^ 0x80);
             } else if (wt == W_Q5_0) {
                 uint8_t *dst = wr + 22 * b;
-                uint32_t qh = 0;
+                uint32_t qh = 0, pl;
                 memcpy(dst, blk + 2 * l, 2);
-                memset(dst + 6, 0, 16);
-                for (int j = 0; j < 32; j++) {
-                    int c5 = blk[32 + 64 * (j / 4) + 4 * l + j % 4] - 112;
-                    dst[6 + j % 16] |= (uint8_t)((c5 & 15) << (j < 16 ? 0 : 4));
-                    qh |= (uint32_t)((c5 >> 4) & 1) << j;
-                }
+                memcpy(&pl, blk + 32 + 4 * l, 4);
+                for (int j = 0; j < 8; j++)
+                    for (int k = 0; k < 4; k++) qh |= ((pl >> (8 * k + j)) & 1u) << (4 * j + k);
                 memcpy(dst + 2, &qh, 4);
+                for (int c = 0; c < 4; c++) memcpy(dst + 6 + 4 * c, blk + 96 + 64 * c + 4 * l, 4);
             } else if (wt == W_Q4_1) {
                 memcpy(wr + 20 * b, blk + 2 * l, 2);
                 memcpy(wr + 20 * b + 2, blk + 32 + 2 * l, 2);
@@ -254,17 +256,20 @@ static inline __m512i pk_bcast(const int8_t *p) {
  * rows of the tile.  so[i][b] = -offset x code sum of activation row i's block b. */
 AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
                 float *out, long ystride, int valid, const int G, const int NA) {
-    const int qk = wt == W_Q4_K, q41 = wt == W_Q4_1 || qk, q4 = wt == W_Q4_0 || wt == W_INT4 || q41, i8 = wt == W_INT8;
-    const long bb = q41 ? 320 : (q4 ? 288 : (i8 ? 512 : 544));
-    const long co = i8 ? 0 : (q41 ? 64 : 32); /* codes after the block scales (and q4_1's mins) */
+    const int qk = wt == W_Q4_K, q41 = wt == W_Q4_1 || qk, q5 = wt == W_Q5_0;
+    const int q4 = wt == W_Q4_0 || wt == W_INT4 || q41 || q5, i8 = wt == W_INT8;
+    const long bb = q5 ? 352 : (q41 ? 320 : (q4 ? 288 : (i8 ? 512 : 544)));
+    const long co = i8 ? 0 : (q41 || q5 ? 64 + 32 * q5 : 32); /* codes after the scales (q4_1's mins, q5_0's plane) */
     const uint8_t *base = gp + (i8 ? 64 : 0);
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), v16 = _mm512_set1_epi8(16);
     __m512 y[4][MAXNA];
     for (int g = 0; g < G; g++)
         for (int i = 0; i < NA; i++) y[g][i] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        __m512i acc[4][MAXNA];
+        __m512i acc[4][MAXNA], hp[4];
         __m512 vs[4], vm[4];
+        if (q5)
+            for (int g = 0; g < G; g++) hp[g] = _mm512_loadu_si512((const void *)(base + g * gb + b * bb + 32));
         if (qk) { /* q4_k: block b = sub-block b % 8 of super-block b / 8; codes at 32 after the 6-bit scales */
             for (int g = 0; g < G; g++) {
                 const uint8_t *sbp = base + g * gb + 2368L * (b / 8), *blk = sbp + 64 + 288 * (b % 8);
@@ -289,6 +294,12 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
                                            : base + g * gb + b * bb + co + 64 * c;
                     __m512i v = _mm512_loadu_si512((const void *)cp);
                     __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                    if (q5) { /* the fifth bits of chunk-halves c (low nibbles) and c + 4 (high) from the plane */
+                        lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(hp[g], _mm512_set1_epi8((char)(1 << c))),
+                                                  lo, v16);
+                        hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(hp[g], _mm512_set1_epi8((char)(16 << c))),
+                                                  hi, v16);
+                    }
                     for (int i = 0; i < NA; i++) {
                         const int8_t *xq = a[i].q + 32 * b + 4 * c;
                         acc[g][i] = _mm512_dpbusd_epi32(acc[g][i], lo, pk_bcast(xq));
@@ -406,6 +417,7 @@ PK_FN(pk_q4_0, W_Q4_0)
 PK_FN(pk_int4, W_INT4)
 PK_FN(pk_q4_1, W_Q4_1)
 PK_FN(pk_q4_k, W_Q4_K)
+PK_FN(pk_q5_0, W_Q5_0)
 typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
 static pk_fn pk_of(int wt) {
     switch (wt) {
@@ -416,7 +428,7 @@ static pk_fn pk_of(int wt) {
     case W_Q4_1: return pk_q4_1;
     case W_Q4_K: return pk_q4_k;
     case W_Q6_K: return pk_q6_k;
-    case W_Q5_0: return pk_q8_0; /* widened to q8_0's packed block */
+    case W_Q5_0: return pk_q5_0;
     default: return 0;
     }
 }
