@@ -24,7 +24,7 @@ def makefile(cpu: str) -> str:
 SRC = {' '.join(C_SOURCES)}
 CFLAGS = {' '.join(COMMON_CFLAGS)}
 host: $(SRC) main_host.c
-\tgcc $(CFLAGS) -o model_host main_host.c $(SRC)
+\tgcc $(CFLAGS) -o model_host main_host.c $(SRC) -lm
 mcu: $(SRC) main_mcu.c
 \tarm-none-eabi-gcc $(CFLAGS) {flags} -ffunction-sections -fdata-sections -Wl,--gc-sections \\
 \t  --specs=nano.specs --specs=nosys.specs -o model.elf main_mcu.c $(SRC)
@@ -42,7 +42,7 @@ def compile_host(proj: Path) -> Path:
     """Build the host harness with gcc; returns the executable."""
     proj = Path(proj).resolve()  # gcc runs inside proj: a relative path would be doubled
     exe = proj / "model_host"
-    cmd = ["gcc", *COMMON_CFLAGS, "-o", str(exe), "main_host.c", *C_SOURCES]
+    cmd = ["gcc", *COMMON_CFLAGS, "-o", str(exe), "main_host.c", *C_SOURCES, "-lm"]  # fmaf (es_add)
     r = subprocess.run(cmd, cwd=proj, capture_output=True, text=True)
     if r.returncode:
         raise DeployError(f"host gcc failed in {proj}: {r.stderr.strip()[:2000]}")

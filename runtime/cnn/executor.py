@@ -230,10 +230,9 @@ def compute_int8(node: Node, ins: list[View], out_box: Box, in_shapes: list[tupl
         v = (s.astype(np.float32) * qn["mult"]) / n.astype(np.float32)
         return np.clip(np.rint(v) + zo, lo, hi).astype(np.int8)
     if op == "add":
-        a = ins[0].crop(out_box).astype(np.int32) - zin[0]
-        b = ins[1].crop(out_box).astype(np.int32) - zin[1]
-        v = a.astype(np.float32) * qn["m1"] + b.astype(np.float32) * qn["m2"]
-        return np.clip(np.rint(v) + zo, lo, hi).astype(np.int8)
+        from .qadd import qlinear_add  # onnxruntime QLinearAdd's arithmetic (fused multiply-adds)
+
+        return qlinear_add(ins[0].crop(out_box), ins[1].crop(out_box), zin[0], zin[1], zo, qn["m1"], qn["m2"], lo, hi)
     if op == "mul":
         a = ins[0].crop(out_box).astype(np.int32) - zin[0]
         bb = ins[1].data if in_shapes[1][1:] == (1, 1) else ins[1].crop(out_box)

@@ -15,7 +15,9 @@ int8 (``quant`` given) is lowered so that onnxruntime does the numpy int8 execut
 * conv: ``QLinearConv`` with x_scale = y_scale = 1 and per-channel w_scale = the float32 requantisation
   multiplier, int32 bias: onnxruntime computes ``clamp(rint(float32(acc + bias) * mult) + zp)`` -- the same
   expression as :func:`.executor._requant`; the fused activation clamp is an int8 ``Clip``.
-* add / mul / concat / avgpool / gap / gemm: integer or exact-float steps (Cast, Sub zero point, Mul by the float32
+* add: ``com.microsoft.QLinearAdd`` (A/B scales = our float32 multipliers, C scale 1); its rounding is the
+  numpy executor's by definition (:mod:`.qadd`) + an int8 ``Clip`` for a fused activation.
+* mul / concat / avgpool / gap / gemm: integer or exact-float steps (Cast, Sub zero point, Mul by the float32
   multiplier, Round = half to even, Add zero point, Clip, Cast) in the numpy executor's order; LUT activations are
   a ``Gather``; maxpool is an int8 ``MaxPool``.
 
@@ -39,6 +41,13 @@ if TYPE_CHECKING:
 
 Box = tuple[int, int, int, int]
 OPSET = 17
+
+
+def opsets() -> list:
+    """Opset imports of a lowered model: ONNX 17 and com.microsoft (QLinearAdd)."""
+    from onnx import helper
+
+    return [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
 
 
 class _Builder:
@@ -248,10 +257,13 @@ def _eltwise(b: _Builder, n: Node, xs: list[str], hint: str, q: "QuantCnn | None
     zin = [q.tensors[t][1] for t in n.inputs]
     zo = q.tensors[n.output][1]
     lo, hi = qn.get("clamp", (-128, 127))
-    if op == "add":
-        a = b.op("Mul", [_to_f32_centered(b, xs[0], zin[0], hint + "a"), b.const(_f(qn["m1"]), "m1")], hint + "_a")
-        c = b.op("Mul", [_to_f32_centered(b, xs[1], zin[1], hint + "b"), b.const(_f(qn["m2"]), "m2")], hint + "_b")
-        return _requant_f32(b, b.op("Add", [a, c], hint), zo, lo, hi, hint)
+    if op == "add":  # one fused node; its rounding is the numpy executor's (.qadd)
+        y = b.op("QLinearAdd", [xs[0], b.const(_f(qn["m1"]), "m1"), b.const(_u8(zin[0]), "za"), xs[1],
+                                b.const(_f(qn["m2"]), "m2"), b.const(_u8(zin[1]), "zb"), b.const(_f(1.0), "sc"),
+                                b.const(_u8(zo), "zc")], hint, domain="com.microsoft")
+        if (lo, hi) != (-128, 127):
+            y = b.op("Clip", [y, b.const(_u8(lo), "lo"), b.const(_u8(hi), "hi")], hint + "_clamp")
+        return y
     if op == "mul":
         ai = [b.op("Sub", [b.op("Cast", [x], hint + "_i", to=6), b.const(np.array(z + U8, np.int32), "zp")], hint + "_c")
               for x, z in zip(xs, zin)]
@@ -312,7 +324,7 @@ def lower_segment(graph: CnnGraph, start: int, end: int, inputs: dict[str, Box],
         ident = b.op("Identity", [nm], "out_" + t.replace("/", "_"))
         g_out.append(helper.make_tensor_value_info(ident, elem, onnx_shape(graph, t, box)))
     gp = helper.make_graph(b.nodes, name, g_in, g_out, b.inits)
-    return helper.make_model(gp, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8,
+    return helper.make_model(gp, opset_imports=opsets(), ir_version=8,
                              producer_name="edgespool")
 
 
@@ -336,5 +348,5 @@ def lower_patches(graph: CnnGraph, split: int, regions: Sequence[dict[str, Box]]
         y = b.op("Identity", [env[t][0]], f"patch{k}")
         g_out.append(helper.make_tensor_value_info(y, elem, onnx_shape(graph, t, reg[t])))
     gp = helper.make_graph(b.nodes, "stage1_patches", g_in, g_out, b.inits)
-    return helper.make_model(gp, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8,
+    return helper.make_model(gp, opset_imports=opsets(), ir_version=8,
                              producer_name="edgespool")

@@ -81,11 +81,17 @@ void es_avgpool(const es_view *in, const es_view *out, es_box ob, float mult, in
 
 void es_add(const es_view *a, const es_view *b, const es_view *out, es_box ob, int32_t za, int32_t zb, float m1,
             float m2, int32_t zout, int32_t lo, int32_t hi) {
+    /* onnxruntime QLinearAdd's arithmetic (MLAS x86-64 AVX2 kernel; edgespool.runtime.cnn.qadd) on uint8 codes
+       (int8 + 128): two fused multiply-adds (VFMA.F32 on an FPv4/FPv5 Cortex-M, libm fmaf on the host). */
+    const float fx = (float)(zout + 128) - __builtin_fmaf(m1, (float)(za + 128), m2 * (float)(zb + 128));
     for (int32_t c = 0; c < out->c; c++)
         for (int32_t y = ob.y0; y < ob.y1; y++)
             for (int32_t x = ob.x0; x < ob.x1; x++) {
-                float v = (float)((int32_t)AT(a, c, y, x) - za) * m1 + (float)((int32_t)AT(b, c, y, x) - zb) * m2;
-                AT(out, c, y, x) = es_sat(es_rint(v) + zout, lo, hi);
+                float v = __builtin_fmaf((float)((int32_t)AT(a, c, y, x) + 128), m1,
+                                         __builtin_fmaf((float)((int32_t)AT(b, c, y, x) + 128), m2, fx));
+                int32_t q = es_rint(v);
+                q = (q < 0 ? 0 : (q > 255 ? 255 : q)) - 128;
+                AT(out, c, y, x) = es_sat(q, lo, hi);
             }
 }
 
