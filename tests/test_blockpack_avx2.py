@@ -37,7 +37,7 @@ def avx2(request, tmp_path_factory):
     rec = c_blocks.compile_library({"mtriple": "x86_64-linux-gnu", "mcpu": request.param}, lib, cache_dir=d)
     assert not any("avx512" in f for f in rec["flags"])
     k1, k2 = c_blocks.BlockKernels(lib, threads=1), c_blocks.BlockKernels(lib, threads=2)
-    assert k1.isa == "avx2", k1.isa
+    assert k1.isa == {"x86-64-v3": "avx2+x16", "alderlake": "avx2+avx-vnni+x16"}[request.param], k1.isa
     yield k1, k2
     k1.close()
     k2.close()
@@ -49,7 +49,7 @@ def host512(tmp_path_factory):
         yield None
         return
     k = c_blocks.BlockKernels(c_blocks.host_library(cache_dir=tmp_path_factory.mktemp("hostlib")), threads=1)
-    yield k if k.isa == "avx2+vnni" else None
+    yield k if k.isa == "avx512-vnni+x16" else None
     k.close()
 
 
@@ -95,3 +95,21 @@ def test_avx2_build_keeps_other_formats_stored(avx2):
         assert k1.prepare_weight(w) is w, scheme
         x = rng.standard_normal((2, 512)).astype(np.float32)
         assert rel(k1.linear(x, w), q8_rounded(x) @ w.dequantize().astype(np.float64).T) < 2e-6, scheme
+
+
+@pytest.mark.parametrize("mcpu,label", [("x86-64-v3", "avx2+x16"), ("alderlake", "avx2+avx-vnni+x16"),
+                                        ("skylake-avx512", "avx2+x16"), ("sapphirerapids", "avx512-vnni+x16")])
+def test_isa_label_of_each_x86_build(tmp_path, mcpu, label):
+    """The build's ``es_isa`` label (kernel table description, benchmark JSON) for each x86 kernel family: the
+    AVX-VNNI ymm build is not called plain avx2, AVX-512 without VNNI runs (and says) the AVX2 kernels, and the
+    zmm VNNI build is avx512-vnni (it said "avx2+vnni"). Only the label and es_pack_kind are called (no kernel
+    runs), so this checks builds this CPU cannot execute."""
+    import ctypes
+
+    lib = tmp_path / f"{mcpu}.so"
+    c_blocks.compile_library({"mtriple": "x86_64-linux-gnu", "mcpu": mcpu}, lib, cache_dir=tmp_path)
+    so = ctypes.CDLL(str(lib))
+    so.es_isa.restype = ctypes.c_char_p
+    assert so.es_isa().decode() == label
+    q5_0 = c_blocks.SCHEME_CODES["q5_0"][0]
+    assert so.es_pack_kind(q5_0) == (label == "avx512-vnni+x16")  # AVX2 builds keep Q5_0 stored

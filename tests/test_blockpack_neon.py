@@ -58,7 +58,7 @@ def test_neon_dotprod_packed_under_qemu(tmp_path):
             inp.write_bytes(np.array(hdr, np.int32).tobytes() + data.tobytes() + sc.tobytes() + x.tobytes())
             p = subprocess.run([qemu, "-cpu", "cortex-a76", str(exe), str(inp), str(tmp_path / "out.bin")],
                                capture_output=True, text=True, timeout=120, check=False)
-            assert p.returncode == 0 and p.stdout.split() == ["neon+dotprod", "1", "0"], p.stdout + p.stderr
+            assert p.returncode == 0 and p.stdout.split() == ["neon-dotprod+x16", "1", "0"], p.stdout + p.stderr
             y = np.fromfile(tmp_path / "out.bin", np.float32).reshape(m, rows)
             ref = q8_rounded(x) @ w.dequantize().astype(np.float64).T
             assert rel(y, ref) < 2e-6, (scheme, rows, n, m)

@@ -196,6 +196,22 @@ def test_packed_every_value_position_and_resident_bytes(kern, t):
         assert rel(k1.linear(x[j:j + 1], p)[0], want[j]) < 1e-6, j
 
 
+def test_isa_label_names_the_build(kern):
+    """``es_isa`` (shown in the kernel table's description and the benchmark JSON) names the instruction set the
+    kernels run on and says "+x16" exactly when the build packs some format; on an AVX-512 VNNI CPU the host build
+    is the zmm kernel (it used to say "avx2+vnni")."""
+    k1, _ = kern
+    packs = any(k1._lib.es_pack_kind(c) for c in range(9))
+    assert k1.isa in ("avx512-vnni+x16", "avx2+avx-vnni+x16", "avx2+x16", "avx2", "neon-dotprod+x16", "neon", "c")
+    assert k1.isa.endswith("+x16") == packs and k1.isa in k1.table().description
+    try:
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith(("flags", "Features"))).split()
+    except (OSError, StopIteration):
+        flags = []
+    if {"avx512f", "avx512bw", "avx512_vnni"} <= set(flags):
+        assert k1.isa == "avx512-vnni+x16" and all(k1._lib.es_pack_kind(c) for c in (0, 1, 2, 3, 4, 6, 7, 8))
+
+
 def test_packing_leaves_other_formats_alone(kern):
     k1, _ = kern
     rng = np.random.default_rng(9)
@@ -365,7 +381,7 @@ int main(int argc, char **argv) {  /* in: wt rows n m row_bytes, raw, x; out: is
 """
 
 
-@pytest.mark.parametrize("mcpu,isa", [("cortex-a76", "neon+dotprod"), ("cortex-a72", "neon")])
+@pytest.mark.parametrize("mcpu,isa", [("cortex-a76", "neon-dotprod+x16"), ("cortex-a72", "neon")])
 def test_aarch64_build_under_qemu(tmp_path, mcpu, isa):
     cc, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64") or shutil.which(
         "qemu-aarch64-static")
@@ -432,7 +448,7 @@ def test_rpi5_bundle_runs_its_block_kernels_in_the_arm64_rig(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("{")))
     assert res["cpu"] == "cortex-a76" and "asimddp" in res["features"], res
-    assert "C block kernels" in res["kernels"] and "neon+dotprod" in res["kernels"] and res["calls"] > 0, res
+    assert "C block kernels" in res["kernels"] and "neon-dotprod+x16" in res["kernels"] and res["calls"] > 0, res
     with edgespool.load(b, kernels=False) as m:  # the host: numpy reference of the same bundle
         want = m.logits([1, 5, 9, 14, 3, 7])
     got = np.load(tmp_path / "lg.npy")

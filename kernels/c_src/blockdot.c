@@ -813,11 +813,19 @@ int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, c
 #endif
 }
 
+/* The instruction set the kernels of this build run on, and "+x16" when it has x16 packed kernels (blockpack.h;
+ * which formats: es_pack_kind): "avx512-vnni+x16" (zmm vpdpbusd), "avx2+avx-vnni+x16" (ymm vpdpbusd),
+ * "avx2+x16" (vpmaddubsw; also AVX-512 builds without VNNI, which run the AVX2 kernels), "avx2" (no FMA/F16C),
+ * "neon-dotprod+x16", "neon", "c". */
 const char *es_isa(void) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return ES_ISA "+vnni";
-#elif defined(__ARM_FEATURE_DOTPROD)
-    return ES_ISA "+dotprod";
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) /* blockpack.h's zmm kernel */
+    return "avx512-vnni+x16";
+#elif defined(ES_PACKED) && defined(PK2_VNNI) /* blockpack_avx2.h */
+    return "avx2+avx-vnni+x16";
+#elif defined(ES_PACKED) && defined(__AVX2__)
+    return "avx2+x16";
+#elif defined(ES_PACKED) && defined(__aarch64__) /* blockpack_neon.h */
+    return "neon-dotprod+x16";
 #else
     return ES_ISA;
 #endif
