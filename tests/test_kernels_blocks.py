@@ -479,6 +479,10 @@ def test_real_q4km_keep_bundle_runs_on_block_kernels(tmp_path):
         got = m.logits(ids)
         bk = m.kernels.backend
         assert bk.calls > 0 and not bk.fallbacks, bk.fallbacks
+        q5 = [t for g in m.source._groups.values() for t in g.values() if getattr(t, "scheme", "") == "q5_0"]
+        if bk.can_pack and bk._lib.es_pack_kind(c_blocks.SCHEME_CODES["q5_0"][0]):  # packed at its stored size
+            assert q5 and all(isinstance(t, PackedQTensor) for t in q5)
+            assert all(t.data.nbytes == t.shape[0] * t.shape[1] // 32 * 22 for t in q5)
     with edgespool.load(b, kernels=False) as m:
         want = m.logits(ids)
     assert rel(got, want) < 3e-2
