@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ def _gen(model: Any, prompt: list[int], n: int) -> dict[str, Any]:
 
 
 def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps: int,
-                  graphs: bool = True) -> dict[str, Any]:
+                  graphs: bool = True, profile: bool = False) -> dict[str, Any]:
     """Load (cap None: CPU only), warm up, then ``reps`` generations; medians. ``graphs=False``: decode steps
     through the eager GPU path instead of the recorded CUDA graphs (the A/B of offload/gpu_graph.py)."""
     from edgespool import load
@@ -89,56 +90,102 @@ def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps
                        cpu_layers=sum(g.where == "cpu" for g in pl.groups), **dev.stats(),
                        measured_h2d_bytes_per_step=dev.h2d_bytes / steps)
             res["per_layer"] = per_layer_times(m, prompt)
+        else:
+            res["per_layer"] = per_layer_times(m, prompt)
+        if profile:
+            res["profile"] = profile_decode(m, prompt)
+        res["threads"] = {"kernels": getattr(m.kernels.backend, "threads", None),
+                          "affinity": len(os.sched_getaffinity(0)), "omp": os.environ.get("OMP_NUM_THREADS")}
         return res
     finally:
         m.close()
 
 
-def per_layer_times(m: Any, prompt: list[int]) -> dict[str, Any]:
-    """Predicted vs measured time of one decode token per place (gpu / stream / cpu): GPU layers timed by
-    synchronising around ``GpuLayers.layer``; CPU layers by the engine step minus the GPU layers, per CPU layer."""
-    import cupy as cp
-
+def per_layer_times(m: Any, prompt: list[int], steps: int = 8) -> dict[str, Any]:
+    """Predicted vs measured time of one decode token per place (gpu / stream / cpu), over ``steps`` decode
+    steps after the prompt: GPU layers timed by synchronising around ``GpuLayers.layer`` (per token, over the
+    run's layers: a CUDA-graph run spends its time in its first layer's call); CPU layers timed directly, from the
+    engine's ``get(layers.i)`` to its ``release(layers.i)`` (the whole layer step as the engine runs it), median
+    over layers and steps; the head and the whole step too. Works for a CPU-only model (no ``device_layers``)."""
     src, eng = m.source, m.engine
-    dev = src.device_layers
-    cache = eng.new_cache(len(prompt) + 8)
+    dev = getattr(src, "device_layers", None)
+    cache = eng.new_cache(len(prompt) + steps + 2)
     eng.forward(prompt, cache, last_only=True)
     spent: dict[str, list[float]] = {}
-    orig = dev.layer
+    cpu_layer: list[float] = []
+    opened: dict[str, float] = {}
+    get0, rel0 = src.get, src.release
 
-    def timed(i, x, pos, rope, c=None):
-        cp.cuda.Device().synchronize()
-        t0 = time.perf_counter()
-        y = orig(i, x, pos, rope, c)
-        cp.cuda.Device().synchronize()
-        spent.setdefault(dev.where[f"layers.{i}"], []).append(time.perf_counter() - t0)
-        return y
+    def get(g):
+        opened[g] = time.perf_counter()
+        return get0(g)
 
-    dev.layer = timed
-    steps, total = 4, 0.0
+    def release(g):
+        rel0(g)
+        if g.startswith("layers.") and g in opened:
+            cpu_layer.append(time.perf_counter() - opened.pop(g))
+
+    src.get, src.release = get, release
+    if dev is not None:
+        import cupy as cp
+
+        orig = dev.layer
+
+        def timed(i, x, pos, rope, c=None):
+            cp.cuda.Device().synchronize()
+            t0 = time.perf_counter()
+            y = orig(i, x, pos, rope, c)
+            cp.cuda.Device().synchronize()
+            spent.setdefault(dev.where[f"layers.{i}"], []).append(time.perf_counter() - t0)
+            return y
+
+        dev.layer = timed
+    totals = []
     try:
         for _ in range(steps):
             t0 = time.perf_counter()
             eng.forward([1], cache, last_only=True)
-            total += time.perf_counter() - t0
+            totals.append(time.perf_counter() - t0)
     finally:
-        dev.layer = orig
+        del src.get, src.release
+        if dev is not None:
+            dev.layer = orig
+    out: dict[str, Any] = {"step_ms": float(np.median(totals)) * 1e3}
+    if dev is None:
+        out["cpu"] = {"layers": m.config.num_layers, "measured_ms": float(np.median(cpu_layer)) * 1e3}
+        return out
     pl = src.placement
-    out: dict[str, Any] = {}
-    gpu_total = sum(sum(v) for v in spent.values())
     for where in ("gpu", "stream", "cpu"):
         gs = [g for g in pl.groups if g.where == where and g.kind == "layer"]
         if not gs:
             continue
         pred = float(np.mean([g.predicted_s for g in gs])) * 1e3
         if where == "cpu":
-            head = [g for g in pl.groups if g.kind == "head"][0]
-            head_s = head.predicted_s if head.where == "cpu" else 0.0
-            meas = max(0.0, (total - gpu_total) / steps - head_s) / len(gs) * 1e3
-        else:  # per token, over the layers (a CUDA-graph run spends its time in its first layer's call)
+            meas = float(np.median(cpu_layer)) * 1e3 if cpu_layer else float("nan")
+        else:
             meas = sum(spent.get(where, [float("nan")])) / steps / len(gs) * 1e3
         out[where] = {"layers": len(gs), "predicted_ms": pred, "measured_ms": meas}
     return out
+
+
+def profile_decode(m: Any, prompt: list[int], steps: int = 8, top: int = 18) -> str:
+    """cProfile of ``steps`` decode steps (after the prompt): the functions with the most own time (where a CPU
+    layer's time goes beyond its products)."""
+    import cProfile
+    import io
+    import pstats
+
+    eng = m.engine
+    cache = eng.new_cache(len(prompt) + steps + 2)
+    eng.forward(prompt, cache, last_only=True)
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(steps):
+        eng.forward([1], cache, last_only=True)
+    pr.disable()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
 
 
 def run_hf_peer(model_dir: Path, cap: int, prompt: list[int], n: int) -> dict[str, Any]:
@@ -274,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-bench", type=Path, default=None, help="also run llama.cpp's llama-bench on --gguf")
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--graph-ab", action="store_true", help="also run each cap with CUDA graphs off (eager)")
+    ap.add_argument("--profile", action="store_true", help="cProfile 8 decode steps of every edgespool row")
     ap.add_argument("--hf-save-only", action="store_true", help="only write the random HF checkpoint (--out/hf)")
     a = ap.parse_args(argv)
     if a.hf_peer or a.hf_save_only:
@@ -293,14 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.llama_bench is not None:
         peer = llamacpp_sweep(a.llama_bench, a.gguf, caps, a.prompt_tokens, a.n, a.reps, a.threads)
         print(json.dumps(peer), flush=True)
-    rows = [{"config": "cpu-only", **run_edgespool(b, None, prompt, a.n, a.reps)}]
-    print(json.dumps({k: v for k, v in rows[0].items() if k != "tokens"}), flush=True)
+    rows = [{"config": "cpu-only", **run_edgespool(b, None, prompt, a.n, a.reps, profile=a.profile)}]
+    print(json.dumps({k: v for k, v in rows[0].items() if k not in ("tokens", "profile")}), flush=True)
+    print(rows[0].get("profile", ""), flush=True)
     for f in caps:
-        r = {"config": f"gpu cap {f:.0%}", **run_edgespool(b, int(size * f), prompt, a.n, a.reps)}
+        r = {"config": f"gpu cap {f:.0%}", **run_edgespool(b, int(size * f), prompt, a.n, a.reps,
+                                                            profile=a.profile)}
         r["tokens_match_cpu"] = r["tokens"] == rows[0]["tokens"]
         rows.append(r)
-        print(json.dumps({k: v for k, v in r.items() if k not in ("tokens", "placement")}), flush=True)
+        print(json.dumps({k: v for k, v in r.items() if k not in ("tokens", "placement", "profile")}), flush=True)
         print(r.get("placement", ""), flush=True)
+        print(r.get("profile", ""), flush=True)
         if a.graph_ab:
             e = {"config": f"gpu cap {f:.0%} eager", **run_edgespool(b, int(size * f), prompt, a.n, a.reps, False)}
             e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
