@@ -7,9 +7,10 @@ here, at load, on this machine (nothing is taken from a table):
 * CPU: one decode token through one whole layer as the engine runs it (``split_costs.cpu_layer_step_seconds``:
   the kernels' own weight layout, norms, RoPE, attention, Python overhead; median of 7), for one layer of each
   distinct shape, other layers of the same shape reusing the figure; the head's product (median of 5);
-* GPU: the same token through ``GpuLayers`` with its CUDA graph, runs of one and of two layers
+* GPU: the same token through ``GpuLayers`` with its CUDA graph, runs of one and of four layers
   (``split_costs.gpu_layer_step_seconds``): the difference is a layer's cost inside a run, the rest the fixed
-  cost of a run, charged per CPU<->GPU crossing; the head's products plus one launch (CUDA events, median of 5);
+  cost of a run, charged per CPU<->GPU crossing; the one-layer run with graphs off is a streamed layer's GPU
+  time; the head's products plus one launch (CUDA events, median of 5);
 * link: a pinned 32 MiB host-to-device copy (bandwidth) and an empty launch (per-call overhead).
 
 The placement (:func:`edgespool.schedulers.placement_plan.plan_placement`) is printed by ``edgespool run --plan``.
@@ -17,7 +18,6 @@ The placement (:func:`edgespool.schedulers.placement_plan.plan_placement`) is pr
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -181,18 +181,20 @@ def plan_split(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, gpu_b
             # CUDA-graph run a resident layer takes part in), not the products alone (offload/split_costs.py)
             cpu_s = (cpu_layer_s(cfg, i, tensors, kernels, kv_dtype=kv_dtype) if cpu_layer_s is not None
                      else cpu_group_seconds(tensors, kernels))
-            gpu_s = float("inf")
+            gpu_s = eager_s = float("inf")
             if not why:
-                pair = i + 1 < cfg.num_layers and _layer_sig(bundle, i + 1) == sig
-                gpu_s, fixed = gpu_layer_step_seconds(cp, ops, cfg if pair else replace(cfg, num_layers=i + 1), i,
-                                                      bundle.read_group, link, int(gbytes))
-                if fixed is not None:
-                    crossing.append(fixed)
-            measured[sig] = (cpu_s, gpu_s, gbytes)  # type: ignore[assignment]
+                span = 1
+                while span < 4 and i + span < cfg.num_layers and _layer_sig(bundle, i + span) == sig:
+                    span += 1
+                cost = gpu_layer_step_seconds(cp, ops, cfg, i, bundle.read_group, link, int(gbytes), span=span)
+                gpu_s, eager_s = cost.graph_s, cost.eager_s
+                if cost.fixed_s is not None:
+                    crossing.append(cost.fixed_s)
+            measured[sig] = (cpu_s, gpu_s, gbytes, eager_s)  # type: ignore[assignment]
             del tensors
-        cpu_s, gpu_s, gbytes = measured[sig]  # type: ignore[misc]
+        cpu_s, gpu_s, gbytes, eager_s = measured[sig]  # type: ignore[misc]
         groups.append(GroupCost(name, "layer", info.nbytes, int(gbytes) + kv_layer, cpu_s, gpu_s, kv_layer,
-                                gpu_ok=not why, why_not=why))
+                                gpu_ok=not why, why_not=why, stream_gpu_s=eager_s))
     head = bundle.read_group(HEAD)
     tied = cfg.tie_word_embeddings or LM_HEAD not in bundle.tensors
     hw = {"w": bundle.read_group(EMBED)[EMBED] if tied else head[LM_HEAD]}

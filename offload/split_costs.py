@@ -3,14 +3,14 @@ the CPU side's is :func:`edgespool.runtime.decoder.layer_probe.cpu_layer_step_se
 this layer), handed to :func:`edgespool.offload.gpu_split.open_split` by ``load()``.
 
 ``gpu_layer_step_seconds``: the same token through :class:`~edgespool.offload.gpu_layers.GpuLayers` with the run's
-CUDA graph, for a run of one layer and a run of two: the difference is what one more layer in a run costs (the
+CUDA graph, for a run of one layer and a run of four: the difference per added layer is what one more layer in a run costs (the
 graph replays the whole run), the rest is what a run costs once (hidden state in and out, graph launch, the
 host-side sync), charged by the planner per CPU<->GPU crossing (``LinkModel.boundary_s``).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -29,13 +29,25 @@ def _probe_placement(cfg: ModelConfig, on_gpu: set[str], arena: int, link: LinkM
     return Placement(arena, arena, 0, 0, 0, groups, 2, 4 * cfg.hidden_size, 0.0, 0.0, link)
 
 
+@dataclass(frozen=True)
+class GpuLayerCost:
+    """Measured GPU costs of one layer: ``graph_s`` inside a CUDA-graph run of resident layers (marginal),
+    ``eager_s`` through the eager path (a streamed layer), ``fixed_s`` per CPU<->GPU crossing (None: not
+    measured, the run had one layer only)."""
+
+    graph_s: float
+    eager_s: float
+    fixed_s: float | None
+
+
 def gpu_layer_step_seconds(cp: Any, ops: Any, cfg: ModelConfig, i: int, read_group: Callable[[str], Any],
-                           link: LinkModel, layer_bytes: int, *, reps: int = 25,
-                           context: int = PROBE_CONTEXT) -> tuple[float, float | None]:
-    """(seconds of one decode token through a GPU run of layers ``i`` and ``i + 1``, CUDA graph, host array in
-    and out, minus the run of ``i`` alone = one layer's marginal cost; seconds a run costs once = per crossing
-    half of it) -- module docstring. When layer ``i + 1`` does not exist: (the one-layer run, None). Medians of
-    ``reps`` steps; each probe's weights are uploaded and freed again (the arena is not allocated yet)."""
+                           link: LinkModel, layer_bytes: int, *, span: int = 4, reps: int = 25,
+                           context: int = PROBE_CONTEXT) -> GpuLayerCost:
+    """One decode token through GPU runs of layer ``i`` alone and of layers ``i .. i + span - 1`` (CUDA graph,
+    host array in and out; medians of ``reps`` steps): (long - short) / (span - 1) is one layer's cost inside a
+    run, the rest of the one-layer run is the run's fixed cost (half per crossing); the one-layer run again with
+    graphs off gives a streamed layer's eager cost. ``span`` 1: no split (the fixed cost stays in the layer's).
+    Each probe's weights are uploaded and freed again (the arena is not allocated yet)."""
     from .gpu_layers import GpuLayers
     from .gpu_split import gpu_workspace_bytes
 
@@ -45,10 +57,11 @@ def gpu_layer_step_seconds(cp: Any, ops: Any, cfg: ModelConfig, i: int, read_gro
     kv = 2 * cfg.num_kv_heads * ctx * cfg.head_dim * 4
     x = np.random.default_rng(0).standard_normal((1, cfg.hidden_size)).astype(np.float32)
 
-    def run(layers: list[int]) -> float:
+    def run(layers: list[int], graphs: bool) -> float:
         arena = len(layers) * (layer_bytes + kv + (1 << 20)) + gpu_workspace_bytes(cfg, context, ctx)
         dev = GpuLayers(cp, ops, cfg, _probe_placement(cfg, {layer_group(j) for j in layers}, arena, link),
                         read_group, ctx)
+        dev.graphs_enabled = graphs
         try:
             owner = object()
             pos = np.arange(context)
@@ -69,12 +82,15 @@ def gpu_layer_step_seconds(cp: Any, ops: Any, cfg: ModelConfig, i: int, read_gro
         finally:
             dev.close()
 
-    one = run([i])
-    if i + 1 >= cfg.num_layers:
-        return one, None
-    two = run([i, i + 1])
-    marginal = max(two - one, 1e-6)
-    return marginal, max(0.0, one - marginal) / 2
+    one = run([i], True)
+    eager = run([i], False)
+    span = max(1, min(span, cfg.num_layers - i))
+    if span == 1:
+        return GpuLayerCost(one, eager, None)
+    many = run(list(range(i, i + span)), True)
+    marginal = max((many - one) / (span - 1), 1e-6)
+    fixed = max(0.0, one - marginal) / 2
+    return GpuLayerCost(marginal, max(eager - 2 * fixed, marginal), fixed)
 
 
 def with_boundary(link: LinkModel, boundary_s: float | None) -> LinkModel:
@@ -82,5 +98,5 @@ def with_boundary(link: LinkModel, boundary_s: float | None) -> LinkModel:
     if boundary_s is None:
         return link
     return replace(link, boundary_s=float(boundary_s),
-                   source=link.source + f"; a GPU run's fixed cost {2 * boundary_s * 1e6:.0f} us (1- vs 2-layer "
+                   source=link.source + f"; a GPU run's fixed cost {2 * boundary_s * 1e6:.0f} us (1- vs 4-layer "
                    "graph run)")

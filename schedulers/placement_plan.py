@@ -60,6 +60,7 @@ class GroupCost:
     why_not: str = ""
     calls: float = 1.0
     streamable: bool = True  # False: resident or CPU only (e.g. the head)
+    stream_gpu_s: float = 0.0  # GPU time when streamed (the eager path, not a CUDA graph); 0: ``gpu_s``
 
 
 @dataclass(frozen=True)
@@ -185,24 +186,74 @@ class Placement:
         return "\n".join(lines)
 
 
+def _sgpu(g: GroupCost) -> float:
+    return (g.stream_gpu_s or g.gpu_s) * g.calls
+
+
 def _stream_s(g: GroupCost, link: LinkModel) -> float:
-    return max(link.copy_s(g.host_bytes), g.gpu_s) * g.calls
+    """A streamed group's time when nothing before it hides its copy."""
+    return max(link.copy_s(g.host_bytes), _sgpu(g) / g.calls) * g.calls
+
+
+def _timeline(groups: Sequence[GroupCost], where: dict[str, str], link: LinkModel,
+              boundary_bytes: int) -> tuple[float, int, dict[str, float]]:
+    """Predicted seconds per token, CPU<->GPU crossings (embedding lookup on the CPU first) and each group's
+    share of the time. Streamed groups follow the executor: the first one's copy starts with the step, each
+    next one's when the one before it starts computing (copies run one after another on the copy stream), and
+    a streamed group computes once its copy is in: CPU or resident groups between two streamed ones hide the
+    second one's copy."""
+    streamed = [g for g in groups if where[g.name] == STREAM]
+    nxt = {a.name: b for a, b in zip(streamed, streamed[1:])}
+    ready: dict[str, float] = {}
+    if streamed:
+        ready[streamed[0].name] = link.copy_s(streamed[0].host_bytes) * streamed[0].calls
+    t, crossings, side, share = 0.0, 0, CPU, {}
+    for g in groups:
+        w = where[g.name]
+        s = CPU if w == CPU else GPU
+        t0 = t
+        if s != side:
+            crossings += 1
+            side = s
+            t += link.cross_s(boundary_bytes)
+        if w == CPU:
+            t += g.cpu_s * g.calls
+        elif w == GPU:
+            t += g.gpu_s * g.calls
+        else:
+            start = max(t, ready[g.name])
+            n = nxt.get(g.name)
+            if n is not None:
+                ready[n.name] = max(start, ready[g.name]) + link.copy_s(n.host_bytes) * n.calls
+            t = start + _sgpu(g)
+        share[g.name] = t - t0
+    if side != CPU:
+        crossings += 1  # logits back to the host
+        t += link.cross_s(boundary_bytes)
+    return t, crossings, share
 
 
 def _evaluate(groups: Sequence[GroupCost], where: dict[str, str], link: LinkModel,
               boundary_bytes: int) -> tuple[float, int]:
-    """Predicted seconds per token and the number of CPU<->GPU crossings (embedding lookup on the CPU first)."""
-    total, crossings, side = 0.0, 0, CPU
-    for g in groups:
-        w = where[g.name]
-        total += g.cpu_s * g.calls if w == CPU else g.gpu_s * g.calls if w == GPU else _stream_s(g, link)
-        s = CPU if w == CPU else GPU
-        if s != side:
-            crossings += 1
-            side = s
-    if side != CPU:
-        crossings += 1  # logits back to the host
-    return total + crossings * link.cross_s(boundary_bytes), crossings
+    """Predicted seconds per token and the number of CPU<->GPU crossings (:func:`_timeline`)."""
+    t, crossings, _ = _timeline(groups, where, link, boundary_bytes)
+    return t, crossings
+
+
+def _interleavings(groups: Sequence[GroupCost], where: dict[str, str]) -> list[dict[str, str]]:
+    """``where`` as is, and with only every k-th of its streamed groups kept streamed (the others on the CPU,
+    whose compute then hides the next streamed group's copy): k = 2, 3 at each phase, and 2 of every 3."""
+    streamed = [g.name for g in groups if where[g.name] == STREAM]
+    out = [where]
+    for k in (2, 3):
+        for phase in range(k):
+            for keep_one in ((True, False) if k == 3 else (True,)):
+                w = dict(where)
+                for j, n in enumerate(streamed):
+                    if (j % k == phase) != keep_one:
+                        w[n] = CPU
+                out.append(w)
+    return out
 
 
 def _fill(groups: Sequence[GroupCost], room: int, link: LinkModel, allow_stream: bool,
@@ -276,14 +327,17 @@ def plan_placement(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_byte
             if room - n_res * kv < 0:
                 continue
             for skip, first in variants:
-                where = _fill(groups, room - n_res * kv, link, allow_stream=True, skip=skip, first=first)
-                streamed = [g for g in groups if where[g.name] == STREAM]
-                for g in streamed[n_res:]:
-                    where[g.name] = CPU  # beyond the reserved KV room: computed on the CPU
-                if streamed:
-                    candidates.append((*_evaluate(groups, where, link, boundary_bytes), where,
-                                       2 * slot + kv * min(n_res, len(streamed))))
+                filled = _fill(groups, room - n_res * kv, link, allow_stream=True, skip=skip, first=first)
+                for where in _interleavings(groups, filled):
+                    streamed = [g for g in groups if where[g.name] == STREAM]
+                    for g in streamed[n_res:]:
+                        where[g.name] = CPU  # beyond the reserved KV room: computed on the CPU
+                    if streamed:
+                        candidates.append((*_evaluate(groups, where, link, boundary_bytes), where,
+                                           2 * slot + kv * min(n_res, len(streamed))))
     t, crossings, where, staging = min(candidates, key=lambda c: c[0])
+    _, _, share = _timeline(groups, where, link, boundary_bytes)
+    any_stream = any(w == STREAM for w in where.values())
     placed = []
     for g in groups:
         w = where[g.name]
@@ -292,10 +346,13 @@ def plan_placement(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_byte
                    else f"resident: saves {(min(g.cpu_s, _stream_s(g, link)) - g.gpu_s) * 1e3:.3f} ms/token")
             pred, gb, h2d = g.gpu_s * g.calls, arena_align(g.gpu_bytes), 0
         elif w == STREAM:
-            why = f"streamed: copy {link.copy_s(g.host_bytes) * 1e3:.3f} ms overlaps compute, beats cpu"
-            pred, gb, h2d = _stream_s(g, link), 0, int(g.host_bytes * g.calls)
+            why = (f"streamed: copy {link.copy_s(g.host_bytes) * 1e3:.3f} ms overlaps compute (eager "
+                   f"{_sgpu(g) * 1e3:.3f} ms)")
+            pred, gb, h2d = share[g.name], 0, int(g.host_bytes * g.calls)
         else:
             why = (f"cpu: {g.why_not}" if not g.gpu_ok else
+                   "cpu: between streamed groups, hides their copies" if any_stream and g.streamable and
+                   _stream_s(g, link) < g.cpu_s * g.calls else
                    "cpu: no GPU room left (or its bytes save more as other groups)" if g.cpu_s > g.gpu_s else "cpu: faster on the CPU")
             pred, gb, h2d = g.cpu_s * g.calls, 0, 0
         placed.append(GroupPlacement(g.name, g.kind, w, gb, h2d, pred, g.cpu_s, g.gpu_s, why))

@@ -97,6 +97,7 @@ PLACES = {
     "half": ["gpu", "gpu", "cpu", "cpu", "cpu"],
     "islands": ["cpu", "gpu", "cpu", "gpu", "gpu"],
     "streamed": ["stream", "gpu", "stream", "stream", "cpu"],
+    "interleaved": ["cpu", "stream", "cpu", "stream", "gpu"],  # the planner's CPU / streamed alternation
 }
 
 

@@ -67,7 +67,7 @@ def test_quarter_cap_spends_arena_on_layers_when_they_save_more():
     """The 2026-12-03 25% cap: 402 MiB arena. The head alone (233 MB, saves 2.35 ms) leaves no room for a layer;
     three layers (saving 0.83 ms each, 2.49 ms) beat it, so the plan takes layers, not the head."""
     gs = _groups()
-    link = LinkModel(54e9, 17e-6, False, "recorded", boundary_s=40e-6)
+    link = LinkModel(5e9, 17e-6, False, "a link too slow to stream", boundary_s=40e-6)
     budget = 402 << 20
     p = plan_placement(gs, link, budget, workspace_bytes=WS, boundary_bytes=4 * H)
     assert p.where("head") == CPU
@@ -80,14 +80,48 @@ def test_quarter_cap_spends_arena_on_layers_when_they_save_more():
 
 def test_measured_crossing_cost_is_charged_per_boundary():
     gs = _groups()
-    base = LinkModel(54e9, 17e-6, False, "x")
-    costly = LinkModel(54e9, 17e-6, False, "x", boundary_s=1e-3)
+    base = LinkModel(5e9, 17e-6, False, "x")
+    costly = LinkModel(5e9, 17e-6, False, "x", boundary_s=1e-3)
     budget = 900 << 20
     a = plan_placement(gs, base, budget, workspace_bytes=WS, boundary_bytes=4 * H)
     b = plan_placement(gs, costly, budget, workspace_bytes=WS, boundary_bytes=4 * H)
     assert a.boundaries == b.boundaries == 2
     assert b.predicted_token_s - a.predicted_token_s == pytest.approx(2 * (1e-3 - 17e-6), rel=1e-6)
+    assert a.where("layers.27") == CPU
     assert "1000 us per crossing" in b.summary()
+
+
+def test_timeline_hides_a_streamed_copy_behind_cpu_work():
+    """Hand-computed schedule: S0 copy 1.0 ms from t=0, computes 0.3 (ends 1.3 incl. a 0.05 crossing wait);
+    C1 on the CPU 1.0 while S2's copy (issued when S0 started, at 1.0) runs 1.0 -> ready at 2.0."""
+    from edgespool.schedulers.placement_plan import STREAM, _timeline
+
+    link = LinkModel(1e9, 0.0, False, "x", boundary_s=0.05e-3)
+    gs = [GroupCost(f"layers.{i}", "layer", 10 ** 6, 10 ** 6, 1.0e-3, 0.1e-3, stream_gpu_s=0.3e-3) for i in range(3)]
+    where = {"layers.0": STREAM, "layers.1": CPU, "layers.2": STREAM}
+    t, cross, share = _timeline(gs, where, link, 0)
+    # S0: cross 0.05, waits for copy to 1.0, computes to 1.3; C1: cross 0.05 -> 1.35, cpu -> 2.35;
+    # S2: cross -> 2.4, copy ready at 2.0, computes -> 2.7; logits back: 2.75
+    assert cross == 4 and t == pytest.approx(2.75e-3) and share["layers.2"] == pytest.approx(0.35e-3)
+
+
+def test_interleaves_cpu_and_streamed_layers_when_cpu_hides_copies():
+    """H200-like: CPU layer 0.93 ms, a 47 MB copy 0.87 ms, eager GPU 0.35 ms: streaming every layer is
+    copy-bound, alternating CPU and streamed layers hides each copy behind a CPU layer; the plan must predict
+    no more than all-stream and all-CPU for the same resident set."""
+    from edgespool.schedulers.placement_plan import STREAM, _timeline
+
+    gs = [GroupCost(g.name, g.kind, g.host_bytes, g.gpu_bytes, g.cpu_s, g.gpu_s, g.kv_bytes,
+                    streamable=g.streamable, stream_gpu_s=0.35e-3 if g.kind == "layer" else 0.0) for g in _groups()]
+    link = LinkModel(54e9, 17e-6, False, "recorded", boundary_s=15e-6)
+    p = plan_placement(gs, link, 900 << 20, workspace_bytes=WS, boundary_bytes=4 * H, stream_kv_bytes=KV)
+    kinds = [p.where(f"layers.{i}") for i in range(L)]
+    assert STREAM in kinds and CPU in [k for k in kinds if k != GPU], p.summary()
+    where = {g.name: g.where for g in p.groups}
+    all_stream = {n: (STREAM if w == CPU and n != "head" else w) for n, w in where.items()}
+    all_cpu = {n: (CPU if w == STREAM else w) for n, w in where.items()}
+    assert p.predicted_token_s < _timeline(gs, all_stream, link, 4 * H)[0]
+    assert p.predicted_token_s < _timeline(gs, all_cpu, link, 4 * H)[0]
 
 
 @pytest.fixture(scope="module")
