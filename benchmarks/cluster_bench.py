@@ -1,8 +1,10 @@
 """1 vs 2 EMULATED boards, each streaming its share under its own memory budget from its own throttled storage,
-over an Ethernet-like and a Wi-Fi-like link: tok/s, TTFT, bytes and messages per token, the solver's prediction.
+over an Ethernet-like and a Wi-Fi-like link: tok/s, TTFT, bytes and messages per token, the solver's prediction;
+2 boards pipeline parallel (layer ranges) and/or tensor parallel (each board streams its shard bundle, written by
+edgespool.exporters.tensor_shard into --dir once).
 
-    python benchmarks/cluster_bench.py [--model qwen2.5-coder-0.5b] [--budget 1/4] [--read-mbps 90]
-                                       [--repeats 3] [-n 8] [--links ethernet,wifi]
+    python benchmarks/cluster_bench.py [--model qwen2.5-coder-0.5b | --bundle DIR] [--budget 1/4] [--read-mbps 90]
+                                       [--repeats 3] [-n 8] [--links ethernet,wifi] [--modes pipeline,tensor]
 
 Each board is a network namespace with its own rig cgroup: memory limit (page cache included) = its budget + an
 allowance for the interpreter, a blkio read throttle of ``--read-mbps`` on the disk holding the bundle (a Pi 5
@@ -57,6 +59,8 @@ def main() -> None:
     ap.add_argument("--links", default="ethernet,wifi")
     ap.add_argument("--dir", default="/var/tmp", help="where the bundle is exported (a disk, for the throttle)")
     ap.add_argument("--json", default="", help="also write the raw runs here")
+    ap.add_argument("--bundle", default="", help="an exported bundle to use (on a disk) instead of --model")
+    ap.add_argument("--modes", default="pipeline", help="2-board modes: pipeline, tensor or both (comma-separated)")
     a = ap.parse_args()
     from edgespool.apps.cluster.boards import BoardLimits, EmulatedBoards
     from edgespool.apps.cluster.launch import run_cluster, worker_command
@@ -64,7 +68,7 @@ def main() -> None:
     from edgespool.runtime.api import resolve_kernels
     from edgespool.runtime.bundle.reader import Bundle
 
-    path = export(a.model, Path(a.dir) / f"edgespool-cluster-bench-{a.model}-int8")
+    path = Path(a.bundle) if a.bundle else export(a.model, Path(a.dir) / f"edgespool-cluster-bench-{a.model}-int8")
     b = Bundle(path)
     L = b.config.num_layers
     budget = parse_budget(a.budget, b.weights_nbytes)
@@ -76,62 +80,88 @@ def main() -> None:
     links = [parse_link(x) for x in a.links.split(",")]
     ctx = 64
     prompt = [1] + list(range(100, 115))
-    plans = {(k, ln.name): solve(b, k, budget, storage_bps, compute_bps, ln.spec, ctx) for k in (1, 2) for ln in links}
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    if not set(modes) <= {"pipeline", "tensor"}:
+        raise SystemExit(f"--modes {a.modes!r}: pipeline and/or tensor")
+    shards = []
+    if "tensor" in modes:
+        from edgespool.apps.cluster.tensor_cli import shard_cache, tensor_plan, tp_worker_command
+
+        shards = shard_cache(b, 2, str(Path(a.dir) / f"{path.name}.tp-shards"))
+    plans = {}
+    for ln in links:
+        plans[(1, "one", ln.name)] = solve(b, 1, budget, storage_bps, compute_bps, ln.spec, ctx)
+        if "pipeline" in modes:
+            plans[(2, "pipeline", ln.name)] = solve(b, 2, budget, storage_bps, compute_bps, ln.spec, ctx)
+        if "tensor" in modes:
+            plans[(2, "tensor", ln.name)] = tensor_plan(shards, [budget] * 2, [storage_bps] * 2, compute_bps, ctx,
+                                                        ln.spec)
     limits = BoardLimits(memory=budget + 600 * MiB, read_bps=int(storage_bps), storage=(str(path),),
                          cpus=tuple(range(min(2, os.cpu_count() or 1))))
-    runs: dict[tuple[int, str], list] = {key: [] for key in plans}
+    runs: dict[tuple[int, str, str], list] = {key: [] for key in plans}
     mech: list[str] = []
     for _ in range(a.repeats):
         for ln in links:
-            for k in (1, 2):
+            for k, mode in [(1, "one")] + [(2, m) for m in modes]:
                 if k == 1 and ln is not links[0]:
                     continue  # one board sends nothing: its run serves every link
-                plan = plans[(k, ln.name)]
-                ranges = [(s.start, s.stop) for s in plan.stages]
-                worker = worker_command(str(path), ranges, prompt, a.n, max_context=ctx, budgets=[budget] * k,
-                                        prefill_chunk=16, timeout_s=300)
+                plan = plans[(k, mode, ln.name)]
+                if mode == "tensor":
+                    worker = tp_worker_command(str(path), shards, prompt, a.n, max_context=ctx, budget=budget,
+                                               prefill_chunk=16, timeout_s=300)
+                else:
+                    ranges = [(s.start, s.stop) for s in plan.stages]
+                    worker = worker_command(str(path), ranges, prompt, a.n, max_context=ctx, budgets=[budget] * k,
+                                            prefill_chunk=16, timeout_s=300)
                 worker += ["--simulated-latency-ms", f"{ln.rtt_ms / 2:g}"]
                 with EmulatedBoards(k, rate_mbit=ln.rate_mbit, limits=limits) as boards:
                     run = run_cluster(boards.mpirun_args(), worker, timeout_s=1200)
                     cg = boards.board_stats()
                     mech = boards.mechanisms
-                runs[(k, ln.name)].append((run, cg))
-                print(f"  {k} board(s) {ln.name}: {run.decode_tok_s:.3f} tok/s, TTFT {run.ttft_s:.1f} s",
+                runs[(k, mode, ln.name)].append((run, cg))
+                print(f"  {k} board(s) {mode} {ln.name}: {run.decode_tok_s:.3f} tok/s, TTFT {run.ttft_s:.1f} s",
                       file=sys.stderr, flush=True)
     for ln in links[1:]:
-        runs[(1, ln.name)] = runs[(1, links[0].name)]
-    base_tokens = runs[(1, links[0].name)][0][0].tokens
+        runs[(1, "one", ln.name)] = runs[(1, "one", links[0].name)]
+    base_tokens = runs[(1, "one", links[0].name)][0][0].tokens
     print(f"model {a.model} int8 ({b.weights_nbytes / MiB:.0f} MiB of weights, {L} layers); each board: budget "
           f"{budget / MiB:.0f} MiB ({a.budget} of the model), storage throttled to {a.read_mbps:g} MB/s, one core; "
           f"compute rate measured on one core here: {compute_bps / 1e9:.2f} GB/s of weights")
     print("EMULATED boards: network namespaces + rig cgroups on one 2-core VM shared with other agents; link latency "
           f"SIMULATED (sleep before each send); limits: {'; '.join(mech)}")
     print(f"{a.repeats} interleaved runs, medians; prompt {len(prompt)} tokens, {a.n} generated")
-    print("| boards | link | layers per board | decode tok/s | x 1 board | predicted tok/s | TTFT s | "
+    print("| boards | mode | link | layers per board | decode tok/s | x 1 board | predicted tok/s | TTFT s | "
           "streamed MB/token per board (plan) | link bytes/token | messages/token | peak MiB per board | tokens = 1 board |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     out = {}
-    one = statistics.median(r.decode_tok_s for r, _ in runs[(1, links[0].name)])
-    for ln in links:
-        for k in (1, 2):
-            rs = runs[(k, ln.name)]
-            tps = statistics.median(r.decode_tok_s for r, _ in rs)
-            ttft = statistics.median(r.ttft_s for r, _ in rs)
-            r0 = rs[0][0]
-            ntok = max(1, len(r0.tokens))
-            link_b = r0.ranks[0]["link"]["sent_bytes"] + r0.ranks[0]["link"]["recv_bytes"] if k > 1 else 0
-            msgs = sum(o["link"]["sent_messages"] for o in r0.ranks) if k > 1 else 0
-            streamed = "/".join(f"{o['streamed_per_token'] / 1e6:.0f}" for o in r0.ranks)
-            peak = "/".join(f"{(c['peak_memory'] or 0) / MiB:.0f}" for c in rs[0][1])
-            plan = plans[(k, ln.name)]
-            layers = "/".join(f"{s.start}-{s.stop - 1}" for s in plan.stages)
-            same = all(r.tokens == base_tokens for r, _ in rs)
-            print(f"| {k} | {ln.name} ({ln.rate_mbit:g} Mbit, {ln.rtt_ms:g} ms RTT) | {layers} | {tps:.3f} | "
-                  f"{tps / one:.2f} | {1 / plan.token_s:.3f} | {ttft:.1f} | {streamed} | {link_b / ntok:.0f} | "
-                  f"{msgs / ntok:.2f} | {peak} | {'yes' if same else 'NO'} |")
-            out[f"{k}-{ln.name}"] = {"tok_s": [r.decode_tok_s for r, _ in rs], "ttft_s": [r.ttft_s for r, _ in rs],
-                                     "predicted_tok_s": 1 / plan.token_s, "plan": plan.summary(),
-                                     "ranks": r0.ranks, "cgroups": rs[0][1]}
+    one = statistics.median(r.decode_tok_s for r, _ in runs[(1, "one", links[0].name)])
+    for (k, mode, lname), rs in runs.items():
+        ln = next(x for x in links if x.name == lname)
+        if k == 1 and ln is not links[0]:
+            continue  # the same runs as the first link's row
+        tps = statistics.median(r.decode_tok_s for r, _ in rs)
+        ttft = statistics.median(r.ttft_s for r, _ in rs)
+        r0 = rs[0][0]
+        ntok = max(1, len(r0.tokens))
+        if k == 1:
+            link_b = msgs = 0
+        elif mode == "tensor":  # every message every rank sent (allreduce chunks + the token exchange)
+            link_b, msgs = sum(o["sent_bytes"] for o in r0.ranks), sum(o["sent_messages"] for o in r0.ranks)
+        else:
+            link_b = sum(o["link"]["sent_bytes"] for o in r0.ranks)
+            msgs = sum(o["link"]["sent_messages"] for o in r0.ranks)
+        streamed = "/".join(f"{o['streamed_per_token'] / 1e6:.0f}" for o in r0.ranks)
+        peak = "/".join(f"{(c['peak_memory'] or 0) / MiB:.0f}" for c in rs[0][1])
+        plan = plans[(k, mode, lname)]
+        layers = ("all (1/2 of each)" if mode == "tensor"
+                  else "/".join(f"{s.start}-{s.stop - 1}" for s in plan.stages))
+        same = all(r.tokens == base_tokens for r, _ in rs)
+        print(f"| {k} | {mode} | {ln.name} ({ln.rate_mbit:g} Mbit, {ln.rtt_ms:g} ms RTT) | {layers} | {tps:.3f} | "
+              f"{tps / one:.2f} | {1 / plan.token_s:.3f} | {ttft:.1f} | {streamed} | {link_b / ntok:.0f} | "
+              f"{msgs / ntok:.2f} | {peak} | {'yes' if same else 'NO'} |")
+        out[f"{k}-{mode}-{ln.name}"] = {"tok_s": [r.decode_tok_s for r, _ in rs], "ttft_s": [r.ttft_s for r, _ in rs],
+                                        "predicted_tok_s": 1 / plan.token_s, "plan": plan.summary(),
+                                        "ranks": r0.ranks, "cgroups": rs[0][1]}
     for key, v in out.items():
         print(f"plan {key}: {v['plan']}")
     if a.json:
