@@ -25,6 +25,9 @@ CNN_SUFFIXES = (".onnx", ".pth", ".pt", ".tflite")
 @click.option("--expert-bits", type=click.Choice(["32", "16", "8", "4"]), help="Bits for MoE expert matrices.")
 @click.option("--dense-bits", type=click.Choice(["32", "16", "8", "4"]),
               help="Bits for every other matrix (attention, dense FFN, embeddings, lm_head).")
+@click.option("--head-bits", type=click.Choice(["32", "16", "8", "4"]),
+              help="Bits for the output head alone (over --dense-bits), e.g. 4 for a speculative draft model: its "
+                   "head is read every draft pass (docs/SPECULATIVE.md).")
 @click.option("--output", "-o", required=True, type=click.Path(), help="Bundle directory to write.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --output.")
 @click.option("--onnx/--no-onnx", "with_onnx", default=False, show_default=True,
@@ -48,7 +51,7 @@ CNN_SUFFIXES = (".onnx", ".pth", ".pt", ".tflite")
 @click.option("--calib", multiple=True, type=click.Path(), help="CNNs int8: calibration image (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bits: str | None,
-               dense_bits: str | None, output: str, force: bool, with_onnx: bool, no_kernels: bool,
+               dense_bits: str | None, head_bits: str | None, output: str, force: bool, with_onnx: bool, no_kernels: bool,
                kernel_activations: str, ffn_layout: str,
                activation_budget: str | None, input_shape: str | None, cnn_quant: str | None, width: float,
                resolution: int, max_overhead: str | None, calib: tuple[str, ...], as_json: bool) -> None:
@@ -79,7 +82,8 @@ def export_cmd(source: str, target: str, quant: str, group_size: int, expert_bit
         quant = KEEP if src.format == "gguf" else "f16"
     policy = QuantPolicy(quant=quant, group_size=group_size,
                          expert_bits=int(expert_bits) if expert_bits else None,
-                         dense_bits=int(dense_bits) if dense_bits else None)
+                         dense_bits=int(dense_bits) if dense_bits else None,
+                         head_bits=int(head_bits) if head_bits else None)
     try:
         res = export_model(src, output, target=profile, policy=policy, overwrite=force, onnx=with_onnx,
                            kernels=not no_kernels, progress=progress,

@@ -70,3 +70,23 @@ def test_head_bits_overrides_the_output_head_only():
     assert p.keeps("layers.0.wq", (64, 64)) and p.scheme_for("layers.0.ffn.w1", (64, 64)) == "keep"
     assert QuantPolicy(quant="keep").keeps(LM_HEAD, (512, 64))
     assert QuantPolicy(quant="int8", dense_bits=8, head_bits=4).scheme_for("layers.0.wq", (64, 64)) == "int8"
+
+
+def test_export_with_head_bits_stores_the_head_in_int4(tmp_path):
+    from conftest import SMALL
+    from edgespool.exporters.export import export_model
+    from edgespool.exporters.synth import synth_demo_model
+    from edgespool.kernels.quant import dequantize
+    from edgespool.runtime.bundle.names import LM_HEAD
+
+    src = synth_demo_model(**SMALL)
+    export_model(src, tmp_path / "b", policy=QuantPolicy(quant="int8", head_bits=4), overwrite=True, onnx=False,
+                 kernels=False, progress=False)
+    b = Bundle(tmp_path / "b")
+    assert b.manifest["quant"]["head_bits"] == 4
+    head = b.read_group("head")[LM_HEAD]
+    assert head.scheme == "int4"
+    w = src.tensor(LM_HEAD)
+    rel = float(np.linalg.norm(dequantize(head) - w) / np.linalg.norm(w))
+    assert 0 < rel < 0.2  # a real int4 re-quantization of the head, not a copy
+    assert b.read_group("layers.0")["layers.0.wq"].scheme == "int8"
