@@ -19,7 +19,7 @@ int8 (``quant`` given) is lowered so that onnxruntime does the numpy int8 execut
   numpy executor's by definition (:mod:`.qadd`) + an int8 ``Clip`` for a fused activation.
 * mul / concat / avgpool / gap / gemm: integer or exact-float steps (Cast, Sub zero point, Mul by the float32
   multiplier, Round = half to even, Add zero point, Clip, Cast) in the numpy executor's order; LUT activations are
-  a ``Gather``; maxpool is an int8 ``MaxPool``.
+  a ``Gather`` (hard-swish / hard-sigmoid: DQ -> act -> Q where checked exact, :mod:`.act_lower`); maxpool is an int8 ``MaxPool``.
 
 Tensors carry a leading batch dimension of 1 ([1, C, h, w]; [1, N] for vectors).
 """
@@ -61,6 +61,7 @@ class _Builder:
         self.inits: list = []
         self.cache: dict[tuple[int, str], tuple[np.ndarray, str]] = {}
         self.k = 0
+        self.float_acts: frozenset[str] = frozenset()  # act nodes lowered as DQ -> act -> Q instead of a Gather
 
     def name(self, hint: str) -> str:
         self.k += 1
@@ -273,6 +274,10 @@ def _eltwise(b: _Builder, n: Node, xs: list[str], hint: str, q: "QuantCnn | None
         parts = [_requant_f32(b, b.op("Mul", [_to_f32_centered(b, x, z, hint), b.const(_f(m), "m")], hint + "_m"),
                               zo, -128, 127, hint) for x, z, m in zip(xs, zin, qn["mults"])]
         return b.op("Concat", parts, hint, axis=1)
+    if n.name in b.float_acts:  # hard-swish / hard-sigmoid checked equal to the table (.act_lower)
+        from .act_lower import float_chain
+
+        return float_chain(b, n, xs[0], q, hint)
     idx = b.op("Cast", [xs[0]], hint + "_i", to=6)  # uint8 = int8 + 128: the LUT index
     lut = (qn["lut"].astype(np.int16) + U8).astype(np.uint8)
     return b.op("Gather", [b.const(lut, "lut"), idx], hint, axis=0)
@@ -300,13 +305,27 @@ def input_quantizer(graph: CnnGraph, quant: "QuantCnn") -> "onnx.ModelProto":
     return helper.make_model(gp, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
 
 
+def _float_acts(graph: CnnGraph, quant: "QuantCnn | None", given: frozenset[str] | None) -> frozenset[str]:
+    if quant is None:
+        return frozenset()
+    if given is not None:
+        return given
+    from .act_lower import exact_float_acts
+
+    return exact_float_acts(graph, quant)
+
+
 def lower_segment(graph: CnnGraph, start: int, end: int, inputs: dict[str, Box], boxes: dict[str, Box],
-                  outputs: Sequence[str], quant: "QuantCnn | None" = None, name: str = "segment") -> "onnx.ModelProto":
+                  outputs: Sequence[str], quant: "QuantCnn | None" = None, name: str = "segment",
+                  float_acts: frozenset[str] | None = None) -> "onnx.ModelProto":
     """ONNX model of nodes ``start..end-1``: graph inputs ``inputs`` (tensor -> the box the fed array holds), every
-    produced tensor computed over ``boxes[tensor]`` (default: the whole map), model outputs ``outputs``."""
+    produced tensor computed over ``boxes[tensor]`` (default: the whole map), model outputs ``outputs``.
+    ``float_acts``: int8 act nodes to lower as DQ -> act -> Q (default: those :func:`.act_lower.exact_float_acts`
+    finds exact)."""
     from onnx import TensorProto, helper
 
     b = _Builder()
+    b.float_acts = _float_acts(graph, quant, float_acts)
     elem = TensorProto.UINT8 if quant is not None else TensorProto.FLOAT
     env: dict[str, tuple[str, Box]] = {}
     g_in = []
@@ -329,13 +348,14 @@ def lower_segment(graph: CnnGraph, start: int, end: int, inputs: dict[str, Box],
 
 
 def lower_patches(graph: CnnGraph, split: int, regions: Sequence[dict[str, Box]], input_box: Box,
-                  quant: "QuantCnn | None" = None) -> "onnx.ModelProto":
+                  quant: "QuantCnn | None" = None, float_acts: frozenset[str] | None = None) -> "onnx.ModelProto":
     """One ONNX model computing stage 1 (nodes ``0..split``) for every patch of ``regions``, in patch order, from one
     input holding ``input_box`` of the network input; output ``k`` is patch ``k`` of the stage-1 output. Weights
-    are shared initializers (one copy for all patches)."""
+    are shared initializers (one copy for all patches). ``float_acts``: as :func:`lower_segment`."""
     from onnx import TensorProto, helper
 
     b = _Builder()
+    b.float_acts = _float_acts(graph, quant, float_acts)
     elem = TensorProto.UINT8 if quant is not None else TensorProto.FLOAT
     g_in = [helper.make_tensor_value_info("x", elem, onnx_shape(graph, graph.input, input_box))]
     t = graph.nodes[split].output

@@ -23,6 +23,7 @@ import numpy as np
 from ...errors import OptionError
 from ..bundle.cnn_graph import CnnGraph
 from .executor import CnnRunner
+from .act_lower import exact_float_acts
 from .onnx_lower import full_box, input_quantizer, lower_patches, lower_segment
 
 if TYPE_CHECKING:
@@ -69,8 +70,10 @@ class OrtCnnRunner:
         self.graph, self.quant, self.plan, self.threads = graph, quant, plan, threads
         self._ref = CnnRunner(graph, quant)  # input checks / quantisation and output dequantisation
         g = graph
+        fa = exact_float_acts(g, quant) if quant is not None else frozenset()  # checked once, all 256 codes
+        self.float_acts = fa
         self.whole = _Session(lower_segment(g, 0, len(g.nodes), {g.input: full_box(g, g.input)}, {}, [g.output],
-                                            quant, g.name), threads)
+                                            quant, g.name, fa), threads)
         self.quantizer = _Session(input_quantizer(g, quant), threads) if quant is not None else None
         self.patches: list[tuple[dict[str, tuple[int, int, int, int]], _Session]] = []
         self.stage2: _Session | None = None
@@ -84,16 +87,16 @@ class OrtCnnRunner:
             if merged:
                 import onnxruntime as ort
 
-                m = lower_patches(g, split, regions, full_box(g, g.input), quant)
+                m = lower_patches(g, split, regions, full_box(g, g.input), quant, fa)
                 self.merged = ort.InferenceSession(m.SerializeToString(), session_options(threads),
                                                    providers=["CPUExecutionProvider"])
                 self.regions = regions
             for reg in ([] if merged else regions):
                 ib = full_box(g, g.input) if plan.input_resident else reg[g.input]
-                m = lower_segment(g, 0, split + 1, {g.input: ib}, reg, [t], quant, f"{g.name}_patch")
+                m = lower_segment(g, 0, split + 1, {g.input: ib}, reg, [t], quant, f"{g.name}_patch", fa)
                 self.patches.append((reg, _Session(m, threads)))
             self.stage2 = _Session(lower_segment(g, split + 1, len(g.nodes), {t: full_box(g, t)}, {}, [g.output],
-                                                 quant, f"{g.name}_stage2"), threads)
+                                                 quant, f"{g.name}_stage2", fa), threads)
 
     @property
     def mode(self) -> str:

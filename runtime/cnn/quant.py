@@ -5,7 +5,7 @@
   calibration inputs, widened to include 0). Maxpool and reshape outputs share their input's parameters.
 * Bias: int32 ``round(b / (s_in * w_scale[o]))``. Requantisation multipliers are float32 (see
   :mod:`.executor` for the exact arithmetic). Elementwise activations (sigmoid, hardswish, a standalone clip...)
-  are 256-entry int8 lookup tables.
+  are 256-entry int8 lookup tables (hard-swish / hard-sigmoid tables in ONNX's float32 steps, :func:`lut_f32`).
 """
 from __future__ import annotations
 
@@ -107,6 +107,20 @@ def _act_f64(node: Node, x: np.ndarray) -> np.ndarray:
     raise OptionError(f"node {node.name!r}: unknown activation {k!r}")
 
 
+def lut_f32(node: Node, si: float, zi: int, so: float, zo: int) -> np.ndarray:
+    """int8 table of a hard-swish / hard-sigmoid act in float32 steps, as ONNX DequantizeLinear -> HardSwish /
+    HardSigmoid -> QuantizeLinear compute them: ``x = float32(q - zi) * si``; hard-swish ``x * clip(x * float32(1/6)
+    + 0.5, 0, 1)``, hard-sigmoid ``clip(x * alpha + beta, 0, 1)`` (each product and sum rounded to float32, no fma);
+    ``clip(rint(y / so) + zo)``. (The onnxruntime lowering checks its chain against this table, :mod:`.act_lower`.)"""
+    f = np.float32
+    x = (np.arange(-128, 128) - zi).astype(np.float32) * f(si)
+    if node.attrs["kind"] == "hardswish":
+        y = x * np.clip(x * f(1.0 / 6.0) + f(0.5), f(0), f(1))
+    else:
+        y = np.clip(x * f(node.attrs["alpha"]) + f(node.attrs["beta"]), f(0), f(1))
+    return np.clip(np.rint(y.astype(np.float32) / f(so)) + zo, -128, 127).astype(np.int8)
+
+
 def _weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flat = w.reshape(w.shape[0], -1).astype(np.float64)
     amax = np.abs(flat).max(axis=1)
@@ -147,9 +161,12 @@ def quantize_cnn(graph: CnnGraph, ranges: dict[str, tuple[float, float]]) -> Qua
                 raise UnsupportedModelError(f"{graph.name}: node {n.name!r}: SOFTMAX has no int8 path (not an "
                                             f"elementwise table); run this model in f32")
             si, zi = tensors[n.inputs[0]]
-            xs = (np.arange(-128, 128, dtype=np.float64) - zi) * si
-            ys = _act_f64(n, xs)
-            qn.update(lut=np.clip(np.rint(ys / so) + zo, -128, 127).astype(np.int8))
+            if n.attrs["kind"] in ("hardswish", "hardsigmoid"):
+                qn.update(lut=lut_f32(n, si, zi, so, zo))
+            else:
+                xs = (np.arange(-128, 128, dtype=np.float64) - zi) * si
+                ys = _act_f64(n, xs)
+                qn.update(lut=np.clip(np.rint(ys / so) + zo, -128, 127).astype(np.int8))
         if qn:
             nodes[n.name] = qn
     return QuantCnn(tensors, nodes)
