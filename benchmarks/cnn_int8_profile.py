@@ -3,9 +3,9 @@ layer, one session) of the real MobileNetV2 w1.0 @224, against the same profile 
 (onnxruntime's own QDQ quantisation of the same ONNX file, uint8 and int8 activations); time summed
 per ONNX op type (after ORT's graph optimisation, so fused kernels show under their fused names).
 
-The int8 lowering reproduces the numpy int8 arithmetic in float (integer values carried as float: Conv in f32,
-requantisation as Mul / Round / Clip / Cast steps): this shows what those elementwise round trips cost next to
-the convolutions. Single-process, ``--runs`` profiled calls after a warm-up; the machine is shared (noisy).
+The int8 lowering reproduces the numpy int8 arithmetic exactly: QLinearConv, residual adds as one QLinearAdd,
+hard-swish / hard-sigmoid as DequantizeLinear -> act -> QuantizeLinear (checked exact), the remaining requantising
+steps as Mul / Round / Clip / Cast: this shows what those elementwise steps cost next to the convolutions. Single-process, ``--runs`` profiled calls after a warm-up; the machine is shared (noisy).
 
     python benchmarks/cnn_int8_profile.py [--threads 1] [--runs 20] [--ppocr-cls FILE.onnx]
 """
