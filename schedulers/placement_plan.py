@@ -286,13 +286,17 @@ def _fill(groups: Sequence[GroupCost], room: int, link: LinkModel, allow_stream:
 
 
 def plan_placement(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_bytes: int, *,
-                   workspace_bytes: int, boundary_bytes: int, stream_kv_bytes: int = 0) -> Placement:
+                   workspace_bytes: int, boundary_bytes: int, stream_kv_bytes: int = 0,
+                   interleave: bool = False) -> Placement:
     """Place ``groups`` (in compute order) under ``gpu_budget_bytes`` (see the module docstring).
 
     ``workspace_bytes``: the arena's fixed part (activations of the largest step, dequantisation scratch);
     ``boundary_bytes``: the activations that cross at a CPU<->GPU boundary (one token's hidden state);
     ``stream_kv_bytes``: KV bytes per streamed group (its KV cache stays on the GPU). A budget below the workspace
-    plus the smallest group raises :class:`~edgespool.errors.BudgetError` naming that minimum."""
+    plus the smallest group raises :class:`~edgespool.errors.BudgetError` naming that minimum.
+    ``interleave``: also try CPU groups between streamed ones to hide their copies (off by default: on the H200
+    the predicted overlap did not happen -- streamed layers stayed copy-bound, 1.0 ms each, and the 25% cap ran
+    at 25.8 tok/s against 39.7 with every non-resident layer streamed; docs/GPU.md)."""
     groups = list(groups)
     ws = arena_align(workspace_bytes)
     capable = [g for g in groups if g.gpu_ok]
@@ -328,7 +332,7 @@ def plan_placement(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_byte
                 continue
             for skip, first in variants:
                 filled = _fill(groups, room - n_res * kv, link, allow_stream=True, skip=skip, first=first)
-                for where in _interleavings(groups, filled):
+                for where in (_interleavings(groups, filled) if interleave else [filled]):
                     streamed = [g for g in groups if where[g.name] == STREAM]
                     for g in streamed[n_res:]:
                         where[g.name] = CPU  # beyond the reserved KV room: computed on the CPU

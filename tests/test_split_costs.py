@@ -114,7 +114,8 @@ def test_interleaves_cpu_and_streamed_layers_when_cpu_hides_copies():
     gs = [GroupCost(g.name, g.kind, g.host_bytes, g.gpu_bytes, g.cpu_s, g.gpu_s, g.kv_bytes,
                     streamable=g.streamable, stream_gpu_s=0.35e-3 if g.kind == "layer" else 0.0) for g in _groups()]
     link = LinkModel(54e9, 17e-6, False, "recorded", boundary_s=15e-6)
-    p = plan_placement(gs, link, 900 << 20, workspace_bytes=WS, boundary_bytes=4 * H, stream_kv_bytes=KV)
+    p = plan_placement(gs, link, 900 << 20, workspace_bytes=WS, boundary_bytes=4 * H, stream_kv_bytes=KV,
+                       interleave=True)
     kinds = [p.where(f"layers.{i}") for i in range(L)]
     assert STREAM in kinds and CPU in [k for k in kinds if k != GPU], p.summary()
     where = {g.name: g.where for g in p.groups}
@@ -122,6 +123,10 @@ def test_interleaves_cpu_and_streamed_layers_when_cpu_hides_copies():
     all_cpu = {n: (CPU if w == STREAM else w) for n, w in where.items()}
     assert p.predicted_token_s < _timeline(gs, all_stream, link, 4 * H)[0]
     assert p.predicted_token_s < _timeline(gs, all_cpu, link, 4 * H)[0]
+    # off by default (measured on the H200: the overlap did not happen): the same inputs plan no alternation
+    q = plan_placement(gs, link, 900 << 20, workspace_bytes=WS, boundary_bytes=4 * H, stream_kv_bytes=KV)
+    rest = [g.where for g in q.groups if g.kind == "layer" and g.where != GPU]
+    assert rest and len(set(rest)) == 1, q.summary()
 
 
 @pytest.fixture(scope="module")
