@@ -124,8 +124,9 @@ def requantize(src: Path, dst: Path, ftype: str) -> Path:
     return dst
 
 
-def prepare_real(work: Path, name: str) -> dict[str, Path]:
-    """For the fetched GGUF ``name``: edgespool int8 / int4 / keep bundles and llama.cpp Q8_0 / Q4_0 files."""
+def prepare_real(work: Path, name: str, need: set[str] | None = None) -> dict[str, Path]:
+    """For the fetched GGUF ``name``: edgespool int8 / int4 / keep bundles and llama.cpp Q8_0 / Q4_0 files (only
+    the artefacts in ``need``, e.g. ``{"keep", "file.gguf"}``, when given)."""
     gg = sorted((Path.home() / ".cache/edgespool/assets" / name).glob("*.gguf"))
     if not gg:
         raise SystemExit(f"{name}: run `edgespool fetch {name}` first")
@@ -133,8 +134,11 @@ def prepare_real(work: Path, name: str) -> dict[str, Path]:
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {"file.gguf": gg[0]}
     for q in ("int8", "int4", "keep"):
-        out[q] = _export_once(gg[0], work / f"bundle_{q}", q)
+        if need is None or q in need:
+            out[q] = _export_once(gg[0], work / f"bundle_{q}", q)
     for ft in ("q8_0", "q4_0"):
+        if need is not None and f"{ft}.gguf" not in need:
+            continue
         g = work / f"{ft}.gguf"
         if not g.exists():
             requantize(gg[0], g, ft)
@@ -344,12 +348,12 @@ def main_real(a: argparse.Namespace) -> int:
     results = []
     one = argparse.Namespace(**{**vars(a), "runs": 1})
     for name in a.real.split(","):
-        arts = prepare_real(a.work, name)
+        arts = prepare_real(a.work, name, {REAL_SYSTEMS[s][1] for s in systems})
         decide_extra_bufts(str(arts["file.gguf"]))
         import gguf
 
         vocab = len(gguf.GGUFReader(str(arts["file.gguf"])).fields["tokenizer.ggml.tokens"].data)
-        meta["models"][name] = {k: gguf_types(arts[k]) for k in ("file.gguf", "q8_0.gguf", "q4_0.gguf")}
+        meta["models"][name] = {k: gguf_types(arts[k]) for k in ("file.gguf", "q8_0.gguf", "q4_0.gguf") if k in arts}
         for t in [int(v) for v in a.threads.split(",")]:
             rounds: dict[str, list[dict]] = {s: [] for s in systems}
             for _ in range(a.runs):
