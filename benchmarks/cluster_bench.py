@@ -61,6 +61,9 @@ def main() -> None:
     ap.add_argument("--json", default="", help="also write the raw runs here")
     ap.add_argument("--bundle", default="", help="an exported bundle to use (on a disk) instead of --model")
     ap.add_argument("--modes", default="pipeline", help="2-board modes: pipeline, tensor or both (comma-separated)")
+    ap.add_argument("--tensor-no-kernels", action="store_true",
+                    help="tensor mode with the numpy reference kernels (streamed shards + the bundle's C kernels "
+                         "give wrong tokens: docs/CLUSTER.md)")
     a = ap.parse_args()
     from edgespool.apps.cluster.boards import BoardLimits, EmulatedBoards
     from edgespool.apps.cluster.launch import run_cluster, worker_command
@@ -109,6 +112,8 @@ def main() -> None:
                 if mode == "tensor":
                     worker = tp_worker_command(str(path), shards, prompt, a.n, max_context=ctx, budget=budget,
                                                prefill_chunk=16, timeout_s=300)
+                    if a.tensor_no_kernels:
+                        worker.append("--no-kernels")
                 else:
                     ranges = [(s.start, s.stop) for s in plan.stages]
                     worker = worker_command(str(path), ranges, prompt, a.n, max_context=ctx, budgets=[budget] * k,
