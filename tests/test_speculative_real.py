@@ -20,7 +20,7 @@ PROMPTS = ["Write a Python function that checks whether a string is a palindrome
 N = 24
 
 
-def _bundle(name: str, tmp_path_factory) -> str:
+def _bundle(name: str, tmp_path_factory, head_bits: int | None = None) -> str:
     from edgespool.apps.assets import AssetError, fetch
     from edgespool.exporters.compress import QuantPolicy
     from edgespool.exporters.export import export_model, open_source
@@ -30,7 +30,7 @@ def _bundle(name: str, tmp_path_factory) -> str:
     except (AssetError, OSError) as e:
         pytest.skip(f"{name} not available: {e}")
     out = tmp_path_factory.mktemp(name) / "bundle"
-    export_model(open_source(gguf), out, policy=QuantPolicy(quant="keep"), overwrite=True, onnx=False,
+    export_model(open_source(gguf), out, policy=QuantPolicy(quant="keep", head_bits=head_bits), overwrite=True, onnx=False,
                  kernels=True, progress=False)
     return str(out)
 
@@ -79,3 +79,25 @@ def test_qwen15_with_qwen05_draft_greedy_identical(qwen05, tmp_path_factory):
         st = m.stats.speculative
     assert got == refs
     assert st["acceptance_rate"] > 0.3 or st["drafted"] == 0  # the pair agrees often (measured ~0.8 on code)
+
+
+@pytest.mark.slow
+def test_qwen15_with_int4_head_draft_greedy_identical_and_accepts_as_often(qwen05, tmp_path_factory):
+    """The 0.5B draft with its Q8_0 head re-quantized to int4 (``--head-bits 4``, docs/SPECULATIVE.md): the output is
+    still plain greedy's, and its acceptance stays within 10 points of the GGUF's own draft on the same prompts."""
+    q15 = _bundle("qwen2.5-coder-1.5b", tmp_path_factory)
+    h4 = _bundle("qwen2.5-coder-0.5b", tmp_path_factory, head_bits=4)
+    assert Bundle(h4).manifest["quant"]["head_bits"] == 4
+    refs = _plain(q15, PROMPTS)
+    acc = {}
+    for name, d in (("q8_0 head", qwen05), ("int4 head", h4)):
+        got, drafted, accepted = [], 0, 0
+        with load(q15, draft=d, draft_tokens=4) as m:
+            for p in PROMPTS:
+                got.append(list(m.generate_ids(_ids(m, p), N, stop=[])))
+                st = m.stats.speculative  # this generation's counters
+                drafted, accepted = drafted + st["drafted"], accepted + st["accepted"]
+        assert got == refs, name
+        assert drafted > 0, name
+        acc[name] = accepted / drafted
+    assert acc["int4 head"] >= acc["q8_0 head"] - 0.10, acc
