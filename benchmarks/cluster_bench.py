@@ -22,6 +22,8 @@ import statistics
 import sys
 from pathlib import Path
 
+PROMPT_TEXT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:\n        return n\n"
+
 MiB = 1 << 20
 
 
@@ -82,7 +84,11 @@ def main() -> None:
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     links = [parse_link(x) for x in a.links.split(",")]
     ctx = 64
-    prompt = [1] + list(range(100, 115))
+    # a real code prompt: on arbitrary token ids the logits are nearly flat and a greedy argmax flips between
+    # kernel families (the C kernels' int8 activations vs the numpy reference) on ties a few 0.01 apart
+    from edgespool.runtime.decoder.tokenizer import BundleTokenizer
+
+    prompt = BundleTokenizer.from_manifest(b.path, b.manifest["tokenizer"]).encode(PROMPT_TEXT)[:16]
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     if not set(modes) <= {"pipeline", "tensor"}:
         raise SystemExit(f"--modes {a.modes!r}: pipeline and/or tensor")

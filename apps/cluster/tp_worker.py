@@ -42,14 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         bundle = Bundle(a.bundle)
         red = Allreduce(comm, a.allreduce, a.timeout, a.simulated_latency_ms / 1000.0)
         kern = resolve_kernels(bundle, not a.no_kernels)
-        if a.shards and a.budget and kern.backend is not None:
-            # KNOWN BUG (docs/CLUSTER.md "Not done"): streamed shard bundles through the bundle's compiled kernels
-            # gave wrong tokens on Qwen2.5-Coder-0.5B (resident shards + compiled kernels and streamed shards +
-            # the numpy reference were exact); until it is found, streamed shards use the reference kernels
-            from ...kernels.table import REFERENCE
-
-            kern = REFERENCE.replace(description="numpy reference kernels (streamed shards: compiled kernels gave "
-                                                 "wrong tokens, see docs/CLUSTER.md)")
         ids = np.array([int(t) for t in a.prompt_ids.split(",")] if a.prompt_ids else [], np.int64)
         if ids.size == 0:
             raise ValueError("the prompt is empty: give at least one token")
