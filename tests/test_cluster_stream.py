@@ -18,7 +18,7 @@ from edgespool.runtime.decoder.engine import Engine
 from edgespool.runtime.decoder.weights import ResidentWeights
 from edgespool.schedulers.memory_plan import kv_cache_bytes, minimum_budget, plan_memory
 from edgespool.schedulers.stage_role import StageRole
-from cluster_common import assert_stages_follow
+from cluster_common import assert_stages_follow, greedy_reference
 
 KW = dict(max_context=64, max_batch_tokens=16, kv_dtype="f32")
 PROMPT = [1, 17, 42, 99, 7, 3, 150, 201]
@@ -87,14 +87,7 @@ def test_bad_stage_role_is_one_clear_error(bundles):
 
 
 def _reference(b: Bundle, n: int = 5):
-    ref = Engine(ResidentWeights(b), kv_dtype="f32")
-    cache = ref.new_cache(64)
-    logits = [ref.forward(PROMPT, cache, last_only=True)]
-    toks = []
-    for _ in range(n):
-        toks.append(int(np.argmax(logits[-1][-1])))
-        logits.append(ref.forward([toks[-1]], cache, last_only=True))
-    return logits, toks
+    return greedy_reference(b.path, PROMPT, n)
 
 
 def _read_group(name: str) -> str:

@@ -20,7 +20,7 @@ from edgespool.runtime.bundle.reader import Bundle
 from edgespool.runtime.cluster.tensor import ShardWeights, check_tensor_parallel
 from edgespool.runtime.decoder.engine import Engine
 from edgespool.runtime.decoder.weights import ResidentWeights
-from cluster_common import mpirun_reason
+from cluster_common import ThreadSum, greedy_reference, mpirun_reason
 
 PROMPT = [1, 17, 42, 99, 7, 3]
 
@@ -32,24 +32,6 @@ def dense6(tmp_path_factory):
     return syn.make_bundle(tmp_path_factory.mktemp("tp") / "d6", cfg)
 
 
-class _ThreadSum:
-    """n boards in n threads: each block output is summed over the boards (a barrier per allreduce)."""
-
-    def __init__(self, n: int) -> None:
-        self.bar, self.parts, self.out = threading.Barrier(n), [None] * n, None
-
-    def of(self, r: int):
-        def reduce(x):
-            self.parts[r] = x
-            if self.bar.wait() == 0:
-                self.out = sum(self.parts[1:], self.parts[0].copy())
-            self.bar.wait()
-            o = self.out.copy()
-            self.bar.wait()
-            return o
-        return reduce
-
-
 def _assemble(parts, engines) -> np.ndarray:
     """Each board's logits hold only its vocabulary rows: put them side by side."""
     ranges = [e.source.vocab_range for e in engines]
@@ -58,14 +40,9 @@ def _assemble(parts, engines) -> np.ndarray:
 
 
 def _split_logits(path, n: int, prompt, steps: int = 3):
-    red = _ThreadSum(n)
+    red = ThreadSum(n)
     engines = [Engine(ShardWeights(Bundle(path), r, n, red.of(r)), kv_dtype="f32") for r in range(n)]
-    ref = Engine(ResidentWeights(Bundle(path)), kv_dtype="f32")
-    rc = ref.new_cache(64)
-    want, toks = [ref.forward(prompt, rc, last_only=True)], []
-    for _ in range(steps):
-        toks.append(int(np.argmax(want[-1][-1])))
-        want.append(ref.forward([toks[-1]], rc, last_only=True))
+    want, toks = greedy_reference(path, prompt, steps)
     got: list[list] = [[] for _ in range(n)]
 
     def board(r):

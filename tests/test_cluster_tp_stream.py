@@ -18,28 +18,10 @@ from edgespool.runtime.cluster.tensor_stream import open_shard
 from edgespool.runtime.decoder.engine import Engine
 from edgespool.runtime.decoder.weights import ResidentWeights
 from edgespool.schedulers.memory_plan import minimum_budget
+from cluster_common import ThreadSum, greedy_reference
 
 PROMPT = [1, 17, 42, 99, 7, 3, 150, 201]
 KW = dict(max_context=64, max_batch_tokens=16, kv_dtype="f32")
-
-
-class _ThreadSum:
-    """n boards in n threads: each allreduce sums the boards' arrays in rank order (barriers)."""
-
-    def __init__(self, n: int) -> None:
-        self.bar, self.parts, self.out, self.calls = threading.Barrier(n), [None] * n, None, 0
-
-    def of(self, r: int):
-        def reduce(x):
-            self.parts[r] = np.array(x, np.float32)
-            if self.bar.wait() == 0:
-                self.out = sum(self.parts[1:], self.parts[0].copy())
-                self.calls += 1
-            self.bar.wait()
-            o = self.out.copy()
-            self.bar.wait()
-            return o
-        return reduce
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +33,9 @@ def models(tmp_path_factory):
                                                                   inter=384, tie=True))}
 
 
-def _reference(path, prompt, steps):
-    ref = Engine(ResidentWeights(Bundle(path)), kv_dtype="f32")
-    rc = ref.new_cache(64)
-    want, toks = [ref.forward(prompt, rc, last_only=True)], []
-    for _ in range(steps):
-        toks.append(int(np.argmax(want[-1][-1])))
-        want.append(ref.forward([toks[-1]], rc, last_only=True))
-    return want, toks
-
-
 def _run_split(paths, prompt, toks, budget_of, kernels=None):
     n = len(paths)
-    red = _ThreadSum(n)
+    red = ThreadSum(n)
     engines = [open_shard(p, red.of(r), budget=budget_of(p), kernels=kernels, **KW) for r, p in enumerate(paths)]
     got: list[list] = [[] for _ in range(n)]
     errs: list[BaseException] = []
@@ -108,7 +80,7 @@ def _min_budget(p):
 def test_streamed_shards_equal_single_board(models, tmp_path, which, n):
     path = models[which]
     b = Bundle(path)
-    want, toks = _reference(path, PROMPT, 3)
+    want, toks = greedy_reference(path, PROMPT, 3)
     paths = shard_bundles(b, n, tmp_path / "shards")
     engines, got, red = _run_split(paths, PROMPT, toks, _min_budget)
     try:
@@ -149,7 +121,7 @@ def test_real_smollm2_streamed_shards_equal_single_board(tmp_path_factory, tmp_p
 
     path = smol_bundle(tmp_path_factory)
     prompt = [1, 504, 3458, 314, 260, 1345]
-    want, toks = _reference(path, prompt, 2)
+    want, toks = greedy_reference(path, prompt, 2)
     paths = shard_bundles(Bundle(path), 3, tmp_path / "shards")
     engines, got, _ = _run_split(paths, prompt, toks,
                                  lambda p: max(_min_budget(p), Bundle(p).weights_nbytes // 4))
