@@ -54,11 +54,8 @@ def run_cluster_cli(bundle, spec: str, prompt: str, n: int, memory_budget: str |
                     work: str | None = None) -> None:
     """The ``run --cluster`` path (greedy decoding); ``mode`` pipeline (layer ranges) or tensor (shard bundles,
     :mod:`.tensor_cli`)."""
-    import os
-
     from ...runtime.decoder.tokenizer import BundleTokenizer
-    from ...units import fmt_bytes
-    from .launch import run_cluster, ssh_mpirun_args, worker_command
+    from .launch import worker_command
     from .solve import head_bytes, layer_bytes, parse_budget, parse_link
 
     kind, what = parse_cluster(spec)
@@ -98,24 +95,35 @@ def run_cluster_cli(bundle, spec: str, prompt: str, n: int, memory_budget: str |
         return
     worker = worker_command(str(bundle.path.resolve()), ranges, ids, n, max_context=ctx,
                             budgets=[budget] * int(k) if budget else None, prefill_chunk=16 if budget else 0)
+    run = run_on_boards(kind, what, worker, budget, link)
+    _report(tok, run, prompt, as_json, "layers " + ", ".join(f"{a}..{b - 1}" for a, b in ranges), budget,
+            ranges=ranges)
+
+
+def run_on_boards(kind: str, what, worker: list[str], budget: int, link, mode_note: str = "", host_note: str = ""):
+    """Launch ``worker`` on the boards of a parsed ``--cluster`` (``kind``, ``what``): EMULATED boards (a rig
+    cgroup of ``budget`` + 600 MiB and one core each, ``link`` shaped by tc tbf + a SIMULATED latency) or real
+    hosts over ssh (untested here); says which on stderr and returns the ClusterRun."""
+    import os
+
+    from ...units import fmt_bytes
+    from .launch import run_cluster, ssh_mpirun_args
+
+    k = what if isinstance(what, int) else len(what)
     if kind == "emulated":
         from .boards import BoardLimits, EmulatedBoards
 
-        worker += ["--simulated-latency-ms", f"{link.rtt_ms / 2:g}"]
-        ncpu = len(os.sched_getaffinity(0))
-        limits = BoardLimits(memory=budget + (600 << 20) if budget else None, cpus=tuple(range(ncpu)))
-        header = (f"[cluster] {k} EMULATED boards (network namespaces on this machine, one core each"
-                  + (f", memory limit {fmt_bytes(budget + (600 << 20))} each" if budget else "")
-                  + f"; link {link.name}: tc tbf {link.rate_mbit:g} Mbit + SIMULATED {link.rtt_ms:g} ms RTT)")
-        click.echo(header, err=True)
+        worker = worker + ["--simulated-latency-ms", f"{link.rtt_ms / 2:g}"]
+        limits = BoardLimits(memory=budget + (600 << 20) if budget else None,
+                             cpus=tuple(range(len(os.sched_getaffinity(0)))))
+        click.echo(f"[cluster] {k} EMULATED boards{mode_note} (network namespaces on this machine, one core each"
+                   + (f", memory limit {fmt_bytes(budget + (600 << 20))} each" if budget else "")
+                   + f"; link {link.name}: tc tbf {link.rate_mbit:g} Mbit + SIMULATED {link.rtt_ms:g} ms RTT)", err=True)
         with EmulatedBoards(int(k), rate_mbit=link.rate_mbit, limits=limits) as boards:
-            run = run_cluster(boards.mpirun_args(), worker)
-    else:
-        click.echo(f"[cluster] {k} real hosts over ssh ({', '.join(what)}): UNTESTED here (no second host on "
-                   "this machine)", err=True)
-        run = run_cluster(ssh_mpirun_args(list(what)), worker)
-    _report(tok, run, prompt, as_json, "layers " + ", ".join(f"{a}..{b - 1}" for a, b in ranges), budget,
-            ranges=ranges)
+            return run_cluster(boards.mpirun_args(), worker)
+    click.echo(f"[cluster] {k} real hosts over ssh ({', '.join(what)}){mode_note}: UNTESTED here (no second host "
+               f"on this machine){host_note}", err=True)
+    return run_cluster(ssh_mpirun_args(list(what)), worker)
 
 
 def _report(tok, run, prompt: str, as_json: bool, split: str, budget: int, ranges=None) -> None:

@@ -7,10 +7,8 @@ each board streams ITS shard bundle under its own ``--memory-budget`` (a fractio
 pipeline mode) and the engine's ``reduce_partial`` hook does the allreduce (ring)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import click
 
 from ...errors import OptionError
 from ...runtime.bundle.reader import Bundle
@@ -67,24 +65,11 @@ def tp_worker_command(bundle: str, shards: list[Path], prompt_ids: list[int], ma
 def run_tensor_cli(bundle: Bundle, kind: str, what, prompt_ids: list[int], n: int, budget: int, ctx: int, link,
                    work: str | None):
     """Launch the tensor-parallel run (emulated boards or ssh hosts) and return its ClusterRun."""
-    from ...units import fmt_bytes
-    from .launch import run_cluster, ssh_mpirun_args
+    from .cli_run import run_on_boards
 
     k = what if isinstance(what, int) else len(what)
     shards = shard_cache(bundle, int(k), work)
     worker = tp_worker_command(str(bundle.path.resolve()), shards, prompt_ids, n, max_context=ctx, budget=budget)
-    if kind == "emulated":
-        from .boards import BoardLimits, EmulatedBoards
-
-        worker += ["--simulated-latency-ms", f"{link.rtt_ms / 2:g}"]
-        limits = BoardLimits(memory=budget + (600 << 20) if budget else None,
-                             cpus=tuple(range(len(os.sched_getaffinity(0)))))
-        click.echo(f"[cluster] {k} EMULATED boards, TENSOR parallel (each streams its shard bundle from "
-                   f"{shards[0].parent}; network namespaces on this machine, one core each"
-                   + (f", memory limit {fmt_bytes(budget + (600 << 20))} each" if budget else "")
-                   + f"; link {link.name}: tc tbf {link.rate_mbit:g} Mbit + SIMULATED {link.rtt_ms:g} ms RTT)", err=True)
-        with EmulatedBoards(int(k), rate_mbit=link.rate_mbit, limits=limits) as boards:
-            return run_cluster(boards.mpirun_args(), worker)
-    click.echo(f"[cluster] {k} real hosts over ssh, TENSOR parallel: UNTESTED here (no second host on this "
-               "machine); each host needs its shard bundle at the same path", err=True)
-    return run_cluster(ssh_mpirun_args(list(what)), worker)
+    return run_on_boards(kind, what, worker, budget, link,
+                         mode_note=f", TENSOR parallel, each streaming its shard bundle from {shards[0].parent}",
+                         host_note="; each host needs its shard bundle at the same path")
