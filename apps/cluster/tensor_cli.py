@@ -21,10 +21,7 @@ def shard_cache(bundle: Bundle, n: int, work: str | None) -> list[Path]:
     from ...exporters.tensor_shard import shard_bundles
     from ...runtime.cluster.tensor import check_tensor_parallel
 
-    check_tensor_parallel(bundle.config, n)
-    if bundle.manifest.get("ffn_layout") == "bundled":
-        raise OptionError(f"{bundle.path}: --cluster-mode tensor: neuron-bundled FFNs are not split; re-export with "
-                          "--ffn-layout matrix")
+    check_tensor_parallel(bundle.config, n)  # before any folder is made (write_shard_bundle checks the rest)
     base = Path(work) if work else bundle.path.resolve().with_name(bundle.path.resolve().name + ".tp-shards")
     try:
         return shard_bundles(bundle, n, base)
