@@ -6,7 +6,10 @@ With :class:`BoardLimits` each board also gets its own rig cgroup (:class:`edges
 a memory limit (page cache included), a blkio read throttle on the disks holding the given paths (its own
 "storage": the throttle is per cgroup, so two boards reading the same disk each get the full rate) and a cpuset.
 The agent script writes its own pid into the board's ``cgroup.procs`` files before it enters the namespace, so
-Open MPI's daemon on that board and the rank it starts live in the board's cgroups."""
+Open MPI's daemon on that board and the rank it starts live in the board's cgroups. Each board also gets its own
+TMPDIR: the boards share this machine's hostname and /tmp, so their daemons would otherwise create the same Open MPI
+session directory (/tmp/ompi.HOST.UID/...) at once, and that mkdir race fails now and then with
+"orte_session_dir failed" (open-mpi/ompi#8510)."""
 from __future__ import annotations
 
 import os
@@ -82,11 +85,12 @@ class EmulatedBoards:
                                     "rate", f"{self.rate}mbit", "burst", f"{max(32, int(self.rate * 1000 // 8 // 100))}kb", "latency", "50ms"], check=True,
                                    capture_output=True)
             procs = self._make_cgroups() if self.limits is not None else [[] for _ in self.ns]
-            cases = "\n".join(f'  {h}) ns={ns}; procs="{" ".join(pf)}" ;;'
-                              for h, ns, pf in zip(self.hosts, self.ns, procs))
+            cases = "\n".join(f'  {h}) ns={ns}; procs="{" ".join(pf)}"; tmp={self.dir / f"board{i}"} ;;'
+                              for i, (h, ns, pf) in enumerate(zip(self.hosts, self.ns, procs)))
             self.agent.write_text(f'#!/bin/sh\nhost="$1"; shift\ncase "$host" in\n{cases}\n  *) echo "unknown '
                                   f'board $host" >&2; exit 1 ;;\nesac\n'
                                   'for f in $procs; do echo $$ > "$f" || exit 1; done\n'
+                                  'mkdir -p "$tmp" && export TMPDIR="$tmp"\n'
                                   'exec ip netns exec "$ns" /bin/sh -c "$*"\n')
             self.agent.chmod(0o755)
         except Exception:
