@@ -97,8 +97,9 @@ def check_run_options(context: int, n: int, seed: int | None, max_context: int |
 @click.option("--draft", default=None,
               help="Speculative decoding: a draft bundle with the same tokenizer, 'ngram' (prompt lookup) or "
                    "'self[:N]' (the first N layers + head); docs/SPECULATIVE.md.")
-@click.option("--draft-tokens", default=4, show_default=True, type=int,
-              help="With --draft: most tokens drafted per verification pass (adaptive below it).")
+@click.option("--draft-tokens", default=None, type=int,
+              help="With --draft: most tokens drafted per verification pass (adaptive below it; default 12 when "
+                   "streamed under --memory-budget, else 4).")
 @click.option("--draft-budget", default=None,
               help="With --draft MODEL and --memory-budget: the draft model's share of the budget (default: all "
                    "the target can spare).")
@@ -124,7 +125,7 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
             memory_budget: str | None, show_plan: bool, max_context: int | None, kv_dtype: str | None, image: str | None,
             top: int, ignore_eos: bool,
             as_chat: bool, system: str | None, as_json: bool, gpu_budget: str | None = None,
-            draft: str | None = None, draft_tokens: int = 4, draft_budget: str | None = None,
+            draft: str | None = None, draft_tokens: int | None = None, draft_budget: str | None = None,
             n_threads: int | None = None, draft_gpu_budget: str | None = None,
             cnn_engine: str = "numpy", cluster: str | None = None, cluster_link: str = "ethernet",
             cluster_mode: str = "pipeline", work: str | None = None) -> None:
@@ -175,7 +176,7 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
         from ..units import parse_bytes
 
         parse_bytes(gpu_budget, "--gpu-budget")
-    if draft is None and (draft_budget is not None or draft_tokens != 4 or draft_gpu_budget is not None):
+    if draft is None and (draft_budget is not None or draft_tokens is not None or draft_gpu_budget is not None):
         from ..errors import OptionError
 
         raise OptionError("--draft-tokens / --draft-budget / --draft-gpu-budget only apply with --draft")

@@ -492,7 +492,7 @@ def kernels_misfit(tvm_target: dict[str, Any]) -> str | None:
 
 def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, target: str | None = None,
          verify: bool = True, kernels: bool | KernelTable = True, mmap: bool = False, n_threads: int | None = None,
-         draft: str | os.PathLike | None = None, draft_tokens: int = 4, draft_budget: str | int | None = None,
+         draft: str | os.PathLike | None = None, draft_tokens: int | None = None, draft_budget: str | int | None = None,
          gpu_memory: str | int | None = None, gpu_context: int | None = None,
          draft_gpu_memory: str | int | None = None, **stream_options: Any) -> Model:
     """Open a decoder bundle. Without ``memory_budget`` every weight is read once and kept resident (CRC-checked
@@ -506,7 +506,8 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
     process-global changes, so models load and close in any order.
     ``draft``: speculative decoding (docs/SPECULATIVE.md) with a draft bundle of the same tokenizer, ``"ngram"``
     (prompt lookup) or ``"self"`` / ``"self:N"`` (the first N layers + head); up to ``draft_tokens`` per verify
-    pass; with a budget the draft model comes out of it (``draft_budget``: its share; default: all the target can spare).
+    pass (default: 12 streamed, 4 resident; the adaptive k picks below it); with a budget the draft model comes out
+    of it (``draft_budget``: its share; default: all the target can spare).
     ``gpu_memory``: CPU/GPU split execution under that GPU memory budget (docs/GPU.md): the placement plan puts
     layers and the head GPU-resident, streamed to the GPU or on the CPU; without a usable GPU (no CuPy, no device)
     the model runs on the CPU and ``model.gpu_fallback`` says why. ``gpu_context``: positions of the GPU layers'

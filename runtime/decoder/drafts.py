@@ -292,6 +292,7 @@ class DraftSetup:
     target_plan_options: dict = None  # type: ignore[assignment]
     gpu_fallback: str | None = None  # draft_gpu_memory= given but the draft runs on the CPU: why (one line)
     placement: Any = None  # the draft's GPU placement (Dovetail mode), None on the CPU
+    auto_k: bool = False  # draft_tokens was not given: k is speculative.default_draft_tokens, capped by the plan
 
     def decoder(self, engine: Any, adaptive: bool = True) -> Any:
         """The :class:`~edgespool.runtime.decoder.speculative.SpeculativeDecoder` over the target ``engine``."""
@@ -301,7 +302,11 @@ class DraftSetup:
         if self.kind == "self":
             n = self.arg if self.arg is not None else max(1, engine.config.num_layers // 4)
             drafter = self_drafter(engine, n)
-        return SpeculativeDecoder(engine, drafter, self.draft_tokens, adaptive)
+        k = self.draft_tokens
+        chunk = getattr(engine, "prefill_chunk", None)
+        if self.auto_k and chunk:  # the default cap, not the user's: fit it to the plan's batch instead of refusing
+            k = max(1, min(k, int(chunk) - 1))
+        return SpeculativeDecoder(engine, drafter, k, adaptive)
 
     def preload(self) -> None:
         """Read a resident draft model's weights now (as the target's ``load_all``), so decode timings exclude it."""
@@ -318,23 +323,24 @@ class DraftSetup:
 def open_draft(spec: Any, target_bundle: Any, *, draft_tokens: Any, budget: int | None, draft_budget: Any = None,
                kernels_for: Callable[[Any], Any], target_kernels: Any = None, target: str | None = None,
                verify: bool = True, plan_options: dict | None = None, draft_gpu_memory: Any = None) -> DraftSetup:
-    """Check ``spec`` (``--draft``) and ``draft_tokens``, and open a draft model (tokenizer checked first, before any
+    """Check ``spec`` (``--draft``) and ``draft_tokens`` (None: :func:`~.speculative.default_draft_tokens` of a
+    streamed / resident target, capped by the target plan's batch), and open a draft model (tokenizer checked first, before any
     weight is read; resident without a ``budget``, else streamed under its share of it, which the target's plan
     then reserves). ``kernels_for(bundle)`` gives a bundle's kernel table. ``draft_gpu_memory`` (Dovetail mode):
     the draft model runs through the CPU/GPU split executor under that GPU budget while the target verifies on
     the CPU; without CuPy / a CUDA device the draft runs on the CPU and ``setup.gpu_fallback`` says why."""
-    from .speculative import check_draft_tokens
+    from .speculative import check_draft_tokens, default_draft_tokens
     from ..bundle.reader import Bundle
     from .weights import ResidentWeights
     from .engine import Engine
 
-    k = check_draft_tokens(draft_tokens)
+    k = default_draft_tokens(budget is not None) if draft_tokens is None else check_draft_tokens(draft_tokens)
     kind, arg = parse_draft(spec)
     if draft_gpu_memory is not None and kind != "model":
         raise OptionError(f"--draft-gpu-budget needs a draft model (--draft BUNDLE), not --draft {spec}")
     plan_kw = dict(plan_options or {})
     opts: dict[str, Any] = {"logits_rows": max(k + 1, int(plan_kw.get("logits_rows", 1)))}
-    setup = DraftSetup(kind, arg, k, target_plan_options=opts)
+    setup = DraftSetup(kind, arg, k, target_plan_options=opts, auto_k=draft_tokens is None)
     if kind == "ngram":
         setup.drafter = NgramDrafter(max_ngram=arg)
         return setup

@@ -20,7 +20,8 @@ Acceptance:
 :class:`DraftLength` picks k before each pass from measured acceptance and measured costs (draft time per token,
 verify time as a function of T): k maximising expected tokens per second, ``E(k) = (1 - a^(k+1)) / (1 - a)``
 over ``k * draft_s + verify_s(k + 1)``; a streamed pass costs about the same for every small T (the weights dominate),
-a resident one grows with T, so the best k differs.
+a resident one grows with T, so the best k differs. Its cap when ``--draft-tokens`` is not given is
+:func:`default_draft_tokens`: larger for a streamed target, so the rule can reach the long drafts that pay there.
 """
 from __future__ import annotations
 
@@ -36,6 +37,19 @@ from .kvcache import KVCache
 from .sampling import Sampler
 
 MAX_DRAFT_TOKENS = 32
+# the cap of the adaptive k when --draft-tokens is not given: a streamed verify pass costs seconds of reads whatever T
+# is, so long drafts pay (measured: k <= 8 beat k <= 4 by 1.2x at 1/4, 97% acceptance); a resident pass grows with T
+# and the rule settles at 1-4 there. Streamed, the cap costs (cap + 1) logit rows of workspace (0.6 MB each at a
+# 151,936-token vocabulary) taken from the budget.
+DEFAULT_DRAFT_TOKENS_STREAMED = 12
+DEFAULT_DRAFT_TOKENS_RESIDENT = 4
+
+
+def default_draft_tokens(streamed: bool) -> int:
+    """The most draft tokens per pass when the user gives none: :data:`DEFAULT_DRAFT_TOKENS_STREAMED` for a target
+    streamed under a memory budget, :data:`DEFAULT_DRAFT_TOKENS_RESIDENT` for a resident one (the adaptive rule of
+    :class:`DraftLength` picks k below it)."""
+    return DEFAULT_DRAFT_TOKENS_STREAMED if streamed else DEFAULT_DRAFT_TOKENS_RESIDENT
 
 
 def check_draft_tokens(k: Any, max_batch_tokens: int | None = None) -> int:
@@ -80,26 +94,44 @@ class SpecStats:
 
 
 class DraftLength:
-    """Chooses k (0..``k_max``) from measurements: acceptance ``a`` (smoothed accepted/drafted of passes that had
-    drafts), draft seconds per token, verify seconds per pass fitted as ``v0 + v1 * (T - 1)`` over the T seen.
-    ``adaptive=False`` always asks for ``k_max``."""
+    """Chooses k (0..``k_max``) from measurements: the per-token acceptance probability ``a``, draft seconds per
+    token, verify seconds per pass fitted as ``v0 + v1 * (T - 1)`` over the T seen. ``adaptive=False`` always asks
+    for ``k_max``.
 
-    def __init__(self, k_max: int, adaptive: bool = True, prior_acceptance: float = 0.6, probe_every: int = 16):
+    ``a`` is estimated as accepted / tried tokens, where a pass that drafted d tokens and accepted n tried n + 1 of
+    them when n < d (the first rejected one ends the pass) and d when all were accepted: the maximum-likelihood
+    estimate of a per-token acceptance probability under the stop-at-first-rejection rule, smoothed over passes.
+    (accepted / drafted would be biased low, the more so the longer the draft: at a = 0.9 and d = 8 it says 0.64,
+    which made the rule shorten drafts that paid.)"""
+
+    def __init__(self, k_max: int, adaptive: bool = True, prior_acceptance: float = 0.6, probe_every: int = 16,
+                 decay: float = 0.8):
         self.k_max, self.adaptive = int(k_max), bool(adaptive)
-        self.a = float(prior_acceptance)
+        self.decay = float(decay)
+        # smoothed accepted and tried counts; the prior weighs as one pass of 2 tried tokens
+        self._acc, self._tried = 2.0 * float(prior_acceptance), 2.0
         self.draft_per_tok: float | None = None
         self.verify: dict[int, float] = {}  # T -> smoothed seconds of a verify pass
         self.probe_every = probe_every
         self.n = 0
         self.k = self.k_max
 
+    @property
+    def a(self) -> float:
+        """The smoothed per-token acceptance probability."""
+        return self._acc / self._tried if self._tried > 0 else 0.0
+
     def observe(self, k_asked: int, draft: Draft, accepted: int, verify_s: float) -> None:
+        """Record one pass: ``draft`` (its tokens and seconds), how many of its tokens were ``accepted``, and the
+        seconds of the verify pass over ``len(draft.tokens) + 1`` positions."""
         T = len(draft.tokens) + 1
         self.verify[T] = verify_s if T not in self.verify else 0.7 * self.verify[T] + 0.3 * verify_s
-        if draft.tokens:
-            rate = accepted / len(draft.tokens)
-            self.a = 0.8 * self.a + 0.2 * rate
-            per = draft.seconds / len(draft.tokens)
+        d = len(draft.tokens)
+        if d:
+            tried = accepted + (1 if accepted < d else 0)
+            self._acc = self.decay * self._acc + accepted
+            self._tried = self.decay * self._tried + tried
+            per = draft.seconds / d
             self.draft_per_tok = per if self.draft_per_tok is None else 0.8 * self.draft_per_tok + 0.2 * per
         self.n += 1
 
