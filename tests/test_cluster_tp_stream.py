@@ -14,7 +14,7 @@ import offload_synth as syn
 from edgespool.errors import BundleError, OptionError
 from edgespool.exporters.tensor_shard import shard_bundles, write_shard_bundle
 from edgespool.runtime.bundle.reader import Bundle
-from edgespool.runtime.cluster.tensor_stream import open_shard
+from edgespool.runtime.cluster.tensor_stream import open_shard, shard_plan_options
 from edgespool.runtime.decoder.engine import Engine
 from edgespool.runtime.decoder.weights import ResidentWeights
 from edgespool.schedulers.memory_plan import minimum_budget
@@ -72,7 +72,7 @@ def _check(want, got, engines, tol):
 
 
 def _min_budget(p):
-    return minimum_budget(Bundle(p), None, **KW)
+    return minimum_budget(Bundle(p), None, **shard_plan_options(Bundle(p), **KW))
 
 
 @pytest.mark.parametrize("which", ["dense", "tied"])
@@ -151,7 +151,8 @@ def test_mpirun_streamed_shards_equal_single_board_tokens(models, tmp_path):
     b = Bundle(models["dense"])
     want = list(Engine(ResidentWeights(b), kv_dtype="f32").generate(PROMPT, 6, stop_ids=b.config.eos_token_ids or ()))
     paths = shard_bundles(b, 2, tmp_path / "shards")
-    budget = max(minimum_budget(Bundle(p), None, max_context=32, max_batch_tokens=4, kv_dtype="f32") for p in paths)
+    budget = max(minimum_budget(Bundle(p), None, **shard_plan_options(Bundle(p), max_context=32, max_batch_tokens=4,
+                                                                      kv_dtype="f32")) for p in paths)
     cmd = ["mpirun", "--oversubscribe", "-np", "2", "--mca", "btl", "tcp,self", "--mca", "rtc", "^hwloc"]
     if os.geteuid() == 0:
         cmd.insert(1, "--allow-run-as-root")

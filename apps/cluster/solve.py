@@ -64,13 +64,16 @@ def head_bytes(bundle: Bundle) -> int:
 def weight_budget(bundle: Bundle, budget: int, max_context: int, kv_dtype: str = "f32") -> int:
     """Bytes of ``budget`` the memory planner can keep for weights: the budget less its KV cache, workspace,
     staging and layer window at that budget (from the single-board plan; a stage's KV cache is smaller: stated
-    simplification)."""
+    simplification). For a tensor-parallel shard bundle the plan also reserves the whole vocabulary's logits row
+    (:func:`~edgespool.runtime.cluster.tensor_stream.shard_plan_options`), as the board's run does."""
+    from ...runtime.cluster.tensor_stream import shard_plan_options
     from ...schedulers.memory_plan import plan_memory
 
-    p = plan_memory(bundle, None, budget, max_context=max_context, kv_dtype=kv_dtype)
+    p = plan_memory(bundle, None, budget, **shard_plan_options(bundle, max_context=max_context, kv_dtype=kv_dtype))
     if p.is_resident:
-        return budget
-    return max(0, budget - (p.kv_cache_bytes + p.workspace_bytes + p.io_staging_bytes + p.window_bytes))
+        return max(0, budget - p.reserved_bytes)
+    return max(0, budget - (p.reserved_bytes + p.kv_cache_bytes + p.workspace_bytes + p.io_staging_bytes
+                            + p.window_bytes))
 
 
 def measure_compute_bps(bundle: Bundle, kernels, tokens: int = 6) -> float:

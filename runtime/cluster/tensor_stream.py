@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ...errors import BundleError
+from ..bundle.constants import align_up
 from ..bundle.names import EMBED
 from ..bundle.reader import Bundle
 from ..bundle.schemes import QTensor
@@ -95,11 +96,39 @@ class ShardSource:
         return self._reduce(x)
 
 
+LOGITS_NOTE = "the whole vocabulary's logits row (tensor-parallel shard)"
+
+
+def logits_reserve(bundle: Bundle, logits_rows: int = 1) -> int:
+    """Bytes a shard bundle's own memory plan misses for the engine's logits: that plan sizes the logits rows for
+    the shard's vocabulary slice (its config), while the engine over :class:`ShardSource` (the whole model's
+    config) allocates rows of the WHOLE vocabulary (``Engine._head``): (whole - slice) float32 values a row,
+    64-byte aligned. 0 for a bundle that is not a shard."""
+    sec = bundle.manifest.get(SECTION)
+    if not isinstance(sec, dict) or bundle.config is None:
+        return 0
+    extra = int(sec["vocab_size"]) - int(bundle.config.vocab_size)
+    return align_up(4 * max(1, int(logits_rows)) * max(0, extra), 64)
+
+
+def shard_plan_options(bundle: Bundle, **plan_options: Any) -> dict[str, Any]:
+    """``plan_options`` for :func:`~edgespool.schedulers.memory_plan.plan_memory` of shard bundle ``bundle``
+    with the whole-vocabulary logits (:func:`logits_reserve`) added to ``reserved_bytes`` (so a shard's plan,
+    minimum budget and weight budget count what its run allocates)."""
+    opts = dict(plan_options)
+    extra = logits_reserve(bundle, int(opts.get("logits_rows", 1)))
+    if extra:
+        opts["reserved_bytes"] = int(opts.get("reserved_bytes", 0)) + extra
+        opts["reserved_for"] = "; ".join(x for x in (opts.get("reserved_for", ""), LOGITS_NOTE) if x)
+    return opts
+
+
 def open_shard(path, reduce: Callable[[np.ndarray], np.ndarray], *, budget: int | str | None = None, kernels=None,
                kv_dtype: str = "f32", max_context: int | None = None, **stream_options) -> Engine:
     """An engine over the shard bundle at ``path``: streamed under ``budget`` (bytes, or a size / fraction
     string of the SHARD bundle: give bytes for a fraction of the whole model) or resident without; ``reduce``
-    is the allreduce; ``stream_options`` go to :func:`~edgespool.offload.streaming_source.open_streaming`."""
+    is the allreduce; ``stream_options`` go to :func:`~edgespool.offload.streaming_source.open_streaming`
+    (the plan reserves the whole vocabulary's logits row: :func:`shard_plan_options`)."""
     from ...kernels.table import REFERENCE
     from ...offload.streaming_source import open_streaming
     from ..decoder.weights import ResidentWeights
@@ -111,5 +140,5 @@ def open_shard(path, reduce: Callable[[np.ndarray], np.ndarray], *, budget: int 
         inner = ResidentWeights(bundle)
     else:
         inner = open_streaming(bundle, budget, kernels=kern, kv_dtype=kv_dtype, max_context=max_context,
-                               **stream_options)
+                               **shard_plan_options(bundle, **stream_options))
     return Engine(ShardSource(inner, bundle, reduce), kern, kv_dtype=kv_dtype)
