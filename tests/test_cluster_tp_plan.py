@@ -5,18 +5,21 @@ cluster planner's weight budget (apps/cluster/solve.py weight_budget) takes it o
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
 import offload_synth as syn
+import pytest
 from edgespool.apps.cluster.solve import weight_budget
 from edgespool.errors import BudgetError
 from edgespool.exporters.tensor_shard import shard_bundles
 from edgespool.runtime.bundle.constants import align_up
 from edgespool.runtime.bundle.reader import Bundle
-from edgespool.runtime.cluster.tensor_stream import logits_reserve, open_shard, shard_plan_options
+from edgespool.runtime.cluster.tensor_stream import (
+    logits_reserve,
+    open_shard,
+    shard_plan_options,
+)
 from edgespool.schedulers.memory_plan import minimum_budget, plan_memory
 
-KW = dict(max_context=64, max_batch_tokens=16, kv_dtype="f32")
+KW = {"max_context": 64, "max_batch_tokens": 16, "kv_dtype": "f32"}
 VOCAB = 4096  # big enough that a missing logits row is far more than the plan's alignment
 
 
