@@ -5,6 +5,13 @@ edgespool.exporters.tensor_shard into --dir once).
 
     python benchmarks/cluster_bench.py [--model qwen2.5-coder-0.5b | --bundle DIR] [--budget 1/4] [--read-mbps 90]
                                        [--repeats 3] [-n 8] [--links ethernet,wifi] [--modes pipeline,tensor]
+                                       [--no-one-board] [--compute-gbps G] [--json OUT]
+    python benchmarks/cluster_bench.py --merge OUT1,OUT2,...      # one table from runs saved by --json
+
+A slow model's runs can be split over several invocations (each under the bench lock, e.g. one link each, the
+one board only in the first: ``--no-one-board`` in the others, ``--compute-gbps`` from the first's header so all
+plans use one rate) and merged: ``--merge`` takes every saved run (same bundle, budget, throttle and prompt: it
+refuses files that differ) and prints the medians.
 
 Each board is a network namespace with its own rig cgroup: memory limit (page cache included) = its budget + an
 allowance for the interpreter, a blkio read throttle of ``--read-mbps`` on the disk holding the bundle (a Pi 5
@@ -20,6 +27,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 PROMPT_TEXT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:\n        return n\n"
@@ -66,7 +74,16 @@ def main() -> None:
     ap.add_argument("--tensor-no-kernels", action="store_true",
                     help="tensor mode with the numpy reference kernels (streamed shards + the bundle's C kernels "
                          "give wrong tokens: docs/CLUSTER.md)")
+    ap.add_argument("--label", default="", help="the model's name in the report (default: --model, or the bundle's "
+                    "folder name with --bundle)")
+    ap.add_argument("--no-one-board", action="store_true", help="skip the one-board runs (merge with a file that has them)")
+    ap.add_argument("--compute-gbps", type=float, default=0.0,
+                    help="the boards' compute rate in GB/s of weights for the plans (default: measured on one core)")
+    ap.add_argument("--merge", default="", help="print one table from these --json files (comma-separated); no runs")
     a = ap.parse_args()
+    if a.merge:
+        print_table(merge([f for f in a.merge.split(",") if f]))
+        return
     from edgespool.apps.cluster.boards import BoardLimits, EmulatedBoards
     from edgespool.apps.cluster.launch import run_cluster, worker_command
     from edgespool.apps.cluster.solve import measure_compute_bps, parse_budget, parse_link
@@ -78,10 +95,14 @@ def main() -> None:
     L = b.config.num_layers
     budget = parse_budget(a.budget, b.weights_nbytes)
     storage_bps = a.read_mbps * 1e6
-    os.sched_setaffinity(0, {0})  # the compute rate of ONE core of this machine (each board has one)
-    os.environ["EDGESPOOL_THREADS"] = "1"
-    compute_bps = measure_compute_bps(b, resolve_kernels(b, True, threads=1))
-    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    label = a.label or (path.name if a.bundle else a.model)
+    if a.compute_gbps > 0:
+        compute_bps = a.compute_gbps * 1e9
+    else:
+        os.sched_setaffinity(0, {0})  # the compute rate of ONE core of this machine (each board has one)
+        os.environ["EDGESPOOL_THREADS"] = "1"
+        compute_bps = measure_compute_bps(b, resolve_kernels(b, True, threads=1))
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     links = [parse_link(x) for x in a.links.split(",")]
     ctx = 64
     # a real code prompt: on arbitrary token ids the logits are nearly flat and a greedy argmax flips between
@@ -107,12 +128,17 @@ def main() -> None:
                                                         ln.spec)
     limits = BoardLimits(memory=budget + 600 * MiB, read_bps=int(storage_bps), storage=(str(path),),
                          cpus=tuple(range(min(2, os.cpu_count() or 1))))
-    runs: dict[tuple[int, str, str], list] = {key: [] for key in plans}
-    mech: list[str] = []
+    meta = {"label": label, "weights_mib": b.weights_nbytes / MiB, "layers": L, "budget": budget,
+            "budget_text": a.budget, "read_mbps": a.read_mbps, "compute_bps": compute_bps, "prompt": prompt,
+            "n": a.n, "bundle": str(path.resolve())}
+    plan_out = {f"{k}-{mode}-{lname}": {"predicted_tok_s": 1 / plan.token_s, "plan": plan.summary(),
+                                        "layers": layers_text(mode, plan)}
+                for (k, mode, lname), plan in plans.items()}
+    runs: list[dict] = []
     for _ in range(a.repeats):
         for ln in links:
             for k, mode in [(1, "one")] + [(2, m) for m in modes]:
-                if k == 1 and ln is not links[0]:
+                if k == 1 and (ln is not links[0] or a.no_one_board):
                     continue  # one board sends nothing: its run serves every link
                 plan = plans[(k, mode, ln.name)]
                 if mode == "tensor":
@@ -125,58 +151,95 @@ def main() -> None:
                     worker = worker_command(str(path), ranges, prompt, a.n, max_context=ctx, budgets=[budget] * k,
                                             prefill_chunk=16, timeout_s=300)
                 worker += ["--simulated-latency-ms", f"{ln.rtt_ms / 2:g}"]
+                t0 = time.strftime("%H:%M:%S", time.gmtime())
                 with EmulatedBoards(k, rate_mbit=ln.rate_mbit, limits=limits) as boards:
                     run = run_cluster(boards.mpirun_args(), worker, timeout_s=1200)
                     cg = boards.board_stats()
-                    mech = boards.mechanisms
-                runs[(k, mode, ln.name)].append((run, cg))
+                    meta["mechanisms"] = boards.mechanisms
+                runs.append({"boards": k, "mode": mode, "link": ln.name, "rate_mbit": ln.rate_mbit, "rtt_ms": ln.rtt_ms,
+                             "tokens": run.tokens, "decode_tok_s": run.decode_tok_s, "ttft_s": run.ttft_s,
+                             "ranks": run.ranks, "cgroups": cg, "started_utc": t0})
                 print(f"  {k} board(s) {mode} {ln.name}: {run.decode_tok_s:.3f} tok/s, TTFT {run.ttft_s:.1f} s",
                       file=sys.stderr, flush=True)
-    for ln in links[1:]:
-        runs[(1, "one", ln.name)] = runs[(1, "one", links[0].name)]
-    base_tokens = runs[(1, "one", links[0].name)][0][0].tokens
-    print(f"model {a.model} int8 ({b.weights_nbytes / MiB:.0f} MiB of weights, {L} layers); each board: budget "
-          f"{budget / MiB:.0f} MiB ({a.budget} of the model), storage throttled to {a.read_mbps:g} MB/s, one core; "
-          f"compute rate measured on one core here: {compute_bps / 1e9:.2f} GB/s of weights")
+    saved = {"meta": meta, "plans": plan_out, "runs": runs}
+    if a.json:
+        Path(a.json).write_text(json.dumps(saved, indent=1))
+    print_table(saved)
+
+
+def layers_text(mode: str, plan) -> str:
+    if mode == "tensor":
+        return "all (1/2 of each)"
+    return "/".join(f"{s.start}-{s.stop - 1}" for s in plan.stages)
+
+
+def merge(files: list[str]) -> dict:
+    """The runs of several ``--json`` files as one (their bundle, budget, throttle, prompt and n must agree)."""
+    out: dict | None = None
+    for f in files:
+        d = json.loads(Path(f).read_text())
+        if out is None:
+            out = {"meta": d["meta"], "plans": dict(d["plans"]), "runs": list(d["runs"])}
+            continue
+        for key in ("bundle", "budget", "read_mbps", "prompt", "n"):
+            if d["meta"][key] != out["meta"][key]:
+                raise SystemExit(f"--merge {f}: its {key} ({d['meta'][key]!r}) differs from the first file's "
+                                 f"({out['meta'][key]!r})")
+        out["plans"].update({k: v for k, v in d["plans"].items() if k not in out["plans"]})
+        out["runs"] += d["runs"]
+    if out is None:
+        raise SystemExit("--merge: give at least one file")
+    return out
+
+
+def print_table(saved: dict) -> None:
+    """The markdown table (medians over the runs of each boards / mode / link) and the plans."""
+    meta, plans, runs = saved["meta"], saved["plans"], saved["runs"]
+    one = [r for r in runs if r["boards"] == 1]
+    if not one:
+        raise SystemExit("no one-board run to compare with (run once without --no-one-board)")
+    base_tokens, base = one[0]["tokens"], statistics.median(r["decode_tok_s"] for r in one)
+    times = sorted(r.get("started_utc", "") for r in runs)
+    print(f"model {meta['label']} int8 ({meta['weights_mib']:.0f} MiB of weights, {meta['layers']} layers); each "
+          f"board: budget {meta['budget'] / MiB:.0f} MiB ({meta['budget_text']} of the model), storage throttled to "
+          f"{meta['read_mbps']:g} MB/s, one core; compute rate measured on one core here: "
+          f"{meta['compute_bps'] / 1e9:.2f} GB/s of weights")
     print("EMULATED boards: network namespaces + rig cgroups on one 2-core VM shared with other agents; link latency "
-          f"SIMULATED (sleep before each send); limits: {'; '.join(mech)}")
-    print(f"{a.repeats} interleaved runs, medians; prompt {len(prompt)} tokens, {a.n} generated")
-    print("| boards | mode | link | layers per board | decode tok/s | x 1 board | predicted tok/s | TTFT s | "
+          f"SIMULATED (sleep before each send); limits: {'; '.join(meta.get('mechanisms', []))}")
+    print(f"runs started {times[0]}..{times[-1]} UTC; medians; prompt {len(meta['prompt'])} tokens, {meta['n']} "
+          "generated")
+    print("| boards | mode | link | layers per board | runs | decode tok/s | x 1 board | predicted tok/s | TTFT s | "
           "streamed MB/token per board (plan) | link bytes/token | messages/token | peak MiB per board | tokens = 1 board |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    out = {}
-    one = statistics.median(r.decode_tok_s for r, _ in runs[(1, "one", links[0].name)])
-    for (k, mode, lname), rs in runs.items():
-        ln = next(x for x in links if x.name == lname)
-        if k == 1 and ln is not links[0]:
-            continue  # the same runs as the first link's row
-        tps = statistics.median(r.decode_tok_s for r, _ in rs)
-        ttft = statistics.median(r.ttft_s for r, _ in rs)
-        r0 = rs[0][0]
-        ntok = max(1, len(r0.tokens))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        link = "-" if r["boards"] == 1 else r["link"]
+        groups.setdefault((r["boards"], r["mode"], link), []).append(r)
+    for (k, mode, lname), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        r0 = rs[0]
+        tps = statistics.median(r["decode_tok_s"] for r in rs)
+        ttft = statistics.median(r["ttft_s"] for r in rs)
+        ntok = max(1, len(r0["tokens"]))
         if k == 1:
             link_b = msgs = 0
         elif mode == "tensor":  # every message every rank sent (allreduce chunks + the token exchange)
-            link_b, msgs = sum(o["sent_bytes"] for o in r0.ranks), sum(o["sent_messages"] for o in r0.ranks)
+            link_b = sum(o["sent_bytes"] for o in r0["ranks"])
+            msgs = sum(o["sent_messages"] for o in r0["ranks"])
         else:
-            link_b = sum(o["link"]["sent_bytes"] for o in r0.ranks)
-            msgs = sum(o["link"]["sent_messages"] for o in r0.ranks)
-        streamed = "/".join(f"{o['streamed_per_token'] / 1e6:.0f}" for o in r0.ranks)
-        peak = "/".join(f"{(c['peak_memory'] or 0) / MiB:.0f}" for c in rs[0][1])
-        plan = plans[(k, mode, lname)]
-        layers = ("all (1/2 of each)" if mode == "tensor"
-                  else "/".join(f"{s.start}-{s.stop - 1}" for s in plan.stages))
-        same = all(r.tokens == base_tokens for r, _ in rs)
-        print(f"| {k} | {mode} | {ln.name} ({ln.rate_mbit:g} Mbit, {ln.rtt_ms:g} ms RTT) | {layers} | {tps:.3f} | "
-              f"{tps / one:.2f} | {1 / plan.token_s:.3f} | {ttft:.1f} | {streamed} | {link_b / ntok:.0f} | "
-              f"{msgs / ntok:.2f} | {peak} | {'yes' if same else 'NO'} |")
-        out[f"{k}-{mode}-{ln.name}"] = {"tok_s": [r.decode_tok_s for r, _ in rs], "ttft_s": [r.ttft_s for r, _ in rs],
-                                        "predicted_tok_s": 1 / plan.token_s, "plan": plan.summary(),
-                                        "ranks": r0.ranks, "cgroups": rs[0][1]}
-    for key, v in out.items():
+            link_b = sum(o["link"]["sent_bytes"] for o in r0["ranks"])
+            msgs = sum(o["link"]["sent_messages"] for o in r0["ranks"])
+        streamed = "/".join(f"{o['streamed_per_token'] / 1e6:.0f}" for o in r0["ranks"])
+        peak = "/".join(f"{(c['peak_memory'] or 0) / MiB:.0f}" for c in r0["cgroups"])
+        plan = plans[f"{k}-{mode}-{r0['link']}"]
+        same = all(r["tokens"] == base_tokens for r in rs)
+        linktext = "-" if k == 1 else f"{lname} ({r0['rate_mbit']:g} Mbit, {r0['rtt_ms']:g} ms RTT)"
+        print(f"| {k} | {mode} | {linktext} | {plan['layers']} | {len(rs)} | {tps:.3f} | {tps / base:.2f} | "
+              f"{plan['predicted_tok_s']:.3f} | {ttft:.1f} | {streamed} | {link_b / ntok:.0f} | {msgs / ntok:.2f} | "
+              f"{peak} | {'yes' if same else 'NO'} |")
+    print("decode tok/s of each run: " + "; ".join(
+        f"{k}/{mode}/{ln}: " + ", ".join(f"{r['decode_tok_s']:.3f}" for r in rs) for (k, mode, ln), rs in groups.items()))
+    for key, v in plans.items():
         print(f"plan {key}: {v['plan']}")
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
