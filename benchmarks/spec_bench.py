@@ -22,8 +22,12 @@ with the model's chat template:
                           lookup, 48-token drafts), no second model; -ngramk: ngram-simple with a 3-token lookup
                           and k-token drafts (edgespool's lookup shape); -ngram-map-k: ``--spec-type ngram-map-k``;
                           each with -norepack as above
-  edgespool-draft-head4   the same 0.5B draft with its Q8_0 output head re-quantized to int4 g32 (edgespool only:
-                          llama.cpp's rows keep the GGUF's own draft; the head is read every draft pass)
+  llama-server-plain(-norepack)   llama-server without speculation (its plain decode under the limit)
+  llama-server-draft-head4(-norepack)   llama-server with the 0.5B GGUF whose Q8_0 output head llama-quantize
+                          re-quantized to Q4_0, the rest copied (spec_server.head4_gguf): llama.cpp's counterpart
+                          of edgespool-draft-head4
+  edgespool-draft-head4   the same 0.5B draft with its Q8_0 output head re-quantized to int4 g32 (the head is
+                          read in full every draft pass)
   edgespool-resident(-ngram|-draft|-draft-head4|-self)   no budget, no memory limit: resident decode with/without speculation
                           (-self: the target's first quarter of layers + its head as the draft)
 
@@ -46,7 +50,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from edgespool.benchmarks.spec_server import server_spec_args  # noqa: F401 - spec_bench's llama-server systems
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -117,7 +121,10 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
         return
     r0 = _io_read_bytes()
     if kind.startswith("llama-server"):
-        server_child(kind, bundle, out, N, ids, k, draft, res)
+        from edgespool.benchmarks.spec_server import server_child
+        from edgespool.runtime.decoder.speculative import default_draft_tokens
+
+        server_child(kind, bundle, out, N, ids, k or default_draft_tokens(bool(budget)), draft, res)
         return
     if kind.startswith("llama"):
         from edgespool.benchmarks.llamacpp_peer import open_llama
@@ -136,12 +143,13 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
         opts: dict = {}
         if budget:
             opts.update(memory_budget=budget, max_context=len(ids) + N + 40)
+        kk = k or None  # k = 0: --draft-tokens not given (speculative.default_draft_tokens, adaptive below it)
         if kind.endswith("-ngram"):
-            opts.update(draft="ngram", draft_tokens=k)
+            opts.update(draft="ngram", draft_tokens=kk)
         elif kind.endswith("-draft") or kind.endswith("-draft-head4"):
-            opts.update(draft=draft, draft_tokens=k)
+            opts.update(draft=draft, draft_tokens=kk)
         elif kind.endswith("-self"):  # the target's first quarter of layers + head (resident only)
-            opts.update(draft="self", draft_tokens=k)
+            opts.update(draft="self", draft_tokens=kk)
         m = load(bundle, **opts)
         plan = getattr(m.source, "plan", None)
         if plan is not None:
@@ -154,117 +162,13 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
         if m.draft is not None:
             m.draft.preload()
         dec = m.speculative
+        if dec is not None:
+            res["draft_tokens_max"] = dec.draft_tokens
         _timed_stream(m.generate_ids(ids, N, stop=[]), res, out, r0,
                       spec=(lambda: dec.stats.to_dict()) if dec is not None else None)
         res.update(speculative=m.stats.speculative, kernels=m.kernels.description)
         res["per_pass"] = per_pass(m.stats.speculative)
         m.close()
-    res["decode_tok_s"] = res["decode_tokens"] / res["decode_s"] if res.get("decode_s") else 0.0
-    res["bytes_read_per_token"] = res["decode_read_bytes"] / max(1, res["decode_tokens"])
-    res["vm_hwm"] = peak_rss_bytes()
-    Path(out).write_text(json.dumps(res))
-
-
-def server_spec_args(kind: str, k: int, draft: str) -> list[str]:
-    """llama-server's speculation flags for system ``kind``: ``-draft``: the draft model (``-md``, draft-simple,
-    at most k tokens); ``-ngram``: ngram-simple at its defaults (12-token lookup, 48-token drafts: k does not
-    apply); ``-ngramk``: ngram-simple shaped as edgespool's lookup (3-token lookup, k-token drafts);
-    ``-ngram-map-k``: ngram-map-k at its defaults."""
-    base = kind.removesuffix("-norepack")
-    if base == "llama-server-draft":
-        return ["-md", draft, "--spec-type", "draft-simple", "--spec-draft-n-max", str(k)]
-    if base == "llama-server-ngram":
-        return ["--spec-type", "ngram-simple"]
-    if base == "llama-server-ngramk":
-        return ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m",
-                str(k)]
-    if base == "llama-server-ngram-map-k":
-        return ["--spec-type", "ngram-map-k"]
-    raise SystemExit(f"unknown llama-server system {kind!r} (llama-server-draft|ngram|ngramk|ngram-map-k"
-                     "[-norepack])")
-
-
-def server_child(kind: str, gguf: str, out: str, N: int, ids: list[int], k: int, draft: str, res: dict) -> None:
-    """llama.cpp's llama-server (binary from $LLAMA_SERVER) started by this child, so inside the same rig cgroup,
-    with its defaults plus ``-md DRAFT --spec-type draft-simple --spec-draft-n-max k`` (without --spec-type the draft is loaded but never used) (llama-server-draft) or ``--spec-type ngram-simple``
-    (llama-server-ngram); one streamed greedy /completion of the prompt ids; tok/s from the client's chunk times
-    (as the other rows) and the server's own ``timings`` (predicted tok/s, draft_n, draft_n_accepted)."""
-    import http.client
-    import subprocess
-
-    from edgespool.benchmarks.serve_bench import free_port, get
-    from edgespool.benchmarks.stream_bench import _io_read_bytes
-
-    port = free_port()
-    cmd = [os.environ["LLAMA_SERVER"], "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c",
-           str(len(ids) + N + 16), "-t", str(len(os.sched_getaffinity(0))), "--no-webui"]
-    cmd += server_spec_args(kind, k, draft)
-    if kind.endswith("-norepack"):  # weights stay in the mmap (x86 repacks them into anonymous buffers by default)
-        cmd.append("--no-repack")
-    res["llamacpp_config"] = " ".join(Path(c).name if "/" in c else c for c in cmd)
-    log = open(out + ".server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        t_ready = time.perf_counter()
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"llama-server exited with {proc.returncode} (log {out}.server.log)")
-            try:
-                if get(port, "/health", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        res["server_ready_s"] = time.perf_counter() - t_ready
-        body = json.dumps({"prompt": ids, "n_predict": N, "temperature": 0.0, "top_k": 1, "stream": True,
-                           "cache_prompt": False})
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
-        c.request("POST", "/completion", body, {"Content-Type": "application/json"})
-        r = c.getresponse()
-        final: dict = {}
-
-        def server_read() -> int:  # the server's own storage reads (/proc/PID/io), not this client's
-            with open(f"/proc/{proc.pid}/io") as f:
-                return next(int(x.split()[1]) for x in f if x.startswith("read_bytes:"))
-
-        rb: list[int] = []
-
-        def chunks():  # one item per streamed content chunk (a chunk may carry several accepted tokens)
-            nonlocal final
-            for line in r:
-                if not rb:
-                    rb.append(server_read())
-                line = line.strip()
-                if not line.startswith(b"data: "):
-                    continue
-                d = json.loads(line[6:])
-                if d.get("stop"):
-                    final = d
-                    return
-                yield d
-
-        r0 = _io_read_bytes()
-        _timed_stream(chunks(), res, out, r0)
-        if rb:
-            res["decode_read_bytes"] = server_read() - rb[0]
-        tm = final.get("timings") or {}
-        res["server_timings"] = tm
-        n = int(tm.get("predicted_n") or final.get("tokens_predicted") or 0)
-        if n:  # tokens generated after the first (the others' decode_tokens), timed client-side from chunk 1
-            res["decode_tokens"] = n - 1
-        drafted, acc = int(tm.get("draft_n") or 0), int(tm.get("draft_n_accepted") or 0)
-        res["speculative"] = {"drafted": drafted, "accepted": acc,
-                              "acceptance_rate": acc / drafted if drafted else 0.0,
-                              "source": "llama-server timings"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-    from edgespool.units import peak_rss_bytes
-
     res["decode_tok_s"] = res["decode_tokens"] / res["decode_s"] if res.get("decode_s") else 0.0
     res["bytes_read_per_token"] = res["decode_read_bytes"] / max(1, res["decode_tokens"])
     res["vm_hwm"] = peak_rss_bytes()
@@ -313,7 +217,14 @@ def export_keep(gguf: Path, work: Path, head_bits: int | None = None) -> Path:
 
 
 def main() -> None:
-    from edgespool.benchmarks.stream_bench import TINY, _cpu_name, machine_load, make_gguf, measure_rig, write_hf
+    from edgespool.benchmarks.stream_bench import (
+        TINY,
+        _cpu_name,
+        machine_load,
+        make_gguf,
+        measure_rig,
+        write_hf,
+    )
     from edgespool.runtime.api import load
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -322,7 +233,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("--draft-tokens", default="4", help="k, or k1,k2,...: each drafting system runs at each k "
-                                                        "(interleaved with the others)")
+                    "(interleaved with the others); 'auto': --draft-tokens not given (edgespool's default cap, "
+                    "adaptive below it; llama-server gets the same cap)")
     ap.add_argument("--budgets", default="4,8", help="fractions 1/k of the target's weights")
     ap.add_argument("--prompts", default="code,chat")
     ap.add_argument("--systems", default=SYSTEMS)
@@ -333,8 +245,12 @@ def main() -> None:
     ap.add_argument("--draft-bundle", default=None)
     ap.add_argument("--rounds", type=int, default=1, help="repeat the budgeted systems, interleaved; medians")
     ap.add_argument("--llama-server", default=None, help="llama-server binary (else found/built under --work)")
+    ap.add_argument("--llama-quantize", default=None, help="llama-quantize binary for llama-server-draft-head4's "
+                    "Q4_0-head draft GGUF (default: next to the llama-server binary)")
+    ap.add_argument("--rig-from", default=None, help="a results.json of an earlier run on this machine: reuse its "
+                    "rig measurement (cold bandwidth, process baselines) instead of measuring again")
     args = ap.parse_args()
-    ks = [int(x) for x in str(args.draft_tokens).split(",") if x]
+    ks = [0 if x == "auto" else int(x) for x in str(args.draft_tokens).split(",") if x]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT / "tests"))
@@ -366,14 +282,21 @@ def main() -> None:
             f = work / f"ids-{p}.json"
             f.write_text(json.dumps([int(i) for i in m.chat_ids([{"role": "user", "content": PROMPTS[p]}])]))
             ids_files[p] = f
-    storage = measure_rig(tb, tiny_gguf, args.profile, 16, args.n, work, meta, baselines)
-    # edgespool's children go through load() (tokenizer included): their baseline is the larger of stream_bench's
-    # and a no-weights load() child's, measured the same way (max of cgroup peak and VmHWM)
-    r = run("base-api", tb, 0, args.profile, 1, work, None, ids_files[args.prompts.split(",")[0]], 1, db, "", 120)
-    api_base = max(r.get("peak_cgroup") or 0, r.get("vm_hwm") or 0)
-    baselines["edgespool"]["baseline"] = max(baselines["edgespool"]["baseline"], api_base)
-    meta["baselines"] = {k: v["baseline"] for k, v in baselines.items()}
-    print("baseline edgespool load():", api_base, flush=True)
+    if args.rig_from:  # the rig measured earlier on this machine (same bundles)
+        prev = json.loads(Path(args.rig_from).read_text())["meta"]
+        storage = meta["storage"] = prev["storage"]
+        baselines.update({k: {"baseline": v} for k, v in prev["baselines"].items()})
+        meta["baselines"], meta["rig_from"] = dict(prev["baselines"]), args.rig_from
+    else:
+        storage = measure_rig(tb, tiny_gguf, args.profile, 16, args.n, work, meta, baselines)
+        # edgespool's children go through load() (tokenizer included): their baseline is the larger of
+        # stream_bench's and a no-weights load() child's, measured the same way (max of cgroup peak and VmHWM)
+        r = run("base-api", tb, 0, args.profile, 1, work, None, ids_files[args.prompts.split(",")[0]], 1, db, "",
+                120)
+        api_base = max(r.get("peak_cgroup") or 0, r.get("vm_hwm") or 0)
+        baselines["edgespool"]["baseline"] = max(baselines["edgespool"]["baseline"], api_base)
+        meta["baselines"] = {k: v["baseline"] for k, v in baselines.items()}
+        print("baseline edgespool load():", api_base, flush=True)
     bw = storage.get("bandwidth")
     size = tb.joinpath("weights.bin").stat().st_size
     from edgespool.runtime.bundle.reader import Bundle
@@ -384,11 +307,18 @@ def main() -> None:
 
         os.environ["LLAMA_SERVER"] = str(llama_server_binary(work, args.llama_server))
         meta["llama_server"] = os.environ["LLAMA_SERVER"]
+    llama_draft = {"": DRAFT_GGUF}
+    if any(s.startswith("llama-server") and "-head4" in s for s in systems):
+        from edgespool.benchmarks.spec_server import head4_gguf
+
+        qb = Path(args.llama_quantize or Path(os.environ["LLAMA_SERVER"]).parent / "llama-quantize")
+        llama_draft["-head4"] = head4_gguf(DRAFT_GGUF, work, qb)
+        meta["llama_draft_head4"] = str(llama_draft["-head4"])
     for rnd, frac in ((r, int(x)) for r in range(args.rounds) for x in args.budgets.split(",") if x):
         for p in args.prompts.split(","):
             P = len(json.loads(ids_files[p].read_text()))
             budget = max(size // frac, minimum_budget(Bundle(tb), None, max_context=P + args.n + 40))
-            bound = None
+            bound = bw / plan_bytes_per_token(tb, budget, P + args.n + 40) if bw else None
             for kind, k in ((s, k) for k in ks for s in args.systems.split(",") if k == ks[0] or drafts(s)):
                 fam = "llama" if kind.startswith("llama") else "edgespool"
                 if fam == "llama" and not have_llama:
@@ -399,12 +329,10 @@ def main() -> None:
                 # larger of the two families' baselines (edgespool load()'s), never less room than edgespool
                 base = max(v["baseline"] for v in baselines.values()) if kind.startswith("llama-server") \
                     else baselines[fam]["baseline"]
+                ldraft = llama_draft["-head4" if "-head4" in kind else ""]
                 r = run(kind, path, budget, args.profile, args.n, work, budget + base, ids_files[p], k,
-                        DRAFT_GGUF if fam == "llama" else draft_of(kind), f"-{frac}-{p}-{rnd}-k{k}",
-                        args.timeout)
+                        ldraft if fam == "llama" else draft_of(kind), f"-{frac}-{p}-{rnd}-k{k}", args.timeout)
                 r.update(fraction=frac, prompt=p, budget=budget, prompt_tokens=P, round=rnd, draft_tokens=k)
-                if kind == "edgespool-stream" and bw and r.get("plan_streamed_bytes_per_token"):
-                    bound = bw / r["plan_streamed_bytes_per_token"]
                 if bound and r.get("decode_tok_s"):
                     r["bound_tok_s"], r["x_bound"] = bound, r["decode_tok_s"] / bound
                 print(json.dumps(r), flush=True)
@@ -427,10 +355,32 @@ def main() -> None:
         Path(args.out).write_text(md)
 
 
+def plan_bytes_per_token(bundle: Path, budget: int, max_context: int) -> int:
+    """Streamed bytes per token of ``bundle``'s plan under ``budget`` without drafting (what edgespool-stream's
+    child plans: host profile, the bundle's kernels, ``max_context``): the one-token-per-pass storage bound of the
+    budget is the rig's cold bandwidth over it."""
+    from edgespool.runtime.api import resolve_kernels
+    from edgespool.runtime.bundle.reader import Bundle
+    from edgespool.schedulers.memory_plan import plan_memory
+    from edgespool.targets import get_target
+
+    b = Bundle(bundle)
+    return plan_memory(b, get_target("host"), budget, kernels=resolve_kernels(b, True, None),
+                       max_context=max_context).streamed_bytes_per_token
+
+
 def drafts(kind: str) -> bool:
     """Whether system ``kind`` drafts (its figures depend on --draft-tokens)."""
     return kind not in ("edgespool-stream", "edgespool-resident", "llama-mmap") and \
-        kind.removesuffix("-norepack") not in ("llama-server-ngram", "llama-server-ngram-map-k")
+        kind.removesuffix("-norepack") not in ("llama-server-plain", "llama-server-ngram", "llama-server-ngram-map-k")
+
+
+def k_label(r: dict, meta: dict) -> str:
+    """The k column: the --draft-tokens of the run, ``auto (<=N)`` when it was not given (N: the cap it got)."""
+    k = r.get("draft_tokens", meta["draft_tokens"])
+    if k == 0:
+        return f"auto (<={r['draft_tokens_max']})" if r.get("draft_tokens_max") else "auto"
+    return str(k)
 
 
 def table(rows: list[dict], meta: dict) -> str:
@@ -464,7 +414,7 @@ def table(rows: list[dict], meta: dict) -> str:
         pp = r.get("per_pass") or per_pass(sp)
         out.append("| " + " | ".join([
             f"1/{r['fraction']}" if r.get("fraction") else "resident", str(r.get("prompt")), r["system"],
-            str(r.get("draft_tokens", meta["draft_tokens"])) if drafts(r["system"]) else "-",
+            k_label(r, meta) if drafts(r["system"]) else "-",
             f"{tps:.2f}" if tps else "-", f"{tps / b:.2f}" if tps and b else "-",
             f"{r['x_bound']:.2f}" if r.get("x_bound") else "-",
             f"{sp['acceptance_rate']:.0%}" if sp.get("drafted") else "-",
@@ -476,151 +426,13 @@ def table(rows: list[dict], meta: dict) -> str:
     return "\n".join(out)
 
 
-QWEN05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
-               num_kv_heads=2, head_dim=64, tie_word_embeddings=True)
-
-
-def _median_s(fn, reps: int) -> float:
-    import statistics
-
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
-def dovetail(argv: list[str]) -> None:
-    """Dovetail mode's parts, measured on a machine with a GPU (SIMULATED models: random int8 weights with the real
-    Qwen2.5-Coder-0.5B / 1.5B configs and vocabulary, since the real GGUFs cannot travel to the GPU machine; speed
-    depends on shapes, not values): the draft's per-token time on the GPU (split executor, all of it placed by
-    the planner under --gpu-budget) and on the CPU, the target's CPU verification pass for T = 1..k+1 tokens at a
-    context of --context positions, and one end-to-end Dovetail generation (its acceptance is a random pair's:
-    near zero, not a figure to quote). tok/s at a given acceptance is then COMPOSED from these measured parts by
-    :func:`compose` (``E(k) / (k * draft_s + verify_s(k + 1))``)."""
-    ap = argparse.ArgumentParser(prog="spec_bench.py dovetail")
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--json-out", required=True)
-    ap.add_argument("--gpu-budget", default="4GiB")
-    ap.add_argument("--context", type=int, default=200)
-    ap.add_argument("--kmax", type=int, default=8)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--kernels", action="store_true", help="export with the C block kernels (CPU side)")
-    ap.add_argument("--tiny", action="store_true", help="smoke test: tiny configs instead of the Qwen ones")
-    a = ap.parse_args(argv)
-    tiny = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
-                head_dim=32) if a.tiny else {}
-    from edgespool.benchmarks.gpu_split_bench import export_synth
-    from edgespool.runtime.api import load
-
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"simulated": "random int8 weights, real Qwen2.5-Coder configs", "context": a.context,
-                 "threads": len(os.sched_getaffinity(0)), "gpu_budget": a.gpu_budget}
-
-    def save() -> None:
-        Path(a.json_out).write_text(json.dumps(res, indent=1, default=str))
-
-    t0 = time.perf_counter()
-    tb = export_synth(work / "t15", "int8", seed=0, kernels=a.kernels, **tiny)
-    db = export_synth(work / "d05", "int8", seed=1, kernels=a.kernels, **(tiny or QWEN05B))
-    res["export_s"] = time.perf_counter() - t0
-    save()
-    ctx = [int(x) for x in np.random.default_rng(0).integers(3, 500, a.context)]
-
-    def per_token(m) -> float:  # one decode token of the draft after a context of a.context positions
-        eng = m.engine
-        cache = eng.new_cache(a.context + a.reps * 8 + 8)
-        eng.forward(ctx, cache, last_only=True)
-        eng.forward([7], cache, last_only=True)  # warm-up (NVRTC, cuBLAS handles)
-        return _median_s(lambda: eng.forward([7], cache, last_only=True), a.reps * 4)
-
-    with load(db, gpu_memory=a.gpu_budget, gpu_context=a.context + 64) as g:
-        res["draft_gpu_fallback"] = g.gpu_fallback
-        if g.gpu_fallback is None:
-            res["draft_placement"] = g.source.placement.summary()
-        res["draft_gpu_token_s" if g.gpu_fallback is None else "draft_planner_cpu_token_s"] = per_token(g)
-        save()
-    try:  # every draft group on the GPU whatever the planner chose (the executor's speed, not the planner's)
-        from edgespool.offload.gpu_split import split_with_placement
-        from edgespool.runtime.api import Model
-        from edgespool.runtime.decoder.weights import ResidentWeights
-        from edgespool.schedulers.placement_plan import GroupPlacement, LinkModel, Placement
-        from edgespool.units import parse_bytes
-
-        with load(db) as c:
-            n = c.bundle.config.num_layers
-            groups = tuple(GroupPlacement(g, "head" if g == "head" else "layer", "gpu", 0, 0, 0.0, 0.0, 0.0,
-                                          "forced") for g in [f"layers.{i}" for i in range(n)] + ["head"])
-            B = parse_bytes(a.gpu_budget, "--gpu-budget")
-            pl = Placement(B, B, 0, 0, 0, groups, 0, 0, 0.0, 0.0, LinkModel(50e9, 5e-6))
-            split = split_with_placement(c.bundle, ResidentWeights(c.bundle), pl, a.context + 64)
-            fm = Model(c.bundle, split, c.tokenizer, c.kernels)
-            res["draft_gpu_all_token_s"] = per_token(fm)
-            fm.close()
-    except Exception as e:  # noqa: BLE001 - recorded, the other parts still run
-        res["draft_gpu_all_error"] = f"{type(e).__name__}: {e}"
-    save()
-    with load(db) as c:
-        c.source.load_all()
-        res["draft_cpu_token_s"] = per_token(c)
-        res["draft_kernels"] = c.kernels.description
-        save()
-    with load(tb) as m:
-        m.source.load_all()
-        eng = m.engine
-        cache = eng.new_cache(a.context + a.kmax + 8)
-        eng.forward(ctx, cache, last_only=True)
-        base = cache.length
-        verify = {}
-        for T in range(1, a.kmax + 2):
-            def step() -> None:
-                eng.forward([7] * T, cache)
-                cache.truncate(base)
-            step()
-            verify[T] = _median_s(step, a.reps)
-        res["verify_cpu_s"] = verify
-        res["target_kernels"] = m.kernels.description
-        save()
-    ids = ctx[:64]
-    for name, kw in (("dovetail", {"draft_gpu_memory": a.gpu_budget}), ("cpu-draft", {})):
-        with load(tb, draft=db, draft_tokens=4, **kw) as m:
-            m.source.load_all()
-            m.draft.preload()
-            list(m.generate_ids(ids, 4, stop=[]))
-            m.reset()
-            list(m.generate_ids(ids, 32, stop=[]))
-            res[f"e2e_{name}"] = {"decode_tok_s": m.stats.decode_tok_s, "speculative": m.stats.speculative,
-                                  "draft_gpu_fallback": m.draft.gpu_fallback}
-        save()
-    res["compose"] = compose(res, [0.5, 0.6, 0.7, 0.8, 0.9])
-    save()
-    print(json.dumps(res, indent=1, default=str))
-
-
-def compose(res: dict, acceptances: list[float], kmax: int = 8) -> dict:
-    """tok/s COMPOSED from measured parts (not a measured run): for each acceptance ``a`` and draft place, the best
-    k of ``E(k) / (k * draft_s + verify_s(k + 1))``, ``E(k) = (1 - a^(k+1)) / (1 - a)`` (i.i.d. acceptance), against
-    plain CPU decoding ``1 / verify_s(1)``."""
-    v = {int(k): float(x) for k, x in res["verify_cpu_s"].items()}
-    out: dict = {"plain_cpu_tok_s": 1 / v[1]}
-    for place in ("gpu", "gpu_all", "cpu"):
-        d = res.get(f"draft_{place}_token_s")
-        if d is None:
-            continue
-        for acc in acceptances:
-            best = max(((1 - acc ** (k + 1)) / (1 - acc) / (k * d + v[k + 1]), k) for k in range(1, kmax + 1)
-                       if k + 1 in v)
-            out[f"{place}@{acc}"] = {"tok_s": best[0], "k": best[1], "x_plain": best[0] * v[1]}
-    return out
-
-
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "table":  # table R1.json R2.json ...: one table of saved results
         runs = [json.loads(Path(f).read_text()) for f in sys.argv[2:]]
         print(table([r for x in runs for r in x["rows"]], runs[0]["meta"]))
     elif len(sys.argv) > 1 and sys.argv[1] == "dovetail":
+        from edgespool.benchmarks.spec_dovetail import dovetail
+
         dovetail(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "child":
         a = sys.argv[2:]

@@ -8,14 +8,17 @@ its acceptance estimate must be the per-token probability, not accepted / drafte
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
 import offload_synth as syn
+import pytest
 from edgespool.runtime.api import load
 from edgespool.runtime.bundle.reader import Bundle
 from edgespool.runtime.decoder.drafts import Draft
-from edgespool.runtime.decoder.speculative import (DEFAULT_DRAFT_TOKENS_RESIDENT, DEFAULT_DRAFT_TOKENS_STREAMED,
-                                                   DraftLength, default_draft_tokens)
+from edgespool.runtime.decoder.speculative import (
+    DEFAULT_DRAFT_TOKENS_RESIDENT,
+    DEFAULT_DRAFT_TOKENS_STREAMED,
+    DraftLength,
+    default_draft_tokens,
+)
 from edgespool.schedulers.memory_plan import minimum_budget
 
 STREAMED = (lambda T: 2.17 + 0.004 * (T - 1), 0.43)  # (verify seconds of a T-position pass, draft s per token)
@@ -64,7 +67,7 @@ def test_acceptance_estimate_is_the_per_token_probability(a):
                                            (0.97, RESIDENT, DEFAULT_DRAFT_TOKENS_STREAMED),
                                            (0.80, RESIDENT, DEFAULT_DRAFT_TOKENS_STREAMED)])
 def test_adaptive_k_settles_near_the_cost_models_best(a, costs, k_max):
-    ch, ks = simulate(a, costs, k_max, passes=240, seed=1)
+    _ch, ks = simulate(a, costs, k_max, passes=240, seed=1)
     settled = ks[80:]
     best = true_rate(best_k(a, costs, k_max), a, costs)
     got = float(np.mean([true_rate(k, a, costs) for k in settled]))
