@@ -86,6 +86,14 @@ def run_cluster_cli(bundle, spec: str, prompt: str, n: int, memory_budget: str |
         why = netns_reason()
         if why:
             raise OptionError(f"--cluster {spec}: {why}")
+    if kind == "ssh":  # registered devices holding shares from `deploy --cluster` (apps/deploy/cluster_run.py)
+        from ..deploy.cluster_run import run_deployed
+
+        run = run_deployed(bundle, list(what), mode, ids, n, budget, ctx)
+        if run is not None:
+            _report(tok, run, prompt, as_json, f"{mode} parallel over the shares deployed on {','.join(what)}",
+                    budget)
+            return
     if mode == "tensor":
         from .tensor_cli import run_tensor_cli
 

@@ -15,7 +15,7 @@ import time
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edgespool-cluster-tp-worker")
-    ap.add_argument("bundle")
+    ap.add_argument("bundle", help="the whole bundle, or - on deployed boards (each --shards bundle has it all)")
     ap.add_argument("--allreduce", default="ring", choices=["ring", "star"])
     ap.add_argument("--prompt-ids", default="")
     ap.add_argument("-n", "--max-tokens", type=int, default=16)
@@ -39,26 +39,34 @@ def main(argv: list[str] | None = None) -> int:
         from ...runtime.cluster.tensor import Allreduce, ShardWeights
         from ...runtime.decoder.engine import Engine
 
-        bundle = Bundle(a.bundle)
         red = Allreduce(comm, a.allreduce, a.timeout, a.simulated_latency_ms / 1000.0)
+        shards = a.shards.split(",") if a.shards else []
+        if shards and len(shards) != size:
+            raise ValueError(f"--shards has {len(shards)} bundles for {size} MPI ranks")
+        if a.bundle == "-":  # a deployed board (deploy --cluster): its shard bundle has the kernels and EOS ids
+            if not shards:
+                raise ValueError("BUNDLE '-' needs --shards (each board's deployed shard bundle)")
+            from ...runtime.cluster.tensor_stream import shard_info
+
+            bundle = Bundle(shards[rank])
+            stops = set(shard_info(bundle).get("eos_token_ids") or ())
+        else:
+            bundle = Bundle(a.bundle)
+            stops = set(bundle.config.eos_token_ids or ())
         kern = resolve_kernels(bundle, not a.no_kernels)
         ids = np.array([int(t) for t in a.prompt_ids.split(",")] if a.prompt_ids else [], np.int64)
         if ids.size == 0:
             raise ValueError("the prompt is empty: give at least one token")
         ctx = a.max_context or int(ids.size) + a.max_tokens + 1
         chunk = a.prefill_chunk or (16 if a.budget else 0)
-        if a.shards:
+        if shards:
             from ...runtime.cluster.tensor_stream import open_shard
 
-            shards = a.shards.split(",")
-            if len(shards) != size:
-                raise ValueError(f"--shards has {len(shards)} bundles for {size} MPI ranks")
             engine = open_shard(shards[rank], red, budget=a.budget or None, kernels=kern, kv_dtype="f32",
                                 max_context=ctx, **({"max_batch_tokens": chunk} if a.budget else {}))
         else:
             engine = Engine(ShardWeights(bundle, rank, size, red), kern, kv_dtype="f32")
         cache = engine.new_cache(ctx)
-        stops = set(bundle.config.eos_token_ids or ())
         tok = np.empty(1, np.int64)
         tokens: list[int] = []
         t0 = time.perf_counter()

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-kernels", action="store_true")
     ap.add_argument("--die-after", type=int, default=-1, help="fault test: this rank exits after N steps")
     ap.add_argument("--die-rank", type=int, default=-1)
+    ap.add_argument("--shares", default="", help="one pipeline stage share per rank (deploy --cluster; BUNDLE: -)")
     a = ap.parse_args(argv)
     from mpi4py import MPI
 
@@ -55,7 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         if budgets and len(budgets) != len(ranges):
             raise ValueError(f"--budgets has {len(budgets)} sizes for {len(ranges)} stages")
         budget = parse_bytes(budgets[rank], "--budgets") if budgets and budgets[rank].strip() != "0" else 0
-        bundle = Bundle(a.bundle)
+        if a.shares:  # this board's deployed share: only its groups are on its disk
+            from ...runtime.cluster.stage_share import StageBundle
+
+            shares = a.shares.split(",")
+            if len(shares) != len(ranges):
+                raise ValueError(f"--shares has {len(shares)} paths for {len(ranges)} stages")
+            bundle = StageBundle(shares[rank])
+            if (bundle.stage.start, bundle.stage.stop) != ranges[rank]:
+                raise ValueError(f"{shares[rank]} holds layers {bundle.stage.start}..{bundle.stage.stop - 1}, not "
+                                 f"this rank's {ranges[rank][0]}..{ranges[rank][1] - 1}; deploy --cluster again")
+        else:
+            bundle = Bundle(a.bundle)
         kern = resolve_kernels(bundle, not a.no_kernels)
         chunk = a.prefill_chunk or (16 if budget else 0)  # streamed: prompt chunks the plan's workspace holds
         stage = open_stage(bundle, *ranges[rank], budget=budget or None, kernels=kern, kv_dtype="f32",

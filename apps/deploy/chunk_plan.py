@@ -91,8 +91,11 @@ def _hash(path: Path, ranges: list[tuple[int, int]], rel: str) -> tuple[Chunk, .
 
 
 def plan_bundle(path: str | os.PathLike, max_chunk: int = MAX_CHUNK) -> ChunkPlan:
-    """Open and validate the bundle at ``path`` and hash it into a chunk plan (one read of every file)."""
-    bundle = Bundle(path)
+    """Open and validate the bundle (or pipeline stage share) at ``path`` and hash it into a chunk plan (one read
+    of every file)."""
+    from ...runtime.cluster.stage_share import open_bundle
+
+    bundle = open_bundle(path)
     root = bundle.path
     files = []
     for f in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):

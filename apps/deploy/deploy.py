@@ -124,8 +124,10 @@ def deploy(bundle_path: str | Path, dev: Device, registry: Registry, *, memory_b
            progress: Callable[[int, int], None] | None = None) -> DeployResult:
     """Ship the bundle at ``bundle_path`` to ``dev`` and make it ``current`` there (see the module docstring).
     Chunks the board already has (from an interrupted deploy or a kept release) are not sent again."""
+    from ...runtime.cluster.stage_share import open_bundle
+
     t0 = time.perf_counter()
-    bundle = Bundle(bundle_path)
+    bundle = open_bundle(bundle_path)  # a whole bundle, or a pipeline stage's share (deploy --cluster)
     plan = plan_bundle(bundle.path, max_chunk)
     try:
         session = connect(dev, registry)

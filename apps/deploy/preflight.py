@@ -93,7 +93,7 @@ def check_fit(bundle: Bundle, facts: dict[str, Any], device: str, *, bytes_to_se
         from ...schedulers.memory_plan import plan_memory
 
         try:
-            plan_total = plan_memory(bundle, None, memory_budget).total_bytes
+            plan_total = plan_memory(bundle, None, memory_budget, stage=getattr(bundle, "stage", None)).total_bytes
         except BudgetError as e:
             raise DeployError(f"{side} cannot stream in --memory-budget {fmt_bytes(memory_budget)}: {e}") from None
     if memory_budget is not None:

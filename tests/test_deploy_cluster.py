@@ -1,0 +1,240 @@
+"""`edgespool deploy BUNDLE --cluster b0,b1` and `edgespool run BUNDLE --cluster b0,b1` against real sshds (issue 19).
+
+Two "boards": the deploy tests' :class:`edgespool.benchmarks.deploy_board.TestBoard` (a network namespace running
+OpenSSH's sshd) plus a second sshd in the same namespace on a second address, each board with its own device root.
+What each board holds is read by this process straight from the board's files (the share's manifest, the bytes of
+every group compared with the source bundle's, every CRC); the run over the deployed shares is mpirun over ssh
+(edgespool's rsh agent) and must give the single board's greedy tokens (tests/cluster_common.greedy_reference).
+Bad input (unknown device, more boards than layers, a model that does not split) needs no sshd."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import offload_synth as syn
+from cluster_common import greedy_reference, mpirun_reason
+from edgespool.apps.deploy.registry import Device, Registry
+from edgespool.runtime.bundle.reader import Bundle
+
+PROMPT = "the cat sat on"
+
+
+def _board_skip() -> str | None:
+    from edgespool.benchmarks.deploy_board import skip_reason
+
+    return skip_reason() or mpirun_reason()
+
+
+needs_boards = pytest.mark.skipif(_board_skip() is not None, reason=str(_board_skip()))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return syn.make_bundle(tmp_path_factory.mktemp("dc") / "dense", syn.dense_config(layers=6, hidden=128, inter=512))
+
+
+@pytest.fixture()
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESPOOL_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.setenv("EDGESPOOL_SSH_CONFIG", "none")
+    return Registry()
+
+
+def _cli(*args, check=True, timeout=300):
+    r = subprocess.run([sys.executable, "-m", "edgespool", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env=dict(os.environ))
+    if check and r.returncode != 0:
+        raise AssertionError(f"edgespool {' '.join(map(str, args))} -> {r.returncode}: {r.stderr[-3000:]}")
+    return r
+
+
+def _one_error_line(r, msg: str) -> None:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.stderr
+
+
+# -- no sshd needed ----------------------------------------------------------------------------------------------
+def test_bad_cluster_input_is_one_line(bundle, cfg):
+    for i in range(7):
+        cfg.add(Device(f"d{i}", "pi", f"192.0.2.{10 + i}"))
+    _one_error_line(_cli("deploy", bundle, "--cluster", "d0,nope", check=False),
+                    "--cluster 'd0,nope': no device named 'nope'")
+    _one_error_line(_cli("deploy", bundle, "--cluster", ",".join(f"d{i}" for i in range(7)), check=False),
+                    "7 boards for a model of 6 layers")
+    _one_error_line(_cli("deploy", bundle, "--cluster", "d0,d1,d2", "--cluster-mode", "tensor", check=False),
+                    "the model's 4 query heads do not split 3 ways")
+    _one_error_line(_cli("deploy", bundle, "--cluster", "d0,d0", check=False), "device 'd0' is named twice")
+    _one_error_line(_cli("deploy", bundle, "--cluster", "d0,d1", "--cluster-ranges", "0:2,3:6", check=False),
+                    "must be contiguous")
+    _one_error_line(_cli("deploy", bundle, check=False), "missing DEVICE")
+    _one_error_line(_cli("deploy", bundle, "d0", "--cluster", "d0,d1", check=False), "not both")
+    _one_error_line(_cli("deploy", bundle, "d0", "--cluster-mode", "tensor", check=False), "only apply with --cluster")
+    _one_error_line(_cli("run", bundle, "-p", "a b", "--cluster", "d0,d1", check=False),
+                    "these devices hold no pipeline share of dense")
+    assert not (bundle.parent / "dense.cluster-shares").exists()  # refused before any share was written
+
+
+# -- two real sshds ----------------------------------------------------------------------------------------------
+class SecondSshd:
+    """A second sshd in ``board``'s namespace at the next address (same host key and client key): a second board."""
+
+    def __init__(self, board) -> None:
+        self.board = board
+        a, b, c, _ = board.board_ip.split(".")
+        self.ip = f"{a}.{b}.{c}.3"
+        subprocess.run(["ip", "-n", board.ns, "addr", "add", f"{self.ip}/24", "dev", board.veth_board], check=True)
+        text = (board.work / "sshd_config").read_text()
+        cfg = board.work / "sshd2_config"
+        cfg.write_text(text.replace(f"ListenAddress {board.board_ip}", f"ListenAddress {self.ip}")
+                       .replace(str(board.work / "sshd.pid"), str(board.work / "sshd2.pid")))
+        self.log = open(board.work / "sshd2.log", "ab")
+        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{board.ns}", "/usr/sbin/sshd", "-D", "-e", "-f",
+                                      str(cfg)], stdout=self.log, stderr=self.log, start_new_session=True)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            r = subprocess.run(["ip", "netns", "exec", board.ns, "ss", "-ltn", f"src {self.ip}"], capture_output=True,
+                               text=True)
+            if f"{self.ip}:{board.port}" in r.stdout:
+                return
+            time.sleep(0.1)
+        self.close()
+        raise RuntimeError("the second sshd did not start listening")
+
+    def url(self) -> str:
+        return f"ssh://root@{self.ip}:{self.board.port}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(timeout=15)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def boards(tmp_path_factory):
+    from edgespool.benchmarks.deploy_board import TestBoard
+
+    b = TestBoard(tmp_path_factory.mktemp("cboard"), index=7)
+    second = None
+    try:
+        second = SecondSshd(b)
+        yield b, second
+    finally:
+        if second is not None:
+            second.close()
+        b.close()
+
+
+def _add_boards(boards, tmp_path) -> list[Path]:
+    b, second = boards
+    roots = [tmp_path / "root0", tmp_path / "root1"]
+    for name, url, root in (("b0", b.url(), roots[0]), ("b1", second.url(), roots[1])):
+        _cli("device", "add", name, url, "--identity", b.client_key, "--root", root, "--python", sys.executable,
+             "--accept-new")
+    return roots
+
+
+def _group_bytes(bundle: Bundle, group: str) -> bytes:
+    g = bundle.groups[group]
+    with open(bundle.weights_path, "rb") as f:
+        f.seek(g.offset)
+        return f.read(g.nbytes)
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _reference_tokens(bundle: Path, n: int) -> list[int]:
+    from edgespool.runtime.decoder.tokenizer import BundleTokenizer
+
+    b = Bundle(bundle)
+    ids = BundleTokenizer.from_manifest(b.path, b.manifest["tokenizer"]).encode(PROMPT)
+    _, toks = greedy_reference(bundle, ids, n)
+    eos = set(b.config.eos_token_ids or ())
+    cut = next((i for i, t in enumerate(toks) if t in eos), len(toks))
+    return toks[:cut]
+
+
+@pytest.fixture()
+def mpi_env(boards, monkeypatch):
+    net = boards[0].board_ip.rsplit(".", 1)[0] + ".0/24"
+    monkeypatch.setenv("EDGESPOOL_MPIRUN_ARGS", f"--mca oob_tcp_if_include {net} --mca btl tcp,self "
+                                                f"--mca btl_tcp_if_include {net}")
+
+
+@needs_boards
+def test_pipeline_shares_deployed_and_run_give_the_single_board_tokens(boards, cfg, bundle, tmp_path, mpi_env):
+    from edgespool.runtime.cluster.stage_share import StageBundle
+
+    roots = _add_boards(boards, tmp_path)
+    whole = Bundle(bundle)
+    L = whole.config.num_layers
+    out = json.loads(_cli("deploy", bundle, "--cluster", "b0,b1", "--json", "--read-test-size", "0",
+                          "--work", tmp_path / "shares").stdout)
+    assert out["mode"] == "pipeline" and out["whole_bytes"] == _tree_bytes(bundle)
+    (a0, b0), (a1, b1) = out["ranges"]
+    assert a0 == 0 and b0 == a1 and b1 == L
+    for r, (root, row) in enumerate(zip(roots, out["boards"])):
+        share = StageBundle(root / "current")  # read from the board's disk, not through the deploy code
+        share.verify()  # every tensor's CRC32 and the manifest checksum
+        assert Path(row["path"]).resolve() == (root / "current").resolve()
+        a, b = out["ranges"][r]
+        want_groups = {f"layers.{i}" for i in range(a, b)} | ({"embed"} if a == 0 else set()) | (
+            {"head"} if b == L else set())
+        assert set(share.groups) == want_groups
+        for g in want_groups:  # byte for byte the source bundle's groups
+            assert _group_bytes(share, g) == _group_bytes(whole, g), g
+        on_board = _tree_bytes(root / "current")
+        assert on_board == row["share_bytes"] < 0.75 * out["whole_bytes"]
+        assert 0 < row["bytes_sent"] <= row["share_bytes"]
+    # each board holds only its share: the layers of the other board are absent from its weights
+    assert _tree_bytes(roots[0] / "current") + _tree_bytes(roots[1] / "current") < out["whole_bytes"] * 1.1
+    want = _reference_tokens(bundle, 6)
+    one = json.loads(_cli("run", bundle, "-p", PROMPT, "-n", "6", "--json").stdout)
+    assert one["tokens"] == want
+    for budget in ([], ["--memory-budget", "12MiB"]):  # resident, then each board streaming its share
+        got = json.loads(_cli("run", bundle, "-p", PROMPT, "-n", "6", "--cluster", "b0,b1", "--json", *budget).stdout)
+        assert got["tokens"] == want and got["text"] == one["text"], got
+        assert [r["rank"] for r in got["ranks"]] == [0, 1]
+        if budget:
+            assert all(0 < r["bytes_read"] and r["plan_bytes"] <= 12 << 20 for r in got["ranks"])
+    # the same shares again: nothing to send
+    again = json.loads(_cli("deploy", bundle, "--cluster", "b0,b1", "--json", "--read-test-size", "0",
+                            "--work", tmp_path / "shares").stdout)
+    assert [r["bytes_sent"] for r in again["boards"]] == [0, 0]
+
+
+@needs_boards
+def test_tensor_shards_deployed_and_run_give_the_single_board_tokens(boards, cfg, bundle, tmp_path, mpi_env):
+    from edgespool.runtime.cluster.tensor_stream import shard_info
+
+    roots = _add_boards(boards, tmp_path)
+    whole = Bundle(bundle)
+    out = json.loads(_cli("deploy", bundle, "--cluster", "b0,b1", "--cluster-mode", "tensor", "--json",
+                          "--read-test-size", "0", "--work", tmp_path / "shares").stdout)
+    for r, (root, row) in enumerate(zip(roots, out["boards"])):
+        shard = Bundle(root / "current")
+        shard.verify()
+        sec = shard_info(shard)
+        assert (sec["rank"], sec["of"]) == (r, 2)
+        cfg_ = shard.config
+        assert (cfg_.num_heads, cfg_.num_kv_heads, cfg_.intermediate_size) == (
+            whole.config.num_heads // 2, whole.config.num_kv_heads // 2, whole.config.intermediate_size // 2)
+        assert shard.tensors["embed"]["shape"][0] == whole.config.vocab_size // 2
+        assert _tree_bytes(root / "current") == row["share_bytes"] < 0.6 * out["whole_bytes"]
+    want = _reference_tokens(bundle, 6)
+    got = json.loads(_cli("run", bundle, "-p", PROMPT, "-n", "6", "--cluster", "b0,b1", "--cluster-mode", "tensor",
+                          "--memory-budget", "12MiB", "--json").stdout)
+    assert got["tokens"] == want, got
+    assert all(r["bytes_read"] > 0 and r["calls"] > 0 for r in got["ranks"])
+    # numpy's own check of the split: the two shards' head rows are the whole head's rows
+    heads = [Bundle(root / "current").read_group("head")["lm_head"].dequantize() for root in roots]
+    np.testing.assert_array_equal(np.concatenate(heads), whole.read_group("head")["lm_head"].dequantize())
