@@ -14,7 +14,8 @@ from edgespool.kernels import c_blocks
 from edgespool.kernels.block_pack import PackedQTensor
 from test_kernels_blocks import _weight, q8_rounded, rel
 
-SCHEMES = ("q8_0", "q4_0", "int8", "int4")
+SCHEMES = ("q8_0", "q4_0", "int8", "int4", "q4_1", "q5_0", "q4_k", "q6_k")
+KQUANTS = ("q4_k", "q6_k")  # 256-value super-blocks
 
 
 def _cpu_flags() -> set[str]:
@@ -57,7 +58,8 @@ def host512(tmp_path_factory):
 def test_avx2_packed_matches_references(avx2, host512, scheme):
     k1, k2 = avx2
     rng = np.random.default_rng(SCHEMES.index(scheme) + 70)
-    for rows, n in ((37, 224), (301, 896), (129, 576)):
+    shapes = ((37, 256), (301, 1536), (129, 512)) if scheme in KQUANTS else ((37, 224), (301, 896), (129, 576))
+    for rows, n in shapes:
         w = _weight(rng, scheme, rows, n)
         p = k1.prepare_weight(w)
         assert isinstance(p, PackedQTensor), f"{k1.isa} build did not pack {scheme}"
@@ -78,23 +80,42 @@ def test_avx2_packed_tiny_and_tail_shapes(avx2):
     k1, _ = avx2
     rng = np.random.default_rng(5)
     for scheme in SCHEMES:
+        n = 256 if scheme in KQUANTS else 96
         for rows in (1, 7, 17, 65, 97):
-            w = _weight(rng, scheme, rows, 96)
+            w = _weight(rng, scheme, rows, n)
             p = k1.prepare_weight(w)
-            x = rng.standard_normal((2, 96)).astype(np.float32)
+            assert isinstance(p, PackedQTensor), scheme
+            x = rng.standard_normal((2, n)).astype(np.float32)
             ref = q8_rounded(x) @ w.dequantize().astype(np.float64).T
             assert rel(k1.linear(x[:1], p), ref[:1]) < 2e-6 and rel(k1.linear(x, p), ref) < 2e-6, (scheme, rows)
 
 
-def test_avx2_build_keeps_other_formats_stored(avx2):
-    """Formats with an AVX-512-only x16 kernel (Q4_1, Q5_0, Q4_K) stay in the stored layout on AVX2 builds."""
-    k1, _ = avx2
-    rng = np.random.default_rng(9)
-    for scheme in ("q4_1", "q5_0", "q4_k"):
-        w = _weight(rng, scheme, 33, 512)
-        assert k1.prepare_weight(w) is w, scheme
-        x = rng.standard_normal((2, 512)).astype(np.float32)
-        assert rel(k1.linear(x, w), q8_rounded(x) @ w.dequantize().astype(np.float64).T) < 2e-6, scheme
+def test_avx2_packed_ggml_formats_every_value_position(avx2):
+    """Q4_1 / Q5_0 / Q4_K / Q6_K packed on AVX2 builds (2026-12-03; they stayed stored before): one-hot activations
+    of 127 (exact Q8_0 rounding) make each GEMM row 127 x one weight column, so every value position of every block
+    (Q5_0's fifth bits from the plane, Q6_K's two 16-value scales, Q4_K's 6-bit scales and mins) is checked against
+    the ``gguf`` package's decode of the stored bytes; a real-model width (576, 1536) as decode and prefill."""
+    from test_kernels_blocks import gguf_dequant
+
+    k1, k2 = avx2
+    rng = np.random.default_rng(11)
+    for scheme in ("q4_1", "q5_0", "q4_k", "q6_k"):
+        t = scheme.upper()
+        n = 512 if scheme in KQUANTS else 96
+        w = _weight(rng, scheme, 48, n)
+        p = k1.prepare_weight(w)
+        assert isinstance(p, PackedQTensor) and p.stored_rows(0, 48).data.tobytes() == w.data.tobytes(), scheme
+        want = 127 * gguf_dequant(w.data, t, 48, n).T
+        assert rel(k1.linear((127 * np.eye(n)).astype(np.float32), p), want) < 1e-6, scheme
+        n = 1536 if scheme in KQUANTS else 576
+        w = _weight(rng, scheme, 192, n)
+        p = k1.prepare_weight(w)
+        wf = gguf_dequant(w.data, t, 192, n)
+        for m in (1, 5):
+            x = rng.standard_normal((m, n)).astype(np.float32)
+            y = k1.linear(x, p)
+            assert rel(y, q8_rounded(x) @ wf.T) < 2e-6, (scheme, m)
+            np.testing.assert_array_equal(y, k2.linear(x, p))
 
 
 @pytest.mark.parametrize("mcpu,label", [("x86-64-v3", "avx2+x16"), ("alderlake", "avx2+avx-vnni+x16"),
@@ -111,5 +132,6 @@ def test_isa_label_of_each_x86_build(tmp_path, mcpu, label):
     so = ctypes.CDLL(str(lib))
     so.es_isa.restype = ctypes.c_char_p
     assert so.es_isa().decode() == label
-    q5_0 = c_blocks.SCHEME_CODES["q5_0"][0]
-    assert so.es_pack_kind(q5_0) == (label == "avx512-vnni+x16")  # AVX2 builds keep Q5_0 stored
+    for scheme in ("q5_0", "q4_1", "q4_k", "q6_k"):  # every x86 x16 build packs these (AVX2 since 2026-12-03)
+        assert so.es_pack_kind(c_blocks.SCHEME_CODES[scheme][0]) == 1, (mcpu, scheme)
+    assert so.es_pack_kind(c_blocks.SCHEME_CODES["q5_k"][0]) == 0  # Q5_K has no packed form

@@ -61,9 +61,11 @@ long es_packed_bytes(int wt, int rows, int n) {
 int es_pack_kind(int wt) {
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
     return PK_SUPPORTED(wt) ? 1 : 0;
-#elif (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)) || \
-    (defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD) && defined(__aarch64__))
-    /* blockpack_avx2.h / blockpack_neon.h: the four 32-value formats */
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    /* blockpack_avx2.h: every x16 format (Q4_1 / Q5_0 / Q4_K / Q6_K since 2026-12-03) */
+    return PK_SUPPORTED(wt) ? 1 : 0;
+#elif defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD) && defined(__aarch64__)
+    /* blockpack_neon.h: the four 32-value formats */
     return (wt == W_Q8_0 || wt == W_Q4_0 || wt == W_INT8 || wt == W_INT4) ? 1 : 0;
 #else
     (void)wt;

@@ -33,14 +33,17 @@ static inline __m256i pk2_dpbusd(__m256i acc, __m256i u, __m256i s) {
 #define PK2_DPBUSD(acc, u, s) pk2_dpbusd((acc), (u), (s))
 #endif
 
-/* G row groups (at gp, gp + gb) x NA activation rows, out[i * ystride + 16 g + r] for the first `valid` rows. */
+/* G row groups (at gp, gp + gb) x NA activation rows, out[i * ystride + 16 g + r] for the first `valid` rows.
+ * q4_1 / q4_k add the min term (vm x activation d x code sum) per block, q5_0 ORs its fifth bits (16) into the
+ * nibbles from the plane, q4_k reads its per-sub-block 6-bit scales / mins: the AVX-512 kernel's steps per lane. */
 AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
                  float *out, long ystride, int valid, const int G, const int NA) {
-    const int q4 = wt == W_Q4_0 || wt == W_INT4, i8 = wt == W_INT8;
-    const long bb = q4 ? 288 : (i8 ? 512 : 544);
-    const long co = i8 ? 0 : 32;
+    const int qk = wt == W_Q4_K, q41 = wt == W_Q4_1 || qk, q5 = wt == W_Q5_0;
+    const int q4 = wt == W_Q4_0 || wt == W_INT4 || q41 || q5, i8 = wt == W_INT8;
+    const long bb = q5 ? 352 : (q41 ? 320 : (q4 ? 288 : (i8 ? 512 : 544)));
+    const long co = i8 ? 0 : (q41 || q5 ? 64 + 32 * q5 : 32); /* codes after the scales (q4_1's mins, q5_0's plane) */
     const uint8_t *base = gp + (i8 ? 64 : 0);
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), b16 = _mm256_set1_epi8(0x10);
 #ifndef PK2_VNNI
     const __m256i x80 = _mm256_set1_epi8((char)0x80);
 #endif
@@ -48,11 +51,24 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
     for (int h = 0; h < 2 * G; h++)
         for (int i = 0; i < NA; i++) y[h][i] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        __m256i acc[4][4];
-        __m256 vs[4];
+        __m256i acc[4][4], hp[4];
+        __m256 vs[4], vm[4];
         for (int h = 0; h < 2 * G; h++) {
+            if (qk) { /* block b = sub-block b % 8 of super-block b / 8: [d][dmin] per super-block, [sc][mn] per block */
+                const uint8_t *sbp = base + (h >> 1) * gb + 2368L * (b / 8), *blk = sbp + 64 + 288 * (b % 8);
+                __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 8 * (h & 1)))));
+                __m256 mn = _mm256_cvtepi32_ps(
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 16 + 8 * (h & 1)))));
+                vs[h] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 16 * (h & 1)))), sc);
+                vm[h] = _mm256_sub_ps(_mm256_setzero_ps(),
+                                      _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 32 + 16 * (h & 1)))), mn));
+                for (int i = 0; i < NA; i++) acc[h][i] = _mm256_setzero_si256();
+                continue;
+            }
             const uint8_t *blk = base + (h >> 1) * gb + b * bb;
             vs[h] = i8 ? _mm256_setzero_ps() : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 16 * (h & 1))));
+            vm[h] = q41 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 32 + 16 * (h & 1)))) : _mm256_setzero_ps();
+            if (q5) hp[h] = _mm256_loadu_si256((const __m256i *)(blk + 32 + 32 * (h & 1)));
             for (int i = 0; i < NA; i++)
 #ifdef PK2_VNNI
                 acc[h][i] = _mm256_set1_epi32(so[i][b]);
@@ -63,9 +79,14 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
         if (q4) {
             for (int c = 0; c < 4; c++)
                 for (int h = 0; h < 2 * G; h++) {
-                    __m256i v = _mm256_loadu_si256(
-                        (const __m256i *)(base + (h >> 1) * gb + b * bb + co + 64 * c + 32 * (h & 1)));
+                    const uint8_t *cp = qk ? base + (h >> 1) * gb + 2368L * (b / 8) + 64 + 288 * (b % 8) + 32
+                                           : base + (h >> 1) * gb + b * bb + co;
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(cp + 64 * c + 32 * (h & 1)));
                     __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                    if (q5) { /* plane bit c (low nibbles of chunk c) and bit 4 + c (high nibbles) of each byte -> 16 */
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hp[h], 4 - c), b16));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_srli_epi16(hp[h], c), b16));
+                    }
                     for (int i = 0; i < NA; i++) {
                         const int8_t *xq = a[i].q + 32 * b + 4 * c;
                         acc[h][i] = PK2_DPBUSD(acc[h][i], lo, pk2_bcast(xq));
@@ -91,6 +112,7 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
             for (int i = 0; i < NA; i++) {
                 __m256 t = _mm256_cvtepi32_ps(acc[h][i]), da = _mm256_set1_ps(a[i].d[b]);
                 y[h][i] = i8 ? _mm256_fmadd_ps(t, da, y[h][i]) : _mm256_fmadd_ps(t, _mm256_mul_ps(vs[h], da), y[h][i]);
+                if (q41) y[h][i] = _mm256_fmadd_ps(vm[h], _mm256_set1_ps(a[i].ds[b]), y[h][i]);
             }
     }
     for (int h = 0; h < 2 * G; h++) {
@@ -107,6 +129,88 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
                 for (int r = 0; r < nv; r++) o[r] = tmp[r];
             }
         }
+    }
+}
+/* q6_k tile (one row group = 2 halves; the AVX-512 pk_tile6 per lane): two int32 accumulators per block, values
+ * 0-15 and 16-31, each with its int8 scale.  VNNI: u8 codes (q6 + 96) from so = -128 x half code sum, as AVX-512;
+ * without it the codes go back to signed q6 - 32 (u8 ^ 0x80) through the sign trick (|w| <= 32: no saturation)
+ * from 0.  The int32 dots are the same exact integers either way. */
+AI void pk2_tile6(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
+                  long ystride, int valid, const int NA) {
+    (void)so;
+#ifndef PK2_VNNI
+    const __m256i x80 = _mm256_set1_epi8((char)0x80);
+#endif
+    __m256 y[2][4];
+    (void)gb;
+    for (int h = 0; h < 2; h++)
+        for (int i = 0; i < NA; i++) y[h][i] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m256i acc[2][4], acc2[2][4];
+        __m256 vs[2], vs2[2];
+        const uint8_t *sbp = gp + 4384L * (b / 8), *blk = sbp + 32 + 544L * (b % 8);
+        for (int h = 0; h < 2; h++) {
+            __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 16 * h)));
+            vs[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 8 * h)))));
+            vs2[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(
+                                          _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 16 + 8 * h)))));
+            for (int i = 0; i < NA; i++) {
+#ifdef PK2_VNNI
+                acc[h][i] = _mm256_set1_epi32(so[i][b]);
+                acc2[h][i] = _mm256_set1_epi32(-128 * a[i].s[b] - so[i][b]);
+#else
+                acc[h][i] = acc2[h][i] = _mm256_setzero_si256();
+#endif
+            }
+        }
+        for (int c = 0; c < 8; c++)
+            for (int h = 0; h < 2; h++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 32 + 64 * c + 32 * h));
+#ifndef PK2_VNNI
+                __m256i ws = _mm256_xor_si256(v, x80), wa = _mm256_abs_epi8(ws);
+#endif
+                for (int i = 0; i < NA; i++) {
+                    __m256i xb = pk2_bcast(a[i].q + 32 * b + 4 * c);
+#ifdef PK2_VNNI
+                    if (c < 4) acc[h][i] = PK2_DPBUSD(acc[h][i], v, xb);
+                    else acc2[h][i] = PK2_DPBUSD(acc2[h][i], v, xb);
+#else
+                    if (c < 4) acc[h][i] = PK2_DPBUSD(acc[h][i], wa, _mm256_sign_epi8(xb, ws));
+                    else acc2[h][i] = PK2_DPBUSD(acc2[h][i], wa, _mm256_sign_epi8(xb, ws));
+#endif
+                }
+            }
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < NA; i++) {
+                __m256 da = _mm256_set1_ps(a[i].d[b]);
+                y[h][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h][i]), _mm256_mul_ps(vs[h], da), y[h][i]);
+                y[h][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc2[h][i]), _mm256_mul_ps(vs2[h], da), y[h][i]);
+            }
+    }
+    for (int h = 0; h < 2; h++) {
+        int nv = valid - 8 * h;
+        if (nv <= 0) break;
+        for (int i = 0; i < NA; i++) {
+            float *o = out + (long)i * ystride + 8 * h;
+            if (nv >= 8) _mm256_storeu_ps(o, y[h][i]);
+            else {
+                float tmp[8];
+                _mm256_storeu_ps(tmp, y[h][i]);
+                for (int r = 0; r < nv; r++) o[r] = tmp[r];
+            }
+        }
+    }
+}
+static void pk_q6_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
+                    long ys, int valid, int g4, int na) {
+    if (g4) { /* four row groups, one at a time */
+        for (int g = 0; g < 4 && valid > 16 * g; g++)
+            pk2_tile6(gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, 1);
+        return;
+    }
+    for (int i0 = 0; i0 < na; i0 += 2) { /* two activation rows per tile: 4 + 4 int32 and 4 float accumulators */
+        if (na - i0 >= 2) pk2_tile6(gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 2);
+        else pk2_tile6(gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1);
     }
 }
 #define PK2_NA(WT, P, O, V, NA) pk2_tile(WT, gp, gb, nb, (P), (O), out + (long)(P - a) * ys, ys, V, 1, NA)
@@ -133,6 +237,9 @@ PK2_FN(pk_q8_0, W_Q8_0)
 PK2_FN(pk_int8, W_INT8)
 PK2_FN(pk_q4_0, W_Q4_0)
 PK2_FN(pk_int4, W_INT4)
+PK2_FN(pk_q4_1, W_Q4_1)
+PK2_FN(pk_q5_0, W_Q5_0)
+PK2_FN(pk_q4_k, W_Q4_K)
 typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
 static pk_fn pk_of(int wt) {
     switch (wt) {
@@ -140,6 +247,10 @@ static pk_fn pk_of(int wt) {
     case W_INT8: return pk_int8;
     case W_Q4_0: return pk_q4_0;
     case W_INT4: return pk_int4;
+    case W_Q4_1: return pk_q4_1;
+    case W_Q5_0: return pk_q5_0;
+    case W_Q4_K: return pk_q4_k;
+    case W_Q6_K: return pk_q6_k;
     default: return 0;
     }
 }
