@@ -161,9 +161,9 @@ def main() -> None:
                              "ranks": run.ranks, "cgroups": cg, "started_utc": t0})
                 print(f"  {k} board(s) {mode} {ln.name}: {run.decode_tok_s:.3f} tok/s, TTFT {run.ttft_s:.1f} s",
                       file=sys.stderr, flush=True)
+                if a.json:  # after every run: a command stopped by a time limit keeps what it measured
+                    Path(a.json).write_text(json.dumps({"meta": meta, "plans": plan_out, "runs": runs}, indent=1))
     saved = {"meta": meta, "plans": plan_out, "runs": runs}
-    if a.json:
-        Path(a.json).write_text(json.dumps(saved, indent=1))
     print_table(saved)
 
 
