@@ -241,6 +241,7 @@ def main() -> None:
     ap.add_argument("--resident", default="edgespool-resident,edgespool-resident-ngram,edgespool-resident-draft,"
                                           "edgespool-resident-self")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per run (a cut run reports its partial rate)")
+    ap.add_argument("--timeouts", default="", help="per-system overrides of --timeout: SYSTEM=SECONDS,...")
     ap.add_argument("--target-bundle", default=None)
     ap.add_argument("--draft-bundle", default=None)
     ap.add_argument("--rounds", type=int, default=1, help="repeat the budgeted systems, interleaved; medians")
@@ -251,6 +252,7 @@ def main() -> None:
                     "rig measurement (cold bandwidth, process baselines) instead of measuring again")
     args = ap.parse_args()
     ks = [0 if x == "auto" else int(x) for x in str(args.draft_tokens).split(",") if x]
+    tmo = {k: float(v) for k, _, v in (x.partition("=") for x in args.timeouts.split(",") if x)}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT / "tests"))
@@ -331,7 +333,8 @@ def main() -> None:
                     else baselines[fam]["baseline"]
                 ldraft = llama_draft["-head4" if "-head4" in kind else ""]
                 r = run(kind, path, budget, args.profile, args.n, work, budget + base, ids_files[p], k,
-                        ldraft if fam == "llama" else draft_of(kind), f"-{frac}-{p}-{rnd}-k{k}", args.timeout)
+                        ldraft if fam == "llama" else draft_of(kind), f"-{frac}-{p}-{rnd}-k{k}",
+                        tmo.get(kind, args.timeout))
                 r.update(fraction=frac, prompt=p, budget=budget, prompt_tokens=P, round=rnd, draft_tokens=k)
                 if bound and r.get("decode_tok_s"):
                     r["bound_tok_s"], r["x_bound"] = bound, r["decode_tok_s"] / bound
