@@ -30,6 +30,7 @@ class PackedQTensor(QTensor):
         super().__init__(src.scheme, tuple(src.shape), packed, None, src.group_size)
         self.lib = lib
         self.code = code
+        self.ptr = int(packed.ctypes.data)  # the packed buffer's address (the kernels' per-call fast path)
         sc = src.scale
         self.stored = (src.data.dtype, tuple(src.data.shape), None if sc is None else sc.dtype,
                        None if sc is None else tuple(sc.shape))

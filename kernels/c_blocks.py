@@ -144,11 +144,14 @@ class BlockKernels:
         with contextlib.suppress(AttributeError, TypeError):  # half-built object, or modules already torn down
             self.close()
 
-    def _scratch(self, nbytes: int) -> np.ndarray:
-        buf = getattr(self._tls, "buf", None)
+    def _scratch(self, nbytes: int) -> int:
+        """The address of this thread's activation scratch of at least ``nbytes`` (8-byte aligned)."""
+        tls = self._tls
+        buf = getattr(tls, "buf", None)
         if buf is None or buf.nbytes < nbytes:
-            buf = self._tls.buf = np.empty(max(nbytes, 1 << 16) // 8 + 1, np.float64)  # 8-byte aligned
-        return buf
+            buf = tls.buf = np.empty(max(nbytes, 1 << 16) // 8 + 1, np.float64)
+            tls.ptr = int(buf.ctypes.data)
+        return tls.ptr
 
     def prepare_weight(self, w: QTensor) -> QTensor:
         """``w`` repacked into the kernels' x16 layout (a :class:`~edgespool.kernels.block_pack.PackedQTensor`)
@@ -176,6 +179,20 @@ class BlockKernels:
 
     def linear(self, x: np.ndarray, w: QTensor) -> np.ndarray | None:
         """``x @ W.T`` (``x [..., in]`` float32) or None when no kernel fits ``w`` (counted in ``fallbacks``)."""
+        if type(w) is PackedQTensor:  # packed by prepare_weight, so a kernel fits: the decode fast path
+            rows, n = w.shape
+            rows, n = int(rows), int(n)
+            if x.shape[-1] == n:
+                if x.dtype != np.float32 or not x.flags.c_contiguous:
+                    x = np.ascontiguousarray(x, dtype=np.float32)
+                m = x.size // n
+                y = np.empty((*x.shape[:-1], rows), np.float32)
+                rc = self._lib.es_linear_packed(self._pool, w.code, w.ptr, rows, n, x.ctypes.data, m, y.ctypes.data,
+                                                self._scratch((m * (n + (n // 32) * 16))), self.threads)
+                if rc:  # this library has no packed kernel (another build packed it): the stored layout's kernel
+                    return self.linear(x, w.stored_rows(0, rows))
+                self.calls += 1
+                return y
         if not self.fits(w) or x.shape[-1] != w.shape[1]:
             why = f"no block kernel for {w.scheme} {tuple(w.shape)} (group {w.group_size})"
             self.fallbacks[why] = self.fallbacks.get(why, 0) + 1
@@ -185,14 +202,6 @@ class BlockKernels:
             x = np.ascontiguousarray(x, dtype=np.float32)
         m = x.size // n
         y = np.empty((*x.shape[:-1], rows), np.float32)
-        if isinstance(w, PackedQTensor):
-            scratch = self._scratch(int(self._lib.es_act_bytes(n, m)))
-            rc = self._lib.es_linear_packed(self._pool, w.code, w.data.ctypes.data, rows, n, x.ctypes.data, m,
-                                            y.ctypes.data, scratch.ctypes.data, self.threads)
-            if rc:  # this library has no packed kernel (another build packed it): the stored layout's kernel
-                return self.linear(x, w.stored_rows(0, rows))
-            self.calls += 1
-            return y
         data = w.data
         sc, scb = None, 0
         if w.scheme == "int8":
@@ -202,7 +211,7 @@ class BlockKernels:
         scratch = self._scratch(int(self._lib.es_act_bytes(n, m)))
         rc = self._fn(self._pool, SCHEME_CODES[w.scheme][0], data.ctypes.data, data.strides[0],
                       None if sc is None else sc.ctypes.data, scb, rows, n, x.ctypes.data, m, y.ctypes.data,
-                      scratch.ctypes.data, self.threads)
+                      scratch, self.threads)
         if rc:
             raise BundleError(f"block kernel refused {w.scheme} {tuple(w.shape)}")
         self.calls += 1

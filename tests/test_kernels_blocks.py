@@ -212,6 +212,39 @@ def test_isa_label_names_the_build(kern):
         assert k1.isa == "avx512-vnni+x16" and all(k1._lib.es_pack_kind(c) for c in (0, 1, 2, 3, 4, 6, 7, 8))
 
 
+def test_two_python_threads_share_one_pool(kern):
+    """Two Python threads calling one 2-thread BlockKernels at once (ctypes drops the GIL, so the calls overlap in
+    C): the pool runs one job at a time and a caller that finds it busy computes its own job on its own thread;
+    every result equals the 1-thread kernels' bit for bit (before the run lock, a second caller overwrote the
+    posted job while the first one's chunks were being claimed)."""
+    import threading
+
+    k1, k2 = kern
+    rng = np.random.default_rng(21)
+    cases = []
+    for scheme, rows, n in (("q8_0", 1536, 576), ("q4_0", 576, 1536), ("int8", 960, 576), ("q4_1", 1200, 576)):
+        w = _weight(rng, scheme, rows, n)
+        p1, p2 = k1.prepare_weight(w), k2.prepare_weight(w)
+        xs = [rng.standard_normal((m, n)).astype(np.float32) for m in (1, 1, 3)]
+        cases.append((p2, xs, [k1.linear(x, p1) for x in xs]))
+    bad: list[str] = []
+
+    def hammer(j: int) -> None:
+        for it in range(60):
+            w, xs, want = cases[(j + it) % len(cases)]
+            for x, ref in zip(xs, want):
+                if not np.array_equal(k2.linear(x, w), ref):
+                    bad.append(f"thread {j} call {it} {w.scheme}")
+
+    ts = [threading.Thread(target=hammer, args=(j,)) for j in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in ts), "a caller hung on the shared pool"
+    assert not bad, bad[:5]
+
+
 def test_packing_leaves_other_formats_alone(kern):
     k1, _ = kern
     rng = np.random.default_rng(9)

@@ -534,6 +534,7 @@ typedef struct {
 
 typedef struct {
     pthread_mutex_t mu;
+    pthread_mutex_t run_mu; /* one job at a time: held by the caller that posts and runs it (pool_try_run) */
     pthread_cond_t go;
     pthread_t *tid;
     int nworkers;
@@ -686,6 +687,7 @@ void *es_pool_new(int nthreads) {
     pool_t *p = (pool_t *)calloc(1, sizeof(pool_t));
     if (!p) return 0;
     pthread_mutex_init(&p->mu, 0);
+    pthread_mutex_init(&p->run_mu, 0);
     pthread_cond_init(&p->go, 0);
     p->nworkers = nthreads > 1 ? nthreads - 1 : 0;
     p->tid = (pthread_t *)calloc(p->nworkers ? p->nworkers : 1, sizeof(pthread_t));
@@ -706,15 +708,20 @@ void es_pool_free(void *vp) {
     pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < p->nworkers; i++) pthread_join(p->tid[i], 0);
+    pthread_mutex_destroy(&p->run_mu);
     free(p->tid);
     free(p);
 }
 
-/* Run job j split into chunks of about rows / (4 x nth) rows (>= 16, multiples of 4) on the caller + workers. */
+/* Run job j split into chunks of about rows / (4 x nth) rows (>= 16, multiples of 4; packed: whole 16-row
+ * groups) on the caller + workers.  The caller holds p->run_mu. */
 static void pool_run(pool_t *p, const job_t *j) {
     int chunk = (j->rows + 4 * j->nth - 1) / (4 * j->nth);
     chunk = chunk < 16 ? 16 : (chunk + 3) & ~3;
-    if (j->packed) chunk = (chunk + 63) & ~63; /* whole 4-group decode tiles */
+    if (j->packed) { /* whole row groups (was: whole 64-row tiles, which split SmolLM2's 576 rows 384 / 192) */
+        int groups = (j->rows + PK_ROWS - 1) / PK_ROWS;
+        chunk = PK_ROWS * ((groups + 4 * j->nth - 1) / (4 * j->nth));
+    }
     int nch = (j->rows + chunk - 1) / chunk;
     while (nch > 0xFFFF) { chunk *= 2; nch = (j->rows + chunk - 1) / chunk; }
     long g = atomic_load(&p->gen) + 1;
@@ -735,6 +742,17 @@ static void pool_run(pool_t *p, const job_t *j) {
         cpu_relax();
         if (++k % 1024 == 0) sched_yield();
     }
+}
+
+/* Run job j on the pool, or all of it on the calling thread when another thread is running a job on this pool
+ * right now (two Python threads on one BlockKernels: the pool holds one job at a time; never wait for it). */
+static void pool_try_run(pool_t *p, const job_t *j) {
+    if (pthread_mutex_trylock(&p->run_mu) != 0) {
+        run_rows(j, 0, j->rows);
+        return;
+    }
+    pool_run(p, j);
+    pthread_mutex_unlock(&p->run_mu);
 }
 
 /* Bytes of activation scratch es_linear needs for m rows of n values. */
@@ -765,7 +783,7 @@ int es_linear(void *vp, int wt, const uint8_t *w, long row_bytes, const uint8_t 
         run_rows(&j, 0, rows);
         return 0;
     }
-    pool_run(p, &j);
+    pool_try_run(p, &j);
     return 0;
 }
 
@@ -798,14 +816,14 @@ int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, c
     if (!p) nth = 1;
     long wbytes = es_packed_bytes(wt, rows, n);
     if (wbytes * m < 32768) nth = 1; /* too small to split */
-    else if (rows < 64 * nth) nth = rows / 64 > 1 ? rows / 64 : 1; /* whole 64-row chunks (was: nth = 1, which ran
-                                                                       896-row matrices on one of 16 threads) */
+    else if (rows < 32 * nth) nth = rows / 32 > 1 ? rows / 32 : 1; /* >= 2 row groups a thread (was: nth = 1, which
+                                                                       ran 896-row matrices on one of 16 threads) */
     job_t j = {0, packed, 0, 0, 0, rows, n, m, nth, q, d, s, ds, y, wt, 1, so};
     if (nth == 1) {
         run_rows(&j, 0, rows);
         return 0;
     }
-    pool_run(p, &j);
+    pool_try_run(p, &j);
     return 0;
 #else
     (void)vp; (void)wt; (void)packed; (void)rows; (void)n; (void)x; (void)m; (void)y; (void)scratch; (void)nthreads;
