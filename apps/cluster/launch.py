@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -71,24 +72,110 @@ def ssh_mpirun_args(hosts: list[str]) -> list[str]:
     return ["mpirun", "-np", str(len(hosts)), "--host", ",".join(hosts), "--map-by", "node"]
 
 
-def run_cluster(mpirun: list[str], worker: list[str], timeout_s: float = 600.0) -> ClusterRun:
+_NOTICED = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)(?: \(([^)]*)\))?")
+
+
+def failure_message(stderr: str, returncode: int) -> str:
+    """One line saying why a cluster job failed: the first rank's ``edgespool cluster: error`` line, else what
+    mpirun noticed (a rank killed by a signal: a board that died), else mpirun's last line."""
+    lines = [ln for ln in stderr.splitlines() if "edgespool cluster: error" in ln]
+    if lines:
+        return lines[0].split("edgespool cluster: error: ", 1)[1].strip()
+    m = _NOTICED.search(" ".join(stderr.split()))
+    if m:
+        rank, node, sig, name = m.groups()
+        return (f"rank {rank} on board {node} was killed by signal {sig}{f' ({name})' if name else ''} mid-run: "
+                "the job was ended on the other boards")
+    tail = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not set(ln.strip()) <= set("-=*")][-1:]
+    return f"mpirun exited {returncode}: {tail[0] if tail else '(no output)'}"
+
+
+def _session_pids(sid: int) -> list[int]:
+    """The processes of session ``sid`` (field 6 of /proc/PID/stat)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
+                out.append(int(d))
+    return out
+
+
+def _end(p: subprocess.Popen) -> None:
+    """End the mpirun we started and everything it started: mpirun gets SIGTERM (it then stops the ranks it can
+    reach); whatever of its session is left after 3 s -- e.g. the daemon of a board whose link is cut, which
+    Open MPI's launcher puts in a process group of its own -- gets SIGKILL, by pid."""
+    import signal
+
+    try:
+        os.kill(p.pid, signal.SIGTERM)
+        p.wait(timeout=3.0)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    for pid in _session_pids(p.pid):  # start_new_session: the session id is mpirun's pid
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    p.wait()
+
+
+def run_cluster(mpirun: list[str], worker: list[str], timeout_s: float = 600.0, grace_s: float = 5.0) -> ClusterRun:
     """Run ``mpirun + worker`` and read rank 0's result; a failed job raises :class:`ClusterError` with the
-    ranks' one-line error (or mpirun's last line)."""
+    ranks' one-line error (or what mpirun noticed, or its last line). Once a rank has printed its error line,
+    mpirun gets ``grace_s`` to end the job; a launcher still waiting after that (a board whose link is cut stays
+    unreachable, so Open MPI cannot tear its daemon down) is ended here: a fault never hangs the caller."""
+    import threading
     import time
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     t0 = time.perf_counter()
-    try:
-        p = subprocess.run(mpirun + worker, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired:
-        raise ClusterError(f"cluster run did not finish within {timeout_s:g} s") from None
+    p = subprocess.Popen(mpirun + worker, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)
+    out: list[str] = []
+    err: list[str] = []
+    failed = threading.Event()
+
+    def pump_err() -> None:
+        assert p.stderr is not None
+        for line in p.stderr:
+            err.append(line)
+            if "edgespool cluster: error" in line:
+                failed.set()
+
+    def pump_out() -> None:
+        assert p.stdout is not None
+        out.append(p.stdout.read())
+
+    pumps = [threading.Thread(target=f, daemon=True) for f in (pump_err, pump_out)]
+    for t in pumps:
+        t.start()
+    timed_out = False
+    while p.poll() is None:
+        if failed.wait(0.2):
+            try:
+                p.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                _end(p)
+            break
+        if time.perf_counter() - t0 > timeout_s:
+            timed_out = True
+            _end(p)
+            break
+    p.wait()
+    for t in pumps:  # the pipes close once every process holding them is gone
+        t.join(timeout=10)
     wall = time.perf_counter() - t0
-    objs = rank_objects(p.stdout)
+    stdout, stderr = "".join(out), "".join(err)
+    if timed_out and not failed.is_set():
+        raise ClusterError(f"cluster run did not finish within {timeout_s:g} s")
+    objs = rank_objects(stdout)
     first = next((o for o in objs if o.get("rank") == 0 and "tokens" in o), None)
     if p.returncode != 0 or first is None:
-        lines = [ln for ln in p.stderr.splitlines() if "edgespool cluster: error" in ln]
-        tail = [ln for ln in p.stderr.splitlines() if ln.strip()][-1:] or ["(no output)"]
-        msg = lines[0].split("edgespool cluster: error: ", 1)[1] if lines else f"mpirun exited {p.returncode}: {tail[0]}"
-        raise ClusterError(msg)
+        raise ClusterError(failure_message(stderr, p.returncode))
     return ClusterRun(tokens=first["tokens"], ttft_s=first["ttft_s"], decode_s=first["decode_s"],
                       prompt_tokens=first["prompt_tokens"], ranks=sorted(objs, key=lambda o: o["rank"]), wall_s=wall)

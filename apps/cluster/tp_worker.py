@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                 if int(tok[0]) in stops:
                     tok[0] = -1  # stop
                 reqs = [red._send(tok, r) for r in range(1, size)]
-                for q in reqs:
-                    q.Wait()
+                for r, q in enumerate(reqs, 1):
+                    red._wait(q, r)
             else:
-                red._send(best, 0).Wait()
+                red._wait(red._send(best, 0), 0)
                 red._recv(tok, 0)
             if t_first == 0.0:
                 t_first = time.perf_counter()

@@ -201,13 +201,18 @@ class Allreduce:
         return self.comm.Isend(buf, dest=dest, tag=7)
 
     def _recv(self, buf: np.ndarray, source: int) -> None:
-        req = self.comm.Irecv(buf, source=source, tag=7)
+        self._wait(self.comm.Irecv(buf, source=source, tag=7), source, "sent nothing")
+
+    def _wait(self, req, peer: int, what: str = "took none of our data") -> None:
+        """Complete ``req`` (a receive from / a send to ``peer``) under the deadline: a send larger than MPI's
+        eager limit completes only once the peer receives it, so a dead or cut-off peer must not block it forever.
+        Spins for the first 20 ms (an allreduce waits about the other board's block), then polls."""
         t0 = time.perf_counter()
-        while not req.Test():  # spin for the first 20 ms (an allreduce waits ~the other board's block), then poll
+        while not req.Test():
             now = time.perf_counter()
             if now - t0 > self.timeout_s:
                 req.Cancel()
-                raise ClusterError(f"board rank {source} sent nothing for {self.timeout_s:g} s during an allreduce: "
+                raise ClusterError(f"board rank {peer} {what} for {self.timeout_s:g} s during an allreduce: "
                                    "it was killed, crashed or its link is cut")
             if now - t0 > 0.02:
                 time.sleep(0.0005)
@@ -227,7 +232,7 @@ class Allreduce:
             req = self._send(flat, 0)
             out = np.empty_like(flat)
             self._recv(out, 0)
-            req.Wait()
+            self._wait(req, 0)
             return out
         total = flat.copy()
         tmp = np.empty_like(flat)
@@ -235,8 +240,8 @@ class Allreduce:
             self._recv(tmp, r)
             total += tmp
         reqs = [self._send(total, r) for r in range(1, self.size)]
-        for q in reqs:
-            q.Wait()
+        for r, q in enumerate(reqs, 1):
+            self._wait(q, r)
         return total
 
     def _ring(self, flat: np.ndarray) -> np.ndarray:
@@ -251,12 +256,12 @@ class Allreduce:
             m = edges[recv_c + 1] - edges[recv_c]
             self._recv(tmp[:m], left)
             buf[edges[recv_c]:edges[recv_c + 1]] += tmp[:m]
-            req.Wait()
+            self._wait(req, right)
         for s in range(n - 1):  # allgather the reduced chunks
             send_c, recv_c = (r + 1 - s) % n, (r - s) % n
             req = self._send(buf[edges[send_c]:edges[send_c + 1]], right)
             m = edges[recv_c + 1] - edges[recv_c]
             self._recv(tmp[:m], left)
             buf[edges[recv_c]:edges[recv_c + 1]] = tmp[:m]
-            req.Wait()
+            self._wait(req, right)
         return buf

@@ -45,9 +45,22 @@ class Link:
         buf = np.ascontiguousarray(buf)
         if self.latency:
             time.sleep(self.latency)  # simulated link latency (see the module docstring)
-        self.comm.Send(buf, dest=dest, tag=tag)
+        self._wait(self.comm.Isend(buf, dest=dest, tag=tag), dest, "took none of our data")
         self.stats.sent_bytes += int(buf.nbytes)
         self.stats.sent_messages += 1
+
+    def _wait(self, req, peer: int, what: str, status=None) -> None:
+        """Complete ``req`` under the deadline (a send larger than MPI's eager limit completes only once the peer
+        receives it: a dead or cut-off peer must not block it forever)."""
+        t0 = time.perf_counter()
+        sleep = 0.0
+        while not (req.Test(status) if status is not None else req.Test()):
+            if time.perf_counter() - t0 > self.timeout_s:
+                req.Cancel()
+                raise ClusterError(f"board {self.names[peer]} {what} for {self.timeout_s:g} s: it was killed, "
+                                   "crashed or its link is cut")
+            time.sleep(sleep)
+            sleep = min(0.001, sleep + 0.00005)  # spin briefly, then poll every ms
 
     def recv(self, buf: np.ndarray, source: int, tag: int = -1) -> tuple[int, int]:
         """Receive into ``buf`` from ``source`` (any tag when ``tag`` is -1); returns (tag, elements received).
@@ -57,14 +70,7 @@ class Link:
         t0 = time.perf_counter()
         req = self.comm.Irecv(buf, source=source, tag=MPI.ANY_TAG if tag < 0 else tag)
         status = MPI.Status()
-        sleep = 0.0
-        while not req.Test(status):
-            if time.perf_counter() - t0 > self.timeout_s:
-                req.Cancel()
-                raise ClusterError(f"board {self.names[source]} sent nothing for {self.timeout_s:g} s: it was "
-                                   "killed, crashed or its link is cut")
-            time.sleep(sleep)
-            sleep = min(0.001, sleep + 0.00005)  # spin briefly, then poll every ms
+        self._wait(req, source, "sent nothing", status)
         n = status.Get_count(MPI.BYTE) // buf.itemsize
         self.stats.wait_s += time.perf_counter() - t0
         self.stats.recv_bytes += n * buf.itemsize
