@@ -378,6 +378,19 @@ def drafts(kind: str) -> bool:
         kind.removesuffix("-norepack") not in ("llama-server-plain", "llama-server-ngram", "llama-server-ngram-map-k")
 
 
+def rebound(rows: list[dict], meta: dict, bandwidth: float) -> None:
+    """Recompute each row's one-token-per-pass bound and x bound at storage ``bandwidth`` (bytes/s) instead of the
+    rig's cold-read measurement in ``meta`` (e.g. the profile's throttle rate, when the measurement ran under load
+    and read below it); the plan's bytes per token are recovered as measured bandwidth / the row's bound."""
+    bw0 = (meta.get("storage") or {}).get("bandwidth")
+    meta["bound_bandwidth"] = bandwidth
+    for r in rows:
+        if bw0 and r.get("bound_tok_s"):
+            r["bound_tok_s"] = bandwidth / (bw0 / r["bound_tok_s"])
+            if r.get("decode_tok_s"):
+                r["x_bound"] = r["decode_tok_s"] / r["bound_tok_s"]
+
+
 def k_label(r: dict, meta: dict) -> str:
     """The k column: the --draft-tokens of the run, ``auto (<=N)`` when it was not given (N: the cap it got)."""
     k = r.get("draft_tokens", meta["draft_tokens"])
@@ -390,7 +403,9 @@ def table(rows: list[dict], meta: dict) -> str:
     """The markdown table of the runs (ratios against edgespool without speculation of the same budget/prompt)."""
     st = meta.get("storage") or {}
     out = [f"rig {meta['profile']}, {meta['date']}, {meta['cpu']}; cold read bandwidth "
-           f"{(st.get('bandwidth') or 0) / 1e6:.0f} MB/s; {meta['n']} tokens greedy, draft tokens <= "
+           f"{(st.get('bandwidth') or 0) / 1e6:.0f} MB/s"
+           + (f" (x bound at {meta['bound_bandwidth'] / 1e6:.0f} MB/s)" if meta.get("bound_bandwidth") else "")
+           + f"; {meta['n']} tokens greedy, draft tokens <= "
            f"{meta['draft_tokens']} (adaptive); load {meta.get('load_before')}", "",
            "| budget | prompt | system | k | tok/s | x no-spec | x bound | acceptance | tokens/pass | mean k | "
            "draft s/pass | verify s/pass | MB read/token | peak cgroup | note |",
@@ -430,9 +445,14 @@ def table(rows: list[dict], meta: dict) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "table":  # table R1.json R2.json ...: one table of saved results
-        runs = [json.loads(Path(f).read_text()) for f in sys.argv[2:]]
-        print(table([r for x in runs for r in x["rows"]], runs[0]["meta"]))
+    if len(sys.argv) > 1 and sys.argv[1] == "table":  # table [--bandwidth BPS] R1.json R2.json ...
+        a = sys.argv[2:]
+        bps = float(a[1]) if a[:1] == ["--bandwidth"] else None
+        runs = [json.loads(Path(f).read_text()) for f in (a[2:] if bps else a)]
+        rows = [r for x in runs for r in x["rows"]]
+        if bps:
+            rebound(rows, runs[0]["meta"], bps)
+        print(table(rows, runs[0]["meta"]))
     elif len(sys.argv) > 1 and sys.argv[1] == "dovetail":
         from edgespool.benchmarks.spec_dovetail import dovetail
 

@@ -50,3 +50,15 @@ def test_server_spec_args_per_variant():
 
     with pytest.raises(SystemExit, match="unknown llama-server system"):
         server_spec_args("llama-server-medusa", 4, "d")
+
+
+def test_rebound_and_auto_k_label():
+    from edgespool.benchmarks.spec_bench import k_label, rebound
+
+    meta = {"storage": {"bandwidth": 400e6}, "draft_tokens": "auto"}
+    rows = [{"decode_tok_s": 1.0, "bound_tok_s": 0.5, "x_bound": 2.0}, {"decode_tok_s": 0.3}]
+    rebound(rows, meta, 440e6)  # plan bytes/token = 400e6 / 0.5 = 800 MB: the bound at 440 MB/s is 0.55 tok/s
+    assert abs(rows[0]["bound_tok_s"] - 0.55) < 1e-12 and abs(rows[0]["x_bound"] - 1 / 0.55) < 1e-12
+    assert "x_bound" not in rows[1] and meta["bound_bandwidth"] == 440e6
+    assert k_label({"draft_tokens": 0, "draft_tokens_max": 12}, meta) == "auto (<=12)"
+    assert k_label({"draft_tokens": 8}, meta) == "8"
