@@ -133,6 +133,11 @@ class BlockKernels:
         self.fallbacks: dict[str, int] = {}
         self._tls = threading.local()
         self._fn = lib.es_linear
+        # fused dispatch of several packed weights of one input (libraries before 2026-12-03 have none)
+        self._multi = getattr(lib, "es_linear_packed_multi", None)
+        if self._multi is not None:
+            self._multi.restype = ctypes.c_int
+            self._multi.argtypes = [vp, it, vp, vp, vp, it, vp, it, vp, vp, it]
 
     def close(self) -> None:
         """Stop the worker threads (the library stays loaded)."""
@@ -216,6 +221,32 @@ class BlockKernels:
             raise BundleError(f"block kernel refused {w.scheme} {tuple(w.shape)}")
         self.calls += 1
         return y
+
+    def linear_multi(self, x: np.ndarray, ws: list[QTensor]) -> list[np.ndarray] | None:
+        """``[x @ W.T for W in ws]`` in one pool dispatch (x rounded once; q / k / v or gate / up of a layer), each
+        result bit-identical to :meth:`linear` of that weight alone; None unless every weight is packed for this
+        library (2 to 4 of them, one input width) and the library has the fused entry point."""
+        k = len(ws)
+        if self._multi is None or not 2 <= k <= 4 or any(type(w) is not PackedQTensor or w.lib is not self._lib
+                                                          for w in ws):
+            return None
+        n = int(ws[0].shape[1])
+        if x.shape[-1] != n or any(int(w.shape[1]) != n for w in ws):
+            return None
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        m = x.size // n
+        ys = [np.empty((*x.shape[:-1], int(w.shape[0])), np.float32) for w in ws]
+        arr = self._tls.multi = getattr(self._tls, "multi", None) or (
+            (ctypes.c_int * 4)(), (ctypes.c_void_p * 4)(), (ctypes.c_int * 4)(), (ctypes.c_void_p * 4)())
+        wt, ptr, rows, yp = arr
+        for i, (w, y) in enumerate(zip(ws, ys)):
+            wt[i], ptr[i], rows[i], yp[i] = w.code, w.ptr, int(w.shape[0]), y.ctypes.data
+        scratch = self._scratch(m * (n + (n // 32) * 16) + k * m * (n // 32) * 4)  # es_multi_act_bytes
+        if self._multi(self._pool, k, wt, ptr, rows, n, x.ctypes.data, m, yp, scratch, self.threads):
+            return None
+        self.calls += k
+        return ys
 
     def table(self, base: KernelTable = REFERENCE, description: str | None = None) -> KernelTable:
         """``base`` with every scheme of :data:`SCHEME_CODES` routed through these kernels (``base``'s kernel for

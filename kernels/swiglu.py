@@ -59,10 +59,11 @@ def swiglu(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor, act: str = 
         fn = ACTIVATIONS[act]
     except KeyError:
         raise ValueError(f"unknown FFN activation {act!r}; known: {', '.join(ACTIVATIONS)}") from None
-    linear = kernels.linear
-    h = fn(linear(x, gate))
-    h *= linear(x, up)
-    return linear(h, down)
+    many = getattr(kernels, "linear_many", None)  # one dispatch for both when the kernels can fuse them
+    g, u = many(x, [gate, up]) if many is not None else (kernels.linear(x, gate), kernels.linear(x, up))
+    h = fn(g)
+    h *= u
+    return kernels.linear(h, down)
 
 
 def reglu(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor, *,

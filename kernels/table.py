@@ -51,6 +51,25 @@ class KernelTable:
         ``[out, in]``, ``bias`` an optional ``[out]`` vector (array or QTensor). Returns ``[..., out]``."""
         return apply_linear(self.linear_kernels, x, w, bias)
 
+    def linear_many(self, x: np.ndarray, ws: list[QTensor],
+                    biases: list[QTensor | np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """``[self.linear(x, w, b) for w, b in zip(ws, biases)]``: the products of one input with several weights
+        (a layer's q / k / v, gate / up). When every weight's scheme routes to this table's compiled ``backend``
+        and it has ``linear_multi`` (the C block kernels: one thread-pool dispatch, ``x`` rounded once), that runs
+        them together, with the same results as one call each; otherwise one :meth:`linear` per weight (so a
+        table with wrapped kernels, e.g. the timed one of ``edgespool bench``, sees every call)."""
+        biases = biases or [None] * len(ws)
+        multi = getattr(self.backend, "linear_multi", None)
+        if multi is not None and all(isinstance(self.linear_kernels.get(w.scheme), RoutedLinear)
+                                     and self.linear_kernels[w.scheme].kernels is self.backend for w in ws):
+            ys = multi(x, ws)
+            if ys is not None:
+                for i, b in enumerate(biases):
+                    if b is not None:
+                        ys[i] = ys[i] + (b.dequantize() if isinstance(b, QTensor) else b)
+                return ys
+        return [self.linear(x, w, b) for w, b in zip(ws, biases)]
+
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
                   sliding_window: int | None = None, scale: float | None = None,
                   softcap: float | None = None) -> np.ndarray:

@@ -245,6 +245,44 @@ def test_two_python_threads_share_one_pool(kern):
     assert not bad, bad[:5]
 
 
+def test_fused_multi_weight_dispatch_equals_one_call_each(kern):
+    """``linear_multi`` (one pool dispatch for a layer's q / k / v or gate / up, x rounded once) gives each weight's
+    result bit for bit as its own ``linear`` call: mixed formats in one job (Qwen's Q4_K q/k with a Q6_K v; Q5_0
+    with Q8_0), rows not multiples of 16, decode and prefill rows, 1 and 2 threads; and the kernel table's
+    ``linear_many`` (what the engine calls) adds biases like ``linear``. Weights this library did not pack are
+    refused (None), and the table then runs one call per weight."""
+    k1, k2 = kern
+    rng = np.random.default_rng(33)
+    for schemes, rows, n in ((("q4_k", "q4_k", "q6_k"), (1536, 256, 256), 1536), (("q5_0", "q8_0"), (4864, 130), 896),
+                             (("q4_1", "q4_1", "q4_1"), (576, 192, 192), 576), (("int4", "int8"), (40, 1000), 224)):
+        ws = [_weight(rng, s, r, n) for s, r in zip(schemes, rows)]
+        for k in (k1, k2):
+            ps = [k.prepare_weight(w) for w in ws]
+            if not all(isinstance(p, PackedQTensor) for p in ps):
+                assert k.linear_multi(np.zeros((1, n), np.float32), ps) is None
+                continue
+            for m in (1, 2, 9):
+                x = rng.standard_normal((m, n)).astype(np.float32)
+                ys = k.linear_multi(x, ps)
+                assert ys is not None and len(ys) == len(ps)
+                for y, p in zip(ys, ps):
+                    np.testing.assert_array_equal(y, k.linear(x, p))
+            bias = rng.standard_normal(rows[0]).astype(np.float32)
+            t = k.table()
+            x = rng.standard_normal((1, n)).astype(np.float32)
+            got = t.linear_many(x, ps, [bias] + [None] * (len(ps) - 1))
+            for y, p, b in zip(got, ps, [bias] + [None] * (len(ps) - 1)):
+                np.testing.assert_array_equal(y, t.linear(x, p, b))
+    other = c_blocks.BlockKernels(c_blocks.host_library(), threads=1)  # another library object: not its packing
+    try:
+        w = _weight(rng, "q8_0", 64, 256)
+        p = k1.prepare_weight(w)
+        if isinstance(p, PackedQTensor):
+            assert other.linear_multi(np.ones((1, 256), np.float32), [p, p]) is None
+    finally:
+        other.close()
+
+
 def test_packing_leaves_other_formats_alone(kern):
     k1, _ = kern
     rng = np.random.default_rng(9)

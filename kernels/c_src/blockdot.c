@@ -518,6 +518,7 @@ static rowdot_fn rowdot_of(int wt) {
 /* Workers spin on a generation counter for a while after each job (the next linear of a decode step comes within
  * tens of microseconds; waking a thread blocked on a condition variable costs ~50-100 us on a VM), then block. */
 #define ES_SPIN_NS 200000L
+#define ES_MAX_SEG 4
 typedef struct {
     rowdot_fn fn;
     const uint8_t *w, *wsc;
@@ -530,6 +531,10 @@ typedef struct {
     float *y;
     int wt, packed; /* packed: w is the x16 layout of blockpack.h */
     const int32_t *so; /* packed: -offset x code sum per activation block */
+    /* fused packed job (es_linear_packed_multi): nseg weights of one input; global chunk c belongs to the segment
+     * with ch0 <= c < next ch0 and covers rows (c - ch0) x chunk.. of it */
+    int nseg;
+    struct { const uint8_t *w; float *y; const int32_t *so; int rows, wt, chunk, ch0; } seg[ES_MAX_SEG];
 } job_t;
 
 typedef struct {
@@ -649,6 +654,18 @@ static void work_chunks(pool_t *p, const job_t *j, long g, int chunk_rows) {
         unsigned nch = (unsigned)(c >> 16) & 0xFFFF, idx = (unsigned)c & 0xFFFF;
         if (idx >= nch) return;
         if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1)) continue;
+        if (j->nseg) { /* a fused job: the chunk's segment as a one-weight job */
+            int k = j->nseg - 1;
+            while (k > 0 && (int)idx < j->seg[k].ch0) k--;
+            job_t js = *j;
+            js.w = j->seg[k].w, js.y = j->seg[k].y, js.so = j->seg[k].so, js.rows = j->seg[k].rows;
+            js.wt = j->seg[k].wt;
+            int r0 = ((int)idx - j->seg[k].ch0) * j->seg[k].chunk;
+            int r1 = r0 + j->seg[k].chunk < js.rows ? r0 + j->seg[k].chunk : js.rows;
+            run_rows(&js, r0, r1);
+            atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+            continue;
+        }
         int r0 = (int)idx * chunk_rows, r1 = r0 + chunk_rows < j->rows ? r0 + chunk_rows : j->rows;
         run_rows(j, r0, r1);
         atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
@@ -725,7 +742,18 @@ static void pool_run(pool_t *p, const job_t *j) {
     int nch = (j->rows + chunk - 1) / chunk;
     while (nch > 0xFFFF) { chunk *= 2; nch = (j->rows + chunk - 1) / chunk; }
     long g = atomic_load(&p->gen) + 1;
-    p->job = *j;
+    job_t jj = *j; /* the caller runs chunks of this copy, the workers of p->job (the same) */
+    if (jj.nseg) { /* fused: each segment in whole row groups, about 4 x nth chunks over all of them */
+        int groups = (jj.rows + PK_ROWS - 1) / PK_ROWS, per = (groups + 4 * jj.nth - 1) / (4 * jj.nth);
+        nch = 0;
+        for (int k = 0; k < jj.nseg; k++) {
+            int gk = (jj.seg[k].rows + PK_ROWS - 1) / PK_ROWS, ck = per < gk ? per : gk;
+            jj.seg[k].chunk = PK_ROWS * ck;
+            jj.seg[k].ch0 = nch;
+            nch += (gk + ck - 1) / ck;
+        }
+    }
+    p->job = jj;
     p->chunk_rows = chunk;
     atomic_store(&p->done, 0);
     atomic_store_explicit(&p->claim, ((unsigned long long)(g & 0xFFFFFFFFL) << 32) | ((unsigned long long)nch << 16),
@@ -736,7 +764,7 @@ static void pool_run(pool_t *p, const job_t *j) {
         pthread_cond_broadcast(&p->go);
         pthread_mutex_unlock(&p->mu);
     }
-    work_chunks(p, j, g, chunk);
+    work_chunks(p, &jj, g, chunk);
     int k = 0;
     while (atomic_load_explicit(&p->done, memory_order_acquire) < nch) { /* chunks a worker is running now */
         cpu_relax();
@@ -744,11 +772,25 @@ static void pool_run(pool_t *p, const job_t *j) {
     }
 }
 
+/* All of job j on the calling thread (each segment of a fused job in turn). */
+static void run_serial(const job_t *j) {
+    if (!j->nseg) {
+        run_rows(j, 0, j->rows);
+        return;
+    }
+    for (int k = 0; k < j->nseg; k++) {
+        job_t js = *j;
+        js.nseg = 0, js.w = j->seg[k].w, js.y = j->seg[k].y, js.so = j->seg[k].so, js.rows = j->seg[k].rows;
+        js.wt = j->seg[k].wt;
+        run_rows(&js, 0, js.rows);
+    }
+}
+
 /* Run job j on the pool, or all of it on the calling thread when another thread is running a job on this pool
  * right now (two Python threads on one BlockKernels: the pool holds one job at a time; never wait for it). */
 static void pool_try_run(pool_t *p, const job_t *j) {
     if (pthread_mutex_trylock(&p->run_mu) != 0) {
-        run_rows(j, 0, j->rows);
+        run_serial(j);
         return;
     }
     pool_run(p, j);
@@ -778,7 +820,7 @@ int es_linear(void *vp, int wt, const uint8_t *w, long row_bytes, const uint8_t 
     if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
     if (!p) nth = 1;
     if ((long)rows * row_bytes * m < 32768 || rows < 8 * nth) nth = 1; /* too small to split */
-    job_t j = {fn, w, wsc, row_bytes, sc_bytes, rows, n, m, nth, q, d, s, ds, y, wt, 0, 0};
+    job_t j = {fn, w, wsc, row_bytes, sc_bytes, rows, n, m, nth, q, d, s, ds, y, wt, 0, 0, 0, {{0}}};
     if (nth == 1) {
         run_rows(&j, 0, rows);
         return 0;
@@ -786,6 +828,24 @@ int es_linear(void *vp, int wt, const uint8_t *w, long row_bytes, const uint8_t 
     pool_try_run(p, &j);
     return 0;
 }
+
+#ifdef ES_PACKED
+/* -offset x code sum per activation block for a packed weight of type wt into so (q6_k: of values 0-15 only;
+ * pk_tile6 derives the other half's from s). */
+static void packed_offsets(int wt, const int8_t *q, const int32_t *s, long nbm, int32_t *so) {
+    int off = (wt == W_Q8_0 || wt == W_INT8 || wt == W_Q6_K) ? 128
+              : wt == W_Q5_0 ? 16 : (wt == W_Q4_1 || wt == W_Q4_K ? 0 : 8); /* q4_1 / q4_k: min term, no offset */
+    if (wt == W_Q6_K) {
+        for (long k = 0; k < nbm; k++) {
+            int32_t h = 0;
+            for (int t = 0; t < 16; t++) h += q[32 * k + t];
+            so[k] = -128 * h;
+        }
+        return;
+    }
+    for (long k = 0; k < nbm; k++) so[k] = -off * s[k];
+}
+#endif
 
 /* es_linear for a weight packed by es_pack (blockpack.h): y[m, rows] = x[m, n] @ W^T.  Returns 0, or -1 when
  * this build has no packed kernel for wt (es_pack_kind) or the shape does not fit. */
@@ -800,17 +860,9 @@ int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, c
     float *ds = (float *)(scratch + (long)m * nb * 8);
     int32_t *so = (int32_t *)(scratch + (long)m * nb * 12);
     int8_t *q = (int8_t *)(scratch + (long)m * nb * 16);
-    int off = (wt == W_Q8_0 || wt == W_INT8 || wt == W_Q6_K) ? 128
-              : wt == W_Q5_0 ? 16 : (wt == W_Q4_1 || wt == W_Q4_K ? 0 : 8); /* q4_1 / q4_k: min term, no offset */
     for (int i = 0; i < m; i++)
         quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb, ds + (long)i * nb);
-    for (long k = 0; k < (long)m * nb; k++) so[k] = -off * s[k];
-    if (wt == W_Q6_K) /* q6_k: the offset of values 0-15 only (pk_tile6 derives the other half's from s) */
-        for (long k = 0; k < (long)m * nb; k++) {
-            int32_t h = 0;
-            for (int t = 0; t < 16; t++) h += q[32 * k + t];
-            so[k] = -128 * h;
-        }
+    packed_offsets(wt, q, s, (long)m * nb, so);
     int nth = nthreads < 1 ? 1 : nthreads;
     if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
     if (!p) nth = 1;
@@ -818,7 +870,7 @@ int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, c
     if (wbytes * m < 32768) nth = 1; /* too small to split */
     else if (rows < 32 * nth) nth = rows / 32 > 1 ? rows / 32 : 1; /* >= 2 row groups a thread (was: nth = 1, which
                                                                        ran 896-row matrices on one of 16 threads) */
-    job_t j = {0, packed, 0, 0, 0, rows, n, m, nth, q, d, s, ds, y, wt, 1, so};
+    job_t j = {0, packed, 0, 0, 0, rows, n, m, nth, q, d, s, ds, y, wt, 1, so, 0, {{0}}};
     if (nth == 1) {
         run_rows(&j, 0, rows);
         return 0;
@@ -827,6 +879,60 @@ int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, c
     return 0;
 #else
     (void)vp; (void)wt; (void)packed; (void)rows; (void)n; (void)x; (void)m; (void)y; (void)scratch; (void)nthreads;
+    return -1;
+#endif
+}
+
+/* Bytes of scratch es_linear_packed_multi needs for `count` weights and m rows of n values. */
+long es_multi_act_bytes(int n, int m, int count) { return es_act_bytes(n, m) + (long)count * m * (n / 32) * 4; }
+
+/* Several packed weights of one input in one pool dispatch (q / k / v, gate / up): y_k[m, rows_k] = x[m, n] @
+ * W_k^T for k < count (<= ES_MAX_SEG), x rounded to Q8_0 blocks once.  Each weight's result is exactly what
+ * es_linear_packed gives for it alone (same activation blocks, same tiles).  scratch: es_multi_act_bytes.
+ * Returns 0, or -1 when some weight has no packed kernel here or the shapes do not fit (nothing computed). */
+int es_linear_packed_multi(void *vp, int count, const int *wt, const uint8_t *const *packed, const int *rows, int n,
+                           const float *x, int m, float *const *y, uint8_t *scratch, int nthreads) {
+#ifdef ES_PACKED
+    pool_t *p = (pool_t *)vp;
+    if (count < 1 || count > ES_MAX_SEG || m <= 0) return -1;
+    long total = 0, wbytes = 0;
+    for (int k = 0; k < count; k++) {
+        if (!es_pack_kind(wt[k]) || n % (wt[k] == W_Q4_K || wt[k] == W_Q6_K ? 256 : 32) || rows[k] <= 0) return -1;
+        total += rows[k];
+        wbytes += es_packed_bytes(wt[k], rows[k], n);
+    }
+    int nb = n / 32;
+    float *d = (float *)scratch;
+    int32_t *s = (int32_t *)(scratch + (long)m * nb * 4);
+    float *ds = (float *)(scratch + (long)m * nb * 8);
+    int8_t *q = (int8_t *)(scratch + (long)m * nb * 16);
+    int32_t *so0 = (int32_t *)(scratch + es_act_bytes(n, m));
+    for (int i = 0; i < m; i++)
+        quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb, ds + (long)i * nb);
+    job_t j = {0, 0, 0, 0, 0, (int)total, n, m, 1, q, d, s, ds, 0, 0, 1, 0, count, {{0}}};
+    for (int k = 0; k < count; k++) {
+        int32_t *so = so0 + (long)k * m * nb;
+        int same = -1;
+        for (int e = 0; e < k; e++)
+            if (wt[e] == wt[k]) same = e;
+        if (same >= 0) so = (int32_t *)j.seg[same].so; /* one offset array per weight type */
+        else packed_offsets(wt[k], q, s, (long)m * nb, so);
+        j.seg[k].w = packed[k], j.seg[k].y = y[k], j.seg[k].so = so, j.seg[k].rows = rows[k], j.seg[k].wt = wt[k];
+    }
+    int nth = nthreads < 1 ? 1 : nthreads;
+    if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
+    if (!p || wbytes * m < 32768) nth = 1;
+    else if (total < 32 * nth) nth = (int)(total / 32) > 1 ? (int)(total / 32) : 1;
+    j.nth = nth;
+    if (nth == 1) {
+        run_serial(&j);
+        return 0;
+    }
+    pool_try_run(p, &j);
+    return 0;
+#else
+    (void)vp; (void)count; (void)wt; (void)packed; (void)rows; (void)n; (void)x; (void)m; (void)y; (void)scratch;
+    (void)nthreads;
     return -1;
 #endif
 }

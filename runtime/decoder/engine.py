@@ -328,9 +328,13 @@ class Engine:
         ``rope`` (cos, sin; None: no positional encoding); writes K/V into ``cache``."""
         c, linear = self.config, self.kernels.linear
         T, D = h.shape[0], c.head_dim
-        q = linear(h, w[p + "wq"], _vec(w.get(p + "bq"))).reshape(T, c.num_heads, D)
-        k = linear(h, w[p + "wk"], _vec(w.get(p + "bk"))).reshape(T, c.num_kv_heads, D)
-        v = linear(h, w[p + "wv"], _vec(w.get(p + "bv"))).reshape(T, c.num_kv_heads, D)
+        ws, bs = [w[p + "wq"], w[p + "wk"], w[p + "wv"]], [_vec(w.get(p + "bq")), _vec(w.get(p + "bk")),
+                                                           _vec(w.get(p + "bv"))]
+        many = getattr(self.kernels, "linear_many", None)  # q / k / v in one kernel dispatch where it can
+        q, k, v = many(h, ws, bs) if many is not None else [linear(h, a, b) for a, b in zip(ws, bs)]
+        q = q.reshape(T, c.num_heads, D)
+        k = k.reshape(T, c.num_kv_heads, D)
+        v = v.reshape(T, c.num_kv_heads, D)
         if c.qk_norm:
             q, k = self._qk_norm(q, w[p + "q_norm"]), self._qk_norm(k, w[p + "k_norm"])
         if c.clip_qkv is not None:
