@@ -44,8 +44,8 @@ def test_tiny_f32_every_split_matches_ort(tiny, resident):
     for split in cut_points(g):
         plan = make_plan(g, split, (3, 3) if min(g.shapes[g.nodes[split].output][1:]) >= 3 else (2, 2),
                          itemsize=4, input_resident=resident)
-        for merged in (True, False):
-            out = OrtCnnRunner(g, plan=plan, merged=merged).run_patched(x)
+        for merged, fused in ((True, True), (True, False), (False, False)):
+            out = OrtCnnRunner(g, plan=plan, merged=merged, fused=fused).run_patched(x)
             assert np.abs(out - want).max() <= 1e-4, split
 
 
@@ -56,8 +56,9 @@ def test_tiny_int8_bit_identical_to_numpy(tiny):
     for split in cut_points(g):
         for resident in (True, False):
             plan = make_plan(g, split, (2, 2), itemsize=1, input_resident=resident)
-            for merged in (True, False):
-                np.testing.assert_array_equal(OrtCnnRunner(g, q, plan, merged=merged).run_patched(x), want)
+            for merged, fused in ((True, True), (True, False), (False, False)):
+                np.testing.assert_array_equal(OrtCnnRunner(g, q, plan, merged=merged, fused=fused).run_patched(x),
+                                              want)
 
 
 def test_bad_inputs_named(tiny):
@@ -87,6 +88,8 @@ def test_mobilenet_v2_f32_and_int8(tmp_path):
     rq = OrtCnnRunner(g, q, plan_patches(g, itemsize=1))
     np.testing.assert_array_equal(rq.run_layers(x), qi)
     np.testing.assert_array_equal(rq.run_patched(x), qi)
+    assert rq.fused is not None  # the default patched path: one session, patches joined by Concat
+    np.testing.assert_array_equal(OrtCnnRunner(g, q, plan_patches(g, itemsize=1), fused=False).run_patched(x), qi)
     assert int(np.argmax(qi)) == int(np.argmax(want))
 
 
@@ -108,3 +111,23 @@ def test_bundle_engines_agree(tiny, tmp_path, quant):
         assert np.abs(fast - ref_out).max() <= 1e-4
     with pytest.raises(OptionError, match="cnn-engine"):
         b.run(x, engine="tvm")
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_tiny_int8_weight_kinds_exact(tiny, monkeypatch, vnni):
+    """Both conv/gemm weight encodings (int8 for VNNI CPUs, uint8 = w + 128 with zero point 128 for x86 CPUs without
+    VNNI, whose u8 x s8 kernels saturate int16 pair sums) give the numpy int8 executor's output bit for bit. The
+    int8 encoding is only exact on CPUs with VNNI (or non-x86): skipped elsewhere."""
+    from edgespool.runtime.cnn import onnx_lower
+
+    if vnni and not onnx_lower.cpu_has_vnni():
+        pytest.skip("u8 x s8 weights are not exact on x86 without AVX-512 VNNI / AVX-VNNI")
+    monkeypatch.setattr(onnx_lower, "cpu_has_vnni", lambda: vnni)
+    g, q, x = tiny["g"], tiny["q"], tiny["x"]
+    want = CnnRunner(g, q).run_layers(x).output
+    r = OrtCnnRunner(g, q, make_plan(g, cut_points(g)[-1], (2, 2), itemsize=1))
+    kinds = {i.data_type for i in onnx_lower.lower_segment(g, 0, len(g.nodes), {g.input: onnx_lower.full_box(
+        g, g.input)}, {}, [g.output], q).graph.initializer if i.name.startswith(("w__", "wT__"))}
+    assert kinds == ({3} if vnni else {2})  # TensorProto INT8 = 3, UINT8 = 2
+    np.testing.assert_array_equal(r.run_layers(x), want)
+    np.testing.assert_array_equal(r.run_patched(x), want)

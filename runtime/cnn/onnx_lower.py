@@ -25,7 +25,9 @@ Tensors carry a leading batch dimension of 1 ([1, C, h, w]; [1, N] for vectors).
 """
 from __future__ import annotations
 
+import functools
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -62,6 +64,7 @@ class _Builder:
         self.cache: dict[tuple[int, str], tuple[np.ndarray, str]] = {}
         self.k = 0
         self.float_acts: frozenset[str] = frozenset()  # act nodes lowered as DQ -> act -> Q instead of a Gather
+        self.weights_u8 = not cpu_has_vnni()  # conv weights as uint8 (exact u8 x u8 kernels) without VNNI
 
     def name(self, hint: str) -> str:
         self.k += 1
@@ -81,6 +84,30 @@ class _Builder:
         out = self.name(hint)
         self.nodes.append(self.h.make_node(op_type, list(inputs), [out], name=out, **attrs))
         return out
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot products that onnxruntime's u8 x s8 kernels use without saturation: x86-64
+    AVX-512 VNNI or AVX-VNNI (from /proc/cpuinfo), or any non-x86 CPU (aarch64: sdot / or widening, exact)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def _conv_weights(w: np.ndarray, as_u8: bool) -> tuple[np.ndarray, int]:
+    """(QLinearConv weight, its zero point): int8 as is, or uint8 = w + 128 with zero point 128 (same products).
+    Without VNNI, MLAS's x86 u8 x s8 kernels (vpmaddubsw) saturate int16 pair sums; its u8 x u8 kernels widen to
+    int16 first (exact), so the lowering keeps bit-exactness there at some speed."""
+    if not as_u8:
+        return w, 0
+    return (w.astype(np.int16) + U8).astype(np.uint8), U8
 
 
 def full_box(graph: CnnGraph, t: str) -> Box:
@@ -164,9 +191,10 @@ def _lower_node(b: _Builder, g: CnnGraph, n: Node, ins: list[tuple[str, Box]], o
             qn = q.nodes[n.name]
             zi, zo = q.tensors[n.inputs[0]][1], q.tensors[n.output][1]
             o = qn["w"].shape[0]
-            y = b.op("QLinearConv", [x, b.const(_f(1.0), "xs"), b.const(_u8(zi), "xz"), b.const(qn["w"], "w"),
+            w, wz = _conv_weights(qn["w"], b.weights_u8)
+            y = b.op("QLinearConv", [x, b.const(_f(1.0), "xs"), b.const(_u8(zi), "xz"), b.const(w, "w"),
                                      b.const(np.asarray(qn["mult"], np.float32).reshape(o), "ws"),
-                                     b.const(np.zeros(o, np.int8), "wz"), b.const(_f(1.0), "ys"),
+                                     b.const(np.full(o, wz, w.dtype), "wz"), b.const(_f(1.0), "ys"),
                                      b.const(_u8(zo), "yz"), b.const(qn["bias"].astype(np.int32), "b")], hint, **kw)
             lo, hi = qn.get("clamp", (-128, 127))
             if (lo, hi) != (-128, 127):
@@ -203,8 +231,9 @@ def _lower_node(b: _Builder, g: CnnGraph, n: Node, ins: list[tuple[str, Box]], o
                      transB=1)
             return _f32_clamp(b, y, n.attrs.get("act"), hint)
         qn, (_, zi), (_, zo) = q.nodes[n.name], q.tensors[n.inputs[0]], q.tensors[n.output]
-        acc = b.op("MatMulInteger", [flat, b.const(np.ascontiguousarray(qn["w"].T), "wT"), b.const(_u8(zi), "xz")],
-                   hint)
+        wt, wz = _conv_weights(np.ascontiguousarray(qn["w"].T), b.weights_u8)
+        acc = b.op("MatMulInteger", [flat, b.const(wt, "wT"), b.const(_u8(zi), "xz"), b.const(np.array(wz, wt.dtype),
+                                                                                          "wz")], hint)
         acc = b.op("Add", [acc, b.const(qn["bias"].astype(np.int32).reshape(-1), "b")], hint + "_b")
         v = b.op("Mul", [b.op("Cast", [acc], hint + "_f", to=1), b.const(np.asarray(qn["mult"], np.float32), "m")],
                  hint + "_m")
@@ -345,6 +374,49 @@ def lower_segment(graph: CnnGraph, start: int, end: int, inputs: dict[str, Box],
     gp = helper.make_graph(b.nodes, name, g_in, g_out, b.inits)
     return helper.make_model(gp, opset_imports=opsets(), ir_version=8,
                              producer_name="edgespool")
+
+
+def _patch_grid(regions: Sequence[dict[str, Box]], t: str) -> list[list[int]]:
+    """Patch indices of ``regions`` as rows of a grid over tensor ``t`` (row-major, boxes tiling the map)."""
+    rows: dict[int, list[int]] = {}
+    for k, reg in enumerate(regions):
+        rows.setdefault(reg[t][0], []).append(k)
+    return [sorted(ks, key=lambda k: regions[k][t][2]) for _, ks in sorted(rows.items())]
+
+
+def lower_patched(graph: CnnGraph, split: int, regions: Sequence[dict[str, Box]],
+                  quant: "QuantCnn | None" = None, float_acts: frozenset[str] | None = None) -> "onnx.ModelProto":
+    """The whole patch-based network as one ONNX model: stage 1 (nodes ``0..split``) for every patch of
+    ``regions`` in patch order from the whole input, the patches joined into the stage-1 output T by spatial
+    ``Concat`` (each grid row along W, then the rows along H), then stage 2 over T. Same numbers as
+    :func:`lower_patches` + a stage-2 :func:`lower_segment` (the concat only moves values); one session call,
+    and onnxruntime keeps its NHWC / NCHWc layout across the join instead of converting every patch back."""
+    from onnx import TensorProto, helper
+
+    b = _Builder()
+    b.float_acts = _float_acts(graph, quant, float_acts)
+    elem = TensorProto.UINT8 if quant is not None else TensorProto.FLOAT
+    ib = full_box(graph, graph.input)
+    g_in = [helper.make_tensor_value_info("x", elem, onnx_shape(graph, graph.input, ib))]
+    t = graph.nodes[split].output
+    outs: list[str] = []
+    for reg in regions:
+        env: dict[str, tuple[str, Box]] = {graph.input: ("x", ib)}
+        for n in graph.nodes[: split + 1]:
+            env[n.output] = (_lower_node(b, graph, n, [env[s] for s in n.inputs], reg[n.output], quant),
+                             reg[n.output])
+        outs.append(env[t][0])
+    rows = [r[0] if len(r) == 1 else b.op("Concat", r, "join_w", axis=3)
+            for r in ([outs[k] for k in ks] for ks in _patch_grid(regions, t))]
+    joined = rows[0] if len(rows) == 1 else b.op("Concat", rows, "join_h", axis=2)
+    env = {t: (joined, full_box(graph, t))}
+    for n in graph.nodes[split + 1:]:
+        env[n.output] = (_lower_node(b, graph, n, [env[s] for s in n.inputs], full_box(graph, n.output), quant),
+                         full_box(graph, n.output))
+    y = b.op("Identity", [env[graph.output][0]], "out")
+    g_out = [helper.make_tensor_value_info(y, elem, onnx_shape(graph, graph.output, full_box(graph, graph.output)))]
+    gp = helper.make_graph(b.nodes, "patched", g_in, g_out, b.inits)
+    return helper.make_model(gp, opset_imports=opsets(), ir_version=8, producer_name="edgespool")
 
 
 def lower_patches(graph: CnnGraph, split: int, regions: Sequence[dict[str, Box]], input_box: Box,

@@ -1,8 +1,12 @@
 """The fast CPU executor: the CNN graph IR lowered to onnxruntime sessions (:mod:`.onnx_lower`).
 
 * layer by layer: one session for the whole graph.
-* patch-based (a :class:`PatchPlan`): stage 1 as one session computing every patch in turn from the image
-  (``merged``, the default: one call, weights shared; onnxruntime runs the nodes in patch order and frees each
+* patch-based (a :class:`PatchPlan`), ``fused`` (the default): the whole patched network as one session
+  (:func:`.onnx_lower.lower_patched`): stage 1 for every patch in turn from the image, the patch outputs joined
+  into the stage-1 output by a spatial ``Concat``, stage 2; one call, and onnxruntime keeps its NHWC (int8) /
+  NCHWc (f32) layouts across the join instead of converting each patch back to NCHW for a numpy copy.
+* ``fused=False``: stage 1 as one session computing every patch in turn from the image
+  (``merged``: one call, weights shared; onnxruntime runs the nodes in patch order and frees each
   patch's tensors before the next, but the patch outputs stay until the call returns), or one small session per
   patch (``merged=False``: its input is the patch's input region, or the whole image when the plan keeps the
   input resident); the patch outputs are written into the stage-1 output buffer (numpy), then one session runs
@@ -24,7 +28,7 @@ from ...errors import OptionError
 from ..bundle.cnn_graph import CnnGraph
 from .executor import CnnRunner
 from .act_lower import exact_float_acts
-from .onnx_lower import full_box, input_quantizer, lower_patches, lower_segment
+from .onnx_lower import full_box, input_quantizer, lower_patched, lower_patches, lower_segment
 
 if TYPE_CHECKING:
     from ...schedulers.patch_plan import PatchPlan
@@ -66,7 +70,7 @@ class OrtCnnRunner:
     patch-based when given a patched ``plan``."""
 
     def __init__(self, graph: CnnGraph, quant: "QuantCnn | None" = None, plan: "PatchPlan | None" = None,
-                 threads: int = 1, merged: bool = True) -> None:
+                 threads: int = 1, merged: bool = True, fused: bool = True) -> None:
         self.graph, self.quant, self.plan, self.threads = graph, quant, plan, threads
         self._ref = CnnRunner(graph, quant)  # input checks / quantisation and output dequantisation
         g = graph
@@ -78,7 +82,12 @@ class OrtCnnRunner:
         self.patches: list[tuple[dict[str, tuple[int, int, int, int]], _Session]] = []
         self.stage2: _Session | None = None
         self.merged: Any = None
-        if plan is not None and plan.is_patched:
+        self.fused: _Session | None = None
+        if plan is not None and plan.is_patched and fused:
+            if plan.model != g.name or plan.split_index >= len(g.nodes):
+                raise OptionError(f"patch plan for {plan.model!r} does not match graph {g.name!r}")
+            self.fused = _Session(lower_patched(g, plan.split_index, plan.patch_regions(), quant, fa), threads)
+        elif plan is not None and plan.is_patched:
             if plan.model != g.name or plan.split_index >= len(g.nodes):
                 raise OptionError(f"patch plan for {plan.model!r} does not match graph {g.name!r}")
             split = plan.split_index
@@ -126,6 +135,8 @@ class OrtCnnRunner:
 
     def run_patched(self, x: np.ndarray) -> np.ndarray:
         """Stage 1 patch by patch into the stage-1 buffer, then stage 2; float32 output."""
+        if self.fused is not None:
+            return self.finish(self.fused(self.prepare(x)))
         if self.stage2 is None or self.plan is None:
             return self.run_layers(x)
         g = self.graph
