@@ -5,6 +5,9 @@ Peers: f32 = onnxruntime (ORT_ENABLE_ALL) on the ONNX file itself; int8 = onnxru
 that file (``quantize_static``, QDQ, per-channel weights, the same calibration photos; activations uint8 and int8
 both tried, the faster one reported). Ratio = peer median / ours median (>= 1: ours faster; the goal is >= 0.8).
 
+"patched" is the default fused path (one onnxruntime session: stage-1 patches joined by Concat, then stage 2);
+"patched-2sess" the same plan on the previous path (stage-1 session, numpy stage-1 buffer, stage-2 session).
+
 Memory (``--memory``): each configuration runs in a fresh child process; reported is the growth of the process's
 peak RSS (VmHWM) over the first inference after loading (ORT's activation arena + scratch, f32 or int8 tensors),
 next to the plan's activation peak. It is a whole-process figure: page granularity, allocator slack included.
@@ -14,7 +17,7 @@ dynamo export of it) and PaddleOCR's text-direction classifier ch_ppocr_mobile_v
 net, 3x48x192, from the rapidocr-onnxruntime==1.4.4 wheel; give its path with --ppocr-cls; both sides get a copy
 with the input shape fixed to 1x3x48x192).
 
-    python benchmarks/cnn_speed.py [--rounds 15] [--threads 1,2] [--memory] [--ppocr-cls FILE.onnx] [--out DIR]
+    python benchmarks/cnn_speed.py [--rounds 15] [--threads 1,2] [--memory | --memory-only] [--ppocr-cls FILE.onnx] [--out DIR]
 """
 from __future__ import annotations
 
@@ -95,10 +98,14 @@ def _configs(model: str, onnx_path: Path, threads: int, work: Path) -> dict:
     split = f32.plan.split_index  # the same split with a 2x2 grid: fewer, larger patches (less halo, faster)
     f32_2 = OrtCnnRunner(g, plan=make_plan(g, split, (2, 2), itemsize=4), threads=threads)
     i8_2 = OrtCnnRunner(g, q, make_plan(g, i8.plan.split_index, (2, 2), itemsize=1), threads=threads)
+    # the same min-memory plans on the previous two-session path (stage-1 patches -> numpy buffer -> stage 2)
+    f32_s = OrtCnnRunner(g, plan=f32.plan, threads=threads, fused=False)
+    i8_s = OrtCnnRunner(g, q, i8.plan, threads=threads, fused=False)
     peer = _ort_session(onnx_path, threads)
     feed = {peer.get_inputs()[0].name: x[None]}
     cfg = {"f32/onnxruntime": lambda: peer.run(None, feed), "f32/edgespool-layers": lambda: f32.run_layers(x),
-           "f32/edgespool-patched": lambda: f32.run_patched(x), "f32/edgespool-patched-2x2": lambda: f32_2.run_patched(x)}
+           "f32/edgespool-patched": lambda: f32.run_patched(x), "f32/edgespool-patched-2x2": lambda: f32_2.run_patched(x),
+           "f32/edgespool-patched-2sess": lambda: f32_s.run_patched(x)}
     best = None
     for act in ("u8", "s8"):
         s = _ort_session(_ort_int8(onnx_path, cal, act, work / f"{model}_{act}.onnx"), threads)
@@ -109,7 +116,8 @@ def _configs(model: str, onnx_path: Path, threads: int, work: Path) -> dict:
     s8 = best[1]
     cfg.update({f"int8/onnxruntime-qdq-{best[2]}": lambda: s8.run(None, feed),
                 "int8/edgespool-layers": lambda: i8.run_layers(x), "int8/edgespool-patched": lambda: i8.run_patched(x),
-                "int8/edgespool-patched-2x2": lambda: i8_2.run_patched(x)})
+                "int8/edgespool-patched-2x2": lambda: i8_2.run_patched(x),
+                "int8/edgespool-patched-2sess": lambda: i8_s.run_patched(x)})
     return {"cfg": cfg, "plan_f32": f32.plan, "plan_i8": i8.plan,
             "checks": _checks(g, q, x, f32, i8, peer, feed, _ends_in_softmax(onnx_path))}
 
@@ -172,8 +180,8 @@ def _memory_child(spec: Path) -> None:
         s = _ort_session(Path(d["onnx"]), 1)
         f = (lambda: s.run(None, {s.get_inputs()[0].name: x[None]}))
     else:
-        r = OrtCnnRunner(g, q, plan_patches(g, itemsize=1 if q is not None else 4))
-        f = r.run_patched if kind == "patched" else r.run_layers
+        r = OrtCnnRunner(g, q, plan_patches(g, itemsize=1 if q is not None else 4), fused=kind != "patched-2sess")
+        f = r.run_layers if kind == "layers" else r.run_patched
         f = (lambda f=f: f(x))
     import ctypes
     import gc
@@ -192,7 +200,7 @@ def memory(model: str, onnx_path: Path, int8_peer: Path, work: Path) -> dict:
     q = calibrate_and_quantize(g, cal)
     out = {}
     for mode, qq, peer in (("f32", None, onnx_path), ("int8", q, int8_peer)):
-        for kind in ("onnxruntime", "layers", "patched"):
+        for kind in ("onnxruntime", "layers", "patched", "patched-2sess"):
             spec = work / "spec.pkl"
             spec.write_bytes(pickle.dumps({"g": g, "q": qq, "x": x, "kind": kind, "onnx": str(peer)}))
             r = subprocess.run([sys.executable, __file__, "--memory-child", str(spec)], capture_output=True,
@@ -253,6 +261,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="only the --memory figures (no latency rounds)")
     ap.add_argument("--ppocr-cls", type=Path, default=None)
     ap.add_argument("--blazeface-only", action="store_true",
                     help="only the real BlazeFace .tflite vs the LiteRT interpreter (needs ai-edge-litert)")
@@ -288,9 +297,15 @@ def main() -> None:
             d.dim_value = v
         onnx.save(m, str(work / "ppocr_cls_static.onnx"))
         models["ppocr_cls"] = work / "ppocr_cls_static.onnx"
-    res: dict = {"date": time.strftime("%Y-%m-%d"), "rounds": a.rounds, "models": {}}
+    from edgespool.runtime.cnn.onnx_lower import cpu_has_vnni
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "?")
+    res: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": a.rounds, "cpu": cpu,
+                 "int8_dot_vnni": cpu_has_vnni(), "load_avg_start": Path("/proc/loadavg").read_text().split()[:3],
+                 "models": {}}
+    print(f"cpu {cpu}, VNNI {cpu_has_vnni()} (without it conv weights are uint8: exact u8 x u8 kernels)")
     for model, path in models.items():
-        for th in [int(v) for v in a.threads.split(",")]:
+        for th in ([] if a.memory_only else [int(v) for v in a.threads.split(",")]):
             c = _configs(model, Path(path), th, work)
             med = interleaved(c["cfg"], a.rounds)
             peer = {m: next(v for k, v in med.items() if k.startswith(m + "/onnxruntime")) for m in ("f32", "int8")}
@@ -303,8 +318,14 @@ def main() -> None:
             for k, v in rows.items():
                 print(f"{model:13s} t={th} {k:34s} {v['median_ms']:8.2f} ms  x{v['speed_vs_ort']:.2f} of ORT speed")
             print(f"{model:13s} t={th} checks {c['checks']}")
-        if a.memory:
+        if a.memory or a.memory_only:
+            if a.memory_only:  # the peers' int8 files and the plans, as the latency part would have made them
+                from edgespool.schedulers.patch_plan import plan_patches
+                gm = _load(model, Path(path))
+                _ort_int8(Path(path), _inputs(model)[1], "u8", work / f"{model}_u8.onnx")
+                c = {"plan_f32": plan_patches(gm, itemsize=4), "plan_i8": plan_patches(gm, itemsize=1)}
             peer8 = next(work.glob(f"{model}_u8.onnx"))
+            res["models"].setdefault(model, {})
             res["models"][model]["memory_rss_growth_bytes"] = memory(model, Path(path), peer8, work)
             res["models"][model]["plan_peak_bytes"] = {"f32": c["plan_f32"].peak_bytes,
                                                        "int8": c["plan_i8"].peak_bytes,
@@ -312,6 +333,7 @@ def main() -> None:
                                                        "int8_layers": c["plan_i8"].layer_peak_bytes}
             print(f"{model} memory {res['models'][model]['memory_rss_growth_bytes']} plan "
                   f"{res['models'][model]['plan_peak_bytes']}")
+    res["load_avg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "cnn_speed.json").write_text(json.dumps(res, indent=1))
 
