@@ -237,7 +237,7 @@ def main() -> None:
                     "adaptive below it; llama-server gets the same cap)")
     ap.add_argument("--budgets", default="4,8", help="fractions 1/k of the target's weights")
     ap.add_argument("--prompts", default="code,chat")
-    ap.add_argument("--systems", default=SYSTEMS)
+    ap.add_argument("--systems", default=SYSTEMS, help="comma-separated; SYSTEM:K runs that system at k = K only")
     ap.add_argument("--resident", default="edgespool-resident,edgespool-resident-ngram,edgespool-resident-draft,"
                                           "edgespool-resident-self")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per run (a cut run reports its partial rate)")
@@ -258,7 +258,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     tb = Path(args.target_bundle) if args.target_bundle else export_keep(TARGET_GGUF, work)
     db = Path(args.draft_bundle) if args.draft_bundle else export_keep(DRAFT_GGUF, work)
-    systems = args.systems.split(",") + args.resident.split(",")
+    systems = [x.partition(":")[0] for x in args.systems.split(",") + args.resident.split(",")]
 
     def draft_of(kind: str) -> Path:  # the draft bundle of an edgespool system (-head4: the int4-head variant)
         return export_keep(DRAFT_GGUF, work, head_bits=4) if kind.endswith("-head4") else db
@@ -321,7 +321,7 @@ def main() -> None:
             P = len(json.loads(ids_files[p].read_text()))
             budget = max(size // frac, minimum_budget(Bundle(tb), None, max_context=P + args.n + 40))
             bound = bw / plan_bytes_per_token(tb, budget, P + args.n + 40) if bw else None
-            for kind, k in ((s, k) for k in ks for s in args.systems.split(",") if k == ks[0] or drafts(s)):
+            for kind, k in run_list(args.systems, ks):
                 fam = "llama" if kind.startswith("llama") else "edgespool"
                 if fam == "llama" and not have_llama:
                     rows.append({"system": kind, "fraction": frac, "prompt": p, "skipped": "llama-cpp-python missing"})
@@ -331,9 +331,8 @@ def main() -> None:
                 # larger of the two families' baselines (edgespool load()'s), never less room than edgespool
                 base = max(v["baseline"] for v in baselines.values()) if kind.startswith("llama-server") \
                     else baselines[fam]["baseline"]
-                ldraft = llama_draft["-head4" if "-head4" in kind else ""]
-                r = run(kind, path, budget, args.profile, args.n, work, budget + base, ids_files[p], k,
-                        ldraft if fam == "llama" else draft_of(kind), f"-{frac}-{p}-{rnd}-k{k}",
+                dpath = llama_draft["-head4" if "-head4" in kind else ""] if fam == "llama" else draft_of(kind)
+                r = run(kind, path, budget, args.profile, args.n, work, budget + base, ids_files[p], k, dpath, f"-{frac}-{p}-{rnd}-k{k}",
                         tmo.get(kind, args.timeout))
                 r.update(fraction=frac, prompt=p, budget=budget, prompt_tokens=P, round=rnd, draft_tokens=k)
                 if bound and r.get("decode_tok_s"):
@@ -356,6 +355,22 @@ def main() -> None:
     print(md)
     if args.out:
         Path(args.out).write_text(md)
+
+
+def run_list(systems: str, ks: list[int]) -> list[tuple[str, int]]:
+    """(system, k) runs of ``--systems`` at the ``--draft-tokens`` values ``ks`` (0 = auto), k-major (every system
+    at the first k, then the drafting ones at the next k...); an entry ``SYSTEM:K`` (K an integer or ``auto``)
+    runs once, at that k, in its place among the first k's runs."""
+    out = []
+    for i, k in enumerate(ks):
+        for s in (x for x in systems.split(",") if x):
+            name, sep, kk = s.partition(":")
+            if sep:
+                if i == 0:
+                    out.append((name, 0 if kk == "auto" else int(kk)))
+            elif i == 0 or drafts(name):
+                out.append((name, k))
+    return out
 
 
 def plan_bytes_per_token(bundle: Path, budget: int, max_context: int) -> int:

@@ -62,3 +62,12 @@ def test_rebound_and_auto_k_label():
     assert "x_bound" not in rows[1] and meta["bound_bandwidth"] == 440e6
     assert k_label({"draft_tokens": 0, "draft_tokens_max": 12}, meta) == "auto (<=12)"
     assert k_label({"draft_tokens": 8}, meta) == "8"
+
+
+def test_run_list_orders_runs_and_pins_k():
+    from edgespool.benchmarks.spec_bench import run_list
+
+    assert run_list("edgespool-stream,edgespool-draft", [0, 8]) == [
+        ("edgespool-stream", 0), ("edgespool-draft", 0), ("edgespool-draft", 8)]
+    assert run_list("edgespool-draft-head4:8,edgespool-draft:auto,llama-server-plain-norepack", [4]) == [
+        ("edgespool-draft-head4", 8), ("edgespool-draft", 0), ("llama-server-plain-norepack", 4)]
