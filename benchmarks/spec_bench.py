@@ -68,6 +68,14 @@ PROMPTS = {
 SYSTEMS = "edgespool-stream,edgespool-ngram,edgespool-draft,llama-mmap,llama-lookup"
 
 
+def save_json(out: str | Path, res: dict) -> None:
+    """Write ``res`` to ``out`` atomically (a temporary file renamed over it): a child killed by its time or memory
+    limit mid-write leaves the previous complete figures, never a truncated file."""
+    tmp = Path(f"{out}.tmp")
+    tmp.write_text(json.dumps(res))
+    os.replace(tmp, out)
+
+
 def per_pass(sp: dict | None) -> dict:
     """Per target pass figures of a speculative run's counters (``SpecStats.to_dict()``): draft seconds, verify
     seconds, tokens emitted, drafted tokens; empty when there were no passes (or the peer gives no split)."""
@@ -95,7 +103,7 @@ def _timed_stream(stream, res: dict, out: str, r0: int, spec=None) -> None:
                    decode_read_bytes=_io_read_bytes() - r1)
         if spec is not None and (sp := spec()):
             res.update(speculative=sp, per_pass=per_pass(sp))
-        Path(out).write_text(json.dumps(res))
+        save_json(out, res)
     t_end = time.perf_counter()
     res.update(ttft_s=(first or t_end) - t0, decode_s=t_end - (first or t_end), decode_tokens=max(0, n - 1),
                partial=False, decode_read_bytes=_io_read_bytes() - (r1 or r0))
@@ -117,7 +125,7 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
         b = Bundle(bundle)
         BundleTokenizer.from_manifest(b.path, b.manifest["tokenizer"]).encode("def f(x): return x")
         res["vm_hwm"] = peak_rss_bytes()
-        Path(out).write_text(json.dumps(res))
+        save_json(out, res)
         return
     r0 = _io_read_bytes()
     if kind.startswith("llama-server"):
@@ -172,7 +180,7 @@ def child(kind: str, bundle: str, out: str, N: int, budget: int, ids_file: str, 
     res["decode_tok_s"] = res["decode_tokens"] / res["decode_s"] if res.get("decode_s") else 0.0
     res["bytes_read_per_token"] = res["decode_read_bytes"] / max(1, res["decode_tokens"])
     res["vm_hwm"] = peak_rss_bytes()
-    Path(out).write_text(json.dumps(res))
+    save_json(out, res)
 
 
 def run(kind: str, path: Path, budget: int, profile: str, N: int, work: Path, mem_limit: int | None, ids: Path,
@@ -195,7 +203,10 @@ def run(kind: str, path: Path, budget: int, profile: str, N: int, work: Path, me
            str(ids), str(k), str(draft)]
     paths = [str(path)] + ([str(draft)] if "draft" in kind else [])
     rep = run_in_rig(cmd, limits, device_paths=paths, evict_paths=paths, timeout=timeout)
-    res = json.loads(out.read_text()) if out.exists() else {"system": kind, "failed": True}
+    try:
+        res = json.loads(out.read_text())
+    except (OSError, ValueError):  # no figures (killed before its first token) or an unreadable file
+        res = {"system": kind, "failed": True}
     res.update(exit_code=rep.exit_code, oom_kills=rep.oom_kills, peak_cgroup=rep.peak_memory, rig_wall_s=rep.wall_s)
     if res.get("decode_s"):
         res["decode_tok_s"] = res["decode_tokens"] / res["decode_s"]

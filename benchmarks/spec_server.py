@@ -35,23 +35,26 @@ def server_spec_args(kind: str, k: int, draft: str) -> list[str]:
 def head4_gguf(gguf: Path, work: Path, quantize_bin: Path) -> Path:
     """``gguf`` with its output head re-quantized to Q4_0 (int4, 32-weight groups, an f16 scale each: the GGUF
     counterpart of edgespool's ``--head-bits 4``), every other tensor copied as stored: ``llama-quantize
-    --allow-requantize --output-tensor-type q4_0 IN OUT Q4_K_M`` (a tensor whose type the Q4_K_M recipe keeps is
-    copied, not re-quantized). Checked afterwards with gguf-py: only ``output.weight`` may differ in type. Reused
-    when there."""
+    --allow-requantize --output-tensor-type q4_0 --tensor-type ^NAME$=TYPE ... IN OUT Q4_K_M`` with every other
+    quantized tensor pinned to its stored type (llama.cpp's Q4_K_M recipe would place the Q6_K / Q8_0 layers
+    differently from the shipped file; a tensor kept at its type is copied, not re-quantized). Checked with
+    gguf-py: only ``output.weight`` differs, and it is Q4_0. Reused when there."""
+    from gguf import GGUFReader
+
     out = work / f"{gguf.stem}-head-q4_0.gguf"
     if out.exists():
         return out
     tmp = out.with_suffix(".tmp")
     log = work / f"{out.name}.log"
+    orig = {t.name: t.tensor_type.name for t in GGUFReader(str(gguf)).tensors}
+    pins = [a for n, ty in sorted(orig.items()) if n != "output.weight" and ty not in ("F32", "F16", "BF16")
+            for a in ("--tensor-type", "^" + n.replace(".", "\\.") + f"$={ty.lower()}")]
     with open(log, "w") as f:
-        subprocess.run([str(quantize_bin), "--allow-requantize", "--output-tensor-type", "q4_0", str(gguf),
+        subprocess.run([str(quantize_bin), "--allow-requantize", "--output-tensor-type", "q4_0", *pins, str(gguf),
                         str(tmp), "Q4_K_M"], check=True, stdout=f, stderr=subprocess.STDOUT)
-    from gguf import GGUFReader
-
-    a = {t.name: t.tensor_type.name for t in GGUFReader(str(gguf)).tensors}
-    b = {t.name: t.tensor_type.name for t in GGUFReader(str(tmp)).tensors}
-    changed = {n: (a[n], b.get(n)) for n in a if a[n] != b.get(n)}
-    if set(changed) - {"output.weight"} or b.get("output.weight") != "Q4_0":
+    new = {t.name: t.tensor_type.name for t in GGUFReader(str(tmp)).tensors}
+    changed = {n: (orig[n], new.get(n)) for n in orig if orig[n] != new.get(n) and n != "output.weight"}
+    if changed or new.get("output.weight") != "Q4_0":
         raise SystemExit(f"{tmp}: llama-quantize changed more than the head: {changed} (log {log})")
     tmp.rename(out)
     return out
@@ -65,7 +68,7 @@ def server_child(kind: str, gguf: str, out: str, N: int, ids: list[int], k: int,
     import http.client
 
     from edgespool.benchmarks.serve_bench import free_port, get
-    from edgespool.benchmarks.spec_bench import _timed_stream
+    from edgespool.benchmarks.spec_bench import _timed_stream, save_json
     from edgespool.benchmarks.stream_bench import _io_read_bytes
 
     port = free_port()
@@ -141,4 +144,4 @@ def server_child(kind: str, gguf: str, out: str, N: int, ids: list[int], k: int,
     res["decode_tok_s"] = res["decode_tokens"] / res["decode_s"] if res.get("decode_s") else 0.0
     res["bytes_read_per_token"] = res["decode_read_bytes"] / max(1, res["decode_tokens"])
     res["vm_hwm"] = peak_rss_bytes()
-    Path(out).write_text(json.dumps(res))
+    save_json(out, res)
