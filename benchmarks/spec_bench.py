@@ -210,7 +210,10 @@ def run(kind: str, path: Path, budget: int, profile: str, N: int, work: Path, me
     res.update(exit_code=rep.exit_code, oom_kills=rep.oom_kills, peak_cgroup=rep.peak_memory, rig_wall_s=rep.wall_s)
     if res.get("decode_s"):
         res["decode_tok_s"] = res["decode_tokens"] / res["decode_s"]
-        res["bytes_read_per_token"] = res.get("decode_read_bytes", 0) / max(1, res["decode_tokens"])
+        rb = res.get("decode_read_bytes", 0)
+        if res.get("partial") and "server_decode_read_bytes" in res:  # llama-server cut: its reads so far
+            rb = res["server_decode_read_bytes"]
+        res["bytes_read_per_token"] = rb / max(1, res["decode_tokens"])
     return res
 
 

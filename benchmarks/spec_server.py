@@ -117,6 +117,8 @@ def server_child(kind: str, gguf: str, out: str, N: int, ids: list[int], k: int,
                 if d.get("stop"):
                     final = d
                     return
+                # the server's reads so far: a run cut by its time limit still reports its bytes per token
+                res["server_decode_read_bytes"] = server_read() - rb[0]
                 yield d
 
         r0 = _io_read_bytes()
