@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpu_common import cupy_or_skip
 
 pytestmark = pytest.mark.gpu
 
@@ -12,20 +13,11 @@ TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=4
             head_dim=32, max_position_embeddings=512)
 
 
-def _cupy():
-    from edgespool.offload.gpu_ops import gpu_status
-
-    cp, why = gpu_status()
-    if cp is None:
-        pytest.skip(why)
-    return cp
-
-
 @pytest.fixture(scope="module")
 def ops():
     from edgespool.offload.gpu_ops import GpuOps
 
-    return GpuOps(_cupy())
+    return GpuOps(cupy_or_skip())
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4", "f16", "f32"])
@@ -86,7 +78,7 @@ def _placement(bundle, where: dict[str, str], budget: int = 1 << 30):
 
 @pytest.fixture(scope="module", params=["int8", "int4", "f32"])
 def tiny_bundle(request, tmp_path_factory):
-    _cupy()
+    cupy_or_skip()
     from edgespool.benchmarks.gpu_split_bench import export_synth
 
     return export_synth(tmp_path_factory.mktemp("gs") / request.param, request.param, **TINY)

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import offload_synth as syn
+from gpu_common import cupy_or_skip
 from edgespool.errors import OptionError
 from edgespool.runtime.api import load
 
@@ -75,20 +76,11 @@ def test_draft_gpu_budget_errors(pair, monkeypatch):
 
 
 # -- on a GPU -------------------------------------------------------------------------------------------------------
-def _cupy():
-    from edgespool.offload.gpu_ops import gpu_status
-
-    cp, why = gpu_status()
-    if cp is None:
-        pytest.skip(why)
-    return cp
-
-
 @pytest.fixture(scope="module")
 def gpu_pair(tmp_path_factory):
     """An int8 target and two int8 drafts of the same demo tokenizer: one with the target's own weights (seed 0),
     one smaller random model."""
-    _cupy()
+    cupy_or_skip()
     from edgespool.benchmarks.gpu_split_bench import export_synth
 
     d = tmp_path_factory.mktemp("dovetail-gpu")
