@@ -7,6 +7,8 @@ both tried, the faster one reported). Ratio = peer median / ours median (>= 1: o
 
 "patched" is the default fused path (one onnxruntime session: stage-1 patches joined by Concat, then stage 2);
 "patched-2sess" the same plan on the previous path (stage-1 session, numpy stage-1 buffer, stage-2 session).
+On x86 CPUs without VNNI the int8 default lowers conv weights as uint8 (exact u8 x u8 kernels); the "-s8w" rows
+are int8 weights, i.e. the peer's u8 x s8 kernels, which saturate there (not bit-exact: checked and reported).
 
 Memory (``--memory``): each configuration runs in a fresh child process; reported is the growth of the process's
 peak RSS (VmHWM) over the first inference after loading (ORT's activation arena + scratch, f32 or int8 tensors),
@@ -118,8 +120,23 @@ def _configs(model: str, onnx_path: Path, threads: int, work: Path) -> dict:
                 "int8/edgespool-layers": lambda: i8.run_layers(x), "int8/edgespool-patched": lambda: i8.run_patched(x),
                 "int8/edgespool-patched-2x2": lambda: i8_2.run_patched(x),
                 "int8/edgespool-patched-2sess": lambda: i8_s.run_patched(x)})
-    return {"cfg": cfg, "plan_f32": f32.plan, "plan_i8": i8.plan,
-            "checks": _checks(g, q, x, f32, i8, peer, feed, _ends_in_softmax(onnx_path))}
+    from edgespool.runtime.cnn.onnx_lower import cpu_has_vnni
+    s8w = {}
+    if not cpu_has_vnni():  # the exact default uses uint8 weights here; int8 weights = the peer's (saturating) kernels
+        s8w = {"layers": OrtCnnRunner(g, q, i8.plan, threads=threads, weights_u8=False),
+               "2x2": OrtCnnRunner(g, q, i8_2.plan, threads=threads, weights_u8=False)}
+        cfg.update({"int8/edgespool-layers-s8w": lambda: s8w["layers"].run_layers(x),
+                    "int8/edgespool-patched-s8w": lambda: s8w["layers"].run_patched(x),
+                    "int8/edgespool-patched-2x2-s8w": lambda: s8w["2x2"].run_patched(x)})
+    checks = _checks(g, q, x, f32, i8, peer, feed, _ends_in_softmax(onnx_path))
+    if s8w:
+        from edgespool.runtime.cnn.executor import CnnRunner
+        ni = CnnRunner(g, q).run_layers(x).output
+        r8 = s8w["layers"]
+        checks["int8_s8_weights_identical_to_numpy_int8"] = bool(np.array_equal(r8.run_layers(x), ni)
+                                                                 and np.array_equal(r8.run_patched(x), ni))
+        checks["int8_s8_weights_top1"] = int(np.argmax(r8.run_layers(x)))
+    return {"cfg": cfg, "plan_f32": f32.plan, "plan_i8": i8.plan, "checks": checks}
 
 
 def _ends_in_softmax(path: Path) -> bool:

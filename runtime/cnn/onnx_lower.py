@@ -55,7 +55,7 @@ def opsets() -> list:
 class _Builder:
     """Collects ONNX nodes and initializers with unique names."""
 
-    def __init__(self) -> None:
+    def __init__(self, weights_u8: bool | None = None) -> None:
         from onnx import helper, numpy_helper
 
         self.h, self.nh = helper, numpy_helper
@@ -64,7 +64,8 @@ class _Builder:
         self.cache: dict[tuple[int, str], tuple[np.ndarray, str]] = {}
         self.k = 0
         self.float_acts: frozenset[str] = frozenset()  # act nodes lowered as DQ -> act -> Q instead of a Gather
-        self.weights_u8 = not cpu_has_vnni()  # conv weights as uint8 (exact u8 x u8 kernels) without VNNI
+        # int8 conv / gemm weights as uint8 (exact u8 x u8 kernels): by default on x86 without VNNI (see _conv_weights)
+        self.weights_u8 = (not cpu_has_vnni()) if weights_u8 is None else bool(weights_u8)
 
     def name(self, hint: str) -> str:
         self.k += 1
@@ -346,14 +347,16 @@ def _float_acts(graph: CnnGraph, quant: "QuantCnn | None", given: frozenset[str]
 
 def lower_segment(graph: CnnGraph, start: int, end: int, inputs: dict[str, Box], boxes: dict[str, Box],
                   outputs: Sequence[str], quant: "QuantCnn | None" = None, name: str = "segment",
-                  float_acts: frozenset[str] | None = None) -> "onnx.ModelProto":
+                  float_acts: frozenset[str] | None = None, weights_u8: bool | None = None) -> "onnx.ModelProto":
     """ONNX model of nodes ``start..end-1``: graph inputs ``inputs`` (tensor -> the box the fed array holds), every
     produced tensor computed over ``boxes[tensor]`` (default: the whole map), model outputs ``outputs``.
+    ``weights_u8``: int8 conv / gemm weights as uint8 + 128 (None: when :func:`cpu_has_vnni` is false; False forces
+    int8 weights, onnxruntime's fast u8 x s8 kernels, which without VNNI saturate int16 pair sums: not exact).
     ``float_acts``: int8 act nodes to lower as DQ -> act -> Q (default: those :func:`.act_lower.exact_float_acts`
     finds exact)."""
     from onnx import TensorProto, helper
 
-    b = _Builder()
+    b = _Builder(weights_u8)
     b.float_acts = _float_acts(graph, quant, float_acts)
     elem = TensorProto.UINT8 if quant is not None else TensorProto.FLOAT
     env: dict[str, tuple[str, Box]] = {}
@@ -385,7 +388,8 @@ def _patch_grid(regions: Sequence[dict[str, Box]], t: str) -> list[list[int]]:
 
 
 def lower_patched(graph: CnnGraph, split: int, regions: Sequence[dict[str, Box]],
-                  quant: "QuantCnn | None" = None, float_acts: frozenset[str] | None = None) -> "onnx.ModelProto":
+                  quant: "QuantCnn | None" = None, float_acts: frozenset[str] | None = None,
+                  weights_u8: bool | None = None) -> "onnx.ModelProto":
     """The whole patch-based network as one ONNX model: stage 1 (nodes ``0..split``) for every patch of
     ``regions`` in patch order from the whole input, the patches joined into the stage-1 output T by spatial
     ``Concat`` (each grid row along W, then the rows along H), then stage 2 over T. Same numbers as
@@ -393,7 +397,7 @@ def lower_patched(graph: CnnGraph, split: int, regions: Sequence[dict[str, Box]]
     and onnxruntime keeps its NHWC / NCHWc layout across the join instead of converting every patch back."""
     from onnx import TensorProto, helper
 
-    b = _Builder()
+    b = _Builder(weights_u8)
     b.float_acts = _float_acts(graph, quant, float_acts)
     elem = TensorProto.UINT8 if quant is not None else TensorProto.FLOAT
     ib = full_box(graph, graph.input)
@@ -420,13 +424,14 @@ def lower_patched(graph: CnnGraph, split: int, regions: Sequence[dict[str, Box]]
 
 
 def lower_patches(graph: CnnGraph, split: int, regions: Sequence[dict[str, Box]], input_box: Box,
-                  quant: "QuantCnn | None" = None, float_acts: frozenset[str] | None = None) -> "onnx.ModelProto":
+                  quant: "QuantCnn | None" = None, float_acts: frozenset[str] | None = None,
+                  weights_u8: bool | None = None) -> "onnx.ModelProto":
     """One ONNX model computing stage 1 (nodes ``0..split``) for every patch of ``regions``, in patch order, from one
     input holding ``input_box`` of the network input; output ``k`` is patch ``k`` of the stage-1 output. Weights
     are shared initializers (one copy for all patches). ``float_acts``: as :func:`lower_segment`."""
     from onnx import TensorProto, helper
 
-    b = _Builder()
+    b = _Builder(weights_u8)
     b.float_acts = _float_acts(graph, quant, float_acts)
     elem = TensorProto.UINT8 if quant is not None else TensorProto.FLOAT
     g_in = [helper.make_tensor_value_info("x", elem, onnx_shape(graph, graph.input, input_box))]

@@ -67,17 +67,18 @@ class _Session:
 
 class OrtCnnRunner:
     """Runs a :class:`CnnGraph` through onnxruntime: f32, or int8 with a :class:`QuantCnn`; layer by layer, and
-    patch-based when given a patched ``plan``."""
+    patch-based when given a patched ``plan``. ``weights_u8``: see :func:`.onnx_lower.lower_segment` (default:
+    uint8 weights on x86 CPUs without VNNI, where that is what keeps int8 bit-exact)."""
 
     def __init__(self, graph: CnnGraph, quant: "QuantCnn | None" = None, plan: "PatchPlan | None" = None,
-                 threads: int = 1, merged: bool = True, fused: bool = True) -> None:
+                 threads: int = 1, merged: bool = True, fused: bool = True, weights_u8: bool | None = None) -> None:
         self.graph, self.quant, self.plan, self.threads = graph, quant, plan, threads
         self._ref = CnnRunner(graph, quant)  # input checks / quantisation and output dequantisation
         g = graph
         fa = exact_float_acts(g, quant) if quant is not None else frozenset()  # checked once, all 256 codes
         self.float_acts = fa
         self.whole = _Session(lower_segment(g, 0, len(g.nodes), {g.input: full_box(g, g.input)}, {}, [g.output],
-                                            quant, g.name, fa), threads)
+                                            quant, g.name, fa, weights_u8), threads)
         self.quantizer = _Session(input_quantizer(g, quant), threads) if quant is not None else None
         self.patches: list[tuple[dict[str, tuple[int, int, int, int]], _Session]] = []
         self.stage2: _Session | None = None
@@ -86,7 +87,8 @@ class OrtCnnRunner:
         if plan is not None and plan.is_patched and fused:
             if plan.model != g.name or plan.split_index >= len(g.nodes):
                 raise OptionError(f"patch plan for {plan.model!r} does not match graph {g.name!r}")
-            self.fused = _Session(lower_patched(g, plan.split_index, plan.patch_regions(), quant, fa), threads)
+            self.fused = _Session(lower_patched(g, plan.split_index, plan.patch_regions(), quant, fa, weights_u8),
+                                  threads)
         elif plan is not None and plan.is_patched:
             if plan.model != g.name or plan.split_index >= len(g.nodes):
                 raise OptionError(f"patch plan for {plan.model!r} does not match graph {g.name!r}")
@@ -96,16 +98,16 @@ class OrtCnnRunner:
             if merged:
                 import onnxruntime as ort
 
-                m = lower_patches(g, split, regions, full_box(g, g.input), quant, fa)
+                m = lower_patches(g, split, regions, full_box(g, g.input), quant, fa, weights_u8)
                 self.merged = ort.InferenceSession(m.SerializeToString(), session_options(threads),
                                                    providers=["CPUExecutionProvider"])
                 self.regions = regions
             for reg in ([] if merged else regions):
                 ib = full_box(g, g.input) if plan.input_resident else reg[g.input]
-                m = lower_segment(g, 0, split + 1, {g.input: ib}, reg, [t], quant, f"{g.name}_patch", fa)
+                m = lower_segment(g, 0, split + 1, {g.input: ib}, reg, [t], quant, f"{g.name}_patch", fa, weights_u8)
                 self.patches.append((reg, _Session(m, threads)))
             self.stage2 = _Session(lower_segment(g, split + 1, len(g.nodes), {t: full_box(g, t)}, {}, [g.output],
-                                                 quant, f"{g.name}_stage2", fa), threads)
+                                                 quant, f"{g.name}_stage2", fa, weights_u8), threads)
 
     @property
     def mode(self) -> str:
