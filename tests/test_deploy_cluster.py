@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 import offload_synth as syn
+import pytest
 from cluster_common import greedy_reference, mpirun_reason
 from edgespool.apps.deploy.registry import Device, Registry
 from edgespool.runtime.bundle.reader import Bundle
@@ -210,6 +209,11 @@ def test_pipeline_shares_deployed_and_run_give_the_single_board_tokens(boards, c
     again = json.loads(_cli("deploy", bundle, "--cluster", "b0,b1", "--json", "--read-test-size", "0",
                             "--work", tmp_path / "shares").stdout)
     assert [r["bytes_sent"] for r in again["boards"]] == [0, 0]
+    text = _cli("deploy", bundle, "--cluster", "b0,b1", "--read-test-size", "0", "--work", tmp_path / "shares").stderr
+    lines = text.strip().splitlines()
+    assert lines[0].startswith(f"board 0 b0: layers 0..{b0 - 1} + embedding: share ") and "sent 0 B" in lines[0], text
+    assert lines[1].startswith(f"board 1 b1: layers {a1}..{L - 1} + head: share ") and "of the whole bundle's" in \
+        lines[1], text
 
 
 @needs_boards
@@ -238,3 +242,35 @@ def test_tensor_shards_deployed_and_run_give_the_single_board_tokens(boards, cfg
     # numpy's own check of the split: the two shards' head rows are the whole head's rows
     heads = [Bundle(root / "current").read_group("head")["lm_head"].dequantize() for root in roots]
     np.testing.assert_array_equal(np.concatenate(heads), whole.read_group("head")["lm_head"].dequantize())
+
+
+@pytest.mark.slow
+@needs_boards
+def test_real_smollm2_stage_shares_keep_the_kernels(boards, cfg, tmp_path_factory, tmp_path, mpi_env):
+    """The real SmolLM2-135M int8 bundle (with its compiled C kernels) deployed as 2 stage shares: each board's share
+    carries the kernels, and the run over the shares gives the single board's greedy tokens with the same kernels.
+    Its 3-way tensor shares (9 heads, 3 KV heads: it does not split 2 ways) carry the kernels too."""
+    from edgespool.apps.deploy.cluster_deploy import write_shares
+    from edgespool.runtime.api import resolve_kernels
+    from edgespool.runtime.cluster.stage_share import StageBundle
+    from serving_common import smol_bundle
+
+    path = smol_bundle(tmp_path_factory)
+    whole = Bundle(path)
+    want_kernels = resolve_kernels(whole, True).description
+    assert "reference" not in want_kernels, want_kernels
+    roots = _add_boards(boards, tmp_path)
+    out = json.loads(_cli("deploy", path, "--cluster", "b0,b1", "--json", "--read-test-size", "0",
+                          "--work", tmp_path / "shares").stdout)
+    for root, (a, b) in zip(roots, out["ranges"]):
+        share = StageBundle(root / "current")
+        assert resolve_kernels(share, True).description == want_kernels
+        others = sum(whole.groups[f"layers.{i}"].nbytes for i in range(whole.config.num_layers) if not a <= i < b)
+        assert _tree_bytes(root / "current") < out["whole_bytes"] - others + 64 * 4096  # + alignment padding
+    prompt = ["-p", "def fibonacci(n):", "-n", "8", "--json"]
+    one = json.loads(_cli("run", path, *prompt).stdout)
+    got = json.loads(_cli("run", path, *prompt, "--cluster", "b0,b1").stdout)
+    assert got["tokens"] == one["tokens"] and got["text"] == one["text"], (got, one)
+    devs = [Device(f"t{i}", "pi", f"192.0.2.{20 + i}") for i in range(3)]
+    for sh in write_shares(whole, devs, "tensor", work=str(tmp_path / "tp")):
+        assert resolve_kernels(Bundle(sh.share), True).description == want_kernels

@@ -73,6 +73,10 @@ def run_deployed(bundle: Bundle, names: list[str], mode: str, prompt_ids: list[i
         return None
     rec, devices = got
     boards = rec["boards"]
+    import click
+
+    click.echo(f"[cluster] {len(boards)} boards over ssh, each running its deployed {mode} share: "
+               + "; ".join(f"{b['device']} ({d.host}): {b['holds']}" for b, d in zip(boards, devices)), err=True)
     paths = ",".join(b["path"] for b in boards)
     common = ["-", "--prompt-ids", ",".join(map(str, prompt_ids)), "-n", str(n), "--max-context", str(ctx),
               "--timeout", str(timeout_s)]
