@@ -80,6 +80,32 @@ def test_bad_cluster_input_is_one_line(bundle, cfg):
     assert not (bundle.parent / "dense.cluster-shares").exists()  # refused before any share was written
 
 
+def test_stage_share_opens_only_as_a_share_and_passes_the_budget_preflight(bundle, tmp_path):
+    from edgespool.apps.deploy.preflight import check_fit
+    from edgespool.errors import BundleError, DeployError
+    from edgespool.runtime.cluster.stage_share import StageBundle, open_bundle, write_stage_share
+
+    whole = Bundle(bundle)
+    share = write_stage_share(whole, 2, 6, tmp_path / "s")
+    sb = open_bundle(share)
+    assert isinstance(sb, StageBundle) and (sb.stage.start, sb.stage.stop, sb.stage.head) == (2, 6, True)
+    assert set(sb.groups) == {"head", "layers.2", "layers.3", "layers.4", "layers.5"}
+    with pytest.raises(BundleError, match="tensor 'embed' of the model config is missing"):
+        Bundle(share)
+    facts = {"arch": os.uname().machine, "python": "3.11.2", "memory_usable": 8 << 30, "disk_free": 10 << 30,
+             "edgespool": {"version": "0.1.0"}}
+    fit = check_fit(sb, facts, "b1", bytes_to_send=1, bundle_bytes=1, memory_budget=12 << 20)
+    assert 0 < fit.plan_bytes <= 12 << 20
+    with pytest.raises(DeployError, match="cannot stream in --memory-budget 64.0 KiB"):
+        check_fit(sb, facts, "b1", bytes_to_send=1, bundle_bytes=1, memory_budget=64 << 10)
+    m = json.loads((share / "manifest.json").read_text())  # a share that lost one of its layers is refused
+    m["groups"] = [g for g in m["groups"] if g["name"] != "layers.3"]
+    m["tensors"] = {k: v for k, v in m["tensors"].items() if not k.startswith("layers.3.")}
+    (share / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="is missing from the stage's share"):
+        StageBundle(share)
+
+
 # -- two real sshds ----------------------------------------------------------------------------------------------
 class SecondSshd:
     """A second sshd in ``board``'s namespace at the next address (same host key and client key): a second board."""
