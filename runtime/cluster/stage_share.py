@@ -19,8 +19,13 @@ from typing import Any
 
 from ...errors import BundleError, OptionError
 from ..bundle.constants import ALIGNMENT, MANIFEST, MAX_MANIFEST_BYTES, align_up
+from ..bundle.manifest_schema import (
+    CHECKSUM_KEY,
+    _Checker,
+    finite_json,
+    manifest_digest,
+)
 from ..bundle.names import EMBED, FINAL_NORM, LM_HEAD
-from ..bundle.manifest_schema import CHECKSUM_KEY, _Checker, finite_json, manifest_digest
 from ..bundle.reader import Bundle, GroupInfo
 
 SECTION = "pipeline_stage"
@@ -84,7 +89,7 @@ class StageBundle(Bundle):
     """A stage share opened like a bundle (see the module docstring); ``stage`` is its
     :class:`~edgespool.schedulers.stage_role.StageRole`."""
 
-    def __init__(self, path: str | os.PathLike) -> None:  # noqa: D107 -- Bundle's opening, another schema check
+    def __init__(self, path: str | os.PathLike) -> None:
         from ..bundle.config import ModelConfig
 
         self.path = Path(path)
