@@ -52,6 +52,11 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
         for (int i = 0; i < NA; i++) y[h][i] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         __m256i acc[4][4], hp[4];
+#ifndef PK2_VNNI
+        __m256i s16[4][4];
+        for (int h = 0; h < 2 * G; h++)
+            for (int i = 0; i < NA; i++) s16[h][i] = _mm256_setzero_si256(); /* (set at c = 0; for -Wall) */
+#endif
         __m256 vs[4], vm[4];
         for (int h = 0; h < 2 * G; h++) {
             if (qk) { /* block b = sub-block b % 8 of super-block b / 8: [d][dmin] per super-block, [sc][mn] per block */
@@ -89,8 +94,20 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
                     }
                     for (int i = 0; i < NA; i++) {
                         const int8_t *xq = a[i].q + 32 * b + 4 * c;
+#ifdef PK2_VNNI
                         acc[h][i] = PK2_DPBUSD(acc[h][i], lo, pk2_bcast(xq));
                         acc[h][i] = PK2_DPBUSD(acc[h][i], hi, pk2_bcast(xq + 16));
+#else
+                        /* int16 pair sums of several chunks before one vpmaddwd: a vpmaddubsw lane is at most
+                         * 2 x 15 x 127 = 3810 for nibbles (8 summed: 30480) and 2 x 31 x 127 = 7874 for Q5_0's
+                         * 5-bit codes (4 summed: 31496), below 2^15: the same exact integers, half the multiplies */
+                        __m256i pr = _mm256_add_epi16(_mm256_maddubs_epi16(lo, pk2_bcast(xq)),
+                                                      _mm256_maddubs_epi16(hi, pk2_bcast(xq + 16)));
+                        const int span = q5 ? 1 : 3; /* chunks per int16 sum - 1 */
+                        s16[h][i] = (c & span) == 0 ? pr : _mm256_add_epi16(s16[h][i], pr);
+                        if ((c & span) == span)
+                            acc[h][i] = _mm256_add_epi32(acc[h][i], _mm256_madd_epi16(s16[h][i], _mm256_set1_epi16(1)));
+#endif
                     }
                 }
         } else {
@@ -175,11 +192,21 @@ AI void pk2_tile6(const uint8_t *gp, long gb, int nb, const act_t *a, const int3
                     if (c < 4) acc[h][i] = PK2_DPBUSD(acc[h][i], v, xb);
                     else acc2[h][i] = PK2_DPBUSD(acc2[h][i], v, xb);
 #else
-                    if (c < 4) acc[h][i] = PK2_DPBUSD(acc[h][i], wa, _mm256_sign_epi8(xb, ws));
-                    else acc2[h][i] = PK2_DPBUSD(acc2[h][i], wa, _mm256_sign_epi8(xb, ws));
+                    /* |q6 - 32| <= 32: a vpmaddubsw lane is at most 2 x 32 x 127 = 8128, the 4 chunks of a
+                     * 16-value half summed in int16 (32512 < 2^15) before one vpmaddwd */
+                    __m256i pr = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(xb, ws));
+                    if (c < 4) acc[h][i] = c == 0 ? pr : _mm256_add_epi16(acc[h][i], pr);
+                    else acc2[h][i] = c == 4 ? pr : _mm256_add_epi16(acc2[h][i], pr);
 #endif
                 }
             }
+#ifndef PK2_VNNI
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < NA; i++) {
+                acc[h][i] = _mm256_madd_epi16(acc[h][i], _mm256_set1_epi16(1));
+                acc2[h][i] = _mm256_madd_epi16(acc2[h][i], _mm256_set1_epi16(1));
+            }
+#endif
         for (int h = 0; h < 2; h++)
             for (int i = 0; i < NA; i++) {
                 __m256 da = _mm256_set1_ps(a[i].d[b]);
