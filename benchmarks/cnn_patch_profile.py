@@ -42,7 +42,6 @@ def _setup():
 
 def _pernode(model, feed, work: Path, tag: str, runs: int = 10) -> tuple[dict, dict]:
     import onnxruntime as ort
-
     from edgespool.runtime.cnn.ort_runner import session_options
     so = session_options(1)
     so.enable_profiling = True
@@ -78,14 +77,13 @@ def nodes(cnn_speed, g, x, q, plan) -> None:
             k = n.name.replace("/", "_")
             full = int(np.prod(g.shapes[n.output][1:]))
             pa = sum((rg[n.output][1] - rg[n.output][0]) * (rg[n.output][3] - rg[n.output][2]) for rg in regs)
-            print(f"  {k:26s} {n.op:5s} {str(g.shapes[n.output]):15s} k={n.attrs.get('kernel')} g={n.attrs.get('group')}"
+            print(f"  {k:26s} {n.op:5s} {g.shapes[n.output]!s:15s} k={n.attrs.get('kernel')} g={n.attrs.get('group')}"
                   f" patches {a.get(k, 0):6.3f} ms whole {b.get(k, 0):6.3f} ms = x{a.get(k, 0) / max(b.get(k, 0), 1e-9):4.2f}"
                   f" (area x{pa / full:4.2f})")
 
 
 def batch(cnn_speed, g, x, q, plan, rounds: int) -> None:
     import onnxruntime as ort
-
     from edgespool.runtime.cnn.onnx_lower import full_box, lower_segment
     from edgespool.runtime.cnn.ort_runner import OrtCnnRunner, session_options
     split, regs = plan.split_index, plan.patch_regions()
