@@ -266,13 +266,16 @@ def print_table(rows: list[dict]) -> None:
         cmds = sum(x["commands"] for x in pt)
         peak = "/".join(f"{(c['peak_memory'] or 0) / MiB:.0f}" for c in r["cgroups"])
         ooms = "/".join(str(c["oom_kills"]) for c in r["cgroups"])
-        ok = "ok" if not r["error"] else r["error"][:160]
+        killed = [i for i, (x, c) in enumerate(zip(r["server_exit"], r["cgroups"])) if x == -9 and c["oom_kills"]]
+        ok = ("ok" if not r["error"] else
+              f"board {'/'.join(map(str, killed))}'s server OOM-killed (cgroup oom_kill), llama-bench aborted"
+              if killed else r["error"][:160])
         tg, pp = r.get("tg_tok_s"), r.get("pp_tok_s")
         print(f"| {r['gguf']} | {r['boards']} | {lim} | {r['link']} ({r['rate_mbit']:g} Mbit, {r['rtt_ms']:g} ms) | "
               f"{tg:.2f} | {pp:.1f} | {16 / pp:.2f} | {up:.0f} / {down:.0f} | {cmds:.1f} | {peak} | {ooms} | {ok} |"
               if tg and pp and pt else
               f"| {r['gguf']} | {r['boards']} | {lim} | {r['link']} ({r['rate_mbit']:g} Mbit, {r['rtt_ms']:g} ms) | - | "
-              f"- | - | - | - | {peak} | {ooms} | {ok}; server exit {r['server_exit']} |")
+              f"- | - | - | - | {peak} | {ooms} | {ok} (server exit {r['server_exit']}) |")
 
 
 def main() -> None:
