@@ -172,17 +172,7 @@ def _deploy_cluster(bundle: str, device: str | None, cluster: str | None, mode: 
 
 
 @click.command("rollback")
-@click.argument("device", required=False)
-@click.option("--cluster", default=None,
-              help="Split the model over these registered devices (comma-separated, in board order): each board "
-                   "gets only its share (docs/CLUSTER.md); then `edgespool run BUNDLE --cluster` the same list.")
-@click.option("--cluster-mode", type=click.Choice(["pipeline", "tensor"]), default="pipeline", show_default=True,
-              help="With --cluster: layer ranges per board (pipeline) or each board's tensor shard (tensor).")
-@click.option("--cluster-ranges", default=None,
-              help="With --cluster-mode pipeline: the layer ranges A:B,B:C,... (e.g. `edgespool cluster plan`'s "
-                   "cut; default: about equal bytes a board, the cut `run --cluster` uses).")
-@click.option("--work", default=None, help="With --cluster: where the shares are written (default "
-                                           "BUNDLE.cluster-shares/).")
+@click.argument("device")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def rollback_cmd(device: str, as_json: bool) -> None:
     """Point DEVICE's `current` back at the release before it (verified on the board first)."""
