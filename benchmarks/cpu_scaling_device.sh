@@ -1,22 +1,23 @@
 #!/bin/bash
 # CPU-only thread scaling on the lent GPU machine's 16 cores (issue 12 item 1): edgespool `--quant keep` vs
-# llama.cpp on the same GGUF, through benchmarks/resident_vs_llamacpp.py --real (interleaved rounds, medians).
+# llama.cpp's llama-bench on the same GGUF (edgespool through benchmarks/resident_vs_llamacpp.py --real, medians).
 #
 # The real 1.1 GB GGUF cannot travel there (64 MiB a call), so the model is SIMULATED: random Q8_0 weights with the
 # real Qwen2.5-Coder-1.5B's shapes, metadata and tokenizer (benchmarks/random_gguf.py; speed depends on shapes, not
 # values; greedy tokens of random weights say nothing). llama.cpp is built there from the llama-cpp-python 0.3.36
-# sdist's vendor/llama.cpp as a shared libllama (its defaults: GGML_NATIVE, repack, AMX where the CPU has it) and
-# driven by that sdist's own llama_cpp Python package (LLAMA_CPP_LIB_PATH), exactly as on the dev machine.
+# sdist's vendor/llama.cpp (GGML_NATIVE; CMAKE_EXTRA adds options, e.g. -DGGML_AMX=OFF) and measured with its own
+# llama-bench (-p 512 -n 64 -r RUNS): the sdist's llama_cpp Python binding on a libllama built there segfaulted
+# while loading the model (2026-12-03), so the two systems are timed by their own tools, one block after the other
+# (not interleaved): llama-bench's tg64 runs from an empty context, edgespool's decode after a short prompt.
 #
 # Prepare here, in the repo root (ignored folder .devcarry, see docs/BENCHMARKS.md issue 12 "16 cores"):
 #   .devcarry/llama-cpu.tgz   vendor/llama.cpp without models/docs/tests/examples and the non-CPU backends
 #   .devcarry/meta/           `python benchmarks/random_gguf.py meta QWEN1.5B.gguf` output (meta.gguf, tensors.json)
-#   .devcarry/py/             the sdist's llama_cpp package and diskcache (pure Python)
 # then run there (device tool, carry [".devcarry"]):  bash benchmarks/cpu_scaling_device.sh [THREADS] [RUNS]
 set -u
 THREADS=${1:-4,8,16}
 RUNS=${2:-2}
-PY=${PY:-python3}  # dry runs elsewhere: PY=/path/python LLAMA_LIB=prebuilt-libllama-dir DECODE=8 PROMPT=64 W=/tmp/x
+PY=${PY:-python3}  # dry runs elsewhere: PY=/path/python DECODE=8 PROMPT=64 W=/tmp/x
 DECODE=${DECODE:-64}
 PROMPT=${PROMPT:-512}
 C=$PWD/.devcarry
@@ -27,21 +28,33 @@ mkdir -p "$W/pk" "$OUTD" "$HOME/.cache/edgespool/assets/$NAME"
 ln -sfn "$PWD" "$W/pk/edgespool"
 tar xzf "$C/llama-cpu.tgz" -C "$W" || exit 1
 t0=$(date +%s)
-[ -n "${LLAMA_LIB:-}" ] && echo 0 > "$W/build.rc" || ( cd "$W/llama.cpp" && cmake -S . -B build -G Ninja -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF \
-    > "$OUTD/cmake.log" 2>&1 && cmake --build build -j"$(nproc)" --target llama > "$OUTD/build.log" 2>&1
-  echo $? > "$W/build.rc" ) &
-export PYTHONPATH=$W/pk:$C/py:$W/llama.cpp/gguf-py PYTHONUNBUFFERED=1
+export PYTHONPATH=$W/pk:$W/llama.cpp/gguf-py PYTHONUNBUFFERED=1 EDGESPOOL_LLAMACPP_EXTRA_BUFTS=0
+( cd "$W/llama.cpp" && cmake -S . -B build -G Ninja -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF ${CMAKE_EXTRA:-} > "$OUTD/cmake.log" 2>&1 \
+  && cmake --build build -j"$(nproc)" --target llama-bench > "$OUTD/build.log" 2>&1; echo $? > "$W/build.rc" ) &
 G=$HOME/.cache/edgespool/assets/$NAME/$NAME.Q8_0.gguf
 "$PY" "$PWD/benchmarks/random_gguf.py" write "$C/meta" "$W/llama.cpp/gguf-py" "$G" 0.0002 || exit 1
-echo "gguf written after $(( $(date +%s) - t0 )) s"
 wait
 if [ "$(cat "$W/build.rc")" != 0 ]; then tail -30 "$OUTD/build.log" "$OUTD/cmake.log"; exit 1; fi
-echo "libllama built after $(( $(date +%s) - t0 )) s"
-L=${LLAMA_LIB:-$W/llama.cpp/build/bin}
-export LLAMA_CPP_LIB_PATH=$L LD_LIBRARY_PATH=$L:${LD_LIBRARY_PATH:-}
-lscpu | grep -E "Model name|^CPU\(s\)|L2|L3|Flags" | cut -c1-400 > "$OUTD/lscpu.txt"
-"$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" --systems "llama.cpp file,edgespool keep" \
+echo "gguf written, llama-bench built after $(( $(date +%s) - t0 )) s"
+lscpu > "$OUTD/lscpu.txt"
+"$W/llama.cpp/build/bin/llama-bench" -m "$G" -t "$THREADS" -p "$PROMPT" -n "$DECODE" -r "$RUNS" -o json \
+  > "$OUTD/llama_bench.json" || exit 1
+# edgespool only (no llama.cpp child: its rows come from llama-bench above); the keep bundle is exported here
+"$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" --systems "edgespool keep" \
   --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --prompt "$PROMPT" --kernel-iters 0 --work "$W/rvl" \
-  --json "$OUTD/cpu_scaling.json"
+  --json "$OUTD/edgespool.json" > /dev/null
+"$PY" - "$OUTD/llama_bench.json" "$OUTD/edgespool.json" <<'PYEOF'
+import json, statistics, sys
+lb = json.load(open(sys.argv[1]))
+es = json.load(open(sys.argv[2]))["results"]
+ll = {(r["n_threads"], "decode" if r["n_gen"] else "prefill"): r["avg_ts"] for r in lb}
+print("| threads | edgespool keep decode | llama.cpp tg | ratio | edgespool prefill | llama.cpp pp | ratio |")
+print("|---|---|---|---|---|---|---|")
+for r in es:
+    t = r["threads"]
+    d, p = statistics.median(r["decode_tok_s"]), statistics.median(r["prefill_tok_s"])
+    print(f"| {t} | {d:.1f} | {ll[(t, 'decode')]:.1f} | {d / ll[(t, 'decode')]:.2f}x | {p:.1f} | "
+          f"{ll[(t, 'prefill')]:.1f} | {p / ll[(t, 'prefill')]:.2f}x |")
+PYEOF
 echo "done after $(( $(date +%s) - t0 )) s"
