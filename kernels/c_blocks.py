@@ -193,7 +193,7 @@ class BlockKernels:
                 m = x.size // n
                 y = np.empty((*x.shape[:-1], rows), np.float32)
                 rc = self._lib.es_linear_packed(self._pool, w.code, w.ptr, rows, n, x.ctypes.data, m, y.ctypes.data,
-                                                self._scratch((m * (n + (n // 32) * 16))), self.threads)
+                                                self._scratch(m * (n + (n // 32) * 16)), self.threads)
                 if rc:  # this library has no packed kernel (another build packed it): the stored layout's kernel
                     return self.linear(x, w.stored_rows(0, rows))
                 self.calls += 1
