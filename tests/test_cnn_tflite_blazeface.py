@@ -75,7 +75,9 @@ def test_patched_int8_and_onnxruntime(face_model, photos):
     plan4 = plan_patches(g, itemsize=4)
     assert plan4.is_patched
     pat = f.run_patched(x, plan4)
-    np.testing.assert_allclose(pat.output, lay.output, rtol=1e-6, atol=1e-5)
+    # same convolutions on tiles: only the f32 summation order differs (BLAS blocks by the tile's size), so the
+    # bound scales with the output's range (regression logits reach ~155; 6e-5 apart on an AVX2-only Zen 3)
+    np.testing.assert_allclose(pat.output, lay.output, rtol=1e-6, atol=1e-6 * float(np.abs(lay.output).max()))
     assert pat.peak_bytes == plan4.peak_bytes and lay.peak_bytes == plan4.layer_peak_bytes
     np.testing.assert_allclose(OrtCnnRunner(g, None, plan4, 1).run_patched(x), lay.output, rtol=1e-5, atol=5e-4)
     q = calibrate_and_quantize(g, [prep(p).transpose(2, 0, 1).copy() for p in sample_photos()])
