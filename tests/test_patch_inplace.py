@@ -30,7 +30,11 @@ def test_inplace_layers_held_equals_plan_and_numbers_unchanged(small):
         r = CnnRunner(g, quant)
         ref = r.run_layers(x)
         ip = r.run_layers(x, inplace_depthwise=True)
-        np.testing.assert_array_equal(ip.output, ref.output)
+        if quant is not None:  # int8: integer arithmetic, bit-identical
+            np.testing.assert_array_equal(ip.output, ref.output)
+        else:  # f32: the in-place depthwise writes its rows in another order, so numpy/BLAS may sum in another order
+            # (bit-identical on AVX-512 VMs, 3.8e-6 apart on an AVX2-only Zen 3)
+            np.testing.assert_allclose(ip.output, ref.output, rtol=1e-5, atol=1e-5)
         item = 1 if quant is not None else 4
         want = layer_memory(g, item, inplace=True)
         assert [b for _, b in ip.per_node] == [b for _, b in want]
