@@ -45,15 +45,26 @@ QUESTION = "Write a Python function that returns the n-th Fibonacci number."
 
 LLAMA_CPP_PYTHON_SDIST = "llama-cpp-python==0.3.36"
 # explicit x86 flags, native off: a -march=native build SIGILLs on this VM (its CPU flags list AMX / AVX-512 FP16)
-LLAMA_CMAKE_FLAGS = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
-                     "-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=ON", "-DGGML_AMX_TILE=OFF",
-                     "-DGGML_AMX_INT8=OFF", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release"]
+def llama_cmake_flags(cpu_flags: set[str] | None = None) -> list[str]:
+    """cmake options for llama-server: the x86 ISA this CPU has (``cpu_flags``: /proc/cpuinfo's ``flags``), AMX
+    off (its repack path segfaulted on a Sapphire Rapids VM). AVX-512 only where the CPU has it: a build with it
+    dies of an illegal instruction on an AVX2-only Zen 3."""
+    if cpu_flags is None:
+        try:
+            line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+            cpu_flags = set(line.split(":", 1)[1].split())
+        except (OSError, StopIteration):
+            cpu_flags = set()
+    on = {"GGML_AVX": "avx", "GGML_AVX2": "avx2", "GGML_FMA": "fma", "GGML_F16C": "f16c", "GGML_AVX512": "avx512f",
+          "GGML_AVX512_VNNI": "avx512_vnni", "GGML_AVX512_BF16": "avx512_bf16", "GGML_AVX_VNNI": "avx_vnni"}
+    return (["-DGGML_NATIVE=OFF"] + [f"-D{k}={'ON' if v in cpu_flags else 'OFF'}" for k, v in on.items()]
+            + ["-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release"])
 
 
 def llama_server_binary(work: Path, explicit: str | None = None) -> Path:
     """A llama-server binary: ``explicit`` (or $LLAMA_SERVER) when given, else one already built under ``work``,
     else built there from the llama-cpp-python 0.3.36 sdist's vendored llama.cpp (``pip download --no-binary`` +
-    cmake with :data:`LLAMA_CMAKE_FLAGS`; minutes on 2 cores)."""
+    cmake with :func:`llama_cmake_flags`; minutes on 2 cores)."""
     import glob
     import tarfile
 
@@ -73,7 +84,7 @@ def llama_server_binary(work: Path, explicit: str | None = None) -> Path:
     with tarfile.open(tgz) as t:
         t.extractall(src, filter="data")
     lc = next(src.glob("llama_cpp_python-*/vendor/llama.cpp"))
-    subprocess.run(["cmake", "-S", str(lc), "-B", str(lc / "build-noamx"), *LLAMA_CMAKE_FLAGS], check=True)
+    subprocess.run(["cmake", "-S", str(lc), "-B", str(lc / "build-noamx"), *llama_cmake_flags()], check=True)
     subprocess.run(["cmake", "--build", str(lc / "build-noamx"), "--target", "llama-server",
                     f"-j{len(os.sched_getaffinity(0))}"], check=True)
     return lc / "build-noamx/bin/llama-server"
