@@ -27,6 +27,7 @@ from edgespool.apps.deploy import board_agent
 from edgespool.apps.deploy.chunk_plan import plan_bundle
 from edgespool.apps.deploy.deploy import deploy
 from edgespool.apps.deploy.preflight import check_fit
+from deploy_common import cli as _cli, isolated_registry
 from edgespool.apps.deploy.registry import Device, Registry, parse_url
 from edgespool.benchmarks.deploy_board import modify_one_tensor
 from edgespool.errors import DeployError, OptionError
@@ -162,17 +163,7 @@ def board(tmp_path_factory):
 
 @pytest.fixture()
 def reg(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGESPOOL_CONFIG_DIR", str(tmp_path / "cfg"))
-    monkeypatch.setenv("EDGESPOOL_SSH_CONFIG", "none")
-    return Registry()
-
-
-def _cli(*args, check=True, timeout=300):
-    r = subprocess.run([sys.executable, "-m", "edgespool", *args], capture_output=True, text=True, timeout=timeout,
-                       env=dict(os.environ))
-    if check and r.returncode != 0:
-        raise AssertionError(f"edgespool {' '.join(args)} -> {r.returncode}: {r.stderr[-2000:]}")
-    return r
+    return isolated_registry(tmp_path, monkeypatch)
 
 
 def _add(board, name="pi", root=None, url=None):

@@ -19,7 +19,8 @@ import numpy as np
 import offload_synth as syn
 import pytest
 from cluster_common import greedy_reference, mpirun_reason
-from edgespool.apps.deploy.registry import Device, Registry
+from deploy_common import cli as _cli, isolated_registry
+from edgespool.apps.deploy.registry import Device
 from edgespool.runtime.bundle.reader import Bundle
 
 PROMPT = "the cat sat on"
@@ -41,17 +42,7 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture()
 def cfg(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGESPOOL_CONFIG_DIR", str(tmp_path / "cfg"))
-    monkeypatch.setenv("EDGESPOOL_SSH_CONFIG", "none")
-    return Registry()
-
-
-def _cli(*args, check=True, timeout=300):
-    r = subprocess.run([sys.executable, "-m", "edgespool", *map(str, args)], capture_output=True, text=True,
-                       timeout=timeout, env=dict(os.environ))
-    if check and r.returncode != 0:
-        raise AssertionError(f"edgespool {' '.join(map(str, args))} -> {r.returncode}: {r.stderr[-3000:]}")
-    return r
+    return isolated_registry(tmp_path, monkeypatch)
 
 
 def _one_error_line(r, msg: str) -> None:
