@@ -264,6 +264,8 @@ def main() -> None:
                     "Q4_0-head draft GGUF (default: next to the llama-server binary)")
     ap.add_argument("--rig-from", default=None, help="a results.json of an earlier run on this machine: reuse its "
                     "rig measurement (cold bandwidth, process baselines) instead of measuring again")
+    ap.add_argument("--results", default="results.json", help="results file name under --work (a split run: one "
+                    "name per invocation sharing the work dir's bundles; merge them with `table`)")
     args = ap.parse_args()
     ks = [0 if x == "auto" else int(x) for x in str(args.draft_tokens).split(",") if x]
     tmo = {k: float(v) for k, _, v in (x.partition("=") for x in args.timeouts.split(",") if x)}
@@ -353,7 +355,7 @@ def main() -> None:
                     r["bound_tok_s"], r["x_bound"] = bound, r["decode_tok_s"] / bound
                 print(json.dumps(r), flush=True)
                 rows.append(r)
-                (work / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+                (work / args.results).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     for p in args.prompts.split(","):
         res_kinds = [s for s in args.resident.split(",") if s]
         for i, (kind, k) in enumerate((s, k) for k in ks for s in res_kinds if k == ks[0] or drafts(s)):
@@ -364,7 +366,7 @@ def main() -> None:
             print(json.dumps(r), flush=True)
             rows.append(r)
     meta["load_after"] = machine_load()
-    (work / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (work / args.results).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = table(rows, meta)
     print(md)
     if args.out:
