@@ -51,6 +51,50 @@ typedef struct {
 } act_t;
 
 static void quantize_act(const float *x, int n, int8_t *q, float *d, int32_t *s, float *ds) {
+#if defined(__AVX2__)
+    /* the same arithmetic 8 lanes at a time (bit-identical codes and scales): roundf's half-away-from-zero is
+     * trunc(v) + sign(v) where |v - trunc(v)| >= 0.5 (v - trunc(v) is exact) */
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), half = _mm256_set1_ps(0.5f);
+    const __m256 hi = _mm256_set1_ps(127.f), lo = _mm256_set1_ps(-127.f), one = _mm256_set1_ps(1.f);
+    for (int b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(xb + 8 * k);
+            m = _mm256_max_ps(m, _mm256_and_ps(v[k], absmask));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        float amax = _mm_cvtss_f32(m4);
+        float db = amax / 127.f, id = db ? 1.f / db : 0.f;
+        __m256 vid = _mm256_set1_ps(id);
+        __m256i c[4], acc = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            __m256 t = _mm256_mul_ps(v[k], vid);
+            __m256 tr = _mm256_round_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __m256 up = _mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(t, tr), absmask), half, _CMP_GE_OQ);
+            __m256 sg = _mm256_or_ps(_mm256_andnot_ps(absmask, t), one); /* copysign(1, t) */
+            tr = _mm256_add_ps(tr, _mm256_and_ps(up, sg));
+            tr = _mm256_min_ps(_mm256_max_ps(tr, lo), hi);
+            c[k] = _mm256_cvtps_epi32(tr);
+            acc = _mm256_add_epi32(acc, c[k]);
+        }
+        __m256i p01 = _mm256_packs_epi32(c[0], c[1]), p23 = _mm256_packs_epi32(c[2], c[3]);
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi16(p01, p23), 0xD8);
+        p = _mm256_shuffle_epi8(p, _mm256_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15,
+                                                    0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15));
+        _mm256_storeu_si256((__m256i *)(q + 32 * b), p);
+        __m128i a4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+        a4 = _mm_add_epi32(a4, _mm_shuffle_epi32(a4, 0x4E));
+        a4 = _mm_add_epi32(a4, _mm_shuffle_epi32(a4, 0xB1));
+        int sum = _mm_cvtsi128_si32(a4);
+        d[b] = (float)(_Float16)db;
+        s[b] = sum;
+        ds[b] = d[b] * (float)sum;
+    }
+    return;
+#endif
     for (int b = 0; b < n / 32; b++) {
         const float *xb = x + 32 * b;
         float amax = 0.f;
@@ -535,6 +579,11 @@ typedef struct {
      * with ch0 <= c < next ch0 and covers rows (c - ch0) x chunk.. of it */
     int nseg;
     struct { const uint8_t *w; float *y; const int32_t *so; int rows, wt, chunk, ch0; } seg[ES_MAX_SEG];
+    /* a generic job (activation rounding, attention, SiLU x up): task(j, i0, i1) runs items [i0, i1) of rows,
+     * tchunk items per claim; ctx is the task's arguments */
+    void (*task)(const void *j, int i0, int i1);
+    const void *ctx;
+    int tchunk;
 } job_t;
 
 typedef struct {
@@ -654,6 +703,12 @@ static void work_chunks(pool_t *p, const job_t *j, long g, int chunk_rows) {
         unsigned nch = (unsigned)(c >> 16) & 0xFFFF, idx = (unsigned)c & 0xFFFF;
         if (idx >= nch) return;
         if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1)) continue;
+        if (j->task) {
+            int i0 = (int)idx * j->tchunk, i1 = i0 + j->tchunk < j->rows ? i0 + j->tchunk : j->rows;
+            j->task(j, i0, i1);
+            atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+            continue;
+        }
         if (j->nseg) { /* a fused job: the chunk's segment as a one-weight job */
             int k = j->nseg - 1;
             while (k > 0 && (int)idx < j->seg[k].ch0) k--;
@@ -739,10 +794,12 @@ static void pool_run(pool_t *p, const job_t *j) {
         int groups = (j->rows + PK_ROWS - 1) / PK_ROWS;
         chunk = PK_ROWS * ((groups + 4 * j->nth - 1) / (4 * j->nth));
     }
+    if (j->task) chunk = j->tchunk;
     int nch = (j->rows + chunk - 1) / chunk;
     while (nch > 0xFFFF) { chunk *= 2; nch = (j->rows + chunk - 1) / chunk; }
     long g = atomic_load(&p->gen) + 1;
     job_t jj = *j; /* the caller runs chunks of this copy, the workers of p->job (the same) */
+    jj.tchunk = chunk;
     if (jj.nseg) { /* fused: each segment in whole row groups, about 4 x nth chunks over all of them */
         int groups = (jj.rows + PK_ROWS - 1) / PK_ROWS, per = (groups + 4 * jj.nth - 1) / (4 * jj.nth);
         nch = 0;
@@ -774,6 +831,10 @@ static void pool_run(pool_t *p, const job_t *j) {
 
 /* All of job j on the calling thread (each segment of a fused job in turn). */
 static void run_serial(const job_t *j) {
+    if (j->task) {
+        j->task(j, 0, j->rows);
+        return;
+    }
     if (!j->nseg) {
         run_rows(j, 0, j->rows);
         return;
@@ -797,38 +858,6 @@ static void pool_try_run(pool_t *p, const job_t *j) {
     pthread_mutex_unlock(&p->run_mu);
 }
 
-/* Bytes of activation scratch es_linear needs for m rows of n values. */
-long es_act_bytes(int n, int m) { return (long)m * (n + (n / 32) * 16); }
-
-/* y[m, rows] = x[m, n] @ W^T.  w: row-major stored rows of row_bytes; wsc: per-row scales of sc_bytes (int8: f32,
- * int4: f16 per 32) or NULL; scratch: es_act_bytes(n, m) bytes, 8-byte aligned.  Returns 0, or -1 for an unknown
- * weight type or a width that is not a multiple of the block. */
-int es_linear(void *vp, int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long sc_bytes, int rows,
-              int n, const float *x, int m, float *y, uint8_t *scratch, int nthreads) {
-    pool_t *p = (pool_t *)vp;
-    rowdot_fn fn = rowdot_of(wt);
-    int blk = (wt == W_Q4_K || wt == W_Q5_K || wt == W_Q6_K) ? 256 : 32;
-    if (!fn || n % blk || rows <= 0 || m <= 0) return -1;
-    int nb = n / 32;
-    float *d = (float *)scratch;
-    int32_t *s = (int32_t *)(scratch + (long)m * nb * 4);
-    float *ds = (float *)(scratch + (long)m * nb * 8);
-    int8_t *q = (int8_t *)(scratch + (long)m * nb * 16);
-    for (int i = 0; i < m; i++)
-        quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb, ds + (long)i * nb);
-    int nth = nthreads < 1 ? 1 : nthreads;
-    if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
-    if (!p) nth = 1;
-    if ((long)rows * row_bytes * m < 32768 || rows < 8 * nth) nth = 1; /* too small to split */
-    job_t j = {fn, w, wsc, row_bytes, sc_bytes, rows, n, m, nth, q, d, s, ds, y, wt, 0, 0, 0, {{0}}};
-    if (nth == 1) {
-        run_rows(&j, 0, rows);
-        return 0;
-    }
-    pool_try_run(p, &j);
-    return 0;
-}
-
 #ifdef ES_PACKED
 /* -offset x code sum per activation block for a packed weight of type wt into so (q6_k: of values 0-15 only;
  * pk_tile6 derives the other half's from s). */
@@ -847,6 +876,79 @@ static void packed_offsets(int wt, const int8_t *q, const int32_t *s, long nbm, 
 }
 #endif
 
+/* Rounding m activation rows to Q8_0 blocks (and, for packed weights, the offsets of nso weight types) split over
+ * the pool in row ranges: serial on one core it was ~15% of a 1-thread prefill GEMM and did not shrink with
+ * threads.  Every row is rounded by quantize_act alone, so the result is the same for any split. */
+typedef struct {
+    const float *x;
+    int n, nso;
+    int8_t *q;
+    float *d, *ds;
+    int32_t *s;
+    int sowt[ES_MAX_SEG];
+    int32_t *so[ES_MAX_SEG];
+} round_ctx_t;
+
+static void round_task(const void *vj, int i0, int i1) {
+    const round_ctx_t *c = (const round_ctx_t *)((const job_t *)vj)->ctx;
+    int n = c->n, nb = n / 32;
+    for (int i = i0; i < i1; i++) {
+        long o = (long)i * nb;
+        quantize_act(c->x + (long)i * n, n, c->q + (long)i * n, c->d + o, c->s + o, c->ds + o);
+#ifdef ES_PACKED
+        for (int k = 0; k < c->nso; k++) packed_offsets(c->sowt[k], c->q + (long)i * n, c->s + o, nb, c->so[k] + o);
+#endif
+    }
+}
+
+static void pool_try_run(pool_t *p, const job_t *j);
+
+static void round_rows(pool_t *p, int nth, const round_ctx_t *c, int m) {
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.task = round_task, j.ctx = c, j.rows = m, j.nth = nth;
+    if (!p || nth <= 1 || m < 2 || (long)m * c->n < 32768) {
+        round_task(&j, 0, m);
+        return;
+    }
+    int per = (m + 4 * nth - 1) / (4 * nth);
+    j.tchunk = per < 1 ? 1 : per;
+    pool_try_run(p, &j);
+}
+
+/* Bytes of activation scratch es_linear needs for m rows of n values. */
+long es_act_bytes(int n, int m) { return (long)m * (n + (n / 32) * 16); }
+
+/* y[m, rows] = x[m, n] @ W^T.  w: row-major stored rows of row_bytes; wsc: per-row scales of sc_bytes (int8: f32,
+ * int4: f16 per 32) or NULL; scratch: es_act_bytes(n, m) bytes, 8-byte aligned.  Returns 0, or -1 for an unknown
+ * weight type or a width that is not a multiple of the block. */
+int es_linear(void *vp, int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long sc_bytes, int rows,
+              int n, const float *x, int m, float *y, uint8_t *scratch, int nthreads) {
+    pool_t *p = (pool_t *)vp;
+    rowdot_fn fn = rowdot_of(wt);
+    int blk = (wt == W_Q4_K || wt == W_Q5_K || wt == W_Q6_K) ? 256 : 32;
+    if (!fn || n % blk || rows <= 0 || m <= 0) return -1;
+    int nb = n / 32;
+    float *d = (float *)scratch;
+    int32_t *s = (int32_t *)(scratch + (long)m * nb * 4);
+    float *ds = (float *)(scratch + (long)m * nb * 8);
+    int8_t *q = (int8_t *)(scratch + (long)m * nb * 16);
+    int nth = nthreads < 1 ? 1 : nthreads;
+    if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
+    if (!p) nth = 1;
+    round_ctx_t rc = {x, n, 0, q, d, ds, s, {0}, {0}};
+    round_rows(p, nth, &rc, m);
+    if ((long)rows * row_bytes * m < 32768 || rows < 8 * nth) nth = 1; /* too small to split */
+    job_t j = {fn, w, wsc, row_bytes, sc_bytes, rows, n, m, nth, q, d, s, ds, y, wt, 0, 0, 0, {{0}}};
+    if (nth == 1) {
+        run_rows(&j, 0, rows);
+        return 0;
+    }
+    pool_try_run(p, &j);
+    return 0;
+}
+
+
 /* es_linear for a weight packed by es_pack (blockpack.h): y[m, rows] = x[m, n] @ W^T.  Returns 0, or -1 when
  * this build has no packed kernel for wt (es_pack_kind) or the shape does not fit. */
 int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, const float *x, int m, float *y,
@@ -860,12 +962,11 @@ int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, c
     float *ds = (float *)(scratch + (long)m * nb * 8);
     int32_t *so = (int32_t *)(scratch + (long)m * nb * 12);
     int8_t *q = (int8_t *)(scratch + (long)m * nb * 16);
-    for (int i = 0; i < m; i++)
-        quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb, ds + (long)i * nb);
-    packed_offsets(wt, q, s, (long)m * nb, so);
     int nth = nthreads < 1 ? 1 : nthreads;
     if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
     if (!p) nth = 1;
+    round_ctx_t rc = {x, n, 1, q, d, ds, s, {wt}, {so}};
+    round_rows(p, nth, &rc, m);
     long wbytes = es_packed_bytes(wt, rows, n);
     if (wbytes * m < 32768) nth = 1; /* too small to split */
     else if (rows < 32 * nth) nth = rows / 32 > 1 ? rows / 32 : 1; /* >= 2 row groups a thread (was: nth = 1, which
@@ -907,20 +1008,21 @@ int es_linear_packed_multi(void *vp, int count, const int *wt, const uint8_t *co
     float *ds = (float *)(scratch + (long)m * nb * 8);
     int8_t *q = (int8_t *)(scratch + (long)m * nb * 16);
     int32_t *so0 = (int32_t *)(scratch + es_act_bytes(n, m));
-    for (int i = 0; i < m; i++)
-        quantize_act(x + (long)i * n, n, q + (long)i * n, d + (long)i * nb, s + (long)i * nb, ds + (long)i * nb);
-    job_t j = {0, 0, 0, 0, 0, (int)total, n, m, 1, q, d, s, ds, 0, 0, 1, 0, count, {{0}}};
+    job_t j = {0, 0, 0, 0, 0, (int)total, n, m, 1, q, d, s, ds, 0, 0, 1, 0, count, {{0}}, 0, 0, 0};
+    round_ctx_t rc = {x, n, 0, q, d, ds, s, {0}, {0}};
     for (int k = 0; k < count; k++) {
         int32_t *so = so0 + (long)k * m * nb;
         int same = -1;
         for (int e = 0; e < k; e++)
             if (wt[e] == wt[k]) same = e;
         if (same >= 0) so = (int32_t *)j.seg[same].so; /* one offset array per weight type */
-        else packed_offsets(wt[k], q, s, (long)m * nb, so);
+        else rc.sowt[rc.nso] = wt[k], rc.so[rc.nso++] = so;
         j.seg[k].w = packed[k], j.seg[k].y = y[k], j.seg[k].so = so, j.seg[k].rows = rows[k], j.seg[k].wt = wt[k];
     }
     int nth = nthreads < 1 ? 1 : nthreads;
     if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
+    if (!p) nth = 1;
+    round_rows(p, nth, &rc, m);
     if (!p || wbytes * m < 32768) nth = 1;
     else if (total < 32 * nth) nth = (int)(total / 32) > 1 ? (int)(total / 32) : 1;
     j.nth = nth;
