@@ -441,19 +441,23 @@ def table(rows: list[dict], meta: dict) -> str:
            "| budget | prompt | system | k | tok/s | x no-spec | x bound | acceptance | tokens/pass | mean k | "
            "draft s/pass | verify s/pass | MB read/token | peak cgroup | note |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    base = {(r.get("fraction"), r.get("prompt")): r.get("decode_tok_s") for r in rows
-            if r.get("system") in ("edgespool-stream", "edgespool-resident")}
     groups: dict = {}
     for r in rows:  # repeated rounds: one line per system, the run of median tok/s, every run's tok/s in the note
         groups.setdefault((r.get("fraction"), r.get("prompt"), r.get("system"), r.get("draft_tokens")),
                           []).append(r)
     for runs in groups.values():
         runs.sort(key=lambda x: x.get("decode_tok_s") or 0.0)
+    # x no-spec: against the (lower) median run of edgespool without speculation of the same budget and prompt
+    base = {(f, p): runs[(len(runs) - 1) // 2].get("decode_tok_s") for (f, p, s, _), runs in groups.items()
+            if s in ("edgespool-stream", "edgespool-resident")}
+    for runs in groups.values():
         r = runs[(len(runs) - 1) // 2]
         sp = r.get("speculative") or {}
         b = base.get((r.get("fraction"), r.get("prompt")))
         note = r.get("skipped") or ("partial (time limit)" if r.get("partial") else "") \
             or ("OOM-killed" if r.get("oom_kills") else "") or ("failed" if r.get("failed") else "")
+        if r.get("decode_tokens") is not None:
+            note = (note + "; " if note else "") + f"{r['decode_tokens']} decode tokens"
         if len(runs) > 1:
             note = (note + "; " if note else "") + f"median (lower) of {len(runs)}: " + \
                 ", ".join(f"{x.get('decode_tok_s') or 0:.2f}" for x in runs)
@@ -466,7 +470,7 @@ def table(rows: list[dict], meta: dict) -> str:
             k_label(r, meta) if drafts(r["system"]) else "-",
             f"{tps:.2f}" if tps else "-", f"{tps / b:.2f}" if tps and b else "-",
             f"{r['x_bound']:.2f}" if r.get("x_bound") else "-",
-            f"{sp['acceptance_rate']:.0%}" if sp.get("drafted") else "-",
+            f"{sp['acceptance_rate']:.0%} ({sp.get('accepted')}/{sp['drafted']})" if sp.get("drafted") else "-",
             f"{sp['tokens_per_pass']:.2f}" if sp.get("tokens_per_pass") else "-",
             f"{sp['mean_k']:.1f}" if sp.get("mean_k") else "-",
             f"{pp['draft_s_per_pass']:.3f}" if pp else "-", f"{pp['verify_s_per_pass']:.3f}" if pp else "-",
