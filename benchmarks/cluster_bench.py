@@ -70,7 +70,9 @@ def main() -> None:
     ap.add_argument("--dir", default="/var/tmp", help="where the bundle is exported (a disk, for the throttle)")
     ap.add_argument("--json", default="", help="also write the raw runs here")
     ap.add_argument("--bundle", default="", help="an exported bundle to use (on a disk) instead of --model")
-    ap.add_argument("--modes", default="pipeline", help="2-board modes: pipeline, tensor or both (comma-separated)")
+    ap.add_argument("--modes", default="pipeline", help="multi-board modes: pipeline, tensor or both (comma-separated)")
+    ap.add_argument("--boards", default="2", help="multi-board counts (comma-separated, e.g. 2,4); tensor mode runs "
+                    "only where the model's KV heads split evenly")
     ap.add_argument("--tensor-no-kernels", action="store_true",
                     help="tensor mode with the numpy reference kernels (streamed shards + the bundle's C kernels "
                          "give wrong tokens: docs/CLUSTER.md)")
@@ -78,7 +80,8 @@ def main() -> None:
                     "folder name with --bundle)")
     ap.add_argument("--no-one-board", action="store_true", help="skip the one-board runs (merge with a file that has them)")
     ap.add_argument("--compute-gbps", type=float, default=0.0,
-                    help="the boards' compute rate in GB/s of weights for the plans (default: measured on one core)")
+                    help="the boards' compute rate in GB/s of weights for the plans (default: measured on one core, through the "
+                         "streaming source the boards use)")
     ap.add_argument("--merge", default="", help="print one table from these --json files (comma-separated); no runs")
     a = ap.parse_args()
     if a.merge:
@@ -101,7 +104,8 @@ def main() -> None:
     else:
         os.sched_setaffinity(0, {0})  # the compute rate of ONE core of this machine (each board has one)
         os.environ["EDGESPOOL_THREADS"] = "1"
-        compute_bps = measure_compute_bps(b, resolve_kernels(b, True, threads=1))
+        # through the streaming source, as the boards run it (every group pinned: the compute side only)
+        compute_bps = measure_compute_bps(b, resolve_kernels(b, True, threads=1), streamed=True)
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     links = [parse_link(x) for x in a.links.split(",")]
     ctx = 64
@@ -113,36 +117,47 @@ def main() -> None:
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     if not set(modes) <= {"pipeline", "tensor"}:
         raise SystemExit(f"--modes {a.modes!r}: pipeline and/or tensor")
-    shards = []
-    if "tensor" in modes:
-        from edgespool.apps.cluster.tensor_cli import shard_cache, tensor_plan, tp_worker_command
-
-        shards = shard_cache(b, 2, str(Path(a.dir) / f"{path.name}.tp-shards"))
+    counts = sorted({int(x) for x in a.boards.split(",") if x.strip()})
+    if not counts or min(counts) < 2:
+        raise SystemExit(f"--boards {a.boards!r}: board counts of 2 or more")
+    kv = b.config.num_kv_heads
+    # (boards, mode) in run order; tensor mode splits KV heads, so it needs k | num_kv_heads
+    setups = [(k, m) for k in counts for m in modes if m == "pipeline" or kv % k == 0]
+    skipped = [k for k in counts if "tensor" in modes and kv % k]
+    if skipped:
+        print(f"  tensor mode skipped on {skipped} boards: {kv} KV heads do not split evenly", file=sys.stderr)
+    shards: dict[int, list] = {}
     plans = {}
+    for k, mode in setups:
+        if mode == "tensor" and k not in shards:
+            from edgespool.apps.cluster.tensor_cli import shard_cache, tensor_plan, tp_worker_command
+
+            shards[k] = shard_cache(b, k, str(Path(a.dir) / f"{path.name}.tp-shards{'' if k == 2 else k}"))
     for ln in links:
         plans[(1, "one", ln.name)] = solve(b, 1, budget, storage_bps, compute_bps, ln.spec, ctx)
-        if "pipeline" in modes:
-            plans[(2, "pipeline", ln.name)] = solve(b, 2, budget, storage_bps, compute_bps, ln.spec, ctx)
-        if "tensor" in modes:
-            plans[(2, "tensor", ln.name)] = tensor_plan(shards, [budget] * 2, [storage_bps] * 2, compute_bps, ctx,
-                                                        ln.spec)
+        for k, mode in setups:
+            if mode == "pipeline":
+                plans[(k, mode, ln.name)] = solve(b, k, budget, storage_bps, compute_bps, ln.spec, ctx)
+            else:
+                plans[(k, mode, ln.name)] = tensor_plan(shards[k], [budget] * k, [storage_bps] * k, compute_bps,
+                                                        ctx, ln.spec)
     limits = BoardLimits(memory=budget + 600 * MiB, read_bps=int(storage_bps), storage=(str(path),),
-                         cpus=tuple(range(min(2, os.cpu_count() or 1))))
+                         cpus=tuple(range(min(max(2, *counts), os.cpu_count() or 1))))
     meta = {"label": label, "weights_mib": b.weights_nbytes / MiB, "layers": L, "budget": budget,
             "budget_text": a.budget, "read_mbps": a.read_mbps, "compute_bps": compute_bps, "prompt": prompt,
-            "n": a.n, "bundle": str(path.resolve())}
+            "n": a.n, "bundle": str(path.resolve()), "machine_cores": os.cpu_count() or 1}
     plan_out = {f"{k}-{mode}-{lname}": {"predicted_tok_s": 1 / plan.token_s, "plan": plan.summary(),
                                         "layers": layers_text(mode, plan)}
                 for (k, mode, lname), plan in plans.items()}
     runs: list[dict] = []
     for _ in range(a.repeats):
         for ln in links:
-            for k, mode in [(1, "one")] + [(2, m) for m in modes]:
+            for k, mode in [(1, "one")] + setups:
                 if k == 1 and (ln is not links[0] or a.no_one_board):
                     continue  # one board sends nothing: its run serves every link
                 plan = plans[(k, mode, ln.name)]
                 if mode == "tensor":
-                    worker = tp_worker_command(str(path), shards, prompt, a.n, max_context=ctx, budget=budget,
+                    worker = tp_worker_command(str(path), shards[k], prompt, a.n, max_context=ctx, budget=budget,
                                                prefill_chunk=16, timeout_s=300)
                     if a.tensor_no_kernels:
                         worker.append("--no-kernels")
@@ -204,7 +219,9 @@ def print_table(saved: dict) -> None:
           f"board: budget {meta['budget'] / MiB:.0f} MiB ({meta['budget_text']} of the model), storage throttled to "
           f"{meta['read_mbps']:g} MB/s, one core; compute rate measured on one core here: "
           f"{meta['compute_bps'] / 1e9:.2f} GB/s of weights")
-    print("EMULATED boards: network namespaces + rig cgroups on one 2-core VM shared with other agents; link latency "
+    cores = meta.get("machine_cores", 2)
+    print(f"EMULATED boards: network namespaces + rig cgroups on one {cores}-core machine"
+          f"{' (a VM shared with other agents)' if cores <= 2 else ''}; link latency "
           f"SIMULATED (sleep before each send); limits: {'; '.join(meta.get('mechanisms', []))}")
     print(f"runs started {times[0]}..{times[-1]} UTC; medians; prompt {len(meta['prompt'])} tokens, {meta['n']} "
           "generated")

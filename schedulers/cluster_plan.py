@@ -5,7 +5,9 @@ Cost model of one decode token (one sequence: the stages run one after another, 
     board time  = max(compute, I/O)          the streaming window overlaps reads with compute
     compute     = bytes of its layers (+ head on the last stage) / the board's compute rate (bytes/s: decode is
                   memory-bound, so a measured GEMV rate in weight bytes per second)
-    I/O         = max(0, those bytes - the board's budget for weights) / its storage read rate
+    I/O         = 0 when those bytes fit the board's resident budget (its plan then keeps them all: no streaming
+                  window or staging), else max(0, those bytes - the board's streaming budget for weights) / its
+                  storage read rate
     link        = hops x (latency + message bytes / bandwidth); hops = stages (n - 1 hidden rows forward, the
                   token id back; none for one board)
 
@@ -26,8 +28,9 @@ from ..errors import OptionError
 class BoardSpec:
     name: str
     compute_bps: float  # weight bytes per second its decode kernels get through
-    weight_budget: int  # bytes its memory plan can keep for weights
+    weight_budget: int  # bytes its memory plan can keep for weights while streaming the rest
     storage_bps: float  # cold read rate of its storage
+    resident_budget: int | None = None  # bytes for weights when its whole share fits (None: weight_budget)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ class ClusterPlan:
 def stage_cost(board: BoardSpec, layer_bytes: list[int], start: int, stop: int, head_bytes: int) -> StageCost:
     """The predicted decode-token cost of ``board`` running layers ``[start, stop)`` (+ the head when last)."""
     nbytes = sum(layer_bytes[start:stop]) + (head_bytes if stop == len(layer_bytes) else 0)
-    io = max(0, nbytes - board.weight_budget) / board.storage_bps
+    fits = board.resident_budget if board.resident_budget is not None else board.weight_budget
+    io = 0.0 if nbytes <= fits else max(0, nbytes - board.weight_budget) / board.storage_bps
     return StageCost(board.name, start, stop, nbytes / board.compute_bps, io)
 
 

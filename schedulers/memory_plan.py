@@ -431,6 +431,20 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
             io_staging_bytes=res_staging, streamed_bytes_per_token=0,
             notes=("the whole model fits in the budget: every group is pinned, nothing streams",))
 
+    # Every layer and the head fit, the embedding table does not (an untied model, or a first pipeline stage):
+    # pin all of them and read only the token's embedding row (no layer window needed).
+    embed_sep = gsize.get(EMBED, 0) if EMBED in gsize and not (tied and not no_head) else 0
+    if embed_sep and not expert_groups and not ffn_groups \
+            and kv + ws + staging + norm_copy + router_bytes + all_bytes - embed_sep <= budget:
+        keep = [g for g in groups if g != EMBED]
+        return MemoryPlan(
+            **common, pinned_groups=tuple(keep), pinned_group_bytes=all_bytes - embed_sep,
+            pinned_tensors=(), pinned_tensor_bytes=0, hot_experts=(), streamed_layers=(), window_depth=0,
+            layer_slot_bytes=0, expert_cache_slots=0, expert_slot_bytes=0, io_staging_bytes=staging,
+            streamed_bytes_per_token=eg.read_bytes(0, 1), embed_streamed=True,
+            notes=("every layer" + ("" if no_head else " and the head") + " fits: all pinned, only the token's "
+                   "embedding row is read",))
+
     free = budget - (kv + ws + staging + norm_copy + router_bytes + n_bytes)
     pinned: list[str] = []
     streamed = list(layer_groups)

@@ -17,6 +17,7 @@ from edgespool.runtime.cluster.stage import open_stage
 from edgespool.runtime.decoder.engine import Engine
 from edgespool.runtime.decoder.weights import ResidentWeights
 from edgespool.schedulers.memory_plan import kv_cache_bytes, minimum_budget, plan_memory
+from edgespool.schedulers.row_geometry import row_geometry
 from edgespool.schedulers.stage_role import StageRole
 from cluster_common import assert_stages_follow, greedy_reference
 
@@ -169,3 +170,33 @@ def test_real_smollm2_streamed_stages_equal_single_board(tmp_path_factory, cuts,
             s.engine.source.close()
         if c_kernels:
             single.close()
+
+
+@pytest.mark.parametrize("which", ["dense", "tied"])
+def test_layers_fit_but_not_the_embedding_pins_every_layer_and_matches(bundles, which):
+    """Just below the resident plan a stage holding the embedding (the untied whole model; the first stage of a
+    tied one) pins every layer (+ the head where it has it) and reads only the token's embedding row: no layer
+    window, no layer streamed; its run gives the single board's logits."""
+    b = bundles[which]
+    L = b.config.num_layers
+    cuts = [0, L] if which == "dense" else [0, L // 2, L]
+    want, toks = _reference(b)
+    stages = []
+    try:
+        for a, z in zip(cuts, cuts[1:]):
+            role = StageRole.of_range(a, z, L)
+            resident = plan_memory(b, None, minimum_budget(b, None, stage=role, **KW) + 4 * b.weights_nbytes, stage=role,
+                                   **KW)
+            budget = resident.total_bytes - 1
+            p = plan_memory(b, None, budget, stage=role, **KW)
+            assert p.total_bytes <= budget
+            if a == 0:
+                assert p.streamed_layers == () and p.embed_streamed and p.layer_slots == 0
+                assert p.streamed_bytes_per_token == row_geometry(b, EMBED).read_bytes(0, 1)
+                assert {g for g in b.groups if g.startswith("layers.")} & _own(role, True, b) <= set(p.pinned_groups)
+            stages.append(open_stage(b, a, z, budget=budget, max_context=64, max_batch_tokens=16))
+        caches = [s.new_cache(64) for s in stages]
+        assert_stages_follow(stages, caches, [PROMPT] + [[t] for t in toks], want, 1e-5)
+    finally:
+        for s in stages:
+            s.engine.source.close()

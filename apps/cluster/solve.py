@@ -76,29 +76,55 @@ def weight_budget(bundle: Bundle, budget: int, max_context: int, kv_dtype: str =
                             + p.window_bytes))
 
 
-def measure_compute_bps(bundle: Bundle, kernels, tokens: int = 6) -> float:
-    """Weight bytes per second of decode on this machine (resident weights, the given kernels): the bundle's
-    layer + head bytes per token over the median decode step time."""
+def resident_weight_budget(bundle: Bundle, budget: int, max_context: int, kv_dtype: str = "f32") -> int:
+    """Bytes of ``budget`` left for weights when a board's whole share fits: the budget less the resident plan's
+    reserve (KV cache, workspace and staging of the whole model at ``max_context``: a stage's is smaller, stated
+    simplification); no streaming window then."""
+    from ...runtime.cluster.tensor_stream import shard_plan_options
+    from ...schedulers.memory_plan import plan_memory
+
+    big = 2 * bundle.weights_nbytes + (1 << 30)
+    p = plan_memory(bundle, None, big, **shard_plan_options(bundle, max_context=max_context, kv_dtype=kv_dtype))
+    return max(0, budget - (p.total_bytes - p.pinned_group_bytes))
+
+
+def measure_compute_bps(bundle: Bundle, kernels, tokens: int = 6, streamed: bool = False) -> float:
+    """Weight bytes per second of decode on this machine (the given kernels): the bundle's layer + head bytes per
+    token over the median decode step time. ``streamed``: through the streaming source with every group pinned
+    (what a pipeline board whose share fits runs: the stored block layout, measured slower per byte than the
+    resident engine's repacked one), else through the resident weights."""
     import statistics
 
     from ...runtime.decoder.engine import Engine
     from ...runtime.decoder.weights import ResidentWeights
 
-    eng = Engine(ResidentWeights(bundle), kernels, kv_dtype="f32")
-    cache = eng.new_cache(tokens + 8)
-    eng.forward([1, 2, 3, 4], cache, last_only=True)
-    times = []
-    for t in range(tokens):
-        t0 = time.perf_counter()
-        eng.forward([5 + t], cache, last_only=True)
-        times.append(time.perf_counter() - t0)
+    if streamed:
+        from ...offload.streaming_source import open_streaming
+
+        source = open_streaming(bundle, 2 * bundle.weights_nbytes + (1 << 30), kernels=kernels, kv_dtype="f32",
+                                max_context=tokens + 8)
+    else:
+        source = ResidentWeights(bundle)
+    try:
+        eng = Engine(source, kernels, kv_dtype="f32")
+        cache = eng.new_cache(tokens + 8)
+        eng.forward([1, 2, 3, 4], cache, last_only=True)
+        times = []
+        for t in range(tokens):
+            t0 = time.perf_counter()
+            eng.forward([5 + t], cache, last_only=True)
+            times.append(time.perf_counter() - t0)
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
     return (sum(layer_bytes(bundle)) + head_bytes(bundle)) / statistics.median(times)
 
 
 def board_specs(names: list[str], budgets: list[int], storage_bps: list[float], compute_bps: list[float],
                 bundle: Bundle, max_context: int) -> list[BoardSpec]:
     """BoardSpecs for the solver, one per board name."""
-    return [BoardSpec(n, c, weight_budget(bundle, b, max_context), s)
+    return [BoardSpec(n, c, weight_budget(bundle, b, max_context), s, resident_weight_budget(bundle, b, max_context))
             for n, b, s, c in zip(names, budgets, storage_bps, compute_bps)]
 
 
