@@ -81,7 +81,7 @@ def plan_cmd(bundle: str, boards: str, budget: str | None, link_text: str, compu
         old = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {min(old)})
         try:
-            rate = measure_compute_bps(b, resolve_kernels(b, True, threads=1))
+            rate = measure_compute_bps(b, resolve_kernels(b, True, threads=1), streamed=True)
         finally:
             os.sched_setaffinity(0, old)
         rate_note = f"measured on one core of THIS machine ({rate / 1e9:.2f} GB/s), not on the boards"

@@ -102,9 +102,11 @@ def test_run_on_two_emulated_boards_prints_the_single_board_text(bundle):
     code, out, _ = _run("run", bundle, "-p", "the cat sat on", "-n", "6", "--cluster", "emulated:2",
                         "--memory-budget", "12MiB", "--json")
     assert code == 0, out
-    assert "EMULATED boards" in out
+    assert "EMULATED boards" in out and "solver's cut for 2 boards of 12MiB each" in out
     got = json.loads(out[out.index("{"):])
     assert got["tokens"] == want["tokens"] and got["text"] == want["text"]
+    cut = got["ranges"]  # the solver's: contiguous, every layer once, both boards used
+    assert cut[0][0] == 0 and cut[-1][1] == 6 and all(a[1] == b[0] and a[0] < a[1] for a, b in zip(cut, cut[1:]))
     assert [r["plan_bytes"] <= 12 << 20 for r in got["ranks"]] == [True, True]
     assert [r["cpus"] for r in got["ranks"]] == [[0], [min(1, len(os.sched_getaffinity(0)) - 1)]]
 

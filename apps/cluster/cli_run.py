@@ -3,8 +3,10 @@
 SPEC ``emulated:N``: N EMULATED boards on this machine (network namespaces + rig cgroups, one core each; needs
 root, iproute2, mpirun). SPEC ``host1,host2,...``: real hosts through mpirun's ssh launch (same Python
 environment and bundle path on each) -- UNTESTED here (this machine has no second host). Layers are split so each
-board holds about the same bytes (``edgespool cluster plan`` gives the solver's cut); ``--memory-budget`` (a size
-or a fraction such as 1/4) is each board's own streaming budget."""
+board holds about the same bytes, except on emulated boards with ``--memory-budget`` (a size or a fraction such as
+1/4: each board's own streaming budget), where the solver cuts them (:func:`.solve.solver_ranges`: each board's
+compute rate measured on one core here, this machine's storage rate; ``edgespool cluster plan`` plans real boards
+from their target profiles)."""
 from __future__ import annotations
 
 import re
@@ -72,14 +74,21 @@ def run_cluster_cli(bundle, spec: str, prompt: str, n: int, memory_budget: str |
 
         check_tensor_parallel(bundle.config, int(k))
         ranges = [(0, bundle.config.num_layers)] * int(k)
-    else:
-        ranges = even_bytes_ranges(layer_bytes(bundle), head_bytes(bundle), int(k))
     budget = parse_budget(memory_budget, bundle.weights_nbytes, "--memory-budget") if memory_budget else 0
     tok = BundleTokenizer.from_manifest(bundle.path, bundle.manifest["tokenizer"])
     ids = tok.encode(prompt)
     ctx = max_context or min(bundle.config.max_position_embeddings, len(ids) + n + 1)
     if len(ids) + n > ctx:
         raise OptionError(f"{len(ids)} prompt + {n} new tokens exceed --max-context {ctx}")
+    if mode != "tensor":
+        if budget and int(k) > 1 and kind == "emulated":  # the solver's cut for these (equal) boards' budgets
+            from .solve import solver_ranges
+
+            ranges, plan = solver_ranges(bundle, int(k), budget, ctx, link.spec)
+            click.echo(f"[cluster] solver's cut for {k} boards of {memory_budget} each (compute rate of one core "
+                       f"here, this machine's storage rate): {plan.summary().splitlines()[0]}", err=True)
+        else:
+            ranges = even_bytes_ranges(layer_bytes(bundle), head_bytes(bundle), int(k))
     if kind == "emulated":
         from .boards import netns_reason
 

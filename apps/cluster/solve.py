@@ -138,3 +138,26 @@ def parse_budget(text: str, model_bytes: int, option: str = "--budget") -> int:
         return max(1, int(model_bytes * float(t)))
     return parse_bytes(t, option)
 
+
+
+def solver_ranges(bundle: Bundle, k: int, budget: int, max_context: int, link: LinkSpec) -> tuple[list, object]:
+    """The solver's cut of ``bundle`` over ``k`` equal boards of ``budget`` each (every board used), for
+    ``run --cluster``: each board's compute rate measured on ONE core of this machine through the streaming source
+    the boards run, its storage this machine's ("host" target) read rate. Returns ([(start, stop)], the plan)."""
+    import os
+
+    from ...runtime.api import resolve_kernels
+    from ...schedulers.cluster_plan import plan_on
+    from ...targets.profiles import get_target
+
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(old)})
+    try:
+        rate = measure_compute_bps(bundle, resolve_kernels(bundle, True, threads=1), streamed=True)
+    finally:
+        os.sched_setaffinity(0, old)
+    storage = get_target("host").storage_medium().read_bandwidth
+    boards = board_specs([f"board{i}" for i in range(k)], [budget] * k, [storage] * k, [rate] * k, bundle,
+                         max_context)
+    plan = plan_on(boards, layer_bytes(bundle), head_bytes(bundle), 4 * bundle.config.hidden_size, link)
+    return [(s.start, s.stop) for s in plan.stages], plan
