@@ -32,6 +32,8 @@ from .quant import QTensor
 from .table import REFERENCE, KernelTable, RoutedLinear
 
 SOURCE = Path(__file__).with_name("c_src") / "blockdot.c"
+# below this many threads SiLU x up stays in numpy (its vectorised tanh beats one core of scalar tanhf)
+SILU_MIN_THREADS = 4
 LIBRARY_NAME = "blockdot.so"
 
 # scheme -> weight-type code of blockdot.c, values per block
@@ -138,6 +140,15 @@ class BlockKernels:
         if self._multi is not None:
             self._multi.restype = ctypes.c_int
             self._multi.argtypes = [vp, it, vp, vp, vp, it, vp, it, vp, vp, it]
+        # threaded prefill attention and SiLU x up (libraries before 2026-12-04 have neither)
+        self._attn = getattr(lib, "es_attention_prefill", None)
+        if self._attn is not None:
+            self._attn.restype = ctypes.c_int
+            self._attn.argtypes = [vp, vp, vp, lg, vp, lg, vp, it, it, it, it, it, ctypes.c_float, it, it, it]
+        self._silu = getattr(lib, "es_silu_mul", None)
+        if self._silu is not None:
+            self._silu.restype = None
+            self._silu.argtypes = [vp, vp, vp, vp, lg, it]
 
     def close(self) -> None:
         """Stop the worker threads (the library stays loaded)."""
@@ -248,6 +259,44 @@ class BlockKernels:
         self.calls += k
         return ys
 
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
+                  sliding_window: int | None = None, scale: float | None = None) -> np.ndarray | None:
+        """Prefill (``T > 1`` query rows) causal GQA like :func:`edgespool.kernels.attention.attention`, split over
+        this pool's threads in (query row, KV head) items; None when it does not fit (one query row: the decode
+        kernels serve it; float32 KV-cache rows required, consecutive positions, a library without the entry)."""
+        T, nh, D = q.shape
+        nkv, S = int(k.shape[0]), int(k.shape[1])
+        if (self._attn is None or T < 2 or S == 0 or nh % nkv or k.shape != v.shape or k.dtype != np.float32
+                or v.dtype != np.float32 or k.strides[2] != 4 or k.strides[1] != 4 * D or v.strides[2] != 4
+                or v.strides[1] != 4 * D or k.strides[0] % 4 or v.strides[0] % 4):
+            return None
+        k0 = int(k_pos[0])
+        past = int(q_pos[0]) - k0
+        w = int(sliding_window or 0)
+        if (int(k_pos[-1]) - k0 != S - 1 or int(q_pos[-1]) - int(q_pos[0]) != T - 1 or past < 0
+                or (w and past + T - w >= S)):
+            return None
+        if q.dtype != np.float32 or not q.flags.c_contiguous:
+            q = np.ascontiguousarray(q, dtype=np.float32)
+        out = np.empty((T, nh, D), np.float32)
+        sc = float(np.float32(D ** -0.5 if scale is None else scale))
+        rc = self._attn(self._pool, q.ctypes.data, k.ctypes.data, k.strides[0] // 4, v.ctypes.data,
+                        v.strides[0] // 4, out.ctypes.data, T, nh, nkv, D, S, sc, past, w, self.threads)
+        return out if rc == 0 else None
+
+    def silu_mul(self, g: np.ndarray, u: np.ndarray) -> np.ndarray | None:
+        """``silu(g) * u`` (float32, same shape) split over this pool's threads, as
+        :func:`edgespool.kernels.swiglu.silu` computes it (C ``tanhf`` for numpy's ``tanh``); None when the
+        library has no entry, the arrays differ in shape, are not C-contiguous float32, or one thread would do it
+        (numpy's vectorised tanh is faster per core than ``tanhf``)."""
+        if (self._silu is None or self.threads < SILU_MIN_THREADS or g.shape != u.shape or g.dtype != np.float32
+                or u.dtype != np.float32 or not g.flags.c_contiguous or not u.flags.c_contiguous
+                or not 0 < g.size < 2 ** 31):
+            return None
+        out = np.empty_like(g)
+        self._silu(self._pool, g.ctypes.data, u.ctypes.data, out.ctypes.data, g.size, self.threads)
+        return out
+
     def table(self, base: KernelTable = REFERENCE, description: str | None = None) -> KernelTable:
         """``base`` with every scheme of :data:`SCHEME_CODES` routed through these kernels (``base``'s kernel for
         a weight none fits, e.g. int4 with another group size)."""
@@ -256,7 +305,25 @@ class BlockKernels:
             if scheme in lin:
                 lin[scheme] = RoutedLinear(self, lin[scheme])
         desc = description or f"C block kernels ({self.isa}, {self.threads} threads)"
-        return base.replace(linear_kernels=lin, description=desc, backend=self)
+        attn = base.attention_kernel
+        if self._attn is not None:
+            attn = PrefillFirst(self.attention, attn)
+        return base.replace(linear_kernels=lin, attention_kernel=attn, description=desc, backend=self)
+
+
+class PrefillFirst:
+    """An attention kernel: ``first`` (the block kernels' threaded prefill attention), then ``then`` (the base
+    table's compiled attention, e.g. TVM's decode kernel) when ``first`` returns None; None when neither fits
+    (the numpy reference then runs)."""
+
+    def __init__(self, first: Any, then: Any):
+        self.first, self.then = first, then
+
+    def __call__(self, *args: Any) -> np.ndarray | None:
+        out = self.first(*args)
+        if out is None and self.then is not None:
+            out = self.then(*args)
+        return out
 
 
 def host_library(cache_dir: Path | None = None) -> Path:

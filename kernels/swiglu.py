@@ -61,8 +61,11 @@ def swiglu(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor, act: str = 
         raise ValueError(f"unknown FFN activation {act!r}; known: {', '.join(ACTIVATIONS)}") from None
     many = getattr(kernels, "linear_many", None)  # one dispatch for both when the kernels can fuse them
     g, u = many(x, [gate, up]) if many is not None else (kernels.linear(x, gate), kernels.linear(x, up))
-    h = fn(g)
-    h *= u
+    fused = getattr(kernels.backend, "silu_mul", None) if act == "silu" else None  # threaded C (block kernels)
+    h = fused(g, u) if fused is not None else None
+    if h is None:
+        h = fn(g)
+        h *= u
     return kernels.linear(h, down)
 
 

@@ -186,13 +186,14 @@ def test_tvm_model_and_numpy_model_side_by_side(tvm_bundles):
     the TVM model keeps its compiled kernels whatever happens to the other (the old LIFO bug: load A, load B,
     close A -> B lost its kernels)."""
     path = tvm_bundles["int8"]
-    from edgespool.kernels.c_blocks import BlockKernels
+    from edgespool.kernels.c_blocks import BlockKernels, PrefillFirst
     from edgespool.kernels.tvm_backend import TvmAttention
 
     with edgespool.load(path) as m:
         tk = m.kernels.backend
         assert isinstance(tk, BlockKernels) and "C block kernels from the bundle" in m.kernels.description
-        assert isinstance(m.kernels.attention_kernel, TvmAttention)
+        attn = m.kernels.attention_kernel  # the block kernels' threaded prefill attention first, TVM's after it
+        assert isinstance(attn, PrefillFirst) and isinstance(attn.then, TvmAttention)
     check_pair(path, True, path, False)
     check_pair(path, False, path, True)
     a, b = edgespool.load(path), edgespool.load(path, kernels=False)

@@ -1039,6 +1039,147 @@ int es_linear_packed_multi(void *vp, int count, const int *wt, const uint8_t *co
 #endif
 }
 
+/* ---- prefill attention (causal GQA, float32), threaded ------------------------------------------------------
+ * One work item = (query row t, KV head hk): its G = nh / nkv query heads against keys lo..hi-1 (hi = past + t + 1
+ * capped at S, lo = hi - window when a sliding window is set), K row read once for all G heads; scores, softmax
+ * (row max subtracted, expf, normalised) and the weighted V sum per head, like kernels/attention.py's numpy
+ * reference (float32; only the summation order of the dot products differs).  Items are claimed in small chunks,
+ * so the causal triangle's uneven rows balance over the threads.  TVM's CPU prefill kernel ran on one thread. */
+typedef struct {
+    const float *q, *K, *V;
+    float *o;
+    long sk, sv; /* K / V head strides in floats (rows are D floats apart) */
+    int nh, nkv, D, S, past, window;
+    float scale;
+    _Atomic int failed; /* a worker could not allocate its score buffer */
+} attn_ctx_t;
+
+static void attn_task(const void *vj, int i0, int i1) {
+    attn_ctx_t *c = (attn_ctx_t *)((const job_t *)vj)->ctx;
+    int G = c->nh / c->nkv, D = c->D;
+    float *sc = (float *)malloc(sizeof(float) * (size_t)G * (size_t)(c->S > 0 ? c->S : 1));
+    if (!sc) {
+        atomic_store(&c->failed, 1);
+        return;
+    }
+    for (int it = i0; it < i1; it++) {
+        int t = it / c->nkv, hk = it % c->nkv, h0 = hk * G;
+        int hi = c->past + t + 1 < c->S ? c->past + t + 1 : c->S;
+        int lo = c->window > 0 && hi - c->window > 0 ? hi - c->window : 0;
+        int L = hi - lo;
+        const float *qt = c->q + ((long)t * c->nh + h0) * D;
+        const float *Kh = c->K + hk * c->sk, *Vh = c->V + hk * c->sv;
+        int k = lo;
+#if defined(__AVX2__) && defined(__FMA__)
+        if (D % 8 == 0) /* 8 keys at a time per head: 8 accumulators, one transposing reduction per 8 scores */
+            for (; k + 8 <= hi; k += 8)
+                for (int j = 0; j < G; j++) {
+                    const float *qj = qt + (long)j * D, *kr = Kh + (long)k * D;
+                    __m256 a[8];
+                    for (int e = 0; e < 8; e++) a[e] = _mm256_setzero_ps();
+                    for (int d = 0; d < D; d += 8) {
+                        __m256 qv = _mm256_loadu_ps(qj + d);
+                        for (int e = 0; e < 8; e++) a[e] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kr + (long)e * D + d), a[e]);
+                    }
+                    __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
+                    __m256 h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
+                    __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
+                    __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
+                                             _mm256_permute2f128_ps(h0123, h4567, 0x31));
+                    _mm256_storeu_ps(sc + (long)j * L + (k - lo), _mm256_mul_ps(r, _mm256_set1_ps(c->scale)));
+                }
+#endif
+        for (; k < hi; k++) {
+            const float *kr = Kh + (long)k * D;
+            for (int j = 0; j < G; j++) {
+                const float *qj = qt + (long)j * D;
+                float a8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, tail = 0.f;
+                int d = 0;
+                for (; d + 8 <= D; d += 8)
+                    for (int l = 0; l < 8; l++) a8[l] += qj[d + l] * kr[d + l];
+                for (; d < D; d++) tail += qj[d] * kr[d];
+                float dot = ((a8[0] + a8[4]) + (a8[1] + a8[5])) + ((a8[2] + a8[6]) + (a8[3] + a8[7])) + tail;
+                sc[(long)j * L + (k - lo)] = dot * c->scale;
+            }
+        }
+        for (int j = 0; j < G; j++) {
+            float *sj = sc + (long)j * L, mx = -INFINITY, sum = 0.f;
+            for (int k = 0; k < L; k++) mx = sj[k] > mx ? sj[k] : mx;
+            for (int k = 0; k < L; k++) {
+                sj[k] = expf(sj[k] - mx);
+                sum += sj[k];
+            }
+            float inv = 1.f / sum;
+            for (int k = 0; k < L; k++) sj[k] *= inv;
+            float *out = c->o + ((long)t * c->nh + h0 + j) * D;
+            for (int d = 0; d < D; d++) out[d] = 0.f;
+            for (int k = 0; k < L; k++) {
+                const float *vr = Vh + (long)(lo + k) * D;
+                float pk = sj[k];
+                for (int d = 0; d < D; d++) out[d] += pk * vr[d];
+            }
+        }
+    }
+    free(sc);
+}
+
+/* o[T, nh, D] = causal GQA of q[T, nh, D] (query row t at key index past + t) over K / V [nkv, S, D] (head stride
+ * sk / sv floats, rows contiguous), scores times scale, keys within `window` of the query when window > 0.
+ * Returns 0, -1 for shapes that do not fit (nh not a multiple of nkv, a query that sees no key), -2 when out of
+ * memory for the score rows (the caller falls back). */
+int es_attention_prefill(void *vp, const float *q, const float *K, long sk, const float *V, long sv, float *o, int T,
+                         int nh, int nkv, int D, int S, float scale, int past, int window, int nthreads) {
+    pool_t *p = (pool_t *)vp;
+    if (T <= 0 || nkv <= 0 || nh % nkv || D <= 0 || S <= 0 || past < 0 || past + 1 > S) return -1;
+    if (window > 0 && past + T - window >= S) return -1;
+    attn_ctx_t c = {q, K, V, o, sk, sv, nh, nkv, D, S, past, window, scale, 0};
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.task = attn_task, j.ctx = &c, j.rows = T * nkv;
+    int nth = nthreads < 1 ? 1 : nthreads;
+    if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
+    j.nth = nth;
+    if (!p || nth == 1 || T * nkv < 2) {
+        attn_task(&j, 0, j.rows);
+        return atomic_load(&c.failed) ? -2 : 0;
+    }
+    int per = j.rows / (16 * nth);
+    j.tchunk = per < 1 ? 1 : per;
+    pool_try_run(p, &j);
+    return atomic_load(&c.failed) ? -2 : 0;
+}
+
+/* out[i] = silu(g[i]) x u[i] for i < count, silu(x) = x (0.5 (1 + tanh(x / 2))) as kernels/swiglu.py computes it
+ * (tanhf for numpy's tanh), split over the pool in ranges of 4096 values. */
+typedef struct { const float *g, *u; float *out; } silu_ctx_t;
+
+static void silu_task(const void *vj, int i0, int i1) {
+    const silu_ctx_t *c = (const silu_ctx_t *)((const job_t *)vj)->ctx;
+    long a = (long)i0 * 4096, b = (long)i1 * 4096, n = ((const job_t *)vj)->m;
+    if (b > n) b = n;
+    for (long i = a; i < b; i++) {
+        float x = c->g[i], t = tanhf(0.5f * x);
+        c->out[i] = (((t + 1.f) * 0.5f) * x) * c->u[i];
+    }
+}
+
+void es_silu_mul(void *vp, const float *g, const float *u, float *out, long count, int nthreads) {
+    pool_t *p = (pool_t *)vp;
+    silu_ctx_t c = {g, u, out};
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.task = silu_task, j.ctx = &c, j.m = (int)count, j.rows = (int)((count + 4095) / 4096), j.tchunk = 1;
+    int nth = nthreads < 1 ? 1 : nthreads;
+    if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
+    j.nth = nth;
+    if (!p || nth == 1 || j.rows < 2) {
+        silu_task(&j, 0, j.rows);
+        return;
+    }
+    j.tchunk = j.rows / (4 * nth) > 1 ? j.rows / (4 * nth) : 1;
+    pool_try_run(p, &j);
+}
+
 /* The instruction set the kernels of this build run on, and "+x16" when it has x16 packed kernels (blockpack.h;
  * which formats: es_pack_kind): "avx512-vnni+x16" (zmm vpdpbusd), "avx2+avx-vnni+x16" (ymm vpdpbusd),
  * "avx2+x16" (vpmaddubsw; also AVX-512 builds without VNNI, which run the AVX2 kernels), "avx2" (no FMA/F16C),
