@@ -157,10 +157,33 @@ class StreamingWeights:
 
     def _read_pinned(self) -> dict[str, dict[str, QTensor]]:
         futs = []
+        self._pinned_bufs: dict[str, np.ndarray] = {}
         for g in self.plan.pinned_groups:
             buf = self.pool.alloc_pinned(self.store.read_nbytes(g))
+            self._pinned_bufs[g] = buf
             futs.append((g, self.store.submit(g, buf, float("-inf"))))
         return {g: self.store.wait(g, f).tensors for g, f in futs}
+
+    def set_prepare(self, fn) -> None:
+        """When the plan pins EVERY layer of the run (a share that fits; only embedding rows or the head may
+        stream), repack the dense layer groups into the kernels' layout (``fn``: their ``prepare_weight``) inside
+        their own pool regions (:func:`~edgespool.offload.pinned_repack.repack_in_place`): the resident engine's
+        layout and numbers (its logits within 1e-5). A plan that streams layers keeps every layer stored: one
+        layout for all layers of a run, because the two layouts' products differ by ~1e-6 (float summation order)
+        and the int8 activation rounding of later layers amplifies that (0.5 logits on SmolLM2 after 30 layers), so
+        runs that pin different layers (a board and its stages) would no longer agree. Embedding, head and
+        experts stay stored."""
+        from ..runtime.bundle.names import parse_group
+        from .pinned_repack import repack_in_place
+
+        if fn is None or self.plan.streamed_layers or self.plan.neuron_layers:
+            return
+        for g in list(self._pinned):
+            if g not in self._pinned_bufs or parse_group(g).kind != "layer":
+                continue
+            got = repack_in_place(self._pinned[g], self._pinned_bufs[g], fn)
+            if got is not None:
+                self._pinned[g] = got
 
     def _pinned_f32(self, name: str) -> np.ndarray:
         """A float32 copy of tensor ``name`` in the pinned region, read through the staging buffer."""
