@@ -261,12 +261,15 @@ class BlockKernels:
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
                   sliding_window: int | None = None, scale: float | None = None) -> np.ndarray | None:
-        """Prefill (``T > 1`` query rows) causal GQA like :func:`edgespool.kernels.attention.attention`, split over
-        this pool's threads in (query row, KV head) items; None when it does not fit (one query row: the decode
-        kernels serve it; float32 KV-cache rows required, consecutive positions, a library without the entry)."""
+        """Causal GQA like :func:`edgespool.kernels.attention.attention` for prefill AND decode, split over this
+        pool's threads in (query row, KV head) items. Decode runs it too (not TVM's decode kernel): a query row's
+        result must not depend on whether it came in a prompt chunk or alone (a prompt re-fed after a cached
+        prefix, speculative verification, chunked prefill), because int8 activation rounding in later layers turns
+        the two kernels' ~1e-7 summation-order differences into other tokens. None when it does not fit (float32
+        KV-cache rows required, consecutive positions, a library without the entry)."""
         T, nh, D = q.shape
         nkv, S = int(k.shape[0]), int(k.shape[1])
-        if (self._attn is None or T < 2 or S == 0 or nh % nkv or k.shape != v.shape or k.dtype != np.float32
+        if (self._attn is None or T < 1 or S == 0 or nh % nkv or k.shape != v.shape or k.dtype != np.float32
                 or v.dtype != np.float32 or k.strides[2] != 4 or k.strides[1] != 4 * D or v.strides[2] != 4
                 or v.strides[1] != 4 * D or k.strides[0] % 4 or v.strides[0] % 4):
             return None
