@@ -13,7 +13,7 @@
 # Prepare here, in the repo root (ignored folder .devcarry, see docs/BENCHMARKS.md issue 12 "16 cores"):
 #   .devcarry/llama-cpu.tgz   vendor/llama.cpp without models/docs/tests/examples and the non-CPU backends
 #   .devcarry/meta/           `python benchmarks/random_gguf.py meta QWEN1.5B.gguf` output (meta.gguf, tensors.json)
-# then run there (device tool, carry [".devcarry"]):  bash benchmarks/cpu_scaling_device.sh [THREADS] [RUNS]
+# then run there (device tool, carry [".devcarry"]):  [ROUNDS=N] bash benchmarks/cpu_scaling_device.sh [THREADS] [RUNS]
 set -u
 THREADS=${1:-4,8,16}
 RUNS=${2:-2}
@@ -38,23 +38,37 @@ wait
 if [ "$(cat "$W/build.rc")" != 0 ]; then tail -30 "$OUTD/build.log" "$OUTD/cmake.log"; exit 1; fi
 echo "gguf written, llama-bench built after $(( $(date +%s) - t0 )) s"
 lscpu > "$OUTD/lscpu.txt"
-"$W/llama.cpp/build/bin/llama-bench" -m "$G" -t "$THREADS" -p "$PROMPT" -n "$DECODE" -r "$RUNS" -o json \
-  > "$OUTD/llama_bench.json" || exit 1
-# edgespool only (no llama.cpp child: its rows come from llama-bench above); the keep bundle is exported here
-"$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" --systems "edgespool keep" \
-  --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --prompt "$PROMPT" --kernel-iters 0 --work "$W/rvl" \
-  --json "$OUTD/edgespool.json" > /dev/null
-"$PY" - "$OUTD/llama_bench.json" "$OUTD/edgespool.json" <<'PYEOF'
+# ROUNDS rounds, interleaved: llama-bench (RUNS repetitions) then edgespool (RUNS runs), again and again; the table
+# takes medians over the rounds of each system's per-round figure (llama-bench's avg, edgespool's median)
+ROUNDS=${ROUNDS:-1}
+for r in $(seq 1 "$ROUNDS"); do
+  "$W/llama.cpp/build/bin/llama-bench" -m "$G" -t "$THREADS" -p "$PROMPT" -n "$DECODE" -r "$RUNS" -o json \
+    > "$OUTD/llama_bench.$r.json" || exit 1
+  # edgespool only (no llama.cpp child: its rows come from llama-bench above); the keep bundle is exported once
+  "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" --systems "edgespool keep" \
+    --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --prompt "$PROMPT" --kernel-iters 0 --work "$W/rvl" \
+    --json "$OUTD/edgespool.$r.json" > /dev/null
+done
+"$PY" - "$OUTD" "$ROUNDS" <<'PYEOF'
 import json, statistics, sys
-lb = json.load(open(sys.argv[1]))
-es = json.load(open(sys.argv[2]))["results"]
-ll = {(r["n_threads"], "decode" if r["n_gen"] else "prefill"): r["avg_ts"] for r in lb}
+d, n = sys.argv[1], int(sys.argv[2])
+ll, es = {}, {}
+for r in range(1, n + 1):
+    for x in json.load(open(f"{d}/llama_bench.{r}.json")):
+        ll.setdefault((x["n_threads"], "decode" if x["n_gen"] else "prefill"), []).append(x["avg_ts"])
+    for x in json.load(open(f"{d}/edgespool.{r}.json"))["results"]:
+        es.setdefault((x["threads"], "decode"), []).append(statistics.median(x["decode_tok_s"]))
+        es.setdefault((x["threads"], "prefill"), []).append(statistics.median(x["prefill_tok_s"]))
+med = {k: statistics.median(v) for k, v in ll.items()}
+print(f"{n} interleaved round(s); per-round figures in brackets")
 print("| threads | edgespool keep decode | llama.cpp tg | ratio | edgespool prefill | llama.cpp pp | ratio |")
 print("|---|---|---|---|---|---|---|")
-for r in es:
-    t = r["threads"]
-    d, p = statistics.median(r["decode_tok_s"]), statistics.median(r["prefill_tok_s"])
-    print(f"| {t} | {d:.1f} | {ll[(t, 'decode')]:.1f} | {d / ll[(t, 'decode')]:.2f}x | {p:.1f} | "
-          f"{ll[(t, 'prefill')]:.1f} | {p / ll[(t, 'prefill')]:.2f}x |")
+for t in sorted({k[0] for k in es}, reverse=True):
+    row = [str(t)]
+    for what in ("decode", "prefill"):
+        e, l = statistics.median(es[(t, what)]), med[(t, what)]
+        fmt = lambda v: "/".join(f"{x:.1f}" for x in v)
+        row += [f"{e:.1f} ({fmt(es[(t, what)])})", f"{l:.1f} ({fmt(ll[(t, what)])})", f"{e / l:.2f}x"]
+    print("| " + " | ".join(row) + " |")
 PYEOF
 echo "done after $(( $(date +%s) - t0 )) s"
