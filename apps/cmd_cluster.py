@@ -73,17 +73,9 @@ def plan_cmd(bundle: str, boards: str, budget: str | None, link_text: str, compu
     budgets = [parse_budget(vals[0 if len(vals) == 1 else i], b.weights_nbytes) if vals else p.ram
                for i, p in enumerate(profiles)]
     if compute_gbps is None:
-        import os
+        from .cluster.solve import measure_one_core_bps
 
-        from ..runtime.api import resolve_kernels
-        from .cluster.solve import measure_compute_bps
-
-        old = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {min(old)})
-        try:
-            rate = measure_compute_bps(b, resolve_kernels(b, True, threads=1), streamed=True)
-        finally:
-            os.sched_setaffinity(0, old)
+        rate = measure_one_core_bps(b)
         rate_note = f"measured on one core of THIS machine ({rate / 1e9:.2f} GB/s), not on the boards"
     else:
         rate, rate_note = compute_gbps * 1e9, f"given: {compute_gbps:g} GB/s"

@@ -55,6 +55,20 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_
     return out
 
 
+def compiled_kv_span(q_pos: np.ndarray, k_pos: np.ndarray, T: int, S: int,
+                     sliding_window: int | None = None) -> tuple[int, int] | None:
+    """For the compiled attention kernels: ``(past, window)`` when the ``T`` query rows and ``S`` keys sit at
+    consecutive positions and every query sees a key (``past`` = the first query's offset from the first key,
+    ``window`` = the sliding window or 0), else None (the caller falls back)."""
+    k0 = int(k_pos[0])
+    past = int(q_pos[0]) - k0
+    w = int(sliding_window or 0)
+    if (int(k_pos[-1]) - k0 != S - 1 or int(q_pos[-1]) - int(q_pos[0]) != T - 1 or past < 0
+            or (w and past + T - w >= S)):
+        return None
+    return past, w
+
+
 def _softcap(scores: np.ndarray, cap: float | None) -> np.ndarray:
     """``cap * tanh(scores / cap)`` in place (no-op without a cap)."""
     if cap:

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import BundleError, TargetError
 from . import block_pack
+from .attention import compiled_kv_span
 from .block_pack import PackedQTensor
 from .quant import QTensor
 from .table import REFERENCE, KernelTable, RoutedLinear
@@ -273,12 +274,10 @@ class BlockKernels:
                 or v.dtype != np.float32 or k.strides[2] != 4 or k.strides[1] != 4 * D or v.strides[2] != 4
                 or v.strides[1] != 4 * D or k.strides[0] % 4 or v.strides[0] % 4):
             return None
-        k0 = int(k_pos[0])
-        past = int(q_pos[0]) - k0
-        w = int(sliding_window or 0)
-        if (int(k_pos[-1]) - k0 != S - 1 or int(q_pos[-1]) - int(q_pos[0]) != T - 1 or past < 0
-                or (w and past + T - w >= S)):
+        span = compiled_kv_span(q_pos, k_pos, T, S, sliding_window)
+        if span is None:
             return None
+        past, w = span
         if q.dtype != np.float32 or not q.flags.c_contiguous:
             q = np.ascontiguousarray(q, dtype=np.float32)
         out = np.empty((T, nh, D), np.float32)

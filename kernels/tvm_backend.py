@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, TargetError
+from .attention import compiled_kv_span
 from .quant import SCHEMES, QTensor, get_scheme
 from .table import REFERENCE, KernelTable, RoutedLinear
 from .tvm_attention import AttentionSpec
@@ -380,13 +381,11 @@ class TvmAttention:
                 or k.shape != v.shape):
             self._fallback("attention arguments not float32 KV-cache rows (or below min_work)")
             return None
-        k0 = int(k_pos[0])
-        past = int(q_pos[0]) - k0
-        w = int(sliding_window or 0)
-        if (int(k_pos[-1]) - k0 != S - 1 or int(q_pos[-1]) - int(q_pos[0]) != T - 1 or past < 0
-                or (w and past + T - w >= S)):
+        span = compiled_kv_span(q_pos, k_pos, T, S, sliding_window)
+        if span is None:
             self._fallback("attention positions not consecutive, or a query that sees no key")
             return None
+        past, w = span
         sc = np.float32(D ** -0.5 if scale is None else scale)
         if q.dtype != np.float32 or not q.flags.c_contiguous:
             q = np.ascontiguousarray(q, dtype=np.float32)

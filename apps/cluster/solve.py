@@ -121,6 +121,21 @@ def measure_compute_bps(bundle: Bundle, kernels, tokens: int = 6, streamed: bool
     return (sum(layer_bytes(bundle)) + head_bytes(bundle)) / statistics.median(times)
 
 
+def measure_one_core_bps(bundle: Bundle) -> float:
+    """:func:`measure_compute_bps` of ``bundle``'s own kernels on ONE core of this machine (the first this process
+    may use; one thread), through the streaming source the boards run."""
+    import os
+
+    from ...runtime.api import resolve_kernels
+
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(old)})
+    try:
+        return measure_compute_bps(bundle, resolve_kernels(bundle, True, threads=1), streamed=True)
+    finally:
+        os.sched_setaffinity(0, old)
+
+
 def board_specs(names: list[str], budgets: list[int], storage_bps: list[float], compute_bps: list[float],
                 bundle: Bundle, max_context: int) -> list[BoardSpec]:
     """BoardSpecs for the solver, one per board name."""
@@ -144,18 +159,10 @@ def solver_ranges(bundle: Bundle, k: int, budget: int, max_context: int, link: L
     """The solver's cut of ``bundle`` over ``k`` equal boards of ``budget`` each (every board used), for
     ``run --cluster``: each board's compute rate measured on ONE core of this machine through the streaming source
     the boards run, its storage this machine's ("host" target) read rate. Returns ([(start, stop)], the plan)."""
-    import os
-
-    from ...runtime.api import resolve_kernels
     from ...schedulers.cluster_plan import plan_on
     from ...targets.profiles import get_target
 
-    old = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(old)})
-    try:
-        rate = measure_compute_bps(bundle, resolve_kernels(bundle, True, threads=1), streamed=True)
-    finally:
-        os.sched_setaffinity(0, old)
+    rate = measure_one_core_bps(bundle)
     storage = get_target("host").storage_medium().read_bandwidth
     boards = board_specs([f"board{i}" for i in range(k)], [budget] * k, [storage] * k, [rate] * k, bundle,
                          max_context)
