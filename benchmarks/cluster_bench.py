@@ -89,8 +89,7 @@ def main() -> None:
         return
     from edgespool.apps.cluster.boards import BoardLimits, EmulatedBoards
     from edgespool.apps.cluster.launch import run_cluster, worker_command
-    from edgespool.apps.cluster.solve import measure_compute_bps, parse_budget, parse_link
-    from edgespool.runtime.api import resolve_kernels
+    from edgespool.apps.cluster.solve import measure_one_core_bps, parse_budget, parse_link
     from edgespool.runtime.bundle.reader import Bundle
 
     path = Path(a.bundle) if a.bundle else export(a.model, Path(a.dir) / f"edgespool-cluster-bench-{a.model}-int8")
@@ -102,11 +101,10 @@ def main() -> None:
     if a.compute_gbps > 0:
         compute_bps = a.compute_gbps * 1e9
     else:
-        os.sched_setaffinity(0, {0})  # the compute rate of ONE core of this machine (each board has one)
-        os.environ["EDGESPOOL_THREADS"] = "1"
-        # through the streaming source, as the boards run it (every group pinned: the compute side only)
-        compute_bps = measure_compute_bps(b, resolve_kernels(b, True, threads=1), streamed=True)
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        os.environ["EDGESPOOL_THREADS"] = "1"  # (the workers inherit it: one thread a board)
+        # the compute rate of ONE core of this machine (each board has one), through the streaming source the
+        # boards run (every group pinned: the compute side only)
+        compute_bps = measure_one_core_bps(b)
     links = [parse_link(x) for x in a.links.split(",")]
     ctx = 64
     # a real code prompt: on arbitrary token ids the logits are nearly flat and a greedy argmax flips between

@@ -433,7 +433,7 @@ def plan_memory(bundle: Bundle, target_profile: TargetProfile | None, budget_byt
 
     # Every layer and the head fit, the embedding table does not (an untied model, or a first pipeline stage):
     # pin all of them and read only the token's embedding row (no layer window needed).
-    embed_sep = gsize.get(EMBED, 0) if EMBED in gsize and not (tied and not no_head) else 0
+    embed_sep = gsize.get(EMBED, 0) if no_head or not tied else 0  # a tied head IS the table
     if embed_sep and not expert_groups and not ffn_groups \
             and kv + ws + staging + norm_copy + router_bytes + all_bytes - embed_sep <= budget:
         keep = [g for g in groups if g != EMBED]
