@@ -56,9 +56,10 @@ def _gen(model: Any, prompt: list[int], n: int) -> dict[str, Any]:
 
 
 def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps: int,
-                  graphs: bool = True, profile: bool = False) -> dict[str, Any]:
+                  graphs: bool = True, profile: bool = False, fused: bool = True) -> dict[str, Any]:
     """Load (cap None: CPU only), warm up, then ``reps`` generations; medians. ``graphs=False``: decode steps
-    through the eager GPU path instead of the recorded CUDA graphs (the A/B of offload/gpu_graph.py)."""
+    through the eager GPU path instead of the recorded CUDA graphs (the A/B of offload/gpu_graph.py);
+    ``fused=False``: graphs of 12 kernels a layer instead of the fused 6 (the A/B of offload/gpu_fused.py)."""
     from edgespool import load
 
     # the GPU KV cache sized to the run (as llama-bench sizes its context to -p + -n)
@@ -67,6 +68,7 @@ def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps
         src = m.source
         if getattr(src, "device_layers", None) is not None:
             src.device_layers.graphs_enabled = graphs
+            src.device_layers.use_fused_kernels(fused)
         m.source.load_all() if hasattr(m.source, "load_all") and cap is None else None
         _gen(m, prompt[:8], 2)  # warm-up: first reads, NVRTC compile, cuBLAS handles
         dev = getattr(src, "device_layers", None)
@@ -84,6 +86,7 @@ def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps
                        measured_token_ms=1e3 / res["decode_tok_s"] if res["decode_tok_s"] else None,
                        graphs=dev.graphs is not None and dev.graphs_enabled,
                        graph_launches=0 if dev.graphs is None else dev.graphs.launches,
+                       fused_layers=0 if dev.graphs is None else dev.graphs.fused_layers,
                        planned_h2d_bytes_per_token=pl.h2d_bytes_per_token,
                        gpu_layers=sum(g.where == "gpu" for g in pl.groups),
                        streamed_layers=sum(g.where == "stream" for g in pl.groups),
@@ -321,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-bench", type=Path, default=None, help="also run llama.cpp's llama-bench on --gguf")
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--graph-ab", action="store_true", help="also run each cap with CUDA graphs off (eager)")
+    ap.add_argument("--fused-ab", action="store_true", help="also run each cap with the unfused 12-kernel graphs")
     ap.add_argument("--profile", action="store_true", help="cProfile 8 decode steps of every edgespool row")
     ap.add_argument("--hf-save-only", action="store_true", help="only write the random HF checkpoint (--out/hf)")
     a = ap.parse_args(argv)
@@ -354,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         print(r.get("profile", ""), flush=True)
         if a.graph_ab:
             e = {"config": f"gpu cap {f:.0%} eager", **run_edgespool(b, int(size * f), prompt, a.n, a.reps, False)}
+            e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
+            rows.append(e)
+            print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)
+        if a.fused_ab:
+            e = {"config": f"gpu cap {f:.0%} unfused",
+                 **run_edgespool(b, int(size * f), prompt, a.n, a.reps, fused=False)}
             e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
             rows.append(e)
             print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)

@@ -2,7 +2,9 @@
 static buffers and replayed every token with one ``cudaGraphLaunch`` instead of ~20 CuPy launches per layer from
 Python (the launch-bound cost docs/GPU.md measured: 0.43 ms per layer on the H200).
 
-Per layer the graph holds 12 kernels: RMSNorm, the q / k / v GEMVs (bias fused), one RoPE + KV-cache write kernel
+Per layer the graph holds 6 kernels where every matrix is int8 (:mod:`edgespool.offload.gpu_fused`: RMSNorm fused
+into the q/k/v and the gate/up GEMVs, the activation into the latter, an attention split over all warps) and
+otherwise 12: RMSNorm, the q / k / v GEMVs (bias fused), one RoPE + KV-cache write kernel
 and one decode-attention kernel that both read the token's position from device memory (so the same graph serves
 every position), the o-projection GEMV with the residual add fused, RMSNorm, gate / up GEMVs, the gated activation,
 the down GEMV with the residual add fused. Per token only the hidden state (when it comes from a CPU layer), the
@@ -21,6 +23,7 @@ import numpy as np
 
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import layer_prefix
+from .gpu_fused import FusedDecodeKernels, fused_layer_ok
 
 _SRC = r"""
 #define NEG_INF __int_as_float(0xff800000)
@@ -121,7 +124,7 @@ class DecodeGraphs:
     ``run_end(i)`` says whether a graph run starts at layer ``i`` (and where it ends); ``launch`` replays it."""
 
     def __init__(self, cp: Any, ops: Any, cfg: ModelConfig, stream: Any, max_context: int,
-                 eligible: list[bool]) -> None:
+                 eligible: list[bool], fused: bool = True) -> None:
         self.cp, self.ops, self.cfg, self.stream = cp, ops, cfg, stream
         self.C = int(max_context)
         c = cfg
@@ -150,6 +153,11 @@ class DecodeGraphs:
             self._runs[i] = j
             i = j
         self._graphs: dict[int, Any] = {}
+        # the fused kernels (offload/gpu_fused.py): 6 launches a layer instead of 12 where the layer allows
+        self.fused = FusedDecodeKernels(cp) if fused and self._runs else None
+        self.fused_attn = self.fused is not None and c.head_dim <= 256 and \
+            FusedDecodeKernels.attn_shared_bytes(c.head_dim, self.C) <= SHARED_LIMIT
+        self.fused_layers = 0  # layers recorded with the fused kernels (the benchmark reports it)
         self.capture = True  # False: launch the same kernels without recording a graph
         self.launches = 0
 
@@ -201,27 +209,46 @@ class DecodeGraphs:
         mult = 1.0 if c.residual_multiplier == 1 else float(c.residual_multiplier)
         scale = D ** -0.5 if c.attention_scale is None else float(c.attention_scale)
         softcap = float(c.attn_logit_softcap or 0.0)
+        fz = self.fused
         for i in range(i0, self._runs[i0]):
             p = layer_prefix(i)
             w = weights[f"layers.{i}"]
             vec = (lambda n: None if w.get(p + n) is None else w[p + n].data)  # noqa: E731
             Kc, Vc = kv[i]
-            ops.rmsnorm_into(self.x, w[p + "attn_norm"].data, self.h, c.rms_norm_eps)
-            self._gemv(self.h, w[p + "wq"], vec("bq"), self.q, False)
-            self._gemv(self.h, w[p + "wk"], vec("bk"), self.k, False)
-            self._gemv(self.h, w[p + "wv"], vec("bv"), self.v, False)
+            H = int(self.x.shape[-1])
+            whole = fz is not None and fused_layer_ok(w, p, c.hidden_act) and 4 * H <= SHARED_LIMIT
+            if whole:
+                fz.norm_qkv(self.x, w[p + "attn_norm"].data, c.rms_norm_eps,
+                            [(w[p + "wq"], vec("bq"), self.q), (w[p + "wk"], vec("bk"), self.k),
+                             (w[p + "wv"], vec("bv"), self.v)])
+                self.fused_layers += 1
+            else:
+                ops.rmsnorm_into(self.x, w[p + "attn_norm"].data, self.h, c.rms_norm_eps)
+                self._gemv(self.h, w[p + "wq"], vec("bq"), self.q, False)
+                self._gemv(self.h, w[p + "wk"], vec("bk"), self.k, False)
+                self._gemv(self.h, w[p + "wv"], vec("bv"), self.v, False)
             self.k_rope((nh + nkv,), (max(32, min(256, D // 2)),),
                         (self.q, self.k, self.v, self.cos, self.sin, self.pos, Kc, Vc, np.int32(nh),
                          np.int32(nkv), np.int32(self.C), np.int32(D), np.int32(1 if rope else 0)))
-            self.k_attn((nh,), (128,),
-                        (self.q, Kc, Vc, self.o, self.pos, np.int32(nh), np.int32(nkv), np.int32(self.C),
-                         np.int32(D), np.int32(c.window_of(i) or 0), np.float32(scale), np.float32(softcap)),
-                        shared_mem=self.shared)
+            if self.fused_attn:
+                assert fz is not None
+                fz.attention(self.q, Kc, Vc, self.o, self.pos, nh, nkv, self.C, D, c.window_of(i) or 0, scale,
+                             softcap)
+            else:
+                self.k_attn((nh,), (128,),
+                            (self.q, Kc, Vc, self.o, self.pos, np.int32(nh), np.int32(nkv), np.int32(self.C),
+                             np.int32(D), np.int32(c.window_of(i) or 0), np.float32(scale), np.float32(softcap)),
+                            shared_mem=self.shared)
             self._gemv(self.o, w[p + "wo"], None, self.x, True, mult)
-            ops.rmsnorm_into(self.x, w[p + "ffn_norm"].data, self.h, c.rms_norm_eps)
-            self._gemv(self.h, w[p + "ffn.gate"], None, self.g, False)
-            self._gemv(self.h, w[p + "ffn.up"], None, self.u, False)
-            ops.act_mul_into(self.g, self.u, self.a, c.hidden_act)
+            if whole:
+                assert fz is not None
+                fz.norm_gateup(self.x, w[p + "ffn_norm"].data, c.rms_norm_eps, w[p + "ffn.gate"], w[p + "ffn.up"],
+                               self.a, c.hidden_act)
+            else:
+                ops.rmsnorm_into(self.x, w[p + "ffn_norm"].data, self.h, c.rms_norm_eps)
+                self._gemv(self.h, w[p + "ffn.gate"], None, self.g, False)
+                self._gemv(self.h, w[p + "ffn.up"], None, self.u, False)
+                ops.act_mul_into(self.g, self.u, self.a, c.hidden_act)
             self._gemv(self.a, w[p + "ffn.down"], None, self.x, True, mult)
 
 

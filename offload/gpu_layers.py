@@ -97,6 +97,7 @@ class GpuLayers:
                 # one-token steps of runs of resident layers replay a recorded CUDA graph (offload/gpu_graph.py)
                 eligible = [self.where.get(layer_group(i)) == GPU and
                             layer_graph_ok(c, self._resident.get(layer_group(i), {}), i) for i in range(c.num_layers)]
+                self._eligible = eligible
                 self.graphs = DecodeGraphs(cp, ops, c, self.stream, self.max_context, eligible) \
                     if any(eligible) else None
             self.stream.synchronize()
@@ -162,6 +163,13 @@ class GpuLayers:
             return xd
         with self.stream:
             return self._to_host(xd)
+
+    def use_fused_kernels(self, on: bool) -> None:
+        """Record the decode graphs with the fused kernels (offload/gpu_fused.py; the default) or with the 12
+        separate kernels a layer (the benchmark's A/B); graphs are re-recorded at the next step."""
+        if self.graphs is not None:
+            self.graphs = DecodeGraphs(self.cp, self.ops, self.config, self.stream, self.max_context,
+                                       self._eligible, fused=on)
 
     def _graph_step(self, i: int, end: int, x: Any, pos: np.ndarray, rope: tuple[np.ndarray, np.ndarray] | None,
                     cache: Any) -> Any:

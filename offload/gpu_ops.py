@@ -36,6 +36,7 @@ __device__ void gemv_body(const float* __restrict__ x, const float* __restrict__
   float acc[8];
 #pragma unroll
   for (int t = 0; t < 8; ++t) acc[t] = 0.f;
+#pragma unroll 4
   for (int k = lane * step; k < K; k += 32 * step) load(row, k, x, K, T, acc);
 #pragma unroll
   for (int t = 0; t < 8; ++t) {

@@ -173,6 +173,12 @@ def test_decode_graph_matches_cpu_and_eager(tiny_bundle, place):
         assert np.abs(graph - ref).max() <= 1e-3, np.abs(graph - ref).max()
         fused = cpu.bundle.read_group("layers.1")["layers.1.wq"].scheme != "f32"
         assert (dev.graphs is not None and dev.graphs.launches >= len(steps)) == fused
+        int8 = cpu.bundle.read_group("layers.1")["layers.1.wq"].scheme == "int8"
+        assert fused == (dev.graphs is not None) and (not fused or (dev.graphs.fused_layers > 0) == int8)
+        dev.use_fused_kernels(False)  # the 12-kernel graphs (offload/gpu_fused.py's A/B)
+        unfused = run(m)
+        assert np.abs(unfused - ref).max() <= 1e-3
+        assert dev.graphs is None or dev.graphs.fused_layers == 0
         dev.graphs_enabled = False
         eager = run(m)
         assert np.abs(eager - ref).max() <= 1e-3

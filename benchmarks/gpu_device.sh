@@ -1,0 +1,62 @@
+#!/bin/bash
+# CPU/GPU split on the lent GPU machine (issue 17): GPU tests, the fused-kernel bench, and gpu_split_bench against
+# llama.cpp built there with CUDA (sm_90) on the same SIMULATED GGUF.
+#
+# The real GGUF cannot travel there (64 MiB a call), so the model is SIMULATED: random Q8_0 weights with the real
+# Qwen2.5-Coder-1.5B's shapes, metadata and tokenizer (benchmarks/random_gguf.py); edgespool runs its int8 export.
+# Prepare here, in the repo root (ignored folder .devcarry):
+#   .devcarry/llama-cuda.tgz  vendor/llama.cpp of the llama-cpp-python 0.3.36 sdist without models/docs/tests/
+#                             examples and the non-CPU, non-CUDA backends
+#   .devcarry/meta/           `python benchmarks/random_gguf.py meta QWEN1.5B.gguf` output
+#   .devcarry/gguf-py/        the gguf package
+# then there (device tool, carry [".devcarry"]):
+#   bash benchmarks/gpu_device.sh quick     GPU tests + kernel bench + edgespool rows of a synthetic export
+#   bash benchmarks/gpu_device.sh peer      llama.cpp CUDA build + the same GGUF for both + the full table
+set -u
+MODE=${1:-quick}
+shift || true
+C=$PWD/.devcarry
+W=${W:-/tmp/gd}
+OUTD=${OUT:-$W/out}
+PY=${PY:-python3}
+mkdir -p "$W/pk" "$OUTD"
+ln -sfn "$PWD" "$W/pk/edgespool"
+export PYTHONPATH=$W/pk:$C/gguf-py PYTHONUNBUFFERED=1
+REPO=$PWD
+t0=$(date +%s)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUTD/gpu.txt" 2>&1
+lscpu > "$OUTD/lscpu.txt"
+if [ "$MODE" = peer ]; then
+  tar xzf "$C/llama-cuda.tgz" -C "$W" || exit 1
+  ( cd "$W/llama.cpp" && cmake -S . -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
+      -DLLAMA_CURL=OFF > "$OUTD/cmake.log" 2>&1 \
+    && cmake --build build -j"$(nproc)" --target llama-bench > "$OUTD/build.log" 2>&1; echo $? > "$W/build.rc" ) &
+  G=$W/qwen2.5-coder-1.5b-simulated.Q8_0.gguf
+  "$PY" "$REPO/benchmarks/random_gguf.py" write "$C/meta" "$C/gguf-py" "$G" 0.0002 || exit 1
+  echo "gguf written after $(( $(date +%s) - t0 )) s"
+  ( cd /tmp && "$PY" -m pytest -q -p no:cacheprovider "$REPO/tests/test_gpu_fused.py" "$REPO/tests/test_gpu_split.py" \
+      > "$OUTD/tests.log" 2>&1; echo "tests rc=$?" >> "$OUTD/tests.log" )
+  tail -3 "$OUTD/tests.log"
+  wait
+  if [ "$(cat "$W/build.rc")" != 0 ]; then tail -30 "$OUTD/build.log" "$OUTD/cmake.log"; exit 1; fi
+  echo "llama-bench built after $(( $(date +%s) - t0 )) s"
+  "$PY" -m edgespool.benchmarks.gpu_split_bench --out "$W/g" --gguf "$G" \
+    --llama-bench "$W/llama.cpp/build/bin/llama-bench" --reps 2 -n 16 --kernels --fused-ab \
+    --json-out "$OUTD/split.json" "$@" > "$OUTD/split.log" 2>&1
+  echo "split bench rc=$? after $(( $(date +%s) - t0 )) s"
+  tail -12 "$OUTD/split.log"
+else
+  ( cd /tmp && "$PY" -m pytest -q -p no:cacheprovider "$REPO/tests/test_gpu_fused.py" "$REPO/tests/test_gpu_split.py" \
+      > "$OUTD/tests.log" 2>&1; echo "tests rc=$?" >> "$OUTD/tests.log" )
+  tail -3 "$OUTD/tests.log"
+  echo "tests done after $(( $(date +%s) - t0 )) s"
+  "$PY" -m edgespool.benchmarks.gpu_kernel_bench --json-out "$OUTD/kernels.json" > "$OUTD/kernels.log" 2>&1
+  echo "kernel bench rc=$? after $(( $(date +%s) - t0 )) s"
+  cat "$OUTD/kernels.log" | cut -c1-1500
+  "$PY" -m edgespool.benchmarks.gpu_split_bench --out "$W/g" --reps 2 -n 16 --kernels --fused-ab --caps 1.0,0.5 \
+    --json-out "$OUTD/split.json" "$@" > "$OUTD/split.log" 2>&1
+  echo "split bench rc=$? after $(( $(date +%s) - t0 )) s"
+  tail -8 "$OUTD/split.log"
+fi
+echo "done after $(( $(date +%s) - t0 )) s"
