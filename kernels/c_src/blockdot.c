@@ -1197,3 +1197,5 @@ const char *es_isa(void) {
     return ES_ISA;
 #endif
 }
+
+#include "decoder_layer.h" /* es_decoder_layer: one decode row through a whole decoder layer */

@@ -43,6 +43,7 @@ from ...kernels.bundled_ffn import dense_bundled_ffn
 from ...kernels.table import REFERENCE, KernelTable
 from ..bundle.ffn_geometry import NeuronBundles
 from ..bundle.names import ffn_group, ffn_tensor
+from .fused_decode import FusedDecode
 from .kvcache import KVCache, check_kv_dtype
 from .sampling import Sampler
 from ..bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, expert_group, expert_prefix, layer_group, layer_prefix
@@ -152,6 +153,8 @@ class Engine:
                 ropes[repr(spec)] = Rope(c.head_dim, *spec, c.max_position_embeddings)
             self.layer_rope.append(None if spec is None else ropes[repr(spec)])
         self.stats = EngineStats()
+        # decode rows of plain dense layers as one C call per layer (issue 12; the predicate: fused_decode.py)
+        self.fused = FusedDecode(c, kernels)
         self._head_groups = [HEAD, EMBED] if c.tie_word_embeddings else [HEAD]
 
     # -- state ----------------------------------------------------------------------------------------------
@@ -223,6 +226,11 @@ class Engine:
         # the GPU; the activations cross the link once per CPU<->GPU boundary
         dev = getattr(src, "device_layers", None) if layers is None else None
         reduce = getattr(src, "reduce_partial", None)  # tensor parallel: sums the boards' partial block outputs
+        if self.fused.kernels is not kern:  # the table was swapped after construction
+            self.fused = FusedDecode(c, kern)
+        fused = self.fused.for_step(T, cache, src, dev, reduce)
+        if fused:  # the C layers update x in place: an own contiguous float32 row
+            x = np.array(x, dtype=np.float32, order="C")
         for i in range(first_layer, n_run):
             if dev is not None and dev.runs(i):
                 x = dev.layer(i, x, pos, tables[id(self.layer_rope[i])] if self.layer_rope[i] else None, cache)
@@ -231,6 +239,12 @@ class Engine:
             w = src.get(g)
             src.hint([layer_group(i + 1)] if i + 1 < n_run else self._head_groups)
             p = layer_prefix(i)
+            if fused:  # one C call for the whole layer (bit-identical to the code below), when it serves it
+                lay = self.fused.layer(i, w, p, cache)
+                if lay is not None and lay(x, int(pos[0]), *tables[id(self.layer_rope[i])]):
+                    self.fused.layer_calls += 1
+                    src.release(g)
+                    continue
             # attention block
             h = rmsnorm(x, _vec(w[p + "attn_norm"]), c.rms_norm_eps)
             rope = self.layer_rope[i]
