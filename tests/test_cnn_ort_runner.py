@@ -131,3 +131,22 @@ def test_tiny_int8_weight_kinds_exact(tiny, monkeypatch, vnni):
     assert kinds == ({3} if vnni else {2})  # TensorProto INT8 = 3, UINT8 = 2
     np.testing.assert_array_equal(r.run_layers(x), want)
     np.testing.assert_array_equal(r.run_patched(x), want)
+
+
+@pytest.mark.parametrize("band_bytes", [64, 1000])
+def test_tiny_int8_row_bands_exact(tiny, band_bytes):
+    """int8 convs lowered as row bands (the uint8-weight path's cap on onnxruntime's whole-output int32
+    accumulator buffer, onnx_lower.acc_band_bytes) give the numpy int8 executor's output bit for bit."""
+    from edgespool.runtime.cnn import onnx_lower
+
+    g, q, x = tiny["g"], tiny["q"], tiny["x"]
+    want = CnnRunner(g, q).run_layers(x).output
+    r = OrtCnnRunner(g, q)
+    m = onnx_lower.lower_segment(g, 0, len(g.nodes), {g.input: onnx_lower.full_box(g, g.input)}, {}, [g.output], q,
+                                 float_acts=r.float_acts, band_bytes=band_bytes)
+    bands = [n for n in m.graph.node if n.op_type == "Concat" and "_bands" in n.name]
+    assert bands and all(len(n.input) >= 2 for n in bands)
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(r.finish(s.run(None, {s.get_inputs()[0].name: r.prepare(x)})[0]), want)
+    assert onnx_lower.acc_band_bytes(True, q) == onnx_lower.ACC_BAND_BYTES
+    assert onnx_lower.acc_band_bytes(False, q) == 0 and onnx_lower.acc_band_bytes(True, None) == 0

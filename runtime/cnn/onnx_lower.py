@@ -245,6 +245,35 @@ def _lower_node(b: _Builder, g: CnnGraph, n: Node, ins: list[tuple[str, Box]], o
     raise OptionError(f"node {n.name!r}: op {op!r} has no onnxruntime lowering")
 
 
+ACC_BAND_BYTES = 1 << 20  # default cap on one int8 conv's int32 accumulator map with uint8 weights
+
+
+def acc_band_bytes(weights_u8: bool, quant: "QuantCnn | None") -> int:
+    """Default row-band cap for :func:`lower_segment`: with uint8 weights (x86 without VNNI) onnxruntime's
+    QLinearConv cannot take its symmetric path (signed weights, zero point 0, requantisation fused per tile) and
+    allocates an int32 accumulator buffer for the *whole* output (4 B per output element: 4.8 MB for
+    MobileNetV2's 96x112x112 expansion conv) plus its output before requantising; such convs are lowered as row
+    bands of at most ``ACC_BAND_BYTES`` of accumulators, joined by ``Concat`` (same numbers). 0 (off) otherwise."""
+    return ACC_BAND_BYTES if quant is not None and weights_u8 else 0
+
+
+def _lower_banded(b: _Builder, g: CnnGraph, n: Node, ins: list[tuple[str, Box]], out_box: Box,
+                  q: "QuantCnn | None", band_bytes: int) -> str:
+    """:func:`_lower_node`, except that an int8 conv whose int32 accumulators over ``out_box`` exceed
+    ``band_bytes`` is computed as row bands of ``out_box`` (each reads its own input rows, as a patch does) joined
+    along H by ``Concat``."""
+    y0, y1, x0, x1 = out_box
+    if n.op != "conv" or q is None or band_bytes <= 0:
+        return _lower_node(b, g, n, ins, out_box, q)
+    acc = 4 * g.shapes[n.output][0] * (y1 - y0) * (x1 - x0)
+    nb = min(-(-acc // band_bytes), y1 - y0)
+    if nb <= 1:
+        return _lower_node(b, g, n, ins, out_box, q)
+    cuts = [y0 + (y1 - y0) * k // nb for k in range(nb + 1)]
+    parts = [_lower_node(b, g, n, ins, (r0, r1, x0, x1), q) for r0, r1 in zip(cuts, cuts[1:])]
+    return b.op("Concat", parts, n.name.replace("/", "_") + "_bands", axis=2)
+
+
 def _avgpool_int8(b: _Builder, g: CnnGraph, n: Node, x: str, out_box: Box, pads: list[int], kw: dict,
                   q: "QuantCnn") -> str:
     """sum of (x - zp) over the window (a ones depthwise conv: exact integer sums in float32) * mult / count."""
@@ -347,9 +376,12 @@ def _float_acts(graph: CnnGraph, quant: "QuantCnn | None", given: frozenset[str]
 
 def lower_segment(graph: CnnGraph, start: int, end: int, inputs: dict[str, Box], boxes: dict[str, Box],
                   outputs: Sequence[str], quant: "QuantCnn | None" = None, name: str = "segment",
-                  float_acts: frozenset[str] | None = None, weights_u8: bool | None = None) -> "onnx.ModelProto":
+                  float_acts: frozenset[str] | None = None, weights_u8: bool | None = None,
+                  band_bytes: int | None = None) -> "onnx.ModelProto":
     """ONNX model of nodes ``start..end-1``: graph inputs ``inputs`` (tensor -> the box the fed array holds), every
     produced tensor computed over ``boxes[tensor]`` (default: the whole map), model outputs ``outputs``.
+    ``band_bytes``: int8 convs whose int32 accumulator map would exceed it run in row bands (see
+    :func:`acc_band_bytes`, the default; 0 = never).
     ``weights_u8``: int8 conv / gemm weights as uint8 + 128 (None: when :func:`cpu_has_vnni` is false; False forces
     int8 weights, onnxruntime's fast u8 x s8 kernels, which without VNNI saturate int16 pair sums: not exact).
     ``float_acts``: int8 act nodes to lower as DQ -> act -> Q (default: those :func:`.act_lower.exact_float_acts`
@@ -365,9 +397,10 @@ def lower_segment(graph: CnnGraph, start: int, end: int, inputs: dict[str, Box],
         nm = b.name("in_" + t.replace("/", "_"))
         env[t] = (nm, box)
         g_in.append(helper.make_tensor_value_info(nm, elem, onnx_shape(graph, t, box)))
+    bands = acc_band_bytes(b.weights_u8, quant) if band_bytes is None else band_bytes
     for n in graph.nodes[start:end]:
         ob = boxes.get(n.output, full_box(graph, n.output))
-        y = _lower_node(b, graph, n, [env[t] for t in n.inputs], ob, quant)
+        y = _lower_banded(b, graph, n, [env[t] for t in n.inputs], ob, quant, bands)
         env[n.output] = (y, ob)
     g_out = []
     for t in outputs:
@@ -414,9 +447,10 @@ def lower_patched(graph: CnnGraph, split: int, regions: Sequence[dict[str, Box]]
             for r in ([outs[k] for k in ks] for ks in _patch_grid(regions, t))]
     joined = rows[0] if len(rows) == 1 else b.op("Concat", rows, "join_h", axis=2)
     env = {t: (joined, full_box(graph, t))}
+    bands = acc_band_bytes(b.weights_u8, quant)
     for n in graph.nodes[split + 1:]:
-        env[n.output] = (_lower_node(b, graph, n, [env[s] for s in n.inputs], full_box(graph, n.output), quant),
-                         full_box(graph, n.output))
+        env[n.output] = (_lower_banded(b, graph, n, [env[s] for s in n.inputs], full_box(graph, n.output), quant,
+                                       bands), full_box(graph, n.output))
     y = b.op("Identity", [env[graph.output][0]], "out")
     g_out = [helper.make_tensor_value_info(y, elem, onnx_shape(graph, graph.output, full_box(graph, graph.output)))]
     gp = helper.make_graph(b.nodes, "patched", g_in, g_out, b.inits)
