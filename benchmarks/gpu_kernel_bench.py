@@ -1,8 +1,8 @@
 """One-token decode on the GPU, kernel by kernel: the fused kernels of offload/gpu_fused.py against the 12-kernel
 layer of offload/gpu_graph.py, on random int8 weights of a real model's shapes (Qwen2.5-Coder-1.5B by default).
 
-Each configuration is a recorded CUDA graph (a whole run of ``--layers`` layers, or one kernel repeated 100 times:
-those weights may then sit in the 50 MB L2 cache, so small matrices read optimistic) timed with CUDA events; rounds alternate fused and unfused (interleaved), medians over rounds. It also reports
+Each configuration is a recorded CUDA graph (a whole run of ``--layers`` layers, or one kernel repeated 100 times)
+timed with CUDA events; rounds alternate fused and unfused (interleaved), medians over rounds. It also reports
 the largest difference between the two runs' outputs (same inputs), which only float summation order should cause.
 
     python -m edgespool.benchmarks.gpu_kernel_bench --json-out k.json          # needs CuPy and a CUDA GPU
@@ -100,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
             for f in (True, False):
                 g = graphs[f]
                 y, _ = g.launch(0, x0, pos, rope, weights, kv)  # records the graph the first time
-                stream.synchronize()
                 outs[f] = cp.asnumpy(y).copy()
                 stream.synchronize()
                 a_, b_ = cp.cuda.Event(), cp.cuda.Event()
@@ -143,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
             "fused norm+gate+up+act": lambda: fz.norm_gateup(g.x, w[p + "ffn_norm"].data, cfg.rms_norm_eps,
                                                              w[p + "ffn.gate"], w[p + "ffn.up"], g.a, "silu"),
             "gemv down + residual": lambda: ops.gemv_into(g.a, w[p + "ffn.down"], None, g.x, True),
-            "fused o split-K + residual": lambda: fz.gemv_resid(g.o, w[p + "wo"], g.x, True),
-            "fused down split-K + residual": lambda: fz.gemv_resid(g.a, w[p + "ffn.down"], g.x, True),
         }
         row["kernel_us"] = {}
         for name, fn in kern.items():

@@ -4,10 +4,8 @@ kernels instead of 12, and an attention that keeps every warp busy.
 Per layer: ``norm_gemv3_i8`` (RMSNorm computed by every block into shared memory, then the q / k / v rows of int8
 per-row-scaled matrices, biases fused), the RoPE + KV-write kernel, ``decode_attn_w`` (scores, softmax and the
 value sum split over all warps of the block: the old kernel summed values one position after another per thread),
-the o GEMV with the residual add (``gemv_i8_splitk``: a block per row, its warps splitting K), ``norm_gateup_i8``
-(RMSNorm, gate and up rows from one read of the normalised input, the gated activation written directly), the
-down GEMV with the residual add (split K). Weights are read with 16-byte loads, one row per warp, so that many
-loads are in flight: the first version (4-byte loads, 4 rows a warp) moved only ~1.3 TB/s.
+the o GEMV with the residual add, ``norm_gateup_i8`` (RMSNorm, gate and up rows from one read of the normalised
+input, the gated activation written directly), the down GEMV with the residual add.
 
 The one-token decode step on the H200 was latency-bound (0.10 ms a layer for 47 MB of int8 weights, ~12 us of
 HBM time): fewer launches and no serial loop over positions are what this module buys. Float32 accumulation as
@@ -38,19 +36,11 @@ __device__ __forceinline__ float act_of(float x, int act) {
   if (act == 1) return fmaxf(x, 0.f);
   return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
-// Shared x layout for 16-byte weight loads: in each 512-value chunk c, lane l's weights are values 16 l .. 16 l + 15;
-// their four float4s (j = 0..3) are stored at float4 index c * 128 + j * 32 + l, so a warp's j-th read is 32
-// consecutive float4s (no bank conflicts)
-__device__ __forceinline__ int xs_index(int k) {
-  int c = k >> 9, r = k & 511;
-  return ((c * 128 + ((r & 15) >> 2) * 32 + (r >> 4)) << 2) + (k & 3);
-}
-// every block: xs = x * rsqrt(mean(x^2) + eps) * nw in shared memory (the eager rmsnorm's expression), laid out
-// by xs_index
+// every block: xs[k] = x[k] * rsqrt(mean(x^2) + eps) * nw[k] in shared memory (the eager rmsnorm's expression)
 __device__ void load_normed(const float* __restrict__ x, const float* __restrict__ nw, float eps, int K,
                             float* xs, float* red) {
   float s = 0.f;
-  for (int k = threadIdx.x; k < K; k += blockDim.x) { float v = x[k]; s += v * v; }
+  for (int k = threadIdx.x; k < K; k += blockDim.x) { float v = x[k]; xs[k] = v; s += v * v; }
   s = fsum(s);
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
   __syncthreads();
@@ -61,27 +51,18 @@ __device__ void load_normed(const float* __restrict__ x, const float* __restrict
   }
   __syncthreads();
   float inv = 1.f / sqrtf(red[0] / (float)K + eps);
-  for (int k = threadIdx.x; k < K; k += blockDim.x) xs[xs_index(k)] = x[k] * inv * nw[k];
+  for (int k = threadIdx.x; k < K; k += blockDim.x) xs[k] = xs[k] * inv * nw[k];
   __syncthreads();
 }
-__device__ __forceinline__ float dot16(int4 raw, const float4* xs4, int base, int lane) {
-  const signed char* q = reinterpret_cast<const signed char*>(&raw);
-  float a = 0.f;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    float4 v = xs4[base + j * 32 + lane];
-    a += v.x * q[4 * j] + v.y * q[4 * j + 1] + v.z * q[4 * j + 2] + v.w * q[4 * j + 3];
-  }
-  return a;
-}
-// one warp's dot of int8 row w [K] (K % 16 == 0) with the shared normalised x: 16-byte loads, chunks unrolled
+// one warp's dot of int8 row w [K] with xs [K] (shared); lane reads 4 bytes at 4 * lane + 128 j (coalesced
+// 128-byte rows, conflict-free float4 shared reads); K % 4 == 0
 __device__ __forceinline__ float dot_i8(const signed char* __restrict__ w, const float* xs, int K, int lane) {
-  const float4* xs4 = reinterpret_cast<const float4*>(xs);
   float a = 0.f;
 #pragma unroll 4
-  for (int c = 0; c * 512 < K; ++c) {
-    int k = c * 512 + 16 * lane;
-    if (k < K) a += dot16(__ldg(reinterpret_cast<const int4*>(w + k)), xs4, c * 128, lane);
+  for (int k = 4 * lane; k < K; k += 128) {
+    char4 q = __ldg(reinterpret_cast<const char4*>(w + k));
+    float4 v = *reinterpret_cast<const float4*>(xs + k);
+    a += v.x * q.x + v.y * q.y + v.z * q.z + v.w * q.w;
   }
   return fsum(a);
 }
@@ -114,50 +95,18 @@ extern "C" __global__ void norm_gateup_i8(const float* x, const float* nw, float
   for (int r = blockIdx.x * nwp + (threadIdx.x >> 5); r < N; r += gridDim.x * nwp) {
     const signed char* g = wg + (long long)r * K;
     const signed char* u = wu + (long long)r * K;
-    const float4* xs4 = reinterpret_cast<const float4*>(xs);
     float a = 0.f, b = 0.f;
 #pragma unroll 4
-    for (int c = 0; c * 512 < K; ++c) {
-      int k = c * 512 + 16 * lane;
-      if (k < K) {
-        int4 rg = __ldg(reinterpret_cast<const int4*>(g + k));
-        int4 ru = __ldg(reinterpret_cast<const int4*>(u + k));
-        a += dot16(rg, xs4, c * 128, lane);
-        b += dot16(ru, xs4, c * 128, lane);
-      }
+    for (int k = 4 * lane; k < K; k += 128) {
+      char4 qg = __ldg(reinterpret_cast<const char4*>(g + k));
+      char4 qu = __ldg(reinterpret_cast<const char4*>(u + k));
+      float4 v = *reinterpret_cast<const float4*>(xs + k);
+      a += v.x * qg.x + v.y * qg.y + v.z * qg.z + v.w * qg.w;
+      b += v.x * qu.x + v.y * qu.y + v.z * qu.z + v.w * qu.w;
     }
     a = fsum(a);
     b = fsum(b);
     if (lane == 0) h[r] = act_of(a * sg[r] + 0.f, act) * (b * su[r] + 0.f);
-  }
-}
-// y[row] = (resid ? y[row] : 0) + mult * (scale[row] * dot(x, w[row])): one block per row, its warps splitting K
-// (16-byte loads, x read through the read-only cache); K % 16 == 0
-extern "C" __global__ void gemv_i8_splitk(const float* __restrict__ x, const signed char* __restrict__ w,
-                                          const float* __restrict__ scale, float* y, int K, int resid, float mult) {
-  __shared__ float red[32];
-  int row = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  const signed char* wr = w + (long long)row * K;
-  float a = 0.f;
-#pragma unroll 4
-  for (int k = warp * 512 + 16 * lane; k < K; k += nw * 512) {
-    int4 raw = __ldg(reinterpret_cast<const int4*>(wr + k));
-    const signed char* q = reinterpret_cast<const signed char*>(&raw);
-    const float4* xv = reinterpret_cast<const float4*>(x + k);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      float4 v = __ldg(xv + j);
-      a += v.x * q[4 * j] + v.y * q[4 * j + 1] + v.z * q[4 * j + 2] + v.w * q[4 * j + 3];
-    }
-  }
-  a = fsum(a);
-  if (lane == 0) red[warp] = a;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0.f;
-    for (int i = 0; i < nw; ++i) t += red[i];
-    float v = t * scale[row];
-    y[row] = (resid ? y[row] : 0.f) + mult * v;
   }
 }
 // one token's causal GQA attention over keys max(0, p - window + 1) .. p (p = *pos), one block per query head;
@@ -245,25 +194,14 @@ class FusedDecodeKernels:
         self.module = cp.RawModule(code=_SRC, options=("-std=c++17",))
         f = self.module.get_function
         self.k_qkv, self.k_gateup, self.k_attn = f("norm_gemv3_i8"), f("norm_gateup_i8"), f("decode_attn_w")
-        self.k_splitk = f("gemv_i8_splitk")
         sms = int(cp.cuda.Device().attributes.get("MultiProcessorCount", 132))
         self.target_blocks = 2 * sms
 
-    @staticmethod
-    def _grid(rows: int) -> tuple[int]:
-        """One row per warp: the most loads in flight (each block reads the normalised input into shared memory
-        once, 4 bytes a value, against 1 byte a weight for its 8 rows)."""
-        return ((rows + WARPS - 1) // WARPS,)
-
-    @staticmethod
-    def shared_bytes(K: int) -> int:
-        """Shared memory of the normalising kernels: x padded to whole 512-value chunks."""
-        return 4 * 512 * ((K + 511) // 512)
-
-    def gemv_resid(self, x: Any, w: Any, y: Any, resid: bool, mult: float = 1.0) -> None:
-        """``y = (y if resid else 0) + mult * (x @ W.T)`` for int8 ``w`` and ``x`` ``[1, K]``: a block per row."""
-        K, N = int(x.shape[-1]), int(w.shape[0])
-        self.k_splitk((N,), (128,), (x, w.data, w.scale, y, np.int32(K), np.int32(bool(resid)), np.float32(mult)))
+    def _grid(self, rows: int) -> tuple[int]:
+        """Blocks for ``rows`` rows: about two per SM, each warp taking 1-4 rows (the normalised input is read into
+        shared memory once per block, so blocks should not be much smaller)."""
+        per_warp = max(1, min(4, rows // (WARPS * self.target_blocks)))
+        return ((rows + WARPS * per_warp - 1) // (WARPS * per_warp),)
 
     def norm_qkv(self, x: Any, norm_w: Any, eps: float, mats: list[tuple[Any, Any, Any, Any]]) -> None:
         """``y = scale * (rmsnorm(x) @ W.T) + bias`` for up to three int8 ``(GpuTensor w, bias or None, y)``
@@ -278,14 +216,14 @@ class FusedDecodeKernels:
         while len(args) < 15:
             args += [None, None, None, None, np.int32(0)]
         self.k_qkv(self._grid(rows), (32 * WARPS,), (x, norm_w, np.float32(eps), np.int32(K), *args),
-                   shared_mem=self.shared_bytes(K))
+                   shared_mem=4 * K)
 
     def norm_gateup(self, x: Any, norm_w: Any, eps: float, gate: Any, up: Any, h: Any, act: str) -> None:
         """``h = act(rmsnorm(x) @ G.T) * (rmsnorm(x) @ U.T)`` for int8 gate / up matrices."""
         K, N = int(x.shape[-1]), int(gate.shape[0])
         self.k_gateup(self._grid(N), (32 * WARPS,),
                       (x, norm_w, np.float32(eps), np.int32(K), gate.data, gate.scale, up.data, up.scale, h,
-                       np.int32(N), np.int32(ACT_CODES[act])), shared_mem=self.shared_bytes(K))
+                       np.int32(N), np.int32(ACT_CODES[act])), shared_mem=4 * K)
 
     @staticmethod
     def attn_shared_bytes(head_dim: int, context: int) -> int:
@@ -301,12 +239,11 @@ class FusedDecodeKernels:
 
 
 def fused_layer_ok(w: dict[str, Any], prefix: str, act: str) -> bool:
-    """True when the fused kernels compute this layer: all seven matrices int8 with K % 16 == 0 (16-byte weight
-    loads) and a known activation."""
+    """True when the fused kernels compute this layer: all seven matrices int8 with K % 4 == 0 and a known act."""
     if act not in ACT_CODES:
         return False
     for n in ("wq", "wk", "wv", "wo", "ffn.gate", "ffn.up", "ffn.down"):
         t = w.get(prefix + n)
-        if t is None or t.scheme != "int8" or int(t.shape[1]) % 16:
+        if t is None or t.scheme != "int8" or int(t.shape[1]) % 4:
             return False
     return True

@@ -216,7 +216,7 @@ class DecodeGraphs:
             vec = (lambda n: None if w.get(p + n) is None else w[p + n].data)  # noqa: E731
             Kc, Vc = kv[i]
             H = int(self.x.shape[-1])
-            whole = fz is not None and fused_layer_ok(w, p, c.hidden_act) and fz.shared_bytes(H) <= SHARED_LIMIT
+            whole = fz is not None and fused_layer_ok(w, p, c.hidden_act) and 4 * H <= SHARED_LIMIT
             if whole:
                 fz.norm_qkv(self.x, w[p + "attn_norm"].data, c.rms_norm_eps,
                             [(w[p + "wq"], vec("bq"), self.q), (w[p + "wk"], vec("bk"), self.k),
@@ -239,10 +239,7 @@ class DecodeGraphs:
                             (self.q, Kc, Vc, self.o, self.pos, np.int32(nh), np.int32(nkv), np.int32(self.C),
                              np.int32(D), np.int32(c.window_of(i) or 0), np.float32(scale), np.float32(softcap)),
                             shared_mem=self.shared)
-            if whole:
-                fz.gemv_resid(self.o, w[p + "wo"], self.x, True, mult)
-            else:
-                self._gemv(self.o, w[p + "wo"], None, self.x, True, mult)
+            self._gemv(self.o, w[p + "wo"], None, self.x, True, mult)
             if whole:
                 assert fz is not None
                 fz.norm_gateup(self.x, w[p + "ffn_norm"].data, c.rms_norm_eps, w[p + "ffn.gate"], w[p + "ffn.up"],
@@ -252,10 +249,7 @@ class DecodeGraphs:
                 self._gemv(self.h, w[p + "ffn.gate"], None, self.g, False)
                 self._gemv(self.h, w[p + "ffn.up"], None, self.u, False)
                 ops.act_mul_into(self.g, self.u, self.a, c.hidden_act)
-            if whole:
-                fz.gemv_resid(self.a, w[p + "ffn.down"], self.x, True, mult)
-            else:
-                self._gemv(self.a, w[p + "ffn.down"], None, self.x, True, mult)
+            self._gemv(self.a, w[p + "ffn.down"], None, self.x, True, mult)
 
 
 def layer_graph_ok(cfg: ModelConfig, w: dict[str, Any], i: int) -> bool:

@@ -1,6 +1,6 @@
 """The fused one-token decode kernels (offload/gpu_fused.py; marked ``gpu``, skipped without CuPy and a device)
-against plain numpy written out here: RMSNorm + q/k/v GEMVs with biases, RMSNorm + gate/up + activation, the
-split-K GEMV with the residual add, and the warp-split decode attention (GQA, sliding window, softcap), on odd shapes (K = 576 is not a multiple of 512,
+against plain numpy written out here: RMSNorm + q/k/v GEMVs with biases, RMSNorm + gate/up + activation, and
+the warp-split decode attention (GQA, sliding window, softcap), on odd shapes (K = 576 is not a multiple of 128,
 head_dim 64 and 128, 9 query heads over 3 KV heads). The eligibility rule runs without a GPU."""
 from __future__ import annotations
 
@@ -75,21 +75,6 @@ def test_norm_gateup(fz, act, K, N):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("K,N,resid,mult", [(1536, 1536, True, 1.0), (8960, 1536, True, 0.5), (576, 70, False, 1.0),
-                                            (16, 3, True, 1.0)])
-def test_gemv_resid_split_k(fz, K, N, resid, mult):
-    cp = fz.cp
-    rng = np.random.default_rng(K + N)
-    x = rng.standard_normal((1, K)).astype(np.float32)
-    q, s, g = _int8(cp, rng, N, K)
-    y0 = rng.standard_normal((1, N)).astype(np.float32)
-    ref = (y0 if resid else 0) + mult * (x.astype(np.float64) @ q.T.astype(np.float64) * s)
-    y = cp.asarray(y0)
-    fz.gemv_resid(cp.asarray(x), g, y, resid, mult)
-    assert np.abs(cp.asnumpy(y) - ref).max() <= 1e-5 * np.abs(ref).max() + 1e-6
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("nh,nkv,D", [(12, 2, 128), (9, 3, 64), (4, 4, 32)])
 @pytest.mark.parametrize("pos,window,softcap", [(0, 0, 0.0), (4, 0, 0.0), (299, 0, 0.0), (299, 37, 0.0),
                                                 (130, 0, 30.0)])
@@ -125,6 +110,6 @@ def test_fused_layer_ok_needs_int8_everywhere():
     assert fused_layer_ok(w, "p.", "silu")
     assert not fused_layer_ok(w, "p.", "swish_beta")
     assert not fused_layer_ok({**w, "p.wo": GpuTensor("f16", (8, 64), None)}, "p.", "silu")
-    assert not fused_layer_ok({**w, "p.ffn.down": GpuTensor("int8", (8, 72), None)}, "p.", "silu")
+    assert not fused_layer_ok({**w, "p.ffn.down": GpuTensor("int8", (8, 66), None)}, "p.", "silu")
     del w["p.wk"]
     assert not fused_layer_ok(w, "p.", "silu")
