@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             for f in (True, False):
                 g = graphs[f]
                 y, _ = g.launch(0, x0, pos, rope, weights, kv)  # records the graph the first time
+                stream.synchronize()  # asnumpy reads on the null stream, which does not wait for this one
                 outs[f] = cp.asnumpy(y).copy()
                 stream.synchronize()
                 a_, b_ = cp.cuda.Event(), cp.cuda.Event()
