@@ -1,7 +1,16 @@
 """Shared fixtures: small synthetic bundles (no torch needed)."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# `python -m pytest` from the repo root puts the root on sys.path, and the root IS the package: its folders
+# (kernels/, runtime/, ...) would import as top-level modules, and transformers would take kernels/ for the
+# `kernels` hub package (test_attention_tvm failed so). The installed `edgespool` does not need the root there.
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
 
 from edgespool.exporters.compress import QuantPolicy
 from edgespool.exporters.export import export_model
