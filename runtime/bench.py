@@ -146,7 +146,9 @@ def op_split(eng: Engine, times: Any, cache: Any, tok: int, steps: int) -> dict[
     return {"steps": steps, "ms_per_step": 1e3 * total / steps, "ops": times.split(total, steps),
             "how": "extra greedy decode steps after the measured ones, each linear / attention call timed around "
                    "the kernel (perf_counter); other = step time - those (RMSNorm, RoPE, SwiGLU, residuals, "
-                   "embedding, KV-cache writes, argmax, Python dispatch)"}
+                   "embedding, KV-cache writes, argmax, Python dispatch); these steps run the Python layers "
+                   "even where the measured ones ran one C call per decoder layer (not timeable per op), so other "
+                   "is the Python path's"}
 
 
 def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = None, target: str | None = None,
