@@ -3,7 +3,8 @@ memory cut: peak activation memory <= layer-by-layer / 8 (int8, in-place depthwi
 streamed: the accounting of docs/CNN.md "Figures: memory") and <= 15% extra MACs.
 
 Searched: every cut point x every rectangular ``gh x gw`` grid (1..8 each), and at the cut points that have a
-feasible uniform grid, non-uniform grids (any row / column cuts) with 3x3, 3x4, 4x3 and (symmetric) 4x4 patches.
+feasible uniform grid, non-uniform grids (row / column cuts with every part >= 1/7 of the map) with 3x3, 3x4,
+4x3 and (same cuts on both axes) 4x4 patches.
 Then every feasible uniform plan is timed (one fused onnxruntime session, :class:`OrtCnnRunner`, 1 thread,
 interleaved rounds, medians) in int8 exact (the default lowering) and int8 with int8 weights (``-s8w``, the
 peer's kernels; only on x86 without VNNI, where the default differs); outputs checked against the numpy int8
@@ -52,8 +53,10 @@ def nonuniform(g, split: int, goal: float, cap: float) -> dict[str, tuple]:
     full1 = sum(g.node_macs(n) for n in g.nodes[: split + 1])
     total = g.total_macs()
 
-    def cuts(size: int, parts: int) -> list[list[int]]:
-        return [[0, *c, size] for c in itertools.combinations(range(1, size), parts - 1)]
+    def cuts(size: int, parts: int) -> list[list[int]]:  # parts of >= size // 7 rows (4 of 28): keeps it ~10 min
+        lo = max(1, size // 7)
+        return [[0, *c, size] for c in itertools.combinations(range(1, size), parts - 1)
+                if min(np.diff([0, *c, size])) >= lo]
 
     def ev(ys, xs):
         r = regions_for_cuts(g, split, ys, xs)
