@@ -67,7 +67,11 @@ def _int(v: Any, lo: int = 0, hi: int = MAX_INT) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
-class _Checker:
+class ManifestChecker:
+    """The manifest's schema checks, one method per part; ``run()`` checks a whole manifest and raises a one-line
+    :class:`BundleError` naming the field. Subclassed by bundle kinds with their own tensor sets (a pipeline
+    stage's share, ``runtime/cluster/stage_share.py``)."""
+
     def __init__(self, m: dict[str, Any], bundle_dir: Path, config: ModelConfig | None, mpath: str) -> None:
         self.m, self.dir, self.config, self.where = m, bundle_dir, config, mpath
 
@@ -288,7 +292,7 @@ class _Checker:
 def validate_manifest(m: dict[str, Any], bundle_dir: Path, config: ModelConfig | None, where: str) -> None:
     """Check the whole manifest ``m`` of the bundle in ``bundle_dir`` (see the module docstring); ``config`` is
     its parsed (already range-checked) model section. Raises one :class:`BundleError` naming the field."""
-    _Checker(m, bundle_dir, config, where).run()
+    ManifestChecker(m, bundle_dir, config, where).run()
 
 
 def finite_json(text: str, where: str) -> Any:

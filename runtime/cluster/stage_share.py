@@ -21,7 +21,7 @@ from ...errors import BundleError, OptionError
 from ..bundle.constants import ALIGNMENT, MANIFEST, MAX_MANIFEST_BYTES, align_up
 from ..bundle.manifest_schema import (
     CHECKSUM_KEY,
-    _Checker,
+    ManifestChecker,
     finite_json,
     manifest_digest,
 )
@@ -37,7 +37,7 @@ def _stage_role(sec: dict[str, Any], num_layers: int):
     return StageRole.of_range(int(sec["start"]), int(sec["stop"]), num_layers)
 
 
-class _StageChecker(_Checker):
+class _StageChecker(ManifestChecker):
     """The manifest schema of a stage share: a decoder's checks, with the tensor set restricted to the stage's."""
 
     def decoder(self, tensors: dict[str, Any], cfg) -> None:
