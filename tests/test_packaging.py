@@ -50,3 +50,24 @@ def test_every_data_file_the_package_needs_is_installed():
                 if not (installed / d / f.name).is_file():
                     missing.append(str(d / f.name))
     assert not missing, f"files missing from the installed package (add them to pyproject's package-data): {missing}"
+
+
+def test_installed_package_is_this_checkout():
+    """The installed edgespool's modules are this checkout's, byte for byte: a wheel built from another folder
+    (pip once read a checkout path ending in "[ci2]" as extras and built a stale sibling) fails here by name."""
+    import edgespool
+
+    repo = _repo()
+    installed = Path(edgespool.__file__).parent
+    stale = []
+    for root, dirs, files in os.walk(repo):
+        rel = Path(root).relative_to(repo)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not (rel == Path(".") and d in SKIP)]
+        if "__init__.py" not in files:
+            continue
+        for f in sorted(files):
+            if f.endswith(".py"):
+                got = installed / rel / f
+                if not got.is_file() or got.read_bytes() != (Path(root) / f).read_bytes():
+                    stale.append(str(rel / f))
+    assert not stale, f"the installed edgespool ({installed}) is not this checkout: {stale[:5]} differ or are missing"
