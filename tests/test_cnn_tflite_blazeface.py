@@ -14,8 +14,9 @@ import pytest
 from serving_common import fetched
 
 litert = pytest.importorskip("ai_edge_litert.interpreter", reason="ai-edge-litert (the TFLite reference) missing")
-skdata = pytest.importorskip("skimage.data")
+pytest.importorskip("skimage.data")
 
+from edgespool.exporters.cnn.export import sample_photo  # noqa: E402
 from edgespool.exporters.cnn.from_tflite import bundle_outputs, load_tflite  # noqa: E402
 from edgespool.runtime.cnn.executor import CnnRunner  # noqa: E402
 from edgespool.schedulers.patch_plan import plan_patches  # noqa: E402
@@ -35,7 +36,7 @@ def face_model():
 
 @pytest.fixture(scope="module")
 def photos():
-    return {"chelsea": prep(skdata.chelsea()), "astronaut": prep(skdata.astronaut())}
+    return {"chelsea": prep(sample_photo("chelsea")), "astronaut": prep(sample_photo("astronaut"))}
 
 
 def reference(path, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -122,7 +123,7 @@ def test_cli_export_bundle_runs(face_model, photos, tmp_path):
     # (not ImageNet normalisation and class ids)
     from PIL import Image
 
-    Image.fromarray(skdata.astronaut()).save(tmp_path / "astronaut.png")
+    Image.fromarray(sample_photo("astronaut")).save(tmp_path / "astronaut.png")
     r = subprocess.run([sys.executable, "-m", "edgespool", "run", str(out), "--image", str(tmp_path / "astronaut.png"),
                         "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -148,7 +149,7 @@ def test_face_landmark_matches_litert():
 
     path = fetched("face-landmark")
     net = load_tflite(path)
-    crop = skdata.astronaut()[0:240, 140:380]
+    crop = sample_photo("astronaut")[0:240, 140:380]
     x = np.asarray(Image.fromarray(crop).resize((192, 192), Image.BILINEAR), np.float32) / 255.0
     ref = reference(path, x)
     r = CnnRunner(net.graph)

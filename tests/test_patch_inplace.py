@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgespool.exporters.cnn.export import sample_photo
+
 from edgespool.errors import OptionError
 from edgespool.exporters.cnn.from_pth import mobilenet_v2_graph
 from edgespool.runtime.cnn.calibrate import calibrate_and_quantize
@@ -86,13 +88,13 @@ def test_mobilenet_v2_reaches_mcunetv2_8x():
 def test_mobilenet_v2_f32_inplace_matches_ort(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
-    skdata = pytest.importorskip("skimage.data")
+    pytest.importorskip("skimage.data")
     import cnn_torch_ref as ref
 
     from edgespool.runtime.cnn.api import preprocess
     g = _mbv2()
     p = ref.export_onnx(ref.load_mbv2(), tmp_path / "m.onnx")
-    x = preprocess(skdata.chelsea())
+    x = preprocess(sample_photo("chelsea"))
     s = ort.InferenceSession(str(p))
     want = s.run(None, {s.get_inputs()[0].name: x[None]})[0][0]
     plan = plan_patches(g, itemsize=4, input_resident=False, inplace_depthwise=True)

@@ -79,17 +79,37 @@ def synthetic_calibration(shape: Sequence[int], n: int = 8, seed: int = 0) -> li
 SAMPLE_PHOTOS = ("astronaut", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 
 
+def sample_photo(name: str) -> np.ndarray:
+    """One of scikit-image's bundled sample images (``"chelsea"``, ``"astronaut"``, ...) as an HxWxC uint8 array.
+
+    Read straight from the file with Pillow: ``skimage.data`` finds its imread plugins with ``glob``, which reads
+    brackets in the install path (a venv under ``/tmp/es [ci]``) as a character class and then fails with "No suitable
+    plugin registered for imread". Raises ``ImportError`` without scikit-image, ``FileNotFoundError`` for a sample
+    that is not bundled (those need a download) or an unknown name.
+    """
+    import skimage.data
+    from PIL import Image
+
+    folder = Path(skimage.data.__file__).parent
+    for ext in (".png", ".jpg", ".jpeg", ".tif"):
+        f = folder / f"{name}{ext}"
+        if f.is_file():
+            with Image.open(f) as im:
+                return np.asarray(im)
+    raise FileNotFoundError(f"scikit-image sample {name!r} is not bundled in {folder} (it needs a download)")
+
+
 def sample_photos() -> list[np.ndarray]:
-    """scikit-image's sample colour photos (not the cat photos, which tests classify); [] without skimage."""
+    """scikit-image's bundled sample colour photos (not the cat photos, which tests classify); [] without skimage."""
     try:
-        from skimage import data
+        import skimage.data  # noqa: F401
     except ImportError:
         return []
     out = []
     for name in SAMPLE_PHOTOS:
         try:
-            img = getattr(data, name)()
-        except Exception:  # some samples need a download (pooch); skip those
+            img = sample_photo(name)
+        except FileNotFoundError:  # some samples need a download (pooch); skip those
             continue
         if img.ndim == 3 and img.shape[2] >= 3:
             out.append(np.ascontiguousarray(img[..., :3]))
