@@ -212,3 +212,45 @@ def test_switch_off(tmp_path, monkeypatch):
         assert not m.engine.fused.enabled and "EDGESPOOL_FUSED_DECODE" in m.engine.fused.reason
         list(m.engine.generate([1, 5, 9], 3))
         assert m.engine.fused.layer_calls == 0
+
+
+def test_split_cpu_layers_take_the_c_path(tmp_path):
+    """A CPU/GPU split's CPU layers (offload/gpu_split.SplitWeights over a resident CPU source) go through the C
+    layers; a device whose layers all stay on the CPU gives the plain engine's logits bit for bit."""
+    import edgespool
+    from edgespool.offload.gpu_split import SplitWeights
+
+    class AllOnCpu:  # the device-layer interface of offload/gpu_layers.GpuLayers with no layer placed on it
+        has_head = False
+
+        def runs(self, i):
+            return False
+
+        def close(self):
+            pass
+
+    b = _qwen2_like_bundle(tmp_path, "int8")
+    with edgespool.load(b, n_threads=2) as m:
+        eng = m.engine
+        if eng.fused.reason is not None:
+            pytest.skip(f"no C layers here: {eng.fused.reason}")
+        plain_src = eng.source
+        out = {}
+        for split in (False, True):
+            eng.source = SplitWeights(plain_src, AllOnCpu(), type("P", (), {"on_gpu": lambda self: []})()) \
+                if split else plain_src
+            eng.fused.enabled = split  # the plain run: the Python layers (the reference)
+            calls = eng.fused.layer_calls
+            cache = eng.new_cache(20)
+            lg = eng.prefill(np.array([1, 17, 40, 9]), cache)
+            toks, logits = [], []
+            for _ in range(6):
+                toks.append(int(lg[-1].argmax()))
+                lg = eng.forward([toks[-1]], cache, last_only=True)
+                logits.append(lg.copy())
+            out[split] = toks, np.concatenate(logits)
+            assert (eng.fused.layer_calls - calls) == (6 * 3 if split else 0)
+            eng.fused.enabled = True
+        eng.source = plain_src
+        assert out[True][0] == out[False][0]
+        np.testing.assert_array_equal(out[True][1], out[False][1])

@@ -234,6 +234,8 @@ class Engine:
         for i in range(first_layer, n_run):
             if dev is not None and dev.runs(i):
                 x = dev.layer(i, x, pos, tables[id(self.layer_rope[i])] if self.layer_rope[i] else None, cache)
+                if fused and isinstance(x, np.ndarray):  # back on the host for a CPU layer: the C layers' own row
+                    x = np.array(x, dtype=np.float32, order="C")
                 continue
             g = layer_group(i)
             w = src.get(g)

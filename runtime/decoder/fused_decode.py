@@ -8,8 +8,9 @@ hold, and through the generic Python path otherwise:
   SiLU FFN activation; the table's backend is the C block kernels and every linear / attention entry of the table
   is that backend's own (a table with wrapped kernels, e.g. ``edgespool bench``'s timed one, keeps the Python path);
 * the step: one new token (a decode row; prompt chunks keep the batched Python path), one sequence in a float32
-  :class:`KVCache`, a :class:`ResidentWeights` source (streaming sources need ``on_hidden`` between the blocks),
-  no GPU layers, no tensor-parallel reduction; ``$EDGESPOOL_FUSED_DECODE`` not ``0``;
+  :class:`KVCache`, a :class:`ResidentWeights` source (streaming sources need ``on_hidden`` between the blocks;
+  a CPU/GPU split's CPU layers qualify when its CPU source is resident), no tensor-parallel reduction;
+  ``$EDGESPOOL_FUSED_DECODE`` not ``0``;
 * the layer: dense (not MoE, not a bundled FFN), with RoPE and no sliding window, all seven matrices x16-packed by
   the backend's library (``DecoderLayerC.build``).
 """
@@ -63,8 +64,10 @@ class FusedDecode:
 
     def for_step(self, T: int, cache: object, source: object, dev: object, reduce: object) -> bool:
         """Whether this step's layers may take the C path (see the module docstring)."""
+        # a CPU/GPU split (``dev``: its GPU layers) takes the C path for its CPU layers when they are resident
+        cpu = getattr(source, "cpu", None) if dev is not None else source
         return (self.enabled and T == 1 and type(cache) is KVCache and cache.dtype == "f32"  # type: ignore[attr-defined]
-                and isinstance(source, ResidentWeights) and dev is None and reduce is None)
+                and isinstance(cpu, ResidentWeights) and reduce is None)
 
     def layer(self, i: int, w: dict, p: str, cache: KVCache) -> DecoderLayerC | None:
         """Layer ``i``'s C layer writing into ``cache`` (None: this layer keeps the Python path)."""
