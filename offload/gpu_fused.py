@@ -36,11 +36,18 @@ __device__ __forceinline__ float act_of(float x, int act) {
   if (act == 1) return fmaxf(x, 0.f);
   return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
-// every block: xs[k] = x[k] * rsqrt(mean(x^2) + eps) * nw[k] in shared memory (the eager rmsnorm's expression)
+// the normalised input lives in shared memory in a lane-major order: element k = 512 j + 16 l + 4 c + e (lane l
+// reads the 16 weight bytes 512 j + 16 l .. + 15 with one 16-byte load) sits at (4 j + c) * 128 + 4 l + e, so the
+// warp's four float4 reads of a 512-byte step are each 512 contiguous bytes (no bank conflicts); K % 16 == 0,
+// shared size xs_floats(K) = K rounded up to 512
+__device__ __forceinline__ int xs_at(int k) {
+  return (((k >> 9) * 4 + ((k >> 2) & 3)) << 7) + (((k & 511) >> 4) << 2) + (k & 3);
+}
+// every block: xs[xs_at(k)] = x[k] * rsqrt(mean(x^2) + eps) * nw[k] (the eager rmsnorm's expression)
 __device__ void load_normed(const float* __restrict__ x, const float* __restrict__ nw, float eps, int K,
                             float* xs, float* red) {
   float s = 0.f;
-  for (int k = threadIdx.x; k < K; k += blockDim.x) { float v = x[k]; xs[k] = v; s += v * v; }
+  for (int k = threadIdx.x; k < K; k += blockDim.x) { float v = x[k]; s += v * v; }
   s = fsum(s);
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
   __syncthreads();
@@ -51,19 +58,27 @@ __device__ void load_normed(const float* __restrict__ x, const float* __restrict
   }
   __syncthreads();
   float inv = 1.f / sqrtf(red[0] / (float)K + eps);
-  for (int k = threadIdx.x; k < K; k += blockDim.x) xs[k] = xs[k] * inv * nw[k];
+  for (int k = threadIdx.x; k < K; k += blockDim.x) xs[xs_at(k)] = x[k] * inv * nw[k];
   __syncthreads();
 }
-// one warp's dot of int8 row w [K] with xs [K] (shared); lane reads 4 bytes at 4 * lane + 128 j (coalesced
-// 128-byte rows, conflict-free float4 shared reads); K % 4 == 0
+// 16 int8 weights (one 16-byte load) times their 16 inputs of the lane-major xs at step base (512 j + 4 lane)
+__device__ __forceinline__ float dot16(int4 raw, const float* xs) {
+  const signed char* q = reinterpret_cast<const signed char*>(&raw);
+  float a = 0.f;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    float4 v = *reinterpret_cast<const float4*>(xs + 128 * c);
+    a += v.x * q[4 * c] + v.y * q[4 * c + 1] + v.z * q[4 * c + 2] + v.w * q[4 * c + 3];
+  }
+  return a;
+}
+// one warp's dot of int8 row w [K] with the lane-major xs: lane reads 16 bytes at 16 * lane + 512 j (coalesced
+// 512-byte steps); K % 16 == 0, w 16-byte aligned
 __device__ __forceinline__ float dot_i8(const signed char* __restrict__ w, const float* xs, int K, int lane) {
   float a = 0.f;
 #pragma unroll 4
-  for (int k = 4 * lane; k < K; k += 128) {
-    char4 q = __ldg(reinterpret_cast<const char4*>(w + k));
-    float4 v = *reinterpret_cast<const float4*>(xs + k);
-    a += v.x * q.x + v.y * q.y + v.z * q.z + v.w * q.w;
-  }
+  for (int k = 16 * lane; k < K; k += 512)
+    a += dot16(__ldg(reinterpret_cast<const int4*>(w + k)), xs + (k >> 9) * 512 + 4 * lane);
   return fsum(a);
 }
 // y_m[r] = scale_m[r] * dot(rmsnorm(x), w_m[r]) + bias_m[r] for the rows of up to three matrices (q, k, v)
@@ -97,12 +112,12 @@ extern "C" __global__ void norm_gateup_i8(const float* x, const float* nw, float
     const signed char* u = wu + (long long)r * K;
     float a = 0.f, b = 0.f;
 #pragma unroll 4
-    for (int k = 4 * lane; k < K; k += 128) {
-      char4 qg = __ldg(reinterpret_cast<const char4*>(g + k));
-      char4 qu = __ldg(reinterpret_cast<const char4*>(u + k));
-      float4 v = *reinterpret_cast<const float4*>(xs + k);
-      a += v.x * qg.x + v.y * qg.y + v.z * qg.z + v.w * qg.w;
-      b += v.x * qu.x + v.y * qu.y + v.z * qu.z + v.w * qu.w;
+    for (int k = 16 * lane; k < K; k += 512) {
+      int4 qg = __ldg(reinterpret_cast<const int4*>(g + k));
+      int4 qu = __ldg(reinterpret_cast<const int4*>(u + k));
+      const float* xk = xs + (k >> 9) * 512 + 4 * lane;
+      a += dot16(qg, xk);
+      b += dot16(qu, xk);
     }
     a = fsum(a);
     b = fsum(b);
@@ -198,9 +213,10 @@ class FusedDecodeKernels:
         self.target_blocks = 2 * sms
 
     def _grid(self, rows: int) -> tuple[int]:
-        """Blocks for ``rows`` rows: about two per SM, each warp taking 1-4 rows (the normalised input is read into
-        shared memory once per block, so blocks should not be much smaller)."""
-        per_warp = max(1, min(4, rows // (WARPS * self.target_blocks)))
+        """Blocks for ``rows`` rows: one row a warp while that keeps the grid within ~8 blocks an SM (the loads
+        in flight are what a one-token GEMV is short of), more rows a warp beyond (each block normalises the input
+        into shared memory once)."""
+        per_warp = max(1, -(-rows // (WARPS * 4 * self.target_blocks)))
         return ((rows + WARPS * per_warp - 1) // (WARPS * per_warp),)
 
     def norm_qkv(self, x: Any, norm_w: Any, eps: float, mats: list[tuple[Any, Any, Any, Any]]) -> None:
@@ -216,14 +232,14 @@ class FusedDecodeKernels:
         while len(args) < 15:
             args += [None, None, None, None, np.int32(0)]
         self.k_qkv(self._grid(rows), (32 * WARPS,), (x, norm_w, np.float32(eps), np.int32(K), *args),
-                   shared_mem=4 * K)
+                   shared_mem=4 * xs_floats(K))
 
     def norm_gateup(self, x: Any, norm_w: Any, eps: float, gate: Any, up: Any, h: Any, act: str) -> None:
         """``h = act(rmsnorm(x) @ G.T) * (rmsnorm(x) @ U.T)`` for int8 gate / up matrices."""
         K, N = int(x.shape[-1]), int(gate.shape[0])
         self.k_gateup(self._grid(N), (32 * WARPS,),
                       (x, norm_w, np.float32(eps), np.int32(K), gate.data, gate.scale, up.data, up.scale, h,
-                       np.int32(N), np.int32(ACT_CODES[act])), shared_mem=4 * K)
+                       np.int32(N), np.int32(ACT_CODES[act])), shared_mem=4 * xs_floats(K))
 
     @staticmethod
     def attn_shared_bytes(head_dim: int, context: int) -> int:
@@ -238,12 +254,18 @@ class FusedDecodeKernels:
                      np.float32(scale), np.float32(softcap)), shared_mem=self.attn_shared_bytes(D, C))
 
 
+def xs_floats(K: int) -> int:
+    """Floats of the fused GEMVs' shared normalised input for ``K`` inputs (lane-major order, whole 512-steps)."""
+    return -(-K // 512) * 512
+
+
 def fused_layer_ok(w: dict[str, Any], prefix: str, act: str) -> bool:
-    """True when the fused kernels compute this layer: all seven matrices int8 with K % 4 == 0 and a known act."""
+    """True when the fused kernels compute this layer: all seven matrices int8 with K % 16 == 0 (16-byte loads)
+    and a known act."""
     if act not in ACT_CODES:
         return False
     for n in ("wq", "wk", "wv", "wo", "ffn.gate", "ffn.up", "ffn.down"):
         t = w.get(prefix + n)
-        if t is None or t.scheme != "int8" or int(t.shape[1]) % 4:
+        if t is None or t.scheme != "int8" or int(t.shape[1]) % 16:
             return False
     return True

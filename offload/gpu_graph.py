@@ -23,7 +23,7 @@ import numpy as np
 
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import layer_prefix
-from .gpu_fused import FusedDecodeKernels, fused_layer_ok
+from .gpu_fused import FusedDecodeKernels, fused_layer_ok, xs_floats
 
 _SRC = r"""
 #define NEG_INF __int_as_float(0xff800000)
@@ -216,7 +216,7 @@ class DecodeGraphs:
             vec = (lambda n: None if w.get(p + n) is None else w[p + n].data)  # noqa: E731
             Kc, Vc = kv[i]
             H = int(self.x.shape[-1])
-            whole = fz is not None and fused_layer_ok(w, p, c.hidden_act) and 4 * H <= SHARED_LIMIT
+            whole = fz is not None and fused_layer_ok(w, p, c.hidden_act) and 4 * xs_floats(H) <= SHARED_LIMIT
             if whole:
                 fz.norm_qkv(self.x, w[p + "attn_norm"].data, c.rms_norm_eps,
                             [(w[p + "wq"], vec("bq"), self.q), (w[p + "wk"], vec("bk"), self.k),

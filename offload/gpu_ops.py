@@ -17,6 +17,8 @@ GEMV_MAX_ROWS = 8  # rows (tokens) the fused GEMV kernels take; more rows go thr
 DEQUANT_CHUNK_BYTES = 32 << 20  # float32 scratch for one dequantised row block in batched products
 NATIVE_SCHEMES = ("f32", "f16", "int8", "int4")  # stored as they are on the GPU; others dequantised to f32
 ACT_CODES = {"silu": 0, "relu": 1, "gelu_tanh": 2}
+SPLIT_K_MIN = 4096  # one-token int8 rows at least this long take the split-K GEMV (a block a row)
+SK_WARPS = 8  # warps a row in the split-K GEMV
 
 _SRC = r"""
 #include <cuda_fp16.h>
@@ -111,6 +113,39 @@ struct LoadI4 {
 extern "C" __global__ void gemv_i8(const float* x, const signed char* w, const float* scale, const float* bias,
                                    float* y, int T, int K, int N, int resid, float mult) {
   gemv_body(x, scale, bias, y, T, K, N, resid, mult, LoadI8{w}, 16);
+}
+// one token, int8, long rows (the down projection): a block of SK_WARPS warps per row splits K (16 bytes a lane a
+// step, every warp its own slice), partial sums reduced in shared memory; many more loads in flight than one warp
+// a row. y[row] = (resid ? y[row] : 0) + mult * (scale[row] * dot(x, w[row]) + bias[row]); K % 16 == 0
+extern "C" __global__ void gemv1_i8_sk(const float* __restrict__ x, const signed char* __restrict__ w,
+                                       const float* __restrict__ scale, const float* __restrict__ bias,
+                                       float* __restrict__ y, int K, int N, int resid, float mult) {
+  __shared__ float part[32];
+  int row = blockIdx.x;
+  const signed char* wr = w + (long long)row * K;
+  float a = 0.f;
+#pragma unroll 2
+  for (int k = 16 * threadIdx.x; k < K; k += 16 * blockDim.x) {
+    int4 raw = __ldg(reinterpret_cast<const int4*>(wr + k));
+    const signed char* q = reinterpret_cast<const signed char*>(&raw);
+    const float4* xv = reinterpret_cast<const float4*>(x + k);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float4 v = __ldg(xv + j);
+      a += v.x * q[4 * j] + v.y * q[4 * j + 1] + v.z * q[4 * j + 2] + v.w * q[4 * j + 3];
+    }
+  }
+  a = warp_sum(a);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = a;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) {
+      float r = v * scale[row] + (bias ? bias[row] : 0.f);
+      y[row] = (resid ? y[row] : 0.f) + mult * r;
+    }
+  }
 }
 extern "C" __global__ void gemv_f16(const float* x, const __half* w, const float* bias, float* y, int T, int K,
                                     int N, int resid, float mult) {
@@ -266,8 +301,8 @@ class GpuOps:
         self.cp = cp
         self.module = cp.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=None)
         f = self.module.get_function
-        self.k = {n: f(n) for n in ("gemv_i8", "gemv_f16", "gemv_i4", "dequant_i8", "dequant_i4", "rmsnorm",
-                                    "rope", "masked_softmax", "act_mul")}
+        self.k = {n: f(n) for n in ("gemv_i8", "gemv1_i8_sk", "gemv_f16", "gemv_i4", "dequant_i8", "dequant_i4",
+                                    "rmsnorm", "rope", "masked_softmax", "act_mul")}
 
     # -- weights ----------------------------------------------------------------------------------------------
     def upload(self, t: QTensor, stream: Any = None) -> GpuTensor:
@@ -320,7 +355,10 @@ class GpuOps:
         warps = 4
         grid, block = ((N + warps - 1) // warps,), (32 * warps,)
         args = (np.int32(T), np.int32(K), np.int32(N), np.int32(bool(resid)), np.float32(mult))
-        if w.scheme == "int8":
+        if w.scheme == "int8" and T == 1 and K >= SPLIT_K_MIN:  # long rows: a block a row, K split over warps
+            self.k["gemv1_i8_sk"]((N,), (32 * SK_WARPS,), (x, w.data, w.scale, bias, y, np.int32(K), np.int32(N),
+                                                           np.int32(bool(resid)), np.float32(mult)))
+        elif w.scheme == "int8":
             self.k["gemv_i8"](grid, block, (x, w.data, w.scale, bias, y, *args))
         elif w.scheme == "f16":
             self.k["gemv_f16"](grid, block, (x, w.data, bias, y, *args))

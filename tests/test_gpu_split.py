@@ -20,6 +20,28 @@ def ops():
     return GpuOps(cupy_or_skip())
 
 
+@pytest.mark.parametrize("K", [4096, 4864, 8960])
+def test_gpu_split_k_gemv_matches_reference(ops, K):
+    """One-token int8 rows of K >= SPLIT_K_MIN take the split-K kernel (a block a row): bias, residual, mult."""
+    from edgespool.kernels.quant import linear, quantize
+    from edgespool.offload.gpu_ops import SPLIT_K_MIN
+
+    assert K >= SPLIT_K_MIN
+    cp = ops.cp
+    rng = np.random.default_rng(K)
+    w = quantize(rng.standard_normal((37, K)).astype(np.float32), "int8", 32)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    b = rng.standard_normal(37).astype(np.float32)
+    ref = linear(x, w) + b
+    gw = ops.upload(w)
+    y = cp.full((1, 37), np.nan, cp.float32)
+    ops.gemv_into(cp.asarray(x), gw, cp.asarray(b), y, False)
+    assert np.abs(cp.asnumpy(y) - ref).max() <= 1e-4 * np.abs(ref).max()
+    acc = cp.asarray(np.ones((1, 37), np.float32))
+    ops.gemv_into(cp.asarray(x), gw, None, acc, True, 0.5)
+    assert np.abs(cp.asnumpy(acc) - (1 + 0.5 * linear(x, w))).max() <= 1e-4 * np.abs(ref).max()
+
+
 @pytest.mark.parametrize("scheme", ["int8", "int4", "f16", "f32"])
 @pytest.mark.parametrize("T", [1, 3, 9, 40])
 def test_gpu_linear_matches_reference(ops, scheme, T):
