@@ -14,6 +14,7 @@
 #   .devcarry/llama-cpu.tgz   vendor/llama.cpp without models/docs/tests/examples and the non-CPU backends
 #   .devcarry/meta/           `python benchmarks/random_gguf.py meta QWEN1.5B.gguf` output (meta.gguf, tensors.json)
 # then run there (device tool, carry [".devcarry"]):  [ROUNDS=N] bash benchmarks/cpu_scaling_device.sh [THREADS] [RUNS]
+# FUSED_AB=1 also runs edgespool with EDGESPOOL_FUSED_DECODE=0 each round (decode with / without the C layer call).
 set -u
 THREADS=${1:-4,8,16}
 RUNS=${2:-2}
@@ -48,6 +49,11 @@ for r in $(seq 1 "$ROUNDS"); do
   "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" --systems "edgespool keep" \
     --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --prompt "$PROMPT" --kernel-iters 0 --work "$W/rvl" \
     --json "$OUTD/edgespool.$r.json" > /dev/null
+  if [ "${FUSED_AB:-0}" = 1 ]; then  # the A/B: the same runs with the per-layer C decode call switched off
+    EDGESPOOL_FUSED_DECODE=0 "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" \
+      --systems "edgespool keep" --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --prompt "$PROMPT" \
+      --kernel-iters 0 --work "$W/rvl" --json "$OUTD/edgespool_unfused.$r.json" > /dev/null
+  fi
 done
 "$PY" - "$OUTD" "$ROUNDS" <<'PYEOF'
 import json, statistics, sys
@@ -60,6 +66,14 @@ for r in range(1, n + 1):
         es.setdefault((x["threads"], "decode"), []).append(statistics.median(x["decode_tok_s"]))
         es.setdefault((x["threads"], "prefill"), []).append(statistics.median(x["prefill_tok_s"]))
 med = {k: statistics.median(v) for k, v in ll.items()}
+off = {}  # FUSED_AB=1: the runs with EDGESPOOL_FUSED_DECODE=0
+for r in range(1, n + 1):
+    try:
+        rows = json.load(open(f"{d}/edgespool_unfused.{r}.json"))["results"]
+    except FileNotFoundError:
+        break
+    for x in rows:
+        off.setdefault(x["threads"], []).append(statistics.median(x["decode_tok_s"]))
 print(f"{n} interleaved round(s); per-round figures in brackets")
 print("| threads | edgespool keep decode | llama.cpp tg | ratio | edgespool prefill | llama.cpp pp | ratio |")
 print("|---|---|---|---|---|---|---|")
@@ -70,5 +84,9 @@ for t in sorted({k[0] for k in es}, reverse=True):
         fmt = lambda v: "/".join(f"{x:.1f}" for x in v)
         row += [f"{e:.1f} ({fmt(es[(t, what)])})", f"{l:.1f} ({fmt(ll[(t, what)])})", f"{e / l:.2f}x"]
     print("| " + " | ".join(row) + " |")
+for t in sorted(off, reverse=True):
+    e, o = statistics.median(es[(t, "decode")]), statistics.median(off[t])
+    print(f"threads {t}: decode with the C decoder layer {e:.1f} tok/s, without {o:.1f} "
+          f"({'/'.join(f'{x:.1f}' for x in off[t])}): {e / o:.2f}x")
 PYEOF
 echo "done after $(( $(date +%s) - t0 )) s"
