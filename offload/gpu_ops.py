@@ -18,7 +18,7 @@ DEQUANT_CHUNK_BYTES = 32 << 20  # float32 scratch for one dequantised row block 
 NATIVE_SCHEMES = ("f32", "f16", "int8", "int4")  # stored as they are on the GPU; others dequantised to f32
 ACT_CODES = {"silu": 0, "relu": 1, "gelu_tanh": 2}
 SPLIT_K_MIN = 4096  # one-token int8 rows at least this long take the split-K GEMV (a block a row)
-SK_WARPS = 8  # warps a row in the split-K GEMV
+SK_WARPS = 4  # warps a row in the split-K GEMV (4: a one-token down projection of 1536 rows is one wave of blocks)
 
 _SRC = r"""
 #include <cuda_fp16.h>
