@@ -8,7 +8,8 @@ hold, and through the generic Python path otherwise:
   SiLU FFN activation; the table's backend is the C block kernels and every linear / attention entry of the table
   is that backend's own (a table with wrapped kernels, e.g. ``edgespool bench``'s timed one, keeps the Python path);
 * the step: one new token (a decode row; prompt chunks keep the batched Python path), one sequence in a float32
-  :class:`KVCache`, a :class:`ResidentWeights` source (streaming sources need ``on_hidden`` between the blocks;
+  :class:`KVCache`, a source that ``serves_fused_decode`` (:class:`ResidentWeights`, the split's CPU-layer cost
+  probe; streaming sources need ``on_hidden`` between the blocks;
   a CPU/GPU split's CPU layers qualify when its CPU source is resident), no tensor-parallel reduction;
   ``$EDGESPOOL_FUSED_DECODE`` not ``0``;
 * the layer: dense (not MoE, not a bundled FFN), with RoPE and no sliding window, all seven matrices x16-packed by
@@ -25,7 +26,6 @@ from ...kernels.c_layer import ORDER, DecoderLayerC
 from ...kernels.table import KernelTable, RoutedLinear
 from ..bundle.config import ModelConfig
 from .kvcache import KVCache
-from .weights import ResidentWeights
 
 ENV = "EDGESPOOL_FUSED_DECODE"
 
@@ -67,7 +67,7 @@ class FusedDecode:
         # a CPU/GPU split (``dev``: its GPU layers) takes the C path for its CPU layers when they are resident
         cpu = getattr(source, "cpu", None) if dev is not None else source
         return (self.enabled and T == 1 and type(cache) is KVCache and cache.dtype == "f32"  # type: ignore[attr-defined]
-                and isinstance(cpu, ResidentWeights) and reduce is None)
+                and getattr(cpu, "serves_fused_decode", False) and reduce is None)
 
     def layer(self, i: int, w: dict, p: str, cache: KVCache) -> DecoderLayerC | None:
         """Layer ``i``'s C layer writing into ``cache`` (None: this layer keeps the Python path)."""

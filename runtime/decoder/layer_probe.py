@@ -25,6 +25,8 @@ PROBE_CONTEXT = 64  # positions already in the KV cache when a decode step is ti
 class _OneLayerSource:
     """A weight source holding one layer's tensors (what the engine's ``get`` / ``release`` calls see)."""
 
+    serves_fused_decode = True  # the same tensors every call: the engine's one-C-call layer times what it runs
+
     def __init__(self, config: ModelConfig, group: str, tensors: dict[str, Any]) -> None:
         self.config, self._group, self._tensors = config, group, tensors
 

@@ -57,6 +57,10 @@ class ResidentWeights:
     instead (llama.cpp's default; page-cache memory, shared and reclaimable, but 4 KiB pages: decode measured
     ~10% slower here than on private memory)."""
 
+    # the engine may run decode rows through the one-C-call layers (fused_decode.py): ``get`` returns the same
+    # tensors every call and nothing needs ``on_hidden`` between a layer's blocks
+    serves_fused_decode = True
+
     def __init__(self, bundle: Bundle, verify: bool = True, mmap: bool = False) -> None:
         assert bundle.config is not None
         self.config = bundle.config
