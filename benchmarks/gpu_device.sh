@@ -12,6 +12,7 @@
 # then there (device tool, carry [".devcarry"]):
 #   bash benchmarks/gpu_device.sh quick     GPU tests + kernel bench + edgespool rows of a synthetic export
 #   bash benchmarks/gpu_device.sh peer      llama.cpp CUDA build + the same GGUF for both + the full table
+#   (peer: AB= drops the unfused A/B rows; extra arguments go to gpu_split_bench, e.g. --llama-accounting)
 set -u
 MODE=${1:-quick}
 shift || true
@@ -42,7 +43,7 @@ if [ "$MODE" = peer ]; then
   if [ "$(cat "$W/build.rc")" != 0 ]; then tail -30 "$OUTD/build.log" "$OUTD/cmake.log"; exit 1; fi
   echo "llama-bench built after $(( $(date +%s) - t0 )) s"
   "$PY" -m edgespool.benchmarks.gpu_split_bench --out "$W/g" --gguf "$G" \
-    --llama-bench "$W/llama.cpp/build/bin/llama-bench" --reps 2 -n 16 --kernels --fused-ab \
+    --llama-bench "$W/llama.cpp/build/bin/llama-bench" --reps 2 -n 16 --kernels ${AB---fused-ab} \
     --json-out "$OUTD/split.json" "$@" > "$OUTD/split.log" 2>&1
   echo "split bench rc=$? after $(( $(date +%s) - t0 )) s"
   tail -12 "$OUTD/split.log"

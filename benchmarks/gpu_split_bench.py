@@ -247,6 +247,16 @@ def gguf_gpu_bytes(gguf_path: Path) -> tuple[int, dict[int, int], int, int]:
     return len(blocks), blocks, out, gguf_path.stat().st_size
 
 
+def outside_weights_bytes(cfg: Any, context: int) -> int:
+    """What edgespool's GPU arena holds beside weights for a ``context``-position run: the activation workspace
+    (:func:`~edgespool.offload.gpu_split.gpu_workspace_bytes` for a prefill chunk) and an f32 KV cache of every
+    layer; llama.cpp's -ngl caps in :func:`llamacpp_sweep` count neither."""
+    from edgespool.offload.gpu_split import GPU_PREFILL_CHUNK, gpu_workspace_bytes
+
+    kv = cfg.num_layers * 2 * cfg.num_kv_heads * context * cfg.head_dim * 4
+    return gpu_workspace_bytes(cfg, GPU_PREFILL_CHUNK, context) + kv
+
+
 def llamacpp_sweep(bench_bin: Path, gguf_path: Path, caps: list[float], p: int, n: int, reps: int,
                    threads: int) -> list[dict[str, Any]]:
     """llama-bench over an -ngl sweep (f16 KV, its defaults otherwise); for each cap (a fraction of the GGUF's
@@ -325,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--graph-ab", action="store_true", help="also run each cap with CUDA graphs off (eager)")
     ap.add_argument("--fused-ab", action="store_true", help="also run each cap with the unfused 12-kernel graphs")
+    ap.add_argument("--llama-accounting", action="store_true", help="also run each cap counting the GPU weights "
+                    "only, as the llama.cpp rows do (-ngl fits blocks + output in the cap; its KV cache and compute "
+                    "buffers are outside it): the budget is the cap + this run's workspace + a full KV cache")
     ap.add_argument("--profile", action="store_true", help="cProfile 8 decode steps of every edgespool row")
     ap.add_argument("--hf-save-only", action="store_true", help="only write the random HF checkpoint (--out/hf)")
     a = ap.parse_args(argv)
@@ -338,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgespool.runtime.bundle.reader import Bundle
 
     size = Bundle(b).weights_nbytes
+    cfg = Bundle(b).config
     print(json.dumps({"exported": str(b), "weights_bytes": size, "export_s": round(time.time() - t0, 1)}), flush=True)
     prompt = [int(t) for t in np.random.default_rng(1).integers(3, 500, a.prompt_tokens)]
     caps = [float(x) for x in a.caps.split(",")]
@@ -361,6 +375,14 @@ def main(argv: list[str] | None = None) -> int:
             e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
             rows.append(e)
             print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)
+        if a.llama_accounting:
+            extra = outside_weights_bytes(cfg, a.prompt_tokens + a.n + 16)
+            e = {"config": f"gpu cap {f:.0%} weights-only", "outside_cap_bytes": extra,
+                 **run_edgespool(b, int(size * f) + extra, prompt, a.n, a.reps)}
+            e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
+            rows.append(e)
+            print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)
+            print(e.get("placement", ""), flush=True)
         if a.fused_ab:
             e = {"config": f"gpu cap {f:.0%} unfused",
                  **run_edgespool(b, int(size * f), prompt, a.n, a.reps, fused=False)}
