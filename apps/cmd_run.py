@@ -108,6 +108,9 @@ def check_run_options(context: int, n: int, seed: int | None, max_context: int |
                    "(Dovetail mode; docs/SPECULATIVE.md); no GPU: the draft runs on the CPU, said in one line.")
 @click.option("--gpu-budget", default=None,
               help="CPU/GPU split under this GPU memory budget, e.g. 3GiB (docs/GPU.md); --plan prints the placement.")
+@click.option("--gpu-zero-copy/--gpu-copy", "gpu_zero_copy", default=None,
+              help="With --gpu-budget: GPU-resident weights placed once in host memory the GPU reads in place "
+                   "(default on unified-memory boards such as Jetson; on a discrete GPU it reads them over the bus).")
 @click.option("--cnn-engine", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True,
               help="CNN bundles: the reference numpy executor (measures the memory it holds) or the fast "
                    "onnxruntime path (same outputs; docs/CNN.md).")
@@ -128,7 +131,7 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
             draft: str | None = None, draft_tokens: int | None = None, draft_budget: str | None = None,
             n_threads: int | None = None, draft_gpu_budget: str | None = None,
             cnn_engine: str = "numpy", cluster: str | None = None, cluster_link: str = "ethernet",
-            cluster_mode: str = "pipeline", work: str | None = None) -> None:
+            cluster_mode: str = "pipeline", work: str | None = None, gpu_zero_copy: bool | None = None) -> None:
     """Run a bundle: generate text from a decoder bundle, or classify --image with a CNN bundle."""
     from ..runtime.bundle.reader import Bundle
 
@@ -185,7 +188,8 @@ def run_cmd(bundle: str, prompt: str, n: int, temperature: float, top_k: int, to
                     **({} if draft_budget is None else {"draft_budget": draft_budget}),
                     **({} if draft_gpu_budget is None else {"draft_gpu_memory": draft_gpu_budget}))
     model = api.load(bundle, memory_budget=memory_budget, n_threads=n_threads, **opts,
-                     **({} if gpu_budget is None else {"gpu_memory": gpu_budget}))
+                     **({} if gpu_budget is None else {"gpu_memory": gpu_budget}),
+                     **({} if gpu_zero_copy is None else {"gpu_zero_copy": gpu_zero_copy}))
     if draft_gpu_budget is not None and model.draft is not None:  # Dovetail: where the draft runs
         if model.draft.gpu_fallback:
             click.echo(f"[gpu] {model.draft.gpu_fallback}", err=True)

@@ -1,8 +1,9 @@
 """The GPU side of a CPU/GPU split run: the layers and head a :class:`~edgespool.schedulers.placement_plan.Placement`
 puts on the GPU, computed with :class:`~edgespool.offload.gpu_ops.GpuOps` (CuPy, cuBLAS, the fused GEMV kernels).
 
-* resident groups are uploaded once at load; on a unified-memory board they are the same bytes the CPU reads
-  (one DRAM), so nothing is counted as copied host-to-device;
+* resident groups are uploaded once at load; on a unified-memory board (or with ``zero_copy``) they are instead
+  placed once in page-locked host memory the GPU reads where it lies (:meth:`GpuOps.host_mapped`): 0 bytes copied
+  host-to-device, counted (``load_h2d_bytes``), and the mapped bytes leave the device pool's limit;
 * streamed groups keep a pinned host copy and go host-to-device every token into one of two staging slots, on a
   copy stream that runs while the previous group computes (events order slot reuse);
 * each GPU layer keeps its own float32 KV cache on the GPU for ``max_context`` positions;
@@ -40,7 +41,7 @@ class GpuLayers:
     ``head``). ``read_group(name)`` returns a group's host tensors (read once per resident / streamed group)."""
 
     def __init__(self, cp: Any, ops: GpuOps, config: ModelConfig, placement: Placement, read_group: Any,
-                 max_context: int) -> None:
+                 max_context: int, zero_copy: bool | None = None) -> None:
         self.cp, self.ops, self.config, self.placement = cp, ops, config, placement
         self.max_context = int(max_context)
         self.pool = cp.get_default_memory_pool()
@@ -53,6 +54,9 @@ class GpuLayers:
         self.d2h_bytes = 0
         self.peak_pool_bytes = 0
         self.unified = placement.link.unified
+        # weights mapped, not copied: the default on unified memory; True on a discrete GPU tests the same path
+        self.zero_copy = self.unified if zero_copy is None else bool(zero_copy)
+        self.mapped_bytes = 0
         self._resident: dict[str, dict[str, GpuTensor]] = {}
         self._pinned: dict[str, dict[str, tuple[np.ndarray, np.ndarray | None]]] = {}
         self._slots: list[dict[str, GpuTensor]] = []
@@ -72,9 +76,11 @@ class GpuLayers:
                 for name, w in self.where.items():
                     if w == GPU:
                         host = read_group(name)
-                        self._resident[name] = {n: ops.upload(t) for n, t in host.items() if isinstance(t, QTensor)}
+                        zc = self.zero_copy
+                        self._resident[name] = {n: ops.upload(t, mapped=zc) for n, t in host.items()
+                                                if isinstance(t, QTensor)}
                         if name == HEAD and LM_HEAD not in host:  # tied: the head is the embedding table
-                            self._resident[EMBED] = {EMBED: ops.upload(read_group(EMBED)[EMBED])}
+                            self._resident[EMBED] = {EMBED: ops.upload(read_group(EMBED)[EMBED], mapped=zc)}
                 for name in self._streamed:
                     host = read_group(name)
                     self._pinned[name] = {n: (_pinned_copy(cp, t.data), None if t.scale is None else
@@ -105,8 +111,13 @@ class GpuLayers:
             self.close()
             raise BudgetError(f"the GPU placement's weights and KV cache do not fit its arena of "
                               f"{placement.arena_bytes} bytes ({e}); this is a planner bug, please report") from None
-        # copies made at load (on a unified-memory board the same DRAM: placed once, never copied per token)
-        self.load_h2d_bytes = sum(t.nbytes for g in self._resident.values() for t in g.values())
+        # copies made at load (zero-copy: the resident weights were placed once in mapped host memory, no copy)
+        placed = sum(t.nbytes for g in self._resident.values() for t in g.values())
+        if self.zero_copy:
+            streamed_1d = sum(t.nbytes for g in self._streamed for t in self._resident.get(g, {}).values())
+            self.mapped_bytes = placed - streamed_1d
+            self.pool.set_limit(size=max(0, placement.arena_bytes - self.mapped_bytes))
+        self.load_h2d_bytes = placed - self.mapped_bytes
         self.h2d_bytes = 0
         self._note_pool()
 
@@ -326,7 +337,8 @@ class GpuLayers:
         """Measured: bytes copied host-to-device at load and during the run, device-to-host, the pool's peak."""
         return {"load_h2d_bytes": self.load_h2d_bytes, "run_h2d_bytes": self.h2d_bytes,
                 "run_d2h_bytes": self.d2h_bytes, "gpu_pool_peak_bytes": self.peak_pool_bytes,
-                "arena_bytes": self.placement.arena_bytes, "unified": self.unified}
+                "arena_bytes": self.placement.arena_bytes, "unified": self.unified,
+                "zero_copy": self.zero_copy, "mapped_weight_bytes": self.mapped_bytes}
 
     def close(self) -> None:
         """Free every device buffer and lift the pool limit."""

@@ -305,14 +305,29 @@ class GpuOps:
                                     "rmsnorm", "rope", "masked_softmax", "act_mul")}
 
     # -- weights ----------------------------------------------------------------------------------------------
-    def upload(self, t: QTensor, stream: Any = None) -> GpuTensor:
-        """Copy ``t`` to the GPU in its GPU scheme (:func:`gpu_scheme`); 1-D tensors as float32."""
-        cp = self.cp
+    def upload(self, t: QTensor, stream: Any = None, mapped: bool = False) -> GpuTensor:
+        """Copy ``t`` to the GPU in its GPU scheme (:func:`gpu_scheme`); 1-D tensors as float32. ``mapped``: place
+        it once in page-locked host memory the GPU reads directly (:meth:`host_mapped`) instead: zero-copy, what
+        a unified-memory board (Jetson) does with its one DRAM."""
+        put = self.host_mapped if mapped else self.cp.asarray
         if len(t.shape) < 2 or gpu_scheme(t) == "f32":
-            return GpuTensor("f32", tuple(t.shape), cp.asarray(np.ascontiguousarray(t.dequantize(), np.float32)))
-        data = cp.asarray(np.ascontiguousarray(t.data))
-        scale = None if t.scale is None else cp.asarray(np.ascontiguousarray(t.scale))
+            return GpuTensor("f32", tuple(t.shape), put(np.ascontiguousarray(t.dequantize(), np.float32)))
+        data = put(np.ascontiguousarray(t.data))
+        scale = None if t.scale is None else put(np.ascontiguousarray(t.scale))
         return GpuTensor(gpu_scheme(t), tuple(t.shape), data, scale, t.group_size)
+
+    def host_mapped(self, a: np.ndarray) -> Any:
+        """``a`` written once into page-locked host memory, returned as a cupy array over that same memory: with
+        unified addressing (every 64-bit CUDA platform) a cudaHostAlloc'd pointer is valid in kernels as is, so
+        the GPU reads these bytes where they lie and nothing is copied host-to-device (on a Jetson that is its
+        one DRAM; on a discrete GPU every read crosses PCIe: correct, slow, for testing the path)."""
+        cp = self.cp
+        a = np.ascontiguousarray(a)
+        n = max(1, a.nbytes)
+        mem = cp.cuda.alloc_pinned_memory(n)
+        np.frombuffer(mem, a.dtype, a.size)[...] = a.reshape(-1)
+        um = cp.cuda.UnownedMemory(mem.ptr, n, mem, cp.cuda.Device().id)  # owner=mem keeps the pinned block
+        return cp.ndarray(a.shape, a.dtype, cp.cuda.MemoryPointer(um, 0))
 
     # -- products ---------------------------------------------------------------------------------------------
     def linear(self, x: Any, w: GpuTensor, bias: Any = None, out: Any = None, mult: float = 1.0) -> Any:

@@ -264,11 +264,12 @@ class SplitWeights:
 
 
 def open_split(bundle: Bundle, cpu_source: Any, gpu_budget: int, kernels: KernelTable, *,
-               max_context: int | None = None,
-               cpu_layer_s: Callable[..., float] | None = None) -> tuple[SplitWeights | None, str]:
+               max_context: int | None = None, cpu_layer_s: Callable[..., float] | None = None,
+               zero_copy: bool | None = None) -> tuple[SplitWeights | None, str]:
     """The split source for ``bundle`` under ``gpu_budget`` bytes, or ``(None, why)`` when no GPU is usable here
     (the caller runs CPU-only and reports ``why``). A budget below the GPU minimum raises BudgetError.
-    ``cpu_layer_s``: the CPU engine's layer-step probe (see :func:`plan_split`)."""
+    ``cpu_layer_s``: the CPU engine's layer-step probe (see :func:`plan_split`). ``zero_copy``: GPU-resident
+    weights mapped from host memory instead of copied (default: on unified-memory GPUs only; see GpuLayers)."""
     cp, why = gpu_status()
     if cp is None:
         return None, why
@@ -286,11 +287,11 @@ def open_split(bundle: Bundle, cpu_source: Any, gpu_budget: int, kernels: Kernel
     if all(g.where == CPU for g in placement.groups):
         return None, ("the placement keeps every group on the CPU (the GPU is not faster for any group at this "
                       "budget)\n" + placement.summary())
-    return split_with_placement(bundle, cpu_source, placement, ctx, cp, ops), ""
+    return split_with_placement(bundle, cpu_source, placement, ctx, cp, ops, zero_copy=zero_copy), ""
 
 
 def split_with_placement(bundle: Bundle, cpu_source: Any, placement: Placement, max_context: int,
-                         cp: Any = None, ops: GpuOps | None = None) -> SplitWeights:
+                         cp: Any = None, ops: GpuOps | None = None, zero_copy: bool | None = None) -> SplitWeights:
     """The split source for a given ``placement`` (what :func:`open_split` builds after planning; tests and the
     benchmark also call it with a placement of their own). Needs a usable GPU."""
     if cp is None:
@@ -299,5 +300,5 @@ def split_with_placement(bundle: Bundle, cpu_source: Any, placement: Placement, 
             raise BudgetError(f"no GPU for a split run: {why}")
     ops = ops or GpuOps(cp)
     assert bundle.config is not None
-    layers = GpuLayers(cp, ops, bundle.config, placement, lambda g: bundle.read_group(g), max_context)
+    layers = GpuLayers(cp, ops, bundle.config, placement, lambda g: bundle.read_group(g), max_context, zero_copy)
     return SplitWeights(cpu_source, layers, placement)

@@ -56,3 +56,16 @@ def test_cli_bad_gpu_budget_is_one_line(bundle, cmd):
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "--gpu-budget" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_zero_copy_without_a_gpu_budget_is_one_line(bundle):
+    from edgespool import load
+    from edgespool.errors import OptionError
+
+    with pytest.raises(OptionError, match="gpu_zero_copy"):
+        load(bundle, gpu_zero_copy=True)
+    r = _cli("run", str(bundle), "--gpu-zero-copy", "-n", "2")
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode != 0 and len(lines) == 1 and "--gpu-zero-copy" in lines[0] and "Traceback" not in r.stderr
+    r = _cli("run", str(bundle), "--gpu-budget", "1GiB", "--gpu-zero-copy", "-n", "3")  # no GPU: the stated fallback
+    assert r.returncode == 0 and "[gpu] running on the CPU only:" in r.stderr, r.stderr

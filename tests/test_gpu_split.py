@@ -144,6 +144,41 @@ def test_split_run_matches_cpu_only(tiny_bundle, place):
         cpu.close()
 
 
+@pytest.mark.parametrize("place", ["all-gpu", "islands"])
+def test_zero_copy_weights_are_mapped_not_copied(tiny_bundle, place):
+    """The unified-memory path (issue 17 item 3) on this discrete GPU: resident weights placed once in page-locked
+    host memory that kernels read in place; logits (eager prefill + CUDA-graph decode) match the CPU-only run,
+    greedy tokens identical, 0 weight bytes copied host-to-device, and the arrays' pointers are host memory."""
+    from edgespool import load
+    from edgespool.kernels.table import REFERENCE
+    from edgespool.offload.gpu_split import split_with_placement
+    from edgespool.runtime.api import Model
+    from edgespool.runtime.decoder.weights import ResidentWeights
+
+    cpu = load(tiny_bundle, kernels=False)
+    names = [f"layers.{i}" for i in range(4)] + ["head"]
+    split = split_with_placement(cpu.bundle, ResidentWeights(cpu.bundle), _placement(cpu.bundle,
+                                 dict(zip(names, PLACES[place]))), 256, zero_copy=True)
+    m = Model(cpu.bundle, split, cpu.tokenizer, REFERENCE)
+    dev = split.device_layers
+    try:
+        cp = dev.cp
+        w = dev._resident["layers.1"]["layers.1.wq"]
+        attrs = cp.cuda.runtime.pointerGetAttributes(w.data.data.ptr)
+        assert attrs.type == cp.cuda.runtime.memoryTypeHost, attrs.type
+        ids = [int(t) for t in np.random.default_rng(3).integers(3, 500, 21)]
+        ref, got = cpu.logits(ids), m.logits(ids)
+        assert np.abs(got - ref).max() <= 1e-3, np.abs(got - ref).max()
+        assert list(cpu.generate_ids(ids, 12, stop=[])) == list(m.generate_ids(ids, 12, stop=[]))
+        st = dev.stats()
+        assert st["zero_copy"] and st["load_h2d_bytes"] == 0
+        on_gpu = [n for n, p in zip(names, PLACES[place]) if p == "gpu"]
+        assert st["mapped_weight_bytes"] == sum(t.nbytes for g in on_gpu for t in dev._resident[g].values()) > 0
+    finally:
+        m.close()
+        cpu.close()
+
+
 def test_load_gpu_memory_plans_and_matches(tiny_bundle):
     from edgespool import load
 
