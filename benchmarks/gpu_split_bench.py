@@ -56,14 +56,16 @@ def _gen(model: Any, prompt: list[int], n: int) -> dict[str, Any]:
 
 
 def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps: int,
-                  graphs: bool = True, profile: bool = False, fused: bool = True) -> dict[str, Any]:
+                  graphs: bool = True, profile: bool = False, fused: bool = True,
+                  zero_copy: bool | None = None) -> dict[str, Any]:
     """Load (cap None: CPU only), warm up, then ``reps`` generations; medians. ``graphs=False``: decode steps
     through the eager GPU path instead of the recorded CUDA graphs (the A/B of offload/gpu_graph.py);
     ``fused=False``: graphs of 12 kernels a layer instead of the fused 6 (the A/B of offload/gpu_fused.py)."""
     from edgespool import load
 
     # the GPU KV cache sized to the run (as llama-bench sizes its context to -p + -n)
-    m = load(bundle) if cap is None else load(bundle, gpu_memory=cap, gpu_context=len(prompt) + n + 16)
+    m = load(bundle) if cap is None else load(bundle, gpu_memory=cap, gpu_context=len(prompt) + n + 16,
+                                              gpu_zero_copy=zero_copy)
     try:
         src = m.source
         if getattr(src, "device_layers", None) is not None:
@@ -338,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-accounting", action="store_true", help="also run each cap counting the GPU weights "
                     "only, as the llama.cpp rows do (-ngl fits blocks + output in the cap; its KV cache and compute "
                     "buffers are outside it): the budget is the cap + this run's workspace + a full KV cache")
+    ap.add_argument("--zero-copy", action="store_true", help="also run each cap with the GPU-resident weights "
+                    "mapped from host memory (the unified-memory path; on a discrete GPU read over the bus)")
     ap.add_argument("--profile", action="store_true", help="cProfile 8 decode steps of every edgespool row")
     ap.add_argument("--hf-save-only", action="store_true", help="only write the random HF checkpoint (--out/hf)")
     a = ap.parse_args(argv)
@@ -383,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(e)
             print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)
             print(e.get("placement", ""), flush=True)
+        if a.zero_copy:
+            e = {"config": f"gpu cap {f:.0%} zero-copy",
+                 **run_edgespool(b, int(size * f), prompt, a.n, a.reps, zero_copy=True)}
+            e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
+            rows.append(e)
+            print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)
         if a.fused_ab:
             e = {"config": f"gpu cap {f:.0%} unfused",
                  **run_edgespool(b, int(size * f), prompt, a.n, a.reps, fused=False)}
