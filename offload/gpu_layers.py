@@ -25,6 +25,7 @@ from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, layer_group, layer_prefix
 from ..schedulers.placement_plan import CPU, GPU, STREAM, Placement
 from .gpu_graph import DecodeGraphs, layer_graph_ok
+from .gpu_moe import CpuExpert, moe_ffn
 from .gpu_ops import GpuOps, GpuTensor
 
 
@@ -41,7 +42,7 @@ class GpuLayers:
     ``head``). ``read_group(name)`` returns a group's host tensors (read once per resident / streamed group)."""
 
     def __init__(self, cp: Any, ops: GpuOps, config: ModelConfig, placement: Placement, read_group: Any,
-                 max_context: int, zero_copy: bool | None = None) -> None:
+                 max_context: int, zero_copy: bool | None = None, cpu_expert: CpuExpert | None = None) -> None:
         self.cp, self.ops, self.config, self.placement = cp, ops, config, placement
         self.max_context = int(max_context)
         self.pool = cp.get_default_memory_pool()
@@ -57,6 +58,8 @@ class GpuLayers:
         # weights mapped, not copied: the default on unified memory; True on a discrete GPU tests the same path
         self.zero_copy = self.unified if zero_copy is None else bool(zero_copy)
         self.mapped_bytes = 0
+        self.cpu_expert = cpu_expert  # MoE layers on the GPU: routed experts the placement left on the CPU
+        self.cpu_expert_calls = 0
         self._resident: dict[str, dict[str, GpuTensor]] = {}
         self._pinned: dict[str, dict[str, tuple[np.ndarray, np.ndarray | None]]] = {}
         self._slots: list[dict[str, GpuTensor]] = []
@@ -327,6 +330,11 @@ class GpuLayers:
                           float(c.attn_logit_softcap or 0.0))
         ops.linear(o.reshape(T, nh * D), W("wo"), out=x, mult=mult)
         h = ops.rmsnorm(x, w[p + "ffn_norm"].data, c.rms_norm_eps)
+        if c.is_moe_layer(i):  # offload/gpu_moe.py: GPU-resident experts here, the others on the CPU
+            f, n_cpu = moe_ffn(ops, c, i, w, h, self._resident, self.cpu_expert, self._to_host, self._to_device)
+            self.cpu_expert_calls += n_cpu
+            x += f if mult == 1.0 else f * np.float32(mult)
+            return
         a = ops.act_mul(ops.linear(h, W("ffn.gate")), ops.linear(h, W("ffn.up")), c.hidden_act)
         ops.linear(a, W("ffn.down"), out=x, mult=mult)
 
@@ -338,7 +346,8 @@ class GpuLayers:
         return {"load_h2d_bytes": self.load_h2d_bytes, "run_h2d_bytes": self.h2d_bytes,
                 "run_d2h_bytes": self.d2h_bytes, "gpu_pool_peak_bytes": self.peak_pool_bytes,
                 "arena_bytes": self.placement.arena_bytes, "unified": self.unified,
-                "zero_copy": self.zero_copy, "mapped_weight_bytes": self.mapped_bytes}
+                "zero_copy": self.zero_copy, "mapped_weight_bytes": self.mapped_bytes,
+                "cpu_expert_calls": self.cpu_expert_calls}
 
     def close(self) -> None:
         """Free every device buffer and lift the pool limit."""

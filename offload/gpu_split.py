@@ -26,9 +26,9 @@ from ..errors import BudgetError
 from ..kernels.quant import QTensor
 from ..kernels.table import KernelTable
 from ..runtime.bundle.config import ModelConfig
-from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, layer_group
+from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, expert_group, expert_prefix, layer_group
 from ..runtime.bundle.reader import Bundle
-from ..schedulers.placement_plan import CPU, GroupCost, LinkModel, Placement, plan_placement
+from ..schedulers.placement_plan import CPU, GroupCost, LinkModel, Placement, plan_with_parents
 from .gpu_layers import GpuLayers
 from .gpu_ops import DEQUANT_CHUNK_BYTES, GpuOps, gpu_nbytes, gpu_status
 from .split_costs import gpu_layer_step_seconds, with_boundary
@@ -40,10 +40,10 @@ GPU_SLACK_BYTES = 64 << 20  # CuPy pool rounding and cuBLAS/matmul temporaries
 
 def layer_gpu_support(cfg: ModelConfig, i: int, tensors: dict[str, Any]) -> str:
     """Why layer ``i`` cannot run on the GPU executor ('' when it can)."""
-    if cfg.is_moe_layer(i):
-        return "MoE layer (routed experts run on the CPU; GPU MoE is not implemented yet)"
     if cfg.post_norms:
         return "post-norms (Gemma) are not implemented on the GPU"
+    if cfg.is_moe_layer(i):  # attention, router, shared expert here; the routed experts are groups of their own
+        return "" if any(n.endswith("router") for n in tensors) else "MoE layer without a router tensor"
     if not any(n.endswith("ffn.gate") for n in tensors):
         return "bundled FFN layout (neuron windows) runs on the CPU"
     if cfg.hidden_act not in ("silu", "relu", "gelu_tanh"):
@@ -174,6 +174,9 @@ def plan_split(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, gpu_b
         recs = {n: bundle.tensors[n] for n in info.tensors}
         why = layer_gpu_support(cfg, i, recs)
         sig = _layer_sig(bundle, i)
+        if cfg.is_moe_layer(i):  # offload/gpu_moe.py: the layer's own products, then each expert as a group
+            groups += _moe_groups(bundle, cp, ops, kernels, i, why, kv_layer, measured)
+            continue
         if sig not in measured:
             tensors = bundle.read_group(name)
             gbytes = sum(gpu_nbytes(t) for t in tensors.values() if isinstance(t, QTensor))
@@ -213,8 +216,48 @@ def plan_split(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, gpu_b
     del head, hw
     cp.get_default_memory_pool().free_all_blocks()
     link = with_boundary(link, float(np.median(crossing)) if crossing else None)
-    return plan_placement(groups, link, gpu_budget, workspace_bytes=gpu_workspace_bytes(cfg, max_tokens, max_context),
-                          boundary_bytes=4 * cfg.hidden_size, stream_kv_bytes=kv_layer)
+    parents = {g.name: layer_group(int(g.name.split(".")[1])) for g in groups if g.kind == "expert"}
+    return plan_with_parents(groups, link, gpu_budget, parents,
+                             workspace_bytes=gpu_workspace_bytes(cfg, max_tokens, max_context),
+                             boundary_bytes=4 * cfg.hidden_size, stream_kv_bytes=kv_layer)
+
+
+def _prepared(tensors: dict[str, Any], kernels: KernelTable) -> dict[str, Any]:
+    """``tensors`` in the kernels' own weight layout (what the CPU engine's source hands the kernels)."""
+    prepare = getattr(kernels.backend, "prepare_weight", None)
+    return {n: prepare(x) if prepare is not None and isinstance(x, QTensor) else x for n, x in tensors.items()}
+
+
+def _moe_groups(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, i: int, why: str, kv_layer: int,
+                measured: dict) -> list[GroupCost]:
+    """The cost-model groups of MoE layer ``i``: the layer (attention, router, shared expert: its products on
+    each side, measured once per shape) and its routed experts (``calls`` = top-k / experts per token each; one
+    measurement per expert shape). Neither streams: an expert runs resident on the GPU or on the CPU."""
+    cfg = bundle.config
+    assert cfg is not None
+    name = layer_group(i)
+    key = ("moe-layer", _layer_sig(bundle, i))
+    if key not in measured:
+        t = bundle.read_group(name)
+        measured[key] = (cpu_group_seconds(_prepared(t, kernels), kernels),
+                         float("inf") if why else gpu_group_seconds(cp, ops, t, 8),
+                         sum(gpu_nbytes(x) for x in t.values() if isinstance(x, QTensor)))
+    cpu_s, gpu_s, gbytes = measured[key]
+    out = [GroupCost(name, "layer", bundle.groups[name].nbytes, int(gbytes) + kv_layer, cpu_s, gpu_s, kv_layer,
+                     gpu_ok=not why, why_not=why, streamable=False, stream_gpu_s=gpu_s)]
+    calls = cfg.num_experts_per_tok / max(1, cfg.num_experts)
+    for e in range(cfg.num_experts):
+        g = expert_group(i, e)
+        ek = ("expert", tuple(sorted((n[len(expert_prefix(i, e)):], tuple(r["shape"]), r.get("scheme"))
+                                     for n, r in ((n, bundle.tensors[n]) for n in bundle.groups[g].tensors))))
+        if ek not in measured:
+            t = bundle.read_group(g)
+            measured[ek] = (cpu_group_seconds(_prepared(t, kernels), kernels), gpu_group_seconds(cp, ops, t, 1),
+                            sum(gpu_nbytes(x) for x in t.values() if isinstance(x, QTensor)))
+        ecpu, egpu, eb = measured[ek]
+        out.append(GroupCost(g, "expert", bundle.groups[g].nbytes, int(eb), ecpu, egpu, gpu_ok=not why,
+                             why_not=why, calls=calls, streamable=False, stream_gpu_s=egpu))
+    return out
 
 
 class SplitWeights:
@@ -287,11 +330,13 @@ def open_split(bundle: Bundle, cpu_source: Any, gpu_budget: int, kernels: Kernel
     if all(g.where == CPU for g in placement.groups):
         return None, ("the placement keeps every group on the CPU (the GPU is not faster for any group at this "
                       "budget)\n" + placement.summary())
-    return split_with_placement(bundle, cpu_source, placement, ctx, cp, ops, zero_copy=zero_copy), ""
+    return split_with_placement(bundle, cpu_source, placement, ctx, cp, ops, zero_copy=zero_copy,
+                                kernels=kernels), ""
 
 
 def split_with_placement(bundle: Bundle, cpu_source: Any, placement: Placement, max_context: int,
-                         cp: Any = None, ops: GpuOps | None = None, zero_copy: bool | None = None) -> SplitWeights:
+                         cp: Any = None, ops: GpuOps | None = None, zero_copy: bool | None = None,
+                         kernels: KernelTable | None = None) -> SplitWeights:
     """The split source for a given ``placement`` (what :func:`open_split` builds after planning; tests and the
     benchmark also call it with a placement of their own). Needs a usable GPU."""
     if cp is None:
@@ -300,5 +345,26 @@ def split_with_placement(bundle: Bundle, cpu_source: Any, placement: Placement, 
             raise BudgetError(f"no GPU for a split run: {why}")
     ops = ops or GpuOps(cp)
     assert bundle.config is not None
-    layers = GpuLayers(cp, ops, bundle.config, placement, lambda g: bundle.read_group(g), max_context, zero_copy)
+    layers = GpuLayers(cp, ops, bundle.config, placement, lambda g: bundle.read_group(g), max_context, zero_copy,
+                       cpu_expert=_cpu_expert(cpu_source, kernels))
     return SplitWeights(cpu_source, layers, placement)
+
+
+def _cpu_expert(source: Any, kernels: KernelTable | None) -> Callable[[int, int, np.ndarray], np.ndarray]:
+    """Routed expert ``e`` of layer ``i`` on the CPU, its weights from ``source`` (resident or streamed), as the
+    CPU engine computes it (:meth:`~edgespool.runtime.decoder.engine.Engine._moe`)."""
+    from ..kernels.swiglu import swiglu
+    from ..kernels.table import REFERENCE
+
+    kern = kernels or REFERENCE
+
+    def run(i: int, e: int, xs: np.ndarray) -> np.ndarray:
+        g, pe = expert_group(i, e), expert_prefix(i, e)
+        ew = source.get(g)
+        try:
+            return swiglu(np.ascontiguousarray(xs, np.float32), ew[pe + "gate"], ew[pe + "up"], ew[pe + "down"],
+                          kernels=kern)
+        finally:
+            source.release(g)
+
+    return run

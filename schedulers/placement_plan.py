@@ -23,7 +23,7 @@ plan without. The GPU arena is one allocation of :attr:`Placement.arena_bytes` (
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 from ..errors import BudgetError
@@ -313,7 +313,7 @@ def plan_placement(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_byte
                                                                             boundary_bytes), cpu_only, 0)]
     # the greedy order by time saved per byte, and the same with each non-layer group (the head) left out or put
     # first: a head worth more per byte than a layer can still lose to the layers its bytes would hold
-    big = [g.name for g in capable if g.kind != "layer"]
+    big = [g.name for g in capable if g.kind not in ("layer", "expert")]
     variants = [(None, None)] + [(n, None) for n in big] + [(None, n) for n in big]
     for skip, first in variants:
         where = _fill(groups, gpu_budget_bytes - ws, link, allow_stream=False, skip=skip, first=first)
@@ -369,3 +369,20 @@ def plan_placement(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_byte
                      "budget is part of the board's one DRAM (the host memory budget counts it too)")
     return Placement(gpu_budget_bytes, arena, resident, staging, ws, tuple(placed), crossings, int(boundary_bytes),
                      t, cpu_s, link, tuple(notes))
+
+
+def plan_with_parents(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_bytes: int,
+                      parents: dict[str, str], **kw: Any) -> Placement:
+    """:func:`plan_placement` for groups that are only worth the GPU together with their parent group
+    (``parents``: child -> parent; a routed expert and its MoE layer: a layer on the CPU computes its experts
+    there too). A child placed on the GPU under a CPU parent is made CPU-only (``why_not`` says so) and the rest
+    re-planned, until no such child is left (each round removes at least one, so it ends)."""
+    groups = list(groups)
+    while True:
+        pl = plan_placement(groups, link, gpu_budget_bytes, **kw)
+        where = {g.name: g.where for g in pl.groups}
+        orphans = {n for n, par in parents.items() if where.get(n, CPU) != CPU and where.get(par, CPU) == CPU}
+        if not orphans:
+            return pl
+        groups = [replace(g, gpu_ok=False, why_not=f"its MoE layer {parents[g.name]} runs on the CPU, which "
+                          "computes its experts") if g.name in orphans else g for g in groups]

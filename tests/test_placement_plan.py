@@ -131,3 +131,28 @@ def test_jetson_unified_memory_places_once_and_copies_nothing(cpu_times):
     assert p.arena_bytes <= 3 << 30 and any(g.where == GPU for g in p.groups)
     assert "shared DRAM" in p.summary()
     assert not link_for_profile(get_target("rpi5"), 1e9, 1e-5, "x").unified
+
+
+def test_experts_follow_their_moe_layer():
+    """plan_with_parents: an expert is worth the GPU only with its MoE layer (a CPU layer computes its experts).
+    Here an expert saves more per byte than its big layer, and the budget holds the expert but not the layer:
+    plain plan_placement puts the orphan expert on the GPU; plan_with_parents moves it to the CPU and says why;
+    with room for both, both go to the GPU."""
+    from edgespool.schedulers.placement_plan import GroupCost, plan_with_parents
+
+    MB = 1 << 20
+    layer = GroupCost("layers.0", "layer", 40 * MB, 40 * MB, 2e-3, 1e-4, streamable=False)
+    experts = [GroupCost(f"layers.0.experts.{e}", "expert", 4 * MB, 4 * MB, 4e-3, 1e-4, calls=0.5,
+                         streamable=False) for e in range(2)]
+    head = GroupCost("head", "head", 8 * MB, 8 * MB, 1e-4, 1e-4, streamable=False)
+    gs = [layer, *experts, head]
+    parents = {g.name: "layers.0" for g in experts}
+    kw = dict(workspace_bytes=1 * MB, boundary_bytes=4 * 64)
+    small = 12 * MB
+    assert plan_placement(gs, LINK, small, **kw).where("layers.0.experts.0") == "gpu"  # the orphan
+    p = plan_with_parents(gs, LINK, small, parents, **kw)
+    assert p.where("layers.0") == CPU and all(p.where(g.name) == CPU for g in experts)
+    assert "its MoE layer layers.0 runs on the CPU" in p.summary()
+    big = plan_with_parents(gs, LINK, 64 * MB, parents, **kw)
+    assert big.where("layers.0") == "gpu" and all(big.where(g.name) == "gpu" for g in experts)
+    assert big.arena_bytes <= 64 * MB
