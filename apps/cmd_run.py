@@ -110,7 +110,8 @@ def check_run_options(context: int, n: int, seed: int | None, max_context: int |
               help="CPU/GPU split under this GPU memory budget, e.g. 3GiB (docs/GPU.md); --plan prints the placement.")
 @click.option("--gpu-zero-copy/--gpu-copy", "gpu_zero_copy", default=None,
               help="With --gpu-budget: GPU-resident weights placed once in host memory the GPU reads in place "
-                   "(default on unified-memory boards such as Jetson; on a discrete GPU it reads them over the bus).")
+                   "(for unified-memory boards such as Jetson; on a discrete GPU it reads them over the bus; "
+                   "experimental, off by default).")
 @click.option("--cnn-engine", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True,
               help="CNN bundles: the reference numpy executor (measures the memory it holds) or the fast "
                    "onnxruntime path (same outputs; docs/CNN.md).")

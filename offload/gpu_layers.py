@@ -1,7 +1,7 @@
 """The GPU side of a CPU/GPU split run: the layers and head a :class:`~edgespool.schedulers.placement_plan.Placement`
 puts on the GPU, computed with :class:`~edgespool.offload.gpu_ops.GpuOps` (CuPy, cuBLAS, the fused GEMV kernels).
 
-* resident groups are uploaded once at load; on a unified-memory board (or with ``zero_copy``) they are instead
+* resident groups are uploaded once at load; with ``zero_copy`` (meant for unified-memory boards) they are instead
   placed once in page-locked host memory the GPU reads where it lies (:meth:`GpuOps.host_mapped`): 0 bytes copied
   host-to-device, counted (``load_h2d_bytes``), and the mapped bytes leave the device pool's limit;
 * streamed groups keep a pinned host copy and go host-to-device every token into one of two staging slots, on a
@@ -55,8 +55,9 @@ class GpuLayers:
         self.d2h_bytes = 0
         self.peak_pool_bytes = 0
         self.unified = placement.link.unified
-        # weights mapped, not copied: the default on unified memory; True on a discrete GPU tests the same path
-        self.zero_copy = self.unified if zero_copy is None else bool(zero_copy)
+        # weights mapped, not copied: opt-in everywhere until the mapped path has run on a GPU (then the default
+        # on unified memory, where it saves the copy at load); on a discrete GPU it reads them over the bus
+        self.zero_copy = bool(zero_copy)
         self.mapped_bytes = 0
         self.cpu_expert = cpu_expert  # MoE layers on the GPU: routed experts the placement left on the CPU
         self.cpu_expert_calls = 0

@@ -38,11 +38,15 @@ GPU_PREFILL_CHUNK = 256
 GPU_SLACK_BYTES = 64 << 20  # CuPy pool rounding and cuBLAS/matmul temporaries
 
 
-def layer_gpu_support(cfg: ModelConfig, i: int, tensors: dict[str, Any]) -> str:
-    """Why layer ``i`` cannot run on the GPU executor ('' when it can)."""
+def layer_gpu_support(cfg: ModelConfig, i: int, tensors: dict[str, Any], moe: bool = False) -> str:
+    """Why layer ``i`` cannot run on the GPU executor ('' when it can). ``moe``: MoE layers may (offload/gpu_moe.py;
+    opt-in until that path has run on a GPU)."""
     if cfg.post_norms:
         return "post-norms (Gemma) are not implemented on the GPU"
     if cfg.is_moe_layer(i):  # attention, router, shared expert here; the routed experts are groups of their own
+        if not moe:
+            return ("MoE layer (its experts run on the CPU; MoE layers on the GPU: load(gpu_moe=True), "
+                    "experimental, not yet run on a GPU)")
         return "" if any(n.endswith("router") for n in tensors) else "MoE layer without a router tensor"
     if not any(n.endswith("ffn.gate") for n in tensors):
         return "bundled FFN layout (neuron windows) runs on the CPU"
@@ -156,7 +160,7 @@ def _layer_sig(bundle: Bundle, i: int) -> tuple:
 
 def plan_split(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, gpu_budget: int,
                max_context: int, max_tokens: int = GPU_PREFILL_CHUNK, kv_dtype: str = "f32",
-               cpu_layer_s: Callable[..., float] | None = None) -> Placement:
+               cpu_layer_s: Callable[..., float] | None = None, moe: bool = False) -> Placement:
     """Measure the cost model (module docstring) and plan the placement of ``bundle`` under ``gpu_budget``.
     ``cpu_layer_s(cfg, i, tensors, kernels, kv_dtype=)``: the engine's layer-step probe
     (:func:`edgespool.runtime.decoder.layer_probe.cpu_layer_step_seconds`, passed by ``load()``); None: the
@@ -172,7 +176,7 @@ def plan_split(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, gpu_b
         name = layer_group(i)
         info = bundle.groups[name]
         recs = {n: bundle.tensors[n] for n in info.tensors}
-        why = layer_gpu_support(cfg, i, recs)
+        why = layer_gpu_support(cfg, i, recs, moe)
         sig = _layer_sig(bundle, i)
         if cfg.is_moe_layer(i):  # offload/gpu_moe.py: the layer's own products, then each expert as a group
             groups += _moe_groups(bundle, cp, ops, kernels, i, why, kv_layer, measured)
@@ -308,11 +312,12 @@ class SplitWeights:
 
 def open_split(bundle: Bundle, cpu_source: Any, gpu_budget: int, kernels: KernelTable, *,
                max_context: int | None = None, cpu_layer_s: Callable[..., float] | None = None,
-               zero_copy: bool | None = None) -> tuple[SplitWeights | None, str]:
+               zero_copy: bool | None = None, moe: bool = False) -> tuple[SplitWeights | None, str]:
     """The split source for ``bundle`` under ``gpu_budget`` bytes, or ``(None, why)`` when no GPU is usable here
     (the caller runs CPU-only and reports ``why``). A budget below the GPU minimum raises BudgetError.
     ``cpu_layer_s``: the CPU engine's layer-step probe (see :func:`plan_split`). ``zero_copy``: GPU-resident
-    weights mapped from host memory instead of copied (default: on unified-memory GPUs only; see GpuLayers)."""
+    weights mapped from host memory instead of copied (see GpuLayers). ``moe``: plan MoE layers and their experts
+    on the GPU too (offload/gpu_moe.py)."""
     cp, why = gpu_status()
     if cp is None:
         return None, why
@@ -322,7 +327,7 @@ def open_split(bundle: Bundle, cpu_source: Any, gpu_budget: int, kernels: Kernel
     ops = GpuOps(cp)
     plan = getattr(cpu_source, "plan", None)
     placement = plan_split(bundle, cp, ops, kernels, gpu_budget, ctx,
-                           kv_dtype=getattr(plan, "kv_dtype", None) or "f32", cpu_layer_s=cpu_layer_s)
+                           kv_dtype=getattr(plan, "kv_dtype", None) or "f32", cpu_layer_s=cpu_layer_s, moe=moe)
     streamed = [g for g in placement.groups if g.where == "stream"]
     if len({bundle.groups[g.name].nbytes for g in streamed}) > 1:
         raise BudgetError("the placement streams layers of different sizes; the GPU executor's two staging slots "

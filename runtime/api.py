@@ -494,6 +494,7 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
          verify: bool = True, kernels: bool | KernelTable = True, mmap: bool = False, n_threads: int | None = None,
          draft: str | os.PathLike | None = None, draft_tokens: int | None = None, draft_budget: str | int | None = None,
          gpu_memory: str | int | None = None, gpu_context: int | None = None, gpu_zero_copy: bool | None = None,
+         gpu_moe: bool = False,
          draft_gpu_memory: str | int | None = None, **stream_options: Any) -> Model:
     """Open a decoder bundle. Without ``memory_budget`` every weight is read once and kept resident (CRC-checked
     when ``verify``) the first time the engine needs it (``mmap=True``: mapped instead, llama.cpp-style); with one,
@@ -513,8 +514,9 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
     the model runs on the CPU and ``model.gpu_fallback`` says why. ``gpu_context``: positions of the GPU layers'
     KV cache (default: ``max_context`` when streaming, else the model's context up to 4096). ``gpu_zero_copy``:
     the GPU-resident weights are placed once in page-locked host memory the GPU reads in place, never copied to
-    device memory (default None: on unified-memory GPUs such as Jetson's; True on a discrete GPU reads them over
-    the bus every token, for testing).
+    device memory (for unified-memory boards such as Jetson's; on a discrete GPU they are read over the bus every
+    token; off by default until it has run on a GPU). ``gpu_moe``: MoE layers on the GPU too, their routed experts
+    resident there or computed on the CPU as the plan says (experimental: not yet run on a GPU).
     ``draft_gpu_memory`` (Dovetail mode): the draft model runs on the GPU under that budget, the target verifies on
     the CPU; without a usable GPU the draft runs on the CPU and ``model.draft.gpu_fallback`` says why.
     Unknown keyword arguments (a misspelt ``memry_budget``) raise OptionError naming the valid ones."""
@@ -533,6 +535,8 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
         raise OptionError("draft_gpu_memory (--draft-gpu-budget) only applies with draft= (--draft BUNDLE)")
     if gpu_zero_copy is not None and gpu_memory is None:
         raise OptionError("gpu_zero_copy (--gpu-zero-copy) only applies with gpu_memory= (--gpu-budget)")
+    if gpu_moe and gpu_memory is None:
+        raise OptionError("gpu_moe only applies with gpu_memory= (--gpu-budget)")
     if draft is not None:  # checked and opened first: its share of the budget is reserved in the target's plan
         from ..offload.streaming_source import _PLAN_KEYS
         from .decoder.drafts import open_draft
@@ -560,7 +564,8 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
 
             split, gpu_why = open_split(bundle, source, parse_bytes(gpu_memory, "gpu_memory"), table,
                                         max_context=gpu_context or stream_options.get("max_context"),
-                                        cpu_layer_s=cpu_layer_step_seconds, zero_copy=gpu_zero_copy)
+                                        cpu_layer_s=cpu_layer_step_seconds, zero_copy=gpu_zero_copy,
+                                        moe=bool(gpu_moe))
             source = split if split is not None else source
         model = Model(bundle, source, tok, table)
         model.gpu_fallback = gpu_why or None

@@ -64,6 +64,8 @@ def test_zero_copy_without_a_gpu_budget_is_one_line(bundle):
 
     with pytest.raises(OptionError, match="gpu_zero_copy"):
         load(bundle, gpu_zero_copy=True)
+    with pytest.raises(OptionError, match="gpu_moe"):
+        load(bundle, gpu_moe=True)
     r = _cli("run", str(bundle), "--gpu-zero-copy", "-n", "2")
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode != 0 and len(lines) == 1 and "--gpu-zero-copy" in lines[0] and "Traceback" not in r.stderr

@@ -305,7 +305,7 @@ def test_load_moe_with_a_gpu_budget_plans_experts(moe_bundle):
     from edgespool import load
 
     cpu = load(moe_bundle, kernels=False)
-    m = load(moe_bundle, kernels=False, gpu_memory="1GiB")
+    m = load(moe_bundle, kernels=False, gpu_memory="1GiB", gpu_moe=True)
     try:
         ids = [5, 17, 99, 3, 250]
         assert m.gpu_fallback is None, m.gpu_fallback
