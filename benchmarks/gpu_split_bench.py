@@ -374,31 +374,26 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in r.items() if k not in ("tokens", "placement", "profile")}), flush=True)
         print(r.get("placement", ""), flush=True)
         print(r.get("profile", ""), flush=True)
-        if a.graph_ab:
-            e = {"config": f"gpu cap {f:.0%} eager", **run_edgespool(b, int(size * f), prompt, a.n, a.reps, False)}
+        def variant(label: str, cap_bytes: int, show_placement: bool = False, note: dict | None = None,
+                    **kw: Any) -> None:
+            """One more row of this cap: ``run_edgespool(..., **kw)`` under ``cap_bytes``, checked against CPU-only."""
+            e = {"config": f"gpu cap {f:.0%} {label}", **(note or {}),
+                 **run_edgespool(b, cap_bytes, prompt, a.n, a.reps, **kw)}
             e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
             rows.append(e)
             print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)
+            if show_placement:
+                print(e.get("placement", ""), flush=True)
+
+        if a.graph_ab:
+            variant("eager", int(size * f), graphs=False)
         if a.llama_accounting:
             extra = outside_weights_bytes(cfg, a.prompt_tokens + a.n + 16)
-            e = {"config": f"gpu cap {f:.0%} weights-only", "outside_cap_bytes": extra,
-                 **run_edgespool(b, int(size * f) + extra, prompt, a.n, a.reps)}
-            e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
-            rows.append(e)
-            print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)
-            print(e.get("placement", ""), flush=True)
+            variant("weights-only", int(size * f) + extra, True, {"outside_cap_bytes": extra})
         if a.zero_copy:
-            e = {"config": f"gpu cap {f:.0%} zero-copy",
-                 **run_edgespool(b, int(size * f), prompt, a.n, a.reps, zero_copy=True)}
-            e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
-            rows.append(e)
-            print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)
+            variant("zero-copy", int(size * f), zero_copy=True)
         if a.fused_ab:
-            e = {"config": f"gpu cap {f:.0%} unfused",
-                 **run_edgespool(b, int(size * f), prompt, a.n, a.reps, fused=False)}
-            e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
-            rows.append(e)
-            print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)
+            variant("unfused", int(size * f), fused=False)
     if peer is not None:  # llama.cpp once more after edgespool (interleaved: before and after), medians of both
         again = llamacpp_sweep(a.llama_bench, a.gguf, caps, a.prompt_tokens, a.n, a.reps, a.threads)
         print(json.dumps(again), flush=True)

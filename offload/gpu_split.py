@@ -212,8 +212,7 @@ def plan_split(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, gpu_b
     tied = cfg.tie_word_embeddings or LM_HEAD not in bundle.tensors
     hw = {"w": bundle.read_group(EMBED)[EMBED] if tied else head[LM_HEAD]}
     hbytes = gpu_nbytes(hw["w"]) + gpu_nbytes(head[FINAL_NORM])
-    prepare = getattr(kernels.backend, "prepare_weight", None)
-    cpu_h = cpu_group_seconds({"w": prepare(hw["w"])} if prepare is not None else hw, kernels)
+    cpu_h = cpu_group_seconds(_prepared(hw, kernels), kernels)
     gpu_h = gpu_group_seconds(cp, ops, hw, 1)
     host_h = bundle.groups[HEAD].nbytes + (bundle.groups[EMBED].nbytes if tied else 0)
     groups.append(GroupCost(HEAD, "head", host_h, int(hbytes), cpu_h, gpu_h, streamable=False))

@@ -247,20 +247,24 @@ int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t
     return 0;
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-#define ES_PACKED 1
+#if defined(__AVX2__)
 #ifndef ES_PF_BYTES
-/* software prefetch distance of one-row (decode) tiles of the 4-bit formats and q6_k, bytes ahead in each of the
- * 4 row-group streams; 0: off. One core of the 2026-12-06 Zen 4 VM (block_kernel_scaling --packed, 1.5B shapes):
- * q4_0 24.5 -> 30.2 GB/s, q4_k 24.0 -> 29.4, q5_0 20.1 -> 30.5, q6_k 27.4 -> 30.1; q8_0 / int8 lose 3-7%
- * (36 GB/s already), so they do not prefetch. */
+/* software prefetch distance of the x86 one-row (decode) tiles of the 4-bit formats and q6_k, bytes ahead in each
+ * row-group stream (4 on AVX-512, 2 on AVX2); 0: off. One core of the 2026-12-06 Zen 4 VM (block_kernel_scaling
+ * --packed, 1.5B shapes): AVX-512 q4_0 24.5 -> 30.2 GB/s, q4_k 24.0 -> 29.4, q5_0 20.1 -> 30.5, q6_k 27.4 -> 30.1;
+ * the AVX2 build (--march=-march=znver3) q4_0 20.0 -> 24.3, q4_k 16.1 -> 22.0, q5_0 9.8 -> 21.6, q6_k 29.3-31.6 ->
+ * 33.4-33.7 (not measured on an AVX2-only CPU); q8_0 / int8 lose 3-7% (36 GB/s already), so they do not prefetch. */
 #define ES_PF_BYTES 2048
 #endif
-/* the `lines` cache lines from `p + ES_PF_BYTES` (decode tiles: 4 row-group streams, one activation row) */
+/* the `lines` cache lines from `p + ES_PF_BYTES` (decode tiles: one activation row) */
 AI void pk_prefetch(const uint8_t *p, int lines) {
     if (ES_PF_BYTES <= 0) return;
     for (int l = 0; l < lines; l++) _mm_prefetch((const char *)p + ES_PF_BYTES + 64 * l, _MM_HINT_T0);
 }
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define ES_PACKED 1
 static inline __m512i pk_bcast(const int8_t *p) {
     int32_t v;
     memcpy(&v, p, 4);

@@ -36,17 +36,6 @@ static inline __m256i pk2_dpbusd(__m256i acc, __m256i u, __m256i s) {
 /* G row groups (at gp, gp + gb) x NA activation rows, out[i * ystride + 16 g + r] for the first `valid` rows.
  * q4_1 / q4_k add the min term (vm x activation d x code sum) per block, q5_0 ORs its fifth bits (16) into the
  * nibbles from the plane, q4_k reads its per-sub-block 6-bit scales / mins: the AVX-512 kernel's steps per lane. */
-#ifndef ES_PF_BYTES
-/* software prefetch distance of one-row (decode) tiles of the 4-bit formats and q6_k (blockpack.h's AVX-512 twin);
- * 0: off. This AVX2 build on the 2026-12-06 Zen 4 VM, one core (block_kernel_scaling --packed --march=-march=znver3,
- * 1.5B shapes): q4_0 20.0 -> 24.3 GB/s, q4_k 16.1 -> 22.0, q5_0 9.8 -> 21.6, q6_k 29.3-31.6 -> 33.4-33.7; not
- * measured on an AVX2-only CPU. */
-#define ES_PF_BYTES 2048
-#endif
-AI void pk2_prefetch(const uint8_t *p, int lines) {
-    if (ES_PF_BYTES <= 0) return;
-    for (int l = 0; l < lines; l++) _mm_prefetch((const char *)p + ES_PF_BYTES + 64 * l, _MM_HINT_T0);
-}
 AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
                  float *out, long ystride, int valid, const int G, const int NA) {
     const int qk = wt == W_Q4_K, q41 = wt == W_Q4_1 || qk, q5 = wt == W_Q5_0;
@@ -65,7 +54,7 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
         __m256i acc[4][4], hp[4];
         if (NA == 1 && q4)
             for (int g = 0; g < G; g++)
-                pk2_prefetch(qk ? base + g * gb + 2368L * (b / 8) + 64 + 288 * (b % 8) : base + g * gb + b * bb,
+                pk_prefetch(qk ? base + g * gb + 2368L * (b / 8) + 64 + 288 * (b % 8) : base + g * gb + b * bb,
                              (int)((bb + 63) / 64));
 #ifndef PK2_VNNI
         __m256i s16[4][4];
@@ -181,7 +170,7 @@ AI void pk2_tile6(const uint8_t *gp, long gb, int nb, const act_t *a, const int3
         __m256i acc[2][4], acc2[2][4];
         __m256 vs[2], vs2[2];
         const uint8_t *sbp = gp + 4384L * (b / 8), *blk = sbp + 32 + 544L * (b % 8);
-        if (NA == 1) pk2_prefetch(blk, 9);
+        if (NA == 1) pk_prefetch(blk, 9);
         for (int h = 0; h < 2; h++) {
             __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 16 * h)));
             vs[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 8 * h)))));
