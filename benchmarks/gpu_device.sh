@@ -13,6 +13,10 @@
 #   bash benchmarks/gpu_device.sh quick     GPU tests + kernel bench + edgespool rows of a synthetic export
 #   bash benchmarks/gpu_device.sh peer      llama.cpp CUDA build + the same GGUF for both + the full table
 #   (peer: AB= drops the unfused A/B rows; extra arguments go to gpu_split_bench, e.g. --llama-accounting)
+#   MOE=1 bash benchmarks/gpu_device.sh peer --moe   the same on a SIMULATED Mixtral-style MoE with Qwen's real
+#                             vocabulary (.devcarry/moe-meta/: `python benchmarks/random_gguf.py moe-meta
+#                             QWEN1.5B.gguf .devcarry/moe-meta 16 1024 1408 8 2`), llama.cpp also with --n-cpu-moe
+#                             (TESTS=0 skips the GPU tests)
 set -u
 MODE=${1:-quick}
 shift || true
@@ -33,16 +37,19 @@ if [ "$MODE" = peer ]; then
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
       -DLLAMA_CURL=OFF > "$OUTD/cmake.log" 2>&1 \
     && cmake --build build -j"$(nproc)" --target llama-bench > "$OUTD/build.log" 2>&1; echo $? > "$W/build.rc" ) &
-  G=$W/qwen2.5-coder-1.5b-simulated.Q8_0.gguf
-  "$PY" "$REPO/benchmarks/random_gguf.py" write "$C/meta" "$C/gguf-py" "$G" 0.0002 || exit 1
+  if [ "${MOE:-0}" = 1 ]; then G=$W/mixtral-style-simulated.Q8_0.gguf; META=$C/moe-meta
+  else G=$W/qwen2.5-coder-1.5b-simulated.Q8_0.gguf; META=$C/meta; fi
+  "$PY" "$REPO/benchmarks/random_gguf.py" write "$META" "$C/gguf-py" "$G" 0.0002 || exit 1
   echo "gguf written after $(( $(date +%s) - t0 )) s"
-  ( cd /tmp && "$PY" -m pytest -q -p no:cacheprovider "$REPO/tests/test_gpu_fused.py" "$REPO/tests/test_gpu_split.py" \
-      > "$OUTD/tests.log" 2>&1; echo "tests rc=$?" >> "$OUTD/tests.log" )
-  tail -3 "$OUTD/tests.log"
+  if [ "${TESTS:-1}" = 1 ]; then
+    ( cd /tmp && "$PY" -m pytest -q -p no:cacheprovider "$REPO/tests/test_gpu_fused.py" "$REPO/tests/test_gpu_split.py" \
+        > "$OUTD/tests.log" 2>&1; echo "tests rc=$?" >> "$OUTD/tests.log" )
+    tail -3 "$OUTD/tests.log"
+  fi
   wait
   if [ "$(cat "$W/build.rc")" != 0 ]; then tail -30 "$OUTD/build.log" "$OUTD/cmake.log"; exit 1; fi
   echo "llama-bench built after $(( $(date +%s) - t0 )) s"
-  "$PY" -m edgespool.benchmarks.gpu_split_bench --out "$W/g" --gguf "$G" \
+  "$PY" -m edgespool.benchmarks.gpu_split_bench --out "$W/g${MOE:-}" --gguf "$G" \
     --llama-bench "$W/llama.cpp/build/bin/llama-bench" --reps 2 -n 16 --kernels ${AB---fused-ab} \
     --json-out "$OUTD/split.json" "$@" > "$OUTD/split.log" 2>&1
   echo "split bench rc=$? after $(( $(date +%s) - t0 )) s"

@@ -57,15 +57,16 @@ def _gen(model: Any, prompt: list[int], n: int) -> dict[str, Any]:
 
 def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps: int,
                   graphs: bool = True, profile: bool = False, fused: bool = True,
-                  zero_copy: bool | None = None) -> dict[str, Any]:
+                  zero_copy: bool | None = None, moe: bool = False) -> dict[str, Any]:
     """Load (cap None: CPU only), warm up, then ``reps`` generations; medians. ``graphs=False``: decode steps
     through the eager GPU path instead of the recorded CUDA graphs (the A/B of offload/gpu_graph.py);
-    ``fused=False``: graphs of 12 kernels a layer instead of the fused 6 (the A/B of offload/gpu_fused.py)."""
+    ``fused=False``: graphs of 12 kernels a layer instead of the fused 6 (the A/B of offload/gpu_fused.py);
+    ``moe``: MoE layers on the GPU too (``load(gpu_moe=True)``), routed experts where the plan puts them."""
     from edgespool import load
 
     # the GPU KV cache sized to the run (as llama-bench sizes its context to -p + -n)
     m = load(bundle) if cap is None else load(bundle, gpu_memory=cap, gpu_context=len(prompt) + n + 16,
-                                              gpu_zero_copy=zero_copy)
+                                              gpu_zero_copy=zero_copy, gpu_moe=moe)
     try:
         src = m.source
         if getattr(src, "device_layers", None) is not None:
@@ -259,36 +260,63 @@ def outside_weights_bytes(cfg: Any, context: int) -> int:
     return gpu_workspace_bytes(cfg, GPU_PREFILL_CHUNK, context) + kv
 
 
-def llamacpp_sweep(bench_bin: Path, gguf_path: Path, caps: list[float], p: int, n: int, reps: int,
-                   threads: int) -> list[dict[str, Any]]:
-    """llama-bench over an -ngl sweep (f16 KV, its defaults otherwise); for each cap (a fraction of the GGUF's
-    size) its best configuration whose GPU weights (the offloaded blocks + output) fit the cap."""
+def gguf_expert_bytes(gguf_path: Path) -> dict[int, int]:
+    """Bytes of each block's routed-expert tensors (``ffn_*_exps``): what ``--n-cpu-moe N`` keeps on the CPU for
+    the first N blocks."""
+    from gguf import GGUFReader
+
+    out: dict[int, int] = {}
+    for t in GGUFReader(str(gguf_path)).tensors:
+        if t.name.startswith("blk.") and "_exps." in t.name:
+            i = int(t.name.split(".")[1])
+            out[i] = out.get(i, 0) + int(t.n_bytes)
+    return out
+
+
+def _llama_bench(cmd: list[str]) -> list[dict[str, Any]]:
     import subprocess
 
-    nl, blocks, out_b, size = gguf_gpu_bytes(gguf_path)
-    ngls = sorted({0, *(max(0, min(nl + 1, k)) for k in range(0, nl + 2, max(1, nl // 8))), nl, nl + 1})
-    cmd = [str(bench_bin), "-m", str(gguf_path), "-p", str(p), "-n", str(n), "-r", str(reps), "-t", str(threads),
-           "-ngl", ",".join(map(str, ngls)), "-o", "json"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     if r.returncode != 0:
         raise RuntimeError(f"llama-bench failed: {r.stderr[-1500:]}")
-    rows = json.loads(r.stdout)
-    by: dict[int, dict[str, float]] = {}
-    for row in rows:
-        k = int(row["n_gpu_layers"])
-        kind = "prefill" if row.get("n_prompt", 0) else "decode"
-        by.setdefault(k, {})[kind] = float(row["avg_ts"])
+    return json.loads(r.stdout)
 
-    def gpu_bytes(k: int) -> int:
-        return sum(blocks[i] for i in range(max(0, nl - k), nl)) + (out_b if k > nl else 0)
 
-    sweep = [{"ngl": k, "gpu_weight_bytes": gpu_bytes(k), **by.get(k, {})} for k in ngls]
+def llamacpp_sweep(bench_bin: Path, gguf_path: Path, caps: list[float], p: int, n: int, reps: int,
+                   threads: int, moe: bool = False) -> list[dict[str, Any]]:
+    """llama-bench over an -ngl sweep (f16 KV, its defaults otherwise); for each cap (a fraction of the GGUF's
+    size) its best configuration whose GPU weights (the offloaded blocks + output) fit the cap. ``moe``: also
+    every block on the GPU with the routed experts of the first N blocks on the CPU (``-ngl 99 --n-cpu-moe N``,
+    N = n_layer being ``-ot exps=CPU``), llama.cpp's MoE configurations."""
+    nl, blocks, out_b, size = gguf_gpu_bytes(gguf_path)
+    ngls = sorted({0, *(max(0, min(nl + 1, k)) for k in range(0, nl + 2, max(1, nl // 8))), nl, nl + 1})
+    base = [str(bench_bin), "-m", str(gguf_path), "-p", str(p), "-n", str(n), "-r", str(reps), "-t", str(threads),
+            "-o", "json"]
+    cmd = base + ["-ngl", ",".join(map(str, ngls))]
+    by: dict[tuple[int, int], dict[str, float]] = {}
+    runs = [(cmd, _llama_bench(cmd))]
+    exps = gguf_expert_bytes(gguf_path) if moe else {}
+    if exps:
+        ncs = sorted({*range(0, nl + 1, max(1, nl // 6)), nl})
+        cmd2 = base + ["-ngl", "99", "-ncmoe", ",".join(map(str, ncs))]
+        runs.append((cmd2, _llama_bench(cmd2)))
+    for _, rows in runs:
+        for row in rows:
+            k = (min(int(row["n_gpu_layers"]), nl + 1), int(row.get("n_cpu_moe", 0) or 0))
+            kind = "prefill" if row.get("n_prompt", 0) else "decode"
+            by.setdefault(k, {})[kind] = float(row["avg_ts"])
+
+    def gpu_bytes(k: int, ncmoe: int) -> int:
+        return (sum(blocks[i] - (exps.get(i, 0) if i < ncmoe else 0) for i in range(max(0, nl - k), nl))
+                + (out_b if k > nl else 0))
+
+    sweep = [{"ngl": k, "n_cpu_moe": c, "gpu_weight_bytes": gpu_bytes(k, c), **v} for (k, c), v in sorted(by.items())]
     best = []
     for f in caps:
         fit = [s for s in sweep if s["gpu_weight_bytes"] <= f * size and "decode" in s]
         b = max(fit, key=lambda s: s["decode"]) if fit else None
         best.append({"config": f"llama.cpp cap {f:.0%}", "cap_bytes": int(f * size), "best": b})
-    return [{"sweep": sweep, "file_bytes": size, "command": " ".join(cmd)}, *best]
+    return [{"sweep": sweep, "file_bytes": size, "command": " ; ".join(" ".join(c) for c, _ in runs)}, *best]
 
 
 def hf_peer_main(a: Any) -> int:
@@ -343,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zero-copy", action="store_true", help="also run each cap with the GPU-resident weights "
                     "mapped from host memory (the unified-memory path; on a discrete GPU read over the bus)")
     ap.add_argument("--profile", action="store_true", help="cProfile 8 decode steps of every edgespool row")
+    ap.add_argument("--moe", action="store_true", help="an MoE model: edgespool with MoE layers on the GPU "
+                    "(load(gpu_moe=True)); llama.cpp also with -ngl 99 --n-cpu-moe N (N = all: -ot exps=CPU)")
     ap.add_argument("--hf-save-only", action="store_true", help="only write the random HF checkpoint (--out/hf)")
     a = ap.parse_args(argv)
     if a.hf_peer or a.hf_save_only:
@@ -361,14 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     caps = [float(x) for x in a.caps.split(",")]
     peer = None
     if a.llama_bench is not None:
-        peer = llamacpp_sweep(a.llama_bench, a.gguf, caps, a.prompt_tokens, a.n, a.reps, a.threads)
+        peer = llamacpp_sweep(a.llama_bench, a.gguf, caps, a.prompt_tokens, a.n, a.reps, a.threads, a.moe)
         print(json.dumps(peer), flush=True)
     rows = [{"config": "cpu-only", **run_edgespool(b, None, prompt, a.n, a.reps, profile=a.profile)}]
     print(json.dumps({k: v for k, v in rows[0].items() if k not in ("tokens", "profile")}), flush=True)
     print(rows[0].get("profile", ""), flush=True)
     for f in caps:
         r = {"config": f"gpu cap {f:.0%}", **run_edgespool(b, int(size * f), prompt, a.n, a.reps,
-                                                            profile=a.profile)}
+                                                            profile=a.profile, moe=a.moe)}
         r["tokens_match_cpu"] = r["tokens"] == rows[0]["tokens"]
         rows.append(r)
         print(json.dumps({k: v for k, v in r.items() if k not in ("tokens", "placement", "profile")}), flush=True)
@@ -378,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                     **kw: Any) -> None:
             """One more row of this cap: ``run_edgespool(..., **kw)`` under ``cap_bytes``, checked against CPU-only."""
             e = {"config": f"gpu cap {f:.0%} {label}", **(note or {}),
-                 **run_edgespool(b, cap_bytes, prompt, a.n, a.reps, **kw)}
+                 **run_edgespool(b, cap_bytes, prompt, a.n, a.reps, moe=a.moe, **kw)}
             e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
             rows.append(e)
             print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)
@@ -395,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.fused_ab:
             variant("unfused", int(size * f), fused=False)
     if peer is not None:  # llama.cpp once more after edgespool (interleaved: before and after), medians of both
-        again = llamacpp_sweep(a.llama_bench, a.gguf, caps, a.prompt_tokens, a.n, a.reps, a.threads)
+        again = llamacpp_sweep(a.llama_bench, a.gguf, caps, a.prompt_tokens, a.n, a.reps, a.threads, a.moe)
         print(json.dumps(again), flush=True)
         rows.append({"config": "llama.cpp", "before": peer, "after": again})
     if a.json_out:
