@@ -79,7 +79,10 @@ class OrtCnnRunner:
         self.float_acts = fa
         self.whole = _Session(lower_segment(g, 0, len(g.nodes), {g.input: full_box(g, g.input)}, {}, [g.output],
                                             quant, g.name, fa, weights_u8), threads)
-        self.quantizer = _Session(input_quantizer(g, quant), threads) if quant is not None else None
+        # the input's QuantizeLinear on one thread: a second session with its own intra-op pool spins its workers
+        # after each run, against the network session's threads (2 threads, 2 cores: MobileNetV2's first conv
+        # and depthwise ran 2-4x slower behind it); one elementwise op gains nothing from threads
+        self.quantizer = _Session(input_quantizer(g, quant), 1) if quant is not None else None
         self.patches: list[tuple[dict[str, tuple[int, int, int, int]], _Session]] = []
         self.stage2: _Session | None = None
         self.merged: Any = None
