@@ -15,6 +15,7 @@
 #   .devcarry/meta/           `python benchmarks/random_gguf.py meta QWEN1.5B.gguf` output (meta.gguf, tensors.json)
 # then run there (device tool, carry [".devcarry"]):  [ROUNDS=N] bash benchmarks/cpu_scaling_device.sh [THREADS] [RUNS]
 # FUSED_AB=1 also runs edgespool with EDGESPOOL_FUSED_DECODE=0 each round (decode with / without the C layer call).
+# NOREPACK=1 adds one diagnostic llama-bench run with --repack 0 (no extra buffer types: no CPU repack, no AMX).
 set -u
 THREADS=${1:-4,8,16}
 RUNS=${2:-2}
@@ -55,6 +56,15 @@ for r in $(seq 1 "$ROUNDS"); do
       --kernel-iters 0 --work "$W/rvl" --json "$OUTD/edgespool_unfused.$r.json" > /dev/null
   fi
 done
+if [ "${NOREPACK:-0}" = 1 ]; then  # a diagnostic row, not the peer's figure: llama.cpp without its extra buffer
+  # types (CPU repacking, AMX tiles on a Sapphire Rapids host): says what of its prefill lead they make
+  "$W/llama.cpp/build/bin/llama-bench" -m "$G" -t "$THREADS" -p "$PROMPT" -n "$DECODE" -r "$RUNS" --repack 0 -o json \
+    > "$OUTD/llama_bench_norepack.json" && "$PY" -c "
+import json,sys
+for x in json.load(open(sys.argv[1])): print('llama-bench --repack 0 (diagnostic): threads', x['n_threads'], 'pp' if x['n_prompt'] else 'tg', round(x['avg_ts'], 1))
+" "$OUTD/llama_bench_norepack.json"
+  grep -o "AMX[A-Z_0-9]* = 1\|amx[a-z_0-9]*" "$OUTD/lscpu.txt" | sort -u | tr '\n' ' '; echo
+fi
 "$PY" - "$OUTD" "$ROUNDS" <<'PYEOF'
 import json, statistics, sys
 d, n = sys.argv[1], int(sys.argv[2])
