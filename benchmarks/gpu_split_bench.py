@@ -95,9 +95,10 @@ def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps
                        streamed_layers=sum(g.where == "stream" for g in pl.groups),
                        cpu_layers=sum(g.where == "cpu" for g in pl.groups), **dev.stats(),
                        measured_h2d_bytes_per_step=dev.h2d_bytes / steps)
+        try:  # the per-place timing is a diagnostic: a failure there is reported in the row, not fatal to the run
             res["per_layer"] = per_layer_times(m, prompt)
-        else:
-            res["per_layer"] = per_layer_times(m, prompt)
+        except Exception as e:  # noqa: BLE001
+            res["per_layer"] = {"error": f"{type(e).__name__}: {e}"}
         if profile:
             res["profile"] = profile_decode(m, prompt)
         res["threads"] = {"kernels": getattr(m.kernels.backend, "threads", None),
