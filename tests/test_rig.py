@@ -332,9 +332,13 @@ def test_no_cgroup_left_behind(case):
               "crash": "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
               "SIGINT": "import time; time.sleep(30)", "SIGTERM": "import time; time.sleep(30)"}[case]
     body = f"import sys\nprint('ready', flush=True)\nsys.stdin.readline()\n{action}"
+    def default_signals() -> None:  # a shell runs background jobs with SIGINT ignored, and ignored stays ignored
+        for s in (signal.SIGINT, signal.SIGTERM):  # across exec: the rig and its command would inherit that
+            signal.signal(s, signal.SIG_DFL)
     p = subprocess.Popen([PY, "-m", "edgespool", "rig", "run", "--memory", "256MiB", "--cores", "1",
                           "--read-bandwidth", "200MB/s", "--", PY, "-c", body],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=default_signals)
     assert p.stdout.readline().strip() == "ready"
     assert rig_groups_present(owner=p.pid), "the rig's cgroups should exist while the command runs"
     p.stdin.write("go\n")
