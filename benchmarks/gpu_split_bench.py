@@ -234,21 +234,25 @@ def export_from(src_path: Path, out: Path, quant: str = "int8", kernels: bool = 
                         progress=False).path
 
 
-def gguf_gpu_bytes(gguf_path: Path) -> tuple[int, dict[int, int], int, int]:
-    """(n_layer, bytes of each block's tensors, output (+ norm) bytes, file size) of a GGUF: what llama.cpp puts
-    on the GPU for ``-ngl N`` (the last N blocks; the output layer too once N > n_layer)."""
+def gguf_gpu_bytes(gguf_path: Path) -> tuple[int, dict[int, int], int, int, dict[int, int]]:
+    """(n_layer, bytes of each block's tensors, output (+ norm) bytes, file size, bytes of each block's
+    routed-expert tensors ``ffn_*_exps``) of a GGUF: what llama.cpp puts on the GPU for ``-ngl N`` (the last N
+    blocks; the output layer too once N > n_layer), and what ``--n-cpu-moe N`` keeps of the first N on the CPU."""
     from gguf import GGUFReader
 
     r = GGUFReader(str(gguf_path))
     blocks: dict[int, int] = {}
+    exps: dict[int, int] = {}
     out = 0
     for t in r.tensors:
         if t.name.startswith("blk."):
             i = int(t.name.split(".")[1])
             blocks[i] = blocks.get(i, 0) + int(t.n_bytes)
+            if "_exps." in t.name:
+                exps[i] = exps.get(i, 0) + int(t.n_bytes)
         elif t.name.startswith("output"):
             out += int(t.n_bytes)
-    return len(blocks), blocks, out, gguf_path.stat().st_size
+    return len(blocks), blocks, out, gguf_path.stat().st_size, exps
 
 
 def outside_weights_bytes(cfg: Any, context: int) -> int:
@@ -259,19 +263,6 @@ def outside_weights_bytes(cfg: Any, context: int) -> int:
 
     kv = cfg.num_layers * 2 * cfg.num_kv_heads * context * cfg.head_dim * 4
     return gpu_workspace_bytes(cfg, GPU_PREFILL_CHUNK, context) + kv
-
-
-def gguf_expert_bytes(gguf_path: Path) -> dict[int, int]:
-    """Bytes of each block's routed-expert tensors (``ffn_*_exps``): what ``--n-cpu-moe N`` keeps on the CPU for
-    the first N blocks."""
-    from gguf import GGUFReader
-
-    out: dict[int, int] = {}
-    for t in GGUFReader(str(gguf_path)).tensors:
-        if t.name.startswith("blk.") and "_exps." in t.name:
-            i = int(t.name.split(".")[1])
-            out[i] = out.get(i, 0) + int(t.n_bytes)
-    return out
 
 
 def _llama_bench(cmd: list[str]) -> list[dict[str, Any]]:
@@ -289,14 +280,14 @@ def llamacpp_sweep(bench_bin: Path, gguf_path: Path, caps: list[float], p: int, 
     size) its best configuration whose GPU weights (the offloaded blocks + output) fit the cap. ``moe``: also
     every block on the GPU with the routed experts of the first N blocks on the CPU (``-ngl 99 --n-cpu-moe N``,
     N = n_layer being ``-ot exps=CPU``), llama.cpp's MoE configurations."""
-    nl, blocks, out_b, size = gguf_gpu_bytes(gguf_path)
+    nl, blocks, out_b, size, file_exps = gguf_gpu_bytes(gguf_path)
     ngls = sorted({0, *(max(0, min(nl + 1, k)) for k in range(0, nl + 2, max(1, nl // 8))), nl, nl + 1})
     base = [str(bench_bin), "-m", str(gguf_path), "-p", str(p), "-n", str(n), "-r", str(reps), "-t", str(threads),
             "-o", "json"]
     cmd = base + ["-ngl", ",".join(map(str, ngls))]
     by: dict[tuple[int, int], dict[str, float]] = {}
     runs = [(cmd, _llama_bench(cmd))]
-    exps = gguf_expert_bytes(gguf_path) if moe else {}
+    exps = file_exps if moe else {}
     if exps:
         ncs = sorted({*range(0, nl + 1, max(1, nl // 6)), nl})
         cmd2 = base + ["-ngl", "99", "-ncmoe", ",".join(map(str, ncs))]

@@ -19,9 +19,13 @@ from pathlib import Path
 import numpy as np
 
 
-def _copy_fields(r, w, value_type) -> None:
+def _copy_fields(r, w, value_type, keep=None) -> None:
+    """``r``'s metadata fields into the writer ``w`` (not the reader's own GGUF.* fields, the architecture and the
+    file type, which the writer sets); ``keep``: only the fields whose name it accepts."""
     for f in r.fields.values():
         if f.name.startswith("GGUF.") or f.name in ("general.architecture", "general.file_type"):
+            continue
+        if keep is not None and not keep(f.name):
             continue
         vt = f.types[0]
         if vt == value_type.ARRAY:
@@ -57,13 +61,7 @@ def write_moe_meta(real: str, out_dir: str, layers: int = 12, hidden: int = 1024
     vocab = len(r.fields["tokenizer.ggml.tokens"].data)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     w = GGUFWriter(str(Path(out_dir) / "meta.gguf"), "llama")
-    for f in r.fields.values():
-        if f.name.startswith("tokenizer."):
-            vt = f.types[0]
-            if vt == GGUFValueType.ARRAY:
-                w.add_key_value(f.name, f.contents(), vt, sub_type=f.types[-1])
-            else:
-                w.add_key_value(f.name, f.contents(), vt)
+    _copy_fields(r, w, GGUFValueType, keep=lambda name: name.startswith("tokenizer."))
     w.add_name("mixtral-style-simulated")
     w.add_block_count(layers)
     w.add_context_length(32768)
