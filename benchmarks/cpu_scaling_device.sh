@@ -15,6 +15,7 @@
 #   .devcarry/meta/           `python benchmarks/random_gguf.py meta QWEN1.5B.gguf` output (meta.gguf, tensors.json)
 # then run there (device tool, carry [".devcarry"]):  [ROUNDS=N] bash benchmarks/cpu_scaling_device.sh [THREADS] [RUNS]
 # FUSED_AB=1 also runs edgespool with EDGESPOOL_FUSED_DECODE=0 each round (decode with / without the C layer call).
+# SPLIT=1 adds `edgespool bench` at each thread count (its per-op split of a decode step).
 # NOREPACK=1 adds one diagnostic llama-bench run with --repack 0 (no extra buffer types: no CPU repack, no AMX).
 set -u
 THREADS=${1:-4,8,16}
@@ -64,6 +65,19 @@ import json,sys
 for x in json.load(open(sys.argv[1])): print('llama-bench --repack 0 (diagnostic): threads', x['n_threads'], 'pp' if x['n_prompt'] else 'tg', round(x['avg_ts'], 1))
 " "$OUTD/llama_bench_norepack.json"
   grep -o "AMX[A-Z_0-9]* = 1\|amx[a-z_0-9]*" "$OUTD/lscpu.txt" | sort -u | tr '\n' ' '; echo
+fi
+if [ "${SPLIT:-0}" = 1 ]; then  # where a step's time goes at each thread count: `edgespool bench`'s per-op split of
+  # decode steps (Python layers, each kernel call timed) and its own prefill / decode figures
+  for t in ${THREADS//,/ }; do
+    EDGESPOOL_THREADS=$t "$PY" -m edgespool bench "$W/rvl/$NAME/bundle_keep" --prompt-tokens "$PROMPT" -n 16 \
+      --json-out "$OUTD/bench_split.$t.json" > /dev/null 2>&1
+    "$PY" -c "
+import json,sys
+d=json.load(open(sys.argv[1])); s=d.get('op_split') or {}
+print('edgespool bench threads', sys.argv[2], 'prefill', round(d['prefill_tok_s'],1), 'decode', round(d['decode_tok_s'],1),
+      'split ms/step:', {k: round(v['ms_per_step'],2) for k,v in (s.get('ops') or {}).items()})
+" "$OUTD/bench_split.$t.json" "$t"
+  done
 fi
 "$PY" - "$OUTD" "$ROUNDS" <<'PYEOF'
 import json, statistics, sys
