@@ -15,7 +15,8 @@
 #   .devcarry/meta/           `python benchmarks/random_gguf.py meta QWEN1.5B.gguf` output (meta.gguf, tensors.json)
 # then run there (device tool, carry [".devcarry"]):  [ROUNDS=N] bash benchmarks/cpu_scaling_device.sh [THREADS] [RUNS]
 # FUSED_AB=1 also runs edgespool with EDGESPOOL_FUSED_DECODE=0 each round (decode with / without the C layer call).
-# SPLIT=1 adds `edgespool bench` at each thread count (its per-op split of a decode step).
+# SPLIT=1 adds `edgespool bench` at each thread count (its per-op split of a decode step) and
+# benchmarks/prefill_profile.py (a cProfile of one prefill at each thread count).
 # NOREPACK=1 adds one diagnostic llama-bench run with --repack 0 (no extra buffer types: no CPU repack, no AMX).
 set -u
 THREADS=${1:-4,8,16}
@@ -78,6 +79,9 @@ print('edgespool bench threads', sys.argv[2], 'prefill', round(d['prefill_tok_s'
       'split ms/step:', {k: round(v['ms_per_step'],2) for k,v in (s.get('ops') or {}).items()})
 " "$OUTD/bench_split.$t.json" "$t"
   done
+  "$PY" "$PWD/benchmarks/prefill_profile.py" "$W/rvl/$NAME/bundle_keep" --threads "$THREADS" --prompt "$PROMPT" \
+    --json-out "$OUTD/prefill_profile.json" > "$OUTD/prefill_profile.txt" 2>&1
+  grep -A6 "^threads" "$OUTD/prefill_profile.txt"
 fi
 "$PY" - "$OUTD" "$ROUNDS" <<'PYEOF'
 import json, statistics, sys
