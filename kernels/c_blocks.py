@@ -150,6 +150,10 @@ class BlockKernels:
         if self._silu is not None:
             self._silu.restype = None
             self._silu.argtypes = [vp, vp, vp, vp, lg, it]
+        self._rope = getattr(lib, "es_rope", None)  # threaded in-place RoPE (libraries before 2026-12-07: none)
+        if self._rope is not None:
+            self._rope.restype = ctypes.c_int
+            self._rope.argtypes = [vp, vp, vp, vp, it, it, it, it]
 
     def close(self) -> None:
         """Stop the worker threads (the library stays loaded)."""
@@ -298,6 +302,25 @@ class BlockKernels:
         out = np.empty_like(g)
         self._silu(self._pool, g.ctypes.data, u.ctypes.data, out.ctypes.data, g.size, self.threads)
         return out
+
+    def rope(self, xs: list[np.ndarray], cos: np.ndarray, sin: np.ndarray) -> bool:
+        """Rotate each ``x`` of ``xs`` (``[T, heads, D]``) in place with tables ``cos`` / ``sin`` ``[T, D]`` as
+        :func:`edgespool.kernels.rope.apply_rope` computes it (bit-identical), split over this pool's threads.
+        False (nothing touched) when the library has no entry or an array is not C-contiguous float32 of
+        matching shapes: the caller then uses numpy."""
+        if self._rope is None or cos.shape != sin.shape or cos.ndim != 2:
+            return False
+        for a in (cos, sin, *xs):
+            if a.dtype != np.float32 or not a.flags.c_contiguous:
+                return False
+        T, D = cos.shape
+        if any(x.ndim != 3 or x.shape[0] != T or x.shape[2] != D or not x.flags.writeable for x in xs):
+            return False
+        for x in xs:
+            if self._rope(self._pool, x.ctypes.data, cos.ctypes.data, sin.ctypes.data, T, x.shape[1], D,
+                          self.threads) != 0:
+                return False  # only for a head size the C rows cannot hold, checked before any x is touched
+        return True
 
     def table(self, base: KernelTable = REFERENCE, description: str | None = None) -> KernelTable:
         """``base`` with every scheme of :data:`SCHEME_CODES` routed through these kernels (``base``'s kernel for

@@ -9,6 +9,7 @@ references and against their own one-thread results.
   :func:`edgespool.kernels.attention.attention`, with a past, a sliding window, head sizes off the 8-lane path,
   key counts that are not multiples of 8; bit-identical for any thread count;
 * SiLU x up (``es_silu_mul``) against :func:`edgespool.kernels.swiglu.silu`;
+* RoPE in place (``es_rope``) bit-identical to :func:`edgespool.kernels.rope.apply_rope` (HF's rotate_half form);
 * the kernel table: prefill attention through the block kernels, decode (one query row) to the base kernel.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from edgespool.kernels import c_blocks
 from edgespool.kernels.attention import attention
 from edgespool.kernels.block_pack import PackedQTensor
 from edgespool.kernels.quant import QTensor
+from edgespool.kernels.rope import apply_rope, rope_cos_sin, rope_inv_freq
 from edgespool.kernels.swiglu import silu
 from test_kernels_blocks import _weight, gguf_dequant, q8_rounded, rand_blocks, rel
 
@@ -112,6 +114,25 @@ def test_silu_mul_matches_numpy(kerns, monkeypatch):
         np.testing.assert_array_equal(o, outs[0])
     monkeypatch.setattr(c_blocks, "SILU_MIN_THREADS", 4)
     assert kerns[2].silu_mul(g, u) is None  # below the thread count where it pays: numpy runs
+
+
+@pytest.mark.parametrize("T,heads,D", [(300, 12, 128), (7, 2, 64), (1, 3, 96), (33, 5, 18)])
+def test_rope_in_place_equals_numpy(kerns, T, heads, D):
+    rng = np.random.default_rng(T)
+    inv, att = rope_inv_freq(D, 1e6, None, 32768)
+    cos, sin = rope_cos_sin(np.arange(40, 40 + T), inv, att)
+    x = (3 * rng.standard_normal((T, heads, D))).astype(np.float32)
+    ref = apply_rope(x, cos, sin)
+    for k in kerns:
+        a, b = x.copy(), x[:, :1].copy()
+        assert k.rope([a, b], cos, sin)
+        np.testing.assert_array_equal(a, ref)  # bit for bit, any thread count
+        np.testing.assert_array_equal(b, ref[:, :1])
+    strided = x[:, ::2]  # not C-contiguous: declined, nothing touched
+    before = x.copy()
+    assert not kerns[1].rope([x.copy(), strided], cos, sin)
+    np.testing.assert_array_equal(x, before)
+    assert not kerns[1].rope([x.copy()], cos[:, :-2], sin[:, :-2])  # tables of another head size
 
 
 def test_table_attention_prefill_and_decode_here_other_kv_to_the_base(kerns):

@@ -1149,6 +1149,55 @@ int es_attention_prefill(void *vp, const float *q, const float *K, long sk, cons
     return atomic_load(&c.failed) ? -2 : 0;
 }
 
+/* x[T, heads, D] rotated in place with tables cos / sin [T, D] like kernels/rope.py apply_rope (x * cos +
+ * rotate_half(x) * sin: two products, then the add), split over the pool in rows of one head. */
+typedef struct { float *x; const float *cos, *sin; int heads, D; } rope_ctx_t;
+
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off"))) /* numpy's order: no product-add fused into an FMA */
+#endif
+static void rope_task(const void *vj, int i0, int i1) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    const rope_ctx_t *c = (const rope_ctx_t *)((const job_t *)vj)->ctx;
+    int D = c->D, half = D / 2;
+    float tmp[1024];
+    for (int r = i0; r < i1; r++) {
+        float *xh = c->x + (long)r * D;
+        const float *cs = c->cos + (long)(r / c->heads) * D, *sn = c->sin + (long)(r / c->heads) * D;
+        for (int j = 0; j < D; j++) tmp[j] = xh[j];
+        for (int j = 0; j < half; j++) {
+            float a = tmp[j] * cs[j], b = -tmp[j + half] * sn[j];
+            xh[j] = a + b;
+        }
+        for (int j = half; j < D; j++) {
+            float a = tmp[j] * cs[j], b = tmp[j - half] * sn[j];
+            xh[j] = a + b;
+        }
+    }
+}
+
+/* Returns 0, or -1 for a head size the row buffer cannot hold (odd or > 1024: the caller uses numpy). */
+int es_rope(void *vp, float *x, const float *cos, const float *sin, int T, int heads, int D, int nthreads) {
+    pool_t *p = (pool_t *)vp;
+    if (D <= 0 || D > 1024 || D % 2 || T <= 0 || heads <= 0) return -1;
+    rope_ctx_t c = {x, cos, sin, heads, D};
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.task = rope_task, j.ctx = &c, j.rows = T * heads, j.tchunk = 1;
+    int nth = nthreads < 1 ? 1 : nthreads;
+    if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
+    j.nth = nth;
+    if (!p || nth == 1 || j.rows < 64) {
+        rope_task(&j, 0, j.rows);
+        return 0;
+    }
+    j.tchunk = j.rows / (4 * nth) > 1 ? j.rows / (4 * nth) : 1;
+    pool_try_run(p, &j);
+    return 0;
+}
+
 /* out[i] = silu(g[i]) x u[i] for i < count, silu(x) = x (0.5 (1 + tanh(x / 2))) as kernels/swiglu.py computes it
  * (tanhf for numpy's tanh), split over the pool in ranges of 4096 values. */
 typedef struct { const float *g, *u; float *out; } silu_ctx_t;

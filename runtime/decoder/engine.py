@@ -356,7 +356,9 @@ class Engine:
         if c.clip_qkv is not None:
             q, k, v = (np.clip(a, -c.clip_qkv, c.clip_qkv) for a in (q, k, v))
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            fast = getattr(self.kernels.backend, "rope", None)  # threaded C, in place (block kernels)
+            if fast is None or not fast([q, k], *rope):
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if isinstance(cache, CacheBatch):  # several sequences: each attends over its own cache
             o = np.concatenate([self._attend(i, q[a:b], k[a:b], v[a:b], pos[a:b], sub)
                                 for sub, a, b in cache.spans()])
