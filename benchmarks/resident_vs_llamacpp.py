@@ -17,7 +17,8 @@ KV cache is float32.
 
 ``--real smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b`` runs the real GGUFs instead (``edgespool fetch``):
 per model an edgespool int8, int4 (g32) and ``--quant keep`` bundle exported from the GGUF for ``--target host``
-(C block kernels), and llama.cpp on the GGUF itself and on Q8_0 / Q4_0 files requantised from it by llama.cpp
+(C block kernels; ``--target x86-avx2`` exports the AVX2 build instead, e.g. beside a llama.cpp built AVX2-only and
+loaded through ``LLAMA_CPP_LIB_PATH``), and llama.cpp on the GGUF itself and on Q8_0 / Q4_0 files requantised from it by llama.cpp
 (``allow_requantize``: both systems re-quantise the same file's weights). Pairs: int8 vs Q8_0, int4 vs Q4_0,
 keep vs the file. Greedy tokens after a real text prompt are compared too.
 
@@ -68,8 +69,9 @@ REAL_TEXT = ("def quicksort(items):\n    \"\"\"Sort a list of numbers in ascendi
 
 
 # -- artefacts ------------------------------------------------------------------------------------------------------
-def _export_once(src_path: Path, bundle: Path, quant: str) -> Path:
-    """Export ``src_path`` as a ``quant`` bundle (g32, C/TVM kernels with q8 activations) unless ``bundle`` exists."""
+def _export_once(src_path: Path, bundle: Path, quant: str, target: str = "host") -> Path:
+    """Export ``src_path`` as a ``quant`` bundle (g32, C/TVM kernels with q8 activations) for ``target`` unless
+    ``bundle`` exists."""
     from edgespool.exporters.compress import QuantPolicy
     from edgespool.exporters.export import export_model, open_source
 
@@ -77,7 +79,8 @@ def _export_once(src_path: Path, bundle: Path, quant: str) -> Path:
         t0 = time.perf_counter()
         src = open_source(src_path)
         try:
-            export_model(src, bundle, policy=QuantPolicy(quant=quant, group_size=32), overwrite=True, onnx=False,
+            export_model(src, bundle, target=target, policy=QuantPolicy(quant=quant, group_size=32), overwrite=True,
+                         onnx=False,
                          kernels=True, progress=False, kernel_activations="q8")
         finally:
             src.close()
@@ -124,9 +127,9 @@ def requantize(src: Path, dst: Path, ftype: str) -> Path:
     return dst
 
 
-def prepare_real(work: Path, name: str, need: set[str] | None = None) -> dict[str, Path]:
-    """For the fetched GGUF ``name``: edgespool int8 / int4 / keep bundles and llama.cpp Q8_0 / Q4_0 files (only
-    the artefacts in ``need``, e.g. ``{"keep", "file.gguf"}``, when given)."""
+def prepare_real(work: Path, name: str, need: set[str] | None = None, target: str = "host") -> dict[str, Path]:
+    """For the fetched GGUF ``name``: edgespool int8 / int4 / keep bundles for ``target`` and llama.cpp Q8_0 /
+    Q4_0 files (only the artefacts in ``need``, e.g. ``{"keep", "file.gguf"}``, when given)."""
     gg = sorted((Path.home() / ".cache/edgespool/assets" / name).glob("*.gguf"))
     if not gg:
         raise SystemExit(f"{name}: run `edgespool fetch {name}` first")
@@ -135,7 +138,8 @@ def prepare_real(work: Path, name: str, need: set[str] | None = None) -> dict[st
     out: dict[str, Path] = {"file.gguf": gg[0]}
     for q in ("int8", "int4", "keep"):
         if need is None or q in need:
-            out[q] = _export_once(gg[0], work / f"bundle_{q}", q)
+            out[q] = _export_once(gg[0], work / (f"bundle_{q}" + ("" if target == "host" else f"_{target}")), q,
+                                  target)
     for ft in ("q8_0", "q4_0"):
         if need is not None and f"{ft}.gguf" not in need:
             continue
@@ -174,6 +178,8 @@ def _child(system: str, path: str, threads: int, runs: int, short: int, decode: 
         llm, res["llamacpp_config"] = open_llama(path, n_ctx=max(short + decode, prompt) + 8, n_batch=512,
                               n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
         n_vocab = llm.n_vocab()
+        res["llamacpp_system_info"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+        res["llamacpp_lib"] = os.environ.get("LLAMA_CPP_LIB_PATH", "the llama-cpp-python wheel's")
         if real:
             short_ids = llm.tokenize(REAL_TEXT.encode(), add_bos=False, special=False)
 
@@ -289,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-load", type=float, default=0.0,
                     help="before each system, wait until the 1-min load average is below this (0: don't wait)")
     ap.add_argument("--wait-s", type=float, default=300.0, help="longest wait for --max-load")
+    ap.add_argument("--target", default="host", help="--real: the target profile edgespool exports for (e.g. "
+                    "x86-avx2: its AVX2 kernels on this CPU; llama.cpp's build is set by LLAMA_CPP_LIB_PATH)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--real", help="comma-separated fetched GGUF models (e.g. qwen2.5-coder-0.5b) instead of the "
                                    "synthetic one; systems default to the real set")
@@ -348,7 +356,7 @@ def main_real(a: argparse.Namespace) -> int:
     results = []
     one = argparse.Namespace(**{**vars(a), "runs": 1})
     for name in a.real.split(","):
-        arts = prepare_real(a.work, name, {REAL_SYSTEMS[s][1] for s in systems})
+        arts = prepare_real(a.work, name, {REAL_SYSTEMS[s][1] for s in systems}, a.target)
         decide_extra_bufts(str(arts["file.gguf"]))
         import gguf
 

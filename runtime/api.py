@@ -476,15 +476,23 @@ def resolve_kernels(bundle: Bundle, enabled: bool = True, threads: int | None = 
 
 def kernels_misfit(tvm_target: dict[str, Any]) -> str | None:
     """Why kernels compiled for ``tvm_target`` must not run here (they could execute illegal instructions), or
-    None when they fit: another ISA; on x86 another LLVM mcpu than this CPU's; on ARM, dotprod on a CPU without it."""
+    None when they fit: another ISA; on x86 an LLVM mcpu whose instruction sets (``X86_MCPU_NEEDS``; another mcpu than
+    this CPU's when not tabled) this CPU lacks; on ARM, dotprod on a CPU without it."""
     from ..targets import get_target
+    from ..targets.profiles import X86_MCPU_NEEDS
 
     host = get_target("host")
     triple = str(tvm_target.get("mtriple", ""))
     if triple and not triple.startswith(host.isa):
         return f"kernels are for {triple}, this machine is {host.isa}"
-    if host.isa == "x86_64" and tvm_target.get("mcpu") and tvm_target.get("mcpu") != host.cpu:
-        return f"kernels are for mcpu {tvm_target.get('mcpu')}, this CPU is {host.cpu}; re-export with --target host"
+    mcpu = tvm_target.get("mcpu")
+    if host.isa == "x86_64" and mcpu and mcpu != host.cpu:
+        need = X86_MCPU_NEEDS.get(mcpu)
+        if need is None:  # an mcpu whose instruction sets are not tabled here: only that CPU
+            return f"kernels are for mcpu {mcpu}, this CPU is {host.cpu}; re-export with --target host"
+        if not need <= set(host.features):
+            return (f"kernels are for mcpu {mcpu}, which needs {', '.join(sorted(need - set(host.features)))}; "
+                    f"this CPU ({host.cpu}) lacks it; re-export with --target host")
     if host.isa == "aarch64" and "+dotprod" in tvm_target.get("mattr", []) and "asimddp" not in host.features:
         return "kernels use the dotprod extension, which this CPU lacks; re-export for this board"
     return None

@@ -78,6 +78,21 @@ _ARM_A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"
 _ARM_A57 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a57", "mattr": ["+neon"]}
 _ARM_A78AE = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78", "mattr": ["+neon", "+dotprod"]}
 
+_X86_V3 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"}
+_X86_ADL = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "alderlake"}
+
+# cpuinfo flags (as targets/host.py reports them) that code compiled for an x86 LLVM mcpu needs from the CPU it
+# runs on: such kernels fit any CPU with these flags (an AVX2 export runs on an AVX-512 machine), not only its mcpu
+X86_MCPU_NEEDS: dict[str, frozenset[str]] = {
+    "x86-64": frozenset(),
+    "x86-64-v3": frozenset({"avx2", "fma"}),
+    "znver3": frozenset({"avx2", "fma"}),
+    "alderlake": frozenset({"avx2", "fma", "avx_vnni"}),
+    "skylake-avx512": frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl"}),
+    "cascadelake": frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}),
+    "znver4": frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}),
+}
+
 # Registry: a plain dict literal (MLC-LLM habit). `host` is filled in by detection at lookup time.
 PROFILES: dict[str, TargetProfile] = {
     "rpi4": TargetProfile(
@@ -122,6 +137,23 @@ PROFILES: dict[str, TargetProfile] = {
         tvm_target=_ARM_A78AE,
         gpu=GpuSpec("Ampere 1024-core", "sm_87", 8 * GiB, True, {"kind": "cuda", "arch": "sm_87"}),
         cross_cc="aarch64-linux-gnu-gcc",
+    ),
+    "x86-avx2": TargetProfile(
+        name="x86-avx2",
+        description="any x86-64 CPU with AVX2 and FMA (x86-64-v3: Haswell and later, Zen 1-3, Intel N-series "
+                    "mini PCs); no AVX-512, no VNNI",
+        triple="x86_64-linux-gnu", isa="x86_64", features=("avx2", "fma"), cpu="x86-64-v3", cores=4, ram=8 * GiB,
+        storage=(StorageSpec("nvme", 1500 * MB, 100000, "a PCIe 3.0 x2-x4 NVMe SSD, ~1.5 GB/s sequential"),),
+        tvm_target=_X86_V3,
+    ),
+    "intel-n100": TargetProfile(
+        name="intel-n100",
+        description="Intel N100 mini PC (Alder Lake-N, 4x Gracemont E-cores @3.4 GHz, AVX2 + AVX-VNNI, "
+                    "single-channel DDR5-4800), 16 GB",
+        triple="x86_64-linux-gnu", isa="x86_64", features=("avx2", "fma", "avx_vnni"), cpu="alderlake", cores=4,
+        ram=16 * GiB,
+        storage=(StorageSpec("nvme", 1600 * MB, 80000, "M.2 NVMe on the N100's PCIe 3.0 x2 lanes, ~1.6 GB/s"),),
+        tvm_target=_X86_ADL,
     ),
     "mcu-m4": TargetProfile(
         name="mcu-m4",
