@@ -11,6 +11,13 @@
  * activation rows (8 activation rows run as two tiles): 4 / 8 int32 and float accumulators fit the 16 ymm. */
 
 #define ES_PACKED 1
+#ifndef ES_PF_Q8_AVX2
+/* the q8_0 / int8 decode tiles prefetch too (0: off, the A/B switch). Unlike the AVX-512 build (36 GB/s a core
+ * without it), the AVX2 sign-trick tile read one core's stream at 17.3 GB/s, 24.2 with the 2 KiB prefetch (0.5B
+ * shapes, `block_kernel_scaling.py --packed --march=-march=x86-64-v3` on the 2-core Zen 4 VM; 2 threads 32.9 ->
+ * 36.8; 1 KiB 21.4, 4 KiB 24.6 / 31.5) */
+#define ES_PF_Q8_AVX2 1
+#endif
 #if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
 #define PK2_VNNI 1
 #endif
@@ -52,7 +59,7 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
         for (int i = 0; i < NA; i++) y[h][i] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         __m256i acc[4][4], hp[4];
-        if (NA == 1 && q4)
+        if (NA == 1 && (q4 || ES_PF_Q8_AVX2))
             for (int g = 0; g < G; g++)
                 pk_prefetch(qk ? base + g * gb + 2368L * (b / 8) + 64 + 288 * (b % 8) : base + g * gb + b * bb,
                              (int)((bb + 63) / 64));
