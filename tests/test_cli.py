@@ -18,7 +18,8 @@ def test_targets_json_lists_every_profile():
     r = es("targets", "--json")
     assert r.returncode == 0, r.stderr
     names = [t["name"] for t in json.loads(r.stdout)]
-    assert names == ["host", "rpi4", "rpi5", "jetson-nano", "jetson-orin-nano", "mcu-m4", "mcu-m7"]
+    assert names == ["host", "rpi4", "rpi5", "jetson-nano", "jetson-orin-nano", "x86-avx2", "intel-n100",
+                     "mcu-m4", "mcu-m7"]
     rpi5 = json.loads(es("targets", "rpi5", "--json").stdout)
     assert rpi5["storage"][0]["medium"] == "nvme" and rpi5["storage"][0]["read_bandwidth"] == 440_000_000
     assert rpi5["tvm_target"]["mtriple"] == "aarch64-linux-gnu"
