@@ -33,7 +33,8 @@ from .quant import QTensor
 from .table import REFERENCE, KernelTable, RoutedLinear
 
 SOURCE = Path(__file__).with_name("c_src") / "blockdot.c"
-# below this many threads SiLU x up stays in numpy (its vectorised tanh beats one core of scalar tanhf)
+# for a library whose SiLU x up is scalar tanhf (before 2026-12-07; no es_silu_poly): below this many threads it
+# stays in numpy (its vectorised tanh beats one core of scalar tanhf); the polynomial one runs from 1 thread
 SILU_MIN_THREADS = 4
 LIBRARY_NAME = "blockdot.so"
 
@@ -147,9 +148,14 @@ class BlockKernels:
             self._attn.restype = ctypes.c_int
             self._attn.argtypes = [vp, vp, vp, lg, vp, lg, vp, it, it, it, it, it, ctypes.c_float, it, it, it]
         self._silu = getattr(lib, "es_silu_mul", None)
+        self.silu_min_threads = 1 if hasattr(lib, "es_silu_poly") else SILU_MIN_THREADS
         if self._silu is not None:
             self._silu.restype = None
             self._silu.argtypes = [vp, vp, vp, vp, lg, it]
+        self._rms = getattr(lib, "es_rmsnorm_rows", None)  # threaded RMSNorm rows (libraries before 2026-12-07: none)
+        if self._rms is not None:
+            self._rms.restype = ctypes.c_int
+            self._rms.argtypes = [vp, vp, vp, vp, lg, it, ctypes.c_float, it]
         self._rope = getattr(lib, "es_rope", None)  # threaded in-place RoPE (libraries before 2026-12-07: none)
         if self._rope is not None:
             self._rope.restype = ctypes.c_int
@@ -293,14 +299,28 @@ class BlockKernels:
     def silu_mul(self, g: np.ndarray, u: np.ndarray) -> np.ndarray | None:
         """``silu(g) * u`` (float32, same shape) split over this pool's threads, as
         :func:`edgespool.kernels.swiglu.silu` computes it (C ``tanhf`` for numpy's ``tanh``); None when the
-        library has no entry, the arrays differ in shape, are not C-contiguous float32, or one thread would do it
-        (numpy's vectorised tanh is faster per core than ``tanhf``)."""
-        if (self._silu is None or self.threads < SILU_MIN_THREADS or g.shape != u.shape or g.dtype != np.float32
+        library has no entry, the arrays differ in shape, are not C-contiguous float32, or (an old library's scalar
+        ``tanhf``) fewer than :data:`SILU_MIN_THREADS` threads would do it."""
+        if (self._silu is None or self.threads < self.silu_min_threads or g.shape != u.shape or g.dtype != np.float32
                 or u.dtype != np.float32 or not g.flags.c_contiguous or not u.flags.c_contiguous
                 or not 0 < g.size < 2 ** 31):
             return None
         out = np.empty_like(g)
         self._silu(self._pool, g.ctypes.data, u.ctypes.data, out.ctypes.data, g.size, self.threads)
+        return out
+
+    def rmsnorm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray | None:
+        """:func:`edgespool.kernels.rmsnorm.rmsnorm` of ``x`` (``[..., H]`` float32, C-contiguous) with ``weight``
+        ``[H]``, bit-identical (numpy's pairwise sum), rows split over this pool's threads; None when the library
+        has no entry or the arrays do not fit (the caller then uses numpy)."""
+        if (self._rms is None or x.dtype != np.float32 or not x.flags.c_contiguous or x.ndim < 1 or x.size == 0
+                or weight.dtype != np.float32 or weight.shape != (x.shape[-1],) or not weight.flags.c_contiguous):
+            return None
+        n = x.shape[-1]
+        out = np.empty_like(x)
+        if self._rms(self._pool, x.ctypes.data, weight.ctypes.data, out.ctypes.data, x.size // n, n, eps,
+                     self.threads):
+            return None
         return out
 
     def rope(self, xs: list[np.ndarray], cos: np.ndarray, sin: np.ndarray) -> bool:

@@ -5,7 +5,9 @@ that work (single-threaded, with allocations) was ~40% of a decode step. :class:
 description for the C entry (pointers to its packed weights, norm vectors, biases and float32 KV-cache rows) and
 runs it over preallocated buffers, bit-identical to the Python path (the same kernels, numpy's float32 operation
 order for RMSNorm / RoPE / residuals / bias adds; SiLU through ``es_silu_mul`` where the Python path uses it, i.e.
-from :data:`~edgespool.kernels.c_blocks.SILU_MIN_THREADS` threads, else numpy's SiLU between two C calls).
+at every thread count with a library that has the polynomial SiLU, from
+:data:`~edgespool.kernels.c_blocks.SILU_MIN_THREADS` threads with an older one, else numpy's SiLU between two C
+calls).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import ctypes
 import numpy as np
 
 from .block_pack import PackedQTensor
-from .c_blocks import SILU_MIN_THREADS, BlockKernels
+from .c_blocks import BlockKernels
 from .quant import QTensor
 
 _vp, _it, _fl = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
@@ -69,7 +71,7 @@ class DecoderLayerC:
         self._fn = kern._lib.es_decoder_layer
         self._args = (kern._pool, ctypes.addressof(desc))
         self._ws, self._scr = int(ws.ctypes.data), int(scratch.ctypes.data)
-        self.one_call = kern.threads >= SILU_MIN_THREADS  # else numpy's SiLU between two calls (its tanh)
+        self.one_call = kern.threads >= kern.silu_min_threads  # else numpy's SiLU between two calls (its tanh)
 
     @staticmethod
     def build(kern: BlockKernels, w: dict[str, QTensor], p: str, K: np.ndarray, V: np.ndarray, *, num_heads: int,
@@ -137,7 +139,7 @@ class DecoderLayerC:
         if self._fn(pool, dp, xp, pos, cp, sp, self._ws, self._scr, nth, 1):
             return False
         # kernels/swiglu.py's silu(g) * u with the same numpy operations, into the workspace (numpy's tanh, as the
-        # Python path computes it below SILU_MIN_THREADS)
+        # Python path computes it where the library's SiLU is not used)
         g, u, t = self.g, self.u, self.t
         np.multiply(g, _HALF, out=t)
         np.tanh(t, out=t)

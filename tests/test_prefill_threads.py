@@ -8,7 +8,8 @@ references and against their own one-thread results.
 * the prefill attention (``es_attention_prefill``: (query row, KV head) items over the pool) against
   :func:`edgespool.kernels.attention.attention`, with a past, a sliding window, head sizes off the 8-lane path,
   key counts that are not multiples of 8; bit-identical for any thread count;
-* SiLU x up (``es_silu_mul``) against :func:`edgespool.kernels.swiglu.silu`;
+* SiLU x up (``es_silu_mul``, a vectorised polynomial exp) against float64 and :func:`edgespool.kernels.swiglu.silu`;
+* RMSNorm rows (``es_rmsnorm_rows``) bit-identical to :func:`edgespool.kernels.rmsnorm.rmsnorm`;
 * RoPE in place (``es_rope``) bit-identical to :func:`edgespool.kernels.rope.apply_rope` (HF's rotate_half form);
 * the kernel table: prefill attention through the block kernels, decode (one query row) to the base kernel.
 """
@@ -20,6 +21,7 @@ from edgespool.kernels import c_blocks
 from edgespool.kernels.attention import attention
 from edgespool.kernels.block_pack import PackedQTensor
 from edgespool.kernels.quant import QTensor
+from edgespool.kernels.rmsnorm import rmsnorm
 from edgespool.kernels.rope import apply_rope, rope_cos_sin, rope_inv_freq
 from edgespool.kernels.swiglu import silu
 from test_kernels_blocks import _weight, gguf_dequant, q8_rounded, rand_blocks, rel
@@ -102,18 +104,48 @@ def test_prefill_attention_refuses_what_it_does_not_serve(kerns):
     assert k.attention(q, K, K, np.array([6, 7, 9]), np.arange(9)) is None  # positions not consecutive
 
 
-def test_silu_mul_matches_numpy(kerns, monkeypatch):
-    monkeypatch.setattr(c_blocks, "SILU_MIN_THREADS", 1)
+def test_silu_mul_matches_float64_and_numpy(kerns):
     rng = np.random.default_rng(3)
     g = (4 * rng.standard_normal((37, 1001))).astype(np.float32)
     u = rng.standard_normal((37, 1001)).astype(np.float32)
-    ref = silu(g) * u
+    g64, u64 = g.astype(np.float64), u.astype(np.float64)
+    exact = g64 / (1 + np.exp(-g64)) * u64
+    assert all(k.silu_min_threads == 1 for k in kerns)  # the polynomial SiLU serves every thread count
     outs = [k.silu_mul(g, u) for k in kerns]
-    assert float(np.abs(outs[0] - ref).max()) < 2e-6 * float(np.abs(ref).max())
+    assert float(np.abs(outs[0] - exact).max()) < 1e-6 * float(np.abs(exact).max())
+    assert float(np.abs(outs[0] - silu(g) * u).max()) < 2e-6 * float(np.abs(exact).max())  # the numpy path's
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
-    monkeypatch.setattr(c_blocks, "SILU_MIN_THREADS", 4)
-    assert kerns[2].silu_mul(g, u) is None  # below the thread count where it pays: numpy runs
+    # the whole float range: no overflow, no NaN, relative error of a float32 result where it is not negligible
+    x = np.concatenate([np.linspace(-150, 150, 300001), [-3e38, -1e-30, 0.0, 1e-30, 3e38]]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        ex = x64 / (1 + np.exp(-x64))
+    o = kerns[1].silu_mul(x, np.ones_like(x))
+    assert np.isfinite(o).all()
+    big = np.abs(ex) > 1e-30
+    assert float((np.abs(o - ex) / np.abs(ex))[big].max()) < 5e-7
+    assert float(np.abs(o - ex)[~big].max()) < 1e-28
+    kerns[2].silu_min_threads = c_blocks.SILU_MIN_THREADS  # an older library's scalar tanhf: numpy below 4 threads
+    try:
+        assert kerns[2].silu_mul(g, u) is None
+    finally:
+        kerns[2].silu_min_threads = 1
+
+
+@pytest.mark.parametrize("rows,n", [(512, 1536), (7, 896), (1, 576), (33, 37), (3, 5)])
+def test_rmsnorm_rows_equal_numpy_bit_for_bit(kerns, rows, n):
+    rng = np.random.default_rng(rows * n)
+    x = (3 * rng.standard_normal((rows, n))).astype(np.float32)
+    w = (1 + 0.2 * rng.standard_normal(n)).astype(np.float32)
+    ref = rmsnorm(x, w, 1e-6)
+    for k in kerns:
+        np.testing.assert_array_equal(k.rmsnorm(x, w, 1e-6), ref)
+    x3 = x.reshape(rows, 1, n)  # any leading shape: rows of the last axis
+    np.testing.assert_array_equal(kerns[1].rmsnorm(x3, w, 1e-6), ref.reshape(rows, 1, n))
+    assert kerns[1].rmsnorm(x[:, ::2], w[::2].copy(), 1e-6) is None  # not contiguous: numpy's turn
+    assert kerns[1].rmsnorm(x.astype(np.float64), w, 1e-6) is None
+    assert kerns[1].rmsnorm(x, w[:-1].copy(), 1e-6) is None  # width mismatch
 
 
 @pytest.mark.parametrize("T,heads,D", [(300, 12, 128), (7, 2, 64), (1, 3, 96), (33, 5, 18)])

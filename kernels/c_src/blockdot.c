@@ -1198,19 +1198,52 @@ int es_rope(void *vp, float *x, const float *cos, const float *sin, int T, int h
     return 0;
 }
 
-/* out[i] = silu(g[i]) x u[i] for i < count, silu(x) = x (0.5 (1 + tanh(x / 2))) as kernels/swiglu.py computes it
- * (tanhf for numpy's tanh), split over the pool in ranges of 4096 values. */
+/* out[i] = silu(g[i]) x u[i] for i < count, silu(x) = x / (1 + exp(-x)), split over the pool in ranges of 4096
+ * values.  exp is a branch-free Cephes-style polynomial (range reduction by ln 2, degree-6 polynomial, the exponent
+ * put in by integer arithmetic; argument clamped to [-80, 87] so nothing overflows or goes subnormal; silu(x) = 0
+ * below x = -87, where x e^x < 1e-36) that the compiler
+ * vectorises for the target (AVX2 / AVX-512 / NEON): glibc's scalar tanhf / expf ran 15 ns a value here and ~30 on
+ * the GPU machine's host, 20-40x numpy's vectorised tanh.  Within 2 ulp of exp; relative error of silu ~3e-7,
+ * more accurate than the numpy reference x (0.5 (1 + tanh(x / 2))) (whose 1 + tanh loses digits for x < -8). */
 typedef struct { const float *g, *u; float *out; } silu_ctx_t;
+
+static inline float es_exp_clamped(float z) {
+    z = z > 87.f ? 87.f : z;
+    z = z < -80.f ? -80.f : z;
+    float t = z * 1.44269504088896341f + 12582912.f; /* 1.5 x 2^23: t's low mantissa bits hold round(z / ln 2) */
+    float n = t - 12582912.f;
+    int32_t ti, ei;
+    memcpy(&ti, &t, 4);
+    float r = z - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.f;
+    ei = (ti - 0x4B400000 + 127) << 23; /* 2^n, n in [-115, 126] */
+    float sc;
+    memcpy(&sc, &ei, 4);
+    return p * sc;
+}
 
 static void silu_task(const void *vj, int i0, int i1) {
     const silu_ctx_t *c = (const silu_ctx_t *)((const job_t *)vj)->ctx;
     long a = (long)i0 * 4096, b = (long)i1 * 4096, n = ((const job_t *)vj)->m;
     if (b > n) b = n;
+    const float *restrict g = c->g, *restrict u = c->u;
+    float *restrict out = c->out;
     for (long i = a; i < b; i++) {
-        float x = c->g[i], t = tanhf(0.5f * x);
-        c->out[i] = (((t + 1.f) * 0.5f) * x) * c->u[i];
+        float x = g[i], y = x / (1.f + es_exp_clamped(-x)) * u[i];
+        out[i] = x < -87.f ? 0.f : y;
     }
 }
+
+/* 1: this library's es_silu_mul is the vectorised polynomial (libraries before 2026-12-07: scalar tanhf, slower
+ * than numpy below 4 threads, so the Python side keeps numpy there) */
+int es_silu_poly(void) { return 1; }
 
 void es_silu_mul(void *vp, const float *g, const float *u, float *out, long count, int nthreads) {
     pool_t *p = (pool_t *)vp;

@@ -79,6 +79,39 @@ static void np_rmsnorm(const float *x, const float *w, int n, float eps, float *
     }
 }
 
+/* es_rmsnorm_rows: rows x n values of x, each RMS-normalised and scaled by w into y exactly as kernels/rmsnorm.py
+ * computes them (np_rmsnorm: numpy's pairwise sum, bit-identical), rows split over the pool (prefill: 2 x layers
+ * calls of [T, H], single-threaded numpy before).  Returns 0; -1 for a width it does not serve (n < 1 or above
+ * ES_RMS_MAX_N: the caller's numpy runs). */
+#define ES_RMS_MAX_N 16384
+typedef struct { const float *x, *w; float *y; int n; float eps; } rms_ctx_t;
+
+static void rms_task(const void *vj, int i0, int i1) {
+    const rms_ctx_t *c = (const rms_ctx_t *)((const job_t *)vj)->ctx;
+    float tmp[ES_RMS_MAX_N];
+    for (long r = i0; r < i1; r++)
+        np_rmsnorm(c->x + r * c->n, c->w, c->n, c->eps, c->y + r * c->n, tmp);
+}
+
+int es_rmsnorm_rows(void *vp, const float *x, const float *w, float *y, long rows, int n, float eps, int nthreads) {
+    if (n < 1 || n > ES_RMS_MAX_N || rows < 1 || rows > 0x7fffffff) return -1;
+    pool_t *p = (pool_t *)vp;
+    rms_ctx_t c = {x, w, y, n, eps};
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.task = rms_task, j.ctx = &c, j.m = (int)rows, j.rows = (int)rows, j.tchunk = 1;
+    int nth = nthreads < 1 ? 1 : nthreads;
+    if (p && nth > p->nworkers + 1) nth = p->nworkers + 1;
+    j.nth = nth;
+    if (!p || nth == 1 || rows < 2) {
+        rms_task(&j, 0, (int)rows);
+        return 0;
+    }
+    j.tchunk = j.rows / (4 * nth) > 1 ? j.rows / (4 * nth) : 1;
+    pool_try_run(p, &j);
+    return 0;
+}
+
 /* x[heads, D] rotated in place like kernels/rope.py apply_rope: x * cos + rotate_half(x) * sin. */
 static void np_rope(float *x, int heads, int D, const float *cos, const float *sin) {
     int half = D / 2;

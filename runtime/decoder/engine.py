@@ -248,7 +248,7 @@ class Engine:
                     src.release(g)
                     continue
             # attention block
-            h = rmsnorm(x, _vec(w[p + "attn_norm"]), c.rms_norm_eps)
+            h = self._rmsnorm(x, w[p + "attn_norm"])
             rope = self.layer_rope[i]
             a = self._attention(i, w, p, h, pos, tables[id(rope)] if rope else None, cache)
             if reduce is not None:
@@ -258,7 +258,7 @@ class Engine:
             x = x + (a if res is None else a * res)
             # FFN / MoE block
             src.on_hidden(i, x)
-            h = rmsnorm(x, _vec(w[p + "ffn_norm"]), c.rms_norm_eps)
+            h = self._rmsnorm(x, w[p + "ffn_norm"])
             if c.is_moe_layer(i):
                 f = self._moe(i, w, p, h)
             elif p + "ffn.gate" in w:
@@ -337,6 +337,14 @@ class Engine:
         if c.final_logit_softcap:  # Gemma 2
             logits = np.tanh(logits / np.float32(c.final_logit_softcap)) * np.float32(c.final_logit_softcap)
         return logits.astype(np.float32, copy=False)
+
+    def _rmsnorm(self, x: np.ndarray, weight: QTensor) -> np.ndarray:
+        """A layer's input RMSNorm of ``x`` ``[T, H]``: the kernels' threaded C rows where they have them
+        (bit-identical), else numpy's :func:`rmsnorm`."""
+        wv, eps = _vec(weight), self.config.rms_norm_eps
+        fast = getattr(self.kernels.backend, "rmsnorm", None) if x.shape[0] > 1 else None
+        y = fast(x, wv, eps) if fast is not None else None
+        return y if y is not None else rmsnorm(x, wv, eps)
 
     def _attention(self, i: int, w: dict[str, QTensor], p: str, h: np.ndarray, pos: np.ndarray,
                    rope: tuple[np.ndarray, np.ndarray] | None, cache: KVCache) -> np.ndarray:
