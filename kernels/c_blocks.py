@@ -296,16 +296,17 @@ class BlockKernels:
                         v.strides[0] // 4, out.ctypes.data, T, nh, nkv, D, S, sc, past, w, self.threads)
         return out if rc == 0 else None
 
-    def silu_mul(self, g: np.ndarray, u: np.ndarray) -> np.ndarray | None:
-        """``silu(g) * u`` (float32, same shape) split over this pool's threads, as
-        :func:`edgespool.kernels.swiglu.silu` computes it (C ``tanhf`` for numpy's ``tanh``); None when the
-        library has no entry, the arrays differ in shape, are not C-contiguous float32, or (an old library's scalar
-        ``tanhf``) fewer than :data:`SILU_MIN_THREADS` threads would do it."""
+    def silu_mul(self, g: np.ndarray, u: np.ndarray, *, in_place: bool = False) -> np.ndarray | None:
+        """``silu(g) * u`` (float32, same shape) split over this pool's threads: the library's vectorised
+        polynomial (within ~3e-7 of float64; an older library's C ``tanhf`` form of
+        :func:`edgespool.kernels.swiglu.silu`); ``in_place``: written over ``g`` (the caller's own gate output: no
+        fresh pages). None when the library has no entry, the arrays differ in shape, are not C-contiguous float32,
+        or (an old library's scalar ``tanhf``) fewer than :data:`SILU_MIN_THREADS` threads would do it."""
         if (self._silu is None or self.threads < self.silu_min_threads or g.shape != u.shape or g.dtype != np.float32
                 or u.dtype != np.float32 or not g.flags.c_contiguous or not u.flags.c_contiguous
                 or not 0 < g.size < 2 ** 31):
             return None
-        out = np.empty_like(g)
+        out = g if in_place and g.flags.writeable else np.empty_like(g)
         self._silu(self._pool, g.ctypes.data, u.ctypes.data, out.ctypes.data, g.size, self.threads)
         return out
 

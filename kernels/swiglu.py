@@ -62,7 +62,7 @@ def swiglu(x: np.ndarray, gate: QTensor, up: QTensor, down: QTensor, act: str = 
     many = getattr(kernels, "linear_many", None)  # one dispatch for both when the kernels can fuse them
     g, u = many(x, [gate, up]) if many is not None else (kernels.linear(x, gate), kernels.linear(x, up))
     fused = getattr(kernels.backend, "silu_mul", None) if act == "silu" else None  # threaded C (block kernels)
-    h = fused(g, u) if fused is not None else None
+    h = fused(g, u, in_place=True) if fused is not None else None  # g is this call's own: overwrite it
     if h is None:
         h = fn(g)
         h *= u

@@ -116,6 +116,11 @@ def test_silu_mul_matches_float64_and_numpy(kerns):
     assert float(np.abs(outs[0] - silu(g) * u).max()) < 2e-6 * float(np.abs(exact).max())  # the numpy path's
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
+    for k in kerns:  # over the gate output itself: the same values, no new array
+        g2 = g.copy()
+        o = k.silu_mul(g2, u, in_place=True)
+        assert o is g2
+        np.testing.assert_array_equal(o, outs[0])
     # the whole float range: no overflow, no NaN, relative error of a float32 result where it is not negligible
     x = np.concatenate([np.linspace(-150, 150, 300001), [-3e38, -1e-30, 0.0, 1e-30, 3e38]]).astype(np.float32)
     x64 = x.astype(np.float64)

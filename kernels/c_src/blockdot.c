@@ -1233,7 +1233,16 @@ static void silu_task(const void *vj, int i0, int i1) {
     const silu_ctx_t *c = (const silu_ctx_t *)((const job_t *)vj)->ctx;
     long a = (long)i0 * 4096, b = (long)i1 * 4096, n = ((const job_t *)vj)->m;
     if (b > n) b = n;
-    const float *restrict g = c->g, *restrict u = c->u;
+    const float *restrict u = c->u;
+    if (c->out == c->g) { /* in place (the caller's fresh gate output): no new pages to fault in */
+        float *restrict io = c->out;
+        for (long i = a; i < b; i++) {
+            float x = io[i], y = x / (1.f + es_exp_clamped(-x)) * u[i];
+            io[i] = x < -87.f ? 0.f : y;
+        }
+        return;
+    }
+    const float *restrict g = c->g;
     float *restrict out = c->out;
     for (long i = a; i < b; i++) {
         float x = g[i], y = x / (1.f + es_exp_clamped(-x)) * u[i];
