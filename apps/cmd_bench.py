@@ -117,7 +117,7 @@ def _check_out_file(option: str, path: str | None) -> None:
 
 def check_bench_options(bundle: str, prompt_tokens: int, n: int, seed: int, json_out: str | None,
                         plot: str | None, *, io_threads: int = 2, neuron_window: int = 5,
-                        neuron_capacity: float | None = None) -> None:
+                        neuron_capacity: float | None = None, threads: int | None = None) -> None:
     """Refuse options that cannot run before any measurement starts: lengths below 1 or beyond the model's
     context (from the manifest), a negative seed, thread counts / windows below 1, a neuron capacity that is not
     a positive number, output files in missing folders."""
@@ -127,6 +127,8 @@ def check_bench_options(bundle: str, prompt_tokens: int, n: int, seed: int, json
 
     if io_threads < 1:
         raise OptionError(f"--io-threads {io_threads}: must be >= 1")
+    if threads is not None and threads < 1:
+        raise OptionError(f"--threads {threads}: must be >= 1")
     if neuron_window < 1:
         raise OptionError(f"--neuron-window {neuron_window}: must be >= 1 forward pass")
     if neuron_capacity is not None and not (math.isfinite(neuron_capacity) and neuron_capacity > 0):
@@ -156,6 +158,8 @@ def check_bench_options(bundle: str, prompt_tokens: int, n: int, seed: int, json
 @click.option("--prompt-tokens", default=32, show_default=True, type=int, help="Prompt length (random ids).")
 @click.option("-n", "--max-tokens", "n", default=32, show_default=True, type=int, help="Tokens to generate.")
 @click.option("--io-threads", default=2, show_default=True, type=int, help="Background read threads.")
+@click.option("--threads", "n_threads", default=None, type=int,
+              help="Worker threads of the bundle's C block kernels (default $EDGESPOOL_THREADS, else all cores).")
 @click.option("--cache-policy", type=click.Choice(["lrfu", "lru"]), default="lrfu", show_default=True)
 @click.option("--no-predict", is_flag=True, help="Disable next-layer expert prediction.")
 @click.option("--no-lookahead", is_flag=True, help="Do not read a layer's routed experts before the engine asks.")
@@ -175,11 +179,12 @@ def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: s
               rig_memory: str | None, prompt_tokens: int, n: int, io_threads: int, cache_policy: str,
               no_predict: bool, no_lookahead: bool, io_bandwidth: str | None, neuron_capacity: float | None,
               neuron_window: int, seed: int, as_json: bool,
-              json_out: str | None, plot: str | None, quiet: bool, gpu_budget: str | None = None) -> None:
+              json_out: str | None, plot: str | None, quiet: bool, gpu_budget: str | None = None,
+              n_threads: int | None = None) -> None:
     """Measure decode/prefill tokens/s, TTFT, bytes read per token, read bandwidth vs the storage bound, cache
     hit rate, prediction accuracy and peak memory of BUNDLE."""
     check_bench_options(bundle, prompt_tokens, n, seed, json_out, plot, io_threads=io_threads,
-                        neuron_window=neuron_window, neuron_capacity=neuron_capacity)
+                        neuron_window=neuron_window, neuron_capacity=neuron_capacity, threads=n_threads)
     if gpu_budget is not None:  # the CPU/GPU split bench (resident CPU side)
         from ..runtime.gpu_bench import bench_split
         from ..units import parse_bytes
@@ -187,7 +192,7 @@ def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: s
         if memory_budget is not None or rig is not None:
             raise OptionError("--gpu-budget is measured with a resident CPU side: drop --memory-budget / --rig")
         r = bench_split(bundle, parse_bytes(gpu_budget, "--gpu-budget"), prompt_tokens=prompt_tokens, max_tokens=n,
-                        seed=seed)
+                        seed=seed, threads=n_threads)
         if json_out:
             Path(json_out).write_text(json.dumps(r, default=str))
         if as_json:
@@ -202,6 +207,7 @@ def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: s
         argv = [bundle, "--prompt-tokens", str(prompt_tokens), "-n", str(n), "--io-threads", str(io_threads),
                 "--cache-policy", cache_policy, "--seed", str(seed), "--neuron-window", str(neuron_window)]
         argv += ["--neuron-capacity", str(neuron_capacity)] if neuron_capacity is not None else []
+        argv += ["--threads", str(n_threads)] if n_threads is not None else []
         for flag, val in (("--memory-budget", memory_budget), ("--target", target or rig),
                           ("--io-bandwidth", io_bandwidth)):
             if val:
@@ -219,7 +225,7 @@ def bench_cmd(bundle: str, memory_budget: str | None, target: str | None, rig: s
             if neuron_capacity is not None:
                 opts["neuron_capacity"] = int(neuron_capacity) if neuron_capacity > 1 else float(neuron_capacity)
         res = bench_bundle(bundle, memory_budget=memory_budget, target=target, prompt_tokens=prompt_tokens,
-                           max_tokens=n, seed=seed, **opts)
+                           max_tokens=n, seed=seed, threads=n_threads, **opts)
         if res.get("plan"):
             from ..schedulers.memory_plan import MemoryPlan
 

@@ -153,13 +153,15 @@ def op_split(eng: Engine, times: Any, cache: Any, tok: int, steps: int) -> dict[
 
 def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = None, target: str | None = None,
                  prompt_tokens: int = 32, max_tokens: int = 32, seed: int = 0, measure_storage: bool = True,
-                 kernels: bool = True, split_steps: int = 16, **stream_options: Any) -> dict[str, Any]:
+                 kernels: bool = True, split_steps: int = 16, threads: int | None = None,
+                 **stream_options: Any) -> dict[str, Any]:
     """Load ``path`` (streaming under ``memory_budget``, or resident without one), run a prefill of
     ``prompt_tokens`` random ids and ``max_tokens`` greedy decode steps, and return every measured figure
     (JSON-ready, plus ``_timeline`` with raw samples for plotting). ``kernels``: the bundle's compiled kernels
     when they fit this machine (what ``edgespool run`` uses; the result's ``kernels`` says which), else numpy.
     ``split_steps`` more decode steps are then run with timed kernels for the per-op split (``op_split``;
-    0 skips it)."""
+    0 skips it). ``threads``: the C block kernels' worker threads (default $EDGESPOOL_THREADS, else the usable
+    cores), as ``edgespool run --threads``."""
     if prompt_tokens < 1 or max_tokens < 1:
         raise OptionError("--prompt-tokens and -n must be >= 1")
     bundle = Bundle(Path(path))
@@ -185,7 +187,7 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
     from ..kernels.timing import timed_table
     from .api import resolve_kernels
 
-    table = resolve_kernels(bundle, kernels)
+    table = resolve_kernels(bundle, kernels, threads=threads)
     with MemorySampler() as mem:
         t_load = time.perf_counter()
         if memory_budget is None:

@@ -15,11 +15,12 @@ import numpy as np
 
 
 def bench_split(path: str | os.PathLike, gpu_budget: str | int, *, prompt_tokens: int = 32, max_tokens: int = 32,
-                seed: int = 0) -> dict[str, Any]:
-    """Measure one split run of ``path`` under ``gpu_budget`` (see the module docstring); JSON-ready."""
+                seed: int = 0, threads: int | None = None) -> dict[str, Any]:
+    """Measure one split run of ``path`` under ``gpu_budget`` (see the module docstring); JSON-ready.
+    ``threads``: the CPU side's kernel threads (default as :func:`edgespool.load`)."""
     from .api import load
 
-    m = load(path, gpu_memory=gpu_budget)
+    m = load(path, gpu_memory=gpu_budget, n_threads=threads)
     try:
         rng = np.random.default_rng(seed)
         prompt = [int(t) for t in rng.integers(0, m.config.vocab_size, prompt_tokens)]
