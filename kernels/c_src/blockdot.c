@@ -864,11 +864,11 @@ static void pool_try_run(pool_t *p, const job_t *j) {
 static void packed_offsets(int wt, const int8_t *q, const int32_t *s, long nbm, int32_t *so) {
     int off = (wt == W_Q8_0 || wt == W_INT8 || wt == W_Q6_K) ? 128
               : wt == W_Q5_0 ? 16 : (wt == W_Q4_1 || wt == W_Q4_K ? 0 : 8); /* q4_1 / q4_k: min term, no offset */
-    if (wt == W_Q6_K) {
+    if (wt == W_Q6_K) { /* the widened layout's offset is 128, the compact one's 32 (blockpack.h) */
         for (long k = 0; k < nbm; k++) {
             int32_t h = 0;
             for (int t = 0; t < 16; t++) h += q[32 * k + t];
-            so[k] = -128 * h;
+            so[k] = (PK_Q6_COMPACT ? -32 : -128) * h;
         }
         return;
     }
