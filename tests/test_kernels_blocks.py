@@ -171,7 +171,7 @@ def test_packed_ggml_formats_match_gguf_dequant(kern, t):
 
 
 # resident bytes of the x16 form / the stored blocks for a multiple of 16 rows (blockpack.h's layout table)
-PACKED_BYTE_RATIO = {"q8_0": 1.0, "q4_0": 1.0, "q4_1": 1.0, "q5_0": 1.0, "q4_k": 2368 / 2304, "q6_k": 4384 / 3360}
+PACKED_BYTE_RATIO = {"q8_0": 1.0, "q4_0": 1.0, "q4_1": 1.0, "q5_0": 1.0, "q4_k": 2368 / 2304, "q6_k": 1.0}
 
 
 @pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q4_K", "Q6_K"])
@@ -188,10 +188,7 @@ def test_packed_every_value_position_and_resident_bytes(kern, t):
     p = k1.prepare_weight(w)
     if not isinstance(p, PackedQTensor):
         pytest.skip(f"this build ({k1.isa}) computes {t} from the stored layout")
-    ratio = PACKED_BYTE_RATIO[t.lower()]
-    if t == "Q6_K" and k1.isa.startswith("avx512"):
-        ratio = 1.0  # the AVX-512 build packs q6_k at its stored size (blockpack.h, PK_Q6_COMPACT)
-    assert p.data.nbytes == pytest.approx(raw.nbytes * ratio, rel=1e-9)
+    assert p.data.nbytes == pytest.approx(raw.nbytes * PACKED_BYTE_RATIO[t.lower()], rel=1e-9)
     want = 127 * gguf_dequant(raw, t, rows, n).T  # [n, rows]
     x = (127 * np.eye(n)).astype(np.float32)
     assert rel(k1.linear(x, p), want) < 1e-6

@@ -862,13 +862,13 @@ static void pool_try_run(pool_t *p, const job_t *j) {
 /* -offset x code sum per activation block for a packed weight of type wt into so (q6_k: of values 0-15 only;
  * pk_tile6 derives the other half's from s). */
 static void packed_offsets(int wt, const int8_t *q, const int32_t *s, long nbm, int32_t *so) {
-    int off = (wt == W_Q8_0 || wt == W_INT8 || wt == W_Q6_K) ? 128
+    int off = (wt == W_Q8_0 || wt == W_INT8) ? 128
               : wt == W_Q5_0 ? 16 : (wt == W_Q4_1 || wt == W_Q4_K ? 0 : 8); /* q4_1 / q4_k: min term, no offset */
-    if (wt == W_Q6_K) { /* the widened layout's offset is 128, the compact one's 32 (blockpack.h) */
+    if (wt == W_Q6_K) { /* u8 codes q6 = value + 32 (blockpack.h) */
         for (long k = 0; k < nbm; k++) {
             int32_t h = 0;
             for (int t = 0; t < 16; t++) h += q[32 * k + t];
-            so[k] = (PK_Q6_COMPACT ? -32 : -128) * h;
+            so[k] = -32 * h;
         }
         return;
     }

@@ -16,15 +16,12 @@
  *          [16 x u8 6-bit scale][16 x u8 6-bit min][codes: 4 chunks x 64 B in q4_0's nibble order] = 2368 B per
  *          super-block (vs 16 x 144 = 2304 stored: 1.03x); weight = (d x sc) q - (dmin x m), as ggml
  *   q6_k:  per 256-value super-block [16 x f16 d: 32 B], then per 32-value block [16 x i8 scale of values 0-15]
- *          [16 x i8 scale of values 16-31][codes: 8 chunks x 64 B, u8 q6 + 96 = (q6 - 32) + 128] = 4384 B per
- *          super-block (vs 16 x 210 = 3360 stored: 1.30x, widened to bytes); two int32 accumulators per block
- *          (one per 16-value scale), the offset split by the activation's half-block code sums
- *   q6_k compact (AVX-512 builds, PK_Q6_COMPACT; since 2026-12-07): per 256-value super-block [16 x f16 d: 32 B],
- *          then per 32-value block [16 x i8 scale of values 0-15][16 x i8 scale of values 16-31][low 4 bits:
- *          4 chunks x 64 B in q4_0's nibble order][high 2 bits: H0 64 B, H1 64 B] = 3360 B per super-block (1.00x
- *          stored: decode reads 23% fewer bytes than the widened form).  Byte 4 r + k of H0 holds, in bits 2c..2c+1,
- *          the top two bits of value 4 c + k of row r (c = 0..3); H1 the same for values 16 + 4 c + k.  Codes are
- *          u8 q6 (0..63), offset 32; the tile ORs ((H >> 2c) & 3) << 4 into the nibbles (two shifts and masks)
+ *          [16 x i8 scale of values 16-31][low 4 bits: 4 chunks x 64 B in q4_0's nibble order][high 2 bits: H0
+ *          64 B, H1 64 B] = 3360 B per super-block (1.00x stored; until 2026-12-07 the codes were widened to bytes,
+ *          4384 B, and decode read 30% more).  Byte 4 r + k of H0 holds, in bits 2c..2c+1, the top two bits of
+ *          value 4 c + k of row r (c = 0..3); H1 the same for values 16 + 4 c + k.  Codes are u8 q6 (0..63),
+ *          offset 32; the tile ORs ((H >> 2c) & 3) << 4 into the nibbles; two int32 accumulators per block (one
+ *          per 16-value scale), the offset split by the activation's half-block code sums
  *   int8:  a group header of 16 x f32 row scales (64 B), then per block [codes: 8 chunks x 64 B] = 512 B
  * Chunk c holds 4 code bytes of each of the 16 rows, row r at byte 4 r: q8_0 / int8 values 4c..4c+3 stored as
  * u8 (w ^ 0x80 = w + 128); q4_0 / int4 the stored nibble bytes 4c..4c+3 (low nibble = value 4c+k, high nibble =
@@ -39,13 +36,8 @@
  * Compute needs AVX-512 F/BW + VNNI; the layout functions (pack, unpack) are plain C and build everywhere. */
 
 #define PK_ROWS 16
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-#define PK_Q6_COMPACT 1 /* q6_k packed at its stored size (the AVX2 / NEON tiles read the widened form) */
-#else
-#define PK_Q6_COMPACT 0
-#endif
-#define PK_Q6_SB (PK_Q6_COMPACT ? 3360L : 4384L) /* bytes of a q6_k super-block of 16 rows */
-#define PK_Q6_BLK (PK_Q6_COMPACT ? 416L : 544L)  /* bytes of a q6_k 32-value block of 16 rows (after the d's) */
+#define PK_Q6_SB 3360L /* bytes of a q6_k super-block of 16 rows */
+#define PK_Q6_BLK 416L /* bytes of a q6_k 32-value block of 16 rows (after the 16 d's) */
 #define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0 || (wt) == W_Q4_K || (wt) == W_Q6_K)
 
 static long pk_block_bytes(int wt) {
@@ -131,12 +123,9 @@ int es_pack(int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long s
                         int v = 32 * j + t, h = v / 128, r = v % 128, k = r / 32, ll = r % 32;
                         int q6 = ((ql[64 * h + ll + (k & 1) * 32] >> ((k >> 1) * 4)) & 15) |
                                  (((qh[32 * h + ll] >> (2 * k)) & 3) << 4);
-                        if (PK_Q6_COMPACT) {
-                            int half = t / 16, c = (t % 16) / 4, kk = t % 4;
-                            blk[32 + 64 * c + 4 * l + kk] |= (uint8_t)((q6 & 15) << (4 * half));
-                            blk[288 + 64 * half + 4 * l + kk] |= (uint8_t)((q6 >> 4) << (2 * c));
-                        } else
-                            blk[32 + 64 * (t / 4) + 4 * l + t % 4] = (uint8_t)(q6 + 96);
+                        int half = t / 16, c = (t % 16) / 4, kk = t % 4;
+                        blk[32 + 64 * c + 4 * l + kk] |= (uint8_t)((q6 & 15) << (4 * half));
+                        blk[288 + 64 * half + 4 * l + kk] |= (uint8_t)((q6 >> 4) << (2 * c));
                     }
                 }
             }
@@ -227,9 +216,8 @@ int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t
                     for (int t = 0; t < 32; t++) {
                         int v = 32 * j + t, h = v / 128, rr = v % 128, k = rr / 32, ll = rr % 32;
                         int half = t / 16, c = (t % 16) / 4, kk = t % 4;
-                        int q6 = PK_Q6_COMPACT ? ((blk[32 + 64 * c + 4 * l + kk] >> (4 * half)) & 15) |
-                                                     (((blk[288 + 64 * half + 4 * l + kk] >> (2 * c)) & 3) << 4)
-                                               : blk[32 + 64 * (t / 4) + 4 * l + t % 4] - 96;
+                        int q6 = ((blk[32 + 64 * c + 4 * l + kk] >> (4 * half)) & 15) |
+                                 (((blk[288 + 64 * half + 4 * l + kk] >> (2 * c)) & 3) << 4);
                         ql[64 * h + ll + (k & 1) * 32] |= (uint8_t)((q6 & 15) << ((k >> 1) * 4));
                         qh[32 * h + ll] |= (uint8_t)(((q6 >> 4) & 3) << (2 * k));
                     }
@@ -376,7 +364,7 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
         }
     }
 }
-/* q6_k tile (compact layout): as pk_tile, two accumulators per block (values 0-15 and 16-31, each with its int8
+/* q6_k tile: as pk_tile, two accumulators per block (values 0-15 and 16-31, each with its int8
  * scale), the codes rebuilt per chunk from the nibbles and the two high-bit planes; so[i][b] = -32 x (code sum of
  * values 0-15 of activation row i's block b), a[i].s the whole block's sum. */
 AI __m512i pk_hi2(__m512i h, int c, __m512i m30) { /* ((h >> 2c) & 3) << 4 per byte */

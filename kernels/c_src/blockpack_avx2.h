@@ -1,6 +1,6 @@
 /* edgespool x16 packed-weight micro-kernel for AVX2 (+FMA, F16C) builds without AVX-512, included by blockpack.h.
  *
- * Same x16 layout as the AVX-512 kernel (blockpack.h); a 64-byte chunk is two 32-byte ymm halves (rows 0-7 and
+ * Same x16 layout as the AVX-512 kernel (blockpack.h, q6_k's compact one included); a 64-byte chunk is two 32-byte ymm halves (rows 0-7 and
  * 8-15 of the group).  With AVX-VNNI (-mavxvnni) the block dots are `vpdpbusd` ymm on the stored u8 codes exactly
  * as the AVX-512 kernel does; without it, q4_0 / int4 nibbles (0..15) go through `vpmaddubsw` (no saturation:
  * 2 x 15 x 127 < 2^15) + `vpmaddwd`, and q8_0 / int8 codes are turned back into signed bytes (u8 ^ 0x80) and use
@@ -159,66 +159,72 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
         }
     }
 }
-/* q6_k tile (one row group = 2 halves; the AVX-512 pk_tile6 per lane): two int32 accumulators per block, values
- * 0-15 and 16-31, each with its int8 scale.  VNNI: u8 codes (q6 + 96) from so = -128 x half code sum, as AVX-512;
- * without it the codes go back to signed q6 - 32 (u8 ^ 0x80) through the sign trick (|w| <= 32: no saturation)
- * from 0.  The int32 dots are the same exact integers either way. */
+/* q6_k tile (one row group = 2 halves; the AVX-512 pk_tile6 per lane, compact layout of blockpack.h): two int32
+ * accumulators per block, values 0-15 and 16-31, each with its int8 scale, the 6-bit codes rebuilt per chunk from
+ * the nibbles and the high-bit planes H0 / H1; u8 codes (q6) from so = -32 x half code sum, as AVX-512, through
+ * vpdpbusd (VNNI) or vpmaddubsw + vpmaddwd (unsigned codes <= 63: no saturation).  The int32 dots are the same
+ * exact integers either way. */
+static inline __m256i pk2_hi2(__m256i h, int c, __m256i m30) { /* ((h >> 2c) & 3) << 4 per byte */
+    switch (c) {
+    case 0: return _mm256_and_si256(_mm256_slli_epi16(h, 4), m30);
+    case 1: return _mm256_and_si256(_mm256_slli_epi16(h, 2), m30);
+    case 2: return _mm256_and_si256(h, m30);
+    default: return _mm256_and_si256(_mm256_srli_epi16(h, 2), m30);
+    }
+}
 AI void pk2_tile6(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
                   long ystride, int valid, const int NA) {
     (void)so;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
 #ifndef PK2_VNNI
-    const __m256i x80 = _mm256_set1_epi8((char)0x80);
+    const __m256i one16 = _mm256_set1_epi16(1);
+    __m256i p16[2][4], p16b[2][4]; /* the even chunk's int16 pair sums, waiting for the odd one */
 #endif
     __m256 y[2][4];
     (void)gb;
     for (int h = 0; h < 2; h++)
         for (int i = 0; i < NA; i++) y[h][i] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        __m256i acc[2][4], acc2[2][4];
+        __m256i acc[2][4], acc2[2][4], h0[2], h1[2];
         __m256 vs[2], vs2[2];
-        const uint8_t *sbp = gp + 4384L * (b / 8), *blk = sbp + 32 + 544L * (b % 8);
-        if (NA == 1) pk_prefetch(blk, 9);
+        const uint8_t *sbp = gp + PK_Q6_SB * (b / 8), *blk = sbp + 32 + PK_Q6_BLK * (b % 8);
+        if (NA == 1) pk_prefetch(blk, 7);
         for (int h = 0; h < 2; h++) {
             __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 16 * h)));
             vs[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 8 * h)))));
             vs2[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(
                                           _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 16 + 8 * h)))));
+            h0[h] = _mm256_loadu_si256((const __m256i *)(blk + 288 + 32 * h));
+            h1[h] = _mm256_loadu_si256((const __m256i *)(blk + 352 + 32 * h));
             for (int i = 0; i < NA; i++) {
-#ifdef PK2_VNNI
                 acc[h][i] = _mm256_set1_epi32(so[i][b]);
-                acc2[h][i] = _mm256_set1_epi32(-128 * a[i].s[b] - so[i][b]);
-#else
-                acc[h][i] = acc2[h][i] = _mm256_setzero_si256();
-#endif
+                acc2[h][i] = _mm256_set1_epi32(-32 * a[i].s[b] - so[i][b]);
             }
         }
-        for (int c = 0; c < 8; c++)
+        for (int c = 0; c < 4; c++)
             for (int h = 0; h < 2; h++) {
                 __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 32 + 64 * c + 32 * h));
-#ifndef PK2_VNNI
-                __m256i ws = _mm256_xor_si256(v, x80), wa = _mm256_abs_epi8(ws);
-#endif
+                __m256i lo = _mm256_or_si256(_mm256_and_si256(v, m4), pk2_hi2(h0[h], c, m30));
+                __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), pk2_hi2(h1[h], c, m30));
                 for (int i = 0; i < NA; i++) {
-                    __m256i xb = pk2_bcast(a[i].q + 32 * b + 4 * c);
+                    const int8_t *xq = a[i].q + 32 * b + 4 * c;
+                    __m256i xb = pk2_bcast(xq), xb2 = pk2_bcast(xq + 16);
 #ifdef PK2_VNNI
-                    if (c < 4) acc[h][i] = PK2_DPBUSD(acc[h][i], v, xb);
-                    else acc2[h][i] = PK2_DPBUSD(acc2[h][i], v, xb);
+                    acc[h][i] = PK2_DPBUSD(acc[h][i], lo, xb);
+                    acc2[h][i] = PK2_DPBUSD(acc2[h][i], hi, xb2);
 #else
-                    /* |q6 - 32| <= 32: a vpmaddubsw lane is at most 2 x 32 x 127 = 8128, the 4 chunks of a
-                     * 16-value half summed in int16 (32512 < 2^15) before one vpmaddwd */
-                    __m256i pr = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(xb, ws));
-                    if (c < 4) acc[h][i] = c == 0 ? pr : _mm256_add_epi16(acc[h][i], pr);
-                    else acc2[h][i] = c == 4 ? pr : _mm256_add_epi16(acc2[h][i], pr);
+                    /* u8 q6 <= 63: a vpmaddubsw lane is at most 2 x 63 x 128 = 16128, two chunks summed in int16
+                     * (32256 < 2^15), then one vpmaddwd into the int32 accumulator per chunk pair */
+                    __m256i pr = _mm256_maddubs_epi16(lo, xb), pr2 = _mm256_maddubs_epi16(hi, xb2);
+                    if (c & 1) {
+                        acc[h][i] = _mm256_add_epi32(acc[h][i], _mm256_madd_epi16(_mm256_add_epi16(p16[h][i], pr), one16));
+                        acc2[h][i] = _mm256_add_epi32(acc2[h][i],
+                                                      _mm256_madd_epi16(_mm256_add_epi16(p16b[h][i], pr2), one16));
+                    } else
+                        p16[h][i] = pr, p16b[h][i] = pr2;
 #endif
                 }
             }
-#ifndef PK2_VNNI
-        for (int h = 0; h < 2; h++)
-            for (int i = 0; i < NA; i++) {
-                acc[h][i] = _mm256_madd_epi16(acc[h][i], _mm256_set1_epi16(1));
-                acc2[h][i] = _mm256_madd_epi16(acc2[h][i], _mm256_set1_epi16(1));
-            }
-#endif
         for (int h = 0; h < 2; h++)
             for (int i = 0; i < NA; i++) {
                 __m256 da = _mm256_set1_ps(a[i].d[b]);
