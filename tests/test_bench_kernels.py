@@ -58,3 +58,21 @@ def test_bench_without_kernels_says_numpy(int8_bundle):
                        kernels=False)
     assert res["kernels"]["description"].startswith("numpy reference kernels")
     assert np.isfinite(res["op_split"]["ms_per_step"])
+
+
+def test_bench_threads_option_sets_the_kernels_threads(int8_bundle):
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "edgespool", "bench", str(int8_bundle), *args],
+                              capture_output=True, text=True, timeout=300)
+
+    r = cli("--threads", "1", "--json", "-n", "2", "--prompt-tokens", "4")
+    assert r.returncode == 0, r.stderr
+    k = json.loads(r.stdout)["kernels"]
+    assert k["threads"] == 1 and "1 threads" in k["description"]
+    bad = cli("--threads", "0", "-n", "2")
+    assert bad.returncode == 1 and "--threads 0: must be >= 1" in bad.stderr
+    assert "Traceback" not in bad.stderr and bad.stderr.strip().count("\n") == 0
