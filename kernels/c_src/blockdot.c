@@ -1039,6 +1039,31 @@ int es_linear_packed_multi(void *vp, int count, const int *wt, const uint8_t *co
 #endif
 }
 
+/* exp(z) for z clamped to [-80, 87]: a branch-free Cephes-style polynomial the compiler vectorises (range reduction
+ * by ln 2 through the 1.5 x 2^23 rounding trick, degree-6 polynomial, 2^n by integer arithmetic; within 2 ulp);
+ * the SiLU x up and the attention softmax use it (glibc's scalar expf / tanhf ran 5-30 ns a value). */
+static inline float es_exp_clamped(float z) {
+    z = z > 87.f ? 87.f : z;
+    z = z < -80.f ? -80.f : z;
+    float t = z * 1.44269504088896341f + 12582912.f; /* 1.5 x 2^23: t's low mantissa bits hold round(z / ln 2) */
+    float n = t - 12582912.f;
+    int32_t ti, ei;
+    memcpy(&ti, &t, 4);
+    float r = z - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.f;
+    ei = (ti - 0x4B400000 + 127) << 23; /* 2^n, n in [-115, 126] */
+    float sc;
+    memcpy(&sc, &ei, 4);
+    return p * sc;
+}
+
 /* ---- prefill attention (causal GQA, float32), threaded ------------------------------------------------------
  * One work item = (query row t, KV head hk): its G = nh / nkv query heads against keys lo..hi-1 (hi = past + t + 1
  * capped at S, lo = hi - window when a sliding window is set), K row read once for all G heads; scores, softmax
@@ -1053,6 +1078,52 @@ typedef struct {
     float scale;
     _Atomic int failed; /* a worker could not allocate its score buffer */
 } attn_ctx_t;
+
+#if defined(__AVX2__) && defined(__FMA__)
+/* out[j][d] = sum over k of p[j][k] V[k][d] for the G heads of one KV head, D in chunks of 8 W floats: the chunk's
+ * G x W accumulators stay in registers over all L keys and each V row chunk is loaded once for the G heads (was: one
+ * head at a time, the output row re-read and re-stored per key).  Per element the same FMAs in the same key order. */
+AI void attn_pv(const float *p, int L, const float *V, int D, int G, float *out, const int W) {
+    for (int d0 = 0; d0 < D; d0 += 8 * W) {
+        __m256 acc[12][2];
+        for (int j = 0; j < G; j++)
+            for (int w = 0; w < W; w++) acc[j][w] = _mm256_setzero_ps();
+        for (int k = 0; k < L; k++) {
+            const float *vr = V + (long)k * D + d0;
+            __m256 v[2];
+            for (int w = 0; w < W; w++) v[w] = _mm256_loadu_ps(vr + 8 * w);
+            for (int j = 0; j < G; j++) {
+                __m256 pj = _mm256_broadcast_ss(p + (long)j * L + k);
+                for (int w = 0; w < W; w++) acc[j][w] = _mm256_fmadd_ps(pj, v[w], acc[j][w]);
+            }
+        }
+        for (int j = 0; j < G; j++)
+            for (int w = 0; w < W; w++) _mm256_storeu_ps(out + (long)j * D + d0 + 8 * w, acc[j][w]);
+    }
+}
+#endif
+
+#if defined(__AVX512F__)
+/* attn_pv with 16-float registers (32 of them: up to 12 heads x 2 or 24 x 1) */
+AI void attn_pv512(const float *p, int L, const float *V, int D, int G, float *out, const int W) {
+    for (int d0 = 0; d0 < D; d0 += 16 * W) {
+        __m512 acc[24][2];
+        for (int j = 0; j < G; j++)
+            for (int w = 0; w < W; w++) acc[j][w] = _mm512_setzero_ps();
+        for (int k = 0; k < L; k++) {
+            const float *vr = V + (long)k * D + d0;
+            __m512 v[2];
+            for (int w = 0; w < W; w++) v[w] = _mm512_loadu_ps(vr + 16 * w);
+            for (int j = 0; j < G; j++) {
+                __m512 pj = _mm512_set1_ps(p[(long)j * L + k]);
+                for (int w = 0; w < W; w++) acc[j][w] = _mm512_fmadd_ps(pj, v[w], acc[j][w]);
+            }
+        }
+        for (int j = 0; j < G; j++)
+            for (int w = 0; w < W; w++) _mm512_storeu_ps(out + (long)j * D + d0 + 16 * w, acc[j][w]);
+    }
+}
+#endif
 
 static void attn_task(const void *vj, int i0, int i1) {
     attn_ctx_t *c = (attn_ctx_t *)((const job_t *)vj)->ctx;
@@ -1070,6 +1141,29 @@ static void attn_task(const void *vj, int i0, int i1) {
         const float *qt = c->q + ((long)t * c->nh + h0) * D;
         const float *Kh = c->K + hk * c->sk, *Vh = c->V + hk * c->sv;
         int k = lo;
+#if defined(__AVX512F__)
+        if (D % 16 == 0) /* as the AVX2 loop below with 16-float loads, each accumulator folded to 8 lanes first */
+            for (; k + 8 <= hi; k += 8)
+                for (int j = 0; j < G; j++) {
+                    const float *qj = qt + (long)j * D, *kr = Kh + (long)k * D;
+                    __m512 z[8];
+                    for (int e = 0; e < 8; e++) z[e] = _mm512_setzero_ps();
+                    for (int d = 0; d < D; d += 16) {
+                        __m512 qv = _mm512_loadu_ps(qj + d);
+                        for (int e = 0; e < 8; e++) z[e] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kr + (long)e * D + d), z[e]);
+                    }
+                    __m256 a[8];
+                    for (int e = 0; e < 8; e++)
+                        a[e] = _mm256_add_ps(_mm512_castps512_ps256(z[e]),
+                                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z[e]), 1)));
+                    __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
+                    __m256 h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
+                    __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
+                    __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
+                                             _mm256_permute2f128_ps(h0123, h4567, 0x31));
+                    _mm256_storeu_ps(sc + (long)j * L + (k - lo), _mm256_mul_ps(r, _mm256_set1_ps(c->scale)));
+                }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
         if (D % 8 == 0) /* 8 keys at a time per head: 8 accumulators, one transposing reduction per 8 scores */
             for (; k + 8 <= hi; k += 8)
@@ -1102,16 +1196,37 @@ static void attn_task(const void *vj, int i0, int i1) {
                 sc[(long)j * L + (k - lo)] = dot * c->scale;
             }
         }
-        for (int j = 0; j < G; j++) {
-            float *sj = sc + (long)j * L, mx = -INFINITY, sum = 0.f;
-            for (int k = 0; k < L; k++) mx = sj[k] > mx ? sj[k] : mx;
-            for (int k = 0; k < L; k++) {
-                sj[k] = expf(sj[k] - mx);
-                sum += sj[k];
-            }
+        for (int j = 0; j < G; j++) { /* softmax: row max, the vectorised exp, 8 partial sums, normalised */
+            float *sj = sc + (long)j * L, mx = -INFINITY, s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, m8[8];
+            int k = 0;
+            for (int l = 0; l < 8; l++) m8[l] = -INFINITY;
+            for (; k + 8 <= L; k += 8) /* 8 running maxima (exact in any order), one max chain per 8 scores */
+                for (int l = 0; l < 8; l++) m8[l] = sj[k + l] > m8[l] ? sj[k + l] : m8[l];
+            for (int l = 0; l < 8; l++) mx = m8[l] > mx ? m8[l] : mx;
+            for (; k < L; k++) mx = sj[k] > mx ? sj[k] : mx;
+            for (int k = 0; k < L; k++) sj[k] = es_exp_clamped(sj[k] - mx);
+            k = 0;
+            for (; k + 8 <= L; k += 8)
+                for (int l = 0; l < 8; l++) s8[l] += sj[k + l];
+            float sum = ((s8[0] + s8[4]) + (s8[1] + s8[5])) + ((s8[2] + s8[6]) + (s8[3] + s8[7]));
+            for (; k < L; k++) sum += sj[k];
             float inv = 1.f / sum;
             for (int k = 0; k < L; k++) sj[k] *= inv;
-            float *out = c->o + ((long)t * c->nh + h0 + j) * D;
+        }
+        float *ob = c->o + ((long)t * c->nh + h0) * D;
+#if defined(__AVX512F__)
+        if (D % 32 == 0 && G <= 12) attn_pv512(sc, L, Vh + (long)lo * D, D, G, ob, 2);
+        else if (D % 16 == 0 && G <= 24) attn_pv512(sc, L, Vh + (long)lo * D, D, G, ob, 1);
+        else
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+        if (D % 16 == 0 && G <= 6) attn_pv(sc, L, Vh + (long)lo * D, D, G, ob, 2);
+        else if (D % 8 == 0 && G <= 12) attn_pv(sc, L, Vh + (long)lo * D, D, G, ob, 1);
+        else
+#endif
+        for (int j = 0; j < G; j++) {
+            const float *sj = sc + (long)j * L;
+            float *out = ob + (long)j * D;
             for (int d = 0; d < D; d++) out[d] = 0.f;
             for (int k = 0; k < L; k++) {
                 const float *vr = Vh + (long)(lo + k) * D;
@@ -1206,28 +1321,6 @@ int es_rope(void *vp, float *x, const float *cos, const float *sin, int T, int h
  * the GPU machine's host, 20-40x numpy's vectorised tanh.  Within 2 ulp of exp; relative error of silu ~3e-7,
  * more accurate than the numpy reference x (0.5 (1 + tanh(x / 2))) (whose 1 + tanh loses digits for x < -8). */
 typedef struct { const float *g, *u; float *out; } silu_ctx_t;
-
-static inline float es_exp_clamped(float z) {
-    z = z > 87.f ? 87.f : z;
-    z = z < -80.f ? -80.f : z;
-    float t = z * 1.44269504088896341f + 12582912.f; /* 1.5 x 2^23: t's low mantissa bits hold round(z / ln 2) */
-    float n = t - 12582912.f;
-    int32_t ti, ei;
-    memcpy(&ti, &t, 4);
-    float r = z - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.f;
-    ei = (ti - 0x4B400000 + 127) << 23; /* 2^n, n in [-115, 126] */
-    float sc;
-    memcpy(&sc, &ei, 4);
-    return p * sc;
-}
 
 static void silu_task(const void *vj, int i0, int i1) {
     const silu_ctx_t *c = (const silu_ctx_t *)((const job_t *)vj)->ctx;
