@@ -42,6 +42,9 @@ wait
 if [ "$(cat "$W/build.rc")" != 0 ]; then tail -30 "$OUTD/build.log" "$OUTD/cmake.log"; exit 1; fi
 echo "gguf written, llama-bench built after $(( $(date +%s) - t0 )) s"
 lscpu > "$OUTD/lscpu.txt"
+# the CPU in the log itself (the device tool returns only a few files of $OUT): model, and the int8 matrix units
+# llama.cpp may use there (AMX tiles explain its prefill on the H100 host, docs/BENCHMARKS.md issue 12)
+echo "cpu: $(grep -m1 'Model name' "$OUTD/lscpu.txt" | sed 's/.*: *//'); $(grep -o -w -E 'amx_int8|amx_tile|avx512_vnni|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 # ROUNDS rounds, interleaved: llama-bench (RUNS repetitions) then edgespool (RUNS runs), again and again; the table
 # takes medians over the rounds of each system's per-round figure (llama-bench's avg, edgespool's median)
 ROUNDS=${ROUNDS:-1}
