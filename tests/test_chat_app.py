@@ -66,9 +66,12 @@ def greedy_reply(bundle, messages, n):
         m.close()
 
 
+N = 1000  # reply cap: prompt + N fits the 2048 context (so the kept cache is reused); the story runs on at Ctrl-C
+
+
 def test_chat_in_tmux(tmp_path_factory):
     bundle = smol_bundle(tmp_path_factory)
-    p = Pane([sys.executable, "-m", "edgespool", "chat", str(bundle), "-t", "0", "-n", "300"])
+    p = Pane([sys.executable, "-m", "edgespool", "chat", str(bundle), "-t", "0", "-n", str(N)])
     try:
         s = p.wait_for(lambda s: p.prompts(s) >= 1)
         assert "edgespool chat:" in s
@@ -76,13 +79,13 @@ def test_chat_in_tmux(tmp_path_factory):
         p.send(q1, "Enter")
         s = p.wait_for(lambda s: p.prompts(s) >= 2)
         conv = [{"role": "user", "content": q1}]
-        r1 = greedy_reply(bundle, conv, 300)
+        r1 = greedy_reply(bundle, conv, N)
         assert flat(r1) in flat(s)
         q2 = "And of Italy?"
         p.send(q2, "Enter")
         s = p.wait_for(lambda s: p.prompts(s) >= 3)
         conv += [{"role": "assistant", "content": r1}, {"role": "user", "content": q2}]
-        assert flat(greedy_reply(bundle, conv, 300)) in flat(s)
+        assert flat(greedy_reply(bundle, conv, N)) in flat(s)
         p.send("/stats", "Enter")
         s = p.wait_for(lambda s: "reused)" in s)
         reused = int(s.split("reused)")[0].rsplit("(", 1)[1].split()[0])
@@ -91,8 +94,10 @@ def test_chat_in_tmux(tmp_path_factory):
         p.send("/reset", "Enter")
         p.wait_for(lambda s: "[conversation reset]" in s)
         n_prompts = p.prompts(p.screen())
-        p.send("Write a very long story about a dragon, with many chapters.", "Enter")
-        time.sleep(1.0)
+        story = "Write a very long story about a dragon, with many chapters."
+        p.send(story, "Enter")
+        # Ctrl-C once the reply has begun (a fixed sleep raced it: 300 tokens take under a second on a fast core)
+        p.wait_for(lambda s: s.rsplit(story, 1)[-1].strip() != "", timeout=60)
         p.send("C-c")
         s = p.wait_for(lambda s: "[stopped]" in s and p.prompts(s) > n_prompts, timeout=60)
         assert p.alive()
