@@ -31,8 +31,8 @@
  * 8 for nibbles) comes off exactly: each block's int32 accumulator starts at -offset x (activation block code sum).
  *
  * Micro-kernel: a tile of G row groups (16 G rows) x NA activation rows keeps G x NA int32 block accumulators
- * and G x NA float accumulators in zmm registers; decode (one activation row) runs G = 4 (four independent
- * chains), prefill G = 1 x NA = 8 with the weight group reused by 8 activation rows per load.
+ * and G x NA float accumulators in zmm registers; decode (one activation row) runs G = 1 four times (one
+ * sequential stream; ES_PK_DG, see ES_PF_BYTES), prefill G = 1 x NA = 8 with the weight group reused by 8 activation rows per load.
  * Compute needs AVX-512 F/BW + VNNI; the layout functions (pack, unpack) are plain C and build everywhere. */
 
 #define PK_ROWS 16
@@ -258,12 +258,18 @@ int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t
 
 #if defined(__AVX2__)
 #ifndef ES_PF_BYTES
-/* software prefetch distance of the x86 one-row (decode) tiles of the 4-bit formats and q6_k, bytes ahead in each
- * row-group stream (4 on AVX-512, 2 on AVX2); 0: off. One core of the 2026-12-06 Zen 4 VM (block_kernel_scaling
- * --packed, 1.5B shapes): AVX-512 q4_0 24.5 -> 30.2 GB/s, q4_k 24.0 -> 29.4, q5_0 20.1 -> 30.5, q6_k 27.4 -> 30.1;
- * the AVX2 build (--march=-march=znver3) q4_0 20.0 -> 24.3, q4_k 16.1 -> 22.0, q5_0 9.8 -> 21.6, q6_k 29.3-31.6 ->
- * 33.4-33.7 (not measured on an AVX2-only CPU); q8_0 / int8 lose 3-7% (36 GB/s already), so they do not prefetch. */
-#define ES_PF_BYTES 2048
+/* software prefetch distance of the x86 one-row (decode) tiles of the 4-bit formats and q6_k (and AVX2 q8_0 /
+ * int8: ES_PF_Q8_AVX2), bytes ahead in the row-group stream; 0: off. Since 2026-12-07 a decode tile reads ONE
+ * stream (ES_PK_DG / ES_Q6_DG / ES_PK2_DG = 1: the four row groups of a call one after the other, which are
+ * contiguous, instead of 4 (AVX-512) or 2 (AVX2) interleaved streams a row group apart), and 6 KiB ahead beat
+ * 2 KiB there. One core of the Zen 4 VM (block_kernel_scaling --packed --prompt 16, 1.5B shapes, GB/s, two runs):
+ * AVX-512 4 streams + 2 KiB (the old default) -> 1 stream + 6 KiB: q4_k 29.5-31.7 -> 39.0-39.8, q6_k 28.5-29.3 ->
+ * 38.8-39.7, q4_0 32.7-33.8 -> 36.8-37.6, q5_0 27.1-34.3 -> 38.1-38.4, q8_0 (no prefetch) 36.9-38.1 -> 40.7-41.5;
+ * 2 threads q4_k 38.4-39.2 -> 46.7-47.2, q6_k 37.4-38.3 -> 45.4-48.2, q8_0 47.3-48.2 -> 49.6-50.3. AVX2 build
+ * (-march=x86-64-v3, on that AVX-512 core): q4_k 24.1-24.6 -> 36.0-37.9, q8_0 28.6-28.7 -> 36.7-38.3, q4_0
+ * 27.9-28.7 -> 36.2-37.9, q5_0 26.3-27.3 -> 35.3-35.4, q6_k 28.7-31.0 -> 35.4-37.1. 1 stream + 2 KiB sat between;
+ * 8 KiB = 6 KiB; the AVX-512 q8_0 still loses ~5% with a prefetch (ES_PF_Q8). Not measured on Intel cores. */
+#define ES_PF_BYTES 6144
 #endif
 /* the `lines` cache lines from `p + ES_PF_BYTES` (decode tiles: one activation row) */
 AI void pk_prefetch(const uint8_t *p, int lines) {
@@ -274,6 +280,9 @@ AI void pk_prefetch(const uint8_t *p, int lines) {
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define ES_PACKED 1
+#ifndef ES_PF_Q8
+#define ES_PF_Q8 0 /* AVX-512 q8_0 / int8 decode prefetch: off (1: ~5% slower, see ES_PF_BYTES) */
+#endif
 static inline __m512i pk_bcast(const int8_t *p) {
     int32_t v;
     memcpy(&v, p, 4);
@@ -295,7 +304,7 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
     for (int b = 0; b < nb; b++) {
         __m512i acc[4][MAXNA], hp[4];
         __m512 vs[4], vm[4];
-        if (NA == 1 && q4)
+        if (NA == 1 && (q4 || ES_PF_Q8))
             for (int g = 0; g < G; g++)
                 pk_prefetch(qk ? base + g * gb + 2368L * (b / 8) + 64 + 288 * (b % 8) : base + g * gb + b * bb,
                             (int)((bb + 63) / 64));
@@ -375,6 +384,9 @@ AI __m512i pk_hi2(__m512i h, int c, __m512i m30) { /* ((h >> 2c) & 3) << 4 per b
     default: return _mm512_and_si512(_mm512_srli_epi16(h, 2), m30);
     }
 }
+#ifndef ES_Q6_DG
+#define ES_Q6_DG 1 /* decode row groups per q6_k tile (4: the pre-2026-12-07 form; see ES_PF_BYTES) */
+#endif
 AI void pk_tile6(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
                  long ystride, int valid, const int G, const int NA) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
@@ -429,7 +441,11 @@ AI void pk_tile6(const uint8_t *gp, long gb, int nb, const act_t *a, const int32
 }
 static void pk_q6_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
                     long ys, int valid, int g4, int na) {
-    if (g4) { pk_tile6(gp, gb, nb, a, so, out, ys, valid, 4, 1); return; }
+    if (g4) { /* ES_Q6_DG row groups per decode tile */
+        for (int g = 0; g < 4 && valid > 16 * g; g += ES_Q6_DG)
+            pk_tile6(gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, ES_Q6_DG, 1);
+        return;
+    }
     switch (na) {
     case 1: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 1); break;
     case 2: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 2); break;
@@ -452,11 +468,16 @@ static void pk_q6_k(const uint8_t *gp, long gb, int nb, const act_t *a, const in
     case 7: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 7); break; \
     default: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 8); break; \
     }
+#ifndef ES_PK_DG
+#define ES_PK_DG 1 /* decode row groups per tile (4: the pre-2026-12-07 form; see ES_PF_BYTES) */
+#endif
 #define PK_FN(NAME, WT) \
     static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
                      long ys, int valid, int g4, int na) { \
-        if (g4) pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, 4, 1); \
-        else PK_NA_CASES(WT, 1) \
+        if (g4) { \
+            for (int g = 0; g < 4 && valid > 16 * g; g += ES_PK_DG) \
+                pk_tile(WT, gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, ES_PK_DG, 1); \
+        } else PK_NA_CASES(WT, 1) \
     }
 PK_FN(pk_q8_0, W_Q8_0)
 PK_FN(pk_int8, W_INT8)

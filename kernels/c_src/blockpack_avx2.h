@@ -7,7 +7,7 @@
  * llama.cpp's sign trick (`vpmaddubsw(|w|, sign(x, w))`, at most 2 x 128 x 127 < 2^15), their int32 accumulator
  * starting at 0 instead of -128 x code sum.  Either way every block's int32 dot is exact and the float steps
  * (cvt, scale product, FMA, block order) are the AVX-512 kernel's per lane: the results are bit-identical to it.
- * Tiles: decode 2 row groups (4 halves) per call (a 4-group call runs two), prefill 1 row group x up to 4
+ * Tiles: decode 1 row group (2 halves) per call, 4 in turn (one stream, ES_PK2_DG), prefill 1 row group x up to 4
  * activation rows (8 activation rows run as two tiles): 4 / 8 int32 and float accumulators fit the 16 ymm. */
 
 #define ES_PACKED 1
@@ -258,13 +258,16 @@ static void pk_q6_k(const uint8_t *gp, long gb, int nb, const act_t *a, const in
         else pk2_tile6(gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1);
     }
 }
+#ifndef ES_PK2_DG
+#define ES_PK2_DG 1 /* decode row groups per tile (2: the pre-2026-12-07 form; see ES_PF_BYTES) */
+#endif
 #define PK2_NA(WT, P, O, V, NA) pk2_tile(WT, gp, gb, nb, (P), (O), out + (long)(P - a) * ys, ys, V, 1, NA)
 #define PK2_FN(NAME, WT) \
     static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
                      long ys, int valid, int g4, int na) { \
         if (g4) { \
-            pk2_tile(WT, gp, gb, nb, a, so, out, ys, valid, 2, 1); \
-            if (valid > 32) pk2_tile(WT, gp + 2 * gb, gb, nb, a, so, out + 32, ys, valid - 32, 2, 1); \
+            for (int g = 0; g < 4 && valid > 16 * g; g += ES_PK2_DG) \
+                pk2_tile(WT, gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, ES_PK2_DG, 1); \
             return; \
         } \
         for (int i0 = 0; i0 < na; i0 += 4) { \
