@@ -18,6 +18,9 @@
 # SPLIT=1 adds `edgespool bench` at each thread count (its per-op split of a decode step) and
 # benchmarks/prefill_profile.py (a cProfile of one prefill at each thread count).
 # NOREPACK=1 adds one diagnostic llama-bench run with --repack 0 (no extra buffer types: no CPU repack, no AMX).
+# KERNEL_AB=1 adds the kernel-level A/B of the decode tile forms (benchmarks/block_kernel_scaling.py --packed, 1.5B
+# shapes): the pre-2026-12-07 interleaved row-group streams + 2 KiB prefetch vs today's one stream + 6 KiB, which
+# was measured on Zen 4 only.
 set -u
 THREADS=${1:-4,8,16}
 RUNS=${2:-2}
@@ -85,6 +88,13 @@ print('edgespool bench threads', sys.argv[2], 'prefill', round(d['prefill_tok_s'
   "$PY" "$PWD/benchmarks/prefill_profile.py" "$W/rvl/$NAME/bundle_keep" --threads "$THREADS" --prompt "$PROMPT" \
     --json-out "$OUTD/prefill_profile.json" > "$OUTD/prefill_profile.txt" 2>&1
   grep -A6 "^threads" "$OUTD/prefill_profile.txt"
+fi
+if [ "${KERNEL_AB:-0}" = 1 ]; then
+  for cf in "-DES_PK_DG=4 -DES_Q6_DG=4 -DES_PF_BYTES=2048" ""; do
+    echo "kernel A/B ${cf:-(the defaults)}:"
+    "$PY" "$PWD/benchmarks/block_kernel_scaling.py" --model qwen2.5-coder-1.5b --threads "$THREADS" \
+      --formats q8_0,q4_k,q6_k --packed --prompt 16 --cflags="$cf" 2>&1 | grep -o '"format": "[^"]*"\|"threads": [0-9]*\|"decode_GBps": [0-9.]*' | paste - - -
+  done
 fi
 "$PY" - "$OUTD" "$ROUNDS" <<'PYEOF'
 import json, statistics, sys
