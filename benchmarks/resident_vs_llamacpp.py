@@ -220,6 +220,7 @@ def _child(system: str, path: str, threads: int, runs: int, short: int, decode: 
             return eng.stats.prefill_s, eng.stats.decode_s, toks
 
     gen(short_ids, 4)  # warm-up: page in weights, thread pools, caches
+    gen(prompt_ids, 1)  # and one prompt-sized prefill (its temporaries' first pages), as llama-bench warms up
     prof = None
     if profile:
         prof = subprocess.Popen(["py-spy", "record", "-o", profile, "-r", "200", "-f", "speedscope", "--native",
