@@ -18,6 +18,8 @@
 # SPLIT=1 adds `edgespool bench` at each thread count (its per-op split of a decode step) and
 # benchmarks/prefill_profile.py (a cProfile of one prefill at each thread count).
 # NOREPACK=1 adds one diagnostic llama-bench run with --repack 0 (no extra buffer types: no CPU repack, no AMX).
+# AMX_AB=1 runs tests/test_blockpack_amx.py first (AMX q8_0 / int8 prefill tiles bit-identical to the AVX-512 ones)
+# and each round edgespool once more with EDGESPOOL_AMX=0 (prefill with / without the AMX tiles).
 # KERNEL_AB=1 adds the kernel-level A/B of the decode tile forms (benchmarks/block_kernel_scaling.py --packed, 1.5B
 # shapes): the pre-2026-12-07 interleaved row-group streams + 2 KiB prefetch vs today's one stream + 6 KiB, which
 # was measured on Zen 4 only.
@@ -51,6 +53,11 @@ echo "cpu: $(grep -m1 'Model name' "$OUTD/lscpu.txt" | sed 's/.*: *//'); $(grep 
 # ROUNDS rounds, interleaved: llama-bench (RUNS repetitions) then edgespool (RUNS runs), again and again; the table
 # takes medians over the rounds of each system's per-round figure (llama-bench's avg, edgespool's median)
 ROUNDS=${ROUNDS:-1}
+if [ "${AMX_AB:-0}" = 1 ]; then
+  R=$PWD; ( cd /tmp && timeout 300 "$PY" -m pytest -q -p no:cacheprovider -rs "$R/tests/test_blockpack_amx.py" \
+      > "$OUTD/amx_tests.log" 2>&1 )
+  echo "AMX tests: $(tail -1 "$OUTD/amx_tests.log")"; grep -E "^E |SKIPPED|Error" "$OUTD/amx_tests.log" | head -8
+fi
 for r in $(seq 1 "$ROUNDS"); do
   "$W/llama.cpp/build/bin/llama-bench" -m "$G" -t "$THREADS" -p "$PROMPT" -n "$DECODE" -r "$RUNS" -o json \
     > "$OUTD/llama_bench.$r.json" || exit 1
@@ -58,6 +65,11 @@ for r in $(seq 1 "$ROUNDS"); do
   "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" --systems "edgespool keep" \
     --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --prompt "$PROMPT" --kernel-iters 0 --work "$W/rvl" \
     --json "$OUTD/edgespool.$r.json" > /dev/null
+  if [ "${AMX_AB:-0}" = 1 ]; then  # the same runs with the AMX prefill tiles off (the AVX-512 VNNI tiles)
+    EDGESPOOL_AMX=0 "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" --systems "edgespool keep" \
+      --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --prompt "$PROMPT" --kernel-iters 0 --work "$W/rvl" \
+      --json "$OUTD/edgespool_noamx.$r.json" > /dev/null
+  fi
   if [ "${FUSED_AB:-0}" = 1 ]; then  # the A/B: the same runs with the per-layer C decode call switched off
     EDGESPOOL_FUSED_DECODE=0 "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" \
       --systems "edgespool keep" --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --prompt "$PROMPT" \
@@ -125,6 +137,17 @@ for t in sorted({k[0] for k in es}, reverse=True):
         fmt = lambda v: "/".join(f"{x:.1f}" for x in v)
         row += [f"{e:.1f} ({fmt(es[(t, what)])})", f"{l:.1f} ({fmt(ll[(t, what)])})", f"{e / l:.2f}x"]
     print("| " + " | ".join(row) + " |")
+noamx = {}  # AMX_AB=1: the runs with EDGESPOOL_AMX=0
+for r in range(1, n + 1):
+    try:
+        rows = json.load(open(f"{d}/edgespool_noamx.{r}.json"))["results"]
+    except FileNotFoundError:
+        break
+    for x in rows:
+        noamx.setdefault(x["threads"], []).append(statistics.median(x["prefill_tok_s"]))
+for t in sorted(noamx, reverse=True):
+    e, o = statistics.median(es[(t, "prefill")]), statistics.median(noamx[t])
+    print(f"threads {t}: prefill with the AMX tiles {e:.1f} tok/s, without (EDGESPOOL_AMX=0) {o:.1f}: {e / o:.2f}x")
 for t in sorted(off, reverse=True):
     e, o = statistics.median(es[(t, "decode")]), statistics.median(off[t])
     print(f"threads {t}: decode with the C decoder layer {e:.1f} tok/s, without {o:.1f} "

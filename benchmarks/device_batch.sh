@@ -4,8 +4,8 @@
 #   1. the MoE / zero-copy GPU tests (tests/test_gpu_split.py -k "moe or zero_copy or experts")
 #   2. edgespool alone on the SIMULATED Mixtral-style MoE GGUF under GPU caps (gpu_split_bench --moe, no llama.cpp
 #      peer: its CUDA build alone takes ~250 s; `MOE=1 bash benchmarks/gpu_device.sh peer --moe` is the full table)
-#   3. CPU-only thread scaling vs llama-bench with the per-op split and the prefill profile
-#      (`SPLIT=1 NOREPACK=1 bash benchmarks/cpu_scaling_device.sh THREADS 1`)
+#   3. CPU-only thread scaling vs llama-bench with the per-op split and the prefill profile, the AMX tests and
+#      A/B, the decode-tile A/B (`SPLIT=1 NOREPACK=1 AMX_AB=1 KERNEL_AB=1 bash benchmarks/cpu_scaling_device.sh THREADS 1`)
 # Each step has its own time limit, so a slow step leaves the others their share; logs go to $OUT.
 set -u
 THREADS=${1:-16,4,1}
@@ -26,7 +26,7 @@ PYTHONPATH=$W/pk:$R/.devcarry/gguf-py python3 "$R/benchmarks/random_gguf.py" wri
     --kernels --moe --zero-copy --caps 1.0,0.5,0.25 --json-out "$OUTD/moe_split.json" > "$OUTD/moe_split.log" 2>&1
 echo "2. MoE split bench rc=$? after $(( $(date +%s) - t0 )) s"
 tail -12 "$OUTD/moe_split.log"
-ROUNDS=1 SPLIT=1 NOREPACK=1 OUT=$OUTD/scaling timeout "${T_CPU:-330}" bash "$R/benchmarks/cpu_scaling_device.sh" \
+ROUNDS=1 SPLIT=1 NOREPACK=1 AMX_AB=1 KERNEL_AB=1 OUT=$OUTD/scaling timeout "${T_CPU:-330}" bash "$R/benchmarks/cpu_scaling_device.sh" \
   "$THREADS" 1 > "$OUTD/scaling.log" 2>&1
 echo "3. CPU scaling rc=$? after $(( $(date +%s) - t0 )) s"
 tail -30 "$OUTD/scaling.log"

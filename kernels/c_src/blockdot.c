@@ -649,9 +649,23 @@ static void run_packed(const job_t *j, int r0, int r1) {
     }
     int tile = (int)(ES_PACK_TILE_BYTES / gb);
     if (tile < 1) tile = 1;
+#ifdef ES_AMX
+    /* q8_0 / int8 on AMX (blockpack_amx.h): 16 activation rows a tile; the rows left over below */
+    const int amx = (j->wt == W_Q8_0 || j->wt == W_INT8) && j->m >= 16 && amx_on();
+    if (amx) amx_config();
+#endif
     for (int t0 = g0; t0 < g1; t0 += tile) {
         int t1 = t0 + tile < g1 ? t0 + tile : g1;
-        for (int i0 = 0; i0 < j->m; i0 += MAXNA) {
+        int i0 = 0;
+#ifdef ES_AMX
+        if (amx)
+            for (; i0 + 16 <= j->m; i0 += 16)
+                for (int g = t0; g < t1; g++)
+                    amx_tile_q8(j->wt, j->w + g * gb, nb, j->q + (long)i0 * j->n, j->n, j->d + (long)i0 * nb,
+                                j->so + (long)i0 * nb, j->y + (long)i0 * j->rows + (long)g * PK_ROWS, j->rows,
+                                r1 - g * PK_ROWS);
+#endif
+        for (; i0 < j->m; i0 += MAXNA) {
             int na = j->m - i0 < MAXNA ? j->m - i0 : MAXNA;
             for (int i = 0; i < na; i++) {
                 long ii = i0 + i;
@@ -663,6 +677,9 @@ static void run_packed(const job_t *j, int r0, int r1) {
                    r1 - g * PK_ROWS, 0, na);
         }
     }
+#ifdef ES_AMX
+    if (amx) _tile_release();
+#endif
 }
 #endif
 static void run_rows(const job_t *j, int r0, int r1) {
@@ -1367,9 +1384,12 @@ void es_silu_mul(void *vp, const float *g, const float *u, float *out, long coun
 /* The instruction set the kernels of this build run on, and "+x16" when it has x16 packed kernels (blockpack.h;
  * which formats: es_pack_kind): "avx512-vnni+x16" (zmm vpdpbusd), "avx2+avx-vnni+x16" (ymm vpdpbusd),
  * "avx2+x16" (vpmaddubsw; also AVX-512 builds without VNNI, which run the AVX2 kernels), "avx2" (no FMA/F16C),
- * "neon-dotprod+x16", "neon", "c". */
+ * "neon-dotprod+x16", "neon", "c"; "avx512-vnni+amx+x16" where an AMX build's self-check passed (es_amx). */
 const char *es_isa(void) {
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) /* blockpack.h's zmm kernel */
+#ifdef ES_AMX
+    if (amx_on()) return "avx512-vnni+amx+x16"; /* q8_0 / int8 prefill tiles on AMX (blockpack_amx.h) */
+#endif
     return "avx512-vnni+x16";
 #elif defined(ES_PACKED) && defined(PK2_VNNI) /* blockpack_avx2.h */
     return "avx2+avx-vnni+x16";
@@ -1379,6 +1399,16 @@ const char *es_isa(void) {
     return "neon-dotprod+x16";
 #else
     return ES_ISA;
+#endif
+}
+
+/* 1 when this build runs the q8_0 / int8 prefill on AMX tiles here (an AMX build, an AMX CPU, the kernel's
+ * permission, the self-check passed, no EDGESPOOL_AMX=0), else 0. */
+int es_amx(void) {
+#ifdef ES_AMX
+    return amx_on();
+#else
+    return 0;
 #endif
 }
 

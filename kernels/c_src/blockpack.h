@@ -500,6 +500,9 @@ static pk_fn pk_of(int wt) {
     default: return 0;
     }
 }
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+#include "blockpack_amx.h"
+#endif
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include "blockpack_avx2.h"
 #elif defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD) && defined(__aarch64__)
