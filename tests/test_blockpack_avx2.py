@@ -14,7 +14,7 @@ from edgespool.kernels import c_blocks
 from edgespool.kernels.block_pack import PackedQTensor
 from test_kernels_blocks import _weight, q8_rounded, rel
 
-SCHEMES = ("q8_0", "q4_0", "int8", "int4", "q4_1", "q5_0", "q4_k", "q6_k")
+SCHEMES = ("q8_0", "q4_0", "int8", "int4", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k")
 KQUANTS = ("q4_k", "q6_k")  # 256-value super-blocks
 
 
@@ -99,7 +99,7 @@ def test_avx2_packed_ggml_formats_every_value_position(avx2):
 
     k1, k2 = avx2
     rng = np.random.default_rng(11)
-    for scheme in ("q4_1", "q5_0", "q4_k", "q6_k"):
+    for scheme in ("q4_1", "q5_0", "q5_1", "q4_k", "q6_k"):
         t = scheme.upper()
         n = 512 if scheme in KQUANTS else 96
         w = _weight(rng, scheme, 48, n)

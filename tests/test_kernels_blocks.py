@@ -27,8 +27,8 @@ from edgespool.kernels.quant import QTensor, quantize
 from edgespool.kernels.table import REFERENCE
 from edgespool.runtime.bundle.ggml_schemes import GGML_BLOCKS
 
-FORMATS = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q5_K", "Q6_K"]
-F16_AT = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
+FORMATS = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
+F16_AT = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_packed_layout(kern, scheme):
     assert k1.prepare_weight(p) is p  # packing twice is a no-op
 
 
-@pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"])
 def test_packed_ggml_formats_match_gguf_dequant(kern, t):
     """Q4_1 (nibbles + per-block min), Q5_0 (nibbles + a fifth-bit plane), Q4_K and Q6_K packed: the packed GEMV / GEMM
     equal Q8_0-rounded activations times the ``gguf`` package's dequantisation of the stored blocks (an
@@ -171,10 +171,10 @@ def test_packed_ggml_formats_match_gguf_dequant(kern, t):
 
 
 # resident bytes of the x16 form / the stored blocks for a multiple of 16 rows (blockpack.h's layout table)
-PACKED_BYTE_RATIO = {"q8_0": 1.0, "q4_0": 1.0, "q4_1": 1.0, "q5_0": 1.0, "q4_k": 2368 / 2304, "q6_k": 1.0}
+PACKED_BYTE_RATIO = {"q8_0": 1.0, "q4_0": 1.0, "q4_1": 1.0, "q5_0": 1.0, "q5_1": 1.0, "q4_k": 2368 / 2304, "q6_k": 1.0}
 
 
-@pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"])
 def test_packed_every_value_position_and_resident_bytes(kern, t):
     """Each activation a one-hot 127 (its Q8_0 rounding is exact: d = 1, code 127), so row j of the packed GEMM is
     127 x column j of the weight: every value position of every block (Q5_0's fifth bits from the bit-plane, all
@@ -356,7 +356,7 @@ def test_target_flags_and_missing_compiler(tmp_path):
 
 
 # -- llama.cpp's own vec_dot ---------------------------------------------------------------------------------------
-GGML_TYPE = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+GGML_TYPE = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 
 
 class _Traits(ctypes.Structure):
@@ -410,13 +410,13 @@ def test_against_llamacpp_vec_dot(kern, t):
         exact = x[0].astype(np.float64) @ gguf_dequant(raw, t, rows, n).T
         err, gerr = np.sqrt(np.mean((y - exact) ** 2)), np.sqrt(np.mean((ref - exact) ** 2))
         assert rel(y, ref) < 3e-2 and err <= 1.25 * gerr, (err, gerr)  # comparable to llama.cpp's own error
-    else:  # Q4_1: ggml's q8_1 keeps d * sum(codes) as f16
-        assert rel(y, ref) < (1e-3 if t == "Q4_1" else 1e-5), rel(y, ref)
+    else:  # Q4_1 / Q5_1: ggml's q8_1 keeps d * sum(codes) as f16 (their min term)
+        assert rel(y, ref) < (1e-3 if t in ("Q4_1", "Q5_1") else 1e-5), rel(y, ref)
     p = kern[0].prepare_weight(QTensor(t.lower(), (rows, n), raw))
     if isinstance(p, PackedQTensor):  # the x16 layout on AVX-512 VNNI builds: the stored kernels' dots
         yp = kern[0].linear(x, p)[0]
         assert rel(yp, y) < 2e-6
-        assert rel(yp, ref) < (3e-2 if t.endswith("K") else 1e-3 if t == "Q4_1" else 1e-5)
+        assert rel(yp, ref) < (3e-2 if t.endswith("K") else 1e-3 if t in ("Q4_1", "Q5_1") else 1e-5)
 
 
 @pytest.mark.llamacpp

@@ -1,6 +1,6 @@
 #define _GNU_SOURCE
 /* edgespool block-quantised linear kernels: y[m, rows] = x[m, n] @ W[rows, n]^T for weights kept in their stored
- * layout (ggml block formats q8_0 q4_0 q4_1 q5_0 q4_k q5_k q6_k, and edgespool's own int8 / int4 g32).
+ * layout (ggml block formats q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k, and edgespool's own int8 / int4 g32).
  *
  * Numerics (llama.cpp's vec_dot): each row of x is rounded to 32-value blocks of int8 codes (d = max|x|/127,
  * q = roundf(x/d), d kept as f16: ggml's quantize_row_q8_0), every weight block is dotted in integers with the activation block(s) it covers and the integer
@@ -34,7 +34,7 @@
 #define ES_ISA "c"
 #endif
 
-enum { W_Q8_0 = 0, W_Q4_0 = 1, W_Q4_1 = 2, W_Q5_0 = 3, W_Q4_K = 4, W_Q5_K = 5, W_Q6_K = 6, W_INT8 = 7, W_INT4 = 8 };
+enum { W_Q8_0 = 0, W_Q4_0 = 1, W_Q4_1 = 2, W_Q5_0 = 3, W_Q4_K = 4, W_Q5_K = 5, W_Q6_K = 6, W_INT8 = 7, W_INT4 = 8, W_Q5_1 = 9 };
 
 static inline float h2f(const uint8_t *p) {
     _Float16 h;
@@ -357,7 +357,7 @@ AI __m256i dots_rr(__m256i a, const int8_t *x) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(ua, sb), _mm256_set1_epi16(1));
 #endif
 }
-enum { K8_Q8_0, K8_INT8, K8_Q4_0, K8_INT4, K8_Q4_1, K8_Q5_0 };
+enum { K8_Q8_0, K8_INT8, K8_Q4_0, K8_INT4, K8_Q4_1, K8_Q5_0, K8_Q5_1 };
 /* blocks [0, n/32 & ~7) of one weight row against NA activation rows; adds into acc8 / off8 */
 AI void row8(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, __m256 *acc8, __m256 *off8, const int NA,
              const int K) {
@@ -378,9 +378,15 @@ AI void row8(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, __m256
                 u[k] = _mm256_or_si256(nib16_r(w + 22 * bb + 6), _mm256_and_si256(bits32_r(qh), _mm256_set1_epi8(0x10)));
                 dw[k] = h2f(w + 22 * bb);
             }
+            if (K == K8_Q5_1) { /* [d][m][qh][nibbles]: q5_0's codes, q4_1's min */
+                uint32_t qh;
+                memcpy(&qh, w + 24 * bb + 4, 4);
+                u[k] = _mm256_or_si256(nib16_r(w + 24 * bb + 8), _mm256_and_si256(bits32_r(qh), _mm256_set1_epi8(0x10)));
+                dw[k] = h2f(w + 24 * bb), mw[k] = h2f(w + 24 * bb + 2);
+            }
         }
         __m256 dwv = _mm256_setr_ps(dw[0], dw[1], dw[2], dw[3], dw[4], dw[5], dw[6], dw[7]);
-        __m256 mwv = K == K8_Q4_1 ? _mm256_setr_ps(mw[0], mw[1], mw[2], mw[3], mw[4], mw[5], mw[6], mw[7]) : dwv;
+        __m256 mwv = K == K8_Q4_1 || K == K8_Q5_1 ? _mm256_setr_ps(mw[0], mw[1], mw[2], mw[3], mw[4], mw[5], mw[6], mw[7]) : dwv;
         for (int i = 0; i < NA; i++) {
             __m256i p[8];
             for (int k = 0; k < 8; k++)
@@ -471,6 +477,19 @@ AI void row_q5_0_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, 
     ACC_OUT(SUMI(i) - 16.f * OFFI(i));
 }
 ROWFN(row_q5_0)
+AI void row_q5_1_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
+    (void)wsc;
+    ACC_INIT
+    ROW8(K8_Q5_1)
+#define STEP(b, P) { const uint8_t *wb = w + 24 * (b); uint32_t qh; memcpy(&qh, wb + 4, 4); \
+        float dw = h2f(wb), mw = h2f(wb + 2); wblk u = wb_nib16_hi(wb + 8, qh); \
+        for (int i = 0; i < NA; i++) { acc[i][P] = vf_fma(DOTU(u, a[i].q + 32 * (b)), dw * a[i].d[b], acc[i][P]); \
+            off[i][P] += mw * a[i].d[b] * (float)a[i].s[b]; } }
+    BLOCK_LOOP(n / 32)
+#undef STEP
+    ACC_OUT(SUMI(i) + OFFI(i));
+}
+ROWFN(row_q5_1)
 static inline void scale_min_k4(int j, const uint8_t *q, int *d, int *m) {
     if (j < 4) {
         *d = q[j] & 63;
@@ -547,6 +566,7 @@ static rowdot_fn rowdot_of(int wt) {
     case W_Q4_0: return row_q4_0;
     case W_Q4_1: return row_q4_1;
     case W_Q5_0: return row_q5_0;
+    case W_Q5_1: return row_q5_1;
     case W_Q4_K: return row_q4_k;
     case W_Q5_K: return row_q5_k;
     case W_Q6_K: return row_q6_k;
@@ -880,7 +900,8 @@ static void pool_try_run(pool_t *p, const job_t *j) {
  * pk_tile6 derives the other half's from s). */
 static void packed_offsets(int wt, const int8_t *q, const int32_t *s, long nbm, int32_t *so) {
     int off = (wt == W_Q8_0 || wt == W_INT8) ? 128
-              : wt == W_Q5_0 ? 16 : (wt == W_Q4_1 || wt == W_Q4_K ? 0 : 8); /* q4_1 / q4_k: min term, no offset */
+              : wt == W_Q5_0 ? 16 : (wt == W_Q4_1 || wt == W_Q5_1 || wt == W_Q4_K ? 0 : 8); /* q4_1 / q5_1 / q4_k: min
+                                                                                          term, no offset */
     if (wt == W_Q6_K) { /* u8 codes q6 = value + 32 (blockpack.h) */
         for (long k = 0; k < nbm; k++) {
             int32_t h = 0;

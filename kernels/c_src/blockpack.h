@@ -12,6 +12,8 @@
  *          j >= 4: high nibbles of chunk j - 4, values 16 + 4 (j - 4) + k = 4 j + k), so one vptestmb of the plane
  *          against the byte constant 1 << j is the 64-bit mask of the chunk-half's fifth bits, added as 16 to the
  *          nibbles with a masked vpaddb; codes are u8 code5 (0..31), offset 16 (value = code5 - 16)
+ *   q5_1:  [16 x f16 d: 32 B][16 x f16 min: 32 B][high-bit plane: 64 B, as q5_0's][nibbles: 4 chunks x 64 B]
+ *          = 384 B per block = 16 x 24 stored (1.00x): q5_0's 5-bit codes (no offset), q4_1's min term
  *   q4_k:  per 256-value super-block [16 x f16 d: 32 B][16 x f16 dmin: 32 B], then per 32-value sub-block
  *          [16 x u8 6-bit scale][16 x u8 6-bit min][codes: 4 chunks x 64 B in q4_0's nibble order] = 2368 B per
  *          super-block (vs 16 x 144 = 2304 stored: 1.03x); weight = (d x sc) q - (dmin x m), as ggml
@@ -38,12 +40,13 @@
 #define PK_ROWS 16
 #define PK_Q6_SB 3360L /* bytes of a q6_k super-block of 16 rows */
 #define PK_Q6_BLK 416L /* bytes of a q6_k 32-value block of 16 rows (after the 16 d's) */
-#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0 || (wt) == W_Q4_K || (wt) == W_Q6_K)
+#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0 || (wt) == W_Q5_1 || (wt) == W_Q4_K || (wt) == W_Q6_K)
 
 static long pk_block_bytes(int wt) {
     switch (wt) {
     case W_Q8_0: return 544;
     case W_Q5_0: return 352;
+    case W_Q5_1: return 384;
     case W_INT8: return 512;
     case W_Q4_1: return 320;
     case W_Q4_0:
@@ -67,7 +70,7 @@ int es_pack_kind(int wt) {
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
     return PK_SUPPORTED(wt) ? 1 : 0;
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-    /* blockpack_avx2.h: every x16 format (Q4_1 / Q5_0 / Q4_K / Q6_K since 2026-12-03) */
+    /* blockpack_avx2.h: every x16 format (Q4_1 / Q5_0 / Q4_K / Q6_K since 2026-12-03, Q5_1 since 2026-12-07) */
     return PK_SUPPORTED(wt) ? 1 : 0;
 #elif defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD) && defined(__aarch64__)
     /* blockpack_neon.h: the four 32-value formats */
@@ -139,15 +142,17 @@ int es_pack(int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long s
                 if (wt == W_Q8_0) memcpy(blk + 2 * l, wr + 34 * b, 2);
                 for (int c = 0; c < 8; c++)
                     for (int k = 0; k < 4; k++) codes[64 * c + 4 * l + k] = (uint8_t)(src[4 * c + k] ^ 0x80);
-            } else if (wt == W_Q5_0) {
-                const uint8_t *src = wr + 22 * b;
+            } else if (wt == W_Q5_0 || wt == W_Q5_1) {
+                const int q51 = wt == W_Q5_1;
+                const uint8_t *src = wr + (q51 ? 24 : 22) * b;
                 uint32_t qh, pl = 0;
                 memcpy(blk + 2 * l, src, 2);
-                memcpy(&qh, src + 2, 4);
+                if (q51) memcpy(blk + 32 + 2 * l, src + 2, 2);
+                memcpy(&qh, src + 2 + 2 * q51, 4);
                 for (int j = 0; j < 8; j++)
                     for (int k = 0; k < 4; k++) pl |= ((qh >> (4 * j + k)) & 1u) << (8 * k + j);
-                memcpy(blk + 32 + 4 * l, &pl, 4);
-                for (int c = 0; c < 4; c++) memcpy(blk + 96 + 64 * c + 4 * l, src + 6 + 4 * c, 4);
+                memcpy(blk + 32 + 32 * q51 + 4 * l, &pl, 4);
+                for (int c = 0; c < 4; c++) memcpy(blk + 96 + 32 * q51 + 64 * c + 4 * l, src + 6 + 2 * q51 + 4 * c, 4);
             } else if (wt == W_Q4_1) {
                 memcpy(blk + 2 * l, wr + 20 * b, 2);
                 memcpy(blk + 32 + 2 * l, wr + 20 * b + 2, 2);
@@ -233,15 +238,17 @@ int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t
                 if (wt == W_Q8_0) memcpy(wr + 34 * b, blk + 2 * l, 2);
                 for (int c = 0; c < 8; c++)
                     for (int k = 0; k < 4; k++) dst[4 * c + k] = (uint8_t)(codes[64 * c + 4 * l + k] ^ 0x80);
-            } else if (wt == W_Q5_0) {
-                uint8_t *dst = wr + 22 * b;
+            } else if (wt == W_Q5_0 || wt == W_Q5_1) {
+                const int q51 = wt == W_Q5_1;
+                uint8_t *dst = wr + (q51 ? 24 : 22) * b;
                 uint32_t qh = 0, pl;
                 memcpy(dst, blk + 2 * l, 2);
-                memcpy(&pl, blk + 32 + 4 * l, 4);
+                if (q51) memcpy(dst + 2, blk + 32 + 2 * l, 2);
+                memcpy(&pl, blk + 32 + 32 * q51 + 4 * l, 4);
                 for (int j = 0; j < 8; j++)
                     for (int k = 0; k < 4; k++) qh |= ((pl >> (8 * k + j)) & 1u) << (4 * j + k);
-                memcpy(dst + 2, &qh, 4);
-                for (int c = 0; c < 4; c++) memcpy(dst + 6 + 4 * c, blk + 96 + 64 * c + 4 * l, 4);
+                memcpy(dst + 2 + 2 * q51, &qh, 4);
+                for (int c = 0; c < 4; c++) memcpy(dst + 6 + 2 * q51 + 4 * c, blk + 96 + 32 * q51 + 64 * c + 4 * l, 4);
             } else if (wt == W_Q4_1) {
                 memcpy(wr + 20 * b, blk + 2 * l, 2);
                 memcpy(wr + 20 * b + 2, blk + 32 + 2 * l, 2);
@@ -292,10 +299,11 @@ static inline __m512i pk_bcast(const int8_t *p) {
  * rows of the tile.  so[i][b] = -offset x code sum of activation row i's block b. */
 AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
                 float *out, long ystride, int valid, const int G, const int NA) {
-    const int qk = wt == W_Q4_K, q41 = wt == W_Q4_1 || qk, q5 = wt == W_Q5_0;
+    const int qk = wt == W_Q4_K, q51 = wt == W_Q5_1, q41 = wt == W_Q4_1 || qk || q51, q5 = wt == W_Q5_0 || q51;
     const int q4 = wt == W_Q4_0 || wt == W_INT4 || q41 || q5, i8 = wt == W_INT8;
-    const long bb = q5 ? 352 : (q41 ? 320 : (q4 ? 288 : (i8 ? 512 : 544)));
-    const long co = i8 ? 0 : (q41 || q5 ? 64 + 32 * q5 : 32); /* codes after the scales (q4_1's mins, q5_0's plane) */
+    const long bb = q51 ? 384 : (q5 ? 352 : (q41 ? 320 : (q4 ? 288 : (i8 ? 512 : 544))));
+    /* codes after the scales (q4_1's mins, q5_0's plane, q5_1's both); the plane after the scales */
+    const long co = i8 ? 0 : (q51 ? 128 : (q41 || q5 ? 64 + 32 * q5 : 32)), po = q51 ? 64 : 32;
     const uint8_t *base = gp + (i8 ? 64 : 0);
     const __m512i m4 = _mm512_set1_epi8(0x0F), v16 = _mm512_set1_epi8(16);
     __m512 y[4][MAXNA];
@@ -309,7 +317,7 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
                 pk_prefetch(qk ? base + g * gb + 2368L * (b / 8) + 64 + 288 * (b % 8) : base + g * gb + b * bb,
                             (int)((bb + 63) / 64));
         if (q5)
-            for (int g = 0; g < G; g++) hp[g] = _mm512_loadu_si512((const void *)(base + g * gb + b * bb + 32));
+            for (int g = 0; g < G; g++) hp[g] = _mm512_loadu_si512((const void *)(base + g * gb + b * bb + po));
         if (qk) { /* q4_k: block b = sub-block b % 8 of super-block b / 8; codes at 32 after the 6-bit scales */
             for (int g = 0; g < G; g++) {
                 const uint8_t *sbp = base + g * gb + 2368L * (b / 8), *blk = sbp + 64 + 288 * (b % 8);
@@ -486,6 +494,7 @@ PK_FN(pk_int4, W_INT4)
 PK_FN(pk_q4_1, W_Q4_1)
 PK_FN(pk_q4_k, W_Q4_K)
 PK_FN(pk_q5_0, W_Q5_0)
+PK_FN(pk_q5_1, W_Q5_1)
 typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
 static pk_fn pk_of(int wt) {
     switch (wt) {
@@ -497,6 +506,7 @@ static pk_fn pk_of(int wt) {
     case W_Q4_K: return pk_q4_k;
     case W_Q6_K: return pk_q6_k;
     case W_Q5_0: return pk_q5_0;
+    case W_Q5_1: return pk_q5_1;
     default: return 0;
     }
 }

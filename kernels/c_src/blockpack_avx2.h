@@ -45,10 +45,11 @@ static inline __m256i pk2_dpbusd(__m256i acc, __m256i u, __m256i s) {
  * nibbles from the plane, q4_k reads its per-sub-block 6-bit scales / mins: the AVX-512 kernel's steps per lane. */
 AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
                  float *out, long ystride, int valid, const int G, const int NA) {
-    const int qk = wt == W_Q4_K, q41 = wt == W_Q4_1 || qk, q5 = wt == W_Q5_0;
+    const int qk = wt == W_Q4_K, q51 = wt == W_Q5_1, q41 = wt == W_Q4_1 || qk || q51, q5 = wt == W_Q5_0 || q51;
     const int q4 = wt == W_Q4_0 || wt == W_INT4 || q41 || q5, i8 = wt == W_INT8;
-    const long bb = q5 ? 352 : (q41 ? 320 : (q4 ? 288 : (i8 ? 512 : 544)));
-    const long co = i8 ? 0 : (q41 || q5 ? 64 + 32 * q5 : 32); /* codes after the scales (q4_1's mins, q5_0's plane) */
+    const long bb = q51 ? 384 : (q5 ? 352 : (q41 ? 320 : (q4 ? 288 : (i8 ? 512 : 544))));
+    /* codes after the scales (q4_1's mins, q5_0's plane, q5_1's both); the plane after the scales */
+    const long co = i8 ? 0 : (q51 ? 128 : (q41 || q5 ? 64 + 32 * q5 : 32)), po = q51 ? 64 : 32;
     const uint8_t *base = gp + (i8 ? 64 : 0);
     const __m256i m4 = _mm256_set1_epi8(0x0F), b16 = _mm256_set1_epi8(0x10);
 #ifndef PK2_VNNI
@@ -84,7 +85,7 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
             const uint8_t *blk = base + (h >> 1) * gb + b * bb;
             vs[h] = i8 ? _mm256_setzero_ps() : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 16 * (h & 1))));
             vm[h] = q41 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 32 + 16 * (h & 1)))) : _mm256_setzero_ps();
-            if (q5) hp[h] = _mm256_loadu_si256((const __m256i *)(blk + 32 + 32 * (h & 1)));
+            if (q5) hp[h] = _mm256_loadu_si256((const __m256i *)(blk + po + 32 * (h & 1)));
             for (int i = 0; i < NA; i++)
 #ifdef PK2_VNNI
                 acc[h][i] = _mm256_set1_epi32(so[i][b]);
@@ -287,6 +288,7 @@ PK2_FN(pk_q4_0, W_Q4_0)
 PK2_FN(pk_int4, W_INT4)
 PK2_FN(pk_q4_1, W_Q4_1)
 PK2_FN(pk_q5_0, W_Q5_0)
+PK2_FN(pk_q5_1, W_Q5_1)
 PK2_FN(pk_q4_k, W_Q4_K)
 typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
 static pk_fn pk_of(int wt) {
@@ -297,6 +299,7 @@ static pk_fn pk_of(int wt) {
     case W_INT4: return pk_int4;
     case W_Q4_1: return pk_q4_1;
     case W_Q5_0: return pk_q5_0;
+    case W_Q5_1: return pk_q5_1;
     case W_Q4_K: return pk_q4_k;
     case W_Q6_K: return pk_q6_k;
     default: return 0;
