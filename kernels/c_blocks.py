@@ -344,11 +344,14 @@ class BlockKernels:
         return True
 
     def table(self, base: KernelTable = REFERENCE, description: str | None = None) -> KernelTable:
-        """``base`` with every scheme of :data:`SCHEME_CODES` routed through these kernels (``base``'s kernel for
-        a weight none fits, e.g. int4 with another group size)."""
+        """``base`` with every scheme of :data:`SCHEME_CODES` (and every other ggml quantisation ``base`` has)
+        routed through these kernels (``base``'s kernel for a weight none fits, e.g. int4 with another group size,
+        or Q3_K: counted in :attr:`fallbacks`)."""
         lin = dict(base.linear_kernels)
-        for scheme in SCHEME_CODES:
-            if scheme in lin:
+        for scheme in lin:
+            # the block schemes, and every other quantised one too, so a format without a C kernel here (e.g. Q3_K)
+            # is counted in ``fallbacks`` ("no block kernel for ...") where the bench shows it, not silently numpy
+            if scheme in SCHEME_CODES or scheme.startswith(("q", "iq")):
                 lin[scheme] = RoutedLinear(self, lin[scheme])
         desc = description or f"C block kernels ({self.isa}, {self.threads} threads)"
         attn = base.attention_kernel

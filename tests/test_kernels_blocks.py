@@ -558,3 +558,20 @@ def test_real_q4km_keep_bundle_runs_on_block_kernels(tmp_path):
         want = m.logits(ids)
     assert rel(got, want) < 3e-2
     assert (got[-1].argmax() == want[-1].argmax())
+
+
+def test_format_without_block_kernel_is_counted_as_a_fallback(kern):
+    """A ggml format the C kernels do not run (Q3_K) goes to the base table's numpy kernel through the routed
+    table, equal to the reference, and is counted in ``fallbacks`` (which `edgespool bench` reports), not silent."""
+    k1, _ = kern
+    rng = np.random.default_rng(3)
+    rows, n = 8, 256
+    raw = rng.integers(0, 256, (rows, 110), dtype=np.uint8)
+    raw[:, 108:110] = rng.uniform(-0.02, 0.02, (rows, 1)).astype(np.float16).view(np.uint8)
+    w = QTensor("q3_k", (rows, n), raw)
+    x = rng.standard_normal((2, n)).astype(np.float32)
+    table = k1.table(REFERENCE)
+    before = sum(v for k, v in k1.fallbacks.items() if "q3_k" in k)
+    y = table.linear(x, w)
+    np.testing.assert_array_equal(y, REFERENCE.linear(x, w))
+    assert sum(v for k, v in k1.fallbacks.items() if "q3_k" in k) == before + 1, k1.fallbacks
