@@ -121,7 +121,7 @@ def test_packed_layout(kern, scheme):
     k1, k2 = kern
     rng = np.random.default_rng(PACKED_SCHEMES.index(scheme) + 40)
     shapes = ((37, 224), (301, 896), (1000, 864), (129, 576))
-    if scheme in ("q4_k", "q6_k"):  # 256-value super-blocks
+    if scheme in ("q4_k", "q5_k", "q6_k"):  # 256-value super-blocks
         shapes = ((37, 256), (301, 1536), (129, 512))
     for rows, n in shapes:
         w = _weight(rng, scheme, rows, n)
@@ -149,7 +149,7 @@ def test_packed_layout(kern, scheme):
     assert k1.prepare_weight(p) is p  # packing twice is a no-op
 
 
-@pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"])
 def test_packed_ggml_formats_match_gguf_dequant(kern, t):
     """Q4_1 (nibbles + per-block min), Q5_0 (nibbles + a fifth-bit plane), Q4_K and Q6_K packed: the packed GEMV / GEMM
     equal Q8_0-rounded activations times the ``gguf`` package's dequantisation of the stored blocks (an
@@ -171,10 +171,10 @@ def test_packed_ggml_formats_match_gguf_dequant(kern, t):
 
 
 # resident bytes of the x16 form / the stored blocks for a multiple of 16 rows (blockpack.h's layout table)
-PACKED_BYTE_RATIO = {"q8_0": 1.0, "q4_0": 1.0, "q4_1": 1.0, "q5_0": 1.0, "q5_1": 1.0, "q4_k": 2368 / 2304, "q6_k": 1.0}
+PACKED_BYTE_RATIO = {"q8_0": 1.0, "q4_0": 1.0, "q4_1": 1.0, "q5_0": 1.0, "q5_1": 1.0, "q4_k": 2368 / 2304, "q5_k": 2880 / 2816, "q6_k": 1.0}
 
 
-@pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"])
 def test_packed_every_value_position_and_resident_bytes(kern, t):
     """Each activation a one-hot 127 (its Q8_0 rounding is exact: d = 1, code 127), so row j of the packed GEMM is
     127 x column j of the weight: every value position of every block (Q5_0's fifth bits from the bit-plane, all
@@ -286,8 +286,6 @@ def test_fused_multi_weight_dispatch_equals_one_call_each(kern):
 def test_packing_leaves_other_formats_alone(kern):
     k1, _ = kern
     rng = np.random.default_rng(9)
-    w = QTensor("q5_k", (16, 256), rand_blocks(rng, "Q5_K", 16, 256))
-    assert k1.prepare_weight(w) is w  # Q5_K has no packed form yet
     w64 = quantize(rng.standard_normal((16, 128)).astype(np.float32), "int4", 64)
     assert k1.prepare_weight(w64) is w64
 

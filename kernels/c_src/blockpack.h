@@ -38,9 +38,10 @@
  * Compute needs AVX-512 F/BW + VNNI; the layout functions (pack, unpack) are plain C and build everywhere. */
 
 #define PK_ROWS 16
+#define PK_Q5K_SB 2880L /* bytes of a q5_k super-block of 16 rows (64 + 8 x 352) */
 #define PK_Q6_SB 3360L /* bytes of a q6_k super-block of 16 rows */
 #define PK_Q6_BLK 416L /* bytes of a q6_k 32-value block of 16 rows (after the 16 d's) */
-#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0 || (wt) == W_Q5_1 || (wt) == W_Q4_K || (wt) == W_Q6_K)
+#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0 || (wt) == W_Q5_1 || (wt) == W_Q4_K || (wt) == W_Q5_K || (wt) == W_Q6_K)
 
 static long pk_block_bytes(int wt) {
     switch (wt) {
@@ -56,12 +57,13 @@ static long pk_block_bytes(int wt) {
 }
 static long pk_group_bytes(int wt, int n) {
     if (wt == W_Q4_K) return (long)(n / 256) * 2368;
+    if (wt == W_Q5_K) return (long)(n / 256) * PK_Q5K_SB;
     if (wt == W_Q6_K) return (long)(n / 256) * PK_Q6_SB;
     return (wt == W_INT8 ? 64 : 0) + (long)(n / 32) * pk_block_bytes(wt); }
 
 /* Bytes of the packed form of a [rows, n] weight (0: this format has no packed form). */
 long es_packed_bytes(int wt, int rows, int n) {
-    if (!PK_SUPPORTED(wt) || n % (wt == W_Q4_K || wt == W_Q6_K ? 256 : 32) || rows <= 0) return 0;
+    if (!PK_SUPPORTED(wt) || n % (wt == W_Q4_K || wt == W_Q5_K || wt == W_Q6_K ? 256 : 32) || rows <= 0) return 0;
     return (long)((rows + PK_ROWS - 1) / PK_ROWS) * pk_group_bytes(wt, n);
 }
 
@@ -94,20 +96,27 @@ int es_pack(int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long s
         uint8_t *g = out + (long)(r / PK_ROWS) * gb;
         int l = r % PK_ROWS;
         if (wt == W_INT8) memcpy(g + 4 * l, sr, 4);
-        if (wt == W_Q4_K) {
+        if (wt == W_Q4_K || wt == W_Q5_K) {
+            const int k5 = wt == W_Q5_K;
+            const long sbb = k5 ? PK_Q5K_SB : 2368, sub = k5 ? 352 : 288, kco = k5 ? 96 : 32;
             for (int sb = 0; sb < nb / 8; sb++) {
-                const uint8_t *src = wr + 144 * sb, *q = src + 4, *qs = src + 16;
-                uint8_t *sbp = g + 2368L * sb;
+                const uint8_t *src = wr + (k5 ? 176 : 144) * sb, *q = src + 4, *qh = src + 16, *qs = src + 16 + 32 * k5;
+                uint8_t *sbp = g + sbb * sb;
                 memcpy(sbp + 2 * l, src, 2);
                 memcpy(sbp + 32 + 2 * l, src + 2, 2);
                 for (int j = 0; j < 8; j++) {
-                    uint8_t *blk = sbp + 64 + 288 * j;
+                    uint8_t *blk = sbp + 64 + sub * j;
                     blk[l] = j < 4 ? q[j] & 63 : (uint8_t)((q[j + 4] & 15) | ((q[j - 4] >> 6) << 4));
                     blk[16 + l] = j < 4 ? q[j + 4] & 63 : (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
                     for (int v = 0; v < 16; v++) {
                         uint8_t a = qs[32 * (j / 2) + v], c = qs[32 * (j / 2) + v + 16];
                         int sh = (j & 1) * 4;
-                        blk[32 + 64 * (v / 4) + 4 * l + v % 4] = (uint8_t)(((a >> sh) & 15) | (((c >> sh) & 15) << 4));
+                        blk[kco + 64 * (v / 4) + 4 * l + v % 4] = (uint8_t)(((a >> sh) & 15) | (((c >> sh) & 15) << 4));
+                    }
+                    if (k5) { /* fifth bit of value V of sub-block j = qh[V] bit j -> plane bit 8 (V % 4) + V / 4 */
+                        uint32_t pl = 0;
+                        for (int V = 0; V < 32; V++) pl |= (uint32_t)((qh[V] >> j) & 1) << (8 * (V % 4) + V / 4);
+                        memcpy(blk + 32 + 4 * l, &pl, 4);
                     }
                 }
             }
@@ -181,20 +190,28 @@ int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t
         int l = (int)(r % PK_ROWS);
         uint8_t *wr = out_w + (long)t * out_row_bytes, *sr = out_sc ? out_sc + (long)t * out_sc_bytes : 0;
         if (wt == W_INT8) memcpy(sr, g + 4 * l, 4);
-        if (wt == W_Q4_K) {
+        if (wt == W_Q4_K || wt == W_Q5_K) {
+            const int k5 = wt == W_Q5_K;
+            const long sbb = k5 ? PK_Q5K_SB : 2368, sub = k5 ? 352 : 288, kco = k5 ? 96 : 32;
             for (int sb = 0; sb < nb / 8; sb++) {
-                uint8_t *dst = wr + 144 * sb, *q = dst + 4, *qs = dst + 16;
-                const uint8_t *sbp = g + 2368L * sb;
+                uint8_t *dst = wr + (k5 ? 176 : 144) * sb, *q = dst + 4, *qh = dst + 16, *qs = dst + 16 + 32 * k5;
+                const uint8_t *sbp = g + sbb * sb;
                 uint8_t sc[8], mn[8];
                 memcpy(dst, sbp + 2 * l, 2);
                 memcpy(dst + 2, sbp + 32 + 2 * l, 2);
                 memset(qs, 0, 128);
+                if (k5) memset(qh, 0, 32);
                 for (int j = 0; j < 8; j++) {
-                    const uint8_t *blk = sbp + 64 + 288 * j;
+                    const uint8_t *blk = sbp + 64 + sub * j;
                     sc[j] = blk[l];
                     mn[j] = blk[16 + l];
+                    if (k5) {
+                        uint32_t pl;
+                        memcpy(&pl, blk + 32 + 4 * l, 4);
+                        for (int V = 0; V < 32; V++) qh[V] |= (uint8_t)(((pl >> (8 * (V % 4) + V / 4)) & 1) << j);
+                    }
                     for (int v = 0; v < 16; v++) {
-                        uint8_t byte = blk[32 + 64 * (v / 4) + 4 * l + v % 4];
+                        uint8_t byte = blk[kco + 64 * (v / 4) + 4 * l + v % 4];
                         int sh = (j & 1) * 4;
                         qs[32 * (j / 2) + v] |= (uint8_t)((byte & 15) << sh);
                         qs[32 * (j / 2) + v + 16] |= (uint8_t)((byte >> 4) << sh);
@@ -299,11 +316,13 @@ static inline __m512i pk_bcast(const int8_t *p) {
  * rows of the tile.  so[i][b] = -offset x code sum of activation row i's block b. */
 AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
                 float *out, long ystride, int valid, const int G, const int NA) {
-    const int qk = wt == W_Q4_K, q51 = wt == W_Q5_1, q41 = wt == W_Q4_1 || qk || q51, q5 = wt == W_Q5_0 || q51;
-    const int q4 = wt == W_Q4_0 || wt == W_INT4 || q41 || q5, i8 = wt == W_INT8;
+    const int k5 = wt == W_Q5_K, qk = wt == W_Q4_K || k5, q51 = wt == W_Q5_1, q41 = wt == W_Q4_1 || qk || q51;
+    const int q5 = wt == W_Q5_0 || q51 || k5, q4 = wt == W_Q4_0 || wt == W_INT4 || q41 || q5, i8 = wt == W_INT8;
     const long bb = q51 ? 384 : (q5 ? 352 : (q41 ? 320 : (q4 ? 288 : (i8 ? 512 : 544))));
     /* codes after the scales (q4_1's mins, q5_0's plane, q5_1's both); the plane after the scales */
     const long co = i8 ? 0 : (q51 ? 128 : (q41 || q5 ? 64 + 32 * q5 : 32)), po = q51 ? 64 : 32;
+    /* q4_k / q5_k: super-block bytes, sub-block bytes, codes in a sub-block (after scales, mins, q5_k's plane) */
+    const long sbb = k5 ? PK_Q5K_SB : 2368, sub = k5 ? 352 : 288, kco = k5 ? 96 : 32;
     const uint8_t *base = gp + (i8 ? 64 : 0);
     const __m512i m4 = _mm512_set1_epi8(0x0F), v16 = _mm512_set1_epi8(16);
     __m512 y[4][MAXNA];
@@ -314,13 +333,15 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
         __m512 vs[4], vm[4];
         if (NA == 1 && (q4 || ES_PF_Q8))
             for (int g = 0; g < G; g++)
-                pk_prefetch(qk ? base + g * gb + 2368L * (b / 8) + 64 + 288 * (b % 8) : base + g * gb + b * bb,
+                pk_prefetch(qk ? base + g * gb + sbb * (b / 8) + 64 + sub * (b % 8) : base + g * gb + b * bb,
                             (int)((bb + 63) / 64));
         if (q5)
-            for (int g = 0; g < G; g++) hp[g] = _mm512_loadu_si512((const void *)(base + g * gb + b * bb + po));
+            for (int g = 0; g < G; g++)
+                hp[g] = _mm512_loadu_si512((const void *)(qk ? base + g * gb + sbb * (b / 8) + 64 + sub * (b % 8) + 32
+                                                             : base + g * gb + b * bb + po));
         if (qk) { /* q4_k: block b = sub-block b % 8 of super-block b / 8; codes at 32 after the 6-bit scales */
             for (int g = 0; g < G; g++) {
-                const uint8_t *sbp = base + g * gb + 2368L * (b / 8), *blk = sbp + 64 + 288 * (b % 8);
+                const uint8_t *sbp = base + g * gb + sbb * (b / 8), *blk = sbp + 64 + sub * (b % 8);
                 __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk)));
                 __m512 mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 16))));
                 vs[g] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sbp)), sc);
@@ -338,7 +359,7 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
         if (q4) {
             for (int c = 0; c < 4; c++)
                 for (int g = 0; g < G; g++) {
-                    const uint8_t *cp = qk ? base + g * gb + 2368L * (b / 8) + 64 + 288 * (b % 8) + 32 + 64 * c
+                    const uint8_t *cp = qk ? base + g * gb + sbb * (b / 8) + 64 + sub * (b % 8) + kco + 64 * c
                                            : base + g * gb + b * bb + co + 64 * c;
                     __m512i v = _mm512_loadu_si512((const void *)cp);
                     __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
@@ -495,6 +516,7 @@ PK_FN(pk_q4_1, W_Q4_1)
 PK_FN(pk_q4_k, W_Q4_K)
 PK_FN(pk_q5_0, W_Q5_0)
 PK_FN(pk_q5_1, W_Q5_1)
+PK_FN(pk_q5_k, W_Q5_K)
 typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
 static pk_fn pk_of(int wt) {
     switch (wt) {
@@ -507,6 +529,7 @@ static pk_fn pk_of(int wt) {
     case W_Q6_K: return pk_q6_k;
     case W_Q5_0: return pk_q5_0;
     case W_Q5_1: return pk_q5_1;
+    case W_Q5_K: return pk_q5_k;
     default: return 0;
     }
 }

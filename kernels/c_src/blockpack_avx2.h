@@ -45,8 +45,10 @@ static inline __m256i pk2_dpbusd(__m256i acc, __m256i u, __m256i s) {
  * nibbles from the plane, q4_k reads its per-sub-block 6-bit scales / mins: the AVX-512 kernel's steps per lane. */
 AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
                  float *out, long ystride, int valid, const int G, const int NA) {
-    const int qk = wt == W_Q4_K, q51 = wt == W_Q5_1, q41 = wt == W_Q4_1 || qk || q51, q5 = wt == W_Q5_0 || q51;
-    const int q4 = wt == W_Q4_0 || wt == W_INT4 || q41 || q5, i8 = wt == W_INT8;
+    const int k5 = wt == W_Q5_K, qk = wt == W_Q4_K || k5, q51 = wt == W_Q5_1, q41 = wt == W_Q4_1 || qk || q51;
+    const int q5 = wt == W_Q5_0 || q51 || k5, q4 = wt == W_Q4_0 || wt == W_INT4 || q41 || q5, i8 = wt == W_INT8;
+    /* q4_k / q5_k: super-block bytes, sub-block bytes, codes in a sub-block (after scales, mins, q5_k's plane) */
+    const long sbb = k5 ? PK_Q5K_SB : 2368, sub = k5 ? 352 : 288, kco = k5 ? 96 : 32;
     const long bb = q51 ? 384 : (q5 ? 352 : (q41 ? 320 : (q4 ? 288 : (i8 ? 512 : 544))));
     /* codes after the scales (q4_1's mins, q5_0's plane, q5_1's both); the plane after the scales */
     const long co = i8 ? 0 : (q51 ? 128 : (q41 || q5 ? 64 + 32 * q5 : 32)), po = q51 ? 64 : 32;
@@ -62,7 +64,7 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
         __m256i acc[4][4], hp[4];
         if (NA == 1 && (q4 || ES_PF_Q8_AVX2))
             for (int g = 0; g < G; g++)
-                pk_prefetch(qk ? base + g * gb + 2368L * (b / 8) + 64 + 288 * (b % 8) : base + g * gb + b * bb,
+                pk_prefetch(qk ? base + g * gb + sbb * (b / 8) + 64 + sub * (b % 8) : base + g * gb + b * bb,
                              (int)((bb + 63) / 64));
 #ifndef PK2_VNNI
         __m256i s16[4][4];
@@ -72,7 +74,8 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
         __m256 vs[4], vm[4];
         for (int h = 0; h < 2 * G; h++) {
             if (qk) { /* block b = sub-block b % 8 of super-block b / 8: [d][dmin] per super-block, [sc][mn] per block */
-                const uint8_t *sbp = base + (h >> 1) * gb + 2368L * (b / 8), *blk = sbp + 64 + 288 * (b % 8);
+                const uint8_t *sbp = base + (h >> 1) * gb + sbb * (b / 8), *blk = sbp + 64 + sub * (b % 8);
+                if (k5) hp[h] = _mm256_loadu_si256((const __m256i *)(blk + 32 + 32 * (h & 1)));
                 __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 8 * (h & 1)))));
                 __m256 mn = _mm256_cvtepi32_ps(
                     _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 16 + 8 * (h & 1)))));
@@ -96,7 +99,7 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
         if (q4) {
             for (int c = 0; c < 4; c++)
                 for (int h = 0; h < 2 * G; h++) {
-                    const uint8_t *cp = qk ? base + (h >> 1) * gb + 2368L * (b / 8) + 64 + 288 * (b % 8) + 32
+                    const uint8_t *cp = qk ? base + (h >> 1) * gb + sbb * (b / 8) + 64 + sub * (b % 8) + kco
                                            : base + (h >> 1) * gb + b * bb + co;
                     __m256i v = _mm256_loadu_si256((const __m256i *)(cp + 64 * c + 32 * (h & 1)));
                     __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
@@ -289,6 +292,7 @@ PK2_FN(pk_int4, W_INT4)
 PK2_FN(pk_q4_1, W_Q4_1)
 PK2_FN(pk_q5_0, W_Q5_0)
 PK2_FN(pk_q5_1, W_Q5_1)
+PK2_FN(pk_q5_k, W_Q5_K)
 PK2_FN(pk_q4_k, W_Q4_K)
 typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
 static pk_fn pk_of(int wt) {
@@ -300,6 +304,7 @@ static pk_fn pk_of(int wt) {
     case W_Q4_1: return pk_q4_1;
     case W_Q5_0: return pk_q5_0;
     case W_Q5_1: return pk_q5_1;
+    case W_Q5_K: return pk_q5_k;
     case W_Q4_K: return pk_q4_k;
     case W_Q6_K: return pk_q6_k;
     default: return 0;
