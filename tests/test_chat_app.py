@@ -66,7 +66,8 @@ def greedy_reply(bundle, messages, n):
         m.close()
 
 
-N = 1000  # reply cap: prompt + N fits the 2048 context (so the kept cache is reused); the story runs on at Ctrl-C
+N = 1000  # reply cap: each turn fits the kept KV cache (prompt + N rounded up to 1024), so it is reused; the
+# story is still going at Ctrl-C
 
 
 def test_chat_in_tmux(tmp_path_factory):
