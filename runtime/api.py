@@ -255,22 +255,30 @@ class Model:
         """The KV cache for a request and how many leading ``ids`` it already holds (at least one id is left to
         compute, for the first logits). The kept cache is reused when it is large enough and of the engine's
         format; else a new one: the plan's KV cache size when streaming (the plan budgets it), else the need
-        rounded up to 1024 positions (capped at the model's context) so later turns fit."""
+        rounded up to 1024 positions (capped at the model's context) so later turns fit, holding the kept cache's
+        common prefix when the old one was merely too small (a long chat turn keeps the conversation's KV)."""
         need = len(ids) + max_tokens
         kv = self._kv
-        if kv is not None and kv.max_len >= need and kv.dtype == self.engine.kv_dtype:
-            p, old = 0, self._kv_ids[:kv.length]
-            for a, b in zip(old, ids[:-1]):
+        p = 0
+        if kv is not None and kv.dtype == self.engine.kv_dtype:
+            for a, b in zip(self._kv_ids[:kv.length], ids[:-1]):
                 if a != b:
                     break
                 p += 1
-            kv.truncate(p)
-            return kv, p
-        self._kv = None  # free the old one before allocating
+            if kv.max_len >= need:
+                kv.truncate(p)
+                return kv, p
         if self.engine.max_context is not None:
-            size = self.engine.max_context
-        else:
-            size = max(need, min(int(self.config.max_position_embeddings), -(-need // 1024) * 1024))
+            self._kv = None  # free the old one before allocating
+            return self.engine.new_cache(self.engine.max_context), 0
+        size = max(need, min(int(self.config.max_position_embeddings), -(-need // 1024) * 1024))
+        if kv is not None and p > 0 and type(kv) is KVCache:  # outgrown: the common prefix moves to a larger cache
+            new = self.engine.new_cache(size)
+            if type(new) is KVCache and new.dtype == kv.dtype:
+                new.copy_prefix_from(kv, p)
+                self._kv = None
+                return new, p
+        self._kv = None
         return self.engine.new_cache(size), 0
 
     def _run(self, req: Request) -> Iterator[tuple[int, str]]:

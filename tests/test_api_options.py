@@ -183,6 +183,28 @@ def test_multi_turn_reuses_the_kv_prefix_exactly(tmp_path_factory, smol):
     assert r3["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
 
 
+def test_turn_that_outgrows_the_kept_cache_still_reuses_its_prefix(tmp_path_factory, smol):
+    """Turn 1 sizes the kept KV cache (prompt + max_tokens, rounded up to 1024 positions); turn 2 asks for more
+    than that: the conversation's positions move into the larger cache (not recomputed), and the reply is a fresh
+    model's (full prefill) reply to the same conversation."""
+    smol.reset()
+    msgs = [{"role": "user", "content": "Name a colour."}]
+    r1 = smol.create_chat_completion(msgs, max_tokens=900, temperature=0)
+    size1 = smol._kv.max_len
+    msgs2 = msgs + [r1["choices"][0]["message"], {"role": "user", "content": "And a fruit?"}]
+    r2 = smol.create_chat_completion(msgs2, max_tokens=size1, temperature=0)  # prompt + max_tokens > size1
+    assert smol._kv.max_len > size1
+    cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached >= r1["usage"]["prompt_tokens"]
+    fresh = load(smol_bundle(tmp_path_factory))
+    try:
+        ref = fresh.create_chat_completion(msgs2, max_tokens=size1, temperature=0)
+    finally:
+        fresh.close()
+    assert r2["choices"][0]["message"]["content"] == ref["choices"][0]["message"]["content"]
+    smol.reset()
+
+
 def test_completion_shapes(smol):
     r = smol.create_completion("def add(a, b):", max_tokens=10, temperature=0)
     assert r["object"] == "text_completion" and r["choices"][0]["finish_reason"] in ("stop", "length")

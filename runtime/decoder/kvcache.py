@@ -116,6 +116,21 @@ class KVCache:
         """Mark ``n`` more positions as filled (after every layer wrote them)."""
         self.length += n
 
+    def copy_prefix_from(self, other: "KVCache", n: int) -> None:
+        """Take positions ``0..n-1`` of ``other`` (same model and format, any ``max_len``): a chat turn that
+        outgrows its kept cache keeps what it had instead of recomputing it. Sets :attr:`length` to ``n``."""
+        if self.dtype != other.dtype or self.k.shape[:2] != other.k.shape[:2] or self.k.shape[3] != other.k.shape[3]:
+            raise OptionError("KV cache copy between caches of different models or formats")
+        if not 0 <= int(n) <= min(other.length, self.max_len):
+            raise OptionError(f"KV cache copy of {n} positions: the source holds {other.length}, room {self.max_len}")
+        n = int(n)
+        self.k[:, :, :n] = other.k[:, :, :n]
+        self.v[:, :, :n] = other.v[:, :, :n]
+        if self.k_scale is not None and other.k_scale is not None and other.v_scale is not None:
+            self.k_scale[:, :, :n] = other.k_scale[:, :, :n]
+            self.v_scale[:, :, :n] = other.v_scale[:, :, :n]  # type: ignore[index]
+        self.length = n
+
     def reset(self) -> None:
         """Forget every position (the arrays are reused)."""
         self.length = 0
