@@ -119,14 +119,18 @@ for r in range(1, n + 1):
         es.setdefault((x["threads"], "decode"), []).append(statistics.median(x["decode_tok_s"]))
         es.setdefault((x["threads"], "prefill"), []).append(statistics.median(x["prefill_tok_s"]))
 med = {k: statistics.median(v) for k, v in ll.items()}
-off = {}  # FUSED_AB=1: the runs with EDGESPOOL_FUSED_DECODE=0
-for r in range(1, n + 1):
-    try:
-        rows = json.load(open(f"{d}/edgespool_unfused.{r}.json"))["results"]
-    except FileNotFoundError:
-        break
-    for x in rows:
-        off.setdefault(x["threads"], []).append(statistics.median(x["decode_tok_s"]))
+def ab_runs(name, key):
+    """threads -> per-round medians of `key` from the A/B runs {name}.{round}.json (none: not asked for)"""
+    got = {}
+    for r in range(1, n + 1):
+        try:
+            rows = json.load(open(f"{d}/{name}.{r}.json"))["results"]
+        except FileNotFoundError:
+            break
+        for x in rows:
+            got.setdefault(x["threads"], []).append(statistics.median(x[key]))
+    return got
+off = ab_runs("edgespool_unfused", "decode_tok_s")  # FUSED_AB=1: the runs with EDGESPOOL_FUSED_DECODE=0
 print(f"{n} interleaved round(s); per-round figures in brackets")
 print("| threads | edgespool keep decode | llama.cpp tg | ratio | edgespool prefill | llama.cpp pp | ratio |")
 print("|---|---|---|---|---|---|---|")
@@ -137,14 +141,7 @@ for t in sorted({k[0] for k in es}, reverse=True):
         fmt = lambda v: "/".join(f"{x:.1f}" for x in v)
         row += [f"{e:.1f} ({fmt(es[(t, what)])})", f"{l:.1f} ({fmt(ll[(t, what)])})", f"{e / l:.2f}x"]
     print("| " + " | ".join(row) + " |")
-noamx = {}  # AMX_AB=1: the runs with EDGESPOOL_AMX=0
-for r in range(1, n + 1):
-    try:
-        rows = json.load(open(f"{d}/edgespool_noamx.{r}.json"))["results"]
-    except FileNotFoundError:
-        break
-    for x in rows:
-        noamx.setdefault(x["threads"], []).append(statistics.median(x["prefill_tok_s"]))
+noamx = ab_runs("edgespool_noamx", "prefill_tok_s")  # AMX_AB=1: the runs with EDGESPOOL_AMX=0
 for t in sorted(noamx, reverse=True):
     e, o = statistics.median(es[(t, "prefill")]), statistics.median(noamx[t])
     print(f"threads {t}: prefill with the AMX tiles {e:.1f} tok/s, without (EDGESPOOL_AMX=0) {o:.1f}: {e / o:.2f}x")

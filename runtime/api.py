@@ -269,17 +269,17 @@ class Model:
                 kv.truncate(p)
                 return kv, p
         if self.engine.max_context is not None:
-            self._kv = None  # free the old one before allocating
+            self._kv = kv = None  # free the old one before allocating
             return self.engine.new_cache(self.engine.max_context), 0
         size = max(need, min(int(self.config.max_position_embeddings), -(-need // 1024) * 1024))
-        if kv is not None and p > 0 and type(kv) is KVCache:  # outgrown: the common prefix moves to a larger cache
-            new = self.engine.new_cache(size)
-            if type(new) is KVCache and new.dtype == kv.dtype:
-                new.copy_prefix_from(kv, p)
-                self._kv = None
-                return new, p
         self._kv = None
-        return self.engine.new_cache(size), 0
+        if p == 0 or type(kv) is not KVCache:
+            kv = None  # nothing to keep: the old one is freed before allocating
+        new = self.engine.new_cache(size)
+        if kv is not None and type(new) is KVCache and new.dtype == kv.dtype:  # outgrown: keep its common prefix
+            new.copy_prefix_from(kv, p)
+            return new, p
+        return new, 0
 
     def _run(self, req: Request) -> Iterator[tuple[int, str]]:
         """Generate ``req``: yield (token id, text to emit) per token; records :attr:`stats`."""

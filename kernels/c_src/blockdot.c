@@ -35,6 +35,8 @@
 #endif
 
 enum { W_Q8_0 = 0, W_Q4_0 = 1, W_Q4_1 = 2, W_Q5_0 = 3, W_Q4_K = 4, W_Q5_K = 5, W_Q6_K = 6, W_INT8 = 7, W_INT4 = 8, W_Q5_1 = 9 };
+/* values per block of weight type wt: a width must be a multiple of it (K-quants: 256-value super-blocks) */
+static inline int wt_values(int wt) { return wt == W_Q4_K || wt == W_Q5_K || wt == W_Q6_K ? 256 : 32; }
 
 static inline float h2f(const uint8_t *p) {
     _Float16 h;
@@ -900,8 +902,8 @@ static void pool_try_run(pool_t *p, const job_t *j) {
  * pk_tile6 derives the other half's from s). */
 static void packed_offsets(int wt, const int8_t *q, const int32_t *s, long nbm, int32_t *so) {
     int off = (wt == W_Q8_0 || wt == W_INT8) ? 128
-              : wt == W_Q5_0 ? 16 : (wt == W_Q4_1 || wt == W_Q5_1 || wt == W_Q4_K || wt == W_Q5_K ? 0 : 8); /* q4_1 / q5_1 / q4/5_k: min
-                                                                                          term, no offset */
+              : wt == W_Q5_0 ? 16 : (wt == W_Q4_1 || wt == W_Q5_1 || wt == W_Q4_K || wt == W_Q5_K ? 0 : 8);
+    /* q4_1 / q5_1 / q4_k / q5_k: a min term instead of an offset */
     if (wt == W_Q6_K) { /* u8 codes q6 = value + 32 (blockpack.h) */
         for (long k = 0; k < nbm; k++) {
             int32_t h = 0;
@@ -964,8 +966,7 @@ int es_linear(void *vp, int wt, const uint8_t *w, long row_bytes, const uint8_t 
               int n, const float *x, int m, float *y, uint8_t *scratch, int nthreads) {
     pool_t *p = (pool_t *)vp;
     rowdot_fn fn = rowdot_of(wt);
-    int blk = (wt == W_Q4_K || wt == W_Q5_K || wt == W_Q6_K) ? 256 : 32;
-    if (!fn || n % blk || rows <= 0 || m <= 0) return -1;
+    if (!fn || n % wt_values(wt) || rows <= 0 || m <= 0) return -1;
     int nb = n / 32;
     float *d = (float *)scratch;
     int32_t *s = (int32_t *)(scratch + (long)m * nb * 4);
@@ -993,7 +994,7 @@ int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, c
                      uint8_t *scratch, int nthreads) {
 #ifdef ES_PACKED
     pool_t *p = (pool_t *)vp;
-    if (!es_pack_kind(wt) || n % (wt == W_Q4_K || wt == W_Q5_K || wt == W_Q6_K ? 256 : 32) || rows <= 0 || m <= 0) return -1;
+    if (!es_pack_kind(wt) || n % wt_values(wt) || rows <= 0 || m <= 0) return -1;
     int nb = n / 32;
     float *d = (float *)scratch;
     int32_t *s = (int32_t *)(scratch + (long)m * nb * 4);
@@ -1036,7 +1037,7 @@ int es_linear_packed_multi(void *vp, int count, const int *wt, const uint8_t *co
     if (count < 1 || count > ES_MAX_SEG || m <= 0) return -1;
     long total = 0, wbytes = 0;
     for (int k = 0; k < count; k++) {
-        if (!es_pack_kind(wt[k]) || n % (wt[k] == W_Q4_K || wt[k] == W_Q5_K || wt[k] == W_Q6_K ? 256 : 32) || rows[k] <= 0) return -1;
+        if (!es_pack_kind(wt[k]) || n % wt_values(wt[k]) || rows[k] <= 0) return -1;
         total += rows[k];
         wbytes += es_packed_bytes(wt[k], rows[k], n);
     }

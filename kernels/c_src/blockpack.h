@@ -63,7 +63,7 @@ static long pk_group_bytes(int wt, int n) {
 
 /* Bytes of the packed form of a [rows, n] weight (0: this format has no packed form). */
 long es_packed_bytes(int wt, int rows, int n) {
-    if (!PK_SUPPORTED(wt) || n % (wt == W_Q4_K || wt == W_Q5_K || wt == W_Q6_K ? 256 : 32) || rows <= 0) return 0;
+    if (!PK_SUPPORTED(wt) || n % wt_values(wt) || rows <= 0) return 0;
     return (long)((rows + PK_ROWS - 1) / PK_ROWS) * pk_group_bytes(wt, n);
 }
 

@@ -36,9 +36,11 @@ static void amx_config(void) {
     _tile_loadconfig(&c);
 }
 
-/* the float steps of block b for 16 activation rows from C tile row sums in cb (16 x 16 int32) */
-AI void amx_post(const int32_t *cb, __m512 *y, __m512 vs, int i8, const float *ad, const int32_t *so, long nb,
-                 int b) {
+/* the float steps of block b (its x16 bytes at blk: q8_0's 16 f16 scales first) for 16 activation rows from the
+ * C tile in cb (16 x 16 int32) */
+AI void amx_post(const int32_t *cb, __m512 *y, const uint8_t *blk, int i8, const float *ad, const int32_t *so,
+                 long nb, int b) {
+    const __m512 vs = i8 ? _mm512_setzero_ps() : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
     for (int i = 0; i < 16; i++) {
         __m512i acc = _mm512_add_epi32(_mm512_load_si512((const void *)(cb + 16 * i)),
                                        _mm512_set1_epi32(so[i * nb + b]));
@@ -70,10 +72,8 @@ static void amx_tile_q8(int wt, const uint8_t *gp, int nb, const int8_t *aq, int
         _tile_dpbsud(3, 4, 5);
         _tile_stored(0, cb[0], 64);
         _tile_stored(3, cb[1], 64);
-        amx_post(cb[0], y, i8 ? _mm512_setzero_ps() : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)b0)), i8,
-                 ad, so, nb, b);
-        amx_post(cb[1], y, i8 ? _mm512_setzero_ps() : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)b1)), i8,
-                 ad, so, nb, b + 1);
+        amx_post(cb[0], y, b0, i8, ad, so, nb, b);
+        amx_post(cb[1], y, b1, i8, ad, so, nb, b + 1);
     }
     if (b < nb) {
         const uint8_t *b0 = base + b * bb;
@@ -82,8 +82,7 @@ static void amx_tile_q8(int wt, const uint8_t *gp, int nb, const int8_t *aq, int
         _tile_loadd(2, b0 + co, 64);
         _tile_dpbsud(0, 1, 2);
         _tile_stored(0, cb[0], 64);
-        amx_post(cb[0], y, i8 ? _mm512_setzero_ps() : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)b0)), i8,
-                 ad, so, nb, b);
+        amx_post(cb[0], y, b0, i8, ad, so, nb, b);
     }
     __m512 rs = i8 ? _mm512_loadu_ps((const float *)gp) : _mm512_setzero_ps();
     int nv = valid < 16 ? valid : 16;

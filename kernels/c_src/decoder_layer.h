@@ -150,7 +150,7 @@ int es_decoder_layer(void *vp, const es_layer_t *L, float *x, int pos, const flo
         return -1;
     const int n_in[7] = {H, H, H, nh * D, H, H, I};
     for (int k = 0; k < 7; k++)
-        if (!es_pack_kind(L->wt[k]) || n_in[k] % (L->wt[k] == W_Q4_K || L->wt[k] == W_Q5_K || L->wt[k] == W_Q6_K ? 256 : 32)) return -1;
+        if (!es_pack_kind(L->wt[k]) || n_in[k] % wt_values(L->wt[k])) return -1;
     float *h = ws, *q = h + H, *kk = q + (long)nh * D, *vv = kk + (long)nkv * D, *a = vv + (long)nkv * D;
     float *g = a + (long)nh * D, *u = g + I, *t = u + I, *f = t + I;
     if (phase != 2) {
