@@ -16,7 +16,8 @@
 #   MOE=1 bash benchmarks/gpu_device.sh peer --moe   the same on a SIMULATED Mixtral-style MoE with Qwen's real
 #                             vocabulary (.devcarry/moe-meta/: `python benchmarks/random_gguf.py moe-meta
 #                             QWEN1.5B.gguf .devcarry/moe-meta 16 1024 1408 8 2`), llama.cpp also with --n-cpu-moe
-#                             (TESTS=0 skips the GPU tests)
+#                             (TESTS=0 skips the GPU tests; PREFILL=1 adds benchmarks/gpu_prefill_bench.py, the
+#                             tensor-core prefill A/B, while llama.cpp builds)
 set -u
 MODE=${1:-quick}
 shift || true
@@ -47,6 +48,14 @@ if [ "$MODE" = peer ]; then
     ( cd /tmp && "$PY" -m pytest -q -p no:cacheprovider "$REPO/tests/test_gpu_fused.py" "$REPO/tests/test_gpu_split.py" \
         > "$OUTD/tests.log" 2>&1; echo "tests rc=$?" >> "$OUTD/tests.log" )
     tail -3 "$OUTD/tests.log"
+  fi
+  if [ "${PREFILL:-0}" = 1 ]; then  # the prefill A/B (split-f16 tensor cores vs f32 SGEMM) while llama.cpp builds;
+    # it exports the bundle the split bench below reuses ($W/g/bundle); the build loads the CPU, so its absolute
+    # figures are the A/B's, the clean prefill rows are the split bench's
+    timeout "${T_PREFILL:-200}" "$PY" -m edgespool.benchmarks.gpu_prefill_bench --out "$W/g${MOE:-}" --gguf "$G" \
+      --tokens 64,256,512 --reps 3 --json-out "$OUTD/prefill.json" > "$OUTD/prefill.log" 2>&1
+    echo "prefill bench rc=$? after $(( $(date +%s) - t0 )) s"
+    grep '"tokens"' "$OUTD/prefill.log" | grep -v product | cut -c1-300
   fi
   wait
   if [ "$(cat "$W/build.rc")" != 0 ]; then tail -30 "$OUTD/build.log" "$OUTD/cmake.log"; exit 1; fi

@@ -295,9 +295,8 @@ class GpuLayers:
         T, D, nh, nkv = int(x.shape[0]), c.head_dim, c.num_heads, c.num_kv_heads
         mult = 1.0 if c.residual_multiplier == 1 else float(c.residual_multiplier)
         h = ops.rmsnorm(x, w[p + "attn_norm"].data, c.rms_norm_eps)
-        q = ops.linear(h, W("wq"), self._vec(w, p + "bq")).reshape(T, nh, D)
-        k = ops.linear(h, W("wk"), self._vec(w, p + "bk")).reshape(T, nkv, D)
-        v = ops.linear(h, W("wv"), self._vec(w, p + "bv")).reshape(T, nkv, D)
+        q, k, v = ops.linears(h, [W("wq"), W("wk"), W("wv")], [self._vec(w, p + b) for b in ("bq", "bk", "bv")])
+        q, k, v = q.reshape(T, nh, D), k.reshape(T, nkv, D), v.reshape(T, nkv, D)
         if c.qk_norm:
             if c.qk_norm_per_head:
                 q = ops.rmsnorm(q, w[p + "q_norm"].data, c.rms_norm_eps)
@@ -336,7 +335,7 @@ class GpuLayers:
             self.cpu_expert_calls += n_cpu
             x += f if mult == 1.0 else f * np.float32(mult)
             return
-        a = ops.act_mul(ops.linear(h, W("ffn.gate")), ops.linear(h, W("ffn.up")), c.hidden_act)
+        a = ops.act_mul(*ops.linears(h, [W("ffn.gate"), W("ffn.up")]), c.hidden_act)
         ops.linear(a, W("ffn.down"), out=x, mult=mult)
 
     def _note_pool(self) -> None:

@@ -6,6 +6,7 @@ gated FFN activation. Every function takes and returns cupy arrays; float32 accu
 Only :func:`gpu_status` may be called without CuPy: it says why the GPU cannot be used (no CuPy, no device)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ GEMV_MAX_ROWS = 8  # rows (tokens) the fused GEMV kernels take; more rows go thr
 DEQUANT_CHUNK_BYTES = 32 << 20  # float32 scratch for one dequantised row block in batched products
 NATIVE_SCHEMES = ("f32", "f16", "int8", "int4")  # stored as they are on the GPU; others dequantised to f32
 ACT_CODES = {"silu": 0, "relu": 1, "gelu_tanh": 2}
+ATTN_SCORE_BYTES = 16 << 20  # attention scores of one call at most (a prefill chunk's queries go in blocks)
 SPLIT_K_MIN = 4096  # one-token int8 rows at least this long take the split-K GEMV (a block a row)
 SK_WARPS = 4  # warps a row in the split-K GEMV (4: a one-token down projection of 1536 rows is one wave of blocks)
 
@@ -167,6 +169,56 @@ extern "C" __global__ void dequant_i4(const unsigned char* w, const __half* s, f
   int q = (j < 16 ? (b & 15) : (b >> 4)) - 8;
   out[i] = (float)q * __half2float(s[r * (K >> 5) + g]);
 }
+// Batched (prefill) products on the tensor cores, float32-exact: x [T, K] f32 -> hi, lo [T, K] f16 with
+// x[t] = (hi[t] + lo[t]) * rs[t], rs[t] a power of two putting the row's largest |x| in [2^13, 2^14) (no f16
+// overflow; hi + lo carry 22 of float32's 24 bits); one block per row. Two f16 GEMMs with float32 accumulation
+// (hi, then lo added with beta = 1) on weights exact in f16 (int8 values, f16 weights) and gemm_epilogue's
+// rs * scale restore a float32 SGEMM's accuracy at tensor-core speed.
+extern "C" __global__ void split_f16(const float* x, __half* hi, __half* lo, float* rs, int K) {
+  __shared__ float part[32];
+  const float* xr = x + (long long)blockIdx.x * K;
+  float m = 0.f;
+  for (int k = threadIdx.x; k < K; k += blockDim.x) m = fmaxf(m, fabsf(xr[k]));
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float v = 0.f;
+    for (int i = 0; i < (blockDim.x >> 5); ++i) v = fmaxf(v, part[i]);
+    part[0] = v;
+  }
+  __syncthreads();
+  m = part[0];
+  int e = 0;
+  if (m > 0.f && isfinite(m)) frexpf(m, &e);  // m = f * 2^e, f in [0.5, 1)
+  e = max(e, -100);
+  float up = ldexpf(1.f, 14 - e);
+  if (threadIdx.x == 0) rs[blockIdx.x] = ldexpf(1.f, e - 14);
+  long long o = (long long)blockIdx.x * K;
+  for (int k = threadIdx.x; k < K; k += blockDim.x) {
+    float v = xr[k] * up;
+    __half h = __float2half_rn(v);
+    hi[o + k] = h;
+    lo[o + k] = __float2half_rn(v - __half2float(h));
+  }
+}
+// int8 weight values -> f16 (exact), 4 a thread; n % 4 == 0 and 4-byte aligned rows
+extern "C" __global__ void i8_to_f16(const signed char* w, __half* out, long long n) {
+  long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 4;
+  if (i >= n) return;
+  char4 q = *reinterpret_cast<const char4*>(w + i);
+  *reinterpret_cast<__half2*>(out + i) = __floats2half2_rn((float)q.x, (float)q.y);
+  *reinterpret_cast<__half2*>(out + i + 2) = __floats2half2_rn((float)q.z, (float)q.w);
+}
+// y[t, n] = (resid ? y[t, n] : 0) + mult * (acc[t, n] * rs[t] * scale[n] + bias[n]); acc may be y (not resid)
+extern "C" __global__ void gemm_epilogue(const float* acc, const float* rs, const float* scale,
+                                         const float* bias, float* y, int T, int N, int resid, float mult) {
+  long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+  if (i >= (long long)T * N) return;
+  int t = (int)(i / N), n = (int)(i % N);
+  float v = acc[i] * rs[t] * (scale ? scale[n] : 1.f) + (bias ? bias[n] : 0.f);
+  y[i] = (resid ? y[i] : 0.f) + mult * v;
+}
 // one block per row: y = x * rsqrt(mean(x^2) + eps) * w
 extern "C" __global__ void rmsnorm(const float* x, const float* w, float* y, int H, float eps) {
   __shared__ float part[32];
@@ -302,7 +354,12 @@ class GpuOps:
         self.module = cp.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=None)
         f = self.module.get_function
         self.k = {n: f(n) for n in ("gemv_i8", "gemv1_i8_sk", "gemv_f16", "gemv_i4", "dequant_i8", "dequant_i4",
-                                    "rmsnorm", "rope", "masked_softmax", "act_mul")}
+                                    "rmsnorm", "rope", "masked_softmax", "act_mul", "split_f16", "i8_to_f16",
+                                    "gemm_epilogue")}
+        # batched int8 / f16 products on the tensor cores (split-f16, float32-exact); False: dequantise to f32 and
+        # SGEMM, the path before 2026-12-07 (EDGESPOOL_GPU_F16_GEMM=0; the benchmark's A/B)
+        self.f16_gemm = os.environ.get("EDGESPOOL_GPU_F16_GEMM", "1") != "0"
+        self._one, self._zero = np.ones(1, np.float32), np.zeros(1, np.float32)  # cuBLAS alpha / beta (host)
 
     # -- weights ----------------------------------------------------------------------------------------------
     def upload(self, t: QTensor, stream: Any = None, mapped: bool = False) -> GpuTensor:
@@ -330,9 +387,11 @@ class GpuOps:
         return cp.ndarray(a.shape, a.dtype, cp.cuda.MemoryPointer(um, 0))
 
     # -- products ---------------------------------------------------------------------------------------------
-    def linear(self, x: Any, w: GpuTensor, bias: Any = None, out: Any = None, mult: float = 1.0) -> Any:
+    def linear(self, x: Any, w: GpuTensor, bias: Any = None, out: Any = None, mult: float = 1.0,
+               split: tuple[Any, Any, Any] | None = None) -> Any:
         """``x @ W.T + bias`` for ``x`` float32 ``[T, in]``; with ``out`` given, ``out += mult * (...)`` (the
-        residual add fused into the product)."""
+        residual add fused into the product). ``split``: ``x``'s :meth:`split16` form when the caller made it
+        (:meth:`linears`: one split for the products sharing an input)."""
         cp = self.cp
         T, K = int(x.shape[0]), int(x.shape[1])
         N = int(w.shape[0])
@@ -343,6 +402,8 @@ class GpuOps:
             y = out if resid else cp.empty((T, N), cp.float32)
             self.gemv_into(x, w, bias, y, resid, mult)
             return y
+        if self._tensor_cores(w, K):
+            return self._gemm16(split if split is not None else self.split16(x), w, bias, out, mult)
         y = cp.empty((T, N), cp.float32)
         if w.scheme == "f32":
             cp.matmul(x, w.data.T, out=y)
@@ -361,6 +422,67 @@ class GpuOps:
         if out is not None:
             out += y if mult == 1.0 else y * np.float32(mult)
             return out
+        return y
+
+    def linears(self, x: Any, ws: list[GpuTensor], biases: list[Any] | None = None) -> list[Any]:
+        """``[linear(x, w, b) for w, b in zip(ws, biases)]`` with ``x``'s split-f16 form made once for the batched
+        tensor-core products (q / k / v, gate / up)."""
+        x = self.cp.ascontiguousarray(x, dtype=self.cp.float32)
+        T, K = int(x.shape[0]), int(x.shape[1])
+        bs = biases if biases is not None else [None] * len(ws)
+        sp = self.split16(x) if T > GEMV_MAX_ROWS and any(self._tensor_cores(w, K) for w in ws) else None
+        return [self.linear(x, w, b, split=sp) for w, b in zip(ws, bs)]
+
+    def split16(self, x: Any) -> tuple[Any, Any, Any]:
+        """``x`` float32 ``[T, K]`` -> ``(hi, lo, rs)``: f16 ``[T, K]`` twice and float32 ``[T]`` with ``x[t] =
+        (hi[t] + lo[t]) * rs[t]`` to 22 bits (``rs`` a power of two a row, so no f16 overflow)."""
+        cp = self.cp
+        T, K = int(x.shape[0]), int(x.shape[1])
+        hi, lo = cp.empty((T, K), cp.float16), cp.empty((T, K), cp.float16)
+        rs = cp.empty((T,), cp.float32)
+        self.k["split_f16"]((T,), (256,), (x, hi, lo, rs, np.int32(K)))
+        return hi, lo, rs
+
+    def _tensor_cores(self, w: GpuTensor, K: int) -> bool:
+        """Whether batched rows through ``w`` take the split-f16 tensor-core GEMM (int8 values and f16 weights are
+        exact in f16; int4's group scales and dequantised schemes are not, so they keep the f32 SGEMM)."""
+        return self.f16_gemm and w.scheme in ("int8", "f16") and K % 8 == 0
+
+    def _gemm16(self, sp: tuple[Any, Any, Any], w: GpuTensor, bias: Any, out: Any, mult: float) -> Any:
+        """Batched ``x @ W.T`` on the tensor cores from ``x``'s split ``sp``: the weight rows as f16 (int8 values
+        converted into a bounded scratch; f16 weights as stored), two cuBLAS GemmEx calls with float32
+        accumulation into one float32 ``[T, N]`` (hi, then lo added), then one epilogue kernel for the row scales,
+        bias and the fused residual add."""
+        from cupy_backends.cuda.libs import cublas  # CuPy's cuBLAS binding (the handle's stream is set per call)
+
+        cp = self.cp
+        hi, lo, rs = sp
+        T, K = int(hi.shape[0]), int(hi.shape[1])
+        N = int(w.shape[0])
+        handle = cp.cuda.device.get_cublas_handle()
+        acc = cp.empty((T, N), cp.float32)
+        rows = N if w.scheme == "f16" else max(1, min(N, DEQUANT_CHUNK_BYTES // (2 * K)))
+        scratch = cp.empty((rows, K), cp.float16) if w.scheme == "int8" else None
+        f16, f32 = 2, 0  # cudaDataType CUDA_R_16F, CUDA_R_32F
+        for r0 in range(0, N, rows):
+            r1 = min(N, r0 + rows)
+            if scratch is not None:
+                n = (r1 - r0) * K
+                self.k["i8_to_f16"](((n // 4 + 255) // 256,), (256,), (w.data[r0:r1], scratch, np.int64(n)))
+                a_ptr = scratch.data.ptr
+            else:
+                a_ptr = w.data[r0:r1].data.ptr
+            # column-major view: acc^T [N, T] = W [N, K] . x^T [K, T]; rows r0..r1 of W -> acc[:, r0:r1]
+            for part, beta in ((hi, self._zero), (lo, self._one)):
+                cublas.gemmEx(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, r1 - r0, T, K,
+                              self._one.ctypes.data, a_ptr, f16, K, part.data.ptr, f16, K,
+                              beta.ctypes.data, acc.data.ptr + 4 * r0, f32, N, cublas.CUBLAS_COMPUTE_32F,
+                              cublas.CUBLAS_GEMM_DEFAULT)
+        resid = out is not None
+        y = out if resid else acc
+        self.k["gemm_epilogue"](((T * N + 255) // 256,), (256,),
+                                (acc, rs, w.scale if w.scheme == "int8" else None, bias, y, np.int32(T),
+                                 np.int32(N), np.int32(resid), np.float32(mult)))
         return y
 
     def gemv_into(self, x: Any, w: GpuTensor, bias: Any, y: Any, resid: bool, mult: float = 1.0) -> None:
@@ -438,6 +560,10 @@ class GpuOps:
         cp = self.cp
         T, nh, D = (int(s) for s in q.shape)
         nkv, S = int(K.shape[0]), int(K.shape[1])
+        rows = max(1, ATTN_SCORE_BYTES // (4 * nh * S))
+        if T > rows:  # long prompt chunk over a long context: query blocks, so the scores stay bounded
+            return cp.concatenate([self.attention(q[t0:t0 + rows], K, V, past + t0, kpos0, window, scale, softcap)
+                                   for t0 in range(0, T, rows)])
         g = nh // nkv
         qg = q.reshape(T, nkv, g, D).transpose(1, 2, 0, 3).reshape(nkv, g * T, D)
         sc = cp.matmul(qg, K.transpose(0, 2, 1))  # [nkv, g*T, S]

@@ -30,7 +30,7 @@ from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, expert_grou
 from ..runtime.bundle.reader import Bundle
 from ..schedulers.placement_plan import CPU, GroupCost, LinkModel, Placement, plan_with_parents
 from .gpu_layers import GpuLayers
-from .gpu_ops import DEQUANT_CHUNK_BYTES, GpuOps, gpu_nbytes, gpu_status
+from .gpu_ops import ATTN_SCORE_BYTES, DEQUANT_CHUNK_BYTES, GpuOps, gpu_nbytes, gpu_status
 from .split_costs import gpu_layer_step_seconds, with_boundary
 
 DEFAULT_GPU_CONTEXT = 4096
@@ -61,7 +61,7 @@ def gpu_workspace_bytes(cfg: ModelConfig, max_tokens: int, max_context: int) -> 
     T, H, I = max_tokens, cfg.hidden_size, cfg.intermediate_size
     q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     per_tok = 6 * H + 2 * q + 4 * kv + 4 * I
-    scores = 2 * cfg.num_heads * T * max_context
+    scores = 2 * min(cfg.num_heads * T * max_context, ATTN_SCORE_BYTES // 4)  # query blocks bound them
     return 4 * (T * per_tok + scores + 2 * cfg.vocab_size) + 2 * DEQUANT_CHUNK_BYTES + GPU_SLACK_BYTES
 
 
