@@ -25,7 +25,8 @@ import numpy as np
 
 SRC = Path(__file__).resolve().parent.parent / "kernels" / "c_src" / "blockdot.c"
 BLOCKS = {"q8_0": (0, 32, 34, [0]), "q4_0": (1, 32, 18, [0]), "q4_k": (4, 256, 144, [0, 2]),
-          "q6_k": (6, 256, 210, [208]), "q5_0": (3, 32, 22, [0])}
+          "q6_k": (6, 256, 210, [208]), "q5_0": (3, 32, 22, [0]), "q3_k": (10, 256, 110, [108]),
+          "q2_k": (11, 256, 84, [80, 82])}
 MODELS = {  # hidden, ffn, layers, q heads, kv heads, head dim, vocab
     "qwen2.5-coder-0.5b": (896, 4864, 24, 14, 2, 64, 151936),
     "qwen2.5-coder-1.5b": (1536, 8960, 28, 12, 2, 128, 151936),

@@ -1,5 +1,5 @@
 """Block-quantised linear kernels in C (``kernels/c_src/blockdot.c``): ggml's block formats as stored (q8_0, q4_0,
-q4_1, q5_0, q5_1, q4_k, q5_k, q6_k) and edgespool's int8 / int4 (g32), with llama.cpp's numerics (activations rounded to
+q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k) and edgespool's int8 / int4 (g32), with llama.cpp's numerics (activations rounded to
 32-value int8 blocks, integer block dots), multi-threaded over output rows by a persistent pthread pool.
 
 One small shared library per target (~25-70 KB), compiled at export time by the target's C compiler (gcc, or the
@@ -41,7 +41,7 @@ LIBRARY_NAME = "blockdot.so"
 # scheme -> weight-type code of blockdot.c, values per block
 SCHEME_CODES: dict[str, tuple[int, int]] = {
     "q8_0": (0, 32), "q4_0": (1, 32), "q4_1": (2, 32), "q5_0": (3, 32), "q4_k": (4, 256), "q5_k": (5, 256),
-    "q6_k": (6, 256), "int8": (7, 32), "int4": (8, 32), "q5_1": (9, 32),
+    "q6_k": (6, 256), "int8": (7, 32), "int4": (8, 32), "q5_1": (9, 32), "q3_k": (10, 256), "q2_k": (11, 256),
 }
 
 # LLVM mcpu names gcc 12 does not know -> equivalent gcc flags
@@ -346,10 +346,10 @@ class BlockKernels:
     def table(self, base: KernelTable = REFERENCE, description: str | None = None) -> KernelTable:
         """``base`` with every scheme of :data:`SCHEME_CODES` (and every other ggml quantisation ``base`` has)
         routed through these kernels (``base``'s kernel for a weight none fits, e.g. int4 with another group size,
-        or Q3_K: counted in :attr:`fallbacks`)."""
+        or an IQ format: counted in :attr:`fallbacks`)."""
         lin = dict(base.linear_kernels)
         for scheme in lin:
-            # the block schemes, and every other quantised one too, so a format without a C kernel here (e.g. Q3_K)
+            # the block schemes, and every other quantised one too, so a format without a C kernel here (e.g. IQ4_XS)
             # is counted in ``fallbacks`` ("no block kernel for ...") where the bench shows it, not silently numpy
             if scheme in SCHEME_CODES or scheme.startswith(("q", "iq")):
                 lin[scheme] = RoutedLinear(self, lin[scheme])

@@ -27,8 +27,9 @@ from edgespool.kernels.quant import QTensor, quantize
 from edgespool.kernels.table import REFERENCE
 from edgespool.runtime.bundle.ggml_schemes import GGML_BLOCKS
 
-FORMATS = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
-F16_AT = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
+FORMATS = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+F16_AT = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q2_K": [80, 82], "Q3_K": [108],
+          "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_packed_layout(kern, scheme):
     k1, k2 = kern
     rng = np.random.default_rng(PACKED_SCHEMES.index(scheme) + 40)
     shapes = ((37, 224), (301, 896), (1000, 864), (129, 576))
-    if scheme in ("q4_k", "q5_k", "q6_k"):  # 256-value super-blocks
+    if scheme in ("q4_k", "q5_k", "q6_k", "q3_k"):  # 256-value super-blocks
         shapes = ((37, 256), (301, 1536), (129, 512))
     for rows, n in shapes:
         w = _weight(rng, scheme, rows, n)
@@ -171,7 +172,8 @@ def test_packed_ggml_formats_match_gguf_dequant(kern, t):
 
 
 # resident bytes of the x16 form / the stored blocks for a multiple of 16 rows (blockpack.h's layout table)
-PACKED_BYTE_RATIO = {"q8_0": 1.0, "q4_0": 1.0, "q4_1": 1.0, "q5_0": 1.0, "q5_1": 1.0, "q4_k": 2368 / 2304, "q5_k": 2880 / 2816, "q6_k": 1.0}
+PACKED_BYTE_RATIO = {"q8_0": 1.0, "q4_0": 1.0, "q4_1": 1.0, "q5_0": 1.0, "q5_1": 1.0, "q4_k": 2368 / 2304, "q5_k": 2880 / 2816, "q6_k": 1.0,
+                    "q3_k": 1824 / 1760}
 
 
 @pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"])
@@ -354,7 +356,8 @@ def test_target_flags_and_missing_compiler(tmp_path):
 
 
 # -- llama.cpp's own vec_dot ---------------------------------------------------------------------------------------
-GGML_TYPE = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+GGML_TYPE = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13,
+             "Q6_K": 14}
 
 
 class _Traits(ctypes.Structure):
@@ -559,17 +562,15 @@ def test_real_q4km_keep_bundle_runs_on_block_kernels(tmp_path):
 
 
 def test_format_without_block_kernel_is_counted_as_a_fallback(kern):
-    """A ggml format the C kernels do not run (Q3_K) goes to the base table's numpy kernel through the routed
-    table, equal to the reference, and is counted in ``fallbacks`` (which `edgespool bench` reports), not silent."""
+    """A weight the C kernels do not run (int4 in groups of 64: the kernels take g32) goes to the base table's
+    numpy kernel through the routed table, equal to the reference, and is counted in ``fallbacks`` (which
+    `edgespool bench` reports), not silent."""
     k1, _ = kern
     rng = np.random.default_rng(3)
-    rows, n = 8, 256
-    raw = rng.integers(0, 256, (rows, 110), dtype=np.uint8)
-    raw[:, 108:110] = rng.uniform(-0.02, 0.02, (rows, 1)).astype(np.float16).view(np.uint8)
-    w = QTensor("q3_k", (rows, n), raw)
-    x = rng.standard_normal((2, n)).astype(np.float32)
+    w = quantize(rng.standard_normal((8, 256)).astype(np.float32), "int4", 64)
+    x = rng.standard_normal((2, 256)).astype(np.float32)
     table = k1.table(REFERENCE)
-    before = sum(v for k, v in k1.fallbacks.items() if "q3_k" in k)
+    before = sum(v for k, v in k1.fallbacks.items() if "int4" in k and "group 64" in k)
     y = table.linear(x, w)
     np.testing.assert_array_equal(y, REFERENCE.linear(x, w))
-    assert sum(v for k, v in k1.fallbacks.items() if "q3_k" in k) == before + 1, k1.fallbacks
+    assert sum(v for k, v in k1.fallbacks.items() if "int4" in k and "group 64" in k) == before + 1, k1.fallbacks

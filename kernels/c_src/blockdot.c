@@ -34,9 +34,12 @@
 #define ES_ISA "c"
 #endif
 
-enum { W_Q8_0 = 0, W_Q4_0 = 1, W_Q4_1 = 2, W_Q5_0 = 3, W_Q4_K = 4, W_Q5_K = 5, W_Q6_K = 6, W_INT8 = 7, W_INT4 = 8, W_Q5_1 = 9 };
+enum { W_Q8_0 = 0, W_Q4_0 = 1, W_Q4_1 = 2, W_Q5_0 = 3, W_Q4_K = 4, W_Q5_K = 5, W_Q6_K = 6, W_INT8 = 7, W_INT4 = 8, W_Q5_1 = 9,
+       W_Q3_K = 10, W_Q2_K = 11 };
 /* values per block of weight type wt: a width must be a multiple of it (K-quants: 256-value super-blocks) */
-static inline int wt_values(int wt) { return wt == W_Q4_K || wt == W_Q5_K || wt == W_Q6_K ? 256 : 32; }
+static inline int wt_values(int wt) {
+    return wt == W_Q4_K || wt == W_Q5_K || wt == W_Q6_K || wt == W_Q3_K || wt == W_Q2_K ? 256 : 32;
+}
 
 static inline float h2f(const uint8_t *p) {
     _Float16 h;
@@ -561,6 +564,101 @@ AI void row_q6_k_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, 
     ACC_OUT(SUMI(i));
 }
 ROWFN(row_q6_k)
+/* q3_k (110 bytes a super-block: hmask[32], qs[64], 12 bytes of 6-bit scales, f16 d) and q2_k (84 bytes:
+ * scales[16] = 4-bit scale | 4-bit min << 4, qs[64], f16 d, f16 dmin): decoded per 128 values into int8 codes (as
+ * q6_k is), sub-blocks of 16 with their own scale (ggml's dequantize_row_q3_K / _q2_K order: 32-value block j of
+ * half h takes bits 2j of qs[32h + l], l < 32, and scales 8h + 2j, 8h + 2j + 1) */
+static inline void q3k_scales(const uint8_t *p, int8_t *sc) {
+    uint32_t aux[4], tmp;
+    memcpy(aux, p, 12);
+    tmp = aux[2];
+    aux[2] = ((aux[0] >> 4) & 0x0f0f0f0fu) | (((tmp >> 4) & 0x03030303u) << 4);
+    aux[3] = ((aux[1] >> 4) & 0x0f0f0f0fu) | (((tmp >> 6) & 0x03030303u) << 4);
+    aux[0] = (aux[0] & 0x0f0f0f0fu) | (((tmp >> 0) & 0x03030303u) << 4);
+    aux[1] = (aux[1] & 0x0f0f0f0fu) | (((tmp >> 2) & 0x03030303u) << 4);
+    memcpy(sc, aux, 16);
+    for (int j = 0; j < 16; j++) sc[j] = (int8_t)(sc[j] - 32);
+}
+AI void row_q3_k_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
+    (void)wsc;
+    int8_t q[128] __attribute__((aligned(32)));
+    int8_t sc[16];
+    ACC_INIT
+    for (int B = 0; B < n / 256; B++, w += 110) {
+        const uint8_t *hm = w, *qs = w + 32;
+        q3k_scales(w + 96, sc);
+        float d = h2f(w + 108);
+        for (int h = 0; h < 2; h++, qs += 32) {
+#ifdef ES_REG_UNPACK /* codes in registers: bits 2j of qs, minus 4 where hmask's bit 4h + j is clear */
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)qs), hv = _mm256_loadu_si256((const __m256i *)hm);
+            for (int j = 0; j < 4; j++) {
+                __m256i c = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), _mm256_set1_epi8(3));
+                __m256i clear = _mm256_cmpeq_epi8(_mm256_and_si256(hv, _mm256_set1_epi8((char)(1u << (4 * h + j)))),
+                                                  _mm256_setzero_si256());
+                c = _mm256_sub_epi8(c, _mm256_and_si256(clear, _mm256_set1_epi8(4)));
+                int b = 8 * B + 4 * h + j, s0 = sc[8 * h + 2 * j], s1 = sc[8 * h + 2 * j + 1];
+                for (int i = 0; i < NA; i++)
+                    acc[i][j & 1] = vf_fma(vi_scale2(dots_rr(c, a[i].q + 32 * b), s0, s1), d * a[i].d[b],
+                                           acc[i][j & 1]);
+            }
+            continue;
+#endif
+            for (int j = 0; j < 4; j++) {
+                const uint8_t m = (uint8_t)(1u << (4 * h + j));
+                for (int l = 0; l < 32; l++)
+                    q[32 * j + l] = (int8_t)(((qs[l] >> (2 * j)) & 3) - ((hm[l] & m) ? 0 : 4));
+            }
+            for (int j = 0; j < 4; j++) {
+                int b = 8 * B + 4 * h + j;
+                for (int i = 0; i < NA; i++)
+                    acc[i][j & 1] = vf_fma(dots_scale2(q + 32 * j, a[i].q + 32 * b, sc[8 * h + 2 * j],
+                                                       sc[8 * h + 2 * j + 1]), d * a[i].d[b], acc[i][j & 1]);
+            }
+        }
+    }
+    ACC_OUT(SUMI(i));
+}
+ROWFN(row_q3_k)
+static const int8_t ES_ONES32[32] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                                                   1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+AI void row_q2_k_b(const uint8_t *w, const uint8_t *wsc, int n, const act_t *a, float *out, const int NA) {
+    (void)wsc;
+    int8_t q[128] __attribute__((aligned(32)));
+    ACC_INIT
+    for (int B = 0; B < n / 256; B++, w += 84) {
+        const uint8_t *sc = w, *qs = w + 16;
+        float d = h2f(w + 80), dmin = h2f(w + 82);
+        for (int h = 0; h < 2; h++, qs += 32) {
+#ifdef ES_REG_UNPACK
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)qs), ones = _mm256_set1_epi8(1);
+            for (int j = 0; j < 4; j++) {
+                __m256i c = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), _mm256_set1_epi8(3));
+                int b = 8 * B + 4 * h + j, s0 = sc[8 * h + 2 * j], s1 = sc[8 * h + 2 * j + 1];
+                for (int i = 0; i < NA; i++) {
+                    acc[i][0] = vf_fma(vi_scale2(dotu_r(c, a[i].q + 32 * b), s0 & 15, s1 & 15), d * a[i].d[b],
+                                       acc[i][0]);
+                    acc[i][1] = vf_fma(vi_scale2(dotu_r(ones, a[i].q + 32 * b), s0 >> 4, s1 >> 4),
+                                       -dmin * a[i].d[b], acc[i][1]);
+                }
+            }
+            continue;
+#endif
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < 32; l++) q[32 * j + l] = (int8_t)((qs[l] >> (2 * j)) & 3);
+            for (int j = 0; j < 4; j++) {
+                int b = 8 * B + 4 * h + j, s0 = sc[8 * h + 2 * j], s1 = sc[8 * h + 2 * j + 1];
+                for (int i = 0; i < NA; i++) { /* d * scale * code - dmin * min, per 16 values */
+                    acc[i][0] = vf_fma(dots_scale2(q + 32 * j, a[i].q + 32 * b, s0 & 15, s1 & 15), d * a[i].d[b],
+                                       acc[i][0]);
+                    acc[i][1] = vf_fma(dots_scale2(ES_ONES32, a[i].q + 32 * b, s0 >> 4, s1 >> 4),
+                                       -dmin * a[i].d[b], acc[i][1]);
+                }
+            }
+        }
+    }
+    ACC_OUT(SUMI(i));
+}
+ROWFN(row_q2_k)
 
 static rowdot_fn rowdot_of(int wt) {
     switch (wt) {
@@ -572,6 +670,8 @@ static rowdot_fn rowdot_of(int wt) {
     case W_Q4_K: return row_q4_k;
     case W_Q5_K: return row_q5_k;
     case W_Q6_K: return row_q6_k;
+    case W_Q3_K: return row_q3_k;
+    case W_Q2_K: return row_q2_k;
     case W_INT8: return row_int8;
     case W_INT4: return row_int4;
     default: return 0;
@@ -898,17 +998,18 @@ static void pool_try_run(pool_t *p, const job_t *j) {
 }
 
 #ifdef ES_PACKED
-/* -offset x code sum per activation block for a packed weight of type wt into so (q6_k: of values 0-15 only;
- * pk_tile6 derives the other half's from s). */
+/* -offset x code sum per activation block for a packed weight of type wt into so (q6_k / q3_k: of values 0-15
+ * only; pk_tile6 / pk_tile3 derive the other half's from s). */
 static void packed_offsets(int wt, const int8_t *q, const int32_t *s, long nbm, int32_t *so) {
     int off = (wt == W_Q8_0 || wt == W_INT8) ? 128
               : wt == W_Q5_0 ? 16 : (wt == W_Q4_1 || wt == W_Q5_1 || wt == W_Q4_K || wt == W_Q5_K ? 0 : 8);
     /* q4_1 / q5_1 / q4_k / q5_k: a min term instead of an offset */
-    if (wt == W_Q6_K) { /* u8 codes q6 = value + 32 (blockpack.h) */
+    if (wt == W_Q6_K || wt == W_Q3_K) { /* u8 codes q6 = value + 32, q3 = value + 4 (blockpack.h) */
+        const int o = wt == W_Q6_K ? 32 : 4;
         for (long k = 0; k < nbm; k++) {
             int32_t h = 0;
             for (int t = 0; t < 16; t++) h += q[32 * k + t];
-            so[k] = -32 * h;
+            so[k] = -o * h;
         }
         return;
     }

@@ -24,6 +24,12 @@
  *          value 4 c + k of row r (c = 0..3); H1 the same for values 16 + 4 c + k.  Codes are u8 q6 (0..63),
  *          offset 32; the tile ORs ((H >> 2c) & 3) << 4 into the nibbles; two int32 accumulators per block (one
  *          per 16-value scale), the offset split by the activation's half-block code sums
+ *   q3_k:  per 256-value super-block [16 x f16 d: 32 B], then per 32-value block [16 x i8 scale of values 0-15]
+ *          [16 x i8 scale of values 16-31] (ggml's 6-bit scales - 32) [L0 64 B][L1 64 B][P 64 B] = 1824 B per
+ *          super-block (vs 16 x 110 = 1760 stored: 1.04x).  Byte 4 r + k of L0 holds, in bits 2c..2c+1, the low two
+ *          bits (qs) of value 4 c + k of row r, L1 the same for values 16 + 4 c + k; bit c of byte 4 r + k of P is
+ *          the third bit (hmask) of value 4 c + k, bit 4 + c that of value 16 + 4 c + k.  Codes are u8 (qs | hmask
+ *          << 2) = value + 4 (0..7), offset 4; pk_tile6's two accumulators per block and half-block offsets
  *   int8:  a group header of 16 x f32 row scales (64 B), then per block [codes: 8 chunks x 64 B] = 512 B
  * Chunk c holds 4 code bytes of each of the 16 rows, row r at byte 4 r: q8_0 / int8 values 4c..4c+3 stored as
  * u8 (w ^ 0x80 = w + 128); q4_0 / int4 the stored nibble bytes 4c..4c+3 (low nibble = value 4c+k, high nibble =
@@ -41,7 +47,9 @@
 #define PK_Q5K_SB 2880L /* bytes of a q5_k super-block of 16 rows (64 + 8 x 352) */
 #define PK_Q6_SB 3360L /* bytes of a q6_k super-block of 16 rows */
 #define PK_Q6_BLK 416L /* bytes of a q6_k 32-value block of 16 rows (after the 16 d's) */
-#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0 || (wt) == W_Q5_1 || (wt) == W_Q4_K || (wt) == W_Q5_K || (wt) == W_Q6_K)
+#define PK_Q3_SB 1824L /* bytes of a q3_k super-block of 16 rows */
+#define PK_Q3_BLK 224L /* bytes of a q3_k 32-value block of 16 rows (after the 16 d's) */
+#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0 || (wt) == W_Q5_1 || (wt) == W_Q4_K || (wt) == W_Q5_K || (wt) == W_Q6_K || (wt) == W_Q3_K)
 
 static long pk_block_bytes(int wt) {
     switch (wt) {
@@ -59,6 +67,7 @@ static long pk_group_bytes(int wt, int n) {
     if (wt == W_Q4_K) return (long)(n / 256) * 2368;
     if (wt == W_Q5_K) return (long)(n / 256) * PK_Q5K_SB;
     if (wt == W_Q6_K) return (long)(n / 256) * PK_Q6_SB;
+    if (wt == W_Q3_K) return (long)(n / 256) * PK_Q3_SB;
     return (wt == W_INT8 ? 64 : 0) + (long)(n / 32) * pk_block_bytes(wt); }
 
 /* Bytes of the packed form of a [rows, n] weight (0: this format has no packed form). */
@@ -138,6 +147,27 @@ int es_pack(int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long s
                         int half = t / 16, c = (t % 16) / 4, kk = t % 4;
                         blk[32 + 64 * c + 4 * l + kk] |= (uint8_t)((q6 & 15) << (4 * half));
                         blk[288 + 64 * half + 4 * l + kk] |= (uint8_t)((q6 >> 4) << (2 * c));
+                    }
+                }
+            }
+            continue;
+        }
+        if (wt == W_Q3_K) {
+            for (int sb = 0; sb < nb / 8; sb++) {
+                const uint8_t *src = wr + 110 * sb, *hm = src, *qs = src + 32;
+                uint8_t *sbp = g + PK_Q3_SB * sb;
+                int8_t sc[16];
+                q3k_scales(src + 96, sc);
+                memcpy(sbp + 2 * l, src + 108, 2);
+                for (int j = 0; j < 8; j++) {
+                    uint8_t *blk = sbp + 32 + PK_Q3_BLK * j;
+                    blk[l] = (uint8_t)sc[2 * j];
+                    blk[16 + l] = (uint8_t)sc[2 * j + 1];
+                    for (int t = 0; t < 32; t++) {
+                        int q2 = (qs[32 * (j / 4) + t] >> (2 * (j % 4))) & 3, hb = (hm[t] >> j) & 1;
+                        int half = t / 16, c = (t % 16) / 4, kk = t % 4;
+                        blk[32 + 64 * half + 4 * l + kk] |= (uint8_t)(q2 << (2 * c));
+                        blk[160 + 4 * l + kk] |= (uint8_t)(hb << (c + 4 * half));
                     }
                 }
             }
@@ -242,6 +272,30 @@ int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t
                                  (((blk[288 + 64 * half + 4 * l + kk] >> (2 * c)) & 3) << 4);
                         ql[64 * h + ll + (k & 1) * 32] |= (uint8_t)((q6 & 15) << ((k >> 1) * 4));
                         qh[32 * h + ll] |= (uint8_t)(((q6 >> 4) & 3) << (2 * k));
+                    }
+                }
+            }
+            continue;
+        }
+        if (wt == W_Q3_K) { /* ggml's 12-byte scale packing (quantize_row_q3_K_ref) from the 16 scales + 32 */
+            for (int sb = 0; sb < nb / 8; sb++) {
+                uint8_t *dst = wr + 110 * sb, *hm = dst, *qs = dst + 32, *scp = dst + 96;
+                const uint8_t *sbp = g + PK_Q3_SB * sb;
+                memset(dst, 0, 108);
+                memcpy(dst + 108, sbp + 2 * l, 2);
+                for (int j = 0; j < 8; j++) {
+                    const uint8_t *blk = sbp + 32 + PK_Q3_BLK * j;
+                    for (int e = 0; e < 2; e++) {
+                        int jj = 2 * j + e, L = ((int)(int8_t)blk[16 * e + l] + 32) & 63;
+                        scp[jj % 8] |= (uint8_t)((L & 15) << (jj < 8 ? 0 : 4));
+                        scp[8 + jj % 4] |= (uint8_t)((L >> 4) << (2 * (jj / 4)));
+                    }
+                    for (int t = 0; t < 32; t++) {
+                        int half = t / 16, c = (t % 16) / 4, kk = t % 4;
+                        int q2 = (blk[32 + 64 * half + 4 * l + kk] >> (2 * c)) & 3;
+                        int hb = (blk[160 + 4 * l + kk] >> (c + 4 * half)) & 1;
+                        qs[32 * (j / 4) + t] |= (uint8_t)(q2 << (2 * (j % 4)));
+                        hm[t] |= (uint8_t)(hb << j);
                     }
                 }
             }
@@ -468,6 +522,80 @@ AI void pk_tile6(const uint8_t *gp, long gb, int nb, const act_t *a, const int32
         }
     }
 }
+/* q3_k tile: pk_tile6's accumulators and scales; the u8 codes (0..7) of chunk c from the two-bit planes L0 / L1
+ * (bits 2c) and the third-bit plane P (bit c: values 0-15, bit 4 + c: 16-31); so = -4 x half code sum */
+AI void pk_tile3(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
+                 long ystride, int valid, const int G, const int NA) {
+    const __m512i m3 = _mm512_set1_epi8(3), v4 = _mm512_set1_epi8(4);
+    __m512 y[4][MAXNA];
+    for (int g = 0; g < G; g++)
+        for (int i = 0; i < NA; i++) y[g][i] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m512i acc[4][MAXNA], acc2[4][MAXNA], l0[4], l1[4], pl[4];
+        __m512 vs[4], vs2[4];
+        const long bo = PK_Q3_SB * (b / 8), ko = 32 + PK_Q3_BLK * (b % 8);
+        if (NA == 1)
+            for (int g = 0; g < G; g++) pk_prefetch(gp + g * gb + bo + ko, 4);
+        for (int g = 0; g < G; g++) {
+            const uint8_t *sbp = gp + g * gb + bo, *blk = sbp + ko;
+            __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sbp));
+            vs[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)blk))));
+            vs2[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 16)))));
+            l0[g] = _mm512_loadu_si512((const void *)(blk + 32));
+            l1[g] = _mm512_loadu_si512((const void *)(blk + 96));
+            pl[g] = _mm512_loadu_si512((const void *)(blk + 160));
+            for (int i = 0; i < NA; i++) {
+                acc[g][i] = _mm512_set1_epi32(so[i][b]);
+                acc2[g][i] = _mm512_set1_epi32(-4 * a[i].s[b] - so[i][b]);
+            }
+        }
+        for (int c = 0; c < 4; c++)
+            for (int g = 0; g < G; g++) {
+                __m512i lo = _mm512_and_si512(_mm512_srli_epi16(l0[g], 2 * c), m3);
+                __m512i hi = _mm512_and_si512(_mm512_srli_epi16(l1[g], 2 * c), m3);
+                lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(pl[g], _mm512_set1_epi8((char)(1 << c))), lo, v4);
+                hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(pl[g], _mm512_set1_epi8((char)(16 << c))), hi, v4);
+                for (int i = 0; i < NA; i++) {
+                    const int8_t *xq = a[i].q + 32 * b + 4 * c;
+                    acc[g][i] = _mm512_dpbusd_epi32(acc[g][i], lo, pk_bcast(xq));
+                    acc2[g][i] = _mm512_dpbusd_epi32(acc2[g][i], hi, pk_bcast(xq + 16));
+                }
+            }
+        for (int g = 0; g < G; g++)
+            for (int i = 0; i < NA; i++) {
+                __m512 da = _mm512_set1_ps(a[i].d[b]);
+                y[g][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[g][i]), _mm512_mul_ps(vs[g], da), y[g][i]);
+                y[g][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc2[g][i]), _mm512_mul_ps(vs2[g], da), y[g][i]);
+            }
+    }
+    for (int g = 0; g < G; g++) {
+        int nv = valid - 16 * g;
+        if (nv <= 0) break;
+        for (int i = 0; i < NA; i++) {
+            float *o = out + (long)i * ystride + 16 * g;
+            if (nv >= 16) _mm512_storeu_ps(o, y[g][i]);
+            else _mm512_mask_storeu_ps(o, (__mmask16)((1u << nv) - 1u), y[g][i]);
+        }
+    }
+}
+static void pk_q3_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
+                    long ys, int valid, int g4, int na) {
+    if (g4) {
+        for (int g = 0; g < 4 && valid > 16 * g; g++)
+            pk_tile3(gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, 1, 1);
+        return;
+    }
+    switch (na) {
+    case 1: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 1); break;
+    case 2: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 2); break;
+    case 3: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 3); break;
+    case 4: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 4); break;
+    case 5: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 5); break;
+    case 6: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 6); break;
+    case 7: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 7); break;
+    default: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 8); break;
+    }
+}
 static void pk_q6_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
                     long ys, int valid, int g4, int na) {
     if (g4) { /* ES_Q6_DG row groups per decode tile */
@@ -527,6 +655,7 @@ static pk_fn pk_of(int wt) {
     case W_Q4_1: return pk_q4_1;
     case W_Q4_K: return pk_q4_k;
     case W_Q6_K: return pk_q6_k;
+    case W_Q3_K: return pk_q3_k;
     case W_Q5_0: return pk_q5_0;
     case W_Q5_1: return pk_q5_1;
     case W_Q5_K: return pk_q5_k;
