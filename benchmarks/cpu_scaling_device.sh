@@ -19,7 +19,7 @@
 # benchmarks/prefill_profile.py (a cProfile of one prefill at each thread count).
 # NOREPACK=1 adds one diagnostic llama-bench run with --repack 0 (no extra buffer types: no CPU repack, no AMX).
 # AMX_AB=1 runs tests/test_blockpack_amx.py first (AMX q8_0 / int8 prefill tiles bit-identical to the AVX-512 ones)
-# and each round edgespool once more with EDGESPOOL_AMX=0 (prefill with / without the AMX tiles).
+# and each round edgespool once more with EDGESPOOL_AMX=1 (the AMX tiles are opt-in: prefill with / without them).
 # KERNEL_AB=1 adds the kernel-level A/B of the decode tile forms (benchmarks/block_kernel_scaling.py --packed, 1.5B
 # shapes): the pre-2026-12-07 interleaved row-group streams + 2 KiB prefetch vs today's one stream + 6 KiB, which
 # was measured on Zen 4 only.
@@ -65,10 +65,10 @@ for r in $(seq 1 "$ROUNDS"); do
   "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" --systems "edgespool keep" \
     --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --prompt "$PROMPT" --kernel-iters 0 --work "$W/rvl" \
     --json "$OUTD/edgespool.$r.json" > /dev/null
-  if [ "${AMX_AB:-0}" = 1 ]; then  # the same runs with the AMX prefill tiles off (the AVX-512 VNNI tiles)
-    EDGESPOOL_AMX=0 "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" --systems "edgespool keep" \
+  if [ "${AMX_AB:-0}" = 1 ]; then  # the same runs with the AMX prefill tiles on (opt-in; default: AVX-512 VNNI)
+    EDGESPOOL_AMX=1 "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" --systems "edgespool keep" \
       --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --prompt "$PROMPT" --kernel-iters 0 --work "$W/rvl" \
-      --json "$OUTD/edgespool_noamx.$r.json" > /dev/null
+      --json "$OUTD/edgespool_amx.$r.json" > /dev/null
   fi
   if [ "${FUSED_AB:-0}" = 1 ]; then  # the A/B: the same runs with the per-layer C decode call switched off
     EDGESPOOL_FUSED_DECODE=0 "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" \
@@ -141,10 +141,10 @@ for t in sorted({k[0] for k in es}, reverse=True):
         fmt = lambda v: "/".join(f"{x:.1f}" for x in v)
         row += [f"{e:.1f} ({fmt(es[(t, what)])})", f"{l:.1f} ({fmt(ll[(t, what)])})", f"{e / l:.2f}x"]
     print("| " + " | ".join(row) + " |")
-noamx = ab_runs("edgespool_noamx", "prefill_tok_s")  # AMX_AB=1: the runs with EDGESPOOL_AMX=0
-for t in sorted(noamx, reverse=True):
-    e, o = statistics.median(es[(t, "prefill")]), statistics.median(noamx[t])
-    print(f"threads {t}: prefill with the AMX tiles {e:.1f} tok/s, without (EDGESPOOL_AMX=0) {o:.1f}: {e / o:.2f}x")
+amx = ab_runs("edgespool_amx", "prefill_tok_s")  # AMX_AB=1: the runs with EDGESPOOL_AMX=1
+for t in sorted(amx, reverse=True):
+    e, o = statistics.median(amx[t]), statistics.median(es[(t, "prefill")])
+    print(f"threads {t}: prefill with the AMX tiles (EDGESPOOL_AMX=1) {e:.1f} tok/s, without {o:.1f}: {e / o:.2f}x")
 for t in sorted(off, reverse=True):
     e, o = statistics.median(es[(t, "decode")]), statistics.median(off[t])
     print(f"threads {t}: decode with the C decoder layer {e:.1f} tok/s, without {o:.1f} "

@@ -17,7 +17,7 @@ import numpy as np
 from .quant import QTensor
 
 # schemes with a packed form (the rest keep their stored layout)
-PACKED_SCHEMES = ("q8_0", "q4_0", "int8", "int4", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q3_k")
+PACKED_SCHEMES = ("q8_0", "q4_0", "int8", "int4", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q3_k", "q2_k")
 
 
 class PackedQTensor(QTensor):

@@ -52,7 +52,8 @@ def _prefill(lib: str, out: str) -> None:
 
 
 @pytest.mark.skipif(not AMX, reason="this CPU has no AMX-INT8 (cpuinfo amx_tile / amx_int8)")
-def test_amx_prefill_bit_identical_to_avx512_tiles_and_numpy(tmp_path):
+def test_amx_prefill_bit_identical_to_avx512_tiles_and_numpy(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESPOOL_AMX", "1")  # opt-in (not faster than the AVX-512 tiles where measured)
     lib = c_blocks.host_library(cache_dir=tmp_path)
     so = ctypes.CDLL(str(lib))
     so.es_isa.restype = ctypes.c_char_p

@@ -14,8 +14,8 @@ from edgespool.kernels import c_blocks
 from edgespool.kernels.block_pack import PackedQTensor
 from test_kernels_blocks import _weight, q8_rounded, rel
 
-SCHEMES = ("q8_0", "q4_0", "int8", "int4", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q3_k")
-KQUANTS = ("q4_k", "q5_k", "q6_k", "q3_k")  # 256-value super-blocks
+SCHEMES = ("q8_0", "q4_0", "int8", "int4", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q3_k", "q2_k")
+KQUANTS = ("q4_k", "q5_k", "q6_k", "q3_k", "q2_k")  # 256-value super-blocks
 
 
 def _cpu_flags() -> set[str]:
@@ -99,7 +99,7 @@ def test_avx2_packed_ggml_formats_every_value_position(avx2):
 
     k1, k2 = avx2
     rng = np.random.default_rng(11)
-    for scheme in ("q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q3_k"):
+    for scheme in ("q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q3_k", "q2_k"):
         t = scheme.upper()
         n = 512 if scheme in KQUANTS else 96
         w = _weight(rng, scheme, 48, n)
@@ -133,5 +133,5 @@ def test_isa_label_of_each_x86_build(tmp_path, mcpu, label):
     so.es_isa.restype = ctypes.c_char_p
     assert so.es_isa().decode() == label
     # every x86 x16 build packs these (AVX2 since 2026-12-03, Q5_1 / Q5_K / Q3_K since 2026-12-07)
-    for scheme in ("q5_0", "q4_1", "q4_k", "q6_k", "q5_1", "q5_k", "q3_k"):
+    for scheme in ("q5_0", "q4_1", "q4_k", "q6_k", "q5_1", "q5_k", "q3_k", "q2_k"):
         assert so.es_pack_kind(c_blocks.SCHEME_CODES[scheme][0]) == 1, (mcpu, scheme)

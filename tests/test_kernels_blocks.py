@@ -122,7 +122,7 @@ def test_packed_layout(kern, scheme):
     k1, k2 = kern
     rng = np.random.default_rng(PACKED_SCHEMES.index(scheme) + 40)
     shapes = ((37, 224), (301, 896), (1000, 864), (129, 576))
-    if scheme in ("q4_k", "q5_k", "q6_k", "q3_k"):  # 256-value super-blocks
+    if scheme in ("q4_k", "q5_k", "q6_k", "q3_k", "q2_k"):  # 256-value super-blocks
         shapes = ((37, 256), (301, 1536), (129, 512))
     for rows, n in shapes:
         w = _weight(rng, scheme, rows, n)
@@ -173,7 +173,7 @@ def test_packed_ggml_formats_match_gguf_dequant(kern, t):
 
 # resident bytes of the x16 form / the stored blocks for a multiple of 16 rows (blockpack.h's layout table)
 PACKED_BYTE_RATIO = {"q8_0": 1.0, "q4_0": 1.0, "q4_1": 1.0, "q5_0": 1.0, "q5_1": 1.0, "q4_k": 2368 / 2304, "q5_k": 2880 / 2816, "q6_k": 1.0,
-                    "q3_k": 1824 / 1760}
+                    "q3_k": 1824 / 1760, "q2_k": 1.0}
 
 
 @pytest.mark.parametrize("t", ["Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"])

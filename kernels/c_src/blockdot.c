@@ -1004,8 +1004,9 @@ static void packed_offsets(int wt, const int8_t *q, const int32_t *s, long nbm, 
     int off = (wt == W_Q8_0 || wt == W_INT8) ? 128
               : wt == W_Q5_0 ? 16 : (wt == W_Q4_1 || wt == W_Q5_1 || wt == W_Q4_K || wt == W_Q5_K ? 0 : 8);
     /* q4_1 / q5_1 / q4_k / q5_k: a min term instead of an offset */
-    if (wt == W_Q6_K || wt == W_Q3_K) { /* u8 codes q6 = value + 32, q3 = value + 4 (blockpack.h) */
-        const int o = wt == W_Q6_K ? 32 : 4;
+    if (wt == W_Q6_K || wt == W_Q3_K || wt == W_Q2_K) { /* u8 codes q6 = value + 32, q3 = value + 4 (blockpack.h);
+                                                         * q2_k: no offset, so is the half code sum itself */
+        const int o = wt == W_Q6_K ? 32 : (wt == W_Q3_K ? 4 : -1);
         for (long k = 0; k < nbm; k++) {
             int32_t h = 0;
             for (int t = 0; t < 16; t++) h += q[32 * k + t];

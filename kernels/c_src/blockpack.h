@@ -30,6 +30,10 @@
  *          bits (qs) of value 4 c + k of row r, L1 the same for values 16 + 4 c + k; bit c of byte 4 r + k of P is
  *          the third bit (hmask) of value 4 c + k, bit 4 + c that of value 16 + 4 c + k.  Codes are u8 (qs | hmask
  *          << 2) = value + 4 (0..7), offset 4; pk_tile6's two accumulators per block and half-block offsets
+ *   q2_k:  per 256-value super-block [16 x f16 d: 32 B][16 x f16 dmin: 32 B], then per 32-value block [16 x u8
+ *          4-bit scales (values 0-15 low nibble, 16-31 high)][16 x u8 4-bit mins, the same][L0 64 B][L1 64 B] in
+ *          q3_k's two-bit plane format = 1344 B per super-block (16 x 84 stored: 1.00x).  u8 codes 0..3, no offset:
+ *          weight = (d x sc) q - (dmin x m) per 16 values, the min term from the activation's half-block code sums
  *   int8:  a group header of 16 x f32 row scales (64 B), then per block [codes: 8 chunks x 64 B] = 512 B
  * Chunk c holds 4 code bytes of each of the 16 rows, row r at byte 4 r: q8_0 / int8 values 4c..4c+3 stored as
  * u8 (w ^ 0x80 = w + 128); q4_0 / int4 the stored nibble bytes 4c..4c+3 (low nibble = value 4c+k, high nibble =
@@ -49,7 +53,9 @@
 #define PK_Q6_BLK 416L /* bytes of a q6_k 32-value block of 16 rows (after the 16 d's) */
 #define PK_Q3_SB 1824L /* bytes of a q3_k super-block of 16 rows */
 #define PK_Q3_BLK 224L /* bytes of a q3_k 32-value block of 16 rows (after the 16 d's) */
-#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0 || (wt) == W_Q5_1 || (wt) == W_Q4_K || (wt) == W_Q5_K || (wt) == W_Q6_K || (wt) == W_Q3_K)
+#define PK_Q2_SB 1344L /* bytes of a q2_k super-block of 16 rows */
+#define PK_Q2_BLK 160L /* bytes of a q2_k 32-value block of 16 rows (after the 16 d's and dmin's) */
+#define PK_SUPPORTED(wt) ((wt) == W_Q8_0 || (wt) == W_Q4_0 || (wt) == W_INT8 || (wt) == W_INT4 || (wt) == W_Q4_1 || (wt) == W_Q5_0 || (wt) == W_Q5_1 || (wt) == W_Q4_K || (wt) == W_Q5_K || (wt) == W_Q6_K || (wt) == W_Q3_K || (wt) == W_Q2_K)
 
 static long pk_block_bytes(int wt) {
     switch (wt) {
@@ -68,6 +74,7 @@ static long pk_group_bytes(int wt, int n) {
     if (wt == W_Q5_K) return (long)(n / 256) * PK_Q5K_SB;
     if (wt == W_Q6_K) return (long)(n / 256) * PK_Q6_SB;
     if (wt == W_Q3_K) return (long)(n / 256) * PK_Q3_SB;
+    if (wt == W_Q2_K) return (long)(n / 256) * PK_Q2_SB;
     return (wt == W_INT8 ? 64 : 0) + (long)(n / 32) * pk_block_bytes(wt); }
 
 /* Bytes of the packed form of a [rows, n] weight (0: this format has no packed form). */
@@ -147,6 +154,25 @@ int es_pack(int wt, const uint8_t *w, long row_bytes, const uint8_t *wsc, long s
                         int half = t / 16, c = (t % 16) / 4, kk = t % 4;
                         blk[32 + 64 * c + 4 * l + kk] |= (uint8_t)((q6 & 15) << (4 * half));
                         blk[288 + 64 * half + 4 * l + kk] |= (uint8_t)((q6 >> 4) << (2 * c));
+                    }
+                }
+            }
+            continue;
+        }
+        if (wt == W_Q2_K) {
+            for (int sb = 0; sb < nb / 8; sb++) {
+                const uint8_t *src = wr + 84 * sb, *sc = src, *qs = src + 16;
+                uint8_t *sbp = g + PK_Q2_SB * sb;
+                memcpy(sbp + 2 * l, src + 80, 2);
+                memcpy(sbp + 32 + 2 * l, src + 82, 2);
+                for (int j = 0; j < 8; j++) {
+                    uint8_t *blk = sbp + 64 + PK_Q2_BLK * j;
+                    blk[l] = (uint8_t)((sc[2 * j] & 15) | ((sc[2 * j + 1] & 15) << 4));
+                    blk[16 + l] = (uint8_t)((sc[2 * j] >> 4) | ((sc[2 * j + 1] >> 4) << 4));
+                    for (int t = 0; t < 32; t++) {
+                        int q2 = (qs[32 * (j / 4) + t] >> (2 * (j % 4))) & 3;
+                        int half = t / 16, c = (t % 16) / 4, kk = t % 4;
+                        blk[32 + 64 * half + 4 * l + kk] |= (uint8_t)(q2 << (2 * c));
                     }
                 }
             }
@@ -272,6 +298,26 @@ int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t
                                  (((blk[288 + 64 * half + 4 * l + kk] >> (2 * c)) & 3) << 4);
                         ql[64 * h + ll + (k & 1) * 32] |= (uint8_t)((q6 & 15) << ((k >> 1) * 4));
                         qh[32 * h + ll] |= (uint8_t)(((q6 >> 4) & 3) << (2 * k));
+                    }
+                }
+            }
+            continue;
+        }
+        if (wt == W_Q2_K) {
+            for (int sb = 0; sb < nb / 8; sb++) {
+                uint8_t *dst = wr + 84 * sb, *sc = dst, *qs = dst + 16;
+                const uint8_t *sbp = g + PK_Q2_SB * sb;
+                memset(dst, 0, 80);
+                memcpy(dst + 80, sbp + 2 * l, 2);
+                memcpy(dst + 82, sbp + 32 + 2 * l, 2);
+                for (int j = 0; j < 8; j++) {
+                    const uint8_t *blk = sbp + 64 + PK_Q2_BLK * j;
+                    sc[2 * j] = (uint8_t)((blk[l] & 15) | ((blk[16 + l] & 15) << 4));
+                    sc[2 * j + 1] = (uint8_t)((blk[l] >> 4) | ((blk[16 + l] >> 4) << 4));
+                    for (int t = 0; t < 32; t++) {
+                        int half = t / 16, c = (t % 16) / 4, kk = t % 4;
+                        int q2 = (blk[32 + 64 * half + 4 * l + kk] >> (2 * c)) & 3;
+                        qs[32 * (j / 4) + t] |= (uint8_t)(q2 << (2 * (j % 4)));
                     }
                 }
             }
@@ -578,6 +624,82 @@ AI void pk_tile3(const uint8_t *gp, long gb, int nb, const act_t *a, const int32
         }
     }
 }
+/* q2_k tile: two int32 accumulators per block (values 0-15 / 16-31, codes 0..3 from the two-bit planes, no
+ * offset), each with its 4-bit scale x d, and the min term -dmin x m x (activation half-block code sum) x d_x;
+ * so = the half code sum of values 0-15 (a[i].s - so the other half's) */
+AI void pk_tile2(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
+                 long ystride, int valid, const int G, const int NA) {
+    const __m512i m3 = _mm512_set1_epi8(3), m15 = _mm512_set1_epi32(15);
+    __m512 y[4][MAXNA];
+    for (int g = 0; g < G; g++)
+        for (int i = 0; i < NA; i++) y[g][i] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m512i acc[4][MAXNA], acc2[4][MAXNA], l0[4], l1[4];
+        __m512 vs[4], vs2[4], vm[4], vm2[4];
+        const long bo = PK_Q2_SB * (b / 8), ko = 64 + PK_Q2_BLK * (b % 8);
+        if (NA == 1)
+            for (int g = 0; g < G; g++) pk_prefetch(gp + g * gb + bo + ko, 3);
+        for (int g = 0; g < G; g++) {
+            const uint8_t *sbp = gp + g * gb + bo, *blk = sbp + ko;
+            __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sbp));
+            __m512 dm = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sbp + 32)));
+            __m512i sc = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk));
+            __m512i mn = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 16)));
+            vs[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_and_si512(sc, m15)));
+            vs2[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srli_epi32(sc, 4)));
+            vm[g] = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_and_si512(mn, m15))));
+            vm2[g] = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_srli_epi32(mn, 4))));
+            l0[g] = _mm512_loadu_si512((const void *)(blk + 32));
+            l1[g] = _mm512_loadu_si512((const void *)(blk + 96));
+            for (int i = 0; i < NA; i++) acc[g][i] = acc2[g][i] = _mm512_setzero_si512();
+        }
+        for (int c = 0; c < 4; c++)
+            for (int g = 0; g < G; g++) {
+                __m512i lo = _mm512_and_si512(_mm512_srli_epi16(l0[g], 2 * c), m3);
+                __m512i hi = _mm512_and_si512(_mm512_srli_epi16(l1[g], 2 * c), m3);
+                for (int i = 0; i < NA; i++) {
+                    const int8_t *xq = a[i].q + 32 * b + 4 * c;
+                    acc[g][i] = _mm512_dpbusd_epi32(acc[g][i], lo, pk_bcast(xq));
+                    acc2[g][i] = _mm512_dpbusd_epi32(acc2[g][i], hi, pk_bcast(xq + 16));
+                }
+            }
+        for (int g = 0; g < G; g++)
+            for (int i = 0; i < NA; i++) {
+                __m512 da = _mm512_set1_ps(a[i].d[b]);
+                y[g][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[g][i]), _mm512_mul_ps(vs[g], da), y[g][i]);
+                y[g][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc2[g][i]), _mm512_mul_ps(vs2[g], da), y[g][i]);
+                y[g][i] = _mm512_fmadd_ps(vm[g], _mm512_set1_ps(a[i].d[b] * (float)so[i][b]), y[g][i]);
+                y[g][i] = _mm512_fmadd_ps(vm2[g], _mm512_set1_ps(a[i].d[b] * (float)(a[i].s[b] - so[i][b])), y[g][i]);
+            }
+    }
+    for (int g = 0; g < G; g++) {
+        int nv = valid - 16 * g;
+        if (nv <= 0) break;
+        for (int i = 0; i < NA; i++) {
+            float *o = out + (long)i * ystride + 16 * g;
+            if (nv >= 16) _mm512_storeu_ps(o, y[g][i]);
+            else _mm512_mask_storeu_ps(o, (__mmask16)((1u << nv) - 1u), y[g][i]);
+        }
+    }
+}
+static void pk_q2_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
+                    long ys, int valid, int g4, int na) {
+    if (g4) {
+        for (int g = 0; g < 4 && valid > 16 * g; g++)
+            pk_tile2(gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, 1, 1);
+        return;
+    }
+    switch (na) {
+    case 1: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 1); break;
+    case 2: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 2); break;
+    case 3: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 3); break;
+    case 4: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 4); break;
+    case 5: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 5); break;
+    case 6: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 6); break;
+    case 7: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 7); break;
+    default: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 8); break;
+    }
+}
 static void pk_q3_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
                     long ys, int valid, int g4, int na) {
     if (g4) {
@@ -656,6 +778,7 @@ static pk_fn pk_of(int wt) {
     case W_Q4_K: return pk_q4_k;
     case W_Q6_K: return pk_q6_k;
     case W_Q3_K: return pk_q3_k;
+    case W_Q2_K: return pk_q2_k;
     case W_Q5_0: return pk_q5_0;
     case W_Q5_1: return pk_q5_1;
     case W_Q5_K: return pk_q5_k;

@@ -330,6 +330,93 @@ AI void pk2_tile3(const uint8_t *gp, long gb, int nb, const act_t *a, const int3
         }
     }
 }
+/* q2_k tile (the AVX-512 pk_tile2 per lane): codes 0..3 from the two-bit planes, 4-bit scales and mins per 16
+ * values; without VNNI the four chunks of a block sum in int16 (2 x 3 x 128 x 4 < 2^15) */
+AI void pk2_tile2(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
+                  long ystride, int valid, const int NA) {
+    const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi32(15);
+#ifndef PK2_VNNI
+    const __m256i one16 = _mm256_set1_epi16(1);
+    __m256i p16[2][4], p16b[2][4];
+#endif
+    __m256 y[2][4];
+    (void)gb;
+    for (int h = 0; h < 2; h++)
+        for (int i = 0; i < NA; i++) y[h][i] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m256i acc[2][4], acc2[2][4], l0[2], l1[2];
+        __m256 vs[2], vs2[2], vm[2], vm2[2];
+        const uint8_t *sbp = gp + PK_Q2_SB * (b / 8), *blk = sbp + 64 + PK_Q2_BLK * (b % 8);
+        if (NA == 1) pk_prefetch(blk, 3);
+        for (int h = 0; h < 2; h++) {
+            __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 16 * h)));
+            __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 32 + 16 * h)));
+            __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 8 * h)));
+            __m256i mn = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 16 + 8 * h)));
+            vs[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(sc, m15)));
+            vs2[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_srli_epi32(sc, 4)));
+            vm[h] = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(dm, _mm256_cvtepi32_ps(_mm256_and_si256(mn, m15))));
+            vm2[h] = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(dm, _mm256_cvtepi32_ps(_mm256_srli_epi32(mn, 4))));
+            l0[h] = _mm256_loadu_si256((const __m256i *)(blk + 32 + 32 * h));
+            l1[h] = _mm256_loadu_si256((const __m256i *)(blk + 96 + 32 * h));
+            for (int i = 0; i < NA; i++) acc[h][i] = acc2[h][i] = _mm256_setzero_si256();
+        }
+        for (int c = 0; c < 4; c++)
+            for (int h = 0; h < 2; h++) {
+                __m256i lo = _mm256_and_si256(_mm256_srli_epi16(l0[h], 2 * c), m3);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(l1[h], 2 * c), m3);
+                for (int i = 0; i < NA; i++) {
+                    const int8_t *xq = a[i].q + 32 * b + 4 * c;
+                    __m256i xb = pk2_bcast(xq), xb2 = pk2_bcast(xq + 16);
+#ifdef PK2_VNNI
+                    acc[h][i] = PK2_DPBUSD(acc[h][i], lo, xb);
+                    acc2[h][i] = PK2_DPBUSD(acc2[h][i], hi, xb2);
+#else
+                    __m256i pr = _mm256_maddubs_epi16(lo, xb), pr2 = _mm256_maddubs_epi16(hi, xb2);
+                    p16[h][i] = c ? _mm256_add_epi16(p16[h][i], pr) : pr;
+                    p16b[h][i] = c ? _mm256_add_epi16(p16b[h][i], pr2) : pr2;
+#endif
+                }
+            }
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < NA; i++) {
+                __m256 da = _mm256_set1_ps(a[i].d[b]);
+#ifndef PK2_VNNI
+                acc[h][i] = _mm256_madd_epi16(p16[h][i], one16);
+                acc2[h][i] = _mm256_madd_epi16(p16b[h][i], one16);
+#endif
+                y[h][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h][i]), _mm256_mul_ps(vs[h], da), y[h][i]);
+                y[h][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc2[h][i]), _mm256_mul_ps(vs2[h], da), y[h][i]);
+                y[h][i] = _mm256_fmadd_ps(vm[h], _mm256_set1_ps(a[i].d[b] * (float)so[i][b]), y[h][i]);
+                y[h][i] = _mm256_fmadd_ps(vm2[h], _mm256_set1_ps(a[i].d[b] * (float)(a[i].s[b] - so[i][b])), y[h][i]);
+            }
+    }
+    for (int h = 0; h < 2; h++) {
+        int nv = valid - 8 * h;
+        if (nv <= 0) break;
+        for (int i = 0; i < NA; i++) {
+            float *o = out + (long)i * ystride + 8 * h;
+            if (nv >= 8) _mm256_storeu_ps(o, y[h][i]);
+            else {
+                float tmp[8];
+                _mm256_storeu_ps(tmp, y[h][i]);
+                for (int r = 0; r < nv; r++) o[r] = tmp[r];
+            }
+        }
+    }
+}
+static void pk_q2_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
+                    long ys, int valid, int g4, int na) {
+    if (g4) {
+        for (int g = 0; g < 4 && valid > 16 * g; g++)
+            pk2_tile2(gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, 1);
+        return;
+    }
+    for (int i0 = 0; i0 < na; i0 += 2) {
+        if (na - i0 >= 2) pk2_tile2(gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 2);
+        else pk2_tile2(gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1);
+    }
+}
 static void pk_q3_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
                     long ys, int valid, int g4, int na) {
     if (g4) {
@@ -400,6 +487,7 @@ static pk_fn pk_of(int wt) {
     case W_Q4_K: return pk_q4_k;
     case W_Q6_K: return pk_q6_k;
     case W_Q3_K: return pk_q3_k;
+    case W_Q2_K: return pk_q2_k;
     default: return 0;
     }
 }
