@@ -28,13 +28,14 @@ from ..kernels.table import KernelTable
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, expert_group, expert_prefix, layer_group
 from ..runtime.bundle.reader import Bundle
-from ..schedulers.placement_plan import CPU, GroupCost, LinkModel, Placement, plan_with_parents
+from ..schedulers.placement_plan import CPU, GroupCost, LinkModel, Placement, plan_prefill_chunk
 from .gpu_layers import GpuLayers
 from .gpu_ops import ATTN_SCORE_BYTES, DEQUANT_CHUNK_BYTES, GpuOps, gpu_nbytes, gpu_status
 from .split_costs import gpu_layer_step_seconds, with_boundary
 
 DEFAULT_GPU_CONTEXT = 4096
 GPU_PREFILL_CHUNK = 256
+GPU_MIN_PREFILL_CHUNK = 64  # the shorter prompt chunk the planner tries when the cap is tight
 GPU_SLACK_BYTES = 64 << 20  # CuPy pool rounding and cuBLAS/matmul temporaries
 
 
@@ -220,9 +221,11 @@ def plan_split(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, gpu_b
     cp.get_default_memory_pool().free_all_blocks()
     link = with_boundary(link, float(np.median(crossing)) if crossing else None)
     parents = {g.name: layer_group(int(g.name.split(".")[1])) for g in groups if g.kind == "expert"}
-    return plan_with_parents(groups, link, gpu_budget, parents,
-                             workspace_bytes=gpu_workspace_bytes(cfg, max_tokens, max_context),
-                             boundary_bytes=4 * cfg.hidden_size, stream_kv_bytes=kv_layer)
+    # the workspace grows with the prompt chunk: under a tight cap a shorter chunk can leave room for more groups
+    chunks = [max_tokens] + [c for c in (GPU_MIN_PREFILL_CHUNK,) if c < max_tokens]
+    return plan_prefill_chunk(groups, link, gpu_budget, parents, chunks,
+                              lambda t: gpu_workspace_bytes(cfg, t, max_context),
+                              boundary_bytes=4 * cfg.hidden_size, stream_kv_bytes=kv_layer)
 
 
 def _prepared(tensors: dict[str, Any], kernels: KernelTable) -> dict[str, Any]:
@@ -307,6 +310,13 @@ class SplitWeights:
     def close(self) -> None:
         self.device_layers.close()
         self.cpu.close()
+
+
+def placed_prefill_chunk(source: Any) -> int:
+    """Prompt tokens per forward pass that the GPU workspace of ``source``'s placement was sized for (the planner's
+    choice, :func:`~edgespool.schedulers.placement_plan.plan_prefill_chunk`; GPU_PREFILL_CHUNK without one)."""
+    pl = getattr(source, "placement", None)
+    return int(getattr(pl, "prefill_chunk", 0) or GPU_PREFILL_CHUNK)
 
 
 def open_split(bundle: Bundle, cpu_source: Any, gpu_budget: int, kernels: KernelTable, *,

@@ -585,10 +585,11 @@ def load(path: str | os.PathLike, *, memory_budget: str | int | None = None, tar
             source = split if split is not None else source
         model = Model(bundle, source, tok, table)
         model.gpu_fallback = gpu_why or None
-        if gpu_memory is not None and gpu_why == "":
-            from ..offload.gpu_split import GPU_PREFILL_CHUNK
+        if gpu_memory is not None and gpu_why == "":  # prompt chunks the planned GPU workspace holds
+            from ..offload.gpu_split import placed_prefill_chunk
 
-            model.engine.prefill_chunk = min(model.engine.prefill_chunk or GPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK)
+            chunk = placed_prefill_chunk(source)
+            model.engine.prefill_chunk = min(model.engine.prefill_chunk or chunk, chunk)
         if spec is not None:
             model.speculative = spec.decoder(model.engine)
             model.draft = spec

@@ -128,6 +128,7 @@ class Placement:
     cpu_only_token_s: float
     link: LinkModel
     notes: tuple[str, ...] = field(default=())
+    prefill_chunk: int = 0  # prompt tokens per forward pass the workspace was sized for (0: not chosen here)
 
     @property
     def h2d_bytes_per_token(self) -> int:
@@ -156,9 +157,10 @@ class Placement:
         """The plan for people: the cost model, then one line per run of groups with the same place."""
         lk = self.link
         bw = "unified memory (no copies)" if lk.unified else f"{lk.h2d_bytes_s / 1e9:.1f} GB/s host-to-device"
+        chunk = f" for {self.prefill_chunk}-token prompt chunks" if self.prefill_chunk else ""
         lines = [f"GPU placement: budget {fmt_bytes(self.gpu_budget_bytes)}, arena {fmt_bytes(self.arena_bytes)} "
                  f"(resident {fmt_bytes(self.resident_bytes)}, staging {fmt_bytes(self.staging_bytes)}, workspace "
-                 f"{fmt_bytes(self.workspace_bytes)})",
+                 f"{fmt_bytes(self.workspace_bytes)}{chunk})",
                  f"  cost model: {bw}, {lk.call_overhead_s * 1e6:.0f} us per call, "
                  f"{(lk.boundary_s or lk.call_overhead_s) * 1e6:.0f} us per crossing ({lk.source}); "
                  "stream = max(copy, gpu), boundary = activations over the link",
@@ -386,3 +388,28 @@ def plan_with_parents(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_b
             return pl
         groups = [replace(g, gpu_ok=False, why_not=f"its MoE layer {parents[g.name]} runs on the CPU, which "
                           "computes its experts") if g.name in orphans else g for g in groups]
+
+
+def plan_prefill_chunk(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_bytes: int,
+                       parents: dict[str, str], chunks: Sequence[int], workspace_of: Any,
+                       gain: float = 0.02, **kw: Any) -> Placement:
+    """:func:`plan_with_parents` for each prompt chunk size in ``chunks`` (largest first), the workspace of each
+    from ``workspace_of(chunk)`` (a prompt chunk's activations are the arena's largest variable part): the largest
+    chunk's plan unless a smaller chunk's leaves room for groups that make decode at least ``gain`` faster, or the
+    largest does not fit at all (a budget below its GPU minimum). Prefill then runs in that many tokens per pass.
+    Raises the largest chunk's BudgetError when none fits."""
+    best: Placement | None = None
+    first_error: BudgetError | None = None
+    for chunk in sorted({int(c) for c in chunks}, reverse=True):
+        try:
+            pl = replace(plan_with_parents(groups, link, gpu_budget_bytes, parents,
+                                           workspace_bytes=int(workspace_of(chunk)), **kw), prefill_chunk=chunk)
+        except BudgetError as e:
+            first_error = first_error or e
+            continue
+        if best is None or pl.predicted_token_s < best.predicted_token_s * (1.0 - gain):
+            best = pl
+    if best is None:
+        assert first_error is not None
+        raise first_error
+    return best

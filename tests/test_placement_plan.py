@@ -156,3 +156,30 @@ def test_experts_follow_their_moe_layer():
     big = plan_with_parents(gs, LINK, 64 * MB, parents, **kw)
     assert big.where("layers.0") == "gpu" and all(big.where(g.name) == "gpu" for g in experts)
     assert big.arena_bytes <= 64 * MB
+
+
+def test_tight_cap_takes_the_shorter_prompt_chunk():
+    """Under a cap where the 256-token chunk's workspace leaves room for the head only, the 64-token chunk's leaves
+    room for layers too and predicts faster decode: the planner takes it (and says so); a roomy cap keeps 256; a cap
+    below the 256 chunk's GPU minimum still plans with 64 instead of refusing."""
+    from edgespool.schedulers.placement_plan import plan_prefill_chunk
+
+    gs = _groups((0.9e-3, 47_000_000, 1.0e-3))  # an int8 1.5B layer on a fast CPU (no streaming pays off)
+    ws = {256: 180 << 20, 64: 60 << 20}
+    head = next(g for g in gs if g.kind == "head").gpu_bytes
+    kw = dict(boundary_bytes=4 * H, stream_kv_bytes=KV)
+    cap = ws[256] + head + (40 << 20)
+    tight = plan_prefill_chunk(gs, LINK, cap, {}, (256, 64), ws.__getitem__, **kw)
+    only256 = plan_prefill_chunk(gs, LINK, cap, {}, (256,), ws.__getitem__, **kw)
+    layers = lambda p: sum(g.where == GPU and g.kind == "layer" for g in p.groups)  # noqa: E731
+    assert tight.prefill_chunk == 64 and tight.workspace_bytes <= ws[64] + (1 << 20)
+    assert layers(tight) > layers(only256)
+    assert tight.predicted_token_s < only256.predicted_token_s
+    assert "64-token prompt chunks" in tight.summary()
+    big = sum(g.gpu_bytes for g in gs) + ws[256] + (64 << 20)
+    assert plan_prefill_chunk(gs, LINK, big, {}, (256, 64), ws.__getitem__, **kw).prefill_chunk == 256
+    small = min(g.gpu_bytes for g in gs) + ws[64] + (8 << 20)
+    assert small < ws[256]
+    assert plan_prefill_chunk(gs, LINK, small, {}, (256, 64), ws.__getitem__, **kw).prefill_chunk == 64
+    with pytest.raises(BudgetError, match="below the GPU minimum"):
+        plan_prefill_chunk(gs, LINK, 1 << 20, {}, (256, 64), ws.__getitem__, **kw)

@@ -381,9 +381,10 @@ def open_draft(spec: Any, target_bundle: Any, *, draft_tokens: Any, budget: int 
     setup.gpu_fallback, dsrc = _draft_on_gpu(setup, draft, dsrc, table, draft_gpu_memory, plan_kw)
     eng = Engine(dsrc, table)
     if setup.placement is not None:  # as load(gpu_memory=): prefill in chunks the GPU workspace holds
-        from ...offload.gpu_split import GPU_PREFILL_CHUNK
+        from ...offload.gpu_split import placed_prefill_chunk
 
-        eng.prefill_chunk = min(eng.prefill_chunk or GPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK)
+        chunk = placed_prefill_chunk(dsrc)
+        eng.prefill_chunk = min(eng.prefill_chunk or chunk, chunk)
 
     def new_cache(max_len: int) -> KVCache:
         return eng.new_cache(min(max_len, eng.max_context or max_len))
