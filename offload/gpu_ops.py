@@ -448,9 +448,11 @@ class GpuOps:
         return hl, rs
 
     def _tensor_cores(self, w: GpuTensor, K: int) -> bool:
-        """Whether batched rows through ``w`` take the split-f16 tensor-core GEMM (int8 values and f16 weights are
-        exact in f16; int4's group scales and dequantised schemes are not, so they keep the f32 SGEMM)."""
-        return self.f16_gemm and w.scheme in ("int8", "f16") and K % 8 == 0
+        """Whether batched rows through ``w`` take the split-f16 tensor-core GEMM: int8 weights (their values are
+        exact in f16). f16 weights keep the f32 SGEMM: their tensor-core test failed its 1e-6 bound on the H100
+        (2026-12-07; the failure text did not come back), int4's group scales and dequantised schemes are not
+        exact in f16."""
+        return self.f16_gemm and w.scheme == "int8" and K % 8 == 0
 
     def _gemm16(self, sp: tuple[Any, Any], w: GpuTensor, bias: Any, out: Any, mult: float) -> Any:
         """Batched ``x @ W.T`` on the tensor cores from ``x``'s split ``sp``: the weight rows as f16 (int8 values

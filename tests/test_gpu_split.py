@@ -60,6 +60,22 @@ def test_gpu_linear_matches_reference(ops, scheme, T):
     assert np.abs(got2 - (1 + 0.5 * linear(x, w))).max() <= 1e-4 * np.abs(ref).max()
 
 
+def test_gpu_f16_weights_keep_the_sgemm_path(ops):
+    """f16 weights' batched rows stay on the dequantise + f32 SGEMM path (their tensor-core form failed its bound on
+    the H100), within 1e-6 of float64."""
+    from edgespool.kernels.quant import quantize
+
+    cp = ops.cp
+    rng = np.random.default_rng(2)
+    w = quantize(rng.standard_normal((300, 256)).astype(np.float32), "f16", 32)
+    x = rng.standard_normal((20, 256)).astype(np.float32)
+    gw = ops.upload(w)
+    assert not ops._tensor_cores(gw, 256)
+    ref = x.astype(np.float64) @ w.dequantize().astype(np.float64).T
+    got = cp.asnumpy(ops.linear(cp.asarray(x), gw))
+    assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
+
+
 def test_gpu_split16_reconstructs_rows(ops):
     """split16: (hi + lo) * rs gives each row back to 2^-21 of its largest value, huge rows without f16 overflow,
     a zero row as zeros."""
@@ -78,7 +94,7 @@ def test_gpu_split16_reconstructs_rows(ops):
     assert not back[2].any()
 
 
-@pytest.mark.parametrize("scheme", ["int8", "f16"])
+@pytest.mark.parametrize("scheme", ["int8"])
 @pytest.mark.parametrize("T,N,K", [(9, 300, 256), (64, 1536, 1536), (40, 12000, 1536)])
 def test_gpu_tensor_core_gemm_matches_float64(ops, scheme, T, N, K):
     """The batched split-f16 tensor-core product (the 12000 x 1536 int8 weight converts in two scratch chunks) is
