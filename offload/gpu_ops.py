@@ -171,8 +171,8 @@ extern "C" __global__ void dequant_i4(const unsigned char* w, const __half* s, f
 }
 // Batched (prefill) products on the tensor cores, float32-exact: x [T, K] f32 -> hi, lo [T, K] f16 with
 // x[t] = (hi[t] + lo[t]) * rs[t], rs[t] a power of two putting the row's largest |x| in [2^13, 2^14) (no f16
-// overflow; hi + lo carry 22 of float32's 24 bits); one block per row. One f16 GEMM with float32 accumulation of
-// the stacked [hi; lo] rows on weights exact in f16 (int8 values, f16 weights), and gemm_epilogue's hi + lo sum and
+// overflow; hi + lo carry 22 of float32's 24 bits); one block per row. Two f16 GEMMs with float32 accumulation
+// (hi, then lo added with beta = 1) on weights exact in f16 (int8 values, f16 weights) and gemm_epilogue's
 // rs * scale restore a float32 SGEMM's accuracy at tensor-core speed.
 extern "C" __global__ void split_f16(const float* x, __half* hi, __half* lo, float* rs, int K) {
   __shared__ float part[32];
@@ -210,14 +210,13 @@ extern "C" __global__ void i8_to_f16(const signed char* w, __half* out, long lon
   *reinterpret_cast<__half2*>(out + i) = __floats2half2_rn((float)q.x, (float)q.y);
   *reinterpret_cast<__half2*>(out + i + 2) = __floats2half2_rn((float)q.z, (float)q.w);
 }
-// acc [2T, N]: rows t (hi) and T + t (lo) of the split; y[t, n] = (resid ? y[t, n] : 0) + mult * ((acc[t, n] +
-// acc[T + t, n]) * rs[t] * scale[n] + bias[n])
+// y[t, n] = (resid ? y[t, n] : 0) + mult * (acc[t, n] * rs[t] * scale[n] + bias[n]); acc may be y (not resid)
 extern "C" __global__ void gemm_epilogue(const float* acc, const float* rs, const float* scale,
                                          const float* bias, float* y, int T, int N, int resid, float mult) {
   long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
   if (i >= (long long)T * N) return;
   int t = (int)(i / N), n = (int)(i % N);
-  float v = (acc[i] + acc[i + (long long)T * N]) * rs[t] * (scale ? scale[n] : 1.f) + (bias ? bias[n] : 0.f);
+  float v = acc[i] * rs[t] * (scale ? scale[n] : 1.f) + (bias ? bias[n] : 0.f);
   y[i] = (resid ? y[i] : 0.f) + mult * v;
 }
 // one block per row: y = x * rsqrt(mean(x^2) + eps) * w
@@ -391,7 +390,7 @@ class GpuOps:
 
     # -- products ---------------------------------------------------------------------------------------------
     def linear(self, x: Any, w: GpuTensor, bias: Any = None, out: Any = None, mult: float = 1.0,
-               split: tuple[Any, Any] | None = None) -> Any:
+               split: tuple[Any, Any, Any] | None = None) -> Any:
         """``x @ W.T + bias`` for ``x`` float32 ``[T, in]``; with ``out`` given, ``out += mult * (...)`` (the
         residual add fused into the product). ``split``: ``x``'s :meth:`split16` form when the caller made it
         (:meth:`linears`: one split for the products sharing an input)."""
@@ -436,16 +435,15 @@ class GpuOps:
         sp = self.split16(x) if T > GEMV_MAX_ROWS and any(self._tensor_cores(w, K) for w in ws) else None
         return [self.linear(x, w, b, split=sp) for w, b in zip(ws, bs)]
 
-    def split16(self, x: Any) -> tuple[Any, Any]:
-        """``x`` float32 ``[T, K]`` -> ``(hl, rs)``: f16 ``[2T, K]`` (rows ``t`` = hi, ``T + t`` = lo) and float32
-        ``[T]`` with ``x[t] = (hl[t] + hl[T + t]) * rs[t]`` to 22 bits (``rs`` a power of two a row, so no f16
-        overflow); hi and lo stacked so one GEMM takes both."""
+    def split16(self, x: Any) -> tuple[Any, Any, Any]:
+        """``x`` float32 ``[T, K]`` -> ``(hi, lo, rs)``: f16 ``[T, K]`` twice and float32 ``[T]`` with ``x[t] =
+        (hi[t] + lo[t]) * rs[t]`` to 22 bits (``rs`` a power of two a row, so no f16 overflow)."""
         cp = self.cp
         T, K = int(x.shape[0]), int(x.shape[1])
-        hl = cp.empty((2 * T, K), cp.float16)
+        hi, lo = cp.empty((T, K), cp.float16), cp.empty((T, K), cp.float16)
         rs = cp.empty((T,), cp.float32)
-        self.k["split_f16"]((T,), (256,), (x, hl, hl[T:], rs, np.int32(K)))
-        return hl, rs
+        self.k["split_f16"]((T,), (256,), (x, hi, lo, rs, np.int32(K)))
+        return hi, lo, rs
 
     def _tensor_cores(self, w: GpuTensor, K: int) -> bool:
         """Whether batched rows through ``w`` take the split-f16 tensor-core GEMM: int8 weights (their values are
@@ -454,43 +452,38 @@ class GpuOps:
         exact in f16."""
         return self.f16_gemm and w.scheme == "int8" and K % 8 == 0
 
-    def _gemm16(self, sp: tuple[Any, Any], w: GpuTensor, bias: Any, out: Any, mult: float) -> Any:
-        """Batched ``x @ W.T`` on the tensor cores from ``x``'s split ``sp``: the weight rows as f16 (int8 values
-        converted into a bounded scratch; f16 weights as stored), one cuBLAS GemmEx with float32 accumulation of
-        the stacked hi / lo rows into float32 ``[2T, N]``, then one epilogue kernel adding the two halves, with the
-        row scales, bias and the fused residual add. Python work per call kept small (it bounds a short prompt)."""
+    def _gemm16(self, sp: tuple[Any, Any, Any], w: GpuTensor, bias: Any, out: Any, mult: float) -> Any:
+        """Batched ``x @ W.T`` on the tensor cores from ``x``'s split ``sp``: the int8 weight rows converted to f16
+        (exact) in a bounded scratch, two cuBLAS GemmEx calls with float32 accumulation into one float32 ``[T, N]``
+        (hi, then lo added with beta = 1), then one epilogue kernel for the row scales, bias and the fused residual
+        add: the form tested on the H100, 2026-12-07 (one GemmEx over stacked hi / lo rows would save a call)."""
         cp = self.cp
-        hl, rs = sp
-        T2, K = int(hl.shape[0]), int(hl.shape[1])
-        T, N = T2 // 2, int(w.shape[0])
+        hi, lo, rs = sp
+        T, K = int(hi.shape[0]), int(hi.shape[1])
+        N = int(w.shape[0])
         if self._cublas is None:
             from cupy_backends.cuda.libs import cublas  # CuPy's cuBLAS binding (sets the handle's stream per call)
 
             self._cublas = cublas
         cublas, handle = self._cublas, cp.cuda.device.get_cublas_handle()  # this thread's handle
-        acc = cp.empty((T2, N), cp.float32)
-        int8 = w.scheme == "int8"
-        rows = max(1, min(N, DEQUANT_CHUNK_BYTES // (2 * K))) if int8 else N
-        scratch = cp.empty((rows, K), cp.float16) if int8 else None
-        wptr = int(w.data.data.ptr)
+        acc = cp.empty((T, N), cp.float32)
+        rows = max(1, min(N, DEQUANT_CHUNK_BYTES // (2 * K)))
+        scratch = cp.empty((rows, K), cp.float16)
         for r0 in range(0, N, rows):
             r1 = min(N, r0 + rows)
-            if int8:
-                n = (r1 - r0) * K
-                src = w.data if r1 - r0 == N else w.data[r0:r1]
-                self.k["i8_to_f16"](((n // 4 + 255) // 256,), (256,), (src, scratch, np.int64(n)))
-                a_ptr = int(scratch.data.ptr)
-            else:
-                a_ptr = wptr + 2 * r0 * K
-            # column-major view: acc^T [N, 2T] = W [N, K] . hl^T [K, 2T]; rows r0..r1 of W -> acc[:, r0:r1]
-            cublas.gemmEx(handle, 1, 0, r1 - r0, T2, K, self._one_p, a_ptr, 2, K, int(hl.data.ptr), 2, K,
-                          self._zero_p, int(acc.data.ptr) + 4 * r0, 0, N, 68, -1)  # OP_T, OP_N, CUDA_R_16F / 32F,
-            # CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT (cupy_backends.cuda.libs.cublas / runtime constants)
+            n = (r1 - r0) * K
+            src = w.data if r1 - r0 == N else w.data[r0:r1]
+            self.k["i8_to_f16"](((n // 4 + 255) // 256,), (256,), (src, scratch, np.int64(n)))
+            # column-major view: acc^T [N, T] = W [N, K] . x^T [K, T]; rows r0..r1 of W -> acc[:, r0:r1]
+            for part, beta in ((hi, self._zero_p), (lo, self._one_p)):
+                cublas.gemmEx(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, r1 - r0, T, K, self._one_p,
+                              int(scratch.data.ptr), 2, K, int(part.data.ptr), 2, K, beta, int(acc.data.ptr) + 4 * r0,
+                              0, N, cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT)  # 2 / 0: CUDA_R_16F / 32F
         resid = out is not None
-        y = out if resid else cp.empty((T, N), cp.float32)  # not a view of acc: its lo half is freed on return
+        y = out if resid else acc
         self.k["gemm_epilogue"](((T * N + 255) // 256,), (256,),
-                                (acc, rs, w.scale if int8 else None, bias, y, np.int32(T), np.int32(N),
-                                 np.int32(resid), np.float32(mult)))
+                                (acc, rs, w.scale, bias, y, np.int32(T), np.int32(N), np.int32(resid),
+                                 np.float32(mult)))
         return y
 
     def gemv_into(self, x: Any, w: GpuTensor, bias: Any, y: Any, resid: bool, mult: float = 1.0) -> None:
