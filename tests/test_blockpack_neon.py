@@ -46,8 +46,11 @@ def test_neon_dotprod_packed_under_qemu(tmp_path):
     subprocess.run([cc, "-O2", "-static", "-pthread", *flags, "-o", str(exe), str(tmp_path / "h.c"),
                     str(c_blocks.SOURCE), "-lm"], check=True, capture_output=True)
     rng = np.random.default_rng(12)
-    for scheme in ("q8_0", "q4_0", "int8", "int4"):
-        for rows, n, m in ((45, 288, 1), (45, 288, 5), (301, 224, 1), (19, 96, 3)):
+    for scheme in ("q8_0", "q4_0", "int8", "int4", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k"):
+        shapes = ((45, 288, 1), (45, 288, 5), (301, 224, 1), (19, 96, 3))
+        if scheme.endswith("_k"):  # 256-value super-blocks
+            shapes = ((45, 512, 1), (45, 512, 5), (301, 256, 1), (19, 768, 3))
+        for rows, n, m in shapes:
             w = _weight(rng, scheme, rows, n)
             sc = np.zeros((rows, 0), np.uint8) if w.scale is None else np.ascontiguousarray(w.scale).view(
                 np.uint8).reshape(rows, -1)

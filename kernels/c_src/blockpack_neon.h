@@ -7,7 +7,9 @@
  * int8 codes are turned back into signed bytes (u8 ^ 0x80) and their accumulator starts at 0.  The 16 activation
  * codes of four chunks sit in one register, a lane per chunk.  Every block's int32 dot is exact and the float
  * steps (convert, scale product, fused multiply-add, block order) are the AVX-512 kernel's per lane.
- * Tiles: decode 2 row groups per call (a 4-group call runs two), prefill 1 row group x up to 2 activation rows. */
+ * Tiles: decode 2 row groups per call (a 4-group call runs two), prefill 1 row group x up to 2 activation rows.
+ * Q4_1 / Q5_0 / Q5_1 (min term, fifth-bit plane via vtst) and Q4_K / Q6_K (the bulk of a Q4_K_M file) since
+ * 2026-12-07, checked under qemu (correctness, not speed). */
 
 #define ES_PACKED 1
 
@@ -22,20 +24,23 @@ static inline float32x4_t pkn_f16x4(const uint8_t *p) {
 /* G row groups x NA activation rows, out[i * ystride + 16 g + r] for the first `valid` rows. */
 AI void pkn_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
                  float *out, long ystride, int valid, const int G, const int NA) {
-    const int q4 = wt == W_Q4_0 || wt == W_INT4, i8 = wt == W_INT8;
-    const long bb = q4 ? 288 : (i8 ? 512 : 544);
-    const long co = i8 ? 0 : 32;
+    const int q51 = wt == W_Q5_1, q41 = wt == W_Q4_1 || q51, q5 = wt == W_Q5_0 || q51;
+    const int q4 = wt == W_Q4_0 || wt == W_INT4 || q41 || q5, i8 = wt == W_INT8;
+    const long bb = q51 ? 384 : (q5 ? 352 : (q41 ? 320 : (q4 ? 288 : (i8 ? 512 : 544))));
+    /* codes after the scales (q4_1's mins, q5_0's plane, q5_1's both); the plane after the scales */
+    const long co = i8 ? 0 : (q51 ? 128 : (q41 || q5 ? 64 + 32 * q5 : 32)), po = q51 ? 64 : 32;
     const uint8_t *base = gp + (i8 ? 64 : 0);
-    const uint8x16_t m4 = vdupq_n_u8(0x0F), x80 = vdupq_n_u8(0x80);
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), x80 = vdupq_n_u8(0x80), v16 = vdupq_n_u8(16);
     float32x4_t y[8][2];
     for (int h = 0; h < 4 * G; h++)
         for (int i = 0; i < NA; i++) y[h][i] = vdupq_n_f32(0.f);
     for (int b = 0; b < nb; b++) {
         int32x4_t acc[8][2];
-        float32x4_t vs[8];
+        float32x4_t vs[8], vm[8];
         for (int h = 0; h < 4 * G; h++) {
             const uint8_t *blk = base + (h >> 2) * gb + b * bb;
             vs[h] = i8 ? vdupq_n_f32(0.f) : pkn_f16x4(blk + 8 * (h & 3));
+            vm[h] = q41 ? pkn_f16x4(blk + 32 + 8 * (h & 3)) : vdupq_n_f32(0.f);
             for (int i = 0; i < NA; i++) acc[h][i] = vdupq_n_s32(q4 ? so[i][b] : 0);
         }
         if (q4) {
@@ -46,8 +51,15 @@ AI void pkn_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
             }
             for (int c = 0; c < 4; c++)
                 for (int h = 0; h < 4 * G; h++) {
-                    uint8x16_t v = vld1q_u8(base + (h >> 2) * gb + b * bb + co + 64 * c + 16 * (h & 3));
-                    int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, m4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+                    const uint8_t *blk = base + (h >> 2) * gb + b * bb;
+                    uint8x16_t v = vld1q_u8(blk + co + 64 * c + 16 * (h & 3));
+                    uint8x16_t ul = vandq_u8(v, m4), uh = vshrq_n_u8(v, 4);
+                    if (q5) { /* the fifth bits of chunk-halves c (low nibbles) and c + 4 (high) from the plane */
+                        uint8x16_t pl = vld1q_u8(blk + po + 16 * (h & 3));
+                        ul = vorrq_u8(ul, vandq_u8(vtstq_u8(pl, vdupq_n_u8((uint8_t)(1u << c))), v16));
+                        uh = vorrq_u8(uh, vandq_u8(vtstq_u8(pl, vdupq_n_u8((uint8_t)(16u << c))), v16));
+                    }
+                    int8x16_t lo = vreinterpretq_s8_u8(ul), hi = vreinterpretq_s8_u8(uh);
                     for (int i = 0; i < NA; i++) {
                         acc[h][i] = PKN_DOT(acc[h][i], lo, xl[i], c);
                         acc[h][i] = PKN_DOT(acc[h][i], hi, xh[i], c);
@@ -68,6 +80,7 @@ AI void pkn_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
             for (int i = 0; i < NA; i++) {
                 float32x4_t t = vcvtq_f32_s32(acc[h][i]), da = vdupq_n_f32(a[i].d[b]);
                 y[h][i] = i8 ? vfmaq_f32(y[h][i], t, da) : vfmaq_f32(y[h][i], t, vmulq_f32(vs[h], da));
+                if (q41) y[h][i] = vfmaq_f32(y[h][i], vm[h], vdupq_n_f32(a[i].ds[b]));
             }
     }
     for (int h = 0; h < 4 * G; h++) {
@@ -86,6 +99,109 @@ AI void pkn_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
         }
     }
 }
+static inline float32x4_t pkn_u8x4(const uint8_t *p) { /* 4 bytes -> 4 floats (unsigned) */
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(v))))));
+}
+static inline float32x4_t pkn_s8x4(const uint8_t *p) { /* 4 bytes -> 4 floats (signed) */
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u32(vdup_n_u32(v))))));
+}
+/* q4_k (k6 = 0) and q6_k (k6 = 1) tiles: the AVX-512 pk_tile / pk_tile6 steps per 4-row lane group.  q4_k: per
+ * 32-value sub-block a 6-bit scale and min per row, nibble codes, acc from 0, y += acc x (d sc) d_x + (-dmin mn) x
+ * d_x s_x.  q6_k: per block two int8 scales per row (values 0-15 / 16-31), codes (nibble | ((H >> 2c) & 3) << 4)
+ * as signed bytes (<= 63), two accumulators from so = -32 x (half code sum) and -32 x s - so. */
+AI void pkn_tile_k(const int k6, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
+                   float *out, long ystride, int valid, const int G, const int NA) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), m30 = vdupq_n_u8(0x30);
+    const long sbb = k6 ? PK_Q6_SB : 2368, blkb = k6 ? PK_Q6_BLK : 288, hdr = k6 ? 32 : 64;
+    float32x4_t y[8][2];
+    for (int h = 0; h < 4 * G; h++)
+        for (int i = 0; i < NA; i++) y[h][i] = vdupq_n_f32(0.f);
+    for (int b = 0; b < nb; b++) {
+        int32x4_t acc[8][2], acc2[8][2];
+        float32x4_t vs[8], vs2[8];
+        int8x16_t xl[2], xh[2];
+        for (int i = 0; i < NA; i++) {
+            xl[i] = vld1q_s8(a[i].q + 32 * b);
+            xh[i] = vld1q_s8(a[i].q + 32 * b + 16);
+        }
+        for (int h = 0; h < 4 * G; h++) {
+            const uint8_t *sbp = gp + (h >> 2) * gb + sbb * (b / 8), *blk = sbp + hdr + blkb * (b % 8);
+            const int r4 = 4 * (h & 3);
+            float32x4_t d = pkn_f16x4(sbp + 2 * r4);
+            if (k6) {
+                vs[h] = vmulq_f32(d, pkn_s8x4(blk + r4));
+                vs2[h] = vmulq_f32(d, pkn_s8x4(blk + 16 + r4));
+            } else {
+                vs[h] = vmulq_f32(d, pkn_u8x4(blk + r4));
+                vs2[h] = vnegq_f32(vmulq_f32(pkn_f16x4(sbp + 32 + 2 * r4), pkn_u8x4(blk + 16 + r4)));
+            }
+            for (int i = 0; i < NA; i++) {
+                acc[h][i] = vdupq_n_s32(k6 ? so[i][b] : 0);
+                acc2[h][i] = vdupq_n_s32(k6 ? -32 * a[i].s[b] - so[i][b] : 0);
+            }
+        }
+        for (int c = 0; c < 4; c++)
+            for (int h = 0; h < 4 * G; h++) {
+                const uint8_t *blk = gp + (h >> 2) * gb + sbb * (b / 8) + hdr + blkb * (b % 8);
+                const int r16 = 16 * (h & 3);
+                uint8x16_t v = vld1q_u8(blk + 32 + 64 * c + r16);
+                uint8x16_t lo = vandq_u8(v, m4), hi = vshrq_n_u8(v, 4);
+                if (k6) { /* ((H >> 2c) & 3) << 4 = (H << (4 - 2c)) & 0x30 (a negative count shifts right) */
+                    const int8x16_t sh = vdupq_n_s8((int8_t)(4 - 2 * c));
+                    lo = vorrq_u8(lo, vandq_u8(vshlq_u8(vld1q_u8(blk + 288 + r16), sh), m30));
+                    hi = vorrq_u8(hi, vandq_u8(vshlq_u8(vld1q_u8(blk + 352 + r16), sh), m30));
+                }
+                for (int i = 0; i < NA; i++) {
+                    if (k6) {
+                        acc[h][i] = PKN_DOT(acc[h][i], vreinterpretq_s8_u8(lo), xl[i], c);
+                        acc2[h][i] = PKN_DOT(acc2[h][i], vreinterpretq_s8_u8(hi), xh[i], c);
+                    } else {
+                        acc[h][i] = PKN_DOT(acc[h][i], vreinterpretq_s8_u8(lo), xl[i], c);
+                        acc[h][i] = PKN_DOT(acc[h][i], vreinterpretq_s8_u8(hi), xh[i], c);
+                    }
+                }
+            }
+        for (int h = 0; h < 4 * G; h++)
+            for (int i = 0; i < NA; i++) {
+                float32x4_t da = vdupq_n_f32(a[i].d[b]);
+                y[h][i] = vfmaq_f32(y[h][i], vcvtq_f32_s32(acc[h][i]), vmulq_f32(vs[h], da));
+                y[h][i] = k6 ? vfmaq_f32(y[h][i], vcvtq_f32_s32(acc2[h][i]), vmulq_f32(vs2[h], da))
+                             : vfmaq_f32(y[h][i], vs2[h], vdupq_n_f32(a[i].ds[b]));
+            }
+    }
+    for (int h = 0; h < 4 * G; h++) {
+        int nv = valid - 4 * h;
+        if (nv <= 0) break;
+        for (int i = 0; i < NA; i++) {
+            float *o = out + (long)i * ystride + 4 * h;
+            if (nv >= 4) vst1q_f32(o, y[h][i]);
+            else {
+                float tmp[4];
+                vst1q_f32(tmp, y[h][i]);
+                for (int r = 0; r < nv; r++) o[r] = tmp[r];
+            }
+        }
+    }
+}
+#define PKN_KFN(NAME, K6) \
+    static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
+                     long ys, int valid, int g4, int na) { \
+        if (g4) { \
+            pkn_tile_k(K6, gp, gb, nb, a, so, out, ys, valid, 2, 1); \
+            if (valid > 32) pkn_tile_k(K6, gp + 2 * gb, gb, nb, a, so, out + 32, ys, valid - 32, 2, 1); \
+            return; \
+        } \
+        for (int i0 = 0; i0 < na; i0 += 2) { \
+            if (na - i0 >= 2) pkn_tile_k(K6, gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1, 2); \
+            else pkn_tile_k(K6, gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1, 1); \
+        } \
+    }
+PKN_KFN(pk_q4_k, 0)
+PKN_KFN(pk_q6_k, 1)
 #define PKN_FN(NAME, WT) \
     static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
                      long ys, int valid, int g4, int na) { \
@@ -103,6 +219,9 @@ PKN_FN(pk_q8_0, W_Q8_0)
 PKN_FN(pk_int8, W_INT8)
 PKN_FN(pk_q4_0, W_Q4_0)
 PKN_FN(pk_int4, W_INT4)
+PKN_FN(pk_q4_1, W_Q4_1)
+PKN_FN(pk_q5_0, W_Q5_0)
+PKN_FN(pk_q5_1, W_Q5_1)
 typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
 static pk_fn pk_of(int wt) {
     switch (wt) {
@@ -110,6 +229,11 @@ static pk_fn pk_of(int wt) {
     case W_INT8: return pk_int8;
     case W_Q4_0: return pk_q4_0;
     case W_INT4: return pk_int4;
+    case W_Q4_K: return pk_q4_k;
+    case W_Q6_K: return pk_q6_k;
+    case W_Q4_1: return pk_q4_1;
+    case W_Q5_0: return pk_q5_0;
+    case W_Q5_1: return pk_q5_1;
     default: return 0;
     }
 }
