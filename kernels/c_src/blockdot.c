@@ -999,7 +999,7 @@ static void pool_try_run(pool_t *p, const job_t *j) {
 
 #ifdef ES_PACKED
 /* -offset x code sum per activation block for a packed weight of type wt into so (q6_k / q3_k: of values 0-15
- * only; pk_tile6 / pk_tile3 derive the other half's from s). */
+ * only; pk_tile_sb derives the other half's from s; q2_k: the half sum itself). */
 static void packed_offsets(int wt, const int8_t *q, const int32_t *s, long nbm, int32_t *so) {
     int off = (wt == W_Q8_0 || wt == W_INT8) ? 128
               : wt == W_Q5_0 ? 16 : (wt == W_Q4_1 || wt == W_Q5_1 || wt == W_Q4_K || wt == W_Q5_K ? 0 : 8);

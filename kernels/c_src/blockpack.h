@@ -29,7 +29,7 @@
  *          super-block (vs 16 x 110 = 1760 stored: 1.04x).  Byte 4 r + k of L0 holds, in bits 2c..2c+1, the low two
  *          bits (qs) of value 4 c + k of row r, L1 the same for values 16 + 4 c + k; bit c of byte 4 r + k of P is
  *          the third bit (hmask) of value 4 c + k, bit 4 + c that of value 16 + 4 c + k.  Codes are u8 (qs | hmask
- *          << 2) = value + 4 (0..7), offset 4; pk_tile6's two accumulators per block and half-block offsets
+ *          << 2) = value + 4 (0..7), offset 4; q6_k's two accumulators per block and half-block offsets
  *   q2_k:  per 256-value super-block [16 x f16 d: 32 B][16 x f16 dmin: 32 B], then per 32-value block [16 x u8
  *          4-bit scales (values 0-15 low nibble, 16-31 high)][16 x u8 4-bit mins, the same][L0 64 B][L1 64 B] in
  *          q3_k's two-bit plane format = 1344 B per super-block (16 x 84 stored: 1.00x).  u8 codes 0..3, no offset:
@@ -503,9 +503,7 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
         }
     }
 }
-/* q6_k tile: as pk_tile, two accumulators per block (values 0-15 and 16-31, each with its int8
- * scale), the codes rebuilt per chunk from the nibbles and the two high-bit planes; so[i][b] = -32 x (code sum of
- * values 0-15 of activation row i's block b), a[i].s the whole block's sum. */
+/* q6_k's high-bit planes: bits 2c..2c+1 of each byte moved to bits 4-5 (OR'd into the nibbles) */
 AI __m512i pk_hi2(__m512i h, int c, __m512i m30) { /* ((h >> 2c) & 3) << 4 per byte */
     switch (c) {
     case 0: return _mm512_and_si512(_mm512_slli_epi16(h, 4), m30);
@@ -517,147 +515,65 @@ AI __m512i pk_hi2(__m512i h, int c, __m512i m30) { /* ((h >> 2c) & 3) << 4 per b
 #ifndef ES_Q6_DG
 #define ES_Q6_DG 1 /* decode row groups per q6_k tile (4: the pre-2026-12-07 form; see ES_PF_BYTES) */
 #endif
-AI void pk_tile6(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
-                 long ystride, int valid, const int G, const int NA) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+/* Two accumulators per 32-value block (values 0-15 / 16-31, each with its own scale): q6_k (K = 6: u8 codes =
+ * nibble | ((H >> 2c) & 3) << 4, offset 32), q3_k (K = 3: two-bit planes L0 / L1 + the third-bit plane P, offset
+ * 4) and q2_k (K = 2: two-bit planes, no offset, 4-bit scales and mins, the min term from the half-block code
+ * sums).  so = -offset x (code sum of values 0-15) for q6_k / q3_k, that half code sum itself for q2_k. */
+AI void pk_tile_sb(const int K, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
+                   float *out, long ystride, int valid, const int G, const int NA) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30), m3 = _mm512_set1_epi8(3);
+    const __m512i v4 = _mm512_set1_epi8(4), m15 = _mm512_set1_epi32(15);
+    const long sbb = K == 6 ? PK_Q6_SB : (K == 3 ? PK_Q3_SB : PK_Q2_SB);
+    const long blkb = K == 6 ? PK_Q6_BLK : (K == 3 ? PK_Q3_BLK : PK_Q2_BLK), hdr = K == 2 ? 64 : 32;
+    const int off = K == 6 ? 32 : 4;
     __m512 y[4][MAXNA];
     for (int g = 0; g < G; g++)
         for (int i = 0; i < NA; i++) y[g][i] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        __m512i acc[4][MAXNA], acc2[4][MAXNA], h0[4], h1[4];
-        __m512 vs[4], vs2[4];
-        const long bo = PK_Q6_SB * (b / 8), ko = 32 + PK_Q6_BLK * (b % 8);
-        if (NA == 1)
-            for (int g = 0; g < G; g++) pk_prefetch(gp + g * gb + bo + ko, 7);
-        for (int g = 0; g < G; g++) {
-            const uint8_t *sbp = gp + g * gb + bo, *blk = sbp + ko;
-            __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sbp));
-            vs[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)blk))));
-            vs2[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 16)))));
-            h0[g] = _mm512_loadu_si512((const void *)(blk + 288));
-            h1[g] = _mm512_loadu_si512((const void *)(blk + 352));
-            for (int i = 0; i < NA; i++) {
-                acc[g][i] = _mm512_set1_epi32(so[i][b]);
-                acc2[g][i] = _mm512_set1_epi32(-32 * a[i].s[b] - so[i][b]);
-            }
-        }
-        for (int c = 0; c < 4; c++)
-            for (int g = 0; g < G; g++) {
-                __m512i v = _mm512_loadu_si512((const void *)(gp + g * gb + bo + ko + 32 + 64 * c));
-                __m512i lo = _mm512_or_si512(_mm512_and_si512(v, m4), pk_hi2(h0[g], c, m30));
-                __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), m4), pk_hi2(h1[g], c, m30));
-                for (int i = 0; i < NA; i++) {
-                    const int8_t *xq = a[i].q + 32 * b + 4 * c;
-                    acc[g][i] = _mm512_dpbusd_epi32(acc[g][i], lo, pk_bcast(xq));
-                    acc2[g][i] = _mm512_dpbusd_epi32(acc2[g][i], hi, pk_bcast(xq + 16));
-                }
-            }
-        for (int g = 0; g < G; g++)
-            for (int i = 0; i < NA; i++) {
-                __m512 da = _mm512_set1_ps(a[i].d[b]);
-                y[g][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[g][i]), _mm512_mul_ps(vs[g], da), y[g][i]);
-                y[g][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc2[g][i]), _mm512_mul_ps(vs2[g], da), y[g][i]);
-            }
-    }
-    for (int g = 0; g < G; g++) {
-        int nv = valid - 16 * g;
-        if (nv <= 0) break;
-        for (int i = 0; i < NA; i++) {
-            float *o = out + (long)i * ystride + 16 * g;
-            if (nv >= 16) _mm512_storeu_ps(o, y[g][i]);
-            else _mm512_mask_storeu_ps(o, (__mmask16)((1u << nv) - 1u), y[g][i]);
-        }
-    }
-}
-/* q3_k tile: pk_tile6's accumulators and scales; the u8 codes (0..7) of chunk c from the two-bit planes L0 / L1
- * (bits 2c) and the third-bit plane P (bit c: values 0-15, bit 4 + c: 16-31); so = -4 x half code sum */
-AI void pk_tile3(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
-                 long ystride, int valid, const int G, const int NA) {
-    const __m512i m3 = _mm512_set1_epi8(3), v4 = _mm512_set1_epi8(4);
-    __m512 y[4][MAXNA];
-    for (int g = 0; g < G; g++)
-        for (int i = 0; i < NA; i++) y[g][i] = _mm512_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        __m512i acc[4][MAXNA], acc2[4][MAXNA], l0[4], l1[4], pl[4];
-        __m512 vs[4], vs2[4];
-        const long bo = PK_Q3_SB * (b / 8), ko = 32 + PK_Q3_BLK * (b % 8);
-        if (NA == 1)
-            for (int g = 0; g < G; g++) pk_prefetch(gp + g * gb + bo + ko, 4);
-        for (int g = 0; g < G; g++) {
-            const uint8_t *sbp = gp + g * gb + bo, *blk = sbp + ko;
-            __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sbp));
-            vs[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)blk))));
-            vs2[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 16)))));
-            l0[g] = _mm512_loadu_si512((const void *)(blk + 32));
-            l1[g] = _mm512_loadu_si512((const void *)(blk + 96));
-            pl[g] = _mm512_loadu_si512((const void *)(blk + 160));
-            for (int i = 0; i < NA; i++) {
-                acc[g][i] = _mm512_set1_epi32(so[i][b]);
-                acc2[g][i] = _mm512_set1_epi32(-4 * a[i].s[b] - so[i][b]);
-            }
-        }
-        for (int c = 0; c < 4; c++)
-            for (int g = 0; g < G; g++) {
-                __m512i lo = _mm512_and_si512(_mm512_srli_epi16(l0[g], 2 * c), m3);
-                __m512i hi = _mm512_and_si512(_mm512_srli_epi16(l1[g], 2 * c), m3);
-                lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(pl[g], _mm512_set1_epi8((char)(1 << c))), lo, v4);
-                hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(pl[g], _mm512_set1_epi8((char)(16 << c))), hi, v4);
-                for (int i = 0; i < NA; i++) {
-                    const int8_t *xq = a[i].q + 32 * b + 4 * c;
-                    acc[g][i] = _mm512_dpbusd_epi32(acc[g][i], lo, pk_bcast(xq));
-                    acc2[g][i] = _mm512_dpbusd_epi32(acc2[g][i], hi, pk_bcast(xq + 16));
-                }
-            }
-        for (int g = 0; g < G; g++)
-            for (int i = 0; i < NA; i++) {
-                __m512 da = _mm512_set1_ps(a[i].d[b]);
-                y[g][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[g][i]), _mm512_mul_ps(vs[g], da), y[g][i]);
-                y[g][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc2[g][i]), _mm512_mul_ps(vs2[g], da), y[g][i]);
-            }
-    }
-    for (int g = 0; g < G; g++) {
-        int nv = valid - 16 * g;
-        if (nv <= 0) break;
-        for (int i = 0; i < NA; i++) {
-            float *o = out + (long)i * ystride + 16 * g;
-            if (nv >= 16) _mm512_storeu_ps(o, y[g][i]);
-            else _mm512_mask_storeu_ps(o, (__mmask16)((1u << nv) - 1u), y[g][i]);
-        }
-    }
-}
-/* q2_k tile: two int32 accumulators per block (values 0-15 / 16-31, codes 0..3 from the two-bit planes, no
- * offset), each with its 4-bit scale x d, and the min term -dmin x m x (activation half-block code sum) x d_x;
- * so = the half code sum of values 0-15 (a[i].s - so the other half's) */
-AI void pk_tile2(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
-                 long ystride, int valid, const int G, const int NA) {
-    const __m512i m3 = _mm512_set1_epi8(3), m15 = _mm512_set1_epi32(15);
-    __m512 y[4][MAXNA];
-    for (int g = 0; g < G; g++)
-        for (int i = 0; i < NA; i++) y[g][i] = _mm512_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        __m512i acc[4][MAXNA], acc2[4][MAXNA], l0[4], l1[4];
+        __m512i acc[4][MAXNA], acc2[4][MAXNA], p0[4], p1[4], pl[4];
         __m512 vs[4], vs2[4], vm[4], vm2[4];
-        const long bo = PK_Q2_SB * (b / 8), ko = 64 + PK_Q2_BLK * (b % 8);
+        const long bo = sbb * (b / 8), ko = hdr + blkb * (b % 8);
         if (NA == 1)
-            for (int g = 0; g < G; g++) pk_prefetch(gp + g * gb + bo + ko, 3);
+            for (int g = 0; g < G; g++) pk_prefetch(gp + g * gb + bo + ko, K == 6 ? 7 : (K == 3 ? 4 : 3));
         for (int g = 0; g < G; g++) {
             const uint8_t *sbp = gp + g * gb + bo, *blk = sbp + ko;
             __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sbp));
-            __m512 dm = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sbp + 32)));
-            __m512i sc = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk));
-            __m512i mn = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 16)));
-            vs[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_and_si512(sc, m15)));
-            vs2[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srli_epi32(sc, 4)));
-            vm[g] = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_and_si512(mn, m15))));
-            vm2[g] = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_srli_epi32(mn, 4))));
-            l0[g] = _mm512_loadu_si512((const void *)(blk + 32));
-            l1[g] = _mm512_loadu_si512((const void *)(blk + 96));
-            for (int i = 0; i < NA; i++) acc[g][i] = acc2[g][i] = _mm512_setzero_si512();
+            if (K == 2) {
+                __m512 dm = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sbp + 32)));
+                __m512i sc = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk));
+                __m512i mn = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 16)));
+                vs[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_and_si512(sc, m15)));
+                vs2[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srli_epi32(sc, 4)));
+                vm[g] = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_and_si512(mn, m15))));
+                vm2[g] = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_srli_epi32(mn, 4))));
+            } else {
+                vs[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)blk))));
+                vs2[g] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 16)))));
+            }
+            /* q6_k: the high-bit planes H0 / H1; q3_k / q2_k: the two-bit planes L0 / L1 (+ q3_k's P) */
+            p0[g] = _mm512_loadu_si512((const void *)(blk + (K == 6 ? 288 : 32)));
+            p1[g] = _mm512_loadu_si512((const void *)(blk + (K == 6 ? 352 : 96)));
+            if (K == 3) pl[g] = _mm512_loadu_si512((const void *)(blk + 160));
+            for (int i = 0; i < NA; i++) {
+                acc[g][i] = _mm512_set1_epi32(K == 2 ? 0 : so[i][b]);
+                acc2[g][i] = _mm512_set1_epi32(K == 2 ? 0 : -off * a[i].s[b] - so[i][b]);
+            }
         }
         for (int c = 0; c < 4; c++)
             for (int g = 0; g < G; g++) {
-                __m512i lo = _mm512_and_si512(_mm512_srli_epi16(l0[g], 2 * c), m3);
-                __m512i hi = _mm512_and_si512(_mm512_srli_epi16(l1[g], 2 * c), m3);
+                __m512i lo, hi;
+                if (K == 6) {
+                    __m512i v = _mm512_loadu_si512((const void *)(gp + g * gb + bo + ko + 32 + 64 * c));
+                    lo = _mm512_or_si512(_mm512_and_si512(v, m4), pk_hi2(p0[g], c, m30));
+                    hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), m4), pk_hi2(p1[g], c, m30));
+                } else {
+                    lo = _mm512_and_si512(_mm512_srli_epi16(p0[g], 2 * c), m3);
+                    hi = _mm512_and_si512(_mm512_srli_epi16(p1[g], 2 * c), m3);
+                    if (K == 3) {
+                        lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(pl[g], _mm512_set1_epi8((char)(1 << c))), lo, v4);
+                        hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(pl[g], _mm512_set1_epi8((char)(16 << c))), hi, v4);
+                    }
+                }
                 for (int i = 0; i < NA; i++) {
                     const int8_t *xq = a[i].q + 32 * b + 4 * c;
                     acc[g][i] = _mm512_dpbusd_epi32(acc[g][i], lo, pk_bcast(xq));
@@ -669,8 +585,10 @@ AI void pk_tile2(const uint8_t *gp, long gb, int nb, const act_t *a, const int32
                 __m512 da = _mm512_set1_ps(a[i].d[b]);
                 y[g][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[g][i]), _mm512_mul_ps(vs[g], da), y[g][i]);
                 y[g][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc2[g][i]), _mm512_mul_ps(vs2[g], da), y[g][i]);
-                y[g][i] = _mm512_fmadd_ps(vm[g], _mm512_set1_ps(a[i].d[b] * (float)so[i][b]), y[g][i]);
-                y[g][i] = _mm512_fmadd_ps(vm2[g], _mm512_set1_ps(a[i].d[b] * (float)(a[i].s[b] - so[i][b])), y[g][i]);
+                if (K == 2) {
+                    y[g][i] = _mm512_fmadd_ps(vm[g], _mm512_set1_ps(a[i].d[b] * (float)so[i][b]), y[g][i]);
+                    y[g][i] = _mm512_fmadd_ps(vm2[g], _mm512_set1_ps(a[i].d[b] * (float)(a[i].s[b] - so[i][b])), y[g][i]);
+                }
             }
     }
     for (int g = 0; g < G; g++) {
@@ -683,60 +601,28 @@ AI void pk_tile2(const uint8_t *gp, long gb, int nb, const act_t *a, const int32
         }
     }
 }
-static void pk_q2_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
-                    long ys, int valid, int g4, int na) {
-    if (g4) {
-        for (int g = 0; g < 4 && valid > 16 * g; g++)
-            pk_tile2(gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, 1, 1);
-        return;
+#define PK_SB_FN(NAME, K, DG) \
+    static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
+                     long ys, int valid, int g4, int na) { \
+        if (g4) { /* DG row groups per decode tile (q6_k: ES_Q6_DG) */ \
+            for (int g = 0; g < 4 && valid > 16 * g; g += DG) \
+                pk_tile_sb(K, gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, DG, 1); \
+            return; \
+        } \
+        switch (na) { \
+        case 1: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 1); break; \
+        case 2: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 2); break; \
+        case 3: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 3); break; \
+        case 4: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 4); break; \
+        case 5: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 5); break; \
+        case 6: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 6); break; \
+        case 7: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 7); break; \
+        default: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 8); break; \
+        } \
     }
-    switch (na) {
-    case 1: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 1); break;
-    case 2: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 2); break;
-    case 3: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 3); break;
-    case 4: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 4); break;
-    case 5: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 5); break;
-    case 6: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 6); break;
-    case 7: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 7); break;
-    default: pk_tile2(gp, gb, nb, a, so, out, ys, valid, 1, 8); break;
-    }
-}
-static void pk_q3_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
-                    long ys, int valid, int g4, int na) {
-    if (g4) {
-        for (int g = 0; g < 4 && valid > 16 * g; g++)
-            pk_tile3(gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, 1, 1);
-        return;
-    }
-    switch (na) {
-    case 1: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 1); break;
-    case 2: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 2); break;
-    case 3: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 3); break;
-    case 4: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 4); break;
-    case 5: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 5); break;
-    case 6: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 6); break;
-    case 7: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 7); break;
-    default: pk_tile3(gp, gb, nb, a, so, out, ys, valid, 1, 8); break;
-    }
-}
-static void pk_q6_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
-                    long ys, int valid, int g4, int na) {
-    if (g4) { /* ES_Q6_DG row groups per decode tile */
-        for (int g = 0; g < 4 && valid > 16 * g; g += ES_Q6_DG)
-            pk_tile6(gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, ES_Q6_DG, 1);
-        return;
-    }
-    switch (na) {
-    case 1: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 1); break;
-    case 2: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 2); break;
-    case 3: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 3); break;
-    case 4: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 4); break;
-    case 5: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 5); break;
-    case 6: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 6); break;
-    case 7: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 7); break;
-    default: pk_tile6(gp, gb, nb, a, so, out, ys, valid, 1, 8); break;
-    }
-}
+PK_SB_FN(pk_q6_k, 6, ES_Q6_DG)
+PK_SB_FN(pk_q3_k, 3, 1)
+PK_SB_FN(pk_q2_k, 2, 1)
 #define PK_NA_CASES(WT, G) \
     switch (na) { \
     case 1: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 1); break; \

@@ -163,11 +163,7 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
         }
     }
 }
-/* q6_k tile (one row group = 2 halves; the AVX-512 pk_tile6 per lane, compact layout of blockpack.h): two int32
- * accumulators per block, values 0-15 and 16-31, each with its int8 scale, the 6-bit codes rebuilt per chunk from
- * the nibbles and the high-bit planes H0 / H1; u8 codes (q6) from so = -32 x half code sum, as AVX-512, through
- * vpdpbusd (VNNI) or vpmaddubsw + vpmaddwd (unsigned codes <= 63: no saturation).  The int32 dots are the same
- * exact integers either way. */
+/* q6_k's high-bit planes H0 / H1: bits 2c..2c+1 of each byte moved to bits 4-5 (OR'd into the nibbles) */
 static inline __m256i pk2_hi2(__m256i h, int c, __m256i m30) { /* ((h >> 2c) & 3) << 4 per byte */
     switch (c) {
     case 0: return _mm256_and_si256(_mm256_slli_epi16(h, 4), m30);
@@ -176,195 +172,71 @@ static inline __m256i pk2_hi2(__m256i h, int c, __m256i m30) { /* ((h >> 2c) & 3
     default: return _mm256_and_si256(_mm256_srli_epi16(h, 2), m30);
     }
 }
-AI void pk2_tile6(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
-                  long ystride, int valid, const int NA) {
-    (void)so;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
-#ifndef PK2_VNNI
-    const __m256i one16 = _mm256_set1_epi16(1);
-    __m256i p16[2][4], p16b[2][4]; /* the even chunk's int16 pair sums, waiting for the odd one */
-#endif
-    __m256 y[2][4];
-    (void)gb;
-    for (int h = 0; h < 2; h++)
-        for (int i = 0; i < NA; i++) y[h][i] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        __m256i acc[2][4], acc2[2][4], h0[2], h1[2];
-        __m256 vs[2], vs2[2];
-        const uint8_t *sbp = gp + PK_Q6_SB * (b / 8), *blk = sbp + 32 + PK_Q6_BLK * (b % 8);
-        if (NA == 1) pk_prefetch(blk, 7);
-        for (int h = 0; h < 2; h++) {
-            __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 16 * h)));
-            vs[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 8 * h)))));
-            vs2[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(
-                                          _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 16 + 8 * h)))));
-            h0[h] = _mm256_loadu_si256((const __m256i *)(blk + 288 + 32 * h));
-            h1[h] = _mm256_loadu_si256((const __m256i *)(blk + 352 + 32 * h));
-            for (int i = 0; i < NA; i++) {
-                acc[h][i] = _mm256_set1_epi32(so[i][b]);
-                acc2[h][i] = _mm256_set1_epi32(-32 * a[i].s[b] - so[i][b]);
-            }
-        }
-        for (int c = 0; c < 4; c++)
-            for (int h = 0; h < 2; h++) {
-                __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 32 + 64 * c + 32 * h));
-                __m256i lo = _mm256_or_si256(_mm256_and_si256(v, m4), pk2_hi2(h0[h], c, m30));
-                __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), pk2_hi2(h1[h], c, m30));
-                for (int i = 0; i < NA; i++) {
-                    const int8_t *xq = a[i].q + 32 * b + 4 * c;
-                    __m256i xb = pk2_bcast(xq), xb2 = pk2_bcast(xq + 16);
-#ifdef PK2_VNNI
-                    acc[h][i] = PK2_DPBUSD(acc[h][i], lo, xb);
-                    acc2[h][i] = PK2_DPBUSD(acc2[h][i], hi, xb2);
-#else
-                    /* u8 q6 <= 63: a vpmaddubsw lane is at most 2 x 63 x 128 = 16128, two chunks summed in int16
-                     * (32256 < 2^15), then one vpmaddwd into the int32 accumulator per chunk pair */
-                    __m256i pr = _mm256_maddubs_epi16(lo, xb), pr2 = _mm256_maddubs_epi16(hi, xb2);
-                    if (c & 1) {
-                        acc[h][i] = _mm256_add_epi32(acc[h][i], _mm256_madd_epi16(_mm256_add_epi16(p16[h][i], pr), one16));
-                        acc2[h][i] = _mm256_add_epi32(acc2[h][i],
-                                                      _mm256_madd_epi16(_mm256_add_epi16(p16b[h][i], pr2), one16));
-                    } else
-                        p16[h][i] = pr, p16b[h][i] = pr2;
-#endif
-                }
-            }
-        for (int h = 0; h < 2; h++)
-            for (int i = 0; i < NA; i++) {
-                __m256 da = _mm256_set1_ps(a[i].d[b]);
-                y[h][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h][i]), _mm256_mul_ps(vs[h], da), y[h][i]);
-                y[h][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc2[h][i]), _mm256_mul_ps(vs2[h], da), y[h][i]);
-            }
-    }
-    for (int h = 0; h < 2; h++) {
-        int nv = valid - 8 * h;
-        if (nv <= 0) break;
-        for (int i = 0; i < NA; i++) {
-            float *o = out + (long)i * ystride + 8 * h;
-            if (nv >= 8) _mm256_storeu_ps(o, y[h][i]);
-            else {
-                float tmp[8];
-                _mm256_storeu_ps(tmp, y[h][i]);
-                for (int r = 0; r < nv; r++) o[r] = tmp[r];
-            }
-        }
-    }
-}
-/* q3_k tile (the AVX-512 pk_tile3 per lane): pk2_tile6's accumulators, the u8 codes (0..7) of chunk c from the
- * two-bit planes L0 / L1 and the third-bit plane P; codes <= 7 keep vpmaddubsw far from saturation */
-AI void pk2_tile3(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
-                  long ystride, int valid, const int NA) {
-    const __m256i m3 = _mm256_set1_epi8(3), v4 = _mm256_set1_epi8(4);
-#ifndef PK2_VNNI
-    const __m256i one16 = _mm256_set1_epi16(1);
-    __m256i p16[2][4], p16b[2][4]; /* the block's int16 pair sums over its four chunks */
-#endif
-    __m256 y[2][4];
-    (void)gb;
-    for (int h = 0; h < 2; h++)
-        for (int i = 0; i < NA; i++) y[h][i] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        __m256i acc[2][4], acc2[2][4], l0[2], l1[2], pl[2];
-        __m256 vs[2], vs2[2];
-        const uint8_t *sbp = gp + PK_Q3_SB * (b / 8), *blk = sbp + 32 + PK_Q3_BLK * (b % 8);
-        if (NA == 1) pk_prefetch(blk, 4);
-        for (int h = 0; h < 2; h++) {
-            __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 16 * h)));
-            vs[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 8 * h)))));
-            vs2[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(
-                                          _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 16 + 8 * h)))));
-            l0[h] = _mm256_loadu_si256((const __m256i *)(blk + 32 + 32 * h));
-            l1[h] = _mm256_loadu_si256((const __m256i *)(blk + 96 + 32 * h));
-            pl[h] = _mm256_loadu_si256((const __m256i *)(blk + 160 + 32 * h));
-            for (int i = 0; i < NA; i++) {
-                acc[h][i] = _mm256_set1_epi32(so[i][b]);
-                acc2[h][i] = _mm256_set1_epi32(-4 * a[i].s[b] - so[i][b]);
-            }
-        }
-        for (int c = 0; c < 4; c++)
-            for (int h = 0; h < 2; h++) {
-                /* the third bit: bit c (values 0-15) / 4 + c (16-31) of P moved to bit 2 by one 16-bit shift
-                 * (bits crossing from the neighbour byte are masked off) */
-                __m256i lo = _mm256_and_si256(_mm256_srli_epi16(l0[h], 2 * c), m3);
-                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(l1[h], 2 * c), m3);
-                __m256i t0 = c < 2 ? _mm256_slli_epi16(pl[h], 2 - c) : _mm256_srli_epi16(pl[h], c - 2);
-                lo = _mm256_or_si256(lo, _mm256_and_si256(t0, v4));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_srli_epi16(pl[h], c + 2), v4));
-                for (int i = 0; i < NA; i++) {
-                    const int8_t *xq = a[i].q + 32 * b + 4 * c;
-                    __m256i xb = pk2_bcast(xq), xb2 = pk2_bcast(xq + 16);
-#ifdef PK2_VNNI
-                    acc[h][i] = PK2_DPBUSD(acc[h][i], lo, xb);
-                    acc2[h][i] = PK2_DPBUSD(acc2[h][i], hi, xb2);
-#else
-                    /* u8 codes <= 7: a vpmaddubsw lane is at most 2 x 7 x 128 = 1792, so the four chunks sum in
-                     * int16 (7168 < 2^15) and one vpmaddwd per block takes them into the int32 accumulator */
-                    __m256i pr = _mm256_maddubs_epi16(lo, xb), pr2 = _mm256_maddubs_epi16(hi, xb2);
-                    p16[h][i] = c ? _mm256_add_epi16(p16[h][i], pr) : pr;
-                    p16b[h][i] = c ? _mm256_add_epi16(p16b[h][i], pr2) : pr2;
-#endif
-                }
-            }
-        for (int h = 0; h < 2; h++)
-            for (int i = 0; i < NA; i++) {
-                __m256 da = _mm256_set1_ps(a[i].d[b]);
-#ifndef PK2_VNNI
-                acc[h][i] = _mm256_add_epi32(acc[h][i], _mm256_madd_epi16(p16[h][i], one16));
-                acc2[h][i] = _mm256_add_epi32(acc2[h][i], _mm256_madd_epi16(p16b[h][i], one16));
-#endif
-                y[h][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h][i]), _mm256_mul_ps(vs[h], da), y[h][i]);
-                y[h][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc2[h][i]), _mm256_mul_ps(vs2[h], da), y[h][i]);
-            }
-    }
-    for (int h = 0; h < 2; h++) {
-        int nv = valid - 8 * h;
-        if (nv <= 0) break;
-        for (int i = 0; i < NA; i++) {
-            float *o = out + (long)i * ystride + 8 * h;
-            if (nv >= 8) _mm256_storeu_ps(o, y[h][i]);
-            else {
-                float tmp[8];
-                _mm256_storeu_ps(tmp, y[h][i]);
-                for (int r = 0; r < nv; r++) o[r] = tmp[r];
-            }
-        }
-    }
-}
-/* q2_k tile (the AVX-512 pk_tile2 per lane): codes 0..3 from the two-bit planes, 4-bit scales and mins per 16
- * values; without VNNI the four chunks of a block sum in int16 (2 x 3 x 128 x 4 < 2^15) */
-AI void pk2_tile2(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
-                  long ystride, int valid, const int NA) {
-    const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi32(15);
+/* The AVX-512 pk_tile_sb per lane (K = 6: q6_k, 3: q3_k, 2: q2_k; codes rebuilt per chunk, two accumulators per
+ * block).  Without VNNI the vpmaddubsw pair sums of a block's chunks are summed in int16 before one vpmaddwd:
+ * q6_k two chunks at a time (u8 codes <= 63: 2 x 63 x 128 x 2 = 32256 < 2^15), q3_k / q2_k all four (codes <= 7:
+ * 7168). */
+AI void pk2_tile_sb(const int K, const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so,
+                    float *out, long ystride, int valid, const int NA) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30), m3 = _mm256_set1_epi8(3);
+    const __m256i v4 = _mm256_set1_epi8(4), m15 = _mm256_set1_epi32(15);
+    const long sbb = K == 6 ? PK_Q6_SB : (K == 3 ? PK_Q3_SB : PK_Q2_SB);
+    const long blkb = K == 6 ? PK_Q6_BLK : (K == 3 ? PK_Q3_BLK : PK_Q2_BLK), hdr = K == 2 ? 64 : 32;
+    const int off = K == 6 ? 32 : 4, grp = K == 6 ? 2 : 4; /* chunks summed in int16 (no VNNI) */
 #ifndef PK2_VNNI
     const __m256i one16 = _mm256_set1_epi16(1);
     __m256i p16[2][4], p16b[2][4];
 #endif
     __m256 y[2][4];
     (void)gb;
+    (void)grp;
     for (int h = 0; h < 2; h++)
         for (int i = 0; i < NA; i++) y[h][i] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        __m256i acc[2][4], acc2[2][4], l0[2], l1[2];
+        __m256i acc[2][4], acc2[2][4], p0[2], p1[2], pl[2];
         __m256 vs[2], vs2[2], vm[2], vm2[2];
-        const uint8_t *sbp = gp + PK_Q2_SB * (b / 8), *blk = sbp + 64 + PK_Q2_BLK * (b % 8);
-        if (NA == 1) pk_prefetch(blk, 3);
+        const uint8_t *sbp = gp + sbb * (b / 8), *blk = sbp + hdr + blkb * (b % 8);
+        if (NA == 1) pk_prefetch(blk, K == 6 ? 7 : (K == 3 ? 4 : 3));
         for (int h = 0; h < 2; h++) {
             __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 16 * h)));
-            __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 32 + 16 * h)));
-            __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 8 * h)));
-            __m256i mn = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 16 + 8 * h)));
-            vs[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(sc, m15)));
-            vs2[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_srli_epi32(sc, 4)));
-            vm[h] = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(dm, _mm256_cvtepi32_ps(_mm256_and_si256(mn, m15))));
-            vm2[h] = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(dm, _mm256_cvtepi32_ps(_mm256_srli_epi32(mn, 4))));
-            l0[h] = _mm256_loadu_si256((const __m256i *)(blk + 32 + 32 * h));
-            l1[h] = _mm256_loadu_si256((const __m256i *)(blk + 96 + 32 * h));
-            for (int i = 0; i < NA; i++) acc[h][i] = acc2[h][i] = _mm256_setzero_si256();
+            if (K == 2) {
+                __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 32 + 16 * h)));
+                __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 8 * h)));
+                __m256i mn = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 16 + 8 * h)));
+                vs[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(sc, m15)));
+                vs2[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_srli_epi32(sc, 4)));
+                vm[h] = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(dm, _mm256_cvtepi32_ps(_mm256_and_si256(mn, m15))));
+                vm2[h] = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(dm, _mm256_cvtepi32_ps(_mm256_srli_epi32(mn, 4))));
+            } else {
+                vs[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 8 * h)))));
+                vs2[h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(
+                                              _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 16 + 8 * h)))));
+            }
+            p0[h] = _mm256_loadu_si256((const __m256i *)(blk + (K == 6 ? 288 : 32) + 32 * h));
+            p1[h] = _mm256_loadu_si256((const __m256i *)(blk + (K == 6 ? 352 : 96) + 32 * h));
+            if (K == 3) pl[h] = _mm256_loadu_si256((const __m256i *)(blk + 160 + 32 * h));
+            for (int i = 0; i < NA; i++) {
+                acc[h][i] = _mm256_set1_epi32(K == 2 ? 0 : so[i][b]);
+                acc2[h][i] = _mm256_set1_epi32(K == 2 ? 0 : -off * a[i].s[b] - so[i][b]);
+            }
         }
         for (int c = 0; c < 4; c++)
             for (int h = 0; h < 2; h++) {
-                __m256i lo = _mm256_and_si256(_mm256_srli_epi16(l0[h], 2 * c), m3);
-                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(l1[h], 2 * c), m3);
+                __m256i lo, hi;
+                if (K == 6) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 32 + 64 * c + 32 * h));
+                    lo = _mm256_or_si256(_mm256_and_si256(v, m4), pk2_hi2(p0[h], c, m30));
+                    hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), pk2_hi2(p1[h], c, m30));
+                } else {
+                    lo = _mm256_and_si256(_mm256_srli_epi16(p0[h], 2 * c), m3);
+                    hi = _mm256_and_si256(_mm256_srli_epi16(p1[h], 2 * c), m3);
+                    if (K == 3) { /* the third bit: bit c / 4 + c of P moved to bit 2 by one 16-bit shift (bits
+                                   * crossing from the neighbour byte are masked off) */
+                        __m256i t0 = c < 2 ? _mm256_slli_epi16(pl[h], 2 - c) : _mm256_srli_epi16(pl[h], c - 2);
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(t0, v4));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_srli_epi16(pl[h], c + 2), v4));
+                    }
+                }
                 for (int i = 0; i < NA; i++) {
                     const int8_t *xq = a[i].q + 32 * b + 4 * c;
                     __m256i xb = pk2_bcast(xq), xb2 = pk2_bcast(xq + 16);
@@ -373,22 +245,24 @@ AI void pk2_tile2(const uint8_t *gp, long gb, int nb, const act_t *a, const int3
                     acc2[h][i] = PK2_DPBUSD(acc2[h][i], hi, xb2);
 #else
                     __m256i pr = _mm256_maddubs_epi16(lo, xb), pr2 = _mm256_maddubs_epi16(hi, xb2);
-                    p16[h][i] = c ? _mm256_add_epi16(p16[h][i], pr) : pr;
-                    p16b[h][i] = c ? _mm256_add_epi16(p16b[h][i], pr2) : pr2;
+                    p16[h][i] = c % grp ? _mm256_add_epi16(p16[h][i], pr) : pr;
+                    p16b[h][i] = c % grp ? _mm256_add_epi16(p16b[h][i], pr2) : pr2;
+                    if (c % grp == grp - 1) {
+                        acc[h][i] = _mm256_add_epi32(acc[h][i], _mm256_madd_epi16(p16[h][i], one16));
+                        acc2[h][i] = _mm256_add_epi32(acc2[h][i], _mm256_madd_epi16(p16b[h][i], one16));
+                    }
 #endif
                 }
             }
         for (int h = 0; h < 2; h++)
             for (int i = 0; i < NA; i++) {
                 __m256 da = _mm256_set1_ps(a[i].d[b]);
-#ifndef PK2_VNNI
-                acc[h][i] = _mm256_madd_epi16(p16[h][i], one16);
-                acc2[h][i] = _mm256_madd_epi16(p16b[h][i], one16);
-#endif
                 y[h][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h][i]), _mm256_mul_ps(vs[h], da), y[h][i]);
                 y[h][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc2[h][i]), _mm256_mul_ps(vs2[h], da), y[h][i]);
-                y[h][i] = _mm256_fmadd_ps(vm[h], _mm256_set1_ps(a[i].d[b] * (float)so[i][b]), y[h][i]);
-                y[h][i] = _mm256_fmadd_ps(vm2[h], _mm256_set1_ps(a[i].d[b] * (float)(a[i].s[b] - so[i][b])), y[h][i]);
+                if (K == 2) {
+                    y[h][i] = _mm256_fmadd_ps(vm[h], _mm256_set1_ps(a[i].d[b] * (float)so[i][b]), y[h][i]);
+                    y[h][i] = _mm256_fmadd_ps(vm2[h], _mm256_set1_ps(a[i].d[b] * (float)(a[i].s[b] - so[i][b])), y[h][i]);
+                }
             }
     }
     for (int h = 0; h < 2; h++) {
@@ -405,42 +279,22 @@ AI void pk2_tile2(const uint8_t *gp, long gb, int nb, const act_t *a, const int3
         }
     }
 }
-static void pk_q2_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
-                    long ys, int valid, int g4, int na) {
-    if (g4) {
-        for (int g = 0; g < 4 && valid > 16 * g; g++)
-            pk2_tile2(gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, 1);
-        return;
+#define PK2_SB_FN(NAME, K) \
+    static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
+                     long ys, int valid, int g4, int na) { \
+        if (g4) { /* four row groups, one at a time */ \
+            for (int g = 0; g < 4 && valid > 16 * g; g++) \
+                pk2_tile_sb(K, gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, 1); \
+            return; \
+        } \
+        for (int i0 = 0; i0 < na; i0 += 2) { /* two activation rows per tile: 4 + 4 int32, 4 float accumulators */ \
+            if (na - i0 >= 2) pk2_tile_sb(K, gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 2); \
+            else pk2_tile_sb(K, gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1); \
+        } \
     }
-    for (int i0 = 0; i0 < na; i0 += 2) {
-        if (na - i0 >= 2) pk2_tile2(gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 2);
-        else pk2_tile2(gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1);
-    }
-}
-static void pk_q3_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
-                    long ys, int valid, int g4, int na) {
-    if (g4) {
-        for (int g = 0; g < 4 && valid > 16 * g; g++)
-            pk2_tile3(gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, 1);
-        return;
-    }
-    for (int i0 = 0; i0 < na; i0 += 2) {
-        if (na - i0 >= 2) pk2_tile3(gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 2);
-        else pk2_tile3(gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1);
-    }
-}
-static void pk_q6_k(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out,
-                    long ys, int valid, int g4, int na) {
-    if (g4) { /* four row groups, one at a time */
-        for (int g = 0; g < 4 && valid > 16 * g; g++)
-            pk2_tile6(gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, 1);
-        return;
-    }
-    for (int i0 = 0; i0 < na; i0 += 2) { /* two activation rows per tile: 4 + 4 int32 and 4 float accumulators */
-        if (na - i0 >= 2) pk2_tile6(gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 2);
-        else pk2_tile6(gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1);
-    }
-}
+PK2_SB_FN(pk_q6_k, 6)
+PK2_SB_FN(pk_q3_k, 3)
+PK2_SB_FN(pk_q2_k, 2)
 #ifndef ES_PK2_DG
 #define ES_PK2_DG 1 /* decode row groups per tile (2: the pre-2026-12-07 form; see ES_PF_BYTES) */
 #endif

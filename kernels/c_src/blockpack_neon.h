@@ -109,7 +109,7 @@ static inline float32x4_t pkn_s8x4(const uint8_t *p) { /* 4 bytes -> 4 floats (s
     memcpy(&v, p, 4);
     return vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u32(vdup_n_u32(v))))));
 }
-/* q4_k (k6 = 0) and q6_k (k6 = 1) tiles: the AVX-512 pk_tile / pk_tile6 steps per 4-row lane group.  q4_k: per
+/* q4_k (k6 = 0) and q6_k (k6 = 1) tiles: the AVX-512 pk_tile / pk_tile_sb steps per 4-row lane group.  q4_k: per
  * 32-value sub-block a 6-bit scale and min per row, nibble codes, acc from 0, y += acc x (d sc) d_x + (-dmin mn) x
  * d_x s_x.  q6_k: per block two int8 scales per row (values 0-15 / 16-31), codes (nibble | ((H >> 2c) & 3) << 4)
  * as signed bytes (<= 63), two accumulators from so = -32 x (half code sum) and -32 x s - so. */
