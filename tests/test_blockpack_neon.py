@@ -46,7 +46,7 @@ def test_neon_dotprod_packed_under_qemu(tmp_path):
     subprocess.run([cc, "-O2", "-static", "-pthread", *flags, "-o", str(exe), str(tmp_path / "h.c"),
                     str(c_blocks.SOURCE), "-lm"], check=True, capture_output=True)
     rng = np.random.default_rng(12)
-    for scheme in ("q8_0", "q4_0", "int8", "int4", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k"):
+    for scheme in ("q8_0", "q4_0", "int8", "int4", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q3_k", "q2_k"):
         shapes = ((45, 288, 1), (45, 288, 5), (301, 224, 1), (19, 96, 3))
         if scheme.endswith("_k"):  # 256-value super-blocks
             shapes = ((45, 512, 1), (45, 512, 5), (301, 256, 1), (19, 768, 3))

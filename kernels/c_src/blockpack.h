@@ -91,9 +91,8 @@ int es_pack_kind(int wt) {
     /* blockpack_avx2.h: every x16 format (Q4_1 / Q5_0 / Q4_K / Q6_K since 2026-12-03, Q5_1 since 2026-12-07) */
     return PK_SUPPORTED(wt) ? 1 : 0;
 #elif defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD) && defined(__aarch64__)
-    /* blockpack_neon.h: the 32-value formats, Q4_K and Q6_K (not yet Q5_K, Q3_K, Q2_K) */
-    return (wt == W_Q8_0 || wt == W_Q4_0 || wt == W_INT8 || wt == W_INT4 || wt == W_Q4_1 || wt == W_Q5_0 ||
-            wt == W_Q5_1 || wt == W_Q4_K || wt == W_Q6_K) ? 1 : 0;
+    /* blockpack_neon.h: every x16 format (the K-quants and Q4_1 / Q5_0 / Q5_1 since 2026-12-07) */
+    return PK_SUPPORTED(wt) ? 1 : 0;
 #else
     (void)wt;
     return 0;
