@@ -496,6 +496,40 @@ print(json.dumps({"kernels": m.kernels.description, "calls": getattr(m.kernels.b
 
 @pytest.mark.arm64
 @pytest.mark.slow
+def test_rpi5_keep_bundle_of_a_real_q4_k_m_file_runs_packed_k_quants_in_the_arm64_rig(tmp_path):
+    """The real Qwen2.5-Coder-0.5B Q4_K_M file kept as stored (Q4_K, Q6_K, Q5_0, Q8_0 blocks) and exported for
+    rpi5 runs under qemu cortex-a76 with its NEON dotprod x16 tiles for every one of those formats (no stored-row
+    or numpy fallback), and its logits match the host's numpy reference of the same bundle to the Q8_0 activation
+    rounding."""
+    import json
+    import sys
+
+    import edgespool
+    from conftest import require_arm64_rig
+    from edgespool.apps.assets import fetch
+    from edgespool.exporters.compress import QuantPolicy
+    from edgespool.exporters.export import export_model, open_source
+
+    require_arm64_rig(extras=())
+    b = export_model(open_source(fetch("qwen2.5-coder-0.5b")), tmp_path / "rpi5", target="rpi5",
+                     policy=QuantPolicy(quant="keep"), onnx=False, kernels=True, progress=False).path
+    (tmp_path / "run.py").write_text(_RIG_RUN.replace('"calls": getattr(m.kernels.backend, "calls", None),',
+                                                      '"calls": getattr(m.kernels.backend, "calls", None), '
+                                                      '"fallbacks": getattr(m.kernels.backend, "fallbacks", None),'))
+    r = subprocess.run([sys.executable, "-m", "edgespool", "rig", "run", "--profile", "rpi5", "--arch", "arm64",
+                        "--emulate", "--", "python3", str(tmp_path / "run.py"), str(b), str(tmp_path / "lg.npy")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=1200, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("{")))
+    assert "neon-dotprod+x16" in res["kernels"] and res["calls"] > 0 and not res["fallbacks"], res
+    with edgespool.load(b, kernels=False) as m:
+        want = m.logits([1, 5, 9, 14, 3, 7])
+    got = np.load(tmp_path / "lg.npy")
+    assert rel(got, want) < 3e-2, rel(got, want)
+
+
+@pytest.mark.arm64
+@pytest.mark.slow
 def test_rpi5_bundle_runs_its_block_kernels_in_the_arm64_rig(tmp_path):
     """An int8 bundle exported for rpi5 runs its own NEON+dotprod block kernels under qemu cortex-a76 (host
     detection reads AT_HWCAP there: no cortex-a72 fallback to numpy), and its logits match the host's numpy
