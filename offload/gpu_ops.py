@@ -172,7 +172,7 @@ extern "C" __global__ void dequant_i4(const unsigned char* w, const __half* s, f
 // Batched (prefill) products on the tensor cores, float32-exact: x [T, K] f32 -> hi, lo [T, K] f16 with
 // x[t] = (hi[t] + lo[t]) * rs[t], rs[t] a power of two putting the row's largest |x| in [2^13, 2^14) (no f16
 // overflow; hi + lo carry 22 of float32's 24 bits); one block per row. Two f16 GEMMs with float32 accumulation
-// (hi, then lo added with beta = 1) on weights exact in f16 (int8 values, f16 weights) and gemm_epilogue's
+// (hi, then lo added with beta = 1) on weights exact in f16 (int8 values) and gemm_epilogue's
 // rs * scale restore a float32 SGEMM's accuracy at tensor-core speed.
 extern "C" __global__ void split_f16(const float* x, __half* hi, __half* lo, float* rs, int K) {
   __shared__ float part[32];
@@ -356,7 +356,7 @@ class GpuOps:
         self.k = {n: f(n) for n in ("gemv_i8", "gemv1_i8_sk", "gemv_f16", "gemv_i4", "dequant_i8", "dequant_i4",
                                     "rmsnorm", "rope", "masked_softmax", "act_mul", "split_f16", "i8_to_f16",
                                     "gemm_epilogue")}
-        # batched int8 / f16 products on the tensor cores (split-f16, float32-exact); False: dequantise to f32 and
+        # batched int8 products on the tensor cores (split-f16, float32-exact); False: dequantise to f32 and
         # SGEMM, the path before 2026-12-07 (EDGESPOOL_GPU_F16_GEMM=0; the benchmark's A/B)
         self.f16_gemm = os.environ.get("EDGESPOOL_GPU_F16_GEMM", "1") != "0"
         self._one, self._zero = np.ones(1, np.float32), np.zeros(1, np.float32)  # cuBLAS alpha / beta (host)

@@ -600,59 +600,42 @@ AI void pk_tile_sb(const int K, const uint8_t *gp, long gb, int nb, const act_t 
         }
     }
 }
-#define PK_SB_FN(NAME, K, DG) \
-    static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
-                     long ys, int valid, int g4, int na) { \
-        if (g4) { /* DG row groups per decode tile (q6_k: ES_Q6_DG) */ \
-            for (int g = 0; g < 4 && valid > 16 * g; g += DG) \
-                pk_tile_sb(K, gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, DG, 1); \
-            return; \
-        } \
-        switch (na) { \
-        case 1: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 1); break; \
-        case 2: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 2); break; \
-        case 3: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 3); break; \
-        case 4: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 4); break; \
-        case 5: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 5); break; \
-        case 6: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 6); break; \
-        case 7: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 7); break; \
-        default: pk_tile_sb(K, gp, gb, nb, a, so, out, ys, valid, 1, 8); break; \
-        } \
-    }
-PK_SB_FN(pk_q6_k, 6, ES_Q6_DG)
-PK_SB_FN(pk_q3_k, 3, 1)
-PK_SB_FN(pk_q2_k, 2, 1)
-#define PK_NA_CASES(WT, G) \
+#define PK_NA_CASES(TILE, WT, G) \
     switch (na) { \
-    case 1: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 1); break; \
-    case 2: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 2); break; \
-    case 3: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 3); break; \
-    case 4: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 4); break; \
-    case 5: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 5); break; \
-    case 6: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 6); break; \
-    case 7: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 7); break; \
-    default: pk_tile(WT, gp, gb, nb, a, so, out, ys, valid, G, 8); break; \
+    case 1: TILE(WT, gp, gb, nb, a, so, out, ys, valid, G, 1); break; \
+    case 2: TILE(WT, gp, gb, nb, a, so, out, ys, valid, G, 2); break; \
+    case 3: TILE(WT, gp, gb, nb, a, so, out, ys, valid, G, 3); break; \
+    case 4: TILE(WT, gp, gb, nb, a, so, out, ys, valid, G, 4); break; \
+    case 5: TILE(WT, gp, gb, nb, a, so, out, ys, valid, G, 5); break; \
+    case 6: TILE(WT, gp, gb, nb, a, so, out, ys, valid, G, 6); break; \
+    case 7: TILE(WT, gp, gb, nb, a, so, out, ys, valid, G, 7); break; \
+    default: TILE(WT, gp, gb, nb, a, so, out, ys, valid, G, 8); break; \
     }
 #ifndef ES_PK_DG
 #define ES_PK_DG 1 /* decode row groups per tile (4: the pre-2026-12-07 form; see ES_PF_BYTES) */
 #endif
-#define PK_FN(NAME, WT) \
+/* The entry of format WT through tile TILE (pk_tile, or pk_tile_sb with K for WT): decode (g4) DG row groups per
+ * tile over the call's four, prefill one row group x na activation rows */
+#define PK_FN(NAME, TILE, WT, DG) \
     static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
                      long ys, int valid, int g4, int na) { \
         if (g4) { \
-            for (int g = 0; g < 4 && valid > 16 * g; g += ES_PK_DG) \
-                pk_tile(WT, gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, ES_PK_DG, 1); \
-        } else PK_NA_CASES(WT, 1) \
+            for (int g = 0; g < 4 && valid > 16 * g; g += DG) \
+                TILE(WT, gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, DG, 1); \
+        } else PK_NA_CASES(TILE, WT, 1) \
     }
-PK_FN(pk_q8_0, W_Q8_0)
-PK_FN(pk_int8, W_INT8)
-PK_FN(pk_q4_0, W_Q4_0)
-PK_FN(pk_int4, W_INT4)
-PK_FN(pk_q4_1, W_Q4_1)
-PK_FN(pk_q4_k, W_Q4_K)
-PK_FN(pk_q5_0, W_Q5_0)
-PK_FN(pk_q5_1, W_Q5_1)
-PK_FN(pk_q5_k, W_Q5_K)
+PK_FN(pk_q6_k, pk_tile_sb, 6, ES_Q6_DG)
+PK_FN(pk_q3_k, pk_tile_sb, 3, 1)
+PK_FN(pk_q2_k, pk_tile_sb, 2, 1)
+PK_FN(pk_q8_0, pk_tile, W_Q8_0, ES_PK_DG)
+PK_FN(pk_int8, pk_tile, W_INT8, ES_PK_DG)
+PK_FN(pk_q4_0, pk_tile, W_Q4_0, ES_PK_DG)
+PK_FN(pk_int4, pk_tile, W_INT4, ES_PK_DG)
+PK_FN(pk_q4_1, pk_tile, W_Q4_1, ES_PK_DG)
+PK_FN(pk_q4_k, pk_tile, W_Q4_K, ES_PK_DG)
+PK_FN(pk_q5_0, pk_tile, W_Q5_0, ES_PK_DG)
+PK_FN(pk_q5_1, pk_tile, W_Q5_1, ES_PK_DG)
+PK_FN(pk_q5_k, pk_tile, W_Q5_K, ES_PK_DG)
 typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
 static pk_fn pk_of(int wt) {
     switch (wt) {

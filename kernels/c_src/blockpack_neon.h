@@ -17,6 +17,16 @@
     ((c) == 0 ? vdotq_laneq_s32((acc), (w), (x16), 0) : (c) == 1 ? vdotq_laneq_s32((acc), (w), (x16), 1) \
      : (c) == 2 ? vdotq_laneq_s32((acc), (w), (x16), 2) : vdotq_laneq_s32((acc), (w), (x16), 3))
 
+/* the first nv (> 0) of a tile row's 4 outputs to o */
+static inline void pkn_store(float *o, float32x4_t v, int nv) {
+    if (nv >= 4) {
+        vst1q_f32(o, v);
+        return;
+    }
+    float tmp[4];
+    vst1q_f32(tmp, v);
+    for (int r = 0; r < nv; r++) o[r] = tmp[r];
+}
 static inline float32x4_t pkn_f16x4(const uint8_t *p) {
     return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)p)));
 }
@@ -87,16 +97,8 @@ AI void pkn_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
         int nv = valid - 4 * h;
         if (nv <= 0) break;
         float32x4_t rs = i8 ? vld1q_f32((const float *)(gp + (h >> 2) * gb) + 4 * (h & 3)) : vdupq_n_f32(0.f);
-        for (int i = 0; i < NA; i++) {
-            float32x4_t v = i8 ? vmulq_f32(y[h][i], rs) : y[h][i];
-            float *o = out + (long)i * ystride + 4 * h;
-            if (nv >= 4) vst1q_f32(o, v);
-            else {
-                float tmp[4];
-                vst1q_f32(tmp, v);
-                for (int r = 0; r < nv; r++) o[r] = tmp[r];
-            }
-        }
+        for (int i = 0; i < NA; i++)
+            pkn_store(out + (long)i * ystride + 4 * h, i8 ? vmulq_f32(y[h][i], rs) : y[h][i], nv);
     }
 }
 static inline float32x4_t pkn_u8x4(const uint8_t *p) { /* 4 bytes -> 4 floats (unsigned) */
@@ -211,58 +213,36 @@ AI void pkn_tile_k(const int K, const uint8_t *gp, long gb, int nb, const act_t 
                 }
             }
     }
-    for (int h = 0; h < 4 * G; h++) {
-        int nv = valid - 4 * h;
-        if (nv <= 0) break;
-        for (int i = 0; i < NA; i++) {
-            float *o = out + (long)i * ystride + 4 * h;
-            if (nv >= 4) vst1q_f32(o, y[h][i]);
-            else {
-                float tmp[4];
-                vst1q_f32(tmp, y[h][i]);
-                for (int r = 0; r < nv; r++) o[r] = tmp[r];
-            }
-        }
-    }
+    for (int h = 0; h < 4 * G && valid > 4 * h; h++)
+        for (int i = 0; i < NA; i++) pkn_store(out + (long)i * ystride + 4 * h, y[h][i], valid - 4 * h);
 }
-#define PKN_KFN(NAME, K) \
+/* The entry of format WT through tile TILE (pkn_tile, or pkn_tile_k with K for WT): decode two row groups per
+ * tile (a 4-group call runs two), prefill one row group x up to 2 activation rows */
+#define PKN_FN(NAME, TILE, WT) \
     static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
                      long ys, int valid, int g4, int na) { \
         if (g4) { \
-            pkn_tile_k(K, gp, gb, nb, a, so, out, ys, valid, 2, 1); \
-            if (valid > 32) pkn_tile_k(K, gp + 2 * gb, gb, nb, a, so, out + 32, ys, valid - 32, 2, 1); \
+            TILE(WT, gp, gb, nb, a, so, out, ys, valid, 2, 1); \
+            if (valid > 32) TILE(WT, gp + 2 * gb, gb, nb, a, so, out + 32, ys, valid - 32, 2, 1); \
             return; \
         } \
         for (int i0 = 0; i0 < na; i0 += 2) { \
-            if (na - i0 >= 2) pkn_tile_k(K, gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1, 2); \
-            else pkn_tile_k(K, gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1, 1); \
+            if (na - i0 >= 2) TILE(WT, gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1, 2); \
+            else TILE(WT, gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1, 1); \
         } \
     }
-PKN_KFN(pk_q4_k, 4)
-PKN_KFN(pk_q5_k, 5)
-PKN_KFN(pk_q6_k, 6)
-PKN_KFN(pk_q3_k, 3)
-PKN_KFN(pk_q2_k, 2)
-#define PKN_FN(NAME, WT) \
-    static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
-                     long ys, int valid, int g4, int na) { \
-        if (g4) { \
-            pkn_tile(WT, gp, gb, nb, a, so, out, ys, valid, 2, 1); \
-            if (valid > 32) pkn_tile(WT, gp + 2 * gb, gb, nb, a, so, out + 32, ys, valid - 32, 2, 1); \
-            return; \
-        } \
-        for (int i0 = 0; i0 < na; i0 += 2) { \
-            if (na - i0 >= 2) pkn_tile(WT, gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1, 2); \
-            else pkn_tile(WT, gp, gb, nb, a + i0, so + i0, out + (long)i0 * ys, ys, valid, 1, 1); \
-        } \
-    }
-PKN_FN(pk_q8_0, W_Q8_0)
-PKN_FN(pk_int8, W_INT8)
-PKN_FN(pk_q4_0, W_Q4_0)
-PKN_FN(pk_int4, W_INT4)
-PKN_FN(pk_q4_1, W_Q4_1)
-PKN_FN(pk_q5_0, W_Q5_0)
-PKN_FN(pk_q5_1, W_Q5_1)
+PKN_FN(pk_q4_k, pkn_tile_k, 4)
+PKN_FN(pk_q5_k, pkn_tile_k, 5)
+PKN_FN(pk_q6_k, pkn_tile_k, 6)
+PKN_FN(pk_q3_k, pkn_tile_k, 3)
+PKN_FN(pk_q2_k, pkn_tile_k, 2)
+PKN_FN(pk_q8_0, pkn_tile, W_Q8_0)
+PKN_FN(pk_int8, pkn_tile, W_INT8)
+PKN_FN(pk_q4_0, pkn_tile, W_Q4_0)
+PKN_FN(pk_int4, pkn_tile, W_INT4)
+PKN_FN(pk_q4_1, pkn_tile, W_Q4_1)
+PKN_FN(pk_q5_0, pkn_tile, W_Q5_0)
+PKN_FN(pk_q5_1, pkn_tile, W_Q5_1)
 typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
 static pk_fn pk_of(int wt) {
     switch (wt) {
