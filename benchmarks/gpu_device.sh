@@ -45,9 +45,11 @@ if [ "$MODE" = peer ]; then
   "$PY" "$REPO/benchmarks/random_gguf.py" write "$META" "$C/gguf-py" "$G" 0.0002 || exit 1
   echo "gguf written after $(( $(date +%s) - t0 )) s"
   if [ "${TESTS:-1}" = 1 ]; then
-    ( cd /tmp && "$PY" -m pytest -q -p no:cacheprovider "$REPO/tests/test_gpu_fused.py" "$REPO/tests/test_gpu_split.py" \
-        > "$OUTD/tests.log" 2>&1; echo "tests rc=$?" >> "$OUTD/tests.log" )
-    tail -3 "$OUTD/tests.log"
+    ( cd /tmp && timeout "${T_TESTS:-240}" "$PY" -m pytest -q -p no:cacheprovider -rf --tb=short \
+        "$REPO/tests/test_gpu_fused.py" "$REPO/tests/test_gpu_split.py" > "$OUTD/tests.log" 2>&1
+      echo "tests rc=$?" >> "$OUTD/tests.log" )
+    echo "tests after $(( $(date +%s) - t0 )) s:"; grep -E "^(FAILED|ERROR)|^E  " "$OUTD/tests.log" | cut -c1-300 | head -30
+    tail -2 "$OUTD/tests.log"
   fi
   if [ "${PREFILL:-0}" = 1 ]; then  # the prefill A/B (split-f16 tensor cores vs f32 SGEMM) while llama.cpp builds;
     # it exports the bundle the split bench below reuses ($W/g/bundle); the build loads the CPU, so its absolute
@@ -55,7 +57,8 @@ if [ "$MODE" = peer ]; then
     timeout "${T_PREFILL:-200}" "$PY" -m edgespool.benchmarks.gpu_prefill_bench --out "$W/g${MOE:-}" --gguf "$G" \
       --tokens 64,256,512 --reps 3 --json-out "$OUTD/prefill.json" > "$OUTD/prefill.log" 2>&1
     echo "prefill bench rc=$? after $(( $(date +%s) - t0 )) s"
-    grep '"tokens"' "$OUTD/prefill.log" | grep -v product | cut -c1-300
+    grep '"tokens"' "$OUTD/prefill.log" | grep -v product | cut -c1-600
+    grep -A14 "cProfile, one 64-token prefill, graphs" "$OUTD/prefill.log" | tail -10 | cut -c1-160
   fi
   wait
   if [ "$(cat "$W/build.rc")" != 0 ]; then tail -30 "$OUTD/build.log" "$OUTD/cmake.log"; exit 1; fi

@@ -1,13 +1,16 @@
-"""GPU prefill at full offload (issue 17): prompt tok/s with every layer and the head on the GPU, the batched
-products on the tensor cores (split-f16, float32-exact: the default) vs dequantise + f32 SGEMM (the path before,
-``EDGESPOOL_GPU_F16_GEMM=0``), interleaved, medians, at several prompt lengths; the last-token logits of the two
-paths compared; each 1.5B product's GPU time (CUDA events) and Python issue time per call; a cProfile of one
-prefill (where a prefill's wall time goes: kernel launches from Python or waiting on the GPU).
+"""GPU prefill at full offload (issue 17): prompt tok/s with every layer and the head on the GPU, three paths
+interleaved, medians, at several prompt lengths: prompt chunks replayed from recorded CUDA graphs
+(offload/gpu_prefill_graph.py; the default), the same tensor-core products issued eagerly from Python
+(``EDGESPOOL_GPU_PREFILL_GRAPHS=0``), and dequantise + f32 SGEMM (``EDGESPOOL_GPU_F16_GEMM=0`` too: the path before
+2026-12-07); each path's last-token logits against the SGEMM one's; with ``--products`` each 1.5B product's GPU time
+(CUDA events) and Python issue time per call; a cProfile of one prefill through the graph and the eager path
+(where a prefill's wall time goes: kernel launches from Python or waiting on the GPU).
 
 The model is SIMULATED unless ``--bundle`` is given: random int8 weights with Qwen2.5-Coder-1.5B's shapes
 (``gpu_split_bench.export_synth``); speed depends on shapes, not values.
 
     python -m edgespool.benchmarks.gpu_prefill_bench --out DIR [--bundle B | --gguf G] [--tokens 64,256,512]
+        [--reps 5] [--products] [--json-out F]
 """
 from __future__ import annotations
 
@@ -23,32 +26,50 @@ from typing import Any
 import numpy as np
 
 
+PATHS = {  # label: (tensor-core products, recorded prefill graphs)
+    "graphs": (True, True),  # the default: split-f16 tensor cores, prompt chunks replayed from CUDA graphs
+    "eager": (True, False),  # the same products issued from Python one by one (before 2026-12-07, later)
+    "f32_sgemm": (False, False),  # dequantise + f32 SGEMM, eager (before 2026-12-07)
+}
+
+
+def _set_path(dev: Any, label: str) -> None:
+    dev.ops.f16_gemm, dev.prefill_graphs_enabled = PATHS[label]
+
+
 def prefill_rows(m: Any, tokens: list[int], reps: int) -> list[dict[str, Any]]:
-    """Per prompt length: both paths in turn ``reps`` times (after one warm-up pass each), medians, logits diff."""
+    """Per prompt length: every path of PATHS in turn ``reps`` times (after one warm-up pass each, which also
+    records the graphs), medians, each path's last-token logits against the f32 SGEMM path's."""
     eng, dev = m.engine, m.source.device_layers
     rng = np.random.default_rng(1)
     rows = []
     for T in tokens:
         ids = [int(t) for t in rng.integers(3, 500, T)]
-        times: dict[bool, list[float]] = {True: [], False: []}
-        logits: dict[bool, np.ndarray] = {}
+        times: dict[str, list[float]] = {k: [] for k in PATHS}
+        logits: dict[str, np.ndarray] = {}
         for rep in range(reps + 1):
-            for on in (True, False):
-                dev.ops.f16_gemm = on
+            for label in PATHS:
+                _set_path(dev, label)
                 cache = eng.new_cache(T + 2)
                 t0 = time.perf_counter()
                 lg = np.asarray(eng.prefill(np.asarray(ids), cache))  # chunked as a prompt; logits on the host
                 dt = time.perf_counter() - t0
                 if rep:
-                    times[on].append(dt)
-                logits[on] = lg
-        dev.ops.f16_gemm = True
-        new, old = float(np.median(times[True])), float(np.median(times[False]))
-        rows.append({"tokens": T, "split_f16_tok_s": T / new, "f32_sgemm_tok_s": T / old, "speedup": old / new,
-                     "runs_s": {"split_f16": times[True], "f32_sgemm": times[False]},
-                     "logits_max_abs_diff": float(np.abs(logits[True] - logits[False]).max()),
-                     "logits_max_abs": float(np.abs(logits[False]).max())})
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "runs_s"}), flush=True)
+                    times[label].append(dt)
+                logits[label] = lg
+        _set_path(dev, "graphs")
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        row: dict[str, Any] = {"tokens": T, **{f"{k}_tok_s": T / v for k, v in med.items()},
+                               "graphs_vs_eager": med["eager"] / med["graphs"],
+                               "eager_vs_f32_sgemm": med["f32_sgemm"] / med["eager"], "runs_s": times,
+                               "logits_max_abs": float(np.abs(logits["f32_sgemm"]).max())}
+        for k in ("graphs", "eager"):
+            row[f"{k}_logits_max_abs_diff"] = float(np.abs(logits[k] - logits["f32_sgemm"]).max())
+        pg = dev.prefill_graphs
+        row["prefill_graph_launches"] = 0 if pg is None else pg.launches
+        row["prefill_graph_note"] = "" if pg is None else pg.fail_reason
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "runs_s"}), flush=True)
     return rows
 
 
@@ -88,17 +109,17 @@ def product_rows(ops: Any, shapes: dict[str, tuple[int, int]], tokens: list[int]
     return rows
 
 
-def profile_prefill(m: Any, T: int, on: bool, top: int = 16) -> str:
-    """cProfile of one ``T``-token prefill through one path (own time, the top functions)."""
+def profile_prefill(m: Any, T: int, label: str, top: int = 16) -> str:
+    """cProfile of one ``T``-token prefill through path ``label`` of PATHS (own time, the top functions)."""
     eng, dev = m.engine, m.source.device_layers
-    dev.ops.f16_gemm = on
+    _set_path(dev, label)
     ids = [int(t) for t in np.random.default_rng(2).integers(3, 500, T)]
     eng.prefill(np.asarray(ids), eng.new_cache(T + 2))
     pr = cProfile.Profile()
     pr.enable()
     eng.prefill(np.asarray(ids), eng.new_cache(T + 2))
     pr.disable()
-    dev.ops.f16_gemm = True
+    _set_path(dev, "graphs")
     buf = io.StringIO()
     pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(top)
     return buf.getvalue()
@@ -113,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="64,256,512")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--products", action="store_true", help="also time each 1.5B product alone (CUDA events)")
     a = ap.parse_args(argv)
     from edgespool import load
     from edgespool.benchmarks.gpu_split_bench import export_from, export_synth
@@ -134,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         shapes = {"wq/wo": (q, c.hidden_size), "wk/wv": (kv, c.hidden_size),
                   "gate/up": (c.intermediate_size, c.hidden_size), "down": (c.hidden_size, c.intermediate_size)}
-        out["products"] = product_rows(dev.ops, shapes, tokens)
-        out["profile"] = {label: profile_prefill(m, tokens[0], on) for on, label in ((True, "split_f16"),
-                                                                                    (False, "f32_sgemm"))}
+        if a.products:
+            out["products"] = product_rows(dev.ops, shapes, tokens)
+        out["profile"] = {label: profile_prefill(m, tokens[0], label) for label in ("graphs", "eager")}
         for label, text in out["profile"].items():
             print(f"--- cProfile, one {tokens[0]}-token prefill, {label}\n{text}", flush=True)
     finally:

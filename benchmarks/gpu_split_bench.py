@@ -73,7 +73,9 @@ def run_edgespool(bundle: Path, cap: int | None, prompt: list[int], n: int, reps
             src.device_layers.graphs_enabled = graphs
             src.device_layers.use_fused_kernels(fused)
         m.source.load_all() if hasattr(m.source, "load_all") and cap is None else None
-        _gen(m, prompt[:8], 2)  # warm-up: first reads, NVRTC compile, cuBLAS handles
+        # warm-up with the measured prompt, as llama-bench warms up with its -p prompt: first reads, NVRTC compile,
+        # cuBLAS handles, and the prompt chunk's CUDA graph recorded (offload/gpu_prefill_graph.py)
+        _gen(m, prompt, 2)
         dev = getattr(src, "device_layers", None)
         if dev is not None:
             dev.h2d_bytes = dev.d2h_bytes = 0

@@ -15,6 +15,8 @@ more GPU memory than the plan says: a step that would is a :class:`~edgespool.er
 """
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -24,9 +26,42 @@ from ..kernels.quant import QTensor
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, layer_group, layer_prefix
 from ..schedulers.placement_plan import CPU, GPU, STREAM, Placement
-from .gpu_graph import DecodeGraphs, layer_graph_ok
+from .gpu_graph import DecodeGraphs, layer_graph_ok, rope_key
 from .gpu_moe import CpuExpert, moe_ffn
-from .gpu_ops import GpuOps, GpuTensor
+from .gpu_ops import GPU_PREFILL_CHUNK, GpuOps, GpuTensor
+from .gpu_prefill_graph import PrefillGraphs
+
+
+def prefill_runs(cfg: ModelConfig, resident: list[bool]) -> dict[int, int]:
+    """{first layer: end} of the runs of consecutive GPU-resident dense layers sharing one RoPE: what a prefill
+    graph records (MoE layers route on the host, streamed ones wait on copies: those stay eager)."""
+    runs: dict[int, int] = {}
+    ok = [resident[i] and not cfg.is_moe_layer(i) for i in range(cfg.num_layers)]
+    i = 0
+    while i < cfg.num_layers:
+        if not ok[i]:
+            i += 1
+            continue
+        j = i + 1
+        while j < cfg.num_layers and ok[j] and rope_key(cfg, j) == rope_key(cfg, i):
+            j += 1
+        runs[i] = j
+        i = j
+    return runs
+
+
+class _RawBlock:
+    """Owns one cudaMalloc'd block of the prompt pool and counts its release in ``freed`` (CuPy's pool frees its
+    cached blocks when an allocation fails: a recorded prefill graph may point into them, so graphs are dropped
+    when this count moves)."""
+
+    __slots__ = ("mem", "freed")
+
+    def __init__(self, mem: Any, freed: list[int]) -> None:
+        self.mem, self.freed = mem, freed
+
+    def __del__(self) -> None:
+        self.freed[0] += 1
 
 
 def _pinned_copy(cp: Any, a: np.ndarray) -> np.ndarray:
@@ -72,6 +107,15 @@ class GpuLayers:
         self._owner: int | None = None
         self.graphs: DecodeGraphs | None = None
         self.graphs_enabled = True  # False: every step through the eager path (the benchmark's A/B)
+        self.prefill_graphs: PrefillGraphs | None = None
+        # prompt chunks replay recorded graphs (offload/gpu_prefill_graph.py); False: eager (the benchmark's A/B)
+        self.prefill_graphs_enabled = os.environ.get("EDGESPOOL_GPU_PREFILL_GRAPHS", "1") != "0"
+        self._pool_limit = placement.arena_bytes  # what the two pools may hold together (less mapped weights)
+        # every temporary of a prompt step (eager or recorded into a prefill graph) comes from this pool; the
+        # weights, KV caches, static buffers and decode steps from the main one (offload/gpu_prefill_graph.py)
+        self._prompt_freed = [0]
+        self.prompt_pool = cp.cuda.MemoryPool(allocator=self._prompt_block)
+        self._step_rows = 1
         self._graph_skip: set[int] = set()
         c = config
         self._streamed = [layer_group(i) for i in range(c.num_layers) if self.where.get(layer_group(i)) == STREAM]
@@ -110,6 +154,11 @@ class GpuLayers:
                 self._eligible = eligible
                 self.graphs = DecodeGraphs(cp, ops, c, self.stream, self.max_context, eligible) \
                     if any(eligible) else None
+                runs = prefill_runs(c, [self.where.get(layer_group(i)) == GPU for i in range(c.num_layers)])
+                self.prefill_graphs = PrefillGraphs(cp, self.stream, runs, self.pool, self.prompt_pool,
+                                                    self._balance, self._prompt_freed, self.max_context,
+                                                    placement.prefill_chunk or GPU_PREFILL_CHUNK, c.hidden_size,
+                                                    c.head_dim) if runs else None
             self.stream.synchronize()
         except cp.cuda.memory.OutOfMemoryError as e:
             self.close()
@@ -120,7 +169,8 @@ class GpuLayers:
         if self.zero_copy:
             streamed_1d = sum(t.nbytes for g in self._streamed for t in self._resident.get(g, {}).values())
             self.mapped_bytes = placed - streamed_1d
-            self.pool.set_limit(size=max(0, placement.arena_bytes - self.mapped_bytes))
+            self._pool_limit = max(1, placement.arena_bytes - self.mapped_bytes)
+        self._balance()
         self.load_h2d_bytes = placed - self.mapped_bytes
         self.h2d_bytes = 0
         self._note_pool()
@@ -137,30 +187,31 @@ class GpuLayers:
         is on the GPU too, else numpy. The GPU KV cache holds one sequence: continuing another sequence than the
         last one written (a different ``cache`` past position 0) is refused rather than answered wrongly."""
         cp, c = self.cp, self.config
+        if i in self._graph_skip:  # computed by this step's graph launch
+            self._graph_skip.discard(i)
+            return self._handoff(i, x)
         if int(np.size(pos)) == 1 and self.graphs is not None and self.graphs_enabled:
-            if i in self._graph_skip:  # computed by this step's graph launch
-                self._graph_skip.discard(i)
-                return self._handoff(i, x)
             end = self.graphs.run_end(i)
             if end is not None:
                 return self._graph_step(i, end, x, pos, rope, cache)
+        elif int(np.size(pos)) > 1 and self.prefill_graphs is not None and self.prefill_graphs_enabled:
+            end = self.prefill_graphs.run_end(i)
+            if end is not None:
+                out = self._prefill_graph_step(i, end, x, pos, rope, cache)
+                if out is not None:
+                    return out
         try:
-            with self.stream:
+            if i == self._first_gpu_layer():
+                self._start(pos, cache)
+            with self.stream, self._alloc():
                 xd = self._to_device(x)
-                if i == self._first_gpu_layer():
-                    owner = id(cache)
-                    if owner != self._owner and int(pos[0]) > 0:
-                        raise BudgetError("the GPU KV cache holds another sequence than this KV cache continues "
-                                          "(one sequence at a time on the GPU); start it from position 0")
-                    self._owner = owner
-                    self._begin_step(pos)
                 g = layer_group(i)
                 w = dict(self._resident[g])
                 slot = None
                 if self.where[g] == STREAM:
                     slot = self._acquire(g)
                     w.update(self._slots[slot])
-                self._block(i, w, xd, pos, rope)
+                self._block(i, w, xd, pos, self._tables(rope))
                 if slot is not None:
                     self._compute_done[slot] = self.stream.record()
                 self._note_pool()
@@ -191,12 +242,7 @@ class GpuLayers:
         """One token through layers ``i .. end - 1`` by the recorded graph (the layers after ``i`` return at once)."""
         p0 = int(pos[0])
         if i == self._first_gpu_layer():
-            owner = id(cache)
-            if owner != self._owner and p0 > 0:
-                raise BudgetError("the GPU KV cache holds another sequence than this KV cache continues "
-                                  "(one sequence at a time on the GPU); start it from position 0")
-            self._owner = owner
-            self._begin_step(pos)
+            self._start(pos, cache)
         if p0 + 1 > self.max_context:
             raise BudgetError(f"position {p0 + 1} is past the GPU KV cache of {self.max_context} positions "
                               "(planned --max-context); raise it")
@@ -208,10 +254,44 @@ class GpuLayers:
         self._note_pool()
         return self._handoff(i, out)
 
+    def _prefill_graph_step(self, i: int, end: int, x: Any, pos: np.ndarray,
+                            rope: tuple[np.ndarray, np.ndarray] | None, cache: Any) -> Any:
+        """A prompt chunk through layers ``i .. end - 1`` by a recorded graph (offload/gpu_prefill_graph.py), or
+        None when this chunk runs eagerly (the caller then computes layer ``i``)."""
+        p1 = int(pos[-1]) + 1
+        if p1 > self.max_context:
+            raise BudgetError(f"position {p1} is past the GPU KV cache of {self.max_context} positions (planned "
+                              "--max-context); raise it")
+        first = i == self._first_gpu_layer()
+        assert self.prefill_graphs is not None
+        try:
+            got = self.prefill_graphs.launch(i, x, pos, rope, self._graph_block,
+                                             before=(lambda: self._start(pos, cache)) if first else None)
+        except self.cp.cuda.memory.OutOfMemoryError as e:
+            raise BudgetError(f"a {int(np.size(pos))}-token prefill graph needs more GPU memory than the plan's "
+                              f"arena of {self.placement.arena_bytes} bytes ({e}); use a shorter prompt chunk or a "
+                              "larger --gpu-budget") from None
+        if got is None:
+            return None
+        out, nbytes = got
+        if not self.unified:
+            self.h2d_bytes += nbytes
+        self._step_tables.clear()  # tables uploaded before the replay may lie where it wrote: upload them again
+        self._graph_skip = set(range(i + 1, end))
+        self._note_pool()
+        return self._handoff(i, out)
+
+    def _graph_block(self, i: int, x: Any, pos: np.ndarray, tables: tuple[Any, Any] | None) -> None:
+        """Layer ``i`` (resident, dense) on device ``x`` in place: what a prefill graph records."""
+        self._block(i, self._resident[layer_group(i)], x, pos, tables)
+
     def head(self, x: Any) -> np.ndarray:
         """Final norm and head of ``x`` ``[R, H]`` -> float32 logits ``[R, V]`` on the host."""
         c = self.config
-        with self.stream:
+        if int(x.shape[0]) > 1 and self._step_rows == 1:  # a head-only placement's prompt rows
+            self._step_rows = int(x.shape[0])
+            self._balance()
+        with self.stream, self._alloc():
             xd = self._to_device(x)
             w = self._resident[HEAD]
             h = self.ops.rmsnorm(xd, w[FINAL_NORM].data, c.rms_norm_eps)
@@ -223,6 +303,51 @@ class GpuLayers:
     # -- internals ----------------------------------------------------------------------------------------------
     def _first_gpu_layer(self) -> int:
         return next(i for i in range(self.config.num_layers) if self.runs(i))
+
+    def _start(self, pos: np.ndarray, cache: Any) -> None:
+        """The first GPU layer of a pass: check the GPU KV cache continues ``cache``'s sequence, begin the step."""
+        owner = id(cache)
+        if owner != self._owner and int(pos[0]) > 0:
+            raise BudgetError("the GPU KV cache holds another sequence than this KV cache continues "
+                              "(one sequence at a time on the GPU); start it from position 0")
+        self._owner = owner
+        self._graph_skip.clear()
+        self._step_rows = int(np.size(pos))
+        if self._step_rows > 1:  # the main pool's cached blocks back to the device: room for the prompt pool
+            self.stream.synchronize()
+            self.pool.free_all_blocks()
+        self._balance()
+        self._begin_step(pos)
+
+    def _balance(self) -> None:
+        """Split the arena between the main and the prompt pool: each may grow into what the other does not
+        hold (CuPy's limit 0 means none, hence at least 1 byte)."""
+        main, prompt = int(self.pool.total_bytes()), int(self.prompt_pool.total_bytes())
+        self.pool.set_limit(size=max(1, self._pool_limit - prompt))
+        self.prompt_pool.set_limit(size=max(1, self._pool_limit - main))
+
+    def _alloc(self) -> Any:
+        """The allocator of this step's temporaries: the prompt pool for prompt rows, else the main pool."""
+        return self.cp.cuda.using_allocator(self.prompt_pool.malloc) if self._step_rows > 1 else nullcontext()
+
+    def _prompt_block(self, size: int) -> Any:
+        """A new device block for the prompt pool (cudaMalloc), its release counted in ``_prompt_freed``."""
+        cp = self.cp
+        mem = cp.cuda.Memory(size)
+        um = cp.cuda.UnownedMemory(mem.ptr, size, _RawBlock(mem, self._prompt_freed), cp.cuda.Device().id)
+        return cp.cuda.MemoryPointer(um, 0)
+
+    def _tables(self, rope: tuple[np.ndarray, np.ndarray] | None) -> tuple[Any, Any] | None:
+        """This step's RoPE tables on the device (copied once a step per distinct table)."""
+        if rope is None:
+            return None
+        cs = self._step_tables.get(id(rope))
+        if cs is None:
+            cs = (self.cp.asarray(rope[0]), self.cp.asarray(rope[1]))
+            self._step_tables[id(rope)] = cs
+            if not self.unified:
+                self.h2d_bytes += rope[0].nbytes + rope[1].nbytes
+        return cs
 
     def _begin_step(self, pos: np.ndarray) -> None:
         """Start of a forward pass: forget last step's RoPE tables, start copying the first streamed group."""
@@ -286,9 +411,9 @@ class GpuLayers:
             self.d2h_bytes += out.nbytes
         return out
 
-    def _block(self, i: int, w: dict[str, GpuTensor], x: Any, pos: np.ndarray,
-               rope: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """Attention and FFN of layer ``i`` on ``x`` ``[T, H]`` in place (residual adds fused into wo / down)."""
+    def _block(self, i: int, w: dict[str, GpuTensor], x: Any, pos: np.ndarray, cs: tuple[Any, Any] | None) -> None:
+        """Attention and FFN of layer ``i`` on ``x`` ``[T, H]`` in place (residual adds fused into wo / down);
+        ``cs``: the positions' RoPE (cos, sin) tables on the device, None for no rotation."""
         cp, ops, c = self.cp, self.ops, self.config
         p = layer_prefix(i)
         W = lambda n: self._weights(w, p, n)  # noqa: E731
@@ -306,13 +431,7 @@ class GpuLayers:
                 k = ops.rmsnorm(k.reshape(T, -1), w[p + "k_norm"].data, c.rms_norm_eps).reshape(T, nkv, D)
         if c.clip_qkv is not None:
             q, k, v = (cp.clip(a, -c.clip_qkv, c.clip_qkv) for a in (q, k, v))
-        if rope is not None:
-            cs = self._step_tables.get(id(rope))
-            if cs is None:
-                cs = (cp.asarray(rope[0]), cp.asarray(rope[1]))
-                self._step_tables[id(rope)] = cs
-                if not self.unified:
-                    self.h2d_bytes += rope[0].nbytes + rope[1].nbytes
+        if cs is not None:
             q, k = cp.ascontiguousarray(q), cp.ascontiguousarray(k)
             ops.rope(q, *cs)
             ops.rope(k, *cs)
@@ -339,7 +458,8 @@ class GpuLayers:
         ops.linear(a, W("ffn.down"), out=x, mult=mult)
 
     def _note_pool(self) -> None:
-        self.peak_pool_bytes = max(self.peak_pool_bytes, int(self.pool.total_bytes()))
+        self.peak_pool_bytes = max(self.peak_pool_bytes,
+                                   int(self.pool.total_bytes()) + int(self.prompt_pool.total_bytes()))
 
     def stats(self) -> dict[str, Any]:
         """Measured: bytes copied host-to-device at load and during the run, device-to-host, the pool's peak."""
@@ -347,7 +467,9 @@ class GpuLayers:
                 "run_d2h_bytes": self.d2h_bytes, "gpu_pool_peak_bytes": self.peak_pool_bytes,
                 "arena_bytes": self.placement.arena_bytes, "unified": self.unified,
                 "zero_copy": self.zero_copy, "mapped_weight_bytes": self.mapped_bytes,
-                "cpu_expert_calls": self.cpu_expert_calls}
+                "cpu_expert_calls": self.cpu_expert_calls,
+                "prefill_graph_launches": 0 if self.prefill_graphs is None else self.prefill_graphs.launches,
+                "prefill_graph_note": "" if self.prefill_graphs is None else self.prefill_graphs.fail_reason}
 
     def close(self) -> None:
         """Free every device buffer and lift the pool limit."""
@@ -357,5 +479,9 @@ class GpuLayers:
         self._pinned.clear()
         self._step_tables.clear()
         self.graphs = None
+        if self.prefill_graphs is not None:
+            self.prefill_graphs.close()
+            self.prefill_graphs = None
+        self.prompt_pool.free_all_blocks()
         self.pool.free_all_blocks()
         self.pool.set_limit(size=0)

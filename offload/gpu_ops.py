@@ -19,6 +19,7 @@ DEQUANT_CHUNK_BYTES = 32 << 20  # float32 scratch for one dequantised row block 
 NATIVE_SCHEMES = ("f32", "f16", "int8", "int4")  # stored as they are on the GPU; others dequantised to f32
 ACT_CODES = {"silu": 0, "relu": 1, "gelu_tanh": 2}
 ATTN_SCORE_BYTES = 16 << 20  # attention scores of one call at most (a prefill chunk's queries go in blocks)
+GPU_PREFILL_CHUNK = 256  # prompt tokens per GPU forward pass unless the planner chose fewer
 SPLIT_K_MIN = 4096  # one-token int8 rows at least this long take the split-K GEMV (a block a row)
 SK_WARPS = 4  # warps a row in the split-K GEMV (4: a one-token down projection of 1536 rows is one wave of blocks)
 

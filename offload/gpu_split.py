@@ -30,11 +30,10 @@ from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, expert_grou
 from ..runtime.bundle.reader import Bundle
 from ..schedulers.placement_plan import CPU, GroupCost, LinkModel, Placement, plan_prefill_chunk
 from .gpu_layers import GpuLayers
-from .gpu_ops import ATTN_SCORE_BYTES, DEQUANT_CHUNK_BYTES, GpuOps, gpu_nbytes, gpu_status
+from .gpu_ops import ATTN_SCORE_BYTES, DEQUANT_CHUNK_BYTES, GPU_PREFILL_CHUNK, GpuOps, gpu_nbytes, gpu_status
 from .split_costs import gpu_layer_step_seconds, with_boundary
 
 DEFAULT_GPU_CONTEXT = 4096
-GPU_PREFILL_CHUNK = 256
 GPU_MIN_PREFILL_CHUNK = 64  # the shorter prompt chunk the planner tries when the cap is tight
 GPU_SLACK_BYTES = 64 << 20  # CuPy pool rounding and cuBLAS/matmul temporaries
 

@@ -329,6 +329,58 @@ def test_decode_graph_matches_cpu_and_eager(tiny_bundle, place):
         cpu.close()
 
 
+@pytest.mark.parametrize("place", ["all-gpu", "islands", "streamed"])
+def test_prefill_graph_matches_cpu_and_eager(tiny_bundle, place):
+    """Prompt chunks through recorded CUDA graphs (offload/gpu_prefill_graph.py) against the CPU-only engine and the
+    eager GPU path: every row's logits of prompts padded to 32 / 64 rows (21, 40 tokens), a repeated length
+    replaying its graph, a second chunk at position 21 recorded on its second coming, then decode steps; within
+    1e-3 of the CPU run and 1e-4 of the eager one; the prefill pool inside the arena."""
+    from edgespool import load
+    from edgespool.kernels.table import REFERENCE
+    from edgespool.offload.gpu_split import split_with_placement
+    from edgespool.runtime.api import Model
+    from edgespool.runtime.decoder.weights import ResidentWeights
+
+    cpu = load(tiny_bundle, kernels=False)
+    names = [f"layers.{i}" for i in range(4)] + ["head"]
+    pl = _placement(cpu.bundle, dict(zip(names, PLACES[place])))
+    split = split_with_placement(cpu.bundle, ResidentWeights(cpu.bundle), pl, 256)
+    m = Model(cpu.bundle, split, cpu.tokenizer, REFERENCE)
+    dev = split.device_layers
+    ids = [int(t) for t in np.random.default_rng(7).integers(3, 500, 40)]
+
+    def run(model):
+        eng = model.engine
+        out = []
+        for T in (21, 40, 21):
+            out.append(eng.forward(ids[:T], eng.new_cache(128), last_only=False))
+        for _ in range(2):  # 21 tokens, then 19 more at position 21 (recorded the second time), 3 decode steps
+            cache = eng.new_cache(128)
+            out.append(eng.forward(ids[:21], cache, last_only=False))
+            out.append(eng.forward(ids[21:], cache, last_only=False))
+            out += [eng.forward([t], cache, last_only=True) for t in (7, 300, 41)]
+        return np.concatenate(out)
+
+    try:
+        ref = run(cpu)
+        graph = run(m)
+        assert np.abs(graph - ref).max() <= 1e-3, np.abs(graph - ref).max()
+        pg = dev.prefill_graphs
+        assert pg is not None and pg.fail_reason == "", None if pg is None else pg.fail_reason
+        runs = len(pg._runs)
+        # per run: 21 -> 32 rows and 40 -> 64 at position 0 recorded at once (the four 21-token prompts replay one
+        # graph), 19 -> 32 rows at position 21 eager the first time, recorded the second: 3 graphs, 6 replays
+        assert pg.recorded == 3 * runs and pg.launches == 6 * runs, (pg.recorded, pg.launches, runs)
+        assert dev.stats()["gpu_pool_peak_bytes"] <= pl.arena_bytes
+        dev.prefill_graphs_enabled = False
+        eager = run(m)
+        assert np.abs(eager - ref).max() <= 1e-3
+        assert np.abs(graph - eager).max() <= 1e-4, np.abs(graph - eager).max()
+    finally:
+        m.close()
+        cpu.close()
+
+
 @pytest.fixture(scope="module", params=["mixtral", "qwen2_moe"])
 def moe_bundle(request, tmp_path_factory):
     """A tiny Mixtral-style MoE (4 experts, top-2) and a Qwen2-MoE-style one (a shared expert, layer 1 dense)."""

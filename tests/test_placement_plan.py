@@ -183,3 +183,27 @@ def test_tight_cap_takes_the_shorter_prompt_chunk():
     assert plan_prefill_chunk(gs, LINK, small, {}, (256, 64), ws.__getitem__, **kw).prefill_chunk == 64
     with pytest.raises(BudgetError, match="below the GPU minimum"):
         plan_prefill_chunk(gs, LINK, 1 << 20, {}, (256, 64), ws.__getitem__, **kw)
+
+
+def test_prefill_graph_runs_and_padding():
+    """Which GPU layers a prefill CUDA graph records (offload/gpu_prefill_graph.py, no GPU needed here): runs of
+    resident dense layers, cut at CPU / streamed layers, at MoE layers and where the RoPE changes; prompt chunks
+    padded to a multiple of 32 rows only within the planned chunk and the KV cache."""
+    from edgespool.offload.gpu_layers import prefill_runs
+    from edgespool.offload.gpu_prefill_graph import padded_rows
+    from edgespool.runtime.bundle.config import ModelConfig
+
+    base = dict(arch="llama", vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=6, num_heads=4,
+                num_kv_heads=2, head_dim=32, max_position_embeddings=512)
+    cfg = ModelConfig(**base)
+    assert prefill_runs(cfg, [True] * 6) == {0: 6}
+    assert prefill_runs(cfg, [False, True, True, False, True, True]) == {1: 3, 4: 6}
+    assert prefill_runs(cfg, [False] * 6) == {}
+    moe = ModelConfig(**base, num_experts=4, num_experts_per_tok=2, moe_layers=(1, 3, 5), moe_intermediate_size=64)
+    assert prefill_runs(moe, [True] * 6) == {0: 1, 2: 3, 4: 5}
+    nope = ModelConfig(**base, nope_layers=(3,))  # a layer without RoPE: its own run
+    assert prefill_runs(nope, [True] * 6) == {0: 3, 3: 4, 4: 6}
+    assert padded_rows(21, 0, 256, 4096) == 32 and padded_rows(64, 0, 256, 4096) == 64
+    assert padded_rows(250, 0, 256, 4096) == 256 and padded_rows(250, 0, 64, 4096) == 250
+    assert padded_rows(21, 4080, 256, 4096) == 21  # the padded rows would pass the KV cache
+    assert padded_rows(300, 0, 256, 4096) == 300
