@@ -264,6 +264,8 @@ class GpuLayers:
                               "--max-context); raise it")
         first = i == self._first_gpu_layer()
         assert self.prefill_graphs is not None
+        with self.stream:
+            self.ops.blas.handle()  # this stream's cuBLAS handle and workspace exist before any recording
         try:
             got = self.prefill_graphs.launch(i, x, pos, rope, self._graph_block,
                                              before=(lambda: self._start(pos, cache)) if first else None)

@@ -1,7 +1,9 @@
 """The decoder's operations on a CUDA GPU through CuPy (no torch): weight upload, fused dequantising GEMV kernels
-for int8 / int4 (g32) / f16 weights, cuBLAS (``cupy.matmul``) for f32 weights and for batched (prefill) rows of
-any scheme after dequantisation into a bounded scratch, RMSNorm, RoPE, masked softmax for GQA attention, and the
-gated FFN activation. Every function takes and returns cupy arrays; float32 accumulation throughout.
+for int8 / int4 (g32) / f16 weights, cuBLAS for batched (prefill) rows (int8 on the tensor cores in split-f16 form,
+other schemes after dequantisation into a bounded scratch, f32 as they are) and for the prefill attention, RMSNorm,
+RoPE, masked softmax for GQA attention, and the gated FFN activation. Every function takes and returns cupy arrays;
+float32 accumulation throughout. cuBLAS is called through :mod:`edgespool.offload.gpu_blas` (handles of our own),
+so a prompt chunk's products can be recorded into a CUDA graph (offload/gpu_prefill_graph.py).
 
 Only :func:`gpu_status` may be called without CuPy: it says why the GPU cannot be used (no CuPy, no device)."""
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels.quant import QTensor
+from .gpu_blas import OP_N, OP_T, Blas
 
 GEMV_MAX_ROWS = 8  # rows (tokens) the fused GEMV kernels take; more rows go through dequantise + cuBLAS
 DEQUANT_CHUNK_BYTES = 32 << 20  # float32 scratch for one dequantised row block in batched products
@@ -360,9 +363,7 @@ class GpuOps:
         # batched int8 products on the tensor cores (split-f16, float32-exact); False: dequantise to f32 and
         # SGEMM, the path before 2026-12-07 (EDGESPOOL_GPU_F16_GEMM=0; the benchmark's A/B)
         self.f16_gemm = os.environ.get("EDGESPOOL_GPU_F16_GEMM", "1") != "0"
-        self._one, self._zero = np.ones(1, np.float32), np.zeros(1, np.float32)  # cuBLAS alpha / beta (host)
-        self._one_p, self._zero_p = int(self._one.ctypes.data), int(self._zero.ctypes.data)
-        self._cublas: Any = None
+        self.blas = Blas(cp)  # every GEMM: cuBLAS handles a CUDA graph can record (offload/gpu_blas.py)
 
     # -- weights ----------------------------------------------------------------------------------------------
     def upload(self, t: QTensor, stream: Any = None, mapped: bool = False) -> GpuTensor:
@@ -408,18 +409,17 @@ class GpuOps:
         if self._tensor_cores(w, K):
             return self._gemm16(split if split is not None else self.split16(x), w, bias, out, mult)
         y = cp.empty((T, N), cp.float32)
+        # column-major: y^T [N, T] = W [N, K] . x^T [K, T]; rows r0..r1 of W -> columns r0..r1 of y
         if w.scheme == "f32":
-            cp.matmul(x, w.data.T, out=y)
+            self.blas.sgemm(OP_T, OP_N, N, T, K, w.data.data.ptr, K, 0, x.data.ptr, K, 0, y.data.ptr, N, 0)
         else:
             rows = max(1, DEQUANT_CHUNK_BYTES // (4 * K))
             scratch = cp.empty((min(rows, N), K), cp.float32)
             for r0 in range(0, N, rows):
                 r1 = min(N, r0 + rows)
                 blk = self._dequant_rows(w, r0, r1, scratch[: r1 - r0])
-                if r1 - r0 == N:
-                    cp.matmul(x, blk.T, out=y)
-                else:
-                    y[:, r0:r1] = x @ blk.T
+                self.blas.sgemm(OP_T, OP_N, r1 - r0, T, K, blk.data.ptr, K, 0, x.data.ptr, K, 0,
+                                y.data.ptr + 4 * r0, N, 0)
         if bias is not None:
             y += bias
         if out is not None:
@@ -462,11 +462,6 @@ class GpuOps:
         hi, lo, rs = sp
         T, K = int(hi.shape[0]), int(hi.shape[1])
         N = int(w.shape[0])
-        if self._cublas is None:
-            from cupy_backends.cuda.libs import cublas  # CuPy's cuBLAS binding (sets the handle's stream per call)
-
-            self._cublas = cublas
-        cublas, handle = self._cublas, cp.cuda.device.get_cublas_handle()  # this thread's handle
         acc = cp.empty((T, N), cp.float32)
         rows = max(1, min(N, DEQUANT_CHUNK_BYTES // (2 * K)))
         scratch = cp.empty((rows, K), cp.float16)
@@ -476,10 +471,9 @@ class GpuOps:
             src = w.data if r1 - r0 == N else w.data[r0:r1]
             self.k["i8_to_f16"](((n // 4 + 255) // 256,), (256,), (src, scratch, np.int64(n)))
             # column-major view: acc^T [N, T] = W [N, K] . x^T [K, T]; rows r0..r1 of W -> acc[:, r0:r1]
-            for part, beta in ((hi, self._zero_p), (lo, self._one_p)):
-                cublas.gemmEx(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, r1 - r0, T, K, self._one_p,
-                              int(scratch.data.ptr), 2, K, int(part.data.ptr), 2, K, beta, int(acc.data.ptr) + 4 * r0,
-                              0, N, cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT)  # 2 / 0: CUDA_R_16F / 32F
+            for part, beta in ((hi, 0.0), (lo, 1.0)):
+                self.blas.gemm_f16(r1 - r0, T, K, scratch.data.ptr, K, part.data.ptr, K, acc.data.ptr + 4 * r0, N,
+                                   beta)
         resid = out is not None
         y = out if resid else acc
         self.k["gemm_epilogue"](((T * N + 255) // 256,), (256,),
@@ -567,11 +561,18 @@ class GpuOps:
             return cp.concatenate([self.attention(q[t0:t0 + rows], K, V, past + t0, kpos0, window, scale, softcap)
                                    for t0 in range(0, T, rows)])
         g = nh // nkv
-        qg = q.reshape(T, nkv, g, D).transpose(1, 2, 0, 3).reshape(nkv, g * T, D)
-        sc = cp.matmul(qg, K.transpose(0, 2, 1))  # [nkv, g*T, S]
+        qg = cp.ascontiguousarray(q.reshape(T, nkv, g, D).transpose(1, 2, 0, 3)).reshape(nkv, g * T, D)
+        gT = g * T
+        sK, sV = int(K.strides[0]) // 4, int(V.strides[0]) // 4  # batch strides (K / V are views of the cache)
+        assert K.strides[1:] == (4 * D, 4) and V.strides[1:] == (4 * D, 4)
+        # scores [nkv, gT, S] = qg . K^T: column-major sc^T [S, gT] = K [S, D] . qg^T [D, gT]
+        sc = cp.empty((nkv, gT, S), cp.float32)
+        self.blas.sgemm(OP_T, OP_N, S, gT, D, K.data.ptr, D, sK, qg.data.ptr, D, gT * D, sc.data.ptr, S, gT * S, nkv)
         rows = nkv * g * T
         self.k["masked_softmax"]((rows,), (256 if S > 128 else 128,),
                                  (sc, np.int32(S), np.int32(T), np.int32(past), np.int32(kpos0), np.int32(window),
                                   np.float32(scale), np.float32(softcap)))
-        o = cp.matmul(sc, V)  # [nkv, g*T, D]
+        # o [nkv, gT, D] = sc . V: column-major o^T [D, gT] = V^T [D, S] . sc^T [S, gT]
+        o = cp.empty((nkv, gT, D), cp.float32)
+        self.blas.sgemm(OP_N, OP_N, D, gT, S, V.data.ptr, D, sV, sc.data.ptr, S, gT * S, o.data.ptr, D, gT * D, nkv)
         return o.reshape(nkv, g, T, D).transpose(2, 0, 1, 3).reshape(T, nh, D)
