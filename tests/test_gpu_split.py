@@ -97,7 +97,7 @@ def test_gpu_split16_reconstructs_rows(ops):
 @pytest.mark.parametrize("T,N,K", [(9, 300, 256), (64, 1536, 1536), (40, 12000, 1536)])
 def test_gpu_tensor_core_gemm_matches_float64(ops, scheme, T, N, K):
     """The batched split-f16 tensor-core product (the 12000 x 1536 int8 weight converts in two scratch chunks) is
-    within 1e-6 of a float64 reference, as the f32 SGEMM path it replaced (EDGESPOOL_GPU_F16_GEMM=0) is; bias and
+    within 4e-6 of a float64 reference, as the f32 SGEMM path it replaced (EDGESPOOL_GPU_F16_GEMM=0) is; bias and
     fused residual included."""
     from edgespool.kernels.quant import quantize
 
@@ -122,7 +122,9 @@ def test_gpu_tensor_core_gemm_matches_float64(ops, scheme, T, N, K):
         errs[on] = np.abs(got - ref).max() / np.abs(ref).max()
         assert np.array_equal(got, got2)
         assert np.abs(res - (1 + 0.5 * ref)).max() <= 1e-5 * np.abs(ref).max()
-    assert max(errs.values()) <= 1e-6, errs  # float32-class accuracy both ways (f16 alone: ~4e-4)
+    # float32-class accuracy both ways (f16 alone: ~4e-4): float32 sums of K = 1536 products in cuBLAS's order
+    # are good to ~sqrt(K) * 2^-24 = 2.3e-6 of the largest; measured 0.5-2.0e-6 on the H100 (both paths)
+    assert max(errs.values()) <= 4e-6, errs
 
 
 @pytest.mark.parametrize("T,S,window", [(1, 1, 0), (1, 300, 0), (7, 7, 0), (33, 90, 0), (40, 300, 17)])
