@@ -29,13 +29,14 @@ from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, expert_group, expert_prefix, layer_group
 from ..runtime.bundle.reader import Bundle
 from ..schedulers.placement_plan import CPU, GroupCost, LinkModel, Placement, plan_prefill_chunk
+from .gpu_blas import WORKSPACE_BYTES
 from .gpu_layers import GpuLayers
 from .gpu_ops import ATTN_SCORE_BYTES, DEQUANT_CHUNK_BYTES, GPU_PREFILL_CHUNK, GpuOps, gpu_nbytes, gpu_status
 from .split_costs import gpu_layer_step_seconds, with_boundary
 
 DEFAULT_GPU_CONTEXT = 4096
 GPU_MIN_PREFILL_CHUNK = 64  # the shorter prompt chunk the planner tries when the cap is tight
-GPU_SLACK_BYTES = 64 << 20  # CuPy pool rounding and cuBLAS/matmul temporaries
+GPU_SLACK_BYTES = 48 << 20  # CuPy pool rounding, copies made by reshapes, the decode graphs' static buffers
 
 
 def layer_gpu_support(cfg: ModelConfig, i: int, tensors: dict[str, Any], moe: bool = False) -> str:
@@ -57,12 +58,17 @@ def layer_gpu_support(cfg: ModelConfig, i: int, tensors: dict[str, Any], moe: bo
 
 def gpu_workspace_bytes(cfg: ModelConfig, max_tokens: int, max_context: int) -> int:
     """The arena's fixed part: activations of a ``max_tokens`` step (residual, norms, q/k/v, attention scores over
-    ``max_context`` keys, FFN intermediates, one logits row), the dequantisation scratch and pool slack."""
+    ``max_context`` keys, FFN intermediates, one logits row), one dequantisation / f16 weight scratch (the products
+    run one after another), the cuBLAS workspaces of two streams (the planner's probes, the executor's) and pool
+    slack. On the H100 (2026-12-07, 1.5B) the pools' peak took 72 / 100 MB at 64- / 256-token chunks of the 149 /
+    188 MB reserved then (a second scratch, 64 MiB slack); with 32 MiB slack (90 / 129 MB) two runs filled their
+    arena to within 0.2 MB (the pools' limits bound, no error), so the slack is 48 MiB (107 / 146 MB)."""
     T, H, I = max_tokens, cfg.hidden_size, cfg.intermediate_size
     q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     per_tok = 6 * H + 2 * q + 4 * kv + 4 * I
     scores = 2 * min(cfg.num_heads * T * max_context, ATTN_SCORE_BYTES // 4)  # query blocks bound them
-    return 4 * (T * per_tok + scores + 2 * cfg.vocab_size) + 2 * DEQUANT_CHUNK_BYTES + GPU_SLACK_BYTES
+    return 4 * (T * per_tok + scores + 2 * cfg.vocab_size) + DEQUANT_CHUNK_BYTES + 2 * WORKSPACE_BYTES + \
+        GPU_SLACK_BYTES
 
 
 def _median(fn: Any, n: int = 5) -> float:
