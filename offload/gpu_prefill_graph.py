@@ -34,6 +34,7 @@ import numpy as np
 
 PAD_ROWS = 32  # prompt chunks are padded up to a multiple of this many rows (fewer distinct graphs)
 MAX_GRAPHS = 12  # recorded graphs kept (least recently used dropped first)
+MAX_SEEN = 4096  # chunk keys remembered for 'record on the second coming'
 
 # block(i, x, pos, tables): layer i on device hidden states x [T, H] in place at positions pos, RoPE tables on
 # the device ((cos, sin) [T, D]) or None
@@ -94,6 +95,8 @@ class PrefillGraphs:
         rec = self._graphs.get(key)
         if rec is None:
             if key in self._failed or (p0 > 0 and key not in self._seen):
+                if len(self._seen) >= MAX_SEEN:  # speculative verification chunks rarely repeat: forget them
+                    self._seen.clear()
                 self._seen.add(key)
                 return None
             rec = self._record(key, rope is not None, block)
