@@ -122,3 +122,17 @@ def test_cut_link_gives_one_error_line_and_never_hangs(shards, streamed):
     assert re.fullmatch(r"rank [01]: board rank [01] (sent nothing|took none of our data) for 4 s during an "
                         r"allreduce: it was killed, crashed or its link is cut", msg), msg
     assert took < TIMEOUT_S + 5 + 3 + 8, took  # deadline + the launcher's grace + SIGTERM's wait + slack
+
+
+def test_failure_message_drops_the_mpi_banner_glued_to_the_error_line():
+    """mpirun's abort banner (a row of dashes) can land on the end of a rank's error line (seen in CI, 2026-12-07):
+    the one-line message is the rank's text alone; mpirun's own notice is used when no rank said why."""
+    from edgespool.apps.cluster.launch import failure_message
+
+    err = ("edgespool cluster: error: rank 0: board rank 1 sent nothing for 4 s during an allreduce: it was killed, "
+           "crashed or its link is cut" + "-" * 74 + "\nMPI_ABORT was invoked on rank 0\n" + "-" * 74 + "\n")
+    assert failure_message(err, 3) == ("rank 0: board rank 1 sent nothing for 4 s during an allreduce: it was "
+                                       "killed, crashed or its link is cut")
+    notice = "prterun noticed that process rank 1 with PID 77 on node 10.79.0.3 exited on signal 9 (Killed).\n"
+    assert failure_message(notice, 137).startswith("rank 1 on board 10.79.0.3 was killed by signal 9 (Killed)")
+    assert failure_message("-" * 20 + "\nsomething odd\n" + "=" * 20 + "\n", 1) == "mpirun exited 1: something odd"

@@ -72,6 +72,7 @@ def ssh_mpirun_args(hosts: list[str]) -> list[str]:
     return ["mpirun", "-np", str(len(hosts)), "--host", ",".join(hosts), "--map-by", "node"]
 
 
+_BANNER = re.compile(r"[-=*]{8,}.*$")
 _NOTICED = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)(?: \(([^)]*)\))?")
 
 
@@ -79,8 +80,8 @@ def failure_message(stderr: str, returncode: int) -> str:
     """One line saying why a cluster job failed: the first rank's ``edgespool cluster: error`` line, else what
     mpirun noticed (a rank killed by a signal: a board that died), else mpirun's last line."""
     lines = [ln for ln in stderr.splitlines() if "edgespool cluster: error" in ln]
-    if lines:
-        return lines[0].split("edgespool cluster: error: ", 1)[1].strip()
+    if lines:  # mpirun may write its abort banner (a row of dashes) onto the end of the rank's line: cut it
+        return _BANNER.sub("", lines[0].split("edgespool cluster: error: ", 1)[1]).strip()
     m = _NOTICED.search(" ".join(stderr.split()))
     if m:
         rank, node, sig, name = m.groups()
