@@ -84,7 +84,8 @@ def test_qwen15_with_qwen05_draft_greedy_identical(qwen05, tmp_path_factory):
 @pytest.mark.slow
 def test_qwen15_with_int4_head_draft_greedy_identical_and_accepts_as_often(qwen05, tmp_path_factory):
     """The 0.5B draft with its Q8_0 head re-quantized to int4 (``--head-bits 4``, docs/SPECULATIVE.md): the output is
-    still plain greedy's, and its acceptance stays within 10 points of the GGUF's own draft on the same prompts."""
+    still plain greedy's, and its acceptance stays within 10 points of the GGUF's own draft on the same prompts
+    (both at a fixed k = 4)."""
     q15 = _bundle("qwen2.5-coder-1.5b", tmp_path_factory)
     h4 = _bundle("qwen2.5-coder-0.5b", tmp_path_factory, head_bits=4)
     assert Bundle(h4).manifest["quant"]["head_bits"] == 4
@@ -93,6 +94,9 @@ def test_qwen15_with_int4_head_draft_greedy_identical_and_accepts_as_often(qwen0
     for name, d in (("q8_0 head", qwen05), ("int4 head", h4)):
         got, drafted, accepted = [], 0, 0
         with load(q15, draft=d, draft_tokens=4) as m:
+            # k = 4 every pass: the two heads compared on the same draft lengths, not on what the adaptive k
+            # picked from this host's timings (it did: 0.73 vs 0.86 once in CI, 2026-12-07, same code)
+            m.speculative.adaptive = False
             for p in PROMPTS:
                 got.append(list(m.generate_ids(_ids(m, p), N, stop=[])))
                 st = m.stats.speculative  # this generation's counters
