@@ -41,7 +41,6 @@ def _library() -> ctypes.CDLL:
         except OSError:
             continue
         lib.cublasCreate_v2.argtypes = [ctypes.POINTER(_P)]
-        lib.cublasDestroy_v2.argtypes = [_P]
         lib.cublasSetStream_v2.argtypes = [_P, _P]
         lib.cublasSetWorkspace_v2.argtypes = [_P, _P, ctypes.c_size_t]
         lib.cublasGemmEx.argtypes = [_P, _I, _I, _I, _I, _I, _P, _P, _I, _I, _P, _I, _I, _P, _P, _I, _I, _I, _I]
@@ -105,10 +104,3 @@ class Blas:
         assert self.lib is not None
         self._check(self.lib.cublasSgemmStridedBatched(h, ta, tb, m, n, k, al, _P(a), lda, sa, _P(b), ldb, sb, be,
                                                        _P(c), ldc, sc, batch), "cublasSgemmStridedBatched")
-
-    def close(self) -> None:
-        """Destroy the handles (their workspaces go back to CuPy's pool)."""
-        if self.lib is not None:
-            for h, _ in self._handles.values():
-                self.lib.cublasDestroy_v2(h)
-        self._handles.clear()

@@ -119,6 +119,23 @@ def rope_key(cfg: ModelConfig, i: int) -> str:
     return repr(cfg.rope_of(i))
 
 
+def graph_runs(cfg: ModelConfig, ok: list[bool]) -> dict[int, int]:
+    """{first layer: end (exclusive)} of the maximal runs of consecutive layers with ``ok[i]`` that share one RoPE:
+    what one recorded graph covers (decode here, prompt chunks in offload/gpu_prefill_graph.py)."""
+    runs: dict[int, int] = {}
+    i = 0
+    while i < cfg.num_layers:
+        if not ok[i]:
+            i += 1
+            continue
+        j = i + 1
+        while j < cfg.num_layers and ok[j] and rope_key(cfg, j) == rope_key(cfg, i):
+            j += 1
+        runs[i] = j
+        i = j
+    return runs
+
+
 class DecodeGraphs:
     """Static buffers and one recorded CUDA graph per run of graph-eligible GPU layers (module docstring).
     ``run_end(i)`` says whether a graph run starts at layer ``i`` (and where it ends); ``launch`` replays it."""
@@ -141,17 +158,7 @@ class DecodeGraphs:
         self.g, self.u, self.a = (cp.zeros((1, inter), f32) for _ in range(3))
         self.pos = cp.zeros((1,), cp.int32)
         self.cos, self.sin = cp.ones((c.head_dim,), f32), cp.zeros((c.head_dim,), f32)
-        self._runs: dict[int, int] = {}
-        i = 0
-        while i < c.num_layers:
-            if not (ok and eligible[i]):
-                i += 1
-                continue
-            j = i + 1
-            while j < c.num_layers and eligible[j] and rope_key(c, j) == rope_key(c, i):
-                j += 1
-            self._runs[i] = j
-            i = j
+        self._runs = graph_runs(c, [ok and e for e in eligible])
         self._graphs: dict[int, Any] = {}
         # the fused kernels (offload/gpu_fused.py): 6 launches a layer instead of 12 where the layer allows
         self.fused = FusedDecodeKernels(cp) if fused and self._runs else None

@@ -26,7 +26,7 @@ from ..kernels.quant import QTensor
 from ..runtime.bundle.config import ModelConfig
 from ..runtime.bundle.names import EMBED, FINAL_NORM, HEAD, LM_HEAD, layer_group, layer_prefix
 from ..schedulers.placement_plan import CPU, GPU, STREAM, Placement
-from .gpu_graph import DecodeGraphs, layer_graph_ok, rope_key
+from .gpu_graph import DecodeGraphs, graph_runs, layer_graph_ok
 from .gpu_moe import CpuExpert, moe_ffn
 from .gpu_ops import GPU_PREFILL_CHUNK, GpuOps, GpuTensor
 from .gpu_prefill_graph import PrefillGraphs
@@ -35,19 +35,7 @@ from .gpu_prefill_graph import PrefillGraphs
 def prefill_runs(cfg: ModelConfig, resident: list[bool]) -> dict[int, int]:
     """{first layer: end} of the runs of consecutive GPU-resident dense layers sharing one RoPE: what a prefill
     graph records (MoE layers route on the host, streamed ones wait on copies: those stay eager)."""
-    runs: dict[int, int] = {}
-    ok = [resident[i] and not cfg.is_moe_layer(i) for i in range(cfg.num_layers)]
-    i = 0
-    while i < cfg.num_layers:
-        if not ok[i]:
-            i += 1
-            continue
-        j = i + 1
-        while j < cfg.num_layers and ok[j] and rope_key(cfg, j) == rope_key(cfg, i):
-            j += 1
-        runs[i] = j
-        i = j
-    return runs
+    return graph_runs(cfg, [resident[i] and not cfg.is_moe_layer(i) for i in range(cfg.num_layers)])
 
 
 class _RawBlock:
@@ -243,9 +231,7 @@ class GpuLayers:
         p0 = int(pos[0])
         if i == self._first_gpu_layer():
             self._start(pos, cache)
-        if p0 + 1 > self.max_context:
-            raise BudgetError(f"position {p0 + 1} is past the GPU KV cache of {self.max_context} positions "
-                              "(planned --max-context); raise it")
+        self._check_room(p0 + 1)
         assert self.graphs is not None
         out, nbytes = self.graphs.launch(i, x, p0, rope, self._resident, self._kv)
         if not self.unified:
@@ -258,10 +244,7 @@ class GpuLayers:
                             rope: tuple[np.ndarray, np.ndarray] | None, cache: Any) -> Any:
         """A prompt chunk through layers ``i .. end - 1`` by a recorded graph (offload/gpu_prefill_graph.py), or
         None when this chunk runs eagerly (the caller then computes layer ``i``)."""
-        p1 = int(pos[-1]) + 1
-        if p1 > self.max_context:
-            raise BudgetError(f"position {p1} is past the GPU KV cache of {self.max_context} positions (planned "
-                              "--max-context); raise it")
+        self._check_room(int(pos[-1]) + 1)
         first = i == self._first_gpu_layer()
         assert self.prefill_graphs is not None
         with self.stream:
@@ -303,6 +286,12 @@ class GpuLayers:
         return out
 
     # -- internals ----------------------------------------------------------------------------------------------
+    def _check_room(self, end: int) -> None:
+        """A step writing KV positions up to ``end`` (exclusive) must fit the GPU KV cache."""
+        if end > self.max_context:
+            raise BudgetError(f"position {end} is past the GPU KV cache of {self.max_context} positions (planned "
+                              "--max-context); raise it")
+
     def _first_gpu_layer(self) -> int:
         return next(i for i in range(self.config.num_layers) if self.runs(i))
 
@@ -438,9 +427,7 @@ class GpuLayers:
             ops.rope(q, *cs)
             ops.rope(k, *cs)
         p0, p1 = int(pos[0]), int(pos[-1]) + 1
-        if p1 > self.max_context:
-            raise BudgetError(f"position {p1} is past the GPU KV cache of {self.max_context} positions (planned "
-                              "--max-context); raise it")
+        self._check_room(p1)
         Kc, Vc = self._kv[i]
         Kc[:, p0:p1] = k.transpose(1, 0, 2)
         Vc[:, p0:p1] = v.transpose(1, 0, 2)

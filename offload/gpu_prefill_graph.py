@@ -49,7 +49,7 @@ def padded_rows(T: int, p0: int, max_rows: int, max_context: int) -> int:
 
 
 class _Recorded:
-    """One recorded chunk: the graph, its static hidden-state and RoPE buffers, its real row count last set."""
+    """One recorded chunk: the graph and its static hidden-state and RoPE buffers (padded rows)."""
 
     def __init__(self, graph: Any, x: Any, tables: tuple[Any, Any] | None) -> None:
         self.graph, self.x, self.tables = graph, x, tables
