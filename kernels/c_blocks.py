@@ -160,6 +160,35 @@ class BlockKernels:
         if self._rope is not None:
             self._rope.restype = ctypes.c_int
             self._rope.argtypes = [vp, vp, vp, vp, it, it, it, it]
+        # per-format decode tile form, one stream or four interleaved (libraries before 2026-12-08: one stream)
+        self._dform = getattr(lib, "es_pool_decode_form", None)
+        if self._dform is not None:
+            self._dform.restype, self._dform.argtypes = it, [vp, it, it]
+        self.decode_forms: dict[str, dict[str, Any]] | None = None  # choose_decode_forms' record, once chosen
+
+    @property
+    def has_decode_forms(self) -> bool:
+        """Whether this library's packed decode tiles have the two forms (:mod:`~edgespool.kernels.decode_form`)."""
+        return self._dform is not None and bool(self._pool) and self.can_pack
+
+    def decode_form(self, scheme: str, form: int = 0) -> int:
+        """The packed decode tiles' form for ``scheme``: 1 (one row-group stream a tile) or 4 (a call's four row
+        groups interleaved); ``form`` 1 or 4 sets it first (bit-identical results either way)."""
+        code = SCHEME_CODES.get(scheme)
+        if code is None or not self.has_decode_forms:
+            return 1
+        if form not in (0, 1, 4):
+            raise ValueError(f"decode form {form}: 1 or 4")
+        return int(self._dform(self._pool, code[0], form))
+
+    def choose_decode_forms(self, weights: Any) -> dict[str, dict[str, Any]]:
+        """Once: pick each packed format's faster decode form on this host from ``weights`` (a model's resident
+        tensors; :func:`edgespool.kernels.decode_form.choose`); later calls return the first record."""
+        if self.decode_forms is None:
+            from . import decode_form
+
+            self.decode_forms = decode_form.choose(self, weights)
+        return self.decode_forms
 
     def close(self) -> None:
         """Stop the worker threads (the library stays loaded)."""

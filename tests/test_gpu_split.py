@@ -93,7 +93,7 @@ def test_gpu_split16_reconstructs_rows(ops):
     assert not back[2].any()
 
 
-@pytest.mark.parametrize("scheme", ["int8"])
+@pytest.mark.parametrize("scheme", ["int8", "f16"])
 @pytest.mark.parametrize("T,N,K", [(9, 300, 256), (64, 1536, 1536), (40, 12000, 1536)])
 def test_gpu_tensor_core_gemm_matches_float64(ops, scheme, T, N, K):
     """The batched split-f16 tensor-core product (the 12000 x 1536 int8 weight converts in two scratch chunks) is

@@ -608,3 +608,71 @@ def test_format_without_block_kernel_is_counted_as_a_fallback(kern):
     y = table.linear(x, w)
     np.testing.assert_array_equal(y, REFERENCE.linear(x, w))
     assert sum(v for k, v in k1.fallbacks.items() if "int4" in k and "group 64" in k) == before + 1, k1.fallbacks
+
+
+@pytest.mark.parametrize("scheme", PACKED_SCHEMES)
+def test_decode_forms_are_bit_identical(kern, scheme):
+    """The packed decode tiles' two forms (one row-group stream a tile; a call's four row groups interleaved:
+    kernels/decode_form.py) give the same bits for one activation row, on partial 4-group tiles (rows 64 k + 1..63)
+    and with the rows split over two threads; the form is per format and per pool."""
+    k1, k2 = kern
+    if not k1.has_decode_forms:
+        pytest.skip(f"this build ({k1.isa}) has one decode form")
+    rng = np.random.default_rng(PACKED_SCHEMES.index(scheme) + 90)
+    n = 512 if scheme in ("q4_k", "q5_k", "q6_k", "q3_k", "q2_k") else 576
+    for rows in (17, 64, 97, 300):
+        w = _weight(rng, scheme, rows, n)
+        p = k1.prepare_weight(w)
+        if not isinstance(p, PackedQTensor):
+            pytest.skip(f"this build ({k1.isa}) computes {scheme} from the stored layout")
+        x = rng.standard_normal((1, n)).astype(np.float32)
+        got = {}
+        for k in (k1, k2):
+            for form in (1, 4):
+                assert k.decode_form(scheme, form) == form
+                got[k.threads, form] = k.linear(x, p)
+            k.decode_form(scheme, 1)
+        ref = got[1, 1]
+        assert rel(ref, q8_rounded(x) @ w.dequantize().astype(np.float64).T) < 2e-6
+        for key, y in got.items():
+            np.testing.assert_array_equal(y, ref, err_msg=f"{scheme} rows {rows} threads/form {key}")
+    other = "q4_0" if scheme != "q4_0" else "q8_0"
+    k1.decode_form(scheme, 4)
+    assert k1.decode_form(other) == 1 and k2.decode_form(scheme) == 1  # per format, per pool
+    k1.decode_form(scheme, 1)
+    with pytest.raises(ValueError, match="decode form 3"):
+        k1.decode_form(scheme, 3)
+
+
+def test_decode_form_choice_measured_cached_forced(kern, tmp_path, monkeypatch):
+    """decode_form.choose: measures both forms on a model's packed weights and keeps the faster (form 4 only when
+    at least MIN_GAIN faster), caches the choice per CPU / library / threads / format, reads it back on the next
+    model, follows the main format for a small one, obeys $EDGESPOOL_DECODE_FORM, and names a bad value."""
+    from edgespool.errors import OptionError
+    from edgespool.kernels import decode_form
+
+    k1, _ = kern
+    if not k1.has_decode_forms:
+        pytest.skip(f"this build ({k1.isa}) has one decode form")
+    monkeypatch.setenv("EDGESPOOL_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(decode_form, "SWEEP_BYTES", 4 << 20)
+    monkeypatch.setattr(decode_form, "MIN_SWEEP_BYTES", 2 << 20)
+    rng = np.random.default_rng(3)
+    big = [k1.prepare_weight(_weight(rng, "q8_0", 1024, 1024)) for _ in range(4)]  # ~4.3 MB of q8_0
+    small = [k1.prepare_weight(_weight(rng, "q4_0", 64, 256))]
+    got = decode_form.choose(k1, big + small)
+    assert got["q8_0"]["how"] == "measured" and got["q4_0"]["how"] == "follows q8_0"
+    t1, t4 = got["q8_0"]["ms"]["1"], got["q8_0"]["ms"]["4"]
+    assert t1 > 0 and t4 > 0 and got["q8_0"]["form"] == (4 if t4 < t1 * (1 - decode_form.MIN_GAIN) else 1)
+    assert k1.decode_form("q8_0") == got["q8_0"]["form"] == k1.decode_form("q4_0")
+    assert (tmp_path / "decode-forms.json").exists()
+    again = decode_form.choose(k1, big + small)
+    assert again["q8_0"]["how"] == "cached" and again["q8_0"]["form"] == got["q8_0"]["form"]
+    monkeypatch.setenv("EDGESPOOL_DECODE_FORM", "4")
+    assert decode_form.choose(k1, big)["q8_0"] == {"form": 4, "how": "forced ($EDGESPOOL_DECODE_FORM)"}
+    assert k1.decode_form("q8_0") == 4
+    monkeypatch.setenv("EDGESPOOL_DECODE_FORM", "fast")
+    with pytest.raises(OptionError, match="EDGESPOOL_DECODE_FORM='fast'"):
+        decode_form.choose(k1, big)
+    for s in ("q8_0", "q4_0"):
+        k1.decode_form(s, 1)

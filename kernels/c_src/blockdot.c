@@ -706,6 +706,7 @@ typedef struct {
     void (*task)(const void *j, int i0, int i1);
     const void *ctx;
     int tchunk;
+    unsigned dmask; /* packed decode (one activation row): bit wt set = format wt's interleaved form (pool's dmask) */
 } job_t;
 
 typedef struct {
@@ -720,6 +721,7 @@ typedef struct {
     _Atomic unsigned long long claim;
     job_t job;
     int chunk_rows;
+    unsigned dmask; /* bit wt: format wt's packed decode tiles take the interleaved form (es_pool_decode_form) */
 } pool_t;
 
 typedef struct {
@@ -764,7 +766,8 @@ static void run_packed(const job_t *j, int r0, int r1) {
         so[0] = j->so;
         int g = g0;
         for (; g + 4 <= g1; g += 4)
-            fn(j->w + g * gb, gb, nb, a, so, j->y + (long)g * PK_ROWS, j->rows, r1 - g * PK_ROWS, 1, 1);
+            fn(j->w + g * gb, gb, nb, a, so, j->y + (long)g * PK_ROWS, j->rows, r1 - g * PK_ROWS,
+               (j->dmask >> j->wt) & 1 ? 2 : 1, 1);
         for (; g < g1; g++)
             fn(j->w + g * gb, gb, nb, a, so, j->y + (long)g * PK_ROWS, j->rows, r1 - g * PK_ROWS, 0, 1);
         return;
@@ -909,6 +912,19 @@ void *es_pool_new(int nthreads) {
         pthread_create(&p->tid[i], 0, worker, wa);
     }
     return p;
+}
+
+/* The decode form of the pool's packed one-row products of format wt: 1 = one row-group stream a tile
+ * (ES_PF_BYTES ahead; the default, faster on Zen 4), 4 = the call's four row groups interleaved in one tile
+ * (ES_PF_BYTES_IL ahead; faster on an Intel Xeon core at one thread; AVX2 builds: two streams). Both give
+ * bit-identical results; q3_k / q2_k and NEON have one form. form <= 0 only reads it; returns the form. Set it
+ * between jobs (not while another thread runs one on this pool). */
+int es_pool_decode_form(void *vp, int wt, int form) {
+    pool_t *p = (pool_t *)vp;
+    if (!p || wt < 0 || wt > 31) return 1;
+    if (form == 1) p->dmask &= ~(1u << wt);
+    else if (form == 4) p->dmask |= 1u << wt;
+    return (p->dmask >> wt) & 1 ? 4 : 1;
 }
 
 void es_pool_free(void *vp) {
@@ -1113,6 +1129,7 @@ int es_linear_packed(void *vp, int wt, const uint8_t *packed, int rows, int n, c
     else if (rows < 32 * nth) nth = rows / 32 > 1 ? rows / 32 : 1; /* >= 2 row groups a thread (was: nth = 1, which
                                                                        ran 896-row matrices on one of 16 threads) */
     job_t j = {0, packed, 0, 0, 0, rows, n, m, nth, q, d, s, ds, y, wt, 1, so, 0, {{0}}};
+    j.dmask = p ? p->dmask : 0;
     if (nth == 1) {
         run_rows(&j, 0, rows);
         return 0;
@@ -1149,7 +1166,7 @@ int es_linear_packed_multi(void *vp, int count, const int *wt, const uint8_t *co
     float *ds = (float *)(scratch + (long)m * nb * 8);
     int8_t *q = (int8_t *)(scratch + (long)m * nb * 16);
     int32_t *so0 = (int32_t *)(scratch + es_act_bytes(n, m));
-    job_t j = {0, 0, 0, 0, 0, (int)total, n, m, 1, q, d, s, ds, 0, 0, 1, 0, count, {{0}}, 0, 0, 0};
+    job_t j = {0, 0, 0, 0, 0, (int)total, n, m, 1, q, d, s, ds, 0, 0, 1, 0, count, {{0}}, 0, 0, 0, p ? p->dmask : 0};
     round_ctx_t rc = {x, n, 0, q, d, ds, s, {0}, {0}};
     for (int k = 0; k < count; k++) {
         int32_t *so = so0 + (long)k * m * nb;

@@ -395,10 +395,17 @@ int es_unpack_rows(int wt, const uint8_t *packed, int rows, int n, const int64_t
  * 8 KiB = 6 KiB; the AVX-512 q8_0 still loses ~5% with a prefetch (ES_PF_Q8). Not measured on Intel cores. */
 #define ES_PF_BYTES 6144
 #endif
-/* the `lines` cache lines from `p + ES_PF_BYTES` (decode tiles: one activation row) */
-AI void pk_prefetch(const uint8_t *p, int lines) {
-    if (ES_PF_BYTES <= 0) return;
-    for (int l = 0; l < lines; l++) _mm_prefetch((const char *)p + ES_PF_BYTES + 64 * l, _MM_HINT_T0);
+#ifndef ES_PF_BYTES_IL
+/* the prefetch distance of the interleaved decode form (G > 1 row-group streams a tile: the pool's decode form 4,
+ * es_pool_decode_form), the pre-2026-12-07 default that measured faster on an Intel Xeon core at 1 thread */
+#define ES_PF_BYTES_IL 2048
+#endif
+/* the `lines` cache lines from `p` + the prefetch distance of a decode tile of G row-group streams (one
+ * activation row): ES_PF_BYTES for one stream, ES_PF_BYTES_IL for interleaved streams */
+AI void pk_prefetch(const uint8_t *p, int lines, const int G) {
+    const long dist = G > 1 ? ES_PF_BYTES_IL : ES_PF_BYTES;
+    if (dist <= 0) return;
+    for (int l = 0; l < lines; l++) _mm_prefetch((const char *)p + dist + 64 * l, _MM_HINT_T0);
 }
 #endif
 
@@ -434,7 +441,7 @@ AI void pk_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *a
         if (NA == 1 && (q4 || ES_PF_Q8))
             for (int g = 0; g < G; g++)
                 pk_prefetch(qk ? base + g * gb + sbb * (b / 8) + 64 + sub * (b % 8) : base + g * gb + b * bb,
-                            (int)((bb + 63) / 64));
+                            (int)((bb + 63) / 64), G);
         if (q5)
             for (int g = 0; g < G; g++)
                 hp[g] = _mm512_loadu_si512((const void *)(qk ? base + g * gb + sbb * (b / 8) + 64 + sub * (b % 8) + 32
@@ -533,7 +540,7 @@ AI void pk_tile_sb(const int K, const uint8_t *gp, long gb, int nb, const act_t 
         __m512 vs[4], vs2[4], vm[4], vm2[4];
         const long bo = sbb * (b / 8), ko = hdr + blkb * (b % 8);
         if (NA == 1)
-            for (int g = 0; g < G; g++) pk_prefetch(gp + g * gb + bo + ko, K == 6 ? 7 : (K == 3 ? 4 : 3));
+            for (int g = 0; g < G; g++) pk_prefetch(gp + g * gb + bo + ko, K == 6 ? 7 : (K == 3 ? 4 : 3), G);
         for (int g = 0; g < G; g++) {
             const uint8_t *sbp = gp + g * gb + bo, *blk = sbp + ko;
             __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sbp));
@@ -614,28 +621,30 @@ AI void pk_tile_sb(const int K, const uint8_t *gp, long gb, int nb, const act_t 
 #ifndef ES_PK_DG
 #define ES_PK_DG 1 /* decode row groups per tile (4: the pre-2026-12-07 form; see ES_PF_BYTES) */
 #endif
-/* The entry of format WT through tile TILE (pk_tile, or pk_tile_sb with K for WT): decode (g4) DG row groups per
- * tile over the call's four, prefill one row group x na activation rows */
-#define PK_FN(NAME, TILE, WT, DG) \
+/* The entry of format WT through tile TILE (pk_tile, or pk_tile_sb with K for WT): decode (g4 = 1) DG row groups
+ * per tile over the call's four; decode in the interleaved form (g4 = 2, the pool's decode form 4) IL row-group
+ * streams in one tile (IL = 1: that format has one form); prefill one row group x na activation rows */
+#define PK_FN(NAME, TILE, WT, DG, IL) \
     static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
                      long ys, int valid, int g4, int na) { \
-        if (g4) { \
+        if (g4 == 2 && IL > 1) TILE(WT, gp, gb, nb, a, so, out, ys, valid, IL, 1); \
+        else if (g4) { \
             for (int g = 0; g < 4 && valid > 16 * g; g += DG) \
                 TILE(WT, gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, DG, 1); \
         } else PK_NA_CASES(TILE, WT, 1) \
     }
-PK_FN(pk_q6_k, pk_tile_sb, 6, ES_Q6_DG)
-PK_FN(pk_q3_k, pk_tile_sb, 3, 1)
-PK_FN(pk_q2_k, pk_tile_sb, 2, 1)
-PK_FN(pk_q8_0, pk_tile, W_Q8_0, ES_PK_DG)
-PK_FN(pk_int8, pk_tile, W_INT8, ES_PK_DG)
-PK_FN(pk_q4_0, pk_tile, W_Q4_0, ES_PK_DG)
-PK_FN(pk_int4, pk_tile, W_INT4, ES_PK_DG)
-PK_FN(pk_q4_1, pk_tile, W_Q4_1, ES_PK_DG)
-PK_FN(pk_q4_k, pk_tile, W_Q4_K, ES_PK_DG)
-PK_FN(pk_q5_0, pk_tile, W_Q5_0, ES_PK_DG)
-PK_FN(pk_q5_1, pk_tile, W_Q5_1, ES_PK_DG)
-PK_FN(pk_q5_k, pk_tile, W_Q5_K, ES_PK_DG)
+PK_FN(pk_q6_k, pk_tile_sb, 6, ES_Q6_DG, 4)
+PK_FN(pk_q3_k, pk_tile_sb, 3, 1, 1)
+PK_FN(pk_q2_k, pk_tile_sb, 2, 1, 1)
+PK_FN(pk_q8_0, pk_tile, W_Q8_0, ES_PK_DG, 4)
+PK_FN(pk_int8, pk_tile, W_INT8, ES_PK_DG, 4)
+PK_FN(pk_q4_0, pk_tile, W_Q4_0, ES_PK_DG, 4)
+PK_FN(pk_int4, pk_tile, W_INT4, ES_PK_DG, 4)
+PK_FN(pk_q4_1, pk_tile, W_Q4_1, ES_PK_DG, 4)
+PK_FN(pk_q4_k, pk_tile, W_Q4_K, ES_PK_DG, 4)
+PK_FN(pk_q5_0, pk_tile, W_Q5_0, ES_PK_DG, 4)
+PK_FN(pk_q5_1, pk_tile, W_Q5_1, ES_PK_DG, 4)
+PK_FN(pk_q5_k, pk_tile, W_Q5_K, ES_PK_DG, 4)
 typedef void (*pk_fn)(const uint8_t *, long, int, const act_t *, const int32_t *const *, float *, long, int, int, int);
 static pk_fn pk_of(int wt) {
     switch (wt) {

@@ -65,7 +65,7 @@ AI void pk2_tile(const int wt, const uint8_t *gp, long gb, int nb, const act_t *
         if (NA == 1 && (q4 || ES_PF_Q8_AVX2))
             for (int g = 0; g < G; g++)
                 pk_prefetch(qk ? base + g * gb + sbb * (b / 8) + 64 + sub * (b % 8) : base + g * gb + b * bb,
-                             (int)((bb + 63) / 64));
+                             (int)((bb + 63) / 64), G);
 #ifndef PK2_VNNI
         __m256i s16[4][4];
         for (int h = 0; h < 2 * G; h++)
@@ -196,7 +196,7 @@ AI void pk2_tile_sb(const int K, const uint8_t *gp, long gb, int nb, const act_t
         __m256i acc[2][4], acc2[2][4], p0[2], p1[2], pl[2];
         __m256 vs[2], vs2[2], vm[2], vm2[2];
         const uint8_t *sbp = gp + sbb * (b / 8), *blk = sbp + hdr + blkb * (b % 8);
-        if (NA == 1) pk_prefetch(blk, K == 6 ? 7 : (K == 3 ? 4 : 3));
+        if (NA == 1) pk_prefetch(blk, K == 6 ? 7 : (K == 3 ? 4 : 3), 1);
         for (int h = 0; h < 2; h++) {
             __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sbp + 16 * h)));
             if (K == 2) {
@@ -302,6 +302,11 @@ PK2_SB_FN(pk_q2_k, 2)
 #define PK2_FN(NAME, WT) \
     static void NAME(const uint8_t *gp, long gb, int nb, const act_t *a, const int32_t *const *so, float *out, \
                      long ys, int valid, int g4, int na) { \
+        if (g4 == 2) { /* the interleaved form (the pool's decode form 4): two row-group streams a tile */ \
+            for (int g = 0; g < 4 && valid > 16 * g; g += 2) \
+                pk2_tile(WT, gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, 2, 1); \
+            return; \
+        } \
         if (g4) { \
             for (int g = 0; g < 4 && valid > 16 * g; g += ES_PK2_DG) \
                 pk2_tile(WT, gp + g * gb, gb, nb, a, so, out + 16 * g, ys, valid - 16 * g, ES_PK2_DG, 1); \

@@ -156,6 +156,17 @@ class Engine:
         # decode rows of plain dense layers as one C call per layer (issue 12; the predicate: fused_decode.py)
         self.fused = FusedDecode(c, kernels)
         self._head_groups = [HEAD, EMBED] if c.tie_word_embeddings else [HEAD]
+        self._forms_chosen = False  # the decode tiles' form per format (kernels/decode_form.py), after decode 1
+
+    def _choose_decode_forms(self) -> None:
+        """After the first decode row: let the kernels pick each packed format's faster decode tile form on this
+        host from the resident weights (bit-identical results; speed only). Sources without ``loaded_tensors``
+        (streaming) keep the default form."""
+        self._forms_chosen = True
+        choose = getattr(self.kernels.backend, "choose_decode_forms", None)
+        tensors = getattr(self.source, "loaded_tensors", None)
+        if choose is not None and tensors is not None:
+            choose(tensors())
 
     # -- state ----------------------------------------------------------------------------------------------
     def new_cache(self, max_len: int | None = None) -> KVCache:
@@ -272,6 +283,8 @@ class Engine:
             x = x + (f if res is None else f * res)
             src.release(g)
         cache.advance(T)
+        if T == 1 and not self._forms_chosen and layers is None and dev is None:
+            self._choose_decode_forms()
 
         if hidden_out:  # a pipeline stage that is not the last: its residual stream goes to the next board
             return x

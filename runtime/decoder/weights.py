@@ -106,6 +106,10 @@ class ResidentWeights:
                            t.group_size) for n, t in out.items()}
         return out
 
+    def loaded_tensors(self) -> list[QTensor]:
+        """The tensors read so far (in the kernels' layout where ``set_prepare`` converted them)."""
+        return [t for got in self._groups.values() for t in got.values() if isinstance(t, QTensor)]
+
     def load_all(self) -> None:
         """Read (and verify) every group now."""
         for g in self.bundle.groups:
