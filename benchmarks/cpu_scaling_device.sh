@@ -14,6 +14,8 @@
 #   .devcarry/llama-cpu.tgz   vendor/llama.cpp without models/docs/tests/examples and the non-CPU backends
 #   .devcarry/meta/           `python benchmarks/random_gguf.py meta QWEN1.5B.gguf` output (meta.gguf, tensors.json)
 # then run there (device tool, carry [".devcarry"]):  [ROUNDS=N] bash benchmarks/cpu_scaling_device.sh [THREADS] [RUNS]
+# FORM_AB=1 also runs edgespool with EDGESPOOL_DECODE_FORM=1 each round (one-stream decode tiles forced vs the
+# host's choice, kernels/decode_form.py), and the log lists the forms chosen.
 # FUSED_AB=1 also runs edgespool with EDGESPOOL_FUSED_DECODE=0 each round (decode with / without the C layer call).
 # SPLIT=1 adds `edgespool bench` at each thread count (its per-op split of a decode step) and
 # benchmarks/prefill_profile.py (a cProfile of one prefill at each thread count).
@@ -69,6 +71,12 @@ for r in $(seq 1 "$ROUNDS"); do
     EDGESPOOL_AMX=1 "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" --systems "edgespool keep" \
       --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --prompt "$PROMPT" --kernel-iters 0 --work "$W/rvl" \
       --json "$OUTD/edgespool_amx.$r.json" > /dev/null
+  fi
+  if [ "${FORM_AB:-0}" = 1 ]; then  # the A/B: the same runs with the one-stream decode tiles forced (the default
+    # before kernels/decode_form.py chose the form per host; the runs above use the host's choice)
+    EDGESPOOL_DECODE_FORM=1 "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" \
+      --systems "edgespool keep" --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --prompt "$PROMPT" \
+      --kernel-iters 0 --work "$W/rvl" --json "$OUTD/edgespool_form1.$r.json" > /dev/null
   fi
   if [ "${FUSED_AB:-0}" = 1 ]; then  # the A/B: the same runs with the per-layer C decode call switched off
     EDGESPOOL_FUSED_DECODE=0 "$PY" -m edgespool.benchmarks.resident_vs_llamacpp --real "$NAME" \
@@ -145,9 +153,21 @@ amx = ab_runs("edgespool_amx", "prefill_tok_s")  # AMX_AB=1: the runs with EDGES
 for t in sorted(amx, reverse=True):
     e, o = statistics.median(amx[t]), statistics.median(es[(t, "prefill")])
     print(f"threads {t}: prefill with the AMX tiles (EDGESPOOL_AMX=1) {e:.1f} tok/s, without {o:.1f}: {e / o:.2f}x")
+one = ab_runs("edgespool_form1", "decode_tok_s")  # FORM_AB=1: the runs with EDGESPOOL_DECODE_FORM=1
+for t in sorted(one, reverse=True):
+    e, o = statistics.median(es[(t, "decode")]), statistics.median(one[t])
+    print(f"threads {t}: decode with the host's decode forms {e:.1f} tok/s, one-stream forced {o:.1f} "
+          f"({'/'.join(f'{x:.1f}' for x in one[t])}): {e / o:.2f}x")
 for t in sorted(off, reverse=True):
     e, o = statistics.median(es[(t, "decode")]), statistics.median(off[t])
     print(f"threads {t}: decode with the C decoder layer {e:.1f} tok/s, without {o:.1f} "
           f"({'/'.join(f'{x:.1f}' for x in off[t])}): {e / o:.2f}x")
 PYEOF
+# the decode forms this host chose (kernels/decode_form.py; measured in the first run at each thread count)
+"$PY" -c "
+import json, pathlib
+p = pathlib.Path.home() / '.cache/edgespool/kernels/decode-forms.json'
+for k, v in sorted(json.loads(p.read_text()).items() if p.exists() else []):
+    print('decode form', k.split('|', 3)[3], '->', v['form'], v['ms'])
+"
 echo "done after $(( $(date +%s) - t0 )) s"
