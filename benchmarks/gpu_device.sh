@@ -38,7 +38,7 @@ if [ "$MODE" = peer ]; then
   ( cd "$W/llama.cpp" && cmake -S . -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
       -DLLAMA_CURL=OFF > "$OUTD/cmake.log" 2>&1 \
-    && cmake --build build -j"$(nproc)" --target llama-bench > "$OUTD/build.log" 2>&1; echo $? > "$W/build.rc" ) &
+    && cmake --build build -j"$(nproc)" --target llama-bench llama-quantize > "$OUTD/build.log" 2>&1; echo $? > "$W/build.rc" ) &
   fi
   if [ "${MOE:-0}" = 1 ]; then G=$W/mixtral-style-simulated.Q8_0.gguf; META=$C/moe-meta
   else G=$W/qwen2.5-coder-1.5b-simulated.Q8_0.gguf; META=$C/meta; fi
