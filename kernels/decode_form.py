@@ -12,7 +12,7 @@ sweep of one decode product through each weight of that format (in model order, 
 than a last-level cache holds, so the sweep reads DRAM as a decode step does) is timed in each form, ``rounds``
 interleaved rounds (the form that goes first alternates), medians; form 4 is taken only when it is at least
 :data:`MIN_GAIN` faster. Formats with fewer bytes (a Q4_K_M file's few Q5_0 / Q8_0 tensors) follow the format with
-the most bytes. The choice is cached per (CPU model, kernel library, threads, format) in
+the most bytes; a model with less than that in every format keeps the default (its weights sit in the caches). The choice is cached per (CPU model, kernel library, threads, format) in
 ``~/.cache/edgespool/kernels/decode-forms.json`` (``$EDGESPOOL_KERNEL_CACHE``), so a host measures once.
 
 ``$EDGESPOOL_DECODE_FORM``: ``auto`` (default: cached, else measured), ``tune`` (measure again), ``1`` or ``4``
@@ -127,12 +127,14 @@ def choose(bk: Any, weights: Iterable[Any]) -> dict[str, dict[str, Any]]:
         return out
     size = {s: sum(int(w.data.nbytes) for w in ws) for s, ws in by.items()}
     main = max(size, key=lambda s: size[s])
+    if size[main] < MIN_SWEEP_BYTES:  # a model this small sits in the caches: a sweep would not measure DRAM reads
+        return {s: {"form": bk.decode_form(s), "how": "default (too few weights to measure)"} for s in by}
     path = _cache_file()
     cache = _read_cache(path)
     lib = hashlib.sha256(Path(bk.path).read_bytes()).hexdigest()[:16] if Path(bk.path).exists() else str(bk.path)
     changed = False
     for s in sorted(by, key=lambda s: -size[s]):
-        if size[s] < MIN_SWEEP_BYTES and s != main:
+        if size[s] < MIN_SWEEP_BYTES:
             continue
         key = f"{cpu_name()}|{bk.isa}|{lib}|{bk.threads}|{s}"
         hit = cache.get(key)

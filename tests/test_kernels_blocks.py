@@ -666,6 +666,8 @@ def test_decode_form_choice_measured_cached_forced(kern, tmp_path, monkeypatch):
     assert t1 > 0 and t4 > 0 and got["q8_0"]["form"] == (4 if t4 < t1 * (1 - decode_form.MIN_GAIN) else 1)
     assert k1.decode_form("q8_0") == got["q8_0"]["form"] == k1.decode_form("q4_0")
     assert (tmp_path / "decode-forms.json").exists()
+    few = decode_form.choose(k1, small)  # too few bytes to measure DRAM reads: the default, nothing cached
+    assert few["q4_0"]["how"].startswith("default") and "q4_0" not in (tmp_path / "decode-forms.json").read_text()
     again = decode_form.choose(k1, big + small)
     assert again["q8_0"]["how"] == "cached" and again["q8_0"]["form"] == got["q8_0"]["form"]
     monkeypatch.setenv("EDGESPOOL_DECODE_FORM", "4")
