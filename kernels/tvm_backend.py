@@ -72,7 +72,7 @@ def runtime_kind() -> str:
         return "tvm"
     except ImportError as e:
         raise TargetError("running TVM kernels needs apache-tvm-ffi (pip install apache-tvm-ffi) plus "
-                          "libtvm_runtime.so (EDGESPOOL_TVM_RUNTIME), or apache-tvm") from e
+                          f"libtvm_runtime.so (EDGESPOOL_TVM_RUNTIME), or apache-tvm (import tvm: {e})") from e
 
 
 def _import_without_torch(name: str):
