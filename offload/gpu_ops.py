@@ -364,6 +364,9 @@ class GpuOps:
         # SGEMM, the path before 2026-12-07 (EDGESPOOL_GPU_F16_GEMM=0; the benchmark's A/B)
         self.f16_gemm = os.environ.get("EDGESPOOL_GPU_F16_GEMM", "1") != "0"
         self.blas = Blas(cp)  # every GEMM: cuBLAS handles a CUDA graph can record (offload/gpu_blas.py)
+        # bytes of the one dequantisation / f16 weight scratch of a batched product (weights bigger than it go in
+        # row blocks); the split source sets it from the model (offload/gpu_split.py gpu_scratch_bytes)
+        self.scratch_bytes = DEQUANT_CHUNK_BYTES
 
     # -- weights ----------------------------------------------------------------------------------------------
     def upload(self, t: QTensor, stream: Any = None, mapped: bool = False) -> GpuTensor:
@@ -413,7 +416,7 @@ class GpuOps:
         if w.scheme == "f32":
             self.blas.sgemm(OP_T, OP_N, N, T, K, w.data.data.ptr, K, 0, x.data.ptr, K, 0, y.data.ptr, N, 0)
         else:
-            rows = max(1, DEQUANT_CHUNK_BYTES // (4 * K))
+            rows = max(1, self.scratch_bytes // (4 * K))
             scratch = cp.empty((min(rows, N), K), cp.float32)
             for r0 in range(0, N, rows):
                 r1 = min(N, r0 + rows)
@@ -467,7 +470,7 @@ class GpuOps:
             for part, beta in ((hi, 0.0), (lo, 1.0)):
                 self.blas.gemm_f16(N, T, K, w.data.data.ptr, K, part.data.ptr, K, acc.data.ptr, N, beta)
             return self._epilogue(acc, rs, w, bias, out, mult)
-        rows = max(1, min(N, DEQUANT_CHUNK_BYTES // (2 * K)))
+        rows = max(1, min(N, self.scratch_bytes // (2 * K)))
         scratch = cp.empty((rows, K), cp.float16)
         for r0 in range(0, N, rows):
             r1 = min(N, r0 + rows)

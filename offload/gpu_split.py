@@ -56,19 +56,36 @@ def layer_gpu_support(cfg: ModelConfig, i: int, tensors: dict[str, Any], moe: bo
     return ""
 
 
+def gpu_scratch_bytes(cfg: ModelConfig) -> int:
+    """The batched products' weight scratch: the float32 size of the model's largest layer matrix, at least 1 MiB
+    and at most DEQUANT_CHUNK_BYTES (bigger matrices, e.g. a head of many rows, go through it in row blocks). A
+    small model (SmolLM2-135M: 3.5 MB) no longer reserves the 32 MiB a 1.5B's FFN needs."""
+    big = max((r * c for n, (r, c) in ((n, s) for n, s in cfg.tensor_shapes().items() if len(s) == 2)
+               if n.startswith("layers.")), default=0)
+    return int(min(DEQUANT_CHUNK_BYTES, max(1 << 20, 4 * big)))
+
+
+def gpu_slack_bytes(activation_bytes: int) -> int:
+    """Pool slack over a step's activations: GPU_SLACK_BYTES (measured for the 1.5B, below), or 8 MiB plus four
+    times the step's activations where that is less (CuPy's pool rounding, reshapes' copies and the graphs' static
+    buffers scale with the activations: SmolLM2-135M's 64-token step is 3.9 MB)."""
+    return int(min(GPU_SLACK_BYTES, (8 << 20) + 4 * activation_bytes))
+
+
 def gpu_workspace_bytes(cfg: ModelConfig, max_tokens: int, max_context: int) -> int:
     """The arena's fixed part: activations of a ``max_tokens`` step (residual, norms, q/k/v, attention scores over
     ``max_context`` keys, FFN intermediates, one logits row), one dequantisation / f16 weight scratch (the products
     run one after another), the cuBLAS workspaces of two streams (the planner's probes, the executor's) and pool
     slack. On the H100 (2026-12-07, 1.5B) the pools' peak took 72 / 100 MB at 64- / 256-token chunks of the 149 /
     188 MB reserved then (a second scratch, 64 MiB slack); with 32 MiB slack (90 / 129 MB) two runs filled their
-    arena to within 0.2 MB (the pools' limits bound, no error), so the slack is 48 MiB (107 / 146 MB)."""
+    arena to within 0.2 MB (the pools' limits bound, no error), so the slack is 48 MiB (107 / 146 MB). Scratch and
+    slack shrink for small models (:func:`gpu_scratch_bytes`, :func:`gpu_slack_bytes`; the 1.5B's are unchanged)."""
     T, H, I = max_tokens, cfg.hidden_size, cfg.intermediate_size
     q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     per_tok = 6 * H + 2 * q + 4 * kv + 4 * I
     scores = 2 * min(cfg.num_heads * T * max_context, ATTN_SCORE_BYTES // 4)  # query blocks bound them
-    return 4 * (T * per_tok + scores + 2 * cfg.vocab_size) + DEQUANT_CHUNK_BYTES + 2 * WORKSPACE_BYTES + \
-        GPU_SLACK_BYTES
+    act = 4 * (T * per_tok + scores + 2 * cfg.vocab_size)
+    return act + gpu_scratch_bytes(cfg) + 2 * WORKSPACE_BYTES + gpu_slack_bytes(act)
 
 
 def _median(fn: Any, n: int = 5) -> float:
@@ -339,6 +356,7 @@ def open_split(bundle: Bundle, cpu_source: Any, gpu_budget: int, kernels: Kernel
     assert cfg is not None
     ctx = int(max_context or min(cfg.max_position_embeddings, DEFAULT_GPU_CONTEXT))
     ops = GpuOps(cp)
+    ops.scratch_bytes = gpu_scratch_bytes(cfg)  # what the workspace reserves
     plan = getattr(cpu_source, "plan", None)
     placement = plan_split(bundle, cp, ops, kernels, gpu_budget, ctx,
                            kv_dtype=getattr(plan, "kv_dtype", None) or "f32", cpu_layer_s=cpu_layer_s, moe=moe)
@@ -362,8 +380,10 @@ def split_with_placement(bundle: Bundle, cpu_source: Any, placement: Placement, 
         cp, why = gpu_status()
         if cp is None:
             raise BudgetError(f"no GPU for a split run: {why}")
-    ops = ops or GpuOps(cp)
     assert bundle.config is not None
+    if ops is None:
+        ops = GpuOps(cp)
+        ops.scratch_bytes = gpu_scratch_bytes(bundle.config)
     layers = GpuLayers(cp, ops, bundle.config, placement, lambda g: bundle.read_group(g), max_context, zero_copy,
                        cpu_expert=_cpu_expert(cpu_source, kernels))
     return SplitWeights(cpu_source, layers, placement)
