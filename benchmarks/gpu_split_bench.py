@@ -390,9 +390,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"config": "cpu-only", **run_edgespool(b, None, prompt, a.n, a.reps, profile=a.profile)}]
     print(json.dumps({k: v for k, v in rows[0].items() if k not in ("tokens", "profile")}), flush=True)
     print(rows[0].get("profile", ""), flush=True)
+    from edgespool.errors import BudgetError
+
     for f in caps:
-        r = {"config": f"gpu cap {f:.0%}", **run_edgespool(b, int(size * f), prompt, a.n, a.reps,
-                                                            profile=a.profile, moe=a.moe)}
+        try:
+            r = {"config": f"gpu cap {f:.0%}", **run_edgespool(b, int(size * f), prompt, a.n, a.reps,
+                                                                profile=a.profile, moe=a.moe)}
+        except BudgetError as e:  # a cap below the GPU minimum: a row that says so, and the next cap
+            rows.append({"config": f"gpu cap {f:.0%}", "error": str(e)})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
         r["tokens_match_cpu"] = r["tokens"] == rows[0]["tokens"]
         rows.append(r)
         print(json.dumps({k: v for k, v in r.items() if k not in ("tokens", "placement", "profile")}), flush=True)
@@ -401,8 +408,13 @@ def main(argv: list[str] | None = None) -> int:
         def variant(label: str, cap_bytes: int, show_placement: bool = False, note: dict | None = None,
                     **kw: Any) -> None:
             """One more row of this cap: ``run_edgespool(..., **kw)`` under ``cap_bytes``, checked against CPU-only."""
-            e = {"config": f"gpu cap {f:.0%} {label}", **(note or {}),
-                 **run_edgespool(b, cap_bytes, prompt, a.n, a.reps, moe=a.moe, **kw)}
+            try:
+                e = {"config": f"gpu cap {f:.0%} {label}", **(note or {}),
+                     **run_edgespool(b, cap_bytes, prompt, a.n, a.reps, moe=a.moe, **kw)}
+            except BudgetError as err:
+                rows.append({"config": f"gpu cap {f:.0%} {label}", "error": str(err)})
+                print(json.dumps(rows[-1]), flush=True)
+                return
             e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
             rows.append(e)
             print(json.dumps({k: v for k, v in e.items() if k not in ("tokens", "placement")}), flush=True)
