@@ -397,19 +397,19 @@ def plan_prefill_chunk(groups: Sequence[GroupCost], link: LinkModel, gpu_budget_
     from ``workspace_of(chunk)`` (a prompt chunk's activations are the arena's largest variable part): the largest
     chunk's plan unless a smaller chunk's leaves room for groups that make decode at least ``gain`` faster, or the
     largest does not fit at all (a budget below its GPU minimum). Prefill then runs in that many tokens per pass.
-    Raises the largest chunk's BudgetError when none fits."""
+    Raises the smallest chunk's BudgetError when none fits (its GPU minimum is the true one)."""
     best: Placement | None = None
-    first_error: BudgetError | None = None
+    last_error: BudgetError | None = None
     for chunk in sorted({int(c) for c in chunks}, reverse=True):
         try:
             pl = replace(plan_with_parents(groups, link, gpu_budget_bytes, parents,
                                            workspace_bytes=int(workspace_of(chunk)), **kw), prefill_chunk=chunk)
         except BudgetError as e:
-            first_error = first_error or e
+            last_error = e  # chunks come largest first: the last error names the smallest minimum
             continue
         if best is None or pl.predicted_token_s < best.predicted_token_s * (1.0 - gain):
             best = pl
     if best is None:
-        assert first_error is not None
-        raise first_error
+        assert last_error is not None
+        raise last_error
     return best

@@ -163,6 +163,7 @@ def test_tight_cap_takes_the_shorter_prompt_chunk():
     room for layers too and predicts faster decode: the planner takes it (and says so); a roomy cap keeps 256; a cap
     below the 256 chunk's GPU minimum still plans with 64 instead of refusing."""
     from edgespool.schedulers.placement_plan import plan_prefill_chunk
+    from edgespool.units import fmt_bytes
 
     gs = _groups((0.9e-3, 47_000_000, 1.0e-3))  # an int8 1.5B layer on a fast CPU (no streaming pays off)
     ws = {256: 180 << 20, 64: 60 << 20}
@@ -181,8 +182,9 @@ def test_tight_cap_takes_the_shorter_prompt_chunk():
     small = min(g.gpu_bytes for g in gs) + ws[64] + (8 << 20)
     assert small < ws[256]
     assert plan_prefill_chunk(gs, LINK, small, {}, (256, 64), ws.__getitem__, **kw).prefill_chunk == 64
-    with pytest.raises(BudgetError, match="below the GPU minimum"):
+    with pytest.raises(BudgetError, match="below the GPU minimum") as e:
         plan_prefill_chunk(gs, LINK, 1 << 20, {}, (256, 64), ws.__getitem__, **kw)
+    assert f"workspace {fmt_bytes(ws[64])}" in str(e.value)  # the smallest chunk's minimum, the one that counts
 
 
 def test_prefill_graph_runs_and_padding():
