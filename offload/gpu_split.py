@@ -187,7 +187,7 @@ def plan_split(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, gpu_b
                max_context: int, max_tokens: int = GPU_PREFILL_CHUNK, kv_dtype: str = "f32",
                cpu_layer_s: Callable[..., float] | None = None, moe: bool = False) -> Placement:
     """Measure the cost model (module docstring) and plan the placement of ``bundle`` under ``gpu_budget``.
-    ``cpu_layer_s(cfg, i, tensors, kernels, kv_dtype=)``: the engine's layer-step probe
+    ``cpu_layer_s(cfg, i, tensors, kernels, kv_dtype=, model_bytes=)``: the engine's layer-step probe
     (:func:`edgespool.runtime.decoder.layer_probe.cpu_layer_step_seconds`, passed by ``load()``); None: the
     layer's products alone (an underestimate: no norms, attention or Python around them)."""
     cfg = bundle.config
@@ -212,7 +212,8 @@ def plan_split(bundle: Bundle, cp: Any, ops: GpuOps, kernels: KernelTable, gpu_b
             # the engine's own layer steps: CPU (kernels' layout, norms/attention/Python included) and GPU (the
             # CUDA-graph run a resident layer takes part in), not the products alone (offload/split_costs.py)
             def cpu_probe() -> float:
-                return (cpu_layer_s(cfg, i, tensors, kernels, kv_dtype=kv_dtype) if cpu_layer_s is not None
+                return (cpu_layer_s(cfg, i, tensors, kernels, kv_dtype=kv_dtype, model_bytes=bundle.weights_nbytes)
+                        if cpu_layer_s is not None
                         else cpu_group_seconds(tensors, kernels))
 
             cpu_s = cpu_probe()

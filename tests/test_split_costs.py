@@ -160,3 +160,9 @@ def test_cpu_probe_runs_the_engine_layer(tiny):
     np.testing.assert_array_equal(outs[0], outs[1])
     s = cpu_layer_step_seconds(cfg, 1, b.read_group("layers.1"), REFERENCE, context=8, reps=3)
     assert 0 < s < 1.0
+    # a model bigger than the last-level cache: each timed step after a cache flush (the real step's DRAM reads)
+    from edgespool.runtime.decoder.layer_probe import last_level_cache_bytes
+
+    cold = cpu_layer_step_seconds(cfg, 1, b.read_group("layers.1"), REFERENCE, context=8, reps=3,
+                                  model_bytes=1 << 40)
+    assert 0 < cold < 1.0 and last_level_cache_bytes() >= 0
