@@ -29,6 +29,9 @@ def test_bench_uses_runs_kernels_and_splits_the_step(int8_bundle):
     res = bench_bundle(int8_bundle, prompt_tokens=8, max_tokens=6, measure_storage=False, split_steps=5)
     k = res["kernels"]
     assert k["description"] == want and k["calls"] > 0 and k["threads"] >= 1
+    # the decode tile form of each packed format (kernels/decode_form.py): this tiny model is too small to measure
+    forms = k["decode_forms"]
+    assert forms is not None and all(v["form"] in (1, 4) and v["how"] for v in forms.values()), forms
     split = res["op_split"]
     ops = split["ops"]
     assert {"lm_head", "linear int8", "attention", "other"} <= set(ops)
