@@ -165,6 +165,9 @@ class BlockKernels:
         if self._dform is not None:
             self._dform.restype, self._dform.argtypes = it, [vp, it, it]
         self.decode_forms: dict[str, dict[str, Any]] | None = None  # choose_decode_forms' record, once chosen
+        from .decode_form import requested
+
+        requested()  # a bad $EDGESPOOL_DECODE_FORM is named at load, not after the first decode token
 
     @property
     def has_decode_forms(self) -> bool:

@@ -475,6 +475,8 @@ def resolve_kernels(bundle: Bundle, enabled: bool = True, threads: int | None = 
     try:  # the C block kernels (int8, int4 g32, kept ggml formats) over the TVM ones
         table = bundle_table(bundle.path / "kernels", section, table, section.get("target", "?"),
                              threads=threads) or table
+    except OptionError:  # the user's own setting (e.g. $EDGESPOOL_DECODE_FORM): named, not a silent fallback
+        raise
     except EdgespoolError as e:
         tvm_why = "; ".join(filter(None, [tvm_why, str(e)]))
     if table is None:

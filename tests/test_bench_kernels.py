@@ -79,3 +79,24 @@ def test_bench_threads_option_sets_the_kernels_threads(int8_bundle):
     bad = cli("--threads", "0", "-n", "2")
     assert bad.returncode == 1 and "--threads 0: must be >= 1" in bad.stderr
     assert "Traceback" not in bad.stderr and bad.stderr.strip().count("\n") == 0
+
+
+def test_bad_decode_form_setting_is_named_at_load(int8_bundle, monkeypatch):
+    """A bad $EDGESPOOL_DECODE_FORM is an OptionError naming it when the bundle loads, not a silent fall back
+    from the C block kernels to slower ones."""
+    from edgespool.errors import OptionError
+
+    monkeypatch.setenv("EDGESPOOL_DECODE_FORM", "fast")
+    with pytest.raises(OptionError, match="EDGESPOOL_DECODE_FORM='fast'"):
+        edgespool.load(int8_bundle)
+    monkeypatch.setenv("EDGESPOOL_DECODE_FORM", "4")
+    with edgespool.load(int8_bundle) as m:
+        assert "C block kernels" in m.kernels.description
+        toks4 = list(m.generate_ids(list(range(3, 11)), 6, stop=[]))
+        forms = m.kernels.backend.decode_forms
+    monkeypatch.setenv("EDGESPOOL_DECODE_FORM", "1")
+    with edgespool.load(int8_bundle) as m:
+        toks1 = list(m.generate_ids(list(range(3, 11)), 6, stop=[]))
+    assert toks4 == toks1  # the two forms are bit-identical, so the tokens are too
+    if m.kernels.backend.has_decode_forms and forms:
+        assert all(v == {"form": 4, "how": "forced ($EDGESPOOL_DECODE_FORM)"} for v in forms.values()), forms
