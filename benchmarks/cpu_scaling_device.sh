@@ -14,6 +14,8 @@
 #   .devcarry/llama-cpu.tgz   vendor/llama.cpp without models/docs/tests/examples and the non-CPU backends
 #   .devcarry/meta/           `python benchmarks/random_gguf.py meta QWEN1.5B.gguf` output (meta.gguf, tensors.json)
 # then run there (device tool, carry [".devcarry"]):  [ROUNDS=N] bash benchmarks/cpu_scaling_device.sh [THREADS] [RUNS]
+# MODEL=smollm2-135m (a real model of `edgespool fetch`, joined there first by benchmarks/gpu_real_device.sh stash +
+# join over two calls to one warm machine) runs that file instead of the SIMULATED 1.5B (no .devcarry/meta needed).
 # FORM_AB=1 also runs edgespool with EDGESPOOL_DECODE_FORM=1 each round (one-stream decode tiles forced vs the
 # host's choice, kernels/decode_form.py), and the log lists the forms chosen.
 # FUSED_AB=1 also runs edgespool with EDGESPOOL_FUSED_DECODE=0 each round (decode with / without the C layer call).
@@ -34,17 +36,25 @@ PROMPT=${PROMPT:-512}
 C=$PWD/.devcarry
 W=${W:-/tmp/cs}
 OUTD=${OUT:-$W/out}
-NAME=qwen2.5-coder-1.5b-simulated
+NAME=${MODEL:-qwen2.5-coder-1.5b-simulated}
 mkdir -p "$W/pk" "$OUTD" "$HOME/.cache/edgespool/assets/$NAME"
 ln -sfn "$PWD" "$W/pk/edgespool"
 tar xzf "$C/llama-cpu.tgz" -C "$W" || exit 1
 t0=$(date +%s)
 export PYTHONPATH=$W/pk:$W/llama.cpp/gguf-py PYTHONUNBUFFERED=1 EDGESPOOL_LLAMACPP_EXTRA_BUFTS=0
+if [ -n "${MODEL:-}" ]; then  # a REAL model of `edgespool fetch`, joined on this machine first
+  # (bash benchmarks/gpu_real_device.sh stash, then join: the file is over one call's 64 MiB)
+  REL=$("$PY" -c "from edgespool.apps.assets import get_asset; a = get_asset('$MODEL'); print(a.name + '/' + a.filename)") || exit 1
+  mkdir -p "$(dirname "$HOME/.cache/edgespool/assets/$REL")"
+  cp /tmp/real-gguf/model.gguf "$HOME/.cache/edgespool/assets/$REL" || exit 1
+fi
 ( cd "$W/llama.cpp" && cmake -S . -B build -G Ninja -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF ${CMAKE_EXTRA:-} > "$OUTD/cmake.log" 2>&1 \
   && cmake --build build -j"$(nproc)" --target llama-bench > "$OUTD/build.log" 2>&1; echo $? > "$W/build.rc" ) &
-G=$HOME/.cache/edgespool/assets/$NAME/$NAME.Q8_0.gguf
-"$PY" "$PWD/benchmarks/random_gguf.py" write "$C/meta" "$W/llama.cpp/gguf-py" "$G" 0.0002 || exit 1
+if [ -n "${MODEL:-}" ]; then G=$HOME/.cache/edgespool/assets/$REL
+else G=$HOME/.cache/edgespool/assets/$NAME/$NAME.Q8_0.gguf
+  "$PY" "$PWD/benchmarks/random_gguf.py" write "$C/meta" "$W/llama.cpp/gguf-py" "$G" 0.0002 || exit 1
+fi
 wait
 if [ "$(cat "$W/build.rc")" != 0 ]; then tail -30 "$OUTD/build.log" "$OUTD/cmake.log"; exit 1; fi
 echo "gguf written, llama-bench built after $(( $(date +%s) - t0 )) s"

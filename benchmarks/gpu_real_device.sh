@@ -8,6 +8,8 @@
 #   there:  bash benchmarks/gpu_real_device.sh stash               # call 1, carry [".devcarry/realA", ".devcarry/realC"]
 #   there:  bash benchmarks/gpu_real_device.sh run [BENCH ARGS]    # call 2 at once, carry [".devcarry/realB",
 #                                                                  #   ".devcarry/gguf-py"]; default args below
+#   there:  bash benchmarks/gpu_real_device.sh join                # instead of run: the joined file only
+#                                                                  #   ($S/model.gguf, for cpu_scaling_device.sh)
 # A call that finds a fresh machine has lost the stash: `run` says so and exits 1.
 set -u
 MODE=${1:-}
@@ -31,11 +33,14 @@ stash)
   mkdir -p "$S" && cp "$C/realA/part1" "$C/realC/part3" "$C/realC/sha256" "$C/realC/name" "$S/" || exit 1
   ls -la "$S"
   ;;
-run)
+run|join)
   for f in part1 part3 sha256; do
     [ -f "$S/$f" ] || { echo "no $S/$f: this machine is not the one 'stash' ran on (it went back); stash again"; exit 1; }
   done
   cat "$S/part1" "$C/realB/part2" "$S/part3" > "$S/model.gguf" && sha256sum -c "$S/sha256" || exit 1
+  if [ "$MODE" = join ]; then  # only the joined, checked file (benchmarks/cpu_scaling_device.sh MODEL=... uses it)
+    exit 0
+  fi
   W=/tmp/gr
   mkdir -p "$W/pk" && ln -sfn "$PWD" "$W/pk/edgespool"
   export PYTHONPATH=$W/pk:$C/gguf-py PYTHONUNBUFFERED=1
@@ -49,6 +54,6 @@ run)
   grep -v '^ ' "$OUTD/real.log" | cut -c1-400 | tail -20
   ;;
 *)
-  sed -n 2,11p "$0"; exit 2
+  sed -n 2,13p "$0"; exit 2
   ;;
 esac
