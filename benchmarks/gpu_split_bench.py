@@ -392,13 +392,17 @@ def main(argv: list[str] | None = None) -> int:
     print(rows[0].get("profile", ""), flush=True)
     from edgespool.errors import BudgetError
 
+    def refused(config: str, e: BudgetError) -> None:
+        """A cap below the GPU minimum: a row that says so (the bench goes on)."""
+        rows.append({"config": config, "error": str(e)})
+        print(json.dumps(rows[-1]), flush=True)
+
     for f in caps:
         try:
             r = {"config": f"gpu cap {f:.0%}", **run_edgespool(b, int(size * f), prompt, a.n, a.reps,
                                                                 profile=a.profile, moe=a.moe)}
-        except BudgetError as e:  # a cap below the GPU minimum: a row that says so, and the next cap
-            rows.append({"config": f"gpu cap {f:.0%}", "error": str(e)})
-            print(json.dumps(rows[-1]), flush=True)
+        except BudgetError as e:
+            refused(f"gpu cap {f:.0%}", e)
             continue
         r["tokens_match_cpu"] = r["tokens"] == rows[0]["tokens"]
         rows.append(r)
@@ -412,8 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                 e = {"config": f"gpu cap {f:.0%} {label}", **(note or {}),
                      **run_edgespool(b, cap_bytes, prompt, a.n, a.reps, moe=a.moe, **kw)}
             except BudgetError as err:
-                rows.append({"config": f"gpu cap {f:.0%} {label}", "error": str(err)})
-                print(json.dumps(rows[-1]), flush=True)
+                refused(f"gpu cap {f:.0%} {label}", err)
                 return
             e["tokens_match_cpu"] = e["tokens"] == rows[0]["tokens"]
             rows.append(e)

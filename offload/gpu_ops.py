@@ -353,7 +353,7 @@ def gpu_nbytes(t: QTensor) -> int:
 class GpuOps:
     """The compiled kernels (NVRTC, once per process and GPU arch) and the operations built on them."""
 
-    def __init__(self, cp: Any) -> None:
+    def __init__(self, cp: Any, scratch_bytes: int = DEQUANT_CHUNK_BYTES) -> None:
         self.cp = cp
         self.module = cp.RawModule(code=_SRC, options=("-std=c++17",), name_expressions=None)
         f = self.module.get_function
@@ -365,8 +365,8 @@ class GpuOps:
         self.f16_gemm = os.environ.get("EDGESPOOL_GPU_F16_GEMM", "1") != "0"
         self.blas = Blas(cp)  # every GEMM: cuBLAS handles a CUDA graph can record (offload/gpu_blas.py)
         # bytes of the one dequantisation / f16 weight scratch of a batched product (weights bigger than it go in
-        # row blocks); the split source sets it from the model (offload/gpu_split.py gpu_scratch_bytes)
-        self.scratch_bytes = DEQUANT_CHUNK_BYTES
+        # row blocks); the split source passes the model's (offload/gpu_split.py gpu_scratch_bytes)
+        self.scratch_bytes = int(scratch_bytes)
 
     # -- weights ----------------------------------------------------------------------------------------------
     def upload(self, t: QTensor, stream: Any = None, mapped: bool = False) -> GpuTensor:

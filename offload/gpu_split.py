@@ -60,8 +60,8 @@ def gpu_scratch_bytes(cfg: ModelConfig) -> int:
     """The batched products' weight scratch: the float32 size of the model's largest layer matrix, at least 1 MiB
     and at most DEQUANT_CHUNK_BYTES (bigger matrices, e.g. a head of many rows, go through it in row blocks). A
     small model (SmolLM2-135M: 3.5 MB) no longer reserves the 32 MiB a 1.5B's FFN needs."""
-    big = max((r * c for n, (r, c) in ((n, s) for n, s in cfg.tensor_shapes().items() if len(s) == 2)
-               if n.startswith("layers.")), default=0)
+    big = max((s[0] * s[1] for n, s in cfg.tensor_shapes().items() if len(s) == 2 and n.startswith("layers.")),
+              default=0)
     return int(min(DEQUANT_CHUNK_BYTES, max(1 << 20, 4 * big)))
 
 
@@ -358,8 +358,7 @@ def open_split(bundle: Bundle, cpu_source: Any, gpu_budget: int, kernels: Kernel
     cfg = bundle.config
     assert cfg is not None
     ctx = int(max_context or min(cfg.max_position_embeddings, DEFAULT_GPU_CONTEXT))
-    ops = GpuOps(cp)
-    ops.scratch_bytes = gpu_scratch_bytes(cfg)  # what the workspace reserves
+    ops = GpuOps(cp, gpu_scratch_bytes(cfg))  # the scratch the workspace reserves
     plan = getattr(cpu_source, "plan", None)
     placement = plan_split(bundle, cp, ops, kernels, gpu_budget, ctx,
                            kv_dtype=getattr(plan, "kv_dtype", None) or "f32", cpu_layer_s=cpu_layer_s, moe=moe)
@@ -384,9 +383,7 @@ def split_with_placement(bundle: Bundle, cpu_source: Any, placement: Placement, 
         if cp is None:
             raise BudgetError(f"no GPU for a split run: {why}")
     assert bundle.config is not None
-    if ops is None:
-        ops = GpuOps(cp)
-        ops.scratch_bytes = gpu_scratch_bytes(bundle.config)
+    ops = ops or GpuOps(cp, gpu_scratch_bytes(bundle.config))
     layers = GpuLayers(cp, ops, bundle.config, placement, lambda g: bundle.read_group(g), max_context, zero_copy,
                        cpu_expert=_cpu_expert(cpu_source, kernels))
     return SplitWeights(cpu_source, layers, placement)
